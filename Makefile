@@ -1,0 +1,37 @@
+# `make run` runs the whole system locally; `make test` runs the tests. Each installs into .venv first.
+VENV ?= .venv
+PYTHON ?= python3
+PIP := $(VENV)/bin/pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint bench lock clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c requirements/constraints.txt -e ".[mesh,dev]"
+	# petals' own pins cannot install here (see pyproject.toml); its real needs are the `mesh` extra.
+	$(PIP) install --no-deps -c requirements/constraints.txt petals==2.2.0.post1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/far-mesh dev
+
+test: install
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: install
+	for b in bench/bench_*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+lock: install
+	$(VENV)/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements/constraints.txt.new
+	@echo "review and move requirements/constraints.txt.new over requirements/constraints.txt"
+
+clean:
+	rm -rf $(VENV)

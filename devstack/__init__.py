@@ -1,0 +1,1 @@
+"""Running the whole system on one machine: Redis and PostgreSQL (found or started), and `far-mesh dev`."""

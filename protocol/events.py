@@ -1,0 +1,97 @@
+"""The events on a request's token stream (`keys.token_stream(request_id)`).
+
+Each stream entry has two fields: `kind` ("token", "done" or "error") and `data`, the event as JSON. `data`
+is exactly what the gateway sends as an SSE `data:` line, so the relay forwards it without re-encoding. A
+stream holds token events with consecutive indexes from 0, then exactly one done or error event.
+"""
+
+import json
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.money import FarAmount
+from protocol.requests import RequestId
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str]
+    final: ClassVar[bool] = True
+
+
+class TokenEvent(_Event):
+    """One generated token. `token` is its text; it may be "" while bytes of a multi-byte character are held back."""
+
+    kind: ClassVar[str] = "token"
+    final: ClassVar[bool] = False
+
+    token: str
+    request_id: RequestId
+    index: int = Field(ge=0, description="0-based position among generated tokens")
+    token_id: int = Field(ge=0, description="Vocabulary id; lets a recovering worker re-prefill exactly")
+    tokens_generated: int = Field(ge=1)
+    cost_far: FarAmount = Field(description="Running cost of the tokens generated so far")
+
+
+class DoneEvent(_Event):
+    """The request ended normally or was cancelled; totals are what is billed."""
+
+    kind: ClassVar[str] = "done"
+
+    done: Literal[True] = True
+    request_id: RequestId
+    status: Literal["completed", "cancelled"]
+    finish_reason: Literal["stop", "length", "cancelled"]
+    prompt_tokens: int = Field(ge=0)
+    tokens_generated: int = Field(ge=0)
+    total_cost_far: FarAmount
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(description="Stable machine-readable code, e.g. no_route, model_not_served")
+    message: str = Field(description="What went wrong and, where possible, what to do")
+
+
+class ErrorEvent(_Event):
+    """The request failed; tokens already delivered are billed, nothing more."""
+
+    kind: ClassVar[str] = "error"
+
+    error: ErrorBody
+    request_id: RequestId
+    tokens_generated: int = Field(ge=0)
+    total_cost_far: FarAmount
+
+
+StreamEvent = TokenEvent | DoneEvent | ErrorEvent
+_BY_KIND: dict[str, type[TokenEvent] | type[DoneEvent] | type[ErrorEvent]] = {
+    cls.kind: cls for cls in (TokenEvent, DoneEvent, ErrorEvent)
+}
+
+
+class MalformedEvent(ValueError):
+    """A token-stream entry that no event model accepts."""
+
+
+def encode_event(event: StreamEvent) -> dict[str, str]:
+    """The fields of the stream entry that carries `event`."""
+    return {"kind": event.kind, "data": event.model_dump_json()}
+
+
+def decode_event(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> StreamEvent:
+    """Parse a stream entry's fields, as redis-py returns them (decoded or not)."""
+    text = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in fields.items()
+    }
+    cls = _BY_KIND.get(text.get("kind", ""))
+    if cls is None or "data" not in text:
+        raise MalformedEvent(f"token-stream entry has no known kind: {sorted(text)}")
+    try:
+        return cls.model_validate(json.loads(text["data"]))
+    except ValueError as exc:
+        raise MalformedEvent(f"bad {cls.kind} event: {exc}") from exc

@@ -1,0 +1,34 @@
+"""The arq job the gateway enqueues and a worker runs: everything needed to generate and bill one request.
+
+The price is fixed when the job is enqueued, so the client is billed what it was quoted even if the
+configured price changes while the job waits.
+"""
+
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.catalog import ModelId
+from protocol.money import FarAmount
+from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, RequestId
+from protocol.wallet import Wallet
+
+GENERATE_FUNCTION: Final = "generate"
+"""The arq function name of the generate job; its only argument is `GenerateJob.model_dump(mode="json")`."""
+
+
+class GenerateJob(BaseModel):
+    """A validated, priced generation request, as a worker receives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: RequestId
+    model_id: ModelId
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    max_tokens: int = Field(ge=1, le=MAX_NEW_TOKENS)
+    temperature: float = Field(ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
+    user_wallet: Wallet | None = None
+    api_key_id: str | None = Field(default=None, max_length=64)
+    price_per_token_far: FarAmount
+    enqueued_at: float = Field(description="Unix time the gateway enqueued the job, for queue-wait metrics")

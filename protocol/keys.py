@@ -1,0 +1,56 @@
+"""Every Redis key and stream name the processes share, and nothing else.
+
+Nobody builds a key with an f-string outside this module: a renamed key is a one-line change here, and the
+Kubernetes manifests' autoscalers are tested against these names.
+"""
+
+from typing import Final
+
+ARQ_QUEUE_PREFIX: Final = "arq:queue:"
+"""Each model has its own arq queue, so a worker only takes jobs for the models it holds a client for."""
+
+TOKEN_STREAM_PREFIX: Final = "gen:"
+TOKEN_STREAM_TTL_S: Final = 3600
+"""How long a finished request's token stream stays readable for reconnecting clients."""
+
+USAGE_STREAM: Final = "usage"
+"""One entry per finished session (a `UsageRecord`), consumed by accounting."""
+
+USAGE_DEAD_LETTERS: Final = "usage:dead"
+"""Usage entries accounting could not parse or store, each with the reason."""
+
+USAGE_CONSUMER_GROUP: Final = "accounting"
+
+SWARM_SNAPSHOTS: Final = "swarm:snapshots"
+"""Hash: model_id -> latest `SwarmSnapshot` JSON, written by workers, read by the gateway and accounting."""
+
+JOB_LEASE_PREFIX: Final = "lease:"
+"""Short-lived key a live worker keeps renewing while it runs a job; its expiry marks the job orphaned."""
+
+RATE_LIMIT_PREFIX: Final = "ratelimit:"
+ACTIVE_STREAMS_PREFIX: Final = "streams:"
+
+
+def queue_for(model_id: str) -> str:
+    """The arq queue that holds generate jobs for `model_id`."""
+    return ARQ_QUEUE_PREFIX + model_id
+
+
+def token_stream(request_id: str) -> str:
+    """The Redis Stream that carries one request's token, done and error events."""
+    return TOKEN_STREAM_PREFIX + request_id
+
+
+def job_lease(request_id: str) -> str:
+    """The lease a worker renews while it generates `request_id`."""
+    return JOB_LEASE_PREFIX + request_id
+
+
+def rate_limit(api_key_id: str) -> str:
+    """The sliding-window counter of one API key's requests."""
+    return RATE_LIMIT_PREFIX + api_key_id
+
+
+def active_streams(api_key_id: str) -> str:
+    """The set of request ids one API key is streaming right now."""
+    return ACTIVE_STREAMS_PREFIX + api_key_id

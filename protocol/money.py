@@ -1,0 +1,61 @@
+"""Money rules: $FAR amounts are Decimals with 18 decimal places, and payments never exceed the cost.
+
+On the wire an amount is a string ("0.0001"), never a JSON number, so no float ever touches it. A session's
+cost is split among the nodes that served it in proportion to their work, each share rounded down to 18
+decimals; what rounding leaves over stays with the platform and is recorded, so the books balance exactly.
+"""
+
+from collections.abc import Mapping
+from decimal import ROUND_DOWN, Context, Decimal
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, PlainSerializer
+
+FAR_DECIMALS = 18
+FAR_QUANTUM = Decimal(1).scaleb(-FAR_DECIMALS)
+"""The smallest amount of $FAR the ledger records (NUMERIC(38,18))."""
+MAX_FAR = Decimal(10) ** 20 - FAR_QUANTUM
+"""The largest amount NUMERIC(38,18) holds."""
+_EXACT = Context(prec=100)
+"""Decimal's default 28 digits would round a 38-digit amount; this context never does for our ranges."""
+
+
+def _reject_float(value: object) -> object:
+    if isinstance(value, float):
+        raise ValueError('money must be a decimal string such as "0.0001", not a float')
+    return value
+
+
+FarAmount = Annotated[
+    Decimal,
+    BeforeValidator(_reject_float),
+    Field(ge=0, le=MAX_FAR, decimal_places=FAR_DECIMALS, allow_inf_nan=False),
+    PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
+]
+"""A non-negative $FAR amount with at most 18 decimals, serialised to JSON as a plain decimal string."""
+
+
+def cost_of(tokens: int, price_per_token_far: Decimal) -> Decimal:
+    """What `tokens` generated tokens cost; exact, since both factors are exact."""
+    return _EXACT.multiply(price_per_token_far, tokens)
+
+
+def split_payment(cost_far: Decimal, work_by_node: Mapping[str, int]) -> tuple[dict[str, Decimal], Decimal]:
+    """Split `cost_far` among nodes in proportion to their work units.
+
+    Each payment is rounded down to 18 decimals; returns (payment per node, platform remainder), with
+    sum(payments) + remainder == cost_far exactly. With no work at all, everything is remainder.
+    """
+    total_work = sum(work_by_node.values())
+    if total_work <= 0:
+        return {node: Decimal(0) for node in work_by_node}, cost_far
+    payments = {
+        node: _EXACT.divide(_EXACT.multiply(cost_far, work), total_work).quantize(
+            FAR_QUANTUM, rounding=ROUND_DOWN, context=_EXACT
+        )
+        for node, work in work_by_node.items()
+    }
+    paid = Decimal(0)
+    for payment in payments.values():
+        paid = _EXACT.add(paid, payment)
+    return payments, _EXACT.subtract(cost_far, paid)

@@ -1,0 +1,74 @@
+"""Settings every process shares, read from environment variables and validated once at start-up.
+
+Each process extends `CommonSettings` with its own (`gateway.settings`, `workers.settings`,
+`accounting.settings`). A bad value stops the process at start with the variable's name and the problem,
+never with a traceback ten minutes later.
+"""
+
+import logging
+from decimal import Decimal
+from typing import Any, Literal, Self
+
+from pydantic import Field, Json, RedisDsn, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol.catalog import ModelCatalog, ModelSpec
+from protocol.money import FarAmount
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names each variable and what is wrong with it."""
+
+
+class CommonSettings(BaseSettings):
+    """Variables from the seed's configuration table, plus the model catalog."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    redis_url: RedisDsn = Field(default=RedisDsn("redis://localhost:6379/0"), description="Redis connection URL")
+    log_level: LogLevel = Field(default="INFO", description="Logging level")
+    default_model_id: str = Field(
+        default="meta-llama/Llama-2-7b-chat-hf", description="Model used when a request names none"
+    )
+    price_per_token_far: FarAmount = Field(default=Decimal("0.0001"), description="Price per generated token, in $FAR")
+    far_mesh_models: Json[list[ModelSpec]] | None = Field(
+        default=None,
+        description='JSON list of models: [{"model_id", "source", "dht_prefix", "price_per_token_far"}]; '
+        "unset means one model, DEFAULT_MODEL_ID",
+    )
+
+    @model_validator(mode="after")
+    def _catalog_is_consistent(self) -> Self:
+        self.catalog  # noqa: B018 - builds and validates the catalog once, at start-up
+        return self
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The models on sale; DEFAULT_MODEL_ID must be one of them."""
+        models = self.far_mesh_models or [ModelSpec(model_id=self.default_model_id)]
+        return ModelCatalog(
+            models=tuple(models), default_model_id=self.default_model_id, default_price_far=self.price_per_token_far
+        )
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """Read and validate the environment, turning pydantic's report into one line per bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(describe_errors(exc)) from None
+
+    def configure_logging(self) -> None:
+        """One short line per event, secrets never included (no DSN is ever logged)."""
+        logging.basicConfig(level=self.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """`NAME: problem` per invalid variable, upper-cased as it is spelled in the environment."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        lines.append(f"{name}: {error['msg']}")
+    return "; ".join(lines)

@@ -1,0 +1,85 @@
+"""The usage record: one per finished session, appended by the worker to `keys.USAGE_STREAM`.
+
+It is everything accounting needs to bill the user and pay the nodes, and it balances on its own:
+total_cost_far == tokens_generated x price_per_token_far, and sum(payment_far) + platform_remainder_far ==
+total_cost_far. A record that does not balance is rejected here, before it reaches the ledger.
+"""
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from protocol.catalog import ModelId
+from protocol.money import FarAmount, cost_of
+from protocol.requests import RequestId
+from protocol.wallet import Wallet
+
+USAGE_FIELD = "record"
+"""The single field of a usage-stream entry; its value is the record as JSON."""
+
+
+class NodeContribution(BaseModel):
+    """What one node (a Petals server, by DHT peer id) did for a session, and what it is owed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str = Field(min_length=1, max_length=128, description="The server's DHT peer id (base58)")
+    wallet: Wallet | None = Field(default=None, description="Where the node asked to be paid, as it announced")
+    blocks_served: int = Field(ge=0, description="Distinct transformer blocks this node ran for the session")
+    tokens_contributed: int = Field(ge=0, description="Tokens that passed through this node (prefill included)")
+    work_units: int = Field(ge=0, description="Sum over steps of blocks served x tokens processed")
+    payment_far: FarAmount
+
+
+class UsageRecord(BaseModel):
+    """One finished session: who is billed, how much, and who is paid."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: RequestId
+    model_id: ModelId
+    user_wallet: Wallet | None = None
+    api_key_id: str | None = Field(default=None, max_length=64)
+    status: Literal["completed", "cancelled", "failed"]
+    finish_reason: str | None = Field(default=None, max_length=64)
+    prompt_tokens: int = Field(ge=0)
+    tokens_generated: int = Field(ge=0)
+    price_per_token_far: FarAmount
+    total_cost_far: FarAmount
+    platform_remainder_far: FarAmount
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+    time_to_first_token_ms: float | None = Field(default=None, ge=0)
+    failovers: int = Field(default=0, ge=0, description="Fresh sessions opened after a failed step")
+    worker_id: str = Field(min_length=1, max_length=128)
+    contributions: tuple[NodeContribution, ...] = ()
+
+    @model_validator(mode="after")
+    def _books_balance(self) -> Self:
+        expected = cost_of(self.tokens_generated, self.price_per_token_far)
+        if self.total_cost_far != expected:
+            raise ValueError(f"total_cost_far {self.total_cost_far} != tokens_generated x price = {expected}")
+        paid = sum((c.payment_far for c in self.contributions), Decimal(0))
+        if paid + self.platform_remainder_far != self.total_cost_far:
+            raise ValueError(
+                f"payments {paid} + remainder {self.platform_remainder_far} != total_cost_far {self.total_cost_far}"
+            )
+        node_ids = [c.node_id for c in self.contributions]
+        if len(set(node_ids)) != len(node_ids):
+            raise ValueError("each node may appear once in contributions")
+        if self.finished_at < self.started_at:
+            raise ValueError("finished_at is before started_at")
+        return self
+
+    def to_stream_fields(self) -> dict[str, str]:
+        return {USAGE_FIELD: self.model_dump_json()}
+
+    @classmethod
+    def from_stream_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> "UsageRecord":
+        """Parse a usage-stream entry; raises `ValueError` (pydantic's ValidationError) when it is malformed."""
+        raw = fields.get(USAGE_FIELD) if USAGE_FIELD in fields else fields.get(USAGE_FIELD.encode())  # type: ignore[call-overload]
+        if raw is None:
+            raise ValueError(f"usage entry has no {USAGE_FIELD!r} field")
+        return cls.model_validate_json(raw)

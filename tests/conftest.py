@@ -1,0 +1,5 @@
+"""Fixtures every test may use; each room's own fixtures live in tests/fixtures/<room>.py."""
+
+pytest_plugins = [
+    "tests.fixtures.services",
+]

@@ -1,0 +1,16 @@
+import asyncpg
+import redis.asyncio as aioredis
+
+
+async def test_redis_fixture_is_a_real_empty_redis(redis: aioredis.Redis) -> None:
+    assert await redis.dbsize() == 0
+    await redis.xadd("s", {"a": "1"})
+    assert await redis.xlen("s") == 1
+
+
+async def test_postgres_fixture_is_a_fresh_database(postgres_dsn: str) -> None:
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+    finally:
+        await connection.close()
