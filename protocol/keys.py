@@ -27,6 +27,12 @@ SWARM_SNAPSHOTS: Final = "swarm:snapshots"
 JOB_LEASE_PREFIX: Final = "lease:"
 """Short-lived key a live worker keeps renewing while it runs a job; its expiry marks the job orphaned."""
 
+CANCEL_PREFIX: Final = "cancel:"
+"""Set by the gateway (explicit cancel or client gone); a worker checks it with every token it writes."""
+
+REQUEST_OWNER_PREFIX: Final = "owner:"
+"""Which API key submitted a request id, so a repeated POST attaches only for its owner."""
+
 RATE_LIMIT_PREFIX: Final = "ratelimit:"
 ACTIVE_STREAMS_PREFIX: Final = "streams:"
 
@@ -44,6 +50,16 @@ def token_stream(request_id: str) -> str:
 def job_lease(request_id: str) -> str:
     """The lease a worker renews while it generates `request_id`."""
     return JOB_LEASE_PREFIX + request_id
+
+
+def cancel_flag(request_id: str) -> str:
+    """Exists once `request_id` must stop; its worker writes a cancelled done event within one token step."""
+    return CANCEL_PREFIX + request_id
+
+
+def request_owner(request_id: str) -> str:
+    """The API key id that submitted `request_id` (expires with the token stream)."""
+    return REQUEST_OWNER_PREFIX + request_id
 
 
 def rate_limit(api_key_id: str) -> str:
