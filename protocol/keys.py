@@ -35,6 +35,11 @@ REQUEST_OWNER_PREFIX: Final = "owner:"
 
 RATE_LIMIT_PREFIX: Final = "ratelimit:"
 ACTIVE_STREAMS_PREFIX: Final = "streams:"
+ACTIVE_REQUESTS_PREFIX: Final = "inflight:"
+"""Sorted set per model: request ids some gateway is relaying, scored by when their lease expires."""
+
+RELAY_WAKE_PREFIX: Final = "relay:wake:"
+"""A gateway reader's private stream, included in every XREAD it blocks on, so a new client can wake it."""
 
 
 def queue_for(model_id: str) -> str:
@@ -70,3 +75,13 @@ def rate_limit(api_key_id: str) -> str:
 def active_streams(api_key_id: str) -> str:
     """The set of request ids one API key is streaming right now."""
     return ACTIVE_STREAMS_PREFIX + api_key_id
+
+
+def active_requests(model_id: str) -> str:
+    """The request ids of `model_id` streaming to a client right now, on any gateway replica."""
+    return ACTIVE_REQUESTS_PREFIX + model_id
+
+
+def relay_wake(reader_id: str) -> str:
+    """The wake stream of one gateway relay reader (`reader_id` is unique per process and reader)."""
+    return RELAY_WAKE_PREFIX + reader_id

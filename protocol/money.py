@@ -5,7 +5,7 @@ cost is split among the nodes that served it in proportion to their work, each s
 decimals; what rounding leaves over stays with the platform and is recorded, so the books balance exactly.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import ROUND_DOWN, Context, Decimal
 from typing import Annotated
 
@@ -35,6 +35,14 @@ FarAmount = Annotated[
 """A non-negative $FAR amount with at most 18 decimals, serialised to JSON as a plain decimal string."""
 
 
+def far_sum(amounts: Iterable[Decimal]) -> Decimal:
+    """Exact sum of amounts; the built-in sum() would round beyond 28 significant digits."""
+    total = Decimal(0)
+    for amount in amounts:
+        total = _EXACT.add(total, amount)
+    return total
+
+
 def cost_of(tokens: int, price_per_token_far: Decimal) -> Decimal:
     """What `tokens` generated tokens cost; exact, since both factors are exact."""
     return _EXACT.multiply(price_per_token_far, tokens)
@@ -55,7 +63,4 @@ def split_payment(cost_far: Decimal, work_by_node: Mapping[str, int]) -> tuple[d
         )
         for node, work in work_by_node.items()
     }
-    paid = Decimal(0)
-    for payment in payments.values():
-        paid = _EXACT.add(paid, payment)
-    return payments, _EXACT.subtract(cost_far, paid)
+    return payments, _EXACT.subtract(cost_far, far_sum(payments.values()))

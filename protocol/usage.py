@@ -6,13 +6,12 @@ total_cost_far. A record that does not balance is rejected here, before it reach
 """
 
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from protocol.catalog import ModelId
-from protocol.money import FarAmount, cost_of
+from protocol.money import FarAmount, cost_of, far_sum
 from protocol.requests import RequestId
 from protocol.wallet import Wallet
 
@@ -61,8 +60,8 @@ class UsageRecord(BaseModel):
         expected = cost_of(self.tokens_generated, self.price_per_token_far)
         if self.total_cost_far != expected:
             raise ValueError(f"total_cost_far {self.total_cost_far} != tokens_generated x price = {expected}")
-        paid = sum((c.payment_far for c in self.contributions), Decimal(0))
-        if paid + self.platform_remainder_far != self.total_cost_far:
+        paid = far_sum(c.payment_far for c in self.contributions)
+        if far_sum([paid, self.platform_remainder_far]) != self.total_cost_far:
             raise ValueError(
                 f"payments {paid} + remainder {self.platform_remainder_far} != total_cost_far {self.total_cost_far}"
             )
