@@ -1,0 +1,29 @@
+"""`far-mesh dev`: run the whole system locally (what `make run` does)."""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = Path(".cache/devstack")
+
+
+def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
+    parser = subparsers.add_parser(
+        "dev",
+        help="run Redis/PostgreSQL (found or embedded), a local swarm, the gateway, a worker and accounting",
+        description="Everything stops together on Ctrl-C or SIGTERM. REDIS_URL and POSTGRES_URL are honoured.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"embedded servers' data and swarm logs (default {DEFAULT_STATE_DIR})",
+    )
+    parser.set_defaults(handler=_dev)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from devstack.dev import run_dev
+    from mesh.settings import MeshSettings
+
+    return run_dev(args.state_dir.resolve(), MeshSettings.from_env().cache_dir)
