@@ -31,7 +31,7 @@ CANCEL_PREFIX: Final = "cancel:"
 """Set by the gateway (explicit cancel or client gone); a worker checks it with every token it writes."""
 
 REQUEST_OWNER_PREFIX: Final = "owner:"
-"""Which API key submitted a request id, so a repeated POST attaches only for its owner."""
+"""Which API key (and model) a request id belongs to, so a repeated POST attaches only for its owner."""
 
 RATE_LIMIT_PREFIX: Final = "ratelimit:"
 ACTIVE_STREAMS_PREFIX: Final = "streams:"
@@ -63,7 +63,7 @@ def cancel_flag(request_id: str) -> str:
 
 
 def request_owner(request_id: str) -> str:
-    """The API key id that submitted `request_id` (expires with the token stream)."""
+    """The API key id that submitted `request_id`, a space, and its model id (expires with the token stream)."""
     return REQUEST_OWNER_PREFIX + request_id
 
 

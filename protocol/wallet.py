@@ -5,6 +5,7 @@ in the letter case of the hex digits, so a mistyped character is caught with pro
 """
 
 import re
+from functools import lru_cache
 from typing import Annotated
 
 from Crypto.Hash import keccak
@@ -17,10 +18,12 @@ class InvalidWallet(ValueError):
     """The text is not an EIP-55 checksummed Ethereum address."""
 
 
+@lru_cache(maxsize=65_536)
 def to_checksum_address(address: str) -> str:
     """The EIP-55 spelling of a 0x-prefixed, 40-hex-digit address (any case)."""
     if not _ADDRESS.match(address):
         raise InvalidWallet("must be 0x followed by 40 hexadecimal digits")
+    # Cached: the same few thousand node wallets recur in every usage record, and keccak costs ~20 us.
     digits = address[2:].lower()
     digest = keccak.new(digest_bits=256, data=digits.encode("ascii")).hexdigest()
     return "0x" + "".join(c.upper() if int(h, 16) >= 8 else c for c, h in zip(digits, digest[:40], strict=True))
