@@ -8,9 +8,9 @@ async def test_redis_fixture_is_a_real_empty_redis(redis: aioredis.Redis) -> Non
     assert await redis.xlen("s") == 1
 
 
-async def test_postgres_fixture_is_a_fresh_database(postgres_dsn: str) -> None:
+async def test_postgres_fixture_is_a_database_of_this_test_session(postgres_dsn: str) -> None:
     connection = await asyncpg.connect(postgres_dsn)
     try:
-        assert await connection.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+        assert (await connection.fetchval("SELECT current_database()")).startswith("far_mesh_test_")
     finally:
         await connection.close()

@@ -1,0 +1,129 @@
+"""The node registry: `far_nodes` and `far_node_models` follow the swarm snapshots workers publish.
+
+Each model's snapshot lists every server the DHT announced for it. A server it no longer lists is marked
+offline for that model; a node that no snapshot shows any more falls out of `active_far_nodes` once its
+`last_seen_at` is two minutes old. Older snapshots never overwrite newer facts.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+import asyncpg
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from accounting import metrics
+from protocol import keys
+from protocol.swarm import ServerSnapshot, SwarmSnapshot
+
+log = logging.getLogger(__name__)
+
+_UPSERT_NODE = """
+INSERT INTO far_nodes (node_id, wallet, public_name, state, throughput, last_seen_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (node_id) DO UPDATE SET
+    wallet = coalesce(EXCLUDED.wallet, far_nodes.wallet),
+    public_name = coalesce(EXCLUDED.public_name, far_nodes.public_name),
+    state = EXCLUDED.state,
+    throughput = EXCLUDED.throughput,
+    last_seen_at = EXCLUDED.last_seen_at
+WHERE far_nodes.last_seen_at IS NULL OR far_nodes.last_seen_at <= EXCLUDED.last_seen_at
+"""
+_UPSERT_NODE_MODEL = """
+INSERT INTO far_node_models (node_id, model_id, start_block, end_block, throughput, state, cache_tokens_left,
+                             last_seen_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (node_id, model_id) DO UPDATE SET
+    start_block = EXCLUDED.start_block,
+    end_block = EXCLUDED.end_block,
+    throughput = EXCLUDED.throughput,
+    state = EXCLUDED.state,
+    cache_tokens_left = EXCLUDED.cache_tokens_left,
+    last_seen_at = EXCLUDED.last_seen_at
+WHERE far_node_models.last_seen_at <= EXCLUDED.last_seen_at
+"""
+_MARK_GONE = """
+UPDATE far_node_models SET state = 'offline'
+WHERE model_id = $1 AND NOT (node_id = ANY ($2::text[])) AND last_seen_at < $3 AND state <> 'offline'
+"""
+
+
+def _node_rows(snapshots: Iterable[SwarmSnapshot]) -> list[tuple[object, ...]]:
+    """One row per peer id; a peer listed under several models is online if any model shows it online."""
+    latest: dict[str, tuple[ServerSnapshot, SwarmSnapshot]] = {}
+    online: set[str] = set()
+    for snapshot in snapshots:
+        for server in snapshot.servers:
+            if server.online:
+                online.add(server.peer_id)
+            seen = latest.get(server.peer_id)
+            if seen is None or seen[1].taken_at < snapshot.taken_at:
+                latest[server.peer_id] = (server, snapshot)
+    return [
+        (peer_id, s.wallet, s.public_name, "online" if peer_id in online else s.state, s.throughput, snap.taken_at)
+        for peer_id, (s, snap) in sorted(latest.items())  # key order: concurrent writers lock rows alike
+    ]
+
+
+async def sync_registry(connection: asyncpg.Connection, snapshots: list[SwarmSnapshot]) -> int:
+    """Upsert the nodes and their model spans from `snapshots`; returns how many nodes they list."""
+    nodes = _node_rows(snapshots)
+    async with connection.transaction():
+        await connection.executemany(_UPSERT_NODE, nodes)
+        for snapshot in snapshots:
+            await connection.executemany(
+                _UPSERT_NODE_MODEL,
+                [
+                    (
+                        s.peer_id,
+                        snapshot.model_id,
+                        s.start_block,
+                        s.end_block,
+                        s.throughput,
+                        s.state,
+                        s.cache_tokens_left,
+                        snapshot.taken_at,
+                    )
+                    for s in sorted(snapshot.servers, key=lambda s: s.peer_id)
+                ],
+            )
+            await connection.execute(
+                _MARK_GONE, snapshot.model_id, [s.peer_id for s in snapshot.servers], snapshot.taken_at
+            )
+    return len(nodes)
+
+
+async def read_snapshots(redis: aioredis.Redis) -> list[SwarmSnapshot]:
+    """Every model's latest snapshot; a malformed one is logged and skipped, never fatal."""
+    snapshots = []
+    stored: dict[bytes, bytes] = await redis.hgetall(keys.SWARM_SNAPSHOTS)  # type: ignore[misc]
+    for model_id, raw in stored.items():
+        try:
+            snapshots.append(SwarmSnapshot.model_validate_json(raw))
+        except ValidationError as exc:
+            log.warning("swarm snapshot skipped model=%r errors=%d", model_id, exc.error_count())
+    return snapshots
+
+
+async def keep_registry_fresh(
+    redis: aioredis.Redis, connect: Callable[[], Awaitable[asyncpg.Connection]], interval_s: float
+) -> None:
+    """Refresh the registry every `interval_s` until cancelled; an outage only delays the next refresh."""
+    connection: asyncpg.Connection | None = None
+    try:
+        while True:
+            try:
+                if connection is None or connection.is_closed():
+                    connection = await connect()
+                count = await sync_registry(connection, await read_snapshots(redis))
+                metrics.NODES_SEEN.set(count)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("node registry not refreshed (%s); trying again in %.0fs", type(exc).__name__, interval_s)
+                if connection is not None:
+                    connection.terminate()
+                    connection = None
+            await asyncio.sleep(interval_s)
+    finally:
+        if connection is not None:
+            connection.terminate()

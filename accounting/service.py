@@ -1,0 +1,38 @@
+"""The accounting process: the usage consumer, the node registry refresher and the metrics endpoint."""
+
+import asyncio
+import logging
+import signal
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from accounting.consumer import UsageConsumer
+from accounting.registry import keep_registry_fresh
+from accounting.settings import AccountingSettings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: AccountingSettings) -> None:
+    """Run until SIGTERM or SIGINT; the batch in hand is finished and acknowledged before returning."""
+    if settings.accounting_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.accounting_metrics_port)
+    redis = aioredis.Redis.from_url(str(settings.redis_url))
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(settings.postgres_url, timeout=10)
+
+    consumer = UsageConsumer(redis, connect, settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, consumer.stop)
+    registry = asyncio.create_task(keep_registry_fresh(redis, connect, settings.accounting_snapshot_interval_s))
+    try:
+        await consumer.run()
+    finally:
+        registry.cancel()
+        await asyncio.gather(registry, return_exceptions=True)
+        await redis.aclose()

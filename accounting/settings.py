@@ -1,0 +1,41 @@
+"""The accounting process's settings: the ledger's POSTGRES_URL plus how the usage stream is consumed."""
+
+import os
+import socket
+import uuid
+
+from pydantic import Field
+
+from schema.settings import LedgerSettings
+
+
+def _default_consumer_name() -> str:
+    # Unique per process, so two replicas never share pending entries by accident.
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class AccountingSettings(LedgerSettings):
+    accounting_batch_size: int = Field(default=500, ge=1, le=10_000, description="Usage records per transaction")
+    accounting_batch_wait_ms: int = Field(
+        default=100, ge=1, le=60_000, description="Longest a partly filled batch waits for more records"
+    )
+    accounting_claim_idle_ms: int = Field(
+        default=60_000, ge=100, description="Pending entries idle this long belong to a dead consumer and are claimed"
+    )
+    accounting_claim_interval_s: float = Field(
+        default=5.0, gt=0, description="How often dead consumers' entries are sought"
+    )
+    accounting_trim_interval_s: float = Field(
+        default=10.0, gt=0, description="How often the usage stream is trimmed below what every group acknowledged"
+    )
+    accounting_snapshot_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the node registry is refreshed from the swarm snapshots"
+    )
+    accounting_retry_max_s: float = Field(default=10.0, gt=0, description="Longest wait between ledger reconnects")
+    accounting_consumer_name: str = Field(
+        default_factory=_default_consumer_name,
+        min_length=1,
+        max_length=200,
+        description="This consumer's name in the group; defaults to host-pid-random",
+    )
+    accounting_metrics_port: int = Field(default=9102, ge=0, le=65535, description="Prometheus port; 0 disables")

@@ -1,0 +1,215 @@
+"""Accounting throughput and lag, against a plain `executemany` baseline measured in the same run.
+
+1. Baseline: the same sessions and contribution rows written with `executemany` (INSERT ... ON CONFLICT).
+2. Consumer: records pre-loaded into the usage stream, drained by one in-process `UsageConsumer`
+   (parse, COPY through staging tables, one transaction per batch, XACK): records/s and contribution rows/s.
+3. Lag: a producer process XADDs at a fixed rate; lag = acknowledgement (after commit) minus XADD time.
+
+Run: .venv/bin/python bench/bench_accounting.py [--records 20000] [--nodes 4] [--rate 2000] [--seconds 5]
+Uses a private redis-server and a fresh database on TEST_POSTGRES_URL (default 127.0.0.1:5432), dropped after.
+"""
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from accounting.consumer import Entry, UsageConsumer, stream_id_key
+from accounting.ledger import SESSION_COLUMNS, _contribution_rows, _session_row
+from accounting.settings import AccountingSettings
+from devstack.postgres_server import create_database_if_missing, drop_database
+from devstack.redis_server import RedisServer
+from devstack.services import with_database
+from protocol import keys
+from protocol.money import cost_of, split_payment
+from protocol.usage import NodeContribution, UsageRecord
+from protocol.wallet import to_checksum_address
+from schema.migrate import apply_migrations
+
+ADMIN_DSN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def make_records(count: int, nodes: int) -> list[UsageRecord]:
+    peers = [f"12D3KooW{uuid.uuid4().hex[:30]}" for _ in range(nodes)]
+    wallets = {p: to_checksum_address("0x" + uuid.uuid4().hex + "0" * 8) for p in peers}
+    price = Decimal("0.0001")
+    records = []
+    now = datetime.now(UTC)
+    for _ in range(count):
+        work = {p: i + 1 for i, p in enumerate(peers)}
+        cost = cost_of(20, price)
+        payments, remainder = split_payment(cost, work)
+        records.append(
+            UsageRecord(
+                request_id=uuid.uuid4().hex,
+                model_id="bench/model",
+                status="completed",
+                prompt_tokens=5,
+                tokens_generated=20,
+                price_per_token_far=price,
+                total_cost_far=cost,
+                platform_remainder_far=remainder,
+                started_at=now,
+                finished_at=now + timedelta(seconds=1),
+                worker_id="bench",
+                contributions=tuple(
+                    NodeContribution(
+                        node_id=p,
+                        wallet=wallets[p],
+                        blocks_served=2,
+                        tokens_contributed=25,
+                        work_units=w,
+                        payment_far=payments[p],
+                    )
+                    for p, w in work.items()
+                ),
+            )
+        )
+    return records
+
+
+async def baseline(dsn: str, records: list[UsageRecord]) -> float:
+    connection = await asyncpg.connect(dsn)
+    columns = ", ".join(SESSION_COLUMNS)
+    params = ", ".join(f"${i}" for i in range(1, len(SESSION_COLUMNS) + 1))
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(records), 1000):
+            chunk = records[i : i + 1000]
+            async with connection.transaction():
+                await connection.executemany(
+                    "INSERT INTO far_nodes (node_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                    sorted({(c.node_id,) for r in chunk for c in r.contributions}),
+                )
+                await connection.executemany(
+                    f"INSERT INTO far_mesh_sessions ({columns}) VALUES ({params}) ON CONFLICT DO NOTHING",
+                    [_session_row(r) for r in chunk],
+                )
+                await connection.executemany(
+                    "INSERT INTO far_session_contributions (session_id, node_id, wallet, blocks_served,"
+                    " tokens_contributed, work_units, payment_far) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    " ON CONFLICT DO NOTHING",
+                    [row for r in chunk for row in _contribution_rows(r)],
+                )
+        return time.perf_counter() - started
+    finally:
+        await connection.close()
+
+
+class TimedConsumer(UsageConsumer):
+    """Notes when each entry was acknowledged (after its batch committed)."""
+
+    acked_at: dict[bytes, float]
+
+    async def settle(self, entries: "list[Entry]") -> None:  # type: ignore[override]
+        await super().settle(entries)
+        now = time.time()
+        for entry_id, _ in entries:
+            self.acked_at[entry_id] = now
+
+
+async def drain(redis: aioredis.Redis, dsn: str, settings: AccountingSettings, expected: int) -> TimedConsumer:
+    consumer = TimedConsumer(redis, lambda: asyncpg.connect(dsn), settings)
+    consumer.acked_at = {}
+    task = asyncio.create_task(consumer.run())
+    while len(consumer.acked_at) < expected:
+        await asyncio.sleep(0.01)
+    consumer.stop()
+    await task
+    return consumer
+
+
+def produce_at_rate(redis_url: str, payloads: list[dict[str, str]], rate: int) -> None:
+    async def run() -> None:
+        redis = aioredis.Redis.from_url(redis_url)
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        start = time.perf_counter()
+        for i in range(0, len(payloads), per_tick):
+            async with redis.pipeline(transaction=False) as pipe:
+                for fields in payloads[i : i + per_tick]:
+                    pipe.xadd(keys.USAGE_STREAM, fields)  # type: ignore[arg-type]
+                await pipe.execute()
+            delay = start + (i // per_tick + 1) * tick - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await redis.aclose()
+
+    asyncio.run(run())
+
+
+async def main(args: argparse.Namespace) -> None:
+    server = RedisServer(Path(tempfile.mkdtemp(prefix="bench-redis-"))).start()
+    name = f"far_mesh_bench_{uuid.uuid4().hex[:8]}"
+    await create_database_if_missing(ADMIN_DSN, name)
+    dsn = with_database(ADMIN_DSN, name)
+    redis = aioredis.Redis.from_url(server.url)
+    try:
+        await apply_migrations(dsn)
+        settings = AccountingSettings.from_env(
+            postgres_url=dsn,
+            redis_url=server.url,
+            accounting_batch_size=args.batch,
+            accounting_batch_wait_ms=50,
+            accounting_metrics_port=0,
+            accounting_consumer_name="bench",
+        )
+        records = make_records(args.records, args.nodes)
+        rows = args.records * args.nodes
+
+        base_s = await baseline(dsn, records)
+        print(f"baseline executemany: {args.records / base_s:,.0f} records/s, {rows / base_s:,.0f} rows/s")
+
+        fresh = make_records(args.records, args.nodes)
+        async with redis.pipeline(transaction=False) as pipe:
+            for record in fresh:
+                pipe.xadd(keys.USAGE_STREAM, record.to_stream_fields())  # type: ignore[arg-type]
+            await pipe.execute()
+        started = time.perf_counter()
+        await drain(redis, dsn, settings, len(fresh))
+        took = time.perf_counter() - started
+        print(
+            f"consumer (batch {args.batch}, {args.nodes} nodes/session): {args.records / took:,.0f} records/s, "
+            f"{rows / took:,.0f} contribution rows/s = {base_s / took:.2f}x baseline"
+        )
+
+        await redis.delete(keys.USAGE_STREAM)
+        total = args.rate * args.seconds
+        payloads = [r.to_stream_fields() for r in make_records(total, args.nodes)]
+        producer = multiprocessing.get_context("spawn").Process(
+            target=produce_at_rate, args=(server.url, payloads, args.rate)
+        )
+        producer.start()
+        consumer = await drain(redis, dsn, settings, total)
+        producer.join()
+        lags = sorted(acked - stream_id_key(entry_id)[0] / 1000 for entry_id, acked in consumer.acked_at.items())
+        p50 = statistics.median(lags)
+        p99 = lags[int(len(lags) * 0.99) - 1]
+        print(
+            f"lag XADD->commit+ack at {args.rate}/s for {args.seconds}s: p50 {p50 * 1000:.0f} ms, "
+            f"p99 {p99 * 1000:.0f} ms (p99 / 1 s target = {p99:.2f})"
+        )
+    finally:
+        await redis.aclose()
+        server.stop()
+        await drop_database(ADMIN_DSN, name)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--nodes", type=int, default=4, help="contributions per session")
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--rate", type=int, default=2000, help="offered sessions/s in the lag run")
+    parser.add_argument("--seconds", type=int, default=5)
+    asyncio.run(main(parser.parse_args()))

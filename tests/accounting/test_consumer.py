@@ -1,0 +1,119 @@
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from accounting.consumer import UsageConsumer
+from accounting.settings import AccountingSettings
+from protocol import keys
+from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until
+
+
+def consumer_settings(dsn: str, redis_url: str, **overrides: object) -> AccountingSettings:
+    values: dict[str, object] = {
+        "postgres_url": dsn,
+        "redis_url": redis_url,
+        "accounting_batch_size": 50,
+        "accounting_batch_wait_ms": 20,
+        "accounting_claim_idle_ms": 300,
+        "accounting_claim_interval_s": 0.1,
+        "accounting_trim_interval_s": 0.1,
+        "accounting_metrics_port": 0,
+    } | overrides
+    return AccountingSettings.from_env(**values)
+
+
+@asynccontextmanager
+async def running_consumer(
+    dsn: str, redis_url: str, redis: aioredis.Redis, **overrides: object
+) -> AsyncIterator[UsageConsumer]:
+    settings = consumer_settings(dsn, redis_url, **overrides)
+    running = UsageConsumer(redis, lambda: asyncpg.connect(dsn), settings)
+    task = asyncio.create_task(running.run())
+    try:
+        yield running
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def consumer(migrated_postgres_dsn: str, redis_url: str, redis: aioredis.Redis) -> AsyncIterator[UsageConsumer]:
+    async with running_consumer(migrated_postgres_dsn, redis_url, redis) as running:
+        yield running
+
+
+async def settled(redis: aioredis.Redis) -> bool:
+    groups = await redis.xinfo_groups(keys.USAGE_STREAM)
+    group = next(g for g in groups if g["name"] == keys.USAGE_CONSUMER_GROUP.encode())
+    return bool(group["pending"] == 0 and group["lag"] == 0)
+
+
+async def test_records_are_stored_once_acknowledged_and_trimmed_from_the_stream(
+    consumer: UsageConsumer, redis: aioredis.Redis, migrated_postgres_dsn: str
+) -> None:
+    nodes = [unique_id("peer") for _ in range(4)]
+    records = [usage_record(unique_id("req"), {n: i + 1 for i, n in enumerate(nodes)}) for _ in range(120)]
+    for record in records + records[:30]:  # the last 30 are duplicates a retrying worker might send
+        await redis.xadd(keys.USAGE_STREAM, record.to_stream_fields())
+    await wait_until(lambda: settled(redis), what="every entry acknowledged")
+    sessions, rows, paid = await stored_sessions(migrated_postgres_dsn, [r.request_id for r in records])
+    assert (sessions, rows) == (120, 480)
+    assert paid == sum((c.payment_far for r in records for c in r.contributions), Decimal(0))
+    await wait_until(lambda: _xlen_below(redis, 150), what="stream trimmed")
+
+
+async def _xlen_below(redis: aioredis.Redis, limit: int) -> bool:
+    return int(await redis.xlen(keys.USAGE_STREAM)) < limit
+
+
+async def test_poison_entries_go_to_the_dead_letters_with_their_reason_and_the_rest_is_stored(
+    consumer: UsageConsumer, redis: aioredis.Redis, migrated_postgres_dsn: str
+) -> None:
+    node = unique_id("peer")
+    good = [usage_record(unique_id("req"), {node: 1}) for _ in range(3)]
+    too_big = usage_record(unique_id("req"), {node: 1}, tokens_generated=2**63, price_far=Decimal(0))
+    await redis.xadd(keys.USAGE_STREAM, good[0].to_stream_fields())
+    await redis.xadd(keys.USAGE_STREAM, {"record": "{not json"})
+    await redis.xadd(keys.USAGE_STREAM, {"something": "else"})
+    await redis.xadd(keys.USAGE_STREAM, too_big.to_stream_fields())
+    for record in good[1:]:
+        await redis.xadd(keys.USAGE_STREAM, record.to_stream_fields())
+    await wait_until(lambda: settled(redis), what="every entry acknowledged")
+    dead = [fields for _, fields in await redis.xrange(keys.USAGE_DEAD_LETTERS)]
+    assert [(d[b"kind"], d[b"reason"].split(b":")[0]) for d in dead] == [
+        (b"unparseable", b"1 validation error for UsageRecord Invalid JSON"),
+        (b"unparseable", b"usage entry has no 'record' field"),
+        (b"rejected", b"OverflowError"),
+    ]
+    assert dead[0][b"record"] == b"{not json"
+    assert (await stored_sessions(migrated_postgres_dsn, [r.request_id for r in good]))[0] == 3
+
+
+async def test_entries_a_dead_consumer_left_pending_are_claimed_and_stored(
+    redis: aioredis.Redis, redis_url: str, migrated_postgres_dsn: str
+) -> None:
+    records = [usage_record(unique_id("req"), {unique_id("peer"): 1}) for _ in range(10)]
+    await redis.xgroup_create(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, id="0", mkstream=True)
+    for record in records:
+        await redis.xadd(keys.USAGE_STREAM, record.to_stream_fields())
+    # A consumer that read everything and died before acknowledging.
+    await redis.xreadgroup(keys.USAGE_CONSUMER_GROUP, "ghost", {keys.USAGE_STREAM: ">"}, count=100)
+    async with running_consumer(migrated_postgres_dsn, redis_url, redis, accounting_consumer_name="survivor"):
+        await wait_until(lambda: settled(redis), what="the ghost's entries acknowledged")
+    assert (await stored_sessions(migrated_postgres_dsn, [r.request_id for r in records]))[0] == 10
+
+
+async def test_the_stream_is_never_trimmed_past_what_another_group_still_needs(
+    consumer: UsageConsumer, redis: aioredis.Redis
+) -> None:
+    await redis.xgroup_create(keys.USAGE_STREAM, "auditors", id="0", mkstream=True)
+    for _ in range(20):
+        await redis.xadd(keys.USAGE_STREAM, usage_record(unique_id("req"), {unique_id("peer"): 1}).to_stream_fields())
+    await wait_until(lambda: settled(redis), what="every entry acknowledged")
+    await consumer.trim()
+    assert await redis.xlen(keys.USAGE_STREAM) == 20

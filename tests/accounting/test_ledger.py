@@ -1,0 +1,62 @@
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from accounting.ledger import prepare_connection, session_id_for, write_batch
+from tests.fixtures.ledger import unique_id, usage_record
+
+
+@pytest.fixture
+async def ledger(migrated_postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(migrated_postgres_dsn)
+    await prepare_connection(connection)
+    yield connection
+    await connection.close()
+
+
+async def test_a_batch_stores_each_session_and_one_row_per_contributing_node(ledger: asyncpg.Connection) -> None:
+    nodes = [unique_id("peer") for _ in range(3)]
+    records = [usage_record(unique_id("req"), {nodes[0]: 4, nodes[1]: 4, nodes[2]: 2}) for _ in range(5)]
+    outcome = await write_batch(ledger, records)
+    assert (outcome.sessions_written, outcome.contributions_written, outcome.duplicates) == (5, 15, 0)
+    rows = await ledger.fetch(
+        "SELECT s.request_id, s.total_cost_far, s.platform_remainder_far, s.finalized_at, sum(c.payment_far) AS paid "
+        "FROM far_mesh_sessions s JOIN far_session_contributions c ON c.session_id = s.id "
+        "WHERE s.request_id = ANY($1) GROUP BY s.id",
+        [r.request_id for r in records],
+    )
+    assert len(rows) == 5
+    for row in rows:
+        assert row["paid"] + row["platform_remainder_far"] == row["total_cost_far"] == Decimal("0.001")
+        assert row["finalized_at"] is not None
+
+
+async def test_redelivered_and_repeated_records_change_nothing(ledger: asyncpg.Connection) -> None:
+    node = unique_id("peer")
+    record = usage_record(unique_id("req"), {node: 1})
+    first = await write_batch(ledger, [record, record])
+    again = await write_batch(ledger, [record])
+    assert (first.sessions_written, first.duplicates) == (1, 1)
+    assert (again.sessions_written, again.contributions_written, again.duplicates) == (0, 0, 1)
+    count = await ledger.fetchval(
+        "SELECT count(*) FROM far_session_contributions WHERE session_id = $1", session_id_for(record.request_id)
+    )
+    assert count == 1
+
+
+async def test_a_record_the_ledger_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_stored(
+    ledger: asyncpg.Connection,
+) -> None:
+    node = unique_id("peer")
+    good = [usage_record(unique_id("req"), {node: 1}) for _ in range(3)]
+    # Valid for pydantic, too large for BIGINT: the ledger refuses it while encoding the COPY.
+    too_big = usage_record(unique_id("req"), {node: 1}, tokens_generated=2**63, price_far=Decimal(0))
+    outcome = await write_batch(ledger, [good[0], too_big, good[1], good[2]])
+    assert list(outcome.rejected) == [1]
+    assert outcome.sessions_written == 3
+    stored = await ledger.fetchval(
+        "SELECT count(*) FROM far_mesh_sessions WHERE request_id = ANY($1)", [r.request_id for r in good + [too_big]]
+    )
+    assert stored == 3

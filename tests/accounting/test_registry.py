@@ -1,0 +1,64 @@
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from accounting.registry import read_snapshots, sync_registry
+from protocol import keys
+from protocol.swarm import ServerSnapshot, SwarmSnapshot
+from tests.fixtures.ledger import unique_id, wallet_for
+
+
+def snapshot(model_id: str, taken_at: datetime, *servers: ServerSnapshot) -> SwarmSnapshot:
+    return SwarmSnapshot(model_id=model_id, dht_prefix="test", num_blocks=4, taken_at=taken_at, servers=servers)
+
+
+def server(peer_id: str, start: int, end: int, state: str = "online") -> ServerSnapshot:
+    return ServerSnapshot(
+        peer_id=peer_id,
+        public_name=f"node {peer_id}",
+        wallet=wallet_for(peer_id),
+        start_block=start,
+        end_block=end,
+        throughput=100.0,
+        state=state,
+    )
+
+
+async def test_active_far_nodes_follows_the_swarm_snapshots(redis: aioredis.Redis, migrated_postgres_dsn: str) -> None:
+    first, second = unique_id("peer"), unique_id("peer")
+    model = unique_id("model")
+    now = datetime.now(UTC)
+    await redis.hset(
+        keys.SWARM_SNAPSHOTS,
+        mapping={
+            model: snapshot(model, now, server(first, 0, 2), server(second, 2, 4)).model_dump_json(),
+            "broken/model": "{not a snapshot",
+        },
+    )
+    connection = await asyncpg.connect(migrated_postgres_dsn)
+    try:
+        snapshots = await read_snapshots(redis)
+        assert [s.model_id for s in snapshots] == [model]
+        await sync_registry(connection, snapshots)
+        active = await connection.fetch(
+            "SELECT node_id, wallet, blocks_held FROM active_far_nodes WHERE node_id = ANY($1) ORDER BY node_id",
+            [first, second],
+        )
+        assert [(r["node_id"], r["wallet"], r["blocks_held"]) for r in active] == sorted(
+            [(first, wallet_for(first), 2), (second, wallet_for(second), 2)]
+        )
+
+        # The second node left the swarm; an older snapshot arriving late changes nothing.
+        await sync_registry(connection, [snapshot(model, now + timedelta(seconds=5), server(first, 0, 4))])
+        await sync_registry(connection, [snapshot(model, now - timedelta(seconds=5), server(second, 0, 4))])
+        states = dict(
+            await connection.fetch(
+                "SELECT node_id, state FROM far_node_models WHERE node_id = ANY($1)", [first, second]
+            )
+        )
+        assert states == {first: "online", second: "offline"}
+        spans = await connection.fetchval("SELECT end_block FROM far_node_models WHERE node_id = $1", first)
+        assert spans == 4
+    finally:
+        await connection.close()
