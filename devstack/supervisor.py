@@ -67,6 +67,9 @@ class Supervisor:
                 print(f"dev: {child.name} ignored SIGTERM for {self.grace_s:.0f}s; killing it", flush=True)
             _signal_group(child.process, signal.SIGKILL)
             child.process.wait()
+            child.pump.join(timeout=2)
+            if child.process.stdout is not None:
+                child.process.stdout.close()
         self.children.clear()
 
     def _on_signal(self, signum: int, _frame: object) -> None:

@@ -2,4 +2,9 @@
 
 pytest_plugins = [
     "tests.fixtures.services",
+    "tests.fixtures.swarm",
+    "tests.fixtures.ledger",
+    "tests.fixtures.gateway",
+    "tests.fixtures.deploy",
+    "tests.fixtures.workers",
 ]

@@ -1,0 +1,40 @@
+"""How a node announces the wallet it is paid into: inside the `public_name` Petals publishes in the DHT.
+
+Every Petals server already publishes a free-text `public_name` with its blocks, so the wallet rides there and
+the coordinator reads it back from the same DHT record it routes by; no second registry can disagree. The
+encoding is `far:<EIP-55 address>` at the end of the name, after an optional human label:
+`"gpu-box-7 far:0x52908400098527886E0F7030069857D2E4169EE7"`.
+"""
+
+import re
+
+from protocol.wallet import is_checksum_address, validate_wallet
+
+WALLET_TAG = "far:"
+MAX_LABEL_LENGTH = 64
+_ANNOUNCED_WALLET = re.compile(r"(?:^|\s)" + re.escape(WALLET_TAG) + r"(0x[0-9a-fA-F]{40})$")
+
+
+class InvalidLabel(ValueError):
+    """A node label that could not be announced unambiguously."""
+
+
+def public_name_for(wallet: str, label: str | None = None) -> str:
+    """The public name announcing `wallet` (EIP-55, checked here) after an optional label."""
+    validate_wallet(wallet)
+    if not label:
+        return WALLET_TAG + wallet
+    label = " ".join(label.split())
+    if len(label) > MAX_LABEL_LENGTH:
+        raise InvalidLabel(f"label is {len(label)} characters; at most {MAX_LABEL_LENGTH} fit in a public name")
+    return f"{label} {WALLET_TAG}{wallet}"
+
+
+def wallet_from_public_name(public_name: str | None) -> str | None:
+    """The wallet a server announced, or None when its name announces none or a mistyped (bad checksum) one."""
+    if not public_name:
+        return None
+    match = _ANNOUNCED_WALLET.search(public_name.strip())
+    if match is None or not is_checksum_address(match.group(1)):
+        return None
+    return match.group(1)

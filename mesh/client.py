@@ -1,0 +1,110 @@
+"""Opening a Petals client (distributed model + tokenizer) for a catalog model, with bounded retries.
+
+Petals' client retries a failing route forever by default (`max_retries=None`, backoff up to 60 s): a worker
+would hang on one request while the user waits. Here failures surface after a few quick retries, so the
+caller (the worker) can recover one level up: open a fresh session and re-prefill what was generated.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from protocol.catalog import ModelSpec
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """The `petals.ClientConfig` fields that bound how long a failure takes to surface."""
+
+    max_retries: int = 3
+    """Petals' own API server uses 3 "so that the user sees an error instead of a freeze"."""
+    connect_timeout: float = 5.0
+    request_timeout: float = 30.0
+    """Per step; a tiny model answers in milliseconds, a 70B one in seconds, a dead server never."""
+    min_backoff: float = 0.5
+    max_backoff: float = 4.0
+    ban_timeout: float = 15.0
+    update_period: float = 15.0
+    """How often the client re-reads the DHT, so a replaced server is found within seconds."""
+    daemon_startup_timeout: int = 30
+
+
+@dataclass
+class MeshClient:
+    """A model and its tokenizer, connected to the swarm through the model's own DHT."""
+
+    spec: ModelSpec
+    model: Any
+    """`petals.AutoDistributedModelForCausalLM`: call `.inference_session(...)` and `.generate(...)` on it."""
+    tokenizer: Any
+
+    @property
+    def dht(self) -> Any:
+        """The client's hivemind DHT: read the swarm through it rather than joining the DHT a second time."""
+        return self.model.transformer.h.sequence_manager.dht
+
+    def refresh_routes(self) -> list[str]:
+        """Re-read the swarm, ping every server of the model, and ban the unreachable ones; returns their ids.
+
+        Petals does not ban a server it failed to connect to while opening a session, and the DHT keeps
+        announcing a crashed server until its record expires (minutes), so without this a new session may be
+        routed to the same dead server on every retry. Call it after a failure, before opening a new session.
+        Bans last `ClientLimits.ban_timeout` seconds, then the server is tried again.
+        """
+        manager = self.model.transformer.h.sequence_manager
+        manager.update(wait=True)
+        with manager.lock_changes:
+            peers = {span.peer_id for spans in manager.state.sequence_info.spans_containing_block for span in spans}
+        manager.ping_aggregator.ping(list(peers), wait_timeout=manager.config.ping_timeout)
+        rtts = manager.ping_aggregator.to_dict()
+        unreachable = [peer for peer in peers if rtts.get(peer) == math.inf]
+        for peer in unreachable:
+            manager.on_request_failure(peer)
+        return sorted(peer.to_base58() for peer in unreachable)
+
+    def close(self) -> None:
+        """Stop the route updater, the client's P2P connection and its DHT, each with its p2pd.
+
+        The P2P object lives on hivemind's background event loop and must be shut down there: left to the
+        garbage collector, it tries to close itself on the main thread, which has no event loop.
+        """
+        from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
+
+        manager = self.model.transformer.h.sequence_manager
+        manager.shutdown()
+        if manager.state.p2p is not None:
+            RemoteExpertWorker.run_coroutine(manager.state.p2p.shutdown())
+        manager.dht.shutdown()
+
+
+def open_client(
+    spec: ModelSpec,
+    initial_peers: Sequence[str],
+    *,
+    limits: ClientLimits = ClientLimits(),
+    torch_dtype: str = "float32",
+) -> MeshClient:
+    """Load `spec`'s config, tokenizer and client-side weights (embeddings, head) and join the swarm's DHT.
+
+    Works the same for a hub id (weights from the hub cache) and a local directory (tiny models).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from mesh.compat import AutoDistributedModelForCausalLM
+
+    if not initial_peers:
+        raise ValueError(
+            f"{spec.model_id}: no initial peers; pass the swarm's multiaddrs (e.g. FAR_MESH_INITIAL_PEERS)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(spec.weights_source)
+    model = AutoDistributedModelForCausalLM.from_pretrained(
+        spec.weights_source,
+        initial_peers=list(initial_peers),
+        dht_prefix=spec.dht_prefix,
+        torch_dtype=torch_dtype if torch_dtype == "auto" else getattr(torch, torch_dtype),
+        show_route=False,
+        **asdict(limits),
+    )
+    return MeshClient(spec=spec, model=model, tokenizer=tokenizer)

@@ -1,0 +1,156 @@
+"""`far-mesh models generate`, `far-mesh swarm` and `far-mesh node`: the mesh room's commands.
+
+Handlers import torch, transformers and petals lazily, so `far-mesh --help` stays fast and the light image
+(no mesh extra) still runs every other command.
+"""
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from protocol.catalog import ModelSpec
+
+EXIT_REFUSED = 2
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    models = subparsers.add_parser("models", help="generate the tiny local models used by development and tests")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    generate = models_commands.add_parser("generate", help="generate (or reuse) the tiny Llama models")
+    generate.add_argument("--cache-dir", type=Path, help="default: FAR_MESH_CACHE_DIR, else ~/.cache/far-mesh")
+    generate.set_defaults(handler=generate_models)
+
+    swarm = subparsers.add_parser("swarm", help="run a local Petals swarm on loopback until Ctrl-C")
+    swarm.add_argument(
+        "--model", action="append", required=True, help="a tiny model name or a FAR_MESH_MODELS id (repeatable)"
+    )
+    swarm.add_argument("--split", type=int, default=2, help="servers per copy of each model (default 2)")
+    swarm.add_argument("--replicas", type=int, default=1, help="copies of each span (default 1)")
+    swarm.add_argument("--dht-port", type=int, help="DHT bootstrap port on 127.0.0.1 (default: a free one)")
+    swarm.add_argument("--wallet", action="append", default=[], help="wallets to pay, given to servers in turn")
+    swarm.add_argument("--cache-dir", type=Path, help="default: FAR_MESH_CACHE_DIR, else ~/.cache/far-mesh")
+    swarm.set_defaults(handler=run_swarm)
+
+    node = subparsers.add_parser("node", help="serve transformer blocks into a swarm and be paid in $FAR")
+    node.add_argument("--wallet", required=True, help="EIP-55 checksummed address that $FAR is paid into")
+    node.add_argument("--model", required=True, help="model id from FAR_MESH_MODELS, tiny model name, hub id or path")
+    node.add_argument("--initial-peers", nargs="+", required=True, help="multiaddrs of the swarm's DHT")
+    span = node.add_mutually_exclusive_group()
+    span.add_argument("--blocks", help="half-open block span to serve, e.g. 0:2")
+    span.add_argument("--num-blocks", type=int, help="serve this many blocks, chosen by Petals")
+    node.add_argument("--public-name", help="a label shown next to the wallet in the swarm")
+    node.add_argument("--port", type=int, help="TCP port to listen on (default: any free one)")
+    node.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    node.add_argument("--dht-prefix", help="block uid prefix; default: the model's, from the catalog or Petals")
+    node.add_argument("--throughput", type=float, help="announced tokens/s; default: measured by Petals")
+    node.add_argument("--device", help="cpu, cuda, cuda:1...; default: Petals' choice")
+    node.add_argument("--torch-dtype", default="auto", help="float32, float16, bfloat16 or auto")
+    node.set_defaults(handler=run_node)
+
+
+def generate_models(args: argparse.Namespace) -> int:
+    from mesh.tiny_models import ensure_tiny_models
+
+    for spec in ensure_tiny_models(_cache_dir(args.cache_dir)):
+        print(f"{spec.model_id} {spec.source}")
+    return 0
+
+
+def run_swarm(args: argparse.Namespace) -> int:
+    from mesh.local_swarm import LocalSwarm, SwarmError, split_plans
+    from mesh.node import NodeRefused
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        plans = [
+            plan
+            for name in args.model
+            for plan in split_plans(_resolve_model(name, args.cache_dir), args.split, args.replicas, args.wallet)
+        ]
+        with LocalSwarm(plans, dht_port=args.dht_port) as swarm:
+            print(f"initial peers: {' '.join(swarm.initial_peers)}", flush=True)
+            for server in swarm.servers:
+                plan = server.plan
+                print(
+                    f"{server.name} peer_id={server.peer_id} pid={server.pid} "
+                    f"model={plan.model.model_id} blocks={plan.start_block}:{plan.end_block}",
+                    flush=True,
+                )
+            print("swarm ready; Ctrl-C stops it", flush=True)
+            signal.pause()
+    except (NodeRefused, ValueError) as exc:  # ValueError: an unknown model, a mistyped wallet
+        return _refuse("swarm", exc)
+    except SwarmError as exc:
+        print(f"far-mesh swarm: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def run_node(args: argparse.Namespace) -> int:
+    import os
+
+    from mesh.node import NodeConfig, NodeRefused, check_node, parse_blocks, server_command
+    from protocol.wallet import InvalidWallet
+
+    spec = _catalog_model(args.model, None)
+    try:
+        config = NodeConfig(
+            model_source=spec.weights_source if spec else args.model,
+            initial_peers=tuple(args.initial_peers),
+            dht_prefix=args.dht_prefix or (spec.dht_prefix if spec else None),
+            wallet=args.wallet,
+            label=args.public_name,
+            blocks=parse_blocks(args.blocks) if args.blocks else None,
+            num_blocks=args.num_blocks,
+            host=args.host,
+            port=args.port,
+            throughput=args.throughput,
+            device=args.device,
+            torch_dtype=args.torch_dtype,
+        )
+        check_node(config)
+    except (NodeRefused, InvalidWallet, ValueError) as exc:
+        return _refuse("node", exc)
+    command = server_command(config)
+    print(f"far-mesh node: serving {config.model_source} as {config.public_name}", flush=True)
+    os.execv(command[0], command)  # the node *is* the Petals server from here on: signals reach it directly
+
+
+def _refuse(command: str, exc: Exception) -> int:
+    print(f"far-mesh {command}: {exc}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _cache_dir(override: Path | None) -> Path:
+    from mesh.settings import MeshSettings
+
+    return override.expanduser() if override else MeshSettings.from_env().cache_dir
+
+
+def _catalog_model(name: str, cache_dir: Path | None) -> ModelSpec | None:
+    """A tiny model (generated on demand) or a FAR_MESH_MODELS entry named `name`, if any."""
+    from mesh.settings import MeshSettings
+    from mesh.tiny_models import TINY_MODELS, ensure_tiny_model, spec_for
+
+    for recipe in TINY_MODELS:
+        if recipe.name == name:
+            return spec_for(recipe, ensure_tiny_model(_cache_dir(cache_dir), recipe))
+    return MeshSettings.from_env().catalog.get(name)
+
+
+def _resolve_model(name: str, cache_dir: Path | None) -> ModelSpec:
+    spec = _catalog_model(name, cache_dir)
+    if spec is None:
+        from mesh.tiny_models import TINY_MODELS
+
+        known = [recipe.name for recipe in TINY_MODELS]
+        raise ValueError(f"unknown model {name!r}; tiny models are {known}, others come from FAR_MESH_MODELS")
+    return spec

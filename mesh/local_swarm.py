@@ -1,0 +1,441 @@
+"""A real Petals swarm on loopback: one DHT bootstrap and N servers, each a subprocess in its own process group.
+
+Development (`far-mesh swarm`, `far-mesh dev`) and the tests run the swarm through this module. Servers are
+started with the node launcher's command line (`mesh.node.server_command`), so they are real nodes that
+happen to listen on 127.0.0.1. Several models may share one DHT, and each server is given one model and one
+block span, so spans can be split (A 0:2 / 2:4) and replicated (A 2:4 twice).
+
+Peer ids are known without parsing logs: each process is given an identity file path that does not exist
+yet, generates its key there as it starts, and the peer id is derived from that file.
+
+Every process is stopped by process group, SIGTERM then SIGKILL: a Petals server's handler processes and its
+`p2pd` daemons are in its group, and killing only the main process would leave them running.
+"""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self, TypeVar
+
+from devstack.ports import free_port, port_is_taken
+from mesh.announce import public_name_for
+from mesh.node import (
+    InvalidBlocks,
+    ModelPathMissing,
+    NodeConfig,
+    NodeRefused,
+    PortTaken,
+    looks_like_path,
+    server_command,
+)
+from mesh.petals_cli import AWAIT_PORT_VARIABLE, command_line
+from protocol.catalog import ModelSpec
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LOOPBACK = "127.0.0.1"
+SERVER_THROUGHPUT = 100.0
+"""Announced by every local server instead of a measured value: measuring takes minutes and needs internet."""
+STOP_GRACE_S = 10.0
+LOG_TAIL_LINES = 30
+
+SERVER_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    # Several servers share two cores; one thread each keeps them from fighting over both.
+    "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class SwarmError(RuntimeError):
+    """The local swarm did not come up; the message includes the logs of the processes that failed."""
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """One server of a local swarm: which model, which half-open block span, whom to pay."""
+
+    model: ModelSpec
+    start_block: int
+    end_block: int
+    wallet: str | None = None
+    label: str | None = None
+
+
+def model_num_blocks(model: ModelSpec) -> int | None:
+    """The number of transformer blocks of a locally stored model (None when it is a hub id)."""
+    if not looks_like_path(model.weights_source):
+        return None
+    config_path = Path(model.weights_source).expanduser() / "config.json"
+    if not config_path.is_file():
+        raise ModelPathMissing(f"model path {model.weights_source} has no config.json; generate it first")
+    config: dict[str, Any] = json.loads(config_path.read_text())
+    layers = config.get("num_hidden_layers", config.get("n_layer"))
+    return int(layers) if layers is not None else None
+
+
+def peer_id_from_identity(path: Path) -> str:
+    """The base58 peer id of the libp2p private key hivemind wrote to `path`."""
+    from hivemind.p2p import PeerID
+
+    return str(PeerID.from_identity(path.read_bytes()).to_base58())
+
+
+class SwarmProcess:
+    """A subprocess in its own process group, its output in a log file."""
+
+    def __init__(
+        self, name: str, command: list[str], log_path: Path, identity_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.identity_path = identity_path
+        self._log: IO[bytes] = log_path.open("wb")
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **SERVER_ENVIRONMENT, **(env or {})},
+            start_new_session=True,
+        )
+        self._peer_id: str | None = None
+
+    @property
+    def pid(self) -> int:
+        """Also the process group id: the process leads its own group."""
+        return self._process.pid
+
+    @property
+    def peer_id(self) -> str:
+        """The process's libp2p peer id; SwarmError until the process has written its identity file."""
+        if self._peer_id is None:
+            try:
+                self._peer_id = peer_id_from_identity(self.identity_path)
+            except Exception as exc:  # missing, or still being written: protobuf and OS errors alike
+                raise SwarmError(f"{self.name} has not written its identity yet ({exc})\n{self.log_tail()}") from exc
+        return self._peer_id
+
+    @property
+    def exit_status(self) -> int | None:
+        """None while the process runs."""
+        return self._process.poll()
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- last {len(text)} lines of {self.log_path} ---\n" + "\n".join(text)
+
+    def group_members(self) -> list[int]:
+        """Live (non-zombie) processes still in this process's group."""
+        return group_members(self.pid)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once: a crash, as a test of failover wants it."""
+        self._signal_group(signal.SIGKILL)
+        self._reap(timeout=STOP_GRACE_S)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM the group, then SIGKILL whatever is left of it after `grace_s`."""
+        if self.group_members():
+            self._signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while self.group_members() and time.monotonic() < deadline:
+                self._reap(timeout=0.1)
+            if self.group_members():
+                logger.warning("%s ignored SIGTERM for %.0f s; sending SIGKILL", self.name, grace_s)
+                self._signal_group(signal.SIGKILL)
+        self._reap(timeout=STOP_GRACE_S)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self, timeout: float) -> None:
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return
+        deadline = time.monotonic() + timeout
+        while self.group_members() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._log.close()
+
+
+class LocalServer(SwarmProcess):
+    """A Petals server of the local swarm."""
+
+    def __init__(self, plan: ServerPlan, config: NodeConfig, name: str, work_dir: Path, dht_port: int) -> None:
+        assert config.identity_path is not None
+        self.plan = plan
+        self.config = config
+        super().__init__(
+            name,
+            server_command(config),
+            work_dir / f"{name}.log",
+            config.identity_path,
+            # Import while the DHT starts, join once it listens.
+            env={AWAIT_PORT_VARIABLE: f"{LOOPBACK}:{dht_port}"},
+        )
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of live processes in process group `pgid`, read from /proc (zombies awaiting a reaper excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, pgrp, ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+class LocalSwarm:
+    """A DHT bootstrap on `127.0.0.1:dht_port` (a free port when None) and one server per plan.
+
+    Use as a context manager, or call `start()` and `stop()`. `start()` returns once every server announces
+    its blocks online in the DHT; `stop()` stops every process it started, including any added later with
+    `start_server`.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[ServerPlan] = (),
+        *,
+        work_dir: Path | None = None,
+        dht_port: int | None = None,
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        self.plans = list(servers)
+        self._owned_work_dir = work_dir is None
+        self.work_dir = Path(tempfile.mkdtemp(prefix="far-mesh-swarm-")) if work_dir is None else work_dir
+        self.dht_port = dht_port
+        self.start_timeout_s = start_timeout_s
+        self.dht_process: SwarmProcess | None = None
+        self.servers: list[LocalServer] = []
+        self._dht_client: Any = None
+        self._dht_thread: ThreadPoolExecutor | None = None
+
+    # lifecycle
+
+    def start(self) -> Self:
+        for plan in self.plans:
+            check_plan(plan)
+        if self.dht_port is not None and port_is_taken(self.dht_port):
+            raise PortTaken(f"DHT port {self.dht_port} is already in use; choose another or stop what holds it")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            self._start_dht()
+            for plan in self.plans:
+                self._launch(plan)
+            self.wait_until_served(self.start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info(
+            "local swarm ready servers=%d seconds=%.1f initial_peers=%s",
+            len(self.servers),
+            time.monotonic() - started,
+            " ".join(self.initial_peers),
+        )
+        return self
+
+    def stop(self) -> None:
+        self._stop_dht_client()
+        for process in [*self.servers, *([self.dht_process] if self.dht_process else [])]:
+            process.stop()
+        if self._owned_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        logger.info("local swarm stopped processes=%d", len(self.servers) + (self.dht_process is not None))
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # servers
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        """The distinct models this swarm serves, in plan order."""
+        return list(dict.fromkeys(plan.model for plan in self.plans))
+
+    @property
+    def initial_peers(self) -> list[str]:
+        """Multiaddrs of the DHT bootstrap, what clients and other nodes pass as `initial_peers`."""
+        if self.dht_process is None or self.dht_port is None:
+            raise SwarmError("the swarm has not been started")
+        return [f"/ip4/{LOOPBACK}/tcp/{self.dht_port}/p2p/{self.dht_process.peer_id}"]
+
+    def start_server(self, plan: ServerPlan, *, timeout_s: float | None = None) -> LocalServer:
+        """Add a server to the running swarm and wait until it serves its blocks."""
+        check_plan(plan)
+        self.plans.append(plan)
+        server = self._launch(plan)
+        self.wait_until_served(self.start_timeout_s if timeout_s is None else timeout_s, servers=[server])
+        return server
+
+    def wait_until_served(self, timeout_s: float, servers: Sequence[LocalServer] | None = None) -> None:
+        """Block until each server (all by default) is announced online in the DHT for its whole span."""
+        pending = list(self.servers if servers is None else servers)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for process in [*pending, *([self.dht_process] if self.dht_process else [])]:
+                if process.exit_status is not None:
+                    raise SwarmError(f"{process.name} exited with status {process.exit_status}\n{process.log_tail()}")
+            # The DHT client can only be created (and queried) once the bootstrap listens.
+            online = self._online_peer_spans(pending) if port_is_taken(self.dht_port or 0) else set()
+            pending = [s for s in pending if not _serves(online, s)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(s.log_tail() for s in pending)
+                raise SwarmError(f"not served after {timeout_s:.0f} s: {[s.name for s in pending]}\n{tails}")
+            time.sleep(0.5)
+
+    # internals
+
+    def _start_dht(self) -> None:
+        """Launch the DHT bootstrap with an identity made here, so its peer id is known before it listens."""
+        from hivemind.p2p import P2P
+
+        self.dht_port = self.dht_port or free_port()
+        identity = self.work_dir / "dht.identity"
+        if not identity.exists():
+            P2P.generate_identity(str(identity))
+        command = command_line(
+            "run_dht", ["--host_maddrs", f"/ip4/{LOOPBACK}/tcp/{self.dht_port}", "--identity_path", str(identity)]
+        )
+        self.dht_process = SwarmProcess("dht", command, self.work_dir / "dht.log", identity)
+
+    def _launch(self, plan: ServerPlan) -> LocalServer:
+        name = f"server{len(self.servers)}-{plan.model.model_id.replace('/', '_')}-{plan.start_block}-{plan.end_block}"
+        config = NodeConfig(
+            model_source=plan.model.weights_source,
+            initial_peers=tuple(self.initial_peers),
+            dht_prefix=plan.model.dht_prefix,
+            wallet=plan.wallet,
+            label=plan.label,
+            blocks=(plan.start_block, plan.end_block),
+            host=LOOPBACK,
+            throughput=SERVER_THROUGHPUT,
+            device="cpu",
+            torch_dtype="float32",
+            identity_path=self.work_dir / f"{name}.identity",
+            loopback_only=True,
+        )
+        assert self.dht_port is not None
+        server = LocalServer(plan, config, name, self.work_dir, self.dht_port)
+        self.servers.append(server)
+        logger.info("swarm server started name=%s pid=%d", name, server.pid)
+        return server
+
+    def module_infos(self, dht_prefix: str, num_blocks: int) -> list[Any]:
+        """Petals' `RemoteModuleInfo` of blocks 0..num_blocks-1 under `dht_prefix`: who announces what, and in
+        which state, as a client routing now would see it (latest=True looks past the DHT client's own cache,
+        which would keep showing a server as joining).
+
+        Runs on this swarm's private DHT thread: hivemind's futures adopt the calling thread's event loop,
+        creating (and never closing) one on a thread that has none, such as the main thread of a test.
+        """
+        from mesh.compat import petals
+
+        uids = [f"{dht_prefix}.{block}" for block in range(num_blocks)]
+        return self._on_dht_thread(lambda: petals.utils.dht.get_remote_module_infos(self._dht(), uids, latest=True))
+
+    def _on_dht_thread(self, call: Callable[[], T]) -> T:
+        if self._dht_thread is None:
+            self._dht_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-swarm-dht")
+        return self._dht_thread.submit(call).result()
+
+    def _dht(self) -> Any:
+        """A client-mode hivemind DHT joined to this swarm: created once, on the DHT thread."""
+        if self._dht_client is None:
+            import hivemind
+
+            self._dht_client = hivemind.DHT(
+                initial_peers=self.initial_peers, client_mode=True, start=True, host_maddrs=[f"/ip4/{LOOPBACK}/tcp/0"]
+            )
+        return self._dht_client
+
+    def _stop_dht_client(self) -> None:
+        if self._dht_thread is None:
+            return
+        if self._dht_client is not None:
+            self._on_dht_thread(self._dht_client.shutdown)
+            self._dht_client = None
+        self._dht_thread.shutdown()
+        self._dht_thread = None
+
+    def _online_peer_spans(self, servers: Sequence[LocalServer]) -> set[tuple[str, str, int]]:
+        """(dht_prefix, peer id, block) for every block announced online, over the given servers' models."""
+        from mesh.compat import petals
+
+        online = set()
+        for prefix in {s.config.dht_prefix or "" for s in servers}:
+            num_blocks = max(s.plan.end_block for s in servers if (s.config.dht_prefix or "") == prefix)
+            for block, info in enumerate(self.module_infos(prefix, num_blocks)):
+                for peer_id, server_info in info.servers.items():
+                    if server_info.state == petals.data_structures.ServerState.ONLINE:
+                        online.add((prefix, peer_id.to_base58(), block))
+        return online
+
+
+def _serves(online: set[tuple[str, str, int]], server: LocalServer) -> bool:
+    try:
+        peer_id = server.peer_id
+    except SwarmError:
+        return False
+    prefix = server.config.dht_prefix or ""
+    return all((prefix, peer_id, block) in online for block in range(server.plan.start_block, server.plan.end_block))
+
+
+def check_plan(plan: ServerPlan) -> None:
+    """Refuse a plan whose model is missing, whose span does not fit the model, or whose wallet is mistyped."""
+    if plan.wallet is not None:
+        public_name_for(plan.wallet, plan.label)
+    if plan.model.dht_prefix is None:
+        raise NodeRefused(f"model {plan.model.model_id} needs a dht_prefix to be served from a local swarm")
+    num_blocks = model_num_blocks(plan.model)
+    if not 0 <= plan.start_block < plan.end_block or (num_blocks is not None and plan.end_block > num_blocks):
+        raise InvalidBlocks(
+            f"blocks {plan.start_block}:{plan.end_block} do not fit {plan.model.model_id} ({num_blocks} blocks)"
+        )
+
+
+def split_plans(model: ModelSpec, parts: int, replicas: int = 1, wallets: Sequence[str] = ()) -> list[ServerPlan]:
+    """`parts` consecutive spans covering the model, each served by `replicas` servers; wallets assigned in turn."""
+    num_blocks = model_num_blocks(model)
+    if num_blocks is None:
+        raise NodeRefused(f"cannot split {model.model_id}: its block count is only known for a local path")
+    if not 1 <= parts <= num_blocks:
+        raise InvalidBlocks(f"cannot split {num_blocks} blocks of {model.model_id} into {parts} spans")
+    bounds = [i * num_blocks // parts for i in range(parts + 1)]
+    plans: list[ServerPlan] = []
+    for replica in range(replicas):
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            wallet = wallets[len(plans) % len(wallets)] if wallets else None
+            plans.append(ServerPlan(model, start, end, wallet=wallet, label=f"local-{replica}"))
+    return plans

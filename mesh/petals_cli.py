@@ -1,0 +1,54 @@
+"""`python -m mesh.petals_cli {run_server,run_dht} ARGS...`: petals' own command lines, behind `mesh.compat`.
+
+Petals servers and DHT bootstraps run as separate processes. Started as `python -m petals.cli.run_server` they
+would import petals before hivemind's missing names are restored and fail; this entry point imports
+`mesh.compat` first, then hands the remaining arguments to petals' unmodified `main()`.
+
+With `FAR_MESH_AWAIT_PORT=host:port` set, the process imports everything (the slow part of its start) and then
+waits, up to AWAIT_PORT_TIMEOUT_S, until something listens there before petals runs: the local swarm starts its
+servers together with the DHT bootstrap they join, instead of one after the other.
+"""
+
+import importlib
+import os
+import sys
+import time
+
+COMMANDS = ("run_server", "run_dht")
+AWAIT_PORT_VARIABLE = "FAR_MESH_AWAIT_PORT"
+AWAIT_PORT_TIMEOUT_S = 120.0
+
+
+def command_line(name: str, args: list[str]) -> list[str]:
+    """The command that runs petals' CLI `name` with `args` under this interpreter (so in the same environment)."""
+    return [sys.executable, "-m", "mesh.petals_cli", name, *args]
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in COMMANDS:
+        sys.exit(f"usage: python -m mesh.petals_cli {{{','.join(COMMANDS)}}} ARGS...")
+    import mesh.compat  # noqa: F401 - restores hivemind's names before petals' CLI module is imported
+
+    command = importlib.import_module(f"petals.cli.{argv[0]}")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and hasattr(command, "validate_version"):
+        # Offline (the local swarm), asking PyPI for petals' latest version only logs a failed request.
+        setattr(command, "validate_version", lambda: None)  # noqa: B010 - a module attribute mypy cannot see
+    if awaited := os.environ.get(AWAIT_PORT_VARIABLE):
+        host, _, port = awaited.rpartition(":")
+        await_port(host, int(port))
+    sys.argv = [f"petals.cli.{argv[0]}", *argv[1:]]
+    command.main()
+
+
+def await_port(host: str, port: int, timeout_s: float = AWAIT_PORT_TIMEOUT_S) -> None:
+    from devstack.ports import port_is_taken
+
+    deadline = time.monotonic() + timeout_s
+    while not port_is_taken(port, host):
+        if time.monotonic() > deadline:
+            sys.exit(f"nothing listens on {host}:{port} after {timeout_s:.0f} s ({AWAIT_PORT_VARIABLE})")
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

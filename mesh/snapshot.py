@@ -1,0 +1,45 @@
+"""Reading one model's swarm from the DHT into a `SwarmSnapshot`, the way Petals' health monitor sees it.
+
+Each block uid is `"{dht_prefix}.{index}"`; every server announces the span it holds under those uids, with
+its state, throughput and public name (which carries the node's wallet, see `mesh.announce`).
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from mesh.announce import wallet_from_public_name
+from protocol.swarm import ServerSnapshot, SwarmSnapshot
+
+
+def block_uids(dht_prefix: str, num_blocks: int) -> list[str]:
+    return [f"{dht_prefix}.{index}" for index in range(num_blocks)]
+
+
+def read_swarm_snapshot(dht: Any, model_id: str, dht_prefix: str, num_blocks: int) -> SwarmSnapshot:
+    """Ask the DHT who holds which blocks of the model now (blocking: a DHT round trip)."""
+    from mesh.compat import petals
+
+    infos = petals.utils.dht.get_remote_module_infos(dht, block_uids(dht_prefix, num_blocks), latest=True)
+    spans = petals.utils.dht.compute_spans(infos, min_state=petals.data_structures.ServerState.OFFLINE)
+    servers = []
+    for peer_id, span in sorted(spans.items(), key=lambda item: (item[1].start, str(item[0]))):
+        info = span.server_info
+        servers.append(
+            ServerSnapshot(
+                peer_id=str(peer_id),
+                public_name=info.public_name,
+                wallet=wallet_from_public_name(info.public_name),
+                start_block=span.start,
+                end_block=span.end,
+                throughput=float(info.throughput),
+                state=info.state.name.lower(),
+                cache_tokens_left=info.cache_tokens_left,
+            )
+        )
+    return SwarmSnapshot(
+        model_id=model_id,
+        dht_prefix=dht_prefix,
+        num_blocks=num_blocks,
+        taken_at=datetime.now(UTC),
+        servers=tuple(servers),
+    )

@@ -1,0 +1,53 @@
+"""The client factory against a real local swarm: same tokens as the model run locally, over both servers."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from mesh.announce import wallet_from_public_name
+from mesh.client import ClientLimits, MeshClient, open_client
+from mesh.local_swarm import LocalSwarm
+from tests.fixtures.swarm import SWARM_WALLETS
+from tests.mesh.greedy import greedy_locally, greedy_through_swarm, off_main_thread
+
+pytestmark = pytest.mark.swarm
+
+PROMPT = "The mesh streams tokens: café 🚀"
+NEW_TOKENS = 20
+
+
+@pytest.fixture(scope="module")
+def client(two_server_swarm: LocalSwarm) -> Iterator[MeshClient]:
+    client = off_main_thread(open_client, two_server_swarm.models[0], two_server_swarm.initial_peers)
+    yield client
+    off_main_thread(client.close)
+
+
+def test_greedy_tokens_through_the_swarm_equal_the_model_run_locally_and_use_both_servers(
+    client: MeshClient, two_server_swarm: LocalSwarm
+) -> None:
+    input_ids = client.tokenizer(PROMPT, return_tensors="pt").input_ids
+
+    tokens, spans = off_main_thread(greedy_through_swarm, client, input_ids, NEW_TOKENS)
+
+    assert tokens == greedy_locally(client, input_ids, NEW_TOKENS)
+    assert spans == {(s.peer_id, s.plan.start_block, s.plan.end_block) for s in two_server_swarm.servers}
+
+
+def test_the_client_is_bounded_by_client_limits(client: MeshClient) -> None:
+    assert client.model.config.max_retries == ClientLimits().max_retries
+    assert client.model.config.dht_prefix == client.spec.dht_prefix
+
+
+def test_each_server_announces_its_wallet_in_the_dht(two_server_swarm: LocalSwarm) -> None:
+    spec = two_server_swarm.models[0]
+    infos = two_server_swarm.module_infos(str(spec.dht_prefix), 4)
+
+    announced = {
+        peer_id.to_base58(): wallet_from_public_name(server_info.public_name)
+        for info in infos
+        for peer_id, server_info in info.servers.items()
+    }
+
+    servers = two_server_swarm.servers
+    assert announced == {server.peer_id: wallet for server, wallet in zip(servers, SWARM_WALLETS, strict=True)}

@@ -1,0 +1,111 @@
+"""The local swarm: refuses clearly, survives the loss of a replicated server, and leaves no process behind."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from mesh.client import open_client
+from mesh.local_swarm import LocalSwarm, ServerPlan, split_plans
+from mesh.node import InvalidBlocks, ModelPathMissing, PortTaken
+from protocol.catalog import ModelSpec
+from tests.mesh.greedy import greedy_locally, greedy_through_swarm, off_main_thread
+
+PROMPT = "Grüße aus Köln"
+NEW_TOKENS = 12
+
+
+def test_a_taken_dht_port_is_refused_before_anything_starts(
+    tiny_models: tuple[ModelSpec, ...], taken_port: int, tmp_path: Path
+) -> None:
+    swarm = LocalSwarm(split_plans(tiny_models[0], 2), dht_port=taken_port, work_dir=tmp_path)
+
+    with pytest.raises(PortTaken, match=str(taken_port)):
+        swarm.start()
+    assert swarm.dht_process is None and swarm.servers == []
+
+
+def test_a_missing_model_path_is_refused(tmp_path: Path) -> None:
+    missing = ModelSpec(model_id="gone", source=str(tmp_path / "gone"), dht_prefix="gone")
+
+    with pytest.raises(ModelPathMissing, match="gone"):
+        LocalSwarm([ServerPlan(missing, 0, 2)], work_dir=tmp_path).start()
+
+
+def test_a_span_beyond_the_models_blocks_is_refused(tiny_models: tuple[ModelSpec, ...], tmp_path: Path) -> None:
+    with pytest.raises(InvalidBlocks):
+        LocalSwarm([ServerPlan(tiny_models[0], 2, 5)], work_dir=tmp_path).start()
+
+
+def test_the_swarm_command_exits_2_with_one_line_on_a_taken_port(
+    tiny_models: tuple[ModelSpec, ...],
+    taken_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FAR_MESH_CACHE_DIR", str(Path(str(tiny_models[0].source)).parents[1]))
+
+    assert main(["swarm", "--model", tiny_models[0].model_id, "--dht-port", str(taken_port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"port {taken_port}" in err
+
+
+def test_split_plans_cover_every_block_once_per_replica(tiny_models: tuple[ModelSpec, ...]) -> None:
+    plans = split_plans(tiny_models[1], parts=4, replicas=2)
+
+    spans = [(p.start_block, p.end_block) for p in plans]
+    assert spans == [(0, 1), (1, 3), (3, 4), (4, 6)] * 2
+
+
+@pytest.fixture(scope="module")
+def replicated_swarm(
+    tiny_models: tuple[ModelSpec, ...], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalSwarm]:
+    model = tiny_models[0]
+    plans = [ServerPlan(model, 0, 2), ServerPlan(model, 2, 4), ServerPlan(model, 2, 4)]
+    with LocalSwarm(plans, work_dir=tmp_path_factory.mktemp("replicated-swarm")) as swarm:
+        yield swarm
+
+
+@pytest.mark.swarm
+def test_a_new_session_completes_after_a_replicated_server_is_killed(replicated_swarm: LocalSwarm) -> None:
+    client = off_main_thread(open_client, replicated_swarm.models[0], replicated_swarm.initial_peers)
+    try:
+        input_ids = client.tokenizer(PROMPT, return_tensors="pt").input_ids
+        _, first_spans = off_main_thread(greedy_through_swarm, client, input_ids, NEW_TOKENS)
+        replicas = replicated_swarm.servers[1:]
+        victim = next(s for s in replicas if s.peer_id in {peer for peer, _, _ in first_spans})
+        survivor = next(s for s in replicas if s is not victim)
+
+        victim.kill()
+        banned = off_main_thread(client.refresh_routes)
+        tokens, spans = off_main_thread(greedy_through_swarm, client, input_ids, NEW_TOKENS)
+
+        assert victim.group_members() == []
+        assert banned == [victim.peer_id]
+        assert tokens == greedy_locally(client, input_ids, NEW_TOKENS)
+        assert (survivor.peer_id, 2, 4) in spans and victim.peer_id not in {peer for peer, _, _ in spans}
+    finally:
+        off_main_thread(client.close)
+
+
+@pytest.mark.swarm
+def test_stopping_the_swarm_leaves_no_process_behind(replicated_swarm: LocalSwarm) -> None:
+    processes = [*replicated_swarm.servers, replicated_swarm.dht_process]
+    members = {pid for process in processes if process is not None for pid in process.group_members()}
+    p2pd = {pid for pid in members if Path(f"/proc/{pid}/comm").read_text().strip() == "p2pd"}
+    assert p2pd  # the servers and the DHT run p2pd daemons of their own, which must go too
+
+    replicated_swarm.stop()
+
+    assert [pid for pid in members if _alive(pid)] == []
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie waiting for its reaper does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
