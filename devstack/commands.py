@@ -23,7 +23,9 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from devstack.dev import run_dev
+    from devstack.system import LocalSystem, SystemPlan
     from mesh.settings import MeshSettings
 
-    return run_dev(args.state_dir.resolve(), MeshSettings.from_env().cache_dir)
+    plan = SystemPlan(state_dir=args.state_dir.resolve(), cache_dir=MeshSettings.from_env().cache_dir)
+    with LocalSystem(plan) as system:
+        return system.supervisor.wait()

@@ -73,7 +73,7 @@ def rate_limit(api_key_id: str) -> str:
 
 
 def active_streams(api_key_id: str) -> str:
-    """The set of request ids one API key is streaming right now."""
+    """The request ids one API key is streaming right now: a sorted set scored by lease expiry (unix ms)."""
     return ACTIVE_STREAMS_PREFIX + api_key_id
 
 

@@ -1,0 +1,175 @@
+"""The whole system on one machine, as an object: `far-mesh dev` runs it, and the end-to-end tests start it
+exactly the same way.
+
+Order matters and each step says what it did: Redis and PostgreSQL (configured, local or embedded), the
+ledger's migrations, the tiny models, a local swarm serving them, a development API key, and then the
+Procfile's web, worker and accounting processes under one supervisor. `stop()` stops all of it, the swarm
+and any embedded server included.
+"""
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+from devstack.ports import free_port
+from devstack.procfile import commands_for
+from devstack.services import Service, resolve_postgres, resolve_redis
+from devstack.supervisor import Child, Supervisor
+
+if TYPE_CHECKING:  # mesh imports torch, which `far-mesh --help` must not load
+    from mesh.local_swarm import LocalSwarm, ServerPlan
+    from protocol.catalog import ModelSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEV_WALLET = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+"""The wallet the development key bills (an EIP-55 test vector; nobody's real money)."""
+
+
+@dataclass(frozen=True)
+class SystemPlan:
+    state_dir: Path
+    cache_dir: Path
+    gateway_port: int = 8100
+    workers: int = 1
+    extra_replicas: int = 0
+    """Extra servers for the last span of the default model, so a server can die without breaking the route."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Settings for every process on top of the ones the system computes (e.g. shorter timeouts in tests)."""
+
+
+class LocalSystem:
+    def __init__(self, plan: SystemPlan) -> None:
+        self.plan = plan
+        self.supervisor = Supervisor()
+        self._cleanup = ExitStack()
+        self.redis: Service | None = None
+        self.postgres: Service | None = None
+        self.swarm: LocalSwarm | None = None
+        self.models: tuple[ModelSpec, ...] = ()
+        self.api_key = ""
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.plan.gateway_port}"
+
+    def start(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+        self._cleanup.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def process(self, name: str) -> Child:
+        """A supervised process by name: web, accounting, worker.1, worker.2, ..."""
+        return next(child for child in self.supervisor.children if child.name == name)
+
+    def start_process(self, name: str) -> Child:
+        """(Re)start one Procfile process (e.g. after a fault test killed it) with the system's settings."""
+        kind = name.partition(".")[0]
+        argv = commands_for(REPO_ROOT / "Procfile", [kind])[kind]
+        self.supervisor.children = [c for c in self.supervisor.children if c.name != name]
+        return self.supervisor.start(name, _this_python(argv), self._env_for(name))
+
+    def _start(self) -> None:
+        self.redis = _announce("redis", resolve_redis(self.plan.state_dir))
+        self._cleanup.callback(self.redis.stop)
+        self.postgres = _announce("postgres", resolve_postgres(self.plan.state_dir))
+        self._cleanup.callback(self.postgres.stop)
+        _migrate(self.postgres.url)
+        self.models = _tiny_models(self.plan.cache_dir)
+        self.swarm = _start_swarm(self._server_plans(), self.plan.state_dir / "swarm")
+        self._cleanup.callback(self.swarm.stop)
+        self.api_key = _development_key(self.postgres.url)
+        for name in ["web", "accounting", *(f"worker.{i}" for i in range(1, self.plan.workers + 1))]:
+            self.start_process(name)
+        print(f"dev: gateway on {self.gateway_url} models={','.join(m.model_id for m in self.models)}", flush=True)
+        print(f"dev: development API key (wallet {DEV_WALLET}): {self.api_key}", flush=True)
+
+    def _server_plans(self) -> "list[ServerPlan]":
+        from mesh.local_swarm import split_plans
+
+        default, *others = self.models
+        plans = split_plans(default, parts=2)
+        plans += [plans[-1]] * self.plan.extra_replicas
+        return plans + [plan for model in others for plan in split_plans(model, parts=1)]
+
+    def _env_for(self, name: str) -> dict[str, str]:
+        assert self.redis and self.postgres and self.swarm
+        env = os.environ | {
+            "REDIS_URL": self.redis.url,
+            "POSTGRES_URL": self.postgres.url,
+            "FAR_MESH_MODELS": json.dumps([m.model_dump(mode="json") for m in self.models]),
+            "DEFAULT_MODEL_ID": self.models[0].model_id,
+            "FAR_MESH_DHT_BOOTSTRAP": ",".join(self.swarm.initial_peers),
+            "GATEWAY_PORT": str(self.plan.gateway_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if name.startswith("worker."):  # several workers on one machine need a metrics port each
+            env["FAR_MESH_WORKER_METRICS_PORT"] = str(free_port())
+        if name == "accounting":
+            env["ACCOUNTING_METRICS_PORT"] = str(free_port())
+        return env | dict(self.plan.env)
+
+
+def _announce(what: str, service: Service) -> Service:
+    print(f"dev: {what} {service.origin}", flush=True)
+    return service
+
+
+def _migrate(dsn: str) -> None:
+    from schema.migrate import apply_migrations
+
+    applied = asyncio.run(apply_migrations(dsn))
+    print(f"dev: migrations applied={len(applied)}", flush=True)
+
+
+def _tiny_models(cache_dir: Path) -> "tuple[ModelSpec, ...]":
+    from mesh.tiny_models import ensure_tiny_models
+
+    return ensure_tiny_models(cache_dir)
+
+
+def _start_swarm(plans: "list[ServerPlan]", work_dir: Path) -> "LocalSwarm":
+    from mesh.local_swarm import LocalSwarm
+
+    print(f"dev: starting a local swarm of {len(plans)} servers", flush=True)
+    swarm = LocalSwarm(plans, work_dir=work_dir).start()
+    print(f"dev: swarm ready initial_peers={' '.join(swarm.initial_peers)}", flush=True)
+    return swarm
+
+
+def _development_key(dsn: str) -> str:
+    import asyncpg
+
+    from gateway.api_keys import create_key
+
+    async def issue() -> str:
+        connection = await asyncpg.connect(dsn)
+        try:
+            return (await create_key(connection, DEV_WALLET, label="far-mesh dev")).secret_key
+        finally:
+            await connection.close()
+
+    return asyncio.run(issue())
+
+
+def _this_python(argv: list[str]) -> list[str]:
+    """Run `far-mesh ...` lines with this interpreter, so `make run` works without activating the venv."""
+    return [sys.executable, "-m", "cli", *argv[1:]] if argv and argv[0] == "far-mesh" else argv

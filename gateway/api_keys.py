@@ -1,0 +1,128 @@
+"""API keys: who may spend, and from which wallet. Stored hashed in `far_api_keys`, looked up with a short cache.
+
+A key reads `fmk_<key_id>_<secret>`: `key_id` (16 hex digits) is public and finds the row; the secret is 256
+random bits of which only the SHA-256 is stored and compared in constant time.
+"""
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from protocol.wallet import validate_wallet
+
+KEY_PREFIX = "fmk"
+_KEY = re.compile(r"^fmk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+MAX_LABEL_CHARS = 200
+
+
+class KeyStoreUnavailable(RuntimeError):
+    """PostgreSQL did not answer, or the far_api_keys table is missing (run `far-mesh migrate`)."""
+
+
+class UnknownKey(LookupError):
+    """No active API key has that id."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An active key: the id requests are attributed to and the wallet they are billed to."""
+
+    key_id: str
+    wallet: str
+    label: str
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A newly created key; `secret_key` is shown once and never stored."""
+
+    key: ApiKey
+    secret_key: str
+    created_at: datetime
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("ascii")).digest()
+
+
+def parse_key(presented: str) -> tuple[str, str] | None:
+    """(key_id, secret) of a well-formed key, else None."""
+    match = _KEY.match(presented)
+    return (match.group(1), match.group(2)) if match else None
+
+
+class KeyStore:
+    """Creates, revokes and verifies keys; `verify` caches rows (and misses) for `cache_s` seconds."""
+
+    def __init__(self, pool: asyncpg.Pool, *, cache_s: float, max_cached: int = 10_000) -> None:
+        self._pool = pool
+        self._cache_s = cache_s
+        self._max_cached = max_cached
+        self._cache: dict[str, tuple[float, ApiKey | None, bytes]] = {}
+
+    async def verify(self, presented: str) -> ApiKey | None:
+        """The active key `presented` names, or None when it is malformed, unknown, revoked or its secret differs."""
+        parsed = parse_key(presented)
+        if parsed is None:
+            return None
+        key_id, secret = parsed
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is None or cached[0] < now:
+            row = await self._fetch(key_id)
+            if len(self._cache) >= self._max_cached:
+                self._cache.clear()  # bounded memory under a flood of made-up key ids
+            api_key = ApiKey(row["key_id"], row["wallet"], row["label"]) if row else None
+            cached = (now + self._cache_s, api_key, bytes(row["secret_hash"]) if row else b"")
+            self._cache[key_id] = cached
+        _, api_key, stored_hash = cached
+        if api_key is None or not hmac.compare_digest(_hash(secret), stored_hash):
+            return None
+        return api_key
+
+    async def _fetch(self, key_id: str) -> Any:
+        try:
+            return await self._pool.fetchrow(
+                "SELECT key_id, wallet, label, secret_hash FROM far_api_keys WHERE key_id = $1 AND revoked_at IS NULL",
+                key_id,
+            )
+        except asyncpg.UndefinedTableError as exc:
+            raise KeyStoreUnavailable("far_api_keys does not exist; run `far-mesh migrate`") from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise KeyStoreUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
+
+
+async def create_key(connection: asyncpg.Connection, wallet: str, label: str = "") -> IssuedKey:
+    """Store a new key for `wallet` (EIP-55, else `InvalidWallet`) and return it with its one-time secret."""
+    validate_wallet(wallet)
+    if len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label is {len(label)} characters; at most {MAX_LABEL_CHARS}")
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    created_at = await connection.fetchval(
+        "INSERT INTO far_api_keys (key_id, secret_hash, wallet, label) VALUES ($1, $2, $3, $4) RETURNING created_at",
+        key_id,
+        _hash(secret),
+        wallet,
+        label,
+    )
+    return IssuedKey(ApiKey(key_id, wallet, label), f"{KEY_PREFIX}_{key_id}_{secret}", created_at)
+
+
+async def revoke_key(connection: asyncpg.Connection, key_id: str) -> datetime:
+    """Revoke `key_id` now; `UnknownKey` when no active key has that id."""
+    revoked_at = await connection.fetchval(
+        "UPDATE far_api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING revoked_at",
+        key_id,
+    )
+    if revoked_at is None:
+        raise UnknownKey(f"no active API key with id {key_id!r}")
+    assert isinstance(revoked_at, datetime)
+    return revoked_at

@@ -1,0 +1,151 @@
+"""The gateway's Starlette app: routes, error mapping, and the connections it holds while it runs.
+
+It imports no model code (torch, transformers, petals, hivemind, workers, mesh): it holds no model, so any number
+of replicas can run side by side, each able to serve any request's stream.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+import redis.asyncio as aioredis
+from arq import create_pool
+from arq.connections import RedisSettings
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import inference, mesh_status, openai_api
+from gateway.api_keys import KeyStore, KeyStoreUnavailable
+from gateway.errors import ApiError, error_response
+from gateway.inflight import Inflight
+from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
+from gateway.openapi import build_openapi
+from gateway.rate_limit import RateLimiter
+from gateway.relay import StreamRelay
+from gateway.settings import GatewaySettings
+from gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = "no such route; see /openapi.json" if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+
+
+async def _redis_down(request: Request, exc: Exception) -> Response:
+    log.warning("redis unavailable during %s: %s", request.url.path, type(exc).__name__)
+    return error_response(
+        503, "redis_unavailable", "the gateway cannot reach Redis; retry shortly", headers={"Retry-After": "5"}
+    )
+
+
+async def _key_store_down(request: Request, exc: Exception) -> Response:
+    log.warning("key store unavailable: %s", exc)
+    return error_response(
+        503,
+        "key_store_unavailable",
+        "API keys cannot be checked right now; retry shortly",
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+    return error_response(500, "internal_error", "the gateway failed unexpectedly; the failure was logged")
+
+
+def create_app(settings: GatewaySettings) -> Starlette:
+    """The app; its lifespan opens Redis, the arq pool, PostgreSQL and the relay readers, and closes them."""
+    metrics = GatewayMetrics()
+    openapi = build_openapi(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis_url = str(settings.redis_url)
+        redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+        reader_redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2)
+        arq = await create_pool(RedisSettings.from_dsn(redis_url))
+        # min_size=0: no connection at start, so a PostgreSQL outage means 503s on key lookups, not a crash loop
+        pool = await asyncpg.create_pool(settings.postgres_url, min_size=0, max_size=4)
+        relay = StreamRelay(
+            reader_redis,
+            readers=settings.gateway_relay_readers,
+            heartbeat_s=settings.gateway_heartbeat_interval_s,
+            observe_latency_s=metrics.relay_latency.observe,
+        )
+        lease_s = max(3 * settings.gateway_heartbeat_interval_s, 2 * settings.gateway_cancel_grace_s, 5.0)
+        inflight = Inflight(redis, lease_s=lease_s, cancel_grace_s=settings.gateway_cancel_grace_s)
+        app.state.gateway = GatewayState(
+            settings=settings,
+            metrics=metrics,
+            redis=redis,
+            arq=arq,
+            key_store=KeyStore(pool, cache_s=settings.gateway_key_cache_s),
+            relay=relay,
+            inflight=inflight,
+            rate_limiter=RateLimiter(redis, per_minute=settings.gateway_rate_limit_per_minute),
+        )
+        relay.start()
+        renewer = asyncio.create_task(inflight.renew_forever(lease_s / 3))
+        log.info(
+            "gateway started models=%s readers=%d", ",".join(settings.catalog.model_ids), settings.gateway_relay_readers
+        )
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            await inflight.drain_pending()
+            await relay.stop()
+            await pool.close()
+            await arq.aclose()
+            await reader_redis.aclose()
+            await redis.aclose()
+            log.info("gateway stopped")
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
+    routes = [
+        Route("/health", mesh_status.health, methods=["GET"]),
+        Route("/mesh/status", mesh_status.mesh_status, methods=["GET"]),
+        Route("/models", mesh_status.models, methods=["GET"]),
+        Route("/inference/generate", inference.generate, methods=["POST"]),
+        Route("/inference/{request_id}/stream", inference.resume, methods=["GET"]),
+        Route("/inference/{request_id}/cancel", inference.cancel, methods=["POST"]),
+        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/v1/completions", openai_api.completions, methods=["POST"]),
+        Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestMetricsMiddleware, metrics=metrics)],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            RedisConnectionError: _redis_down,
+            RedisTimeoutError: _redis_down,
+            KeyStoreUnavailable: _key_store_down,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,65 @@
+"""GET /health, /mesh/status and /models: the seed's status endpoints, served from the workers' snapshots.
+
+With no fresh snapshot the gateway says "disconnected" / "unavailable" and reports no node counts rather
+than guessing. `active_sessions` counts the requests streaming to clients on every replica.
+"""
+
+from typing import Any
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.state import state_of
+from gateway.submission import resolve_model
+from gateway.swarm_status import fresh_snapshot, fresh_snapshots
+
+SERVICE = "far-mesh-coordinator"
+VERSION = "0.1.0"
+
+
+async def health(request: Request) -> JSONResponse:
+    """Healthy when Redis answers: without it the gateway can neither enqueue nor relay."""
+    state = state_of(request)
+    try:
+        await state.redis.ping()
+    except (OSError, RedisError) as exc:
+        return JSONResponse(
+            {"status": "unhealthy", "service": SERVICE, "version": VERSION, "redis": type(exc).__name__},
+            status_code=503,
+        )
+    return JSONResponse({"status": "healthy", "service": SERVICE, "version": VERSION})
+
+
+async def mesh_status(request: Request) -> JSONResponse:
+    state = state_of(request)
+    spec = resolve_model(state, request.query_params.get("model_id"))
+    snapshot = await fresh_snapshot(state.redis, spec.model_id)
+    body: dict[str, Any] = {
+        "model_id": spec.model_id,
+        "active_nodes": snapshot.active_nodes if snapshot else None,
+        "active_sessions": await state.inflight.active_sessions(spec.model_id),
+        "price_per_token_far": format(state.settings.catalog.price_of(spec), "f"),
+        "status": "connected" if snapshot else "disconnected",
+        "healthy": bool(snapshot and snapshot.healthy),
+        "snapshot_taken_at": snapshot.taken_at.isoformat() if snapshot else None,
+    }
+    return JSONResponse(body)
+
+
+async def models(request: Request) -> JSONResponse:
+    state = state_of(request)
+    catalog = state.settings.catalog
+    snapshots = await fresh_snapshots(state.redis)
+    listed = []
+    for spec in catalog.models:
+        snapshot = snapshots.get(spec.model_id)
+        listed.append(
+            {
+                "model_id": spec.model_id,
+                "active_nodes": snapshot.active_nodes if snapshot else None,
+                "price_per_token_far": format(catalog.price_of(spec), "f"),
+                "status": "available" if snapshot and snapshot.healthy else "unavailable",
+            }
+        )
+    return JSONResponse({"models": listed})

@@ -1,0 +1,208 @@
+"""The OpenAPI 3.1 document of the gateway, served at /openapi.json.
+
+Request bodies come from the same pydantic models that validate them, so the document cannot drift from what
+the routes accept; responses and errors are written out here, next to each other, to be checked by the tests.
+"""
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from gateway.openai_api import ChatCompletionRequest, CompletionRequest
+from gateway.settings import GatewaySettings
+from protocol.events import DoneEvent, ErrorEvent, TokenEvent
+from protocol.requests import REQUEST_ID_PATTERN, GenerateRequest
+
+_REF = "#/components/schemas/{model}"
+
+
+def _schema(model: type[BaseModel], components: dict[str, Any], mode: str = "validation") -> dict[str, str]:
+    schema = model.model_json_schema(ref_template=_REF, mode=mode)  # type: ignore[arg-type]
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}},
+    }
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "field"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable machine-readable code"},
+                "message": {"type": "string", "description": "What is wrong and what to do"},
+                "field": {"type": ["string", "null"], "description": "The offending field, when one is"},
+                "details": {
+                    "type": "array",
+                    "description": "422 only: pydantic's errors",
+                    "items": {
+                        "type": "object",
+                        "properties": {"loc": {"type": "array"}, "msg": {"type": "string"}, "type": {"type": "string"}},
+                    },
+                },
+            },
+        }
+    },
+}
+
+_AUTH_ERRORS = {"401": _error("Missing, invalid or revoked API key")}
+_SUBMIT_ERRORS = {
+    **_AUTH_ERRORS,
+    "403": _error("user_wallet is not the API key's wallet"),
+    "404": _error("Unknown model"),
+    "409": _error("request_id already used by another API key"),
+    "413": _error("Request body too large"),
+    "415": _error("Body is not JSON"),
+    "422": _error("Invalid field; details name each one"),
+    "429": _error("Rate limit or concurrent-stream limit reached; see Retry-After"),
+    "503": _error("Redis unavailable, or no healthy swarm serves the model; see Retry-After"),
+}
+_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+_REQUEST_ID_PARAM = {
+    "name": "request_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
+}
+
+
+def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
+    components: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    generate = _schema(GenerateRequest, components)
+    chat = _schema(ChatCompletionRequest, components)
+    completion = _schema(CompletionRequest, components)
+    for event in (TokenEvent, DoneEvent, ErrorEvent):
+        _schema(event, components, mode="serialization")
+    bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
+
+    def json_ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+
+    def body(ref: dict[str, str]) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": ref}}}
+
+    stream_ok = {
+        "description": "Server-Sent Events: one `data:` TokenEvent per token (its `id:` is the stream entry id), "
+        "then one DoneEvent or ErrorEvent; `: keep-alive` comments while idle",
+        "content": _SSE,
+    }
+    openai_ok = {
+        "description": "A completion (JSON), or with stream=true Server-Sent Events ending in `data: [DONE]`",
+        "content": {"application/json": {"schema": {"type": "object"}}, **_SSE},
+    }
+    paths: dict[str, Any] = {
+        "/health": {
+            "get": {
+                "summary": "Health check",
+                "responses": {"200": json_ok("Healthy"), "503": json_ok("Redis does not answer")},
+            }
+        },
+        "/mesh/status": {
+            "get": {
+                "summary": "Swarm status of a model (default DEFAULT_MODEL_ID)",
+                "parameters": [{"name": "model_id", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": json_ok("Status; 'disconnected' with null counts when no fresh snapshot"),
+                    "404": _error("Unknown model"),
+                },
+            }
+        },
+        "/models": {
+            "get": {"summary": "Models on sale and their availability", "responses": {"200": json_ok("Models")}}
+        },
+        "/inference/generate": {
+            "post": {
+                "summary": "Generate, streaming tokens as Server-Sent Events",
+                "security": bearer,
+                "requestBody": body(generate),
+                "responses": {"200": stream_ok, **_SUBMIT_ERRORS},
+            }
+        },
+        "/inference/{request_id}/stream": {
+            "get": {
+                "summary": "Re-attach to a request's stream; with Last-Event-ID, resume right after that event",
+                "security": bearer,
+                "parameters": [
+                    _REQUEST_ID_PARAM,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": r"^\d+-\d+$"},
+                    },
+                ],
+                "responses": {
+                    "200": stream_ok,
+                    **_AUTH_ERRORS,
+                    "403": _error("Another API key's request"),
+                    "404": _error("Unknown request"),
+                    "422": _error("Bad request id or Last-Event-ID"),
+                    "429": _error("Concurrent-stream limit reached"),
+                },
+            }
+        },
+        "/inference/{request_id}/cancel": {
+            "post": {
+                "summary": "Cancel a request; its stream ends with a cancelled DoneEvent",
+                "security": bearer,
+                "parameters": [_REQUEST_ID_PARAM],
+                "responses": {
+                    "202": json_ok("Cancellation requested"),
+                    "200": json_ok("Already finished"),
+                    **_AUTH_ERRORS,
+                    "403": _error("Another API key's request"),
+                    "404": _error("Unknown request"),
+                    "422": _error("Bad request id"),
+                },
+            }
+        },
+        "/v1/chat/completions": {
+            "post": {
+                "summary": "OpenAI-compatible chat completion",
+                "security": bearer,
+                "requestBody": body(chat),
+                "responses": {"200": openai_ok, **_SUBMIT_ERRORS, "502": _error("The worker failed the request")},
+            }
+        },
+        "/v1/completions": {
+            "post": {
+                "summary": "OpenAI-compatible completion",
+                "security": bearer,
+                "requestBody": body(completion),
+                "responses": {"200": openai_ok, **_SUBMIT_ERRORS, "502": _error("The worker failed the request")},
+            }
+        },
+        "/v1/models": {"get": {"summary": "OpenAI-compatible model list", "responses": {"200": json_ok("Models")}}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok("OpenAPI 3.1")}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Far Mesh Coordinator gateway",
+            "version": "0.1.0",
+            "description": f"Request bodies up to {settings.gateway_max_body_bytes} bytes; prompts up to "
+            f"{settings.gateway_max_prompt_chars} characters; max_tokens up to {settings.gateway_max_tokens}.",
+        },
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},
+    }

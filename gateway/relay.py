@@ -1,0 +1,290 @@
+"""The token-stream relay: a few reader tasks per process, each one `XREAD BLOCK` over many clients' streams.
+
+One blocking connection per client costs ~10x the latency at a thousand streams (DESIGN.md's baselines), so
+each reader blocks on the streams of all its subscriptions at once and fans entries out to per-client queues.
+Every reader also blocks on its own wake stream: a new subscription appends to it, so the reader re-issues its
+XREAD with the new stream at once instead of after its block timeout.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from protocol import keys
+
+log = logging.getLogger(__name__)
+
+FINAL_KINDS = frozenset({"done", "error"})
+_KINDS = {b"token": "token", b"done": "done", b"error": "error"}
+WAKE_STREAM_TTL_S = 24 * 3600
+
+
+_MAX_ID_PART = 2**64 - 1
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3") as a comparable pair; `ValueError` when Redis would refuse it.
+
+    Strict on purpose: one id Redis refuses in a reader's XREAD would fail that call for every client it serves.
+    """
+    ms, _, seq = entry_id.partition("-")
+    if not (ms.isascii() and ms.isdigit() and seq.isascii() and (seq.isdigit() or seq == "")) or len(ms) > 20:
+        raise ValueError(f"not a stream entry id: {entry_id!r}")
+    parsed = int(ms), int(seq or 0)
+    if max(parsed) > _MAX_ID_PART:
+        raise ValueError(f"stream entry id out of range: {entry_id!r}")
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One token-stream entry: its id (the SSE event id), its kind and its JSON `data` (the SSE payload, as bytes,
+    since it is forwarded without ever being decoded)."""
+
+    entry_id: str
+    kind: str
+    data: bytes
+
+    @property
+    def final(self) -> bool:
+        return self.kind in FINAL_KINDS
+
+
+class Subscription:
+    """One client's view of one token stream, starting after `after_id`; the reader fills its queue."""
+
+    __slots__ = ("stream", "cursor", "_queue", "_closed", "_busy")
+
+    def __init__(self, stream: str, after_id: str) -> None:
+        self.stream = stream
+        self.cursor = parse_entry_id(after_id)
+        self._queue: asyncio.Queue[list[Entry] | None] = asyncio.Queue()
+        self._closed = False
+        self._busy = True
+
+    def deliver(self, entries: list[tuple[tuple[int, int], Entry]]) -> None:
+        fresh = [entry for parsed, entry in entries if parsed > self.cursor]
+        if fresh:
+            self.cursor = parse_entry_id(fresh[-1].entry_id)
+            self._queue.put_nowait(fresh)
+            self._busy = True
+
+    def tick(self) -> None:
+        """Called every heartbeat interval: a subscription that got nothing since the last tick gets an empty batch."""
+        if not self._busy and self._queue.empty():
+            self._queue.put_nowait([])
+        self._busy = False
+
+    def interrupt(self) -> None:
+        """Wake the consumer with no entries (the client went away)."""
+        self._closed = True
+        self._queue.put_nowait(None)
+
+    @property
+    def interrupted(self) -> bool:
+        return self._closed
+
+    async def next_batch(self) -> list[Entry] | None:
+        """Every entry delivered since the last call: [] when idle for a heartbeat interval, None if interrupted."""
+        batch = await self._queue.get()
+        if batch is None:
+            return None
+        while not self._queue.empty():
+            more = self._queue.get_nowait()
+            if more is None:
+                self._queue.put_nowait(None)
+                break
+            batch.extend(more)
+        return batch
+
+
+def _bulk(text: str) -> bytes:
+    data = text.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+class _Reader:
+    """One task, one dedicated connection, one XREAD BLOCK over the streams of all its subscriptions.
+
+    The XREAD command is packed by hand from per-stream pieces cached between calls: with hundreds of streams
+    per call, redis-py's generic packing of every argument on every call cost more CPU than the relaying itself.
+    """
+
+    def __init__(
+        self, redis: aioredis.Redis, reader_id: str, block_ms: int, observe_latency_s: Callable[[float], None]
+    ):
+        self.redis = redis
+        self.wake_key = keys.relay_wake(reader_id)
+        self.observe_latency_s = observe_latency_s
+        self.subscriptions: dict[str, set[Subscription]] = {}
+        self.wake_id = "0-0"
+        self.wake_pending = False
+        self.task: asyncio.Task[None] | None = None
+        self._head = b"$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$3\r\n512\r\n$5\r\nBLOCK\r\n" + _bulk(str(block_ms))
+        self._head += b"$7\r\nSTREAMS\r\n"
+        self._key_bulks: dict[str, bytes] = {}
+        self._id_bulks: dict[str, bytes] = {}
+
+    @property
+    def load(self) -> int:
+        return sum(len(subs) for subs in self.subscriptions.values())
+
+    def add(self, sub: Subscription) -> None:
+        self.subscriptions.setdefault(sub.stream, set()).add(sub)
+        self._key_bulks.setdefault(sub.stream, _bulk(sub.stream))
+        self._track(sub.stream)
+
+    def remove(self, sub: Subscription) -> None:
+        followers = self.subscriptions.get(sub.stream)
+        if followers is None:
+            return
+        followers.discard(sub)
+        if followers:
+            self._track(sub.stream)
+        else:
+            del self.subscriptions[sub.stream]
+            self._key_bulks.pop(sub.stream, None)
+            self._id_bulks.pop(sub.stream, None)
+
+    def _track(self, stream: str) -> None:
+        """Read `stream` from the earliest position any of its subscriptions still needs."""
+        ms, seq = min(sub.cursor for sub in self.subscriptions[stream])
+        self._id_bulks[stream] = _bulk(f"{ms}-{seq}")
+
+    def _command(self) -> bytes:
+        streams = list(self._key_bulks)
+        parts = [b"*%d\r\n" % (8 + 2 * len(streams)), self._head, _bulk(self.wake_key)]
+        parts.extend(self._key_bulks[s] for s in streams)
+        parts.append(_bulk(self.wake_id))
+        parts.extend(self._id_bulks[s] for s in streams)
+        return b"".join(parts)
+
+    async def wake(self) -> None:
+        if self.wake_pending:
+            return  # an XADD not yet read by the reader will make it rebuild its stream list anyway
+        self.wake_pending = True
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.expire(self.wake_key, WAKE_STREAM_TTL_S)
+            await pipe.execute()
+
+    async def run(self) -> None:
+        # not connected yet: the first send connects, so a Redis that is down at start-up is retried like later
+        connection = self.redis.connection_pool.get_available_connection()  # type: ignore[no-untyped-call]
+        try:
+            await self._read_forever(connection)
+        finally:
+            await connection.disconnect()  # it may be mid-reply; never hand it back to the pool
+            await self.redis.connection_pool.release(connection)
+
+    async def _read_forever(self, connection: Any) -> None:
+        backoff_s = 0.1
+        while True:
+            self.wake_pending = False
+            try:
+                await connection.send_packed_command(self._command(), check_health=False)
+                reply = await connection.read_response()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                await connection.disconnect()
+                log.warning("relay reader lost redis: %s; retrying in %.1fs", type(exc).__name__, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            except Exception:  # a reader that dies would silently stall every client it serves
+                await connection.disconnect()
+                log.exception("relay reader failed; retrying in %.1fs", backoff_s)
+                await asyncio.sleep(backoff_s)
+                continue
+            backoff_s = 0.1
+            if reply:
+                self._fan_out(reply)
+
+    def _fan_out(self, reply: list[Any]) -> None:
+        now_ms = time.time() * 1000.0
+        for raw_stream, raw_entries in reply:
+            stream = raw_stream.decode()
+            if stream == self.wake_key:
+                self.wake_id = raw_entries[-1][0].decode()
+                continue
+            followers = self.subscriptions.get(stream)
+            if not followers:
+                continue
+            entries = []
+            for raw_id, flat in raw_entries:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                entry_id = raw_id.decode()
+                parsed = parse_entry_id(entry_id)
+                kind = _KINDS.get(fields.get(b"kind", b""), "unknown")
+                entries.append((parsed, Entry(entry_id, kind, fields.get(b"data", b"{}"))))
+                self.observe_latency_s(max(0.0, now_ms - parsed[0]) / 1000.0)
+            for sub in tuple(followers):
+                sub.deliver(entries)
+            self._track(stream)
+
+
+class StreamRelay:
+    """Owns the reader tasks of one gateway process; `subscribe` a client, `unsubscribe` it when it is done."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        readers: int,
+        heartbeat_s: float = 15.0,
+        block_ms: int = 5000,
+        observe_latency_s: Callable[[float], None] = lambda _: None,
+    ) -> None:
+        """`redis` must not decode responses, and have no socket timeout shorter than `block_ms`."""
+        process_id = uuid.uuid4().hex[:12]
+        self._heartbeat_s = heartbeat_s
+        self._ticker: asyncio.Task[None] | None = None
+        self._readers = [_Reader(redis, f"{process_id}:{i}", block_ms, observe_latency_s) for i in range(readers)]
+        self._reader_of: dict[Subscription, _Reader] = {}
+
+    def start(self) -> None:
+        for reader in self._readers:
+            reader.task = asyncio.create_task(reader.run(), name=f"relay-reader:{reader.wake_key}")
+        self._ticker = asyncio.create_task(self._tick_forever(), name="relay-heartbeat")
+        log.info("relay started readers=%d", len(self._readers))
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._ticker, *(r.task for r in self._readers)) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("relay stopped")
+
+    async def _tick_forever(self) -> None:
+        """One timer for every client's heartbeat, rather than a timeout on each client's every wait."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            for sub in tuple(self._reader_of):
+                sub.tick()
+
+    async def subscribe(self, stream: str, after_id: str = "0-0") -> Subscription:
+        """Start relaying `stream` entries newer than `after_id` (a valid entry id) to a new subscription."""
+        sub = Subscription(stream, after_id)
+        reader = next((r for r in self._readers if stream in r.subscriptions), None)
+        reader = reader or min(self._readers, key=lambda r: r.load)
+        reader.add(sub)
+        self._reader_of[sub] = reader
+        await reader.wake()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Forget `sub`; its stream leaves the reader's next XREAD when no other client follows it."""
+        reader = self._reader_of.pop(sub, None)
+        if reader is not None:
+            reader.remove(sub)
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._reader_of)

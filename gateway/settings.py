@@ -1,0 +1,52 @@
+"""The gateway's configuration: where the key store lives, what it listens on, and every limit it enforces.
+
+Read once at start-up (`GatewaySettings.from_env()`); a bad value stops `far-mesh gateway` with the variable's
+name. Defaults suit one replica in front of a small swarm.
+"""
+
+from pydantic import Field
+
+from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
+from protocol.settings import CommonSettings
+from schema.settings import PostgresUrl
+
+
+class GatewaySettings(CommonSettings):
+    """GATEWAY_* variables plus POSTGRES_URL, on top of the shared ones (REDIS_URL, FAR_MESH_MODELS...)."""
+
+    postgres_url: PostgresUrl = Field(description="Required. PostgreSQL URL of the ledger holding far_api_keys")
+    gateway_host: str = Field(default="0.0.0.0", description="Address the HTTP server binds")
+    gateway_port: int = Field(default=8100, ge=1, le=65535, description="Port the HTTP server listens on")
+    gateway_max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted (413 above)"
+    )
+    gateway_max_prompt_chars: int = Field(
+        default=8000, ge=1, le=MAX_PROMPT_CHARS, description="Longest prompt accepted, in characters"
+    )
+    gateway_max_tokens: int = Field(
+        default=1024, ge=1, le=MAX_NEW_TOKENS, description="Largest max_tokens a request may ask for"
+    )
+    gateway_rate_limit_per_minute: int = Field(
+        default=60, ge=1, description="New requests one API key may start per sliding minute (429 above)"
+    )
+    gateway_max_concurrent_streams: int = Field(
+        default=8, ge=1, description="Requests one API key may stream at once, over all replicas (429 above)"
+    )
+    gateway_heartbeat_interval_s: float = Field(
+        default=15.0, gt=0, le=300, description="Idle seconds before an SSE comment keeps the connection alive"
+    )
+    gateway_cancel_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="A disconnected client may reconnect this long before its job is cancelled",
+    )
+    gateway_relay_readers: int = Field(
+        default=4, ge=1, le=64, description="Tasks per process that each XREAD BLOCK over many clients' streams"
+    )
+    gateway_key_cache_s: float = Field(
+        default=10.0, ge=0, le=600, description="How long an API key lookup is cached; a revocation takes this long"
+    )
+    gateway_shutdown_drain_s: float = Field(
+        default=30.0, ge=0, le=3600, description="On SIGTERM, how long open streams may run on before they are cut"
+    )

@@ -1,0 +1,175 @@
+"""From a validated request to a running job: caps, wallet, idempotency, limits, swarm health, enqueue.
+
+A request id is owned by the API key that first submitted it (`keys.request_owner`). The same key sending it
+again attaches to the running (or finished) stream and never starts or bills a second job; another key gets 409.
+"""
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from gateway.api_keys import ApiKey
+from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable, TooManyRequests
+from gateway.inflight import Lease
+from gateway.state import GatewayState
+from gateway.swarm_status import fresh_snapshot
+from protocol import keys
+from protocol.catalog import ModelSpec
+from protocol.jobs import GENERATE_FUNCTION, GenerateJob
+from protocol.requests import GenerateRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A request the caller may stream, new or submitted earlier by the same API key."""
+
+    request_id: str
+    spec: ModelSpec
+    lease: Lease
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def resolve_model(state: GatewayState, model_id: str | None, *, field: str = "model_id") -> ModelSpec:
+    """The catalog entry for `model_id` (DEFAULT_MODEL_ID when None); 404 when the mesh does not sell it."""
+    catalog = state.settings.catalog
+    spec = catalog.get(model_id or catalog.default_model_id)
+    if spec is None:
+        raise NotFound(
+            f"unknown model {model_id!r}; GET /models lists the models on sale: {catalog.model_ids}", field=field
+        )
+    return spec
+
+
+def _apply_caps(state: GatewayState, body: GenerateRequest, prompt_field: str) -> GenerateRequest:
+    """`body` within the configured caps: an omitted max_tokens shrinks to the cap, an explicit one over it is 422."""
+    settings = state.settings
+    if "max_tokens" not in body.model_fields_set and body.max_tokens > settings.gateway_max_tokens:
+        body = body.model_copy(update={"max_tokens": settings.gateway_max_tokens})
+    problems = []
+    if len(body.prompt) > settings.gateway_max_prompt_chars:
+        problems.append(
+            (
+                prompt_field,
+                f"prompt has {len(body.prompt)} characters; at most {settings.gateway_max_prompt_chars} are accepted",
+                "string_too_long",
+            )
+        )
+    if body.max_tokens > settings.gateway_max_tokens:
+        problems.append(("max_tokens", f"max_tokens may be at most {settings.gateway_max_tokens}", "less_than_equal"))
+    if problems:
+        field, msg, kind = problems[0]
+        details = [{"loc": ["body", f], "msg": m, "type": t} for f, m, t in problems]
+        raise InvalidRequest(f"{field}: {msg}", field=field, details=details)
+    return body
+
+
+async def submit(state: GatewayState, body: GenerateRequest, key: ApiKey, *, prompt_field: str = "prompt") -> Accepted:
+    """Start `body` as a job billed to `key`'s wallet, or attach to it if this key already submitted its id.
+
+    `prompt_field` names the client's field the prompt came from, for error messages (chat: "messages").
+    """
+    body = _apply_caps(state, body, prompt_field)
+    if body.user_wallet is not None and body.user_wallet != key.wallet:
+        raise Forbidden(
+            f"user_wallet {body.user_wallet} is not the wallet of this API key ({key.wallet}); "
+            "omit it or use a key issued for that wallet",
+            field="user_wallet",
+        )
+    spec = resolve_model(state, body.model_id)
+    request_id = body.request_id or new_request_id()
+    lease = Lease(key.key_id, spec.model_id, request_id)
+    redis = state.redis
+
+    owner = await redis.get(keys.request_owner(request_id))
+    owner_value = f"{key.key_id} {spec.model_id}"
+    if owner is None:
+        wait_s = await state.rate_limiter.take(key.key_id)
+        if wait_s > 0:
+            raise TooManyRequests(
+                f"rate limit of {state.settings.gateway_rate_limit_per_minute} requests per minute "
+                "reached for this API key",
+                retry_after_s=wait_s,
+            )
+        snapshot = await fresh_snapshot(redis, spec.model_id)
+        if snapshot is None or not snapshot.healthy:
+            reason = (
+                "no worker reported on its swarm in the last minute"
+                if snapshot is None
+                else ("some of its blocks have no online server")
+            )
+            raise ServiceUnavailable(
+                f"model {spec.model_id} cannot serve now: {reason}; retry later", code="no_healthy_swarm"
+            )
+        if await redis.set(keys.request_owner(request_id), owner_value, nx=True, ex=keys.TOKEN_STREAM_TTL_S):
+            await admit(state, lease, release_owner=True)
+            try:
+                await _enqueue(state, body, spec, request_id, key)
+            except BaseException:
+                await redis.delete(keys.request_owner(request_id))  # so a retry with the same id starts it afresh
+                raise
+            return Accepted(request_id, spec, lease)
+        owner = await redis.get(keys.request_owner(request_id))  # lost a race with another submission
+    owner_key_id, _, owner_model_id = str(owner).partition(" ")
+    if owner_key_id != key.key_id:
+        raise Conflict(
+            f"request_id {request_id!r} is already used by another API key; choose another", field="request_id"
+        )
+    spec = resolve_model(state, owner_model_id)  # the first submission's model, whatever this body says
+    lease = Lease(key.key_id, spec.model_id, request_id)
+    await admit(state, lease)
+    return Accepted(request_id, spec, lease)
+
+
+async def admit(state: GatewayState, lease: Lease, *, release_owner: bool = False) -> None:
+    """Take a concurrent-stream slot for `lease`; 429 when its API key already streams the most allowed."""
+    limit = state.settings.gateway_max_concurrent_streams
+    if not await state.inflight.admit(lease, limit):
+        if release_owner:
+            await state.redis.delete(keys.request_owner(lease.request_id))
+        raise TooManyRequests(
+            f"this API key already streams {limit} requests, the most allowed at once; wait for one to finish",
+            retry_after_s=1,
+            code="too_many_streams",
+        )
+
+
+async def _enqueue(state: GatewayState, body: GenerateRequest, spec: ModelSpec, request_id: str, key: ApiKey) -> None:
+    job = GenerateJob(
+        request_id=request_id,
+        model_id=spec.model_id,
+        prompt=body.prompt,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        user_wallet=key.wallet,
+        api_key_id=key.key_id,
+        price_per_token_far=state.settings.catalog.price_of(spec),
+        enqueued_at=time.time(),
+    )
+    queued = await state.arq.enqueue_job(
+        GENERATE_FUNCTION, job.model_dump(mode="json"), _job_id=request_id, _queue_name=keys.queue_for(spec.model_id)
+    )
+    log.info(
+        "request accepted request_id=%s model_id=%s key_id=%s new_job=%s",
+        request_id,
+        spec.model_id,
+        key.key_id,
+        queued is not None,
+    )
+
+
+async def owned_request(state: GatewayState, request_id: str, key: ApiKey) -> Lease:
+    """The lease `key` would hold to follow `request_id`; 404 unless it exists, 403 when another key owns it."""
+    owner = await state.redis.get(keys.request_owner(request_id))
+    if owner is None:
+        raise NotFound(f"no request {request_id!r} (unknown, or finished over an hour ago)", field="request_id")
+    owner_key_id, _, model_id = str(owner).partition(" ")
+    if owner_key_id != key.key_id:
+        raise Forbidden(f"request {request_id!r} belongs to another API key", field="request_id")
+    return Lease(key.key_id, model_id, request_id)

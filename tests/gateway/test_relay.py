@@ -1,0 +1,61 @@
+"""The multiplexed relay over real Redis: one blocking XREAD per reader, many clients, exact positions."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.relay import StreamRelay, parse_entry_id
+
+
+@pytest.fixture
+async def relay(redis_url: str, redis: aioredis.Redis) -> AsyncIterator[StreamRelay]:
+    client = aioredis.Redis.from_url(redis_url)
+    relay = StreamRelay(client, readers=1, heartbeat_s=0.2, block_ms=30_000)  # a wake must not wait for this timeout
+    relay.start()
+    yield relay
+    await relay.stop()
+    await client.aclose()
+
+
+async def test_a_new_subscriber_wakes_the_reader_already_blocked_on_other_streams(
+    relay: StreamRelay, redis: aioredis.Redis
+) -> None:
+    first = await relay.subscribe("gen:a")
+    await asyncio.sleep(0.1)  # the reader is now blocked on gen:a only
+    await redis.xadd("gen:b", {"kind": "token", "data": "{}"})
+    second = await relay.subscribe("gen:b")
+    batch = await asyncio.wait_for(second.next_batch(), timeout=5)
+    assert batch is not None and len(batch) == 1
+    assert await asyncio.wait_for(first.next_batch(), timeout=5) == []  # a heartbeat: nothing for gen:a
+
+
+async def test_clients_of_one_stream_at_different_positions_each_get_exactly_what_follows_theirs(
+    relay: StreamRelay, redis: aioredis.Redis
+) -> None:
+    ids = [await redis.xadd("gen:c", {"kind": "token", "data": f'{{"i": {i}}}'}) for i in range(3)]
+    from_start = await relay.subscribe("gen:c")
+    from_second = await relay.subscribe("gen:c", ids[1].decode())
+    await redis.xadd("gen:c", {"kind": "done", "data": "{}"})
+
+    async def drain(sub: object) -> list[str]:
+        seen: list[str] = []
+        while not seen or seen[-1] != "done":
+            batch = await asyncio.wait_for(sub.next_batch(), timeout=5)  # type: ignore[attr-defined]
+            seen.extend(entry.kind for entry in batch)
+        return seen
+
+    assert await drain(from_start) == ["token", "token", "token", "done"]
+    assert await drain(from_second) == ["token", "done"]
+    relay.unsubscribe(from_start)
+    relay.unsubscribe(from_second)
+    assert relay.subscriptions == 0
+
+
+@pytest.mark.parametrize(
+    "text", ["", "abc", "1-x", "-1", "1--1", "1" * 30, "18446744073709551616-0", "1-" + "9" * 25, "١-0"]
+)
+def test_entry_ids_that_redis_would_not_issue_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_entry_id(text)

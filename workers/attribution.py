@@ -1,0 +1,63 @@
+"""Who served a session, and how much: the basis of every node's payment.
+
+A node's work is the sum over steps of (blocks it served in that step x tokens that step processed); the
+prefill step processes the whole prompt, and a re-prefill after failover or recovery is work the new route
+really did, so it counts too. The session's cost is then split in proportion to work (`money.split_payment`).
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from mesh.session import ServedSpan
+from protocol.money import split_payment
+from protocol.usage import NodeContribution
+
+
+@dataclass
+class _NodeWork:
+    blocks: set[int] = field(default_factory=set)
+    tokens: int = 0
+    work_units: int = 0
+    public_name: str | None = None
+
+
+class Attribution:
+    """Accumulates the spans that served each step of one request (across fresh sessions too)."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, _NodeWork] = {}
+
+    def record_step(self, spans: Iterable[ServedSpan], tokens: int) -> None:
+        for span in spans:
+            node = self._nodes.setdefault(span.peer_id, _NodeWork())
+            node.blocks.update(range(span.start_block, span.end_block))
+            node.tokens += tokens
+            node.work_units += (span.end_block - span.start_block) * tokens
+            node.public_name = span.public_name or node.public_name
+
+    @property
+    def node_ids(self) -> list[str]:
+        return list(self._nodes)
+
+    @property
+    def total_work_units(self) -> int:
+        return sum(node.work_units for node in self._nodes.values())
+
+    def settle(
+        self, cost_far: Decimal, wallet_of: Callable[[str | None], str | None]
+    ) -> tuple[tuple[NodeContribution, ...], Decimal]:
+        """Each node's contribution with its payment, and the platform's rounding remainder."""
+        payments, remainder = split_payment(cost_far, {peer: node.work_units for peer, node in self._nodes.items()})
+        contributions = tuple(
+            NodeContribution(
+                node_id=peer,
+                wallet=wallet_of(node.public_name),
+                blocks_served=len(node.blocks),
+                tokens_contributed=node.tokens,
+                work_units=node.work_units,
+                payment_far=payments[peer],
+            )
+            for peer, node in self._nodes.items()
+        )
+        return contributions, remainder

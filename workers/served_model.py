@@ -1,0 +1,92 @@
+"""One model a worker serves: its Petals client (shared by every concurrent job), tokenizer and thread pool.
+
+Petals' client API blocks, so each model has a thread pool as large as the number of jobs that may run at
+once; asyncio's default pool (a handful of threads on a small machine) would serialise concurrent jobs.
+"""
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+from mesh.client import ClientLimits, MeshClient, open_client
+from mesh.session import SwarmSession
+from protocol.catalog import ModelSpec
+
+T = TypeVar("T")
+
+
+class ServedModel:
+    def __init__(self, client: MeshClient, *, max_jobs: int) -> None:
+        self.client = client
+        self.spec = client.spec
+        model = client.model
+        self._executor = ThreadPoolExecutor(max_workers=max_jobs + 2, thread_name_prefix=f"petals-{self.spec.model_id}")
+        eos = model.config.eos_token_id
+        self.eos_token_ids: frozenset[int] = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.num_blocks = int(model.config.num_hidden_layers)
+
+    @classmethod
+    def open(cls, spec: ModelSpec, initial_peers: list[str], *, limits: ClientLimits, max_jobs: int) -> "ServedModel":
+        """Load the client-side weights and join the DHT (blocking: seconds)."""
+        return cls(open_client(spec, initial_peers, limits=limits), max_jobs=max_jobs)
+
+    @property
+    def model_id(self) -> str:
+        return self.spec.model_id
+
+    @property
+    def model(self) -> Any:
+        return self.client.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.client.tokenizer
+
+    @property
+    def dht_prefix(self) -> str:
+        return str(self.model.transformer.h.sequence_manager.config.dht_prefix)
+
+    def connected(self) -> bool:
+        """False once the client's DHT process has died; sessions then cannot find routes."""
+        return bool(self.client.dht.is_alive())
+
+    def replace_client(self, client: MeshClient) -> None:
+        """Swap in a freshly connected client; sessions opened from now on use it."""
+        old, self.client = self.client, client
+        _close_client(old)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def open_session(self, *, max_length: int) -> SwarmSession:
+        return SwarmSession(self.model, max_length=max_length)
+
+    def new_generator(self, *, seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking Petals call in this model's pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        _close_client(self.client)
+
+
+def _close_client(client: MeshClient) -> None:
+    """Close the client and its P2P replica: left to the garbage collector, the replica's finaliser fails
+    (it looks for an event loop in whatever thread collects it) and leaves its daemon connection open."""
+    from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
+
+    p2p = client.model.transformer.h.sequence_manager.state.p2p
+    client.close()
+    if p2p is not None:
+        RemoteExpertWorker.run_coroutine(p2p.shutdown())

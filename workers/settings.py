@@ -1,0 +1,81 @@
+"""The worker's configuration: which swarm to join, which models to serve, and the bounds on every wait.
+
+Every bound has a default that suits a small swarm; each is read once at start-up, and a bad value stops
+`far-mesh worker` with the variable's name.
+"""
+
+from typing import Self
+
+from pydantic import Field, field_validator, model_validator
+
+from protocol.catalog import ModelSpec
+from protocol.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    """FAR_MESH_* variables of the worker process, on top of the shared ones (REDIS_URL, FAR_MESH_MODELS...)."""
+
+    far_mesh_dht_bootstrap: str = Field(
+        min_length=1,
+        description="Required. Comma-separated multiaddrs of DHT peers, e.g. /ip4/10.0.0.5/tcp/31337/p2p/Qm...",
+    )
+    far_mesh_worker_models: str = Field(
+        default="", description="Comma-separated model ids this worker serves; empty means every catalog model"
+    )
+    far_mesh_worker_max_jobs: int = Field(default=16, ge=1, le=1024, description="Concurrent jobs per served model")
+    far_mesh_worker_metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="Prometheus /metrics port; 0 disables the endpoint"
+    )
+    far_mesh_worker_metrics_host: str = Field(default="0.0.0.0", description="Address the metrics endpoint binds")
+    far_mesh_snapshot_interval_s: float = Field(
+        default=10.0, gt=0, description="Seconds between swarm snapshots published to Redis"
+    )
+    far_mesh_poll_delay_s: float = Field(
+        default=0.002, gt=0, le=1, description="How often idle workers poll their queues; adds up to this to TTFT"
+    )
+    far_mesh_petals_max_retries: int = Field(
+        default=2, ge=1, le=100, description="Petals retries inside one step before the worker opens a fresh route"
+    )
+    far_mesh_petals_request_timeout_s: float = Field(default=30.0, gt=0, description="Petals per-request timeout")
+    far_mesh_petals_connect_timeout_s: float = Field(default=5.0, gt=0, description="Petals connect timeout")
+    far_mesh_petals_max_backoff_s: float = Field(default=2.0, gt=0, description="Petals' longest sleep between retries")
+    far_mesh_no_route_timeout_s: float = Field(
+        default=20.0, gt=0, description="Give up with a no_route error after failing to find a route this long"
+    )
+    far_mesh_lease_ttl_s: float = Field(
+        default=3.0, ge=0.5, le=60, description="A dead worker's job is taken over by another within about this"
+    )
+    far_mesh_job_timeout_s: float = Field(default=900.0, gt=0, description="Hard limit on one job's run time")
+    far_mesh_job_max_tries: int = Field(
+        default=5, ge=1, description="Runs of one job (first run plus recoveries after worker crashes)"
+    )
+
+    @field_validator("far_mesh_dht_bootstrap")
+    @classmethod
+    def _multiaddrs(cls, value: str) -> str:
+        addrs = [a.strip() for a in value.split(",") if a.strip()]
+        bad = [a for a in addrs if not a.startswith("/")]
+        if not addrs or bad:
+            raise ValueError(f"expected comma-separated multiaddrs such as /ip4/1.2.3.4/tcp/31337/p2p/Qm..., got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _served_models_are_in_catalog(self) -> Self:
+        self.served_models  # noqa: B018 - validates the list once, at start-up
+        return self
+
+    @property
+    def initial_peers(self) -> list[str]:
+        return [a.strip() for a in self.far_mesh_dht_bootstrap.split(",") if a.strip()]
+
+    @property
+    def served_models(self) -> tuple[ModelSpec, ...]:
+        """The catalog entries this worker opens a client for, in catalog order."""
+        catalog = self.catalog
+        wanted = [m.strip() for m in self.far_mesh_worker_models.split(",") if m.strip()]
+        unknown = [m for m in wanted if catalog.get(m) is None]
+        if unknown:
+            raise ValueError(
+                f"FAR_MESH_WORKER_MODELS names {unknown}, which are not in the catalog {catalog.model_ids}"
+            )
+        return tuple(m for m in catalog.models if not wanted or m.model_id in wanted)
