@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from protocol.settings import SettingsError
 
 COMMAND_MODULES = (
+    "cli.settings_reference",
     "devstack.commands",
     "mesh.commands",
     "gateway.commands",

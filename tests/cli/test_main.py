@@ -28,3 +28,13 @@ def test_a_bad_setting_exits_2_naming_the_variable(
     monkeypatch.setenv("POSTGRES_URL", "nonsense")
     assert main(["migrate"]) == 2
     assert "POSTGRES_URL" in capsys.readouterr().err
+
+
+def test_the_readmes_settings_table_is_the_one_the_code_generates() -> None:
+    from pathlib import Path
+
+    from cli.settings_reference import settings_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    between = readme.split("<!-- settings-table:start -->\n")[1].split("<!-- settings-table:end -->")[0]
+    assert between == settings_table(), "README.md is stale: paste the output of `far-mesh settings` into it"
