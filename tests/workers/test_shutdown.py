@@ -1,0 +1,59 @@
+"""SIGTERM, as Kubernetes sends it on a rollout: the worker hands its running job back and exits cleanly,
+another worker finishes the request, and the client still sees every token exactly once, billed once."""
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from mesh.local_swarm import LocalSwarm
+from protocol import keys
+from protocol.catalog import ModelSpec
+from protocol.events import DoneEvent, TokenEvent
+from tests.fixtures.workers import (
+    WorkerProcess,
+    enqueue,
+    make_job,
+    reference_continuation,
+    usage_records,
+    wait_for_end,
+    wait_for_tokens,
+    worker_environment,
+)
+
+pytestmark = pytest.mark.swarm
+
+PROMPT = "A rollout replaces every worker"
+MAX_TOKENS = 120
+
+
+async def test_sigterm_mid_stream_hands_the_job_to_another_worker_and_nothing_is_lost_or_billed_twice(
+    two_server_swarm: LocalSwarm,
+    worker_process_factory: Callable[[dict[str, str]], WorkerProcess],
+    tiny_models: tuple[ModelSpec, ...],
+    redis: aioredis.Redis,
+    redis_url: str,
+) -> None:
+    model = tiny_models[0]
+    env = worker_environment(redis_url, two_server_swarm.initial_peers, [model])
+    workers = [worker_process_factory(env) for _ in range(2)]
+    for worker in workers:
+        worker.wait_until_started()
+    job = make_job(model, prompt=PROMPT, max_tokens=MAX_TOKENS)
+    await enqueue(redis_url, job)
+    await wait_for_tokens(redis, job.request_id, 3)
+
+    owner = (await redis.get(keys.job_lease(job.request_id))).decode()  # "<host>-<pid>:<try>:<nonce>"
+    owner_pid = int(owner.split(":")[0].rsplit("-", 1)[1])
+    (draining,) = [w for w in workers if w.process.pid == owner_pid]
+    draining.process.send_signal(signal.SIGTERM)
+
+    assert await asyncio.to_thread(draining.process.wait, 30) == 0
+    events = await wait_for_end(redis, job.request_id)
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    assert [t.index for t in tokens] == list(range(MAX_TOKENS))
+    assert [t.token_id for t in tokens] == reference_continuation(model, PROMPT, MAX_TOKENS)
+    assert isinstance(events[-1], DoneEvent) and events[-1].tokens_generated == MAX_TOKENS
+    assert len(await usage_records(redis, job.request_id)) == 1
