@@ -4,7 +4,12 @@ Entries are read in batches through the consumer group (by count or by time, whi
 in one transaction, and acknowledged only after the commit. A crash before the acknowledgement leaves the
 entries pending; this consumer (restarted under the same name) or any other (claiming entries idle longer
 than ACCOUNTING_CLAIM_IDLE_MS) writes them again, and the ledger ignores request ids it already holds.
-Entries that cannot be parsed or stored go to the dead-letter stream with the reason, and are acknowledged.
+Entries that cannot be parsed or stored go to the dead-letter stream with the reason, and are acknowledged;
+the dead letter is keyed by the entry's id, so an entry settled twice (redelivered, or claimed from a consumer
+that was only slow) is dead-lettered once.
+
+The next batch is read and parsed while the current one is being written (parsing is CPU in this process,
+writing is mostly PostgreSQL's), so one consumer keeps both busy.
 """
 
 import asyncio
@@ -13,17 +18,19 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT
 
 from accounting import metrics
-from accounting.ledger import BatchOutcome, prepare_connection, write_batch
+from accounting.ledger import BatchOutcome, write_batch
+from accounting.liveness import Heartbeat
 from accounting.settings import AccountingSettings
 from protocol import keys
 from protocol.usage import USAGE_FIELD, UsageRecord
@@ -36,13 +43,57 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 CRASH_AT_ENV = "FAR_MESH_ACCOUNTING_CRASH_AT"
 """Test-only: "after-commit" makes the process SIGKILL itself after a commit and before the XACK."""
 DEAD_LETTER_MAXLEN = 100_000
+"""Dead letters kept (approximately); the ids of as many are remembered, so idempotence lasts as long."""
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# KEYS: usage stream, dead letters, dead-lettered ids. ARGV: group, maxlen, n, then n x (entry id, score, kind,
+# reason, consumer, record), then the ids to acknowledge. One script: dead letters and acks land together.
+_SETTLE_SCRIPT = """
+local n = tonumber(ARGV[3])
+local at = 4
+for _ = 1, n do
+  if redis.call('ZADD', KEYS[3], 'NX', ARGV[at + 1], ARGV[at]) == 1 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'entry_id', ARGV[at], 'kind', ARGV[at + 2],
+               'reason', ARGV[at + 3], 'consumer', ARGV[at + 4], 'record', ARGV[at + 5])
+  end
+  at = at + 6
+end
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[2]) - 1)
+if at <= #ARGV then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, at))
+end
+return n
+"""
+_ACK_CHUNK = 5_000
+"""Entry ids per script call: Lua's unpack() is limited to a few thousand values."""
 
 
 def stream_id_key(entry_id: bytes | str) -> tuple[int, int]:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+@dataclass
+class ParsedBatch:
+    """Entries read from the stream, split into the records to write and the entries that cannot be parsed."""
+
+    entries: list[Entry]
+    records: list[UsageRecord] = field(default_factory=list)
+    stored: list[Entry] = field(default_factory=list)
+    """The entry each record came from, index for index."""
+    dead: list[tuple[Entry, str, str]] = field(default_factory=list)
+
+
+def parse_entries(entries: list[Entry]) -> ParsedBatch:
+    batch = ParsedBatch(entries)
+    for entry in entries:
+        try:
+            batch.records.append(UsageRecord.from_stream_fields(entry[1]))
+            batch.stored.append(entry)
+        except ValueError as exc:
+            batch.dead.append((entry, "unparseable", _first_line(exc)))
+    return batch
 
 
 class UsageConsumer:
@@ -55,7 +106,10 @@ class UsageConsumer:
         self.name = settings.accounting_consumer_name
         self._stopping = asyncio.Event()
         self._connection: asyncpg.Connection | None = None
-        self._own_backlog = True  # entries delivered to this name before a restart come first
+        self._backlog_cursor: str | None = "0"  # entries delivered to this name before a restart come first
+        self._ahead: asyncio.Task[ParsedBatch] | None = None
+        self.heartbeat = Heartbeat(settings.accounting_liveness_s)
+        self._settle_script = redis.register_script(_SETTLE_SCRIPT)
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._next_trim = 0.0
@@ -78,23 +132,35 @@ class UsageConsumer:
             keys.USAGE_STREAM,
         )
         backoff = 0.1
-        while not self.stopping:
-            try:
-                await self.step()
-                backoff = 0.1
-            except _REDIS_ERRORS as exc:
-                log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.settings.accounting_retry_max_s)
+        try:
+            while not self.stopping or self._ahead is not None:  # a batch read ahead is settled before leaving
+                try:
+                    await self.step()
+                    backoff = 0.1
+                except _REDIS_ERRORS as exc:
+                    log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                    self.heartbeat.beat()  # waiting out an outage is the loop working, not stuck
+                    if await self._sleep(backoff):
+                        break
+                    backoff = min(backoff * 2, self.settings.accounting_retry_max_s)
+        finally:
+            if self._ahead is not None:  # stopped during an outage: what it read stays pending for a successor
+                self._ahead.cancel()
+                await asyncio.gather(self._ahead, return_exceptions=True)
+                self._ahead = None
         if self._connection is not None:
             await self._connection.close()
         log.info("accounting consumer stopped name=%s", self.name)
 
     async def step(self) -> None:
         """Settle one batch of new (or own pending) entries, then claim and trim when their time has come."""
-        entries = await self._read_batch()
-        if entries:
-            await self.settle(entries)
+        ahead, self._ahead = self._ahead, None
+        batch = await (ahead if ahead is not None else self._read_parsed())
+        if not self.stopping:
+            self._ahead = asyncio.create_task(self._read_parsed())
+        if batch.entries:
+            await self.settle_parsed(batch)
+        self.heartbeat.beat()
         now = time.monotonic()
         if not self.stopping and now >= self._next_claim:
             self._next_claim = now + self.settings.accounting_claim_interval_s
@@ -110,21 +176,25 @@ class UsageConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    async def _read_parsed(self) -> ParsedBatch:
+        return parse_entries(await self._read_batch())
+
     async def _read_batch(self) -> list[Entry]:
         size = self.settings.accounting_batch_size
         wait_s = self.settings.accounting_batch_wait_ms / 1000
-        if self._own_backlog:
-            entries = await self._xreadgroup("0", size, None)
+        while self._backlog_cursor is not None:
+            # A cursor, not "0" again: the batch read ahead must not return entries still being written.
+            entries, last_id = await self._xreadgroup(self._backlog_cursor, size, None)
+            self._backlog_cursor = None if last_id is None else _text(last_id)
             if entries:
                 return entries
-            self._own_backlog = False
         entries = []
         deadline: float | None = None
         while len(entries) < size and not self.stopping:
             remaining = wait_s if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 break
-            got = await self._xreadgroup(">", size - len(entries), max(1, int(remaining * 1000)))
+            got, _ = await self._xreadgroup(">", size - len(entries), max(1, int(remaining * 1000)))
             if not got:
                 break
             entries.extend(got)
@@ -132,7 +202,8 @@ class UsageConsumer:
                 deadline = time.monotonic() + wait_s
         return entries
 
-    async def _xreadgroup(self, last_id: str, count: int, block_ms: int | None) -> list[Entry]:
+    async def _xreadgroup(self, last_id: str, count: int, block_ms: int | None) -> tuple[list[Entry], bytes | None]:
+        """The entries read (trimmed ones acknowledged and left out) and the id of the last one delivered."""
         try:
             response = await self.redis.xreadgroup(
                 keys.USAGE_CONSUMER_GROUP, self.name, {keys.USAGE_STREAM: last_id}, count=count, block=block_ms
@@ -141,14 +212,15 @@ class UsageConsumer:
             if "NOGROUP" not in str(exc):
                 raise
             await self._ensure_group()  # the stream was deleted: start again
-            return []
-        if not response:
-            return []
+            return [], None
+        if not response or not response[0][1]:
+            return [], None
         entries = [(entry_id, fields) for entry_id, fields in response[0][1] if fields]
         trimmed = [entry_id for entry_id, fields in response[0][1] if not fields]
         if trimmed:  # own pending entries that no longer exist: nothing to write
             await self.redis.xack(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, *trimmed)
-        return entries
+        delivered: bytes = response[0][1][-1][0]
+        return entries, delivered
 
     async def _claim_from_dead_consumers(self) -> None:
         cursor, claimed, *_ = await self.redis.xautoclaim(
@@ -166,43 +238,40 @@ class UsageConsumer:
             await self.settle(entries)
             self._next_claim = 0.0  # more may be waiting: look again right after the next batch
 
-    async def settle(self, entries: Sequence[Entry]) -> None:
+    async def settle(self, entries: list[Entry]) -> None:
         """Write the entries' records, dead-letter what cannot be stored, acknowledge everything after commit."""
-        records: list[UsageRecord] = []
-        stored: list[Entry] = []
-        dead: list[tuple[Entry, str, str]] = []
-        for entry in entries:
-            try:
-                records.append(UsageRecord.from_stream_fields(entry[1]))
-                stored.append(entry)
-            except ValueError as exc:
-                dead.append((entry, "unparseable", _first_line(exc)))
+        await self.settle_parsed(parse_entries(entries))
+
+    async def settle_parsed(self, batch: ParsedBatch) -> None:
+        """`settle` for a batch already parsed (the loop parses the next batch while this one is written)."""
         started = time.perf_counter()
-        outcome = await self._write_until_stored(records)
+        outcome = await self._write_until_stored(batch.records)
         if outcome is None:
             return  # stopping while the ledger is away: the entries stay pending for the next consumer
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         if self._crash_after_commit:
             os.kill(os.getpid(), signal.SIGKILL)
-        dead.extend((stored[index], "rejected", reason) for index, reason in outcome.rejected.items())
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for (entry_id, fields), kind, reason in dead:
-                pipe.xadd(
-                    keys.USAGE_DEAD_LETTERS,
-                    _dead_letter(entry_id, fields, kind, reason, self.name),
-                    maxlen=DEAD_LETTER_MAXLEN,
-                    approximate=True,
-                )
-            pipe.xack(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, *(entry_id for entry_id, _ in entries))
-            await pipe.execute()
+        dead = batch.dead + [(batch.stored[index], "rejected", reason) for index, reason in outcome.rejected.items()]
+        await self._dead_letter_and_ack(dead, [entry_id for entry_id, _ in batch.entries])
         for _, kind, reason in dead:
             log.warning("usage entry dead-lettered kind=%s reason=%s", kind, reason)
             metrics.DEAD_LETTERS.labels(kind).inc()
-        metrics.RECORDS_CONSUMED.inc(len(entries))
-        metrics.BATCH_SIZE.observe(len(entries))
+        metrics.RECORDS_CONSUMED.inc(len(batch.entries))
+        metrics.BATCH_SIZE.observe(len(batch.entries))
         metrics.SESSIONS_WRITTEN.inc(outcome.sessions_written)
         metrics.CONTRIBUTIONS_WRITTEN.inc(outcome.contributions_written)
         metrics.DUPLICATES_IGNORED.inc(outcome.duplicates)
+
+    async def _dead_letter_and_ack(self, dead: list[tuple[Entry, str, str]], entry_ids: list[bytes]) -> None:
+        letters: list[EncodableT] = []
+        for (entry_id, fields), kind, reason in dead:
+            letters += [entry_id, stream_id_key(entry_id)[0], kind, reason, self.name, _dead_record(fields)]
+        head, rest = entry_ids[:_ACK_CHUNK], entry_ids[_ACK_CHUNK:]
+        group = keys.USAGE_CONSUMER_GROUP
+        streams = [keys.USAGE_STREAM, keys.USAGE_DEAD_LETTERS, keys.USAGE_DEAD_LETTER_IDS]
+        await self._settle_script(keys=streams, args=[group, DEAD_LETTER_MAXLEN, len(dead), *letters, *head])
+        for start in range(0, len(rest), _ACK_CHUNK):
+            await self.redis.xack(keys.USAGE_STREAM, group, *rest[start : start + _ACK_CHUNK])
 
     async def _write_until_stored(self, records: list[UsageRecord]) -> BatchOutcome | None:
         """Write one batch, waiting out a ledger outage with capped exponential backoff; None if told to stop."""
@@ -213,7 +282,6 @@ class UsageConsumer:
             try:
                 if self._connection is None or self._connection.is_closed():
                     self._connection = await self.connect()
-                    await prepare_connection(self._connection)
                 return await write_batch(self._connection, records)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 metrics.LEDGER_RETRIES.inc()
@@ -225,6 +293,7 @@ class UsageConsumer:
                     backoff,
                 )
                 await self._drop_connection()
+            self.heartbeat.beat()  # waiting for the ledger on purpose; a restart would not bring it back sooner
             if await self._sleep(backoff):
                 return None
             backoff = min(backoff * 2, self.settings.accounting_retry_max_s)
@@ -273,10 +342,9 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:500]
 
 
-def _dead_letter(
-    entry_id: bytes, fields: dict[bytes, bytes], kind: str, reason: str, consumer: str
-) -> dict[FieldT, EncodableT]:
+def _dead_record(fields: dict[bytes, bytes]) -> bytes:
+    """The entry's record as it came, or all its fields as JSON when it has no record field."""
     record = fields.get(USAGE_FIELD.encode())
     if record is None:
         record = json.dumps({_text(k): v.decode(errors="replace") for k, v in fields.items()}).encode()
-    return {"entry_id": entry_id, "kind": kind, "reason": reason, "consumer": consumer, USAGE_FIELD: record}
+    return record

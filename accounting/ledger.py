@@ -1,9 +1,11 @@
-"""Writing usage records into the ledger: one transaction per batch, through COPY, duplicates ignored.
+"""Writing usage records into the ledger: one transaction per batch, duplicates ignored, offenders set aside.
 
-Records are COPYed into temporary staging tables, then moved with `INSERT ... ON CONFLICT DO NOTHING`, so a
-redelivered record (same request id) changes nothing. A session's id is derived from its request id, which
-lets contributions be staged before the session row exists. If a batch breaks a constraint, it is written
-again record by record under savepoints: the offenders are returned as rejected, the rest are stored.
+A batch is three statements: the nodes it names (`ON CONFLICT DO NOTHING`), its sessions from column arrays
+(`ON CONFLICT (request_id) DO NOTHING RETURNING id`), then a binary COPY straight into
+`far_session_contributions` of the rows of the sessions that statement created, so a redelivered record (same
+request id) changes nothing and no staging table is needed. A session's id is derived from its request id. If
+a batch breaks a constraint, it is written again record by record under savepoints: the offenders are returned
+as rejected, the rest are stored.
 """
 
 import logging
@@ -20,25 +22,26 @@ log = logging.getLogger(__name__)
 SESSION_NAMESPACE = uuid.UUID("5b0f7c0e-6a53-4f44-9b0e-8f6d2a1c3e77")
 """uuid5 namespace of session ids: the same request id always gets the same session id."""
 
-SESSION_COLUMNS = (
-    "id",
-    "request_id",
-    "user_wallet",
-    "api_key_id",
-    "model_id",
-    "status",
-    "finish_reason",
-    "prompt_tokens",
-    "tokens_generated",
-    "price_per_token_far",
-    "total_cost_far",
-    "platform_remainder_far",
-    "started_at",
-    "finished_at",
-    "time_to_first_token_ms",
-    "failovers",
-    "worker_id",
-)
+SESSION_COLUMNS = {
+    "id": "uuid",
+    "request_id": "text",
+    "user_wallet": "text",
+    "api_key_id": "text",
+    "model_id": "text",
+    "status": "text",
+    "finish_reason": "text",
+    "prompt_tokens": "bigint",
+    "tokens_generated": "bigint",
+    "price_per_token_far": "numeric",
+    "total_cost_far": "numeric",
+    "platform_remainder_far": "numeric",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "time_to_first_token_ms": "double precision",
+    "failovers": "integer",
+    "worker_id": "text",
+}
+"""Column -> type of the session rows the consumer writes (the order of `session_row`)."""
 CONTRIBUTION_COLUMNS = (
     "session_id",
     "node_id",
@@ -49,40 +52,21 @@ CONTRIBUTION_COLUMNS = (
     "payment_far",
 )
 
-_CREATE_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS staged_sessions (
-    id UUID, request_id TEXT, user_wallet TEXT, api_key_id TEXT, model_id TEXT, status TEXT, finish_reason TEXT,
-    prompt_tokens BIGINT, tokens_generated BIGINT, price_per_token_far NUMERIC(38,18), total_cost_far NUMERIC(38,18),
-    platform_remainder_far NUMERIC(38,18), started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
-    time_to_first_token_ms DOUBLE PRECISION, failovers INTEGER, worker_id TEXT
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS staged_contributions (
-    session_id UUID, node_id TEXT, wallet TEXT, blocks_served INTEGER, tokens_contributed BIGINT,
-    work_units BIGINT, payment_far NUMERIC(38,18)
-) ON COMMIT DELETE ROWS;
-"""
-_SESSION_LIST = ", ".join(SESSION_COLUMNS)
-_CONTRIBUTION_LIST = ", ".join(CONTRIBUTION_COLUMNS)
 # Nodes first, in key order, so concurrent consumers take their row locks in the same order (no deadlock).
 _INSERT_NODES = """
-INSERT INTO far_nodes (node_id, wallet)
-SELECT DISTINCT ON (node_id) node_id, wallet FROM staged_contributions ORDER BY node_id
+INSERT INTO far_nodes (node_id, wallet) SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1
 ON CONFLICT (node_id) DO NOTHING
 """
-_INSERT_SESSIONS = f"""
-INSERT INTO far_mesh_sessions ({_SESSION_LIST}) SELECT {_SESSION_LIST} FROM staged_sessions
-ON CONFLICT (request_id) DO NOTHING RETURNING id
-"""
-_INSERT_CONTRIBUTIONS = f"""
-INSERT INTO far_session_contributions ({_CONTRIBUTION_LIST})
-SELECT {_CONTRIBUTION_LIST} FROM staged_contributions WHERE session_id = ANY ($1::uuid[])
-ON CONFLICT (session_id, node_id) DO NOTHING
-"""
+_INSERT_SESSIONS = (
+    f"INSERT INTO far_mesh_sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'${i}::{t}[]' for i, t in enumerate(SESSION_COLUMNS.values(), 1))}) "
+    "ON CONFLICT (request_id) DO NOTHING RETURNING id"
+)
 
 RECORD_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.DataError,
-    OverflowError,  # a value the column type cannot hold, caught while encoding the COPY
+    OverflowError,  # a value the column type cannot hold, caught while encoding the parameters or the COPY
 )
 """Errors that belong to a record's data: retrying cannot help, the record goes to the dead letters."""
 
@@ -100,9 +84,9 @@ class BatchOutcome:
     """Index in the batch -> why the ledger refused that record."""
 
 
-def _session_row(record: UsageRecord) -> tuple[object, ...]:
+def session_row(record: UsageRecord, session_id: uuid.UUID) -> tuple[object, ...]:
     return (
-        session_id_for(record.request_id),
+        session_id,
         record.request_id,
         record.user_wallet,
         record.api_key_id,
@@ -122,38 +106,39 @@ def _session_row(record: UsageRecord) -> tuple[object, ...]:
     )
 
 
-def _contribution_rows(record: UsageRecord) -> list[tuple[object, ...]]:
-    session_id = session_id_for(record.request_id)
+def contribution_rows(record: UsageRecord, session_id: uuid.UUID) -> list[tuple[object, ...]]:
     return [
         (session_id, c.node_id, c.wallet, c.blocks_served, c.tokens_contributed, c.work_units, c.payment_far)
         for c in record.contributions
     ]
 
 
-async def prepare_connection(connection: asyncpg.Connection) -> None:
-    """Create this connection's staging tables (temporary: each connection has its own)."""
-    await connection.execute(_CREATE_STAGING)
-
-
 async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]) -> tuple[int, int]:
-    await connection.execute("TRUNCATE staged_sessions, staged_contributions")
-    await connection.copy_records_to_table(
-        "staged_sessions", records=[_session_row(r) for r in records], columns=SESSION_COLUMNS
-    )
-    contributions = [row for r in records for row in _contribution_rows(r)]
+    session_ids = [session_id_for(r.request_id) for r in records]
+    wallets: dict[str, str | None] = {}
+    for record in records:
+        for contribution in record.contributions:
+            wallets.setdefault(contribution.node_id, contribution.wallet)
+    if wallets:
+        nodes = sorted(wallets)
+        await connection.execute(_INSERT_NODES, nodes, [wallets[n] for n in nodes])
+    columns = zip(*(session_row(r, i) for r, i in zip(records, session_ids, strict=True)), strict=True)
+    created = {row[0] for row in await connection.fetch(_INSERT_SESSIONS, *columns)}
+    if not created:
+        return 0, 0
+    contributions = [
+        row
+        for record, session_id in zip(records, session_ids, strict=True)
+        if session_id in created
+        for row in contribution_rows(record, session_id)
+    ]
     if contributions:
+        # Only sessions this statement created: none of their rows can exist yet, so plain COPY is safe.
         await connection.copy_records_to_table(
-            "staged_contributions", records=contributions, columns=CONTRIBUTION_COLUMNS
+            "far_session_contributions", records=contributions, columns=CONTRIBUTION_COLUMNS
         )
-        await connection.execute(_INSERT_NODES)
-    new_ids = [row["id"] for row in await connection.fetch(_INSERT_SESSIONS)]
-    written = 0
-    if new_ids and contributions:
-        status = await connection.execute(_INSERT_CONTRIBUTIONS, new_ids)
-        written = int(status.rsplit(" ", 1)[1])
-    if new_ids:
-        await connection.execute("SELECT far_finalize_sessions($1::uuid[])", new_ids)
-    return len(new_ids), written
+    await connection.execute("SELECT far_finalize_sessions($1::uuid[])", list(created))
+    return len(created), len(contributions)
 
 
 async def write_batch(connection: asyncpg.Connection, records: Sequence[UsageRecord]) -> BatchOutcome:
@@ -168,6 +153,8 @@ async def write_batch(connection: asyncpg.Connection, records: Sequence[UsageRec
             seen.add(record.request_id)
             unique.append(record)
     outcome = BatchOutcome(duplicates=len(records) - len(unique))
+    if not unique:
+        return outcome
     try:
         async with connection.transaction():
             sessions, contributions = await _insert(connection, unique)

@@ -4,12 +4,15 @@ A run claims the unpaid contribution rows of every wallet owed at least `min_far
 LOCKED, then `payment_batch_id` set and committed), so a concurrent or repeated run can never take them
 again. Rows are marked paid only with the payer's transaction reference. A payer that reports failure
 (`PaymentFailed`, or an OSError) releases the rows and the batch is marked failed; any other surprise
-leaves the batch pending with its rows claimed, because the money may have moved: an operator decides.
+leaves the batch pending with its rows claimed, because the money may have moved: an operator decides, with
+`far-mesh payouts list` and `far-mesh payouts resolve` (`mark_paid` / `mark_failed`). Only a pending batch can
+be settled, so a payout run and an operator can never both settle the same batch.
 """
 
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
@@ -30,6 +33,10 @@ FOR UPDATE SKIP LOCKED
 
 class PaymentFailed(RuntimeError):
     """The payer could not pay the batch; nothing was paid, and its rows can be paid by a later run."""
+
+
+class BatchNotPending(LookupError):
+    """The batch does not exist or was already settled (paid or failed): there is nothing left to decide."""
 
 
 @dataclass(frozen=True)
@@ -93,33 +100,63 @@ async def claim_batch(connection: asyncpg.Connection, payer: str, min_far: Decim
     return PaymentBatch(batch_id, payments)
 
 
-async def mark_paid(connection: asyncpg.Connection, batch: PaymentBatch, reference: str) -> None:
+async def _settle_pending(connection: asyncpg.Connection, batch_id: int, status: str, note: str) -> None:
+    """Move a pending batch to `status` (the batch row first: it is the lock that makes settling happen once)."""
+    column = "transaction_ref" if status == "paid" else "failure_reason"
+    settled = await connection.fetchval(
+        f"UPDATE far_payment_batches SET status = $2, {column} = $3, completed_at = now() "
+        "WHERE id = $1 AND status = 'pending' RETURNING id",
+        batch_id,
+        status,
+        note,
+    )
+    if settled is None:
+        raise BatchNotPending(f"payment batch {batch_id} is not pending (see `far-mesh payouts list`)")
+
+
+async def mark_paid(connection: asyncpg.Connection, batch_id: int, reference: str) -> None:
     async with connection.transaction():
+        await _settle_pending(connection, batch_id, "paid", reference)
         await connection.execute(
             "UPDATE far_session_contributions SET paid_at = now(), transaction_ref = $2 "
             "WHERE payment_batch_id = $1 AND paid_at IS NULL",
-            batch.id,
-            reference,
-        )
-        await connection.execute(
-            "UPDATE far_payment_batches SET status = 'paid', transaction_ref = $2, completed_at = now() WHERE id = $1",
-            batch.id,
+            batch_id,
             reference,
         )
 
 
-async def mark_failed(connection: asyncpg.Connection, batch: PaymentBatch, reason: str) -> None:
+async def mark_failed(connection: asyncpg.Connection, batch_id: int, reason: str) -> None:
+    """Settle the batch as failed and release its rows for a later run."""
     async with connection.transaction():
+        await _settle_pending(connection, batch_id, "failed", reason)
         await connection.execute(
             "UPDATE far_session_contributions SET payment_batch_id = NULL "
             "WHERE payment_batch_id = $1 AND paid_at IS NULL",
-            batch.id,
+            batch_id,
         )
-        await connection.execute(
-            "UPDATE far_payment_batches SET status = 'failed', failure_reason = $2, completed_at = now() WHERE id = $1",
-            batch.id,
-            reason,
-        )
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    id: int
+    status: str
+    payer: str
+    created_at: datetime
+    wallet_count: int
+    row_count: int
+    total_far: Decimal
+    transaction_ref: str | None
+    failure_reason: str | None
+
+
+async def list_batches(connection: asyncpg.Connection, *, status: str | None = None) -> list[BatchSummary]:
+    """Payment batches, newest first; `status` narrows them (pending ones are those an operator may resolve)."""
+    rows = await connection.fetch(
+        "SELECT id, status, payer, created_at, wallet_count, row_count, total_far, transaction_ref, failure_reason "
+        "FROM far_payment_batches WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC",
+        status,
+    )
+    return [BatchSummary(**dict(row)) for row in rows]
 
 
 async def run_payout(dsn: str, payer: Payer, *, min_far: Decimal) -> PaymentBatch | None:
@@ -139,10 +176,10 @@ async def run_payout(dsn: str, payer: Payer, *, min_far: Decimal) -> PaymentBatc
         try:
             reference = await payer.pay(batch)
         except (PaymentFailed, OSError) as exc:
-            await mark_failed(connection, batch, str(exc))
+            await mark_failed(connection, batch.id, str(exc))
             log.warning("payout batch failed id=%d reason=%s", batch.id, exc)
             raise PaymentFailed(f"batch {batch.id}: {exc}") from exc
-        await mark_paid(connection, batch, reference)
+        await mark_paid(connection, batch.id, reference)
         log.info("payout batch paid id=%d ref=%s", batch.id, reference)
         return batch
     finally:

@@ -1,8 +1,9 @@
 """The node registry: `far_nodes` and `far_node_models` follow the swarm snapshots workers publish.
 
 Each model's snapshot lists every server the DHT announced for it. A server it no longer lists is marked
-offline for that model; a node that no snapshot shows any more falls out of `active_far_nodes` once its
-`last_seen_at` is two minutes old. Older snapshots never overwrite newer facts.
+offline for that model, and a node that no snapshot lists any more is marked offline in `far_nodes` at the
+next refresh (unless another replica has seen it more recently than the newest snapshot read here). Older
+snapshots never overwrite newer facts.
 """
 
 import asyncio
@@ -46,6 +47,10 @@ WHERE far_node_models.last_seen_at <= EXCLUDED.last_seen_at
 _MARK_GONE = """
 UPDATE far_node_models SET state = 'offline'
 WHERE model_id = $1 AND NOT (node_id = ANY ($2::text[])) AND last_seen_at < $3 AND state <> 'offline'
+"""
+_MARK_NODES_GONE = """
+UPDATE far_nodes SET state = 'offline'
+WHERE state <> 'offline' AND last_seen_at < $2 AND NOT (node_id = ANY ($1::text[]))
 """
 
 
@@ -91,6 +96,9 @@ async def sync_registry(connection: asyncpg.Connection, snapshots: list[SwarmSna
             await connection.execute(
                 _MARK_GONE, snapshot.model_id, [s.peer_id for s in snapshot.servers], snapshot.taken_at
             )
+        if snapshots:  # with none at all, nothing says the swarm moved on since the nodes were seen
+            newest = max(s.taken_at for s in snapshots)
+            await connection.execute(_MARK_NODES_GONE, [row[0] for row in nodes], newest)
     return len(nodes)
 
 

@@ -1,4 +1,4 @@
-"""The accounting process: the usage consumer, the node registry refresher and the metrics endpoint."""
+"""The accounting process: the usage consumer, the node registry refresher, and /metrics + /healthz."""
 
 import asyncio
 import logging
@@ -8,6 +8,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from accounting.consumer import UsageConsumer
+from accounting.liveness import serve_health
 from accounting.registry import keep_registry_fresh
 from accounting.settings import AccountingSettings
 
@@ -16,16 +17,15 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: AccountingSettings) -> None:
     """Run until SIGTERM or SIGINT; the batch in hand is finished and acknowledged before returning."""
-    if settings.accounting_metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.accounting_metrics_port)
     redis = aioredis.Redis.from_url(str(settings.redis_url))
 
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(settings.postgres_url, timeout=10)
 
     consumer = UsageConsumer(redis, connect, settings)
+    health = (
+        serve_health(consumer.heartbeat, settings.accounting_metrics_port) if settings.accounting_metrics_port else None
+    )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, consumer.stop)
@@ -36,3 +36,6 @@ async def serve(settings: AccountingSettings) -> None:
         registry.cancel()
         await asyncio.gather(registry, return_exceptions=True)
         await redis.aclose()
+        if health is not None:
+            health.shutdown()
+            health.server_close()

@@ -38,4 +38,11 @@ class AccountingSettings(LedgerSettings):
         max_length=200,
         description="This consumer's name in the group; defaults to host-pid-random",
     )
-    accounting_metrics_port: int = Field(default=9102, ge=0, le=65535, description="Prometheus port; 0 disables")
+    accounting_metrics_port: int = Field(
+        default=9102, ge=0, le=65535, description="Port of /metrics (Prometheus) and /healthz (liveness); 0 disables"
+    )
+    accounting_liveness_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="/healthz fails once the consumer loop has not completed an iteration for this long",
+    )

@@ -3,18 +3,28 @@
 Prints, in one run: enqueue-to-first-token p50 through the worker vs a direct session's first token (target:
 at most 10 ms added), and tokens/s of 8 concurrent jobs through one worker vs 8 concurrent direct sessions
 (target: at least 0.9x). Run: `.venv/bin/python bench/bench_worker.py`.
+
+It never hangs and never orphans its swarm: each phase has a deadline (past it, every thread's stack is
+dumped to stderr and the run ends as on SIGTERM), and SIGTERM/SIGINT stop the swarm's process groups and the
+Redis server before exiting.
 """
 
 import asyncio
+import contextlib
+import faulthandler
+import os
+import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from types import FrameType
 
 import redis.asyncio as aioredis
 import torch
@@ -39,6 +49,46 @@ PROMPT = "The mesh streams tokens from many small servers"
 TTFT_RUNS = 20
 CONCURRENT = 8
 TOKENS_EACH = 48
+OVERALL_TIMEOUT_S = 600
+STREAM_TIMEOUT_S = 60
+"""Longest wait for one job's first token or its ending."""
+
+_cleanups: list[Callable[[], None]] = []
+"""What must run however the benchmark ends: stopping swarm processes and the Redis server."""
+
+
+def _clean_up() -> None:
+    while _cleanups:
+        with contextlib.suppress(Exception):
+            _cleanups.pop()()
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    print(f"bench_worker: {signal.Signals(signum).name}; stopping the swarm", file=sys.stderr, flush=True)
+    _clean_up()
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def deadline(what: str, seconds: float) -> Iterator[None]:
+    """Past `seconds`, dump every thread's stack (where it hung), stop the swarm and exit with status 124.
+
+    All from the timer's thread: a main thread stuck in a native call would never run a signal handler.
+    """
+
+    def expire() -> None:
+        print(f"bench_worker: {what} took over {seconds:g} s; stacks follow", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+        _clean_up()
+        os._exit(124)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def direct_generation(client: object, prompt_ids: list[int], tokens: int) -> tuple[float, int]:
@@ -89,14 +139,18 @@ async def through_worker(redis_url: str, model: ModelSpec, runs: int, concurrent
                 )
             for job in jobs:
                 stream = keys.token_stream(job.request_id)
-                await redis.xread({stream: "0-0"}, block=60_000, count=1)
+                if not await redis.xread({stream: "0-0"}, block=STREAM_TIMEOUT_S * 1000, count=1):
+                    raise TimeoutError(f"{job.request_id}: no first token after {STREAM_TIMEOUT_S} s")
                 latencies.append(time.perf_counter() - started[job.request_id])
             for job in jobs:  # wait for the ending, so runs do not overlap
-                while True:
-                    last = await redis.xrevrange(keys.token_stream(job.request_id), count=1)
-                    if last and last[0][1][b"kind"] != b"token":
-                        break
-                    await asyncio.sleep(0.005)
+                async with asyncio.timeout(STREAM_TIMEOUT_S):
+                    while True:
+                        last = await redis.xrevrange(keys.token_stream(job.request_id), count=1)
+                        if last and last[0][1][b"kind"] != b"token":
+                            if last[0][1][b"kind"] == b"error":
+                                raise RuntimeError(f"{job.request_id} failed: {last[0][1][b'data'].decode()}")
+                            break
+                        await asyncio.sleep(0.005)
     finally:
         await pool.aclose()
         await redis.aclose()
@@ -104,44 +158,74 @@ async def through_worker(redis_url: str, model: ModelSpec, runs: int, concurrent
 
 
 def main() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+    try:
+        with deadline("the whole benchmark", OVERALL_TIMEOUT_S):
+            run()
+    finally:
+        _clean_up()
+
+
+def stop_processes(swarm: LocalSwarm) -> None:
+    """Stop the swarm's process groups without its DHT client's goodbye, which can itself hang."""
+    for process in [*swarm.servers, *([swarm.dht_process] if swarm.dht_process else [])]:
+        process.stop()
+
+
+def run() -> None:
     (model, _) = ensure_tiny_models(REPO / ".cache" / "far-mesh")
     work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-    redis_server = RedisServer(work / "redis").start()
-    with LocalSwarm(split_plans(model, 2), work_dir=work / "swarm") as swarm:
-        client = open_client(model, swarm.initial_peers)
-        prompt_ids = list(client.tokenizer(PROMPT)["input_ids"])
-        direct_generation(client, prompt_ids, 2)  # warm the route
-        direct_ttft = [direct_generation(client, prompt_ids, 1)[0] for _ in range(TTFT_RUNS)]
-        with ThreadPoolExecutor(CONCURRENT) as pool:
-            started = time.perf_counter()
-            results = list(pool.map(lambda _: direct_generation(client, prompt_ids, TOKENS_EACH), range(CONCURRENT)))
-            direct_tps = sum(n for _, n in results) / (time.perf_counter() - started)
-        client.close()
+    redis_server = RedisServer(work / "redis")
+    _cleanups.append(redis_server.stop)
+    redis_server.start()
+    swarm = LocalSwarm(split_plans(model, 2), work_dir=work / "swarm")
+    _cleanups.append(lambda: stop_processes(swarm))
+    with deadline("starting the swarm", 180):
+        swarm.start()
 
-        settings = WorkerSettings.from_env(
-            redis_url=redis_server.url,
-            far_mesh_dht_bootstrap=",".join(swarm.initial_peers),
-            far_mesh_models=f"[{model.model_dump_json()}]",
-            default_model_id=model.model_id,
-            far_mesh_worker_metrics_port=0,
-        )
-        loop = asyncio.new_event_loop()
-        stop, ready = asyncio.Event(), threading.Event()
-        thread = threading.Thread(
-            target=loop.run_until_complete,
-            args=(run_fleet(settings, stop, ready=ready, handle_signals=False),),
-            daemon=True,
-        )
+    with deadline("direct sessions", 180):
+        client = open_client(model, swarm.initial_peers)
+        try:
+            prompt_ids = list(client.tokenizer(PROMPT)["input_ids"])
+            direct_generation(client, prompt_ids, 2)  # warm the route
+            direct_ttft = [direct_generation(client, prompt_ids, 1)[0] for _ in range(TTFT_RUNS)]
+            with ThreadPoolExecutor(CONCURRENT) as pool:
+                started = time.perf_counter()
+                runs = pool.map(lambda _: direct_generation(client, prompt_ids, TOKENS_EACH), range(CONCURRENT))
+                direct_tps = sum(n for _, n in runs) / (time.perf_counter() - started)
+        finally:
+            client.close()
+
+    settings = WorkerSettings.from_env(
+        redis_url=redis_server.url,
+        far_mesh_dht_bootstrap=",".join(swarm.initial_peers),
+        far_mesh_models=f"[{model.model_dump_json()}]",
+        default_model_id=model.model_id,
+        far_mesh_worker_metrics_port=0,
+    )
+    loop = asyncio.new_event_loop()
+    stop, ready = asyncio.Event(), threading.Event()
+    thread = threading.Thread(
+        target=loop.run_until_complete,
+        args=(run_fleet(settings, stop, ready=ready, handle_signals=False),),
+        daemon=True,
+    )
+    with deadline("jobs through the worker", 240):
         thread.start()
-        ready.wait(120)
-        asyncio.run(through_worker(redis_server.url, model, 2, 1, 2))  # warm the worker's route
-        worker_ttft = asyncio.run(through_worker(redis_server.url, model, TTFT_RUNS, 1, 1))
-        started = time.perf_counter()
-        asyncio.run(through_worker(redis_server.url, model, 1, CONCURRENT, TOKENS_EACH))
-        worker_tps = CONCURRENT * TOKENS_EACH / (time.perf_counter() - started)
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(60)
-    redis_server.stop()
+        if not ready.wait(120):
+            raise TimeoutError("the worker did not start within 120 s")
+        try:
+            asyncio.run(through_worker(redis_server.url, model, 2, 1, 2))  # warm the worker's route
+            worker_ttft = asyncio.run(through_worker(redis_server.url, model, TTFT_RUNS, 1, 1))
+            started = time.perf_counter()
+            asyncio.run(through_worker(redis_server.url, model, 1, CONCURRENT, TOKENS_EACH))
+            worker_tps = CONCURRENT * TOKENS_EACH / (time.perf_counter() - started)
+        finally:
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(60)
+    with deadline("stopping the swarm", 60):
+        swarm.stop()
 
     direct_p50, worker_p50 = statistics.median(direct_ttft) * 1000, statistics.median(worker_ttft) * 1000
     print(f"first token p50: direct {direct_p50:.1f} ms, through worker (from enqueue) {worker_p50:.1f} ms")
@@ -149,7 +233,7 @@ def main() -> None:
     print(
         f"{CONCURRENT} concurrent x {TOKENS_EACH} tokens: direct {direct_tps:.1f} tok/s, worker {worker_tps:.1f} tok/s"
     )
-    print(f"  worker / direct throughput: {worker_tps / direct_tps:.2f}x (target >= 0.9x)")
+    print(f"  worker / direct throughput: {worker_tps / direct_tps:.2f}x (target >= 0.9x)", flush=True)
 
 
 if __name__ == "__main__":

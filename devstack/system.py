@@ -80,12 +80,15 @@ class LocalSystem:
         """A supervised process by name: web, accounting, worker.1, worker.2, ..."""
         return next(child for child in self.supervisor.children if child.name == name)
 
-    def start_process(self, name: str) -> Child:
-        """(Re)start one Procfile process (e.g. after a fault test killed it) with the system's settings."""
+    def start_process(self, name: str, env: Mapping[str, str] | None = None) -> Child:
+        """(Re)start one Procfile process (e.g. after a fault test killed it) with the system's settings, plus
+        `env` for this process alone (e.g. a fault-injection switch)."""
         kind = name.partition(".")[0]
         argv = commands_for(REPO_ROOT / "Procfile", [kind])[kind]
+        for old in [c for c in self.supervisor.children if c.name == name]:
+            _forget(old)
         self.supervisor.children = [c for c in self.supervisor.children if c.name != name]
-        return self.supervisor.start(name, _this_python(argv), self._env_for(name))
+        return self.supervisor.start(name, _this_python(argv), self._env_for(name) | dict(env or {}))
 
     def _start(self) -> None:
         self.redis = _announce("redis", resolve_redis(self.plan.state_dir))
@@ -126,6 +129,15 @@ class LocalSystem:
         if name == "accounting":
             env["ACCOUNTING_METRICS_PORT"] = str(free_port())
         return env | dict(self.plan.env)
+
+
+def _forget(child: Child) -> None:
+    """Release a dead process's output pipe before it is replaced (a live one is left to `stop()`)."""
+    if child.process.poll() is None:
+        return
+    child.pump.join(timeout=2)
+    if child.process.stdout is not None:
+        child.process.stdout.close()
 
 
 def _announce(what: str, service: Service) -> Service:

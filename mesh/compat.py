@@ -7,11 +7,16 @@ defines it, and only then imports petals. Everything in this repository gets pet
 `import petals` elsewhere); server and DHT processes start through `python -m mesh.petals_cli`, which imports
 this module before any petals code runs.
 
+It also makes a session's `close()` safe on hivemind's own event-loop thread (see `_close_without_deadlock`).
+
 `tests/mesh/test_compat.py` walks petals' source and fails when a name it takes from hivemind is missing, so a
 hivemind or petals upgrade that needs another name is caught there, not in a running server.
 """
 
+import asyncio
 import importlib
+import threading
+from typing import Any
 
 RESTORED_NAMES: dict[str, dict[str, str]] = {
     "hivemind": {
@@ -55,6 +60,31 @@ def restore_hivemind_names() -> None:
 restore_hivemind_names()
 
 import petals  # noqa: E402 - must follow the restoration above
+from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker  # noqa: E402
 from petals import AutoDistributedModelForCausalLM, ClientConfig  # noqa: E402
+from petals.client.inference_session import _ServerInferenceSession  # noqa: E402
+
+_blocking_close = _ServerInferenceSession.close
+
+
+def _close_without_deadlock(session: Any) -> None:
+    """Petals' `close()` blocks until hivemind's event-loop thread has closed the stream. When the garbage
+    collector runs `__del__` on that very thread, it waits for itself: the thread deadlocks and every later
+    Petals call hangs (seen with 8 concurrent sessions). On that thread, schedule the close instead."""
+    if threading.current_thread() is not RemoteExpertWorker._event_thread:
+        _blocking_close(session)
+        return
+    if session._outputs_stream is None:
+        return
+
+    async def close_later() -> None:
+        await session._aclose_stream()
+        session._outputs_stream = session._inputs_queue = None
+        session.closed = True
+
+    asyncio.get_event_loop().create_task(close_later())
+
+
+_ServerInferenceSession.close = _close_without_deadlock
 
 __all__ = ["AutoDistributedModelForCausalLM", "ClientConfig", "RESTORED_NAMES", "petals", "restore_hivemind_names"]

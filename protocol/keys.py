@@ -19,6 +19,9 @@ USAGE_STREAM: Final = "usage"
 USAGE_DEAD_LETTERS: Final = "usage:dead"
 """Usage entries accounting could not parse or store, each with the reason."""
 
+USAGE_DEAD_LETTER_IDS: Final = "usage:dead:ids"
+"""Sorted set of the usage-stream entry ids already dead-lettered, so a redelivered entry is dead-lettered once."""
+
 USAGE_CONSUMER_GROUP: Final = "accounting"
 
 SWARM_SNAPSHOTS: Final = "swarm:snapshots"

@@ -14,8 +14,8 @@ from pydantic import BeforeValidator, Field, PlainSerializer
 FAR_DECIMALS = 18
 FAR_QUANTUM = Decimal(1).scaleb(-FAR_DECIMALS)
 """The smallest amount of $FAR the ledger records (NUMERIC(38,18))."""
-MAX_FAR = Decimal(10) ** 20 - FAR_QUANTUM
-"""The largest amount NUMERIC(38,18) holds."""
+MAX_FAR = Decimal("99999999999999999999.999999999999999999")
+"""The largest amount NUMERIC(38,18) holds (spelled out: `10**20 - FAR_QUANTUM` rounds to 10**20 in 28 digits)."""
 _EXACT = Context(prec=100)
 """Decimal's default 28 digits would round a 38-digit amount; this context never does for our ranges."""
 
@@ -28,8 +28,10 @@ def _reject_float(value: object) -> object:
 
 FarAmount = Annotated[
     Decimal,
-    BeforeValidator(_reject_float),
+    # Constraints before the validator: pydantic-core then checks them natively (the other order runs them in
+    # Python, which was most of the cost of parsing a usage record).
     Field(ge=0, le=MAX_FAR, decimal_places=FAR_DECIMALS, allow_inf_nan=False),
+    BeforeValidator(_reject_float),
     PlainSerializer(lambda d: format(d, "f"), return_type=str, when_used="json"),
 ]
 """A non-negative $FAR amount with at most 18 decimals, serialised to JSON as a plain decimal string."""

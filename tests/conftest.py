@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.deploy",
     "tests.fixtures.workers",
+    "tests.fixtures.system",
 ]

@@ -16,11 +16,21 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
+    import os
 
     from workers.fleet import run_fleet
     from workers.settings import WorkerSettings
 
     settings = WorkerSettings.from_env()
     settings.configure_logging()
-    asyncio.run(run_fleet(settings))
-    return 0
+    status = 0
+    try:
+        asyncio.run(run_fleet(settings))
+    except Exception:
+        logging.getLogger(__name__).exception("worker failed")
+        status = 1
+    # By now every job has been handed back to its queue. A Petals step still in flight in a pool thread cannot
+    # be interrupted, and interpreter exit would join that thread (forever, if its route died with the client).
+    logging.shutdown()
+    os._exit(status)

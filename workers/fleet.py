@@ -2,7 +2,7 @@
 
 Each model's Petals client is opened once at start-up and used by every concurrent job of that model; a
 client whose DHT connection died is replaced. Beside the queues, the process publishes swarm snapshots,
-samples queue depths and serves Prometheus metrics.
+samples queue depths and serves Prometheus metrics and `/healthz`.
 """
 
 import asyncio
@@ -14,22 +14,23 @@ import threading
 from contextlib import suppress
 
 import redis.asyncio as aioredis
-from arq.connections import RedisSettings
-from arq.worker import Worker, func
-from prometheus_client import start_http_server
+from redis.exceptions import RedisError
 
 from mesh.client import ClientLimits, open_client
 from mesh.snapshot import read_swarm_snapshot
 from protocol import keys
-from protocol.jobs import GENERATE_FUNCTION
 from workers import metrics
-from workers.generate import WorkerContext, generate
+from workers.generate import WorkerContext
+from workers.health import HEARTBEAT_INTERVAL_S, FleetHealth, serve_health_and_metrics
+from workers.queue_worker import QueueWorker
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 QUEUE_SAMPLE_INTERVAL_S = 1.0
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 5.0
 
 
 def client_limits(settings: WorkerSettings) -> ClientLimits:
@@ -61,8 +62,8 @@ async def run_fleet(
     served: dict[str, ServedModel] = {}
     redis = aioredis.Redis.from_url(str(settings.redis_url))
     tasks: list[asyncio.Task[None]] = []
-    workers: list[Worker] = []
-    metrics_server = None
+    workers: dict[str, QueueWorker] = {}
+    http_server = None
     try:
         for spec in settings.served_models:
             served[spec.model_id] = await asyncio.to_thread(
@@ -74,17 +75,19 @@ async def run_fleet(
             )
             logger.info("client connected model=%s blocks=%d", spec.model_id, served[spec.model_id].num_blocks)
         context = WorkerContext(redis=redis, settings=settings, served=served, worker_id=worker_id)
-        workers = [_queue_worker(settings, context, model_id) for model_id in served]
+        health = FleetHealth(served)
         if settings.far_mesh_worker_metrics_port:
-            metrics_server, _ = start_http_server(
+            http_server = serve_health_and_metrics(
+                settings.far_mesh_worker_metrics_host,
                 settings.far_mesh_worker_metrics_port,
-                addr=settings.far_mesh_worker_metrics_host,
-                registry=metrics.REGISTRY,
+                health,
+                metrics.REGISTRY,
             )
-        tasks = [asyncio.create_task(w.async_run()) for w in workers]
+        tasks = [asyncio.create_task(_consume(context, model_id, workers)) for model_id in served]
         tasks += [
             asyncio.create_task(_publish_snapshots(settings, served, redis)),
             asyncio.create_task(_sample_queues(served, redis)),
+            asyncio.create_task(_beat(health)),
         ]
         logger.info(
             "worker started id=%s models=%s queues=%s max_jobs=%d metrics_port=%d",
@@ -101,39 +104,52 @@ async def run_fleet(
         for task in done - {stopped}:
             task.result()  # a queue loop that died takes the process down with its error
     finally:
-        for worker in workers:
-            await worker.close()  # cancels running jobs: arq puts them back, another worker resumes them
+        for worker in workers.values():
+            try:
+                await worker.close()  # cancels running jobs: arq puts them back, another worker resumes them
+            except Exception as exc:  # e.g. Redis gone: the rest of the shutdown must still run
+                logger.warning("queue close failed queue=%s error=%r", worker.queue_name, exc)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with suppress(asyncio.CancelledError, Exception):
                 await task
-        if metrics_server is not None:
-            metrics_server.shutdown()
+        if http_server is not None:
+            http_server.shutdown()
+            http_server.server_close()
         for model in served.values():
             await asyncio.to_thread(model.close)
         await redis.aclose()
         logger.info("worker stopped id=%s", worker_id)
 
 
-def _queue_worker(settings: WorkerSettings, context: WorkerContext, model_id: str) -> Worker:
-    return Worker(
-        functions=[
-            func(
-                generate,
-                name=GENERATE_FUNCTION,
-                max_tries=settings.far_mesh_job_max_tries,
-                timeout=settings.far_mesh_job_timeout_s,
-            )
-        ],
-        queue_name=keys.queue_for(model_id),
-        redis_settings=RedisSettings.from_dsn(str(settings.redis_url)),
-        poll_delay=settings.far_mesh_poll_delay_s,
-        max_jobs=settings.far_mesh_worker_max_jobs,
-        keep_result=300,
-        handle_signals=False,
-        ctx={"worker": context},
-    )
+async def _consume(context: WorkerContext, model_id: str, current: dict[str, QueueWorker]) -> None:
+    """Consume one model's queue for as long as the fleet runs, outliving Redis outages.
+
+    arq's loop ends with a connection error when Redis goes away; left alone, the worker would stay up yet
+    consume nothing once Redis is back. A fresh arq worker is started instead, with a capped backoff.
+    """
+    backoff_s = RECONNECT_MIN_S
+    while True:
+        worker = current[model_id] = QueueWorker(context, model_id)
+        started = asyncio.get_running_loop().time()
+        try:
+            await worker.async_run()
+            return
+        except (RedisError, OSError) as exc:
+            logger.warning("queue lost Redis queue=%s error=%r; retrying in %.1fs", worker.queue_name, exc, backoff_s)
+        with suppress(Exception):
+            await worker.close()
+        await asyncio.sleep(backoff_s)
+        ran_well = asyncio.get_running_loop().time() - started > RECONNECT_MAX_S
+        backoff_s = RECONNECT_MIN_S if ran_well else min(backoff_s * 2, RECONNECT_MAX_S)
+
+
+async def _beat(health: FleetHealth) -> None:
+    """Prove to `/healthz` that the event loop still runs."""
+    while True:
+        health.beat()
+        await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
 
 async def _publish_snapshots(settings: WorkerSettings, served: dict[str, ServedModel], redis: aioredis.Redis) -> None:

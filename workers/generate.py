@@ -14,20 +14,20 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
+import torch
 from pydantic import ValidationError
 
-from mesh.announce import wallet_from_public_name
 from mesh.session import StepResult, SwarmSession, uncovered_blocks
-from protocol.events import DoneEvent, ErrorBody, ErrorEvent, StreamEvent, TokenEvent
+from protocol.events import ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
 from protocol.money import cost_of
-from protocol.usage import UsageRecord
 from workers import metrics
 from workers.attribution import Attribution
 from workers.detokenize import IncrementalDecoder
+from workers.ending import Billing, Outcome, end_abandoned, ending_of
 from workers.sampling import choose_next_token
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
@@ -52,12 +52,20 @@ class WorkerContext:
     served: dict[str, ServedModel]
     worker_id: str
 
-
-@dataclass
-class _Outcome:
-    status: Literal["completed", "cancelled", "failed"]
-    finish_reason: str
-    error: ErrorBody | None = None
+    async def end_abandoned(self, request_id: str, payload: object, error: ErrorBody) -> bool:
+        """End a request no run will finish (see `workers.ending.end_abandoned`)."""
+        prompt_tokens = 0
+        if isinstance(payload, dict) and (served := self.served.get(str(payload.get("model_id")))) is not None:
+            prompt_tokens = len(served.encode(str(payload.get("prompt", ""))))
+        return await end_abandoned(
+            self.redis,
+            request_id,
+            payload,
+            error,
+            worker_id=self.worker_id,
+            lease_ttl_s=self.settings.far_mesh_lease_ttl_s,
+            prompt_tokens=prompt_tokens,
+        )
 
 
 @dataclass
@@ -84,14 +92,19 @@ class _Run:
 async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     """The arq job function (`protocol.jobs.GENERATE_FUNCTION`); returns how the request ended."""
     worker: WorkerContext = ctx["worker"]
+    request_id = str(ctx["job_id"])  # the gateway enqueues each request under its own id
     try:
         job = GenerateJob.model_validate(payload)
     except ValidationError as exc:
-        logger.error("job rejected job_id=%s reason=invalid payload: %s", ctx.get("job_id"), exc.errors()[:3])
+        logger.error("job rejected request_id=%s reason=invalid payload: %s", request_id, exc.errors()[:3])
+        error = ErrorBody(code="invalid_job", message=f"the job payload is invalid ({exc.error_count()} errors)")
+        await worker.end_abandoned(request_id, payload, error)
         return "invalid"
     served = worker.served.get(job.model_id)
     if served is None:  # the queue is per model, so only a misrouted job lands here
         logger.error("job rejected request_id=%s reason=model %s not served here", job.request_id, job.model_id)
+        message = f"{job.model_id} was queued to a worker that does not serve it; check FAR_MESH_WORKER_MODELS"
+        await worker.end_abandoned(request_id, payload, ErrorBody(code="model_not_served", message=message))
         return "invalid"
     owner = f"{worker.worker_id}:{ctx.get('job_try', 1)}:{uuid.uuid4().hex[:8]}"
     writer = TokenStreamWriter(worker.redis, job.request_id, owner, lease_ttl_s=worker.settings.far_mesh_lease_ttl_s)
@@ -150,14 +163,14 @@ async def _keep_lease(writer: TokenStreamWriter, ttl_s: float) -> None:
             logger.warning("lease renewal failed request_id=%s error=%s", writer.request_id, exc)
 
 
-async def _generate_tokens(run: _Run, settings: WorkerSettings) -> _Outcome:
+async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
     job, served = run.job, run.served
     if await run.writer.cancelled():
-        return _Outcome("cancelled", "cancelled")
+        return Outcome("cancelled", "cancelled")
     room = served.max_positions - len(run.prompt_ids)
     if room <= 0:
         message = f"the prompt is {len(run.prompt_ids)} tokens; {job.model_id} holds at most {served.max_positions}"
-        return _Outcome("failed", "error", ErrorBody(code="prompt_too_long", message=message + ": shorten it"))
+        return Outcome("failed", "error", ErrorBody(code="prompt_too_long", message=message + ": shorten it"))
     max_tokens = min(job.max_tokens, room)
     decoder = IncrementalDecoder(served.decode)
     for token_id in run.generated:
@@ -175,7 +188,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> _Outcome:
                 session = served.open_session(max_length=len(run.prompt_ids) + max_tokens)
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).inc()
             try:
-                result: StepResult = await served.run_blocking(session.step, pending)
+                result, token_id, text = await served.run_blocking(
+                    _step, session, pending, job, generator, decoder, served.eos_token_ids
+                )
             except Exception as exc:  # Petals raises many types for a broken route; all mean "try a new one"
                 await served.run_blocking(session.close)
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
@@ -192,13 +207,10 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> _Outcome:
                 continue
             failing_since = None
             run.attribution.record_step(result.spans, result.tokens)
-            token_id = choose_next_token(
-                result.logits, temperature=job.temperature, top_p=job.top_p, generator=generator
-            )
             if token_id in served.eos_token_ids:
-                return _Outcome("completed", "stop")
+                return Outcome("completed", "stop")
             event = TokenEvent(
-                token=decoder.push(token_id),
+                token=text,
                 request_id=job.request_id,
                 index=len(run.generated),
                 token_id=token_id,
@@ -207,18 +219,33 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> _Outcome:
             )
             appended = await run.writer.append_token(event)
             if appended is Appended.CANCELLED:
-                return _Outcome("cancelled", "cancelled")
+                return Outcome("cancelled", "cancelled")
             if appended is Appended.LEASE_LOST:
                 raise LeaseLost
             run.generated.append(token_id)
             _observe_token(run, last_token_at)
             last_token_at = time.monotonic()
             pending = [token_id]
-        return _Outcome("completed", "length")
+        return Outcome("completed", "length")
     finally:
         if session is not None:
             metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
             await served.run_blocking(session.close)
+
+
+def _step(
+    session: SwarmSession,
+    pending: list[int],
+    job: GenerateJob,
+    generator: torch.Generator,
+    decoder: IncrementalDecoder,
+    eos_token_ids: frozenset[int],
+) -> tuple[StepResult, int, str]:
+    """One step, the token chosen from it and its text, in one trip to the model's thread pool: sampling and
+    decoding there keep the event loop, which serves every job of the worker, free for Redis writes."""
+    result = session.step(pending)
+    token_id = choose_next_token(result.logits, temperature=job.temperature, top_p=job.top_p, generator=generator)
+    return result, token_id, "" if token_id in eos_token_ids else decoder.push(token_id)
 
 
 def _observe_token(run: _Run, previous_at: float | None) -> None:
@@ -231,14 +258,14 @@ def _observe_token(run: _Run, previous_at: float | None) -> None:
         metrics.INTER_TOKEN_LATENCY.labels(model_id).observe(time.monotonic() - previous_at)
 
 
-def _no_route(run: _Run, settings: WorkerSettings, exc: Exception) -> _Outcome:
+def _no_route(run: _Run, settings: WorkerSettings, exc: Exception) -> Outcome:
     missing = uncovered_blocks(run.served.model)
     where = f"blocks {_ranges(missing)}" if missing else "a working route"
     message = (
         f"no server holds {where} of {run.job.model_id} (gave up after {settings.far_mesh_no_route_timeout_s:g} s; "
         f"last error: {type(exc).__name__}); retry when the swarm has recovered"
     )
-    return _Outcome("failed", "error", ErrorBody(code="no_route", message=message))
+    return Outcome("failed", "error", ErrorBody(code="no_route", message=message))
 
 
 def _ranges(blocks: list[int]) -> str:
@@ -255,44 +282,16 @@ def _ranges(blocks: list[int]) -> str:
     return ", ".join(parts)
 
 
-async def _finish(run: _Run, outcome: _Outcome, worker_id: str) -> str:
+async def _finish(run: _Run, outcome: Outcome, worker_id: str) -> str:
     """Write the ending and the usage record (atomically, once per request); returns the status written."""
-    job = run.job
-    cost = run.cost_far
-    event: StreamEvent
-    if outcome.error is not None:
-        event = ErrorEvent(
-            error=outcome.error, request_id=job.request_id, tokens_generated=len(run.generated), total_cost_far=cost
-        )
-    else:
-        event = DoneEvent(
-            request_id=job.request_id,
-            status="cancelled" if outcome.status == "cancelled" else "completed",
-            finish_reason=outcome.finish_reason,
-            prompt_tokens=len(run.prompt_ids),
-            tokens_generated=len(run.generated),
-            total_cost_far=cost,
-        )
-    contributions, remainder = run.attribution.settle(cost, wallet_from_public_name)
-    usage = UsageRecord(
-        request_id=job.request_id,
-        model_id=job.model_id,
-        user_wallet=job.user_wallet,
-        api_key_id=job.api_key_id,
-        status=outcome.status,
-        finish_reason=outcome.finish_reason,
+    billing = Billing(
         prompt_tokens=len(run.prompt_ids),
         tokens_generated=len(run.generated),
-        price_per_token_far=job.price_per_token_far,
-        total_cost_far=cost,
-        platform_remainder_far=remainder,
         started_at=run.started_at,
-        finished_at=datetime.now(UTC),
-        time_to_first_token_ms=run.ttft_s * 1000 if run.ttft_s is not None else None,
+        attribution=run.attribution,
+        ttft_s=run.ttft_s,
         failovers=run.failovers,
-        worker_id=worker_id,
-        contributions=contributions,
     )
-    if not await run.writer.finish(event, usage):
+    if not await run.writer.finish(*ending_of(run.job, outcome, billing, worker_id)):
         raise LeaseLost
     return outcome.status

@@ -58,7 +58,7 @@ class ServedModel:
     def replace_client(self, client: MeshClient) -> None:
         """Swap in a freshly connected client; sessions opened from now on use it."""
         old, self.client = self.client, client
-        _close_client(old)
+        old.close()
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -78,15 +78,4 @@ class ServedModel:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        _close_client(self.client)
-
-
-def _close_client(client: MeshClient) -> None:
-    """Close the client and its P2P replica: left to the garbage collector, the replica's finaliser fails
-    (it looks for an event loop in whatever thread collects it) and leaves its daemon connection open."""
-    from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
-
-    p2p = client.model.transformer.h.sequence_manager.state.p2p
-    client.close()
-    if p2p is not None:
-        RemoteExpertWorker.run_coroutine(p2p.shutdown())
+        self.client.close()

@@ -24,9 +24,9 @@ class WorkerSettings(CommonSettings):
     )
     far_mesh_worker_max_jobs: int = Field(default=16, ge=1, le=1024, description="Concurrent jobs per served model")
     far_mesh_worker_metrics_port: int = Field(
-        default=9101, ge=0, le=65535, description="Prometheus /metrics port; 0 disables the endpoint"
+        default=9101, ge=0, le=65535, description="Port of Prometheus /metrics and the /healthz probe; 0 disables both"
     )
-    far_mesh_worker_metrics_host: str = Field(default="0.0.0.0", description="Address the metrics endpoint binds")
+    far_mesh_worker_metrics_host: str = Field(default="0.0.0.0", description="Address /metrics and /healthz bind")
     far_mesh_snapshot_interval_s: float = Field(
         default=10.0, gt=0, description="Seconds between swarm snapshots published to Redis"
     )

@@ -9,6 +9,7 @@ another worker as soon as the lease lapses, instead of after the job timeout.
 """
 
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import Enum
 
 import redis.asyncio as aioredis
@@ -50,7 +51,7 @@ if #last > 0 then
 end
 redis.call('XADD', KEYS[1], '*', 'kind', ARGV[2], 'data', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('XADD', KEYS[3], '*', ARGV[5], ARGV[6])
+if ARGV[5] ~= '' then redis.call('XADD', KEYS[3], '*', ARGV[5], ARGV[6]) end
 redis.call('DEL', KEYS[2])
 return 1
 """
@@ -74,6 +75,8 @@ class StreamSoFar:
     token_ids: tuple[int, ...]
     texts: tuple[str, ...]
     final: StreamEvent | None
+    cost_far: Decimal = Decimal(0)
+    """The running cost the last delivered token showed the client."""
 
 
 class TokenStreamWriter:
@@ -108,14 +111,16 @@ class TokenStreamWriter:
         ids: list[int] = []
         texts: list[str] = []
         final: StreamEvent | None = None
+        cost = Decimal(0)
         for _entry_id, fields in await self._redis.xrange(self._stream):
             event = decode_event(fields)
             if isinstance(event, TokenEvent):
                 ids.append(event.token_id)
                 texts.append(event.token)
+                cost = event.cost_far
             else:
                 final = event
-        return StreamSoFar(token_ids=tuple(ids), texts=tuple(texts), final=final)
+        return StreamSoFar(token_ids=tuple(ids), texts=tuple(texts), final=final, cost_far=cost)
 
     async def append_token(self, event: TokenEvent) -> Appended:
         fields = encode_event(event)
@@ -128,10 +133,13 @@ class TokenStreamWriter:
         )
         return Appended(result)
 
-    async def finish(self, event: StreamEvent, usage: UsageRecord) -> bool:
-        """Append the ending and the usage record atomically; False when another run already finished."""
+    async def finish(self, event: StreamEvent, usage: UsageRecord | None) -> bool:
+        """Append the ending and the usage record atomically; False when another run already finished.
+
+        `usage` is None only for a request whose job payload is lost or invalid: nothing to bill it to.
+        """
         fields = encode_event(event)
-        ((usage_field, usage_value),) = usage.to_stream_fields().items()
+        ((usage_field, usage_value),) = usage.to_stream_fields().items() if usage is not None else (("", ""),)
         result = await self._run(
             "finish",
             [self._stream, self._lease, keys.USAGE_STREAM],

@@ -88,7 +88,7 @@ async def test_poison_entries_go_to_the_dead_letters_with_their_reason_and_the_r
     assert [(d[b"kind"], d[b"reason"].split(b":")[0]) for d in dead] == [
         (b"unparseable", b"1 validation error for UsageRecord Invalid JSON"),
         (b"unparseable", b"usage entry has no 'record' field"),
-        (b"rejected", b"OverflowError"),
+        (b"rejected", b"DataError"),  # BIGINT cannot hold 2**63
     ]
     assert dead[0][b"record"] == b"{not json"
     assert (await stored_sessions(migrated_postgres_dsn, [r.request_id for r in good]))[0] == 3
@@ -117,3 +117,26 @@ async def test_the_stream_is_never_trimmed_past_what_another_group_still_needs(
     await wait_until(lambda: settled(redis), what="every entry acknowledged")
     await consumer.trim()
     assert await redis.xlen(keys.USAGE_STREAM) == 20
+
+
+async def test_an_entry_settled_twice_is_dead_lettered_once(
+    redis: aioredis.Redis, redis_url: str, migrated_postgres_dsn: str
+) -> None:
+    # Two consumers settling the same entries: one claimed them from the other, which was only slow.
+    await redis.xgroup_create(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, id="0", mkstream=True)
+    good = usage_record(unique_id("req"), {unique_id("peer"): 1})
+    for fields in ({"record": "{not json"}, good.to_stream_fields(), {"record": "[]"}):
+        await redis.xadd(keys.USAGE_STREAM, fields)  # type: ignore[arg-type]
+    [(_, entries)] = await redis.xreadgroup(keys.USAGE_CONSUMER_GROUP, "slow", {keys.USAGE_STREAM: ">"})
+    settings = consumer_settings(migrated_postgres_dsn, redis_url)
+    for name in ("slow", "claimer"):
+        consumer = UsageConsumer(redis, lambda: asyncpg.connect(migrated_postgres_dsn), settings)
+        consumer.name = name
+        await consumer.settle(entries)
+        assert consumer._connection is not None
+        await consumer._connection.close()
+    dead = await redis.xrange(keys.USAGE_DEAD_LETTERS)
+    assert [fields[b"entry_id"] for _, fields in dead] == [entries[0][0], entries[2][0]]
+    assert {fields[b"consumer"] for _, fields in dead} == {b"slow"}
+    assert (await stored_sessions(migrated_postgres_dsn, [good.request_id]))[:2] == (1, 1)
+    assert await settled(redis)

@@ -4,14 +4,13 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from accounting.ledger import prepare_connection, session_id_for, write_batch
+from accounting.ledger import session_id_for, write_batch
 from tests.fixtures.ledger import unique_id, usage_record
 
 
 @pytest.fixture
 async def ledger(migrated_postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(migrated_postgres_dsn)
-    await prepare_connection(connection)
     yield connection
     await connection.close()
 

@@ -7,9 +7,18 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from accounting.ledger import prepare_connection, write_batch
+from accounting.ledger import write_batch
 from accounting.payer import FilePayer
-from accounting.payouts import PaymentBatch, PaymentFailed, run_payout
+from accounting.payouts import (
+    BatchNotPending,
+    PaymentBatch,
+    PaymentFailed,
+    list_batches,
+    mark_failed,
+    mark_paid,
+    run_payout,
+)
+from cli.main import main
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.services import with_database
 from schema.migrate import apply_migrations
@@ -30,7 +39,6 @@ def ledger_dsn(postgres_admin_dsn: str) -> Iterator[str]:
 @pytest.fixture
 async def db(ledger_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(ledger_dsn)
-    await prepare_connection(connection)
     await connection.execute(
         "TRUNCATE far_session_contributions, far_payment_batches, far_mesh_sessions, far_node_models, far_nodes"
     )
@@ -119,3 +127,53 @@ async def test_a_failed_payment_leaves_the_rows_unpaid_and_the_batch_marked_fail
         == 1
     )
     assert await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) is not None  # paid next time
+
+
+class CrashingPayer:
+    """A payer that dies after the claim and before confirming: the money may or may not have moved."""
+
+    name = "crashing"
+
+    async def pay(self, batch: PaymentBatch) -> str:
+        raise RuntimeError("process killed mid-transfer")
+
+
+async def strand_a_batch(db: asyncpg.Connection, ledger_dsn: str) -> int:
+    await write_batch(db, [usage_record(unique_id("req"), {unique_id("peer"): 1, unique_id("peer"): 3})])
+    with pytest.raises(RuntimeError):
+        await run_payout(ledger_dsn, CrashingPayer(), min_far=Decimal(0))
+    [stranded] = await list_batches(db, status="pending")
+    assert stranded.row_count == 2
+    return stranded.id
+
+
+async def test_an_operator_marks_a_stranded_batch_paid_with_the_transfers_reference(
+    db: asyncpg.Connection, ledger_dsn: str, tmp_path: Path
+) -> None:
+    batch_id = await strand_a_batch(db, ledger_dsn)
+    assert await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) is None  # its rows stay claimed
+    await mark_paid(db, batch_id, "0xfeed")
+    refs = await db.fetch("SELECT transaction_ref FROM far_session_contributions WHERE payment_batch_id = $1", batch_id)
+    assert [r["transaction_ref"] for r in refs] == ["0xfeed", "0xfeed"]
+    [paid] = await list_batches(db)
+    assert (paid.status, paid.transaction_ref) == ("paid", "0xfeed")
+    with pytest.raises(BatchNotPending):
+        await mark_failed(db, batch_id, "too late: it was paid")
+
+
+async def test_far_mesh_payouts_resolve_failed_releases_the_rows_for_the_next_run(
+    db: asyncpg.Connection,
+    ledger_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batch_id = await strand_a_batch(db, ledger_dsn)
+    monkeypatch.setenv("POSTGRES_URL", ledger_dsn)
+    assert await asyncio.to_thread(main, ["payouts", "list", "--status", "pending"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(f"{batch_id}\tpending\tcrashing\t")
+    assert await asyncio.to_thread(main, ["payouts", "resolve", str(batch_id), "--failed"]) == 0
+    assert await asyncio.to_thread(main, ["payouts", "resolve", str(batch_id), "--paid", "0xbeef"]) == 1
+    assert await db.fetchval("SELECT status FROM far_payment_batches WHERE id = $1", batch_id) == "failed"
+    batch = await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0))
+    assert batch is not None and len(batch.contribution_ids) == 2

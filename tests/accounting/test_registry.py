@@ -62,3 +62,35 @@ async def test_active_far_nodes_follows_the_swarm_snapshots(redis: aioredis.Redi
         assert spans == 4
     finally:
         await connection.close()
+
+
+async def test_a_node_gone_from_every_snapshot_is_marked_offline_at_the_next_refresh(
+    migrated_postgres_dsn: str,
+) -> None:
+    staying, leaving, newer_elsewhere = unique_id("peer"), unique_id("peer"), unique_id("peer")
+    only_paid = unique_id("peer")  # known from contributions alone: no snapshot ever spoke for it
+    model_a, model_b = unique_id("model"), unique_id("model")
+    now = datetime.now(UTC)
+    connection = await asyncpg.connect(migrated_postgres_dsn)
+    try:
+        await connection.execute("INSERT INTO far_nodes (node_id, state) VALUES ($1, 'online')", only_paid)
+        await sync_registry(
+            connection,
+            [snapshot(model_a, now, server(staying, 0, 2), server(leaving, 2, 4)), snapshot(model_b, now)],
+        )
+        # Another replica already saw this node in a snapshot newer than the ones read below.
+        await sync_registry(connection, [snapshot(model_b, now + timedelta(seconds=9), server(newer_elsewhere, 0, 4))])
+
+        await sync_registry(
+            connection,
+            [snapshot(model_a, now + timedelta(seconds=5), server(staying, 0, 4)), snapshot(model_b, now)],
+        )
+        states = dict(
+            await connection.fetch(
+                "SELECT node_id, state FROM far_nodes WHERE node_id = ANY($1)",
+                [staying, leaving, newer_elsewhere, only_paid],
+            )
+        )
+        assert states == {staying: "online", leaving: "offline", newer_elsewhere: "online", only_paid: "online"}
+    finally:
+        await connection.close()

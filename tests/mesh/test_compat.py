@@ -5,6 +5,7 @@ import importlib
 import pkgutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +65,32 @@ def test_every_name_petals_takes_from_hivemind_resolves_after_compat() -> None:
 )
 def test_petals_client_and_server_modules_import(module: str) -> None:
     importlib.import_module(module)
+
+
+def test_closing_a_session_on_hiveminds_own_loop_thread_does_not_deadlock_it() -> None:
+    """The garbage collector may run a session's __del__ on hivemind's event-loop thread; the close must not
+    wait for that thread (itself), or every later Petals call hangs."""
+    import asyncio
+
+    from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
+
+    _ServerInferenceSession = petals.client.inference_session._ServerInferenceSession
+
+    async def endless_outputs() -> Any:
+        while True:
+            yield None
+
+    async def open_stream_and_close_it_here() -> Any:
+        session = _ServerInferenceSession.__new__(_ServerInferenceSession)
+        session._inputs_queue, session._outputs_stream = asyncio.Queue(), endless_outputs()
+        session.stepped, session.closed = False, False
+        session.close()  # on the loop thread, as __del__ would be
+        await asyncio.sleep(0.05)
+        return session
+
+    session = RemoteExpertWorker.run_coroutine(open_stream_and_close_it_here(), return_future=True).result(timeout=10)
+    assert session.closed and session._outputs_stream is None
+    assert (
+        RemoteExpertWorker.run_coroutine(asyncio.sleep(0, result="alive"), return_future=True).result(timeout=10)
+        == "alive"
+    )

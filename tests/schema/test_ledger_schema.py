@@ -8,7 +8,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from accounting.ledger import prepare_connection, session_id_for, write_batch
+from accounting.ledger import session_id_for, write_batch
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
 
 NOW = datetime.now(UTC)
@@ -17,7 +17,6 @@ NOW = datetime.now(UTC)
 @pytest.fixture
 async def db(migrated_postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(migrated_postgres_dsn)
-    await prepare_connection(connection)
     yield connection
     await connection.close()
 
@@ -84,6 +83,52 @@ async def test_a_node_has_one_contribution_row_per_session(db: asyncpg.Connectio
     await insert_contribution(db, session_id, node, "0.1")
     with pytest.raises(asyncpg.UniqueViolationError):
         await insert_contribution(db, session_id, node, "0.1")
+
+
+async def test_a_contribution_needs_its_session_and_its_node(db: asyncpg.Connection) -> None:
+    session_id = await insert_session(db)
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="refers to session"):
+        await insert_contribution(db, uuid.uuid4(), unique_id("peer"), "0.1")
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="refers to node"):
+        await db.execute(
+            "INSERT INTO far_session_contributions (session_id, node_id, blocks_served, tokens_contributed,"
+            " work_units, payment_far) VALUES ($1, $2, 1, 1, 1, 0)",
+            session_id,
+            unique_id("never-registered"),
+        )
+
+
+async def test_sessions_and_nodes_that_contributions_name_cannot_be_deleted_or_rekeyed(db: asyncpg.Connection) -> None:
+    session_id, node, idle = await insert_session(db), unique_id("peer"), unique_id("peer")
+    await insert_contribution(db, session_id, node, "0.1")
+    await db.execute("INSERT INTO far_nodes (node_id) VALUES ($1)", idle)
+    for statement, *arguments in [
+        ("DELETE FROM far_mesh_sessions WHERE id = $1", session_id),
+        ("DELETE FROM far_nodes WHERE node_id = $1", node),
+        ("UPDATE far_mesh_sessions SET id = gen_random_uuid() WHERE id = $1", session_id),
+        ("UPDATE far_nodes SET node_id = node_id || '-x' WHERE node_id = $1", node),
+        ("UPDATE far_session_contributions SET node_id = $1 WHERE session_id = $2", idle, session_id),
+    ]:
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await db.execute(statement, *arguments)
+    assert await db.execute("DELETE FROM far_nodes WHERE node_id = $1", idle) == "DELETE 1"  # nobody names it
+
+
+async def test_a_session_deleted_while_a_contribution_to_it_is_being_written_waits_and_then_fails(
+    db: asyncpg.Connection, migrated_postgres_dsn: str
+) -> None:
+    session_id, node = await insert_session(db), unique_id("peer")
+    other = await asyncpg.connect(migrated_postgres_dsn)
+    try:
+        async with db.transaction():
+            await insert_contribution(db, session_id, node, "0.1")  # holds its key-share lock until commit
+            await other.execute("SET lock_timeout = '300ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await other.execute("DELETE FROM far_mesh_sessions WHERE id = $1", session_id)
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="has contribution rows"):
+            await other.execute("DELETE FROM far_mesh_sessions WHERE id = $1", session_id)
+    finally:
+        await other.close()
 
 
 async def test_payments_can_never_exceed_what_the_session_cost(db: asyncpg.Connection) -> None:

@@ -5,6 +5,7 @@ import time
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -133,6 +134,15 @@ async def test_the_worker_publishes_a_snapshot_of_each_served_models_swarm(
     }
     unserved = snapshots[tiny_models[1].model_id]
     assert not unserved.healthy and unserved.servers == ()
+
+
+async def test_a_running_worker_whose_clients_hold_the_dht_reports_itself_healthy(
+    two_server_fleet: RunningFleet,
+) -> None:
+    port = two_server_fleet.settings.far_mesh_worker_metrics_port
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        health = await client.get("/healthz")
+    assert health.status_code == 200 and health.json()["healthy"] is True
 
 
 async def _wait_for_snapshots(redis: aioredis.Redis, model_ids: list[str]) -> dict[str, SwarmSnapshot]:

@@ -1,0 +1,218 @@
+"""Faults injected into the running system while clients stream, each checked from the outside.
+
+After every fault: the client got every token exactly once (or a clear error event), the ledger holds exactly
+one session per request with the right totals, and accounting has nothing left pending. Each test puts back
+what it broke, so the session's one system serves the next test.
+"""
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from devstack.supervisor import Child
+from protocol import keys
+from tests.fixtures.system import (
+    SystemUnderTest,
+    assert_books_balance,
+    collect,
+    ledger_rows,
+    settle,
+    stream_events,
+    the_ledger_session,
+    token_events,
+    wait_for_postgres,
+)
+from tests.fixtures.workers import reference_continuation
+
+pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
+
+PROMPT = "A request walks through the gateway"
+LONG = 120
+"""Tokens of a request that is still streaming when the fault lands (a few seconds on the tiny model)."""
+
+
+def new_request_id() -> str:
+    return f"fault-{uuid.uuid4().hex[:12]}"
+
+
+def greedy(request_id: str, max_tokens: int = LONG) -> dict[str, Any]:
+    return {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "request_id": request_id}
+
+
+def kill_group(child: Child) -> None:
+    """SIGKILL a supervised process and everything it started, as a crash or the OOM killer would."""
+    os.killpg(child.process.pid, signal.SIGKILL)
+    child.process.wait(10)
+
+
+@asynccontextmanager
+async def killed_then_restarted(sut: SystemUnderTest, name: str) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(sut.restart_process, name)
+
+
+async def worker_running(sut: SystemUnderTest, request_id: str) -> Child:
+    """The supervised worker whose run holds `request_id`'s lease (owner = "<host>-<pid>:<try>:<nonce>")."""
+    redis = aioredis.Redis.from_url(sut.redis_url, decode_responses=True)
+    try:
+        owner = await redis.get(keys.job_lease(request_id))
+    finally:
+        await redis.aclose()
+    assert owner is not None, f"{request_id} has no lease: no worker runs it"
+    pid = int(owner.partition(":")[0].rpartition("-")[2])
+    return next(c for c in sut.system.supervisor.children if c.process.pid == pid)
+
+
+async def assert_exactly_once_in_the_ledger(sut: SystemUnderTest, streams: dict[str, list[dict[str, Any]]]) -> None:
+    """Accounting settles; each request has one session row billing exactly the tokens its client received."""
+    await settle(sut.redis_url)
+    rows = await ledger_rows(sut.postgres_url, list(streams))
+    for request_id, events in streams.items():
+        (session,) = rows[request_id]
+        assert session.row["tokens_generated"] == events[-1]["tokens_generated"]
+        assert_books_balance(session, len(token_events(events)))
+
+
+def assert_complete_once(events: list[dict[str, Any]], expected: list[int]) -> None:
+    tokens = token_events(events)
+    assert [t["index"] for t in tokens] == list(range(len(tokens)))
+    assert [t["token_id"] for t in tokens] == expected
+    assert sum("token" not in e for e in events) == 1
+    assert events[-1].get("status") == "completed" and events[-1]["tokens_generated"] == len(expected)
+
+
+async def test_a_worker_killed_mid_stream_is_taken_over_and_the_client_gets_every_token_once(
+    e2e_system: SystemUnderTest,
+) -> None:
+    request_id = new_request_id()
+    events: list[dict[str, Any]] = []
+    victim: Child | None = None
+    async with e2e_system.client() as client:
+        async for _, (_, event) in stream_events(client, "POST", "/inference/generate", json=greedy(request_id)):
+            events.append(event)
+            if len(events) == 5:
+                victim = await worker_running(e2e_system, request_id)
+                kill_group(victim)
+    assert victim is not None
+    async with killed_then_restarted(e2e_system, victim.name):
+        assert_complete_once(events, reference_continuation(e2e_system.models[0], PROMPT, LONG))
+        await assert_exactly_once_in_the_ledger(e2e_system, {request_id: events})
+
+
+# A server killed mid-session: Petals reroutes through the 2:4 replica (or the worker opens a fresh route).
+async def test_a_swarm_server_killed_mid_stream_fails_over_to_its_replica(e2e_system: SystemUnderTest) -> None:
+    swarm = e2e_system.system.swarm
+    assert swarm is not None
+    model = e2e_system.models[0]
+    replicas = [s for s in swarm.servers if s.plan.model == model and s.plan.start_block == 2 and s.exit_status is None]
+    assert len(replicas) >= 2, "the system runs the default model's last span twice"
+    ids = [new_request_id(), new_request_id()]  # two sessions, so the victim is on a route more often than not
+    victim = replicas[0]
+
+    async def follow(request_id: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        async for _, (_, event) in stream_events(client, "POST", "/inference/generate", json=greedy(request_id)):
+            events.append(event)
+            if len(events) == 5 and victim.exit_status is None:
+                await asyncio.to_thread(victim.kill)
+        return events
+
+    try:
+        async with e2e_system.client() as client:
+            streams = await asyncio.gather(*(follow(r) for r in ids))
+        expected = reference_continuation(model, PROMPT, LONG)
+        for events in streams:
+            assert_complete_once(events, expected)
+        await assert_exactly_once_in_the_ledger(e2e_system, dict(zip(ids, streams, strict=True)))
+        for request_id in ids:
+            session = await the_ledger_session(e2e_system.postgres_url, request_id)
+            served = {c["node_id"] for c in session.contributions}
+            if victim.peer_id in served:  # it served the first steps, then a replica took the rest
+                assert session.row["failovers"] >= 1 or len(served) == 3
+    finally:
+        await asyncio.to_thread(swarm.start_server, victim.plan)
+
+
+async def test_the_accounting_consumer_killed_between_commit_and_ack_leaves_the_ledger_exact(
+    e2e_system: SystemUnderTest,
+) -> None:
+    from accounting.consumer import CRASH_AT_ENV
+
+    kill_group(e2e_system.system.process("accounting"))
+    # The worst moment: its batch is committed but not acknowledged, so it is delivered again after the restart.
+    crashing = e2e_system.system.start_process("accounting", env={CRASH_AT_ENV: "after-commit"})
+    async with killed_then_restarted(e2e_system, "accounting"):
+        ids = [new_request_id() for _ in range(3)]
+        async with e2e_system.client() as client:
+            streams = await asyncio.gather(*(collect(client, greedy(r, 8)) for r in ids))
+        deadline = time.monotonic() + 30
+        while crashing.process.poll() is None:
+            assert time.monotonic() < deadline, "the consumer never committed a batch"
+            await asyncio.sleep(0.1)
+        assert crashing.process.returncode == -signal.SIGKILL
+    await assert_exactly_once_in_the_ledger(e2e_system, dict(zip(ids, streams, strict=True)))
+
+
+async def test_postgresql_restarted_under_load_loses_no_usage_record(e2e_system: SystemUnderTest) -> None:
+    ids = [new_request_id() for _ in range(4)]
+    started = asyncio.Event()
+
+    async def follow(request_id: str) -> list[dict[str, Any]]:
+        events = []
+        async for _, (_, event) in stream_events(client, "POST", "/inference/generate", json=greedy(request_id, 40)):
+            events.append(event)
+            started.set()
+        return events
+
+    async with e2e_system.client() as client:
+        running = asyncio.gather(*(follow(r) for r in ids))
+        await started.wait()
+        await asyncio.to_thread(e2e_system.postgres.stop)
+        try:
+            streams = await running  # generation needs no database: every stream completes meanwhile
+            await asyncio.sleep(1)  # accounting meets the outage with records to write
+        finally:
+            await asyncio.to_thread(e2e_system.postgres.restart)
+    await wait_for_postgres(e2e_system.postgres_url)
+    expected = reference_continuation(e2e_system.models[0], PROMPT, 40)
+    for events in streams:
+        assert_complete_once(events, expected)
+    await assert_exactly_once_in_the_ledger(e2e_system, dict(zip(ids, streams, strict=True)))
+    assert e2e_system.dead_processes() == []
+
+
+async def test_a_client_leaving_mid_stream_cancels_the_job_and_is_billed_for_the_tokens_generated(
+    e2e_system: SystemUnderTest,
+) -> None:
+    request_id = new_request_id()
+    async with e2e_system.client() as client:
+        received = 0
+        async with aclosing(stream_events(client, "POST", "/inference/generate", json=greedy(request_id, 200))) as s:
+            async for _ in s:
+                received += 1
+                if received == 5:
+                    break  # aclosing closes the connection now, not when the generator is collected
+        await asyncio.sleep(2)  # past the reconnect grace (0.5 s): reconnecting sooner would keep the job alive
+
+        deadline = time.monotonic() + 30
+        while True:  # the stream as a reconnecting client replays it, once it has ended
+            replay = [e async for _, (_, e) in stream_events(client, "GET", f"/inference/{request_id}/stream")]
+            if replay and "token" not in replay[-1]:
+                break
+            assert time.monotonic() < deadline
+    done = replay[-1]
+    assert done["status"] == "cancelled" and done["finish_reason"] == "cancelled"
+    assert 5 <= done["tokens_generated"] == len(token_events(replay)) < 200
+    await assert_exactly_once_in_the_ledger(e2e_system, {request_id: replay})
+    session = await the_ledger_session(e2e_system.postgres_url, request_id)
+    assert session.row["status"] == "cancelled"

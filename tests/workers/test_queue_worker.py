@@ -1,0 +1,184 @@
+"""Jobs arq gives up on, against a real Redis (no swarm: these paths end before any Petals call).
+
+Whatever happens to a job, its client must see its stream end with exactly one error event, and delivered
+tokens must be billed by exactly one usage record.
+"""
+
+import asyncio
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+
+from protocol import keys
+from protocol.catalog import ModelSpec
+from protocol.events import ErrorBody, ErrorEvent, TokenEvent
+from protocol.jobs import GENERATE_FUNCTION, GenerateJob
+from protocol.money import cost_of
+from tests.fixtures.workers import PRICE_FAR, enqueue, make_job, read_stream, settings_for, usage_records
+from workers.generate import WorkerContext
+from workers.queue_worker import QueueWorker
+from workers.stream import TokenStreamWriter
+
+UNREACHABLE_PEERS = ["/ip4/127.0.0.1/tcp/9/p2p/QmNotDialledBecauseTheseJobsNeverReachTheSwarm"]
+PROMPT_TOKENS = 3
+
+
+class PromptOnly:
+    """Stands in for a served model on paths that only count the prompt's tokens."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(range(PROMPT_TOKENS))
+
+
+def context(redis: aioredis.Redis, redis_url: str, models: Sequence[ModelSpec], **overrides: Any) -> WorkerContext:
+    settings = settings_for(redis_url, UNREACHABLE_PEERS, models, **overrides)
+    served: Any = {models[0].model_id: PromptOnly()}
+    return WorkerContext(redis=redis, settings=settings, served=served, worker_id="test-worker")
+
+
+async def run_until_queue_is_empty(ctx: WorkerContext, model: ModelSpec) -> None:
+    worker = QueueWorker(ctx, model.model_id, burst=True)
+    try:
+        await asyncio.wait_for(worker.main(), 30)
+    finally:
+        await worker.close()
+
+
+async def deliver_tokens(redis: aioredis.Redis, request_id: str, count: int) -> None:
+    """What an earlier run of the request streamed before its worker died."""
+    writer = TokenStreamWriter(redis, request_id, "earlier-run", lease_ttl_s=5)
+    await writer.acquire()
+    for index in range(count):
+        event = TokenEvent(
+            token=f"t{index}",
+            request_id=request_id,
+            index=index,
+            token_id=10 + index,
+            tokens_generated=index + 1,
+            cost_far=cost_of(index + 1, PRICE_FAR),
+        )
+        await writer.append_token(event)
+
+
+async def the_error(redis: aioredis.Redis, request_id: str, tokens: int) -> ErrorEvent:
+    events = await read_stream(redis, request_id)
+    assert [e.index for e in events if isinstance(e, TokenEvent)] == list(range(tokens))
+    assert len(events) == tokens + 1
+    error = events[-1]
+    assert isinstance(error, ErrorEvent)
+    assert error.tokens_generated == tokens and error.total_cost_far == cost_of(tokens, PRICE_FAR)
+    return error
+
+
+async def test_a_job_out_of_tries_ends_its_stream_and_bills_the_tokens_already_delivered(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    job = make_job(model)
+    await deliver_tokens(redis, job.request_id, 2)
+    await enqueue(redis_url, job)
+    await redis.set(retry_key_prefix + job.request_id, 3)  # three workers died running it
+
+    await run_until_queue_is_empty(context(redis, redis_url, tiny_models, far_mesh_job_max_tries=3), model)
+
+    error = await the_error(redis, job.request_id, 2)
+    assert error.error.code == "retries_exhausted"
+    (usage,) = await usage_records(redis, job.request_id)
+    assert (usage.status, usage.tokens_generated, usage.prompt_tokens) == ("failed", 2, PROMPT_TOKENS)
+    assert usage.total_cost_far == usage.platform_remainder_far == cost_of(2, PRICE_FAR)
+    assert await redis.zcard(keys.queue_for(model.model_id)) == 0
+
+
+async def test_a_job_whose_run_times_out_ends_its_stream_with_a_job_timeout_error(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def stalls_after_two_tokens(job: GenerateJob, *args: Any) -> str:
+        await deliver_tokens(redis, job.request_id, 2)
+        await asyncio.sleep(60)
+        return "unreachable"
+
+    monkeypatch.setattr("workers.generate.run_request", stalls_after_two_tokens)
+    model = tiny_models[0]
+    job = make_job(model)
+    await enqueue(redis_url, job)
+
+    await run_until_queue_is_empty(context(redis, redis_url, tiny_models, far_mesh_job_timeout_s=0.5), model)
+
+    error = await the_error(redis, job.request_id, 2)
+    assert error.error.code == "job_timeout" and "0.5 s" in error.error.message
+    (usage,) = await usage_records(redis, job.request_id)
+    assert usage.tokens_generated == 2 and usage.total_cost_far == cost_of(2, PRICE_FAR)
+
+
+async def test_an_expired_job_ends_its_stream_without_a_usage_record_when_nothing_was_delivered(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    job = make_job(model)
+    await enqueue(redis_url, job)
+    await redis.delete(job_key_prefix + job.request_id)  # what arq's expiry does to a job left queued too long
+
+    await run_until_queue_is_empty(context(redis, redis_url, tiny_models), model)
+
+    assert (await the_error(redis, job.request_id, 0)).error.code == "job_expired"
+    assert await redis.xlen(keys.USAGE_STREAM) == 0
+
+
+async def test_an_invalid_payload_ends_its_stream_with_an_invalid_job_error(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    request_id = "req-invalid-payload"
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        payload = {"request_id": request_id, "model_id": model.model_id, "max_tokens": -1}
+        await pool.enqueue_job(
+            GENERATE_FUNCTION, payload, _job_id=request_id, _queue_name=keys.queue_for(model.model_id)
+        )
+    finally:
+        await pool.aclose()
+
+    await run_until_queue_is_empty(context(redis, redis_url, tiny_models), model)
+
+    assert (await the_error(redis, request_id, 0)).error.code == "invalid_job"
+    assert await redis.xlen(keys.USAGE_STREAM) == 0
+
+
+async def test_a_request_that_already_ended_is_not_ended_again(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    job = make_job(tiny_models[0])
+    ctx = context(redis, redis_url, tiny_models)
+    payload = job.model_dump(mode="json")
+    assert await ctx.end_abandoned(job.request_id, payload, ErrorBody(code="first", message="test"))
+    assert not await ctx.end_abandoned(job.request_id, payload, ErrorBody(code="second", message="test"))
+
+    assert (await the_error(redis, job.request_id, 0)).error.code == "first"
+    (usage,) = await usage_records(redis, job.request_id)
+    assert usage.total_cost_far == Decimal(0)
+
+
+async def test_a_taken_job_is_marked_in_progress_only_for_one_lease_until_its_run_renews_it(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    job = make_job(model)
+    await enqueue(redis_url, job)
+    worker = QueueWorker(context(redis, redis_url, tiny_models, far_mesh_lease_ttl_s=2), model.model_id)
+    worker._pool = await create_pool(RedisSettings.from_dsn(redis_url))
+
+    async def dies_before_its_first_lease_write(job_id: str, score: int) -> None:
+        return None
+
+    worker.run_job = dies_before_its_first_lease_write  # type: ignore[method-assign]
+    try:
+        await worker.start_jobs([job.request_id.encode()])
+        assert 0 < await redis.pttl(in_progress_key_prefix + job.request_id) <= 2000
+    finally:
+        await worker.close()

@@ -1,0 +1,138 @@
+"""How a request ends: its one done or error event and its one usage record, also when its job never runs.
+
+A run that finishes builds both from what it generated. When arq gives up on a job (its tries are spent, its
+payload expired, its run timed out or raised) or the payload is invalid, no run is left to write them, so the
+client would wait on the stream forever: `end_abandoned` ends it with an error through the same once-only
+script, billing exactly the tokens the client already received.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from mesh.announce import wallet_from_public_name
+from protocol.events import DoneEvent, ErrorBody, ErrorEvent, StreamEvent
+from protocol.jobs import GenerateJob
+from protocol.money import cost_of
+from protocol.usage import UsageRecord
+from workers.attribution import Attribution
+from workers.stream import TokenStreamWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    status: Literal["completed", "cancelled", "failed"]
+    finish_reason: str
+    error: ErrorBody | None = None
+
+
+@dataclass(frozen=True)
+class Billing:
+    """What one run of a request did, as far as the bill is concerned."""
+
+    prompt_tokens: int
+    tokens_generated: int
+    started_at: datetime
+    attribution: Attribution
+    ttft_s: float | None = None
+    failovers: int = 0
+
+
+def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: str) -> tuple[StreamEvent, UsageRecord]:
+    """The final stream event and the usage record that bills `billing`'s tokens at the job's price."""
+    cost = cost_of(billing.tokens_generated, job.price_per_token_far)
+    event: StreamEvent
+    if outcome.error is not None:
+        event = ErrorEvent(
+            error=outcome.error,
+            request_id=job.request_id,
+            tokens_generated=billing.tokens_generated,
+            total_cost_far=cost,
+        )
+    else:
+        event = DoneEvent(
+            request_id=job.request_id,
+            status="cancelled" if outcome.status == "cancelled" else "completed",
+            finish_reason=outcome.finish_reason,
+            prompt_tokens=billing.prompt_tokens,
+            tokens_generated=billing.tokens_generated,
+            total_cost_far=cost,
+        )
+    contributions, remainder = billing.attribution.settle(cost, wallet_from_public_name)
+    usage = UsageRecord(
+        request_id=job.request_id,
+        model_id=job.model_id,
+        user_wallet=job.user_wallet,
+        api_key_id=job.api_key_id,
+        status=outcome.status,
+        finish_reason=outcome.finish_reason,
+        prompt_tokens=billing.prompt_tokens,
+        tokens_generated=billing.tokens_generated,
+        price_per_token_far=job.price_per_token_far,
+        total_cost_far=cost,
+        platform_remainder_far=remainder,
+        started_at=billing.started_at,
+        finished_at=max(billing.started_at, datetime.now(UTC)),
+        time_to_first_token_ms=billing.ttft_s * 1000 if billing.ttft_s is not None else None,
+        failovers=billing.failovers,
+        worker_id=worker_id,
+        contributions=contributions,
+    )
+    return event, usage
+
+
+async def end_abandoned(
+    redis: aioredis.Redis,
+    request_id: str,
+    payload: object,
+    error: ErrorBody,
+    *,
+    worker_id: str,
+    lease_ttl_s: float,
+    prompt_tokens: int = 0,
+) -> bool:
+    """End the stream of a request no run will finish with `error`; False when it had already ended.
+
+    Taking the lease first fences out any stalled run of the request. The delivered tokens are billed to the
+    platform (their route died with the run that generated them); a payload that is lost or invalid names
+    nobody to bill, so then only the error is written.
+    """
+    writer = TokenStreamWriter(redis, request_id, f"{worker_id}:ending:{uuid.uuid4().hex[:8]}", lease_ttl_s=lease_ttl_s)
+    await writer.acquire()
+    so_far = await writer.read()
+    if so_far.final is not None:
+        return False
+    try:
+        job = GenerateJob.model_validate(payload)
+    except ValidationError:
+        job = None
+    usage: UsageRecord | None = None
+    if job is not None and job.request_id == request_id:
+        billing = Billing(
+            prompt_tokens=prompt_tokens,
+            tokens_generated=len(so_far.token_ids),
+            started_at=datetime.now(UTC),
+            attribution=Attribution(),
+        )
+        event, usage = ending_of(job, Outcome("failed", "error", error), billing, worker_id)
+    else:
+        event = ErrorEvent(
+            error=error, request_id=request_id, tokens_generated=len(so_far.token_ids), total_cost_far=so_far.cost_far
+        )
+    ended = await writer.finish(event, usage)
+    if ended:
+        logger.warning(
+            "request ended by the worker request_id=%s code=%s tokens=%d billed=%s",
+            request_id,
+            error.code,
+            len(so_far.token_ids),
+            usage is not None,
+        )
+    return ended

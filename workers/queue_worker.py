@@ -1,0 +1,85 @@
+"""One model's queue consumer: arq's `Worker`, made to end every request it gives up on and to free jobs fast.
+
+arq ends a job it gives up on (tries spent, payload expired, run timed out or raised) by deleting it, which
+leaves the request's client waiting on a stream that never ends; here each such job's stream gets its error
+event (and its usage record) first. arq also marks a taken job in progress for job timeout + 10 s before the
+job's code runs; here that mark starts as short as the lease the job then renews, so a worker that dies
+between taking a job and its first lease write delays the job by one lease TTL, not by the job timeout.
+"""
+
+import logging
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.jobs import SerializationError, deserialize_result
+from arq.worker import Function, JobExecutionFailed, Worker, func
+
+from protocol import keys
+from protocol.events import ErrorBody
+from protocol.jobs import GENERATE_FUNCTION
+from workers.generate import WorkerContext, generate
+
+logger = logging.getLogger(__name__)
+
+
+class QueueWorker(Worker):
+    def __init__(self, context: WorkerContext, model_id: str, **kwargs: Any) -> None:
+        settings = context.settings
+        function: Function = func(
+            generate,
+            name=GENERATE_FUNCTION,
+            max_tries=settings.far_mesh_job_max_tries,
+            timeout=settings.far_mesh_job_timeout_s,
+        )
+        super().__init__(
+            functions=[function],
+            queue_name=keys.queue_for(model_id),
+            redis_settings=RedisSettings.from_dsn(str(settings.redis_url)),
+            poll_delay=settings.far_mesh_poll_delay_s,
+            max_jobs=settings.far_mesh_worker_max_jobs,
+            keep_result=300,  # the ending hooks below read why a job failed from its result
+            handle_signals=False,
+            ctx={"worker": context},
+            **kwargs,
+        )
+        self.context = context
+        self.in_progress_timeout_s = settings.far_mesh_lease_ttl_s
+
+    async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None, *args: Any, **kwargs: Any) -> None:
+        if finish and result_data is not None:
+            await self._end_if_failed(job_id, result_data)
+        await super().finish_job(job_id, finish, result_data, *args, **kwargs)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        await self._end_if_failed(job_id, result_data)
+        await super().finish_failed_job(job_id, result_data)
+
+    async def _end_if_failed(self, job_id: str, result_data: bytes | None) -> None:
+        payload: object = None
+        reason: object = None
+        if result_data is not None:
+            try:
+                result = deserialize_result(result_data, deserializer=self.job_deserializer)
+            except SerializationError:
+                pass
+            else:
+                if result.success:
+                    return
+                payload, reason = (result.args[0] if result.args else None), result.result
+        try:
+            await self.context.end_abandoned(job_id, payload, self._error_for(reason))
+        except Exception as exc:  # arq must still retire the job; the gateway's own deadline then ends the stream
+            logger.error("could not end request request_id=%s error=%r", job_id, exc)
+
+    def _error_for(self, reason: object) -> ErrorBody:
+        settings = self.context.settings
+        if isinstance(reason, TimeoutError):
+            message = f"the request ran longer than the job timeout ({settings.far_mesh_job_timeout_s:g} s)"
+            return ErrorBody(code="job_timeout", message=message + "; ask for fewer tokens or retry")
+        if isinstance(reason, JobExecutionFailed) and "retries exceeded" in str(reason):
+            message = f"the request's workers stopped {settings.far_mesh_job_max_tries} times while running it"
+            return ErrorBody(code="retries_exhausted", message=message + "; retry it later")
+        if isinstance(reason, JobExecutionFailed) and "expired" in str(reason):
+            return ErrorBody(code="job_expired", message="the request waited in the queue too long; retry it")
+        detail = type(reason).__name__ if isinstance(reason, BaseException) else "unknown reason"
+        return ErrorBody(code="worker_error", message=f"the worker failed running the request ({detail}); retry it")
