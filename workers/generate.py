@@ -202,6 +202,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 run.failovers += 1
                 metrics.FAILOVERS.labels(job.model_id).inc()
                 logger.warning("step failed request_id=%s failover=%d error=%r", job.request_id, run.failovers, exc)
+                await _ban_unreachable_servers(served, job.request_id)
                 pending = run.prompt_ids + run.generated
                 await asyncio.sleep(_FAILOVER_PAUSE_S)
                 continue
@@ -295,3 +296,15 @@ async def _finish(run: _Run, outcome: Outcome, worker_id: str) -> str:
     if not await run.writer.finish(*ending_of(run.job, outcome, billing, worker_id)):
         raise LeaseLost
     return outcome.status
+
+
+async def _ban_unreachable_servers(served: ServedModel, request_id: str) -> None:
+    """Petals does not ban a server it failed to dial, and the DHT announces a dead one for minutes: without
+    this, every new route can go through the same dead server until the no-route timeout."""
+    try:
+        banned = await served.run_blocking(served.client.refresh_routes)
+    except Exception as exc:  # the next step's failure will say more; a failed refresh must not end the job
+        logger.warning("route refresh failed request_id=%s error=%r", request_id, exc)
+        return
+    if banned:
+        logger.info("banned unreachable servers request_id=%s peers=%s", request_id, ",".join(banned))
