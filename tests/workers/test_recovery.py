@@ -20,6 +20,7 @@ from tests.fixtures.workers import (
     RunningFleet,
     WorkerProcess,
     enqueue,
+    lease_holder,
     make_job,
     reference_continuation,
     usage_records,
@@ -97,9 +98,7 @@ async def test_a_worker_killed_mid_stream_is_replaced_within_seconds_and_the_req
     await enqueue(redis_url, job)
     await wait_for_tokens(redis, job.request_id, 3)
 
-    owner = (await redis.get(keys.job_lease(job.request_id))).decode()  # "<host>-<pid>:<try>:<nonce>"
-    owner_pid = int(owner.split(":")[0].rsplit("-", 1)[1])
-    (victim,) = [w for w in workers if w.process.pid == owner_pid]
+    victim = await lease_holder(redis, job.request_id, workers)
     victim.kill()
     killed_at, delivered = time.monotonic(), await redis.xlen(keys.token_stream(job.request_id))
     await wait_for_tokens(redis, job.request_id, delivered + 1, timeout_s=30)

@@ -10,12 +10,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from mesh.local_swarm import LocalSwarm
-from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent, TokenEvent
 from tests.fixtures.workers import (
     WorkerProcess,
     enqueue,
+    lease_holder,
     make_job,
     reference_continuation,
     usage_records,
@@ -46,9 +46,7 @@ async def test_sigterm_mid_stream_hands_the_job_to_another_worker_and_nothing_is
     await enqueue(redis_url, job)
     await wait_for_tokens(redis, job.request_id, 3)
 
-    owner = (await redis.get(keys.job_lease(job.request_id))).decode()  # "<host>-<pid>:<try>:<nonce>"
-    owner_pid = int(owner.split(":")[0].rsplit("-", 1)[1])
-    (draining,) = [w for w in workers if w.process.pid == owner_pid]
+    draining = await lease_holder(redis, job.request_id, workers)
     draining.process.send_signal(signal.SIGTERM)
 
     try:
