@@ -20,13 +20,12 @@ from tests.fixtures.workers import (
     RunningFleet,
     WorkerProcess,
     enqueue,
-    lease_holder,
+    job_mid_stream_on_two_workers,
     make_job,
     reference_continuation,
     usage_records,
     wait_for_end,
     wait_for_tokens,
-    worker_environment,
 )
 
 pytestmark = pytest.mark.swarm
@@ -90,15 +89,9 @@ async def test_a_worker_killed_mid_stream_is_replaced_within_seconds_and_the_req
     redis_url: str,
 ) -> None:
     model = tiny_models[0]
-    env = worker_environment(redis_url, two_server_swarm.initial_peers, [model])
-    workers = [worker_process_factory(env) for _ in range(2)]
-    for worker in workers:
-        worker.wait_until_started()
-    job = make_job(model, prompt=PROMPT, max_tokens=MAX_TOKENS)
-    await enqueue(redis_url, job)
-    await wait_for_tokens(redis, job.request_id, 3)
-
-    victim = await lease_holder(redis, job.request_id, workers)
+    job, _, victim = await job_mid_stream_on_two_workers(
+        two_server_swarm, worker_process_factory, model, redis, redis_url, prompt=PROMPT, max_tokens=MAX_TOKENS
+    )
     victim.kill()
     killed_at, delivered = time.monotonic(), await redis.xlen(keys.token_stream(job.request_id))
     await wait_for_tokens(redis, job.request_id, delivered + 1, timeout_s=30)

@@ -14,14 +14,10 @@ from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent, TokenEvent
 from tests.fixtures.workers import (
     WorkerProcess,
-    enqueue,
-    lease_holder,
-    make_job,
+    job_mid_stream_on_two_workers,
     reference_continuation,
     usage_records,
     wait_for_end,
-    wait_for_tokens,
-    worker_environment,
 )
 
 pytestmark = pytest.mark.swarm
@@ -38,15 +34,9 @@ async def test_sigterm_mid_stream_hands_the_job_to_another_worker_and_nothing_is
     redis_url: str,
 ) -> None:
     model = tiny_models[0]
-    env = worker_environment(redis_url, two_server_swarm.initial_peers, [model])
-    workers = [worker_process_factory(env) for _ in range(2)]
-    for worker in workers:
-        worker.wait_until_started()
-    job = make_job(model, prompt=PROMPT, max_tokens=MAX_TOKENS)
-    await enqueue(redis_url, job)
-    await wait_for_tokens(redis, job.request_id, 3)
-
-    draining = await lease_holder(redis, job.request_id, workers)
+    job, _, draining = await job_mid_stream_on_two_workers(
+        two_server_swarm, worker_process_factory, model, redis, redis_url, prompt=PROMPT, max_tokens=MAX_TOKENS
+    )
     draining.process.send_signal(signal.SIGTERM)
 
     try:

@@ -1,6 +1,5 @@
 """The fenced stream writer against a real Redis: one ending and one usage record per request, ever."""
 
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import redis.asyncio as aioredis
@@ -9,6 +8,7 @@ from arq.constants import in_progress_key_prefix
 from protocol import keys
 from protocol.events import DoneEvent, TokenEvent
 from protocol.usage import UsageRecord
+from tests.fixtures.ledger import usage_record
 from workers.stream import Appended, TokenStreamWriter
 
 PRICE = Decimal("0.001")
@@ -26,28 +26,14 @@ def token(index: int) -> TokenEvent:
 
 
 def ending(tokens: int) -> tuple[DoneEvent, UsageRecord]:
-    now = datetime.now(UTC)
-    cost = PRICE * tokens
+    usage = usage_record("req-1", {}, tokens_generated=tokens, price_far=PRICE, model_id="m")
     done = DoneEvent(
         request_id="req-1",
         status="completed",
         finish_reason="length",
-        prompt_tokens=3,
+        prompt_tokens=usage.prompt_tokens,
         tokens_generated=tokens,
-        total_cost_far=cost,
-    )
-    usage = UsageRecord(
-        request_id="req-1",
-        model_id="m",
-        status="completed",
-        prompt_tokens=3,
-        tokens_generated=tokens,
-        price_per_token_far=PRICE,
-        total_cost_far=cost,
-        platform_remainder_far=cost,
-        started_at=now,
-        finished_at=now,
-        worker_id="w",
+        total_cost_far=usage.total_cost_far,
     )
     return done, usage
 
