@@ -5,7 +5,6 @@ prefixed with its name, and when one exits or Ctrl-C/SIGTERM arrives, all are st
 group, then SIGKILL after a grace period.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from devstack.process_groups import signal_group
 
 
 @dataclass
@@ -58,14 +59,14 @@ class Supervisor:
 
     def stop_all(self) -> None:
         for child in reversed(self.children):
-            _signal_group(child.process, signal.SIGTERM)
+            signal_group(child.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         for child in reversed(self.children):
             try:
                 child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 print(f"dev: {child.name} ignored SIGTERM for {self.grace_s:.0f}s; killing it", flush=True)
-            _signal_group(child.process, signal.SIGKILL)
+            signal_group(child.process.pid, signal.SIGKILL)
             child.process.wait()
             child.pump.join(timeout=2)
             if child.process.stdout is not None:
@@ -82,11 +83,3 @@ class Supervisor:
         for raw in child.process.stdout:
             sys.stdout.write(f"{child.name:>10} | {raw.decode(errors='replace')}")
             sys.stdout.flush()
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    """Signal the child's whole process group; it may already be gone."""
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
 from devstack.ports import free_port, port_is_taken
+from devstack.process_groups import signal_group
 from mesh.announce import public_name_for
 from mesh.node import (
     InvalidBlocks,
@@ -142,26 +143,20 @@ class SwarmProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole group at once: a crash, as a test of failover wants it."""
-        self._signal_group(signal.SIGKILL)
+        signal_group(self.pid, signal.SIGKILL)
         self._reap(timeout=STOP_GRACE_S)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM the group, then SIGKILL whatever is left of it after `grace_s`."""
         if self.group_members():
-            self._signal_group(signal.SIGTERM)
+            signal_group(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
             while self.group_members() and time.monotonic() < deadline:
                 self._reap(timeout=0.1)
             if self.group_members():
                 logger.warning("%s ignored SIGTERM for %.0f s; sending SIGKILL", self.name, grace_s)
-                self._signal_group(signal.SIGKILL)
+                signal_group(self.pid, signal.SIGKILL)
         self._reap(timeout=STOP_GRACE_S)
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def _reap(self, timeout: float) -> None:
         try:
