@@ -41,7 +41,7 @@ from mesh.session import SwarmSession  # noqa: E402
 from mesh.tiny_models import ensure_tiny_models  # noqa: E402
 from protocol import keys  # noqa: E402
 from protocol.catalog import ModelSpec  # noqa: E402
-from protocol.jobs import GENERATE_FUNCTION, GenerateJob  # noqa: E402
+from protocol.jobs import GenerateJob, enqueue_generate  # noqa: E402
 from workers.fleet import run_fleet  # noqa: E402
 from workers.settings import WorkerSettings  # noqa: E402
 
@@ -131,12 +131,7 @@ async def through_worker(redis_url: str, model: ModelSpec, runs: int, concurrent
             started = {}
             for job in jobs:
                 started[job.request_id] = time.perf_counter()
-                await pool.enqueue_job(
-                    GENERATE_FUNCTION,
-                    job.model_dump(mode="json"),
-                    _job_id=job.request_id,
-                    _queue_name=keys.queue_for(model.model_id),
-                )
+                await enqueue_generate(pool, job)
             for job in jobs:
                 stream = keys.token_stream(job.request_id)
                 if not await redis.xread({stream: "0-0"}, block=STREAM_TIMEOUT_S * 1000, count=1):

@@ -16,7 +16,7 @@ from gateway.state import GatewayState
 from gateway.swarm_status import fresh_snapshot
 from protocol import keys
 from protocol.catalog import ModelSpec
-from protocol.jobs import GENERATE_FUNCTION, GenerateJob
+from protocol.jobs import GenerateJob, enqueue_generate
 from protocol.requests import GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -152,15 +152,13 @@ async def _enqueue(state: GatewayState, body: GenerateRequest, spec: ModelSpec, 
         price_per_token_far=state.settings.catalog.price_of(spec),
         enqueued_at=time.time(),
     )
-    queued = await state.arq.enqueue_job(
-        GENERATE_FUNCTION, job.model_dump(mode="json"), _job_id=request_id, _queue_name=keys.queue_for(spec.model_id)
-    )
+    queued = await enqueue_generate(state.arq, job)
     log.info(
         "request accepted request_id=%s model_id=%s key_id=%s new_job=%s",
         request_id,
         spec.model_id,
         key.key_id,
-        queued is not None,
+        queued,
     )
 
 

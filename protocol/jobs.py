@@ -4,10 +4,11 @@ The price is fixed when the job is enqueued, so the client is billed what it was
 configured price changes while the job waits.
 """
 
-from typing import Final
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocol import keys
 from protocol.catalog import ModelId
 from protocol.money import FarAmount
 from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, RequestId
@@ -32,3 +33,18 @@ class GenerateJob(BaseModel):
     api_key_id: str | None = Field(default=None, max_length=64)
     price_per_token_far: FarAmount
     enqueued_at: float = Field(description="Unix time the gateway enqueued the job, for queue-wait metrics")
+
+
+async def enqueue_generate(pool: Any, job: GenerateJob) -> bool:
+    """Queue `job` on its model's queue under its request id, and wake that model's idle workers.
+
+    `pool` is an `arq.connections.ArqRedis`. False when a job with this request id is already queued or
+    running (arq refuses the duplicate), so a repeated request never runs twice.
+    """
+    queued = await pool.enqueue_job(
+        GENERATE_FUNCTION, job.model_dump(mode="json"), _job_id=job.request_id, _queue_name=keys.queue_for(job.model_id)
+    )
+    if queued is None:
+        return False
+    await pool.publish(keys.queue_wake(job.model_id), job.request_id)
+    return True

@@ -9,6 +9,10 @@ from typing import Final
 ARQ_QUEUE_PREFIX: Final = "arq:queue:"
 """Each model has its own arq queue, so a worker only takes jobs for the models it holds a client for."""
 
+QUEUE_WAKE_PREFIX: Final = "queue:wake:"
+"""Pub/sub channel per model, published on after each enqueue: idle workers take the job at once, so their
+own polling of the queue (for retries and jobs of workers that died) can stay slow and cheap."""
+
 TOKEN_STREAM_PREFIX: Final = "gen:"
 TOKEN_STREAM_TTL_S: Final = 3600
 """How long a finished request's token stream stays readable for reconnecting clients."""
@@ -48,6 +52,11 @@ RELAY_WAKE_PREFIX: Final = "relay:wake:"
 def queue_for(model_id: str) -> str:
     """The arq queue that holds generate jobs for `model_id`."""
     return ARQ_QUEUE_PREFIX + model_id
+
+
+def queue_wake(model_id: str) -> str:
+    """The channel that tells `model_id`'s workers a job was just queued."""
+    return QUEUE_WAKE_PREFIX + model_id
 
 
 def token_stream(request_id: str) -> str:

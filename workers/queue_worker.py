@@ -5,14 +5,19 @@ leaves the request's client waiting on a stream that never ends; here each such 
 event (and its usage record) first. arq also marks a taken job in progress for job timeout + 10 s before the
 job's code runs; here that mark starts as short as the lease the job then renews, so a worker that dies
 between taking a job and its first lease write delays the job by one lease TTL, not by the job timeout.
+
+Polling is only the fallback: a worker takes a job as soon as its enqueuer publishes on the model's wake-up
+channel (`protocol.jobs.enqueue_generate`), so the poll can be slow and cost neither CPU nor first-token time.
 """
 
+import asyncio
 import logging
 from typing import Any
 
 from arq.connections import RedisSettings
 from arq.jobs import SerializationError, deserialize_result
 from arq.worker import Function, JobExecutionFailed, Worker, func
+from redis.exceptions import RedisError
 
 from protocol import keys
 from protocol.events import ErrorBody
@@ -43,7 +48,33 @@ class QueueWorker(Worker):
             **kwargs,
         )
         self.context = context
+        self.model_id = model_id
         self.in_progress_timeout_s = settings.far_mesh_lease_ttl_s
+        self._polling = asyncio.Lock()
+
+    async def main(self) -> None:
+        listener = asyncio.create_task(self._poll_on_wake_up(), name=f"wake-up:{self.queue_name}")
+        try:
+            await super().main()
+        finally:
+            listener.cancel()
+
+    async def _poll_iteration(self) -> None:
+        async with self._polling:  # arq's poll loop and the wake-up listener take turns
+            await super()._poll_iteration()
+
+    async def _poll_on_wake_up(self) -> None:
+        """Look at the queue each time a job is announced; a lost connection falls back to polling meanwhile."""
+        while True:
+            try:
+                async with self.context.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(keys.queue_wake(self.model_id))
+                    async for _ in pubsub.listen():
+                        if self._pool is not None:  # arq's own start-up has not finished yet otherwise
+                            await self._poll_iteration()
+            except (RedisError, OSError) as exc:
+                logger.warning("wake-up channel lost queue=%s error=%r", self.queue_name, exc)
+                await asyncio.sleep(self.poll_delay_s)
 
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None, *args: Any, **kwargs: Any) -> None:
         if finish and result_data is not None:

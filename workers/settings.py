@@ -31,7 +31,10 @@ class WorkerSettings(CommonSettings):
         default=10.0, gt=0, description="Seconds between swarm snapshots published to Redis"
     )
     far_mesh_poll_delay_s: float = Field(
-        default=0.002, gt=0, le=1, description="How often idle workers poll their queues; adds up to this to TTFT"
+        default=0.5,
+        gt=0,
+        le=1,
+        description="How often workers poll their queues for jobs no wake-up announced (retries, a dead worker's)",
     )
     far_mesh_petals_max_retries: int = Field(
         default=2, ge=1, le=100, description="Petals retries inside one step before the worker opens a fresh route"

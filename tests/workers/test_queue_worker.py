@@ -17,10 +17,10 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 
 from protocol import keys
 from protocol.catalog import ModelSpec
-from protocol.events import ErrorBody, ErrorEvent, TokenEvent
+from protocol.events import DoneEvent, ErrorBody, ErrorEvent, TokenEvent
 from protocol.jobs import GENERATE_FUNCTION, GenerateJob
 from protocol.money import cost_of
-from tests.fixtures.workers import PRICE_FAR, enqueue, make_job, read_stream, settings_for, usage_records
+from tests.fixtures.workers import PRICE_FAR, enqueue, make_job, read_stream, settings_for, usage_records, wait_for_end
 from workers.generate import WorkerContext
 from workers.queue_worker import QueueWorker
 from workers.stream import TokenStreamWriter
@@ -182,3 +182,30 @@ async def test_a_taken_job_is_marked_in_progress_only_for_one_lease_until_its_ru
         assert 0 < await redis.pttl(in_progress_key_prefix + job.request_id) <= 2000
     finally:
         await worker.close()
+
+
+async def test_an_announced_job_is_taken_at_once_rather_than_at_the_next_poll(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    worker = QueueWorker(context(redis, redis_url, tiny_models), model.model_id)
+    worker.poll_delay_s = 3600  # after its first look at the queue, only the wake-up can bring a job in
+    running = asyncio.create_task(worker.main())
+    try:
+        async with asyncio.timeout(10):
+            while not (await redis.exists(worker.health_check_key) and await subscribers(redis, model)):
+                await asyncio.sleep(0.01)  # the health check is written by the first poll
+        job = make_job(model)
+        await redis.set(keys.cancel_flag(job.request_id), 1)  # so the run ends before any Petals call
+        await enqueue(redis_url, job)
+
+        (done,) = await wait_for_end(redis, job.request_id, timeout_s=30)
+        assert isinstance(done, DoneEvent) and done.status == "cancelled"
+    finally:
+        running.cancel()
+        await worker.close()
+
+
+async def subscribers(redis: aioredis.Redis, model: ModelSpec) -> int:
+    ((_, count),) = await redis.pubsub_numsub(keys.queue_wake(model.model_id))
+    return int(count)
