@@ -2,7 +2,8 @@
 
 Prints, in one run: enqueue-to-first-token p50 through the worker vs a direct session's first token (target:
 at most 10 ms added), and tokens/s of 8 concurrent jobs through one worker vs 8 concurrent direct sessions
-(target: at least 0.9x). Run: `.venv/bin/python bench/bench_worker.py`.
+(target: at least 0.9x). The two paths take turns (a direct run, then a worker run, and so on) so that the
+machine's changing load falls on both alike. Run: `.venv/bin/python bench/bench_worker.py`.
 
 It never hangs and never orphans its swarm: each phase has a deadline (past it, every thread's stack is
 dumped to stderr and the run ends as on SIGTERM), and SIGTERM/SIGINT stop the swarm's process groups and the
@@ -22,14 +23,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import redis.asyncio as aioredis
 import torch
 from arq import create_pool
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,6 +50,7 @@ from workers.settings import WorkerSettings  # noqa: E402
 
 PROMPT = "The mesh streams tokens from many small servers"
 TTFT_RUNS = 20
+THROUGHPUT_ROUNDS = 3
 CONCURRENT = 8
 TOKENS_EACH = 48
 OVERALL_TIMEOUT_S = 600
@@ -108,48 +112,57 @@ def direct_generation(client: object, prompt_ids: list[int], tokens: int) -> tup
     return first, tokens
 
 
-async def through_worker(redis_url: str, model: ModelSpec, runs: int, concurrent: int, tokens: int) -> list[float]:
-    """Enqueue-to-first-token seconds of each job, `concurrent` jobs at a time."""
-    redis = aioredis.Redis.from_url(redis_url)
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
-    latencies: list[float] = []
-    try:
-        for _ in range(runs):
-            jobs = [
-                GenerateJob(
-                    request_id=f"bench-{uuid.uuid4().hex[:12]}",
-                    model_id=model.model_id,
-                    prompt=PROMPT,
-                    max_tokens=tokens,
-                    temperature=0.0,
-                    top_p=1.0,
-                    price_per_token_far=Decimal("0.0001"),
-                    enqueued_at=time.time(),
-                )
-                for _ in range(concurrent)
-            ]
-            started = {}
-            for job in jobs:
-                started[job.request_id] = time.perf_counter()
-                await enqueue_generate(pool, job)
-            for job in jobs:
-                stream = keys.token_stream(job.request_id)
-                if not await redis.xread({stream: "0-0"}, block=STREAM_TIMEOUT_S * 1000, count=1):
-                    raise TimeoutError(f"{job.request_id}: no first token after {STREAM_TIMEOUT_S} s")
-                latencies.append(time.perf_counter() - started[job.request_id])
-            for job in jobs:  # wait for the ending, so runs do not overlap
-                async with asyncio.timeout(STREAM_TIMEOUT_S):
-                    while True:
-                        last = await redis.xrevrange(keys.token_stream(job.request_id), count=1)
-                        if last and last[0][1][b"kind"] != b"token":
-                            if last[0][1][b"kind"] == b"error":
-                                raise RuntimeError(f"{job.request_id} failed: {last[0][1][b'data'].decode()}")
-                            break
-                        await asyncio.sleep(0.005)
-    finally:
-        await pool.aclose()
-        await redis.aclose()
+def direct_throughput(client: object, prompt_ids: list[int]) -> tuple[int, float]:
+    """(tokens, seconds) of CONCURRENT direct greedy sessions run at once."""
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        started = time.perf_counter()
+        runs = list(pool.map(lambda _: direct_generation(client, prompt_ids, TOKENS_EACH), range(CONCURRENT)))
+        return sum(n for _, n in runs), time.perf_counter() - started
+
+
+async def through_worker(
+    pool: ArqRedis, redis: aioredis.Redis, model: ModelSpec, concurrent: int, tokens: int
+) -> list[float]:
+    """Enqueue-to-first-token seconds of each of `concurrent` jobs enqueued at once; returns once all ended."""
+    jobs = [
+        GenerateJob(
+            request_id=f"bench-{uuid.uuid4().hex[:12]}",
+            model_id=model.model_id,
+            prompt=PROMPT,
+            max_tokens=tokens,
+            temperature=0.0,
+            top_p=1.0,
+            price_per_token_far=Decimal("0.0001"),
+            enqueued_at=time.time(),
+        )
+        for _ in range(concurrent)
+    ]
+    started = {}
+    for job in jobs:
+        started[job.request_id] = time.perf_counter()
+        await enqueue_generate(pool, job)
+    latencies = []
+    for job in jobs:
+        stream = keys.token_stream(job.request_id)
+        if not await redis.xread({stream: "0-0"}, block=STREAM_TIMEOUT_S * 1000, count=1):
+            raise TimeoutError(f"{job.request_id}: no first token after {STREAM_TIMEOUT_S} s")
+        latencies.append(time.perf_counter() - started[job.request_id])
+    await wait_for_endings(redis, [job.request_id for job in jobs])  # so runs do not overlap
     return latencies
+
+
+async def wait_for_endings(redis: aioredis.Redis, request_ids: list[str]) -> None:
+    """Block (rather than poll, which would take CPU from the worker) until every stream holds its ending."""
+    cursors = {keys.token_stream(r): "0-0" for r in request_ids}
+    async with asyncio.timeout(STREAM_TIMEOUT_S):
+        while cursors:
+            for stream, entries in await redis.xread(cursors, block=STREAM_TIMEOUT_S * 1000):  # type: ignore[arg-type]
+                cursors[stream.decode()] = entries[-1][0]
+                kind, data = entries[-1][1][b"kind"], entries[-1][1][b"data"]
+                if kind == b"error":
+                    raise RuntimeError(f"{stream.decode()} failed: {data.decode()}")
+                if kind != b"token":
+                    del cursors[stream.decode()]
 
 
 def main() -> None:
@@ -179,19 +192,6 @@ def run() -> None:
     with deadline("starting the swarm", 180):
         swarm.start()
 
-    with deadline("direct sessions", 180):
-        client = open_client(model, swarm.initial_peers)
-        try:
-            prompt_ids = list(client.tokenizer(PROMPT)["input_ids"])
-            direct_generation(client, prompt_ids, 2)  # warm the route
-            direct_ttft = [direct_generation(client, prompt_ids, 1)[0] for _ in range(TTFT_RUNS)]
-            with ThreadPoolExecutor(CONCURRENT) as pool:
-                started = time.perf_counter()
-                runs = pool.map(lambda _: direct_generation(client, prompt_ids, TOKENS_EACH), range(CONCURRENT))
-                direct_tps = sum(n for _, n in runs) / (time.perf_counter() - started)
-        finally:
-            client.close()
-
     settings = WorkerSettings.from_env(
         redis_url=redis_server.url,
         far_mesh_dht_bootstrap=",".join(swarm.initial_peers),
@@ -206,27 +206,68 @@ def run() -> None:
         args=(run_fleet(settings, stop, ready=ready, handle_signals=False),),
         daemon=True,
     )
-    with deadline("jobs through the worker", 240):
+    with deadline("measuring", 420):
         thread.start()
         if not ready.wait(120):
             raise TimeoutError("the worker did not start within 120 s")
+        client = open_client(model, swarm.initial_peers)
         try:
-            asyncio.run(through_worker(redis_server.url, model, 2, 1, 2))  # warm the worker's route
-            worker_ttft = asyncio.run(through_worker(redis_server.url, model, TTFT_RUNS, 1, 1))
-            started = time.perf_counter()
-            asyncio.run(through_worker(redis_server.url, model, 1, CONCURRENT, TOKENS_EACH))
-            worker_tps = CONCURRENT * TOKENS_EACH / (time.perf_counter() - started)
+            results = asyncio.run(measure(redis_server.url, model, client))
         finally:
+            client.close()
             loop.call_soon_threadsafe(stop.set)
             thread.join(60)
     with deadline("stopping the swarm", 60):
         swarm.stop()
+    report(results)
 
-    direct_p50, worker_p50 = statistics.median(direct_ttft) * 1000, statistics.median(worker_ttft) * 1000
+
+@dataclass
+class Results:
+    direct_ttft: list[float] = field(default_factory=list)
+    worker_ttft: list[float] = field(default_factory=list)
+    direct_tokens: int = 0
+    direct_seconds: float = 0.0
+    worker_tokens: int = 0
+    worker_seconds: float = 0.0
+
+
+async def measure(redis_url: str, model: ModelSpec, client: Any) -> Results:
+    """Both paths in turns, so that a change in the machine's load falls on both alike."""
+    redis = aioredis.Redis.from_url(redis_url)
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    prompt_ids = list(client.tokenizer(PROMPT)["input_ids"])
+    results = Results()
+    try:
+        direct_generation(client, prompt_ids, 2)  # warm both routes
+        await through_worker(pool, redis, model, 1, 2)
+        for _ in range(TTFT_RUNS):
+            results.direct_ttft.append(direct_generation(client, prompt_ids, 1)[0])
+            results.worker_ttft += await through_worker(pool, redis, model, 1, 1)
+        for _ in range(THROUGHPUT_ROUNDS):
+            tokens, seconds = direct_throughput(client, prompt_ids)
+            results.direct_tokens += tokens
+            results.direct_seconds += seconds
+            started = time.perf_counter()
+            await through_worker(pool, redis, model, CONCURRENT, TOKENS_EACH)
+            results.worker_seconds += time.perf_counter() - started
+            results.worker_tokens += CONCURRENT * TOKENS_EACH
+    finally:
+        await pool.aclose()
+        await redis.aclose()
+    return results
+
+
+def report(results: Results) -> None:
+    direct_p50 = statistics.median(results.direct_ttft) * 1000
+    worker_p50 = statistics.median(results.worker_ttft) * 1000
+    direct_tps = results.direct_tokens / results.direct_seconds
+    worker_tps = results.worker_tokens / results.worker_seconds
     print(f"first token p50: direct {direct_p50:.1f} ms, through worker (from enqueue) {worker_p50:.1f} ms")
     print(f"  added by the worker: {worker_p50 - direct_p50:+.1f} ms (target <= 10 ms), {worker_p50 / direct_p50:.2f}x")
     print(
-        f"{CONCURRENT} concurrent x {TOKENS_EACH} tokens: direct {direct_tps:.1f} tok/s, worker {worker_tps:.1f} tok/s"
+        f"{CONCURRENT} concurrent x {TOKENS_EACH} tokens, {THROUGHPUT_ROUNDS} rounds each: "
+        f"direct {direct_tps:.1f} tok/s, worker {worker_tps:.1f} tok/s"
     )
     print(f"  worker / direct throughput: {worker_tps / direct_tps:.2f}x (target >= 0.9x)", flush=True)
 

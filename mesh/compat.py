@@ -15,6 +15,7 @@ hivemind or petals upgrade that needs another name is caught there, not in a run
 
 import asyncio
 import importlib
+import sys
 import threading
 from typing import Any
 
@@ -70,7 +71,11 @@ _blocking_close = _ServerInferenceSession.close
 def _close_without_deadlock(session: Any) -> None:
     """Petals' `close()` blocks until hivemind's event-loop thread has closed the stream. When the garbage
     collector runs `__del__` on that very thread, it waits for itself: the thread deadlocks and every later
-    Petals call hangs (seen with 8 concurrent sessions). On that thread, schedule the close instead."""
+    Petals call hangs (seen with 8 concurrent sessions). On that thread, schedule the close instead. And while
+    the interpreter shuts down, that thread no longer runs: waiting for it would hang the exit forever, and
+    the servers drop the session's caches themselves once its connection is gone."""
+    if sys.is_finalizing():
+        return
     if threading.current_thread() is not RemoteExpertWorker._event_thread:
         _blocking_close(session)
         return

@@ -105,8 +105,7 @@ async def end_abandoned(
     nobody to bill, so then only the error is written.
     """
     writer = TokenStreamWriter(redis, request_id, f"{worker_id}:ending:{uuid.uuid4().hex[:8]}", lease_ttl_s=lease_ttl_s)
-    await writer.acquire()
-    so_far = await writer.read()
+    so_far = await writer.acquire()
     if so_far.final is not None:
         return False
     try:

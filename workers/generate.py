@@ -114,10 +114,9 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
 async def run_request(
     job: GenerateJob, served: ServedModel, writer: TokenStreamWriter, settings: WorkerSettings, worker_id: str
 ) -> str:
-    await writer.acquire()
+    so_far = await writer.acquire()
     renewer = asyncio.create_task(_keep_lease(writer, settings.far_mesh_lease_ttl_s))
     try:
-        so_far = await writer.read()
         if so_far.final is not None:
             logger.info("job skipped request_id=%s reason=already finished", job.request_id)
             return "superseded"
@@ -132,7 +131,7 @@ async def run_request(
         renewer.add_done_callback(lambda _: run.lease_lost.set())
         metrics.JOBS_STARTED.labels(job.model_id).inc()
         try:
-            outcome = await _generate_tokens(run, settings)
+            outcome = Outcome("cancelled", "cancelled") if so_far.cancelled else await _generate_tokens(run, settings)
             ended = await _finish(run, outcome, worker_id)
         except LeaseLost:
             ended = "superseded"
@@ -165,8 +164,6 @@ async def _keep_lease(writer: TokenStreamWriter, ttl_s: float) -> None:
 
 async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
     job, served = run.job, run.served
-    if await run.writer.cancelled():
-        return Outcome("cancelled", "cancelled")
     room = served.max_positions - len(run.prompt_ids)
     if room <= 0:
         message = f"the prompt is {len(run.prompt_ids)} tokens; {job.model_id} holds at most {served.max_positions}"

@@ -51,27 +51,43 @@ class QueueWorker(Worker):
         self.model_id = model_id
         self.in_progress_timeout_s = settings.far_mesh_lease_ttl_s
         self._polling = asyncio.Lock()
+        self._woken = asyncio.Event()
 
     async def main(self) -> None:
-        listener = asyncio.create_task(self._poll_on_wake_up(), name=f"wake-up:{self.queue_name}")
+        helpers = [
+            asyncio.create_task(self._listen_for_wake_ups(), name=f"wake-ups:{self.queue_name}"),
+            asyncio.create_task(self._poll_when_woken(), name=f"woken-polls:{self.queue_name}"),
+        ]
         try:
             await super().main()
         finally:
-            listener.cancel()
+            for task in helpers:
+                task.cancel()
 
     async def _poll_iteration(self) -> None:
-        async with self._polling:  # arq's poll loop and the wake-up listener take turns
+        async with self._polling:  # arq's poll loop and the wake-ups take turns
             await super()._poll_iteration()
 
-    async def _poll_on_wake_up(self) -> None:
-        """Look at the queue each time a job is announced; a lost connection falls back to polling meanwhile."""
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._woken.set()  # a slot is free: a job waiting behind a full worker starts now, not at the next poll
+
+    async def _poll_when_woken(self) -> None:
+        """One look at the queue per burst of wake-ups."""
+        while True:
+            await self._woken.wait()
+            self._woken.clear()
+            if self._pool is not None:  # arq's own start-up has not finished yet otherwise
+                await self._poll_iteration()
+
+    async def _listen_for_wake_ups(self) -> None:
+        """Each job announced on the model's channel wakes the poller; while the channel is lost, polling remains."""
         while True:
             try:
                 async with self.context.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(keys.queue_wake(self.model_id))
                     async for _ in pubsub.listen():
-                        if self._pool is not None:  # arq's own start-up has not finished yet otherwise
-                            await self._poll_iteration()
+                        self._woken.set()
             except (RedisError, OSError) as exc:
                 logger.warning("wake-up channel lost queue=%s error=%r", self.queue_name, exc)
                 await asyncio.sleep(self.poll_delay_s)

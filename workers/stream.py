@@ -22,7 +22,7 @@ from protocol.usage import UsageRecord
 _ACQUIRE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
+return {redis.call('XRANGE', KEYS[3], '-', '+'), redis.call('EXISTS', KEYS[4])}
 """
 
 _RENEW = """
@@ -77,6 +77,24 @@ class StreamSoFar:
     final: StreamEvent | None
     cost_far: Decimal = Decimal(0)
     """The running cost the last delivered token showed the client."""
+    cancelled: bool = False
+    """The cancel flag was set when the stream was read."""
+
+    @classmethod
+    def parse(cls, entries: list[tuple[bytes, dict[bytes, bytes]]], *, cancelled: bool) -> "StreamSoFar":
+        ids: list[int] = []
+        texts: list[str] = []
+        final: StreamEvent | None = None
+        cost = Decimal(0)
+        for _entry_id, fields in entries:
+            event = decode_event(fields)
+            if isinstance(event, TokenEvent):
+                ids.append(event.token_id)
+                texts.append(event.token)
+                cost = event.cost_far
+            else:
+                final = event
+        return cls(token_ids=tuple(ids), texts=tuple(texts), final=final, cost_far=cost, cancelled=cancelled)
 
 
 class TokenStreamWriter:
@@ -95,32 +113,25 @@ class TokenStreamWriter:
     async def _run(self, script: str, keys: list[str], *args: str | int) -> int:
         return int(await self._scripts[script](keys=keys, args=[self.owner, *args]))
 
-    async def acquire(self) -> None:
-        """Take the lease (arq already gave this run the job) and shorten arq's in-progress key to it."""
-        await self._run("acquire", [self._lease, self._in_progress], self._lease_ms)
+    async def acquire(self) -> StreamSoFar:
+        """Take the lease (arq already gave this run the job), shorten arq's in-progress key to it, and read what
+        earlier runs delivered (their token ids let a recovering run re-prefill exactly): one round trip."""
+        stream_keys = [self._lease, self._in_progress, self._stream, keys.cancel_flag(self.request_id)]
+        raw_entries, cancelled = await self._scripts["acquire"](keys=stream_keys, args=[self.owner, self._lease_ms])
+        entries = [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in raw_entries]
+        return StreamSoFar.parse(entries, cancelled=bool(cancelled))
 
     async def renew(self) -> bool:
         """Extend the lease; False when another run has taken it over."""
         return await self._run("renew", [self._lease, self._in_progress], self._lease_ms) == 1
 
-    async def cancelled(self) -> bool:
-        return bool(await self._redis.exists(keys.cancel_flag(self.request_id)))
-
     async def read(self) -> StreamSoFar:
-        """The tokens already delivered (their ids let a recovering run re-prefill exactly) and any ending."""
-        ids: list[int] = []
-        texts: list[str] = []
-        final: StreamEvent | None = None
-        cost = Decimal(0)
-        for _entry_id, fields in await self._redis.xrange(self._stream):
-            event = decode_event(fields)
-            if isinstance(event, TokenEvent):
-                ids.append(event.token_id)
-                texts.append(event.token)
-                cost = event.cost_far
-            else:
-                final = event
-        return StreamSoFar(token_ids=tuple(ids), texts=tuple(texts), final=final, cost_far=cost)
+        """What the stream holds now, and whether the request is cancelled."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(self._stream)
+            pipe.exists(keys.cancel_flag(self.request_id))
+            entries, cancelled = await pipe.execute()
+        return StreamSoFar.parse(entries, cancelled=bool(cancelled))
 
     async def append_token(self, event: TokenEvent) -> Appended:
         fields = encode_event(event)

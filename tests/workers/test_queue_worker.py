@@ -5,7 +5,8 @@ tokens must be billed by exactly one usage record.
 """
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -188,24 +189,65 @@ async def test_an_announced_job_is_taken_at_once_rather_than_at_the_next_poll(
     redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
 ) -> None:
     model = tiny_models[0]
-    worker = QueueWorker(context(redis, redis_url, tiny_models), model.model_id)
-    worker.poll_delay_s = 3600  # after its first look at the queue, only the wake-up can bring a job in
-    running = asyncio.create_task(worker.main())
-    try:
-        async with asyncio.timeout(10):
-            while not (await redis.exists(worker.health_check_key) and await subscribers(redis, model)):
-                await asyncio.sleep(0.01)  # the health check is written by the first poll
-        job = make_job(model)
-        await redis.set(keys.cancel_flag(job.request_id), 1)  # so the run ends before any Petals call
+    async with polling_only_at_start(QueueWorker(context(redis, redis_url, tiny_models), model.model_id)):
+        job = await cancelled_job(redis, model)
         await enqueue(redis_url, job)
 
         (done,) = await wait_for_end(redis, job.request_id, timeout_s=30)
         assert isinstance(done, DoneEvent) and done.status == "cancelled"
+
+
+async def test_a_job_queued_behind_a_full_worker_starts_as_soon_as_a_slot_frees(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    worker = QueueWorker(context(redis, redis_url, tiny_models, far_mesh_worker_max_jobs=1), model.model_id)
+    first, second = await cancelled_job(redis, model), await cancelled_job(redis, model)
+    first_may_run = asyncio.Event()
+    run_job = worker.run_job
+
+    async def first_holds_the_only_slot(job_id: str, score: int) -> None:
+        if job_id == first.request_id:
+            await first_may_run.wait()
+        await run_job(job_id, score)
+
+    worker.run_job = first_holds_the_only_slot  # type: ignore[method-assign]
+    async with polling_only_at_start(worker):
+        for job in (first, second):
+            await enqueue(redis_url, job)  # the second's wake-up finds the worker full
+        await wait_until(lambda: worker.job_counter == 1)
+        first_may_run.set()
+
+        for job in (first, second):
+            (done,) = await wait_for_end(redis, job.request_id, timeout_s=30)
+            assert isinstance(done, DoneEvent) and done.status == "cancelled"
+
+
+async def cancelled_job(redis: aioredis.Redis, model: ModelSpec) -> GenerateJob:
+    """A job whose run ends before any Petals call: its request is cancelled before it starts."""
+    job = make_job(model)
+    await redis.set(keys.cancel_flag(job.request_id), 1)
+    return job
+
+
+@contextlib.asynccontextmanager
+async def polling_only_at_start(worker: QueueWorker) -> AsyncIterator[None]:
+    """Run `worker` until the block ends; after its first look at the queue, only a wake-up brings a job in."""
+    worker.poll_delay_s = 3600
+    running = asyncio.create_task(worker.main())
+    try:
+        redis = worker.context.redis
+        channel = keys.queue_wake(worker.model_id)
+        async with asyncio.timeout(10):
+            while not (await redis.exists(worker.health_check_key) and (await redis.pubsub_numsub(channel))[0][1]):
+                await asyncio.sleep(0.01)  # the health check is written by the first poll
+        yield
     finally:
         running.cancel()
         await worker.close()
 
 
-async def subscribers(redis: aioredis.Redis, model: ModelSpec) -> int:
-    ((_, count),) = await redis.pubsub_numsub(keys.queue_wake(model.model_id))
-    return int(count)
+async def wait_until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)

@@ -45,9 +45,8 @@ async def test_a_recovering_run_reads_the_delivered_tokens_and_fences_out_the_ol
     assert await first.append_token(token(1)) is Appended.WRITTEN
 
     second = TokenStreamWriter(redis, "req-1", "run-2", lease_ttl_s=5)
-    await second.acquire()
-    so_far = await second.read()
-    assert so_far.token_ids == (100, 101) and so_far.final is None
+    so_far = await second.acquire()
+    assert so_far.token_ids == (100, 101) and so_far.final is None and not so_far.cancelled
 
     assert await first.append_token(token(2)) is Appended.LEASE_LOST
     assert not await first.renew()
@@ -72,7 +71,7 @@ async def test_a_set_cancel_flag_stops_the_next_token_without_writing_it(redis: 
     await writer.acquire()
     assert await writer.append_token(token(0)) is Appended.WRITTEN
     await redis.set(keys.cancel_flag("req-1"), 1)
-    assert await writer.cancelled()
+    assert (await writer.read()).cancelled
     assert await writer.append_token(token(1)) is Appended.CANCELLED
     assert await redis.xlen(keys.token_stream("req-1")) == 1
 
