@@ -4,7 +4,8 @@ A separate process appends token events to STREAMS streams at RATE tokens/s each
 with the time just before its XADD. Every token is received twice at once: by STREAMS concurrent SSE clients
 through a real `far-mesh gateway` process, and by a raw client process reading the same streams straight from
 Redis (10 reader tasks, each XREAD BLOCK over 100 streams: DESIGN.md's multiplexed baseline). Measuring both
-paths on the same tokens at the same moment keeps a busy machine's noise out of the difference. Prints the
+paths on the same tokens at the same moment keeps a busy machine's noise out of the difference; both clients
+run on uvloop, as the gateway does, so that neither measures its own event loop's overhead. Prints the
 XADD->receipt delay p50/p99 of both, what the gateway adds (targets: <= 2 ms p50, <= 20 ms p99), and the
 gateway's CPU seconds per 10k relayed tokens.
 
@@ -25,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import redis.asyncio as aioredis
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -102,7 +104,7 @@ def read_raw(
     redis_url: str, request_ids: list[str], readers: int, results: "multiprocessing.Queue[list[float]]"
 ) -> None:
     """Raw client process: its own CPU, so it measures Redis and the network, not the SSE clients' load."""
-    results.put(asyncio.run(raw_client(redis_url, request_ids, readers)))
+    results.put(uvloop.run(raw_client(redis_url, request_ids, readers)))
 
 
 async def raw_client(redis_url: str, request_ids: list[str], readers: int) -> list[float]:
@@ -269,4 +271,4 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=5.0, help="tokens per second per stream")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--readers", type=int, default=4, help="GATEWAY_RELAY_READERS")
-    asyncio.run(main(parser.parse_args()))
+    uvloop.run(main(parser.parse_args()))

@@ -89,7 +89,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
             reader_redis,
             readers=settings.gateway_relay_readers,
             heartbeat_s=settings.gateway_heartbeat_interval_s,
-            observe_latency_s=metrics.relay_latency.observe,
+            observe_latencies_s=metrics.relay_latency.observe_many,
         )
         lease_s = max(3 * settings.gateway_heartbeat_interval_s, 2 * settings.gateway_cancel_grace_s, 5.0)
         inflight = Inflight(redis, lease_s=lease_s, cancel_grace_s=settings.gateway_cancel_grace_s)

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 FINAL_KINDS = frozenset({"done", "error"})
 _KINDS = {b"token": "token", b"done": "done", b"error": "error"}
 WAKE_STREAM_TTL_S = 24 * 3600
+ObserveLatencies = Callable[[list[float]], None]
+"""Takes the XADD-to-read delays (seconds) of the entries one read brought in."""
 
 
 _MAX_ID_PART = 2**64 - 1
@@ -59,51 +61,69 @@ class Entry:
 
 
 class Subscription:
-    """One client's view of one token stream, starting after `after_id`; the reader fills its queue."""
+    """One client's view of one token stream, starting after `after_id`; the reader fills it, the client drains it.
 
-    __slots__ = ("stream", "cursor", "_queue", "_closed", "_busy")
+    A list and one waiting future rather than an `asyncio.Queue`: the relay hands over a batch per token and
+    client, so the queue's bookkeeping showed up in profiles.
+    """
+
+    __slots__ = ("stream", "cursor", "_pending", "_waiter", "_closed", "_busy", "_heartbeat_due")
 
     def __init__(self, stream: str, after_id: str) -> None:
         self.stream = stream
         self.cursor = parse_entry_id(after_id)
-        self._queue: asyncio.Queue[list[Entry] | None] = asyncio.Queue()
+        self._pending: list[Entry] = []
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._busy = True
+        self._heartbeat_due = False
 
     def deliver(self, entries: list[tuple[tuple[int, int], Entry]]) -> None:
-        fresh = [entry for parsed, entry in entries if parsed > self.cursor]
+        """Take the entries newer than the cursor (`entries` are in stream order, with their parsed ids)."""
+        cursor = self.cursor
+        fresh = [entry for parsed, entry in entries if parsed > cursor]
         if fresh:
-            self.cursor = parse_entry_id(fresh[-1].entry_id)
-            self._queue.put_nowait(fresh)
+            self.cursor = entries[-1][0]
+            self._pending.extend(fresh)
             self._busy = True
+            self._wake()
 
     def tick(self) -> None:
         """Called every heartbeat interval: a subscription that got nothing since the last tick gets an empty batch."""
-        if not self._busy and self._queue.empty():
-            self._queue.put_nowait([])
+        if not self._busy and not self._pending:
+            self._heartbeat_due = True
+            self._wake()
         self._busy = False
 
     def interrupt(self) -> None:
         """Wake the consumer with no entries (the client went away)."""
         self._closed = True
-        self._queue.put_nowait(None)
+        self._wake()
 
     @property
     def interrupted(self) -> bool:
         return self._closed
 
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
     async def next_batch(self) -> list[Entry] | None:
-        """Every entry delivered since the last call: [] when idle for a heartbeat interval, None if interrupted."""
-        batch = await self._queue.get()
-        if batch is None:
+        """Every entry delivered since the last call: [] when idle for a heartbeat interval, None if interrupted
+        (after the entries delivered before the interruption)."""
+        while not (self._pending or self._closed or self._heartbeat_due):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._pending:
+            batch, self._pending = self._pending, []
+            return batch
+        if self._closed:
             return None
-        while not self._queue.empty():
-            more = self._queue.get_nowait()
-            if more is None:
-                self._queue.put_nowait(None)
-                break
-            batch.extend(more)
-        return batch
+        self._heartbeat_due = False
+        return []
 
 
 def _bulk(text: str) -> bytes:
@@ -118,13 +138,13 @@ class _Reader:
     per call, redis-py's generic packing of every argument on every call cost more CPU than the relaying itself.
     """
 
-    def __init__(
-        self, redis: aioredis.Redis, reader_id: str, block_ms: int, observe_latency_s: Callable[[float], None]
-    ):
+    def __init__(self, redis: aioredis.Redis, reader_id: str, block_ms: int, observe_latencies_s: ObserveLatencies):
         self.redis = redis
         self.wake_key = keys.relay_wake(reader_id)
-        self.observe_latency_s = observe_latency_s
+        self.observe_latencies_s = observe_latencies_s
         self.subscriptions: dict[str, set[Subscription]] = {}
+        self.load = 0
+        """How many subscriptions this reader serves."""
         self.wake_id = "0-0"
         self.wake_pending = False
         self.task: asyncio.Task[None] | None = None
@@ -132,27 +152,30 @@ class _Reader:
         self._head += b"$7\r\nSTREAMS\r\n"
         self._key_bulks: dict[str, bytes] = {}
         self._id_bulks: dict[str, bytes] = {}
-
-    @property
-    def load(self) -> int:
-        return sum(len(subs) for subs in self.subscriptions.values())
+        self._keys_part: tuple[list[str], bytes] | None = None
+        """The streams in command order and their packed names, until a stream joins or leaves."""
 
     def add(self, sub: Subscription) -> None:
         self.subscriptions.setdefault(sub.stream, set()).add(sub)
-        self._key_bulks.setdefault(sub.stream, _bulk(sub.stream))
+        self.load += 1
+        if sub.stream not in self._key_bulks:
+            self._key_bulks[sub.stream] = _bulk(sub.stream)
+            self._keys_part = None
         self._track(sub.stream)
 
     def remove(self, sub: Subscription) -> None:
         followers = self.subscriptions.get(sub.stream)
-        if followers is None:
+        if followers is None or sub not in followers:
             return
         followers.discard(sub)
+        self.load -= 1
         if followers:
             self._track(sub.stream)
         else:
             del self.subscriptions[sub.stream]
             self._key_bulks.pop(sub.stream, None)
             self._id_bulks.pop(sub.stream, None)
+            self._keys_part = None
 
     def _track(self, stream: str) -> None:
         """Read `stream` from the earliest position any of its subscriptions still needs."""
@@ -160,12 +183,15 @@ class _Reader:
         self._id_bulks[stream] = _bulk(f"{ms}-{seq}")
 
     def _command(self) -> bytes:
-        streams = list(self._key_bulks)
-        parts = [b"*%d\r\n" % (8 + 2 * len(streams)), self._head, _bulk(self.wake_key)]
-        parts.extend(self._key_bulks[s] for s in streams)
-        parts.append(_bulk(self.wake_id))
-        parts.extend(self._id_bulks[s] for s in streams)
-        return b"".join(parts)
+        if self._keys_part is None:
+            streams = list(self._key_bulks)
+            self._keys_part = streams, b"".join([self._key_bulks[s] for s in streams])
+        streams, packed_keys = self._keys_part
+        ids = self._id_bulks
+        header = b"*%d\r\n" % (8 + 2 * len(streams))
+        return b"".join(
+            [header, self._head, _bulk(self.wake_key), packed_keys, _bulk(self.wake_id), *map(ids.__getitem__, streams)]
+        )
 
     async def wake(self) -> None:
         if self.wake_pending:
@@ -209,6 +235,7 @@ class _Reader:
 
     def _fan_out(self, reply: list[Any]) -> None:
         now_ms = time.time() * 1000.0
+        delays_s: list[float] = []
         for raw_stream, raw_entries in reply:
             stream = raw_stream.decode()
             if stream == self.wake_key:
@@ -217,17 +244,25 @@ class _Reader:
             followers = self.subscriptions.get(stream)
             if not followers:
                 continue
-            entries = []
-            for raw_id, flat in raw_entries:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                entry_id = raw_id.decode()
-                parsed = parse_entry_id(entry_id)
-                kind = _KINDS.get(fields.get(b"kind", b""), "unknown")
-                entries.append((parsed, Entry(entry_id, kind, fields.get(b"data", b"{}"))))
-                self.observe_latency_s(max(0.0, now_ms - parsed[0]) / 1000.0)
+            entries = [_parse_entry(raw_id, flat) for raw_id, flat in raw_entries]
+            delays_s.extend(max(0.0, now_ms - parsed[0]) / 1000.0 for parsed, _ in entries)
             for sub in tuple(followers):
                 sub.deliver(entries)
             self._track(stream)
+        self.observe_latencies_s(delays_s)
+
+
+def _parse_entry(raw_id: bytes, flat: list[bytes]) -> tuple[tuple[int, int], Entry]:
+    """A token-stream entry as Redis returns it, with its parsed id (for comparisons with cursors)."""
+    entry_id = raw_id.decode()
+    kind, data = b"", b"{}"
+    for name, value in zip(flat[::2], flat[1::2], strict=True):
+        if name == b"kind":
+            kind = value
+        elif name == b"data":
+            data = value
+    ms, _, seq = entry_id.partition("-")  # Redis wrote this id: no need for `parse_entry_id`'s checks
+    return (int(ms), int(seq)), Entry(entry_id, _KINDS.get(kind, "unknown"), data)
 
 
 class StreamRelay:
@@ -240,13 +275,13 @@ class StreamRelay:
         readers: int,
         heartbeat_s: float = 15.0,
         block_ms: int = 5000,
-        observe_latency_s: Callable[[float], None] = lambda _: None,
+        observe_latencies_s: ObserveLatencies = lambda _: None,
     ) -> None:
         """`redis` must not decode responses, and have no socket timeout shorter than `block_ms`."""
         process_id = uuid.uuid4().hex[:12]
         self._heartbeat_s = heartbeat_s
         self._ticker: asyncio.Task[None] | None = None
-        self._readers = [_Reader(redis, f"{process_id}:{i}", block_ms, observe_latency_s) for i in range(readers)]
+        self._readers = [_Reader(redis, f"{process_id}:{i}", block_ms, observe_latencies_s) for i in range(readers)]
         self._reader_of: dict[Subscription, _Reader] = {}
 
     def start(self) -> None:

@@ -1,7 +1,9 @@
 """/metrics counts requests by route template and status, and reports streams and relay latency."""
 
 import httpx
+from prometheus_client import generate_latest
 
+from gateway.metrics import GatewayMetrics
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import IssueKey, SyntheticWorker, read_events
 
@@ -25,3 +27,17 @@ async def test_metrics_count_routes_statuses_and_relayed_tokens(
     assert "far_gateway_active_streams" in text
     count = next(line for line in text.splitlines() if line.startswith("far_gateway_relay_latency_seconds_count"))
     assert float(count.split()[-1]) >= 3
+
+
+def test_the_relay_latency_histogram_counts_each_delay_in_its_bucket_and_every_wider_one() -> None:
+    metrics = GatewayMetrics()
+    metrics.relay_latency.observe_many([0.0004, 0.0015, 0.0015, 3.0])
+    metrics.relay_latency.observe_many([])
+
+    text = generate_latest(metrics.registry).decode()
+    assert 'far_gateway_relay_latency_seconds_bucket{le="0.0005"} 1.0' in text
+    assert 'far_gateway_relay_latency_seconds_bucket{le="0.002"} 3.0' in text
+    assert 'far_gateway_relay_latency_seconds_bucket{le="2.5"} 3.0' in text
+    assert 'far_gateway_relay_latency_seconds_bucket{le="+Inf"} 4.0' in text
+    assert "far_gateway_relay_latency_seconds_count 4.0" in text
+    assert "far_gateway_relay_latency_seconds_sum 3.0034" in text
