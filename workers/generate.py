@@ -7,6 +7,7 @@ repeats or loses a token. All Petals calls run in the model's thread pool; the e
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -175,8 +176,16 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
     generator = served.new_generator(seed=zlib.crc32(f"{job.request_id}:{len(run.generated)}".encode()))
     pending = run.prompt_ids + run.generated  # what the next step feeds in: everything the session lacks
     session: SwarmSession | None = None
+    next_step: asyncio.Future[tuple[StepResult, int, str]] | None = None
     failing_since: float | None = None
     last_token_at: float | None = None
+
+    def start_step(feed: list[int]) -> asyncio.Future[tuple[StepResult, int, str]]:
+        assert session is not None
+        return asyncio.ensure_future(
+            served.run_blocking(_step, session, feed, job, generator, decoder, served.eos_token_ids)
+        )
+
     try:
         while len(run.generated) < max_tokens:
             if run.lease_lost.is_set():
@@ -185,10 +194,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 session = served.open_session(max_length=len(run.prompt_ids) + max_tokens)
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).inc()
             try:
-                result, token_id, text = await served.run_blocking(
-                    _step, session, pending, job, generator, decoder, served.eos_token_ids
-                )
+                result, token_id, text = await (next_step or start_step(pending))
             except Exception as exc:  # Petals raises many types for a broken route; all mean "try a new one"
+                next_step = None
                 await served.run_blocking(session.close)
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
                 session = None
@@ -203,6 +211,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 pending = run.prompt_ids + run.generated
                 await asyncio.sleep(_FAILOVER_PAUSE_S)
                 continue
+            next_step = None
             failing_since = None
             run.attribution.record_step(result.spans, result.tokens)
             if token_id in served.eos_token_ids:
@@ -215,6 +224,10 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 tokens_generated=len(run.generated) + 1,
                 cost_far=cost_of(len(run.generated) + 1, job.price_per_token_far),
             )
+            if len(run.generated) + 1 < max_tokens:
+                # The next step runs while this token is written: the Redis round trip leaves the critical path.
+                # Should the write say stop, that step's result is dropped unbilled.
+                next_step = start_step([token_id])
             appended = await run.writer.append_token(event)
             if appended is Appended.CANCELLED:
                 return Outcome("cancelled", "cancelled")
@@ -226,6 +239,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
             pending = [token_id]
         return Outcome("completed", "length")
     finally:
+        if next_step is not None:  # the session must not close under a step still running in the pool
+            with contextlib.suppress(Exception):
+                await next_step
         if session is not None:
             metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
             await served.run_blocking(session.close)
