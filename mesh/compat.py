@@ -14,6 +14,7 @@ hivemind or petals upgrade that needs another name is caught there, not in a run
 """
 
 import asyncio
+import contextlib
 import importlib
 import sys
 import threading
@@ -90,6 +91,14 @@ def _close_without_deadlock(session: Any) -> None:
     asyncio.get_event_loop().create_task(close_later())
 
 
+def _finalize_quietly(session: Any) -> None:
+    """Petals closes a route's sessions ignoring failures (the server may be gone), but a session dropped by a
+    failed step is closed by `__del__`, whose failure becomes an unraisable exception: ignore it there too."""
+    with contextlib.suppress(Exception):
+        _close_without_deadlock(session)
+
+
 _ServerInferenceSession.close = _close_without_deadlock
+_ServerInferenceSession.__del__ = _finalize_quietly
 
 __all__ = ["AutoDistributedModelForCausalLM", "ClientConfig", "RESTORED_NAMES", "petals", "restore_hivemind_names"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mesh.compat import petals
+from mesh.compat import _ServerInferenceSession, petals
 
 
 def hivemind_references(root: Path) -> set[tuple[str, str]]:
@@ -94,3 +94,13 @@ def test_closing_a_session_on_hiveminds_own_loop_thread_does_not_deadlock_it() -
         RemoteExpertWorker.run_coroutine(asyncio.sleep(0, result="alive"), return_future=True).result(timeout=10)
         == "alive"
     )
+
+
+def test_a_dropped_session_whose_server_is_gone_is_finalized_without_an_error() -> None:
+    class SessionToADeadServer:
+        _outputs_stream = object()
+
+        async def _aclose_stream(self) -> None:
+            raise ConnectionResetError("the server is gone")
+
+    _ServerInferenceSession.__del__(SessionToADeadServer())  # type: ignore[arg-type]  # must not raise
