@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 RESTORED_NAMES: dict[str, dict[str, str]] = {
@@ -63,6 +64,10 @@ restore_hivemind_names()
 
 import petals  # noqa: E402 - must follow the restoration above
 from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker  # noqa: E402
+from hivemind.p2p.p2p_daemon_bindings.control import ControlClient  # noqa: E402
+from hivemind.p2p.p2p_daemon_bindings.datastructures import PeerID, StreamInfo  # noqa: E402
+from hivemind.p2p.p2p_daemon_bindings.utils import raise_if_failed, read_pbmsg_safe, write_pbmsg  # noqa: E402
+from hivemind.proto import p2pd_pb2  # noqa: E402
 from petals import AutoDistributedModelForCausalLM, ClientConfig  # noqa: E402
 from petals.client.inference_session import _ServerInferenceSession  # noqa: E402
 
@@ -98,7 +103,30 @@ def _finalize_quietly(session: Any) -> None:
         _close_without_deadlock(session)
 
 
+async def _stream_open_closing_on_refusal(
+    client: ControlClient, peer_id: PeerID, protocols: Sequence[str]
+) -> tuple[StreamInfo, asyncio.StreamReader, asyncio.StreamWriter]:
+    """hivemind's `stream_open` opens a connection to the p2p daemon per stream and leaves it open when the
+    daemon refuses the stream (a dead peer, i.e. every failover): the leaked socket surfaces later, at garbage
+    collection, as a ResourceWarning. Same request, but the connection is closed whenever it fails."""
+    reader, writer = await client.daemon_connector.open_connection()
+    try:
+        request = p2pd_pb2.Request(
+            type=p2pd_pb2.Request.STREAM_OPEN,
+            streamOpen=p2pd_pb2.StreamOpenRequest(peer=peer_id.to_bytes(), proto=list(protocols)),
+        )
+        await write_pbmsg(writer, request)
+        response = p2pd_pb2.Response()
+        await read_pbmsg_safe(reader, response)
+        raise_if_failed(response)
+    except BaseException:
+        writer.close()
+        raise
+    return StreamInfo.from_protobuf(response.streamInfo), reader, writer
+
+
 _ServerInferenceSession.close = _close_without_deadlock
 _ServerInferenceSession.__del__ = _finalize_quietly
+ControlClient.stream_open = _stream_open_closing_on_refusal
 
 __all__ = ["AutoDistributedModelForCausalLM", "ClientConfig", "RESTORED_NAMES", "petals", "restore_hivemind_names"]

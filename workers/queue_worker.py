@@ -6,7 +6,8 @@ event (and its usage record) first. arq also marks a taken job in progress for j
 job's code runs; here that mark starts as short as the lease the job then renews, so a worker that dies
 between taking a job and its first lease write delays the job by one lease TTL, not by the job timeout.
 
-Polling is only the fallback: a worker takes a job as soon as its enqueuer publishes on the model's wake-up
+A job is claimed in one round trip (a script doing what arq's WATCH/MULTI claim does in four), and polling
+is only the fallback: a worker takes a job as soon as its enqueuer publishes on the model's wake-up
 channel (`protocol.jobs.enqueue_generate`), so the poll can be slow and cost neither CPU nor first-token time.
 """
 
@@ -15,7 +16,9 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix
 from arq.jobs import SerializationError, deserialize_result
+from arq.utils import timestamp_ms
 from arq.worker import Function, JobExecutionFailed, Worker, func
 from redis.exceptions import RedisError
 
@@ -25,6 +28,15 @@ from protocol.jobs import GENERATE_FUNCTION
 from workers.generate import WorkerContext, generate
 
 logger = logging.getLogger(__name__)
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+return tonumber(score)
+"""
+"""Mark a queued, due job in progress unless another worker has; returns its queue score, or 0 if not taken."""
 
 
 class QueueWorker(Worker):
@@ -52,6 +64,7 @@ class QueueWorker(Worker):
         self.in_progress_timeout_s = settings.far_mesh_lease_ttl_s
         self._polling = asyncio.Lock()
         self._woken = asyncio.Event()
+        self._claim = context.redis.register_script(_CLAIM)
 
     async def main(self) -> None:
         helpers = [
@@ -63,10 +76,31 @@ class QueueWorker(Worker):
         finally:
             for task in helpers:
                 task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)  # lets the pubsub connection close
 
     async def _poll_iteration(self) -> None:
         async with self._polling:  # arq's poll loop and the wake-ups take turns
             await super()._poll_iteration()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim and start each job this worker has room for (arq's own claim takes four round trips)."""
+        lease_ms = int(self.in_progress_timeout_s * 1000)
+        for raw_id in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = raw_id.decode()
+            claim_keys = [in_progress_key_prefix + job_id, self.queue_name]
+            score = int(await self._claim(keys=claim_keys, args=[job_id, timestamp_ms(), lease_ms]))
+            if not score:  # running elsewhere, finished, or deferred by a retry
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

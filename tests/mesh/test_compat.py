@@ -1,6 +1,7 @@
 """mesh.compat must give petals every name it takes from hivemind; a missing one breaks servers at start-up."""
 
 import ast
+import gc
 import importlib
 import pkgutil
 import warnings
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hivemind.p2p import P2P, PeerID
+from hivemind.p2p.p2p_daemon_bindings.utils import ControlFailure
 
 from mesh.compat import _ServerInferenceSession, petals
 
@@ -104,3 +107,14 @@ def test_a_dropped_session_whose_server_is_gone_is_finalized_without_an_error() 
             raise ConnectionResetError("the server is gone")
 
     _ServerInferenceSession.__del__(SessionToADeadServer())  # type: ignore[arg-type]  # must not raise
+
+
+async def test_a_stream_the_p2p_daemon_refuses_leaves_no_connection_to_it_open() -> None:
+    p2p = await P2P.create()
+    try:
+        nobody = PeerID.from_base58("QmaoPQdTZn5QQyZNboNWSfbWqB4fQxFJr5AMYcmfUDfkj4")
+        with pytest.raises(ControlFailure):
+            await p2p._client.stream_open(nobody, ("far-mesh-test",))
+        gc.collect()  # a leaked daemon connection would warn here (ResourceWarning), failing this test
+    finally:
+        await p2p.shutdown()

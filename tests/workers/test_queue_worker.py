@@ -6,6 +6,7 @@ tokens must be billed by exactly one usage record.
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -251,3 +252,28 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(10):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def test_a_job_is_claimed_by_one_worker_only_and_not_before_it_is_due(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    due, deferred = make_job(model), make_job(model)
+    await enqueue(redis_url, due)
+    await redis.zadd(keys.queue_for(model.model_id), {deferred.request_id: time.time() * 1000 + 60_000})
+    started: list[tuple[str, str]] = []
+    workers = [QueueWorker(context(redis, redis_url, tiny_models), model.model_id) for _ in range(2)]
+    for name, worker in zip("ab", workers, strict=True):
+
+        async def record(job_id: str, score: int, name: str = name) -> None:
+            started.append((name, job_id))
+
+        worker.run_job = record  # type: ignore[method-assign]
+    try:
+        ids = [due.request_id.encode(), deferred.request_id.encode()]
+        await asyncio.gather(*(worker.start_jobs(ids) for worker in workers))
+        await asyncio.sleep(0)  # let the started tasks run
+        assert [job_id for _, job_id in started] == [due.request_id]
+    finally:
+        for worker in workers:
+            await worker.close()
