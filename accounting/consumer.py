@@ -66,6 +66,8 @@ return n
 """
 _ACK_CHUNK = 5_000
 """Entry ids per script call: Lua's unpack() is limited to a few thousand values."""
+PARSE_TURN = 100
+"""Entries parsed between yields to the event loop (about 5 ms of CPU)."""
 
 
 def stream_id_key(entry_id: bytes | str) -> tuple[int, int]:
@@ -87,13 +89,30 @@ class ParsedBatch:
 
 def parse_entries(entries: list[Entry]) -> ParsedBatch:
     batch = ParsedBatch(entries)
+    _parse_into(batch, entries)
+    return batch
+
+
+async def parse_entries_in_turns(entries: list[Entry]) -> ParsedBatch:
+    """`parse_entries`, yielding to the event loop every `PARSE_TURN` entries.
+
+    The batch being written resumes as soon as PostgreSQL answers (it has its next statement to send) instead
+    of waiting for the whole next batch to be parsed, so the ledger is kept busy while this batch is parsed.
+    """
+    batch = ParsedBatch(entries)
+    for start in range(0, len(entries), PARSE_TURN):
+        _parse_into(batch, entries[start : start + PARSE_TURN])
+        await asyncio.sleep(0)
+    return batch
+
+
+def _parse_into(batch: ParsedBatch, entries: list[Entry]) -> None:
     for entry in entries:
         try:
             batch.records.append(UsageRecord.from_stream_fields(entry[1]))
             batch.stored.append(entry)
         except ValueError as exc:
             batch.dead.append((entry, "unparseable", _first_line(exc)))
-    return batch
 
 
 class UsageConsumer:
@@ -177,7 +196,7 @@ class UsageConsumer:
                 raise
 
     async def _read_parsed(self) -> ParsedBatch:
-        return parse_entries(await self._read_batch())
+        return await parse_entries_in_turns(await self._read_batch())
 
     async def _read_batch(self) -> list[Entry]:
         size = self.settings.accounting_batch_size

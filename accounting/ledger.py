@@ -1,11 +1,12 @@
 """Writing usage records into the ledger: one transaction per batch, duplicates ignored, offenders set aside.
 
-A batch is three statements: the nodes it names (`ON CONFLICT DO NOTHING`), its sessions from column arrays
-(`ON CONFLICT (request_id) DO NOTHING RETURNING id`), then a binary COPY straight into
+A batch is three statements: the nodes it names (`ON CONFLICT DO NOTHING`), its sessions from column arrays,
+inserted final (`ON CONFLICT (request_id) DO NOTHING RETURNING id`), then a binary COPY straight into
 `far_session_contributions` of the rows of the sessions that statement created, so a redelivered record (same
-request id) changes nothing and no staging table is needed. A session's id is derived from its request id. If
-a batch breaks a constraint, it is written again record by record under savepoints: the offenders are returned
-as rejected, the rest are stored.
+request id) changes nothing and no staging table is needed. The COPY's statement trigger checks that every
+final session it touched balances exactly; sessions without contributions are checked by `far_finalize_sessions`.
+A session's id is derived from its request id. If a batch breaks a constraint, it is written again record by
+record under savepoints: the offenders are returned as rejected, the rest are stored.
 """
 
 import logging
@@ -57,9 +58,11 @@ _INSERT_NODES = """
 INSERT INTO far_nodes (node_id, wallet) SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1
 ON CONFLICT (node_id) DO NOTHING
 """
+# Sessions go in final: the statement trigger at the end of their contributions' COPY holds a final session to
+# the exact balance (schema/0004), so a batch that does not balance is rolled back whole, as before.
 _INSERT_SESSIONS = (
-    f"INSERT INTO far_mesh_sessions ({', '.join(SESSION_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'${i}::{t}[]' for i, t in enumerate(SESSION_COLUMNS.values(), 1))}) "
+    f"INSERT INTO far_mesh_sessions ({', '.join(SESSION_COLUMNS)}, finalized_at) "
+    f"SELECT *, now() FROM unnest({', '.join(f'${i}::{t}[]' for i, t in enumerate(SESSION_COLUMNS.values(), 1))}) "
     "ON CONFLICT (request_id) DO NOTHING RETURNING id"
 )
 
@@ -126,18 +129,21 @@ async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]
     created = {row[0] for row in await connection.fetch(_INSERT_SESSIONS, *columns)}
     if not created:
         return 0, 0
-    contributions = [
-        row
-        for record, session_id in zip(records, session_ids, strict=True)
-        if session_id in created
-        for row in contribution_rows(record, session_id)
-    ]
+    contributions: list[tuple[object, ...]] = []
+    without_contributions: list[uuid.UUID] = []
+    for record, session_id in zip(records, session_ids, strict=True):
+        if session_id in created:
+            if record.contributions:
+                contributions += contribution_rows(record, session_id)
+            else:
+                without_contributions.append(session_id)
     if contributions:
         # Only sessions this statement created: none of their rows can exist yet, so plain COPY is safe.
         await connection.copy_records_to_table(
             "far_session_contributions", records=contributions, columns=CONTRIBUTION_COLUMNS
         )
-    await connection.execute("SELECT far_finalize_sessions($1::uuid[])", list(created))
+    if without_contributions:  # no COPY checks these: the remainder alone must be the cost
+        await connection.execute("SELECT far_finalize_sessions($1::uuid[])", without_contributions)
     return len(created), len(contributions)
 
 

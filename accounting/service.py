@@ -7,6 +7,7 @@ import signal
 import asyncpg
 import redis.asyncio as aioredis
 
+from accounting import collector
 from accounting.consumer import UsageConsumer
 from accounting.liveness import serve_health
 from accounting.registry import keep_registry_fresh
@@ -23,6 +24,7 @@ async def serve(settings: AccountingSettings) -> None:
         return await asyncpg.connect(settings.postgres_url, timeout=10)
 
     consumer = UsageConsumer(redis, connect, settings)
+    collector.tune_for_batches()
     health = (
         serve_health(consumer.heartbeat, settings.accounting_metrics_port) if settings.accounting_metrics_port else None
     )

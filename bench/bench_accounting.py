@@ -4,16 +4,20 @@
 2. Consumer: records pre-loaded into the usage stream, drained by one in-process `UsageConsumer`
    (parse, insert sessions, COPY contributions, one transaction per batch, XACK): records/s and contribution
    rows/s. The target is 50,000 contribution rows/s.
+   With --consumers N (N > 1), one more line: the same drained by N consumer processes in the group, each
+   run as `far-mesh accounting` runs (how several replicas share the stream).
 3. Lag: a producer process XADDs at a fixed rate; lag = acknowledgement (after commit) minus XADD time.
    The target is p99 <= 1 s at 2,000 sessions/s.
 
 Run: .venv/bin/python bench/bench_accounting.py [--records 20000] [--nodes 4] [--rate 2000] [--seconds 5]
+     [--consumers 1]
 Uses a private redis-server and a fresh database on TEST_POSTGRES_URL (default 127.0.0.1:5432), dropped after.
 """
 
 import argparse
 import asyncio
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import statistics
 import tempfile
@@ -26,6 +30,7 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
+from accounting import collector
 from accounting.consumer import ParsedBatch, UsageConsumer, stream_id_key
 from accounting.ledger import SESSION_COLUMNS, contribution_rows, session_id_for, session_row
 from accounting.settings import AccountingSettings
@@ -143,6 +148,57 @@ async def drain(redis: aioredis.Redis, dsn: str, settings: AccountingSettings, e
     return consumer
 
 
+def consume_until_stopped(settings: AccountingSettings, stop: "multiprocessing.synchronize.Event") -> None:
+    """One consumer process, as `far-mesh accounting` runs it, until `stop` is set."""
+
+    async def run() -> None:
+        redis = aioredis.Redis.from_url(str(settings.redis_url))
+        consumer = UsageConsumer(redis, lambda: asyncpg.connect(settings.postgres_url), settings)
+        collector.tune_for_batches()
+        task = asyncio.create_task(consumer.run())
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        consumer.stop()
+        await task
+        await redis.aclose()
+
+    asyncio.run(run())
+
+
+async def drain_with_processes(redis: aioredis.Redis, settings: AccountingSettings, count: int, expected: int) -> float:
+    """Seconds `count` consumer processes take from the group's first delivery to `expected` entries acknowledged."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    processes = [
+        context.Process(
+            target=consume_until_stopped,
+            args=(settings.model_copy(update={"accounting_consumer_name": f"bench-{i}"}), stop),
+        )
+        for i in range(count)
+    ]
+    for process in processes:
+        process.start()
+    started: float | None = None
+    try:
+        while True:
+            [group] = [
+                g
+                for g in await redis.xinfo_groups(keys.USAGE_STREAM)
+                if g["name"] == keys.USAGE_CONSUMER_GROUP.encode()
+            ]
+            if started is None and (group["pending"] or group["lag"] < expected):
+                started = time.perf_counter()
+            if group["lag"] == 0 and group["pending"] == 0 and started is not None:
+                return time.perf_counter() - started
+            if any(process.exitcode is not None for process in processes):
+                raise RuntimeError("a consumer process exited before the stream was drained")
+            await asyncio.sleep(0.005)
+    finally:
+        stop.set()
+        for process in processes:
+            process.join()
+
+
 def produce_at_rate(redis_url: str, payloads: list[dict[str, str]], rate: int) -> None:
     async def run() -> None:
         redis = aioredis.Redis.from_url(redis_url)
@@ -190,6 +246,7 @@ async def main(args: argparse.Namespace) -> None:
             for record in fresh:
                 pipe.xadd(keys.USAGE_STREAM, record.to_stream_fields())
             await pipe.execute()
+        collector.tune_for_batches()  # as `far-mesh accounting` does once started
         started, cpu_started = time.perf_counter(), time.process_time()
         drained = await drain(redis, dsn, settings, len(fresh))
         took, python_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
@@ -204,6 +261,20 @@ async def main(args: argparse.Namespace) -> None:
             f"  CPU per 1,000 records: consumer process {python_cpu_s * per_k * 1000:.0f} ms, "
             f"PostgreSQL backend {ledger_cpu} (the ceiling on an idle machine with a core for each)"
         )
+
+        if args.consumers > 1:
+            await redis.delete(keys.USAGE_STREAM)
+            await redis.xgroup_create(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, id="0", mkstream=True)
+            async with redis.pipeline(transaction=False) as pipe:
+                for record in make_records(args.records, args.nodes):
+                    pipe.xadd(keys.USAGE_STREAM, record.to_stream_fields())
+                await pipe.execute()
+            took = await drain_with_processes(redis, settings, args.consumers, args.records)
+            print(
+                f"{args.consumers} consumer processes: {args.records / took:,.0f} records/s, "
+                f"{rows / took:,.0f} contribution rows/s = {base_s / took:.2f}x baseline "
+                f"({rows / took / 50_000:.2f}x the target)"
+            )
 
         await redis.delete(keys.USAGE_STREAM)
         total = args.rate * args.seconds
@@ -235,4 +306,5 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=2000, help="offered sessions/s in the lag run")
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--consumers", type=int, default=1, help="also drain with this many consumer processes")
     asyncio.run(main(parser.parse_args()))

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from accounting.consumer import UsageConsumer
+from accounting.consumer import PARSE_TURN, Entry, UsageConsumer, parse_entries, parse_entries_in_turns
 from accounting.settings import AccountingSettings
 from protocol import keys
 from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until
@@ -140,3 +140,81 @@ async def test_an_entry_settled_twice_is_dead_lettered_once(
     assert {fields[b"consumer"] for _, fields in dead} == {b"slow"}
     assert (await stored_sessions(migrated_postgres_dsn, [good.request_id]))[:2] == (1, 1)
     assert await settled(redis)
+
+
+async def test_parsing_in_turns_yields_to_the_loop_and_gives_what_parsing_at_once_gives() -> None:
+    good = usage_record(unique_id("req"), {unique_id("peer"): 1}).to_stream_fields()
+    entries: list[Entry] = [
+        (f"1-{i}".encode(), {b"record": b"{not json"} if i % 97 == 0 else {b"record": good["record"].encode()})
+        for i in range(3 * PARSE_TURN + 5)
+    ]
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    in_turns = await parse_entries_in_turns(entries)
+    counter.cancel()
+    at_once = parse_entries(entries)
+    assert turns >= 4  # the loop ran between turns: a batch being written is not kept waiting
+    assert (in_turns.entries, in_turns.records, in_turns.stored) == (at_once.entries, at_once.records, at_once.stored)
+    assert [entry for entry, _, _ in in_turns.dead] == [entry for entry, _, _ in at_once.dead]
+    assert len(in_turns.dead) == 4
+
+
+async def test_batches_read_ahead_while_the_ledger_is_busy_are_acknowledged_only_after_their_commit(
+    redis: aioredis.Redis, redis_url: str, migrated_postgres_dsn: str
+) -> None:
+    records = [usage_record(unique_id("req"), {unique_id("peer"): 1}) for _ in range(30)]
+    await redis.xgroup_create(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, id="0", mkstream=True)
+    for record in records:
+        await redis.xadd(keys.USAGE_STREAM, record.to_stream_fields())
+    blocker = await asyncpg.connect(migrated_postgres_dsn)
+    try:
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("LOCK TABLE far_mesh_sessions IN EXCLUSIVE MODE")  # the consumer's insert waits
+        async with running_consumer(migrated_postgres_dsn, redis_url, redis, accounting_batch_size=10):
+            await wait_until(lambda: _pending_is(redis, 20), what="a batch in the ledger and one read ahead")
+            await asyncio.sleep(0.3)
+            assert await _pending_is(redis, 20)  # nothing acknowledged, nothing more read
+            await lock.rollback()  # the ledger is free again
+            await wait_until(lambda: settled(redis), what="every entry acknowledged")
+    finally:
+        await blocker.close()
+    assert await stored_sessions(migrated_postgres_dsn, [r.request_id for r in records]) == (
+        30,
+        30,
+        sum((r.total_cost_far - r.platform_remainder_far for r in records), Decimal(0)),
+    )
+
+
+async def _pending_is(redis: aioredis.Redis, count: int) -> bool:
+    summary = await redis.xpending(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP)
+    return bool(summary["pending"] == count)
+
+
+async def test_several_consumers_in_the_group_store_each_record_once(
+    redis: aioredis.Redis, redis_url: str, migrated_postgres_dsn: str
+) -> None:
+    nodes = [unique_id("peer") for _ in range(4)]  # every record names the same nodes: the consumers share them
+    records = [usage_record(unique_id("req"), {n: i + 1 for i, n in enumerate(nodes)}) for _ in range(300)]
+    async with (
+        running_consumer(migrated_postgres_dsn, redis_url, redis, accounting_consumer_name="one") as one,
+        running_consumer(migrated_postgres_dsn, redis_url, redis, accounting_consumer_name="two") as two,
+    ):
+        for start in range(0, len(records), 25):
+            for record in records[start : start + 25]:
+                await redis.xadd(keys.USAGE_STREAM, record.to_stream_fields())
+            await asyncio.sleep(0.01)
+        await wait_until(lambda: settled(redis), what="every entry acknowledged")
+        assert one.name != two.name
+    sessions, rows, paid = await stored_sessions(migrated_postgres_dsn, [r.request_id for r in records])
+    assert (sessions, rows) == (300, 1200)
+    assert paid == sum((c.payment_far for r in records for c in r.contributions), Decimal(0))
+    assert await redis.xlen(keys.USAGE_DEAD_LETTERS) == 0

@@ -5,6 +5,7 @@ import asyncpg
 import pytest
 
 from accounting.ledger import session_id_for, write_batch
+from protocol.usage import UsageRecord
 from tests.fixtures.ledger import unique_id, usage_record
 
 
@@ -59,3 +60,40 @@ async def test_a_record_the_ledger_refuses_is_rejected_alone_and_the_rest_of_its
         "SELECT count(*) FROM far_mesh_sessions WHERE request_id = ANY($1)", [r.request_id for r in good + [too_big]]
     )
     assert stored == 3
+
+
+def unbalanced(record: UsageRecord, **changes: object) -> UsageRecord:
+    """`record` with `changes`, skipping the validation that would refuse it (as a buggy worker's could be)."""
+    return UsageRecord.model_construct(**(dict(record) | changes))
+
+
+async def final_sessions(ledger: asyncpg.Connection, records: list[UsageRecord]) -> int:
+    count: int = await ledger.fetchval(
+        "SELECT count(*) FROM far_mesh_sessions WHERE request_id = ANY($1) AND finalized_at IS NOT NULL",
+        [r.request_id for r in records],
+    )
+    return count
+
+
+async def test_a_session_whose_payments_do_not_balance_is_rejected_and_the_rest_is_stored_final(
+    ledger: asyncpg.Connection,
+) -> None:
+    node = unique_id("peer")
+    good = [usage_record(unique_id("req"), {node: 1, unique_id("peer"): 3}) for _ in range(3)]
+    paid_in_full = usage_record(unique_id("req"), {node: 1, unique_id("peer"): 1})
+    short = unbalanced(paid_in_full, contributions=paid_in_full.contributions[:1])  # a node's pay went missing
+    outcome = await write_batch(ledger, [good[0], short, good[1], good[2]])
+    assert list(outcome.rejected) == [1] and "does not balance" in outcome.rejected[1]
+    assert (outcome.sessions_written, outcome.contributions_written) == (3, 6)
+    assert await final_sessions(ledger, good + [short]) == 3
+
+
+async def test_a_session_without_contributions_is_stored_final_only_if_its_remainder_is_its_cost(
+    ledger: asyncpg.Connection,
+) -> None:
+    nobody = usage_record(unique_id("req"), {})  # no node did any work: the platform keeps the whole cost
+    skimmed = unbalanced(usage_record(unique_id("req"), {}), platform_remainder_far=Decimal(0))
+    outcome = await write_batch(ledger, [nobody, skimmed])
+    assert list(outcome.rejected) == [1] and "does not balance" in outcome.rejected[1]
+    assert outcome.sessions_written == 1
+    assert await final_sessions(ledger, [nobody, skimmed]) == 1

@@ -236,3 +236,13 @@ async def test_active_far_nodes_lists_online_nodes_seen_recently(db: asyncpg.Con
     assert [(r["node_id"], r["models_served"], r["blocks_held"], r["wallet"]) for r in rows] == [
         (fresh, 2, 5, wallet_for(fresh))
     ]
+
+
+async def test_a_session_inserted_final_must_balance_once_its_contributions_are_in(db: asyncpg.Connection) -> None:
+    short = await insert_session(db, platform_remainder_far=Decimal("0.25"), finalized_at=NOW)
+    with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+        await insert_contribution(db, short, unique_id("peer"), "0.5")
+    balanced = await insert_session(db, platform_remainder_far=Decimal("0.5"), finalized_at=NOW)
+    await insert_contribution(db, balanced, unique_id("peer"), "0.5")
+    with pytest.raises(asyncpg.CheckViolationError, match="exceed total_cost_far"):
+        await insert_contribution(db, balanced, unique_id("peer"), "0.000000000000000001")
