@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from accounting.consumer import PARSE_TURN, Entry, UsageConsumer, parse_entries, parse_entries_in_turns
 from accounting.settings import AccountingSettings
 from protocol import keys
+from protocol.usage import UsageRecord
 from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until
 
 
@@ -51,6 +52,13 @@ async def settled(redis: aioredis.Redis) -> bool:
     groups = await redis.xinfo_groups(keys.USAGE_STREAM)
     group = next(g for g in groups if g["name"] == keys.USAGE_CONSUMER_GROUP.encode())
     return bool(group["pending"] == 0 and group["lag"] == 0)
+
+
+async def produced_before_any_consumer(redis: aioredis.Redis, records: list[UsageRecord]) -> None:
+    """The consumer group exists (as accounting creates it) and `records` wait in the usage stream."""
+    await redis.xgroup_create(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, id="0", mkstream=True)
+    for record in records:
+        await redis.xadd(keys.USAGE_STREAM, record.to_stream_fields())
 
 
 async def test_records_are_stored_once_acknowledged_and_trimmed_from_the_stream(
@@ -98,9 +106,7 @@ async def test_entries_a_dead_consumer_left_pending_are_claimed_and_stored(
     redis: aioredis.Redis, redis_url: str, migrated_postgres_dsn: str
 ) -> None:
     records = [usage_record(unique_id("req"), {unique_id("peer"): 1}) for _ in range(10)]
-    await redis.xgroup_create(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, id="0", mkstream=True)
-    for record in records:
-        await redis.xadd(keys.USAGE_STREAM, record.to_stream_fields())
+    await produced_before_any_consumer(redis, records)
     # A consumer that read everything and died before acknowledging.
     await redis.xreadgroup(keys.USAGE_CONSUMER_GROUP, "ghost", {keys.USAGE_STREAM: ">"}, count=100)
     async with running_consumer(migrated_postgres_dsn, redis_url, redis, accounting_consumer_name="survivor"):
@@ -171,9 +177,7 @@ async def test_batches_read_ahead_while_the_ledger_is_busy_are_acknowledged_only
     redis: aioredis.Redis, redis_url: str, migrated_postgres_dsn: str
 ) -> None:
     records = [usage_record(unique_id("req"), {unique_id("peer"): 1}) for _ in range(30)]
-    await redis.xgroup_create(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, id="0", mkstream=True)
-    for record in records:
-        await redis.xadd(keys.USAGE_STREAM, record.to_stream_fields())
+    await produced_before_any_consumer(redis, records)
     blocker = await asyncpg.connect(migrated_postgres_dsn)
     try:
         lock = blocker.transaction()
