@@ -125,7 +125,25 @@ async def _stream_open_closing_on_refusal(
     return StreamInfo.from_protobuf(response.streamInfo), reader, writer
 
 
+_aclose_stepped_stream = _ServerInferenceSession._aclose_stream
+
+
+async def _aclose_stream_even_unstepped(session: Any) -> None:
+    """hivemind closes an inference stream's p2p daemon socket only inside the stream's generator, which Petals
+    never starts for a session that did not step (a route that failed while being set up): start it, then
+    cancel it, so the generator's own cleanup closes the socket."""
+    if session._outputs_stream is None or session.stepped:
+        await _aclose_stepped_stream(session)
+        return
+    first = asyncio.ensure_future(session._outputs_stream.__anext__())
+    await asyncio.sleep(0)  # the generator runs up to its first read of the stream
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await first
+
+
 _ServerInferenceSession.close = _close_without_deadlock
+_ServerInferenceSession._aclose_stream = _aclose_stream_even_unstepped
 _ServerInferenceSession.__del__ = _finalize_quietly
 ControlClient.stream_open = _stream_open_closing_on_refusal
 

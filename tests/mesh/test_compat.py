@@ -1,16 +1,20 @@
 """mesh.compat must give petals every name it takes from hivemind; a missing one breaks servers at start-up."""
 
 import ast
+import asyncio
 import gc
 import importlib
 import pkgutil
 import warnings
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hivemind.p2p import P2P, PeerID
 from hivemind.p2p.p2p_daemon_bindings.utils import ControlFailure
+from hivemind.proto import runtime_pb2
 
 from mesh.compat import _ServerInferenceSession, petals
 
@@ -118,3 +122,34 @@ async def test_a_stream_the_p2p_daemon_refuses_leaves_no_connection_to_it_open()
         gc.collect()  # a leaked daemon connection would warn here (ResourceWarning), failing this test
     finally:
         await p2p.shutdown()
+
+
+async def test_closing_a_session_that_never_stepped_closes_its_stream_to_the_p2p_daemon() -> None:
+    server = await P2P.create()
+    client = await P2P.create(initial_peers=await server.get_visible_maddrs())
+
+    async def answer_nothing(requests: Any, _: Any) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        async for _ in requests:
+            pass
+        return
+        yield
+
+    await server.add_protobuf_handler(
+        "far-mesh-test", answer_nothing, runtime_pb2.ExpertRequest, stream_input=True, stream_output=True
+    )
+    try:
+        requests: asyncio.Queue[runtime_pb2.ExpertRequest] = asyncio.Queue()
+        stream = await client._iterate_protobuf_stream_handler(
+            server.peer_id, "far-mesh-test", _queued(requests), runtime_pb2.ExpertResponse
+        )
+        await _ServerInferenceSession._aclose_stream(SimpleNamespace(_outputs_stream=stream, stepped=False))
+        del stream
+        gc.collect()  # a leaked daemon connection warns (ResourceWarning) by the test's end, failing it
+    finally:
+        await client.shutdown()
+        await server.shutdown()
+
+
+async def _queued(queue: "asyncio.Queue[runtime_pb2.ExpertRequest]") -> AsyncIterator[runtime_pb2.ExpertRequest]:
+    while True:
+        yield await queue.get()
