@@ -7,7 +7,11 @@ defines it, and only then imports petals. Everything in this repository gets pet
 `import petals` elsewhere); server and DHT processes start through `python -m mesh.petals_cli`, which imports
 this module before any petals code runs.
 
-It also makes a session's `close()` safe on hivemind's own event-loop thread (see `_close_without_deadlock`).
+It also mends how Petals and hivemind close an inference session's streams, each fix beside its reason:
+`close()` is safe on hivemind's own event-loop thread and at interpreter exit (`_close_without_deadlock`), a
+session's `__del__` ignores a failed close as Petals' own close does (`_finalize_quietly`), and no p2p daemon
+socket is left open by a refused stream (`_stream_open_closing_on_refusal`) or a session that never stepped
+(`_aclose_stream_even_unstepped`).
 
 `tests/mesh/test_compat.py` walks petals' source and fails when a name it takes from hivemind is missing, so a
 hivemind or petals upgrade that needs another name is caught there, not in a running server.
