@@ -46,6 +46,20 @@ async def test_redelivered_and_repeated_records_change_nothing(ledger: asyncpg.C
     assert count == 1
 
 
+async def test_a_batch_mixing_stored_and_new_records_stores_only_the_new_ones(ledger: asyncpg.Connection) -> None:
+    node = unique_id("peer")
+    stored = usage_record(unique_id("req"), {node: 1})
+    await write_batch(ledger, [stored])
+    fresh = [usage_record(unique_id("req"), {node: 1, unique_id("peer"): 2}) for _ in range(3)]
+    mixed = await write_batch(ledger, [fresh[0], stored, *fresh[1:]])
+    assert (mixed.sessions_written, mixed.contributions_written, mixed.duplicates) == (3, 6, 1)
+    rows = await ledger.fetchval(
+        "SELECT count(*) FROM far_session_contributions WHERE session_id = ANY($1)",
+        [session_id_for(r.request_id) for r in [stored, *fresh]],
+    )
+    assert rows == 7
+
+
 async def test_a_record_the_ledger_refuses_is_rejected_alone_and_the_rest_of_its_batch_is_stored(
     ledger: asyncpg.Connection,
 ) -> None:

@@ -1,5 +1,6 @@
 """The ledger's own guarantees: constraints that make bad data impossible, the views' figures, finalisation."""
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -68,6 +69,58 @@ async def insert_contribution(db: asyncpg.Connection, session_id: uuid.UUID, nod
 async def test_sessions_that_do_not_add_up_are_refused(db: asyncpg.Connection, overrides: dict[str, object]) -> None:
     with pytest.raises(asyncpg.CheckViolationError):
         await insert_session(db, **overrides)
+
+
+WALLET_SHAPE = re.compile(r"0x[0-9a-fA-F]{40}")
+GOOD_WALLET = "0x52908400098527886E0F7030069857D2E4169EE7"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD_WALLET,
+        GOOD_WALLET.lower(),
+        "0x" + "0" * 40,
+        GOOD_WALLET[:-1],  # 39 hex digits
+        GOOD_WALLET + "0",  # 41
+        "0X" + GOOD_WALLET[2:],
+        "00" + GOOD_WALLET[2:],
+        GOOD_WALLET[:-1] + "g",
+        GOOD_WALLET[:-1] + " ",
+        GOOD_WALLET[:-1] + "é",  # one character more than the hex set, two bytes
+        GOOD_WALLET[:-2] + "é",  # 42 bytes, 41 characters
+        "x0" + GOOD_WALLET[2:],
+        "0x0x" + GOOD_WALLET[4:],
+        "",
+    ],
+)
+async def test_the_ledger_accepts_a_wallet_exactly_when_it_has_an_addresses_shape(
+    db: asyncpg.Connection, text: str
+) -> None:
+    assert await db.fetchval("SELECT far_is_wallet_address($1)", text) == bool(WALLET_SHAPE.fullmatch(text))
+
+
+async def test_a_wallet_of_the_wrong_shape_is_refused_in_every_table(db: asyncpg.Connection) -> None:
+    bad = GOOD_WALLET[:-1] + "g"
+    with pytest.raises(asyncpg.CheckViolationError, match="far_nodes_wallet_check"):
+        await db.execute("INSERT INTO far_nodes (node_id, wallet) VALUES ($1, $2)", unique_id("node"), bad)
+    with pytest.raises(asyncpg.CheckViolationError, match="user_wallet_check"):
+        await insert_session(db, user_wallet=bad)
+    with pytest.raises(asyncpg.CheckViolationError, match="far_api_keys_wallet_check"):
+        await db.execute(
+            "INSERT INTO far_api_keys (key_id, secret_hash, wallet) VALUES ($1, $2, $3)", "0" * 16, bytes(32), bad
+        )
+    node_id = unique_id("node")
+    session_id = await insert_session(db)
+    await db.execute("INSERT INTO far_nodes (node_id) VALUES ($1)", node_id)
+    with pytest.raises(asyncpg.CheckViolationError, match="far_session_contributions_wallet_check"):
+        await db.execute(
+            "INSERT INTO far_session_contributions (session_id, node_id, wallet, blocks_served, tokens_contributed,"
+            " work_units, payment_far) VALUES ($1, $2, $3, 1, 1, 1, 0)",
+            session_id,
+            node_id,
+            bad,
+        )
 
 
 async def test_a_request_id_is_stored_once(db: asyncpg.Connection) -> None:
