@@ -2,15 +2,16 @@
 
 1. Baseline: the same sessions and contribution rows written with `executemany` (INSERT ... ON CONFLICT).
 2. Consumer: records pre-loaded into the usage stream, drained by one in-process `UsageConsumer`
-   (parse, insert sessions, COPY contributions, one transaction per batch, XACK): records/s and contribution
+   (parse, COPY sessions and contributions, one transaction per batch, XACK): records/s and contribution
    rows/s. The target is 50,000 contribution rows/s.
-   With --consumers N (N > 1), one more line: the same drained by N consumer processes in the group, each
-   run as `far-mesh accounting` runs (how several replicas share the stream).
+   Then, with --consumers N > 1 (default 2, one per core here), the same drained by N consumer processes in
+   the group, each run as `far-mesh accounting` runs: how replicas share the stream, and what meets the target
+   on 2 cores (one consumer process, waiting on PostgreSQL and PostgreSQL on it, keeps about one core busy).
 3. Lag: a producer process XADDs at a fixed rate; lag = acknowledgement (after commit) minus XADD time.
    The target is p99 <= 1 s at 2,000 sessions/s.
 
 Run: .venv/bin/python bench/bench_accounting.py [--records 20000] [--nodes 4] [--rate 2000] [--seconds 5]
-     [--consumers 1]
+     [--consumers 2]
 Uses a private redis-server and a fresh database on TEST_POSTGRES_URL (default 127.0.0.1:5432), dropped after.
 """
 
@@ -306,5 +307,5 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=2000, help="offered sessions/s in the lag run")
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--consumers", type=int, default=1, help="also drain with this many consumer processes")
+    parser.add_argument("--consumers", type=int, default=2, help="also drain with this many consumer processes")
     asyncio.run(main(parser.parse_args()))
