@@ -101,7 +101,6 @@ class TokenStreamWriter:
     """The fenced writer of one request's stream; `owner` identifies this run (worker id + attempt)."""
 
     def __init__(self, redis: aioredis.Redis, request_id: str, owner: str, *, lease_ttl_s: float) -> None:
-        self._redis = redis
         self.request_id = request_id
         self.owner = owner
         self._lease_ms = max(1, int(lease_ttl_s * 1000))
@@ -124,14 +123,6 @@ class TokenStreamWriter:
     async def renew(self) -> bool:
         """Extend the lease; False when another run has taken it over."""
         return await self._run("renew", [self._lease, self._in_progress], self._lease_ms) == 1
-
-    async def read(self) -> StreamSoFar:
-        """What the stream holds now, and whether the request is cancelled."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xrange(self._stream)
-            pipe.exists(keys.cancel_flag(self.request_id))
-            entries, cancelled = await pipe.execute()
-        return StreamSoFar.parse(entries, cancelled=bool(cancelled))
 
     async def append_token(self, event: TokenEvent) -> Appended:
         fields = encode_event(event)
