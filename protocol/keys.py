@@ -39,6 +39,9 @@ CANCEL_PREFIX: Final = "cancel:"
 
 REQUEST_OWNER_PREFIX: Final = "owner:"
 """Which API key (and model) a request id belongs to, so a repeated POST attaches only for its owner."""
+REQUEST_OWNER_TTL_S: Final = TOKEN_STREAM_TTL_S + 60
+"""Every write to a token stream sets the owner key to this TTL after the stream's own: ownership outlives the
+stream it guards, so a finished stream can never be attached to by another key."""
 
 RATE_LIMIT_PREFIX: Final = "ratelimit:"
 ACTIVE_STREAMS_PREFIX: Final = "streams:"
@@ -75,7 +78,7 @@ def cancel_flag(request_id: str) -> str:
 
 
 def request_owner(request_id: str) -> str:
-    """The API key id that submitted `request_id`, a space, and its model id (expires with the token stream)."""
+    """Who submitted `request_id` (`protocol.ownership.RequestOwner`); expires after the token stream."""
     return REQUEST_OWNER_PREFIX + request_id
 
 

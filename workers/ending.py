@@ -21,7 +21,7 @@ from protocol.jobs import GenerateJob
 from protocol.money import cost_of
 from protocol.usage import UsageRecord
 from workers.attribution import Attribution
-from workers.stream import TokenStreamWriter
+from workers.stream import TokenStreamWriter, Written
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ async def end_abandoned(
         event = ErrorEvent(
             error=error, request_id=request_id, tokens_generated=len(so_far.token_ids), total_cost_far=so_far.cost_far
         )
-    ended = await writer.finish(event, usage)
+    ended = await writer.finish(event, usage) is Written.WRITTEN
     if ended:
         logger.warning(
             "request ended by the worker request_id=%s code=%s tokens=%d billed=%s",

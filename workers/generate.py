@@ -8,31 +8,37 @@ repeats or loses a token. All Petals calls run in the model's thread pool; the e
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 import torch
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mesh.session import StepResult, SwarmSession, uncovered_blocks
 from protocol.events import ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
 from protocol.money import cost_of
+from protocol.ownership import RequestOwner
 from workers import metrics
 from workers.attribution import Attribution
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, end_abandoned, ending_of
-from workers.sampling import choose_next_token
+from workers.sampling import SamplingError, choose_next_token
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
-from workers.stream import Appended, TokenStreamWriter
+from workers.stream import TokenStreamWriter, Written
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +46,29 @@ _FAILOVER_PAUSE_S = 0.2
 """Breathing room between a failed step and the next fresh session, so a dead route is not hammered."""
 
 
-class LeaseLost(Exception):
+SUPERSEDED: Final = "superseded"
+"""How a run ends that another run took over: it leaves the job, which its successor still runs, alone."""
+ALREADY_FINISHED: Final = "already-finished"
+"""How a run ends that found the request's stream already ended: the job is done and can be retired."""
+INVALID: Final = "invalid"
+"""How a job ends whose payload could not be run; its stream was ended with an error."""
+_REDIS_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Superseded(Exception):
     """Another run owns the request now (this worker stalled past its lease); this run must write nothing."""
+
+
+class StateLost(Exception):
+    """Redis lost stream entries this run wrote (a restart without persistence): the run must end the stream."""
+
+
+def _check(written: Written) -> None:
+    """Raise what a fenced write that did not happen means for the run."""
+    if written is Written.SUPERSEDED:
+        raise Superseded
+    if written is Written.STATE_LOST:
+        raise StateLost
 
 
 @dataclass
@@ -83,7 +110,8 @@ class _Run:
     failovers: int = 0
     ttft_s: float | None = None
     """Enqueue to first token, when this run wrote the request's first token."""
-    lease_lost: asyncio.Event = field(default_factory=asyncio.Event)
+    fence_broken: Written | None = None
+    """Set by the lease renewer when it finds the run superseded or its stream lost."""
 
     @property
     def cost_far(self) -> Decimal:
@@ -97,18 +125,22 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     try:
         job = GenerateJob.model_validate(payload)
     except ValidationError as exc:
-        logger.error("job rejected request_id=%s reason=invalid payload: %s", request_id, exc.errors()[:3])
+        problems = [(".".join(map(str, e["loc"])), e["type"]) for e in exc.errors()[:3]]  # never the values: a prompt
+        logger.error("job rejected request_id=%s reason=invalid payload: %s", request_id, problems)
         error = ErrorBody(code="invalid_job", message=f"the job payload is invalid ({exc.error_count()} errors)")
         await worker.end_abandoned(request_id, payload, error)
-        return "invalid"
+        return INVALID
     served = worker.served.get(job.model_id)
     if served is None:  # the queue is per model, so only a misrouted job lands here
         logger.error("job rejected request_id=%s reason=model %s not served here", job.request_id, job.model_id)
         message = f"{job.model_id} was queued to a worker that does not serve it; check FAR_MESH_WORKER_MODELS"
         await worker.end_abandoned(request_id, payload, ErrorBody(code="model_not_served", message=message))
-        return "invalid"
-    owner = f"{worker.worker_id}:{ctx.get('job_try', 1)}:{uuid.uuid4().hex[:8]}"
-    writer = TokenStreamWriter(worker.redis, job.request_id, owner, lease_ttl_s=worker.settings.far_mesh_lease_ttl_s)
+        return INVALID
+    run_id = f"{worker.worker_id}:{ctx.get('job_try', 1)}:{uuid.uuid4().hex[:8]}"
+    owner = RequestOwner(job.api_key_id, job.model_id) if job.api_key_id else None
+    writer = TokenStreamWriter(
+        worker.redis, job.request_id, run_id, lease_ttl_s=worker.settings.far_mesh_lease_ttl_s, owner=owner
+    )
     return await run_request(job, served, writer, worker.settings, worker.worker_id)
 
 
@@ -120,7 +152,7 @@ async def run_request(
     try:
         if so_far.final is not None:
             logger.info("job skipped request_id=%s reason=already finished", job.request_id)
-            return "superseded"
+            return ALREADY_FINISHED
         run = _Run(
             job=job,
             served=served,
@@ -129,13 +161,12 @@ async def run_request(
             generated=list(so_far.token_ids),
             started_at=datetime.now(UTC),
         )
-        renewer.add_done_callback(lambda _: run.lease_lost.set())
+        renewer.add_done_callback(lambda task: _note_broken_fence(run, task))
         metrics.JOBS_STARTED.labels(job.model_id).inc()
         try:
-            outcome = Outcome("cancelled", "cancelled") if so_far.cancelled else await _generate_tokens(run, settings)
-            ended = await _finish(run, outcome, worker_id)
-        except LeaseLost:
-            ended = "superseded"
+            ended = await _run_to_end(run, so_far.cancelled, settings, worker_id)
+        except Superseded:
+            ended = SUPERSEDED
         metrics.JOBS_FINISHED.labels(job.model_id, ended).inc()
         logger.info(
             "job finished request_id=%s status=%s tokens=%d seconds=%.2f nodes=%d failovers=%d",
@@ -151,16 +182,51 @@ async def run_request(
         renewer.cancel()
 
 
-async def _keep_lease(writer: TokenStreamWriter, ttl_s: float) -> None:
-    """Renew the lease until cancelled; returns (ending the run's ownership) once another run holds it."""
+async def _run_to_end(run: _Run, cancelled: bool, settings: WorkerSettings, worker_id: str) -> str:
+    """Generate (unless already cancelled) and write the ending; returns the status written."""
+    try:
+        outcome = Outcome("cancelled", "cancelled") if cancelled else await _generate_tokens(run, settings)
+    except StateLost:
+        return await _finish(run, _state_lost(run), worker_id, settings, state_lost=True)
+    return await _finish(run, outcome, worker_id, settings)
+
+
+async def _keep_lease(writer: TokenStreamWriter, ttl_s: float) -> Written:
+    """Renew the lease until cancelled; returns why the run must stop once it is superseded or its stream lost.
+
+    Only the renewal's answer ends the run: an error while renewing (Redis away, a surprise) is retried, since
+    the next renewal takes a lapsed lease back as long as the stream is as this run left it.
+    """
     while True:
         await asyncio.sleep(ttl_s / 3)
         try:
-            if not await writer.renew():
-                logger.warning("lease lost request_id=%s", writer.request_id)
-                return
-        except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-            logger.warning("lease renewal failed request_id=%s error=%s", writer.request_id, exc)
+            renewed = await writer.renew()
+        except (RedisError, OSError) as exc:
+            logger.warning("lease renewal failed request_id=%s error=%r", writer.request_id, exc)
+            continue
+        if renewed is not Written.WRITTEN:
+            logger.warning("lease lost request_id=%s reason=%s", writer.request_id, renewed.name.lower())
+            return renewed
+
+
+def _note_broken_fence(run: _Run, renewer: "asyncio.Task[Written]") -> None:
+    if not renewer.cancelled() and renewer.exception() is None:
+        run.fence_broken = renewer.result()
+
+
+async def _retrying_outages(settings: WorkerSettings, write: Callable[[], Awaitable[Written]]) -> Written:
+    """`write()`, retried through a Redis outage of up to FAR_MESH_REDIS_OUTAGE_S: when Redis is back, the
+    fenced write itself tells whether the stream survived (a write whose reply was lost is recognised)."""
+    backoff_s, give_up_at = 0.05, time.monotonic() + settings.far_mesh_redis_outage_s
+    while True:
+        try:
+            return await write()
+        except _REDIS_OUTAGE_ERRORS as exc:
+            if time.monotonic() >= give_up_at:
+                raise
+            logger.warning("stream write failed, retrying in %.2fs error=%r", backoff_s, exc)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 1.0)
 
 
 async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
@@ -188,13 +254,17 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
 
     try:
         while len(run.generated) < max_tokens:
-            if run.lease_lost.is_set():
-                raise LeaseLost
+            if run.fence_broken is not None:
+                _check(run.fence_broken)
             if session is None:
                 session = served.open_session(max_length=len(run.prompt_ids) + max_tokens)
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).inc()
             try:
                 result, token_id, text = await (next_step or start_step(pending))
+            except SamplingError as exc:  # the request's own numbers, not the route: no retry, no server to blame
+                next_step = None
+                message = f"sampling failed ({exc}); use temperature 0 or a larger one"
+                return Outcome("failed", "error", ErrorBody(code="sampling_error", message=message))
             except Exception as exc:  # Petals raises many types for a broken route; all mean "try a new one"
                 next_step = None
                 await served.run_blocking(session.close)
@@ -228,11 +298,10 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 # The next step runs while this token is written: the Redis round trip leaves the critical path.
                 # Should the write say stop, that step's result is dropped unbilled.
                 next_step = start_step([token_id])
-            appended = await run.writer.append_token(event)
-            if appended is Appended.CANCELLED:
+            appended = await _retrying_outages(settings, functools.partial(run.writer.append_token, event))
+            if appended is Written.CANCELLED:
                 return Outcome("cancelled", "cancelled")
-            if appended is Appended.LEASE_LOST:
-                raise LeaseLost
+            _check(appended)
             run.generated.append(token_id)
             _observe_token(run, last_token_at)
             last_token_at = time.monotonic()
@@ -296,7 +365,17 @@ def _ranges(blocks: list[int]) -> str:
     return ", ".join(parts)
 
 
-async def _finish(run: _Run, outcome: Outcome, worker_id: str) -> str:
+def _state_lost(run: _Run) -> Outcome:
+    message = (
+        f"Redis lost this request's stream while it ran; the {len(run.generated)} tokens generated are billed. "
+        "Send the request again with a new request_id"
+    )
+    return Outcome("failed", "error", ErrorBody(code="stream_lost", message=message))
+
+
+async def _finish(
+    run: _Run, outcome: Outcome, worker_id: str, settings: WorkerSettings, *, state_lost: bool = False
+) -> str:
     """Write the ending and the usage record (atomically, once per request); returns the status written."""
     billing = Billing(
         prompt_tokens=len(run.prompt_ids),
@@ -306,8 +385,14 @@ async def _finish(run: _Run, outcome: Outcome, worker_id: str) -> str:
         ttft_s=run.ttft_s,
         failovers=run.failovers,
     )
-    if not await run.writer.finish(*ending_of(run.job, outcome, billing, worker_id)):
-        raise LeaseLost
+    event, usage = ending_of(run.job, outcome, billing, worker_id)
+    write = functools.partial(run.writer.finish, event, usage, state_lost=state_lost)
+    finished = await _retrying_outages(settings, write)
+    if finished is Written.CANCELLED:
+        return ALREADY_FINISHED  # another run's ending is on the stream, with its usage record
+    if finished is Written.STATE_LOST:
+        return await _finish(run, _state_lost(run), worker_id, settings, state_lost=True)
+    _check(finished)
     return outcome.status
 
 

@@ -25,9 +25,25 @@ from redis.exceptions import RedisError
 from protocol import keys
 from protocol.events import ErrorBody
 from protocol.jobs import GENERATE_FUNCTION
-from workers.generate import WorkerContext, generate
+from workers.generate import SUPERSEDED, WorkerContext, generate
 
 logger = logging.getLogger(__name__)
+
+_ARQ_JOB_START = "%6.2fs → %s(%s)%s"
+"""arq's log line for a job it starts; its third argument is the job's arguments."""
+
+
+class _WithoutJobArguments(logging.Filter):
+    """arq logs the arguments of every job it starts; a generate job's argument holds the prompt, which a log
+    must never carry."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _ARQ_JOB_START and isinstance(record.args, tuple) and len(record.args) == 4:
+            record.args = (*record.args[:2], "...", record.args[3])
+        return True
+
+
+logging.getLogger("arq.worker").addFilter(_WithoutJobArguments())
 
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -128,8 +144,17 @@ class QueueWorker(Worker):
 
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None, *args: Any, **kwargs: Any) -> None:
         if finish and result_data is not None:
+            if self._superseded(result_data):
+                return  # the job, its queue entry and its in-progress key now belong to the run that took over
             await self._end_if_failed(job_id, result_data)
         await super().finish_job(job_id, finish, result_data, *args, **kwargs)
+
+    def _superseded(self, result_data: bytes) -> bool:
+        try:
+            result = deserialize_result(result_data, deserializer=self.job_deserializer)
+        except SerializationError:
+            return False
+        return result.success and result.result == SUPERSEDED
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         await self._end_if_failed(job_id, result_data)

@@ -8,6 +8,7 @@ from typing import Self
 
 from pydantic import Field, field_validator, model_validator
 
+from mesh.dht_node import refuse_placeholders
 from protocol.catalog import ModelSpec
 from protocol.settings import CommonSettings
 
@@ -52,6 +53,12 @@ class WorkerSettings(CommonSettings):
     far_mesh_job_max_tries: int = Field(
         default=5, ge=1, description="Runs of one job (first run plus recoveries after worker crashes)"
     )
+    far_mesh_redis_outage_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="A run retries its stream writes through a Redis outage this long before it gives the job up",
+    )
 
     @field_validator("far_mesh_dht_bootstrap")
     @classmethod
@@ -60,6 +67,7 @@ class WorkerSettings(CommonSettings):
         bad = [a for a in addrs if not a.startswith("/")]
         if not addrs or bad:
             raise ValueError(f"expected comma-separated multiaddrs such as /ip4/1.2.3.4/tcp/31337/p2p/Qm..., got {bad}")
+        refuse_placeholders(addrs)  # a template's SET_THE_BOOTSTRAP_PEER_ID would fail to join for minutes
         return value
 
     @model_validator(mode="after")

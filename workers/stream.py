@@ -1,11 +1,17 @@
 """Writing one request's token stream so that, whatever crashes, it holds each token once and one ending.
 
-Only the worker holding the request's lease (`keys.job_lease`) may write: every write is a Lua script that
-checks the lease first, so a worker that stalled and lost its lease to another can no longer add tokens. The
-token script also checks the cancel flag in the same round trip, and the finishing script appends the done
-or error event and the usage record together, and only if the stream has no ending yet: one usage record
-per request, ever. The lease also shortens arq's in-progress key, so a dead worker's job is picked up by
-another worker as soon as the lease lapses, instead of after the job timeout.
+Only the run holding the request's lease (`keys.job_lease`) may write, and only onto the stream it left:
+every write is a Lua script that checks the lease and the stream's length first. Another holder, or more
+entries than this run wrote, means a successor took over (this run must stop and leave the job to it); fewer
+entries than it wrote means Redis lost data under it (the run must end the stream with an error rather than
+continue a stream whose start is gone). A lease that merely lapsed (a stall longer than its TTL) while the
+stream is exactly as this run left it is taken back, together with arq's in-progress key, so a slow step never
+makes the job claimable by a second worker while its first run is still alive.
+
+The token script also checks the cancel flag in the same round trip, and the finishing script appends the
+done or error event and the usage record together, and only if the stream has no ending yet: one usage record
+per request, ever. Each write refreshes the request's owner key after the stream's own TTL (restoring it if it
+was lost), so ownership outlives the stream it guards.
 """
 
 from dataclasses import dataclass
@@ -17,7 +23,37 @@ from arq.constants import in_progress_key_prefix
 
 from protocol import keys
 from protocol.events import StreamEvent, TokenEvent, decode_event, encode_event
+from protocol.ownership import RequestOwner
 from protocol.usage import UsageRecord
+
+_NO_LIMIT = 2**53
+"""A stream length no request reaches: the bound used when a write need not match the stream's length."""
+
+# KEYS: lease, in-progress, stream, owner, ... ARGV: run, lease ms, least and most stream entries expected,
+# owner value ('' when unknown), owner TTL s, ...
+_FENCE = """
+local function fence()
+  local holder = redis.call('GET', KEYS[1])
+  if holder and holder ~= ARGV[1] then return -1 end
+  local length = redis.call('XLEN', KEYS[3])
+  if length > tonumber(ARGV[4]) then return -1 end
+  if length < tonumber(ARGV[3]) then return -2 end
+  if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  end
+  return 1
+end
+local function ends_with_this_entry()
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+  return #last > 0 and last[1][2][4] == ARGV[8]
+end
+local function keep_owner()
+  if ARGV[5] ~= '' and not redis.call('SET', KEYS[4], ARGV[5], 'NX', 'EX', ARGV[6]) then
+    redis.call('EXPIRE', KEYS[4], ARGV[6])
+  end
+end
+"""
 
 _ACQUIRE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -25,47 +61,73 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {redis.call('XRANGE', KEYS[3], '-', '+'), redis.call('EXISTS', KEYS[4])}
 """
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+_RENEW = (
+    _FENCE
+    + """
+local fenced = fence()
+if fenced == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+end
+return fenced
+"""
+)
+
+# KEYS[5]: cancel flag. ARGV[7], ARGV[8]: the entry's kind and data; ARGV[9]: the stream's TTL.
+# A token already last on the stream while this run still holds the lease was written by a call of this run
+# whose reply was lost (a retry through a Redis outage): it counts as written.
+_APPEND_TOKEN = (
+    _FENCE
+    + """
+local fenced = fence()
+if fenced == -1 and redis.call('GET', KEYS[1]) == ARGV[1] and ends_with_this_entry() then return 1 end
+if fenced ~= 1 then return fenced end
+if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+redis.call('XADD', KEYS[3], '*', 'kind', ARGV[7], 'data', ARGV[8])
+redis.call('EXPIRE', KEYS[3], ARGV[9])
+keep_owner()
 return 1
 """
+)
 
-_APPEND_TOKEN = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-redis.call('XADD', KEYS[1], '*', 'kind', ARGV[2], 'data', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
-"""
-
-_FINISH = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+# KEYS[5]: usage stream. ARGV[7..9] as for a token; ARGV[10], ARGV[11]: the usage entry's field and value.
+# The same ending already last on the stream, its lease released, was written by a retried call of this run.
+_FINISH = (
+    _FENCE
+    + """
+local fenced = fence()
+if fenced == -1 and not redis.call('GET', KEYS[1]) and ends_with_this_entry() then return 1 end
+if fenced ~= 1 then return fenced end
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 if #last > 0 then
   local fields = last[1][2]
   for i = 1, #fields, 2 do
     if fields[i] == 'kind' and fields[i + 1] ~= 'token' then return 0 end
   end
 end
-redis.call('XADD', KEYS[1], '*', 'kind', ARGV[2], 'data', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-if ARGV[5] ~= '' then redis.call('XADD', KEYS[3], '*', ARGV[5], ARGV[6]) end
-redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[3], '*', 'kind', ARGV[7], 'data', ARGV[8])
+redis.call('EXPIRE', KEYS[3], ARGV[9])
+if ARGV[10] ~= '' then redis.call('XADD', KEYS[5], '*', ARGV[10], ARGV[11]) end
+keep_owner()
+redis.call('DEL', KEYS[1])
 return 1
 """
-
+)
 
 _SCRIPTS = {"acquire": _ACQUIRE, "renew": _RENEW, "append_token": _APPEND_TOKEN, "finish": _FINISH}
 
 
-class Appended(Enum):
+class Written(Enum):
+    """What a fenced write (or lease renewal) found."""
+
     WRITTEN = 1
+    """Done: a token or ending appended, or the lease renewed."""
     CANCELLED = 0
-    """The cancel flag is set; nothing was written."""
-    LEASE_LOST = -1
-    """Another worker owns the request now; this one must stop without writing."""
+    """A token: the cancel flag is set, nothing was written. An ending: the stream already had one."""
+    SUPERSEDED = -1
+    """Another run owns the request now; this one must stop without writing and leave the job to it."""
+    STATE_LOST = -2
+    """The stream holds fewer entries than this run wrote: Redis lost data. Only an ending may still be written."""
 
 
 @dataclass(frozen=True)
@@ -98,57 +160,85 @@ class StreamSoFar:
 
 
 class TokenStreamWriter:
-    """The fenced writer of one request's stream; `owner` identifies this run (worker id + attempt)."""
+    """The fenced writer of one request's stream; `run_id` identifies this run (worker id + attempt)."""
 
-    def __init__(self, redis: aioredis.Redis, request_id: str, owner: str, *, lease_ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        request_id: str,
+        run_id: str,
+        *,
+        lease_ttl_s: float,
+        owner: RequestOwner | None = None,
+    ) -> None:
         self.request_id = request_id
-        self.owner = owner
+        self.run_id = run_id
         self._lease_ms = max(1, int(lease_ttl_s * 1000))
-        self._stream = keys.token_stream(request_id)
-        self._lease = keys.job_lease(request_id)
-        self._in_progress = in_progress_key_prefix + request_id
+        self._owner = owner.encode() if owner is not None else ""
+        self._written = 0
+        """Entries this run found on the stream or appended to it: what every fenced write expects to find."""
+        self._keys = [
+            keys.job_lease(request_id),
+            in_progress_key_prefix + request_id,
+            keys.token_stream(request_id),
+            keys.request_owner(request_id),
+        ]
         self._scripts = {name: redis.register_script(source) for name, source in _SCRIPTS.items()}
 
-    async def _run(self, script: str, keys: list[str], *args: str | int) -> int:
-        return int(await self._scripts[script](keys=keys, args=[self.owner, *args]))
+    async def _fenced(self, script: str, extra_key: str, least: int, most: int, *args: str | int) -> Written:
+        fence_args: list[str | int] = [self.run_id, self._lease_ms, least, most, self._owner, keys.REQUEST_OWNER_TTL_S]
+        result = await self._scripts[script](keys=[*self._keys, extra_key], args=[*fence_args, *args])
+        return Written(int(result))
 
     async def acquire(self) -> StreamSoFar:
         """Take the lease (arq already gave this run the job), shorten arq's in-progress key to it, and read what
         earlier runs delivered (their token ids let a recovering run re-prefill exactly): one round trip."""
-        stream_keys = [self._lease, self._in_progress, self._stream, keys.cancel_flag(self.request_id)]
-        raw_entries, cancelled = await self._scripts["acquire"](keys=stream_keys, args=[self.owner, self._lease_ms])
+        lease, in_progress, stream, _ = self._keys
+        stream_keys = [lease, in_progress, stream, keys.cancel_flag(self.request_id)]
+        raw_entries, cancelled = await self._scripts["acquire"](keys=stream_keys, args=[self.run_id, self._lease_ms])
         entries = [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in raw_entries]
+        self._written = len(entries)
         return StreamSoFar.parse(entries, cancelled=bool(cancelled))
 
-    async def renew(self) -> bool:
-        """Extend the lease; False when another run has taken it over."""
-        return await self._run("renew", [self._lease, self._in_progress], self._lease_ms) == 1
+    async def renew(self) -> Written:
+        """Extend the lease (taking it back if it lapsed while the stream stayed as this run left it).
 
-    async def append_token(self, event: TokenEvent) -> Appended:
+        One token write may be in flight meanwhile, so one entry more than this run has counted is still its own.
+        """
+        return await self._fenced("renew", keys.cancel_flag(self.request_id), self._written, self._written + 1)
+
+    async def append_token(self, event: TokenEvent) -> Written:
         fields = encode_event(event)
-        result = await self._run(
+        written = await self._fenced(
             "append_token",
-            [self._stream, self._lease, keys.cancel_flag(self.request_id)],
+            keys.cancel_flag(self.request_id),
+            self._written,
+            self._written,
             fields["kind"],
             fields["data"],
             keys.TOKEN_STREAM_TTL_S,
         )
-        return Appended(result)
+        if written is Written.WRITTEN:
+            self._written += 1
+        return written
 
-    async def finish(self, event: StreamEvent, usage: UsageRecord | None) -> bool:
-        """Append the ending and the usage record atomically; False when another run already finished.
+    async def finish(self, event: StreamEvent, usage: UsageRecord | None, *, state_lost: bool = False) -> Written:
+        """Append the ending and the usage record atomically; CANCELLED when the stream already has an ending.
 
         `usage` is None only for a request whose job payload is lost or invalid: nothing to bill it to.
+        `state_lost`: the stream lost entries under this run, which ends it anyway (unless another run owns it).
         """
         fields = encode_event(event)
         ((usage_field, usage_value),) = usage.to_stream_fields().items() if usage is not None else (("", ""),)
-        result = await self._run(
+        least, most = (0, _NO_LIMIT) if state_lost else (self._written, self._written)
+        return await self._fenced(
             "finish",
-            [self._stream, self._lease, keys.USAGE_STREAM],
+            keys.USAGE_STREAM,
+            least,
+            most,
             fields["kind"],
             fields["data"],
             keys.TOKEN_STREAM_TTL_S,
             usage_field,
             usage_value,
         )
-        return result == 1

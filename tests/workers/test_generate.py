@@ -25,6 +25,7 @@ from tests.fixtures.workers import (
     wait_for_end,
     wait_for_tokens,
 )
+from workers.sampling import choose_next_token
 
 pytestmark = pytest.mark.swarm
 
@@ -153,3 +154,46 @@ async def _wait_for_snapshots(redis: aioredis.Redis, model_ids: list[str]) -> di
         if set(model_ids) <= set(found) or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.2)
+
+
+async def test_a_vanishing_temperature_generates_the_greedy_sequence_and_bills_it(
+    two_server_fleet: RunningFleet, redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    job = make_job(model, temperature=1e-45, max_tokens=8)
+    await enqueue(redis_url, job)
+    events = await wait_for_end(redis, job.request_id, timeout_s=30)
+    assert isinstance(events[-1], DoneEvent) and events[-1].status == "completed"
+    tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    assert tokens == reference_continuation(model, job.prompt, job.max_tokens)
+    (usage,) = await usage_records(redis, job.request_id)
+    assert usage.tokens_generated == len(tokens) and usage.failovers == 0
+
+
+async def test_logits_that_cannot_be_sampled_end_the_request_at_once_billed_for_what_was_delivered(
+    two_server_fleet: RunningFleet,
+    redis: aioredis.Redis,
+    redis_url: str,
+    tiny_models: tuple[ModelSpec, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sampling error is the request's, not the route's: no fresh route, no failover counted against a server."""
+    steps = 0
+
+    def nan_from_the_fourth_step(logits: Any, **kwargs: Any) -> int:
+        nonlocal steps
+        steps += 1
+        return choose_next_token(logits * float("nan") if steps >= 4 else logits, **kwargs)
+
+    monkeypatch.setattr("workers.generate.choose_next_token", nan_from_the_fourth_step)
+    job = make_job(tiny_models[0], max_tokens=20)
+    started = time.monotonic()
+    await enqueue(redis_url, job)
+    events = await wait_for_end(redis, job.request_id, timeout_s=30)
+    assert time.monotonic() - started < 10
+    error = events[-1]
+    assert isinstance(error, ErrorEvent) and error.error.code == "sampling_error"
+    assert error.tokens_generated == 3 == len(events) - 1
+    (usage,) = await usage_records(redis, job.request_id)
+    assert (usage.status, usage.tokens_generated, usage.failovers) == ("failed", 3, 0)
+    assert usage.total_cost_far == cost_of(3, PRICE_FAR)

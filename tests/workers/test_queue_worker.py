@@ -6,6 +6,7 @@ tokens must be billed by exactly one usage record.
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
@@ -23,6 +24,7 @@ from protocol.events import DoneEvent, ErrorBody, ErrorEvent, TokenEvent
 from protocol.jobs import GENERATE_FUNCTION, GenerateJob
 from protocol.money import cost_of
 from tests.fixtures.workers import PRICE_FAR, enqueue, make_job, read_stream, settings_for, usage_records, wait_for_end
+from workers import generate as generate_module
 from workers.generate import WorkerContext
 from workers.queue_worker import QueueWorker
 from workers.stream import TokenStreamWriter
@@ -132,14 +134,15 @@ async def test_an_expired_job_ends_its_stream_without_a_usage_record_when_nothin
     assert await redis.xlen(keys.USAGE_STREAM) == 0
 
 
-async def test_an_invalid_payload_ends_its_stream_with_an_invalid_job_error(
-    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+async def test_an_invalid_payload_ends_its_stream_with_an_invalid_job_error_and_logs_no_prompt(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...], caplog: pytest.LogCaptureFixture
 ) -> None:
     model = tiny_models[0]
     request_id = "req-invalid-payload"
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    caplog.set_level(logging.INFO)
     try:
-        payload = {"request_id": request_id, "model_id": model.model_id, "max_tokens": -1}
+        payload = {"request_id": request_id, "model_id": model.model_id, "max_tokens": -1, "prompt": "my-secret"}
         await pool.enqueue_job(
             GENERATE_FUNCTION, payload, _job_id=request_id, _queue_name=keys.queue_for(model.model_id)
         )
@@ -150,6 +153,8 @@ async def test_an_invalid_payload_ends_its_stream_with_an_invalid_job_error(
 
     assert (await the_error(redis, request_id, 0)).error.code == "invalid_job"
     assert await redis.xlen(keys.USAGE_STREAM) == 0
+    assert "job rejected" in caplog.text and "max_tokens" in caplog.text
+    assert "my-secret" not in caplog.text
 
 
 async def test_a_request_that_already_ended_is_not_ended_again(
@@ -277,3 +282,33 @@ async def test_a_job_is_claimed_by_one_worker_only_and_not_before_it_is_due(
     finally:
         for worker in workers:
             await worker.close()
+
+
+async def test_a_run_superseded_by_another_leaves_the_job_to_its_successor(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the first run deleted the job, the successor's death would lose the request: nobody would end it."""
+    model = tiny_models[0]
+    job = await cancelled_job(redis, model)
+    run_to_end = generate_module._run_to_end
+    successor = asyncio.Event()
+
+    async def taken_over_while_running(*args: Any) -> str:
+        await TokenStreamWriter(redis, job.request_id, "successor-run", lease_ttl_s=30).acquire()
+        await redis.set(in_progress_key_prefix + job.request_id, b"1", px=30_000)  # what the successor's claim set
+        try:
+            return await run_to_end(*args)
+        finally:
+            successor.set()
+
+    monkeypatch.setattr(generate_module, "_run_to_end", taken_over_while_running)
+    async with polling_only_at_start(QueueWorker(context(redis, redis_url, tiny_models), model.model_id)):
+        await enqueue(redis_url, job)
+        async with asyncio.timeout(10):
+            await successor.wait()
+        await asyncio.sleep(0.2)  # arq's finish_job would run now
+
+    assert await redis.exists(job_key_prefix + job.request_id)
+    assert await redis.zscore(keys.queue_for(model.model_id), job.request_id) is not None
+    assert await redis.pttl(in_progress_key_prefix + job.request_id) > 20_000
+    assert await redis.xlen(keys.token_stream(job.request_id)) == 0  # the superseded run wrote nothing

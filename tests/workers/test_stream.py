@@ -7,9 +7,10 @@ from arq.constants import in_progress_key_prefix
 
 from protocol import keys
 from protocol.events import DoneEvent, TokenEvent
+from protocol.ownership import RequestOwner
 from protocol.usage import UsageRecord
 from tests.fixtures.ledger import usage_record
-from workers.stream import Appended, StreamSoFar, TokenStreamWriter
+from workers.stream import StreamSoFar, TokenStreamWriter, Written
 
 PRICE = Decimal("0.001")
 
@@ -47,26 +48,26 @@ def ending(tokens: int) -> tuple[DoneEvent, UsageRecord]:
 async def test_a_recovering_run_reads_the_delivered_tokens_and_fences_out_the_old_run(redis: aioredis.Redis) -> None:
     first = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
     await first.acquire()
-    assert await first.append_token(token(0)) is Appended.WRITTEN
-    assert await first.append_token(token(1)) is Appended.WRITTEN
+    assert await first.append_token(token(0)) is Written.WRITTEN
+    assert await first.append_token(token(1)) is Written.WRITTEN
 
     second = TokenStreamWriter(redis, "req-1", "run-2", lease_ttl_s=5)
     so_far = await second.acquire()
     assert so_far.token_ids == (100, 101) and so_far.final is None and not so_far.cancelled
 
-    assert await first.append_token(token(2)) is Appended.LEASE_LOST
-    assert not await first.renew()
-    assert await second.append_token(token(2)) is Appended.WRITTEN
+    assert await first.append_token(token(2)) is Written.SUPERSEDED
+    assert await first.renew() is Written.SUPERSEDED
+    assert await second.append_token(token(2)) is Written.WRITTEN
     assert (await stream_so_far(redis, "req-1")).token_ids == (100, 101, 102)
 
 
 async def test_the_ending_and_usage_record_are_written_once_even_by_two_runs(redis: aioredis.Redis) -> None:
     first = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
     await first.acquire()
-    assert await first.finish(*ending(0))
+    assert await first.finish(*ending(0)) is Written.WRITTEN
     second = TokenStreamWriter(redis, "req-1", "run-2", lease_ttl_s=5)
     await second.acquire()
-    assert not await second.finish(*ending(0))
+    assert await second.finish(*ending(0)) is Written.CANCELLED
     assert await redis.xlen(keys.USAGE_STREAM) == 1
     assert isinstance((await stream_so_far(redis, "req-1")).final, DoneEvent)
     assert 0 < await redis.ttl(keys.token_stream("req-1")) <= keys.TOKEN_STREAM_TTL_S
@@ -75,10 +76,10 @@ async def test_the_ending_and_usage_record_are_written_once_even_by_two_runs(red
 async def test_a_set_cancel_flag_stops_the_next_token_without_writing_it(redis: aioredis.Redis) -> None:
     writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
     await writer.acquire()
-    assert await writer.append_token(token(0)) is Appended.WRITTEN
+    assert await writer.append_token(token(0)) is Written.WRITTEN
     await redis.set(keys.cancel_flag("req-1"), 1)
     assert (await stream_so_far(redis, "req-1")).cancelled
-    assert await writer.append_token(token(1)) is Appended.CANCELLED
+    assert await writer.append_token(token(1)) is Written.CANCELLED
     assert await redis.xlen(keys.token_stream("req-1")) == 1
 
 
@@ -91,4 +92,95 @@ async def test_the_lease_shortens_arqs_in_progress_key_so_a_dead_workers_job_fre
     await writer.acquire()
     assert 0 < await redis.pttl(in_progress) <= 2000
     assert 0 < await redis.pttl(keys.job_lease("req-1")) <= 2000
-    assert await writer.renew()
+    assert await writer.renew() is Written.WRITTEN
+
+
+async def test_a_lapsed_lease_is_taken_back_with_arqs_in_progress_key_when_the_stream_is_as_the_run_left_it(
+    redis: aioredis.Redis,
+) -> None:
+    """A stall longer than the lease (a GC pause, a slow step) must not leave the job claimable by another worker."""
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await writer.acquire()
+    assert await writer.append_token(token(0)) is Written.WRITTEN
+    await redis.delete(keys.job_lease("req-1"), in_progress_key_prefix + "req-1")  # both lapsed during the stall
+
+    assert await writer.renew() is Written.WRITTEN
+    assert (await redis.get(keys.job_lease("req-1"))) == b"run-1"
+    assert 0 < await redis.pttl(in_progress_key_prefix + "req-1") <= 5000
+    assert await writer.append_token(token(1)) is Written.WRITTEN
+
+
+async def test_a_lapsed_lease_is_not_taken_back_after_another_run_wrote_to_the_stream(redis: aioredis.Redis) -> None:
+    first = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await first.acquire()
+    assert await first.append_token(token(0)) is Written.WRITTEN
+    second = TokenStreamWriter(redis, "req-1", "run-2", lease_ttl_s=5)
+    await second.acquire()
+    assert await second.append_token(token(1)) is Written.WRITTEN
+    await redis.delete(keys.job_lease("req-1"))  # the second run died too, and its lease lapsed
+
+    assert await first.append_token(token(1)) is Written.SUPERSEDED
+    assert (await stream_so_far(redis, "req-1")).token_ids == (100, 101)
+
+
+async def test_an_unexpected_renewal_while_a_token_is_in_flight_still_counts_as_held(redis: aioredis.Redis) -> None:
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await writer.acquire()
+    await redis.xadd(keys.token_stream("req-1"), {"kind": "token", "data": token(0).model_dump_json()})  # in flight
+    assert await writer.renew() is Written.WRITTEN
+
+
+async def test_a_stream_redis_lost_under_the_run_refuses_tokens_and_takes_a_billed_ending(
+    redis: aioredis.Redis,
+) -> None:
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await writer.acquire()
+    assert await writer.append_token(token(0)) is Written.WRITTEN
+    assert await writer.append_token(token(1)) is Written.WRITTEN
+    await redis.flushdb()  # a restart without persistence
+
+    assert await writer.renew() is Written.STATE_LOST
+    assert await writer.append_token(token(2)) is Written.STATE_LOST
+    assert await writer.finish(*ending(2)) is Written.STATE_LOST
+    assert await writer.finish(*ending(2), state_lost=True) is Written.WRITTEN
+    assert isinstance((await stream_so_far(redis, "req-1")).final, DoneEvent)
+    assert await redis.xlen(keys.USAGE_STREAM) == 1
+
+
+async def test_a_write_whose_reply_was_lost_is_recognised_when_it_is_retried(redis: aioredis.Redis) -> None:
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await writer.acquire()
+    assert await writer.append_token(token(0)) is Written.WRITTEN
+    writer._written -= 1  # as if the reply never came: the run does not know the token is on the stream
+    assert await writer.append_token(token(0)) is Written.WRITTEN
+    assert await redis.xlen(keys.token_stream("req-1")) == 1
+
+    done, usage = ending(1)
+    assert await writer.finish(done, usage) is Written.WRITTEN
+    assert await writer.finish(done, usage) is Written.WRITTEN  # the retry of a finish that landed
+    assert await redis.xlen(keys.USAGE_STREAM) == 1
+
+
+async def test_every_write_keeps_the_owner_key_alive_past_the_stream_and_restores_it_if_lost(
+    redis: aioredis.Redis,
+) -> None:
+    owner = RequestOwner("key-1", "m")
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5, owner=owner)
+    await writer.acquire()
+    await redis.set(keys.request_owner("req-1"), owner.encode(), ex=5)  # about to expire before the stream
+    assert await writer.append_token(token(0)) is Written.WRITTEN
+    stream_ttl = await redis.ttl(keys.token_stream("req-1"))
+    assert await redis.ttl(keys.request_owner("req-1")) > stream_ttl
+
+    await redis.delete(keys.request_owner("req-1"))
+    assert await writer.finish(*ending(1)) is Written.WRITTEN
+    assert RequestOwner.decode(await redis.get(keys.request_owner("req-1"))) == owner
+    assert await redis.ttl(keys.request_owner("req-1")) > await redis.ttl(keys.token_stream("req-1"))
+
+
+async def test_a_write_never_replaces_the_owner_another_key_holds(redis: aioredis.Redis) -> None:
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5, owner=RequestOwner("key-1", "m"))
+    await writer.acquire()
+    await redis.set(keys.request_owner("req-1"), RequestOwner("key-2", "m").encode())
+    assert await writer.append_token(token(0)) is Written.WRITTEN
+    assert RequestOwner.decode(await redis.get(keys.request_owner("req-1"))).api_key_id == "key-2"
