@@ -1,0 +1,56 @@
+"""The Far Mesh client: stream tokens with their running cost, resume dropped connections, never bill twice.
+
+from farlabs import FarMesh
+mesh = FarMesh(api_key="...")
+for token in mesh.chat("Explain quantum computing"):
+    print(token, end="")
+"""
+
+from farlabs.catalog import MeshStatus, Model
+from farlabs.client import AsyncFarMesh, FarMesh
+from farlabs.errors import (
+    APIConnectionError,
+    APIError,
+    Conflict,
+    FarMeshError,
+    Forbidden,
+    GenerationFailed,
+    InvalidRequest,
+    ModelUnavailable,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from farlabs.options import RetryPolicy
+from farlabs.progress import Usage
+from farlabs.stream import AsyncTokenStream, TokenStream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "AsyncFarMesh",
+    "AsyncTokenStream",
+    "Conflict",
+    "FarMesh",
+    "FarMeshError",
+    "Forbidden",
+    "GenerationFailed",
+    "InvalidRequest",
+    "MeshStatus",
+    "Model",
+    "ModelUnavailable",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RetryPolicy",
+    "ServiceUnavailable",
+    "TokenStream",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "Usage",
+]

@@ -1,0 +1,53 @@
+"""The public, unauthenticated views of the mesh: the models on sale and a model's swarm status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model on sale (GET /models)."""
+
+    model_id: str
+    price_per_token_far: Decimal
+    active_nodes: int | None
+    """None when no worker reported on its swarm recently: the gateway never invents a number."""
+    status: str
+    """available or unavailable"""
+
+    @property
+    def available(self) -> bool:
+        return self.status == "available"
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> Model:
+        return cls(item["model_id"], Decimal(item["price_per_token_far"]), item.get("active_nodes"), item["status"])
+
+
+@dataclass(frozen=True)
+class MeshStatus:
+    """A model's swarm as the gateway sees it (GET /mesh/status)."""
+
+    model_id: str
+    status: str
+    """connected, or disconnected when no worker has published a fresh snapshot"""
+    healthy: bool
+    active_nodes: int | None
+    active_sessions: int
+    price_per_token_far: Decimal
+    snapshot_taken_at: str | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> MeshStatus:
+        return cls(
+            model_id=body["model_id"],
+            status=body["status"],
+            healthy=bool(body.get("healthy", body["status"] == "connected")),
+            active_nodes=body.get("active_nodes"),
+            active_sessions=int(body.get("active_sessions", 0)),
+            price_per_token_far=Decimal(body["price_per_token_far"]),
+            snapshot_taken_at=body.get("snapshot_taken_at"),
+        )

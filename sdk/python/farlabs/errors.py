@@ -1,0 +1,194 @@
+"""Every way a call can fail, as one exception class per gateway error code.
+
+The gateway answers errors as `{"error": {"code", "message", "field", ...}}`; `error_from_response` turns that
+into the matching class, so callers write `except RateLimited as e: sleep(e.retry_after)` instead of reading
+status codes. A failure inside a running generation (the stream's error event) is `GenerationFailed`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+
+class FarMeshError(Exception):
+    """The base of every error this package raises."""
+
+
+class APIConnectionError(FarMeshError):
+    """The gateway could not be reached (or kept dropping the connection) after every configured retry."""
+
+
+class APIError(FarMeshError):
+    """The gateway refused a request: `status` is the HTTP status, `code` the stable machine-readable reason."""
+
+    status: int = 0
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "error",
+        field: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.code = code
+        self.field = field
+        self.details = details or []
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        where = f" (field {self.field})" if self.field else ""
+        return f"{self.status} {self.code}: {self.message}{where}"
+
+
+class InvalidRequest(APIError):
+    """422 (or 400): a field is invalid; `field` names it, `details` lists every problem."""
+
+    status = 422
+
+
+class Unauthorized(APIError):
+    """401: the API key is missing, malformed or revoked."""
+
+    status = 401
+
+
+class Forbidden(APIError):
+    """403: the key may not do this (e.g. `user_wallet` is not the key's wallet, or another key's request)."""
+
+    status = 403
+
+
+class NotFound(APIError):
+    """404: unknown model, or a request id this key never submitted (or finished over an hour ago)."""
+
+    status = 404
+
+
+class Conflict(APIError):
+    """409: the `request_id` belongs to another API key; choose another."""
+
+    status = 409
+
+
+class PayloadTooLarge(APIError):
+    """413: the request body is larger than the gateway accepts."""
+
+    status = 413
+
+
+class UnsupportedMediaType(APIError):
+    """415: the body was not JSON (only raised if a caller bypasses this package's encoding)."""
+
+    status = 415
+
+
+class RateLimited(APIError):
+    """429: the key's request rate or concurrent-stream limit; `retry_after` is the seconds the gateway asks for."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(APIError):
+    """503: the gateway cannot serve now (e.g. it lost Redis); `retry_after` says when to try again."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ModelUnavailable(ServiceUnavailable):
+    """503 no_healthy_swarm: no healthy swarm serves the model right now."""
+
+
+class GenerationFailed(APIError):
+    """The generation itself failed (the stream's error event, or 502): tokens already delivered are billed."""
+
+    status = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tokens_generated: int | None = None,
+        total_cost_far: Decimal | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.tokens_generated = tokens_generated
+        self.total_cost_far = total_cost_far
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidRequest,
+    429: RateLimited,
+    502: GenerationFailed,
+    503: ServiceUnavailable,
+}
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The Retry-After header in seconds (the gateway sends integer seconds); None when absent or unreadable."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def error_from_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, request_id: str | None = None
+) -> APIError:
+    """The typed exception for a non-2xx answer, read from the gateway's JSON error body when there is one."""
+    code, message, field, details = f"http_{status}", f"HTTP {status}", None, None
+    try:
+        error = json.loads(body)["error"]
+        if isinstance(error, dict):
+            code = str(error.get("code") or code)
+            message = str(error.get("message") or message)
+            field = error.get("field")
+            details = error.get("details")
+        elif isinstance(error, str):
+            message = error
+    except (ValueError, KeyError, TypeError):
+        text = body.decode("utf-8", errors="replace").strip()
+        message = f"{message}: {text[:200]}" if text else message
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = InvalidRequest if 400 <= status < 500 else ServiceUnavailable
+    if cls is ServiceUnavailable and code == "no_healthy_swarm":
+        cls = ModelUnavailable
+    kwargs: dict[str, Any] = {
+        "status": status,
+        "code": code,
+        "field": field if isinstance(field, str) else None,
+        "details": details if isinstance(details, list) else None,
+        "request_id": request_id,
+    }
+    if issubclass(cls, (RateLimited, ServiceUnavailable)):
+        kwargs["retry_after"] = retry_after_seconds(headers)
+    return cls(message, **kwargs)
