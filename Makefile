@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed-stamp
+# The chain's npm packages (ganache, solc): `npm ci` again only when the lock file changes.
+CHAIN_STAMP := chain/node_modules/.installed-stamp
 
 .PHONY: install run test lint bench lock clean
 
@@ -13,7 +15,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PIP) install --no-deps -c requirements/constraints.txt petals==2.2.0.post1
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CHAIN_STAMP): chain/package.json chain/package-lock.json
+	cd chain && npm ci --no-audit --no-fund --loglevel=error
+	touch $(CHAIN_STAMP)
+
+install: $(STAMP) $(CHAIN_STAMP)
 
 run: install
 	$(VENV)/bin/far-mesh dev

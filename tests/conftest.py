@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.swarm",
     "tests.fixtures.ledger",
+    "tests.fixtures.chain",
     "tests.fixtures.gateway",
     "tests.fixtures.deploy",
     "tests.fixtures.workers",

@@ -1,0 +1,167 @@
+"""The JSON-RPC node, as the payer needs it: checked once (reachable, right chain, contracts deployed), then
+asked for nonces, balances, fees and receipts, and handed signed transactions.
+
+web3.py's synchronous HTTP provider runs in a worker thread (`asyncio.to_thread`), one call at a time; a
+payout makes a handful of calls per block, so the simplest client is the right one. Every transport failure
+becomes `ChainUnreachable` naming the node by host only (an RPC URL may carry an API key).
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from eth_typing import ChecksumAddress, HexStr
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import TxParams
+
+from chain.artifacts import load_artifact
+from chain.errors import ChainUnreachable, ContractNotDeployed, WrongChain
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def redacted(url: str) -> str:
+    """scheme://host:port of an RPC URL: its path or query may hold a provider's API key."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    tx_hash: str
+    status: int
+    block_number: int
+    block_hash: str
+    gas_used: int
+    effective_gas_price: int
+    logs: tuple[dict[str, Any], ...]
+
+
+class RejectedTransaction(RuntimeError):
+    """The node refused a signed transaction (already known, nonce too low, underpriced...); the chain decides."""
+
+
+class EstimateReverted(RuntimeError):
+    """The transaction would revert: the node's estimate says why."""
+
+
+class ChainClient:
+    def __init__(self, rpc_url: str, *, timeout_s: float = 10.0) -> None:
+        self.node = redacted(rpc_url)
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+
+    async def _call(self, what: str, call: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(call)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ChainUnreachable(f"no JSON-RPC node answers at {self.node} ({what}): {type(exc).__name__}") from None
+
+    async def check(self, chain_id: int, contracts: dict[str, str]) -> None:
+        """Refuse a node on another chain, or one where a configured contract has no code."""
+        actual = await self._call("eth_chainId", lambda: self.w3.eth.chain_id)
+        if actual != chain_id:
+            raise WrongChain(
+                f"the node at {self.node} serves chain id {actual}, FAR_MESH_CHAIN_ID is {chain_id}: refusing to sign"
+            )
+        for setting, address in contracts.items():
+            code = await self._call("eth_getCode", partial(self.w3.eth.get_code, Web3.to_checksum_address(address)))
+            if len(code) == 0:
+                raise ContractNotDeployed(
+                    f"{setting}: no contract at {address} on chain {chain_id} "
+                    "(deploy with `far-mesh chain deploy`, or fix the address)"
+                )
+
+    async def block_number(self) -> int:
+        return await self._call("eth_blockNumber", lambda: self.w3.eth.block_number)
+
+    async def base_fee(self) -> int:
+        block = await self._call("eth_getBlockByNumber", lambda: self.w3.eth.get_block("latest"))
+        return int(block.get("baseFeePerGas", 0))
+
+    async def nonce(self, address: str, *, pending: bool = False) -> int:
+        """Transactions mined from `address` (or mined and waiting in the node's pool, with `pending`)."""
+        tag: Literal["pending", "latest"] = "pending" if pending else "latest"
+        sender = Web3.to_checksum_address(address)
+        return await self._call("eth_getTransactionCount", lambda: self.w3.eth.get_transaction_count(sender, tag))
+
+    async def gas_balance(self, address: str) -> int:
+        """Wei of the chain's gas token held by `address`."""
+        return await self._call("eth_getBalance", lambda: self.w3.eth.get_balance(Web3.to_checksum_address(address)))
+
+    async def far_balance(self, token: str, address: str) -> int:
+        """Base units of $FAR held by `address`."""
+        contract = self.token(token)
+        holder = Web3.to_checksum_address(address)
+        return int(await self._call("balanceOf", lambda: contract.functions.balanceOf(holder).call()))
+
+    async def allowance(self, token: str, owner: str, spender: str) -> int:
+        contract = self.token(token)
+        o, s = Web3.to_checksum_address(owner), Web3.to_checksum_address(spender)
+        return int(await self._call("allowance", lambda: contract.functions.allowance(o, s).call()))
+
+    def token(self, address: str) -> Any:
+        return self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_artifact("FarToken").abi)
+
+    async def estimate_gas(self, tx: TxParams) -> int:
+        def estimate() -> int:
+            try:
+                return int(self.w3.eth.estimate_gas(tx))
+            except (ContractLogicError, Web3RPCError) as exc:
+                raise EstimateReverted(str(exc)) from None
+
+        return await self._call("eth_estimateGas", estimate)
+
+    async def send_raw(self, raw_tx: str) -> str:
+        """Broadcast a signed transaction; RejectedTransaction if the node refuses it (the caller checks the chain)."""
+
+        def send() -> str:
+            try:
+                return self.w3.eth.send_raw_transaction(HexBytes(raw_tx)).to_0x_hex()
+            except Web3RPCError as exc:
+                raise RejectedTransaction(str(exc)) from None
+
+        return await self._call("eth_sendRawTransaction", send)
+
+    async def receipt(self, tx_hash: str) -> Receipt | None:
+        """The transaction's receipt once it is mined; None while it is not (pending, dropped, or unknown)."""
+
+        def fetch() -> Receipt | None:
+            try:
+                r = self.w3.eth.get_transaction_receipt(HexStr(tx_hash))
+            except TransactionNotFound:
+                return None
+            return Receipt(
+                tx_hash=tx_hash,
+                status=int(r["status"]),
+                block_number=int(r["blockNumber"]),
+                block_hash=HexBytes(r["blockHash"]).to_0x_hex(),
+                gas_used=int(r["gasUsed"]),
+                effective_gas_price=int(r.get("effectiveGasPrice", 0)),
+                logs=tuple(dict(entry) for entry in r["logs"]),
+            )
+
+        return await self._call("eth_getTransactionReceipt", fetch)
+
+    async def is_known(self, tx_hash: str) -> bool:
+        """Whether the node knows the transaction at all (mined or in its pool)."""
+
+        def fetch() -> bool:
+            try:
+                self.w3.eth.get_transaction(HexStr(tx_hash))
+            except TransactionNotFound:
+                return False
+            return True
+
+        return await self._call("eth_getTransactionByHash", fetch)
+
+
+def checksum(address: str) -> ChecksumAddress:
+    return Web3.to_checksum_address(address)

@@ -1,0 +1,21 @@
+"""What can be wrong with the chain, each with a message that says what to do; none of them carries a key."""
+
+
+class ChainError(RuntimeError):
+    """The chain cannot be used for payouts as configured."""
+
+
+class ChainUnreachable(ChainError):
+    """The JSON-RPC node does not answer (down, wrong URL, network)."""
+
+
+class WrongChain(ChainError):
+    """The node serves another chain than FAR_MESH_CHAIN_ID: signing for it could pay on the wrong network."""
+
+
+class ContractNotDeployed(ChainError):
+    """No contract code at a configured address (a fresh node, or the wrong address)."""
+
+
+class TreasuryUnfunded(ChainError):
+    """The treasury lacks the $FAR a batch pays, or the gas token its transaction costs."""

@@ -1,0 +1,95 @@
+"""Where the chain is and who pays: FAR_MESH_CHAIN_* and FAR_MESH_TREASURY_*, plus FAR_MESH_PAYOUT_* knobs.
+
+The treasury's private key comes from a file (a mounted Kubernetes Secret) or from FAR_MESH_TREASURY_KEY (a
+secret injected into the environment of the payer only); it is read when the payer starts, held in a
+`SecretStr` that never prints, and never logged.
+"""
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from protocol.money import FarAmount
+from protocol.settings import CommonSettings
+from protocol.wallet import Wallet
+from schema.settings import LedgerSettings
+
+
+class ChainSettings(CommonSettings):
+    far_mesh_chain_rpc_url: str = Field(
+        default="http://127.0.0.1:8545", description="JSON-RPC URL of the EVM node payouts are sent to"
+    )
+    far_mesh_chain_id: int = Field(
+        default=31337, ge=1, description="Chain id the node must report; anything else stops the payer"
+    )
+    far_mesh_token_address: Wallet | None = Field(default=None, description="Address of the $FAR ERC-20 contract")
+    far_mesh_batch_contract_address: Wallet | None = Field(
+        default=None, description="Address of the FarBatchTransfer contract that pays many wallets in one transaction"
+    )
+    far_mesh_treasury_key_file: Path | None = Field(
+        default=None, description="File holding the treasury's private key (hex); the key is never logged"
+    )
+    far_mesh_treasury_key: SecretStr | None = Field(
+        default=None, description="The treasury's private key itself, when no key file is given (a secret)"
+    )
+    far_mesh_chain_rpc_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Timeout of one JSON-RPC call")
+
+    def treasury_key(self) -> SecretStr:
+        """The treasury key, from the file or the variable; SettingsError-worthy problems raise ValueError."""
+        if self.far_mesh_treasury_key_file is not None:
+            try:
+                text = self.far_mesh_treasury_key_file.read_text(encoding="ascii").strip()
+            except OSError as exc:
+                raise ValueError(f"FAR_MESH_TREASURY_KEY_FILE: cannot read it ({exc.strerror})") from None
+            return SecretStr(text)
+        if self.far_mesh_treasury_key is not None:
+            return self.far_mesh_treasury_key
+        raise ValueError("FAR_MESH_TREASURY_KEY_FILE or FAR_MESH_TREASURY_KEY: the chain payer needs the treasury key")
+
+
+class PayoutSettings(LedgerSettings, ChainSettings):
+    """What `far-mesh payouts run|serve` reads: the ledger, the chain, and how batches are paid."""
+
+    far_mesh_payout_confirmations: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Blocks a payout transaction needs (its own included) before rows are paid",
+    )
+    far_mesh_payout_min_far: FarAmount = Field(
+        default=Decimal(1), description="Smallest unpaid total a wallet is paid by `payouts serve`"
+    )
+    far_mesh_payout_max_wallets: int = Field(
+        default=200, ge=1, le=1000, description="Most wallets paid by one batch (one transaction)"
+    )
+    far_mesh_payout_interval_s: float = Field(
+        default=60.0, gt=0, description="How often `payouts serve` looks for wallets owed at least the minimum"
+    )
+    far_mesh_payout_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often a sent transaction is checked"
+    )
+    far_mesh_payout_replace_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A transaction not mined for this long is replaced with higher fees, same nonce",
+    )
+    far_mesh_payout_fee_bump_percent: int = Field(
+        default=25, ge=10, le=500, description="How much a replacement raises both EIP-1559 fees (nodes want >= 10%)"
+    )
+    far_mesh_payout_max_fee_gwei: Decimal = Field(
+        default=Decimal(500), gt=0, description="Highest max fee per gas a payout transaction may offer, in gwei"
+    )
+    far_mesh_payout_priority_fee_gwei: Decimal = Field(
+        default=Decimal(1), ge=0, description="Priority fee (tip) per gas of a first attempt, in gwei"
+    )
+    far_mesh_payout_metrics_port: int = Field(
+        default=9103, ge=0, le=65535, description="Port of the payer's /metrics (Prometheus); 0 disables"
+    )
+
+    @model_validator(mode="after")
+    def _tip_within_cap(self) -> Self:
+        if self.far_mesh_payout_priority_fee_gwei > self.far_mesh_payout_max_fee_gwei:
+            raise ValueError("FAR_MESH_PAYOUT_PRIORITY_FEE_GWEI must not exceed FAR_MESH_PAYOUT_MAX_FEE_GWEI")
+        return self
