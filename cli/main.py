@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "workers.commands",
     "accounting.commands",
     "schema.commands",
+    "portal.commands",
 )
 """Rooms whose `register` adds subcommands; a room not yet present is skipped."""
 

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.deploy",
     "tests.fixtures.workers",
     "tests.fixtures.system",
+    "tests.fixtures.portal",
 ]

@@ -1,0 +1,115 @@
+"""The portal's Starlette app: lifespan (ledger pool, Redis), error pages and JSON errors, security headers."""
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.templating import Jinja2Templates
+
+from portal.auth import SessionCodec
+from portal.errors import PortalError, Unavailable
+from portal.settings import PortalSettings
+from portal.state import TEMPLATES_DIR, PortalState
+
+log = logging.getLogger(__name__)
+
+SECURITY_HEADERS = {
+    # scripts only from the portal itself (no inline script runs), no framing (clickjacking), no MIME sniffing
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+}
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
+
+
+def _error(request: Request, status: int, body: dict[str, object]) -> Response:
+    if _wants_json(request):
+        return JSONResponse(body, status_code=status)
+    state: PortalState = request.app.state.portal
+    error = body["error"]
+    assert isinstance(error, dict)
+    session = state.sessions.read(request)
+    return state.templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": status, "error": error, "session": session, "csrf_token": session.csrf_token if session else ""},
+        status_code=status,
+    )
+
+
+async def _portal_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PortalError)
+    return _error(request, exc.status, exc.body())
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(request, exc.status_code, {"error": {"code": code, "message": str(exc.detail)}})
+
+
+async def _ledger_error(request: Request, exc: Exception) -> Response:
+    log.warning("ledger unavailable path=%s error=%s", request.url.path, type(exc).__name__)
+    return await _portal_error(request, Unavailable("the ledger did not answer; try again shortly"))
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        if request.url.path.startswith("/api/") or "set-cookie" in response.headers:
+            response.headers["cache-control"] = "no-store"
+        return response
+
+
+def create_app(settings: PortalSettings) -> Starlette:
+    from portal.routes import ROUTES
+
+    state = PortalState(
+        settings=settings,
+        sessions=SessionCodec(
+            settings.portal_secret_key.get_secret_value(),
+            max_age_s=settings.portal_session_ttl_s,
+            secure=settings.portal_secure_cookies,
+        ),
+        templates=Jinja2Templates(directory=str(TEMPLATES_DIR)),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=8)
+        state.redis = aioredis.Redis.from_url(str(settings.redis_url), decode_responses=True)
+        log.info("portal started domain=%s chain_id=%d", settings.portal_domain, settings.portal_chain_id)
+        try:
+            yield
+        finally:
+            await state.redis.aclose()
+            await state.pool.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={
+            PortalError: _portal_error,
+            HTTPException: _http_error,
+            asyncpg.PostgresConnectionError: _ledger_error,
+            asyncpg.InterfaceError: _ledger_error,
+            ConnectionRefusedError: _ledger_error,
+        },
+    )
+    app.state.portal = state
+    return app

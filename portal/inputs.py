@@ -1,0 +1,93 @@
+"""Reading request inputs into checked values; anything malformed is a 422 that names the field."""
+
+import json
+from typing import Any
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+
+from portal.errors import BadInput, PortalError
+from protocol.wallet import InvalidWallet, to_checksum_address, validate_wallet
+
+MAX_BODY_BYTES = 32 * 1024
+
+
+class UnsupportedMedia(PortalError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class TooLarge(PortalError):
+    status = 413
+    code = "too_large"
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """A JSON object body. Only `application/json` is read: a cross-site HTML form cannot send it."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise UnsupportedMedia("send the body as application/json")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise TooLarge(f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise BadInput("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadInput("the body must be a JSON object")
+    return data
+
+
+async def form_body(request: Request) -> FormData:
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        raise TooLarge(f"the form is larger than {MAX_BODY_BYTES} bytes")
+    return await request.form(max_files=0, max_fields=20)
+
+
+def text(data: Any, name: str, *, required: bool = True, max_chars: int = 4000) -> str | None:
+    value = data.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadInput(f"{name} is required", field=name)
+        return None
+    if not isinstance(value, str):
+        raise BadInput(f"{name} must be a string", field=name)
+    if len(value) > max_chars:
+        raise BadInput(f"{name} is longer than {max_chars} characters", field=name)
+    return value
+
+
+def required_text(data: Any, name: str, *, max_chars: int = 4000) -> str:
+    value = text(data, name, max_chars=max_chars)
+    assert value is not None
+    return value
+
+
+def wallet(value: str | None, field: str) -> str:
+    if not value:
+        raise BadInput(f"{field} is required", field=field)
+    try:
+        return validate_wallet(value)
+    except InvalidWallet as exc:
+        raise BadInput(f"{field}: {exc}", field=field) from None
+
+
+def any_case_wallet(value: str | None, field: str) -> str:
+    """An address in any letter case, returned in its EIP-55 spelling (a mixed-case typo is still refused)."""
+    if not value:
+        raise BadInput(f"{field} is required", field=field)
+    if value[2:].islower() or value[2:].isupper() or value[2:].isdigit():
+        try:
+            return to_checksum_address(value)
+        except InvalidWallet as exc:
+            raise BadInput(f"{field}: {exc}", field=field) from None
+    return wallet(value, field)
+
+
+def days(request: Request, default: int = 30) -> int:
+    raw = request.query_params.get("days")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 366:
+        raise BadInput("days must be a whole number from 1 to 366", field="days")
+    return int(raw)

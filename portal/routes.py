@@ -1,0 +1,344 @@
+"""The portal's routes: every page at `/...` has its JSON twin at `/api/...`, built from the same document.
+
+Reads are GET; everything that changes something is a POST that needs, for a signed-in wallet, the session's
+CSRF token (form field or `X-CSRF-Token` header); JSON POSTs accept only `application/json`.
+"""
+
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from portal import api_keys, documents, inputs, registrations
+from portal.auth import CSRF_FIELD, CSRF_HEADER, Session, check_csrf, require_session
+from portal.errors import NotSignedIn
+from portal.openapi import openapi_document
+from portal.signin import verify_sign_in
+from portal.state import STATIC_DIR, PortalState
+
+
+def _state(request: Request) -> PortalState:
+    state: PortalState = request.app.state.portal
+    return state
+
+
+def _session(request: Request) -> Session | None:
+    return _state(request).sessions.read(request)
+
+
+def _page(request: Request, template: str, document: dict[str, Any], status_code: int = 200) -> Response:
+    state = _state(request)
+    session = _session(request)
+    context = {
+        "doc": document,
+        "session": session,
+        "csrf_token": session.csrf_token if session else "",
+        "domain": state.settings.portal_domain,
+        "chain_id": state.settings.portal_chain_id,
+    }
+    return state.templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def _viewed_wallet(request: Request) -> str:
+    return inputs.wallet(request.path_params["address"], "address")
+
+
+# --- pages and their twins -------------------------------------------------------------------------------
+
+
+async def home(request: Request) -> Response:
+    return _page(request, "home.html", {"session_wallet": (s.wallet if (s := _session(request)) else None)})
+
+
+async def view_address(request: Request) -> Response:
+    wallet = inputs.wallet(request.query_params.get("address"), "address")
+    return RedirectResponse(f"/w/{wallet}/nodes", status_code=303)
+
+
+async def me(request: Request) -> Response:
+    session = _session(request)
+    return RedirectResponse(f"/w/{session.wallet}/nodes" if session else "/", status_code=303)
+
+
+async def nodes_page(request: Request) -> Response:
+    return _page(request, "nodes.html", await documents.wallet_nodes(_state(request), _viewed_wallet(request)))
+
+
+async def nodes_json(request: Request) -> Response:
+    return JSONResponse(await documents.wallet_nodes(_state(request), _viewed_wallet(request)))
+
+
+async def earnings_page(request: Request) -> Response:
+    document = await documents.wallet_earnings(_state(request), _viewed_wallet(request), inputs.days(request))
+    return _page(request, "earnings.html", document | {"chart_svg": documents.earnings_chart(document)})
+
+
+async def earnings_json(request: Request) -> Response:
+    document = await documents.wallet_earnings(_state(request), _viewed_wallet(request), inputs.days(request))
+    return JSONResponse(document)
+
+
+async def node_earnings_json(request: Request) -> Response:
+    from portal.earnings import node_earnings
+
+    node_id = request.path_params["node_id"]
+    return JSONResponse(await node_earnings(_state(request).db, node_id, days=inputs.days(request)))
+
+
+async def payouts_page(request: Request) -> Response:
+    return _page(request, "payouts.html", await documents.wallet_payouts(_state(request), _viewed_wallet(request)))
+
+
+async def payouts_json(request: Request) -> Response:
+    return JSONResponse(await documents.wallet_payouts(_state(request), _viewed_wallet(request)))
+
+
+async def swarm_page(request: Request) -> Response:
+    return _page(request, "swarm_list.html", await documents.swarm_models(_state(request)))
+
+
+async def swarm_json(request: Request) -> Response:
+    return JSONResponse(await documents.swarm_models(_state(request)))
+
+
+async def swarm_model_page(request: Request) -> Response:
+    return _page(request, "swarm.html", await documents.swarm_model(_state(request), request.path_params["model_id"]))
+
+
+async def swarm_model_json(request: Request) -> Response:
+    return JSONResponse(await documents.swarm_model(_state(request), request.path_params["model_id"]))
+
+
+async def onboarding_page(request: Request) -> Response:
+    document = await documents.onboarding(_state(request), request.query_params.get("model_id"), _session(request))
+    return _page(request, "onboarding.html", document)
+
+
+async def onboarding_json(request: Request) -> Response:
+    document = await documents.onboarding(_state(request), request.query_params.get("model_id"), _session(request))
+    return JSONResponse(document)
+
+
+# --- sign-in -------------------------------------------------------------------------------------------------
+
+
+async def sign_in_message(request: Request) -> Response:
+    body = await inputs.json_body(request)
+    # Wallets report addresses in lower case; the message spells the address the EIP-55 way.
+    wallet = inputs.any_case_wallet(inputs.text(body, "address", max_chars=42), "address")
+    return JSONResponse(await documents.sign_in_message(_state(request), wallet))
+
+
+async def sign_in_verify(request: Request) -> Response:
+    state = _state(request)
+    body = await inputs.json_body(request)
+    wallet = await verify_sign_in(
+        state.db,
+        message=inputs.required_text(body, "message"),
+        signature=inputs.required_text(body, "signature", max_chars=200),
+        domain=state.binding.domain,
+        chain_id=state.binding.chain_id,
+        max_age=state.binding.max_age,
+    )
+    session = state.sessions.new(wallet)
+    response = JSONResponse({"wallet": wallet, "csrf_token": session.csrf_token})
+    state.sessions.write(response, session)
+    return response
+
+
+async def session_json(request: Request) -> Response:
+    session = _session(request)
+    return JSONResponse(
+        {"wallet": session.wallet if session else None, "csrf_token": session.csrf_token if session else None}
+    )
+
+
+async def logout(request: Request) -> Response:
+    state = _state(request)
+    session = require_session(_session(request))
+    presented = request.headers.get(CSRF_HEADER)
+    if presented is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        presented = (await inputs.form_body(request)).get(CSRF_FIELD)  # type: ignore[assignment]
+    check_csrf(session, presented)
+    response: Response = (
+        JSONResponse({"signed_out": True})
+        if request.url.path.startswith("/api/")
+        else RedirectResponse("/", status_code=303)
+    )
+    state.sessions.clear(response)
+    return response
+
+
+# --- node registration ---------------------------------------------------------------------------------------
+
+
+async def statement_json(request: Request) -> Response:
+    body = await inputs.json_body(request)
+    document = await documents.statement(
+        _state(request),
+        inputs.text(body, "kind", max_chars=16) or "register",
+        inputs.required_text(body, "node_id", max_chars=128),
+        inputs.wallet(inputs.text(body, "wallet", max_chars=42), "wallet"),
+        inputs.wallet(from_wallet, "from_wallet")
+        if (from_wallet := inputs.text(body, "from_wallet", required=False))
+        else None,
+    )
+    return JSONResponse(document)
+
+
+async def _register(request: Request, data: Any) -> registrations.RegistrationOutcome:
+    return await registrations.register(
+        _state(request).db,
+        _state(request).binding,
+        statement=inputs.required_text(data, "statement"),
+        signature=inputs.required_text(data, "signature", max_chars=200),
+        owner_statement=inputs.text(data, "owner_statement", required=False),
+        owner_signature=inputs.text(data, "owner_signature", required=False, max_chars=200),
+    )
+
+
+async def registration_json(request: Request) -> Response:
+    """Anyone may submit a signed statement (the node launcher does): the signatures are the authority."""
+    outcome = await _register(request, await inputs.json_body(request))
+    return JSONResponse({"node_id": outcome.node_id, "wallet": outcome.wallet, "outcome": outcome.outcome})
+
+
+async def register_page(request: Request) -> Response:
+    session = _session(request)
+    return _page(
+        request,
+        "register.html",
+        {"wallet": session.wallet if session else None, "node_id": request.query_params.get("node_id", "")},
+    )
+
+
+async def register_form(request: Request) -> Response:
+    session = require_session(_session(request))
+    form = await inputs.form_body(request)
+    check_csrf(session, form.get(CSRF_FIELD))  # type: ignore[arg-type]
+    outcome = await _register(request, form)
+    return RedirectResponse(f"/w/{outcome.wallet}/nodes?registered={quote(outcome.node_id)}", status_code=303)
+
+
+# --- API keys ------------------------------------------------------------------------------------------------
+
+
+async def keys_page(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _page(request, "keys.html", {"wallet": None, "keys": []}, status_code=401)
+    return _page(request, "keys.html", await documents.keys_page(_state(request), session))
+
+
+async def keys_json(request: Request) -> Response:
+    return JSONResponse(await documents.keys_page(_state(request), _session(request)))
+
+
+async def create_key_form(request: Request) -> Response:
+    session = require_session(_session(request))
+    form = await inputs.form_body(request)
+    check_csrf(session, form.get(CSRF_FIELD))  # type: ignore[arg-type]
+    created = await api_keys.create_key(
+        _state(request).db, session.wallet, inputs.text(form, "label", required=False, max_chars=200) or ""
+    )
+    document = await documents.keys_page(_state(request), session)
+    return _page(request, "keys.html", document | {"created": created}, status_code=201)
+
+
+async def create_key_json(request: Request) -> Response:
+    session = require_session(_session(request))
+    check_csrf(session, request.headers.get(CSRF_HEADER))
+    body = await inputs.json_body(request)
+    created = await api_keys.create_key(
+        _state(request).db, session.wallet, inputs.text(body, "label", required=False, max_chars=200) or ""
+    )
+    return JSONResponse(created, status_code=201)
+
+
+async def revoke_key_form(request: Request) -> Response:
+    session = require_session(_session(request))
+    form = await inputs.form_body(request)
+    check_csrf(session, form.get(CSRF_FIELD))  # type: ignore[arg-type]
+    await api_keys.revoke_key(_state(request).db, session.wallet, request.path_params["key_id"])
+    return RedirectResponse("/keys", status_code=303)
+
+
+async def revoke_key_json(request: Request) -> Response:
+    session = require_session(_session(request))
+    check_csrf(session, request.headers.get(CSRF_HEADER))
+    return JSONResponse(await api_keys.revoke_key(_state(request).db, session.wallet, request.path_params["key_id"]))
+
+
+async def key_spend_page(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        raise NotSignedIn("sign in with your wallet first")
+    document = await documents.key_spend(_state(request), session, request.path_params["key_id"], inputs.days(request))
+    return _page(request, "key_spend.html", document)
+
+
+async def key_spend_json(request: Request) -> Response:
+    document = await documents.key_spend(
+        _state(request), _session(request), request.path_params["key_id"], inputs.days(request)
+    )
+    return JSONResponse(document)
+
+
+# --- service -------------------------------------------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    state = _state(request)
+    try:
+        await state.db.fetchval("SELECT 1")
+        await state.swarm.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; the type is reported
+        return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/", home),
+    Route("/view", view_address),
+    Route("/me", me),
+    Route("/w/{address}/nodes", nodes_page),
+    Route("/api/w/{address}/nodes", nodes_json),
+    Route("/w/{address}/earnings", earnings_page),
+    Route("/api/w/{address}/earnings", earnings_json),
+    Route("/w/{address}/payouts", payouts_page),
+    Route("/api/w/{address}/payouts", payouts_json),
+    Route("/api/nodes/{node_id}/earnings", node_earnings_json),
+    Route("/swarm", swarm_page),
+    Route("/api/swarm", swarm_json),
+    Route("/swarm/{model_id:path}", swarm_model_page),
+    Route("/api/swarm/{model_id:path}", swarm_model_json),
+    Route("/onboarding", onboarding_page),
+    Route("/api/onboarding", onboarding_json),
+    Route("/api/siwe/message", sign_in_message, methods=["POST"]),
+    Route("/api/siwe/verify", sign_in_verify, methods=["POST"]),
+    Route("/api/session", session_json),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/api/logout", logout, methods=["POST"]),
+    Route("/register", register_page),
+    Route("/register", register_form, methods=["POST"]),
+    Route("/api/statements", statement_json, methods=["POST"]),
+    Route("/api/registrations", registration_json, methods=["POST"]),
+    Route("/keys", keys_page),
+    Route("/keys", create_key_form, methods=["POST"]),
+    Route("/api/keys", keys_json),
+    Route("/api/keys", create_key_json, methods=["POST"]),
+    Route("/keys/{key_id}/revoke", revoke_key_form, methods=["POST"]),
+    Route("/api/keys/{key_id}/revoke", revoke_key_json, methods=["POST"]),
+    Route("/keys/{key_id}", key_spend_page),
+    Route("/api/keys/{key_id}/spend", key_spend_json),
+    Route("/health", health),
+    Route("/openapi.json", openapi),
+    Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+]

@@ -1,0 +1,218 @@
+"""Node ownership (schema/0009, portal/registrations.py): a peer id is paid to the wallet that registered it.
+
+The wallet a node announces in the DHT is a hint anyone can write; only a statement signed by the wallet,
+naming the peer id, makes its earnings payable, and only the owner's signature moves them to another wallet.
+"""
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from portal import nonces
+from portal.errors import Conflict, Forbidden, NotFound, SignatureRefused
+from portal.registrations import Binding, new_statement, register
+from tests.fixtures.ledger import unique_id
+from tests.fixtures.portal import PORTAL_HOST, SigningWallet, known_node, seed_earnings
+
+BINDING = Binding(domain=PORTAL_HOST, chain_id=31337, max_age=timedelta(minutes=5))
+ALICE, BOB, MALLORY = SigningWallet.named("alice"), SigningWallet.named("bob"), SigningWallet.named("mallory")
+
+# What accounting/payouts.py's claim reads, pointed at the view: the rows payable now, per paid wallet.
+OWED_BY_WALLET = """
+SELECT wallet, sum(payment_far) AS owed FROM far_payable_contributions
+WHERE paid_at IS NULL AND payment_batch_id IS NULL AND wallet IS NOT NULL AND payment_far > 0 AND node_id = ANY($1)
+GROUP BY wallet
+"""
+
+
+@pytest.fixture
+async def pool(migrated_postgres_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(migrated_postgres_dsn, min_size=1, max_size=2)
+    yield pool
+    await pool.close()
+
+
+async def signed(
+    pool: asyncpg.Pool, wallet: SigningWallet, node_id: str, *, kind: str = "register", to: str | None = None
+) -> tuple[str, str]:
+    """A fresh statement from the portal, and `wallet`'s signature on it."""
+    nonce = await nonces.issue(pool, "register" if kind == "register" else "transfer", timedelta(minutes=5))
+    if kind == "register":
+        statement = new_statement("register", BINDING, node_id=node_id, wallet=wallet.address, nonce=nonce)
+    else:
+        assert to is not None
+        statement = new_statement(
+            "transfer", BINDING, node_id=node_id, wallet=to, nonce=nonce, from_wallet=wallet.address
+        )
+    text = statement.text()
+    return text, wallet.personal_sign(text)
+
+
+async def test_a_node_registered_by_the_wallet_it_announces_is_paid_there(
+    pool: asyncpg.Pool, ledger: asyncpg.Connection
+) -> None:
+    node = await known_node(ledger, ALICE.address)
+    statement, signature = await signed(pool, ALICE, node)
+    outcome = await register(pool, BINDING, statement=statement, signature=signature)
+    assert (outcome.node_id, outcome.wallet, outcome.outcome) == (node, ALICE.address, "registered")
+    assert await ledger.fetchval("SELECT far_registered_wallet($1)", node) == ALICE.address
+    events = await ledger.fetch(
+        "SELECT wallet, previous_wallet, statement FROM far_node_registration_events WHERE node_id = $1", node
+    )
+    assert [(e["wallet"], e["previous_wallet"], e["statement"]) for e in events] == [(ALICE.address, None, statement)]
+
+
+async def test_a_peer_announcing_someone_elses_wallet_earns_for_nobody_until_registered(
+    pool: asyncpg.Pool, ledger: asyncpg.Connection
+) -> None:
+    """Mallory's node announces Bob's wallet: its earnings are held, not paid to Bob, and Mallory cannot claim them."""
+    node = await known_node(ledger, BOB.address)
+    await ledger.execute("UPDATE far_nodes SET wallet = $2 WHERE node_id = $1", node, BOB.address)
+    await seed_earnings(ledger, {node: 1}, sessions=3)
+    await ledger.execute("UPDATE far_session_contributions SET wallet = $2 WHERE node_id = $1", node, BOB.address)
+    assert await ledger.fetch(OWED_BY_WALLET, [node]) == []
+    held = await ledger.fetchrow(
+        "SELECT announced_wallets, unclaimed_far FROM far_unclaimed_earnings WHERE node_id = $1", node
+    )
+    assert held["announced_wallets"] == [BOB.address] and held["unclaimed_far"] > 0
+
+    statement, signature = await signed(pool, MALLORY, node)
+    with pytest.raises(Conflict, match="announces wallet"):
+        await register(pool, BINDING, statement=statement, signature=signature)
+    assert await ledger.fetch(OWED_BY_WALLET, [node]) == []
+
+    statement, signature = await signed(pool, BOB, node)
+    await register(pool, BINDING, statement=statement, signature=signature)
+    owed = await ledger.fetch(OWED_BY_WALLET, [node])
+    assert [(r["wallet"], r["owed"]) for r in owed] == [(BOB.address, held["unclaimed_far"])]
+    assert await ledger.fetchval("SELECT count(*) FROM far_unclaimed_earnings WHERE node_id = $1", node) == 0
+
+
+async def test_earnings_are_paid_to_the_registered_wallet_whatever_the_rows_announced(
+    pool: asyncpg.Pool, ledger: asyncpg.Connection
+) -> None:
+    node = await known_node(ledger, ALICE.address)
+    statement, signature = await signed(pool, ALICE, node)
+    await register(pool, BINDING, statement=statement, signature=signature)
+    await seed_earnings(ledger, {node: 1}, sessions=2)
+    # a later DHT record (anyone can write one) announces Mallory's wallet for the same peer id
+    await ledger.execute("UPDATE far_session_contributions SET wallet = $2 WHERE node_id = $1", node, MALLORY.address)
+    owed = await ledger.fetch(OWED_BY_WALLET, [node])
+    assert [r["wallet"] for r in owed] == [ALICE.address]
+
+
+async def test_moving_a_node_needs_its_owners_signature(pool: asyncpg.Pool, ledger: asyncpg.Connection) -> None:
+    node = await known_node(ledger, ALICE.address)
+    statement, signature = await signed(pool, ALICE, node)
+    await register(pool, BINDING, statement=statement, signature=signature)
+    await seed_earnings(ledger, {node: 1}, sessions=1)
+
+    statement, signature = await signed(pool, BOB, node)
+    with pytest.raises(Forbidden, match="registered to"):
+        await register(pool, BINDING, statement=statement, signature=signature)
+
+    forged_consent, forged_signature = await signed(pool, MALLORY, node, kind="transfer", to=BOB.address)
+    with pytest.raises(SignatureRefused, match="signature"):
+        # Mallory signs a transfer that claims to come from Alice's wallet
+        await register(
+            pool,
+            BINDING,
+            statement=statement,
+            signature=signature,
+            owner_statement=forged_consent.replace(MALLORY.address, ALICE.address),
+            owner_signature=forged_signature,
+        )
+
+    consent, consent_signature = await signed(pool, ALICE, node, kind="transfer", to=BOB.address)
+    statement, signature = await signed(pool, BOB, node)
+    outcome = await register(
+        pool,
+        BINDING,
+        statement=statement,
+        signature=signature,
+        owner_statement=consent,
+        owner_signature=consent_signature,
+    )
+    assert outcome.outcome == "transferred"
+    assert [r["wallet"] for r in await ledger.fetch(OWED_BY_WALLET, [node])] == [BOB.address]
+    previous = await ledger.fetchval(
+        "SELECT previous_wallet FROM far_node_registration_events WHERE node_id = $1 ORDER BY id DESC LIMIT 1", node
+    )
+    assert previous == ALICE.address
+
+
+async def test_a_signed_statement_registers_once(pool: asyncpg.Pool, ledger: asyncpg.Connection) -> None:
+    node = await known_node(ledger, ALICE.address)
+    statement, signature = await signed(pool, ALICE, node)
+    await register(pool, BINDING, statement=statement, signature=signature)
+    with pytest.raises(SignatureRefused, match="already used"):
+        await register(pool, BINDING, statement=statement, signature=signature)
+
+
+async def test_statements_for_another_portal_chain_or_time_are_refused(
+    pool: asyncpg.Pool, ledger: asyncpg.Connection
+) -> None:
+    node = await known_node(ledger, ALICE.address)
+    nonce = await nonces.issue(pool, "register", timedelta(minutes=5))
+    good = new_statement("register", BINDING, node_id=node, wallet=ALICE.address, nonce=nonce)
+    cases = {
+        "domain": good.text().replace(f"Domain: {PORTAL_HOST}", "Domain: evil.example"),
+        "chain id": good.text().replace("Chain ID: 31337", "Chain ID: 1"),
+        "expired": good.text().replace(
+            good.text().split("Issued At: ")[1],
+            (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        ),
+    }
+    for reason, text in cases.items():
+        with pytest.raises(SignatureRefused, match=reason.split()[0]):
+            await register(pool, BINDING, statement=text, signature=ALICE.personal_sign(text))
+    with pytest.raises(SignatureRefused, match="needs"):
+        await register(pool, BINDING, statement=good.text(), signature=MALLORY.personal_sign(good.text()))
+
+
+async def test_a_node_the_swarm_never_showed_cannot_be_registered(pool: asyncpg.Pool) -> None:
+    statement, signature = await signed(pool, ALICE, unique_id("12D3KooWunknown"))
+    with pytest.raises(NotFound, match="not been seen"):
+        await register(pool, BINDING, statement=statement, signature=signature)
+
+
+async def test_the_ledger_itself_refuses_a_transfer_without_the_owners_evidence(ledger: asyncpg.Connection) -> None:
+    node = unique_id("node")
+    sig = "0x" + "1" * 130
+    assert (
+        await ledger.fetchval("SELECT far_register_node($1, $2, 'statement', $3)", node, ALICE.address, sig)
+        == "registered"
+    )
+    assert (
+        await ledger.fetchval("SELECT far_register_node($1, $2, 'statement', $3)", node, ALICE.address, sig)
+        == "unchanged"
+    )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await ledger.fetchval("SELECT far_register_node($1, $2, 'statement', $3)", node, BOB.address, sig)
+    with pytest.raises(asyncpg.SerializationError):
+        await ledger.fetchval(
+            "SELECT far_register_node($1, $2, 's', $3, $4, 'consent', $3)", node, BOB.address, sig, MALLORY.address
+        )
+
+
+async def test_a_payout_claim_through_the_view_locks_and_pays_the_registered_wallet(
+    pool: asyncpg.Pool, ledger: asyncpg.Connection
+) -> None:
+    """accounting/payouts.py's claim query, reading far_payable_contributions, works with FOR UPDATE SKIP LOCKED."""
+    node = await known_node(ledger, ALICE.address)
+    statement, signature = await signed(pool, ALICE, node)
+    await register(pool, BINDING, statement=statement, signature=signature)
+    await seed_earnings(ledger, {node: 1}, sessions=2)
+    claimable = "paid_at IS NULL AND payment_batch_id IS NULL AND wallet IS NOT NULL AND payment_far > 0"
+    async with ledger.transaction():
+        rows = await ledger.fetch(
+            f"SELECT id, wallet, payment_far FROM far_payable_contributions WHERE {claimable} AND node_id = $2 "
+            f"AND wallet IN (SELECT wallet FROM far_payable_contributions WHERE {claimable} "
+            "GROUP BY wallet HAVING sum(payment_far) >= $1) ORDER BY id FOR UPDATE SKIP LOCKED",
+            Decimal("0"),
+            node,
+        )
+    assert len(rows) == 2 and {r["wallet"] for r in rows} == {ALICE.address}
