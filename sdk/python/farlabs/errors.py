@@ -117,7 +117,8 @@ class ModelUnavailable(ServiceUnavailable):
 
 
 class GenerationFailed(APIError):
-    """The generation itself failed (the stream's error event, or 502): tokens already delivered are billed."""
+    """The generation itself failed or was stopped (the stream's error event, a 502, or a 504 stream_deadline):
+    tokens already delivered are billed."""
 
     status = 502
 
@@ -146,6 +147,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     429: RateLimited,
     502: GenerationFailed,
     503: ServiceUnavailable,
+    504: ServiceUnavailable,
 }
 
 
@@ -182,6 +184,8 @@ def error_from_response(
         cls = InvalidRequest if 400 <= status < 500 else ServiceUnavailable
     if cls is ServiceUnavailable and code == "no_healthy_swarm":
         cls = ModelUnavailable
+    elif code == "stream_deadline":  # 504: the request ran past the gateway's deadline, billed for its tokens
+        cls = GenerationFailed
     kwargs: dict[str, Any] = {
         "status": status,
         "code": code,

@@ -24,7 +24,7 @@ from farlabs.options import ClientOptions
 from farlabs.progress import Progress, Usage
 from farlabs.sse import SSEDecoder
 
-_NOT_RETRIED = frozenset({"no_healthy_swarm", "generation_failed"})
+_NOT_RETRIED = frozenset({"no_healthy_swarm", "generation_failed", "stream_deadline"})
 
 
 @dataclass(frozen=True)

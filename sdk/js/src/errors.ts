@@ -1,0 +1,174 @@
+/**
+ * Every way a call can fail, as one class per gateway error code.
+ *
+ * The gateway answers errors as `{"error": {"code", "message", "field", ...}}`; `errorFromResponse` turns that
+ * into the matching class, so callers write `if (e instanceof RateLimited) await sleep(e.retryAfter)` instead of
+ * reading status codes. A failure inside a running generation (the stream's error event) is `GenerationFailed`.
+ */
+
+export interface ErrorDetail {
+  loc?: (string | number)[];
+  msg?: string;
+  type?: string;
+}
+
+/** The base of every error this package throws. */
+export class FarMeshError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The gateway could not be reached (or kept dropping the connection) after every configured retry. */
+export class APIConnectionError extends FarMeshError {}
+
+export interface APIErrorInit {
+  status?: number;
+  code?: string;
+  field?: string | null;
+  details?: ErrorDetail[];
+  requestId?: string | null;
+  retryAfter?: number | null;
+}
+
+/** The gateway refused a request: `status` is the HTTP status, `code` the stable machine-readable reason. */
+export class APIError extends FarMeshError {
+  static readonly defaultStatus: number = 0;
+  readonly status: number;
+  readonly code: string;
+  readonly field: string | null;
+  readonly details: ErrorDetail[];
+  readonly requestId: string | null;
+
+  constructor(message: string, init: APIErrorInit = {}) {
+    super(message);
+    this.status = init.status ?? (new.target as typeof APIError).defaultStatus;
+    this.code = init.code ?? "error";
+    this.field = init.field ?? null;
+    this.details = init.details ?? [];
+    this.requestId = init.requestId ?? null;
+  }
+}
+
+/** 422 (or 400): a field is invalid; `field` names it, `details` lists every problem. */
+export class InvalidRequest extends APIError {
+  static override readonly defaultStatus = 422;
+}
+/** 401: the API key is missing, malformed or revoked. */
+export class Unauthorized extends APIError {
+  static override readonly defaultStatus = 401;
+}
+/** 403: the key may not do this (e.g. `user_wallet` is not its wallet, or another key's request). */
+export class Forbidden extends APIError {
+  static override readonly defaultStatus = 403;
+}
+/** 404: unknown model, or a request id this key never submitted (or that finished over an hour ago). */
+export class NotFound extends APIError {
+  static override readonly defaultStatus = 404;
+}
+/** 409: the `requestId` belongs to another API key; choose another. */
+export class Conflict extends APIError {
+  static override readonly defaultStatus = 409;
+}
+/** 413: the request body is larger than the gateway accepts. */
+export class PayloadTooLarge extends APIError {
+  static override readonly defaultStatus = 413;
+}
+/** 415: the body was not JSON. */
+export class UnsupportedMediaType extends APIError {
+  static override readonly defaultStatus = 415;
+}
+
+/** 429: the key's request rate or concurrent-stream limit; `retryAfter` is the seconds the gateway asks for. */
+export class RateLimited extends APIError {
+  static override readonly defaultStatus = 429;
+  readonly retryAfter: number | null;
+  constructor(message: string, init: APIErrorInit = {}) {
+    super(message, init);
+    this.retryAfter = init.retryAfter ?? null;
+  }
+}
+
+/** 503: the gateway cannot serve now (e.g. it lost Redis); `retryAfter` says when to try again. */
+export class ServiceUnavailable extends APIError {
+  static override readonly defaultStatus = 503;
+  readonly retryAfter: number | null;
+  constructor(message: string, init: APIErrorInit = {}) {
+    super(message, init);
+    this.retryAfter = init.retryAfter ?? null;
+  }
+}
+
+/** 503 no_healthy_swarm: no healthy swarm serves the model right now. */
+export class ModelUnavailable extends ServiceUnavailable {}
+
+export interface GenerationFailedInit extends APIErrorInit {
+  tokensGenerated?: number | null;
+  totalCostFar?: string | null;
+}
+
+/**
+ * The generation itself failed or was stopped (the stream's error event, a 502, or a 504 stream_deadline):
+ * tokens already delivered are billed.
+ */
+export class GenerationFailed extends APIError {
+  static override readonly defaultStatus = 502;
+  readonly tokensGenerated: number | null;
+  readonly totalCostFar: string | null;
+  constructor(message: string, init: GenerationFailedInit = {}) {
+    super(message, init);
+    this.tokensGenerated = init.tokensGenerated ?? null;
+    this.totalCostFar = init.totalCostFar ?? null;
+  }
+}
+
+const BY_STATUS: Record<number, new (message: string, init?: APIErrorInit) => APIError> = {
+  400: InvalidRequest,
+  401: Unauthorized,
+  403: Forbidden,
+  404: NotFound,
+  409: Conflict,
+  413: PayloadTooLarge,
+  415: UnsupportedMediaType,
+  422: InvalidRequest,
+  429: RateLimited,
+  502: GenerationFailed,
+  503: ServiceUnavailable,
+  504: ServiceUnavailable,
+};
+
+/** The Retry-After header in seconds (the gateway sends integer seconds); null when absent or unreadable. */
+export function retryAfterSeconds(headers: Headers): number | null {
+  const value = headers.get("retry-after");
+  if (value === null) return null;
+  const seconds = Number(value);
+  return Number.isFinite(seconds) ? Math.max(0, seconds) : null;
+}
+
+/** The typed error for a non-2xx answer, read from the gateway's JSON error body when there is one. */
+export function errorFromResponse(status: number, headers: Headers, body: string, requestId?: string): APIError {
+  let code = `http_${status}`;
+  let message = `HTTP ${status}`;
+  let field: string | null = null;
+  let details: ErrorDetail[] | undefined;
+  try {
+    const error = (JSON.parse(body) as { error?: unknown }).error;
+    if (typeof error === "string") {
+      message = error;
+    } else if (error && typeof error === "object") {
+      const e = error as { code?: unknown; message?: unknown; field?: unknown; details?: unknown };
+      if (typeof e.code === "string" && e.code) code = e.code;
+      if (typeof e.message === "string" && e.message) message = e.message;
+      if (typeof e.field === "string") field = e.field;
+      if (Array.isArray(e.details)) details = e.details as ErrorDetail[];
+    }
+  } catch {
+    const text = body.trim();
+    if (text) message = `${message}: ${text.slice(0, 200)}`;
+  }
+  let cls = BY_STATUS[status] ?? (status >= 400 && status < 500 ? InvalidRequest : ServiceUnavailable);
+  if (cls === ServiceUnavailable && code === "no_healthy_swarm") cls = ModelUnavailable;
+  else if (code === "stream_deadline") cls = GenerationFailed; // 504: past the gateway's deadline, billed for its tokens
+  return new cls(message, { status, code, field, details, requestId: requestId ?? null, retryAfter: retryAfterSeconds(headers) });
+}
