@@ -97,8 +97,11 @@ async def node_ids_earnings(
     totals = await connection.fetchrow(_TOTALS, node_ids)
     by_day = await connection.fetch(_BY_DAY, node_ids, since)
     by_model = await connection.fetch(_BY_MODEL, node_ids)
+    summary = _money(totals, *_MONEY)
+    last = summary["last_contribution_at"]
+    summary["last_contribution_at"] = last.isoformat() if last is not None else None
     return {
-        "totals": _money(totals, *_MONEY),
+        "totals": summary,
         "by_day": [_money(r, *_MONEY) | {"day": r["day"].isoformat()} for r in by_day],
         "by_model": [_money(r, *_MONEY) for r in by_model],
     }

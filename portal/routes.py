@@ -179,7 +179,7 @@ async def statement_json(request: Request) -> Response:
     body = await inputs.json_body(request)
     document = await documents.statement(
         _state(request),
-        inputs.text(body, "kind", max_chars=16) or "register",
+        inputs.text(body, "kind", required=False, max_chars=16) or "register",
         inputs.required_text(body, "node_id", max_chars=128),
         inputs.wallet(inputs.text(body, "wallet", max_chars=42), "wallet"),
         inputs.wallet(from_wallet, "from_wallet")

@@ -1,0 +1,38 @@
+"""Steps the portal tests repeat: signing in over HTTP, and publishing a swarm snapshot as a worker does."""
+
+from datetime import UTC, datetime
+
+import httpx
+import redis.asyncio as aioredis
+
+from protocol import keys
+from protocol.swarm import ServerSnapshot, SwarmSnapshot
+from tests.fixtures.portal import SigningWallet
+
+
+async def sign_in(client: httpx.AsyncClient, wallet: SigningWallet) -> str:
+    """Sign in as `wallet` (the cookie lands in the client's jar); returns the session's CSRF token."""
+    message = (await client.post("/api/siwe/message", json={"address": wallet.address.lower()})).json()["message"]
+    response = await client.post(
+        "/api/siwe/verify", json={"message": message, "signature": wallet.personal_sign(message)}
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["csrf_token"]
+    return token
+
+
+async def publish_snapshot(
+    redis: aioredis.Redis, model_id: str, num_blocks: int, spans: dict[str, tuple[int, int]], **server: object
+) -> SwarmSnapshot:
+    snapshot = SwarmSnapshot(
+        model_id=model_id,
+        dht_prefix=model_id.replace("/", "-"),
+        num_blocks=num_blocks,
+        taken_at=datetime.now(UTC),
+        servers=tuple(
+            ServerSnapshot(peer_id=peer, start_block=start, end_block=end, throughput=10.0, state="online", **server)
+            for peer, (start, end) in spans.items()
+        ),
+    )
+    await redis.hset(keys.SWARM_SNAPSHOTS, model_id, snapshot.model_dump_json())  # type: ignore[misc]
+    return snapshot
