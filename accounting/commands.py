@@ -1,4 +1,4 @@
-"""`far-mesh accounting` (the usage consumer) and `far-mesh payouts run|list|resolve` (paying nodes)."""
+"""`far-mesh accounting` (the usage consumer) and `far-mesh payouts run|serve|list|resolve` (paying nodes)."""
 
 import argparse
 import asyncio
@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     import asyncpg
 
+    from chain.settings import PayoutSettings
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -22,32 +24,73 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     payouts = subparsers.add_parser("payouts", help="pay nodes the $FAR they earned")
     actions = payouts.add_subparsers(dest="action", required=True, metavar="ACTION")
-    run = actions.add_parser("run", help="batch unpaid contributions per wallet and hand them to the payer")
+    run = actions.add_parser(
+        "run", help="claim one batch of unpaid contributions and pay it (settling older ones first)"
+    )
+    run.add_argument(
+        "--payer",
+        choices=("file", "chain"),
+        default="file",
+        help="chain: pay on chain now (FAR_MESH_CHAIN_*, FAR_MESH_TREASURY_*); file: export for manual signing",
+    )
     run.add_argument("--min-far", type=_far_amount, default=Decimal(0), help="smallest total a wallet is paid")
-    run.add_argument("--out-dir", type=Path, required=True, help="where the file payer writes the batch file")
+    run.add_argument("--max-wallets", type=_positive, default=None, help="most wallets in the batch")
+    run.add_argument("--out-dir", type=Path, help="where the file payer writes the batch file (--payer file)")
     run.set_defaults(handler=run_payouts)
 
+    serve = actions.add_parser(
+        "serve", help="pay on chain continuously: every FAR_MESH_PAYOUT_INTERVAL_S, with metrics on its port"
+    )
+    serve.set_defaults(handler=serve_payouts)
+
     listing = actions.add_parser("list", help="show payment batches, newest first")
-    listing.add_argument("--status", choices=("pending", "paid", "failed"), help="only batches in this state")
+    listing.add_argument("--status", choices=BATCH_STATUSES, help="only batches in this state")
     listing.set_defaults(handler=list_payouts)
 
     resolve = actions.add_parser(
-        "resolve", help="settle a pending batch by hand (one a crash left between claim and confirmation)"
+        "resolve", help="settle a batch by hand: one paid from its exported file, or one that never moved money"
     )
     resolve.add_argument("batch_id", type=int, metavar="BATCH_ID")
     outcome = resolve.add_mutually_exclusive_group(required=True)
     outcome.add_argument(
-        "--paid", type=_reference, metavar="TX_REF", help="the money moved: mark the rows paid under this reference"
+        "--tx",
+        type=_tx_hash,
+        metavar="0xHASH",
+        help="the transaction that paid it: checked on chain (recipients, amounts, confirmations) before rows are paid",
     )
     outcome.add_argument("--failed", action="store_true", help="the money did not move: release the rows")
     resolve.add_argument("--reason", default="resolved by an operator", help="recorded with --failed")
+    resolve.add_argument("--sender", type=_wallet, help="with --tx: the address that must have paid (the treasury)")
     resolve.set_defaults(handler=resolve_payout)
 
 
-def _reference(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("give the transfer's reference (a transaction hash, a file name)")
-    return text.strip()
+BATCH_STATUSES = ("claimed", "signed", "submitted", "paid", "failed")
+
+
+def _tx_hash(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 66 or not value.startswith("0x") or any(c not in "0123456789abcdef" for c in value[2:]):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a transaction hash (0x and 64 hexadecimal digits)")
+    return value
+
+
+def _wallet(text: str) -> str:
+    from protocol.wallet import InvalidWallet, validate_wallet
+
+    try:
+        return validate_wallet(text.strip())
+    except InvalidWallet as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def _far_amount(text: str) -> Decimal:
@@ -71,22 +114,93 @@ def run_accounting(args: argparse.Namespace) -> int:
 
 
 def run_payouts(args: argparse.Namespace) -> int:
+    if args.payer == "chain":
+        return _run_chain_payouts(args)
     from accounting.payer import FilePayer
-    from accounting.payouts import BatchNotPending, PaymentFailed, run_payout
+    from accounting.payouts import PaymentFailed, run_payout
     from schema.settings import LedgerSettings
 
+    if args.out_dir is None:
+        log.error("payouts run --payer file needs --out-dir (where the batch file for manual signing goes)")
+        return 2
     settings = LedgerSettings.from_env()
     settings.configure_logging()
     try:
-        batch = asyncio.run(run_payout(settings.postgres_url, FilePayer(args.out_dir), min_far=args.min_far))
+        batch = asyncio.run(
+            run_payout(
+                settings.postgres_url, FilePayer(args.out_dir), min_far=args.min_far, max_wallets=args.max_wallets
+            )
+        )
     except PaymentFailed as exc:
         log.error("payout failed, rows left unpaid: %s", exc)
         return 1
-    except BatchNotPending as exc:  # an operator resolved it while the payer was still at work
-        log.error("payout batch settled elsewhere meanwhile; compare the payer's records with it: %s", exc)
-        return 1
     if batch is None:
         log.info("payout: no wallet is owed at least %s FAR", args.min_far)
+    else:
+        log.info(
+            "payout batch %d exported: sign and send it, then `far-mesh payouts resolve %d --tx 0x...`",
+            batch.id,
+            batch.id,
+        )
+    return 0
+
+
+def _payout_settings() -> "PayoutSettings":
+    from chain.settings import PayoutSettings
+    from protocol.settings import SettingsError
+
+    settings = PayoutSettings.from_env()
+    settings.configure_logging()
+    for name in ("far_mesh_token_address", "far_mesh_batch_contract_address"):
+        if getattr(settings, name) is None:
+            raise SettingsError(f"{name.upper()}: required by the chain payer (see `far-mesh chain deploy`)")
+    try:
+        settings.treasury_key()
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return settings
+
+
+def _run_chain_payouts(args: argparse.Namespace) -> int:
+    from accounting.payer import ChainPayer, PayerBusy
+    from chain.errors import ChainError
+
+    settings = _payout_settings()
+    max_wallets = args.max_wallets or settings.far_mesh_payout_max_wallets
+    settings = settings.model_copy(update={"far_mesh_payout_max_wallets": max_wallets})
+
+    async def run() -> int:
+        import asyncpg
+
+        payer = await ChainPayer.connect(settings)
+        connection = await asyncpg.connect(settings.postgres_url)
+        try:
+            settled = await payer.run_once(connection, min_far=args.min_far)
+        finally:
+            await connection.close()
+        for outcome in settled:
+            print(f"batch {outcome.batch_id}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else ""))
+        if not settled:
+            log.info("payout: no wallet is owed at least %s FAR", args.min_far)
+        return 1 if any(s.status == "failed" for s in settled) else 0
+
+    try:
+        return asyncio.run(run())
+    except (ChainError, PayerBusy) as exc:
+        log.error("payout stopped: %s", exc)
+        return 1
+
+
+def serve_payouts(args: argparse.Namespace) -> int:
+    from accounting.payer import serve_chain_payouts as serve
+    from chain.errors import ChainError
+
+    settings = _payout_settings()
+    try:
+        asyncio.run(serve(settings))
+    except ChainError as exc:
+        log.error("payouts serve stopped: %s", exc)
+        return 1
     return 0
 
 
@@ -94,32 +208,92 @@ def list_payouts(args: argparse.Namespace) -> int:
     from accounting.payouts import list_batches
 
     batches = asyncio.run(_with_ledger(lambda connection: list_batches(connection, status=args.status)))
-    print("id\tstatus\tpayer\tcreated_at\twallets\trows\ttotal_far\treference")
+    print("id\tstatus\tpayer\tcreated_at\twallets\trows\ttotal_far\tnonce\tgas_used\treference")
     for b in batches:
-        note = b.transaction_ref or b.failure_reason or "-"
+        note = b.transaction_ref or b.failure_reason or b.export_ref or "-"
+        nonce = "-" if b.nonce is None else b.nonce
+        gas = "-" if b.gas_used is None else b.gas_used
         print(
             f"{b.id}\t{b.status}\t{b.payer}\t{b.created_at.isoformat(timespec='seconds')}\t{b.wallet_count}\t"
-            f"{b.row_count}\t{b.total_far}\t{note}"
+            f"{b.row_count}\t{b.total_far}\t{nonce}\t{gas}\t{note}"
         )
     return 0
 
 
 def resolve_payout(args: argparse.Namespace) -> int:
-    from accounting.payouts import BatchNotPending, mark_failed, mark_paid
-
-    async def settle(connection: "asyncpg.Connection") -> None:
-        if args.paid is not None:
-            await mark_paid(connection, args.batch_id, args.paid)
-        else:
-            await mark_failed(connection, args.batch_id, args.reason)
+    from accounting.payouts import BatchNotPending, PaymentFailed
+    from chain.errors import ChainError
 
     try:
-        asyncio.run(_with_ledger(settle))
-    except BatchNotPending as exc:
+        if args.tx is not None:
+            asyncio.run(_resolve_with_transaction(args.batch_id, args.tx, args.sender))
+        else:
+            asyncio.run(_with_ledger(lambda connection: _release(connection, args.batch_id, args.reason)))
+    except (BatchNotPending, PaymentFailed, ChainError) as exc:
         log.error("resolve refused: %s", exc)
         return 1
-    log.info("payout batch resolved id=%d status=%s", args.batch_id, "paid" if args.paid is not None else "failed")
+    log.info("payout batch resolved id=%d status=%s", args.batch_id, "paid" if args.tx is not None else "failed")
     return 0
+
+
+async def _release(connection: "asyncpg.Connection", batch_id: int, reason: str) -> None:
+    from accounting.payouts import BatchNotPending, has_live_transactions, mark_failed
+
+    if await has_live_transactions(connection, batch_id):
+        raise BatchNotPending(
+            f"payment batch {batch_id} has a signed transaction that may still be mined: the chain payer settles "
+            "it from the chain (`far-mesh payouts run --payer chain`)"
+        )
+    await mark_failed(connection, batch_id, reason, allowed=("claimed", "submitted"))
+
+
+async def _resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | None) -> None:
+    """Mark a batch paid only once `tx_hash` is confirmed on chain paying exactly its wallets their amounts."""
+    import asyncpg
+
+    from accounting.payer import verify_transaction
+    from accounting.payouts import (
+        BatchNotPending,
+        PaymentFailed,
+        batch_state,
+        has_live_transactions,
+        load_batch,
+        mark_paid,
+    )
+    from chain.client import ChainClient
+    from chain.settings import PayoutSettings
+    from protocol.settings import SettingsError
+
+    settings = PayoutSettings.from_env()
+    settings.configure_logging()
+    if settings.far_mesh_token_address is None:
+        raise SettingsError("FAR_MESH_TOKEN_ADDRESS: required to check a transaction's $FAR transfers")
+    connection = await asyncpg.connect(settings.postgres_url)
+    try:
+        state = await batch_state(connection, batch_id)
+        if state.status not in ("claimed", "submitted") or await has_live_transactions(connection, batch_id):
+            raise BatchNotPending(
+                f"payment batch {batch_id} is {state.status}"
+                + (" with the chain payer's own transaction in flight" if state.status == "submitted" else "")
+                + ": only an exported (or stranded) batch is resolved by hand"
+            )
+        batch = await load_batch(connection, batch_id)
+        client = ChainClient(settings.far_mesh_chain_rpc_url, timeout_s=settings.far_mesh_chain_rpc_timeout_s)
+        await client.check(settings.far_mesh_chain_id, {"FAR_MESH_TOKEN_ADDRESS": settings.far_mesh_token_address})
+        mined = await verify_transaction(
+            client,
+            batch,
+            tx_hash,
+            token=settings.far_mesh_token_address,
+            sender=sender,
+            confirmations=settings.far_mesh_payout_confirmations,
+        )
+        try:
+            await mark_paid(connection, batch_id, mined.tx_hash, mined)
+        except asyncpg.UniqueViolationError:
+            raise PaymentFailed(f"transaction {tx_hash} already settled another batch") from None
+    finally:
+        await connection.close()
 
 
 async def _with_ledger(use: "Callable[[asyncpg.Connection], Awaitable[T]]") -> T:

@@ -1,18 +1,76 @@
-"""Payers: what turns a payment batch into money moved. `FilePayer` hands the batch to an operator as a file.
+"""Payers: what turns a claimed payment batch into $FAR moved.
 
-The file is CSV, one line per wallet (amounts as decimal strings, never floats), ending with a sign-off line
-carrying the SHA-256 of everything above it; the reference returned is the file name and that checksum.
+`FilePayer` hands the batch to an operator as a CSV file for manual signing and leaves it `submitted`:
+nothing is paid until `far-mesh payouts resolve BATCH --tx 0x...` finds that transaction on chain paying
+exactly the batch (`verify_transaction`).
+
+`ChainPayer` pays on chain itself, one batch per transaction, through the FarBatchTransfer contract:
+
+1. claimed: the treasury's $FAR, allowance and gas are checked and the call is estimated (a shortfall or a
+   would-be revert fails the batch and releases its rows: nothing was signed);
+2. signed: the transaction is signed with the treasury's next nonce and COMMITTED (raw bytes, hash, nonce,
+   fees) before anything is sent;
+3. submitted: it is broadcast (again after a restart: a signed transaction is idempotent);
+4. then the chain decides. A receipt with status 1 and FAR_MESH_PAYOUT_CONFIRMATIONS blocks marks the batch
+   and its rows paid with the transaction's hash; status 0 (reverted) fails the batch and releases the rows;
+   the treasury's mined nonce passing the batch's with no receipt for any of its transactions means another
+   transaction took that nonce, so none of ours can ever land: failed, rows released. A transaction not
+   mined for FAR_MESH_PAYOUT_REPLACE_AFTER_S is replaced by one with the same nonce and higher fees.
+
+Never twice: every transaction of a batch has the batch's one nonce, so at most one can ever be mined, and
+rows are released only once the chain shows that none of them transferred anything (reverted, or the nonce
+consumed by another). One payer at a time holds the treasury's advisory lock, and finishes its unsettled
+batches before claiming a new one, so the nonce sequence is never shared.
 """
 
+import asyncio
 import csv
 import hashlib
 import io
+import logging
 import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
-from accounting.payouts import PaymentBatch, PaymentFailed
+import asyncpg
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
+
+from accounting import metrics
+from accounting.payouts import (
+    BatchState,
+    Mined,
+    PaymentBatch,
+    PaymentFailed,
+    TransactionRecord,
+    batch_state,
+    claim_batch,
+    load_batch,
+    mark_failed,
+    mark_paid,
+    record_signed,
+    record_submitted,
+    unsettled_batches,
+)
+from chain.client import ChainClient, EstimateReverted, Receipt, RejectedTransaction
+from chain.errors import TreasuryUnfunded
+from chain.fees import FeeCapReached, Fees, first_offer, gwei, replacement
+from chain.settings import PayoutSettings
+from chain.transfers import Payment, SignedTransfer, TransferMismatch, check_transfers, pay_batch_data, sign_transfer
+from chain.units import format_far, from_base_units, to_base_units
+
+log = logging.getLogger(__name__)
 
 CSV_HEADER = ("batch_id", "wallet", "amount_far", "contribution_ids")
+PAYER_LOCK_KEY = 0x6661725F706179  # "far_pay": one chain payer per ledger, so one nonce sequence per treasury
+GAS_MARGIN = Decimal("1.25")
+"""The gas limit signed is the estimate plus a quarter: state can change a little between estimate and mining."""
 
 
 def render_batch_file(batch: PaymentBatch) -> tuple[str, str]:
@@ -44,3 +102,403 @@ class FilePayer:
         partial.write_text(text, encoding="utf-8")
         os.replace(partial, path)  # an operator never sees half a batch
         return f"file:{path.name}#sha256={checksum}"
+
+
+def payments_of(batch: PaymentBatch) -> list[Payment]:
+    """The batch in token base units: exact integers, whose sum is exactly the batch's total."""
+    return [Payment(p.wallet, to_base_units(p.amount_far)) for p in batch.payments]
+
+
+class PayerBusy(RuntimeError):
+    """Another chain payer holds the treasury's lock."""
+
+
+@asynccontextmanager
+async def payer_lock(connection: asyncpg.Connection, *, wait_s: float) -> AsyncIterator[None]:
+    """Hold the one-payer advisory lock (session level: it goes with the connection if the process dies)."""
+    deadline = time.monotonic() + wait_s
+    while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", PAYER_LOCK_KEY):
+        if time.monotonic() >= deadline:
+            raise PayerBusy("another chain payer holds the treasury lock (`far-mesh payouts serve` elsewhere?)")
+        await asyncio.sleep(0.2)
+    try:
+        yield
+    finally:
+        if not connection.is_closed():
+            await connection.execute("SELECT pg_advisory_unlock($1)", PAYER_LOCK_KEY)
+
+
+Step = Literal["again", "wait", "done"]
+
+
+@dataclass(frozen=True)
+class Settled:
+    batch_id: int
+    status: Literal["paid", "failed"]
+    reason: str | None = None
+
+
+class ChainPayer:
+    """Pays batches on chain with the lifecycle in the module docstring; one instance per process."""
+
+    name = "chain"
+
+    def __init__(self, settings: PayoutSettings, client: ChainClient, treasury: LocalAccount) -> None:
+        if settings.far_mesh_token_address is None or settings.far_mesh_batch_contract_address is None:
+            raise ValueError(
+                "FAR_MESH_TOKEN_ADDRESS and FAR_MESH_BATCH_CONTRACT_ADDRESS are required by the chain payer"
+            )
+        self.settings = settings
+        self.client = client
+        self.treasury = treasury
+        self.token = settings.far_mesh_token_address
+        self.batch_contract = settings.far_mesh_batch_contract_address
+        self.chain_id = settings.far_mesh_chain_id
+        self.cap = gwei(settings.far_mesh_payout_max_fee_gwei)
+        self._capped: set[str] = set()
+        """Stuck transactions already reported as unreplaceable under the fee cap (reported once each)."""
+
+    @classmethod
+    async def connect(cls, settings: PayoutSettings) -> "ChainPayer":
+        """Load the key and check the node (reachable, right chain, both contracts deployed) before any claim."""
+        treasury: LocalAccount = Account.from_key(settings.treasury_key().get_secret_value())
+        client = ChainClient(settings.far_mesh_chain_rpc_url, timeout_s=settings.far_mesh_chain_rpc_timeout_s)
+        payer = cls(settings, client, treasury)
+        await client.check(
+            settings.far_mesh_chain_id,
+            {"FAR_MESH_TOKEN_ADDRESS": payer.token, "FAR_MESH_BATCH_CONTRACT_ADDRESS": payer.batch_contract},
+        )
+        log.info("chain payer ready node=%s chain_id=%d treasury=%s", client.node, payer.chain_id, treasury.address)
+        return payer
+
+    async def run_once(
+        self, connection: asyncpg.Connection, *, min_far: Decimal, lock_wait_s: float = 60.0
+    ) -> list[Settled]:
+        """Settle every unsettled chain batch (a restart resumes here), then claim and pay one new batch."""
+        settled: list[Settled] = []
+        async with payer_lock(connection, wait_s=lock_wait_s):
+            for batch_id in await unsettled_batches(connection, self.name):
+                settled.append(await self.settle(connection, batch_id))
+            if any(s.status == "failed" for s in settled):
+                return settled  # let an operator see the failure before more rows are claimed
+            batch = await claim_batch(
+                connection, self.name, min_far, max_wallets=self.settings.far_mesh_payout_max_wallets
+            )
+            if batch is not None:
+                log.info(
+                    "payout batch claimed id=%d wallets=%d rows=%d total_far=%s",
+                    batch.id,
+                    len(batch.payments),
+                    len(batch.contribution_ids),
+                    batch.total_far,
+                )
+                settled.append(await self.settle(connection, batch.id))
+        return settled
+
+    async def settle(self, connection: asyncpg.Connection, batch_id: int) -> Settled:
+        """Drive one batch to paid or failed, from whatever step it is at."""
+        while True:
+            state = await batch_state(connection, batch_id)
+            if state.status in ("paid", "failed"):
+                reason = await connection.fetchval(
+                    "SELECT failure_reason FROM far_payment_batches WHERE id = $1", batch_id
+                )
+                return Settled(batch_id, state.status, reason)  # type: ignore[arg-type]
+            if state.status == "claimed":
+                step = await self._sign_first(connection, state)
+            elif state.status == "signed":
+                step = await self._broadcast(connection, state)
+            else:
+                step = await self._follow(connection, state)
+            if step == "wait":
+                await asyncio.sleep(self.settings.far_mesh_payout_poll_s)
+
+    async def _fail(
+        self, connection: asyncpg.Connection, batch_id: int, reason: str, reverted: Mined | None = None
+    ) -> Step:
+        await mark_failed(connection, batch_id, reason, reverted=reverted)
+        metrics.PAYOUT_FAILURES.inc()
+        log.warning("payout batch failed id=%d reason=%s (rows released)", batch_id, reason)
+        return "again"
+
+    async def _sign_first(self, connection: asyncpg.Connection, state: BatchState) -> Step:
+        batch = await load_batch(connection, state.id)
+        payments = payments_of(batch)
+        total = sum(p.units for p in payments)  # integers: exact
+        data = pay_batch_data(self.token, payments)
+        sender = self.treasury.address
+        held = await self.client.far_balance(self.token, sender)
+        if held < total:
+            return await self._fail(
+                connection,
+                state.id,
+                str(
+                    TreasuryUnfunded(
+                        f"treasury {sender} holds {format_far(held)} FAR, the batch pays "
+                        f"{format_far(total)} FAR: fund it, then run the payout again"
+                    )
+                ),
+            )
+        allowed = await self.client.allowance(self.token, sender, self.batch_contract)
+        if allowed < total:
+            return await self._fail(
+                connection,
+                state.id,
+                f"treasury {sender} allows the batch contract {format_far(allowed)} FAR, the batch pays "
+                f"{format_far(total)} FAR: approve it (`far-mesh chain approve`)",
+            )
+        try:
+            estimate = await self.client.estimate_gas({"from": sender, "to": self.batch_contract, "data": HexStr(data)})
+        except EstimateReverted as exc:
+            return await self._fail(connection, state.id, f"the batch transaction would revert: {exc}")
+        gas_limit = int(estimate * GAS_MARGIN)
+        fees = first_offer(
+            await self.client.base_fee(),
+            priority_fee=gwei(self.settings.far_mesh_payout_priority_fee_gwei),
+            cap=self.cap,
+        )
+        gas_held = await self.client.gas_balance(sender)
+        if gas_held < gas_limit * fees.max_fee_per_gas:
+            return await self._fail(
+                connection,
+                state.id,
+                str(
+                    TreasuryUnfunded(
+                        f"treasury {sender} holds {format_far(gas_held)} of the gas token, the "
+                        f"batch may cost {format_far(gas_limit * fees.max_fee_per_gas)}: fund it"
+                    )
+                ),
+            )
+        nonce = await self.client.nonce(sender, pending=True)
+        signed = sign_transfer(
+            self.treasury,
+            chain_id=self.chain_id,
+            nonce=nonce,
+            to=self.batch_contract,
+            data=data,
+            gas_limit=gas_limit,
+            fees=fees,
+        )
+        await self._commit_signed(connection, state.id, signed)
+        log.info("payout batch signed id=%d nonce=%d tx=%s gas_limit=%d", state.id, nonce, signed.tx_hash, gas_limit)
+        return "again"
+
+    async def _commit_signed(self, connection: asyncpg.Connection, batch_id: int, signed: SignedTransfer) -> None:
+        await record_signed(
+            connection,
+            batch_id,
+            chain_id=self.chain_id,
+            sender=self.treasury.address,
+            tx_hash=signed.tx_hash,
+            raw_tx=signed.raw_tx,
+            nonce=signed.nonce,
+            gas_limit=signed.gas_limit,
+            max_fee_per_gas=signed.fees.max_fee_per_gas,
+            max_priority_fee_per_gas=signed.fees.max_priority_fee_per_gas,
+        )
+
+    async def _broadcast(self, connection: asyncpg.Connection, state: BatchState) -> Step:
+        for tx in state.transactions:
+            if tx.state == "signed":
+                await self._send(tx)
+                await record_submitted(connection, state.id, tx.tx_hash)
+        return "again"
+
+    async def _send(self, tx: TransactionRecord) -> None:
+        try:
+            await self.client.send_raw(tx.raw_tx)
+            log.info("payout transaction sent tx=%s nonce=%d", tx.tx_hash, tx.nonce)
+        except RejectedTransaction as exc:
+            # already known, already mined, nonce taken, underpriced: the receipts and the nonce tell which
+            log.warning("payout transaction not accepted tx=%s: %s", tx.tx_hash, exc)
+
+    async def _follow(self, connection: asyncpg.Connection, state: BatchState) -> Step:
+        assert state.nonce is not None and state.sender is not None
+        # the nonce first: a receipt found after it cannot have been missed by the receipt lookups below
+        mined_nonce = await self.client.nonce(state.sender)
+        for tx in reversed(state.transactions):
+            receipt = await self.client.receipt(tx.tx_hash)
+            if receipt is not None:
+                return await self._settle_mined(connection, state, tx, receipt)
+        if mined_nonce > state.nonce:
+            return await self._fail(
+                connection,
+                state.id,
+                f"nonce {state.nonce} of {state.sender} was used by a transaction this payer did not sign for the "
+                "batch; nothing was paid",
+            )
+        newest = state.transactions[-1]
+        if newest.age_s >= self.settings.far_mesh_payout_replace_after_s:
+            return await self._replace(connection, state, newest)
+        if not await self.client.is_known(newest.tx_hash):
+            await self._send(newest)  # the node lost it (restarted, evicted): the same bytes, again
+            await record_submitted(connection, state.id, newest.tx_hash)
+        return "wait"
+
+    async def _settle_mined(
+        self, connection: asyncpg.Connection, state: BatchState, tx: TransactionRecord, receipt: Receipt
+    ) -> Step:
+        mined = Mined(receipt.tx_hash, receipt.block_number, receipt.gas_used, receipt.effective_gas_price)
+        if receipt.status != 1:
+            metrics.PAYOUT_GAS_USED.inc(receipt.gas_used)
+            return await self._fail(
+                connection,
+                state.id,
+                f"transaction {tx.tx_hash} reverted in block {receipt.block_number}",
+                reverted=mined,
+            )
+        head = await self.client.block_number()
+        if head - receipt.block_number + 1 < self.settings.far_mesh_payout_confirmations:
+            return "wait"
+        again = await self.client.receipt(tx.tx_hash)  # still in the same block after the confirmations?
+        if again is None or again.block_hash != receipt.block_hash:
+            return "again"
+        batch = await load_batch(connection, state.id)
+        try:
+            check_transfers(receipt, self.token, state.sender, payments_of(batch))
+        except TransferMismatch as exc:
+            # our own signed bytes cannot do this; stop and let an operator look, the rows stay claimed
+            raise RuntimeError(f"batch {state.id}: {exc}") from exc
+        await mark_paid(connection, state.id, receipt.tx_hash, mined)
+        metrics.record_paid(
+            batch.total_far,
+            len(batch.payments),
+            receipt.gas_used,
+            receipt.gas_used * receipt.effective_gas_price,
+            tx.age_s,
+        )
+        log.info(
+            "payout batch paid id=%d tx=%s block=%d wallets=%d total_far=%s gas_used=%d",
+            state.id,
+            receipt.tx_hash,
+            receipt.block_number,
+            len(batch.payments),
+            batch.total_far,
+            receipt.gas_used,
+        )
+        return "again"
+
+    async def _replace(self, connection: asyncpg.Connection, state: BatchState, stuck: TransactionRecord) -> Step:
+        previous = Fees(stuck.max_fee_per_gas, stuck.max_priority_fee_per_gas)
+        try:
+            fees = replacement(
+                previous,
+                await self.client.base_fee(),
+                bump_percent=self.settings.far_mesh_payout_fee_bump_percent,
+                cap=self.cap,
+            )
+        except FeeCapReached as exc:
+            if stuck.tx_hash not in self._capped:
+                self._capped.add(stuck.tx_hash)
+                log.warning("payout transaction stuck tx=%s, not replaced: %s", stuck.tx_hash, exc)
+            if not await self.client.is_known(stuck.tx_hash):
+                await self._send(stuck)
+            return "wait"
+        batch = await load_batch(connection, state.id)
+        signed = sign_transfer(
+            self.treasury,
+            chain_id=self.chain_id,
+            nonce=stuck.nonce,
+            to=self.batch_contract,
+            data=pay_batch_data(self.token, payments_of(batch)),
+            gas_limit=stuck.gas_limit,
+            fees=fees,
+        )
+        await self._commit_signed(connection, state.id, signed)
+        metrics.PAYOUT_REPLACEMENTS.inc()
+        log.info(
+            "payout transaction replaced id=%d nonce=%d old=%s new=%s max_fee=%d tip=%d",
+            state.id,
+            stuck.nonce,
+            stuck.tx_hash,
+            signed.tx_hash,
+            fees.max_fee_per_gas,
+            fees.max_priority_fee_per_gas,
+        )
+        return "again"
+
+
+async def verify_transaction(
+    client: ChainClient, batch: PaymentBatch, tx_hash: str, *, token: str, sender: str | None, confirmations: int
+) -> Mined:
+    """Check that `tx_hash` is mined with status 1, has `confirmations` blocks, and moves exactly the batch's
+    payments of `token` (from `sender`, when given); raise PaymentFailed saying what is wrong otherwise."""
+    receipt = await client.receipt(tx_hash)
+    if receipt is None:
+        raise PaymentFailed(f"transaction {tx_hash} is not mined (unknown to the node, or still pending)")
+    if receipt.status != 1:
+        raise PaymentFailed(f"transaction {tx_hash} reverted in block {receipt.block_number}: it paid nothing")
+    depth = await client.block_number() - receipt.block_number + 1
+    if depth < confirmations:
+        raise PaymentFailed(f"transaction {tx_hash} has {depth} of the {confirmations} confirmations required")
+    try:
+        check_transfers(receipt, token, sender, payments_of(batch))
+    except TransferMismatch as exc:
+        raise PaymentFailed(str(exc)) from None
+    return Mined(receipt.tx_hash, receipt.block_number, receipt.gas_used, receipt.effective_gas_price)
+
+
+async def refresh_gauges(connection: asyncpg.Connection, payer: ChainPayer) -> None:
+    """Batches by status from the ledger, the treasury's balances from the chain."""
+    counts = dict(await connection.fetch("SELECT status, count(*) FROM far_payment_batches GROUP BY status"))
+    for status in ("claimed", "signed", "submitted", "paid", "failed"):
+        metrics.PAYOUT_BATCHES.labels(status=status).set(counts.get(status, 0))
+    treasury = payer.treasury.address
+    metrics.TREASURY_FAR.set(float(from_base_units(await payer.client.far_balance(payer.token, treasury))))
+    metrics.TREASURY_GAS.set(float(from_base_units(await payer.client.gas_balance(treasury))))
+
+
+async def serve_chain_payouts(settings: PayoutSettings) -> None:
+    """`far-mesh payouts serve`: every FAR_MESH_PAYOUT_INTERVAL_S, settle what is in flight and pay one batch.
+
+    Until SIGTERM/SIGINT. Stopping at any moment is safe: every step is committed before the next begins, and
+    the next run resumes from the ledger and the chain. An unreachable node or ledger is retried next round.
+    """
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from chain.errors import ChainUnreachable
+
+    payer = await ChainPayer.connect(settings)
+    if settings.far_mesh_payout_metrics_port:
+        start_http_server(settings.far_mesh_payout_metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info(
+        "payouts serve started interval_s=%s min_far=%s",
+        settings.far_mesh_payout_interval_s,
+        settings.far_mesh_payout_min_far,
+    )
+    while not stop.is_set():
+        round_task = asyncio.create_task(_one_round(settings, payer))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({round_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not round_task.done():
+            round_task.cancel()  # mid-batch is fine: what was committed is where the next start resumes
+        try:
+            settled = await round_task
+            if settled and settled[-1].status == "paid":
+                continue  # more may be owed: the next batch at once
+        except asyncio.CancelledError:
+            break
+        except (ChainUnreachable, OSError, asyncpg.PostgresError, PayerBusy) as exc:
+            log.warning("payout round skipped: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_payout_interval_s)
+        except TimeoutError:
+            pass
+    log.info("payouts serve stopped")
+
+
+async def _one_round(settings: PayoutSettings, payer: ChainPayer) -> list[Settled]:
+    connection = await asyncpg.connect(settings.postgres_url, timeout=10)
+    try:
+        settled = await payer.run_once(connection, min_far=settings.far_mesh_payout_min_far, lock_wait_s=0)
+        await refresh_gauges(connection, payer)
+        return settled
+    finally:
+        await connection.close()

@@ -1,12 +1,19 @@
-"""Payment batches: what each wallet is owed, claimed once, handed to a payer, marked paid on confirmation.
+"""Payment batches in the ledger: what each wallet is owed, claimed once, and every step of paying it, recorded.
 
-A run claims the unpaid contribution rows of every wallet owed at least `min_far` (row locks with SKIP
-LOCKED, then `payment_batch_id` set and committed), so a concurrent or repeated run can never take them
-again. Rows are marked paid only with the payer's transaction reference. A payer that reports failure
-(`PaymentFailed`, or an OSError) releases the rows and the batch is marked failed; any other surprise
-leaves the batch pending with its rows claimed, because the money may have moved: an operator decides, with
-`far-mesh payouts list` and `far-mesh payouts resolve` (`mark_paid` / `mark_failed`). Only a pending batch can
-be settled, so a payout run and an operator can never both settle the same batch.
+A batch moves `claimed -> signed -> submitted -> paid`, or to `failed`:
+
+- claimed: the unpaid contribution rows of every wallet owed at least `min_far` are locked (SKIP LOCKED),
+  stamped with the batch id and committed, with what the batch pays each wallet (`far_payout_payments`), so a
+  concurrent or repeated run can never take them again;
+- signed: the chain payer committed a signed transaction (raw bytes, hash, nonce, fees) before broadcasting it;
+- submitted: the transaction was handed to the node (chain payer), or the batch file to an operator (file payer);
+- paid: a transaction paying exactly the batch was mined with status 1 and enough confirmations; only now do
+  the rows get `paid_at` and the transaction hash;
+- failed: nothing was paid (the transfer reverted, the treasury could not pay, its nonce went to another
+  transaction, or an operator said so) and the rows are released for a later batch.
+
+Every transition is a compare-and-set on the batch's status inside one transaction, so a payer and an
+operator can never both settle a batch. `accounting.payer` decides when to move; this module only records.
 """
 
 import logging
@@ -18,17 +25,32 @@ from typing import Protocol
 
 import asyncpg
 
+from protocol.money import far_sum
+
 log = logging.getLogger(__name__)
 
-_CLAIMABLE = "paid_at IS NULL AND payment_batch_id IS NULL AND wallet IS NOT NULL AND payment_far > 0"
+PAYEE_WALLET = "c.wallet"
+"""Where the money of contribution row `c` goes: the wallet its node announced when it served. This one SQL
+expression is every payout query's idea of the payee (say, a node's registered wallet instead)."""
+
+_CLAIMABLE = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {PAYEE_WALLET} IS NOT NULL"
 _LOCK_OWED_ROWS = f"""
-SELECT id, wallet, payment_far FROM far_session_contributions
-WHERE {_CLAIMABLE}
-  AND wallet IN (SELECT wallet FROM far_session_contributions WHERE {_CLAIMABLE}
-                 GROUP BY wallet HAVING sum(payment_far) >= $1)
-ORDER BY id
-FOR UPDATE SKIP LOCKED
+WITH owed AS (
+    SELECT {PAYEE_WALLET} AS payee FROM far_session_contributions c
+    WHERE {_CLAIMABLE}
+    GROUP BY 1 HAVING sum(c.payment_far) >= $1
+    ORDER BY 1 LIMIT $2
+)
+SELECT c.id, {PAYEE_WALLET} AS payee, c.payment_far FROM far_session_contributions c
+WHERE {_CLAIMABLE} AND {PAYEE_WALLET} IN (SELECT payee FROM owed)
+ORDER BY c.id
+FOR UPDATE OF c SKIP LOCKED
 """
+
+UNSETTLED = ("claimed", "signed", "submitted")
+"""Statuses of a batch whose money may still move; its rows stay claimed."""
+LIVE_TRANSACTION = ("signed", "submitted", "replaced")
+"""Transaction states that may still be mined."""
 
 
 class PaymentFailed(RuntimeError):
@@ -36,14 +58,14 @@ class PaymentFailed(RuntimeError):
 
 
 class BatchNotPending(LookupError):
-    """The batch does not exist or was already settled (paid or failed): there is nothing left to decide."""
+    """The batch does not exist or is not in a state that allows this step (settled, or already moved on)."""
 
 
 @dataclass(frozen=True)
 class WalletPayment:
     wallet: str
     amount_far: Decimal
-    contribution_ids: tuple[int, ...]
+    contribution_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,7 +75,7 @@ class PaymentBatch:
 
     @property
     def total_far(self) -> Decimal:
-        return sum((p.amount_far for p in self.payments), Decimal(0))
+        return far_sum(p.amount_far for p in self.payments)
 
     @property
     def contribution_ids(self) -> list[int]:
@@ -61,24 +83,26 @@ class PaymentBatch:
 
 
 class Payer(Protocol):
-    """Moves the money of a batch; returns a reference to the transfer (a transaction hash, a file)."""
+    """Hands a claimed batch over for payment; returns where it went (the file payer's batch file)."""
 
     name: str
 
     async def pay(self, batch: PaymentBatch) -> str: ...
 
 
-async def claim_batch(connection: asyncpg.Connection, payer: str, min_far: Decimal) -> PaymentBatch | None:
-    """Claim every row owed to wallets whose unpaid total is at least `min_far`; None when nobody qualifies."""
+async def claim_batch(
+    connection: asyncpg.Connection, payer: str, min_far: Decimal, *, max_wallets: int | None = None
+) -> PaymentBatch | None:
+    """Claim every row owed to (at most `max_wallets`) wallets whose unpaid total is at least `min_far`."""
     async with connection.transaction():
         owed: dict[str, list[tuple[int, Decimal]]] = defaultdict(list)
-        for row in await connection.fetch(_LOCK_OWED_ROWS, min_far):
-            owed[row["wallet"]].append((row["id"], row["payment_far"]))
+        for row in await connection.fetch(_LOCK_OWED_ROWS, min_far, max_wallets):
+            owed[row["payee"]].append((row["id"], row["payment_far"]))
         payments = tuple(
-            WalletPayment(wallet, sum((amount for _, amount in rows), Decimal(0)), tuple(i for i, _ in rows))
+            WalletPayment(wallet, total, tuple(i for i, _ in rows))
             for wallet, rows in sorted(owed.items())
             # rows a concurrent run holds were skipped: re-check the minimum on what this run got
-            if sum((amount for _, amount in rows), Decimal(0)) >= min_far
+            if (total := far_sum(amount for _, amount in rows)) >= min_far and total > 0
         )
         if not payments:
             return None
@@ -92,6 +116,10 @@ async def claim_batch(connection: asyncpg.Connection, payer: str, min_far: Decim
             len(payments),
             len(draft.contribution_ids),
         )
+        await connection.executemany(
+            "INSERT INTO far_payout_payments (batch_id, wallet, amount_far, row_count) VALUES ($1, $2, $3, $4)",
+            [(batch_id, p.wallet, p.amount_far, len(p.contribution_ids)) for p in payments],
+        )
         await connection.execute(
             "UPDATE far_session_contributions SET payment_batch_id = $1 WHERE id = ANY ($2::bigint[])",
             batch_id,
@@ -100,23 +128,203 @@ async def claim_batch(connection: asyncpg.Connection, payer: str, min_far: Decim
     return PaymentBatch(batch_id, payments)
 
 
-async def _settle_pending(connection: asyncpg.Connection, batch_id: int, status: str, note: str) -> None:
-    """Move a pending batch to `status` (the batch row first: it is the lock that makes settling happen once)."""
-    column = "transaction_ref" if status == "paid" else "failure_reason"
-    settled = await connection.fetchval(
-        f"UPDATE far_payment_batches SET status = $2, {column} = $3, completed_at = now() "
-        "WHERE id = $1 AND status = 'pending' RETURNING id",
+async def load_batch(connection: asyncpg.Connection, batch_id: int) -> PaymentBatch:
+    """The batch as claimed: what it pays each wallet (batches claimed before payments were recorded: from
+    their rows)."""
+    rows = await connection.fetch(
+        "SELECT wallet, amount_far FROM far_payout_payments WHERE batch_id = $1 ORDER BY wallet", batch_id
+    )
+    if not rows:
+        rows = await connection.fetch(
+            f"SELECT {PAYEE_WALLET} AS wallet, sum(c.payment_far) AS amount_far FROM far_session_contributions c "
+            "WHERE c.payment_batch_id = $1 GROUP BY 1 ORDER BY 1",
+            batch_id,
+        )
+    if not rows and await connection.fetchval("SELECT id FROM far_payment_batches WHERE id = $1", batch_id) is None:
+        raise BatchNotPending(f"payment batch {batch_id} does not exist")
+    return PaymentBatch(batch_id, tuple(WalletPayment(r["wallet"], r["amount_far"]) for r in rows))
+
+
+@dataclass(frozen=True)
+class TransactionRecord:
+    id: int
+    tx_hash: str
+    raw_tx: str
+    nonce: int
+    gas_limit: int
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+    state: str
+    age_s: float
+    """Seconds since it was handed to the node (since it was signed, if it never was)."""
+
+
+@dataclass(frozen=True)
+class BatchState:
+    id: int
+    status: str
+    payer: str
+    chain_id: int | None
+    sender: str | None
+    nonce: int | None
+    transactions: tuple[TransactionRecord, ...]
+    """Oldest first; the last one is the newest attempt."""
+
+
+async def batch_state(connection: asyncpg.Connection, batch_id: int) -> BatchState:
+    batch = await connection.fetchrow(
+        "SELECT id, status, payer, chain_id, sender, nonce FROM far_payment_batches WHERE id = $1", batch_id
+    )
+    if batch is None:
+        raise BatchNotPending(f"payment batch {batch_id} does not exist")
+    transactions = await connection.fetch(
+        "SELECT id, tx_hash, raw_tx, nonce, gas_limit, max_fee_per_gas, max_priority_fee_per_gas, state, "
+        "extract(epoch FROM now() - coalesce(submitted_at, signed_at))::float8 AS age_s "
+        "FROM far_payout_transactions WHERE batch_id = $1 ORDER BY id",
+        batch_id,
+    )
+    return BatchState(
+        id=batch["id"],
+        status=batch["status"],
+        payer=batch["payer"],
+        chain_id=batch["chain_id"],
+        sender=batch["sender"],
+        nonce=batch["nonce"],
+        transactions=tuple(
+            TransactionRecord(
+                id=t["id"],
+                tx_hash=t["tx_hash"],
+                raw_tx=t["raw_tx"],
+                nonce=t["nonce"],
+                gas_limit=t["gas_limit"],
+                max_fee_per_gas=int(t["max_fee_per_gas"]),
+                max_priority_fee_per_gas=int(t["max_priority_fee_per_gas"]),
+                state=t["state"],
+                age_s=t["age_s"],
+            )
+            for t in transactions
+        ),
+    )
+
+
+async def unsettled_batches(connection: asyncpg.Connection, payer: str) -> list[int]:
+    """Batches of `payer` whose money may still move, oldest first: a payer finishes these before new ones."""
+    rows = await connection.fetch(
+        "SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) ORDER BY id",
+        payer,
+        list(UNSETTLED),
+    )
+    return [r["id"] for r in rows]
+
+
+async def _move(
+    connection: asyncpg.Connection, batch_id: int, allowed: tuple[str, ...], status: str, sets: str = "", *args: object
+) -> None:
+    """Compare-and-set the batch's status (the batch row is the lock that makes each step happen once)."""
+    moved = await connection.fetchval(
+        f"UPDATE far_payment_batches SET status = $2{sets} WHERE id = $1 AND status = ANY ($3::text[]) RETURNING id",
         batch_id,
         status,
-        note,
+        list(allowed),
+        *args,
     )
-    if settled is None:
-        raise BatchNotPending(f"payment batch {batch_id} is not pending (see `far-mesh payouts list`)")
+    if moved is None:
+        current = await connection.fetchval("SELECT status FROM far_payment_batches WHERE id = $1", batch_id)
+        where = "does not exist" if current is None else f"is {current}"
+        raise BatchNotPending(f"payment batch {batch_id} {where}, not {' or '.join(allowed)}")
 
 
-async def mark_paid(connection: asyncpg.Connection, batch_id: int, reference: str) -> None:
+async def record_signed(
+    connection: asyncpg.Connection,
+    batch_id: int,
+    *,
+    chain_id: int,
+    sender: str,
+    tx_hash: str,
+    raw_tx: str,
+    nonce: int,
+    gas_limit: int,
+    max_fee_per_gas: int,
+    max_priority_fee_per_gas: int,
+) -> None:
+    """Commit a signed transaction for the batch before it is broadcast: the first one (which fixes the batch's
+    nonce), or a replacement with the same nonce (which supersedes the batch's live ones)."""
     async with connection.transaction():
-        await _settle_pending(connection, batch_id, "paid", reference)
+        state = await connection.fetchrow(
+            "SELECT status, nonce FROM far_payment_batches WHERE id = $1 FOR UPDATE", batch_id
+        )
+        if state is None or state["status"] not in UNSETTLED:
+            raise BatchNotPending(
+                f"payment batch {batch_id} cannot take a transaction (status {state and state['status']})"
+            )
+        if state["nonce"] is not None and state["nonce"] != nonce:
+            raise ValueError(f"batch {batch_id} pays with nonce {state['nonce']}, never {nonce}")
+        previous = await connection.fetchval(
+            "UPDATE far_payout_transactions SET state = 'replaced' "
+            "WHERE batch_id = $1 AND state IN ('signed', 'submitted') RETURNING id",
+            batch_id,
+        )
+        await connection.execute(
+            "INSERT INTO far_payout_transactions (batch_id, tx_hash, raw_tx, nonce, gas_limit, max_fee_per_gas, "
+            "max_priority_fee_per_gas, replaces) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            batch_id,
+            tx_hash.lower(),
+            raw_tx.lower(),
+            nonce,
+            gas_limit,
+            max_fee_per_gas,
+            max_priority_fee_per_gas,
+            previous,
+        )
+        await connection.execute(
+            "UPDATE far_payment_batches SET status = 'signed', chain_id = $2, sender = $3, nonce = $4 WHERE id = $1",
+            batch_id,
+            chain_id,
+            sender,
+            nonce,
+        )
+
+
+async def record_submitted(connection: asyncpg.Connection, batch_id: int, tx_hash: str) -> None:
+    """The node has the transaction. A rebroadcast keeps the first hand-over time: a transaction the node keeps
+    dropping is as stuck as one it keeps, and is replaced just as soon."""
+    async with connection.transaction():
+        await connection.execute(
+            "UPDATE far_payout_transactions SET state = CASE WHEN state = 'signed' THEN 'submitted' ELSE state END, "
+            "submitted_at = coalesce(submitted_at, now()) WHERE tx_hash = $1",
+            tx_hash.lower(),
+        )
+        await connection.execute(
+            "UPDATE far_payment_batches SET status = 'submitted' WHERE id = $1 AND status = 'signed'", batch_id
+        )
+
+
+@dataclass(frozen=True)
+class Mined:
+    """A transaction of the batch as the chain recorded it."""
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+    effective_gas_price: int
+
+
+async def mark_paid(connection: asyncpg.Connection, batch_id: int, reference: str, mined: Mined | None = None) -> None:
+    """The money moved (a confirmed transaction, `reference` its hash): the batch and its rows are paid."""
+    async with connection.transaction():
+        gas_cost = None if mined is None else mined.gas_used * mined.effective_gas_price
+        await _move(
+            connection,
+            batch_id,
+            UNSETTLED,
+            "paid",
+            ", transaction_ref = $4, completed_at = now(), confirmed_at = now(), gas_used = $5, gas_cost_wei = $6",
+            reference,
+            None if mined is None else mined.gas_used,
+            gas_cost,
+        )
+        if mined is not None:
+            await _settle_transactions(connection, batch_id, mined, "confirmed")
         await connection.execute(
             "UPDATE far_session_contributions SET paid_at = now(), transaction_ref = $2 "
             "WHERE payment_batch_id = $1 AND paid_at IS NULL",
@@ -125,15 +333,80 @@ async def mark_paid(connection: asyncpg.Connection, batch_id: int, reference: st
         )
 
 
-async def mark_failed(connection: asyncpg.Connection, batch_id: int, reason: str) -> None:
-    """Settle the batch as failed and release its rows for a later run."""
+async def mark_failed(
+    connection: asyncpg.Connection,
+    batch_id: int,
+    reason: str,
+    *,
+    reverted: Mined | None = None,
+    allowed: tuple[str, ...] = UNSETTLED,
+) -> None:
+    """Nothing was paid: settle the batch as failed (recording the reverted transaction, if one was mined) and
+    release its rows for a later batch."""
     async with connection.transaction():
-        await _settle_pending(connection, batch_id, "failed", reason)
+        gas = (
+            (None, None) if reverted is None else (reverted.gas_used, reverted.gas_used * reverted.effective_gas_price)
+        )
+        await _move(
+            connection,
+            batch_id,
+            allowed,
+            "failed",
+            ", failure_reason = $4, completed_at = now(), gas_used = $5, gas_cost_wei = $6",
+            reason,
+            *gas,
+        )
+        if reverted is not None:
+            await _settle_transactions(connection, batch_id, reverted, "reverted")
+        else:
+            await connection.execute(
+                "UPDATE far_payout_transactions SET state = 'dropped', settled_at = now() "
+                "WHERE batch_id = $1 AND state = ANY ($2::text[])",
+                batch_id,
+                list(LIVE_TRANSACTION),
+            )
         await connection.execute(
             "UPDATE far_session_contributions SET payment_batch_id = NULL "
             "WHERE payment_batch_id = $1 AND paid_at IS NULL",
             batch_id,
         )
+
+
+async def _settle_transactions(connection: asyncpg.Connection, batch_id: int, mined: Mined, state: str) -> None:
+    """The mined transaction takes `state`; every other attempt at the same nonce can never be mined now."""
+    await connection.execute(
+        "UPDATE far_payout_transactions SET state = $3, block_number = $4, gas_used = $5, effective_gas_price = $6, "
+        "settled_at = now() WHERE batch_id = $1 AND tx_hash = $2",
+        batch_id,
+        mined.tx_hash.lower(),
+        state,
+        mined.block_number,
+        mined.gas_used,
+        mined.effective_gas_price,
+    )
+    await connection.execute(
+        "UPDATE far_payout_transactions SET state = 'dropped', settled_at = now() "
+        "WHERE batch_id = $1 AND tx_hash <> $2 AND state = ANY ($3::text[])",
+        batch_id,
+        mined.tx_hash.lower(),
+        list(LIVE_TRANSACTION),
+    )
+
+
+async def mark_exported(connection: asyncpg.Connection, batch_id: int, export_ref: str) -> None:
+    """The file payer handed the batch to an operator: submitted, rows still claimed, nothing paid yet."""
+    await _move(connection, batch_id, ("claimed",), "submitted", ", export_ref = $4", export_ref)
+
+
+async def has_live_transactions(connection: asyncpg.Connection, batch_id: int) -> bool:
+    """Whether a transaction the payer signed for the batch may still be mined."""
+    return bool(
+        await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM far_payout_transactions WHERE batch_id = $1 AND state = ANY ($2::text[]))",
+            batch_id,
+            list(LIVE_TRANSACTION),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -147,23 +420,29 @@ class BatchSummary:
     total_far: Decimal
     transaction_ref: str | None
     failure_reason: str | None
+    export_ref: str | None
+    nonce: int | None
+    gas_used: int | None
 
 
 async def list_batches(connection: asyncpg.Connection, *, status: str | None = None) -> list[BatchSummary]:
-    """Payment batches, newest first; `status` narrows them (pending ones are those an operator may resolve)."""
+    """Payment batches, newest first; `status` narrows them."""
     rows = await connection.fetch(
-        "SELECT id, status, payer, created_at, wallet_count, row_count, total_far, transaction_ref, failure_reason "
-        "FROM far_payment_batches WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC",
+        "SELECT id, status, payer, created_at, wallet_count, row_count, total_far, transaction_ref, failure_reason, "
+        "export_ref, nonce, gas_used FROM far_payment_batches WHERE $1::text IS NULL OR status = $1 ORDER BY id DESC",
         status,
     )
     return [BatchSummary(**dict(row)) for row in rows]
 
 
-async def run_payout(dsn: str, payer: Payer, *, min_far: Decimal) -> PaymentBatch | None:
-    """Claim, pay and settle one batch; returns it once paid, None when nobody is owed `min_far`."""
+async def run_payout(
+    dsn: str, payer: Payer, *, min_far: Decimal, max_wallets: int | None = None
+) -> PaymentBatch | None:
+    """Claim a batch and hand it to `payer` (the file payer): it is left `submitted` until `payouts resolve`
+    verifies a matching transaction on chain. None when nobody is owed `min_far`."""
     connection = await asyncpg.connect(dsn)
     try:
-        batch = await claim_batch(connection, payer.name, min_far)
+        batch = await claim_batch(connection, payer.name, min_far, max_wallets=max_wallets)
         if batch is None:
             return None
         log.info(
@@ -179,8 +458,8 @@ async def run_payout(dsn: str, payer: Payer, *, min_far: Decimal) -> PaymentBatc
             await mark_failed(connection, batch.id, str(exc))
             log.warning("payout batch failed id=%d reason=%s", batch.id, exc)
             raise PaymentFailed(f"batch {batch.id}: {exc}") from exc
-        await mark_paid(connection, batch.id, reference)
-        log.info("payout batch paid id=%d ref=%s", batch.id, reference)
+        await mark_exported(connection, batch.id, reference)
+        log.info("payout batch exported id=%d ref=%s (paid once `payouts resolve` verifies it)", batch.id, reference)
         return batch
     finally:
         await connection.close()

@@ -27,3 +27,8 @@ def from_base_units(units: int) -> Decimal:
 
 def wei_to_gwei(wei: int) -> Decimal:
     return Decimal(wei).scaleb(-9, context=_EXACT)
+
+
+def format_far(units: int) -> str:
+    """`units` as a readable $FAR amount: exact, without trailing zeros ("0.000001", "12.5", "3")."""
+    return format(from_base_units(units).normalize(context=_EXACT), "f")

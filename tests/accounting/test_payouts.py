@@ -1,6 +1,7 @@
+"""Claiming batches and the file payer: a batch exported for manual signing is `submitted`, never paid, until
+`payouts resolve --tx` verifies a transaction (tests/accounting/test_payouts_resolve.py)."""
+
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,59 +11,39 @@ import pytest
 from accounting.ledger import write_batch
 from accounting.payer import FilePayer
 from accounting.payouts import (
+    PAYEE_WALLET,
     BatchNotPending,
     PaymentBatch,
     PaymentFailed,
+    WalletPayment,
+    claim_batch,
     list_batches,
+    load_batch,
     mark_failed,
-    mark_paid,
     run_payout,
 )
 from cli.main import main
-from devstack.postgres_server import create_database_if_missing, drop_database
-from devstack.services import with_database
-from schema.migrate import apply_migrations
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
-
-
-@pytest.fixture(scope="module")
-def ledger_dsn(postgres_admin_dsn: str) -> Iterator[str]:
-    """A ledger of its own: payouts sweep every wallet, so other tests' rows must not be in it."""
-    name = f"far_mesh_payouts_{uuid.uuid4().hex[:12]}"
-    asyncio.run(create_database_if_missing(postgres_admin_dsn, name))
-    dsn = with_database(postgres_admin_dsn, name)
-    asyncio.run(apply_migrations(dsn))
-    yield dsn
-    asyncio.run(drop_database(postgres_admin_dsn, name))
-
-
-@pytest.fixture
-async def db(ledger_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(ledger_dsn)
-    await connection.execute(
-        "TRUNCATE far_session_contributions, far_payment_batches, far_mesh_sessions, far_node_models, far_nodes"
-    )
-    yield connection
-    await connection.close()
 
 
 class FailingPayer:
     name = "failing"
 
     async def pay(self, batch: PaymentBatch) -> str:
-        raise PaymentFailed("the chain is congested")
+        raise PaymentFailed("the export disk is full")
 
 
-async def test_a_payout_pays_every_owed_row_once_and_matches_the_earnings_summary(
-    db: asyncpg.Connection, ledger_dsn: str, tmp_path: Path
+async def test_a_file_payout_exports_every_owed_row_once_and_pays_nothing_yet(
+    payouts_db: asyncpg.Connection, payouts_ledger_dsn: str, tmp_path: Path
 ) -> None:
+    db = payouts_db
     a, b = unique_id("peer"), unique_id("peer")
     await write_batch(db, [usage_record(unique_id("req"), {a: 3, b: 1}, price_far=Decimal("0.1")) for _ in range(4)])
     owed = {
         r["wallet"]: r["unpaid_far"] for r in await db.fetch("SELECT wallet, unpaid_far FROM node_earnings_summary")
     }
 
-    batch = await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0))
+    batch = await run_payout(payouts_ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0))
     assert batch is not None
     assert (
         {p.wallet: p.amount_far for p in batch.payments}
@@ -73,107 +54,121 @@ async def test_a_payout_pays_every_owed_row_once_and_matches_the_earnings_summar
         }
     )
     summary = await db.fetch("SELECT paid_far, unpaid_far, in_payment_far FROM node_earnings_summary")
-    assert sum(r["paid_far"] for r in summary) == batch.total_far == Decimal("4.0")
-    assert all(r["unpaid_far"] == 0 and r["in_payment_far"] == 0 for r in summary)
-    stored = await db.fetchrow(
-        "SELECT status, total_far, transaction_ref FROM far_payment_batches WHERE id = $1", batch.id
-    )
-    assert stored["status"] == "paid" and stored["total_far"] == batch.total_far
-    assert (
-        await db.fetchval(
-            "SELECT count(*) FROM far_session_contributions WHERE transaction_ref = $1", stored["transaction_ref"]
-        )
-        == 8
-    )
+    assert all(r["paid_far"] == 0 and r["unpaid_far"] == 0 for r in summary)  # exported is not paid
+    assert sum(r["in_payment_far"] for r in summary) == batch.total_far == Decimal("4.0")
+    [stored] = await list_batches(db)
+    assert (stored.status, stored.transaction_ref) == ("submitted", None)
+    assert stored.export_ref is not None and stored.export_ref.startswith(f"file:far-payout-batch-{batch.id}.csv#")
+    assert await db.fetchval("SELECT count(*) FROM far_session_contributions WHERE transaction_ref IS NOT NULL") == 0
     lines = (tmp_path / f"far-payout-batch-{batch.id}.csv").read_text().splitlines()
     assert lines[0] == "batch_id,wallet,amount_far,contribution_ids"
     assert lines[-1].startswith("# total_far=4.000000000000000000 sha256=")
+    assert await run_payout(payouts_ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) is None  # all in payment
 
-    assert await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) is None  # nothing left to pay
+
+async def test_what_a_batch_pays_each_wallet_is_recorded_when_it_is_claimed(payouts_db: asyncpg.Connection) -> None:
+    peers = [unique_id("peer") for _ in range(3)]
+    await payouts_db.execute("SELECT 1")
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {p: 1 for p in peers}) for _ in range(5)])
+    batch = await claim_batch(payouts_db, "test", Decimal(0))
+    assert batch is not None
+    # the batch pays what was claimed, even if the rows' wallets change afterwards
+    await payouts_db.execute("UPDATE far_session_contributions SET wallet = $1", wallet_for("someone-else"))
+    assert (await load_batch(payouts_db, batch.id)).payments == tuple(
+        WalletPayment(p.wallet, p.amount_far) for p in batch.payments
+    )
 
 
 async def test_concurrent_payout_runs_never_include_a_row_twice(
-    db: asyncpg.Connection, ledger_dsn: str, tmp_path: Path
+    payouts_db: asyncpg.Connection, payouts_ledger_dsn: str, tmp_path: Path
 ) -> None:
     peers = [unique_id("peer") for _ in range(20)]
-    await write_batch(db, [usage_record(unique_id("req"), {p: 1 for p in peers[i % 5 :: 5]}) for i in range(200)])
-    batches = await asyncio.gather(*(run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) for _ in range(4)))
+    await write_batch(
+        payouts_db, [usage_record(unique_id("req"), {p: 1 for p in peers[i % 5 :: 5]}) for i in range(200)]
+    )
+    batches = await asyncio.gather(
+        *(run_payout(payouts_ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) for _ in range(4))
+    )
     ids = [row_id for batch in batches if batch is not None for row_id in batch.contribution_ids]
-    assert len(ids) == len(set(ids)) == await db.fetchval("SELECT count(*) FROM far_session_contributions")
-    assert await db.fetchval("SELECT count(*) FROM far_session_contributions WHERE paid_at IS NULL") == 0
+    assert len(ids) == len(set(ids)) == await payouts_db.fetchval("SELECT count(*) FROM far_session_contributions")
 
 
 async def test_wallets_owed_less_than_the_minimum_wait_for_a_later_run(
-    db: asyncpg.Connection, ledger_dsn: str, tmp_path: Path
+    payouts_db: asyncpg.Connection, payouts_ledger_dsn: str, tmp_path: Path
 ) -> None:
     big, small = unique_id("peer"), unique_id("peer")
-    await write_batch(db, [usage_record(unique_id("req"), {big: 9, small: 1}, price_far=Decimal("0.1"))])
-    batch = await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal("0.5"))
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {big: 9, small: 1}, price_far=Decimal("0.1"))])
+    batch = await run_payout(payouts_ledger_dsn, FilePayer(tmp_path), min_far=Decimal("0.5"))
     assert batch is not None and [p.wallet for p in batch.payments] == [wallet_for(big)]
-    assert await db.fetchval("SELECT unpaid_far FROM node_earnings_summary WHERE node_id = $1", small) == Decimal("0.1")
+    unpaid = await payouts_db.fetchval("SELECT unpaid_far FROM node_earnings_summary WHERE node_id = $1", small)
+    assert unpaid == Decimal("0.1")
 
 
-async def test_a_failed_payment_leaves_the_rows_unpaid_and_the_batch_marked_failed(
-    db: asyncpg.Connection, ledger_dsn: str, tmp_path: Path
+async def test_a_batch_pays_at_most_max_wallets_and_the_rest_wait_for_the_next(
+    payouts_db: asyncpg.Connection,
 ) -> None:
-    await write_batch(db, [usage_record(unique_id("req"), {unique_id("peer"): 1})])
-    with pytest.raises(PaymentFailed, match="congested"):
-        await run_payout(ledger_dsn, FailingPayer(), min_far=Decimal(0))
-    assert await db.fetchval("SELECT status FROM far_payment_batches") == "failed"
-    assert (
-        await db.fetchval(
-            "SELECT count(*) FROM far_session_contributions WHERE payment_batch_id IS NULL AND paid_at IS NULL"
-        )
-        == 1
-    )
-    assert await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) is not None  # paid next time
+    peers = [unique_id("peer") for _ in range(7)]
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {p: 1 for p in peers})])
+    first = await claim_batch(payouts_db, "test", Decimal(0), max_wallets=5)
+    second = await claim_batch(payouts_db, "test", Decimal(0), max_wallets=5)
+    assert first is not None and second is not None
+    assert (len(first.payments), len(second.payments)) == (5, 2)
+    assert {p.wallet for p in first.payments + second.payments} == {wallet_for(p) for p in peers}
 
 
-class CrashingPayer:
-    """A payer that dies after the claim and before confirming: the money may or may not have moved."""
-
-    name = "crashing"
-
-    async def pay(self, batch: PaymentBatch) -> str:
-        raise RuntimeError("process killed mid-transfer")
+def test_a_batch_total_is_exact_beyond_28_significant_digits() -> None:
+    big, tiny = Decimal("99999999999999999999.999999999999999999"), Decimal("0.000000000000000001")
+    almost = Decimal("99999999999999999999.999999999999999998")
+    batch = PaymentBatch(1, (WalletPayment("0xa", almost), WalletPayment("0xb", tiny)))
+    assert batch.total_far == big  # the built-in sum() would give 1.000000000000000000000000000E+20
 
 
-async def strand_a_batch(db: asyncpg.Connection, ledger_dsn: str) -> int:
-    await write_batch(db, [usage_record(unique_id("req"), {unique_id("peer"): 1, unique_id("peer"): 3})])
-    with pytest.raises(RuntimeError):
-        await run_payout(ledger_dsn, CrashingPayer(), min_far=Decimal(0))
-    [stranded] = await list_batches(db, status="pending")
-    assert stranded.row_count == 2
-    return stranded.id
+def test_the_payee_is_one_named_sql_expression() -> None:
+    assert PAYEE_WALLET == "c.wallet"
 
 
-async def test_an_operator_marks_a_stranded_batch_paid_with_the_transfers_reference(
-    db: asyncpg.Connection, ledger_dsn: str, tmp_path: Path
+async def test_a_failed_export_leaves_the_rows_unpaid_and_the_batch_marked_failed(
+    payouts_db: asyncpg.Connection, payouts_ledger_dsn: str, tmp_path: Path
 ) -> None:
-    batch_id = await strand_a_batch(db, ledger_dsn)
-    assert await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) is None  # its rows stay claimed
-    await mark_paid(db, batch_id, "0xfeed")
-    refs = await db.fetch("SELECT transaction_ref FROM far_session_contributions WHERE payment_batch_id = $1", batch_id)
-    assert [r["transaction_ref"] for r in refs] == ["0xfeed", "0xfeed"]
-    [paid] = await list_batches(db)
-    assert (paid.status, paid.transaction_ref) == ("paid", "0xfeed")
-    with pytest.raises(BatchNotPending):
-        await mark_failed(db, batch_id, "too late: it was paid")
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {unique_id("peer"): 1})])
+    with pytest.raises(PaymentFailed, match="disk is full"):
+        await run_payout(payouts_ledger_dsn, FailingPayer(), min_far=Decimal(0))
+    assert await payouts_db.fetchval("SELECT status FROM far_payment_batches") == "failed"
+    released = "SELECT count(*) FROM far_session_contributions WHERE payment_batch_id IS NULL AND paid_at IS NULL"
+    assert await payouts_db.fetchval(released) == 1
+    assert await run_payout(payouts_ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) is not None  # next time
 
 
-async def test_far_mesh_payouts_resolve_failed_releases_the_rows_for_the_next_run(
-    db: asyncpg.Connection,
-    ledger_dsn: str,
+async def test_far_mesh_payouts_resolve_failed_releases_an_exported_batch_for_the_next_run(
+    payouts_db: asyncpg.Connection,
+    payouts_ledger_dsn: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    batch_id = await strand_a_batch(db, ledger_dsn)
-    monkeypatch.setenv("POSTGRES_URL", ledger_dsn)
-    assert await asyncio.to_thread(main, ["payouts", "list", "--status", "pending"]) == 0
-    assert capsys.readouterr().out.splitlines()[1].startswith(f"{batch_id}\tpending\tcrashing\t")
-    assert await asyncio.to_thread(main, ["payouts", "resolve", str(batch_id), "--failed"]) == 0
-    assert await asyncio.to_thread(main, ["payouts", "resolve", str(batch_id), "--paid", "0xbeef"]) == 1
-    assert await db.fetchval("SELECT status FROM far_payment_batches WHERE id = $1", batch_id) == "failed"
-    batch = await run_payout(ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0))
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {unique_id("peer"): 1, unique_id("peer"): 3})])
+    exported = await run_payout(payouts_ledger_dsn, FilePayer(tmp_path / "a"), min_far=Decimal(0))
+    assert exported is not None
+    monkeypatch.setenv("POSTGRES_URL", payouts_ledger_dsn)
+    assert await asyncio.to_thread(main, ["payouts", "list", "--status", "submitted"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(f"{exported.id}\tsubmitted\tfile\t")
+    assert await asyncio.to_thread(main, ["payouts", "resolve", str(exported.id), "--failed"]) == 0
+    assert await asyncio.to_thread(main, ["payouts", "resolve", str(exported.id), "--failed"]) == 1  # settled
+    assert await payouts_db.fetchval("SELECT status FROM far_payment_batches WHERE id = $1", exported.id) == "failed"
+    batch = await run_payout(payouts_ledger_dsn, FilePayer(tmp_path / "b"), min_far=Decimal(0))
     assert batch is not None and len(batch.contribution_ids) == 2
+    with pytest.raises(BatchNotPending, match="is failed"):
+        await mark_failed(payouts_db, exported.id, "twice")
+
+
+async def test_payouts_run_with_the_file_payer_needs_an_out_dir(
+    payouts_ledger_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSTGRES_URL", payouts_ledger_dsn)
+    assert await asyncio.to_thread(main, ["payouts", "run", "--payer", "file"]) == 2
+
+
+async def test_a_resolve_tx_argument_must_be_a_transaction_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["payouts", "resolve", "1", "--tx", "0xfeed"])
+    assert "is not a transaction hash" in capsys.readouterr().err
