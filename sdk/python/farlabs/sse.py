@@ -48,6 +48,11 @@ class SSEDecoder:
         return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def _parse(self, block: bytes) -> tuple[str, str] | None:
+        if block[:4] == b"id: ":  # the gateway's own shape, "id: <id>\ndata: <json>": one cheap pass
+            end = block.find(b"\n")
+            if end > 0 and block[end + 1 : end + 7] == b"data: " and block.find(b"\n", end + 1) < 0:
+                self._last_id = block[4:end].decode("utf-8", errors="replace")
+                return self._last_id, block[end + 7 :].decode("utf-8", errors="replace")
         data: list[bytes] = []
         for line in block.split(b"\n"):
             if not line or line[0] == 58:  # empty, or ":" starts a comment (the gateway's keep-alive)

@@ -131,7 +131,7 @@ class TokenStream(_StreamBase):
         self._tokens = self._generate()
 
     def __iter__(self) -> Iterator[str]:
-        return self
+        return self._tokens  # the generator itself: a for loop pays no extra call per token
 
     def __next__(self) -> str:
         return next(self._tokens)
@@ -218,7 +218,7 @@ class AsyncTokenStream(_StreamBase):
         return self
 
     def __aiter__(self) -> AsyncIterator[str]:
-        return self
+        return self._tokens
 
     async def __anext__(self) -> str:
         return await self._tokens.__anext__()
