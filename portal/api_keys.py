@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from portal.earnings import far_text
 from portal.errors import BadInput, Forbidden, NotFound
 
 KEY_PREFIX = "fmk"
@@ -63,7 +64,7 @@ async def list_keys(connection: asyncpg.Connection | asyncpg.Pool, wallet: str) 
             "created_at": r["created_at"].isoformat(),
             "revoked_at": r["revoked_at"].isoformat() if r["revoked_at"] else None,
             "active": r["revoked_at"] is None,
-            "spent_far": str(r["spent_far"]),
+            "spent_far": far_text(r["spent_far"]),
             "sessions": r["sessions"],
         }
         for r in rows
@@ -112,7 +113,7 @@ async def key_spend(
                 "model_id": r["model_id"],
                 "sessions": r["sessions"],
                 "tokens_generated": r["tokens_generated"],
-                "spent_far": str(r["spent_far"]),
+                "spent_far": far_text(r["spent_far"]),
             }
             for r in rows
         ],

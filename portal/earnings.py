@@ -12,8 +12,6 @@ from typing import Any
 
 import asyncpg
 
-ZERO = Decimal(0)
-
 _TOTALS = """
 SELECT coalesce(sum(sessions_served), 0)::bigint AS sessions_served,
        coalesce(sum(tokens_contributed), 0)::bigint AS tokens_contributed,
@@ -63,11 +61,17 @@ class WalletNodes:
     rows: list[dict[str, Any]]
 
 
+def far_text(value: Decimal | None) -> str:
+    """A $FAR amount as plain decimal text without trailing zeros or exponent: 0.003, 0, 12.5."""
+    if value is None or value == 0:
+        return "0"
+    return format(value.normalize(), "f")
+
+
 def _money(row: asyncpg.Record | dict[str, Any], *names: str) -> dict[str, Any]:
     out = dict(row)
     for name in names:
-        value = out.get(name)
-        out[name] = str(value if value is not None else ZERO)
+        out[name] = far_text(out.get(name))
     return out
 
 
@@ -120,7 +124,7 @@ async def wallet_earnings(connection: asyncpg.Connection | asyncpg.Pool, wallet:
         "days": days,
         "nodes": nodes.registered,
         **earnings,
-        "held_unregistered_far": str(held),
+        "held_unregistered_far": far_text(held),
         "held_nodes": nodes.announcing,
     }
 

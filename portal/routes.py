@@ -219,7 +219,9 @@ async def register_form(request: Request) -> Response:
     session = require_session(_session(request))
     form = await inputs.form_body(request)
     check_csrf(session, form.get(CSRF_FIELD))  # type: ignore[arg-type]
-    outcome = await _register(request, form)
+    # HTML form submission turns every line break into CRLF; the statements were signed with LF
+    fields = {name: value.replace("\r\n", "\n") for name, value in form.items() if isinstance(value, str)}
+    outcome = await _register(request, fields)
     return RedirectResponse(f"/w/{outcome.wallet}/nodes?registered={quote(outcome.node_id)}", status_code=303)
 
 

@@ -21,6 +21,20 @@ async def sign_in(client: httpx.AsyncClient, wallet: SigningWallet) -> str:
     return token
 
 
+def snapshot_json(model_id: str, num_blocks: int, spans: dict[str, tuple[int, int]]) -> str:
+    """A fresh snapshot, as a worker writes it into `keys.SWARM_SNAPSHOTS`, of servers holding `spans`."""
+    return SwarmSnapshot(
+        model_id=model_id,
+        dht_prefix=model_id.replace("/", "-"),
+        num_blocks=num_blocks,
+        taken_at=datetime.now(UTC),
+        servers=tuple(
+            ServerSnapshot(peer_id=peer, start_block=start, end_block=end, throughput=10.0, state="online")
+            for peer, (start, end) in spans.items()
+        ),
+    ).model_dump_json()
+
+
 async def publish_snapshot(
     redis: aioredis.Redis, model_id: str, num_blocks: int, spans: dict[str, tuple[int, int]], **server: object
 ) -> SwarmSnapshot:

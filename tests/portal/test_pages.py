@@ -8,6 +8,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
+from portal.earnings import far_text
 from portal.openapi import openapi_document
 from portal.routes import ROUTES
 from tests.fixtures.ledger import unique_id
@@ -42,7 +43,7 @@ async def test_a_registered_nodes_earnings_show_on_the_page_and_in_the_json(
     assert [m["model_id"] for m in document["by_model"]] == ["test/one", "test/two"]
     assert len(document["by_day"]) == 1 and document["nodes"] == [node]
     page = await portal_client.get(f"/w/{wallet.address}/earnings")
-    assert page.status_code == 200 and "<svg" in page.text and str(expected) in page.text
+    assert page.status_code == 200 and "<svg" in page.text and f"{far_text(expected)} FAR" in page.text
 
     public = (await portal_client.get(f"/api/nodes/{node}/earnings")).json()
     assert public["registered_wallet"] == wallet.address and Decimal(public["totals"]["earned_far"]) == expected
