@@ -15,7 +15,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,10 +29,10 @@ from tests.fixtures.system import (
     the_ledger_session,
     token_events,
 )
+from tests.sdk.node import SDK_JS, built
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
 
-SDK_JS = Path(__file__).resolve().parents[2] / "sdk" / "js"
 SUITE_TIMEOUT_S = 300
 
 
@@ -154,23 +153,11 @@ def control_url(e2e_system: SystemUnderTest) -> Iterator[str]:
         control.restore()
 
 
-def npm_ready() -> None:
-    """`npm ci` when node_modules is missing or older than the lock file (the Makefile's install does the same)."""
-    stamp = SDK_JS / "node_modules" / ".installed-stamp"
-    lock = SDK_JS / "package-lock.json"
-    if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
-        return
-    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=SDK_JS, check=True)
-    stamp.touch()
-
-
 @pytest.mark.skipif(shutil.which("npm") is None, reason="Node.js and npm are needed for the TypeScript SDK")
 def test_the_typescript_sdk_passes_its_suite_against_the_live_system(
     e2e_system: SystemUnderTest, strict_gateway: str, new_api_key: Callable[[], str], control_url: str
 ) -> None:
-    npm_ready()
-    build = subprocess.run(["npm", "run", "--silent", "build"], cwd=SDK_JS, capture_output=True, text=True)
-    assert build.returncode == 0, build.stdout + build.stderr
+    built()
     env = os.environ | {
         "FARLABS_BASE_URL": e2e_system.url,
         "FARLABS_API_KEY": e2e_system.system.api_key,
