@@ -16,6 +16,7 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
     Imported here rather than at module level so that building the `far-mesh` parser stays cheap.
     """
     from accounting.settings import AccountingSettings
+    from chain.settings import PayoutSettings
     from gateway.settings import GatewaySettings
     from mesh.settings import MeshSettings
     from protocol.settings import CommonSettings
@@ -28,6 +29,7 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
         ("worker", WorkerSettings),
         ("migrate, keys, payouts", LedgerSettings),
         ("accounting", AccountingSettings),
+        ("payouts, chain", PayoutSettings),
         ("swarm, node, models", MeshSettings),
     )
 
