@@ -5,21 +5,28 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed-stamp
 # The chain's npm packages (ganache, solc): `npm ci` again only when the lock file changes.
 CHAIN_STAMP := chain/node_modules/.installed-stamp
+SDK_JS_STAMP := sdk/js/node_modules/.installed-stamp
 
 .PHONY: install run test lint bench lock clean
 
-$(STAMP): pyproject.toml requirements/constraints.txt
+$(STAMP): pyproject.toml requirements/constraints.txt sdk/python/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -c requirements/constraints.txt -e ".[mesh,dev]"
 	# petals' own pins cannot install here (see pyproject.toml); its real needs are the `mesh` extra.
 	$(PIP) install --no-deps -c requirements/constraints.txt petals==2.2.0.post1
+	# the Python SDK is its own distribution (its one dependency, httpx, is in the dev extra)
+	$(PIP) install --no-deps -e sdk/python
 	touch $(STAMP)
 
 $(CHAIN_STAMP): chain/package.json chain/package-lock.json
 	cd chain && npm ci --no-audit --no-fund --loglevel=error
 	touch $(CHAIN_STAMP)
 
-install: $(STAMP) $(CHAIN_STAMP)
+$(SDK_JS_STAMP): sdk/js/package.json sdk/js/package-lock.json
+	cd sdk/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(SDK_JS_STAMP)
+
+install: $(STAMP) $(CHAIN_STAMP) $(SDK_JS_STAMP)
 
 run: install
 	$(VENV)/bin/far-mesh dev
