@@ -13,6 +13,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from arq import create_pool
 from arq.connections import RedisSettings
+from prometheus_client import start_http_server
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
@@ -76,6 +77,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
     """The app; its lifespan opens Redis, the arq pool, PostgreSQL and the relay readers, and closes them."""
     metrics = GatewayMetrics()
     openapi = build_openapi(settings)
+    if settings.gateway_metrics_port:
+        openapi["paths"].pop("/metrics", None)  # served on its own port, not this one
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -105,12 +108,21 @@ def create_app(settings: GatewaySettings) -> Starlette:
         )
         relay.start()
         renewer = asyncio.create_task(inflight.renew_forever(lease_s / 3))
+        # Its own listener (a thread of prometheus_client), so the public port never serves /metrics.
+        metrics_server = (
+            start_http_server(settings.gateway_metrics_port, settings.gateway_host, registry=metrics.registry)[0]
+            if settings.gateway_metrics_port
+            else None
+        )
         log.info(
             "gateway started models=%s readers=%d", ",".join(settings.catalog.model_ids), settings.gateway_relay_readers
         )
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             renewer.cancel()
             await inflight.drain_pending()
             await relay.stop()
@@ -133,9 +145,10 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
-        Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
+    if not settings.gateway_metrics_port:
+        routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestMetricsMiddleware, metrics=metrics)],

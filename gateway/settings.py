@@ -17,6 +17,12 @@ class GatewaySettings(CommonSettings):
     postgres_url: PostgresUrl = Field(description="Required. PostgreSQL URL of the ledger holding far_api_keys")
     gateway_host: str = Field(default="0.0.0.0", description="Address the HTTP server binds")
     gateway_port: int = Field(default=8100, ge=1, le=65535, description="Port the HTTP server listens on")
+    gateway_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a separate /metrics listener (not the public port); 0 serves /metrics on GATEWAY_PORT",
+    )
     gateway_max_body_bytes: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted (413 above)"
     )

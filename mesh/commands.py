@@ -5,11 +5,13 @@ Handlers import torch, transformers and petals lazily, so `far-mesh --help` stay
 """
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
 
+from mesh import dht_node
 from protocol.catalog import ModelSpec
 
 EXIT_REFUSED = 2
@@ -36,7 +38,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     node = subparsers.add_parser("node", help="serve transformer blocks into a swarm and be paid in $FAR")
     node.add_argument("--wallet", required=True, help="EIP-55 checksummed address that $FAR is paid into")
     node.add_argument("--model", required=True, help="model id from FAR_MESH_MODELS, tiny model name, hub id or path")
-    node.add_argument("--initial-peers", nargs="+", required=True, help="multiaddrs of the swarm's DHT")
+    bootstrap = [a.strip() for a in os.environ.get("FAR_MESH_DHT_BOOTSTRAP", "").split(",") if a.strip()]
+    node.add_argument(
+        "--initial-peers",
+        nargs="+",
+        required=not bootstrap,
+        default=bootstrap,
+        help="multiaddrs of the swarm's DHT (default: FAR_MESH_DHT_BOOTSTRAP, as the workers use)",
+    )
     span = node.add_mutually_exclusive_group()
     span.add_argument("--blocks", help="half-open block span to serve, e.g. 0:2")
     span.add_argument("--num-blocks", type=int, help="serve this many blocks, chosen by Petals")
@@ -48,6 +57,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     node.add_argument("--device", help="cpu, cuda, cuda:1...; default: Petals' choice")
     node.add_argument("--torch-dtype", default="auto", help="float32, float16, bfloat16 or auto")
     node.set_defaults(handler=run_node)
+
+    dht_node.register(subparsers)
 
 
 def generate_models(args: argparse.Namespace) -> int:
@@ -91,13 +102,12 @@ def run_swarm(args: argparse.Namespace) -> int:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    import os
-
     from mesh.node import NodeConfig, NodeRefused, check_node, parse_blocks, server_command
     from protocol.wallet import InvalidWallet
 
     spec = _catalog_model(args.model, None)
     try:
+        dht_node.refuse_placeholders(args.initial_peers)
         config = NodeConfig(
             model_source=spec.weights_source if spec else args.model,
             initial_peers=tuple(args.initial_peers),

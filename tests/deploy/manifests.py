@@ -15,13 +15,17 @@ DOCKERFILES = {"light": REPO / "Dockerfile.light", "mesh": REPO / "Dockerfile.me
 
 @dataclass(frozen=True)
 class Process:
-    """One workload in the manifests, tied to its Procfile line, its settings class and its image."""
+    """One process in the manifests, tied to its Procfile line, its settings class and its image."""
 
+    workload: str
+    container: str
     procfile: str
     settings: str
     image: str
     port_field: str | None
-    """The settings field holding the port it serves (HTTP or /metrics); None for a run-once Job."""
+    """The settings field holding the port it serves (HTTP or /metrics); None for a run-once step."""
+    init: bool = False
+    """Run as an init container of `workload`, to completion, before its main container starts."""
 
     def settings_class(self) -> type[CommonSettings]:
         module, _, name = self.settings.partition(":")
@@ -30,16 +34,37 @@ class Process:
 
 
 PROCESSES = {
-    "far-mesh-gateway": Process("web", "gateway.settings:GatewaySettings", "light", "gateway_port"),
-    "far-mesh-worker": Process("worker", "workers.settings:WorkerSettings", "mesh", "far_mesh_worker_metrics_port"),
-    "far-mesh-accounting": Process(
-        "accounting", "accounting.settings:AccountingSettings", "light", "accounting_metrics_port"
+    "gateway": Process(
+        "far-mesh-gateway", "gateway", "web", "gateway.settings:GatewaySettings", "light", "gateway_port"
     ),
-    "far-mesh-migrate": Process("release", "schema.settings:LedgerSettings", "light", None),
+    "worker": Process(
+        "far-mesh-worker", "worker", "worker", "workers.settings:WorkerSettings", "mesh", "far_mesh_worker_metrics_port"
+    ),
+    "accounting": Process(
+        "far-mesh-accounting",
+        "accounting",
+        "accounting",
+        "accounting.settings:AccountingSettings",
+        "light",
+        "accounting_metrics_port",
+    ),
+    "migrate": Process(
+        "far-mesh-accounting", "migrate", "release", "schema.settings:LedgerSettings", "light", None, init=True
+    ),
 }
-"""The mapping every drift test starts from; a workload missing here fails `test_every_workload_is_a_known_process`."""
+"""Every far-mesh process the manifests run; a container missing here fails `test_every_container_is_known`."""
 
-COMMAND_ROOMS = {"gateway": "gateway", "worker": "workers", "accounting": "accounting", "migrate": "schema"}
+HELPER_CONTAINERS = {("far-mesh-gateway", "wait-for-migrations"), ("far-mesh-dht", "dht")}
+"""Containers that run no Procfile line: the gateway's migration wait, and the DHT bootstrap (`far-mesh dht`,
+whose identity path only exists in the pod)."""
+
+COMMAND_ROOMS = {
+    "gateway": "gateway",
+    "worker": "workers",
+    "accounting": "accounting",
+    "migrate": "schema",
+    "dht": "mesh",
+}
 """Which room registers each subcommand the images and manifests run."""
 
 
@@ -61,7 +86,7 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return objects(docs, "Deployment") + objects(docs, "Job")
+    return objects(docs, "Deployment") + objects(docs, "StatefulSet") + objects(docs, "Job")
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -69,17 +94,51 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def container_env(docs: list[dict[str, Any]], container: dict[str, Any], secret: dict[str, Any]) -> dict[str, str]:
-    """The environment Kubernetes gives the container: envFrom in order (later wins), then env."""
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def all_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
+    containers: list[dict[str, Any]] = spec.get("initContainers", []) + spec["containers"]
+    return containers
+
+
+def container_of(docs: list[dict[str, Any]], workload_name: str, container_name: str) -> dict[str, Any]:
+    workload = next(w for w in workloads(docs) if w["metadata"]["name"] == workload_name)
+    [found] = [c for c in all_containers(workload) if c["name"] == container_name]
+    return found
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and selector.items() <= labels.items()
+
+
+def container_env(
+    docs: list[dict[str, Any]], container: dict[str, Any], secrets: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """The environment Kubernetes gives the container: envFrom in order (later wins), then env in order, with
+    `$(NAME)` in a value expanded from the variables defined before it, as the kubelet does."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             env.update(one(docs, "ConfigMap", source["configMapRef"]["name"]).get("data", {}))
         else:
-            assert source["secretRef"]["name"] == secret["metadata"]["name"], "envFrom names an unknown Secret"
-            env.update(secret["stringData"])
+            env.update(secrets[source["secretRef"]["name"]]["stringData"])
     for variable in container.get("env", []):
-        env[variable["name"]] = variable.get("value", f"<{variable['name']} from the downward API>")
+        name = variable["name"]
+        if "value" in variable:
+            env[name] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), variable["value"])
+        elif "secretKeyRef" in variable["valueFrom"]:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            assert ref["name"] in secrets, f"{name} reads Secret {ref['name']}, which the template lacks"
+            data = secrets[ref["name"]]["stringData"]
+            assert ref["key"] in data or ref.get("optional"), f"{name}: Secret {ref['name']} has no key {ref['key']}"
+            if ref["key"] in data:
+                env[name] = data[ref["key"]]
+        else:
+            env[name] = f"<{name} from the downward API>"
     return env
 
 

@@ -1,7 +1,7 @@
 """The manifests against the code: commands, settings, ports and Redis keys come from one source, or fail here.
 
-Each workload's environment is rebuilt as Kubernetes would give it (ConfigMaps, then the Secret template's
-placeholders, then `env`) and handed to that process's own settings class.
+Each process's environment is rebuilt as Kubernetes would give it (ConfigMaps, then `env` with the Secret
+template's values and `$(NAME)` expanded) and handed to that process's own settings class.
 """
 
 import re
@@ -12,11 +12,14 @@ import pytest
 from arq.constants import default_queue_name
 
 from protocol import keys
-from protocol.settings import CommonSettings
+from protocol.settings import CommonSettings, SettingsError
 from tests.deploy.manifests import (
     DOCKERFILES,
+    HELPER_CONTAINERS,
     PROCESSES,
+    all_containers,
     container_env,
+    container_of,
     dockerfile,
     exec_form,
     one,
@@ -30,6 +33,7 @@ from tests.fixtures.deploy import KUSTOMIZATIONS
 from workers import metrics as worker_metrics
 
 Docs = dict[str, list[dict[str, Any]]]
+Secrets = dict[str, dict[str, Any]]
 
 IMAGE_ENV = {
     word.split("=")[0]
@@ -39,84 +43,140 @@ IMAGE_ENV = {
     for word in i.args.split()
 }
 """Variables the images themselves define (PATH, HF_HOME, FAR_MESH_HEALTHCHECK_URL...): not settings."""
+LIBRARY_ENV = {"HUGGING_FACE_HUB_TOKEN", "FAR_MESH_DHT_PEER_ID"}
+"""Read by a library (huggingface-hub), or only the input of another variable's `$(...)` (the DHT's peer id)."""
+A_PEER_ID = "QmYY6kpyEuikpQSwe6ENjMRbDBBKhSQoCmFL2Au9E5fN7S"
+
+
+def configured(secrets: Secrets) -> Secrets:
+    """The template with what an operator must fill in filled: a real-looking DHT peer id."""
+    filled = {name: {**secret, "stringData": dict(secret["stringData"])} for name, secret in secrets.items()}
+    filled["far-mesh-dht"]["stringData"]["peer-id"] = A_PEER_ID
+    return filled
+
+
+def env_of(rendered: Docs, kustomization: str, name: str, secrets: Secrets) -> dict[str, str]:
+    process = PROCESSES[name]
+    docs = rendered[kustomization]
+    return container_env(docs, container_of(docs, process.workload, process.container), secrets)
 
 
 def settings_for(
-    rendered: Docs, kustomization: str, workload_name: str, secret: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    rendered: Docs, kustomization: str, name: str, secrets: Secrets, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[CommonSettings, dict[str, str]]:
     """The process's settings, validated from exactly the environment its container would get."""
-    docs = rendered[kustomization]
-    workload = next(w for w in workloads(docs) if w["metadata"]["name"] == workload_name)
-    env = container_env(docs, pod_spec(workload)["containers"][0], secret)
-    cls = PROCESSES[workload_name].settings_class()
-    for name in settings_env_names(cls):
-        monkeypatch.delenv(name, raising=False)  # nothing from the test machine may fill a gap
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    env = env_of(rendered, kustomization, name, secrets)
+    cls = PROCESSES[name].settings_class()
+    for variable in settings_env_names(cls):
+        monkeypatch.delenv(variable, raising=False)  # nothing from the test machine may fill a gap
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
     return cls.from_env(), env
 
 
-def container(docs: list[dict[str, Any]], workload_name: str) -> dict[str, Any]:
-    workload = next(w for w in workloads(docs) if w["metadata"]["name"] == workload_name)
-    only: dict[str, Any] = pod_spec(workload)["containers"][0]
-    return only
-
-
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_every_workload_is_a_known_process_running_its_procfile_command(rendered: Docs, kustomization: str) -> None:
+def test_every_container_is_a_known_process_running_its_procfile_command(rendered: Docs, kustomization: str) -> None:
     lines = procfile()
-    names = {w["metadata"]["name"] for w in workloads(rendered[kustomization])}
-    assert names == set(PROCESSES)
+    docs = rendered[kustomization]
+    found = {(w["metadata"]["name"], c["name"]) for w in workloads(docs) for c in all_containers(w)}
+    assert found == {(p.workload, p.container) for p in PROCESSES.values()} | HELPER_CONTAINERS
     for name, process in PROCESSES.items():
-        command = container(rendered[kustomization], name)["command"]
-        assert " ".join(command) == lines[process.procfile], (
-            f"{name} runs {command}, Procfile says {lines[process.procfile]}"
-        )
+        command = container_of(docs, process.workload, process.container)["command"]
+        assert " ".join(command) == lines[process.procfile], f"{name} runs {command}, Procfile says {lines[name]}"
+        workload = one(docs, "Deployment", process.workload)
+        in_init = process.container in {c["name"] for c in pod_spec(workload).get("initContainers", [])}
+        assert in_init == process.init, name
+
+
+def test_migrations_run_before_the_consumer_and_the_gateway_waits_for_them(rendered: Docs) -> None:
+    docs = rendered["base"]
+    assert not [w for w in workloads(docs) if w["kind"] == "Job"], "a Job's immutable template blocks upgrades"
+    accounting = pod_spec(one(docs, "Deployment", "far-mesh-accounting"))
+    assert [c["name"] for c in accounting["initContainers"]] == ["migrate"]
+    gateway = pod_spec(one(docs, "Deployment", "far-mesh-gateway"))
+    [wait] = gateway["initContainers"]
+    assert wait["name"] == "wait-for-migrations" and "schema_migrations" in wait["args"][0]
+    assert wait["image"] == gateway["containers"][0]["image"], "it must wait for the migrations of its own image"
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_every_subcommand_the_manifests_run_exists(rendered: Docs, name: str) -> None:
-    subcommand = container(rendered["base"], name)["command"][1]
+    process = PROCESSES[name]
+    subcommand = container_of(rendered["base"], process.workload, process.container)["command"][1]
     require_room_commands(subcommand)
     assert subcommand in subcommands()
 
 
+def test_the_dht_bootstrap_runs_far_mesh_dht_with_the_identity_from_its_secret(rendered: Docs) -> None:
+    dht = one(rendered["base"], "StatefulSet", "far-mesh-dht")
+    [container] = pod_spec(dht)["containers"]
+    command = container["command"]
+    assert command[:2] == ["far-mesh", "dht"] and "dht" in subcommands()
+    identity = command[command.index("--identity") + 1]
+    [mount] = [m for m in container["volumeMounts"] if identity.startswith(m["mountPath"] + "/")]
+    [volume] = [v for v in pod_spec(dht)["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "far-mesh-dht" and mount["readOnly"] is True
+    assert [item["path"] for item in volume["secret"]["items"]] == [identity.rsplit("/", 1)[1]]
+    port = int(command[command.index("--port") + 1])
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+
+
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
-def test_each_workload_uses_the_image_built_for_it(rendered: Docs, image: str) -> None:
+def test_each_container_uses_the_image_built_for_it(rendered: Docs, image: str) -> None:
     for name, process in PROCESSES.items():
-        reference = container(rendered["base"], name)["image"]
+        reference = container_of(rendered["base"], process.workload, process.container)["image"]
         assert (f"far-mesh-{image}" in reference) == (process.image == image), f"{name} runs {reference}"
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 @pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_each_process_accepts_the_environment_its_manifest_gives_it(
-    rendered: Docs, kustomization: str, name: str, secret_template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    rendered: Docs, kustomization: str, name: str, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, env = settings_for(rendered, kustomization, name, secret_template, monkeypatch)
-    known = settings_env_names(PROCESSES[name].settings_class()) | IMAGE_ENV | set(secret_template["stringData"])
+    _, env = settings_for(rendered, kustomization, name, configured(secret_template), monkeypatch)
+    known = settings_env_names(PROCESSES[name].settings_class()) | IMAGE_ENV | LIBRARY_ENV
     unknown = sorted(set(env) - known)
     assert not unknown, f"{name} is given variables its settings class does not read (renamed?): {unknown}"
 
 
+def test_a_worker_given_the_templates_placeholder_peer_id_refuses_to_start_naming_the_variable(
+    rendered: Docs, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SettingsError, match=r"FAR_MESH_DHT_BOOTSTRAP: .*placeholder"):
+        settings_for(rendered, "overlays/production", "worker", secret_template, monkeypatch)
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
-def test_ports_probes_and_scrape_annotations_follow_the_settings(
-    rendered: Docs, kustomization: str, secret_template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+def test_workers_bootstrap_from_the_dht_statefulset_by_its_stable_name(
+    rendered: Docs, kustomization: str, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = rendered[kustomization]
-    ports = {
-        name: getattr(settings_for(rendered, kustomization, name, secret_template, monkeypatch)[0], process.port_field)
-        for name, process in PROCESSES.items()
-        if process.port_field
-    }
-    for name, port in ports.items():
-        deployment = one(docs, "Deployment", name)
-        declared = container(docs, name)["ports"]
-        assert [p["containerPort"] for p in declared] == [port], name
-        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(port) and annotations["prometheus.io/path"] == "/metrics"
-    service = one(docs, "Service", "far-mesh-gateway")
-    assert service["spec"]["ports"][0]["targetPort"] == container(docs, "far-mesh-gateway")["ports"][0]["name"]
+    worker, _ = settings_for(rendered, kustomization, "worker", configured(secret_template), monkeypatch)
+    dht = one(docs, "StatefulSet", "far-mesh-dht")
+    port = dht["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    stable_name = f"{dht['metadata']['name']}-0.{dht['spec']['serviceName']}"
+    assert worker.initial_peers == [f"/dns4/{stable_name}/tcp/{port}/p2p/{A_PEER_ID}"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_ports_probes_and_scrape_annotations_follow_the_settings(
+    rendered: Docs, kustomization: str, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered[kustomization]
+    secrets = configured(secret_template)
+    for name, process in PROCESSES.items():
+        if not process.port_field:
+            continue
+        settings, _ = settings_for(rendered, kustomization, name, secrets, monkeypatch)
+        metrics_port = getattr(settings, "gateway_metrics_port", None) or getattr(settings, process.port_field)
+        declared = {p["name"]: p["containerPort"] for p in container_of(docs, process.workload, name)["ports"]}
+        assert declared["metrics"] == metrics_port, name
+        if name == "gateway":
+            assert declared["http"] == settings.gateway_port  # type: ignore[attr-defined]
+        annotations = one(docs, "Deployment", process.workload)["spec"]["template"]["metadata"]["annotations"]
+        assert (
+            annotations["prometheus.io/port"] == str(metrics_port) and annotations["prometheus.io/path"] == "/metrics"
+        )
 
 
 def default_port(name: str) -> int:
@@ -147,19 +207,20 @@ def test_each_image_healthcheck_targets_the_port_of_the_process_it_runs_by_defau
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_grace_periods_cover_each_processes_shutdown(
-    rendered: Docs, kustomization: str, secret_template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    rendered: Docs, kustomization: str, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = rendered[kustomization]
-    gateway, _ = settings_for(rendered, kustomization, "far-mesh-gateway", secret_template, monkeypatch)
+    secrets = configured(secret_template)
+    gateway, _ = settings_for(rendered, kustomization, "gateway", secrets, monkeypatch)
     spec = pod_spec(one(docs, "Deployment", "far-mesh-gateway"))
-    pre_stop = container(docs, "far-mesh-gateway")["lifecycle"]["preStop"]["sleep"]["seconds"]
+    pre_stop = container_of(docs, "far-mesh-gateway", "gateway")["lifecycle"]["preStop"]["sleep"]["seconds"]
     drain = gateway.gateway_shutdown_drain_s  # type: ignore[attr-defined]
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + 5
-    worker, _ = settings_for(rendered, kustomization, "far-mesh-worker", secret_template, monkeypatch)
+    worker, _ = settings_for(rendered, kustomization, "worker", secrets, monkeypatch)
     # Hand-back takes one lease TTL; the rest is room for Petals sessions to close.
     lease = worker.far_mesh_lease_ttl_s  # type: ignore[attr-defined]
     assert pod_spec(one(docs, "Deployment", "far-mesh-worker"))["terminationGracePeriodSeconds"] >= 10 * lease + 60
-    accounting, _ = settings_for(rendered, kustomization, "far-mesh-accounting", secret_template, monkeypatch)
+    accounting, _ = settings_for(rendered, kustomization, "accounting", secrets, monkeypatch)
     retry = accounting.accounting_retry_max_s  # type: ignore[attr-defined]
     assert pod_spec(one(docs, "Deployment", "far-mesh-accounting"))["terminationGracePeriodSeconds"] >= 3 * retry
 
@@ -171,36 +232,59 @@ def triggers(docs: list[dict[str, Any]], target: str) -> list[dict[str, Any]]:
 
 
 def test_accounting_scales_on_the_exact_usage_stream_and_group_the_code_uses(
-    rendered: Docs, secret_template: dict[str, Any]
+    rendered: Docs, secret_template: Secrets
 ) -> None:
-    [trigger] = triggers(rendered["overlays/production"], "far-mesh-accounting")
+    docs = rendered["overlays/production"]
+    [trigger] = triggers(docs, "far-mesh-accounting")
     assert trigger["type"] == "redis-streams"
     metadata = trigger["metadata"]
     assert metadata["stream"] == keys.USAGE_STREAM
     assert metadata["consumerGroup"] == keys.USAGE_CONSUMER_GROUP
     assert "lagCount" in metadata  # the group's lag, not its pending count or the stream's length
-    redis_url = urlsplit(secret_template["stringData"]["REDIS_URL"])
-    host, _, port = metadata["address"].partition(":")
-    assert host.split(".")[0] == redis_url.hostname and int(port) == (redis_url.port or 6379)
-    assert metadata["databaseIndex"] == (redis_url.path.strip("/") or "0")
-    auth = one(rendered["overlays/production"], "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    assert {ref["key"] for ref in auth["spec"]["secretTargetRef"]} <= set(secret_template["stringData"])
+    redis = secret_template["far-mesh-redis"]["stringData"]
+    assert metadata["databaseIndex"] == (urlsplit(redis["REDIS_URL"]).path.strip("/") or "0")
 
 
-def test_workers_scale_on_the_queue_depth_metric_the_workers_export(
-    rendered: Docs, secret_template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+def test_the_accounting_trigger_names_no_redis_host_and_reads_the_address_beside_redis_url(
+    rendered: Docs, secret_template: Secrets
 ) -> None:
     docs = rendered["overlays/production"]
-    [trigger] = triggers(docs, "far-mesh-worker")
-    assert trigger["type"] == "prometheus"
-    query = trigger["metadata"]["query"]
+    [trigger] = triggers(docs, "far-mesh-accounting")
+    assert not {"address", "host", "port", "addressFromEnv", "hostFromEnv"} & set(trigger["metadata"])
+    auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    assert set(refs) == {"address", "password"}
+    secret = secret_template[refs["address"]["name"]]["stringData"]
+    url = urlsplit(secret["REDIS_URL"])
+    assert secret[refs["address"]["key"]] == f"{url.hostname}:{url.port or 6379}"
+    assert secret[refs["password"]["key"]] == url.password
+    # The same Secret the processes take REDIS_URL from: one place to change Redis.
+    gateway = container_of(docs, "far-mesh-gateway", "gateway")
+    [redis_url] = [v for v in gateway["env"] if v["name"] == "REDIS_URL"]
+    assert redis_url["valueFrom"]["secretKeyRef"]["name"] == refs["address"]["name"]
+
+
+def test_workers_scale_per_model_on_the_queue_depth_metric_the_workers_export(
+    rendered: Docs, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered["overlays/production"]
+    worker, _ = settings_for(rendered, "overlays/production", "worker", configured(secret_template), monkeypatch)
     exported = {metric.name for metric in worker_metrics.REGISTRY.collect()}
-    used = set(re.findall(r"\b(far_mesh_worker_\w+)\b", query))
-    assert used and used <= exported, f"the query reads {used}; the workers export {exported}"
-    assert set(re.findall(r"by \((\w+)\)", query)) <= set(worker_metrics.QUEUE_DEPTH._labelnames)
-    assert f'namespace="{one(docs, "Namespace", "far-mesh")["metadata"]["name"]}"' in query
-    worker, _ = settings_for(rendered, "overlays/production", "far-mesh-worker", secret_template, monkeypatch)
-    assert int(trigger["metadata"]["threshold"]) == worker.far_mesh_worker_max_jobs  # type: ignore[attr-defined]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for trigger in triggers(docs, "far-mesh-worker"):
+        assert trigger["type"] == "prometheus"
+        query = trigger["metadata"]["query"]
+        used = set(re.findall(r"\b(far_mesh_worker_\w+)\b", query))
+        assert used and used <= exported, f"the query reads {used}; the workers export {exported}"
+        assert "sum" not in query, "summing over models over-provisions: one trigger per model"
+        assert f'namespace="{one(docs, "Namespace", "far-mesh")["metadata"]["name"]}"' in query
+        [model] = re.findall(r'model_id="([^"]+)"', query)
+        by_model.setdefault(model, []).append(trigger)
+        # A worker runs FAR_MESH_WORKER_MAX_JOBS jobs of each model: that model's depth over it is its replicas.
+        assert int(trigger["metadata"]["threshold"]) == worker.far_mesh_worker_max_jobs  # type: ignore[attr-defined]
+    assert "model_id" in worker_metrics.QUEUE_DEPTH._labelnames
+    served = [m.model_id for m in worker.served_models]  # type: ignore[attr-defined]
+    assert sorted(by_model) == sorted(served) and all(len(t) == 1 for t in by_model.values())
 
 
 def test_no_trigger_reads_an_arq_queue_as_a_list(rendered: Docs) -> None:
@@ -211,3 +295,14 @@ def test_no_trigger_reads_an_arq_queue_as_a_list(rendered: Docs) -> None:
             for trigger in scaled["spec"]["triggers"]:
                 if trigger["type"] in ("redis", "redis-cluster", "redis-sentinel"):
                     assert not trigger["metadata"].get("listName", "").startswith(keys.ARQ_QUEUE_PREFIX)
+
+
+def test_workers_get_the_hugging_face_token_for_gated_models_from_its_secret(
+    rendered: Docs, secret_template: Secrets
+) -> None:
+    worker = container_of(rendered["base"], "far-mesh-worker", "worker")
+    [token] = [v for v in worker["env"] if v["name"] == "HUGGING_FACE_HUB_TOKEN"]
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in secret_template[ref["name"]]["stringData"]
+    assert ref["optional"] is True, "an open model needs no token: the Secret must not be required"
+    assert "HUGGING_FACE_HUB_TOKEN" in env_of(rendered, "base", "worker", secret_template)

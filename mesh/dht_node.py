@@ -1,0 +1,153 @@
+"""`far-mesh dht`: the swarm's discovery service, a hivemind DHT bootstrap node with a stable identity.
+
+Workers and Petals nodes join a swarm through `initial_peers`, multiaddrs that end in the bootstrap's peer id
+(`/dns4/far-mesh-dht/tcp/31337/p2p/Qm...`). A peer id is derived from a private key, so the bootstrap keeps one
+key file (in Kubernetes, a Secret mounted read-only): restarted or rescheduled, it comes back under the same
+peer id and every configured multiaddr stays valid. `far-mesh dht --identity FILE --new-identity` creates the
+key; `--show-peer-id` prints the id to configure workers with.
+
+The node itself is Petals' `run_dht` (hivemind's DHT plus the reachability protocol Petals servers use to check
+they can be dialled), started through `mesh.petals_cli` and exec'd, so signals reach it directly.
+
+This module imports nothing heavy at import time: `workers.settings` uses `refuse_placeholders` to stop a worker
+at start-up that was given a template's placeholder instead of a real bootstrap address.
+"""
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.petals_cli import command_line
+
+DEFAULT_PORT = 31337
+EXIT_REFUSED = 2
+
+_PLACEHOLDER_MARKS = ("<", ">", "{", "}", "$", "...", "CHANGE_ME")
+_PEER_ID = re.compile(r"/p2p/([^/]*)")
+
+
+class DhtRefused(Exception):
+    """The bootstrap cannot start as configured (no identity file, a corrupt one); the message says what to do."""
+
+
+def refuse_placeholders(multiaddrs: Sequence[str]) -> None:
+    """ValueError naming the first multiaddr that is a template's placeholder rather than a peer's address.
+
+    Peer ids are base58 (letters and digits only), so `SET_THE_BOOTSTRAP_PEER_ID`, `Qm...` and an unexpanded
+    Kubernetes `$(FAR_MESH_DHT_PEER_ID)` can never be one; a worker given them would start, then fail to join
+    the DHT for minutes instead of saying so at once.
+    """
+    for addr in multiaddrs:
+        peer_ids = _PEER_ID.findall(addr)
+        if any(mark in addr for mark in _PLACEHOLDER_MARKS) or any(not p.isalnum() for p in peer_ids):
+            raise ValueError(
+                f"{addr!r} is a placeholder, not a DHT peer's address: set it to the bootstrap's multiaddr "
+                "(`far-mesh dht --identity FILE --show-peer-id` prints its peer id)"
+            )
+
+
+def peer_id_of(identity: Path) -> str:
+    """The base58 peer id of the libp2p private key stored at `identity`."""
+    from hivemind.p2p import PeerID
+
+    try:
+        return str(PeerID.from_identity(identity.read_bytes()).to_base58())
+    except OSError as exc:
+        raise DhtRefused(f"cannot read --identity {identity}: {exc.strerror}") from exc
+    except Exception as exc:  # a truncated or foreign file: protobuf and key parsing raise many types
+        raise DhtRefused(f"--identity {identity} is not a libp2p private key ({type(exc).__name__})") from exc
+
+
+def create_identity(identity: Path) -> None:
+    """Write a new private key to `identity` (readable by its owner only); refuses to overwrite one."""
+    from hivemind.p2p import P2P
+
+    if identity.exists():
+        raise DhtRefused(f"--identity {identity} exists; a bootstrap keeps its key (delete it to change peer id)")
+    identity.parent.mkdir(parents=True, exist_ok=True)
+    P2P.generate_identity(str(identity))
+    identity.chmod(0o600)
+
+
+@dataclass(frozen=True)
+class DhtConfig:
+    """Where the bootstrap listens and what it announces; `identity` fixes its peer id."""
+
+    identity: Path
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    announce_hosts: tuple[str, ...] = ()
+    """Addresses others dial (a DNS name or a public IP); empty: hivemind announces the interfaces it binds."""
+    initial_peers: tuple[str, ...] = ()
+    """Other bootstraps of the same swarm, for a redundant pair; empty starts a new swarm."""
+
+    def listen_maddr(self) -> str:
+        return f"/{_protocol(self.host)}/{self.host}/tcp/{self.port}"
+
+    def announce_maddrs(self) -> list[str]:
+        return [f"/{_protocol(host)}/{host}/tcp/{self.port}" for host in self.announce_hosts]
+
+    def initial_peers_for_clients(self, peer_id: str) -> list[str]:
+        """What workers and nodes pass as initial peers: each announced (else listening) address with the peer id."""
+        return [f"{maddr}/p2p/{peer_id}" for maddr in self.announce_maddrs() or [self.listen_maddr()]]
+
+
+def _protocol(host: str) -> str:
+    if re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", host):
+        return "ip4"
+    return "ip6" if ":" in host else "dns4"
+
+
+def dht_command(config: DhtConfig) -> list[str]:
+    """Petals' `run_dht` command line for `config` (under this interpreter, behind mesh.compat)."""
+    args = ["--host_maddrs", config.listen_maddr(), "--identity_path", str(config.identity)]
+    if config.announce_hosts:
+        args += ["--announce_maddrs", *config.announce_maddrs()]
+    if config.initial_peers:
+        refuse_placeholders(config.initial_peers)
+        args += ["--initial_peers", *config.initial_peers]
+    return command_line("run_dht", args)
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    dht = subparsers.add_parser(
+        "dht", help="run the swarm's DHT bootstrap node with a stable peer id (workers' and nodes' initial peer)"
+    )
+    dht.add_argument("--identity", type=Path, required=True, help="private key file; fixes the peer id")
+    dht.add_argument("--new-identity", action="store_true", help="create --identity first when it does not exist")
+    dht.add_argument("--show-peer-id", action="store_true", help="print the identity's peer id and exit")
+    dht.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    dht.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    dht.add_argument(
+        "--announce-host", action="append", default=[], help="a DNS name or IP others dial it by (repeatable)"
+    )
+    dht.add_argument("--initial-peers", nargs="*", default=[], help="other bootstraps of the same swarm")
+    dht.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = DhtConfig(
+        identity=args.identity,
+        host=args.host,
+        port=args.port,
+        announce_hosts=tuple(args.announce_host),
+        initial_peers=tuple(args.initial_peers),
+    )
+    try:
+        if args.new_identity and not config.identity.exists():
+            create_identity(config.identity)
+        peer_id = peer_id_of(config.identity)
+        command = dht_command(config)
+    except (DhtRefused, ValueError) as exc:
+        print(f"far-mesh dht: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.show_peer_id:
+        print(peer_id)
+        return 0
+    print(f"far-mesh dht: peer_id={peer_id}", flush=True)
+    print(f"initial peers: {' '.join(config.initial_peers_for_clients(peer_id))}", flush=True)
+    os.execv(command[0], command)  # the bootstrap *is* petals' run_dht from here on

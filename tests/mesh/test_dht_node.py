@@ -1,0 +1,182 @@
+"""`far-mesh dht`: a bootstrap whose peer id survives restarts, that clients join; placeholders are refused."""
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from devstack.ports import free_port, port_is_taken
+from devstack.process_groups import signal_group
+from mesh.dht_node import DhtConfig, dht_command, peer_id_of, refuse_placeholders
+from protocol.settings import SettingsError
+from workers.settings import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 60.0
+
+
+def far_mesh(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli", *args]
+
+
+@contextmanager
+def running_dht(identity: Path, port: int) -> Iterator[str]:
+    """`far-mesh dht` on 127.0.0.1:port until the block ends; yields the peer id it printed."""
+    process = subprocess.Popen(
+        far_mesh("dht", "--identity", str(identity), "--host", "127.0.0.1", "--port", str(port)),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("far-mesh dht: peer_id="), first
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not port_is_taken(port):
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "the bootstrap did not listen in time"
+            time.sleep(0.1)
+        yield first.strip().partition("peer_id=")[2]
+    finally:
+        signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_a_new_identity_is_created_once_and_its_peer_id_printed(tmp_path: Path) -> None:
+    identity = tmp_path / "dht.key"
+    first = subprocess.run(
+        far_mesh("dht", "--identity", str(identity), "--new-identity", "--show-peer-id"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    again = subprocess.run(
+        far_mesh("dht", "--identity", str(identity), "--new-identity", "--show-peer-id"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert first.stdout.strip() == again.stdout.strip() == peer_id_of(identity)
+    assert identity.stat().st_mode & 0o077 == 0, "the private key must be readable by its owner only"
+
+
+def test_a_missing_or_corrupt_identity_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    missing = subprocess.run(
+        far_mesh("dht", "--identity", str(tmp_path / "absent.key")),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and "cannot read --identity" in missing.stderr
+    corrupt = tmp_path / "corrupt.key"
+    corrupt.write_bytes(b"not a key")
+    refused = subprocess.run(
+        far_mesh("dht", "--identity", str(corrupt)), cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "is not a libp2p private key" in refused.stderr
+
+
+def test_the_command_runs_petals_run_dht_with_the_identity_and_announced_addresses() -> None:
+    config = DhtConfig(identity=Path("/id"), port=31337, announce_hosts=("far-mesh-dht-0.far-mesh-dht", "10.1.2.3"))
+    command = dht_command(config)
+    assert command[1:4] == ["-m", "mesh.petals_cli", "run_dht"]
+    assert command[command.index("--identity_path") + 1] == "/id"
+    assert command[command.index("--host_maddrs") + 1] == "/ip4/0.0.0.0/tcp/31337"
+    announced = command[command.index("--announce_maddrs") + 1 :]
+    assert announced == ["/dns4/far-mesh-dht-0.far-mesh-dht/tcp/31337", "/ip4/10.1.2.3/tcp/31337"]
+    assert config.initial_peers_for_clients("QmX") == [f"{a}/p2p/QmX" for a in announced]
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "/dns4/far-mesh-dht/tcp/31337/p2p/SET_THE_BOOTSTRAP_PEER_ID",
+        "/ip4/1.2.3.4/tcp/31337/p2p/Qm...",
+        "/dns4/far-mesh-dht-0.far-mesh-dht/tcp/31337/p2p/$(FAR_MESH_DHT_PEER_ID)",
+        "/dns4/<your-dht-host>/tcp/31337/p2p/QmAbc",
+        "/ip4/10.0.0.1/tcp/31337/p2p/CHANGE_ME",
+    ],
+)
+def test_a_worker_refuses_a_placeholder_bootstrap_at_start_up_naming_the_variable(placeholder: str) -> None:
+    with pytest.raises(ValueError, match="placeholder"):
+        refuse_placeholders([placeholder])
+    with pytest.raises(SettingsError, match=r"FAR_MESH_DHT_BOOTSTRAP: .*placeholder"):
+        WorkerSettings.from_env(far_mesh_dht_bootstrap=f"/ip4/127.0.0.1/tcp/1/p2p/QmReal,{placeholder}")
+
+
+def test_node_refuses_a_placeholder_initial_peer(tmp_path: Path) -> None:
+    result = subprocess.run(
+        far_mesh(
+            "node",
+            "--wallet",
+            "0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1",
+            "--model",
+            str(tmp_path),
+            "--initial-peers",
+            "/dns4/far-mesh-dht/tcp/31337/p2p/SET_THE_BOOTSTRAP_PEER_ID",
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "placeholder" in result.stderr
+
+
+@pytest.mark.swarm
+def test_the_bootstrap_keeps_its_peer_id_across_restarts_and_clients_join_through_it(tmp_path: Path) -> None:
+    import hivemind
+    from hivemind.utils.timed_storage import get_dht_time
+
+    identity = tmp_path / "dht.key"
+    subprocess.run(
+        far_mesh("dht", "--identity", str(identity), "--new-identity", "--show-peer-id"),
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    port = free_port()
+    with running_dht(identity, port) as first_peer_id:
+        pass
+    with running_dht(identity, port) as peer_id:
+        assert peer_id == first_peer_id == peer_id_of(identity)
+        # One client stores through the bootstrap by its DNS name, another reads it back by IP: both joined.
+        writer = hivemind.DHT(
+            initial_peers=[f"/dns4/localhost/tcp/{port}/p2p/{peer_id}"],
+            client_mode=True,
+            start=True,
+            host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+        )
+        reader = hivemind.DHT(
+            initial_peers=[f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}"],
+            client_mode=True,
+            start=True,
+            host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+        )
+        try:
+            assert writer.store("far-mesh-dht-test", "joined", get_dht_time() + 60)
+            found = reader.get("far-mesh-dht-test", latest=True)
+            assert found is not None and found.value == "joined"
+        finally:
+            writer.shutdown()
+            reader.shutdown()
