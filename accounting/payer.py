@@ -448,11 +448,13 @@ async def refresh_gauges(connection: asyncpg.Connection, payer: ChainPayer) -> N
     metrics.TREASURY_GAS.set(float(from_base_units(await payer.client.gas_balance(treasury))))
 
 
-async def serve_chain_payouts(settings: PayoutSettings) -> None:
-    """`far-mesh payouts serve`: every FAR_MESH_PAYOUT_INTERVAL_S, settle what is in flight and pay one batch.
+async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | None = None) -> None:
+    """`far-mesh payouts serve`: every FAR_MESH_PAYOUT_INTERVAL_S, settle what is in flight and pay one batch
+    (at once again after a paid one: more may be owed).
 
-    Until SIGTERM/SIGINT. Stopping at any moment is safe: every step is committed before the next begins, and
-    the next run resumes from the ledger and the chain. An unreachable node or ledger is retried next round.
+    Until SIGTERM/SIGINT (or `stop`). Stopping at any moment is safe: every step is committed before the next
+    begins, and the next start resumes from the ledger and the chain. An unreachable node or ledger is retried
+    next round; a node on the wrong chain or without the contracts stops it at start.
     """
     import signal
 
@@ -461,36 +463,43 @@ async def serve_chain_payouts(settings: PayoutSettings) -> None:
     from chain.errors import ChainUnreachable
 
     payer = await ChainPayer.connect(settings)
-    if settings.far_mesh_payout_metrics_port:
-        start_http_server(settings.far_mesh_payout_metrics_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    server = (
+        start_http_server(settings.far_mesh_payout_metrics_port)[0] if settings.far_mesh_payout_metrics_port else None
+    )
     log.info(
         "payouts serve started interval_s=%s min_far=%s",
         settings.far_mesh_payout_interval_s,
         settings.far_mesh_payout_min_far,
     )
-    while not stop.is_set():
-        round_task = asyncio.create_task(_one_round(settings, payer))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({round_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if not round_task.done():
-            round_task.cancel()  # mid-batch is fine: what was committed is where the next start resumes
-        try:
-            settled = await round_task
-            if settled and settled[-1].status == "paid":
-                continue  # more may be owed: the next batch at once
-        except asyncio.CancelledError:
-            break
-        except (ChainUnreachable, OSError, asyncpg.PostgresError, PayerBusy) as exc:
-            log.warning("payout round skipped: %s", exc)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_payout_interval_s)
-        except TimeoutError:
-            pass
+    try:
+        while not stop.is_set():
+            round_task = asyncio.create_task(_one_round(settings, payer))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({round_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not round_task.done():
+                round_task.cancel()  # mid-batch is fine: what was committed is where the next start resumes
+            try:
+                settled = await round_task
+                if settled and settled[-1].status == "paid":
+                    continue
+            except asyncio.CancelledError:
+                break
+            except (ChainUnreachable, OSError, asyncpg.PostgresError, PayerBusy) as exc:
+                log.warning("payout round skipped: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_payout_interval_s)
+            except TimeoutError:
+                pass
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     log.info("payouts serve stopped")
 
 
