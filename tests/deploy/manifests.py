@@ -48,6 +48,7 @@ PROCESSES = {
         "light",
         "accounting_metrics_port",
     ),
+    "portal": Process("far-mesh-portal", "portal", "portal", "portal.settings:PortalSettings", "light", None),
     "migrate": Process(
         "far-mesh-accounting", "migrate", "release", "schema.settings:LedgerSettings", "light", None, init=True
     ),
@@ -64,6 +65,7 @@ COMMAND_ROOMS = {
     "accounting": "accounting",
     "migrate": "schema",
     "dht": "mesh",
+    "portal": "portal",
 }
 """Which room registers each subcommand the images and manifests run."""
 

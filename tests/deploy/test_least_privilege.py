@@ -38,6 +38,11 @@ SECRETS_READ = {
     ("far-mesh-accounting", "migrate"): {("far-mesh-ledger", "POSTGRES_URL")},
     ("far-mesh-accounting", "accounting"): {("far-mesh-redis", "REDIS_URL"), ("far-mesh-ledger", "POSTGRES_URL")},
     ("far-mesh-dht", "dht"): {("far-mesh-dht", "identity.key")},
+    ("far-mesh-portal", "portal"): {
+        ("far-mesh-redis", "REDIS_URL"),
+        ("far-mesh-portal-ledger", "POSTGRES_URL"),
+        ("far-mesh-portal", "PORTAL_SECRET_KEY"),
+    },
 }
 """Every (Secret, key) each container can read, by env, envFrom or volume; anything more fails."""
 GATEWAY_ROLE = "far_mesh_gateway"
@@ -116,7 +121,7 @@ def test_metrics_are_not_served_on_the_public_port(rendered: Docs, kustomization
             for port in rule["ports"]:
                 assert port["port"] != "metrics" or not open_to_all, policy["metadata"]["name"]
                 if open_to_all:
-                    assert port["port"] in ("http", "dht"), policy["metadata"]["name"]
+                    assert port["port"] in ("http", "dht"), policy["metadata"]["name"]  # gateway, portal, dht
 
 
 def _config_maps(workload: dict[str, Any]) -> list[str]:
@@ -131,7 +136,7 @@ def test_each_component_dials_only_the_stores_it_uses(
     docs = rendered[kustomization]
     redis = urlsplit(secret_template["far-mesh-redis"]["stringData"]["REDIS_URL"]).port
     postgres = urlsplit(secret_template["far-mesh-ledger"]["stringData"]["POSTGRES_URL"]).port
-    expected = {"far-mesh-gateway": {53, redis, postgres}, "far-mesh-accounting": {53, redis, postgres}}
+    expected = {name: {53, redis, postgres} for name in ("far-mesh-gateway", "far-mesh-accounting", "far-mesh-portal")}
     for name, ports in expected.items():
         policy = one(docs, "NetworkPolicy", name)
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(one(docs, "Deployment", name)).items()

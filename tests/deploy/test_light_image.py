@@ -1,4 +1,4 @@
-"""The light image's promise: gateway, accounting and migrate run with no torch, petals or hivemind installed."""
+"""The light image's promise: gateway, accounting, portal, payouts and migrate run with no torch, petals or hivemind."""
 
 import subprocess
 import sys
@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, Absent())
-    for room in ("protocol", "schema", "gateway", "accounting"):
+    for room in ("protocol", "schema", "gateway", "accounting", "portal", "chain"):
         package = importlib.import_module(room)
         for info in pkgutil.walk_packages(package.__path__, room + "."):
             if not info.name.endswith(".__main__"):  # importing it would run the process
