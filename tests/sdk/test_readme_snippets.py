@@ -38,7 +38,7 @@ def test_the_python_quick_start_prints_the_reply(e2e_system: SystemUnderTest) ->
     snippet = quick_start("python")
     assert 'FarMesh(api_key="...")' in snippet and 'mesh.chat("Explain quantum computing")' in snippet
     reply = run([sys.executable, "-c", snippet.replace('"..."', repr(e2e_system.system.api_key))], e2e_system)
-    assert len(reply) > 20
+    assert reply  # sampled at the gateway's default temperature: its length varies, its presence does not
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is needed for the TypeScript SDK")
@@ -48,4 +48,4 @@ def test_the_typescript_quick_start_prints_the_reply(e2e_system: SystemUnderTest
     built()  # the snippet imports "@farlabs/sdk": from sdk/js, that resolves to the package's own build
     script = snippet.replace('"..."', f'"{e2e_system.system.api_key}"')
     reply = run(["node", "--input-type=module", "-e", script], e2e_system, cwd=SDK_JS)
-    assert len(reply) > 20
+    assert reply  # sampled at the gateway's default temperature: its length varies, its presence does not
