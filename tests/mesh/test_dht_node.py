@@ -180,3 +180,15 @@ def test_the_bootstrap_keeps_its_peer_id_across_restarts_and_clients_join_throug
         finally:
             writer.shutdown()
             reader.shutdown()
+
+
+def test_a_node_defaults_its_initial_peers_to_the_workers_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.main import build_parser
+
+    bootstrap = "/dns4/far-mesh-dht-0.far-mesh-dht/tcp/31337/p2p/QmA,/ip4/10.0.0.2/tcp/31337/p2p/QmB"
+    monkeypatch.setenv("FAR_MESH_DHT_BOOTSTRAP", bootstrap)
+    args = build_parser().parse_args(["node", "--wallet", "0x0", "--model", "m"])
+    assert args.initial_peers == bootstrap.split(",")
+    monkeypatch.delenv("FAR_MESH_DHT_BOOTSTRAP")
+    with pytest.raises(SystemExit):  # without either, --initial-peers is required, as before
+        build_parser().parse_args(["node", "--wallet", "0x0", "--model", "m"])
