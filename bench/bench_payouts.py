@@ -1,0 +1,192 @@
+"""Payouts on chain: gas per paid wallet through the batch contract vs one ERC-20 transfer per wallet, and
+wallets paid per second end to end (ledger claim -> signed, committed -> mined -> confirmed -> rows paid)
+vs sending and confirming one plain transfer per wallet.
+
+Runs on a private ganache (a block per transaction) and a throwaway database on the machine's PostgreSQL
+(TEST_POSTGRES_URL, else 127.0.0.1:5432):
+
+    .venv/bin/python bench/bench_payouts.py [--wallets 1000] [--batch 200]
+"""
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+from pydantic import SecretStr
+from web3 import Web3
+
+from accounting.ledger import write_batch
+from accounting.payer import ChainPayer
+from chain.deploy import deploy, send, transfer
+from chain.node import LocalChain, dev_account
+from chain.settings import PayoutSettings
+from chain.transfers import Payment, pay_batch_data
+from chain.units import to_base_units
+from devstack.ports import free_port
+from devstack.postgres_server import create_database_if_missing, drop_database
+from devstack.services import with_database
+from protocol.money import cost_of, split_payment
+from protocol.usage import NodeContribution, UsageRecord
+from protocol.wallet import to_checksum_address
+from schema.migrate import apply_migrations
+
+ADMIN_DSN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SUPPLY_FAR = Decimal(10**9)
+
+
+def fresh_wallets(count: int, salt: str) -> list[str]:
+    return [
+        to_checksum_address("0x" + uuid.uuid5(uuid.NAMESPACE_OID, f"{salt}-{i}").hex + "00000000") for i in range(count)
+    ]
+
+
+def gas_per_wallet(w3: Web3, token: str, batch_contract: str, count: int) -> tuple[float, float]:
+    """(gas per wallet through payBatch, gas per plain transfer), each paying `count` wallets never paid before."""
+    treasury = dev_account(1)
+    batch = send(
+        w3,
+        treasury,
+        {
+            "to": batch_contract,
+            "data": pay_batch_data(token, [Payment(w, 10**18) for w in fresh_wallets(count, "batch")]),
+        },
+    )
+    singles = [transfer(w3, treasury, token, w, 10**18)["gasUsed"] for w in fresh_wallets(count, "single")]
+    return batch["gasUsed"] / count, sum(singles) / count
+
+
+def usage_records(wallets: list[str]) -> list[UsageRecord]:
+    """One session per 20 wallets, each wallet's node paid a share with all 18 decimals in use."""
+    from datetime import UTC, datetime, timedelta
+
+    records = []
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    for start in range(0, len(wallets), 20):
+        group = wallets[start : start + 20]
+        work = {f"node-{w}": 1 + i for i, w in enumerate(group)}
+        cost = cost_of(97, Decimal("0.0123456789"))
+        payments, remainder = split_payment(cost, work)
+        records.append(
+            UsageRecord(
+                request_id=f"bench-{uuid.uuid4().hex[:16]}",
+                model_id="bench/model",
+                status="completed",
+                finish_reason="length",
+                prompt_tokens=3,
+                tokens_generated=97,
+                price_per_token_far=Decimal("0.0123456789"),
+                total_cost_far=cost,
+                platform_remainder_far=remainder,
+                started_at=started,
+                finished_at=started + timedelta(seconds=1),
+                time_to_first_token_ms=10.0,
+                worker_id="bench",
+                contributions=tuple(
+                    NodeContribution(
+                        node_id=node,
+                        wallet=w,
+                        blocks_served=2,
+                        tokens_contributed=100,
+                        work_units=units,
+                        payment_far=payments[node],
+                    )
+                    for (node, units), w in zip(work.items(), group, strict=True)
+                ),
+            )
+        )
+    return records
+
+
+async def chain_payer_wallets_per_s(
+    dsn: str, url: str, token: str, batch_contract: str, args: argparse.Namespace
+) -> float:
+    wallets = fresh_wallets(args.wallets, "payer")
+    connection = await asyncpg.connect(dsn)
+    try:
+        records = usage_records(wallets)
+        for start in range(0, len(records), 100):
+            await write_batch(connection, records[start : start + 100])
+        settings = PayoutSettings.from_env(
+            postgres_url=dsn,
+            far_mesh_chain_rpc_url=url,
+            far_mesh_token_address=token,
+            far_mesh_batch_contract_address=batch_contract,
+            far_mesh_treasury_key=SecretStr(dev_account(1).key.to_0x_hex()),
+            far_mesh_payout_confirmations=1,
+            far_mesh_payout_poll_s=0.02,
+            far_mesh_payout_max_wallets=args.batch,
+        )
+        payer = await ChainPayer.connect(settings)
+        began = time.perf_counter()
+        while settled := await payer.run_once(connection, min_far=Decimal(0)):
+            assert all(s.status == "paid" for s in settled), settled
+        elapsed = time.perf_counter() - began
+        paid = await connection.fetch("SELECT wallet, sum(paid_far) AS paid FROM node_earnings_summary GROUP BY wallet")
+        w3 = Web3(Web3.HTTPProvider(url))
+        contract = w3.eth.contract(address=Web3.to_checksum_address(token), abi=_token_abi())
+        for row in paid[:50]:  # spot check: on chain exactly what the ledger says
+            assert contract.functions.balanceOf(row["wallet"]).call() == to_base_units(row["paid"])
+        assert len(paid) == len(wallets)
+        return len(wallets) / elapsed
+    finally:
+        await connection.close()
+
+
+def _token_abi() -> list[dict[str, object]]:
+    from chain.artifacts import load_artifact
+
+    return load_artifact("FarToken").abi
+
+
+def one_transfer_per_wallet_per_s(w3: Web3, token: str, count: int) -> float:
+    """The baseline: sign, send and wait for one plain transfer per wallet, one after the other."""
+    treasury = dev_account(1)
+    wallets = fresh_wallets(count, "baseline")
+    began = time.perf_counter()
+    for wallet in wallets:
+        transfer(w3, treasury, token, wallet, 10**18)
+    return count / (time.perf_counter() - began)
+
+
+async def main(args: argparse.Namespace) -> None:
+    print("load average at start: {:.2f} {:.2f} {:.2f} (2 cores shared with other work)".format(*os.getloadavg()))
+    with tempfile.TemporaryDirectory() as tmp:
+        node = LocalChain(free_port(), Path(tmp) / "ganache.log")
+        node.start()
+        name = f"far_mesh_bench_payouts_{uuid.uuid4().hex[:8]}"
+        await create_database_if_missing(ADMIN_DSN, name)
+        dsn = with_database(ADMIN_DSN, name)
+        try:
+            await apply_migrations(dsn)
+            w3 = Web3(Web3.HTTPProvider(node.url))
+            d = deploy(w3, dev_account(0), dev_account(1), supply_far=SUPPLY_FAR)
+            batch_gas, single_gas = gas_per_wallet(w3, d.token, d.batch_contract, args.batch)
+            print(
+                f"gas per paid wallet ({args.batch} new wallets): batch contract {batch_gas:,.0f}, "
+                f"one ERC-20 transfer each {single_gas:,.0f} -> ratio {batch_gas / single_gas:.2f}x (target <= 0.60x)"
+            )
+            base = one_transfer_per_wallet_per_s(w3, d.token, args.baseline_wallets)
+            rate = await chain_payer_wallets_per_s(dsn, node.url, d.token, d.batch_contract, args)
+            print(
+                f"end to end ({args.wallets} wallets, batches of {args.batch}, 1 confirmation): chain payer "
+                f"{rate:,.0f} wallets/s; one transfer per wallet sent and confirmed in turn {base:,.0f} wallets/s "
+                f"-> {rate / base:.1f}x"
+            )
+        finally:
+            node.stop()
+            await drop_database(ADMIN_DSN, name)
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--wallets", type=int, default=1000, help="wallets owed, paid end to end by the chain payer")
+    parser.add_argument("--batch", type=int, default=200, help="wallets per batch transaction")
+    parser.add_argument("--baseline-wallets", type=int, default=200, help="wallets paid one transfer each (baseline)")
+    asyncio.run(main(parser.parse_args()))
