@@ -216,3 +216,27 @@ async def test_a_payout_claim_through_the_view_locks_and_pays_the_registered_wal
             node,
         )
     assert len(rows) == 2 and {r["wallet"] for r in rows} == {ALICE.address}
+
+
+async def test_far_registered_wallet_as_the_payouts_payee_expression(
+    pool: asyncpg.Pool, ledger: asyncpg.Connection
+) -> None:
+    """accounting/payouts.py names its payee in one SQL expression; `far_registered_wallet(c.node_id)` fits it."""
+    payee = "far_registered_wallet(c.node_id)"
+    claimable = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {payee} IS NOT NULL"
+    registered = await known_node(ledger, ALICE.address)
+    statement, signature = await signed(pool, ALICE, registered)
+    await register(pool, BINDING, statement=statement, signature=signature)
+    held = await known_node(ledger, BOB.address)
+    await seed_earnings(ledger, {registered: 1, held: 1}, sessions=2)
+    async with ledger.transaction():
+        rows = await ledger.fetch(
+            f"WITH owed AS (SELECT {payee} AS payee FROM far_session_contributions c WHERE {claimable} "
+            "AND c.node_id = ANY($2) GROUP BY 1 HAVING sum(c.payment_far) >= $1) "
+            f"SELECT c.id, {payee} AS payee, c.payment_far FROM far_session_contributions c "
+            f"WHERE {claimable} AND c.node_id = ANY($2) AND {payee} IN (SELECT payee FROM owed) "
+            "ORDER BY c.id FOR UPDATE OF c SKIP LOCKED",
+            Decimal("0"),
+            [registered, held],
+        )
+    assert len(rows) == 2 and {r["payee"] for r in rows} == {ALICE.address}
