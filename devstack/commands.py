@@ -26,6 +26,6 @@ def _dev(args: argparse.Namespace) -> int:
     from devstack.system import LocalSystem, SystemPlan
     from mesh.settings import MeshSettings
 
-    plan = SystemPlan(state_dir=args.state_dir.resolve(), cache_dir=MeshSettings.from_env().cache_dir)
+    plan = SystemPlan(state_dir=args.state_dir.resolve(), cache_dir=MeshSettings.from_env().cache_dir, chain=True)
     with LocalSystem(plan) as system:
         return system.supervisor.wait()

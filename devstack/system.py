@@ -23,6 +23,7 @@ from devstack.services import Service, resolve_postgres, resolve_redis
 from devstack.supervisor import Child, Supervisor
 
 if TYPE_CHECKING:  # mesh imports torch, which `far-mesh --help` must not load
+    from devstack.chain_node import DevChain
     from mesh.local_swarm import LocalSwarm, ServerPlan
     from protocol.catalog import ModelSpec
 
@@ -41,6 +42,8 @@ class SystemPlan:
     """Extra servers for the last span of the default model, so a server can die without breaking the route."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Settings for every process on top of the ones the system computes (e.g. shorter timeouts in tests)."""
+    chain: bool = False
+    """Pay the swarm's providers on chain: a local EVM node, the $FAR contracts, and the Procfile's payouts."""
 
 
 class LocalSystem:
@@ -53,6 +56,7 @@ class LocalSystem:
         self.swarm: LocalSwarm | None = None
         self.models: tuple[ModelSpec, ...] = ()
         self.api_key = ""
+        self.chain: DevChain | None = None
 
     @property
     def gateway_url(self) -> str:
@@ -96,11 +100,15 @@ class LocalSystem:
         self.postgres = _announce("postgres", resolve_postgres(self.plan.state_dir))
         self._cleanup.callback(self.postgres.stop)
         _migrate(self.postgres.url)
+        if self.plan.chain:
+            self.chain = _start_chain(self.plan.state_dir)
+            self._cleanup.callback(self.chain.node.stop)
         self.models = _tiny_models(self.plan.cache_dir)
         self.swarm = _start_swarm(self._server_plans(), self.plan.state_dir / "swarm")
         self._cleanup.callback(self.swarm.stop)
         self.api_key = _development_key(self.postgres.url)
-        for name in ["web", "accounting", *(f"worker.{i}" for i in range(1, self.plan.workers + 1))]:
+        payer = ["payouts"] if self.chain else []
+        for name in ["web", "accounting", *payer, *(f"worker.{i}" for i in range(1, self.plan.workers + 1))]:
             self.start_process(name)
         print(f"dev: gateway on {self.gateway_url} models={','.join(m.model_id for m in self.models)}", flush=True)
         print(f"dev: development API key (wallet {DEV_WALLET}): {self.api_key}", flush=True)
@@ -109,7 +117,7 @@ class LocalSystem:
         from mesh.local_swarm import split_plans
 
         default, *others = self.models
-        plans = split_plans(default, parts=2)
+        plans = split_plans(default, parts=2, wallets=self.chain.provider_wallets if self.chain else ())
         plans += [plans[-1]] * self.plan.extra_replicas
         return plans + [plan for model in others for plan in split_plans(model, parts=1)]
 
@@ -128,6 +136,8 @@ class LocalSystem:
             env["FAR_MESH_WORKER_METRICS_PORT"] = str(free_port())
         if name == "accounting":
             env["ACCOUNTING_METRICS_PORT"] = str(free_port())
+        if name == "payouts" and self.chain:
+            env |= self.chain.env
         return env | dict(self.plan.env)
 
 
@@ -143,6 +153,15 @@ def _forget(child: Child) -> None:
 def _announce(what: str, service: Service) -> Service:
     print(f"dev: {what} {service.origin}", flush=True)
     return service
+
+
+def _start_chain(state_dir: Path) -> "DevChain":
+    from devstack.chain_node import resolve_chain
+
+    chain = resolve_chain(state_dir)
+    print(f"dev: chain {chain.node.origin} {chain.node.url} token={chain.env['FAR_MESH_TOKEN_ADDRESS']}", flush=True)
+    print(f"dev: providers paid on chain: {' '.join(chain.provider_wallets)}", flush=True)
+    return chain
 
 
 def _migrate(dsn: str) -> None:
