@@ -6,33 +6,33 @@ that only announce the wallet are listed apart, with the earnings held for them 
 """
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-_TOTALS = """
-SELECT coalesce(sum(sessions_served), 0)::bigint AS sessions_served,
-       coalesce(sum(tokens_contributed), 0)::bigint AS tokens_contributed,
-       coalesce(sum(earned_far), 0) AS earned_far,
-       coalesce(sum(paid_far), 0) AS paid_far,
-       coalesce(sum(in_payment_far), 0) AS in_payment_far,
-       coalesce(sum(unpaid_far), 0) AS unpaid_far,
-       max(last_contribution_at) AS last_contribution_at
-  FROM far_node_daily_earnings WHERE node_id = ANY ($1::text[])
+# One pass over the rollup rows of the wallet's nodes: totals, per day and per model of the registered ones,
+# and the held (unpaid) total of the announcing ones, as grouping sets of a single statement.
+_GROUPED = """
+SELECT d.node_id = ANY ($1::text[]) AS registered, d.day, d.model_id,
+       GROUPING(d.day) = 1 AND GROUPING(d.model_id) = 1 AS total,
+       coalesce(sum(d.sessions_served), 0)::bigint AS sessions_served,
+       coalesce(sum(d.tokens_contributed), 0)::bigint AS tokens_contributed,
+       sum(d.earned_far) AS earned_far, sum(d.paid_far) AS paid_far,
+       sum(d.in_payment_far) AS in_payment_far, sum(d.unpaid_far) AS unpaid_far,
+       max(d.last_contribution_at) AS last_contribution_at
+  FROM far_node_daily_earnings d
+ WHERE d.node_id = ANY ($1::text[]) OR d.node_id = ANY ($2::text[])
+ GROUP BY GROUPING SETS ((1), (1, d.day), (1, d.model_id))
+ ORDER BY d.day, d.model_id
 """
-_BY_DAY = """
-SELECT day, coalesce(sum(tokens_contributed), 0)::bigint AS tokens_contributed, sum(earned_far) AS earned_far,
-       sum(paid_far) AS paid_far, sum(in_payment_far) AS in_payment_far, sum(unpaid_far) AS unpaid_far
-  FROM far_node_daily_earnings WHERE node_id = ANY ($1::text[]) AND day >= $2
- GROUP BY day ORDER BY day
-"""
-_BY_MODEL = """
-SELECT model_id, coalesce(sum(tokens_contributed), 0)::bigint AS tokens_contributed, sum(earned_far) AS earned_far,
-       sum(paid_far) AS paid_far, sum(in_payment_far) AS in_payment_far, sum(unpaid_far) AS unpaid_far
-  FROM far_node_daily_earnings WHERE node_id = ANY ($1::text[])
- GROUP BY model_id ORDER BY model_id
+_WALLET_NODE_IDS = """
+SELECT node_id, true AS registered FROM far_node_registrations WHERE wallet = $1
+UNION ALL
+SELECT n.node_id, false FROM far_nodes n
+ WHERE n.wallet = $1 AND NOT EXISTS (SELECT 1 FROM far_node_registrations r WHERE r.node_id = n.node_id)
+ORDER BY 1
 """
 _NODES = """
 SELECT n.node_id, n.public_name, n.wallet AS announced_wallet, n.state, n.throughput, n.last_seen_at,
@@ -94,51 +94,66 @@ async def wallet_nodes(connection: asyncpg.Connection | asyncpg.Pool, wallet: st
 _MONEY = ("earned_far", "paid_far", "in_payment_far", "unpaid_far")
 
 
+def _empty_totals() -> dict[str, Any]:
+    return {"sessions_served": 0, "tokens_contributed": 0, **dict.fromkeys(_MONEY, "0"), "last_contribution_at": None}
+
+
 async def node_ids_earnings(
-    connection: asyncpg.Connection | asyncpg.Pool, node_ids: list[str], *, since: date
+    connection: asyncpg.Connection | asyncpg.Pool,
+    node_ids: list[str],
+    *,
+    since: date,
+    held_ids: list[str] = (),  # type: ignore[assignment]
 ) -> dict[str, Any]:
-    """Totals, per day since `since`, and per model, of the given nodes (rollup only)."""
-    totals = await connection.fetchrow(_TOTALS, node_ids)
-    by_day = await connection.fetch(_BY_DAY, node_ids, since)
-    by_model = await connection.fetch(_BY_MODEL, node_ids)
-    summary = _money(totals, *_MONEY)
-    last = summary["last_contribution_at"]
-    summary["last_contribution_at"] = last.isoformat() if last is not None else None
-    return {
-        "totals": summary,
-        "by_day": [_money(r, *_MONEY) | {"day": r["day"].isoformat()} for r in by_day],
-        "by_model": [_money(r, *_MONEY) for r in by_model],
-    }
+    """Totals, per day since `since` and per model of `node_ids`; the unpaid total of `held_ids` (rollup only)."""
+    totals, by_day, by_model, held = _empty_totals(), [], [], "0"
+    for row in await connection.fetch(_GROUPED, node_ids, held_ids or []):
+        if not row["registered"]:
+            if row["total"]:
+                held = far_text(row["unpaid_far"])
+            continue
+        values = _money(row, *_MONEY)
+        del values["registered"], values["total"]
+        if row["total"]:
+            last = values.pop("last_contribution_at")
+            totals = {k: v for k, v in values.items() if k not in ("day", "model_id")}
+            totals["last_contribution_at"] = last.isoformat() if last is not None else None
+        elif row["day"] is not None:
+            if row["day"] >= since:
+                by_day.append(
+                    {k: v for k, v in values.items() if k not in ("model_id", "last_contribution_at")}
+                    | {"day": row["day"].isoformat()}
+                )
+        else:
+            by_model.append({k: v for k, v in values.items() if k not in ("day", "last_contribution_at")})
+    return {"totals": totals, "by_day": by_day, "by_model": by_model, "held_far": held}
 
 
 async def wallet_earnings(connection: asyncpg.Connection | asyncpg.Pool, wallet: str, *, days: int) -> dict[str, Any]:
-    nodes = await wallet_nodes(connection, wallet)
-    since = datetime.now().date() - timedelta(days=days - 1)
-    earnings = await node_ids_earnings(connection, nodes.registered, since=since)
-    held = await connection.fetchval(
-        "SELECT coalesce(sum(unpaid_far), 0) FROM far_node_daily_earnings WHERE node_id = ANY ($1::text[])",
-        nodes.announcing,
-    )
+    """Two statements whatever the wallet's size: its node ids, then one grouped pass over their rollup rows."""
+    ids = await connection.fetch(_WALLET_NODE_IDS, wallet)
+    registered = [r["node_id"] for r in ids if r["registered"]]
+    announcing = [r["node_id"] for r in ids if not r["registered"]]
+    since = datetime.now(UTC).date() - timedelta(days=days - 1)
+    earnings = await node_ids_earnings(connection, registered, since=since, held_ids=announcing)
+    held = earnings.pop("held_far")
     return {
         "wallet": wallet,
         "days": days,
-        "nodes": nodes.registered,
+        "nodes": registered,
         **earnings,
-        "held_unregistered_far": far_text(held),
-        "held_nodes": nodes.announcing,
+        "held_unregistered_far": held,
+        "held_nodes": announcing,
     }
 
 
 async def node_earnings(connection: asyncpg.Connection | asyncpg.Pool, node_id: str, *, days: int) -> dict[str, Any]:
     """One node's public earnings (what `far-mesh node` prints), with its registered wallet if any."""
-    since = datetime.now().date() - timedelta(days=days - 1)
+    since = datetime.now(UTC).date() - timedelta(days=days - 1)
     registered = await connection.fetchval("SELECT far_registered_wallet($1)", node_id)
-    return {
-        "node_id": node_id,
-        "registered_wallet": registered,
-        "days": days,
-        **await node_ids_earnings(connection, [node_id], since=since),
-    }
+    earnings = await node_ids_earnings(connection, [node_id], since=since)
+    del earnings["held_far"]
+    return {"node_id": node_id, "registered_wallet": registered, "days": days, **earnings}
 
 
 async def payout_history(connection: asyncpg.Connection | asyncpg.Pool, wallet: str) -> list[dict[str, Any]]:
