@@ -42,7 +42,7 @@ def new_api_key(e2e_system: SystemUnderTest) -> Callable[[], str]:
     return lambda: issue_api_key(e2e_system)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once the SDK tests are done: no other test meets it
 def strict_gateway(e2e_system: SystemUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a gateway that starts at most one new request per API key and minute."""
     port = free_port()
