@@ -21,6 +21,7 @@ class DroppingProxy:
         self._threads: list[threading.Thread] = []
         self.connections = 0
         self.cuts = 0
+        self._drop_next_answer = threading.Event()
 
     @property
     def url(self) -> str:
@@ -44,6 +45,11 @@ class DroppingProxy:
             _close(upstream)
         self.cuts += len(pairs)
         return len(pairs)
+
+    def drop_next_answer(self) -> None:
+        """The next connection forwards its request, then is reset when the answer's first bytes arrive: the
+        server acted on the request, and the client never learns how it answered."""
+        self._drop_next_answer.set()
 
     def stop(self) -> None:
         _close(self._listener)
@@ -77,13 +83,18 @@ class DroppingProxy:
             with self._lock:
                 self._pairs.append((client, upstream))
                 self.connections += 1
+            drop = self._drop_next_answer.is_set()
+            self._drop_next_answer.clear()
             self._spawn(_pump, client, upstream)
-            self._spawn(_pump, upstream, client)
+            self._spawn(_pump, upstream, client, drop)
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def _pump(source: socket.socket, sink: socket.socket, reset_sink_instead: bool = False) -> None:
     try:
         while data := source.recv(65536):
+            if reset_sink_instead:
+                sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                break
             sink.sendall(data)
     except OSError:
         pass

@@ -204,6 +204,18 @@ def test_refusals_are_typed_errors_naming_what_was_wrong(e2e_system: SystemUnder
     assert conflict.value.field == "request_id"
 
 
+def test_when_the_answer_to_its_post_is_lost_the_sdk_posts_the_same_request_id_and_it_runs_and_bills_once(
+    e2e_system: SystemUnderTest, dropping_proxy: DroppingProxy
+) -> None:
+    dropping_proxy.drop_next_answer()
+    with FarMesh(api_key=e2e_system.system.api_key, base_url=dropping_proxy.url) as mesh:
+        stream = mesh.chat(PROMPT, max_tokens=12, temperature=0)
+        tokens = list(stream)
+    assert dropping_proxy.connections == 2  # the lost answer, then the retried POST
+    assert tokens == http_api_tokens(e2e_system, 12)
+    billed(e2e_system, stream.request_id, len(tokens))  # exactly one ledger session, billing what was yielded
+
+
 def test_a_retried_post_after_a_dropped_answer_reattaches_and_is_billed_once(
     e2e_system: SystemUnderTest, dropping_proxy: DroppingProxy
 ) -> None:

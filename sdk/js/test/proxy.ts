@@ -8,6 +8,7 @@ export class DroppingProxy {
   connections = 0;
   cuts = 0;
   port = 0;
+  private dropNext = false;
 
   constructor(private readonly targetPort: number) {
     this.server = createServer((client) => {
@@ -23,7 +24,12 @@ export class DroppingProxy {
       client.on("error", forget).on("close", forget);
       upstream.on("error", forget).on("close", forget);
       client.pipe(upstream);
-      upstream.pipe(client);
+      if (this.dropNext) {
+        this.dropNext = false;
+        upstream.once("data", () => client.resetAndDestroy()); // the answer's first bytes never reach the client
+      } else {
+        upstream.pipe(client);
+      }
     });
   }
 
@@ -35,6 +41,12 @@ export class DroppingProxy {
     await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
     this.port = (this.server.address() as { port: number }).port;
     return this;
+  }
+
+  /** The next connection forwards its request, then is reset when the answer arrives: the server acted on it,
+   * and the client never learns how it answered. */
+  dropNextAnswer(): void {
+    this.dropNext = true;
   }
 
   /** Reset every open connection; the number dropped. */

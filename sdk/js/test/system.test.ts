@@ -115,6 +115,25 @@ describe.skipIf(!live)("the TypeScript SDK against the live system", () => {
     });
   });
 
+  describe("through a proxy that loses the answer to a POST", () => {
+    let proxy: DroppingProxy;
+    beforeAll(async () => {
+      proxy = await new DroppingProxy(Number(new URL(env.FARLABS_BASE_URL as string).port)).start();
+    });
+    afterAll(() => proxy.stop());
+
+    test("the SDK posts the same requestId again, and the request runs and bills once", async () => {
+      proxy.dropNextAnswer();
+      const flaky = new FarMesh({ apiKey: env.FARLABS_API_KEY, baseUrl: proxy.url });
+      const stream = await flaky.chat(PROMPT, { maxTokens: 12, temperature: 0 });
+      const tokens: string[] = [];
+      for await (const token of stream) tokens.push(token);
+      expect(proxy.connections).toBe(2); // the lost answer, then the retried POST
+      expect(tokens).toEqual(await httpApiTokens(12));
+      expect((await billed(stream.requestId)).tokens_generated).toBe(tokens.length);
+    });
+  });
+
   test("the gateway restarted mid-stream and the stream still completes", async () => {
     const patient = new FarMesh({ apiKey: env.FARLABS_API_KEY, maxRetries: 20 });
     const stream = await patient.chat(PROMPT, { maxTokens: LONG, temperature: 0 });
