@@ -84,3 +84,12 @@ def _deployed(w3: "Web3", record: Path, url: str) -> tuple[str, str]:
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"url": url, "token": deployment.token, "batch_contract": deployment.batch_contract}))
     return deployment.token, deployment.batch_contract
+
+
+def write_operator_env(chain: DevChain, postgres_url: str, path: Path) -> Path:
+    """The settings an operator's shell needs to look at payouts (`payouts list`, `chain balance`): the
+    ledger, the node and the contracts; not the treasury key."""
+    keys = ("FAR_MESH_CHAIN_RPC_URL", "FAR_MESH_CHAIN_ID", "FAR_MESH_TOKEN_ADDRESS", "FAR_MESH_BATCH_CONTRACT_ADDRESS")
+    lines = [f"POSTGRES_URL={postgres_url}", *(f"{key}={chain.env[key]}" for key in keys)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

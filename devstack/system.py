@@ -101,7 +101,7 @@ class LocalSystem:
         self._cleanup.callback(self.postgres.stop)
         _migrate(self.postgres.url)
         if self.plan.chain:
-            self.chain = _start_chain(self.plan.state_dir)
+            self.chain = _start_chain(self.plan.state_dir, self.postgres.url)
             self._cleanup.callback(self.chain.node.stop)
         self.models = _tiny_models(self.plan.cache_dir)
         self.swarm = _start_swarm(self._server_plans(), self.plan.state_dir / "swarm")
@@ -155,12 +155,14 @@ def _announce(what: str, service: Service) -> Service:
     return service
 
 
-def _start_chain(state_dir: Path) -> "DevChain":
-    from devstack.chain_node import resolve_chain
+def _start_chain(state_dir: Path, postgres_url: str) -> "DevChain":
+    from devstack.chain_node import resolve_chain, write_operator_env
 
     chain = resolve_chain(state_dir)
+    env_file = write_operator_env(chain, postgres_url, state_dir / "payouts.env")
     print(f"dev: chain {chain.node.origin} {chain.node.url} token={chain.env['FAR_MESH_TOKEN_ADDRESS']}", flush=True)
     print(f"dev: providers paid on chain: {' '.join(chain.provider_wallets)}", flush=True)
+    print(f"dev: for `far-mesh payouts list` and `far-mesh chain balance`: set -a; . {env_file}; set +a", flush=True)
     return chain
 
 
