@@ -196,3 +196,20 @@ async def test_the_async_stream_resumes_the_same_way() -> None:
     await http.aclose()
     assert script.summary()[1] == ("GET", "/inference/r1/stream", "1-0")
     assert response.usage is not None and response.usage.status == "completed"
+
+
+def test_a_429_on_resuming_a_running_generation_is_waited_out_not_raised() -> None:
+    script = Script(
+        stream(token(0), drop=True), refuse(429, "rate_limited", {"retry-after": "0"}), stream(token(1), done(2))
+    )
+    with mesh_for(script) as mesh:
+        assert list(mesh.chat("Hello", request_id="r1")) == ["w0", "w1"]
+    assert [method for method, _, _ in script.summary()] == ["POST", "GET", "GET"]
+
+
+def test_a_204_on_resuming_means_nothing_was_left_to_read() -> None:
+    script = Script(stream(token(0), drop=True), lambda _: httpx.Response(204))
+    with mesh_for(script) as mesh:
+        response = mesh.chat("Hello", request_id="r1")
+        assert list(response) == ["w0"]
+    assert response.finished and len(script.requests) == 2

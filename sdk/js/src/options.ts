@@ -18,7 +18,8 @@ export const USER_AGENT = "farlabs-js/0.1.0";
  * survives any number of separate drops. The first retry is immediate (the gateway cancels a request whose
  * client stays away longer than its grace period, 5 s by default); the next ones back off exponentially from
  * `backoffMs` to `maxBackoffMs`, or wait what the gateway's Retry-After asks, whichever is longer.
- * A 429 is never retried: it is thrown as `RateLimited` with its `retryAfter`.
+ * A 429 on submitting a request is thrown as `RateLimited` with its `retryAfter`; a 429 on resuming one (it
+ * already runs, and bills) is waited out for as long as Retry-After asks, then retried.
  */
 export interface RetryPolicy {
   maxRetries: number;

@@ -9,7 +9,7 @@
 
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 
-import { APIError, errorFromResponse, FarMeshError } from "./errors.js";
+import { APIError, errorFromResponse, FarMeshError, RateLimited } from "./errors.js";
 import { retryDelayMs } from "./options.js";
 import { Progress, type Usage } from "./progress.js";
 import { type Attempt, exhausted, retryable, sleep, type Transport } from "./transport.js";
@@ -150,13 +150,19 @@ export class TokenStream implements AsyncIterableIterator<string> {
         continue;
       }
       const { response } = attempt;
-      if (response.ok && response.body) {
+      if (response.status === 204) this.progress.finished = true; // "nothing after your last event": all was read
+      if ((response.ok && response.body) || response.status === 204) {
         this.accepted = true;
         return attempt;
       }
       const text = await response.text().catch(() => "");
       attempt.unlink();
       const error = errorFromResponse(response.status, response.headers, text, this.requestId);
+      if (error instanceof RateLimited && this.accepted) {
+        // resuming a running, billed generation: wait as long as the gateway asks rather than abandon it
+        await sleep(Math.max(this.failed(error), (error.retryAfter ?? 0) * 1000), this.signal);
+        continue;
+      }
       if (!retryable(error)) throw error;
       const retryAfter = (error as APIError & { retryAfter?: number | null }).retryAfter ?? null;
       await sleep(this.failed(error, retryAfter), this.signal);
@@ -170,6 +176,10 @@ export class TokenStream implements AsyncIterableIterator<string> {
     await this.start();
     for (;;) {
       const attempt = this.attempt as Attempt;
+      if (progress.finished) {
+        attempt.unlink();
+        return undefined;
+      }
       const reader = (attempt.response.body as ReadableStream<Uint8Array>).getReader();
       const decoder = new TextDecoder();
       parser.reset();

@@ -201,6 +201,28 @@ describe("TokenStream", () => {
     expect(response.finishReason).toBe("error");
   });
 
+  test("a 429 on resuming a running generation is waited out, not thrown", async () => {
+    const mesh = await scripted([
+      stream([token(0)], true),
+      refuse(429, "rate_limited", { "retry-after": "0" }),
+      stream([token(1), done(2)]),
+    ]);
+    expect(await all(await mesh.chat("Hello", { requestId: "r1" }))).toEqual(["w0", "w1"]);
+    expect(script?.seen.map((s) => s.method)).toEqual(["POST", "GET", "GET"]);
+  });
+
+  test("a 204 on resuming means nothing was left to read", async () => {
+    const noContent: Answer = (_req, res) => {
+      res.writeHead(204);
+      res.end();
+    };
+    const mesh = await scripted([stream([token(0)], true), noContent]);
+    const response = await mesh.chat("Hello", { requestId: "r1" });
+    expect(await all(response)).toEqual(["w0"]);
+    expect(response.finished).toBe(true);
+    expect(script?.seen.length).toBe(2);
+  });
+
   test("chat messages become the gateway's chat template, options its native fields", async () => {
     const mesh = await scripted([stream([done(0)])]);
     const messages = [

@@ -32,7 +32,8 @@ class RetryPolicy:
     survives any number of separate drops. The first retry is immediate (the gateway cancels a request whose
     client stays away longer than its grace period, 5 s by default); the next ones back off exponentially from
     `backoff_s` to `max_backoff_s`, or wait what the gateway's Retry-After asks, whichever is longer.
-    A 429 is never retried: it is raised as `RateLimited` with its `retry_after`.
+    A 429 on submitting a request is raised as `RateLimited` with its `retry_after`; a 429 on resuming one
+    (it already runs, and bills) is waited out for as long as Retry-After asks, then retried.
     """
 
     max_retries: int = 6

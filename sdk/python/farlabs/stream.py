@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from farlabs.errors import APIConnectionError, APIError, error_from_response
+from farlabs.errors import APIConnectionError, APIError, RateLimited, error_from_response
 from farlabs.options import ClientOptions
 from farlabs.progress import Progress, Usage
 from farlabs.sse import SSEDecoder
@@ -111,9 +111,21 @@ class _StreamBase:
 
     def _refused(self, response: httpx.Response, body: bytes) -> float:
         error = error_from_response(response.status_code, response.headers, body, request_id=self.request_id)
+        if isinstance(error, RateLimited) and self._accepted:
+            # resuming a running, billed generation: wait as long as the gateway asks rather than abandon it
+            return max(self._failed(error), error.retry_after or 0.0)
         if not retryable(error):
             raise error
         return self._failed(error, getattr(error, "retry_after", None))
+
+    def _opened(self, response: httpx.Response) -> bool:
+        """Whether `response` is the stream to read: 200, or 204 (the gateway's "nothing after your last event")."""
+        if response.status_code == 204:
+            self._progress.finished = True  # everything up to the final event was already read
+        elif response.status_code != 200:
+            return False
+        self._accepted = True
+        return True
 
 
 class TokenStream(_StreamBase):
@@ -166,8 +178,7 @@ class TokenStream(_StreamBase):
             except httpx.TransportError as exc:
                 time.sleep(self._failed(exc))
                 continue
-            if response.status_code == 200:
-                self._accepted = True
+            if self._opened(response):
                 return response
             try:
                 body = response.read()
@@ -193,6 +204,8 @@ class TokenStream(_StreamBase):
                             yield token
                         elif progress.finished:
                             return
+                if progress.finished:  # a 204: there was nothing left to read
+                    return
                 failure: BaseException = httpx.RemoteProtocolError("the stream ended before its final event")
             except httpx.TransportError as exc:
                 failure = exc
@@ -252,8 +265,7 @@ class AsyncTokenStream(_StreamBase):
             except httpx.TransportError as exc:
                 await asyncio.sleep(self._failed(exc))
                 continue
-            if response.status_code == 200:
-                self._accepted = True
+            if self._opened(response):
                 return response
             try:
                 body = await response.aread()
@@ -281,6 +293,8 @@ class AsyncTokenStream(_StreamBase):
                             yield token
                         elif progress.finished:
                             return
+                if progress.finished:  # a 204: there was nothing left to read
+                    return
                 failure: BaseException = httpx.RemoteProtocolError("the stream ended before its final event")
             except httpx.TransportError as exc:
                 failure = exc
