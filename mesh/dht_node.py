@@ -126,6 +126,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--announce-host", action="append", default=[], help="a DNS name or IP others dial it by (repeatable)"
     )
     dht.add_argument("--initial-peers", nargs="*", default=[], help="other bootstraps of the same swarm")
+    dht.add_argument(
+        "--expect-peer-id",
+        help="refuse to start unless --identity has this peer id (the one workers were configured with)",
+    )
     dht.set_defaults(handler=run)
 
 
@@ -141,6 +145,12 @@ def run(args: argparse.Namespace) -> int:
         if args.new_identity and not config.identity.exists():
             create_identity(config.identity)
         peer_id = peer_id_of(config.identity)
+        expected = None if args.expect_peer_id is None else args.expect_peer_id.strip()
+        if expected is not None and expected != peer_id:
+            raise DhtRefused(
+                f"--identity {config.identity} has peer id {peer_id}, not the expected {expected!r}: workers "
+                "configured with that id could never join; store the key and its own peer id together"
+            )
         command = dht_command(config)
     except (DhtRefused, ValueError) as exc:
         print(f"far-mesh dht: {exc}", file=sys.stderr)

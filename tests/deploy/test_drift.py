@@ -119,6 +119,12 @@ def test_the_dht_bootstrap_runs_far_mesh_dht_with_the_identity_from_its_secret(r
     assert [item["path"] for item in volume["secret"]["items"]] == [identity.rsplit("/", 1)[1]]
     port = int(command[command.index("--port") + 1])
     assert [p["containerPort"] for p in container["ports"]] == [port]
+    # It checks its key against the peer id the workers dial, read from the same Secret.
+    assert command[command.index("--expect-peer-id") + 1] == "$(FAR_MESH_DHT_PEER_ID)"
+    [peer_id] = [v for v in container["env"] if v["name"] == "FAR_MESH_DHT_PEER_ID"]
+    assert peer_id["valueFrom"]["secretKeyRef"] == {"name": "far-mesh-dht", "key": "peer-id"}
+    worker = container_of(rendered["base"], "far-mesh-worker", "worker")
+    assert peer_id in worker["env"]
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))

@@ -37,7 +37,7 @@ SECRETS_READ = {
     },
     ("far-mesh-accounting", "migrate"): {("far-mesh-ledger", "POSTGRES_URL")},
     ("far-mesh-accounting", "accounting"): {("far-mesh-redis", "REDIS_URL"), ("far-mesh-ledger", "POSTGRES_URL")},
-    ("far-mesh-dht", "dht"): {("far-mesh-dht", "identity.key")},
+    ("far-mesh-dht", "dht"): {("far-mesh-dht", "identity.key"), ("far-mesh-dht", "peer-id")},
     ("far-mesh-portal", "portal"): {
         ("far-mesh-redis", "REDIS_URL"),
         ("far-mesh-portal-ledger", "POSTGRES_URL"),

@@ -95,6 +95,33 @@ def test_a_missing_or_corrupt_identity_is_refused_before_anything_starts(tmp_pat
     assert refused.returncode == 2 and "is not a libp2p private key" in refused.stderr
 
 
+def test_a_key_that_is_not_the_expected_peer_is_refused(tmp_path: Path) -> None:
+    identity = tmp_path / "dht.key"
+    subprocess.run(
+        far_mesh("dht", "--identity", str(identity), "--new-identity", "--show-peer-id"),
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    expected = subprocess.run(
+        far_mesh("dht", "--identity", str(identity), "--expect-peer-id", peer_id_of(identity), "--show-peer-id"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert expected.returncode == 0 and expected.stdout.strip() == peer_id_of(identity)
+    other = subprocess.run(
+        far_mesh("dht", "--identity", str(identity), "--expect-peer-id", "QmSomeoneElse"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert other.returncode == 2 and "not the expected 'QmSomeoneElse'" in other.stderr
+
+
 def test_the_command_runs_petals_run_dht_with_the_identity_and_announced_addresses() -> None:
     config = DhtConfig(identity=Path("/id"), port=31337, announce_hosts=("far-mesh-dht-0.far-mesh-dht", "10.1.2.3"))
     command = dht_command(config)
