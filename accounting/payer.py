@@ -59,7 +59,6 @@ from accounting.payouts import (
     unsettled_batches,
 )
 from chain.client import ChainClient, EstimateReverted, Receipt, RejectedTransaction
-from chain.errors import TreasuryUnfunded
 from chain.fees import FeeCapReached, Fees, first_offer, gwei, replacement
 from chain.settings import PayoutSettings
 from chain.transfers import Payment, SignedTransfer, TransferMismatch, check_transfers, pay_batch_data, sign_transfer
@@ -232,12 +231,8 @@ class ChainPayer:
             return await self._fail(
                 connection,
                 state.id,
-                str(
-                    TreasuryUnfunded(
-                        f"treasury {sender} holds {format_far(held)} FAR, the batch pays "
-                        f"{format_far(total)} FAR: fund it, then run the payout again"
-                    )
-                ),
+                f"treasury {sender} holds {format_far(held)} FAR, the batch pays {format_far(total)} FAR: "
+                "fund it, then run the payout again",
             )
         allowed = await self.client.allowance(self.token, sender, self.batch_contract)
         if allowed < total:
@@ -262,12 +257,8 @@ class ChainPayer:
             return await self._fail(
                 connection,
                 state.id,
-                str(
-                    TreasuryUnfunded(
-                        f"treasury {sender} holds {format_far(gas_held)} of the gas token, the "
-                        f"batch may cost {format_far(gas_limit * fees.max_fee_per_gas)}: fund it"
-                    )
-                ),
+                f"treasury {sender} holds {format_far(gas_held)} of the gas token, the batch may cost "
+                f"{format_far(gas_limit * fees.max_fee_per_gas)}: fund it, then run the payout again",
             )
         nonce = await self.client.nonce(sender, pending=True)
         signed = sign_transfer(

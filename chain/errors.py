@@ -15,7 +15,3 @@ class WrongChain(ChainError):
 
 class ContractNotDeployed(ChainError):
     """No contract code at a configured address (a fresh node, or the wrong address)."""
-
-
-class TreasuryUnfunded(ChainError):
-    """The treasury lacks the $FAR a batch pays, or the gas token its transaction costs."""
