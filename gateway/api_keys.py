@@ -61,9 +61,10 @@ def parse_key(presented: str) -> tuple[str, str] | None:
 class KeyStore:
     """Creates, revokes and verifies keys; `verify` caches rows (and misses) for `cache_s` seconds."""
 
-    def __init__(self, pool: asyncpg.Pool, *, cache_s: float, max_cached: int = 10_000) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, cache_s: float, timeout_s: float, max_cached: int = 10_000) -> None:
         self._pool = pool
         self._cache_s = cache_s
+        self._timeout_s = timeout_s
         self._max_cached = max_cached
         self._cache: dict[str, tuple[float, ApiKey | None, bytes]] = {}
 
@@ -92,10 +93,11 @@ class KeyStore:
             return await self._pool.fetchrow(
                 "SELECT key_id, wallet, label, secret_hash FROM far_api_keys WHERE key_id = $1 AND revoked_at IS NULL",
                 key_id,
+                timeout=self._timeout_s,  # a flood of made-up key ids must not pile up waiting on the ledger
             )
         except asyncpg.UndefinedTableError as exc:
             raise KeyStoreUnavailable("far_api_keys does not exist; run `far-mesh migrate`") from exc
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise KeyStoreUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
 
 

@@ -31,6 +31,7 @@ from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from gateway.openapi import build_openapi
 from gateway.rate_limit import RateLimiter
 from gateway.relay import StreamRelay
+from gateway.request_history import RequestHistory
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 
@@ -63,7 +64,7 @@ async def _key_store_down(request: Request, exc: Exception) -> Response:
     return error_response(
         503,
         "key_store_unavailable",
-        "API keys cannot be checked right now; retry shortly",
+        "the ledger (API keys, used request ids) cannot be reached right now; retry shortly",
         headers={"Retry-After": "5"},
     )
 
@@ -101,7 +102,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             metrics=metrics,
             redis=redis,
             arq=arq,
-            key_store=KeyStore(pool, cache_s=settings.gateway_key_cache_s),
+            key_store=KeyStore(pool, cache_s=settings.gateway_key_cache_s, timeout_s=settings.gateway_ledger_timeout_s),
+            request_history=RequestHistory(pool, timeout_s=settings.gateway_ledger_timeout_s),
             relay=relay,
             inflight=inflight,
             rate_limiter=RateLimiter(redis, per_minute=settings.gateway_rate_limit_per_minute),

@@ -83,6 +83,12 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class RequestIdUsed(Conflict):
+    """The request id ran before and its stream is gone: running it again would be work nobody is billed for."""
+
+    code = "request_id_used"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"
@@ -107,6 +113,13 @@ class BadGateway(ApiError):
 
     status = 502
     code = "generation_failed"
+
+
+class GatewayTimeout(ApiError):
+    """The request ran past GATEWAY_STREAM_DEADLINE_S; it was cancelled and billed for what was generated."""
+
+    status = 504
+    code = "stream_deadline"
 
 
 class ServiceUnavailable(ApiError):

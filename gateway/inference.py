@@ -8,35 +8,43 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import authenticate
 from gateway.bodies import read_model
 from gateway.errors import InvalidRequest
-from gateway.inflight import Lease
-from gateway.relay import parse_entry_id
+from gateway.inflight import Slot
+from gateway.relay import FINAL_KINDS, parse_entry_id
 from gateway.sse import EventStreamResponse, Render, render_native
 from gateway.state import GatewayState, state_of
-from gateway.submission import admit, owned_request, submit
+from gateway.submission import admit, owned_request, submit, take_rate_limit
 from protocol import keys
 from protocol.requests import REQUEST_ID_PATTERN, GenerateRequest
 
 
 def relay_response(
     state: GatewayState,
-    lease: Lease,
+    slot: Slot,
     *,
     after_id: str = "0-0",
     render: Render = render_native,
 ) -> EventStreamResponse:
-    """Stream `lease`'s token stream to the client, holding the lease while the connection lasts."""
-    state.inflight.attach(lease)
+    """Stream `slot`'s request to the client, holding the slot while the connection lasts."""
+    settings = state.settings
 
     async def on_close(finished: bool, client_left: bool) -> None:
-        await state.inflight.release(lease, finished=finished, client_left=client_left)
+        await state.inflight.release(slot, finished=finished, client_left=client_left)
+
+    async def on_deadline() -> None:
+        await state.inflight.cancel(slot.lease, "stream deadline passed")
 
     return EventStreamResponse(
         state.relay,
-        keys.token_stream(lease.request_id),
+        keys.token_stream(slot.lease.request_id),
+        request_id=slot.lease.request_id,
         after_id=after_id,
         render=render,
+        on_open=lambda: state.inflight.attach(slot),
         on_close=on_close,
-        headers={"x-request-id": lease.request_id},
+        on_deadline=on_deadline,
+        deadline_s=settings.gateway_stream_deadline_s,
+        max_unsent_bytes=settings.gateway_max_unsent_bytes,
+        headers={"x-request-id": slot.lease.request_id},
         active_gauge=state.metrics.stream_opened,
     )
 
@@ -46,7 +54,7 @@ async def generate(request: Request) -> Response:
     key = await authenticate(request)
     body = await read_model(request, GenerateRequest, state.settings.gateway_max_body_bytes)
     accepted = await submit(state, body, key)
-    return relay_response(state, accepted.lease)
+    return relay_response(state, accepted.slot)
 
 
 def _request_id(request: Request) -> str:
@@ -74,9 +82,21 @@ async def resume(request: Request) -> Response:
             field="Last-Event-ID",
             details=[{"loc": ["header", "Last-Event-ID"], "msg": "not a stream entry id", "type": "value_error"}],
         ) from None
+    await take_rate_limit(state, key)
     lease = await owned_request(state, request_id, key)
-    await admit(state, lease)
-    return relay_response(state, lease, after_id=after_id)
+    if await _ended_at_or_before(state, request_id, after_id):
+        # 204 is the one answer that stops an EventSource from reconnecting, again and again, to a stream it has read
+        return Response(status_code=204, headers={"x-request-id": request_id})
+    return relay_response(state, await admit(state, lease), after_id=after_id)
+
+
+async def _ended_at_or_before(state: GatewayState, request_id: str, after_id: str) -> bool:
+    """The stream's final event is at or before `after_id`: the client has everything there is."""
+    last = await state.redis.xrevrange(keys.token_stream(request_id), count=1)
+    if not last:
+        return False
+    last_id, fields = last[0]
+    return fields.get("kind") in FINAL_KINDS and parse_entry_id(last_id) <= parse_entry_id(after_id)
 
 
 async def cancel(request: Request) -> Response:

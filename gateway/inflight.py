@@ -1,16 +1,20 @@
 """Requests streaming to clients right now, over every replica: leases in Redis sorted sets.
 
-Each relayed request holds a lease (score = expiry, ms) in `keys.active_streams(api_key_id)` (bounds a key's
-concurrent streams) and in `keys.active_requests(model_id)` (the `active_sessions` /mesh/status reports). The
-process relaying it renews the lease; a crashed replica's leases simply expire. A client that disconnects before
-the end keeps its lease for a grace period: if it reconnects (any replica) the job runs on, else it is cancelled.
+Each client connection holds a slot (score = expiry, ms) in `keys.active_streams(api_key_id)`: a key's
+concurrent-stream limit counts connections, so re-attaching to a request it already follows takes another slot.
+Each followed request is also in `keys.active_requests(model_id)` (the `active_sessions` /mesh/status reports,
+and the proof that some client still follows it). The process serving a connection renews both; a crashed
+replica's entries simply expire, and so does a slot admitted for a response that never started. A client that
+disconnects before the end keeps its request for a grace period: if it reconnects (any replica) the job runs on,
+else it is cancelled.
 """
 
 import asyncio
 import logging
 import time
+import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
@@ -18,15 +22,15 @@ from protocol import keys
 
 log = logging.getLogger(__name__)
 
-# KEYS: streams set, requests set. ARGV: now_ms, expiry_ms, max streams, request id.
+# KEYS: streams set, requests set. ARGV: now_ms, expiry_ms, max streams, connection id, request id.
 _ADMIT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-if not redis.call('ZSCORE', KEYS[1], ARGV[4]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[5])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 """
@@ -34,6 +38,8 @@ return 1
 
 @dataclass(frozen=True, slots=True)
 class Lease:
+    """A request some client follows, and the API key it is billed to."""
+
     api_key_id: str
     model_id: str
     request_id: str
@@ -43,68 +49,86 @@ class Lease:
         return keys.active_streams(self.api_key_id), keys.active_requests(self.model_id)
 
 
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One client connection following `lease`'s request: the unit of a key's concurrent-stream limit."""
+
+    lease: Lease
+    connection_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
 class Inflight:
-    """This process's leases; `renew_forever` keeps them alive, `release` ends one."""
+    """This process's slots; `renew_forever` keeps them alive, `release` ends one."""
 
     def __init__(self, redis: aioredis.Redis, *, lease_s: float, cancel_grace_s: float) -> None:
         self._redis = redis
         self._lease_ms = int(lease_s * 1000)
         self._grace_s = cancel_grace_s
-        self._local: Counter[Lease] = Counter()
+        self._local: set[Slot] = set()
+        self._followers: Counter[Lease] = Counter()
         self._admit = redis.register_script(_ADMIT)
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def admit(self, lease: Lease, max_streams: int) -> bool:
-        """Take a stream slot for `lease` (a request already holding one always may); False when the key is full."""
+    async def admit(self, lease: Lease, max_streams: int) -> Slot | None:
+        """A slot for one more connection following `lease`; None when its API key already holds `max_streams`."""
+        slot = Slot(lease)
         now = _now_ms()
         admitted = await self._admit(
-            keys=list(lease.keys), args=[now, now + self._lease_ms, max_streams, lease.request_id]
+            keys=list(lease.keys), args=[now, now + self._lease_ms, max_streams, slot.connection_id, lease.request_id]
         )
-        return bool(admitted)
+        return slot if admitted else None
 
-    def attach(self, lease: Lease) -> None:
-        self._local[lease] += 1
+    def attach(self, slot: Slot) -> None:
+        """The connection is being served: renew its slot until `release`."""
+        self._local.add(slot)
+        self._followers[slot.lease] += 1
 
-    async def release(self, lease: Lease, *, finished: bool, client_left: bool) -> None:
-        """One connection of `lease` ended: free the slot if the stream finished, start the grace if the client left."""
-        self._local[lease] -= 1
-        if self._local[lease] > 0:
-            return
-        del self._local[lease]
+    async def release(self, slot: Slot, *, finished: bool, client_left: bool) -> None:
+        """One connection ended: free its slot; end the request's lease if the stream finished, or start the grace
+        if the client left and no other connection here follows the request."""
+        lease = slot.lease
+        self._local.discard(slot)
+        self._followers[lease] -= 1
+        followed_here = self._followers[lease] > 0
+        if not followed_here:
+            del self._followers[lease]
         streams_key, requests_key = lease.keys
-        if finished:
+        try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(streams_key, lease.request_id)
-                pipe.zrem(requests_key, lease.request_id)
+                pipe.zrem(streams_key, slot.connection_id)
+                if finished and not followed_here:
+                    pipe.zrem(requests_key, lease.request_id)
+                elif client_left and not followed_here:
+                    pipe.zadd(requests_key, {lease.request_id: _now_ms() + int(self._grace_s * 1000)}, xx=True)
                 await pipe.execute()
-        elif client_left:
-            deadline = _now_ms() + int(self._grace_s * 1000)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(streams_key, {lease.request_id: deadline}, xx=True)
-                pipe.zadd(requests_key, {lease.request_id: deadline}, xx=True)
-                await pipe.execute()
+        except (OSError, aioredis.RedisError) as exc:  # no longer renewed, the slot expires within one lease
+            log.warning("slot release failed request_id=%s: %s", lease.request_id, type(exc).__name__)
+        if client_left and not finished and not followed_here:
             task = asyncio.create_task(self._cancel_unless_reattached(lease))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-        # else: this replica is shutting down; the lease expires unless the client reconnects elsewhere
+        # else (neither): this replica is shutting down; the lease expires unless the client reconnects elsewhere
+
+    async def cancel(self, lease: Lease, reason: str) -> None:
+        """Ask the request's worker to stop; it ends the stream with a cancelled event, billing what it delivered."""
+        streams_key, requests_key = lease.keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.cancel_flag(lease.request_id), reason, ex=keys.TOKEN_STREAM_TTL_S)
+            pipe.zrem(requests_key, lease.request_id)
+            await pipe.execute()
+        log.info("request cancelled request_id=%s reason=%s", lease.request_id, reason)
 
     async def _cancel_unless_reattached(self, lease: Lease) -> None:
         await asyncio.sleep(self._grace_s)
-        streams_key, requests_key = lease.keys
         try:
-            score = await self._redis.zscore(streams_key, lease.request_id)
+            score = await self._redis.zscore(keys.active_requests(lease.model_id), lease.request_id)
             if score is not None and score > _now_ms():
                 return  # a client is following it again, here or on another replica
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(keys.cancel_flag(lease.request_id), "client disconnected", ex=keys.TOKEN_STREAM_TTL_S)
-                pipe.zrem(streams_key, lease.request_id)
-                pipe.zrem(requests_key, lease.request_id)
-                await pipe.execute()
-            log.info("request cancelled request_id=%s reason=client-disconnected", lease.request_id)
+            await self.cancel(lease, "client disconnected")
         except (OSError, aioredis.RedisError) as exc:
             log.warning("could not cancel request_id=%s: %s", lease.request_id, type(exc).__name__)
 
@@ -115,9 +139,10 @@ class Inflight:
                 continue
             expiry = _now_ms() + self._lease_ms
             members: dict[str, dict[str, int]] = defaultdict(dict)
-            for lease in self._local:
-                for key in lease.keys:
-                    members[key][lease.request_id] = expiry
+            for slot in self._local:
+                streams_key, requests_key = slot.lease.keys
+                members[streams_key][slot.connection_id] = expiry
+                members[requests_key][slot.lease.request_id] = expiry
             try:  # one ZADD per API key and per model, however many streams: renewal never stalls the loop
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key, scores in members.items():

@@ -26,10 +26,10 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import authenticate
 from gateway.bodies import read_model
-from gateway.errors import BadGateway, InvalidRequest
+from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
 from gateway.inference import relay_response
-from gateway.relay import Entry
-from gateway.sse import sse_event, watch_disconnect
+from gateway.relay import Entry, Subscription
+from gateway.sse import DEADLINE, sse_event, watch_disconnect
 from gateway.state import GatewayState, state_of
 from gateway.submission import Accepted, submit
 from protocol import keys
@@ -192,31 +192,53 @@ def _usage(done: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _collect(state: GatewayState, accepted: Accepted, request: Request) -> tuple[str, dict[str, Any]] | None:
-    """The whole generated text and the done event; None when the client left first. Errors become 502."""
-    lease = accepted.lease
-    state.inflight.attach(lease)
-    sub = await state.relay.subscribe(keys.token_stream(accepted.request_id))
-    watcher = asyncio.create_task(watch_disconnect(request.receive, sub.interrupt))
+    """The whole generated text and the done event; None when the client left first. Errors become 502, a
+    request still running at GATEWAY_STREAM_DEADLINE_S is cancelled and answered 504."""
+    slot = accepted.slot
+    deadline_s = state.settings.gateway_stream_deadline_s
+    state.inflight.attach(slot)
+    sub: Subscription | None = None
     tokens: list[str] = []
     final: Entry | None = None
     try:
-        while final is None:
-            batch = await sub.next_batch()
-            if batch is None:
-                return None
-            for entry in batch:
-                if entry.final:
-                    final = entry
-                    break
-                tokens.append(json.loads(entry.data)["token"])
+        sub = await state.relay.subscribe(keys.token_stream(accepted.request_id))
+        deadline = asyncio.get_running_loop().call_later(deadline_s, sub.end, DEADLINE)
+        watcher = asyncio.create_task(watch_disconnect(request.receive, sub.interrupt))
+        try:
+            final = await _final_entry(sub, tokens)
+        finally:
+            deadline.cancel()
+            watcher.cancel()
     finally:
-        watcher.cancel()
-        state.relay.unsubscribe(sub)
-        await asyncio.shield(state.inflight.release(lease, finished=final is not None, client_left=sub.interrupted))
+        if sub is not None:
+            state.relay.unsubscribe(sub)
+        timed_out = sub is not None and sub.ended_by == DEADLINE
+        if timed_out:
+            await asyncio.shield(state.inflight.cancel(slot.lease, "stream deadline passed"))
+        client_left = sub is None or sub.interrupted
+        await asyncio.shield(
+            state.inflight.release(slot, finished=final is not None or timed_out, client_left=client_left)
+        )
+    if timed_out:
+        raise GatewayTimeout(f"the request was still running after {deadline_s:g} s, the gateway's limit; cancelled")
+    if final is None:
+        return None
     event = json.loads(final.data)
     if final.kind == "error":
         raise BadGateway(f"generation failed ({event['error']['code']}): {event['error']['message']}")
     return "".join(tokens), event
+
+
+async def _final_entry(sub: Subscription, tokens: list[str]) -> Entry | None:
+    """Read `sub` to its final entry, adding each token's text to `tokens`; None when it ended before that."""
+    while True:
+        batch = await sub.next_batch()
+        if batch is None:
+            return None
+        for entry in batch:
+            if entry.final:
+                return entry
+            tokens.append(json.loads(entry.data)["token"])
 
 
 async def _complete(request: Request, *, chat: bool) -> Response:
@@ -240,7 +262,7 @@ async def _complete(request: Request, *, chat: bool) -> Response:
     accepted = await submit(state, generate, key, prompt_field=prompt_field)
     shape = _Shape(chat=chat, accepted=accepted)
     if body.stream:
-        return relay_response(state, accepted.lease, render=shape.chunk)
+        return relay_response(state, accepted.slot, render=shape.chunk)
     collected = await _collect(state, accepted, request)
     if collected is None:
         return Response(status_code=499)  # nobody is listening any more

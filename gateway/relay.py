@@ -64,19 +64,41 @@ class Subscription:
     """One client's view of one token stream, starting after `after_id`; the reader fills it, the client drains it.
 
     A list and one waiting future rather than an `asyncio.Queue`: the relay hands over a batch per token and
-    client, so the queue's bookkeeping showed up in profiles.
+    client, so the queue's bookkeeping showed up in profiles. Entries that pile up while the consumer's last write
+    to its client is still stuck are bounded by `max_unsent_bytes`: a client that stops reading is cut off
+    (`ended_by == "overflow"`) instead of making them grow without end.
     """
 
-    __slots__ = ("stream", "cursor", "_pending", "_waiter", "_closed", "_busy", "_heartbeat_due")
+    __slots__ = (
+        "stream",
+        "cursor",
+        "max_unsent_bytes",
+        "on_abort",
+        "writing",
+        "_pending",
+        "_pending_bytes",
+        "_waiter",
+        "_closed",
+        "_busy",
+        "_heartbeat_due",
+        "_ended_by",
+    )
 
-    def __init__(self, stream: str, after_id: str) -> None:
+    def __init__(self, stream: str, after_id: str, *, max_unsent_bytes: int = 2**62) -> None:
         self.stream = stream
         self.cursor = parse_entry_id(after_id)
+        self.max_unsent_bytes = max_unsent_bytes
+        self.on_abort: Callable[[], None] = lambda: None
+        """Called when the relay ends the subscription (deadline, overflow): the consumer may be stuck writing."""
+        self.writing = False
+        """Set by the consumer while it writes a batch to its client."""
         self._pending: list[Entry] = []
+        self._pending_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._busy = True
         self._heartbeat_due = False
+        self._ended_by: str | None = None
 
     def deliver(self, entries: list[tuple[tuple[int, int], Entry]]) -> None:
         """Take the entries newer than the cursor (`entries` are in stream order, with their parsed ids)."""
@@ -85,7 +107,10 @@ class Subscription:
         if fresh:
             self.cursor = entries[-1][0]
             self._pending.extend(fresh)
+            self._pending_bytes += sum(len(entry.data) for entry in fresh)
             self._busy = True
+            if self.writing and self._pending_bytes > self.max_unsent_bytes:
+                self.end("overflow")
             self._wake()
 
     def tick(self) -> None:
@@ -100,9 +125,21 @@ class Subscription:
         self._closed = True
         self._wake()
 
+    def end(self, reason: str) -> None:
+        """End the subscription for the relay's own `reason` ("deadline", "overflow"); the client is still there."""
+        if self._ended_by is None:
+            self._ended_by = reason
+            self.interrupt()
+            self.on_abort()
+
     @property
     def interrupted(self) -> bool:
-        return self._closed
+        """The client went away (not: the relay ended the subscription)."""
+        return self._closed and self._ended_by is None
+
+    @property
+    def ended_by(self) -> str | None:
+        return self._ended_by
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -117,8 +154,8 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
-        if self._pending:
-            batch, self._pending = self._pending, []
+        if self._pending and self._ended_by is None:
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
             return batch
         if self._closed:
             return None
@@ -304,14 +341,18 @@ class StreamRelay:
             for sub in tuple(self._reader_of):
                 sub.tick()
 
-    async def subscribe(self, stream: str, after_id: str = "0-0") -> Subscription:
+    async def subscribe(self, stream: str, after_id: str = "0-0", *, max_unsent_bytes: int = 2**62) -> Subscription:
         """Start relaying `stream` entries newer than `after_id` (a valid entry id) to a new subscription."""
-        sub = Subscription(stream, after_id)
+        sub = Subscription(stream, after_id, max_unsent_bytes=max_unsent_bytes)
         reader = next((r for r in self._readers if stream in r.subscriptions), None)
         reader = reader or min(self._readers, key=lambda r: r.load)
         reader.add(sub)
         self._reader_of[sub] = reader
-        await reader.wake()
+        try:
+            await reader.wake()
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:

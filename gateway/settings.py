@@ -53,6 +53,20 @@ class GatewaySettings(CommonSettings):
     gateway_key_cache_s: float = Field(
         default=10.0, ge=0, le=600, description="How long an API key lookup is cached; a revocation takes this long"
     )
+    gateway_ledger_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="Longest wait for PostgreSQL on a request (key lookup, request id check)"
+    )
+    gateway_stream_deadline_s: float = Field(
+        default=1000.0,
+        gt=0,
+        le=86400,
+        description="A stream (or non-streaming OpenAI call) still open after this long gets an error and is cancelled",
+    )
+    gateway_max_unsent_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Events piled up behind a write the client is not reading, in bytes, before it is disconnected",
+    )
     gateway_shutdown_drain_s: float = Field(
         default=30.0, ge=0, le=3600, description="On SIGTERM, how long open streams may run on before they are cut"
     )

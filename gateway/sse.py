@@ -3,28 +3,51 @@
 Each event's `id:` is the stream entry id, so `Last-Event-ID` resumes exactly after it on any replica. Idle
 connections get a comment line every heartbeat interval. The response watches for the client going away
 itself (rather than relying on a failed write) so the job can be cancelled promptly.
+
+Every response ends, whatever the stream does: past its deadline the client gets an error event (without an
+id, so a resume still starts after the last real event) and the request is cancelled; a client that stops
+reading is cut off once its unsent events pass a bound, even while a write to it is stuck.
 """
 
 import asyncio
+import contextlib
+import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.relay import Entry, StreamRelay
+from gateway.relay import Entry, StreamRelay, Subscription
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT = b": keep-alive\n\n"
 Render = Callable[[Entry], bytes]
 OnClose = Callable[[bool, bool], Awaitable[None]]
-"""Called once when the response ends: (the final event was sent, the client disconnected)."""
+"""Called once when the response ends: (the request is done with — final event sent or deadline passed —,
+the client disconnected or was cut off)."""
+DEADLINE = "deadline"
+OVERFLOW = "overflow"
+FINAL_WRITE_TIMEOUT_S = 5.0
+"""How long the deadline's error event may take to be written before the connection is given up."""
 
 
 def sse_event(data: bytes, event_id: str) -> bytes:
+    if not event_id:
+        return b"data: %s\n\n" % data
     return b"id: %s\ndata: %s\n\n" % (event_id.encode(), data)
 
 
 def render_native(entry: Entry) -> bytes:
     return sse_event(entry.data, entry.entry_id)
+
+
+def deadline_entry(request_id: str, deadline_s: float) -> Entry:
+    """The error event a client gets when its stream outlives GATEWAY_STREAM_DEADLINE_S (it has no entry id)."""
+    message = f"the request was still running after {deadline_s:g} s, the gateway's limit; it was cancelled"
+    error = {"error": {"code": "stream_deadline", "message": message}, "request_id": request_id}
+    return Entry("", "error", json.dumps(error).encode())
 
 
 class EventStreamResponse(Response):
@@ -35,9 +58,14 @@ class EventStreamResponse(Response):
         relay: StreamRelay,
         stream: str,
         *,
+        request_id: str,
         after_id: str = "0-0",
         render: Render = render_native,
+        on_open: Callable[[], None],
         on_close: OnClose,
+        on_deadline: Callable[[], Awaitable[None]],
+        deadline_s: float,
+        max_unsent_bytes: int,
         headers: Mapping[str, str] | None = None,
         active_gauge: Callable[[int], None] = lambda _: None,
     ) -> None:
@@ -45,53 +73,102 @@ class EventStreamResponse(Response):
         self.background = None
         self.relay = relay
         self.stream = stream
+        self.request_id = request_id
         self.after_id = after_id
         self.render_entry = render
+        self.on_open = on_open
         self.on_close = on_close
+        self.on_deadline = on_deadline
+        self.deadline_s = deadline_s
+        self.max_unsent_bytes = max_unsent_bytes
         self.extra_headers = dict(headers or {})
         self.active_gauge = active_gauge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.on_open()
+        sub: Subscription | None = None
+        finished = False
+        try:
+            # Subscribed before the response starts: if Redis is away, the client gets a 503, not an empty 200.
+            sub = await self.relay.subscribe(self.stream, self.after_id, max_unsent_bytes=self.max_unsent_bytes)
+            finished = await self._relay(sub, receive, send)
+        finally:
+            ended_by = sub.ended_by if sub is not None else None
+            if sub is not None:
+                self.relay.unsubscribe(sub)
+            if ended_by == DEADLINE and not finished:
+                await asyncio.shield(self.on_deadline())
+            client_left = sub is None or sub.interrupted or ended_by == OVERFLOW
+            # shielded: a response cancelled at shutdown still releases its slot
+            await asyncio.shield(self.on_close(finished or ended_by == DEADLINE, client_left and not finished))
+
+    async def _relay(self, sub: Subscription, receive: Receive, send: Send) -> bool:
+        """Relay until the final event (True), or until the client leaves or the relay ends it (False)."""
         headers = {
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
             **self.extra_headers,
         }
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-            }
-        )
-        sub = await self.relay.subscribe(self.stream, self.after_id)
+        raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        task = asyncio.current_task()
+        assert task is not None
+
+        def abort_stuck_write() -> None:  # a write the client never reads would otherwise wait forever
+            if sub.writing:
+                task.cancel()
+
+        sub.on_abort = abort_stuck_write
+        deadline = asyncio.get_running_loop().call_later(self.deadline_s, sub.end, DEADLINE)
         watcher = asyncio.create_task(watch_disconnect(receive, sub.interrupt))
-        finished = False
         self.active_gauge(1)
         try:
-            while not finished:
-                batch = await sub.next_batch()
-                if batch is None:
-                    break
-                if not batch:
-                    await send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
-                    continue
-                chunks = []
-                for entry in batch:
-                    chunks.append(self.render_entry(entry))
-                    if entry.final:
-                        finished = True
-                        break
-                await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": not finished})
+            return await self._events(sub, send)
+        except asyncio.CancelledError:
+            if sub.ended_by is None or task.uncancel() > 0:
+                raise  # not our abort (shutdown): stop as asked
+            log.warning("stream cut off request_id=%s reason=%s", self.request_id, sub.ended_by)
+            return False  # the response is left incomplete: the server closes the connection
         except OSError:
             sub.interrupt()  # the write failed: the client is gone
+            return False
         finally:
             self.active_gauge(-1)
+            deadline.cancel()
             watcher.cancel()
-            self.relay.unsubscribe(sub)
-            # shielded: a response cancelled at shutdown still releases its lease
-            await asyncio.shield(self.on_close(finished, sub.interrupted and not finished))
+
+    async def _events(self, sub: Subscription, send: Send) -> bool:
+        while True:
+            batch = await sub.next_batch()
+            if batch is None:
+                if sub.ended_by == DEADLINE:
+                    body = self.render_entry(deadline_entry(self.request_id, self.deadline_s))
+                    with contextlib.suppress(TimeoutError):  # nothing may wait on a client that stopped reading
+                        async with asyncio.timeout(FINAL_WRITE_TIMEOUT_S):
+                            await self._write(sub, send, body, more=False)
+                return False
+            if not batch:
+                await self._write(sub, send, HEARTBEAT, more=True)
+                continue
+            chunks = []
+            finished = False
+            for entry in batch:
+                chunks.append(self.render_entry(entry))
+                if entry.final:
+                    finished = True
+                    break
+            await self._write(sub, send, b"".join(chunks), more=not finished)
+            if finished:
+                return True
+
+    @staticmethod
+    async def _write(sub: Subscription, send: Send, body: bytes, *, more: bool) -> None:
+        sub.writing = True
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+        finally:
+            sub.writing = False
 
 
 async def watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> None:

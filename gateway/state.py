@@ -11,6 +11,7 @@ from gateway.inflight import Inflight
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
 from gateway.relay import StreamRelay
+from gateway.request_history import RequestHistory
 from gateway.settings import GatewaySettings
 
 
@@ -21,6 +22,7 @@ class GatewayState:
     redis: aioredis.Redis
     arq: Any  # arq.connections.ArqRedis (arq ships no type hints)
     key_store: KeyStore
+    request_history: RequestHistory
     relay: StreamRelay
     inflight: Inflight
     rate_limiter: RateLimiter

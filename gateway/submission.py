@@ -1,7 +1,10 @@
 """From a validated request to a running job: caps, wallet, idempotency, limits, swarm health, enqueue.
 
-A request id is owned by the API key that first submitted it (`keys.request_owner`). The same key sending it
-again attaches to the running (or finished) stream and never starts or bills a second job; another key gets 409.
+A request id is owned by the API key that first submitted it (`keys.request_owner`, which outlives the request's
+stream). The same key sending it again attaches to the running (or finished) stream and never starts or bills a
+second job; another key gets 409. Once the stream and its owner have expired (or Redis lost them), the ledger
+remembers every request id that ever ran: such an id is refused with 409 rather than run a second time.
+Every submission, new or re-attaching, takes one from the key's rate limit and one connection slot.
 """
 
 import logging
@@ -10,13 +13,22 @@ import uuid
 from dataclasses import dataclass
 
 from gateway.api_keys import ApiKey
-from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, ServiceUnavailable, TooManyRequests
-from gateway.inflight import Lease
+from gateway.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RequestIdUsed,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+from gateway.inflight import Lease, Slot
 from gateway.state import GatewayState
 from gateway.swarm_status import fresh_snapshot
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.jobs import GenerateJob, enqueue_generate
+from protocol.ownership import RequestOwner
 from protocol.requests import GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -28,7 +40,7 @@ class Accepted:
 
     request_id: str
     spec: ModelSpec
-    lease: Lease
+    slot: Slot
 
 
 def new_request_id() -> str:
@@ -83,19 +95,11 @@ async def submit(state: GatewayState, body: GenerateRequest, key: ApiKey, *, pro
         )
     spec = resolve_model(state, body.model_id)
     request_id = body.request_id or new_request_id()
-    lease = Lease(key.key_id, spec.model_id, request_id)
     redis = state.redis
 
+    await take_rate_limit(state, key)
     owner = await redis.get(keys.request_owner(request_id))
-    owner_value = f"{key.key_id} {spec.model_id}"
     if owner is None:
-        wait_s = await state.rate_limiter.take(key.key_id)
-        if wait_s > 0:
-            raise TooManyRequests(
-                f"rate limit of {state.settings.gateway_rate_limit_per_minute} requests per minute "
-                "reached for this API key",
-                retry_after_s=wait_s,
-            )
         snapshot = await fresh_snapshot(redis, spec.model_id)
         if snapshot is None or not snapshot.healthy:
             reason = (
@@ -106,37 +110,66 @@ async def submit(state: GatewayState, body: GenerateRequest, key: ApiKey, *, pro
             raise ServiceUnavailable(
                 f"model {spec.model_id} cannot serve now: {reason}; retry later", code="no_healthy_swarm"
             )
-        if await redis.set(keys.request_owner(request_id), owner_value, nx=True, ex=keys.TOKEN_STREAM_TTL_S):
-            await admit(state, lease, release_owner=True)
-            try:
-                await _enqueue(state, body, spec, request_id, key)
-            except BaseException:
-                await redis.delete(keys.request_owner(request_id))  # so a retry with the same id starts it afresh
-                raise
-            return Accepted(request_id, spec, lease)
+        if body.request_id is not None and await state.request_history.used(request_id):
+            raise RequestIdUsed(
+                f"request_id {request_id!r} was used by a request that has finished; its stream is no longer "
+                "kept, and an id never runs twice: send the request with a new request_id",
+                field="request_id",
+            )
+        new_owner = RequestOwner(key.key_id, spec.model_id).encode()
+        if await redis.set(keys.request_owner(request_id), new_owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S):
+            return Accepted(request_id, spec, await _start(state, body, spec, request_id, key))
         owner = await redis.get(keys.request_owner(request_id))  # lost a race with another submission
-    owner_key_id, _, owner_model_id = str(owner).partition(" ")
-    if owner_key_id != key.key_id:
+    first = RequestOwner.decode(owner)
+    if first.api_key_id != key.key_id:
         raise Conflict(
             f"request_id {request_id!r} is already used by another API key; choose another", field="request_id"
         )
-    spec = resolve_model(state, owner_model_id)  # the first submission's model, whatever this body says
+    spec = resolve_model(state, first.model_id)  # the first submission's model, whatever this body says
+    return Accepted(request_id, spec, await admit(state, Lease(key.key_id, spec.model_id, request_id)))
+
+
+async def take_rate_limit(state: GatewayState, key: ApiKey) -> None:
+    """One request from `key`'s per-minute budget; 429 with Retry-After when it is spent."""
+    wait_s = await state.rate_limiter.take(key.key_id)
+    if wait_s > 0:
+        raise TooManyRequests(
+            f"rate limit of {state.settings.gateway_rate_limit_per_minute} requests per minute "
+            "reached for this API key",
+            retry_after_s=wait_s,
+        )
+
+
+async def _start(state: GatewayState, body: GenerateRequest, spec: ModelSpec, request_id: str, key: ApiKey) -> Slot:
+    """Admit and enqueue the request whose owner key was just written; undo both if either fails, so a retry
+    with the same id starts it afresh and no slot is left taken."""
     lease = Lease(key.key_id, spec.model_id, request_id)
-    await admit(state, lease)
-    return Accepted(request_id, spec, lease)
+    slot: Slot | None = None
+    try:
+        slot = await admit(state, lease)
+        await _enqueue(state, body, spec, request_id, key)
+        return slot
+    except BaseException:
+        async with state.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.request_owner(request_id))
+            if slot is not None:
+                streams_key, _ = lease.keys
+                pipe.zrem(streams_key, slot.connection_id)
+            await pipe.execute()
+        raise
 
 
-async def admit(state: GatewayState, lease: Lease, *, release_owner: bool = False) -> None:
-    """Take a concurrent-stream slot for `lease`; 429 when its API key already streams the most allowed."""
+async def admit(state: GatewayState, lease: Lease) -> Slot:
+    """A concurrent-stream slot for one more connection of `lease`'s key; 429 when it already holds the most."""
     limit = state.settings.gateway_max_concurrent_streams
-    if not await state.inflight.admit(lease, limit):
-        if release_owner:
-            await state.redis.delete(keys.request_owner(lease.request_id))
+    slot = await state.inflight.admit(lease, limit)
+    if slot is None:
         raise TooManyRequests(
             f"this API key already streams {limit} requests, the most allowed at once; wait for one to finish",
             retry_after_s=1,
             code="too_many_streams",
         )
+    return slot
 
 
 async def _enqueue(state: GatewayState, body: GenerateRequest, spec: ModelSpec, request_id: str, key: ApiKey) -> None:
@@ -167,7 +200,7 @@ async def owned_request(state: GatewayState, request_id: str, key: ApiKey) -> Le
     owner = await state.redis.get(keys.request_owner(request_id))
     if owner is None:
         raise NotFound(f"no request {request_id!r} (unknown, or finished over an hour ago)", field="request_id")
-    owner_key_id, _, model_id = str(owner).partition(" ")
-    if owner_key_id != key.key_id:
+    first = RequestOwner.decode(owner)
+    if first.api_key_id != key.key_id:
         raise Forbidden(f"request {request_id!r} belongs to another API key", field="request_id")
-    return Lease(key.key_id, model_id, request_id)
+    return Lease(key.key_id, first.model_id, request_id)

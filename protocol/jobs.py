@@ -4,6 +4,7 @@ The price is fixed when the job is enqueued, so the client is billed what it was
 configured price changes while the job waits.
 """
 
+import logging
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +14,8 @@ from protocol.catalog import ModelId
 from protocol.money import FarAmount
 from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, RequestId
 from protocol.wallet import Wallet
+
+log = logging.getLogger(__name__)
 
 GENERATE_FUNCTION: Final = "generate"
 """The arq function name of the generate job; its only argument is `GenerateJob.model_dump(mode="json")`."""
@@ -39,12 +42,16 @@ async def enqueue_generate(pool: Any, job: GenerateJob) -> bool:
     """Queue `job` on its model's queue under its request id, and wake that model's idle workers.
 
     `pool` is an `arq.connections.ArqRedis`. False when a job with this request id is already queued or
-    running (arq refuses the duplicate), so a repeated request never runs twice.
+    running (arq refuses the duplicate), so a repeated request never runs twice. Once the job is queued it will
+    run and bill, so a failed wake-up is only logged: answering the client with an error would be a lie.
     """
     queued = await pool.enqueue_job(
         GENERATE_FUNCTION, job.model_dump(mode="json"), _job_id=job.request_id, _queue_name=keys.queue_for(job.model_id)
     )
     if queued is None:
         return False
-    await pool.publish(keys.queue_wake(job.model_id), job.request_id)
+    try:
+        await pool.publish(keys.queue_wake(job.model_id), job.request_id)
+    except Exception as exc:  # redis-py raises several types; none may undo an enqueue that happened
+        log.warning("wake-up not published request_id=%s error=%s; workers' polling takes the job", job.request_id, exc)
     return True

@@ -1,11 +1,12 @@
 """API keys in the real ledger database: stored hashed, verified in constant time, cached briefly."""
 
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from gateway.api_keys import KeyStore, create_key, parse_key, revoke_key
+from gateway.api_keys import KeyStore, KeyStoreUnavailable, create_key, parse_key, revoke_key
 from tests.fixtures.gateway import WALLET
 
 
@@ -27,7 +28,7 @@ async def test_only_a_hash_of_the_secret_is_stored(pool: asyncpg.Pool) -> None:
 
 
 async def test_a_revocation_takes_effect_once_the_cached_lookup_expires(pool: asyncpg.Pool) -> None:
-    cached, uncached = KeyStore(pool, cache_s=600), KeyStore(pool, cache_s=0)
+    cached, uncached = KeyStore(pool, cache_s=600, timeout_s=5), KeyStore(pool, cache_s=0, timeout_s=5)
     async with pool.acquire() as connection:
         issued = await create_key(connection, WALLET)
         assert await cached.verify(issued.secret_key) == issued.key
@@ -37,10 +38,27 @@ async def test_a_revocation_takes_effect_once_the_cached_lookup_expires(pool: as
 
 
 async def test_a_wrong_secret_fails_even_when_the_key_id_is_cached(pool: asyncpg.Pool) -> None:
-    store = KeyStore(pool, cache_s=600)
+    store = KeyStore(pool, cache_s=600, timeout_s=5)
     async with pool.acquire() as connection:
         issued = await create_key(connection, WALLET)
     assert await store.verify(issued.secret_key) == issued.key
     forged = issued.secret_key[:-1] + ("A" if issued.secret_key[-1] != "A" else "B")
     assert await store.verify(forged) is None
     assert await store.verify("not a key") is None
+
+
+async def test_a_lookup_the_ledger_does_not_answer_in_time_is_unavailable_rather_than_waiting(
+    pool: asyncpg.Pool, migrated_postgres_dsn: str
+) -> None:
+    """A flood of made-up key ids must not pile up requests waiting on PostgreSQL for ever."""
+    store = KeyStore(pool, cache_s=0, timeout_s=0.3)
+    blocker = await asyncpg.connect(migrated_postgres_dsn)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE far_api_keys IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(KeyStoreUnavailable, match="TimeoutError"):
+                await store.verify("fmk_" + "0" * 16 + "_" + "a" * 43)
+            assert time.monotonic() - started < 3
+    finally:
+        await blocker.close()

@@ -1,0 +1,44 @@
+"""Enqueueing a generate job on a real Redis: once it is queued, the caller is told so, whatever else fails."""
+
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from arq import create_pool
+from arq.connections import RedisSettings
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from protocol import keys
+from protocol.jobs import GenerateJob, enqueue_generate
+from tests.fixtures.workers import PRICE_FAR
+
+
+def job(request_id: str) -> GenerateJob:
+    return GenerateJob(
+        request_id=request_id,
+        model_id="test/model",
+        prompt="hello",
+        max_tokens=4,
+        temperature=0.0,
+        top_p=1.0,
+        price_per_token_far=PRICE_FAR,
+        enqueued_at=0.0,
+    )
+
+
+async def test_a_failed_wake_up_after_the_enqueue_still_reports_the_job_queued(
+    redis: aioredis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answering 503 for a job that will run and bill would make the client retry into a second bill."""
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+
+    async def publish_fails(*args: Any, **kwargs: Any) -> int:
+        raise RedisConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(pool, "publish", publish_fails)
+    try:
+        assert await enqueue_generate(pool, job("req-queued")) is True
+        assert await enqueue_generate(pool, job("req-queued")) is False  # the duplicate, refused as before
+    finally:
+        await pool.aclose()
+    assert await redis.zscore(keys.queue_for("test/model"), "req-queued") is not None
