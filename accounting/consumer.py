@@ -5,6 +5,7 @@ in one transaction, and acknowledged only after the commit. A crash before the a
 entries pending; this consumer (restarted under the same name) or any other (claiming entries idle longer
 than ACCOUNTING_CLAIM_IDLE_MS) writes them again, and the ledger ignores request ids it already holds.
 Entries that cannot be parsed or stored go to the dead-letter stream with the reason, and are acknowledged;
+so do records that conflict with the session stored under their request id (kind "conflict", logged as an error);
 the dead letter is keyed by the entry's id, so an entry settled twice (redelivered, or claimed from a consumer
 that was only slow) is dead-lettered once.
 
@@ -271,9 +272,16 @@ class UsageConsumer:
         if self._crash_after_commit:
             os.kill(os.getpid(), signal.SIGKILL)
         dead = batch.dead + [(batch.stored[index], "rejected", reason) for index, reason in outcome.rejected.items()]
+        dead += [(batch.stored[index], "conflict", reason) for index, reason in outcome.conflicts.items()]
         await self._dead_letter_and_ack(dead, [entry_id for entry_id, _ in batch.entries])
         for _, kind, reason in dead:
-            log.warning("usage entry dead-lettered kind=%s reason=%s", kind, reason)
+            # a conflict is work that ran without a bill: someone must look at it
+            log.log(
+                logging.ERROR if kind == "conflict" else logging.WARNING,
+                "usage entry dead-lettered kind=%s reason=%s",
+                kind,
+                reason,
+            )
             metrics.DEAD_LETTERS.labels(kind).inc()
         metrics.RECORDS_CONSUMED.inc(len(batch.entries))
         metrics.BATCH_SIZE.observe(len(batch.entries))
@@ -339,11 +347,10 @@ class UsageConsumer:
         threshold: tuple[int, int] | None = None
         for group in groups:
             name = _text(group["name"])
-            if group["pending"]:
-                summary = await self.redis.xpending(keys.USAGE_STREAM, name)
-                low = stream_id_key(summary["min"])
-            else:
-                low = stream_id_key(group["last-delivered-id"])
+            # XPENDING may find nothing left when another consumer acknowledged since XINFO: then nothing is pending
+            summary = await self.redis.xpending(keys.USAGE_STREAM, name) if group["pending"] else None
+            oldest_pending = summary["min"] if summary else None
+            low = stream_id_key(oldest_pending or group["last-delivered-id"])
             threshold = low if threshold is None else min(threshold, low)
             if name == keys.USAGE_CONSUMER_GROUP:
                 metrics.PENDING.set(group["pending"])

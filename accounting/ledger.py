@@ -9,6 +9,10 @@ The contributions' statement trigger checks that every final session they touch 
 without contributions are checked by `far_finalize_sessions`. A session's id is derived from its request id.
 If a batch breaks a constraint, it is written again record by record under savepoints: the offenders are
 returned as rejected, the rest are stored.
+
+A record repeating a stored request id is a duplicate only if it says what the stored session says (a
+redelivery is byte for byte the same record). One that differs means the request id ran twice: it is returned
+as a conflict, never dropped in silence, because the work it bills would otherwise go unpaid.
 """
 
 import logging
@@ -82,6 +86,11 @@ def session_id_for(request_id: str) -> uuid.UUID:
     return uuid.uuid5(SESSION_NAMESPACE, request_id)
 
 
+_STORED_SESSIONS = f"""
+SELECT {", ".join(c for c in SESSION_COLUMNS if c != "id")} FROM far_mesh_sessions WHERE request_id = ANY($1::text[])
+"""
+
+
 @dataclass
 class BatchOutcome:
     sessions_written: int = 0
@@ -89,6 +98,8 @@ class BatchOutcome:
     duplicates: int = 0
     rejected: dict[int, str] = field(default_factory=dict)
     """Index in the batch -> why the ledger refused that record."""
+    conflicts: dict[int, str] = field(default_factory=dict)
+    """Index in the batch -> how that record differs from the session stored under its request id."""
 
 
 def session_row(record: UsageRecord, session_id: uuid.UUID) -> tuple[object, ...]:
@@ -120,7 +131,31 @@ def contribution_rows(record: UsageRecord, session_id: uuid.UUID) -> list[tuple[
     ]
 
 
-async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]) -> tuple[int, int]:
+def _difference(record: UsageRecord, stored: Sequence[object]) -> str | None:
+    """How `record` differs from a stored session row (its columns but `id`, in order); None when it does not."""
+    mine = session_row(record, uuid.UUID(int=0))[1:]
+    changed = [name for name, a, b in zip(list(SESSION_COLUMNS)[1:], mine, stored, strict=True) if a != b]
+    if not changed:
+        return None
+    return f"request_id {record.request_id!r} is stored with other {', '.join(changed)}: the request ran twice"
+
+
+async def _conflicts(connection: asyncpg.Connection, records: Sequence[UsageRecord]) -> dict[str, str]:
+    """Request id -> how the record differs from the session stored under it, for each record that differs."""
+    stored = {
+        row["request_id"]: tuple(row)
+        for row in await connection.fetch(_STORED_SESSIONS, [r.request_id for r in records])
+    }
+    found = {}
+    for record in records:
+        difference = _difference(record, stored[record.request_id]) if record.request_id in stored else None
+        if difference is not None:
+            found[record.request_id] = difference
+    return found
+
+
+async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]) -> tuple[int, int, dict[str, str]]:
+    """Store what `records` add; returns (sessions created, contribution rows written, conflicts by request id)."""
     session_ids = [session_id_for(r.request_id) for r in records]
     wallets: dict[str, str | None] = {}
     for record in records:
@@ -130,8 +165,10 @@ async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]
         nodes = sorted(wallets)
         await connection.execute(_INSERT_NODES, nodes, [wallets[n] for n in nodes])
     created = await _insert_sessions(connection, records, session_ids)
+    repeated = [r for r, session_id in zip(records, session_ids, strict=True) if session_id not in created]
+    conflicts = await _conflicts(connection, repeated) if repeated else {}
     if not created:
-        return 0, 0
+        return 0, 0, conflicts
     contributions: list[tuple[object, ...]] = []
     without_contributions: list[uuid.UUID] = []
     for record, session_id in zip(records, session_ids, strict=True):
@@ -147,7 +184,7 @@ async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]
         )
     if without_contributions:  # no COPY checks these: the remainder alone must be the cost
         await connection.execute("SELECT far_finalize_sessions($1::uuid[])", without_contributions)
-    return len(created), len(contributions)
+    return len(created), len(contributions), conflicts
 
 
 async def _insert_sessions(
@@ -178,33 +215,53 @@ async def write_batch(connection: asyncpg.Connection, records: Sequence[UsageRec
     Records repeating a request id (stored earlier or earlier in this batch) are counted as duplicates.
     """
     unique: list[UsageRecord] = []
-    seen: set[str] = set()
+    first: dict[str, UsageRecord] = {}
+    outcome = BatchOutcome()
+    index_of = {id(r): i for i, r in enumerate(records)}
     for record in records:
-        if record.request_id not in seen:
-            seen.add(record.request_id)
+        earlier = first.setdefault(record.request_id, record)
+        if earlier is record:
             unique.append(record)
-    outcome = BatchOutcome(duplicates=len(records) - len(unique))
+        elif earlier != record:
+            outcome.conflicts[index_of[id(record)]] = (
+                f"request_id {record.request_id!r} appears twice in one batch with different records: it ran twice"
+            )
+        else:
+            outcome.duplicates += 1
     if not unique:
         return outcome
     try:
         async with connection.transaction():
-            sessions, contributions = await _insert(connection, unique)
+            sessions, contributions, conflicts = await _insert(connection, unique)
     except RECORD_ERRORS as exc:
         log.warning("batch refused (%s); writing its %d records one by one", type(exc).__name__, len(unique))
     else:
         outcome.sessions_written, outcome.contributions_written = sessions, contributions
-        outcome.duplicates += len(unique) - sessions
+        _count_repeats(outcome, unique, sessions, conflicts, index_of)
         return outcome
-    index_of = {id(r): i for i, r in enumerate(records)}
     async with connection.transaction():
         for record in unique:
             try:
                 async with connection.transaction():
-                    sessions, contributions = await _insert(connection, [record])
+                    sessions, contributions, conflicts = await _insert(connection, [record])
             except RECORD_ERRORS as exc:
                 outcome.rejected[index_of[id(record)]] = f"{type(exc).__name__}: {exc}"
                 continue
             outcome.sessions_written += sessions
             outcome.contributions_written += contributions
-            outcome.duplicates += 1 - sessions
+            _count_repeats(outcome, [record], sessions, conflicts, index_of)
     return outcome
+
+
+def _count_repeats(
+    outcome: BatchOutcome,
+    written: Sequence[UsageRecord],
+    sessions: int,
+    conflicts: dict[str, str],
+    index_of: dict[int, int],
+) -> None:
+    """Records of `written` that created no session are duplicates, or conflicts when they differ."""
+    for record in written:
+        if record.request_id in conflicts:
+            outcome.conflicts[index_of[id(record)]] = conflicts[record.request_id]
+    outcome.duplicates += len(written) - sessions - sum(r.request_id in conflicts for r in written)

@@ -126,7 +126,7 @@ async def keep_registry_fresh(
                     connection = await connect()
                 count = await sync_registry(connection, await read_snapshots(redis))
                 metrics.NODES_SEEN.set(count)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, TimeoutError, aioredis.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("node registry not refreshed (%s); trying again in %.0fs", type(exc).__name__, interval_s)
                 if connection is not None:
                     connection.terminate()

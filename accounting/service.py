@@ -32,6 +32,7 @@ async def serve(settings: AccountingSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, consumer.stop)
     registry = asyncio.create_task(keep_registry_fresh(redis, connect, settings.accounting_snapshot_interval_s))
+    registry.add_done_callback(lambda task: _stop_if_failed(task, consumer))
     try:
         await consumer.run()
     finally:
@@ -41,3 +42,11 @@ async def serve(settings: AccountingSettings) -> None:
         if health is not None:
             health.shutdown()
             health.server_close()
+
+
+def _stop_if_failed(registry: "asyncio.Task[None]", consumer: UsageConsumer) -> None:
+    """The registry refresher never returns; if it dies, the process stops (and is restarted) rather than run on
+    half-alive behind a healthy /healthz."""
+    if not registry.cancelled() and registry.exception() is not None:
+        log.error("node registry refresher died: %r; stopping", registry.exception())
+        consumer.stop()

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from accounting.consumer import PARSE_TURN, Entry, UsageConsumer, parse_entries, parse_entries_in_turns
 from accounting.settings import AccountingSettings
+from devstack.ports import free_port
 from protocol import keys
 from protocol.usage import UsageRecord
 from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until
@@ -222,3 +223,55 @@ async def test_several_consumers_in_the_group_store_each_record_once(
     assert (sessions, rows) == (300, 1200)
     assert paid == sum((c.payment_far for r in records for c in r.contributions), Decimal(0))
     assert await redis.xlen(keys.USAGE_DEAD_LETTERS) == 0
+
+
+async def test_a_record_conflicting_with_the_stored_session_is_dead_lettered_as_a_conflict(
+    consumer: UsageConsumer, redis: aioredis.Redis, migrated_postgres_dsn: str
+) -> None:
+    request_id = unique_id("req")
+    await redis.xadd(keys.USAGE_STREAM, usage_record(request_id, {}, tokens_generated=1).to_stream_fields())
+    await redis.xadd(keys.USAGE_STREAM, usage_record(request_id, {}, tokens_generated=40).to_stream_fields())
+    await wait_until(lambda: settled(redis), what="both records settled")
+    (letter,) = [fields for _, fields in await redis.xrange(keys.USAGE_DEAD_LETTERS)]
+    assert letter[b"kind"] == b"conflict" and b"ran twice" in letter[b"reason"]
+    assert (await stored_sessions(migrated_postgres_dsn, [request_id]))[0] == 1
+
+
+async def test_trimming_survives_pending_entries_acknowledged_between_its_two_reads(
+    consumer: UsageConsumer, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XINFO said some were pending; by the XPENDING another consumer had acknowledged them all."""
+    consumer.stop()  # the test drives trim() itself; the running loop must not settle the entry first
+    await redis.xgroup_create(keys.USAGE_STREAM, "audit", id="0", mkstream=True)  # another group reading it
+    await redis.xadd(keys.USAGE_STREAM, usage_record(unique_id("req"), {}).to_stream_fields())
+    await redis.xreadgroup("audit", "other", {keys.USAGE_STREAM: ">"})
+
+    async def acknowledged_meanwhile(*args: object) -> dict[str, object]:
+        return {"pending": 0, "min": None, "max": None, "consumers": []}
+
+    monkeypatch.setattr(redis, "xpending", acknowledged_meanwhile)
+    await consumer.trim()
+
+
+async def test_told_to_stop_while_postgres_is_down_it_leaves_the_batch_pending_for_a_successor(
+    migrated_postgres_dsn: str, redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Acknowledging a batch the ledger never stored would lose those usage records for good."""
+    records = [usage_record(unique_id("req"), {}) for _ in range(5)]
+    await produced_before_any_consumer(redis, records)
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    settings = consumer_settings(nowhere, redis_url, accounting_retry_max_s=0.2)
+    stranded = UsageConsumer(redis, lambda: asyncpg.connect(nowhere, timeout=1), settings)
+    task = asyncio.create_task(stranded.run())
+    async with asyncio.timeout(10):
+        while (await redis.xpending(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP))["pending"] < len(records):
+            await asyncio.sleep(0.05)  # it read the batch and is waiting for the ledger
+    await asyncio.sleep(0.5)
+    stranded.stop()
+    await asyncio.wait_for(task, 10)
+
+    assert (await redis.xpending(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP))["pending"] == len(records)
+    assert await redis.xlen(keys.USAGE_DEAD_LETTERS) == 0
+    async with running_consumer(migrated_postgres_dsn, redis_url, redis, accounting_claim_idle_ms=100):
+        await wait_until(lambda: settled(redis), what="the successor stored the stranded batch")
+    assert (await stored_sessions(migrated_postgres_dsn, [r.request_id for r in records]))[0] == len(records)

@@ -111,3 +111,27 @@ async def test_a_session_without_contributions_is_stored_final_only_if_its_remai
     assert list(outcome.rejected) == [1] and "does not balance" in outcome.rejected[1]
     assert outcome.sessions_written == 1
     assert await final_sessions(ledger, [nobody, skimmed]) == 1
+
+
+async def test_a_record_that_differs_from_the_stored_session_is_a_conflict_never_a_silent_duplicate(
+    ledger: asyncpg.Connection,
+) -> None:
+    """The request id ran twice: dropping the second record as a duplicate would leave its work unbilled."""
+    request_id, node = unique_id("req"), unique_id("peer")
+    assert (await write_batch(ledger, [usage_record(request_id, {node: 1}, tokens_generated=1)])).sessions_written == 1
+    second_run = usage_record(request_id, {node: 1}, tokens_generated=40)
+    other = usage_record(unique_id("req"), {node: 1})
+
+    outcome = await write_batch(ledger, [other, second_run])
+    assert (outcome.sessions_written, outcome.duplicates) == (1, 0)
+    assert list(outcome.conflicts) == [1]
+    assert "ran twice" in outcome.conflicts[1] and "tokens_generated" in outcome.conflicts[1]
+    stored = await ledger.fetchval("SELECT tokens_generated FROM far_mesh_sessions WHERE request_id = $1", request_id)
+    assert stored == 1
+
+
+async def test_two_different_records_for_one_request_id_in_one_batch_are_a_conflict(ledger: asyncpg.Connection) -> None:
+    request_id, node = unique_id("req"), unique_id("peer")
+    first, second = (usage_record(request_id, {node: 1}, tokens_generated=n) for n in (2, 3))
+    outcome = await write_batch(ledger, [first, second, first])
+    assert (outcome.sessions_written, outcome.duplicates, list(outcome.conflicts)) == (1, 1, [1])

@@ -1,9 +1,11 @@
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from accounting.registry import read_snapshots, sync_registry
+from accounting.registry import keep_registry_fresh, read_snapshots, sync_registry
+from devstack.ports import free_port
 from protocol import keys
 from protocol.swarm import ServerSnapshot, SwarmSnapshot
 from tests.fixtures.ledger import unique_id, wallet_for
@@ -94,3 +96,18 @@ async def test_a_node_gone_from_every_snapshot_is_marked_offline_at_the_next_ref
         assert states == {staying: "online", leaving: "offline", newer_elsewhere: "online", only_paid: "online"}
     finally:
         await connection.close()
+
+
+async def test_the_refresher_outlives_a_redis_it_cannot_reach(migrated_postgres_dsn: str) -> None:
+    """redis-py's ConnectionError is no OSError: once, it ended the refresher while /healthz stayed 200."""
+    unreachable = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    refresher = asyncio.create_task(
+        keep_registry_fresh(unreachable, lambda: asyncpg.connect(migrated_postgres_dsn), interval_s=0.05)
+    )
+    try:
+        await asyncio.sleep(0.6)  # several failed refreshes
+        assert not refresher.done()
+    finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+        await unreachable.aclose()
