@@ -8,10 +8,12 @@ import argparse
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 from mesh import dht_node
+from mesh.node import QUANT_TYPES
 from protocol.catalog import ModelSpec
 
 EXIT_REFUSED = 2
@@ -56,6 +58,22 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     node.add_argument("--throughput", type=float, help="announced tokens/s; default: measured by Petals")
     node.add_argument("--device", help="cpu, cuda, cuda:1...; default: Petals' choice")
     node.add_argument("--torch-dtype", default="auto", help="float32, float16, bfloat16 or auto")
+    node.add_argument(
+        "--quant-type", choices=QUANT_TYPES, help="weight quantization: none, int8 or nf4 (default: Petals' choice)"
+    )
+    node.add_argument(
+        "--identity",
+        type=Path,
+        help="the node's libp2p key, created on first start so its peer id (and registration) survives restarts "
+        "(default: FAR_MESH_CACHE_DIR/node-identity.key; give each node on one machine its own)",
+    )
+    node.add_argument(
+        "--portal-url",
+        help="the portal (e.g. https://portal.example): print where to register the node, then its earnings",
+    )
+    node.add_argument(
+        "--earnings-every", type=float, default=300.0, help="seconds between earnings lines (default 300)"
+    )
     node.set_defaults(handler=run_node)
 
     dht_node.register(subparsers)
@@ -103,6 +121,7 @@ def run_swarm(args: argparse.Namespace) -> int:
 
 def run_node(args: argparse.Namespace) -> int:
     from mesh.node import NodeConfig, NodeRefused, check_node, parse_blocks, server_command
+    from mesh.node_earnings import registration_url, run_reporting
     from protocol.wallet import InvalidWallet
 
     spec = _catalog_model(args.model, None)
@@ -121,13 +140,25 @@ def run_node(args: argparse.Namespace) -> int:
             throughput=args.throughput,
             device=args.device,
             torch_dtype=args.torch_dtype,
+            quant_type=args.quant_type,
         )
         check_node(config)
-    except (NodeRefused, InvalidWallet, ValueError) as exc:
+        identity = args.identity.expanduser() if args.identity else _cache_dir(None) / "node-identity.key"
+        if not identity.exists():
+            dht_node.create_identity(identity)
+        peer_id = dht_node.peer_id_of(identity)
+    except (NodeRefused, InvalidWallet, ValueError, dht_node.DhtRefused) as exc:
         return _refuse("node", exc)
-    command = server_command(config)
-    print(f"far-mesh node: serving {config.model_source} as {config.public_name}", flush=True)
-    os.execv(command[0], command)  # the node *is* the Petals server from here on: signals reach it directly
+    command = server_command(replace(config, identity_path=identity))
+    print(f"far-mesh node: serving {config.model_source} as {config.public_name} peer_id={peer_id}", flush=True)
+    if not args.portal_url:
+        os.execv(command[0], command)  # the node *is* the Petals server from here on: signals reach it directly
+    print(
+        f"far-mesh node: its earnings are held until the node is registered to {args.wallet}: sign the statement "
+        f"at {registration_url(args.portal_url, peer_id)}",
+        flush=True,
+    )
+    return run_reporting(command, portal_url=args.portal_url, peer_id=peer_id, every_s=args.earnings_every)
 
 
 def _refuse(command: str, exc: Exception) -> int:

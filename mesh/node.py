@@ -12,6 +12,9 @@ from devstack.ports import port_is_taken
 from mesh.announce import public_name_for
 from mesh.petals_cli import command_line
 
+QUANT_TYPES = ("none", "int8", "nf4")
+"""Weight quantization Petals servers offer (`--quant_type`): none, 8-bit, or 4-bit NormalFloat."""
+
 
 class NodeRefused(Exception):
     """A node cannot start as configured; the message says what to change."""
@@ -47,6 +50,8 @@ class NodeConfig:
     device: str | None = None
     torch_dtype: str = "auto"
     identity_path: Path | None = None
+    quant_type: str | None = None
+    """One of QUANT_TYPES; None lets Petals choose (int8 on GPUs for large models, none on CPU)."""
     loopback_only: bool = False
     """No relays and no reachability check: the swarm lives on 127.0.0.1 (development and tests)."""
 
@@ -104,6 +109,8 @@ def server_args(config: NodeConfig) -> list[str]:
         args += ["--device", config.device]
     if config.identity_path is not None:
         args += ["--identity_path", str(config.identity_path)]
+    if config.quant_type is not None:
+        args += ["--quant_type", config.quant_type]
     if config.loopback_only:
         args += ["--no_auto_relay", "--skip_reachability_check"]
     return args
