@@ -8,7 +8,9 @@ snapshots never overwrite newer facts.
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
+from decimal import Decimal
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -21,11 +23,13 @@ from protocol.swarm import ServerSnapshot, SwarmSnapshot
 log = logging.getLogger(__name__)
 
 _UPSERT_NODE = """
-INSERT INTO far_nodes (node_id, wallet, public_name, state, throughput, last_seen_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO far_nodes (node_id, wallet, public_name, state, throughput, last_seen_at, gpu_model, vram_gb)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (node_id) DO UPDATE SET
     wallet = coalesce(EXCLUDED.wallet, far_nodes.wallet),
     public_name = coalesce(EXCLUDED.public_name, far_nodes.public_name),
+    gpu_model = coalesce(EXCLUDED.gpu_model, far_nodes.gpu_model),
+    vram_gb = coalesce(EXCLUDED.vram_gb, far_nodes.vram_gb),
     state = EXCLUDED.state,
     throughput = EXCLUDED.throughput,
     last_seen_at = EXCLUDED.last_seen_at
@@ -33,9 +37,10 @@ WHERE far_nodes.last_seen_at IS NULL OR far_nodes.last_seen_at <= EXCLUDED.last_
 """
 _UPSERT_NODE_MODEL = """
 INSERT INTO far_node_models (node_id, model_id, start_block, end_block, throughput, state, cache_tokens_left,
-                             last_seen_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                             last_seen_at, quantization)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (node_id, model_id) DO UPDATE SET
+    quantization = coalesce(EXCLUDED.quantization, far_node_models.quantization),
     start_block = EXCLUDED.start_block,
     end_block = EXCLUDED.end_block,
     throughput = EXCLUDED.throughput,
@@ -54,6 +59,19 @@ WHERE state <> 'offline' AND last_seen_at < $2 AND NOT (node_id = ANY ($1::text[
 """
 
 
+# The node launcher's `hw:<gpu>/<vram GB>/<quantization>` word in a public name (mesh/announce.py writes it).
+_HARDWARE = re.compile(r"(?:^|\s)hw:([^\s/]{1,40})/(\d{1,4}(?:\.\d)?)/(none|int8|nf4|auto)(?=\s|$)")
+
+
+def hardware_of(public_name: str | None) -> tuple[str | None, Decimal | None, str | None]:
+    """(GPU model, VRAM in GB, quantization) a node announced; Nones for what it did not (CPU: no VRAM)."""
+    match = _HARDWARE.search(public_name or "")
+    if match is None:
+        return None, None, None
+    gpu, vram, quant = match.groups()
+    return gpu.replace("_", " "), (Decimal(vram) if Decimal(vram) > 0 else None), (None if quant == "auto" else quant)
+
+
 def _node_rows(snapshots: Iterable[SwarmSnapshot]) -> list[tuple[object, ...]]:
     """One row per peer id; a peer listed under several models is online if any model shows it online."""
     latest: dict[str, tuple[ServerSnapshot, SwarmSnapshot]] = {}
@@ -66,7 +84,15 @@ def _node_rows(snapshots: Iterable[SwarmSnapshot]) -> list[tuple[object, ...]]:
             if seen is None or seen[1].taken_at < snapshot.taken_at:
                 latest[server.peer_id] = (server, snapshot)
     return [
-        (peer_id, s.wallet, s.public_name, "online" if peer_id in online else s.state, s.throughput, snap.taken_at)
+        (
+            peer_id,
+            s.wallet,
+            s.public_name,
+            "online" if peer_id in online else s.state,
+            s.throughput,
+            snap.taken_at,
+            *hardware_of(s.public_name)[:2],
+        )
         for peer_id, (s, snap) in sorted(latest.items())  # key order: concurrent writers lock rows alike
     ]
 
@@ -89,6 +115,7 @@ async def sync_registry(connection: asyncpg.Connection, snapshots: list[SwarmSna
                         s.state,
                         s.cache_tokens_left,
                         snapshot.taken_at,
+                        hardware_of(s.public_name)[2],
                     )
                     for s in sorted(snapshot.servers, key=lambda s: s.peer_id)
                 ],

@@ -4,6 +4,10 @@ Every Petals server already publishes a free-text `public_name` with its blocks,
 the coordinator reads it back from the same DHT record it routes by; no second registry can disagree. The
 encoding is `far:<EIP-55 address>` at the end of the name, after an optional human label:
 `"gpu-box-7 far:0x52908400098527886E0F7030069857D2E4169EE7"`.
+
+The node launcher also announces its hardware in the label, as one `hw:<gpu>/<vram GB>/<quantization>` word
+(`hw:NVIDIA_A100-SXM4-80GB/80/nf4`, `hw:cpu/0/none`), which accounting copies into the node registry. Like the
+wallet it is the node's own claim, shown to people, never used to pay anyone.
 """
 
 import re
@@ -11,6 +15,7 @@ import re
 from protocol.wallet import is_checksum_address, validate_wallet
 
 WALLET_TAG = "far:"
+HARDWARE_TAG = "hw:"
 MAX_LABEL_LENGTH = 64
 _ANNOUNCED_WALLET = re.compile(r"(?:^|\s)" + re.escape(WALLET_TAG) + r"(0x[0-9a-fA-F]{40})$")
 
@@ -19,15 +24,21 @@ class InvalidLabel(ValueError):
     """A node label that could not be announced unambiguously."""
 
 
-def public_name_for(wallet: str, label: str | None = None) -> str:
-    """The public name announcing `wallet` (EIP-55, checked here) after an optional label."""
+def hardware_word(gpu_model: str | None, vram_gb: float | None, quant_type: str | None) -> str:
+    """The `hw:` word of a label: GPU model (spaces as underscores; `cpu` without one), VRAM in GB, quantization."""
+    gpu = "_".join((gpu_model or "cpu").split()).replace("/", "-")[:40]
+    vram = f"{vram_gb:.0f}" if vram_gb else "0"
+    return f"{HARDWARE_TAG}{gpu}/{vram}/{quant_type or 'auto'}"
+
+
+def public_name_for(wallet: str, label: str | None = None, hardware: str | None = None) -> str:
+    """The public name announcing `wallet` (EIP-55, checked here) after an optional label and hardware word."""
     validate_wallet(wallet)
-    if not label:
-        return WALLET_TAG + wallet
-    label = " ".join(label.split())
-    if len(label) > MAX_LABEL_LENGTH:
-        raise InvalidLabel(f"label is {len(label)} characters; at most {MAX_LABEL_LENGTH} fit in a public name")
-    return f"{label} {WALLET_TAG}{wallet}"
+    if label:
+        label = " ".join(label.split())
+        if len(label) > MAX_LABEL_LENGTH:
+            raise InvalidLabel(f"label is {len(label)} characters; at most {MAX_LABEL_LENGTH} fit in a public name")
+    return " ".join(part for part in (label, hardware, WALLET_TAG + wallet) if part)
 
 
 def wallet_from_public_name(public_name: str | None) -> str | None:

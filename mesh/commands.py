@@ -120,7 +120,8 @@ def run_swarm(args: argparse.Namespace) -> int:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from mesh.node import NodeConfig, NodeRefused, check_node, parse_blocks, server_command
+    from mesh.announce import hardware_word
+    from mesh.node import NodeConfig, NodeRefused, check_node, detect_gpu, parse_blocks, server_command
     from mesh.node_earnings import registration_url, run_reporting
     from protocol.wallet import InvalidWallet
 
@@ -141,6 +142,7 @@ def run_node(args: argparse.Namespace) -> int:
             device=args.device,
             torch_dtype=args.torch_dtype,
             quant_type=args.quant_type,
+            hardware=hardware_word(*detect_gpu(args.device), args.quant_type),
         )
         check_node(config)
         identity = args.identity.expanduser() if args.identity else _cache_dir(None) / "node-identity.key"

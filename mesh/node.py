@@ -52,14 +52,29 @@ class NodeConfig:
     identity_path: Path | None = None
     quant_type: str | None = None
     """One of QUANT_TYPES; None lets Petals choose (int8 on GPUs for large models, none on CPU)."""
+    hardware: str | None = None
+    """The `hw:` word announced in the public name (`mesh.announce.hardware_word`); None announces none."""
     loopback_only: bool = False
     """No relays and no reachability check: the swarm lives on 127.0.0.1 (development and tests)."""
 
     @property
     def public_name(self) -> str | None:
         if self.wallet is None:
-            return self.label
-        return public_name_for(self.wallet, self.label)
+            return " ".join(part for part in (self.label, self.hardware) if part) or None
+        return public_name_for(self.wallet, self.label, self.hardware)
+
+
+def detect_gpu(device: str | None) -> tuple[str | None, float | None]:
+    """(GPU model, VRAM in GB) of the CUDA device the server will use; (None, None) on CPU. Imports torch."""
+    if device is not None and not device.startswith("cuda"):
+        return None, None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, None
+    index = int(device.partition(":")[2] or 0) if device else 0
+    properties = torch.cuda.get_device_properties(index)
+    return str(properties.name), round(properties.total_memory / 1e9, 1)
 
 
 def parse_blocks(text: str) -> tuple[int, int]:
