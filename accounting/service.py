@@ -12,6 +12,7 @@ from accounting.consumer import UsageConsumer
 from accounting.liveness import serve_health
 from accounting.registry import keep_registry_fresh
 from accounting.settings import AccountingSettings
+from protocol.redis_durability import check_redis_durability
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 async def serve(settings: AccountingSettings) -> None:
     """Run until SIGTERM or SIGINT; the batch in hand is finished and acknowledged before returning."""
     redis = aioredis.Redis.from_url(str(settings.redis_url))
+    await check_redis_durability(redis.config_get, require=settings.far_mesh_redis_require_durable)
 
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(settings.postgres_url, timeout=10)

@@ -41,12 +41,20 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
         client.close()
 
 
-class RedisServer:
-    """One redis-server child process; `stop()` and `start()` again keep the same port (data is not kept)."""
+DURABLE_OPTIONS = ("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
+"""What production Redis must run with (protocol.redis_durability): `far-mesh dev`'s own Redis runs with it too."""
+VOLATILE_OPTIONS = ("--save", "", "--appendonly", "no")
+"""No persistence at all: tests that restart Redis to lose everything."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+
+class RedisServer:
+    """One redis-server child process; `stop()` and `start()` again keep the same port, and its data only if
+    `durable` (an append-only file in `data_dir`)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = False) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.durable = durable
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,10 +69,7 @@ class RedisServer:
             str(self.port),
             "--bind",
             "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+            *(DURABLE_OPTIONS if self.durable else VOLATILE_OPTIONS),
             "--dir",
             str(self.data_dir),
             "--logfile",

@@ -39,7 +39,7 @@ def resolve_redis(state_dir: Path) -> Service:
         return Service(configured, "configured")
     if redis_answers(LOCAL_REDIS):
         return Service(LOCAL_REDIS, "local")
-    server = RedisServer(state_dir / "redis").start()
+    server = RedisServer(state_dir / "redis", durable=True).start()
     return Service(server.url, "embedded", server.stop)
 
 

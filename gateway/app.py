@@ -34,6 +34,7 @@ from gateway.relay import StreamRelay
 from gateway.request_history import RequestHistory
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
+from protocol.redis_durability import check_redis_durability
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis_url = str(settings.redis_url)
         redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
+        await check_redis_durability(redis.config_get, require=settings.far_mesh_redis_require_durable)
         reader_redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2)
         arq = await create_pool(RedisSettings.from_dsn(redis_url))
         # min_size=0: no connection at start, so a PostgreSQL outage means 503s on key lookups, not a crash loop

@@ -33,6 +33,11 @@ class CommonSettings(BaseSettings):
         default="meta-llama/Llama-2-7b-chat-hf", description="Model used when a request names none"
     )
     price_per_token_far: FarAmount = Field(default=Decimal("0.0001"), description="Price per generated token, in $FAR")
+    far_mesh_redis_require_durable: bool = Field(
+        default=False,
+        description="Refuse to start unless Redis has appendonly yes, appendfsync everysec and noeviction "
+        "(otherwise a warning)",
+    )
     far_mesh_models: Json[list[ModelSpec]] | None = Field(
         default=None,
         description='JSON list of models: [{"model_id", "source", "dht_prefix", "price_per_token_far"}]; '

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from mesh.client import ClientLimits, open_client
 from mesh.snapshot import read_swarm_snapshot
 from protocol import keys
+from protocol.redis_durability import check_redis_durability
 from workers import metrics
 from workers.generate import WorkerContext
 from workers.health import HEARTBEAT_INTERVAL_S, FleetHealth, serve_health_and_metrics
@@ -61,8 +62,11 @@ async def run_fleet(
     worker_id = f"{socket.gethostname()}-{os.getpid()}"
     served: dict[str, ServedModel] = {}
     redis = aioredis.Redis.from_url(str(settings.redis_url))
+    await check_redis_durability(redis.config_get, require=settings.far_mesh_redis_require_durable)
     tasks: list[asyncio.Task[None]] = []
     workers: dict[str, QueueWorker] = {}
+    retiring: dict[QueueWorker, asyncio.Task[None]] = {}
+    """Queue workers that lost Redis, finishing the jobs they run before they close."""
     http_server = None
     try:
         for spec in settings.served_models:
@@ -83,7 +87,7 @@ async def run_fleet(
                 health,
                 metrics.REGISTRY,
             )
-        tasks = [asyncio.create_task(_consume(context, model_id, workers)) for model_id in served]
+        tasks = [asyncio.create_task(_consume(context, model_id, workers, retiring)) for model_id in served]
         tasks += [
             asyncio.create_task(_publish_snapshots(settings, served, redis)),
             asyncio.create_task(_sample_queues(served, redis)),
@@ -104,7 +108,9 @@ async def run_fleet(
         for task in done - {stopped}:
             task.result()  # a queue loop that died takes the process down with its error
     finally:
-        for worker in workers.values():
+        for retirement in retiring.values():
+            retirement.cancel()
+        for worker in [*workers.values(), *retiring]:
             try:
                 await worker.close()  # cancels running jobs: arq puts them back, another worker resumes them
             except Exception as exc:  # e.g. Redis gone: the rest of the shutdown must still run
@@ -123,11 +129,18 @@ async def run_fleet(
         logger.info("worker stopped id=%s", worker_id)
 
 
-async def _consume(context: WorkerContext, model_id: str, current: dict[str, QueueWorker]) -> None:
+async def _consume(
+    context: WorkerContext,
+    model_id: str,
+    current: dict[str, QueueWorker],
+    retiring: dict[QueueWorker, "asyncio.Task[None]"],
+) -> None:
     """Consume one model's queue for as long as the fleet runs, outliving Redis outages.
 
     arq's loop ends with a connection error when Redis goes away; left alone, the worker would stay up yet
-    consume nothing once Redis is back. A fresh arq worker is started instead, with a capped backoff.
+    consume nothing once Redis is back. A fresh arq worker is started instead, with a capped backoff. The old
+    one is not closed at once, which would cancel its running jobs: they ride out the outage and, once Redis
+    is back, end their streams (with a bill) themselves.
     """
     backoff_s = RECONNECT_MIN_S
     while True:
@@ -138,11 +151,20 @@ async def _consume(context: WorkerContext, model_id: str, current: dict[str, Que
             return
         except (RedisError, OSError) as exc:
             logger.warning("queue lost Redis queue=%s error=%r; retrying in %.1fs", worker.queue_name, exc, backoff_s)
-        with suppress(Exception):
-            await worker.close()
+        retiring[worker] = asyncio.create_task(_retire(worker, retiring))
         await asyncio.sleep(backoff_s)
         ran_well = asyncio.get_running_loop().time() - started > RECONNECT_MAX_S
         backoff_s = RECONNECT_MIN_S if ran_well else min(backoff_s * 2, RECONNECT_MAX_S)
+
+
+async def _retire(worker: QueueWorker, retiring: dict[QueueWorker, "asyncio.Task[None]"]) -> None:
+    """Close `worker` once the jobs it runs have ended."""
+    try:
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        with suppress(Exception):
+            await worker.close()
+    finally:
+        retiring.pop(worker, None)
 
 
 async def _beat(health: FleetHealth) -> None:

@@ -6,18 +6,33 @@ snapshots, the usage group); every process must reconnect on its own.
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
+from arq.constants import result_key_prefix
 
+from protocol import keys
 from tests.e2e.test_faults import (
+    LONG,
     PROMPT,
     assert_complete_once,
     assert_exactly_once_in_the_ledger,
     greedy,
     new_request_id,
 )
-from tests.fixtures.system import SystemUnderTest, UnexpectedStatus, collect, wait_for_redis
+from tests.fixtures.system import (
+    SystemUnderTest,
+    UnexpectedStatus,
+    assert_books_balance,
+    collect,
+    ledger_rows,
+    settle,
+    stream_events,
+    token_events,
+    wait_for_redis,
+)
 from tests.fixtures.workers import reference_continuation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
@@ -53,3 +68,55 @@ async def test_while_redis_restarts_the_gateway_answers_503_then_serves_again(e2
                 await asyncio.sleep(0.5)
     assert_complete_once(events, reference_continuation(e2e_system.models[0], PROMPT, 8))
     await assert_exactly_once_in_the_ledger(e2e_system, {request_id: events})
+
+
+async def test_reused_request_ids_and_redis_lost_mid_stream_leave_no_work_unbilled(e2e_system: SystemUnderTest) -> None:
+    """The README's promise: a request id never runs twice, and a stream Redis loses under a running request ends
+    with a `stream_lost` error that bills every token its run wrote, which is what the client received plus at
+    most the few tokens in flight when Redis went away."""
+    async with e2e_system.client(timeout_s=60) as client:
+        await wait_for_a_healthy_swarm(client)
+        reused = new_request_id()
+        first = await collect(client, greedy(reused, 4))
+        await settle(e2e_system.redis_url)
+        redis = aioredis.Redis.from_url(e2e_system.redis_url)
+        try:  # the finished request's keys expire (or Redis loses them)
+            await redis.delete(keys.request_owner(reused), keys.token_stream(reused), result_key_prefix + reused)
+        finally:
+            await redis.aclose()
+        again = await client.post("/inference/generate", json=greedy(reused, 40))
+        assert again.status_code == 409 and again.json()["error"]["code"] == "request_id_used"
+
+        lost = new_request_id()
+        received: list[dict[str, Any]] = []
+        ending: dict[str, Any] | None = None
+        async for _, (_, event) in stream_events(client, "POST", "/inference/generate", json=greedy(lost, LONG)):
+            if "token" in event:
+                received.append(event)
+                if len(received) == 5:  # mid-stream: Redis restarts with nothing kept
+                    await asyncio.to_thread(e2e_system.redis_server.stop)
+                    await asyncio.to_thread(e2e_system.redis_server.start)
+            else:
+                ending = event
+                break
+    assert ending is not None and ending["error"]["code"] == "stream_lost"
+    await settle(e2e_system.redis_url)
+    rows = await ledger_rows(e2e_system.postgres_url, [reused, lost])
+    (reused_row,) = rows[reused]
+    assert reused_row.row["tokens_generated"] == len(token_events(first)) == 4
+    (lost_row,) = rows[lost]
+    billed = lost_row.row["tokens_generated"]
+    assert billed == ending["tokens_generated"] and lost_row.row["status"] == "failed"
+    assert len(received) <= billed <= len(received) + 3
+    assert_books_balance(lost_row, billed)
+
+
+async def wait_for_a_healthy_swarm(client: httpx.AsyncClient, timeout_s: float = 60) -> None:
+    """After a Redis restart, until the workers have published a fresh, healthy snapshot of every model."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = await client.get("/models")
+        if response.status_code == 200 and all(m["status"] == "available" for m in response.json()["models"]):
+            return
+        assert time.monotonic() < deadline, "no healthy swarm snapshot after the Redis restart"
+        await asyncio.sleep(0.5)
