@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.templating import Jinja2Templates
 
 from portal.auth import SessionCodec
-from portal.errors import PortalError, Unavailable
+from portal.errors import PortalError, TooMany, Unavailable
+from portal.nonces import TooManyPending
 from portal.settings import PortalSettings
 from portal.state import TEMPLATES_DIR, PortalState
 
@@ -59,6 +60,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return _error(request, exc.status_code, {"error": {"code": code, "message": str(exc.detail)}})
+
+
+async def _too_many_nonces(request: Request, exc: Exception) -> Response:
+    response = await _portal_error(request, TooMany(str(exc)))
+    response.headers["retry-after"] = "60"
+    return response
 
 
 async def _ledger_error(request: Request, exc: Exception) -> Response:
@@ -105,6 +112,7 @@ def create_app(settings: PortalSettings) -> Starlette:
         middleware=[Middleware(SecurityHeaders)],
         exception_handlers={
             PortalError: _portal_error,
+            TooManyPending: _too_many_nonces,
             HTTPException: _http_error,
             asyncpg.PostgresConnectionError: _ledger_error,
             asyncpg.InterfaceError: _ledger_error,

@@ -57,6 +57,11 @@ class Conflict(PortalError):
     code = "conflict"
 
 
+class TooMany(PortalError):
+    status = 429
+    code = "too_many_requests"
+
+
 class Unavailable(PortalError):
     status = 503
     code = "unavailable"

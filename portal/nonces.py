@@ -12,16 +12,28 @@ from typing import Literal
 import asyncpg
 
 Purpose = Literal["sign-in", "register", "transfer"]
+MAX_PENDING = 10_000
+"""Unexpired nonces at most: anyone may ask for a message to sign, so the table's size is bounded."""
 
 
 class NonceRejected(ValueError):
     """The nonce was never issued for this purpose, was already used, or has expired."""
 
 
+class TooManyPending(RuntimeError):
+    """MAX_PENDING messages await a signature; new ones are refused until some expire or are used."""
+
+
 async def issue(pool: asyncpg.Pool, purpose: Purpose, ttl: timedelta) -> str:
     nonce = secrets.token_hex(16)
+    max_pending = MAX_PENDING
     async with pool.acquire() as connection, connection.transaction():
         await connection.execute("DELETE FROM far_portal_nonces WHERE expires_at < now()")
+        pending = await connection.fetchval(  # bounded: counts at most max_pending index entries
+            "SELECT count(*) FROM (SELECT 1 FROM far_portal_nonces WHERE expires_at >= now() LIMIT $1) p", max_pending
+        )
+        if pending >= max_pending:
+            raise TooManyPending(f"{pending} messages already await a signature; try again in a few minutes")
         await connection.execute(
             "INSERT INTO far_portal_nonces (nonce, purpose, expires_at) VALUES ($1, $2, now() + $3)",
             nonce,

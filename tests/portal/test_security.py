@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+import pytest
 
 from portal.auth import COOKIE
 from tests.fixtures.portal import SigningWallet
@@ -139,3 +140,16 @@ async def test_pages_forbid_framing_and_inline_scripts(portal_client: httpx.Asyn
     response = await portal_client.get("/")
     assert response.headers["x-frame-options"] == "DENY"
     assert "script-src 'self'" in response.headers["content-security-policy"]
+
+
+async def test_messages_to_sign_are_bounded_in_number(
+    portal_client: httpx.AsyncClient, ledger: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portal import nonces
+
+    pending = await ledger.fetchval("SELECT count(*) FROM far_portal_nonces WHERE expires_at >= now()")
+    monkeypatch.setattr(nonces, "MAX_PENDING", pending + 1)
+    assert (await portal_client.post("/api/siwe/message", json={"address": ALICE.address})).status_code == 200
+    refused = await portal_client.post("/api/siwe/message", json={"address": ALICE.address})
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "60"
+    assert refused.json()["error"]["code"] == "too_many_requests"
