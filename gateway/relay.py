@@ -1,7 +1,8 @@
 """The token-stream relay: a few reader tasks per process, each one `XREAD BLOCK` over many clients' streams.
 
-One blocking connection per client costs ~10x the latency at a thousand streams (DESIGN.md's baselines), so
-each reader blocks on the streams of all its subscriptions at once and fans entries out to per-client queues.
+One blocking connection per client costs ~10x the latency at a thousand streams (docs/architecture.md,
+"Baselines"), so each reader blocks on the streams of all its subscriptions at once and fans entries out to
+per-client queues.
 Every reader also blocks on its own wake stream: a new subscription appends to it, so the reader re-issues its
 XREAD with the new stream at once instead of after its block timeout.
 """

@@ -17,7 +17,7 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix
-from arq.jobs import SerializationError, deserialize_result
+from arq.jobs import JobResult, SerializationError, deserialize_result
 from arq.utils import timestamp_ms
 from arq.worker import Function, JobExecutionFailed, Worker, func
 from redis.exceptions import RedisError
@@ -161,31 +161,32 @@ class QueueWorker(Worker):
         await super().finish_failed_job(job_id, result_data)
 
     async def _end_if_failed(self, job_id: str, result_data: bytes | None) -> None:
-        payload: object = None
-        reason: object = None
+        result: JobResult | None = None
         if result_data is not None:
             try:
                 result = deserialize_result(result_data, deserializer=self.job_deserializer)
             except SerializationError:
                 pass
-            else:
-                if result.success:
-                    return
-                payload, reason = (result.args[0] if result.args else None), result.result
+        if result is not None and result.success:
+            return
+        payload = result.args[0] if result is not None and result.args else None
         try:
-            await self.context.end_abandoned(job_id, payload, self._error_for(reason))
+            await self.context.end_abandoned(job_id, payload, self._error_for(result))
         except Exception as exc:  # arq must still retire the job; the gateway's own deadline then ends the stream
             logger.error("could not end request request_id=%s error=%r", job_id, exc)
 
-    def _error_for(self, reason: object) -> ErrorBody:
+    def _error_for(self, result: JobResult | None) -> ErrorBody:
+        """Why arq gave the job up, read from the job's own state (its tries, its payload), never from text."""
         settings = self.context.settings
+        reason = result.result if result is not None else None
         if isinstance(reason, TimeoutError):
             message = f"the request ran longer than the job timeout ({settings.far_mesh_job_timeout_s:g} s)"
             return ErrorBody(code="job_timeout", message=message + "; ask for fewer tokens or retry")
-        if isinstance(reason, JobExecutionFailed) and "retries exceeded" in str(reason):
+        if result is not None and result.job_try > settings.far_mesh_job_max_tries:
             message = f"the request's workers stopped {settings.far_mesh_job_max_tries} times while running it"
             return ErrorBody(code="retries_exhausted", message=message + "; retry it later")
-        if isinstance(reason, JobExecutionFailed) and "expired" in str(reason):
+        if result is not None and not result.args and isinstance(reason, JobExecutionFailed):
+            # arq found no payload under the job's key: it expired before any worker took the job
             return ErrorBody(code="job_expired", message="the request waited in the queue too long; retry it")
         detail = type(reason).__name__ if isinstance(reason, BaseException) else "unknown reason"
         return ErrorBody(code="worker_error", message=f"the worker failed running the request ({detail}); retry it")
