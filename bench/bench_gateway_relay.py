@@ -3,7 +3,7 @@
 A separate process appends token events to STREAMS streams at RATE tokens/s each, stamping each token's text
 with the time just before its XADD. Every token is received twice at once: by STREAMS concurrent SSE clients
 through a real `far-mesh gateway` process, and by a raw client process reading the same streams straight from
-Redis (10 reader tasks, each XREAD BLOCK over 100 streams: the multiplexed baseline in docs/architecture.md). Measuring both
+Redis (10 reader tasks, each XREAD BLOCK over 100 streams: docs/architecture.md's baseline). Measuring both
 paths on the same tokens at the same moment keeps a busy machine's noise out of the difference; both clients
 run on uvloop, as the gateway does, so that neither measures its own event loop's overhead. Prints the
 XADD->receipt delay p50/p99 of both, what the gateway adds (targets: <= 2 ms p50, <= 20 ms p99), and the
