@@ -54,7 +54,8 @@ async def home(request: Request) -> Response:
 
 
 async def view_address(request: Request) -> Response:
-    wallet = inputs.wallet(request.query_params.get("address"), "address")
+    # a pasted address may come all lower-case (block explorers, wallets); a mixed-case typo is still refused
+    wallet = inputs.any_case_wallet(request.query_params.get("address"), "address")
     return RedirectResponse(f"/w/{wallet}/nodes", status_code=303)
 
 
