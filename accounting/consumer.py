@@ -16,8 +16,6 @@ writing is mostly PostgreSQL's), so one consumer keeps both busy.
 import asyncio
 import json
 import logging
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,8 +39,6 @@ log = logging.getLogger(__name__)
 Entry = tuple[bytes, dict[bytes, bytes]]
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
-CRASH_AT_ENV = "FAR_MESH_ACCOUNTING_CRASH_AT"
-"""Test-only: "after-commit" makes the process SIGKILL itself after a commit and before the XACK."""
 DEAD_LETTER_MAXLEN = 100_000
 """Dead letters kept (approximately); the ids of as many are remembered, so idempotence lasts as long."""
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -133,7 +129,6 @@ class UsageConsumer:
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._next_trim = 0.0
-        self._crash_after_commit = os.environ.get(CRASH_AT_ENV) == "after-commit"
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from `run` (SIGTERM)."""
@@ -269,8 +264,6 @@ class UsageConsumer:
         if outcome is None:
             return  # stopping while the ledger is away: the entries stay pending for the next consumer
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
-        if self._crash_after_commit:
-            os.kill(os.getpid(), signal.SIGKILL)
         dead = batch.dead + [(batch.stored[index], "rejected", reason) for index, reason in outcome.rejected.items()]
         dead += [(batch.stored[index], "conflict", reason) for index, reason in outcome.conflicts.items()]
         await self._dead_letter_and_ack(dead, [entry_id for entry_id, _ in batch.entries])

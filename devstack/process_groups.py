@@ -1,13 +1,6 @@
-"""Signalling a child's whole process group: a Petals server's handler processes and its p2pd live in the group
-of the process we started, and signalling only that process would leave them running."""
+"""Signalling process groups, for the dev stack and the tests: the code lives in `mesh.process_groups`, since
+the local swarm stops its Petals servers that way and `mesh` may not import `devstack`."""
 
-import os
-import signal
+from mesh.process_groups import signal_group
 
-
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Send `sig` to every process of group `pgid`; the group may already be gone."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
+__all__ = ["signal_group"]

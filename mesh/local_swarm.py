@@ -27,8 +27,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
-from devstack.ports import free_port, port_is_taken
-from devstack.process_groups import signal_group
 from mesh.announce import public_name_for
 from mesh.node import (
     InvalidBlocks,
@@ -40,6 +38,8 @@ from mesh.node import (
     server_command,
 )
 from mesh.petals_cli import AWAIT_PORT_VARIABLE, command_line
+from mesh.ports import free_port, port_is_taken
+from mesh.process_groups import signal_group
 from protocol.catalog import ModelSpec
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ are. The server is petals' own `run_server`, entered through `mesh.petals_cli` s
 from dataclasses import dataclass
 from pathlib import Path
 
-from devstack.ports import port_is_taken
 from mesh.announce import public_name_for
 from mesh.petals_cli import command_line
+from mesh.ports import port_is_taken
 
 QUANT_TYPES = ("none", "int8", "nf4")
 """Weight quantization Petals servers offer (`--quant_type`): none, 8-bit, or 4-bit NormalFloat."""

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
 
 
 def await_port(host: str, port: int, timeout_s: float = AWAIT_PORT_TIMEOUT_S) -> None:
-    from devstack.ports import port_is_taken
+    from mesh.ports import port_is_taken
 
     deadline = time.monotonic() + timeout_s
     while not port_is_taken(port, host):

@@ -13,7 +13,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from accounting.consumer import CRASH_AT_ENV
 from devstack.postgres_server import EmbeddedPostgres
 from protocol import keys
 from protocol.usage import UsageRecord
@@ -22,23 +21,22 @@ from tests.accounting.test_consumer import running_consumer, settled
 from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until
 
 
-def start_consumer(dsn: str, redis_url: str, name: str, **env: str) -> subprocess.Popen[bytes]:
-    environment = (
-        os.environ
-        | {
-            "POSTGRES_URL": dsn,
-            "REDIS_URL": redis_url,
-            "ACCOUNTING_CONSUMER_NAME": name,
-            "ACCOUNTING_BATCH_SIZE": "100",
-            "ACCOUNTING_BATCH_WAIT_MS": "20",
-            "ACCOUNTING_CLAIM_IDLE_MS": "300",
-            "ACCOUNTING_CLAIM_INTERVAL_S": "0.1",
-            "ACCOUNTING_METRICS_PORT": "0",
-            "LOG_LEVEL": "WARNING",
-        }
-        | env
-    )
-    return subprocess.Popen([sys.executable, "-m", "accounting"], env=environment, start_new_session=True)
+def start_consumer(
+    dsn: str, redis_url: str, name: str, *, command: tuple[str, ...] = ("cli", "accounting")
+) -> subprocess.Popen[bytes]:
+    """`far-mesh accounting` as its own process (`command`: the module to run with -m, and its arguments)."""
+    environment = os.environ | {
+        "POSTGRES_URL": dsn,
+        "REDIS_URL": redis_url,
+        "ACCOUNTING_CONSUMER_NAME": name,
+        "ACCOUNTING_BATCH_SIZE": "100",
+        "ACCOUNTING_BATCH_WAIT_MS": "20",
+        "ACCOUNTING_CLAIM_IDLE_MS": "300",
+        "ACCOUNTING_CLAIM_INTERVAL_S": "0.1",
+        "ACCOUNTING_METRICS_PORT": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen([sys.executable, "-m", *command], env=environment, start_new_session=True)
 
 
 @pytest.fixture
@@ -71,7 +69,11 @@ async def test_a_consumer_killed_after_commit_but_before_ack_stores_nothing_twic
     redis: aioredis.Redis, redis_url: str, migrated_postgres_dsn: str, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     records = await produce(redis, 250)
-    processes.append(start_consumer(migrated_postgres_dsn, redis_url, "crashy", **{CRASH_AT_ENV: "after-commit"}))
+    processes.append(
+        start_consumer(
+            migrated_postgres_dsn, redis_url, "crashy", command=("tests.accounting.consumer_dying_after_commit",)
+        )
+    )
     assert await asyncio.to_thread(processes[-1].wait, 60) == -signal.SIGKILL
     assert (await stored_sessions(migrated_postgres_dsn, [r.request_id for r in records]))[0] > 0
     assert (await redis.xpending(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP))["pending"] > 0
