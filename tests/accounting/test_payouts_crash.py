@@ -48,6 +48,7 @@ def run_payer(point: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     [
         ("after-sign", "signed", False),
         ("after-broadcast", "signed", True),
+        ("awaiting-confirmations", "submitted", True),
         ("before-confirm", "submitted", True),
     ],
 )
@@ -75,6 +76,8 @@ async def test_a_payer_killed_at_any_step_pays_every_wallet_exactly_once_after_a
     key_file = tmp_path / "treasury.key"
     key_file.write_text(far_deployment.treasury.key.to_0x_hex())
     env = payer_env(far_deployment, payouts_ledger_dsn, key_file)
+    if point == "awaiting-confirmations":
+        env["FAR_MESH_PAYOUT_CONFIRMATIONS"] = "3"
     treasury_nonce = int(
         chain_rpc(far_deployment.url, "eth_getTransactionCount", far_deployment.treasury.address, "latest"), 16
     )
@@ -89,6 +92,9 @@ async def test_a_payer_killed_at_any_step_pays_every_wallet_exactly_once_after_a
         {w: to_base_units(a) for w, a in owed.items()} if paid_on_chain_before_restart else dict.fromkeys(owed, 0)
     )
 
+    if point == "awaiting-confirmations":  # the blocks that confirm it arrive while no payer runs
+        chain_rpc(far_deployment.url, "evm_mine")
+        chain_rpc(far_deployment.url, "evm_mine")
     restarted = run_payer("none", env)
 
     assert restarted.returncode == 0, restarted.stderr

@@ -1,7 +1,7 @@
 """A chain payer process that kills itself (SIGKILL: no cleanup, no last commit) at a chosen step, so a test
 can restart the payer from whatever that step left in the ledger and on the chain.
 
-    python tests/chain/payer_process.py after-sign|after-broadcast|before-confirm|none
+    python tests/chain/payer_process.py after-sign|after-broadcast|awaiting-confirmations|before-confirm|none
 
 Settings come from the environment, as for `far-mesh payouts run --payer chain`. The hooks are patched in
 here, so the production modules carry no test switches.
@@ -43,6 +43,13 @@ def install(point: str) -> None:
             return ""
 
         ChainClient.send_raw = sent_then_die  # type: ignore[method-assign]
+    elif point == "awaiting-confirmations":  # mined, counting its confirmations (the first look at the head)
+
+        async def head_then_die(self: ChainClient) -> int:
+            die()
+            return 0
+
+        ChainClient.block_number = head_then_die  # type: ignore[method-assign]
     elif point == "before-confirm":  # mined and confirmed on chain; the ledger has not marked anything paid
 
         async def die_instead(*args: Any, **kwargs: Any) -> None:
