@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse
 from gateway.state import state_of
 from gateway.submission import resolve_model
 from gateway.swarm_status import fresh_snapshot, fresh_snapshots
+from protocol.version import VERSION
 
 SERVICE = "far-mesh-coordinator"
-VERSION = "0.1.0"
 
 
 async def health(request: Request) -> JSONResponse:

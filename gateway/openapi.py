@@ -12,6 +12,7 @@ from gateway.openai_api import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
 from protocol.requests import REQUEST_ID_PATTERN, GenerateRequest
+from protocol.version import VERSION
 
 _REF = "#/components/schemas/{model}"
 
@@ -199,7 +200,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "Far Mesh Coordinator gateway",
-            "version": "0.1.0",
+            "version": VERSION,
             "description": f"Request bodies up to {settings.gateway_max_body_bytes} bytes; prompts up to "
             f"{settings.gateway_max_prompt_chars} characters; max_tokens up to {settings.gateway_max_tokens}.",
         },
