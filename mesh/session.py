@@ -8,9 +8,12 @@ call blocks (Petals does network I/O under the hood): run it in a thread.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from protocol.verification import HiddenDtype, RecordedSpan, RecordedStep
 
 if TYPE_CHECKING:
     import torch
@@ -39,11 +42,14 @@ class StepResult:
 class SwarmSession:
     """A Petals inference session over a distributed causal LM's remote blocks, with its own KV caches."""
 
-    def __init__(self, model: Any, *, max_length: int) -> None:
+    def __init__(self, model: Any, *, max_length: int, recorder: SpanRecorder | None = None) -> None:
         from mesh.compat import petals
 
         self._model = model
         self._session = petals.client.InferenceSession(model.transformer.h.sequence_manager, max_length=max_length)
+        self._recorder = recorder
+        if recorder is not None:
+            recorder.attach(self._session)
 
     @property
     def position(self) -> int:
@@ -61,11 +67,101 @@ class SwarmSession:
             hidden = self._session.step(embeds)
             hidden = model.transformer.ln_f(hidden[:, -1:])
             logits = model.lm_head(hidden)[0, -1].float()
+        if self._recorder is not None:
+            self._recorder.step_done()
         return StepResult(logits=logits, spans=served_spans(self._session), tokens=len(token_ids))
 
     def close(self) -> None:
         """Release the servers' caches; safe to call twice and after a failed step."""
         self._session.close()
+
+
+@dataclass
+class _SpanTape:
+    peer_id: str
+    start_block: int
+    end_block: int
+    steps: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+class SpanRecorder:
+    """Keeps, for a sampled request, what each server span was sent and returned at each step.
+
+    It wraps the `step` of every server session Petals opens (on the first step and after each failover), so
+    it sees exactly the tensors that crossed the network; a span's first step carries the whole history it was
+    given, so each tape starts at position 0 and can be recomputed on its own. One recorder may outlive several
+    `SwarmSession`s of one request (the worker's own recoveries): steps keep counting across them.
+    """
+
+    def __init__(self) -> None:
+        self._tapes: list[_SpanTape] = []
+        self._step = 0
+
+    def attach(self, session: Any) -> None:
+        """Record every server session `session` (a Petals `InferenceSession`) enters from now on."""
+        enter = session._enter_server_sessions
+
+        def enter_recording(chosen_spans: Any) -> Any:
+            server_sessions = enter(chosen_spans)
+            for server_session in server_sessions:
+                self._watch(server_session)
+            return server_sessions
+
+        session._enter_server_sessions = enter_recording
+
+    def _watch(self, server_session: Any) -> None:
+        span = server_session.span
+        tape = _SpanTape(peer_id=str(span.peer_id), start_block=int(span.start), end_block=int(span.end))
+        self._tapes.append(tape)
+        step = server_session.step
+
+        def recording_step(inputs: Any, prompts: Any, hypo_ids: Any, *, step_id: str) -> Any:
+            outputs = step(inputs, prompts, hypo_ids, step_id=step_id)
+            sent = server_session.history[0, -outputs.shape[1] :]  # what went out: the history on a first step
+            tape.steps.append((self._step, sent.detach().clone(), outputs[0].detach().clone()))
+            return outputs
+
+        server_session.step = recording_step
+
+    def step_done(self) -> None:
+        self._step += 1
+
+    def spans(self) -> tuple[RecordedSpan, ...]:
+        """The tapes that served at least one step, as the verification message carries them."""
+        return tuple(
+            RecordedSpan(
+                peer_id=tape.peer_id,
+                start_block=tape.start_block,
+                end_block=tape.end_block,
+                hidden_size=int(tape.steps[0][1].shape[-1]),
+                dtype=_dtype_name(tape.steps[0][2]),
+                steps=tuple(
+                    RecordedStep(
+                        step=step, tokens=int(sent.shape[0]), inputs_b64=tensor_b64(sent), outputs_b64=tensor_b64(out)
+                    )
+                    for step, sent, out in tape.steps
+                ),
+            )
+            for tape in self._tapes
+            if tape.steps
+        )
+
+
+def _dtype_name(tensor: torch.Tensor) -> HiddenDtype:
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"cannot record hidden states of dtype {name}")
+    return name  # type: ignore[return-value]
+
+
+def tensor_b64(tensor: torch.Tensor) -> str:
+    """Raw little-endian bytes of `tensor` (bfloat16 as its 16-bit patterns, which numpy lacks), base64."""
+    import torch
+
+    flat = tensor.detach().contiguous().cpu()
+    if flat.dtype == torch.bfloat16:
+        flat = flat.view(torch.int16)
+    return base64.b64encode(flat.numpy().tobytes()).decode("ascii")
 
 
 def served_spans(session: Any) -> tuple[ServedSpan, ...]:

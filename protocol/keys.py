@@ -51,6 +51,23 @@ ACTIVE_REQUESTS_PREFIX: Final = "inflight:"
 RELAY_WAKE_PREFIX: Final = "relay:wake:"
 """A gateway reader's private stream, included in every XREAD it blocks on, so a new client can wake it."""
 
+VERIFICATION_STREAM: Final = "verify:checks"
+"""One entry per sampled session (a `protocol.verification.SpotCheck`), consumed by the verifier."""
+
+VERIFICATION_CONSUMER_GROUP: Final = "verifier"
+
+VERIFIED_NODES: Final = "verify:last-sampled"
+"""Hash: node id -> unix seconds its work was last sampled, so every node is checked a minimum number of times
+an hour however small the sampled fraction."""
+
+BANNED_NODES: Final = "trust:banned"
+"""Sorted set: node id -> unix seconds its ban ends. Written by the verifier after repeated mismatches; workers
+keep these peers out of their routes until then."""
+
+NODE_REPUTATION: Final = "trust:reputation"
+"""Hash: node id -> reputation in [0, 1] (verified-ok against mismatches), written by the verifier; workers
+prefer the reputable among servers that hold the same blocks."""
+
 
 def queue_for(model_id: str) -> str:
     """The arq queue that holds generate jobs for `model_id`."""

@@ -1,0 +1,158 @@
+"""verifier.ledger against a real PostgreSQL: verdicts, slashes that payouts cannot claim, bans, balance."""
+
+import asyncio
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from accounting.ledger import write_batch
+from tests.fixtures.ledger import unique_id, usage_record
+from verifier.ledger import BanPolicy, pending_slashes, record_verdicts
+from verifier.recompute import SpanVerdict
+
+
+def verdict(node: str, *, bad: bool = False, start: int = 0, end: int = 2) -> SpanVerdict:
+    return SpanVerdict(
+        peer_id=node,
+        start_block=start,
+        end_block=end,
+        steps=3,
+        tokens=7,
+        max_error=0.4 if bad else 1e-6,
+        tolerance=2e-4,
+        first_bad_step=1 if bad else None,
+    )
+
+
+async def _with(dsn: str, body):  # type: ignore[no-untyped-def]
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await body(connection)
+    finally:
+        await connection.close()
+
+
+def run(dsn: str, body):  # type: ignore[no-untyped-def]
+    return asyncio.run(_with(dsn, body))
+
+
+async def balance_of(connection: asyncpg.Connection, request_id: str) -> asyncpg.Record:
+    return await connection.fetchrow("SELECT * FROM far_session_balance WHERE request_id = $1", request_id)
+
+
+def test_a_mismatch_slashes_the_cheats_row_to_the_treasury_and_the_session_still_balances(
+    migrated_postgres_dsn: str,
+) -> None:
+    honest, cheat, request_id = unique_id("honest"), unique_id("cheat"), unique_id("req")
+    record = usage_record(request_id, {honest: 2, cheat: 3}, tokens_generated=7)
+
+    async def body(connection: asyncpg.Connection) -> None:
+        await write_batch(connection, [record])
+        owed = {c.node_id: c.payment_far for c in record.contributions}
+        recorded = await record_verdicts(
+            connection, request_id, record.model_id, [verdict(honest), verdict(cheat, bad=True, start=2, end=4)]
+        )
+        assert (recorded.inserted, recorded.slashed) == (2, 1)
+        rows = {
+            r["node_id"]: r["payment_far"]
+            for r in await connection.fetch(
+                "SELECT c.node_id, c.payment_far FROM far_session_contributions c "
+                "JOIN far_mesh_sessions s ON s.id = c.session_id WHERE s.request_id = $1",
+                request_id,
+            )
+        }
+        assert rows == {honest: owed[honest], cheat: Decimal(0)}
+        slash = await connection.fetchrow("SELECT * FROM far_slashes WHERE node_id = $1", cheat)
+        assert slash["amount_far"] == owed[cheat] and slash["disposition"] == "treasury"
+        evidence = await connection.fetchrow("SELECT * FROM far_verifications WHERE id = $1", slash["verification_id"])
+        assert (evidence["request_id"], evidence["first_bad_step"], evidence["max_error"]) == (request_id, 1, 0.4)
+        balance = await balance_of(connection, request_id)
+        assert balance["balanced"] and balance["slashed_far"] == owed[cheat]
+        assert (
+            balance["payments_far"] + balance["platform_remainder_far"] + balance["slashed_far"]
+            == record.total_cost_far
+        )
+
+    run(migrated_postgres_dsn, body)
+
+
+def test_a_slashed_row_can_never_be_claimed_or_given_its_payment_back(migrated_postgres_dsn: str) -> None:
+    cheat, request_id = unique_id("cheat"), unique_id("req")
+    record = usage_record(request_id, {cheat: 1})
+
+    async def body(connection: asyncpg.Connection) -> None:
+        await write_batch(connection, [record])
+        await record_verdicts(connection, request_id, record.model_id, [verdict(cheat, bad=True)])
+        row_id = await connection.fetchval("SELECT contribution_id FROM far_slashes WHERE node_id = $1", cheat)
+        claimable = await connection.fetchval(
+            "SELECT count(*) FROM far_session_contributions c WHERE c.id = $1 AND c.paid_at IS NULL "
+            "AND c.payment_batch_id IS NULL AND c.payment_far > 0",
+            row_id,
+        )
+        assert claimable == 0  # accounting/payouts.py's claim condition
+        with pytest.raises(asyncpg.CheckViolationError, match="slashed"):
+            await connection.execute("UPDATE far_session_contributions SET payment_far = 1 WHERE id = $1", row_id)
+
+    run(migrated_postgres_dsn, body)
+
+
+def test_a_verdict_before_its_session_is_applied_once_the_session_arrives(migrated_postgres_dsn: str) -> None:
+    cheat, request_id = unique_id("cheat"), unique_id("req")
+    record = usage_record(request_id, {cheat: 1})
+
+    async def body(connection: asyncpg.Connection) -> None:
+        early = await record_verdicts(connection, request_id, record.model_id, [verdict(cheat, bad=True)])
+        assert early.slashed == 0
+        assert await connection.fetchval(
+            "SELECT slash_outcome IS NULL FROM far_verifications WHERE request_id = $1", request_id
+        )
+        await write_batch(connection, [record])
+        assert await connection.fetchval("SELECT far_apply_slashes()") >= 1
+        assert (
+            await connection.fetchval("SELECT slash_outcome FROM far_verifications WHERE request_id = $1", request_id)
+            == "slashed"
+        )
+        assert (await balance_of(connection, request_id))["balanced"]
+
+    run(migrated_postgres_dsn, body)
+
+
+def test_the_same_message_verified_twice_counts_and_slashes_once(migrated_postgres_dsn: str) -> None:
+    honest, cheat, request_id = unique_id("honest"), unique_id("cheat"), unique_id("req")
+    record = usage_record(request_id, {honest: 1, cheat: 1})
+    verdicts = [verdict(honest), verdict(cheat, bad=True)]
+
+    async def body(connection: asyncpg.Connection) -> None:
+        await write_batch(connection, [record])
+        await record_verdicts(connection, request_id, record.model_id, verdicts)
+        again = await record_verdicts(connection, request_id, record.model_id, verdicts)
+        assert (again.inserted, again.slashed) == (0, 0)
+        counts = await connection.fetchrow(
+            "SELECT verified_ok, verified_mismatches FROM far_nodes WHERE node_id = $1", cheat
+        )
+        assert tuple(counts) == (0, 1)
+        assert (await balance_of(connection, request_id))["balanced"]
+
+    run(migrated_postgres_dsn, body)
+
+
+def test_a_node_is_banned_after_the_threshold_and_its_reputation_falls(migrated_postgres_dsn: str) -> None:
+    honest, cheat = unique_id("honest"), unique_id("cheat")
+    policy = BanPolicy(after=2, window_s=3600, cooldown_s=600)
+
+    async def body(connection: asyncpg.Connection) -> None:
+        first = await record_verdicts(
+            connection, unique_id("req"), "m", [verdict(honest), verdict(cheat, bad=True)], policy
+        )
+        assert first.banned == {}
+        second = await record_verdicts(
+            connection, unique_id("req"), "m", [verdict(honest), verdict(cheat, bad=True)], policy
+        )
+        assert set(second.banned) == {cheat}
+        assert second.reputation[honest] > Decimal("0.5") > second.reputation[cheat]
+        row = await connection.fetchrow("SELECT banned FROM far_node_reputation WHERE node_id = $1", cheat)
+        assert row["banned"]
+        assert await pending_slashes(connection) >= 0
+
+    run(migrated_postgres_dsn, body)

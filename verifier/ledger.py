@@ -1,0 +1,123 @@
+"""Verdicts into the ledger: one row per verified span, slashes for mismatches, reputations and bans.
+
+Everything one message changes is written in one transaction, and a message verified twice (the verifier
+died before acknowledging it) records nothing twice: verdicts are keyed by (request_id, span_index), and a
+node's counters move only for verdicts this transaction inserted.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from verifier.recompute import SpanVerdict
+
+_INSERT_VERDICTS = """
+INSERT INTO far_verifications (request_id, span_index, model_id, node_id, start_block, end_block, steps, tokens,
+                               max_error, tolerance, verdict, first_bad_step)
+SELECT $1, v.span_index, $2, v.node_id, v.start_block, v.end_block, v.steps, v.tokens, v.max_error, v.tolerance,
+       CASE WHEN v.first_bad_step IS NULL THEN 'ok' ELSE 'mismatch' END, v.first_bad_step
+  FROM unnest($3::int[], $4::text[], $5::int[], $6::int[], $7::int[], $8::int[], $9::float8[], $10::float8[],
+              $11::int[])
+       AS v(span_index, node_id, start_block, end_block, steps, tokens, max_error, tolerance, first_bad_step)
+ON CONFLICT (request_id, span_index) DO NOTHING
+RETURNING node_id, verdict
+"""
+
+_COUNT_VERDICTS = """
+INSERT INTO far_nodes AS n (node_id, verified_ok, verified_mismatches, last_verified_at)
+SELECT node_id, ok, bad, now() FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(node_id, ok, bad)
+ORDER BY node_id
+ON CONFLICT (node_id) DO UPDATE SET verified_ok = n.verified_ok + EXCLUDED.verified_ok,
+                                    verified_mismatches = n.verified_mismatches + EXCLUDED.verified_mismatches,
+                                    last_verified_at = EXCLUDED.last_verified_at
+"""
+
+_BAN = """
+UPDATE far_nodes n SET banned_until = now() + make_interval(secs => $2)
+ WHERE n.node_id = ANY ($1::text[])
+   AND (SELECT count(*) FROM far_verifications v
+         WHERE v.node_id = n.node_id AND v.verdict = 'mismatch'
+           AND v.verified_at >= now() - make_interval(secs => $3)) >= $4
+RETURNING node_id, banned_until
+"""
+
+
+@dataclass(frozen=True)
+class BanPolicy:
+    """A node with `after` mismatches within `window_s` is kept out of routes for `cooldown_s`."""
+
+    after: int = 2
+    window_s: float = 86_400.0
+    cooldown_s: float = 3_600.0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording one message's verdicts changed."""
+
+    inserted: int
+    slashed: int
+    banned: dict[str, datetime]
+    reputation: dict[str, Decimal]
+
+
+async def record_verdicts(
+    connection: asyncpg.Connection,
+    request_id: str,
+    model_id: str,
+    verdicts: list[SpanVerdict],
+    policy: BanPolicy = BanPolicy(),
+) -> Recorded:
+    """Record `verdicts` (in the message's span order), slash what they convict, ban repeat offenders."""
+    async with connection.transaction():
+        rows = await connection.fetch(
+            _INSERT_VERDICTS,
+            request_id,
+            model_id,
+            list(range(len(verdicts))),
+            [v.peer_id for v in verdicts],
+            [v.start_block for v in verdicts],
+            [v.end_block for v in verdicts],
+            [v.steps for v in verdicts],
+            [v.tokens for v in verdicts],
+            [v.max_error for v in verdicts],
+            [v.tolerance for v in verdicts],
+            [v.first_bad_step for v in verdicts],
+        )
+        counts: dict[str, list[int]] = {}
+        for row in rows:
+            counts.setdefault(row["node_id"], [0, 0])[row["verdict"] == "mismatch"] += 1
+        nodes = sorted(counts)
+        if nodes:
+            await connection.execute(
+                _COUNT_VERDICTS, nodes, [counts[n][0] for n in nodes], [counts[n][1] for n in nodes]
+            )
+        slashed = int(await connection.fetchval("SELECT far_apply_slashes()"))
+        offenders = [n for n in nodes if counts[n][1]]
+        banned = {}
+        if offenders:
+            for row in await connection.fetch(_BAN, offenders, policy.cooldown_s, policy.window_s, policy.after):
+                banned[row["node_id"]] = row["banned_until"]
+        reputation = {
+            row["node_id"]: row["reputation"]
+            for row in await connection.fetch(
+                "SELECT node_id, reputation FROM far_node_reputation WHERE node_id = ANY ($1::text[])", nodes
+            )
+        }
+    return Recorded(inserted=len(rows), slashed=slashed, banned=banned, reputation=reputation)
+
+
+async def apply_pending_slashes(connection: asyncpg.Connection) -> int:
+    """Slash what verdicts recorded before their sessions reached the ledger convict; returns rows slashed."""
+    return int(await connection.fetchval("SELECT far_apply_slashes()"))
+
+
+async def pending_slashes(connection: asyncpg.Connection) -> int:
+    """Mismatch verdicts not yet applied (their sessions not yet in the ledger)."""
+    return int(
+        await connection.fetchval(
+            "SELECT count(*) FROM far_verifications WHERE verdict = 'mismatch' AND slash_outcome IS NULL"
+        )
+    )
