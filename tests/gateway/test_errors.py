@@ -11,13 +11,18 @@ from devstack.ports import free_port
 from devstack.redis_server import RedisServer
 from protocol import keys
 from protocol.swarm import SwarmSnapshot
-from tests.fixtures.gateway import MODEL_ID, OTHER_MODEL_ID, IssueKey, SseReader, snapshot, start_gateway, stop_gateway
+from tests.fixtures.gateway import (
+    MODEL_ID,
+    OTHER_MODEL_ID,
+    IssueKey,
+    SseReader,
+    auth,
+    snapshot,
+    start_gateway,
+    stop_gateway,
+)
 
 GOOD_BODY = {"prompt": "hello", "max_tokens": 4}
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def error_of(response: httpx.Response, status: int) -> dict[str, str]:

@@ -8,11 +8,7 @@ import redis.asyncio as aioredis
 
 from protocol import keys
 from protocol.swarm import SwarmSnapshot
-from tests.fixtures.gateway import MODEL_ID, PRICE, WALLET, IssueKey, SseReader, SyntheticWorker, read_events
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+from tests.fixtures.gateway import MODEL_ID, PRICE, WALLET, IssueKey, SseReader, SyntheticWorker, auth, read_events
 
 
 async def test_generate_streams_the_seeds_token_events_then_done(

@@ -19,14 +19,10 @@ from gateway.inflight import Inflight, Lease
 from gateway.sse import EventStreamResponse
 from protocol import keys
 from protocol.swarm import SwarmSnapshot
-from tests.fixtures.gateway import IssueKey, SyntheticWorker, read_events, start_gateway, stop_gateway
+from tests.fixtures.gateway import IssueKey, SyntheticWorker, auth, read_events, start_gateway, stop_gateway
 from tests.fixtures.ledger import unique_id
 
 DEADLINE_S = 1.5
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,8 @@ from arq.constants import result_key_prefix
 from accounting.ledger import write_batch
 from protocol import keys
 from protocol.swarm import SwarmSnapshot
-from tests.fixtures.gateway import IssueKey, SseReader, SyntheticWorker, read_events
+from tests.fixtures.gateway import IssueKey, SseReader, SyntheticWorker, auth, read_events
 from tests.fixtures.ledger import unique_id, usage_record
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 async def bill_in_the_ledger(dsn: str, request_id: str, tokens: int) -> None:
