@@ -1,8 +1,21 @@
-"""OpenAI-compatible endpoints, so the official `openai` package works against the gateway unchanged.
+"""OpenAI-compatible endpoints, so the official `openai` package (and LangChain's `ChatOpenAI`) work unchanged.
 
 POST /v1/chat/completions and /v1/completions (streaming or not) and GET /v1/models. They run the same jobs as
 POST /inference/generate and bill the same way; responses carry `request_id` and `cost_far` as extra fields,
-and `usage` carries `cost_far` too. Extra request fields: `request_id` (idempotency) and `user_wallet`.
+and `usage` carries `cost_far` too. Extra request fields: `request_id` (idempotency), `user_wallet`, `top_k`
+and `repetition_penalty`.
+
+Every OpenAI parameter is honoured or refused with a 400 naming it (`param`); none is silently ignored:
+`stop` (up to 4 strings), `seed`, `frequency_penalty`, `presence_penalty`, `logit_bias`, `logprobs` with
+`top_logprobs` (at most 5), `stream_options.include_usage`, `max_tokens` / `max_completion_tokens` are honoured;
+`user` is accepted as OpenAI defines it (an end-user id for abuse reports, no effect on the output); `n`,
+`best_of` above 1, `echo`, `suffix`, tools and function calling, JSON modes, audio and predicted outputs are
+refused. Unknown fields are refused too, as OpenAI does.
+
+Errors are OpenAI's shape (`gateway.openai_errors`). Usage: with `stream_options.include_usage` it comes as its
+own last chunk with empty `choices`, as OpenAI sends it; without it, the final chunk carries it (a Far Mesh
+extra that clients which do not know it ignore). Ids are `chatcmpl-<request_id>` / `cmpl-<request_id>`, and
+`system_fingerprint` names the model and the gateway's sampling code.
 
 Chat messages become one prompt with this template, one line per message, then the cue for the reply:
 
@@ -10,71 +23,164 @@ Chat messages become one prompt with this template, one line per message, then t
     User: <content>
     Assistant: <content>
     Assistant:
-
-Parameters the swarm cannot honour are refused (n > 1, stop, logprobs, tools) rather than ignored; other
-OpenAI parameters unknown here (seed, user, penalties...) are accepted and have no effect.
 """
 
 import asyncio
+import hashlib
 import json
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import authenticate
 from gateway.bodies import read_model
-from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest
+from gateway.errors import ApiError, BadGateway, GatewayTimeout, InvalidRequest
 from gateway.inference import relay_response
+from gateway.openai_errors import UnsupportedParameter, error_type, openai_error_response
 from gateway.relay import Entry, Subscription
 from gateway.sse import DEADLINE, sse_event, watch_disconnect
 from gateway.state import GatewayState, state_of
 from gateway.submission import Accepted, submit
 from protocol import keys
 from protocol.catalog import ModelId
-from protocol.requests import MAX_NEW_TOKENS, GenerateRequest, RequestId
+from protocol.requests import (
+    MAX_LOGIT_BIAS,
+    MAX_NEW_TOKENS,
+    MAX_SEED,
+    MAX_STOP_CHARS,
+    MAX_STOP_SEQUENCES,
+    MAX_TOP_LOGPROBS,
+    GenerateRequest,
+    RequestId,
+)
 from protocol.wallet import Wallet
 
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 DONE_SENTINEL = b"data: [DONE]\n\n"
 DEFAULT_CHAT_TOKENS = 256
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's own default for /v1/completions
+SAMPLING_REVISION = "s1"
+"""Changes whenever the worker's sampling code would turn the same seed into other tokens (system_fingerprint)."""
+
+_Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+def _absent_or(*allowed: object) -> Callable[[object], bool]:
+    return lambda value: value is None or value in allowed
+
+
+_REFUSED: dict[str, tuple[Callable[[object], bool], str]] = {
+    "tools": (_absent_or([]), "tool calling is not supported; omit tools"),
+    "tool_choice": (_absent_or("none"), "tool calling is not supported; omit tool_choice"),
+    "functions": (_absent_or([]), "function calling is not supported; omit functions"),
+    "function_call": (_absent_or("none"), "function calling is not supported; omit function_call"),
+    "parallel_tool_calls": (lambda value: True, ""),  # without tools there is nothing to run in parallel
+    "response_format": (_absent_or({"type": "text"}), "only text responses are supported (no JSON mode)"),
+    "best_of": (_absent_or(1), "only one candidate per request is generated; omit best_of or use 1"),
+    "echo": (_absent_or(False), "echoing the prompt is not supported; omit echo"),
+    "suffix": (_absent_or(""), "insertion (suffix) is not supported; omit suffix"),
+    "modalities": (_absent_or(["text"]), "only text output is supported"),
+    "audio": (_absent_or(), "audio output is not supported; omit audio"),
+    "prediction": (_absent_or(), "predicted outputs are not supported; omit prediction"),
+    "store": (_absent_or(False), "completions are not stored; omit store"),
+    "metadata": (_absent_or(), "metadata is only stored with store, which is not supported; omit it"),
+    "service_tier": (_absent_or("auto", "default"), "there is one service tier; omit service_tier"),
+    "reasoning_effort": (_absent_or(), "no model here reasons; omit reasoning_effort"),
+    "web_search_options": (_absent_or(), "web search is not supported; omit web_search_options"),
+}
+"""OpenAI parameters the swarm cannot honour: accepted only with the value that means "not used"."""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool = Field(default=False, description="Send usage as a last chunk with empty choices")
 
 
 class _OpenAIBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     model: ModelId
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported")
-    stop: None = Field(default=None, description="Not supported: must be absent or null")
-    logprobs: Literal[False] | None = Field(default=None, description="Not supported")
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: StrictFloat | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    n: StrictInt | None = Field(default=None, ge=1, le=1, description="Only one choice per request is supported")
+    stop: _Stop | Annotated[list[_Stop], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
+        default=None, description="Up to 4 strings; the text ends before the first one that appears"
+    )
+    seed: StrictInt | None = Field(default=None, ge=-MAX_SEED - 1, le=MAX_SEED)
+    frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False)
+    logit_bias: (
+        Annotated[
+            dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Annotated[StrictFloat, Field(ge=-100, le=100)]],
+            Field(max_length=MAX_LOGIT_BIAS),
+        ]
+        | None
+    ) = None
+    user: str | None = Field(default=None, max_length=256, description="End-user id (abuse reports); no effect")
+    top_k: StrictInt | None = Field(default=None, ge=0, le=1000, description="Far Mesh extra: 0 or absent is off")
+    repetition_penalty: StrictFloat | None = Field(
+        default=None, gt=0.0, le=10.0, allow_inf_nan=False, description="Far Mesh extra"
+    )
     request_id: RequestId | None = Field(default=None, description="Far Mesh extra: idempotency key")
     user_wallet: Wallet | None = Field(default=None, description="Far Mesh extra: must match the API key's wallet")
 
-    @field_validator("stop", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _no_stop(cls, value: object) -> None:
-        if value is not None:
-            raise ValueError("stop sequences are not supported; omit stop")
-        return None
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for param, (allowed, reason) in _REFUSED.items():
+                if param in data and not allowed(data[param]):
+                    raise UnsupportedParameter(param, reason)
+            if data.get("stream_options") is not None and data.get("stream") is not True:
+                raise UnsupportedParameter("stream_options", "stream_options is only allowed with stream: true")
+            return {k: v for k, v in data.items() if k not in _REFUSED}
+        return data
+
+    def sampling(self) -> dict[str, Any]:
+        """The request's sampling controls as `GenerateRequest` fields (only those set)."""
+        fields: dict[str, Any] = {
+            "temperature": 1.0 if self.temperature is None else self.temperature,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            "logit_bias": {int(k): v for k, v in (self.logit_bias or {}).items()},
+        }
+        for name in ("seed", "frequency_penalty", "presence_penalty", "top_k", "repetition_penalty"):
+            if (value := getattr(self, name)) is not None:
+                fields[name] = value
+        return fields
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart]
+    name: str | None = Field(default=None, max_length=64, description="Accepted; not part of the prompt")
 
     @property
     def text(self) -> str:
@@ -83,19 +189,30 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_OpenAIBody):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
-    tools: None = Field(default=None, description="Not supported")
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    logprobs: StrictBool | None = Field(default=None, description="Log probabilities of the chosen tokens")
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise UnsupportedParameter("top_logprobs", "top_logprobs needs logprobs: true")
+        return self
+
+    def sampling(self) -> dict[str, Any]:
+        return {**super().sampling(), "logprobs": bool(self.logprobs), "top_logprobs": self.top_logprobs or 0}
 
 
 class CompletionRequest(_OpenAIBody):
-    prompt: str | list[str] = Field(description="A string, or a list holding exactly one string")
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="A string, or a list holding exactly one string"
+    )
+    logprobs: StrictInt | None = Field(
+        default=None, ge=0, le=MAX_TOP_LOGPROBS, description="Include the log probabilities of this many top tokens"
+    )
 
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("exactly one prompt per request is supported")
-        return value
+    def sampling(self) -> dict[str, Any]:
+        return {**super().sampling(), "logprobs": self.logprobs is not None, "top_logprobs": self.logprobs or 0}
 
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
@@ -108,73 +225,124 @@ def _generate_request(body: _OpenAIBody, prompt: str, max_tokens: int, prompt_fi
         return GenerateRequest(
             prompt=prompt,
             max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
             user_wallet=body.user_wallet,
             request_id=body.request_id,
             model_id=body.model,
+            **body.sampling(),
         )
     except ValidationError as exc:
         raise InvalidRequest.from_validation(exc, renames={"prompt": prompt_field}) from None
 
 
+def system_fingerprint(model_id: str) -> str:
+    """Stable for a model and the sampling code: equal fingerprints and seeds mean equal outputs, as OpenAI's."""
+    return "fp_" + hashlib.sha256(f"{model_id}:{SAMPLING_REVISION}".encode()).hexdigest()[:12]
+
+
 class _Shape:
     """How one endpoint's responses look: object names, id prefix, where the text goes."""
 
-    def __init__(self, *, chat: bool, accepted: Accepted) -> None:
+    def __init__(self, *, chat: bool, accepted: Accepted, include_usage: bool = False) -> None:
         self.chat = chat
         self.request_id = accepted.request_id
         self.model = accepted.spec.model_id
         self.created = int(time.time())
         self.id = ("chatcmpl-" if chat else "cmpl-") + accepted.request_id
+        self.include_usage = include_usage
+        self.fingerprint = system_fingerprint(self.model)
+        self._text_offset = 0
 
-    def _envelope(self, obj: str, choice: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    def _envelope(self, obj: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": obj,
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
             "request_id": self.request_id,
             **extra,
+        }
+
+    def logprobs(self, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The `logprobs` of a choice holding `events`' tokens, in the endpoint's format; None when not asked for.
+
+        A token's text is the text the client was sent for it (as the content is their concatenation)."""
+        if not events or "logprob" not in events[0]:
+            return None
+        if self.chat:
+            return {"content": [_chat_logprob(e) for e in events], "refusal": None}
+        offsets = []
+        for event in events:
+            offsets.append(self._text_offset)
+            self._text_offset += len(event["token"])
+        return {
+            "tokens": [e["token"] for e in events],
+            "token_logprobs": [e["logprob"] for e in events],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs", [])} for e in events],
+            "text_offset": offsets,
         }
 
     def chunk(self, entry: Entry) -> bytes:
         event = json.loads(entry.data)
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         if entry.kind == "token":
+            logprobs = self.logprobs([event])
             if self.chat:
                 delta: dict[str, str] = {"content": event["token"]}
                 if event["index"] == 0:
                     delta["role"] = "assistant"
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
             else:
-                choice = {"index": 0, "text": event["token"], "logprobs": None, "finish_reason": None}
+                choice = {"index": 0, "text": event["token"], "logprobs": logprobs, "finish_reason": None}
             return sse_event(
-                json.dumps(self._envelope(obj, choice, cost_far=event["cost_far"])).encode(), entry.entry_id
+                json.dumps(self._envelope(obj, [choice], cost_far=event["cost_far"])).encode(), entry.entry_id
             )
         if entry.kind == "done":
-            extra: dict[str, Any] = {"delta": {}} if self.chat else {"text": "", "logprobs": None}
-            choice = {"index": 0, "finish_reason": _finish_reason(event), **extra}
-            body = self._envelope(
-                obj, choice, cost_far=event["total_cost_far"], usage=_usage(event), status=event["status"]
+            extra: dict[str, Any] = {"delta": {}} if self.chat else {"text": ""}
+            choice = {"index": 0, "logprobs": None, "finish_reason": _finish_reason(event), **extra}
+            cost = {"cost_far": event["total_cost_far"], "status": event["status"]}
+            if not self.include_usage:
+                final = self._envelope(obj, [choice], usage=_usage(event), **cost)
+                return sse_event(json.dumps(final).encode(), entry.entry_id) + DONE_SENTINEL
+            last = self._envelope(obj, [choice], usage=None, **cost)
+            usage = self._envelope(obj, [], usage=_usage(event), **cost)
+            return (
+                sse_event(json.dumps(last).encode(), "")
+                + sse_event(json.dumps(usage).encode(), entry.entry_id)
+                + DONE_SENTINEL
             )
-            return sse_event(json.dumps(body).encode(), entry.entry_id) + DONE_SENTINEL
-        return sse_event(json.dumps({"error": event["error"], "request_id": self.request_id}).encode(), entry.entry_id)
+        error = event["error"]
+        body = {
+            "error": {"message": error["message"], "type": error_type(502), "param": None, "code": error["code"]},
+            "request_id": self.request_id,
+        }
+        return sse_event(json.dumps(body).encode(), entry.entry_id)
 
-    def complete(self, text: str, done: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, events: list[dict[str, Any]], done: dict[str, Any]) -> dict[str, Any]:
         finish_reason = _finish_reason(done)
+        text = "".join(e["token"] for e in events)
+        logprobs = self.logprobs(events)
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+            message = {"role": "assistant", "content": text, "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
         return self._envelope(
             "chat.completion" if self.chat else "text_completion",
-            choice,
+            [choice],
             usage=_usage(done),
             cost_far=done["total_cost_far"],
             status=done["status"],
         )
+
+
+def _chat_logprob(event: dict[str, Any]) -> dict[str, Any]:
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    top = [entry(t["token"], t["logprob"]) for t in event.get("top_logprobs", [])]
+    return {**entry(event["token"], event["logprob"]), "top_logprobs": top}
 
 
 def _finish_reason(done: dict[str, Any]) -> str:
@@ -191,14 +359,16 @@ def _usage(done: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _collect(state: GatewayState, accepted: Accepted, request: Request) -> tuple[str, dict[str, Any]] | None:
-    """The whole generated text and the done event; None when the client left first. Errors become 502, a
-    request still running at GATEWAY_STREAM_DEADLINE_S is cancelled and answered 504."""
+async def _collect(
+    state: GatewayState, accepted: Accepted, request: Request
+) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """Every token event and the done event; None when the client left first. Errors become 502, a request
+    still running at GATEWAY_STREAM_DEADLINE_S is cancelled and answered 504."""
     slot = accepted.slot
     deadline_s = state.settings.gateway_stream_deadline_s
     state.inflight.attach(slot)
     sub: Subscription | None = None
-    tokens: list[str] = []
+    tokens: list[dict[str, Any]] = []
     final: Entry | None = None
     try:
         sub = await state.relay.subscribe(keys.token_stream(accepted.request_id))
@@ -226,11 +396,11 @@ async def _collect(state: GatewayState, accepted: Accepted, request: Request) ->
     event = json.loads(final.data)
     if final.kind == "error":
         raise BadGateway(f"generation failed ({event['error']['code']}): {event['error']['message']}")
-    return "".join(tokens), event
+    return tokens, event
 
 
-async def _final_entry(sub: Subscription, tokens: list[str]) -> Entry | None:
-    """Read `sub` to its final entry, adding each token's text to `tokens`; None when it ended before that."""
+async def _final_entry(sub: Subscription, tokens: list[dict[str, Any]]) -> Entry | None:
+    """Read `sub` to its final entry, adding each token event to `tokens`; None when it ended before that."""
     while True:
         batch = await sub.next_batch()
         if batch is None:
@@ -238,7 +408,7 @@ async def _final_entry(sub: Subscription, tokens: list[str]) -> Entry | None:
         for entry in batch:
             if entry.final:
                 return entry
-            tokens.append(json.loads(entry.data)["token"])
+            tokens.append(json.loads(entry.data))
 
 
 async def _complete(request: Request, *, chat: bool) -> Response:
@@ -260,22 +430,30 @@ async def _complete(request: Request, *, chat: bool) -> Response:
         generate = _generate_request(completion_body, prompt, max_tokens, prompt_field)
         body = completion_body
     accepted = await submit(state, generate, key, prompt_field=prompt_field)
-    shape = _Shape(chat=chat, accepted=accepted)
+    shape = _Shape(chat=chat, accepted=accepted, include_usage=body.include_usage)
     if body.stream:
         return relay_response(state, accepted.slot, render=shape.chunk)
     collected = await _collect(state, accepted, request)
     if collected is None:
         return Response(status_code=499)  # nobody is listening any more
-    text, done = collected
-    return JSONResponse(shape.complete(text, done), headers={"x-request-id": accepted.request_id})
+    events, done = collected
+    return JSONResponse(shape.complete(events, done), headers={"x-request-id": accepted.request_id})
+
+
+async def _openai_errors(handler: Awaitable[Response]) -> Response:
+    """`handler`'s response, or its `ApiError` in OpenAI's shape."""
+    try:
+        return await handler
+    except ApiError as exc:
+        return openai_error_response(exc)
 
 
 async def chat_completions(request: Request) -> Response:
-    return await _complete(request, chat=True)
+    return await _openai_errors(_complete(request, chat=True))
 
 
 async def completions(request: Request) -> Response:
-    return await _complete(request, chat=False)
+    return await _openai_errors(_complete(request, chat=False))
 
 
 async def list_models(request: Request) -> JSONResponse:

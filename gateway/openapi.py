@@ -55,6 +55,41 @@ _ERROR_SCHEMA = {
     },
 }
 
+_OPENAI_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string", "description": "What is wrong and what to do"},
+                "type": {
+                    "type": "string",
+                    "enum": [
+                        "invalid_request_error",
+                        "authentication_error",
+                        "insufficient_quota",
+                        "permission_error",
+                        "rate_limit_error",
+                        "server_error",
+                    ],
+                },
+                "param": {"type": ["string", "null"], "description": "The offending parameter, when one is"},
+                "code": {"type": "string", "description": "Stable machine-readable code, e.g. unsupported_parameter"},
+            },
+        }
+    },
+}
+
+
+def _openai_error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model="OpenAIError")}}},
+    }
+
+
 _AUTH_ERRORS = {"401": _error("Missing, invalid or revoked API key")}
 _SUBMIT_ERRORS = {
     **_AUTH_ERRORS,
@@ -67,6 +102,18 @@ _SUBMIT_ERRORS = {
     "429": _error("Rate limit or concurrent-stream limit reached; see Retry-After"),
     "503": _error("Redis unavailable, or no healthy swarm serves the model; see Retry-After"),
 }
+_OPENAI_ERRORS = {
+    "400": _openai_error("Invalid, unknown or unsupported parameter; `param` names it"),
+    "401": _openai_error("Missing, invalid or revoked API key"),
+    "403": _openai_error("user_wallet is not the API key's wallet"),
+    "404": _openai_error("Unknown model"),
+    "409": _openai_error("request_id already used by another API key"),
+    "413": _openai_error("Request body too large"),
+    "415": _openai_error("Body is not JSON"),
+    "429": _openai_error("Rate limit or concurrent-stream limit reached; see Retry-After"),
+    "502": _openai_error("The worker failed the request"),
+    "503": _error("Redis unavailable, or no healthy swarm serves the model; see Retry-After"),
+}
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 _REQUEST_ID_PARAM = {
     "name": "request_id",
@@ -77,7 +124,7 @@ _REQUEST_ID_PARAM = {
 
 
 def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
-    components: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    components: dict[str, Any] = {"Error": _ERROR_SCHEMA, "OpenAIError": _OPENAI_ERROR_SCHEMA}
     generate = _schema(GenerateRequest, components)
     chat = _schema(ChatCompletionRequest, components)
     completion = _schema(CompletionRequest, components)
@@ -171,7 +218,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "summary": "OpenAI-compatible chat completion",
                 "security": bearer,
                 "requestBody": body(chat),
-                "responses": {"200": openai_ok, **_SUBMIT_ERRORS, "502": _error("The worker failed the request")},
+                "responses": {"200": openai_ok, **_OPENAI_ERRORS},
             }
         },
         "/v1/completions": {
@@ -179,7 +226,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "summary": "OpenAI-compatible completion",
                 "security": bearer,
                 "requestBody": body(completion),
-                "responses": {"200": openai_ok, **_SUBMIT_ERRORS, "502": _error("The worker failed the request")},
+                "responses": {"200": openai_ok, **_OPENAI_ERRORS},
             }
         },
         "/v1/models": {"get": {"summary": "OpenAI-compatible model list", "responses": {"200": json_ok("Models")}}},

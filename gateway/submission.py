@@ -29,7 +29,7 @@ from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.jobs import GenerateJob, enqueue_generate
 from protocol.ownership import RequestOwner
-from protocol.requests import GenerateRequest
+from protocol.requests import GenerateRequest, SamplingOptions
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ async def _enqueue(state: GatewayState, body: GenerateRequest, spec: ModelSpec, 
         api_key_id=key.key_id,
         price_per_token_far=state.settings.catalog.price_of(spec),
         enqueued_at=time.time(),
+        **body.model_dump(include=set(SamplingOptions.model_fields)),
     )
     queued = await enqueue_generate(state.arq, job)
     log.info(

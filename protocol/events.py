@@ -21,8 +21,20 @@ class _Event(BaseModel):
     final: ClassVar[bool] = True
 
 
+class TopLogprob(BaseModel):
+    """One of the most likely tokens at a step, with its log probability under the model's final logits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str
+    token_id: int = Field(ge=0)
+    logprob: float
+
+
 class TokenEvent(_Event):
-    """One generated token. `token` is its text; it may be "" while bytes of a multi-byte character are held back."""
+    """One generated token. `token` is its text; it may be "" while bytes of a multi-byte character, or text
+    that could still become a stop sequence, are held back. `logprob` and `top_logprobs` are present only when
+    the request asked for them (they are left out of the encoded event otherwise)."""
 
     kind: ClassVar[str] = "token"
     final: ClassVar[bool] = False
@@ -33,6 +45,8 @@ class TokenEvent(_Event):
     token_id: int = Field(ge=0, description="Vocabulary id; lets a recovering worker re-prefill exactly")
     tokens_generated: int = Field(ge=1)
     cost_far: FarAmount = Field(description="Running cost of the tokens generated so far")
+    logprob: float | None = Field(default=None, description="Log probability of this token (logprobs requested)")
+    top_logprobs: list[TopLogprob] | None = Field(default=None, description="The most likely tokens at this step")
 
 
 class DoneEvent(_Event):
@@ -79,7 +93,7 @@ class MalformedEvent(ValueError):
 
 def encode_event(event: StreamEvent) -> dict[str, str]:
     """The fields of the stream entry that carries `event`."""
-    return {"kind": event.kind, "data": event.model_dump_json()}
+    return {"kind": event.kind, "data": event.model_dump_json(exclude_none=True)}
 
 
 def decode_event(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> StreamEvent:

@@ -7,12 +7,12 @@ configured price changes while the job waits.
 import logging
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from protocol import keys
 from protocol.catalog import ModelId
 from protocol.money import FarAmount
-from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, RequestId
+from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, RequestId, SamplingOptions
 from protocol.wallet import Wallet
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,12 @@ GENERATE_FUNCTION: Final = "generate"
 """The arq function name of the generate job; its only argument is `GenerateJob.model_dump(mode="json")`."""
 
 
-class GenerateJob(BaseModel):
-    """A validated, priced generation request, as a worker receives it."""
+class GenerateJob(SamplingOptions):
+    """A validated, priced generation request, as a worker receives it.
+
+    The sampling controls (`SamplingOptions`: stop, seed, top_k, penalties, logprobs) all have defaults, so a job
+    enqueued by a gateway older than them still parses and samples as it did.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

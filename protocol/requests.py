@@ -6,7 +6,7 @@ These are hard ceilings every process agrees on; the gateway may apply tighter, 
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from protocol.catalog import ModelId
 from protocol.wallet import Wallet
@@ -15,9 +15,50 @@ MAX_PROMPT_CHARS = 32_000
 MAX_NEW_TOKENS = 4096
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN, description="1-64 characters: letters, digits, _ . : -")]
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 128
+MAX_TOP_LOGPROBS = 5
+MAX_SEED = 2**63 - 1
+MAX_LOGIT_BIAS = 300
+StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+StopSequences = Annotated[
+    list[StopSequence],
+    Field(max_length=MAX_STOP_SEQUENCES, description="Up to 4 strings; generation ends before the first one to appear"),
+]
 
 
-class GenerateRequest(BaseModel):
+class SamplingOptions(BaseModel):
+    """The sampling controls a request may set, shared by the client's request and the job a worker runs.
+
+    Defaults change nothing: a job without them samples exactly as before these fields existed.
+    """
+
+    stop: StopSequences = Field(default_factory=list)
+    seed: StrictInt | None = Field(
+        default=None, ge=-MAX_SEED - 1, le=MAX_SEED, description="Same seed, same request, same swarm: same output"
+    )
+    top_k: StrictInt = Field(default=0, ge=0, le=1000, description="Sample among the k most likely tokens; 0: off")
+    repetition_penalty: StrictFloat = Field(
+        default=1.0, gt=0.0, le=10.0, allow_inf_nan=False, description="Divides the logits of tokens already seen"
+    )
+    frequency_penalty: StrictFloat = Field(
+        default=0.0, ge=-2.0, le=2.0, allow_inf_nan=False, description="Subtracted once per earlier occurrence"
+    )
+    presence_penalty: StrictFloat = Field(
+        default=0.0, ge=-2.0, le=2.0, allow_inf_nan=False, description="Subtracted from tokens generated before"
+    )
+    logit_bias: dict[int, Annotated[StrictFloat, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]] = Field(
+        default_factory=dict,
+        max_length=MAX_LOGIT_BIAS,
+        description="Token id to a bias added to its logit; -100 bans the token, 100 all but forces it",
+    )
+    logprobs: StrictBool = Field(default=False, description="Each token event carries its log probability")
+    top_logprobs: StrictInt = Field(
+        default=0, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: the most likely alternatives per token"
+    )
+
+
+class GenerateRequest(SamplingOptions):
     """A client's generation request; unknown fields are rejected so a misspelt option never goes unnoticed."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)

@@ -12,7 +12,6 @@ import functools
 import logging
 import time
 import uuid
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +19,6 @@ from decimal import Decimal
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-import torch
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -35,9 +33,11 @@ from workers import metrics
 from workers.attribution import Attribution
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, end_abandoned, ending_of
-from workers.sampling import SamplingError, choose_next_token
+from workers.sampling import Sampler, SamplingError
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
+from workers.spot_checks import RunTrust, begin_trust
+from workers.stop_sequences import StopMatcher
 from workers.stream import TokenStreamWriter, Written
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ class _Run:
     """Enqueue to first token, when this run wrote the request's first token."""
     fence_broken: Written | None = None
     """Set by the lease renewer when it finds the run superseded or its stream lost."""
+    trust: RunTrust = field(default_factory=RunTrust)
+    """The route policy and, for a sampled session, its span recorder (`workers.spot_checks`)."""
 
     @property
     def cost_far(self) -> Decimal:
@@ -141,11 +143,21 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     writer = TokenStreamWriter(
         worker.redis, job.request_id, run_id, lease_ttl_s=worker.settings.far_mesh_lease_ttl_s, owner=owner
     )
-    return await run_request(job, served, writer, worker.settings, worker.worker_id)
+    trust = await begin_trust(worker.redis, job.request_id, served, worker.settings)
+    ended = await run_request(job, served, writer, worker.settings, worker.worker_id, trust=trust)
+    if ended not in (SUPERSEDED, ALREADY_FINISHED):  # this run wrote the usage record: its spans can be checked
+        await trust.publish(worker.redis, job.request_id, job.model_id)
+    return ended
 
 
 async def run_request(
-    job: GenerateJob, served: ServedModel, writer: TokenStreamWriter, settings: WorkerSettings, worker_id: str
+    job: GenerateJob,
+    served: ServedModel,
+    writer: TokenStreamWriter,
+    settings: WorkerSettings,
+    worker_id: str,
+    *,
+    trust: RunTrust | None = None,
 ) -> str:
     so_far = await writer.acquire()
     renewer = asyncio.create_task(_keep_lease(writer, settings.far_mesh_lease_ttl_s))
@@ -160,6 +172,7 @@ async def run_request(
             prompt_ids=served.encode(job.prompt),
             generated=list(so_far.token_ids),
             started_at=datetime.now(UTC),
+            trust=trust or RunTrust(),
         )
         renewer.add_done_callback(lambda task: _note_broken_fence(run, task))
         metrics.JOBS_STARTED.labels(job.model_id).inc()
@@ -236,10 +249,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
         message = f"the prompt is {len(run.prompt_ids)} tokens; {job.model_id} holds at most {served.max_positions}"
         return Outcome("failed", "error", ErrorBody(code="prompt_too_long", message=message + ": shorten it"))
     max_tokens = min(job.max_tokens, room)
-    decoder = IncrementalDecoder(served.decode)
-    for token_id in run.generated:
-        decoder.push(token_id)
-    generator = served.new_generator(seed=zlib.crc32(f"{job.request_id}:{len(run.generated)}".encode()))
+    decoder, stops, sampler = _text_and_sampling(run)
+    if run.generated and (run.generated[-1] in served.eos_token_ids or stops.stopped):
+        return Outcome("completed", "stop")  # an earlier run wrote the last token and died before the ending
     pending = run.prompt_ids + run.generated  # what the next step feeds in: everything the session lacks
     session: SwarmSession | None = None
     next_step: asyncio.Future[tuple[StepResult, int, str]] | None = None
@@ -249,7 +261,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
     def start_step(feed: list[int]) -> asyncio.Future[tuple[StepResult, int, str]]:
         assert session is not None
         return asyncio.ensure_future(
-            served.run_blocking(_step, session, feed, job, generator, decoder, served.eos_token_ids)
+            served.run_blocking(_step, session, feed, job, sampler, decoder, served.eos_token_ids)
         )
 
     try:
@@ -257,7 +269,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
             if run.fence_broken is not None:
                 _check(run.fence_broken)
             if session is None:
-                session = served.open_session(max_length=len(run.prompt_ids) + max_tokens)
+                session = served.open_session(max_length=len(run.prompt_ids) + max_tokens, recorder=run.trust.recorder)
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).inc()
             try:
                 result, token_id, text = await (next_step or start_step(pending))
@@ -284,8 +296,12 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
             next_step = None
             failing_since = None
             run.attribution.record_step(result.spans, result.tokens)
-            if token_id in served.eos_token_ids:
+            choice = sampler.last
+            is_eos = token_id in served.eos_token_ids
+            if is_eos and not stops.held:
                 return Outcome("completed", "stop")
+            text = stops.feed(text, final=is_eos or len(run.generated) + 1 >= max_tokens)  # the end releases all
+            ending = is_eos or stops.stopped
             event = TokenEvent(
                 token=text,
                 request_id=job.request_id,
@@ -293,8 +309,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 token_id=token_id,
                 tokens_generated=len(run.generated) + 1,
                 cost_far=cost_of(len(run.generated) + 1, job.price_per_token_far),
+                **(choice.event_fields() if choice is not None else {}),
             )
-            if len(run.generated) + 1 < max_tokens:
+            if len(run.generated) + 1 < max_tokens and not ending:
                 # The next step runs while this token is written: the Redis round trip leaves the critical path.
                 # Should the write say stop, that step's result is dropped unbilled.
                 next_step = start_step([token_id])
@@ -306,6 +323,8 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
             _observe_token(run, last_token_at)
             last_token_at = time.monotonic()
             pending = [token_id]
+            if ending:
+                return Outcome("completed", "stop")
         return Outcome("completed", "length")
     finally:
         if next_step is not None:  # the session must not close under a step still running in the pool
@@ -320,15 +339,33 @@ def _step(
     session: SwarmSession,
     pending: list[int],
     job: GenerateJob,
-    generator: torch.Generator,
+    sampler: Sampler,
     decoder: IncrementalDecoder,
     eos_token_ids: frozenset[int],
 ) -> tuple[StepResult, int, str]:
     """One step, the token chosen from it and its text, in one trip to the model's thread pool: sampling and
     decoding there keep the event loop, which serves every job of the worker, free for Redis writes."""
     result = session.step(pending)
-    token_id = choose_next_token(result.logits, temperature=job.temperature, top_p=job.top_p, generator=generator)
+    token_id = sampler.choose(result.logits)
     return result, token_id, "" if token_id in eos_token_ids else decoder.push(token_id)
+
+
+def _text_and_sampling(run: _Run) -> tuple[IncrementalDecoder, StopMatcher, Sampler]:
+    """The run's decoder, stop matcher and sampler, brought to where the tokens already on the stream left them."""
+    job = run.job
+    decoder, stops = IncrementalDecoder(run.served.decode), StopMatcher(job.stop)
+    for token_id in run.generated:
+        stops.feed(decoder.push(token_id))
+    sampler = Sampler(
+        job,
+        temperature=job.temperature,
+        top_p=job.top_p,
+        seed_key=job.request_id,
+        prompt_ids=run.prompt_ids,
+        decode=run.served.decode,
+    )
+    sampler.replay(run.generated)
+    return decoder, stops, sampler
 
 
 def _observe_token(run: _Run, previous_at: float | None) -> None:
@@ -384,6 +421,7 @@ async def _finish(
         attribution=run.attribution,
         ttft_s=run.ttft_s,
         failovers=run.failovers,
+        route_policy=run.trust.route_policy,
     )
     event, usage = ending_of(run.job, outcome, billing, worker_id)
     write = functools.partial(run.writer.finish, event, usage, state_lost=state_lost)

@@ -72,19 +72,104 @@ async def test_a_failed_generation_is_an_api_error_for_the_openai_package(
                 pass
 
 
-async def test_openai_errors_keep_the_openai_shape(gateway_url: str, issue_key: IssueKey) -> None:
+async def test_openai_errors_have_the_openai_shape_and_validation_is_400(gateway_url: str, issue_key: IssueKey) -> None:
     key, _ = await issue_key()
     async with openai_client(gateway_url, key) as client:
-        with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        with pytest.raises(openai.BadRequestError) as invalid:
             await client.chat.completions.create(model=MODEL_ID, messages=[], max_tokens=2)
-        assert invalid.value.body["field"] == "messages"  # type: ignore[index]
-        with pytest.raises(openai.UnprocessableEntityError, match="stop sequences"):
-            await client.completions.create(model=MODEL_ID, prompt="x", stop=["\n"])
-        with pytest.raises(openai.NotFoundError):
+        body = invalid.value.body  # the `openai` package hands over the "error" object
+        assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
+        assert (body["type"], body["param"], body["code"]) == ("invalid_request_error", "messages", "validation_error")
+        with pytest.raises(openai.BadRequestError) as not_a_number:
+            await client.completions.create(model=MODEL_ID, prompt="x", temperature=False)
+        assert not_a_number.value.param == "temperature"
+        with pytest.raises(openai.NotFoundError) as unknown:
             await client.completions.create(model="nobody/sells-this", prompt="x")
+        assert unknown.value.body["type"] == "invalid_request_error"  # type: ignore[index]
     async with openai_client(gateway_url, "fmk_wrong") as client:
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.AuthenticationError) as refused:
             await client.completions.create(model=MODEL_ID, prompt="x")
+        assert refused.value.body["type"] == "authentication_error"  # type: ignore[index]
+
+
+async def test_the_native_routes_keep_their_own_error_shape(gateway_url: str, issue_key: IssueKey) -> None:
+    key, _ = await issue_key()
+    async with httpx.AsyncClient(base_url=gateway_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        response = await http.post("/inference/generate", json={"prompt": "x", "stop": ["a"] * 5})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("tools", [{"type": "function", "function": {"name": "f"}}]), ("response_format", {"type": "json_object"})],
+)
+async def test_a_parameter_the_swarm_cannot_honour_is_refused_with_400_naming_it(
+    gateway_url: str, issue_key: IssueKey, param: str, value: object
+) -> None:
+    key, _ = await issue_key()
+    async with openai_client(gateway_url, key) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], extra_body={param: value}
+            )
+    assert refused.value.param == param and refused.value.code == "unsupported_parameter"
+
+
+async def test_an_unknown_parameter_is_refused_rather_than_ignored(gateway_url: str, issue_key: IssueKey) -> None:
+    key, _ = await issue_key()
+    async with openai_client(gateway_url, key) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.completions.create(model=MODEL_ID, prompt="x", extra_body={"min_p": 0.1})
+    assert refused.value.param == "min_p"
+
+
+async def test_sampling_controls_travel_with_the_job(
+    gateway_url: str, healthy_swarm: SwarmSnapshot, synthetic_worker: SyntheticWorker, issue_key: IssueKey
+) -> None:
+    key, _ = await issue_key()
+    async with openai_client(gateway_url, key) as client:
+        await client.chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=2,
+            stop="\nUser:",
+            seed=11,
+            frequency_penalty=0.5,
+            presence_penalty=-0.5,
+            logit_bias={"7": -100},
+            logprobs=True,
+            top_logprobs=2,
+            user="end-user-1",
+            extra_body={"top_k": 40, "repetition_penalty": 1.1},
+        )
+        await client.completions.create(model=MODEL_ID, prompt="x", max_tokens=1, stop=["a", "b"], logprobs=3)
+    chat, completion = synthetic_worker.jobs
+    assert (chat.stop, chat.seed, chat.top_k, chat.repetition_penalty) == (["\nUser:"], 11, 40, 1.1)
+    assert (chat.frequency_penalty, chat.presence_penalty, chat.logit_bias) == (0.5, -0.5, {7: -100.0})
+    assert (chat.logprobs, chat.top_logprobs, chat.temperature, chat.top_p) == (True, 2, 1.0, 1.0)
+    assert (completion.stop, completion.logprobs, completion.top_logprobs) == (["a", "b"], True, 3)
+
+
+async def test_include_usage_sends_usage_as_its_own_last_chunk_with_empty_choices(
+    gateway_url: str, healthy_swarm: SwarmSnapshot, synthetic_worker: SyntheticWorker, issue_key: IssueKey
+) -> None:
+    key, _ = await issue_key()
+    async with openai_client(gateway_url, key) as client:
+        stream = await client.chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"request_id": "req_usage_chunk"},
+        )
+        chunks = [chunk async for chunk in stream]
+    *content, finish, usage = chunks
+    assert all(c.usage is None and len(c.choices) == 1 for c in [*content, finish])
+    assert finish.choices[0].finish_reason == "length"
+    assert usage.choices == [] and usage.usage is not None and usage.usage.completion_tokens == 3
+    assert {c.id for c in chunks} == {"chatcmpl-req_usage_chunk"} and len({c.created for c in chunks}) == 1
+    assert len({c.system_fingerprint for c in chunks}) == 1 and (chunks[0].system_fingerprint or "").startswith("fp_")
 
 
 async def test_v1_models_lists_the_catalog(gateway_url: str) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from protocol import keys
+from protocol.requests import SamplingOptions
 from tests.fixtures.gateway import MODEL_ID, OTHER_MODEL_ID, WALLET, issue_key_sync, snapshot
 
 JSON = st.recursive(
@@ -68,6 +69,7 @@ async def test_the_document_lists_every_route_and_method_the_app_serves(
         "user_wallet",
         "request_id",
         "model_id",
+        *SamplingOptions.model_fields,
     }
 
 

@@ -42,3 +42,21 @@ async def test_a_failed_wake_up_after_the_enqueue_still_reports_the_job_queued(
     finally:
         await pool.aclose()
     assert await redis.zscore(keys.queue_for("test/model"), "req-queued") is not None
+
+
+def test_a_job_enqueued_before_the_sampling_controls_existed_still_parses_and_samples_as_before() -> None:
+    old_payload = {
+        "request_id": "req-old",
+        "model_id": "test/tiny-llama",
+        "prompt": "hi",
+        "max_tokens": 4,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "user_wallet": None,
+        "api_key_id": None,
+        "price_per_token_far": str(PRICE_FAR),
+        "enqueued_at": 1.0,
+    }
+    job = GenerateJob.model_validate(old_payload)
+    assert (job.stop, job.seed, job.top_k, job.logprobs, job.logit_bias) == ([], None, 0, False, {})
+    assert (job.repetition_penalty, job.frequency_penalty, job.presence_penalty) == (1.0, 0.0, 0.0)

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from protocol.requests import GenerateRequest
+from protocol.requests import GenerateRequest, SamplingOptions
 
 SEED_BODY: dict[str, Any] = {
     "prompt": "Explain quantum computing in simple terms:",
@@ -28,7 +28,8 @@ def only_error(body: dict[str, Any]) -> tuple[tuple[str | int, ...], str]:
 
 def test_the_seed_example_body_is_valid_as_written() -> None:
     request = GenerateRequest.model_validate(SEED_BODY)
-    assert request.model_dump() == SEED_BODY
+    assert request.model_dump(exclude=set(SamplingOptions.model_fields)) == SEED_BODY
+    assert request.model_dump(include=set(SamplingOptions.model_fields)) == SamplingOptions().model_dump()
 
 
 def test_only_the_prompt_is_required_and_defaults_are_sane() -> None:
@@ -72,3 +73,25 @@ def test_an_unknown_field_is_rejected_by_name_so_typos_are_not_silently_ignored(
     loc, msg = only_error({**SEED_BODY, "max_token": 5})
     assert loc == ("max_token",)
     assert "Extra inputs are not permitted" in msg
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stop", ["a", "b", "c", "d", "e"]),
+        ("stop", [""]),
+        ("stop", ["x" * 129]),
+        ("top_logprobs", 6),
+        ("logprobs", 1),
+        ("seed", 1.5),
+        ("frequency_penalty", True),
+        ("presence_penalty", 2.5),
+        ("top_k", -1),
+        ("repetition_penalty", 0),
+        ("logit_bias", {"3": 101}),
+    ],
+)
+def test_sampling_controls_are_bounded_and_strictly_typed(field: str, value: object) -> None:
+    with pytest.raises(ValidationError) as refused:
+        GenerateRequest.model_validate({"prompt": "hi", field: value})
+    assert refused.value.errors()[0]["loc"][0] == field

@@ -185,7 +185,7 @@ async def test_logits_that_cannot_be_sampled_end_the_request_at_once_billed_for_
         steps += 1
         return choose_next_token(logits * float("nan") if steps >= 4 else logits, **kwargs)
 
-    monkeypatch.setattr("workers.generate.choose_next_token", nan_from_the_fourth_step)
+    monkeypatch.setattr("workers.sampling.choose_next_token", nan_from_the_fourth_step)
     job = make_job(tiny_models[0], max_tokens=20)
     started = time.monotonic()
     await enqueue(redis_url, job)

@@ -1,7 +1,11 @@
+import math
+from typing import Any
+
 import pytest
 import torch
 
-from workers.sampling import SamplingError, choose_next_token
+from protocol.requests import SamplingOptions
+from workers.sampling import Sampler, SamplingError, choose_next_token
 
 
 def test_temperature_zero_is_greedy() -> None:
@@ -33,3 +37,84 @@ def test_non_finite_logits_are_a_sampling_error_not_a_route_failure(bad: float) 
     logits = torch.tensor([0.1, bad, 2.9])
     with pytest.raises(SamplingError, match="NaN or infinite"):
         choose_next_token(logits, temperature=0.7, top_p=1.0, generator=torch.Generator().manual_seed(1))
+
+
+def _options(**fields: object) -> SamplingOptions:
+    return SamplingOptions.model_validate(fields)
+
+
+def _sampler(options: SamplingOptions, *, temperature: float = 1.0, seed_key: str = "req-1", **kw: Any) -> Sampler:
+    return Sampler(
+        options,
+        temperature=temperature,
+        top_p=kw.get("top_p", 1.0),
+        seed_key=seed_key,
+        prompt_ids=kw.get("prompt_ids", []),
+        decode=lambda ids: "".join(f"<{i}>" for i in ids),
+    )
+
+
+def _draw(sampler: Sampler, steps: int, vocab: int = 50) -> list[int]:
+    logits = torch.zeros(vocab)
+    return [sampler.choose(logits) for _ in range(steps)]
+
+
+def test_the_same_seed_draws_the_same_tokens_whatever_the_request_id() -> None:
+    first = _draw(_sampler(_options(seed=7), seed_key="req-a"), 20)
+    assert first == _draw(_sampler(_options(seed=7), seed_key="req-b"), 20)
+    assert first != _draw(_sampler(_options(seed=8), seed_key="req-a"), 20)
+
+
+def test_a_sampler_that_replays_earlier_tokens_continues_as_the_uninterrupted_one() -> None:
+    whole = _draw(_sampler(_options(seed=3)), 12)
+    resumed = _sampler(_options(seed=3))
+    resumed.replay(whole[:5])
+    assert _draw(resumed, 7) == whole[5:]
+
+
+def test_top_k_samples_only_among_the_k_most_likely() -> None:
+    sampler = _sampler(_options(top_k=2, seed=1))
+    logits = torch.tensor([0.0, 3.0, 2.9, 2.8, 0.1])
+    assert {sampler.choose(logits) for _ in range(200)} == {1, 2}
+
+
+def test_a_presence_penalty_steers_greedy_decoding_away_from_tokens_already_generated() -> None:
+    logits = torch.tensor([2.0, 1.5, 1.0])
+    plain = _sampler(_options(), temperature=0.0)
+    assert [plain.choose(logits) for _ in range(3)] == [0, 0, 0]
+    penalised = _sampler(_options(presence_penalty=2.0), temperature=0.0)
+    assert [penalised.choose(logits) for _ in range(3)] == [0, 1, 2]
+
+
+def test_a_frequency_penalty_grows_with_each_occurrence() -> None:
+    logits = torch.tensor([2.0, 1.0])
+    sampler = _sampler(_options(frequency_penalty=0.6), temperature=0.0)
+    assert [sampler.choose(logits) for _ in range(4)] == [0, 0, 1, 0]
+
+
+def test_a_repetition_penalty_counts_the_prompt_too() -> None:
+    logits = torch.tensor([2.0, 1.5])
+    sampler = _sampler(_options(repetition_penalty=2.0), temperature=0.0, prompt_ids=[0])
+    assert sampler.choose(logits) == 1  # 2.0 / 2 < 1.5
+
+
+def test_logprobs_come_from_the_models_own_logits_with_the_top_alternatives() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.2]))
+    sampler = _sampler(_options(logprobs=True, top_logprobs=2), temperature=0.0, seed_key="x")
+    assert sampler.choose(logits) == 0
+    choice = sampler.last
+    assert choice is not None and choice.logprob == pytest.approx(math.log(0.5))
+    assert [(t.token_id, t.token) for t in choice.top] == [(0, "<0>"), (1, "<1>")]
+    assert choice.top[1].logprob == pytest.approx(math.log(0.3))
+    assert set(choice.event_fields()) == {"logprob", "top_logprobs"}
+
+
+def test_without_logprobs_a_choice_adds_nothing_to_the_token_event() -> None:
+    sampler = _sampler(_options(), temperature=0.0)
+    sampler.choose(torch.tensor([1.0, 0.0]))
+    assert sampler.last is not None and sampler.last.event_fields() == {}
+
+
+def test_a_logit_bias_of_minus_100_bans_a_token_and_ids_outside_the_vocabulary_are_ignored() -> None:
+    sampler = _sampler(_options(logit_bias={"0": -100, "99": 5}), temperature=0.0)
+    assert sampler.choose(torch.tensor([3.0, 1.0])) == 1

@@ -1,0 +1,87 @@
+"""The request's own controls on a real swarm: stop sequences, seeds, logprobs (tests/workers/test_generate.py
+covers the job's lifecycle)."""
+
+import pytest
+import redis.asyncio as aioredis
+
+from protocol.catalog import ModelSpec
+from protocol.events import DoneEvent, TokenEvent
+from protocol.money import cost_of
+from tests.fixtures.workers import (
+    PRICE_FAR,
+    RunningFleet,
+    decode_locally,
+    enqueue,
+    make_job,
+    reference_continuation,
+    usage_records,
+    wait_for_end,
+)
+
+pytestmark = pytest.mark.swarm
+
+PROMPT = "The mesh streams tokens to"
+
+
+def _stop_across_three_tokens(model: ModelSpec, ids: list[int]) -> tuple[str, int]:
+    """A stop string made of the last character of one token's text, the whole next token and the first character
+    of the one after, and how many tokens are generated until the text first contains it."""
+    texts = [decode_locally(model, ids[:k]) for k in range(len(ids) + 1)]
+    for k in range(1, len(ids) - 2):
+        lengths = [len(texts[n]) for n in range(k - 1, k + 3)]
+        if all(b > a for a, b in zip(lengths, lengths[1:], strict=False)):
+            stop = texts[k + 2][lengths[1] - 1 : lengths[2] + 1]
+            first = next(n for n, text in enumerate(texts) if stop in text)
+            if "\ufffd" not in stop and first == k + 2:
+                return stop, first
+    raise AssertionError("no three consecutive printable tokens in the reference continuation")
+
+
+async def test_a_stop_spanning_three_tokens_ends_the_stream_before_it_billed_for_the_tokens_generated(
+    two_server_fleet: RunningFleet, redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    reference = reference_continuation(model, PROMPT, 40)
+    stop, tokens_to_stop = _stop_across_three_tokens(model, reference)
+    full_text = decode_locally(model, reference)
+    job = make_job(model, prompt=PROMPT, max_tokens=40, stop=["never appears \x00", stop])
+    await enqueue(redis_url, job)
+    events = await wait_for_end(redis, job.request_id)
+
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and (done.status, done.finish_reason) == ("completed", "stop")
+    assert "".join(t.token for t in tokens) == full_text[: full_text.index(stop)]
+    assert [t.token_id for t in tokens] == reference[:tokens_to_stop]
+    assert done.tokens_generated == tokens_to_stop and done.total_cost_far == cost_of(tokens_to_stop, PRICE_FAR)
+    (usage,) = await usage_records(redis, job.request_id)
+    assert usage.tokens_generated == tokens_to_stop
+
+
+async def test_the_same_seed_gives_the_same_sampled_tokens_for_different_request_ids(
+    two_server_fleet: RunningFleet, redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    jobs = [make_job(tiny_models[0], temperature=1.0, max_tokens=16, seed=seed) for seed in (42, 42, 43)]
+    for job in jobs:
+        await enqueue(redis_url, job)
+    runs = []
+    for job in jobs:
+        events = await wait_for_end(redis, job.request_id)
+        runs.append([e.token_id for e in events if isinstance(e, TokenEvent)])
+    assert runs[0] == runs[1] and len(runs[0]) > 0
+    assert runs[0] != runs[2]
+
+
+async def test_logprobs_carry_the_chosen_tokens_log_probability_and_the_top_alternatives(
+    two_server_fleet: RunningFleet, redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    job = make_job(tiny_models[0], max_tokens=6, logprobs=True, top_logprobs=3)
+    await enqueue(redis_url, job)
+    tokens = [e for e in await wait_for_end(redis, job.request_id) if isinstance(e, TokenEvent)]
+    assert tokens
+    for token in tokens:
+        assert token.logprob is not None and token.logprob <= 0.0
+        assert token.top_logprobs is not None and len(token.top_logprobs) == 3
+        best = token.top_logprobs[0]
+        assert best.token_id == token.token_id and best.logprob == pytest.approx(token.logprob)  # greedy
+        assert [t.logprob for t in token.top_logprobs] == sorted((t.logprob for t in token.top_logprobs), reverse=True)
