@@ -49,6 +49,14 @@ PROCESSES = {
         "accounting_metrics_port",
     ),
     "portal": Process("far-mesh-portal", "portal", "portal", "portal.settings:PortalSettings", "light", None),
+    "payouts": Process(
+        "far-mesh-payouts",
+        "payouts",
+        "payouts",
+        "chain.settings:PayoutSettings",
+        "light",
+        "far_mesh_payout_metrics_port",
+    ),
     "migrate": Process(
         "far-mesh-accounting", "migrate", "release", "schema.settings:LedgerSettings", "light", None, init=True
     ),
@@ -66,6 +74,7 @@ COMMAND_ROOMS = {
     "migrate": "schema",
     "dht": "mesh",
     "portal": "portal",
+    "payouts": "accounting",
 }
 """Which room registers each subcommand the images and manifests run."""
 

@@ -43,6 +43,11 @@ SECRETS_READ = {
         ("far-mesh-portal-ledger", "POSTGRES_URL"),
         ("far-mesh-portal", "PORTAL_SECRET_KEY"),
     },
+    ("far-mesh-payouts", "payouts"): {
+        ("far-mesh-ledger", "POSTGRES_URL"),
+        ("far-mesh-chain", "FAR_MESH_CHAIN_RPC_URL"),
+        ("far-mesh-treasury", "treasury.key"),
+    },
 }
 """Every (Secret, key) each container can read, by env, envFrom or volume; anything more fails."""
 GATEWAY_ROLE = "far_mesh_gateway"
@@ -137,11 +142,40 @@ def test_each_component_dials_only_the_stores_it_uses(
     redis = urlsplit(secret_template["far-mesh-redis"]["stringData"]["REDIS_URL"]).port
     postgres = urlsplit(secret_template["far-mesh-ledger"]["stringData"]["POSTGRES_URL"]).port
     expected = {name: {53, redis, postgres} for name in ("far-mesh-gateway", "far-mesh-accounting", "far-mesh-portal")}
+    expected["far-mesh-payouts"] = {53, postgres, rpc_port(secret_template)}  # no Redis: the payer reads the ledger
     for name, ports in expected.items():
         policy = one(docs, "NetworkPolicy", name)
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(one(docs, "Deployment", name)).items()
         allowed = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
         assert allowed == ports and all("endPort" not in p for r in policy["spec"]["egress"] for p in r["ports"])
+
+
+def rpc_port(secret_template: Secrets) -> int:
+    """The port of the template's FAR_MESH_CHAIN_RPC_URL (443 or 80 when the URL names none)."""
+    url = urlsplit(secret_template["far-mesh-chain"]["stringData"]["FAR_MESH_CHAIN_RPC_URL"])
+    return url.port or {"https": 443, "http": 80}[url.scheme]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_only_the_payer_holds_the_treasury_key_and_only_as_a_read_only_file(rendered: Docs, kustomization: str) -> None:
+    docs = rendered[kustomization]
+    holders = [
+        (w["metadata"]["name"], c["name"])
+        for w in workloads(docs)
+        for c in all_containers(w)
+        if any(secret == "far-mesh-treasury" for secret, _ in secrets_read(w, c))
+    ]
+    assert holders == [("far-mesh-payouts", "payouts")]
+    payer = one(docs, "Deployment", "far-mesh-payouts")
+    [container] = all_containers(payer)
+    assert "FAR_MESH_TREASURY_KEY" not in {v["name"] for v in container.get("env", [])}, "never in the environment"
+    config = one(docs, "ConfigMap", next(c for c in _config_maps(payer) if "payouts" in c))["data"]
+    key_file = config["FAR_MESH_TREASURY_KEY_FILE"]
+    [volume] = [v for v in payer["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and key_file.startswith(mount["mountPath"] + "/")
+    assert [item["path"] for item in volume["secret"]["items"]] == [key_file.rsplit("/", 1)[1]]
+    assert volume["secret"]["defaultMode"] == 0o400
 
 
 # --- the far_mesh_gateway role, against a real PostgreSQL ---------------------------------------------------

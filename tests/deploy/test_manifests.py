@@ -221,6 +221,19 @@ def test_every_deployment_has_a_disruption_budget_and_one_autoscaler_at_most(
         assert len(hpas) + len(scaled) <= 1, f"{name} has {len(hpas)} HPAs and {len(scaled)} ScaledObjects"
 
 
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_payer_runs_alone_and_is_replaced_not_rolled(rendered: Docs, kustomization: str) -> None:
+    # One treasury, one nonce sequence: a second pod would only wait for the advisory lock, and a rolling update
+    # would start the new payer while the old one still holds it.
+    docs = rendered[kustomization]
+    payer = one(docs, "Deployment", "far-mesh-payouts")
+    assert payer["spec"]["replicas"] == 1
+    assert payer["spec"]["strategy"] == {"type": "Recreate"}
+    targets = {o["spec"]["scaleTargetRef"]["name"] for o in objects(docs, "HorizontalPodAutoscaler")}
+    targets |= {o["spec"]["scaleTargetRef"]["name"] for o in objects(docs, "ScaledObject")}
+    assert "far-mesh-payouts" not in targets, "an autoscaler would add payers that only wait for the lock"
+
+
 def test_the_gateway_is_autoscaled_on_cpu_in_every_kustomization(rendered: Docs) -> None:
     for kustomization in KUSTOMIZATIONS:
         hpa = one(rendered[kustomization], "HorizontalPodAutoscaler", "far-mesh-gateway")
