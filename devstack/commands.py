@@ -10,7 +10,8 @@ DEFAULT_STATE_DIR = Path(".cache/devstack")
 def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
     parser = subparsers.add_parser(
         "dev",
-        help="run Redis/PostgreSQL (found or embedded), a local swarm, the gateway, a worker and accounting",
+        help="run Redis/PostgreSQL (found or embedded), a local swarm, the gateway, the portal, a worker, accounting "
+        "and the payer on a local chain",
         description="Everything stops together on Ctrl-C or SIGTERM. REDIS_URL and POSTGRES_URL are honoured.",
     )
     parser.add_argument(
@@ -23,9 +24,15 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from devstack.ports import port_or_free
     from devstack.system import LocalSystem, SystemPlan
     from mesh.settings import MeshSettings
 
-    plan = SystemPlan(state_dir=args.state_dir.resolve(), cache_dir=MeshSettings.from_env().cache_dir, chain=True)
+    plan = SystemPlan(
+        state_dir=args.state_dir.resolve(),
+        cache_dir=MeshSettings.from_env().cache_dir,
+        portal_port=port_or_free(SystemPlan.portal_port),
+        chain=True,
+    )
     with LocalSystem(plan) as system:
         return system.supervisor.wait()

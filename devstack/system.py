@@ -3,13 +3,14 @@ exactly the same way.
 
 Order matters and each step says what it did: Redis and PostgreSQL (configured, local or embedded), the
 ledger's migrations, the tiny models, a local swarm serving them, a development API key, and then the
-Procfile's web, worker and accounting processes under one supervisor. `stop()` stops all of it, the swarm
+Procfile's web, portal, worker and accounting processes under one supervisor. `stop()` stops all of it, the swarm
 and any embedded server included.
 """
 
 import asyncio
 import json
 import os
+import secrets
 import sys
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -37,6 +38,7 @@ class SystemPlan:
     state_dir: Path
     cache_dir: Path
     gateway_port: int = 8100
+    portal_port: int = 8200
     workers: int = 1
     extra_replicas: int = 0
     """Extra servers for the last span of the default model, so a server can die without breaking the route."""
@@ -57,10 +59,16 @@ class LocalSystem:
         self.models: tuple[ModelSpec, ...] = ()
         self.api_key = ""
         self.chain: DevChain | None = None
+        # One key per run, kept across restarts of the portal process so its sign-in sessions survive them.
+        self.portal_secret_key = secrets.token_urlsafe(32)
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.plan.gateway_port}"
+
+    @property
+    def portal_url(self) -> str:
+        return f"http://127.0.0.1:{self.plan.portal_port}"
 
     def start(self) -> Self:
         try:
@@ -81,7 +89,7 @@ class LocalSystem:
         self.stop()
 
     def process(self, name: str) -> Child:
-        """A supervised process by name: web, accounting, worker.1, worker.2, ..."""
+        """A supervised process by name: web, portal, accounting, payouts, worker.1, worker.2, ..."""
         return next(child for child in self.supervisor.children if child.name == name)
 
     def start_process(self, name: str, env: Mapping[str, str] | None = None) -> Child:
@@ -108,9 +116,11 @@ class LocalSystem:
         self._cleanup.callback(self.swarm.stop)
         self.api_key = _development_key(self.postgres.url)
         payer = ["payouts"] if self.chain else []
-        for name in ["web", "accounting", *payer, *(f"worker.{i}" for i in range(1, self.plan.workers + 1))]:
+        workers = [f"worker.{i}" for i in range(1, self.plan.workers + 1)]
+        for name in ["web", "portal", "accounting", *payer, *workers]:
             self.start_process(name)
         print(f"dev: gateway on {self.gateway_url} models={','.join(m.model_id for m in self.models)}", flush=True)
+        print(f"dev: portal on {self.portal_url} (providers' earnings and payouts, API keys, swarm map)", flush=True)
         print(f"dev: development API key (wallet {DEV_WALLET}): {self.api_key}", flush=True)
 
     def _server_plans(self) -> "list[ServerPlan]":
@@ -138,7 +148,22 @@ class LocalSystem:
             env["ACCOUNTING_METRICS_PORT"] = str(free_port())
         if name == "payouts" and self.chain:
             env |= self.chain.env
+        if name == "portal":
+            env |= self._portal_env()
         return env | dict(self.plan.env)
+
+    def _portal_env(self) -> dict[str, str]:
+        """Plain HTTP on loopback: the session cookie cannot be Secure, so the portal listens on 127.0.0.1 only, and
+        sign-in messages name the address the summary prints."""
+        assert self.swarm
+        return {
+            "PORTAL_HOST": "127.0.0.1",
+            "PORTAL_PORT": str(self.plan.portal_port),
+            "PORTAL_DOMAIN": f"127.0.0.1:{self.plan.portal_port}",
+            "PORTAL_SECRET_KEY": self.portal_secret_key,
+            "PORTAL_SECURE_COOKIES": "false",
+            "PORTAL_INITIAL_PEERS": ",".join(self.swarm.initial_peers),
+        }
 
 
 def _forget(child: Child) -> None:

@@ -1,0 +1,96 @@
+"""`far-mesh dev` runs the portal beside the gateway: on its own port, bound to loopback, with a fresh cookie key
+per run, the local swarm's initial peers in its onboarding command, and sign-in messages naming its address."""
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.ports import free_port, port_or_free
+from devstack.system import LocalSystem, SystemPlan
+from portal.settings import PortalSettings
+from protocol.catalog import ModelSpec
+from tests.fixtures.system import SystemUnderTest
+
+PEERS = ("/ip4/127.0.0.1/tcp/4001/p2p/QmYY6kpyEuikpQSwe6ENjMRbDBBKhSQoCmFL2Au9E5fN7S",)
+A_WALLET = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+
+
+@dataclass
+class _Service:
+    url: str
+
+
+@dataclass
+class _Swarm:
+    initial_peers: tuple[str, ...]
+
+
+def _prepared(tmp_path: Path, portal_port: int = 8200) -> LocalSystem:
+    """A LocalSystem as it stands once its servers and swarm are up, without starting them."""
+    system = LocalSystem(SystemPlan(state_dir=tmp_path, cache_dir=tmp_path, portal_port=portal_port))
+    system.redis = _Service("redis://127.0.0.1:6390/0")  # type: ignore[assignment]
+    system.postgres = _Service("postgresql://far_mesh@127.0.0.1:5439/far_mesh")  # type: ignore[assignment]
+    system.swarm = _Swarm(PEERS)  # type: ignore[assignment]
+    system.models = (ModelSpec(model_id="far-tiny-llama-4"),)
+    return system
+
+
+def test_the_portal_process_gets_settings_it_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _prepared(tmp_path, portal_port=8211)._env_for("portal")
+    for name in PortalSettings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = PortalSettings.from_env()
+    assert settings.portal_port == 8211
+    assert settings.portal_host == "127.0.0.1"  # plain HTTP and a non-Secure cookie: loopback only
+    assert settings.portal_domain == "127.0.0.1:8211"
+    assert settings.portal_secure_cookies is False
+    assert settings.portal_initial_peers == ",".join(PEERS)
+    assert str(settings.redis_url) == env["REDIS_URL"] and settings.postgres_url == env["POSTGRES_URL"]
+
+
+def test_each_run_has_its_own_portal_secret_and_keeps_it_across_restarts(tmp_path: Path) -> None:
+    first, second = _prepared(tmp_path), _prepared(tmp_path)
+    key = first._env_for("portal")["PORTAL_SECRET_KEY"]
+    assert len(key) >= 32
+    assert first._env_for("portal")["PORTAL_SECRET_KEY"] == key  # a restarted portal keeps its sessions
+    assert second._env_for("portal")["PORTAL_SECRET_KEY"] != key
+
+
+def test_only_the_portal_is_given_the_portal_settings(tmp_path: Path) -> None:
+    system = _prepared(tmp_path)
+    for name in ("web", "accounting", "worker.1"):
+        assert not {k for k in system._env_for(name) if k.startswith("PORTAL_")} - set(system.plan.env), name
+
+
+def test_the_portal_port_is_the_preferred_one_unless_something_listens_there() -> None:
+    port = free_port()
+    assert port_or_free(port) == port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        other = port_or_free(port)
+        assert other != port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", other))
+
+
+@pytest.mark.e2e
+def test_the_whole_system_serves_the_portal_on_its_url(e2e_system: SystemUnderTest) -> None:
+    system = e2e_system.system
+    assert system.process("portal").process.poll() is None
+    port = system.plan.portal_port
+    assert system.portal_url == f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=system.portal_url, timeout=10) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        onboarding = client.get("/api/onboarding").json()
+        assert system.swarm is not None
+        assert all(peer in onboarding["command"] for peer in system.swarm.initial_peers)
+        assert {m.model_id for m in e2e_system.models} <= set(onboarding["models"])
+        message = client.post("/api/siwe/message", json={"address": A_WALLET})
+        assert message.status_code == 200, message.text
+        assert f"127.0.0.1:{port} wants you to sign in" in message.text
