@@ -19,6 +19,7 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
     from chain.settings import PayoutSettings
     from gateway.settings import GatewaySettings
     from mesh.settings import MeshSettings
+    from portal.settings import PortalSettings
     from protocol.settings import CommonSettings
     from schema.settings import LedgerSettings
     from workers.settings import WorkerSettings
@@ -30,6 +31,7 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
         ("migrate, keys, payouts", LedgerSettings),
         ("accounting", AccountingSettings),
         ("payouts, chain", PayoutSettings),
+        ("portal", PortalSettings),
         ("swarm, node, models", MeshSettings),
     )
 
