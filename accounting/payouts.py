@@ -2,9 +2,10 @@
 
 A batch moves `claimed -> signed -> submitted -> paid`, or to `failed`:
 
-- claimed: the unpaid contribution rows of every wallet owed at least `min_far` are locked (SKIP LOCKED),
-  stamped with the batch id and committed, with what the batch pays each wallet (`far_payout_payments`), so a
-  concurrent or repeated run can never take them again;
+- claimed: the unpaid contribution rows of every wallet owed at least `min_far` (a wallet is owed the rows of
+  the nodes registered to it, `PAYEE_WALLET`) are locked (SKIP LOCKED), stamped with the batch id and committed,
+  with what the batch pays each wallet (`far_payout_payments`), so a concurrent or repeated run can never take
+  them again;
 - signed: the chain payer committed a signed transaction (raw bytes, hash, nonce, fees) before broadcasting it;
 - submitted: the transaction was handed to the node (chain payer), or the batch file to an operator (file payer);
 - paid: a transaction paying exactly the batch was mined with status 1 and enough confirmations; only now do
@@ -29,9 +30,17 @@ from protocol.money import far_sum
 
 log = logging.getLogger(__name__)
 
-PAYEE_WALLET = "c.wallet"
-"""Where the money of contribution row `c` goes: the wallet its node announced when it served. This one SQL
-expression is every payout query's idea of the payee (say, a node's registered wallet instead)."""
+PAYEE_WALLET = "far_registered_wallet(c.node_id)"
+"""Where the money of contribution row `c` goes: the wallet its node's peer id is registered to
+(schema/0009), read when the batch is claimed. The wallet the node announced in the DHT (`c.wallet`) is a hint
+anyone can write, so it is never paid: the rows of a peer that is not registered have no payee (NULL), are
+never claimed, and are held until it registers; then they pay the registered wallet, announced or not. This
+one SQL expression is every claim's idea of the payee. A claimed batch pays the wallets it recorded in
+`far_payout_payments`, so a transfer of the node after the claim moves only its rows still unclaimed."""
+
+LEGACY_PAYEE_WALLET = "c.wallet"
+"""The payee of batches claimed before `far_payout_payments` existed, which recorded no recipients: they were
+claimed paying the announced wallet, so that is what they still pay (never today's registration)."""
 
 _CLAIMABLE = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {PAYEE_WALLET} IS NOT NULL"
 _LOCK_OWED_ROWS = f"""
@@ -129,15 +138,15 @@ async def claim_batch(
 
 
 async def load_batch(connection: asyncpg.Connection, batch_id: int) -> PaymentBatch:
-    """The batch as claimed: what it pays each wallet (batches claimed before payments were recorded: from
-    their rows)."""
+    """The batch as claimed: the recipients and amounts recorded with it, whatever the registrations say now
+    (batches claimed before payments were recorded: from their rows' announced wallets, as they were claimed)."""
     rows = await connection.fetch(
         "SELECT wallet, amount_far FROM far_payout_payments WHERE batch_id = $1 ORDER BY wallet", batch_id
     )
     if not rows:
         rows = await connection.fetch(
-            f"SELECT {PAYEE_WALLET} AS wallet, sum(c.payment_far) AS amount_far FROM far_session_contributions c "
-            "WHERE c.payment_batch_id = $1 GROUP BY 1 ORDER BY 1",
+            f"SELECT {LEGACY_PAYEE_WALLET} AS wallet, sum(c.payment_far) AS amount_far "
+            "FROM far_session_contributions c WHERE c.payment_batch_id = $1 GROUP BY 1 ORDER BY 1",
             batch_id,
         )
     if not rows and await connection.fetchval("SELECT id FROM far_payment_batches WHERE id = $1", batch_id) is None:

@@ -1,6 +1,7 @@
 """Payouts on chain: gas per paid wallet through the batch contract vs one ERC-20 transfer per wallet, and
 wallets paid per second end to end (ledger claim -> signed, committed -> mined -> confirmed -> rows paid)
-vs sending and confirming one plain transfer per wallet.
+vs sending and confirming one plain transfer per wallet. The wallets paid end to end are registered owners of
+their nodes (payouts pay registered wallets only), so the claim's per-row registration lookup is in the timing.
 
 Runs on a private ganache (a block per transaction) and a throwaway database on the machine's PostgreSQL
 (TEST_POSTGRES_URL, else 127.0.0.1:5432):
@@ -35,6 +36,7 @@ from protocol.money import cost_of, split_payment
 from protocol.usage import NodeContribution, UsageRecord
 from protocol.wallet import to_checksum_address
 from schema.migrate import apply_migrations
+from tests.fixtures.registrations import register_nodes
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SUPPLY_FAR = Decimal(10**9)
@@ -61,15 +63,16 @@ def gas_per_wallet(w3: Web3, token: str, batch_contract: str, count: int) -> tup
     return batch["gasUsed"] / count, sum(singles) / count
 
 
-def usage_records(wallets: list[str]) -> list[UsageRecord]:
-    """One session per 20 wallets, each wallet's node paid a share with all 18 decimals in use."""
+def usage_records(wallet_by_node: dict[str, str]) -> list[UsageRecord]:
+    """One session per 20 nodes, each node (announcing its wallet) paid a share with all 18 decimals in use."""
     from datetime import UTC, datetime, timedelta
 
     records = []
     started = datetime(2026, 1, 1, tzinfo=UTC)
-    for start in range(0, len(wallets), 20):
-        group = wallets[start : start + 20]
-        work = {f"node-{w}": 1 + i for i, w in enumerate(group)}
+    nodes = list(wallet_by_node)
+    for start in range(0, len(nodes), 20):
+        group = nodes[start : start + 20]
+        work = {node: 1 + i for i, node in enumerate(group)}
         cost = cost_of(97, Decimal("0.0123456789"))
         payments, remainder = split_payment(cost, work)
         records.append(
@@ -90,13 +93,13 @@ def usage_records(wallets: list[str]) -> list[UsageRecord]:
                 contributions=tuple(
                     NodeContribution(
                         node_id=node,
-                        wallet=w,
+                        wallet=wallet_by_node[node],
                         blocks_served=2,
                         tokens_contributed=100,
                         work_units=units,
                         payment_far=payments[node],
                     )
-                    for (node, units), w in zip(work.items(), group, strict=True)
+                    for node, units in work.items()
                 ),
             )
         )
@@ -106,10 +109,13 @@ def usage_records(wallets: list[str]) -> list[UsageRecord]:
 async def chain_payer_wallets_per_s(
     dsn: str, url: str, token: str, batch_contract: str, args: argparse.Namespace
 ) -> float:
-    wallets = fresh_wallets(args.wallets, "payer")
+    nodes = [f"bench-node-{i}" for i in range(args.wallets)]
     connection = await asyncpg.connect(dsn)
     try:
-        records = usage_records(wallets)
+        # payouts pay registered wallets only: each node is registered, with a signed statement, to the wallet it
+        # announces (before the clock starts; the claim's lookup of each row's registration is timed)
+        wallet_by_node = await register_nodes(connection, nodes)
+        records = usage_records(wallet_by_node)
         for start in range(0, len(records), 100):
             await write_batch(connection, records[start : start + 100])
         settings = PayoutSettings.from_env(
@@ -127,13 +133,16 @@ async def chain_payer_wallets_per_s(
         while settled := await payer.run_once(connection, min_far=Decimal(0)):
             assert all(s.status == "paid" for s in settled), settled
         elapsed = time.perf_counter() - began
-        paid = await connection.fetch("SELECT wallet, sum(paid_far) AS paid FROM node_earnings_summary GROUP BY wallet")
+        paid = await connection.fetch(
+            "SELECT far_registered_wallet(node_id) AS wallet, sum(paid_far) AS paid FROM node_earnings_summary "
+            "GROUP BY 1"
+        )
         w3 = Web3(Web3.HTTPProvider(url))
         contract = w3.eth.contract(address=Web3.to_checksum_address(token), abi=_token_abi())
         for row in paid[:50]:  # spot check: on chain exactly what the ledger says
             assert contract.functions.balanceOf(row["wallet"]).call() == to_base_units(row["paid"])
-        assert len(paid) == len(wallets)
-        return len(wallets) / elapsed
+        assert len(paid) == len(nodes)
+        return len(nodes) / elapsed
     finally:
         await connection.close()
 

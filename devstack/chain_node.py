@@ -5,11 +5,20 @@ FAR_MESH_CHAIN_RPC_URL is honoured when set; otherwise a node answering on 127.0
 is used, and a ganache (a block a second) is started under the state directory when none does. The
 contracts are deployed once per node and remembered in `chain.json`; the treasury is ganache's deterministic
 account 1, whose public test key is written to `treasury.key` for the payer. Development only.
+
+Payouts pay a node's *registered* wallet only (docs/portal.md). The providers' wallets are deterministic
+accounts whose keys are public test keys, so `register_providers` registers the local swarm's servers to the
+wallets they announce with statements those wallets really signed, as the portal would after a browser
+wallet's `personal_sign`; without it their earnings are held.
 """
 
+import asyncio
 import json
 import os
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,6 +93,45 @@ def _deployed(w3: "Web3", record: Path, url: str) -> tuple[str, str]:
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"url": url, "token": deployment.token, "batch_contract": deployment.batch_contract}))
     return deployment.token, deployment.batch_contract
+
+
+def register_providers(postgres_url: str, servers: Iterable[tuple[str, str | None]]) -> dict[str, str]:
+    """Register each (peer id, announced wallet) whose wallet is a provider account to that wallet, signed by
+    its key (a repeated start finds them 'unchanged'); returns {peer id: wallet} of those registered."""
+    return asyncio.run(_register_providers(postgres_url, list(servers)))
+
+
+async def _register_providers(postgres_url: str, servers: list[tuple[str, str | None]]) -> dict[str, str]:
+    import asyncpg
+    from eth_account.messages import encode_defunct
+
+    from chain.node import DEV_CHAIN_ID, dev_account
+    from portal.registrations import Binding, new_statement
+
+    accounts = {str(account.address): account for account in (dev_account(i) for i in PROVIDER_ACCOUNTS)}
+    binding = Binding(domain="localhost", chain_id=DEV_CHAIN_ID, max_age=timedelta(minutes=5))
+    registered: dict[str, str] = {}
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        for peer_id, wallet in servers:
+            account = accounts.get(wallet or "")
+            if account is None:
+                continue
+            statement = new_statement(
+                "register", binding, node_id=peer_id, wallet=account.address, nonce=secrets.token_hex(8)
+            ).text()
+            signature = account.sign_message(encode_defunct(text=statement)).signature.hex()
+            await connection.fetchval(
+                "SELECT far_register_node($1, $2, $3, $4)",
+                peer_id,
+                account.address,
+                statement,
+                "0x" + signature.removeprefix("0x"),
+            )
+            registered[peer_id] = account.address
+    finally:
+        await connection.close()
+    return registered
 
 
 def write_operator_env(chain: DevChain, postgres_url: str, path: Path) -> Path:

@@ -1,5 +1,6 @@
 """Claiming batches and the file payer: a batch exported for manual signing is `submitted`, never paid, until
-`payouts resolve --tx` verifies a transaction (tests/accounting/test_payouts_resolve.py)."""
+`payouts resolve --tx` verifies a transaction (tests/accounting/test_payouts_resolve.py). The nodes paid here are
+registered first: only registered peers are paid (tests/accounting/test_payouts_registered.py)."""
 
 import asyncio
 from decimal import Decimal
@@ -24,6 +25,7 @@ from accounting.payouts import (
 )
 from cli.main import main
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
+from tests.fixtures.registrations import register_nodes, transfer_node
 
 
 class FailingPayer:
@@ -39,6 +41,7 @@ async def test_a_file_payout_exports_every_owed_row_once_and_pays_nothing_yet(
     db = payouts_db
     a, b = unique_id("peer"), unique_id("peer")
     await write_batch(db, [usage_record(unique_id("req"), {a: 3, b: 1}, price_far=Decimal("0.1")) for _ in range(4)])
+    await register_nodes(db, [a, b])
     owed = {
         r["wallet"]: r["unpaid_far"] for r in await db.fetch("SELECT wallet, unpaid_far FROM node_earnings_summary")
     }
@@ -68,12 +71,14 @@ async def test_a_file_payout_exports_every_owed_row_once_and_pays_nothing_yet(
 
 async def test_what_a_batch_pays_each_wallet_is_recorded_when_it_is_claimed(payouts_db: asyncpg.Connection) -> None:
     peers = [unique_id("peer") for _ in range(3)]
-    await payouts_db.execute("SELECT 1")
     await write_batch(payouts_db, [usage_record(unique_id("req"), {p: 1 for p in peers}) for _ in range(5)])
+    await register_nodes(payouts_db, peers)
     batch = await claim_batch(payouts_db, "test", Decimal(0))
     assert batch is not None
-    # the batch pays what was claimed, even if the rows' wallets change afterwards
+    # the batch pays what was claimed, even if the rows' announced wallets or the nodes' owners change afterwards
     await payouts_db.execute("UPDATE far_session_contributions SET wallet = $1", wallet_for("someone-else"))
+    for peer in peers:
+        await transfer_node(payouts_db, peer, peer, "someone-else")
     assert (await load_batch(payouts_db, batch.id)).payments == tuple(
         WalletPayment(p.wallet, p.amount_far) for p in batch.payments
     )
@@ -86,6 +91,7 @@ async def test_concurrent_payout_runs_never_include_a_row_twice(
     await write_batch(
         payouts_db, [usage_record(unique_id("req"), {p: 1 for p in peers[i % 5 :: 5]}) for i in range(200)]
     )
+    await register_nodes(payouts_db, peers)
     batches = await asyncio.gather(
         *(run_payout(payouts_ledger_dsn, FilePayer(tmp_path), min_far=Decimal(0)) for _ in range(4))
     )
@@ -98,6 +104,7 @@ async def test_wallets_owed_less_than_the_minimum_wait_for_a_later_run(
 ) -> None:
     big, small = unique_id("peer"), unique_id("peer")
     await write_batch(payouts_db, [usage_record(unique_id("req"), {big: 9, small: 1}, price_far=Decimal("0.1"))])
+    await register_nodes(payouts_db, [big, small])
     batch = await run_payout(payouts_ledger_dsn, FilePayer(tmp_path), min_far=Decimal("0.5"))
     assert batch is not None and [p.wallet for p in batch.payments] == [wallet_for(big)]
     unpaid = await payouts_db.fetchval("SELECT unpaid_far FROM node_earnings_summary WHERE node_id = $1", small)
@@ -109,6 +116,7 @@ async def test_a_batch_pays_at_most_max_wallets_and_the_rest_wait_for_the_next(
 ) -> None:
     peers = [unique_id("peer") for _ in range(7)]
     await write_batch(payouts_db, [usage_record(unique_id("req"), {p: 1 for p in peers})])
+    await register_nodes(payouts_db, peers)
     first = await claim_batch(payouts_db, "test", Decimal(0), max_wallets=5)
     second = await claim_batch(payouts_db, "test", Decimal(0), max_wallets=5)
     assert first is not None and second is not None
@@ -123,14 +131,16 @@ def test_a_batch_total_is_exact_beyond_28_significant_digits() -> None:
     assert batch.total_far == big  # the built-in sum() would give 1.000000000000000000000000000E+20
 
 
-def test_the_payee_is_one_named_sql_expression() -> None:
-    assert PAYEE_WALLET == "c.wallet"
+def test_the_payee_is_the_registered_wallet_in_one_named_sql_expression() -> None:
+    assert PAYEE_WALLET == "far_registered_wallet(c.node_id)"
 
 
 async def test_a_failed_export_leaves_the_rows_unpaid_and_the_batch_marked_failed(
     payouts_db: asyncpg.Connection, payouts_ledger_dsn: str, tmp_path: Path
 ) -> None:
-    await write_batch(payouts_db, [usage_record(unique_id("req"), {unique_id("peer"): 1})])
+    peer = unique_id("peer")
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {peer: 1})])
+    await register_nodes(payouts_db, [peer])
     with pytest.raises(PaymentFailed, match="disk is full"):
         await run_payout(payouts_ledger_dsn, FailingPayer(), min_far=Decimal(0))
     assert await payouts_db.fetchval("SELECT status FROM far_payment_batches") == "failed"
@@ -146,7 +156,9 @@ async def test_far_mesh_payouts_resolve_failed_releases_an_exported_batch_for_th
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await write_batch(payouts_db, [usage_record(unique_id("req"), {unique_id("peer"): 1, unique_id("peer"): 3})])
+    peers = [unique_id("peer"), unique_id("peer")]
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {peers[0]: 1, peers[1]: 3})])
+    await register_nodes(payouts_db, peers)
     exported = await run_payout(payouts_ledger_dsn, FilePayer(tmp_path / "a"), min_far=Decimal(0))
     assert exported is not None
     monkeypatch.setenv("POSTGRES_URL", payouts_ledger_dsn)

@@ -19,6 +19,7 @@ from chain.units import to_base_units
 from devstack.ports import free_port
 from tests.fixtures.chain import FarDeployment, chain_rpc, new_deployment
 from tests.fixtures.ledger import unique_id, usage_record, wait_until
+from tests.fixtures.registrations import register_nodes
 
 
 def payout_settings(d: FarDeployment, dsn: str, **overrides: Any) -> PayoutSettings:
@@ -37,8 +38,10 @@ def payout_settings(d: FarDeployment, dsn: str, **overrides: Any) -> PayoutSetti
 
 
 async def earn(db: asyncpg.Connection, nodes: int, *, sessions: int = 3, price_far: str = "0.0123456789") -> list[str]:
-    """Usage records that owe `nodes` distinct nodes amounts with all 18 decimals in use."""
+    """Usage records that owe `nodes` distinct nodes, each registered to the wallet it announces, amounts with
+    all 18 decimals in use."""
     peers = [unique_id("peer") for _ in range(nodes)]
+    await register_nodes(db, peers)
     records = [
         usage_record(
             unique_id("req"),
@@ -62,7 +65,10 @@ async def run_on_own_connection(payer: ChainPayer, dsn: str) -> list[Settled]:
 
 
 async def paid_by_wallet(db: asyncpg.Connection) -> dict[str, Decimal]:
-    rows = await db.fetch("SELECT wallet, sum(paid_far) AS paid FROM node_earnings_summary GROUP BY wallet")
+    """What the ledger says each wallet was paid: its registered nodes' paid rows."""
+    rows = await db.fetch(
+        "SELECT far_registered_wallet(node_id) AS wallet, sum(paid_far) AS paid FROM node_earnings_summary GROUP BY 1"
+    )
     return {r["wallet"]: r["paid"] for r in rows}
 
 

@@ -17,6 +17,7 @@ from cli.main import main
 from devstack.ports import free_port
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record
+from tests.fixtures.registrations import register_nodes
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def chain_env(
 
 async def owe(db: asyncpg.Connection, peers: list[str] | None = None) -> None:
     peers = peers or [unique_id("peer") for _ in range(3)]
+    await register_nodes(db, peers)
     await write_batch(db, [usage_record(unique_id("req"), {p: 1 + i for i, p in enumerate(peers)})])
 
 

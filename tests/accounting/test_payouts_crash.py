@@ -15,6 +15,7 @@ from accounting.ledger import write_batch
 from chain.units import to_base_units
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.ledger import unique_id, usage_record
+from tests.fixtures.registrations import register_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYER_PROCESS = ROOT / "tests" / "chain" / "payer_process.py"
@@ -62,6 +63,7 @@ async def test_a_payer_killed_at_any_step_pays_every_wallet_exactly_once_after_a
     paid_on_chain_before_restart: bool,
 ) -> None:
     peers = [unique_id("peer") for _ in range(20)]
+    await register_nodes(payouts_db, peers)
     await write_batch(
         payouts_db,
         [

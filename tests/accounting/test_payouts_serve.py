@@ -12,6 +12,7 @@ from devstack.ports import free_port
 from tests.accounting.test_payouts_chain import payout_settings
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record, wait_until
+from tests.fixtures.registrations import register_nodes
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -45,9 +46,8 @@ async def test_serve_pays_what_is_owed_each_round_and_reports_it_in_its_metrics(
 
     try:
         for round_ in range(2):  # earnings arriving while it runs are paid in a later round
-            await write_batch(
-                payouts_db, [usage_record(unique_id("req"), {unique_id("peer"): 1, unique_id("peer"): 2})]
-            )
+            peers = await register_nodes(payouts_db, [unique_id("peer"), unique_id("peer")])
+            await write_batch(payouts_db, [usage_record(unique_id("req"), {p: 1 + i for i, p in enumerate(peers)})])
             await wait_until(all_paid, what=f"round {round_} paid")
         await asyncio.sleep(0.5)  # the gauges are refreshed after each round
         samples = scrape(port)

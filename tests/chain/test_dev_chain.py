@@ -1,16 +1,21 @@
 """`far-mesh dev`'s chain: found (or started), contracts deployed once per node, the payer's settings ready."""
 
+import asyncio
 import json
 import stat
 from pathlib import Path
 
+import asyncpg
 import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
 from web3 import Web3
 
 from chain.node import LocalChain, answers, dev_account
 from chain.settings import PayoutSettings
 from devstack import chain_node
 from devstack.ports import free_port
+from tests.fixtures.ledger import unique_id, wallet_for
 
 
 def test_a_configured_node_gets_the_contracts_once_and_the_payer_its_settings(
@@ -47,3 +52,31 @@ def test_without_a_node_one_is_started_under_the_state_directory_and_stopped_wit
     finally:
         chain.node.stop()
     assert answers(chain.node.url, timeout_s=0.5) is None
+
+
+def test_the_local_swarms_providers_are_registered_to_their_wallets_with_signatures_that_verify(
+    migrated_postgres_dsn: str,
+) -> None:
+    """Payouts pay registered wallets only: `far-mesh dev` registers its servers, signed by the provider keys."""
+    provider = dev_account(chain_node.PROVIDER_ACCOUNTS[0]).address
+    served, stranger, anonymous = unique_id("12D3KooW"), unique_id("12D3KooW"), unique_id("12D3KooW")
+    servers = [(served, provider), (stranger, wallet_for("not-a-provider")), (anonymous, None)]
+
+    assert chain_node.register_providers(migrated_postgres_dsn, servers) == {served: provider}
+    assert chain_node.register_providers(migrated_postgres_dsn, servers) == {served: provider}  # a restart
+
+    async def stored() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(migrated_postgres_dsn)
+        try:
+            return await connection.fetch(
+                "SELECT node_id, wallet, statement, signature FROM far_node_registration_events "
+                "WHERE node_id = ANY($1)",
+                [served, stranger, anonymous],
+            )
+        finally:
+            await connection.close()
+
+    [event] = asyncio.run(stored())
+    assert (event["node_id"], event["wallet"]) == (served, provider)
+    signer = Account.recover_message(encode_defunct(text=event["statement"]), signature=event["signature"])
+    assert signer == provider and f"Node: {served}" in event["statement"].splitlines()
