@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "chain.commands",
     "schema.commands",
     "portal.commands",
+    "verifier.commands",
 )
 """Rooms whose `register` adds subcommands; a room not yet present is skipped."""
 

@@ -52,6 +52,9 @@ class UsageRecord(BaseModel):
     finished_at: AwareDatetime
     time_to_first_token_ms: float | None = Field(default=None, ge=0)
     failovers: int = Field(default=0, ge=0, description="Fresh sessions opened after a failed step")
+    route_policy: str | None = Field(
+        default=None, max_length=64, description="How routes were chosen, e.g. avoid-banned:1 (workers.route_policy)"
+    )
     worker_id: str = Field(min_length=1, max_length=128)
     contributions: tuple[NodeContribution, ...] = ()
 

@@ -2,11 +2,9 @@
 
 `recompute` reruns a server span's blocks on the hidden states it was sent and measures how far its answer
 was from the server's; `tolerance` says how far is too far for the dtype the states travelled in; `ledger`
-records verdicts, slashes the contributions of spans that failed and keeps reputations; `bans` keeps peers
-that failed repeatedly out of the workers' routes; `service` is the stream consumer tying them together.
+records verdicts, slashes the contributions of spans that failed, keeps reputations and bans repeat
+offenders; `service` is the stream consumer tying them together and copying bans to Redis for the workers.
 """
 
-from verifier.recompute import BlockRunner, SpanVerdict, verify_span
-from verifier.tolerance import tolerance_for
-
-__all__ = ["BlockRunner", "SpanVerdict", "tolerance_for", "verify_span"]
+# Nothing is imported here: `far-mesh --help` imports `verifier.commands`, and recomputation loads torch.
+__all__: list[str] = []

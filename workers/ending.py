@@ -43,6 +43,7 @@ class Billing:
     attribution: Attribution
     ttft_s: float | None = None
     failovers: int = 0
+    route_policy: str | None = None
 
 
 def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: str) -> tuple[StreamEvent, UsageRecord]:
@@ -82,6 +83,7 @@ def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: s
         finished_at=max(billing.started_at, datetime.now(UTC)),
         time_to_first_token_ms=billing.ttft_s * 1000 if billing.ttft_s is not None else None,
         failovers=billing.failovers,
+        route_policy=billing.route_policy,
         worker_id=worker_id,
         contributions=contributions,
     )

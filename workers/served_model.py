@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from mesh.client import ClientLimits, MeshClient, open_client
-from mesh.session import SwarmSession
+from mesh.session import SpanRecorder, SwarmSession
 from protocol.catalog import ModelSpec
 
 T = TypeVar("T")
@@ -66,8 +66,8 @@ class ServedModel:
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
-    def open_session(self, *, max_length: int) -> SwarmSession:
-        return SwarmSession(self.model, max_length=max_length)
+    def open_session(self, *, max_length: int, recorder: SpanRecorder | None = None) -> SwarmSession:
+        return SwarmSession(self.model, max_length=max_length, recorder=recorder)
 
     def new_generator(self, *, seed: int) -> torch.Generator:
         return torch.Generator().manual_seed(seed)

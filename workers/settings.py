@@ -60,6 +60,13 @@ class WorkerSettings(CommonSettings):
         description="A run retries its stream writes through a Redis outage this long before it gives the job up",
     )
 
+    far_mesh_verify_fraction: float = Field(
+        default=0.05, ge=0, le=1, description="Share of sessions whose server spans the verifier recomputes"
+    )
+    far_mesh_verify_min_per_node_hour: int = Field(
+        default=1, ge=0, le=3600, description="Sessions sampled per server per hour at least, whatever the fraction"
+    )
+
     @field_validator("far_mesh_dht_bootstrap")
     @classmethod
     def _multiaddrs(cls, value: str) -> str:

@@ -1,0 +1,185 @@
+"""The verifier process: reads spot checks from their stream, recomputes each span, writes verdicts and bans.
+
+One consumer group, so replicas share the work; an entry is acknowledged only after its verdicts are committed
+(a verifier that dies mid-check leaves it pending, and the next start claims it back). Recomputation runs in a
+thread so the loop keeps beating; bans and reputations are copied to Redis, where workers read them.
+"""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+import torch
+from redis.exceptions import ResponseError
+
+from protocol import keys
+from protocol.verification import SpotCheck
+from verifier import health
+from verifier.ledger import BanPolicy, Recorded, apply_pending_slashes, record_verdicts
+from verifier.recompute import BlockRunner, SpanVerdict, verify_span
+from verifier.settings import VerifierSettings
+
+log = logging.getLogger(__name__)
+
+_PENDING_SLASH_INTERVAL_S = 5.0
+"""How often verdicts that arrived before their sessions are applied again."""
+_CLAIM_IDLE_MS = 120_000
+"""A pending check idle this long belongs to a verifier that died; the next start takes it over."""
+
+
+class Verifier:
+    """Holds the model blocks (loaded on first use) and turns spot checks into recorded verdicts."""
+
+    def __init__(self, settings: VerifierSettings, redis: aioredis.Redis, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pool = pool
+        self.policy = BanPolicy(
+            after=settings.far_mesh_verifier_ban_after,
+            window_s=settings.far_mesh_verifier_ban_window_s,
+            cooldown_s=settings.far_mesh_verifier_ban_s,
+        )
+        self._runners: dict[str, BlockRunner] = {}
+        self.heartbeat = health.Heartbeat(settings.far_mesh_verifier_liveness_s)
+
+    def runner_for(self, model_id: str) -> BlockRunner | None:
+        if model_id not in self._runners:
+            spec = next((m for m in self.settings.catalog.models if m.model_id == model_id), None)
+            if spec is None:
+                return None
+            self._runners[model_id] = BlockRunner.load(spec.weights_source)
+            log.info("model loaded model_id=%s blocks=%d", model_id, self._runners[model_id].num_blocks)
+        return self._runners[model_id]
+
+    def recompute(self, check: SpotCheck) -> list[SpanVerdict] | None:
+        """Every span's verdict, in the message's order (blocking: run it in a thread); None for an unknown model."""
+        runner = self.runner_for(check.model_id)
+        if runner is None:
+            return None
+        return [verify_span(runner, span) for span in check.spans]
+
+    async def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Verify one entry and record it; malformed or unverifiable entries are logged and acknowledged."""
+        try:
+            check = SpotCheck.from_stream_fields(fields)
+        except ValueError as exc:
+            log.error("spot check dropped entry=%s reason=malformed: %s", entry_id.decode(), str(exc)[:200])
+            await self._ack(entry_id)
+            return
+        started = time.monotonic()
+        try:
+            verdicts = await asyncio.to_thread(self.recompute, check)
+        except ValueError as exc:  # a recording that does not fit the model: nothing to convict anyone of
+            log.error("spot check dropped request_id=%s reason=%s", check.request_id, exc)
+            await self._ack(entry_id)
+            return
+        if verdicts is None:
+            log.error(
+                "spot check dropped request_id=%s reason=model %s not in catalog", check.request_id, check.model_id
+            )
+            await self._ack(entry_id)
+            return
+        health.VERIFY_SECONDS.observe(time.monotonic() - started)
+        async with self.pool.acquire() as connection:
+            recorded = await record_verdicts(connection, check.request_id, check.model_id, verdicts, self.policy)
+        await self._publish_trust(recorded)
+        await self._ack(entry_id)
+        for verdict in verdicts:
+            health.SPANS_VERIFIED.labels(check.model_id, "ok" if verdict.ok else "mismatch").inc()
+            health.TOKENS_VERIFIED.labels(check.model_id).inc(verdict.tokens)
+        health.SLASHED_ROWS.inc(recorded.slashed)
+        bad = [v for v in verdicts if not v.ok]
+        log.info(
+            "session verified request_id=%s spans=%d mismatches=%d slashed=%d seconds=%.3f%s",
+            check.request_id,
+            len(verdicts),
+            len(bad),
+            recorded.slashed,
+            time.monotonic() - started,
+            "".join(
+                f" mismatch={v.peer_id}:{v.start_block}-{v.end_block}@step{v.first_bad_step}(err={v.max_error:.3g})"
+                for v in bad
+            ),
+        )
+
+    async def _publish_trust(self, recorded: Recorded) -> None:
+        if recorded.reputation:
+            reputation = {node: str(score) for node, score in recorded.reputation.items()}
+            await self.redis.hset(keys.NODE_REPUTATION, mapping=reputation)  # type: ignore[misc]
+        if recorded.banned:
+            await self.redis.zadd(
+                keys.BANNED_NODES, {node: until.timestamp() for node, until in recorded.banned.items()}
+            )
+            health.BANS.inc(len(recorded.banned))
+            for node, until in recorded.banned.items():
+                log.warning("node banned node_id=%s until=%s", node, until.isoformat())
+        await self.redis.zremrangebyscore(keys.BANNED_NODES, "-inf", time.time())
+
+    async def _ack(self, entry_id: bytes) -> None:
+        await self.redis.xack(keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, entry_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; the entry in hand is finished first."""
+        consumer = self.settings.far_mesh_verifier_consumer_name
+        try:
+            await self.redis.xgroup_create(
+                keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        claimed: Any = await self.redis.xautoclaim(
+            keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, consumer, _CLAIM_IDLE_MS, count=1000
+        )
+        backlog = list(claimed[1])
+        next_pending_slash = 0.0
+        log.info("verifier started consumer=%s models=%d", consumer, len(self.settings.catalog.models))
+        while not stop.is_set():
+            self.heartbeat.beat()
+            if time.monotonic() >= next_pending_slash:
+                async with self.pool.acquire() as connection:
+                    if slashed := await apply_pending_slashes(connection):
+                        health.SLASHED_ROWS.inc(slashed)
+                        log.info("pending slashes applied rows=%d", slashed)
+                next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
+            if not backlog:
+                read = await self.redis.xreadgroup(
+                    keys.VERIFICATION_CONSUMER_GROUP,
+                    consumer,
+                    {keys.VERIFICATION_STREAM: ">"},
+                    count=self.settings.far_mesh_verifier_batch,
+                    block=1000,
+                )
+                backlog = [entry for _, entries in read for entry in entries]
+            while backlog and not stop.is_set():
+                entry_id, fields = backlog.pop(0)
+                if fields:  # an entry trimmed away while pending comes back without fields
+                    await self.handle(entry_id, fields)
+                else:
+                    await self._ack(entry_id)
+                self.heartbeat.beat()
+
+
+async def serve(settings: VerifierSettings, stop: asyncio.Event | None = None) -> None:
+    """Run the verifier until `stop` (or forever); `far-mesh verifier`'s body."""
+    torch.set_num_threads(settings.far_mesh_verifier_threads)
+    stop = stop or asyncio.Event()
+    redis = aioredis.Redis.from_url(str(settings.redis_url))
+    pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=2)
+    verifier = Verifier(settings, redis, pool)
+    server = (
+        health.serve_health(verifier.heartbeat, settings.far_mesh_verifier_metrics_port)
+        if settings.far_mesh_verifier_metrics_port
+        else None
+    )
+    try:
+        await verifier.run(stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+        await pool.close()
+        await redis.aclose()
+        log.info("verifier stopped")
