@@ -22,6 +22,7 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
     from portal.settings import PortalSettings
     from protocol.settings import CommonSettings
     from schema.settings import LedgerSettings
+    from verifier.settings import VerifierSettings
     from workers.settings import WorkerSettings
 
     return (
@@ -32,6 +33,7 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
         ("accounting", AccountingSettings),
         ("payouts, chain", PayoutSettings),
         ("portal", PortalSettings),
+        ("verifier", VerifierSettings),
         ("swarm, node, models", MeshSettings),
     )
 
