@@ -23,8 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import inference, mesh_status, openai_api
+from gateway import inference, mesh_status, openai_api, usage
 from gateway.api_keys import KeyStore, KeyStoreUnavailable
+from gateway.budgets import RESERVATION_MARGIN_S, Budgets
 from gateway.errors import ApiError, error_response
 from gateway.inflight import Inflight
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
@@ -109,6 +110,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
             relay=relay,
             inflight=inflight,
             rate_limiter=RateLimiter(redis, per_minute=settings.gateway_rate_limit_per_minute),
+            budgets=Budgets(
+                redis,
+                pool,
+                timeout_s=settings.gateway_ledger_timeout_s,
+                reservation_ttl_s=settings.gateway_stream_deadline_s + RESERVATION_MARGIN_S,
+            ),
         )
         relay.start()
         renewer = asyncio.create_task(inflight.renew_forever(lease_s / 3))
@@ -149,6 +156,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/usage", usage.usage, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     if not settings.gateway_metrics_port:

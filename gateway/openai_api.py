@@ -17,7 +17,9 @@ own last chunk with empty `choices`, as OpenAI sends it; without it, the final c
 extra that clients which do not know it ignore). Ids are `chatcmpl-<request_id>` / `cmpl-<request_id>`, and
 `system_fingerprint` names the model and the gateway's sampling code.
 
-Chat messages become one prompt with this template, one line per message, then the cue for the reply:
+Chat messages travel to the worker as turns, and the worker formats them with the tokenizer's own chat template
+(`workers.prompts`). For a tokenizer without one, the job's prompt is the fallback, one line per message, then
+the cue for the reply:
 
     System: <content>
     User: <content>
@@ -56,6 +58,7 @@ from gateway.state import GatewayState, state_of
 from gateway.submission import Accepted, submit
 from protocol import keys
 from protocol.catalog import ModelId
+from protocol.jobs import ChatTurn
 from protocol.requests import (
     MAX_LOGIT_BIAS,
     MAX_NEW_TOKENS,
@@ -69,6 +72,13 @@ from protocol.requests import (
 from protocol.wallet import Wallet
 
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+_TEMPLATE_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
+    "system": "system",
+    "developer": "system",  # chat templates predate OpenAI's "developer" role
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 DONE_SENTINEL = b"data: [DONE]\n\n"
 DEFAULT_CHAT_TOKENS = 256
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's own default for /v1/completions
@@ -429,7 +439,8 @@ async def _complete(request: Request, *, chat: bool) -> Response:
         max_tokens = completion_body.max_tokens or min(DEFAULT_COMPLETION_TOKENS, cap)
         generate = _generate_request(completion_body, prompt, max_tokens, prompt_field)
         body = completion_body
-    accepted = await submit(state, generate, key, prompt_field=prompt_field)
+    turns = [ChatTurn(role=_TEMPLATE_ROLES[m.role], content=m.text) for m in chat_body.messages] if chat else None
+    accepted = await submit(state, generate, key, prompt_field=prompt_field, messages=turns)
     shape = _Shape(chat=chat, accepted=accepted, include_usage=body.include_usage)
     if body.stream:
         return relay_response(state, accepted.slot, render=shape.chunk)

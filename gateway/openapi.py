@@ -230,6 +230,23 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
             }
         },
         "/v1/models": {"get": {"summary": "OpenAI-compatible model list", "responses": {"200": json_ok("Models")}}},
+        "/v1/usage": {
+            "get": {
+                "summary": "Spend of every key of the caller's wallet by UTC day, model and key (from the ledger), "
+                "and the calling key's budget",
+                "security": bearer,
+                "parameters": [
+                    {"name": "start", "in": "query", "required": False, "schema": {"type": "string", "format": "date"}},
+                    {"name": "end", "in": "query", "required": False, "schema": {"type": "string", "format": "date"}},
+                ],
+                "responses": {
+                    "200": json_ok("Usage"),
+                    "400": _openai_error("Bad dates"),
+                    "401": _openai_error("Missing, invalid, revoked or expired API key"),
+                    "503": _error("The ledger or Redis does not answer; see Retry-After"),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",

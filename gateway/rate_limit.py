@@ -29,10 +29,12 @@ class RateLimiter:
         self._per_minute = per_minute
         self._take = redis.register_script(_TAKE)
 
-    async def take(self, api_key_id: str) -> float:
-        """0 when the request may start, else the seconds until it could."""
+    async def take(self, api_key_id: str, *, per_minute: int | None = None) -> float:
+        """0 when the request may start, else the seconds until it could; `per_minute` overrides the default
+        for a key with a limit of its own."""
         now_ms = int(time.time() * 1000)
+        limit = per_minute or self._per_minute
         wait_ms = await self._take(
-            keys=[keys.rate_limit(api_key_id)], args=[now_ms, WINDOW_MS, self._per_minute, uuid.uuid4().hex]
+            keys=[keys.rate_limit(api_key_id)], args=[now_ms, WINDOW_MS, limit, uuid.uuid4().hex]
         )
         return int(wait_ms) / 1000.0

@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 
 from gateway.api_keys import KeyStore
+from gateway.budgets import Budgets
 from gateway.inflight import Inflight
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
@@ -26,6 +27,7 @@ class GatewayState:
     relay: StreamRelay
     inflight: Inflight
     rate_limiter: RateLimiter
+    budgets: Budgets
 
 
 def state_of(request: Request) -> GatewayState:

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 from gateway.api_keys import ApiKey
+from gateway.budgets import check_key_limits
 from gateway.errors import (
     Conflict,
     Forbidden,
@@ -27,7 +28,7 @@ from gateway.state import GatewayState
 from gateway.swarm_status import fresh_snapshot
 from protocol import keys
 from protocol.catalog import ModelSpec
-from protocol.jobs import GenerateJob, enqueue_generate
+from protocol.jobs import ChatTurn, GenerateJob, enqueue_generate
 from protocol.ownership import RequestOwner
 from protocol.requests import GenerateRequest, SamplingOptions
 
@@ -81,10 +82,18 @@ def _apply_caps(state: GatewayState, body: GenerateRequest, prompt_field: str) -
     return body
 
 
-async def submit(state: GatewayState, body: GenerateRequest, key: ApiKey, *, prompt_field: str = "prompt") -> Accepted:
+async def submit(
+    state: GatewayState,
+    body: GenerateRequest,
+    key: ApiKey,
+    *,
+    prompt_field: str = "prompt",
+    messages: list[ChatTurn] | None = None,
+) -> Accepted:
     """Start `body` as a job billed to `key`'s wallet, or attach to it if this key already submitted its id.
 
-    `prompt_field` names the client's field the prompt came from, for error messages (chat: "messages").
+    `prompt_field` names the client's field the prompt came from, for error messages (chat: "messages");
+    `messages` are a chat request's turns, which the worker formats with the model's chat template.
     """
     body = _apply_caps(state, body, prompt_field)
     if body.user_wallet is not None and body.user_wallet != key.wallet:
@@ -94,6 +103,7 @@ async def submit(state: GatewayState, body: GenerateRequest, key: ApiKey, *, pro
             field="user_wallet",
         )
     spec = resolve_model(state, body.model_id)
+    check_key_limits(key, spec.model_id)
     request_id = body.request_id or new_request_id()
     redis = state.redis
 
@@ -118,7 +128,7 @@ async def submit(state: GatewayState, body: GenerateRequest, key: ApiKey, *, pro
             )
         new_owner = RequestOwner(key.key_id, spec.model_id).encode()
         if await redis.set(keys.request_owner(request_id), new_owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S):
-            return Accepted(request_id, spec, await _start(state, body, spec, request_id, key))
+            return Accepted(request_id, spec, await _start(state, body, spec, request_id, key, messages))
         owner = await redis.get(keys.request_owner(request_id))  # lost a race with another submission
     first = RequestOwner.decode(owner)
     if first.api_key_id != key.key_id:
@@ -126,30 +136,45 @@ async def submit(state: GatewayState, body: GenerateRequest, key: ApiKey, *, pro
             f"request_id {request_id!r} is already used by another API key; choose another", field="request_id"
         )
     spec = resolve_model(state, first.model_id)  # the first submission's model, whatever this body says
-    return Accepted(request_id, spec, await admit(state, Lease(key.key_id, spec.model_id, request_id)))
+    lease = Lease(key.key_id, spec.model_id, request_id)
+    return Accepted(request_id, spec, await admit(state, lease, key.limits.max_concurrent_streams))
 
 
 async def take_rate_limit(state: GatewayState, key: ApiKey) -> None:
     """One request from `key`'s per-minute budget; 429 with Retry-After when it is spent."""
-    wait_s = await state.rate_limiter.take(key.key_id)
+    per_minute = key.limits.rate_limit_per_minute or state.settings.gateway_rate_limit_per_minute
+    wait_s = await state.rate_limiter.take(key.key_id, per_minute=per_minute)
     if wait_s > 0:
         raise TooManyRequests(
-            f"rate limit of {state.settings.gateway_rate_limit_per_minute} requests per minute "
-            "reached for this API key",
+            f"rate limit of {per_minute} requests per minute reached for this API key",
             retry_after_s=wait_s,
         )
 
 
-async def _start(state: GatewayState, body: GenerateRequest, spec: ModelSpec, request_id: str, key: ApiKey) -> Slot:
+async def _start(
+    state: GatewayState,
+    body: GenerateRequest,
+    spec: ModelSpec,
+    request_id: str,
+    key: ApiKey,
+    messages: list[ChatTurn] | None = None,
+) -> Slot:
     """Admit and enqueue the request whose owner key was just written; undo both if either fails, so a retry
     with the same id starts it afresh and no slot is left taken."""
     lease = Lease(key.key_id, spec.model_id, request_id)
     slot: Slot | None = None
+    reserved = False
     try:
-        slot = await admit(state, lease)
-        await _enqueue(state, body, spec, request_id, key)
+        slot = await admit(state, lease, key.limits.max_concurrent_streams)
+        if key.limits.budgeted:
+            max_cost_far = body.max_tokens * state.settings.catalog.price_of(spec)
+            await state.budgets.reserve(key, request_id, max_cost_far)
+            reserved = True
+        await _enqueue(state, body, spec, request_id, key, messages)
         return slot
     except BaseException:
+        if reserved:
+            await state.budgets.release(key.key_id, request_id)
         async with state.redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.request_owner(request_id))
             if slot is not None:
@@ -159,9 +184,10 @@ async def _start(state: GatewayState, body: GenerateRequest, spec: ModelSpec, re
         raise
 
 
-async def admit(state: GatewayState, lease: Lease) -> Slot:
-    """A concurrent-stream slot for one more connection of `lease`'s key; 429 when it already holds the most."""
-    limit = state.settings.gateway_max_concurrent_streams
+async def admit(state: GatewayState, lease: Lease, max_streams: int | None = None) -> Slot:
+    """A concurrent-stream slot for one more connection of `lease`'s key; 429 when it already holds the most
+    (`max_streams`, the key's own limit, else GATEWAY_MAX_CONCURRENT_STREAMS)."""
+    limit = max_streams or state.settings.gateway_max_concurrent_streams
     slot = await state.inflight.admit(lease, limit)
     if slot is None:
         raise TooManyRequests(
@@ -172,7 +198,14 @@ async def admit(state: GatewayState, lease: Lease) -> Slot:
     return slot
 
 
-async def _enqueue(state: GatewayState, body: GenerateRequest, spec: ModelSpec, request_id: str, key: ApiKey) -> None:
+async def _enqueue(
+    state: GatewayState,
+    body: GenerateRequest,
+    spec: ModelSpec,
+    request_id: str,
+    key: ApiKey,
+    messages: list[ChatTurn] | None = None,
+) -> None:
     job = GenerateJob(
         request_id=request_id,
         model_id=spec.model_id,
@@ -184,6 +217,8 @@ async def _enqueue(state: GatewayState, body: GenerateRequest, spec: ModelSpec, 
         api_key_id=key.key_id,
         price_per_token_far=state.settings.catalog.price_of(spec),
         enqueued_at=time.time(),
+        messages=messages,
+        budgeted=key.limits.budgeted,
         **body.model_dump(include=set(SamplingOptions.model_fields)),
     )
     queued = await enqueue_generate(state.arq, job)

@@ -5,9 +5,9 @@ configured price changes while the job waits.
 """
 
 import logging
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from protocol import keys
 from protocol.catalog import ModelId
@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 
 GENERATE_FUNCTION: Final = "generate"
 """The arq function name of the generate job; its only argument is `GenerateJob.model_dump(mode="json")`."""
+
+
+class ChatTurn(BaseModel):
+    """One message of a chat request, as the model's chat template reads it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
 class GenerateJob(SamplingOptions):
@@ -40,6 +49,15 @@ class GenerateJob(SamplingOptions):
     api_key_id: str | None = Field(default=None, max_length=64)
     price_per_token_far: FarAmount
     enqueued_at: float = Field(description="Unix time the gateway enqueued the job, for queue-wait metrics")
+    budgeted: bool = Field(
+        default=False, description="The key has a budget: the worker settles the request's reservation when it ends"
+    )
+    messages: list[ChatTurn] | None = Field(
+        default=None,
+        max_length=1000,
+        description="A chat request's turns: the worker formats them with the tokenizer's chat template when it "
+        "has one; `prompt` is the same turns in the gateway's fallback format, for tokenizers without one",
+    )
 
 
 async def enqueue_generate(pool: Any, job: GenerateJob) -> bool:

@@ -29,10 +29,11 @@ from protocol.events import ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
 from protocol.money import cost_of
 from protocol.ownership import RequestOwner
-from workers import metrics
+from workers import budget, metrics
 from workers.attribution import Attribution
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, end_abandoned, ending_of
+from workers.prompts import prompt_ids
 from workers.sampling import Sampler, SamplingError
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
@@ -169,7 +170,7 @@ async def run_request(
             job=job,
             served=served,
             writer=writer,
-            prompt_ids=served.encode(job.prompt),
+            prompt_ids=prompt_ids(served, job),
             generated=list(so_far.token_ids),
             started_at=datetime.now(UTC),
             trust=trust or RunTrust(),
@@ -431,6 +432,7 @@ async def _finish(
     if finished is Written.STATE_LOST:
         return await _finish(run, _state_lost(run), worker_id, settings, state_lost=True)
     _check(finished)
+    await budget.settle(run.writer.redis, run.job, run.cost_far)
     return outcome.status
 
 

@@ -171,6 +171,7 @@ class TokenStreamWriter:
         lease_ttl_s: float,
         owner: RequestOwner | None = None,
     ) -> None:
+        self.redis = redis
         self.request_id = request_id
         self.run_id = run_id
         self._lease_ms = max(1, int(lease_ttl_s * 1000))

@@ -43,6 +43,11 @@ SECRETS_READ = {
         ("far-mesh-portal-ledger", "POSTGRES_URL"),
         ("far-mesh-portal", "PORTAL_SECRET_KEY"),
     },
+    ("far-mesh-verifier", "verifier"): {
+        ("far-mesh-redis", "REDIS_URL"),
+        ("far-mesh-ledger", "POSTGRES_URL"),
+        ("far-mesh-huggingface", "HUGGING_FACE_HUB_TOKEN"),
+    },
     ("far-mesh-payouts", "payouts"): {
         ("far-mesh-ledger", "POSTGRES_URL"),
         ("far-mesh-chain", "FAR_MESH_CHAIN_RPC_URL"),
@@ -51,7 +56,11 @@ SECRETS_READ = {
 }
 """Every (Secret, key) each container can read, by env, envFrom or volume; anything more fails."""
 GATEWAY_ROLE = "far_mesh_gateway"
-GATEWAY_READS = {"far_api_keys": None, "schema_migrations": None, "far_mesh_sessions": {"request_id"}}
+GATEWAY_READS = {
+    "far_api_keys": None,
+    "schema_migrations": None,
+    "far_mesh_sessions": {"request_id", "api_key_id", "model_id", "started_at", "tokens_generated", "total_cost_far"},
+}
 """What far_mesh_gateway may SELECT: whole tables (None) or only the named columns."""
 LIGHT_GATEWAY_MODULES = [p for p in (REPO / "gateway").glob("*.py") if p.name != "commands.py"]
 """The gateway process's code; `commands.py` is `far-mesh keys`, an operator command run with the owner's URL."""

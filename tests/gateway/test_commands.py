@@ -1,4 +1,4 @@
-"""`far-mesh keys create|revoke` against the real ledger database, and the keys they make at the gateway."""
+"""`far-mesh keys create|revoke|list|show` against the real ledger database, and the keys they make at the gateway."""
 
 import asyncio
 import os
@@ -35,6 +35,43 @@ def test_a_created_key_works_until_it_is_revoked(gateway_url: str, migrated_post
     assert follow() == 401
     again = far_mesh("keys", "revoke", key_id, postgres_url=migrated_postgres_dsn)
     assert again.returncode == 1 and "no active API key" in again.stderr
+
+
+def test_keys_create_takes_budgets_and_limits_and_list_and_show_print_them(migrated_postgres_dsn: str) -> None:
+    created = far_mesh(
+        "keys", "create", "--wallet", WALLET, "--label", "team-a",
+        "--max-budget-far", "12.5", "--period-budget-far", "1", "--budget-period", "day",
+        "--expires", "2099-01-31", "--models", "test/tiny-llama,test/no-swarm",
+        "--rate-limit", "30", "--max-streams", "2",
+        postgres_url=migrated_postgres_dsn,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    key_id = created.stdout.split()[-1].split("_")[1]
+    shown = far_mesh("keys", "show", key_id, postgres_url=migrated_postgres_dsn)
+    assert shown.returncode == 0, shown.stderr
+    line = shown.stdout.strip()
+    for part in (
+        f"key_id={key_id}",
+        "status=active",
+        "spent_far=0",
+        "max_budget_far=12.5",
+        "period_budget_far=1",
+        "budget_period=day",
+        "expires=2099-01-31T00:00:00+00:00",
+        "models=test/tiny-llama,test/no-swarm",
+        "rate_limit=30",
+        "max_streams=2",
+    ):
+        assert part in line, (part, line)
+    listed = far_mesh("keys", "list", "--wallet", WALLET, postgres_url=migrated_postgres_dsn)
+    assert listed.returncode == 0 and f"key_id={key_id}" in listed.stdout
+    assert created.stdout.split()[-1] not in listed.stdout + shown.stdout  # the secret is never printed again
+    unknown = far_mesh("keys", "show", "0" * 16, postgres_url=migrated_postgres_dsn)
+    assert unknown.returncode == 1 and "no API key" in unknown.stderr
+    half = far_mesh(
+        "keys", "create", "--wallet", WALLET, "--period-budget-far", "1", postgres_url=migrated_postgres_dsn
+    )
+    assert half.returncode == 1 and "--budget-period" in half.stderr
 
 
 def test_keys_create_refuses_a_wallet_with_a_bad_checksum(migrated_postgres_dsn: str) -> None:

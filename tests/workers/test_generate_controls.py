@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent, TokenEvent
 from protocol.money import cost_of
+from tests.fixtures.stops import stop_across_three_tokens
 from tests.fixtures.workers import (
     PRICE_FAR,
     RunningFleet,
@@ -23,26 +24,12 @@ pytestmark = pytest.mark.swarm
 PROMPT = "The mesh streams tokens to"
 
 
-def _stop_across_three_tokens(model: ModelSpec, ids: list[int]) -> tuple[str, int]:
-    """A stop string made of the last character of one token's text, the whole next token and the first character
-    of the one after, and how many tokens are generated until the text first contains it."""
-    texts = [decode_locally(model, ids[:k]) for k in range(len(ids) + 1)]
-    for k in range(1, len(ids) - 2):
-        lengths = [len(texts[n]) for n in range(k - 1, k + 3)]
-        if all(b > a for a, b in zip(lengths, lengths[1:], strict=False)):
-            stop = texts[k + 2][lengths[1] - 1 : lengths[2] + 1]
-            first = next(n for n, text in enumerate(texts) if stop in text)
-            if "\ufffd" not in stop and first == k + 2:
-                return stop, first
-    raise AssertionError("no three consecutive printable tokens in the reference continuation")
-
-
 async def test_a_stop_spanning_three_tokens_ends_the_stream_before_it_billed_for_the_tokens_generated(
     two_server_fleet: RunningFleet, redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
 ) -> None:
     model = tiny_models[0]
     reference = reference_continuation(model, PROMPT, 40)
-    stop, tokens_to_stop = _stop_across_three_tokens(model, reference)
+    stop, tokens_to_stop = stop_across_three_tokens(model, reference)
     full_text = decode_locally(model, reference)
     job = make_job(model, prompt=PROMPT, max_tokens=40, stop=["never appears \x00", stop])
     await enqueue(redis_url, job)
