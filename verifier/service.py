@@ -8,7 +8,8 @@ thread so the loop keeps beating; bans and reputations are copied to Redis, wher
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -23,9 +24,11 @@ from verifier.recompute import BlockRunner, SpanVerdict, verify_span
 from verifier.settings import VerifierSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _PENDING_SLASH_INTERVAL_S = 5.0
 """How often verdicts that arrived before their sessions are applied again."""
+_BEAT_WHILE_WORKING_S = 5.0
 _CLAIM_IDLE_MS = 120_000
 """A pending check idle this long belongs to a verifier that died; the next start takes it over."""
 
@@ -71,7 +74,7 @@ class Verifier:
             return
         started = time.monotonic()
         try:
-            verdicts = await asyncio.to_thread(self.recompute, check)
+            verdicts = await self._beating(asyncio.to_thread(self.recompute, check))
         except ValueError as exc:  # a recording that does not fit the model: nothing to convict anyone of
             log.error("spot check dropped request_id=%s reason=%s", check.request_id, exc)
             await self._ack(entry_id)
@@ -104,6 +107,15 @@ class Verifier:
                 for v in bad
             ),
         )
+
+    async def _beating(self, work: Awaitable[T]) -> T:
+        """Await `work`, beating the heartbeat meanwhile: a long recomputation, or the first load of a model's
+        weights, is the loop doing its job, not a stuck loop."""
+        task = asyncio.ensure_future(work)
+        while not task.done():
+            await asyncio.wait({task}, timeout=_BEAT_WHILE_WORKING_S)
+            self.heartbeat.beat()
+        return task.result()
 
     async def _publish_trust(self, recorded: Recorded) -> None:
         if recorded.reputation:
