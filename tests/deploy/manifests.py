@@ -61,7 +61,9 @@ PROCESSES = {
         "far-mesh-accounting", "migrate", "release", "schema.settings:LedgerSettings", "light", None, init=True
     ),
     # Not scraped yet (no PodMonitor, no EXPOSE in the mesh image): its metrics port serves /healthz probes.
-    "verifier": Process("far-mesh-verifier", "verifier", "verifier", "verifier.settings:VerifierSettings", "mesh", None),
+    "verifier": Process(
+        "far-mesh-verifier", "verifier", "verifier", "verifier.settings:VerifierSettings", "mesh", None
+    ),
 }
 """Every far-mesh process the manifests run; a container missing here fails `test_every_container_is_known`."""
 
