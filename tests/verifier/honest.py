@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mesh.session import tensor_b64
-from protocol.verification import RecordedSpan, RecordedStep
+from protocol.verification import HiddenDtype, RecordedSpan, RecordedStep
 
 
 def _step_mask(past: int, new: int) -> torch.Tensor:
@@ -48,14 +48,19 @@ def honest_span(
 
 
 def recorded(
-    peer_id: str, start: int, end: int, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]
+    peer_id: str,
+    start: int,
+    end: int,
+    inputs: Sequence[torch.Tensor],
+    outputs: Sequence[torch.Tensor],
+    dtype: HiddenDtype = "float32",
 ) -> RecordedSpan:
     return RecordedSpan(
         peer_id=peer_id,
         start_block=start,
         end_block=end,
         hidden_size=int(inputs[0].shape[-1]),
-        dtype="float32",
+        dtype=dtype,
         steps=tuple(
             RecordedStep(step=i, tokens=int(x.shape[0]), inputs_b64=tensor_b64(x), outputs_b64=tensor_b64(y))
             for i, (x, y) in enumerate(zip(inputs, outputs, strict=True))

@@ -38,7 +38,7 @@ def test_an_honest_span_recomputes_within_tolerance(local_model: Any, runner: Bl
     chunks = random_chunks(torch.Generator().manual_seed(1), 64, prompt=5, steps=6, scale=embedding_scale(local_model))
     result = verify_span(runner, honest_span(local_model, 0, 2, chunks))
     assert result.ok and result.steps == 7 and result.tokens == 11
-    assert result.max_error < result.tolerance / 100
+    assert result.max_error < result.tolerance / 4
 
 
 def test_a_server_with_weights_perturbed_by_one_percent_is_caught_at_its_first_step(
@@ -84,15 +84,37 @@ def test_a_thousand_honest_verifications_give_no_false_positive(local_model: Any
         result = verify_span(runner, honest_span(local_model, start, end, chunks))
         assert result.ok, f"false positive at verification {index}: {result}"
         worst = max(worst, result.max_error / result.tolerance)
-    assert worst < 0.1
+    assert worst < 0.25  # a margin of 4x at least over the worst honest error seen
     print(f"1000 honest verifications in {time.monotonic() - started:.1f}s, worst error {worst:.4f} x tolerance")
 
 
-def test_tolerance_grows_with_the_dtypes_epsilon_and_the_blocks() -> None:
+def test_tolerance_grows_with_the_dtypes_epsilon_and_the_blocks_up_to_its_cap() -> None:
     assert tolerance_for("float32", 1) < tolerance_for("float16", 1) < tolerance_for("bfloat16", 1)
-    assert tolerance_for("float32", 4) == 4 * tolerance_for("float32", 1)
+    assert tolerance_for("float32", 4) == 2 * tolerance_for("float32", 1)
+    assert tolerance_for("bfloat16", 80) == tolerance_for("float16", 80) == 0.5
     with pytest.raises(ValueError, match="int8"):
         tolerance_for("int8", 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_honest_server_passes_and_one_that_skips_its_blocks_is_caught(
+    local_model: Any, runner: BlockRunner, dtype: torch.dtype
+) -> None:
+    """A server computing in 16 bits differs from the float32 recomputation by its rounding; one that returns
+    its inputs differs by the blocks' whole effect."""
+    name = str(dtype).removeprefix("torch.")
+    server = copy.deepcopy(local_model).to(dtype)
+    generator = torch.Generator().manual_seed(6)
+    for index in range(40):
+        start = index % 4
+        end = start + 1 + (index // 4) % (4 - start)
+        chunks = [
+            c.to(dtype) for c in random_chunks(generator, 64, 1 + index % 9, index % 7, embedding_scale(local_model))
+        ]
+        outputs = run_incrementally(server.model.layers[start:end], chunks)
+        honest = verify_span(runner, recorded("honest", start, end, chunks, outputs, dtype=name))
+        assert honest.ok and honest.max_error < honest.tolerance / 3, honest
+        assert not verify_span(runner, recorded("echo", start, end, chunks, chunks, dtype=name)).ok
 
 
 def test_bfloat16_states_survive_the_round_trip_through_base64() -> None:

@@ -13,8 +13,8 @@ from mesh.session import SpanRecorder
 from protocol import keys
 from protocol.verification import SpotCheck
 from workers.route_policy import DEFAULT_POLICY, apply_route_policy, banned_peers
-from workers.spot_checks import RunTrust, begin_trust, nodes_due, sampled_by_fraction
 from workers.settings import WorkerSettings
+from workers.spot_checks import RunTrust, begin_trust, nodes_due, sampled_by_fraction
 
 PEER_A = "QmNckXSTCTz4ugo9p4jbYJeaQUJS4bgTnrzLzqCPQQBdJR"
 PEER_B = "QmUHKQbyJx3dYCbZ4AyEc3MYGCR4SCmKDkLeKdCNRsrQR4"
