@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +92,13 @@ class LocalSystem:
         """A supervised process by name: web, portal, accounting, payouts, worker.1, worker.2, ..."""
         return next(child for child in self.supervisor.children if child.name == name)
 
-    def start_process(self, name: str, env: Mapping[str, str] | None = None) -> Child:
+    def start_process(
+        self, name: str, env: Mapping[str, str] | None = None, *, argv: Sequence[str] | None = None
+    ) -> Child:
         """(Re)start one Procfile process (e.g. after a fault test killed it) with the system's settings, plus
-        `env` for this process alone (e.g. a fault-injection switch)."""
+        `env` for this process alone; `argv` replaces its Procfile command (a test's fault-injecting stand-in)."""
         kind = name.partition(".")[0]
-        argv = commands_for(REPO_ROOT / "Procfile", [kind])[kind]
+        argv = list(argv) if argv is not None else commands_for(REPO_ROOT / "Procfile", [kind])[kind]
         for old in [c for c in self.supervisor.children if c.name == name]:
             _forget(old)
         self.supervisor.children = [c for c in self.supervisor.children if c.name != name]

@@ -8,6 +8,7 @@ what it broke, so the session's one system serves the next test.
 import asyncio
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -146,11 +147,10 @@ async def test_a_swarm_server_killed_mid_stream_fails_over_to_its_replica(e2e_sy
 async def test_the_accounting_consumer_killed_between_commit_and_ack_leaves_the_ledger_exact(
     e2e_system: SystemUnderTest,
 ) -> None:
-    from accounting.consumer import CRASH_AT_ENV
-
     kill_group(e2e_system.system.process("accounting"))
     # The worst moment: its batch is committed but not acknowledged, so it is delivered again after the restart.
-    crashing = e2e_system.system.start_process("accounting", env={CRASH_AT_ENV: "after-commit"})
+    dying = [sys.executable, "-m", "tests.accounting.consumer_dying_after_commit"]
+    crashing = e2e_system.system.start_process("accounting", argv=dying)
     async with killed_then_restarted(e2e_system, "accounting"):
         ids = [new_request_id() for _ in range(3)]
         async with e2e_system.client() as client:
