@@ -1,17 +1,20 @@
 """Payouts on chain: gas per paid wallet through the batch contract vs one ERC-20 transfer per wallet, and
 wallets paid per second end to end (ledger claim -> signed, committed -> mined -> confirmed -> rows paid)
 vs sending and confirming one plain transfer per wallet. The wallets paid end to end are registered owners of
-their nodes (payouts pay registered wallets only), so the claim's per-row registration lookup is in the timing.
+their nodes (payouts pay registered wallets only), so the claim's join with the registrations is in the timing.
+Last, the claim alone on a larger ledger, as it is (joined with the registrations), through the per-row
+far_registered_wallet() function, and the old claim of the announced wallet (the baseline).
 
 Runs on a private ganache (a block per transaction) and a throwaway database on the machine's PostgreSQL
 (TEST_POSTGRES_URL, else 127.0.0.1:5432):
 
-    .venv/bin/python bench/bench_payouts.py [--wallets 1000] [--batch 200]
+    .venv/bin/python bench/bench_payouts.py [--wallets 1000] [--batch 200] [--claim-rows 200000]
 """
 
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -24,6 +27,7 @@ from web3 import Web3
 
 from accounting.ledger import write_batch
 from accounting.payer import ChainPayer
+from accounting.payouts import LOCK_OWED_ROWS
 from chain.deploy import deploy, send, transfer
 from chain.node import LocalChain, dev_account
 from chain.settings import PayoutSettings
@@ -36,7 +40,9 @@ from protocol.money import cost_of, split_payment
 from protocol.usage import NodeContribution, UsageRecord
 from protocol.wallet import to_checksum_address
 from schema.migrate import apply_migrations
-from tests.fixtures.registrations import register_nodes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests, for their fixtures
+from tests.fixtures.registrations import register_nodes  # noqa: E402
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SUPPLY_FAR = Decimal(10**9)
@@ -163,6 +169,66 @@ def one_transfer_per_wallet_per_s(w3: Web3, token: str, count: int) -> float:
     return count / (time.perf_counter() - began)
 
 
+def claim_query(payable_rows: str, payee: str, lock: str) -> str:
+    """accounting.payouts' claim with the payable rows, payee expression and lock given."""
+    claimable = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {payee} IS NOT NULL"
+    return (
+        f"WITH owed AS (SELECT {payee} AS payee FROM {payable_rows} WHERE {claimable} "
+        "GROUP BY 1 HAVING sum(c.payment_far) >= $1 ORDER BY 1 LIMIT $2) "
+        f"SELECT c.id, {payee} AS payee, c.payment_far FROM {payable_rows} "
+        f"WHERE {claimable} AND {payee} IN (SELECT payee FROM owed) ORDER BY c.id {lock}"
+    )
+
+
+async def claim_ms(dsn: str, args: argparse.Namespace) -> dict[str, float]:
+    """Best of three claims of `--batch` wallets on a ledger of `--claim-rows` unpaid rows of `--claim-nodes`
+    registered nodes (seeded in SQL, triggers off): the claim as it is, the same payee through
+    far_registered_wallet(), and the old claim of the announced wallet (the baseline). They only lock rows."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("SET session_replication_role = replica")  # seeding only: no rollup triggers
+        await connection.execute(
+            "INSERT INTO far_mesh_sessions (request_id, model_id, status, finish_reason, prompt_tokens, "
+            "tokens_generated, price_per_token_far, total_cost_far, platform_remainder_far, started_at, finished_at, "
+            "worker_id) SELECT 'claim-' || g, 'bench/model', 'completed', 'length', 1, 1, 0.1, 0.1, 0, now(), now(), "
+            "'bench' FROM generate_series(1, $1) g",
+            args.claim_rows,
+        )
+        await connection.execute(
+            "INSERT INTO far_session_contributions (session_id, node_id, wallet, blocks_served, tokens_contributed, "
+            "work_units, payment_far) SELECT s.id, 'claim-node-' || n, '0x' || lpad(to_hex(n), 40, '0'), 1, 1, 1, 0.1 "
+            "FROM far_mesh_sessions s, LATERAL (SELECT substr(s.request_id, 7)::int % $1 AS n) k "
+            "WHERE s.request_id LIKE 'claim-%'",
+            args.claim_nodes,
+        )
+        await connection.execute(
+            "INSERT INTO far_node_registrations (node_id, wallet, statement, signature) "
+            "SELECT 'claim-node-' || g, '0x' || lpad(to_hex(g), 40, '0'), 'bench', '0x' || repeat('ab', 65) "
+            "FROM generate_series(0, $1 - 1) g",
+            args.claim_nodes,
+        )
+        await connection.execute("SET session_replication_role = origin")
+        await connection.execute("ANALYZE far_session_contributions, far_node_registrations")
+        table, lock = "far_session_contributions c", "FOR UPDATE OF c SKIP LOCKED"
+        variants = {
+            "registered, joined (the claim)": LOCK_OWED_ROWS,
+            "registered, far_registered_wallet()": claim_query(table, "far_registered_wallet(c.node_id)", lock),
+            "announced c.wallet (baseline)": claim_query(table, "c.wallet", lock),
+        }
+        best: dict[str, float] = {}
+        for name, sql in variants.items():
+            for _ in range(3):
+                async with connection.transaction():
+                    began = time.perf_counter()
+                    rows = await connection.fetch(sql, Decimal(0), args.batch)
+                    elapsed_ms = (time.perf_counter() - began) * 1000
+                assert len({r["payee"] for r in rows}) == args.batch
+                best[name] = min(best.get(name, float("inf")), elapsed_ms)
+        return best
+    finally:
+        await connection.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     print("load average at start: {:.2f} {:.2f} {:.2f} (2 cores shared with other work)".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,6 +253,11 @@ async def main(args: argparse.Namespace) -> None:
                 f"{rate:,.0f} wallets/s; one transfer per wallet sent and confirmed in turn {base:,.0f} wallets/s "
                 f"-> {rate / base:.1f}x"
             )
+            claims = await claim_ms(dsn, args)
+            baseline = claims["announced c.wallet (baseline)"]
+            print(f"claim of {args.batch} wallets among {args.claim_rows:,} unpaid rows of {args.claim_nodes:,} nodes:")
+            for variant, ms in claims.items():
+                print(f"  {variant:38s} {ms:8.1f} ms -> {ms / baseline:.2f}x the announced-wallet claim")
         finally:
             node.stop()
             await drop_database(ADMIN_DSN, name)
@@ -198,4 +269,6 @@ if __name__ == "__main__":
     parser.add_argument("--wallets", type=int, default=1000, help="wallets owed, paid end to end by the chain payer")
     parser.add_argument("--batch", type=int, default=200, help="wallets per batch transaction")
     parser.add_argument("--baseline-wallets", type=int, default=200, help="wallets paid one transfer each (baseline)")
+    parser.add_argument("--claim-rows", type=int, default=200_000, help="unpaid rows the claim measurement sees")
+    parser.add_argument("--claim-nodes", type=int, default=5_000, help="registered nodes those rows belong to")
     asyncio.run(main(parser.parse_args()))

@@ -12,6 +12,7 @@ import pytest
 from accounting.ledger import write_batch
 from accounting.payer import FilePayer
 from accounting.payouts import (
+    PAYABLE_ROWS,
     PAYEE_WALLET,
     BatchNotPending,
     PaymentBatch,
@@ -132,7 +133,8 @@ def test_a_batch_total_is_exact_beyond_28_significant_digits() -> None:
 
 
 def test_the_payee_is_the_registered_wallet_in_one_named_sql_expression() -> None:
-    assert PAYEE_WALLET == "far_registered_wallet(c.node_id)"
+    assert PAYABLE_ROWS == "far_session_contributions c JOIN far_node_registrations r ON r.node_id = c.node_id"
+    assert PAYEE_WALLET == "r.wallet"
 
 
 async def test_a_failed_export_leaves_the_rows_unpaid_and_the_batch_marked_failed(

@@ -3,9 +3,11 @@
 Anyone can announce any wallet in the DHT. So the rows of a peer that is not registered are held: no batch
 claims them, and they become payable, to the registered wallet, as soon as the peer registers. A batch pays
 the recipients it recorded when it was claimed: moving a node to another wallet afterwards redirects only what
-was not claimed yet. The money is checked where it lands, on a real chain (ganache).
+was not claimed yet, and a claim and a transfer of the same node never overlap. The money is checked where it
+lands, on a real chain (ganache).
 """
 
+import asyncio
 from decimal import Decimal
 
 import asyncpg
@@ -123,3 +125,59 @@ async def test_a_transfer_while_a_batch_is_in_flight_cannot_redirect_what_it_cla
     assert far_deployment.far_balance(wallet_for(bob)) == to_base_units(later) > 0
     recipients = await payouts_db.fetch("SELECT batch_id, wallet FROM far_payout_payments ORDER BY batch_id")
     assert [r["wallet"] for r in recipients] == [wallet_for(alice), wallet_for(bob)]
+
+
+async def test_a_batch_claimed_before_recipients_were_recorded_still_pays_the_wallets_it_was_claimed_for(
+    payouts_db: asyncpg.Connection,
+) -> None:
+    """Batches from before far_payout_payments were claimed paying the announced wallet; a registration made
+    since must not redirect them."""
+    node, operator = unique_id("peer"), unique_id("operator")
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {node: 1}) for _ in range(2)])
+    await register_nodes(payouts_db, [node], owner=operator)
+    claimed = await claim_batch(payouts_db, "file", Decimal(0))
+    assert claimed is not None and [p.wallet for p in claimed.payments] == [wallet_for(operator)]
+    await payouts_db.execute("DELETE FROM far_payout_payments WHERE batch_id = $1", claimed.id)  # as old batches
+
+    assert [(p.wallet, p.amount_far) for p in (await load_batch(payouts_db, claimed.id)).payments] == [
+        (wallet_for(node), claimed.total_far)
+    ]
+
+
+async def test_a_transfer_waits_for_an_open_claim_which_keeps_paying_the_owner_it_recorded(
+    payouts_db: asyncpg.Connection, payouts_ledger_dsn: str
+) -> None:
+    node, alice, bob = unique_id("peer"), unique_id("alice"), unique_id("bob")
+    await register_nodes(payouts_db, [node], owner=alice)
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {node: 1})])
+    other = await asyncpg.connect(payouts_ledger_dsn)
+    try:
+        async with payouts_db.transaction():  # the claim is still open
+            claimed = await claim_batch(payouts_db, "file", Decimal(0))
+            transfer = asyncio.create_task(transfer_node(other, node, alice, bob))
+            await asyncio.sleep(0.5)
+            assert not transfer.done()  # it waits on the registration the claim holds
+        assert await asyncio.wait_for(transfer, 10) == wallet_for(bob)
+    finally:
+        await other.close()
+    assert claimed is not None
+    assert [p.wallet for p in (await load_batch(payouts_db, claimed.id)).payments] == [wallet_for(alice)]
+
+
+async def test_the_rows_of_a_node_being_transferred_wait_for_a_later_claim_which_pays_its_new_owner(
+    payouts_db: asyncpg.Connection, payouts_ledger_dsn: str
+) -> None:
+    moving, staying, alice, bob = unique_id("peer"), unique_id("peer"), unique_id("alice"), unique_id("bob")
+    await register_nodes(payouts_db, [moving], owner=alice)
+    await register_nodes(payouts_db, [staying])
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {moving: 1, staying: 1})])
+    other = await asyncpg.connect(payouts_ledger_dsn)
+    try:
+        async with other.transaction():  # the transfer has locked the registration and not committed yet
+            await transfer_node(other, moving, alice, bob)
+            during = await claim_batch(payouts_db, "file", Decimal(0))
+        after = await claim_batch(payouts_db, "file", Decimal(0))
+    finally:
+        await other.close()
+    assert during is not None and [p.wallet for p in during.payments] == [wallet_for(staying)]
+    assert after is not None and [p.wallet for p in after.payments] == [wallet_for(bob)]
