@@ -1,12 +1,21 @@
-"""Route policy: keep banned peers out of a model's routes, as the verifier's bans in Redis say.
+"""Route policy: keep banned peers out of a model's routes, and low-reputation peers out where others suffice.
 
 Petals' sequence manager drops every server in its `blocked_servers` from the swarm view it routes over (unlike
-its own temporary ban list, which it ignores when every server of a block is on it): a banned cheat is never
-routed to, even if that leaves a block uncovered (the request then fails with no_route rather than paying a
-cheat). The set is shared by every session of the model and re-applied only when the bans change.
+its own temporary ban list, which it ignores when every server of a block is on it). Two kinds of peers go there:
+
+- banned peers (the verifier's `trust:banned`): always, even if that leaves a block uncovered (the request then
+  fails with no_route rather than paying a cheat);
+- peers on probation (reputation below `PROBATION_BELOW` in `trust:reputation`; a new node starts at 0.5):
+  only when every block they hold is also held by a server not avoided, so preferring reputable servers never
+  costs a route.
+
+The set is shared by every session of the model and re-applied only when it changes; the swarm's full view,
+needed to judge redundancy, is read from the DHT at most every `_COVERAGE_TTL_S` and only while some peer is
+on probation.
 """
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -16,6 +25,12 @@ from workers.served_model import ServedModel
 
 DEFAULT_POLICY = "default"
 """What a usage record says when no peer had to be avoided: Petals' own lowest-latency route."""
+PROBATION_BELOW = 0.4
+"""Reputation under which a server is routed to only where no better one holds its blocks."""
+_COVERAGE_TTL_S = 10.0
+
+_coverage: dict[int, tuple[float, list[set[str]]]] = {}
+"""Per sequence manager: when the swarm's unfiltered view was read, and the servers online for each block."""
 
 
 async def banned_peers(redis: aioredis.Redis) -> frozenset[str]:
@@ -24,25 +39,85 @@ async def banned_peers(redis: aioredis.Redis) -> frozenset[str]:
     return frozenset(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
 
+async def low_reputation_peers(redis: aioredis.Redis) -> dict[str, float]:
+    """Peers the verifier scored below `PROBATION_BELOW`, with their scores."""
+    scores: Mapping[Any, Any] = await redis.hgetall(keys.NODE_REPUTATION)  # type: ignore[misc]
+    low = {}
+    for node, score in scores.items():
+        value = float(score)
+        if value < PROBATION_BELOW:
+            low[node.decode() if isinstance(node, bytes) else str(node)] = value
+    return low
+
+
+def redundant(servers_by_block: Sequence[set[str]], candidates: Sequence[str], excluded: frozenset[str]) -> set[str]:
+    """The candidates (worst first) that can be avoided with every block they hold still held by someone else."""
+    avoided: set[str] = set()
+    for peer in candidates:
+        held = [servers for servers in servers_by_block if peer in servers]
+        if held and all(servers - excluded - avoided - {peer} for servers in held):
+            avoided.add(peer)
+    return avoided
+
+
 def _blocked(manager: Any) -> frozenset[str]:
     return frozenset(peer.to_base58() for peer in (manager.blocked_servers or ()))
 
 
-def apply_bans(served: ServedModel, banned: frozenset[str]) -> bool:
-    """Make `banned` the model's blocked servers and re-read the swarm if that changed them (blocking)."""
+def _servers_by_block(manager: Any) -> list[set[str]]:
+    """Every online server of each block, as the DHT announces them (before any block list)."""
+    from mesh.compat import petals
+
+    cached = _coverage.get(id(manager))
+    if cached is not None and time.monotonic() - cached[0] < _COVERAGE_TTL_S:
+        return cached[1]
+    online = petals.data_structures.ServerState.ONLINE
+    infos = petals.utils.dht.get_remote_module_infos(manager.dht, manager.block_uids, latest=True)
+    view = [{peer.to_base58() for peer, info in block.servers.items() if info.state == online} for block in infos]
+    _coverage[id(manager)] = (time.monotonic(), view)
+    return view
+
+
+def choose_blocked(served: ServedModel, banned: frozenset[str], low: Mapping[str, float]) -> frozenset[str]:
+    """The peers to keep out of routes (blocking: reads the DHT when some peer is on probation)."""
+    candidates = sorted((peer for peer in low if peer not in banned), key=lambda peer: low[peer])
+    if not candidates:
+        return banned
+    view = _servers_by_block(served.model.transformer.h.sequence_manager)
+    return banned | redundant(view, candidates, banned)
+
+
+def apply_blocked(served: ServedModel, blocked: frozenset[str]) -> bool:
+    """Make `blocked` the model's blocked servers and re-read the swarm if that changed them (blocking)."""
     from hivemind.p2p import PeerID
 
     manager = served.model.transformer.h.sequence_manager
-    if _blocked(manager) == banned:
+    if _blocked(manager) == blocked:
         return False
-    manager.blocked_servers = {PeerID.from_base58(peer) for peer in banned} or None
+    manager.blocked_servers = {PeerID.from_base58(peer) for peer in blocked} or None
     manager.update(wait=True)
     return True
 
 
+def _plan(served: ServedModel, banned: frozenset[str], low: Mapping[str, float]) -> frozenset[str]:
+    blocked = choose_blocked(served, banned, low)
+    apply_blocked(served, blocked)
+    return blocked
+
+
 async def apply_route_policy(redis: aioredis.Redis, served: ServedModel) -> str:
-    """Bring the model's routes in line with the current bans; returns the policy to record with the session."""
-    banned = await banned_peers(redis)
-    if _blocked(served.model.transformer.h.sequence_manager) != banned:
-        await served.run_blocking(apply_bans, served, banned)
-    return f"avoid-banned:{len(banned)}" if banned else DEFAULT_POLICY
+    """Bring the model's routes in line with bans and reputations; returns the policy to record with the session."""
+    banned, low = await banned_peers(redis), await low_reputation_peers(redis)
+    manager = served.model.transformer.h.sequence_manager
+    if low.keys() - banned:
+        blocked = await served.run_blocking(_plan, served, banned, low)
+    else:
+        blocked = banned
+        if _blocked(manager) != banned:
+            await served.run_blocking(apply_blocked, served, banned)
+    parts = []
+    if banned:
+        parts.append(f"avoid-banned:{len(banned)}")
+    if blocked - banned:
+        parts.append(f"avoid-low-reputation:{len(blocked - banned)}")
+    return ",".join(parts) or DEFAULT_POLICY

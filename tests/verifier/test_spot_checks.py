@@ -12,7 +12,7 @@ import torch
 from mesh.session import SpanRecorder
 from protocol import keys
 from protocol.verification import SpotCheck
-from workers.route_policy import DEFAULT_POLICY, apply_route_policy, banned_peers
+from workers.route_policy import DEFAULT_POLICY, apply_route_policy, banned_peers, redundant
 from workers.settings import WorkerSettings
 from workers.spot_checks import RunTrust, begin_trust, nodes_due, sampled_by_fraction
 
@@ -127,3 +127,23 @@ async def test_a_sampled_run_publishes_every_span_it_recorded_in_one_entry(redis
 def test_a_malformed_entry_is_refused_with_its_reason() -> None:
     with pytest.raises(ValueError, match="no 'check' field"):
         SpotCheck.from_stream_fields({b"other": b"{}"})
+
+
+def test_a_low_reputation_peer_is_avoided_only_where_others_hold_its_blocks() -> None:
+    view = [{"good", "shaky"}, {"good", "shaky"}, {"lonely"}]
+    assert redundant(view, ["lonely", "shaky"], frozenset()) == {"shaky"}
+    assert redundant(view, ["shaky"], frozenset({"good"})) == set()  # the other holder is banned
+    assert redundant([{"a", "b"}], ["a", "b"], frozenset()) == {"a"}  # never both holders of a block
+
+
+async def test_the_policy_prefers_reputable_servers_and_says_so(
+    redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = FakeServed([PEER_A, PEER_B])
+    monkeypatch.setattr("workers.route_policy._servers_by_block", lambda manager: [{PEER_A, PEER_B}])
+    await redis.hset(keys.NODE_REPUTATION, mapping={PEER_A: "0.9", PEER_B: "0.083333"})
+    assert await apply_route_policy(redis, served) == "avoid-low-reputation:1"  # type: ignore[arg-type]
+    assert {p.to_base58() for p in served.manager.blocked_servers} == {PEER_B}
+    await redis.hset(keys.NODE_REPUTATION, mapping={PEER_B: "0.5"})
+    assert await apply_route_policy(redis, served) == DEFAULT_POLICY  # type: ignore[arg-type]
+    assert served.manager.blocked_servers is None
