@@ -7,6 +7,7 @@ import asyncpg
 import pytest
 
 from accounting.ledger import write_batch
+from accounting.payouts import _CLAIMABLE as CLAIMABLE  # the payout claim's own condition, so a change shows here
 from tests.fixtures.ledger import unique_id, usage_record
 from verifier.ledger import BanPolicy, pending_slashes, record_verdicts
 from verifier.recompute import SpanVerdict
@@ -86,11 +87,9 @@ def test_a_slashed_row_can_never_be_claimed_or_given_its_payment_back(migrated_p
         await record_verdicts(connection, request_id, record.model_id, [verdict(cheat, bad=True)])
         row_id = await connection.fetchval("SELECT contribution_id FROM far_slashes WHERE node_id = $1", cheat)
         claimable = await connection.fetchval(
-            "SELECT count(*) FROM far_session_contributions c WHERE c.id = $1 AND c.paid_at IS NULL "
-            "AND c.payment_batch_id IS NULL AND c.payment_far > 0",
-            row_id,
+            f"SELECT count(*) FROM far_session_contributions c WHERE c.id = $1 AND {CLAIMABLE}", row_id
         )
-        assert claimable == 0  # accounting/payouts.py's claim condition
+        assert claimable == 0
         with pytest.raises(asyncpg.CheckViolationError, match="slashed"):
             await connection.execute("UPDATE far_session_contributions SET payment_far = 1 WHERE id = $1", row_id)
 
@@ -154,5 +153,31 @@ def test_a_node_is_banned_after_the_threshold_and_its_reputation_falls(migrated_
         row = await connection.fetchrow("SELECT banned FROM far_node_reputation WHERE node_id = $1", cheat)
         assert row["banned"]
         assert await pending_slashes(connection) >= 0
+
+    run(migrated_postgres_dsn, body)
+
+
+def test_a_row_a_payout_already_claimed_keeps_its_payment_and_the_verdict_says_so(migrated_postgres_dsn: str) -> None:
+    cheat, request_id = unique_id("cheat"), unique_id("req")
+    record = usage_record(request_id, {cheat: 1})
+
+    async def body(connection: asyncpg.Connection) -> None:
+        await write_batch(connection, [record])
+        batch = await connection.fetchval(
+            "INSERT INTO far_payment_batches (payer, min_far, total_far, wallet_count, row_count) "
+            "VALUES ('test', 0, 0, 1, 1) RETURNING id"
+        )
+        await connection.execute(
+            "UPDATE far_session_contributions SET payment_batch_id = $1 WHERE node_id = $2", batch, cheat
+        )
+        recorded = await record_verdicts(connection, request_id, record.model_id, [verdict(cheat, bad=True)])
+        assert recorded.slashed == 0
+        outcome = await connection.fetchval(
+            "SELECT slash_outcome FROM far_verifications WHERE request_id = $1", request_id
+        )
+        assert outcome == "already-claimed"
+        paid = await connection.fetchval("SELECT payment_far FROM far_session_contributions WHERE node_id = $1", cheat)
+        assert paid == record.contributions[0].payment_far
+        assert (await balance_of(connection, request_id))["balanced"]
 
     run(migrated_postgres_dsn, body)
