@@ -64,6 +64,9 @@ BANNED_NODES: Final = "trust:banned"
 """Sorted set: node id -> unix seconds its ban ends. Written by the verifier after repeated mismatches; workers
 keep these peers out of their routes until then."""
 
+FAILED_STEPS: Final = "trust:failed-steps"
+"""Hash: node id -> steps that failed on it since the verifier last folded the counts into `far_nodes`."""
+
 NODE_REPUTATION: Final = "trust:reputation"
 """Hash: node id -> reputation in [0, 1] (verified-ok against mismatches), written by the verifier; workers
 prefer the reputable among servers that hold the same blocks."""

@@ -109,6 +109,18 @@ async def record_verdicts(
     return Recorded(inserted=len(rows), slashed=slashed, banned=banned, reputation=reputation)
 
 
+async def add_failed_steps(connection: asyncpg.Connection, counts: dict[str, int]) -> None:
+    """Add steps that failed on each node (counted by the workers) to its reputation."""
+    nodes = sorted(counts)
+    await connection.execute(
+        "INSERT INTO far_nodes AS n (node_id, failed_steps) "
+        "SELECT node_id, failed FROM unnest($1::text[], $2::bigint[]) AS t(node_id, failed) ORDER BY node_id "
+        "ON CONFLICT (node_id) DO UPDATE SET failed_steps = n.failed_steps + EXCLUDED.failed_steps",
+        nodes,
+        [counts[node] for node in nodes],
+    )
+
+
 async def apply_pending_slashes(connection: asyncpg.Connection) -> int:
     """Slash what verdicts recorded before their sessions reached the ledger convict; returns rows slashed."""
     return int(await connection.fetchval("SELECT far_apply_slashes()"))

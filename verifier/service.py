@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from protocol import keys
 from protocol.verification import SpotCheck
 from verifier import health
-from verifier.ledger import BanPolicy, Recorded, apply_pending_slashes, record_verdicts
+from verifier.ledger import BanPolicy, Recorded, add_failed_steps, apply_pending_slashes, record_verdicts
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
 from verifier.settings import VerifierSettings
 
@@ -130,6 +130,18 @@ class Verifier:
                 log.warning("node banned node_id=%s until=%s", node, until.isoformat())
         await self.redis.zremrangebyscore(keys.BANNED_NODES, "-inf", time.time())
 
+    async def _fold_failed_steps(self) -> None:
+        """Move the workers' failed-step counts from Redis into `far_nodes` (taken and cleared atomically)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.FAILED_STEPS)
+            pipe.delete(keys.FAILED_STEPS)
+            taken, _ = await pipe.execute()
+        if taken:
+            counts = {node.decode(): int(failed) for node, failed in taken.items()}
+            async with self.pool.acquire() as connection:
+                await add_failed_steps(connection, counts)
+            log.info("failed steps recorded nodes=%d steps=%d", len(counts), sum(counts.values()))
+
     async def _ack(self, entry_id: bytes) -> None:
         await self.redis.xack(keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, entry_id)
 
@@ -152,6 +164,7 @@ class Verifier:
         while not stop.is_set():
             self.heartbeat.beat()
             if time.monotonic() >= next_pending_slash:
+                await self._fold_failed_steps()
                 async with self.pool.acquire() as connection:
                     if slashed := await apply_pending_slashes(connection):
                         health.SLASHED_ROWS.inc(slashed)

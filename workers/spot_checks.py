@@ -9,8 +9,10 @@ generation path pays for copying hidden states of sampled sessions only, never f
 """
 
 import logging
+import threading
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,6 +62,40 @@ async def nodes_due(redis: aioredis.Redis, peers: set[str], per_hour: int, now: 
     return due
 
 
+_failures: Counter[str] = Counter()
+_failures_lock = threading.Lock()
+
+
+def watch_failures(served: ServedModel) -> None:
+    """Count the steps that fail on each server of the model (Petals reports each to its sequence manager);
+    `flush_failures` hands the counts to the verifier, which adds them to the nodes' reputations."""
+    manager = served.model.transformer.h.sequence_manager
+    if getattr(manager, "_far_mesh_counts_failures", False):
+        return
+    report = manager.on_request_failure
+
+    def counting(peer_id: Any) -> Any:
+        if peer_id is not None:
+            with _failures_lock:
+                _failures[peer_id.to_base58()] += 1
+        return report(peer_id)
+
+    manager.on_request_failure = counting
+    manager._far_mesh_counts_failures = True
+
+
+async def flush_failures(redis: aioredis.Redis) -> None:
+    """Add the failures counted since the last flush to `keys.FAILED_STEPS`."""
+    with _failures_lock:
+        counts = dict(_failures)
+        _failures.clear()
+    if counts:
+        async with redis.pipeline(transaction=False) as pipe:
+            for peer, failed in counts.items():
+                pipe.hincrby(keys.FAILED_STEPS, peer, failed)
+            await pipe.execute()
+
+
 @dataclass
 class RunTrust:
     """One run's part in verification: its route policy, and the recorder when the session is sampled."""
@@ -92,7 +128,9 @@ async def begin_trust(
 ) -> RunTrust:
     """Apply the route policy and decide whether this run's session is sampled; never fails the run."""
     trust = RunTrust()
+    watch_failures(served)
     try:
+        await flush_failures(redis)
         trust.route_policy = await apply_route_policy(redis, served)
         reason: Reason | None = None
         if sampled_by_fraction(request_id, settings.far_mesh_verify_fraction):

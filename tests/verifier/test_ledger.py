@@ -9,7 +9,7 @@ import pytest
 from accounting.ledger import write_batch
 from accounting.payouts import _CLAIMABLE as CLAIMABLE  # the payout claim's own condition, so a change shows here
 from tests.fixtures.ledger import unique_id, usage_record
-from verifier.ledger import BanPolicy, pending_slashes, record_verdicts
+from verifier.ledger import BanPolicy, add_failed_steps, pending_slashes, record_verdicts
 from verifier.recompute import SpanVerdict
 
 
@@ -179,5 +179,26 @@ def test_a_row_a_payout_already_claimed_keeps_its_payment_and_the_verdict_says_s
         paid = await connection.fetchval("SELECT payment_far FROM far_session_contributions WHERE node_id = $1", cheat)
         assert paid == record.contributions[0].payment_far
         assert (await balance_of(connection, request_id))["balanced"]
+
+    run(migrated_postgres_dsn, body)
+
+
+def test_failed_steps_counted_by_workers_lower_a_nodes_reputation(migrated_postgres_dsn: str) -> None:
+    flaky, steady = unique_id("flaky"), unique_id("steady")
+
+    async def body(connection: asyncpg.Connection) -> None:
+        for node in (flaky, steady):
+            await record_verdicts(connection, unique_id("req"), "m", [verdict(node)])
+        await add_failed_steps(connection, {flaky: 3})
+        await add_failed_steps(connection, {flaky: 2})
+        rows = {
+            r["node_id"]: r
+            for r in await connection.fetch(
+                "SELECT node_id, failed_steps, reputation FROM far_node_reputation WHERE node_id = ANY($1)",
+                [flaky, steady],
+            )
+        }
+        assert rows[flaky]["failed_steps"] == 5 and rows[steady]["failed_steps"] == 0
+        assert rows[flaky]["reputation"] < rows[steady]["reputation"]
 
     run(migrated_postgres_dsn, body)

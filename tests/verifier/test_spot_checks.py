@@ -14,7 +14,14 @@ from protocol import keys
 from protocol.verification import SpotCheck
 from workers.route_policy import DEFAULT_POLICY, apply_route_policy, banned_peers, redundant
 from workers.settings import WorkerSettings
-from workers.spot_checks import RunTrust, begin_trust, nodes_due, sampled_by_fraction
+from workers.spot_checks import (
+    RunTrust,
+    begin_trust,
+    flush_failures,
+    nodes_due,
+    sampled_by_fraction,
+    watch_failures,
+)
 
 PEER_A = "QmNckXSTCTz4ugo9p4jbYJeaQUJS4bgTnrzLzqCPQQBdJR"
 PEER_B = "QmUHKQbyJx3dYCbZ4AyEc3MYGCR4SCmKDkLeKdCNRsrQR4"
@@ -34,6 +41,9 @@ class FakeManager:
 
     def update(self, *, wait: bool) -> None:
         self.updates += 1
+
+    def on_request_failure(self, peer_id: Any) -> None:
+        """Petals' own bookkeeping (its temporary ban list); nothing here."""
 
 
 class FakeServed:
@@ -147,3 +157,20 @@ async def test_the_policy_prefers_reputable_servers_and_says_so(
     await redis.hset(keys.NODE_REPUTATION, mapping={PEER_B: "0.5"})
     assert await apply_route_policy(redis, served) == DEFAULT_POLICY  # type: ignore[arg-type]
     assert served.manager.blocked_servers is None
+
+
+async def test_steps_that_fail_on_a_server_are_counted_once_each_for_the_verifier(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    from hivemind.p2p import PeerID
+
+    await flush_failures(fakeredis.FakeAsyncRedis())  # what earlier tests in this process counted
+    served = FakeServed([PEER_A])
+    watch_failures(served)  # type: ignore[arg-type]
+    watch_failures(served)  # type: ignore[arg-type]
+    for _ in range(2):
+        served.manager.on_request_failure(PeerID.from_base58(PEER_B))
+    served.manager.on_request_failure(None)  # a failure before any server was chosen blames no one
+    await flush_failures(redis)
+    await flush_failures(redis)
+    assert await redis.hgetall(keys.FAILED_STEPS) == {PEER_B.encode(): b"2"}
