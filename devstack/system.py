@@ -116,6 +116,8 @@ class LocalSystem:
         self.models = _tiny_models(self.plan.cache_dir)
         self.swarm = _start_swarm(self._server_plans(), self.plan.state_dir / "swarm")
         self._cleanup.callback(self.swarm.stop)
+        if self.chain:  # payouts pay registered wallets only: the local providers register their servers
+            _register_local_providers(self.postgres.url, self.swarm)
         self.api_key = _development_key(self.postgres.url)
         payer = ["payouts"] if self.chain else []
         workers = [f"worker.{i}" for i in range(1, self.plan.workers + 1)]
@@ -191,6 +193,13 @@ def _start_chain(state_dir: Path, postgres_url: str) -> "DevChain":
     print(f"dev: providers paid on chain: {' '.join(chain.provider_wallets)}", flush=True)
     print(f"dev: for `far-mesh payouts list` and `far-mesh chain balance`: set -a; . {env_file}; set +a", flush=True)
     return chain
+
+
+def _register_local_providers(postgres_url: str, swarm: "LocalSwarm") -> None:
+    from devstack.chain_node import register_providers
+
+    registered = register_providers(postgres_url, [(s.peer_id, s.plan.wallet) for s in swarm.servers])
+    print(f"dev: servers registered to their providers' wallets: {len(registered)}", flush=True)
 
 
 def _migrate(dsn: str) -> None:
