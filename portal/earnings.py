@@ -157,16 +157,20 @@ async def node_earnings(connection: asyncpg.Connection | asyncpg.Pool, node_id: 
 
 
 async def payout_history(connection: asyncpg.Connection | asyncpg.Pool, wallet: str) -> list[dict[str, Any]]:
-    """Payment batches that carried the wallet's registered nodes' rows, newest first, with its share of each."""
+    """Payment batches that paid the wallet, newest first, with its amount in each.
+
+    Read from the recipients each batch recorded when it was claimed (`far_payout_payments`), not from the nodes
+    the wallet holds today: after a node changes hands, its earlier batches stay in the history of the wallet
+    they paid.
+    """
     rows = await connection.fetch(
         """
         SELECT b.id AS batch_id, b.status, b.payer, b.transaction_ref, b.failure_reason, b.created_at,
-               b.completed_at, sum(c.payment_far) AS amount_far, count(*) AS contributions
-          FROM far_node_registrations r
-          JOIN far_session_contributions c ON c.node_id = r.node_id AND c.payment_batch_id IS NOT NULL
-          JOIN far_payment_batches b ON b.id = c.payment_batch_id
-         WHERE r.wallet = $1
-         GROUP BY b.id ORDER BY b.id DESC LIMIT 200
+               b.completed_at, p.amount_far, p.row_count AS contributions
+          FROM far_payout_payments p
+          JOIN far_payment_batches b ON b.id = p.batch_id
+         WHERE p.wallet = $1
+         ORDER BY b.id DESC LIMIT 200
         """,
         wallet,
     )

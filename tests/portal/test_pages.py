@@ -13,6 +13,7 @@ from portal.openapi import openapi_document
 from portal.routes import ROUTES
 from tests.fixtures.ledger import unique_id
 from tests.fixtures.portal import SigningWallet, known_node, seed_earnings
+from tests.fixtures.registrations import transfer_node
 from tests.portal.helpers import publish_snapshot, sign_in
 
 ALICE = SigningWallet.named("alice")
@@ -90,7 +91,8 @@ async def test_registering_through_the_signed_in_form(
 async def test_payouts_show_unpaid_in_payment_and_paid_batches_with_their_transactions(
     portal_client: httpx.AsyncClient, ledger: asyncpg.Connection
 ) -> None:
-    wallet = SigningWallet.named(unique_id("provider"))
+    owner = unique_id("provider")
+    wallet = SigningWallet.named(owner)
     node = await known_node(ledger, wallet.address)
     await register_over_http(portal_client, wallet, node)
     await seed_earnings(ledger, {node: 1}, sessions=2)
@@ -103,6 +105,12 @@ async def test_payouts_show_unpaid_in_payment_and_paid_batches_with_their_transa
         "far_session_contributions WHERE node_id = $1)",
         node,
         batch,
+    )
+    await ledger.execute(  # the recipient the claim records, as accounting/payouts.py does
+        "INSERT INTO far_payout_payments (batch_id, wallet, amount_far, row_count) "
+        "SELECT $1, $2, sum(payment_far), count(*) FROM far_session_contributions WHERE payment_batch_id = $1",
+        batch,
+        wallet.address,
     )
     tx = "0x" + "cd" * 32
     await ledger.execute(
@@ -117,6 +125,11 @@ async def test_payouts_show_unpaid_in_payment_and_paid_batches_with_their_transa
     assert Decimal(document["paid_far"]) > 0 and Decimal(document["unpaid_far"]) > 0
     assert [(b["batch_id"], b["status"], b["transaction_ref"]) for b in document["batches"]] == [(batch, "paid", tx)]
     assert tx in (await portal_client.get(f"/w/{wallet.address}/payouts")).text
+
+    new_owner = await transfer_node(ledger, node, owner, unique_id("buyer-of-the-node"))
+    after = (await portal_client.get(f"/api/w/{wallet.address}/payouts")).json()
+    assert [b["batch_id"] for b in after["batches"]] == [batch]  # what paid this wallet stays in its history
+    assert (await portal_client.get(f"/api/w/{new_owner}/payouts")).json()["batches"] == []
 
 
 async def test_the_swarm_map_shows_coverage_by_server_and_health(
