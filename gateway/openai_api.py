@@ -40,7 +40,6 @@ from pydantic import (
     Field,
     StrictBool,
     StrictFloat,
-    StrictInt,
     ValidationError,
     model_validator,
 )
@@ -62,14 +61,16 @@ from protocol.jobs import ChatTurn
 from protocol.requests import (
     MAX_LOGIT_BIAS,
     MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STOP_CHARS,
     MAX_STOP_SEQUENCES,
     MAX_TOP_LOGPROBS,
     GenerateRequest,
+    JsonInt,
     RequestId,
+    RequestWallet,
 )
-from protocol.wallet import Wallet
 
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 _TEMPLATE_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
@@ -86,6 +87,7 @@ SAMPLING_REVISION = "s1"
 """Changes whenever the worker's sampling code would turn the same seed into other tokens (system_fingerprint)."""
 
 _Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+_Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 
 
 def _absent_or(*allowed: object) -> Callable[[object], bool]:
@@ -123,32 +125,34 @@ class _OpenAIBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelId
-    max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    max_tokens: JsonInt | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: StrictFloat | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    n: StrictInt | None = Field(default=None, ge=1, le=1, description="Only one choice per request is supported")
+    n: JsonInt | None = Field(default=None, ge=1, le=1, description="Only one choice per request is supported")
     stop: _Stop | Annotated[list[_Stop], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
         default=None, description="Up to 4 strings; the text ends before the first one that appears"
     )
-    seed: StrictInt | None = Field(default=None, ge=-MAX_SEED - 1, le=MAX_SEED)
+    seed: JsonInt | None = Field(default=None, ge=-MAX_SEED - 1, le=MAX_SEED)
     frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False)
     presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False)
     logit_bias: (
         Annotated[
             dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Annotated[StrictFloat, Field(ge=-100, le=100)]],
-            Field(max_length=MAX_LOGIT_BIAS),
+            Field(max_length=MAX_LOGIT_BIAS, json_schema_extra={"additionalProperties": False}),
         ]
         | None
     ) = None
     user: str | None = Field(default=None, max_length=256, description="End-user id (abuse reports); no effect")
-    top_k: StrictInt | None = Field(default=None, ge=0, le=1000, description="Far Mesh extra: 0 or absent is off")
+    top_k: JsonInt | None = Field(default=None, ge=0, le=1000, description="Far Mesh extra: 0 or absent is off")
     repetition_penalty: StrictFloat | None = Field(
         default=None, gt=0.0, le=10.0, allow_inf_nan=False, description="Far Mesh extra"
     )
     request_id: RequestId | None = Field(default=None, description="Far Mesh extra: idempotency key")
-    user_wallet: Wallet | None = Field(default=None, description="Far Mesh extra: must match the API key's wallet")
+    user_wallet: RequestWallet | None = Field(
+        default=None, description="Far Mesh extra: must match the API key's wallet"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -157,8 +161,6 @@ class _OpenAIBody(BaseModel):
             for param, (allowed, reason) in _REFUSED.items():
                 if param in data and not allowed(data[param]):
                     raise UnsupportedParameter(param, reason)
-            if data.get("stream_options") is not None and data.get("stream") is not True:
-                raise UnsupportedParameter("stream_options", "stream_options is only allowed with stream: true")
             return {k: v for k, v in data.items() if k not in _REFUSED}
         return data
 
@@ -168,7 +170,7 @@ class _OpenAIBody(BaseModel):
             "temperature": 1.0 if self.temperature is None else self.temperature,
             "top_p": 1.0 if self.top_p is None else self.top_p,
             "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
-            "logit_bias": {int(k): v for k, v in (self.logit_bias or {}).items()},
+            "logit_bias": dict(self.logit_bias or {}),
         }
         for name in ("seed", "frequency_penalty", "presence_penalty", "top_k", "repetition_penalty"):
             if (value := getattr(self, name)) is not None:
@@ -199,25 +201,21 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_OpenAIBody):
     messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: JsonInt | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     logprobs: StrictBool | None = Field(default=None, description="Log probabilities of the chosen tokens")
-    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-
-    @model_validator(mode="after")
-    def _top_logprobs_needs_logprobs(self) -> "ChatCompletionRequest":
-        if self.top_logprobs and not self.logprobs:
-            raise UnsupportedParameter("top_logprobs", "top_logprobs needs logprobs: true")
-        return self
+    top_logprobs: JsonInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     def sampling(self) -> dict[str, Any]:
-        return {**super().sampling(), "logprobs": bool(self.logprobs), "top_logprobs": self.top_logprobs or 0}
+        # top_logprobs alone asks for log probabilities too: honoured, not refused over the missing flag
+        wanted = bool(self.logprobs) or bool(self.top_logprobs)
+        return {**super().sampling(), "logprobs": wanted, "top_logprobs": self.top_logprobs or 0}
 
 
 class CompletionRequest(_OpenAIBody):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+    prompt: _Prompt | Annotated[list[_Prompt], Field(min_length=1, max_length=1)] = Field(
         description="A string, or a list holding exactly one string"
     )
-    logprobs: StrictInt | None = Field(
+    logprobs: JsonInt | None = Field(
         default=None, ge=0, le=MAX_TOP_LOGPROBS, description="Include the log probabilities of this many top tokens"
     )
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from gateway.openai_api import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
-from protocol.requests import REQUEST_ID_PATTERN, GenerateRequest
+from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, REQUEST_ID_PATTERN, GenerateRequest
 from protocol.version import VERSION
 
 _REF = "#/components/schemas/{model}"
@@ -114,7 +114,19 @@ _OPENAI_ERRORS = {
     "502": _openai_error("The worker failed the request"),
     "503": _error("Redis unavailable, or no healthy swarm serves the model; see Retry-After"),
 }
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+_SSE_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event: `data` is one JSON event (TokenEvent, DoneEvent or ErrorEvent on the "
+    "native routes; an OpenAI chunk or `[DONE]` on /v1); `id` is the stream entry id to resume after",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+_SSE = {"text/event-stream": {"schema": {"type": "array", "items": _SSE_EVENT}, "itemSchema": _SSE_EVENT}}
 _REQUEST_ID_PARAM = {
     "name": "request_id",
     "in": "path",
@@ -123,11 +135,36 @@ _REQUEST_ID_PARAM = {
 }
 
 
+_BOUND_KEYWORDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _apply_caps(node: Any, *, max_tokens: int, max_prompt_chars: int) -> None:
+    """The gateway's configured caps in place of the hard ceilings every process agrees on, so the document
+    declares what this gateway accepts (a schema-valid request is never refused for a cap it did not state)."""
+    if isinstance(node, dict):
+        if node.get("type") in ("integer", "number"):  # pydantic leaves its own names inside a nullable union
+            for pydantic_name, keyword in _BOUND_KEYWORDS.items():
+                if pydantic_name in node:
+                    node[keyword] = node.pop(pydantic_name)
+        if node.get("maximum") == MAX_NEW_TOKENS:
+            node["maximum"] = min(MAX_NEW_TOKENS, max_tokens)
+        if node.get("maxLength") == MAX_PROMPT_CHARS:
+            node["maxLength"] = min(MAX_PROMPT_CHARS, max_prompt_chars)
+        for value in node.values():
+            _apply_caps(value, max_tokens=max_tokens, max_prompt_chars=max_prompt_chars)
+    elif isinstance(node, list):
+        for value in node:
+            _apply_caps(value, max_tokens=max_tokens, max_prompt_chars=max_prompt_chars)
+
+
 def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": _ERROR_SCHEMA, "OpenAIError": _OPENAI_ERROR_SCHEMA}
     generate = _schema(GenerateRequest, components)
     chat = _schema(ChatCompletionRequest, components)
     completion = _schema(CompletionRequest, components)
+    for name in ("GenerateRequest", "ChatCompletionRequest", "CompletionRequest"):
+        caps = {"max_tokens": settings.gateway_max_tokens, "max_prompt_chars": settings.gateway_max_prompt_chars}
+        _apply_caps(components[name], **caps)
     for event in (TokenEvent, DoneEvent, ErrorEvent):
         _schema(event, components, mode="serialization")
     bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
@@ -185,7 +222,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
                         "name": "Last-Event-ID",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string", "pattern": r"^\d+-\d+$"},
+                        "schema": {"type": "string", "pattern": r"^[ \t]*([0-9]{1,19}(-[0-9]{0,19})?)?[ \t]*$"},
                     },
                 ],
                 "responses": {

@@ -20,7 +20,6 @@ from gateway.openai_errors import openai_error_response
 from gateway.state import GatewayState, state_of
 from protocol import budgets
 
-MAX_DAYS = 366
 _BY_DAY_MODEL_KEY = """
 SELECT (s.started_at AT TIME ZONE 'UTC')::date AS day, s.model_id, s.api_key_id,
        count(*) AS requests, sum(s.tokens_generated) AS tokens, sum(s.total_cost_far) AS cost_far
@@ -53,9 +52,7 @@ async def _usage(request: Request) -> Response:
     today = datetime.now(UTC).date()
     end = _day(request, "end", today)
     start = _day(request, "start", end - timedelta(days=29))
-    if not start <= end or (end - start).days >= MAX_DAYS:
-        raise InvalidRequest(f"start must be on or before end, at most {MAX_DAYS} days apart", field="start")
-    rows = await _ledger_rows(state, key, start, end)
+    rows = await _ledger_rows(state, key, start, end) if start <= end else []  # an empty range has no spend
     total = sum((row["cost_far"] for row in rows), Decimal(0))
     body = {
         "object": "usage",

@@ -6,15 +6,34 @@ These are hard ceilings every process agrees on; the gateway may apply tighter, 
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from protocol.catalog import ModelId
-from protocol.wallet import Wallet
+from protocol.wallet import to_checksum_address
 
 MAX_PROMPT_CHARS = 32_000
 MAX_NEW_TOKENS = 4096
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN, description="1-64 characters: letters, digits, _ . : -")]
+WALLET_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+
+
+def _json_integer(value: object) -> object:
+    """JSON has one number type: 2.0 is the integer 2 (as JSON Schema says), while true and "2" are not numbers."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_json_integer)]
+TokenIdKey = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]
+"""A token id as a JSON object's key (logit_bias), as OpenAI takes it."""
+"""An integer as a JSON client means one: 2 or 2.0, never true or "2"."""
+RequestWallet = Annotated[
+    str,
+    Field(pattern=WALLET_PATTERN, description="0x and 40 hex digits, any case; compared with the API key's wallet"),
+    AfterValidator(to_checksum_address),
+]
+"""A wallet a client names in a request: any capitalisation of a valid address, normalised to EIP-55, so a
+wrong wallet is refused for what it is (not the key's, 403) rather than for its letter case."""
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 128
 MAX_TOP_LOGPROBS = 5
@@ -34,10 +53,10 @@ class SamplingOptions(BaseModel):
     """
 
     stop: StopSequences = Field(default_factory=list)
-    seed: StrictInt | None = Field(
+    seed: JsonInt | None = Field(
         default=None, ge=-MAX_SEED - 1, le=MAX_SEED, description="Same seed, same request, same swarm: same output"
     )
-    top_k: StrictInt = Field(default=0, ge=0, le=1000, description="Sample among the k most likely tokens; 0: off")
+    top_k: JsonInt = Field(default=0, ge=0, le=1000, description="Sample among the k most likely tokens; 0: off")
     repetition_penalty: StrictFloat = Field(
         default=1.0, gt=0.0, le=10.0, allow_inf_nan=False, description="Divides the logits of tokens already seen"
     )
@@ -47,13 +66,14 @@ class SamplingOptions(BaseModel):
     presence_penalty: StrictFloat = Field(
         default=0.0, ge=-2.0, le=2.0, allow_inf_nan=False, description="Subtracted from tokens generated before"
     )
-    logit_bias: dict[int, Annotated[StrictFloat, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]] = Field(
+    logit_bias: dict[TokenIdKey, Annotated[StrictFloat, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]] = Field(
         default_factory=dict,
         max_length=MAX_LOGIT_BIAS,
         description="Token id to a bias added to its logit; -100 bans the token, 100 all but forces it",
+        json_schema_extra={"additionalProperties": False},
     )
     logprobs: StrictBool = Field(default=False, description="Each token event carries its log probability")
-    top_logprobs: StrictInt = Field(
+    top_logprobs: JsonInt = Field(
         default=0, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: the most likely alternatives per token"
     )
 
@@ -64,9 +84,9 @@ class GenerateRequest(SamplingOptions):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Text the model continues")
-    max_tokens: int = Field(default=256, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate")
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0, allow_inf_nan=False, description="0 means greedy")
-    top_p: float = Field(default=0.9, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass")
-    user_wallet: Wallet | None = Field(default=None, description="EIP-55 address billed; must match the API key's")
+    max_tokens: JsonInt = Field(default=256, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate")
+    temperature: StrictFloat = Field(default=0.7, ge=0.0, le=2.0, allow_inf_nan=False, description="0 means greedy")
+    top_p: StrictFloat = Field(default=0.9, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass")
+    user_wallet: RequestWallet | None = Field(default=None, description="The address billed; must be the API key's")
     request_id: RequestId | None = Field(default=None, description="Idempotency key; generated when absent")
     model_id: ModelId | None = Field(default=None, description="Defaults to DEFAULT_MODEL_ID")

@@ -125,7 +125,7 @@ class Sampler:
             logits = logits.clone()
             logits[ids[keep]] -= counts[keep] * options.frequency_penalty + options.presence_penalty
         if options.logit_bias:
-            bias = [(i, b) for i, b in options.logit_bias.items() if 0 <= i < logits.numel()]
+            bias = [(int(i), b) for i, b in options.logit_bias.items() if int(i) < logits.numel()]
             if bias:
                 logits = logits.clone()
                 logits[torch.tensor([i for i, _ in bias])] += torch.tensor([b for _, b in bias], dtype=logits.dtype)

@@ -48,7 +48,7 @@ async def client(gateway_url: str) -> httpx.AsyncClient:
         ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "x", "max_tokens": 65}, "max_tokens"),  # over the configured cap of 64
         ({"prompt": "x" * 1001}, "prompt"),  # over the configured cap of 1000 characters
-        ({"prompt": "x", "user_wallet": "0x742d35cc6634c0532925a3b844bc454e4438f44e"}, "user_wallet"),
+        ({"prompt": "x", "user_wallet": "0x742d35cc6634c0532925a3b844bc454e4438f4"}, "user_wallet"),
         ({"prompt": "x", "request_id": "has space"}, "request_id"),
         ({"prompt": "x", "model_id": "../etc"}, "model_id"),
         ({"prompt": "x", "tempreature": 0.5}, "tempreature"),

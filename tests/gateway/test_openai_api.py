@@ -145,7 +145,7 @@ async def test_sampling_controls_travel_with_the_job(
         await client.completions.create(model=MODEL_ID, prompt="x", max_tokens=1, stop=["a", "b"], logprobs=3)
     chat, completion = synthetic_worker.jobs
     assert (chat.stop, chat.seed, chat.top_k, chat.repetition_penalty) == (["\nUser:"], 11, 40, 1.1)
-    assert (chat.frequency_penalty, chat.presence_penalty, chat.logit_bias) == (0.5, -0.5, {7: -100.0})
+    assert (chat.frequency_penalty, chat.presence_penalty, chat.logit_bias) == (0.5, -0.5, {"7": -100.0})
     assert (chat.logprobs, chat.top_logprobs, chat.temperature, chat.top_p) == (True, 2, 1.0, 1.0)
     assert (completion.stop, completion.logprobs, completion.top_logprobs) == (["a", "b"], True, 3)
 
