@@ -32,6 +32,11 @@ class ModelSpec(BaseModel):
         default=None, description="Prefix of the model's block uids in the DHT; None lets Petals derive it from source"
     )
     price_per_token_far: FarAmount | None = Field(default=None, description="None means PRICE_PER_TOKEN_FAR")
+    chat_template: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description="Jinja chat template for chat requests; None means the tokenizer's own (or the gateway's fallback)",
+    )
 
     @property
     def weights_source(self) -> str:

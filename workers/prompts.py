@@ -1,5 +1,6 @@
-"""The token ids a job's generation starts from: the tokenizer's own chat template for chat requests, when the
-model has one, else the prompt text the gateway wrote.
+"""The token ids a job's generation starts from: for chat requests, the chat template the model catalogue
+records for the model (`ModelSpec.chat_template`), else the tokenizer's own, else the prompt text the gateway
+wrote.
 
 Only a template the tokenizer was configured with counts (`tokenizer.chat_template`); the class-wide default
 that transformers falls back to is a guess (ChatML for any tokenizer), and the gateway's plain
@@ -10,6 +11,7 @@ that transformers falls back to is a guess (ChatML for any tokenizer), and the g
 import logging
 from typing import Any, Protocol
 
+from protocol.catalog import ModelSpec
 from protocol.jobs import GenerateJob
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,9 @@ log = logging.getLogger(__name__)
 class _Tokenizes(Protocol):
     @property
     def tokenizer(self) -> Any: ...
+
+    @property
+    def spec(self) -> ModelSpec: ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -30,10 +35,14 @@ def has_chat_template(tokenizer: Any) -> bool:
 def prompt_ids(served: _Tokenizes, job: GenerateJob) -> list[int]:
     """The ids to prefill for `job` on `served`'s model."""
     tokenizer = served.tokenizer
-    if job.messages and has_chat_template(tokenizer):
+    template = served.spec.chat_template or (tokenizer.chat_template if has_chat_template(tokenizer) else None)
+    if job.messages and template:
         turns = [{"role": turn.role, "content": turn.content} for turn in job.messages]
         try:
-            return [int(i) for i in tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)]
+            ids = tokenizer.apply_chat_template(
+                turns, chat_template=template, add_generation_prompt=True, tokenize=True
+            )
+            return [int(i) for i in ids]
         except Exception as exc:  # jinja2 raises TemplateError and anything a template's raise_exception makes
             log.warning(
                 "chat template refused the turns request_id=%s error=%s; using the fallback prompt",

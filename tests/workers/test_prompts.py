@@ -18,8 +18,9 @@ STRICT_TEMPLATE = (
 
 
 class _Served:
-    def __init__(self, tokenizer: object) -> None:
+    def __init__(self, tokenizer: object, chat_template: str | None = None) -> None:
         self.tokenizer = tokenizer
+        self.spec = ModelSpec(model_id="m", chat_template=chat_template)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])  # type: ignore[operator]
@@ -70,3 +71,10 @@ def test_a_completion_job_uses_its_prompt_whatever_the_template(tokenizer: objec
     tokenizer.chat_template = TEMPLATE  # type: ignore[attr-defined]
     served = _Served(tokenizer)
     assert prompt_ids(served, _job(prompt="Once upon")) == served.encode("Once upon")
+
+
+def test_a_template_recorded_in_the_catalogue_serves_a_tokenizer_without_one(tokenizer: object) -> None:
+    served = _Served(tokenizer, chat_template=TEMPLATE)
+    job = _job(messages=[ChatTurn(role="user", content="Hi")])
+    expected = tokenizer("<user>Hi\n<assistant>", add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    assert prompt_ids(served, job) == expected
