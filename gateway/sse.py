@@ -83,6 +83,7 @@ class EventStreamResponse(Response):
         self.max_unsent_bytes = max_unsent_bytes
         self.extra_headers = dict(headers or {})
         self.active_gauge = active_gauge
+        self._deadline_handled = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.on_open()
@@ -96,8 +97,8 @@ class EventStreamResponse(Response):
             ended_by = sub.ended_by if sub is not None else None
             if sub is not None:
                 self.relay.unsubscribe(sub)
-            if ended_by == DEADLINE and not finished:
-                await asyncio.shield(self.on_deadline())
+            if ended_by == DEADLINE and not finished and not self._deadline_handled:
+                await asyncio.shield(self.on_deadline())  # the deadline cut off a write the client never read
             client_left = sub is None or sub.interrupted or ended_by == OVERFLOW
             # shielded: a response cancelled at shutdown still releases its slot
             await asyncio.shield(self.on_close(finished or ended_by == DEADLINE, client_left and not finished))
@@ -143,6 +144,8 @@ class EventStreamResponse(Response):
             batch = await sub.next_batch()
             if batch is None:
                 if sub.ended_by == DEADLINE:
+                    await asyncio.shield(self.on_deadline())  # cancelled before the client hears of it
+                    self._deadline_handled = True
                     body = self.render_entry(deadline_entry(self.request_id, self.deadline_s))
                     with contextlib.suppress(TimeoutError):  # nothing may wait on a client that stopped reading
                         async with asyncio.timeout(FINAL_WRITE_TIMEOUT_S):

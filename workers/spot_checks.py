@@ -128,8 +128,8 @@ async def begin_trust(
 ) -> RunTrust:
     """Apply the route policy and decide whether this run's session is sampled; never fails the run."""
     trust = RunTrust()
-    watch_failures(served)
     try:
+        watch_failures(served)
         await flush_failures(redis)
         trust.route_policy = await apply_route_policy(redis, served)
         reason: Reason | None = None
@@ -137,7 +137,7 @@ async def begin_trust(
             reason = "fraction"
         elif await nodes_due(redis, known_peers(served), settings.far_mesh_verify_min_per_node_hour, time.time()):
             reason = "node-due"
-    except (RedisError, OSError) as exc:
+    except Exception as exc:  # Redis away, or a client without the routing internals: the run goes on unchecked
         logger.warning("trust state unreadable request_id=%s error=%r", request_id, exc)
         return trust
     if reason is not None:

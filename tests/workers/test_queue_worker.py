@@ -34,7 +34,12 @@ PROMPT_TOKENS = 3
 
 
 class PromptOnly:
-    """Stands in for a served model on paths that only count the prompt's tokens."""
+    """Stands in for a served model on paths that only count the prompt's tokens (no chat template, no swarm)."""
+
+    tokenizer = None
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
 
     def encode(self, text: str) -> list[int]:
         return list(range(PROMPT_TOKENS))
@@ -42,7 +47,7 @@ class PromptOnly:
 
 def context(redis: aioredis.Redis, redis_url: str, models: Sequence[ModelSpec], **overrides: Any) -> WorkerContext:
     settings = settings_for(redis_url, UNREACHABLE_PEERS, models, **overrides)
-    served: Any = {models[0].model_id: PromptOnly()}
+    served: Any = {models[0].model_id: PromptOnly(models[0])}
     return WorkerContext(redis=redis, settings=settings, served=served, worker_id="test-worker")
 
 
@@ -102,7 +107,7 @@ async def test_a_job_out_of_tries_ends_its_stream_and_bills_the_tokens_already_d
 async def test_a_job_whose_run_times_out_ends_its_stream_with_a_job_timeout_error(
     redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def stalls_after_two_tokens(job: GenerateJob, *args: Any) -> str:
+    async def stalls_after_two_tokens(job: GenerateJob, *args: Any, **kwargs: Any) -> str:
         await deliver_tokens(redis, job.request_id, 2)
         await asyncio.sleep(60)
         return "unreachable"
