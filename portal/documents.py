@@ -49,7 +49,10 @@ async def wallet_nodes(state: PortalState, wallet: str) -> dict[str, Any]:
                 "unpaid_far": row["unpaid_far"],
                 "gpu_model": row["gpu_model"],
                 "vram_gb": str(row["vram_gb"]) if row["vram_gb"] is not None else None,
-                "reputation": None,
+                "reputation": str(row["reputation"]) if row["reputation"] is not None else None,
+                "verified_ok": row["verified_ok"],
+                "verified_mismatches": row["verified_mismatches"],
+                "banned": bool(row["banned"]),
             }
         )
     return {"wallet": wallet, "nodes": rows}

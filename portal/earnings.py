@@ -41,9 +41,11 @@ SELECT n.node_id, n.public_name, n.wallet AS announced_wallet, n.state, n.throug
                                                    'end_block', m.end_block, 'state', m.state,
                                                    'quantization', m.quantization) ORDER BY m.model_id)
                    FROM far_node_models m WHERE m.node_id = n.node_id), '[]')::text AS models,
-       e.tokens_contributed, e.earned_far, e.unpaid_far
+       e.tokens_contributed, e.earned_far, e.unpaid_far,
+       rep.reputation, rep.verified_ok, rep.verified_mismatches, rep.banned
   FROM far_nodes n
   LEFT JOIN far_node_registrations r ON r.node_id = n.node_id
+  LEFT JOIN far_node_reputation rep ON rep.node_id = n.node_id
   LEFT JOIN LATERAL (SELECT coalesce(sum(d.tokens_contributed), 0)::bigint AS tokens_contributed,
                             coalesce(sum(d.earned_far), 0) AS earned_far, coalesce(sum(d.unpaid_far), 0) AS unpaid_far
                        FROM far_node_daily_earnings d WHERE d.node_id = n.node_id) e ON true

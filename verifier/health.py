@@ -7,13 +7,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Histogram, make_wsgi_app
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 log = logging.getLogger(__name__)
 
 SPANS_VERIFIED = Counter("far_verifier_spans_total", "Server spans recomputed", ["model_id", "verdict"])
 SLASHED_ROWS = Counter("far_verifier_slashed_contributions_total", "Contribution rows slashed")
 BANS = Counter("far_verifier_bans_total", "Nodes banned from routing")
+NODE_REPUTATION = Gauge(
+    "far_verifier_node_reputation", "Reputation in [0, 1] of each node the verifier has judged", ["node_id"]
+)
 VERIFY_SECONDS = Histogram("far_verifier_check_seconds", "Recompute time of one sampled session")
 TOKENS_VERIFIED = Counter("far_verifier_tokens_total", "Positions recomputed (tokens x spans)", ["model_id"])
 

@@ -121,6 +121,8 @@ class Verifier:
         if recorded.reputation:
             reputation = {node: str(score) for node, score in recorded.reputation.items()}
             await self.redis.hset(keys.NODE_REPUTATION, mapping=reputation)  # type: ignore[misc]
+            for node, score in recorded.reputation.items():
+                health.NODE_REPUTATION.labels(node).set(float(score))  # a gauge for dashboards, never money
         if recorded.banned:
             await self.redis.zadd(
                 keys.BANNED_NODES, {node: until.timestamp() for node, until in recorded.banned.items()}

@@ -247,3 +247,19 @@ def test_the_openapi_document_describes_every_json_route_and_nothing_else() -> N
 async def test_the_openapi_document_is_served(portal_client: httpx.AsyncClient) -> None:
     document = (await portal_client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.") and "/api/registrations" in document["paths"]
+
+
+async def test_my_nodes_show_the_reputation_verification_gave_each_node(
+    portal_client: httpx.AsyncClient, ledger: asyncpg.Connection
+) -> None:
+    wallet = SigningWallet.named(unique_id("provider"))
+    node = await known_node(ledger, wallet.address)
+    await register_over_http(portal_client, wallet, node)
+    await ledger.execute(  # what the verifier records: 8 spans checked honest, 1 mismatch
+        "UPDATE far_nodes SET verified_ok = 8, verified_mismatches = 1 WHERE node_id = $1", node
+    )
+    expected = await ledger.fetchval("SELECT reputation FROM far_node_reputation WHERE node_id = $1", node)
+    (listed,) = (await portal_client.get(f"/api/w/{wallet.address}/nodes")).json()["nodes"]
+    assert (Decimal(listed["reputation"]), listed["verified_ok"], listed["verified_mismatches"]) == (expected, 8, 1)
+    assert not listed["banned"]
+    assert listed["reputation"] in (await portal_client.get(f"/w/{wallet.address}/nodes")).text
