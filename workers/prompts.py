@@ -34,9 +34,11 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 def prompt_ids(served: _Tokenizes, job: GenerateJob) -> list[int]:
     """The ids to prefill for `job` on `served`'s model."""
+    if not job.messages:  # a completion: nothing to format
+        return served.encode(job.prompt)
     tokenizer = served.tokenizer
     template = served.spec.chat_template or (tokenizer.chat_template if has_chat_template(tokenizer) else None)
-    if job.messages and template:
+    if template:
         turns = [{"role": turn.role, "content": turn.content} for turn in job.messages]
         try:
             ids = tokenizer.apply_chat_template(
