@@ -13,6 +13,7 @@ from pydantic import Field, Json, RedisDsn, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.catalog import ModelCatalog, ModelSpec
+from protocol.log_format import JsonFormatter
 from protocol.money import FarAmount
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -29,6 +30,9 @@ class CommonSettings(BaseSettings):
 
     redis_url: RedisDsn = Field(default=RedisDsn("redis://localhost:6379/0"), description="Redis connection URL")
     log_level: LogLevel = Field(default="INFO", description="Logging level")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one readable line per event; json: one JSON object per line (production)"
+    )
     default_model_id: str = Field(
         default="meta-llama/Llama-2-7b-chat-hf", description="Model used when a request names none"
     )
@@ -66,8 +70,11 @@ class CommonSettings(BaseSettings):
             raise SettingsError(describe_errors(exc)) from None
 
     def configure_logging(self) -> None:
-        """One short line per event, secrets never included (no DSN is ever logged)."""
+        """One short line per event, secrets never included (no DSN is ever logged); JSON with LOG_FORMAT=json."""
         logging.basicConfig(level=self.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        if self.log_format == "json":
+            for handler in logging.getLogger().handlers:
+                handler.setFormatter(JsonFormatter())
 
 
 def describe_errors(exc: ValidationError) -> str:
