@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 import redis.asyncio as aioredis
+from langchain_openai import ChatOpenAI
 
 from gateway.api_keys import ApiKey, KeyLimits
 from gateway.budgets import BudgetExceeded, Budgets
@@ -66,6 +67,18 @@ async def test_a_request_that_does_not_fit_is_402_with_what_remains(
             await client.completions.create(model=MODEL_ID, prompt="x", max_tokens=1)
     assert refused.value.status_code == 402 and refused.value.code == "budget_exceeded"
     assert refused.value.body["type"] == "insufficient_quota"  # type: ignore[index]
+    async with httpx.AsyncClient(timeout=10) as http:  # LangChain's own client is cached across event loops
+        llm = ChatOpenAI(
+            model=MODEL_ID,
+            base_url=f"{gateway_url}/v1",
+            api_key=key,  # type: ignore[arg-type]
+            max_retries=0,
+            max_tokens=1,  # type: ignore[call-arg]
+            http_async_client=http,
+        )
+        with pytest.raises(openai.APIStatusError) as refused_too:
+            await llm.ainvoke("Hi")
+    assert refused_too.value.status_code == 402 and "remain" in refused_too.value.message
     assert len(synthetic_worker.jobs) == 1
 
 
