@@ -4,7 +4,9 @@
 maximum cost is max_tokens × price; reserving it is one Lua script that checks the total and the period limit
 against spend settled so far plus every open reservation, so concurrent requests racing for the last of a
 budget cannot together pass it. An account Redis does not hold (first use, eviction, a restart) is rebuilt from
-the ledger first; a request refused or never enqueued gives its reservation back at once.
+the ledger first, and an account in use is rebuilt again every `RECONCILE_S`, so spend Redis missed (a settle
+that never happened) is corrected from the ledger; a request refused or never enqueued gives its reservation
+back at once.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -21,12 +23,13 @@ from protocol import budgets
 RESERVE: Final = (
     """
 -- KEYS: account, reservations, expiry. ARGV: now_ms, request_id, amount, total limit (-1: none), period field,
--- period limit (-1: none), reservation lapses at (ms), account ttl s.
--- Returns {1} reserved, {-1} account not rebuilt yet, {0, remaining, 'total'|'period'} refused.
+-- period limit (-1: none), reservation lapses at (ms), account ttl s, rebuild when older than (ms).
+-- Returns {1} reserved, {-1} account missing or due a rebuild from the ledger, {0, remaining, 'total'|'period'}.
 """
     + budgets.EXPIRE_LAPSED
     + """
-if redis.call('HEXISTS', KEYS[1], 'rebuilt') == 0 then
+local rebuilt = tonumber(redis.call('HGET', KEYS[1], 'rebuilt') or '-1')
+if rebuilt < 0 or rebuilt < tonumber(ARGV[1]) - tonumber(ARGV[9]) then
   return {-1}
 end
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
@@ -54,16 +57,18 @@ return {1}
 )
 
 REBUILD: Final = """
--- KEYS: account, reservations. ARGV: account ttl s, then field, value pairs of the ledger's spend.
-if redis.call('HEXISTS', KEYS[1], 'rebuilt') == 1 then
+-- KEYS: account, reservations. ARGV: account ttl s, now_ms, rebuild when older than (ms), then field, value pairs
+-- of the ledger's spend. Another replica's fresh rebuild is kept.
+local rebuilt = tonumber(redis.call('HGET', KEYS[1], 'rebuilt') or '-1')
+if rebuilt >= 0 and rebuilt >= tonumber(ARGV[2]) - tonumber(ARGV[3]) then
   return 0
 end
 local held = 0
 for _, amount in ipairs(redis.call('HVALS', KEYS[2])) do
   held = held + tonumber(amount)
 end
-redis.call('HSET', KEYS[1], 'held', held, 'rebuilt', 1)
-for i = 2, #ARGV, 2 do
+redis.call('HSET', KEYS[1], 'held', held, 'rebuilt', ARGV[2])
+for i = 4, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
@@ -152,6 +157,7 @@ class Budgets:
             _nano_or_none(limits.period_budget_far),
             int((now + timedelta(seconds=self._reservation_ttl_s)).timestamp() * 1000),
             budgets.ACCOUNT_TTL_S,
+            budgets.RECONCILE_S * 1000,
         ]
         result = await self._reserve(keys=_keys(key.key_id), args=args)
         if int(result[0]) == -1:
@@ -190,7 +196,9 @@ class Budgets:
         pairs: list[Any] = ["spent", budgets.to_nano(row["spent"])]
         for period in budgets.PERIODS:
             pairs += [fields[period], budgets.to_nano(row[period])]
-        await self._rebuild(keys=_keys(api_key_id)[:2], args=[budgets.ACCOUNT_TTL_S, *pairs])
+        now_ms = int(now.timestamp() * 1000)
+        args = [budgets.ACCOUNT_TTL_S, now_ms, budgets.RECONCILE_S * 1000, *pairs]
+        await self._rebuild(keys=_keys(api_key_id)[:2], args=args)
 
 
 def _nano_or_none(amount_far: Decimal | None) -> int:

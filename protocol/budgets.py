@@ -17,12 +17,16 @@ MAX_BUDGET_FAR: Final = Decimal(9_000_000)
 """Budgets above this would not be exact in Lua's doubles (2**53 nano-FAR)."""
 RESERVATION_TTL_S: Final = 3 * 3600
 """How long an unsettled reservation holds budget: longer than any request may stream (GATEWAY_STREAM_DEADLINE_S)."""
+RECONCILE_S: Final = 300
+"""How often an account in use is rebuilt from the ledger, so a settle that never happened (a worker that died
+between its ending and its settle, Redis unreachable then) is corrected within minutes."""
 ACCOUNT_TTL_S: Final = 7 * 24 * 3600
 """An idle account is dropped from Redis and rebuilt from the ledger at its next request."""
 
 
 def account(api_key_id: str) -> str:
-    """Hash: `spent` (nano-FAR settled, all time), `spent:<period>`, `held` (open reservations), `rebuilt`."""
+    """Hash: `spent` (nano-FAR settled, all time), `spent:<period>`, `held` (open reservations), `rebuilt` (unix ms
+    of the last rebuild from the ledger)."""
     return f"far:budget:{api_key_id}"
 
 

@@ -1,5 +1,6 @@
 """The worker's half of a key's budget: settling a request's reservation at what it cost, once, whoever ends it."""
 
+import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -23,7 +24,9 @@ BUDGET_FAR = Decimal("1")
 async def budgeted_key(redis: aioredis.Redis) -> tuple[ApiKey, Budgets]:
     """A key with a budget whose account is as a rebuild from an empty ledger leaves it (no ledger needed)."""
     key = ApiKey(uuid.uuid4().hex[:16], "0x0", "", KeyLimits(max_budget_far=BUDGET_FAR))
-    await redis.eval(REBUILD, 2, budgets.account(key.key_id), budgets.reservations(key.key_id), "3600", "spent", "0")  # type: ignore[misc]
+    account_keys = [budgets.account(key.key_id), budgets.reservations(key.key_id)]
+    now_ms = str(int(time.time() * 1000))
+    await redis.eval(REBUILD, 2, *account_keys, "3600", now_ms, "300000", "spent", "0")  # type: ignore[misc]
     return key, Budgets(redis, None, timeout_s=5, reservation_ttl_s=600)  # type: ignore[arg-type]
 
 
