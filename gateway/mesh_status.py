@@ -1,11 +1,14 @@
-"""GET /health, /mesh/status and /models: the seed's status endpoints, served from the workers' snapshots.
+"""GET /health, /mesh/status and /models: the seed's status endpoints, served from the workers' snapshots (and,
+for each node /models lists, the reputation and bans the verifier publishes).
 
 With no fresh snapshot the gateway says "disconnected" / "unavailable" and reports no node counts rather
 than guessing. `active_sessions` counts the requests streaming to clients on every replica.
 """
 
+import time
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -13,6 +16,7 @@ from starlette.responses import JSONResponse
 from gateway.state import state_of
 from gateway.submission import resolve_model
 from gateway.swarm_status import fresh_snapshot, fresh_snapshots
+from protocol import keys
 from protocol.version import VERSION
 
 SERVICE = "far-mesh-coordinator"
@@ -48,18 +52,41 @@ async def mesh_status(request: Request) -> JSONResponse:
 
 
 async def models(request: Request) -> JSONResponse:
+    """Every model on sale, with the servers of its fresh snapshot and the trust the verifier gives each."""
     state = state_of(request)
     catalog = state.settings.catalog
     snapshots = await fresh_snapshots(state.redis)
+    reputation, banned = await _trust(state.redis)
     listed = []
     for spec in catalog.models:
         snapshot = snapshots.get(spec.model_id)
+        servers = snapshot.servers if snapshot else ()
         listed.append(
             {
                 "model_id": spec.model_id,
                 "active_nodes": snapshot.active_nodes if snapshot else None,
                 "price_per_token_far": format(catalog.price_of(spec), "f"),
                 "status": "available" if snapshot and snapshot.healthy else "unavailable",
+                "nodes": [
+                    {
+                        "node_id": s.peer_id,
+                        "start_block": s.start_block,
+                        "end_block": s.end_block,
+                        "state": s.state,
+                        "reputation": reputation.get(s.peer_id),
+                        "banned": s.peer_id in banned,
+                    }
+                    for s in servers
+                ],
             }
         )
     return JSONResponse({"models": listed})
+
+
+async def _trust(redis: aioredis.Redis) -> tuple[dict[str, str], set[str]]:
+    """Each node's reputation (as the verifier wrote it) and the nodes banned from routing right now."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.NODE_REPUTATION)
+        pipe.zrangebyscore(keys.BANNED_NODES, time.time(), "+inf")
+        reputation, banned = await pipe.execute()
+    return dict(reputation), set(banned)

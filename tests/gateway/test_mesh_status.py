@@ -1,5 +1,6 @@
 """GET /health, /mesh/status, /models in the seed's shapes, from the workers' snapshots and nothing else."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -51,12 +52,19 @@ async def test_without_a_fresh_snapshot_status_says_disconnected_and_invents_no_
     assert status["status"] == "disconnected" and status["active_nodes"] is None
     assert models == {
         "models": [
-            {"model_id": MODEL_ID, "active_nodes": None, "price_per_token_far": "0.0001", "status": "unavailable"},
+            {
+                "model_id": MODEL_ID,
+                "active_nodes": None,
+                "price_per_token_far": "0.0001",
+                "status": "unavailable",
+                "nodes": [],
+            },
             {
                 "model_id": OTHER_MODEL_ID,
                 "active_nodes": None,
                 "price_per_token_far": "0.0001",
                 "status": "unavailable",
+                "nodes": [],
             },
         ]
     }
@@ -75,3 +83,15 @@ async def test_models_marks_a_model_available_only_when_every_block_is_served(
     listed = {m["model_id"]: m for m in httpx.get(f"{gateway_url}/models").json()["models"]}
     assert (listed[MODEL_ID]["status"], listed[MODEL_ID]["active_nodes"]) == ("available", 2)
     assert (listed[OTHER_MODEL_ID]["status"], listed[OTHER_MODEL_ID]["active_nodes"]) == ("unavailable", 1)
+
+
+async def test_models_list_each_node_with_the_reputation_and_ban_the_verifier_published(
+    gateway_url: str, redis: aioredis.Redis, healthy_swarm: SwarmSnapshot
+) -> None:
+    await redis.hset(keys.NODE_REPUTATION, mapping={"QmA": "0.9", "QmB": "0.1"})  # type: ignore[misc]
+    await redis.zadd(keys.BANNED_NODES, {"QmB": time.time() + 3600, "QmOld": time.time() - 60})
+    listed = {m["model_id"]: m for m in httpx.get(f"{gateway_url}/models").json()["models"]}
+    assert listed[MODEL_ID]["nodes"] == [
+        {"node_id": "QmA", "start_block": 0, "end_block": 2, "state": "online", "reputation": "0.9", "banned": False},
+        {"node_id": "QmB", "start_block": 2, "end_block": 4, "state": "online", "reputation": "0.1", "banned": True},
+    ]
