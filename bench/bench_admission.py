@@ -17,7 +17,6 @@
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,31 +29,13 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devstack.postgres_server import EmbeddedPostgres, create_database_if_missing, drop_database, postgres_answers
+from bench_gateway_relay import percentiles, postgres_for_bench  # the relay bench's ledger and percentile helpers
+
+from devstack.postgres_server import drop_database
 from devstack.redis_server import RedisServer
 from gateway.api_keys import KeyLimits, create_key
 from protocol import keys
 from tests.fixtures.gateway import GATEWAY_ENV, MODEL_ID, WALLET, SyntheticWorker, snapshot, start_gateway, stop_gateway
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    cuts = statistics.quantiles(samples, n=100)
-    return cuts[49] * 1000, cuts[98] * 1000
-
-
-async def postgres_for_bench(tmp: Path) -> tuple[str, str, EmbeddedPostgres | None]:
-    admin = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    embedded = None
-    if not await postgres_answers(admin):
-        embedded = EmbeddedPostgres(tmp / "pg").start()
-        admin = embedded.dsn()
-    name = f"far_mesh_bench_{uuid.uuid4().hex[:8]}"
-    await create_database_if_missing(admin, name)
-    dsn = admin.rsplit("/", 1)[0] + "/" + name
-    from schema.migrate import apply_migrations
-
-    await apply_migrations(dsn)
-    return admin, dsn, embedded
 
 
 async def issue(dsn: str, limits: KeyLimits | None) -> str:
