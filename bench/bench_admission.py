@@ -31,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_gateway_relay import percentiles, postgres_for_bench  # the relay bench's ledger and percentile helpers
 
+from devstack.harness.gateway import GATEWAY_ENV, MODEL_ID, WALLET, snapshot, start_gateway, stop_gateway
+from devstack.harness.synthetic_worker import SyntheticWorker
 from devstack.postgres_server import drop_database
 from devstack.redis_server import RedisServer
 from gateway.api_keys import KeyLimits, create_key
 from protocol import keys
-from tests.fixtures.gateway import GATEWAY_ENV, MODEL_ID, WALLET, SyntheticWorker, snapshot, start_gateway, stop_gateway
 
 
 async def issue(dsn: str, limits: KeyLimits | None) -> str:

@@ -17,8 +17,9 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bench_worker import direct_generation  # noqa: E402
 
+from devstack.harness.sse import stream_events  # noqa: E402
+from devstack.harness.system import SystemUnderTest, start_system, stop_system  # noqa: E402
 from mesh.client import open_client  # noqa: E402
-from tests.fixtures.system import SystemUnderTest, start_system, stop_system, stream_events  # noqa: E402
 
 PROMPT = "The mesh streams tokens from many small servers"
 RUNS = 30

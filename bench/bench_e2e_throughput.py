@@ -17,8 +17,9 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bench_worker import CONCURRENT, TOKENS_EACH, direct_generation, direct_throughput  # noqa: E402
 
+from devstack.harness.sse import collect, token_events  # noqa: E402
+from devstack.harness.system import SystemUnderTest, start_system, stop_system  # noqa: E402
 from mesh.client import open_client  # noqa: E402
-from tests.fixtures.system import SystemUnderTest, collect, start_system, stop_system, token_events  # noqa: E402
 
 PROMPT = "The mesh streams tokens from many small servers"
 ROUNDS = 3

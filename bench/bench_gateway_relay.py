@@ -30,12 +30,12 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devstack.harness.gateway import GATEWAY_ENV, MODEL_ID, issue_key_sync, snapshot, start_gateway, stop_gateway
 from devstack.postgres_server import EmbeddedPostgres, create_database_if_missing, drop_database, postgres_answers
 from devstack.redis_server import RedisServer
 from protocol import keys
 from protocol.events import DoneEvent, TokenEvent, encode_event
 from protocol.money import cost_of
-from tests.fixtures.gateway import GATEWAY_ENV, MODEL_ID, issue_key_sync, snapshot, start_gateway, stop_gateway
 
 PRICE = Decimal("0.0001")
 TICK_S = 0.01

@@ -41,8 +41,8 @@ from protocol.usage import NodeContribution, UsageRecord
 from protocol.wallet import to_checksum_address
 from schema.migrate import apply_migrations
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests, for their fixtures
-from tests.fixtures.registrations import register_nodes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for devstack.harness
+from devstack.harness.registrations import register_nodes  # noqa: E402
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SUPPLY_FAR = Decimal(10**9)

@@ -31,12 +31,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devstack.harness.portal import start_portal, stop_portal  # noqa: E402
 from devstack.postgres_server import create_database_if_missing, drop_database  # noqa: E402
 from devstack.redis_server import RedisServer  # noqa: E402
 from devstack.services import with_database  # noqa: E402
 from protocol.wallet import to_checksum_address  # noqa: E402
 from schema.migrate import apply_migrations  # noqa: E402
-from tests.fixtures.portal import start_portal, stop_portal  # noqa: E402
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PER_SESSION = 5

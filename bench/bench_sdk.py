@@ -30,7 +30,7 @@ sys.path[:0] = [str(REPO), str(REPO / "sdk" / "python")]
 
 from farlabs import FarMesh  # noqa: E402
 
-from tests.fixtures.system import SystemUnderTest, start_system, stop_system  # noqa: E402
+from devstack.harness.system import SystemUnderTest, start_system, stop_system  # noqa: E402
 
 PROMPT = "A request walks through the gateway"
 ROUNDS = 3

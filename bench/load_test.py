@@ -21,15 +21,15 @@ import redis.asyncio as aioredis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from protocol import keys  # noqa: E402
-from tests.fixtures.system import (  # noqa: E402
+from devstack.harness.ledger import ledger_rows  # noqa: E402
+from devstack.harness.sse import stream_events  # noqa: E402
+from devstack.harness.system import (  # noqa: E402
     SystemUnderTest,
-    ledger_rows,
-    settle,
     start_system,
     stop_system,
-    stream_events,
+    wait_until_accounted,
 )
+from protocol import keys  # noqa: E402
 
 PROMPT = "The mesh streams tokens from many small servers"
 
@@ -106,7 +106,7 @@ def percentiles(values: list[float], scale: float = 1.0) -> str:
 
 async def reconcile(sut: SystemUnderTest, results: Results) -> tuple[int, int, int]:
     """(tokens clients received, tokens the ledger bills for those requests, requests without one ledger row)."""
-    await settle(sut.redis_url, timeout_s=120)
+    await wait_until_accounted(sut.redis_url, timeout_s=120)
     rows = await ledger_rows(sut.postgres_url, list(results.tokens))
     billed = sum(s[0].row["tokens_generated"] for s in rows.values() if len(s) == 1)
     return sum(results.tokens.values()), billed, sum(len(s) != 1 for s in rows.values())

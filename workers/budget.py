@@ -18,7 +18,7 @@ from protocol.jobs import GenerateJob
 log = logging.getLogger(__name__)
 
 
-async def settle(redis: aioredis.Redis, job: GenerateJob, actual_far: Decimal) -> bool:
+async def settle_reservation(redis: aioredis.Redis, job: GenerateJob, actual_far: Decimal) -> bool:
     """Settle `job`'s reservation at `actual_far`; False when there was nothing to settle or it failed."""
     if not job.budgeted or job.api_key_id is None:
         return False

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mesh.session import StepResult, SwarmSession, uncovered_blocks
+from protocol.error_codes import StreamErrorCode
 from protocol.events import ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
 from protocol.money import cost_of
@@ -32,7 +33,7 @@ from protocol.ownership import RequestOwner
 from workers import budget, metrics
 from workers.attribution import Attribution
 from workers.detokenize import IncrementalDecoder
-from workers.ending import Billing, Outcome, end_abandoned, ending_of
+from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
 from workers.prompts import prompt_ids
 from workers.sampling import Sampler, SamplingError
 from workers.served_model import ServedModel
@@ -45,14 +46,6 @@ logger = logging.getLogger(__name__)
 
 _FAILOVER_PAUSE_S = 0.2
 """Breathing room between a failed step and the next fresh session, so a dead route is not hammered."""
-
-
-SUPERSEDED: Final = "superseded"
-"""How a run ends that another run took over: it leaves the job, which its successor still runs, alone."""
-ALREADY_FINISHED: Final = "already-finished"
-"""How a run ends that found the request's stream already ended: the job is done and can be retired."""
-INVALID: Final = "invalid"
-"""How a job ends whose payload could not be run; its stream was ended with an error."""
 _REDIS_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -122,7 +115,8 @@ class _Run:
 
 
 async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
-    """The arq job function (`protocol.jobs.GENERATE_FUNCTION`); returns how the request ended."""
+    """The arq job function (`protocol.jobs.GENERATE_FUNCTION`); returns how the run ended (a `RunEnd`'s value:
+    arq stores the result, and a plain string keeps it what it always was)."""
     worker: WorkerContext = ctx["worker"]
     request_id = str(ctx["job_id"])  # the gateway enqueues each request under its own id
     try:
@@ -130,15 +124,16 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     except ValidationError as exc:
         problems = [(".".join(map(str, e["loc"])), e["type"]) for e in exc.errors()[:3]]  # never the values: a prompt
         logger.error("job rejected request_id=%s reason=invalid payload: %s", request_id, problems)
-        error = ErrorBody(code="invalid_job", message=f"the job payload is invalid ({exc.error_count()} errors)")
+        error = ErrorBody(code=StreamErrorCode.INVALID_JOB, message=f"the job payload is invalid ({exc.error_count()} errors)")
         await worker.end_abandoned(request_id, payload, error)
-        return INVALID
+        return RunEnd.INVALID.value
     served = worker.served.get(job.model_id)
     if served is None:  # the queue is per model, so only a misrouted job lands here
         logger.error("job rejected request_id=%s reason=model %s not served here", job.request_id, job.model_id)
         message = f"{job.model_id} was queued to a worker that does not serve it; check FAR_MESH_WORKER_MODELS"
-        await worker.end_abandoned(request_id, payload, ErrorBody(code="model_not_served", message=message))
-        return INVALID
+        error = ErrorBody(code=StreamErrorCode.MODEL_NOT_SERVED, message=message)
+        await worker.end_abandoned(request_id, payload, error)
+        return RunEnd.INVALID.value
     run_id = f"{worker.worker_id}:{ctx.get('job_try', 1)}:{uuid.uuid4().hex[:8]}"
     owner = RequestOwner(job.api_key_id, job.model_id) if job.api_key_id else None
     writer = TokenStreamWriter(
@@ -146,9 +141,9 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     )
     trust = await begin_trust(worker.redis, job.request_id, served, worker.settings)
     ended = await run_request(job, served, writer, worker.settings, worker.worker_id, trust=trust)
-    if ended not in (SUPERSEDED, ALREADY_FINISHED):  # this run wrote the usage record: its spans can be checked
+    if ended not in (RunEnd.SUPERSEDED, RunEnd.ALREADY_FINISHED):  # this run wrote the usage record: check its spans
         await trust.publish(worker.redis, job.request_id, job.model_id)
-    return ended
+    return ended.value
 
 
 async def run_request(
@@ -159,13 +154,13 @@ async def run_request(
     worker_id: str,
     *,
     trust: RunTrust | None = None,
-) -> str:
+) -> RunEnd:
     so_far = await writer.acquire()
     renewer = asyncio.create_task(_keep_lease(writer, settings.far_mesh_lease_ttl_s))
     try:
         if so_far.final is not None:
             logger.info("job skipped request_id=%s reason=already finished", job.request_id)
-            return ALREADY_FINISHED
+            return RunEnd.ALREADY_FINISHED
         run = _Run(
             job=job,
             served=served,
@@ -180,7 +175,7 @@ async def run_request(
         try:
             ended = await _run_to_end(run, so_far.cancelled, settings, worker_id)
         except Superseded:
-            ended = SUPERSEDED
+            ended = RunEnd.SUPERSEDED
         metrics.JOBS_FINISHED.labels(job.model_id, ended).inc()
         logger.info(
             "job finished request_id=%s status=%s tokens=%d seconds=%.2f nodes=%d failovers=%d",
@@ -196,7 +191,7 @@ async def run_request(
         renewer.cancel()
 
 
-async def _run_to_end(run: _Run, cancelled: bool, settings: WorkerSettings, worker_id: str) -> str:
+async def _run_to_end(run: _Run, cancelled: bool, settings: WorkerSettings, worker_id: str) -> RunEnd:
     """Generate (unless already cancelled) and write the ending; returns the status written."""
     try:
         outcome = Outcome("cancelled", "cancelled") if cancelled else await _generate_tokens(run, settings)
@@ -248,7 +243,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
     room = served.max_positions - len(run.prompt_ids)
     if room <= 0:
         message = f"the prompt is {len(run.prompt_ids)} tokens; {job.model_id} holds at most {served.max_positions}"
-        return Outcome("failed", "error", ErrorBody(code="prompt_too_long", message=message + ": shorten it"))
+        return Outcome.failed(ErrorBody(code=StreamErrorCode.PROMPT_TOO_LONG, message=message + ": shorten it"))
     max_tokens = min(job.max_tokens, room)
     decoder, stops, sampler = _text_and_sampling(run)
     if run.generated and (run.generated[-1] in served.eos_token_ids or stops.stopped):
@@ -277,7 +272,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
             except SamplingError as exc:  # the request's own numbers, not the route: no retry, no server to blame
                 next_step = None
                 message = f"sampling failed ({exc}); use temperature 0 or a larger one"
-                return Outcome("failed", "error", ErrorBody(code="sampling_error", message=message))
+                return Outcome.failed(ErrorBody(code=StreamErrorCode.SAMPLING_ERROR, message=message))
             except Exception as exc:  # Petals raises many types for a broken route; all mean "try a new one"
                 next_step = None
                 await served.run_blocking(session.close)
@@ -386,7 +381,7 @@ def _no_route(run: _Run, settings: WorkerSettings, exc: Exception) -> Outcome:
         f"no server holds {where} of {run.job.model_id} (gave up after {settings.far_mesh_no_route_timeout_s:g} s; "
         f"last error: {type(exc).__name__}); retry when the swarm has recovered"
     )
-    return Outcome("failed", "error", ErrorBody(code="no_route", message=message))
+    return Outcome.failed(ErrorBody(code=StreamErrorCode.NO_ROUTE, message=message))
 
 
 def _ranges(blocks: list[int]) -> str:
@@ -408,12 +403,12 @@ def _state_lost(run: _Run) -> Outcome:
         f"Redis lost this request's stream while it ran; the {len(run.generated)} tokens generated are billed. "
         "Send the request again with a new request_id"
     )
-    return Outcome("failed", "error", ErrorBody(code="stream_lost", message=message))
+    return Outcome.failed(ErrorBody(code=StreamErrorCode.STREAM_LOST, message=message))
 
 
 async def _finish(
     run: _Run, outcome: Outcome, worker_id: str, settings: WorkerSettings, *, state_lost: bool = False
-) -> str:
+) -> RunEnd:
     """Write the ending and the usage record (atomically, once per request); returns the status written."""
     billing = Billing(
         prompt_tokens=len(run.prompt_ids),
@@ -428,12 +423,12 @@ async def _finish(
     write = functools.partial(run.writer.finish, event, usage, state_lost=state_lost)
     finished = await _retrying_outages(settings, write)
     if finished is Written.CANCELLED:
-        return ALREADY_FINISHED  # another run's ending is on the stream, with its usage record
+        return RunEnd.ALREADY_FINISHED  # another run's ending is on the stream, with its usage record
     if finished is Written.STATE_LOST:
         return await _finish(run, _state_lost(run), worker_id, settings, state_lost=True)
     _check(finished)
-    await budget.settle(run.writer.redis, run.job, run.cost_far)
-    return outcome.status
+    await budget.settle_reservation(run.writer.redis, run.job, run.cost_far)
+    return RunEnd(outcome.status)
 
 
 async def _ban_unreachable_servers(served: ServedModel, request_id: str) -> None:

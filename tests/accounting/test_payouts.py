@@ -25,8 +25,8 @@ from accounting.payouts import (
     run_payout,
 )
 from cli.main import main
+from devstack.harness.registrations import register_nodes, transfer_node
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
-from tests.fixtures.registrations import register_nodes, transfer_node
 
 
 class FailingPayer:

@@ -16,10 +16,10 @@ from accounting.payouts import batch_state, claim_batch
 from chain.node import LocalChain
 from chain.settings import PayoutSettings
 from chain.units import to_base_units
+from devstack.harness.registrations import register_nodes
 from devstack.ports import free_port
 from tests.fixtures.chain import FarDeployment, chain_rpc, new_deployment
 from tests.fixtures.ledger import unique_id, usage_record, wait_until
-from tests.fixtures.registrations import register_nodes
 
 
 def payout_settings(d: FarDeployment, dsn: str, **overrides: Any) -> PayoutSettings:

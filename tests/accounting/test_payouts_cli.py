@@ -14,10 +14,10 @@ from accounting.payouts import PaymentBatch, run_payout
 from chain.deploy import send
 from chain.transfers import Payment, pay_batch_data
 from cli.main import main
+from devstack.harness.registrations import register_nodes
 from devstack.ports import free_port
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record
-from tests.fixtures.registrations import register_nodes
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 
 from accounting.ledger import write_batch
 from chain.units import to_base_units
+from devstack.harness.registrations import register_nodes
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.ledger import unique_id, usage_record
-from tests.fixtures.registrations import register_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYER_PROCESS = ROOT / "tests" / "chain" / "payer_process.py"

@@ -16,11 +16,11 @@ from accounting.ledger import write_batch
 from accounting.payer import ChainPayer
 from accounting.payouts import claim_batch, load_batch
 from chain.units import to_base_units
+from devstack.harness.registrations import register_nodes, transfer_node
 from protocol.usage import UsageRecord
 from tests.accounting.test_payouts_chain import payout_settings
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
-from tests.fixtures.registrations import register_nodes, transfer_node
 
 
 def announcing(record: UsageRecord, wallets: dict[str, str]) -> UsageRecord:

@@ -8,11 +8,11 @@ import asyncpg
 
 from accounting.ledger import write_batch
 from accounting.payer import serve_chain_payouts
+from devstack.harness.registrations import register_nodes
 from devstack.ports import free_port
 from tests.accounting.test_payouts_chain import payout_settings
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record, wait_until
-from tests.fixtures.registrations import register_nodes
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -12,7 +12,7 @@ from langchain_openai import ChatOpenAI
 
 from gateway.openai_api import ChatMessage, chat_prompt
 from tests.fixtures.stops import stop_across_three_tokens
-from tests.fixtures.system import SystemUnderTest, assert_books_balance, settle, the_ledger_session
+from tests.fixtures.system import SystemUnderTest, assert_books_balance, the_ledger_session, wait_until_accounted
 from tests.fixtures.workers import decode_locally, reference_continuation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
@@ -74,7 +74,7 @@ async def test_a_stop_spanning_tokens_through_the_openai_client_ends_before_it_a
     assert finish.choices[0].finish_reason == "stop" and usage_chunk.choices == []
     assert usage_chunk.usage is not None and usage_chunk.usage.completion_tokens == tokens_to_stop
 
-    await settle(e2e_system.redis_url)
+    await wait_until_accounted(e2e_system.redis_url)
     session = await the_ledger_session(e2e_system.postgres_url, (usage_chunk.model_extra or {})["request_id"])
     assert_books_balance(session, tokens_to_stop)
 

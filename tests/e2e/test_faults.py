@@ -25,11 +25,11 @@ from tests.fixtures.system import (
     assert_books_balance,
     collect,
     ledger_rows,
-    settle,
     stream_events,
     the_ledger_session,
     token_events,
     wait_for_postgres,
+    wait_until_accounted,
 )
 from tests.fixtures.workers import reference_continuation
 
@@ -76,7 +76,7 @@ async def worker_running(sut: SystemUnderTest, request_id: str) -> Child:
 
 async def assert_exactly_once_in_the_ledger(sut: SystemUnderTest, streams: dict[str, list[dict[str, Any]]]) -> None:
     """Accounting settles; each request has one session row billing exactly the tokens its client received."""
-    await settle(sut.redis_url)
+    await wait_until_accounted(sut.redis_url)
     rows = await ledger_rows(sut.postgres_url, list(streams))
     for request_id, events in streams.items():
         (session,) = rows[request_id]

@@ -12,10 +12,10 @@ from tests.fixtures.system import (
     SystemUnderTest,
     assert_books_balance,
     collect,
-    settle,
     stream_events,
     the_ledger_session,
     token_events,
+    wait_until_accounted,
 )
 from tests.fixtures.workers import decode_locally, reference_continuation
 
@@ -52,7 +52,7 @@ async def test_a_greedy_request_streams_the_reference_tokens_with_running_costs_
     assert done["status"] == "completed" and done["tokens_generated"] == len(expected)
     assert Decimal(done["total_cost_far"]) == len(expected) * PRICE_FAR
 
-    await settle(e2e_system.redis_url)
+    await wait_until_accounted(e2e_system.redis_url)
     session = await the_ledger_session(e2e_system.postgres_url, request_id)
     assert session.row["model_id"] == model.model_id and session.row["status"] == "completed"
     assert_books_balance(session, len(expected))
@@ -71,7 +71,7 @@ async def test_two_models_are_served_at_once_each_by_its_own_servers(e2e_system:
             )
         )
 
-    await settle(e2e_system.redis_url)
+    await wait_until_accounted(e2e_system.redis_url)
     for index, (request_id, events) in enumerate(zip(ids, streams, strict=True)):
         model = e2e_system.models[index]
         assert [t["token_id"] for t in token_events(events)] == reference_continuation(model, PROMPT, 12)
@@ -115,7 +115,7 @@ async def test_the_openai_client_streams_a_chat_completion_that_matches_the_ledg
     assert text == decode_locally(model, token_ids)
     assert len(token_ids) == last.usage.completion_tokens
 
-    await settle(e2e_system.redis_url)
+    await wait_until_accounted(e2e_system.redis_url)
     session = await the_ledger_session(e2e_system.postgres_url, request_id)
     assert_books_balance(session, last.usage.completion_tokens)
     assert Decimal((last.model_extra or {})["cost_far"]) == session.row["total_cost_far"]

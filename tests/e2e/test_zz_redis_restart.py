@@ -28,10 +28,10 @@ from tests.fixtures.system import (
     assert_books_balance,
     collect,
     ledger_rows,
-    settle,
     stream_events,
     token_events,
     wait_for_redis,
+    wait_until_accounted,
 )
 from tests.fixtures.workers import reference_continuation
 
@@ -78,7 +78,7 @@ async def test_reused_request_ids_and_redis_lost_mid_stream_leave_no_work_unbill
         await wait_for_a_healthy_swarm(client)
         reused = new_request_id()
         first = await collect(client, greedy(reused, 4))
-        await settle(e2e_system.redis_url)
+        await wait_until_accounted(e2e_system.redis_url)
         redis = aioredis.Redis.from_url(e2e_system.redis_url)
         try:  # the finished request's keys expire (or Redis loses them)
             await redis.delete(keys.request_owner(reused), keys.token_stream(reused), result_key_prefix + reused)
@@ -100,7 +100,7 @@ async def test_reused_request_ids_and_redis_lost_mid_stream_leave_no_work_unbill
                 ending = event
                 break
     assert ending is not None and ending["error"]["code"] == "stream_lost"
-    await settle(e2e_system.redis_url)
+    await wait_until_accounted(e2e_system.redis_url)
     rows = await ledger_rows(e2e_system.postgres_url, [reused, lost])
     (reused_row,) = rows[reused]
     assert reused_row.row["tokens_generated"] == len(token_events(first)) == 4

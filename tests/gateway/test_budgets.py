@@ -1,5 +1,5 @@
 """Per-key budgets and limits on a real gateway, real Redis and real PostgreSQL; the synthetic worker settles each
-request exactly as a worker does (`workers.budget.settle`)."""
+request exactly as a worker does (`workers.budget.settle_reservation`)."""
 
 import asyncio
 import time

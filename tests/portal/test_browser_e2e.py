@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, BrowserContext, expect
 from mesh.local_swarm import ServerPlan
 from tests.fixtures.ledger import unique_id
 from tests.fixtures.portal import SigningWallet, inject_wallet, screenshot, start_portal, stop_portal
-from tests.fixtures.system import SystemUnderTest, settle
+from tests.fixtures.system import SystemUnderTest, wait_until_accounted
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
 T = TypeVar("T")
@@ -105,7 +105,7 @@ def test_a_provider_registers_a_swarm_node_and_sees_what_a_paid_generation_earne
             except openai.APIError:
                 return False  # the workers' route still names the stopped server: retried
             assert completion.usage is not None and completion.usage.completion_tokens > 0
-            run(settle(e2e_system.redis_url))
+            run(wait_until_accounted(e2e_system.redis_url))
             return run(contributions_of(e2e_system.postgres_url, ours.peer_id)) > 0
 
         wait_for(generated_on_our_node, "a generation served by the provider's node", timeout_s=120)

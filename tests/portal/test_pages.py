@@ -8,12 +8,12 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
+from devstack.harness.registrations import transfer_node
 from portal.earnings import far_text
 from portal.openapi import openapi_document
 from portal.routes import ROUTES
 from tests.fixtures.ledger import unique_id
 from tests.fixtures.portal import SigningWallet, known_node, seed_earnings
-from tests.fixtures.registrations import transfer_node
 from tests.portal.helpers import publish_snapshot, sign_in
 
 ALICE = SigningWallet.named("alice")

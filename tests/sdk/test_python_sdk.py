@@ -28,9 +28,9 @@ from tests.fixtures.system import (
     SystemUnderTest,
     assert_books_balance,
     collect,
-    settle,
     the_ledger_session,
     token_events,
+    wait_until_accounted,
 )
 from tests.sdk.proxy import DroppingProxy
 
@@ -60,7 +60,7 @@ def billed(sut: SystemUnderTest, request_id: str, tokens: int) -> dict[str, Any]
     """Accounting settles; the request's one ledger session bills exactly `tokens`. Its row."""
 
     async def row() -> dict[str, Any]:
-        await settle(sut.redis_url)
+        await wait_until_accounted(sut.redis_url)
         session = await the_ledger_session(sut.postgres_url, request_id)
         assert_books_balance(session, tokens)
         return session.row

