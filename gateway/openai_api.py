@@ -50,7 +50,7 @@ from gateway.auth import authenticate
 from gateway.bodies import read_model
 from gateway.errors import ApiError, BadGateway, GatewayTimeout, InvalidRequest
 from gateway.inference import relay_response
-from gateway.openai_errors import UnsupportedParameter, error_type, openai_error_response
+from gateway.openai_errors import ContextLengthExceeded, UnsupportedParameter, error_type, openai_error_response
 from gateway.relay import Entry, Subscription
 from gateway.sse import DEADLINE, sse_event, watch_disconnect
 from gateway.state import GatewayState, state_of
@@ -83,11 +83,17 @@ _TEMPLATE_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
 DONE_SENTINEL = b"data: [DONE]\n\n"
 DEFAULT_CHAT_TOKENS = 256
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's own default for /v1/completions
+PROMPT_TOO_LONG = "prompt_too_long"
+"""The worker's error code for a prompt its model's context cannot hold (`workers.generate`)."""
 SAMPLING_REVISION = "s1"
 """Changes whenever the worker's sampling code would turn the same seed into other tokens (system_fingerprint)."""
 
 _Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 _Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+_Text = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+"""One chat text (a message's content, or one part of it): capped on its own at GATEWAY_MAX_PROMPT_CHARS, as the
+OpenAPI document states. Their sum is not capped here: JSON Schema cannot state a sum, and the limit that matters
+is the model's context, in tokens, which the worker enforces (`context_length_exceeded`)."""
 
 
 def _absent_or(*allowed: object) -> Callable[[object], bool]:
@@ -185,13 +191,13 @@ class _OpenAIBody(BaseModel):
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
-    text: str
+    text: _Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart]
+    content: _Text | list[ContentPart]
     name: str | None = Field(default=None, max_length=64, description="Accepted; not part of the prompt")
 
     @property
@@ -228,10 +234,12 @@ def chat_prompt(messages: list[ChatMessage]) -> str:
     return "".join(f"{ROLE_NAMES[m.role]}: {m.text}\n" for m in messages) + "Assistant:"
 
 
-def _generate_request(body: _OpenAIBody, prompt: str, max_tokens: int, prompt_field: str) -> GenerateRequest:
+def _generate_request(
+    body: _OpenAIBody, prompt: str, max_tokens: int, prompt_field: str, *, chat: bool = False
+) -> GenerateRequest:
     try:
-        return GenerateRequest(
-            prompt=prompt,
+        request = GenerateRequest(
+            prompt="chat" if chat else prompt,
             max_tokens=max_tokens,
             user_wallet=body.user_wallet,
             request_id=body.request_id,
@@ -240,6 +248,27 @@ def _generate_request(body: _OpenAIBody, prompt: str, max_tokens: int, prompt_fi
         )
     except ValidationError as exc:
         raise InvalidRequest.from_validation(exc, renames={"prompt": prompt_field}) from None
+    # A chat's prompt is its turns, each text capped on its own (`_cap_chat_texts`); the fallback text joining them
+    # is bounded by the body it came from, not by a completion prompt's cap.
+    return request.model_copy(update={"prompt": prompt}) if chat else request
+
+
+def _cap_chat_texts(messages: list[ChatMessage], cap: int) -> None:
+    """400 naming `messages` when one text (a content, or one part of it) is over GATEWAY_MAX_PROMPT_CHARS: the
+    cap the OpenAPI document states for each of them."""
+    details = []
+    for i, message in enumerate(messages):
+        texts: list[tuple[tuple[str | int, ...], str]]
+        if isinstance(message.content, str):
+            texts = [(("content",), message.content)]
+        else:
+            texts = [(("content", j, "text"), part.text) for j, part in enumerate(message.content)]
+        for where, text in texts:
+            if len(text) > cap:
+                msg = f"a message's text has {len(text)} characters; at most {cap} are accepted"
+                details.append({"loc": ["body", "messages", i, *where], "msg": msg, "type": "string_too_long"})
+    if details:
+        raise InvalidRequest(f"messages: {details[0]['msg']}", field="messages", details=details)
 
 
 def system_fingerprint(model_id: str) -> str:
@@ -368,10 +397,11 @@ def _usage(done: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _collect(
-    state: GatewayState, accepted: Accepted, request: Request
+    state: GatewayState, accepted: Accepted, request: Request, prompt_field: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
-    """Every token event and the done event; None when the client left first. Errors become 502, a request
-    still running at GATEWAY_STREAM_DEADLINE_S is cancelled and answered 504."""
+    """Every token event and the done event; None when the client left first. A prompt longer than the model's
+    context is 400 `context_length_exceeded` (as OpenAI answers it), other errors 502; a request still running at
+    GATEWAY_STREAM_DEADLINE_S is cancelled and answered 504."""
     slot = accepted.slot
     deadline_s = state.settings.gateway_stream_deadline_s
     state.inflight.attach(slot)
@@ -403,7 +433,10 @@ async def _collect(
         return None
     event = json.loads(final.data)
     if final.kind == "error":
-        raise BadGateway(f"generation failed ({event['error']['code']}): {event['error']['message']}")
+        error = event["error"]
+        if error["code"] == PROMPT_TOO_LONG:
+            raise ContextLengthExceeded(error["message"], param=prompt_field)
+        raise BadGateway(f"generation failed ({error['code']}): {error['message']}")
     return tokens, event
 
 
@@ -428,7 +461,8 @@ async def _complete(request: Request, *, chat: bool) -> Response:
         chat_body = await read_model(request, ChatCompletionRequest, limit)
         max_tokens = chat_body.max_completion_tokens or chat_body.max_tokens or min(DEFAULT_CHAT_TOKENS, cap)
         prompt_field = "messages"
-        generate = _generate_request(chat_body, chat_prompt(chat_body.messages), max_tokens, prompt_field)
+        _cap_chat_texts(chat_body.messages, state.settings.gateway_max_prompt_chars)
+        generate = _generate_request(chat_body, chat_prompt(chat_body.messages), max_tokens, prompt_field, chat=True)
         body: _OpenAIBody = chat_body
     else:
         completion_body = await read_model(request, CompletionRequest, limit)
@@ -442,7 +476,7 @@ async def _complete(request: Request, *, chat: bool) -> Response:
     shape = _Shape(chat=chat, accepted=accepted, include_usage=body.include_usage)
     if body.stream:
         return relay_response(state, accepted.slot, render=shape.chunk)
-    collected = await _collect(state, accepted, request)
+    collected = await _collect(state, accepted, request, prompt_field)
     if collected is None:
         return Response(status_code=499)  # nobody is listening any more
     events, done = collected

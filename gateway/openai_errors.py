@@ -28,6 +28,16 @@ class UnsupportedParameter(InvalidRequest):
         super().__init__(f"{param}: {reason}", field=param)
 
 
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt holds more tokens than the model's context: known only once a worker has tokenized it, and
+    answered as OpenAI does (400 `context_length_exceeded`, which LangChain reads as a context overflow)."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message, field=param)
+
+
 def error_type(status: int) -> str:
     """OpenAI's `type` for an error with this HTTP status."""
     return _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")

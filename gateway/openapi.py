@@ -103,7 +103,11 @@ _SUBMIT_ERRORS = {
     "503": _error("Redis unavailable, or no healthy swarm serves the model; see Retry-After"),
 }
 _OPENAI_ERRORS = {
-    "400": _openai_error("Invalid, unknown or unsupported parameter; `param` names it"),
+    "400": _openai_error(
+        "Invalid, unknown or unsupported parameter; `param` names it. Or, without streaming, "
+        "`context_length_exceeded`: the prompt holds more tokens than the model's context, which only a worker "
+        "can count (a stream reports it as an error chunk with code `prompt_too_long`)"
+    ),
     "401": _openai_error("Missing, invalid or revoked API key"),
     "403": _openai_error("user_wallet is not the API key's wallet"),
     "404": _openai_error("Unknown model"),
@@ -162,9 +166,8 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
     generate = _schema(GenerateRequest, components)
     chat = _schema(ChatCompletionRequest, components)
     completion = _schema(CompletionRequest, components)
-    for name in ("GenerateRequest", "ChatCompletionRequest", "CompletionRequest"):
-        caps = {"max_tokens": settings.gateway_max_tokens, "max_prompt_chars": settings.gateway_max_prompt_chars}
-        _apply_caps(components[name], **caps)
+    # the request bodies and every schema they refer to (a chat message, its content parts)
+    _apply_caps(components, max_tokens=settings.gateway_max_tokens, max_prompt_chars=settings.gateway_max_prompt_chars)
     for event in (TokenEvent, DoneEvent, ErrorEvent):
         _schema(event, components, mode="serialization")
     bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
@@ -180,6 +183,10 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
         "then one DoneEvent or ErrorEvent; `: keep-alive` comments while idle",
         "content": _SSE,
     }
+    # A size in bytes is one thing JSON Schema cannot state: the limit is in this description and in the 413's.
+    too_large = f"Request body over {settings.gateway_max_body_bytes} bytes (GATEWAY_MAX_BODY_BYTES)"
+    submit_errors = {**_SUBMIT_ERRORS, "413": _error(too_large)}
+    openai_errors = {**_OPENAI_ERRORS, "413": _openai_error(too_large)}
     openai_ok = {
         "description": "A completion (JSON), or with stream=true Server-Sent Events ending in `data: [DONE]`",
         "content": {"application/json": {"schema": {"type": "object"}}, **_SSE},
@@ -209,7 +216,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "summary": "Generate, streaming tokens as Server-Sent Events",
                 "security": bearer,
                 "requestBody": body(generate),
-                "responses": {"200": stream_ok, **_SUBMIT_ERRORS},
+                "responses": {"200": stream_ok, **submit_errors},
             }
         },
         "/inference/{request_id}/stream": {
@@ -255,7 +262,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "summary": "OpenAI-compatible chat completion",
                 "security": bearer,
                 "requestBody": body(chat),
-                "responses": {"200": openai_ok, **_OPENAI_ERRORS},
+                "responses": {"200": openai_ok, **openai_errors},
             }
         },
         "/v1/completions": {
@@ -263,7 +270,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "summary": "OpenAI-compatible completion",
                 "security": bearer,
                 "requestBody": body(completion),
-                "responses": {"200": openai_ok, **_OPENAI_ERRORS},
+                "responses": {"200": openai_ok, **openai_errors},
             }
         },
         "/v1/models": {"get": {"summary": "OpenAI-compatible model list", "responses": {"200": json_ok("Models")}}},
@@ -302,8 +309,11 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
         "info": {
             "title": "Far Mesh Coordinator gateway",
             "version": VERSION,
-            "description": f"Request bodies up to {settings.gateway_max_body_bytes} bytes; prompts up to "
-            f"{settings.gateway_max_prompt_chars} characters; max_tokens up to {settings.gateway_max_tokens}.",
+            "description": f"Request bodies up to {settings.gateway_max_body_bytes} bytes (413 above); a prompt, and "
+            f"each text of a chat message, up to {settings.gateway_max_prompt_chars} characters; max_tokens up to "
+            f"{settings.gateway_max_tokens}. A chat's messages together are bounded by the body size and by the "
+            "model's context in tokens, which only a worker can count: `prompt_too_long` on a stream, 400 "
+            "`context_length_exceeded` on a non-streaming /v1 call.",
         },
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}}},

@@ -6,7 +6,7 @@ name. Defaults suit one replica in front of a small swarm.
 
 from pydantic import Field
 
-from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
+from protocol.requests import MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 from protocol.settings import CommonSettings
 from schema.settings import PostgresUrl
 
@@ -24,7 +24,7 @@ class GatewaySettings(CommonSettings):
         description="Port of a separate /metrics listener (not the public port); 0 serves /metrics on GATEWAY_PORT",
     )
     gateway_max_body_bytes: int = Field(
-        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request body accepted (413 above)"
+        default=64 * 1024, ge=1024, le=MAX_BODY_BYTES, description="Largest request body accepted (413 above)"
     )
     gateway_max_prompt_chars: int = Field(
         default=8000, ge=1, le=MAX_PROMPT_CHARS, description="Longest prompt accepted, in characters"

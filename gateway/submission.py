@@ -59,13 +59,15 @@ def resolve_model(state: GatewayState, model_id: str | None, *, field: str = "mo
     return spec
 
 
-def _apply_caps(state: GatewayState, body: GenerateRequest, prompt_field: str) -> GenerateRequest:
-    """`body` within the configured caps: an omitted max_tokens shrinks to the cap, an explicit one over it is 422."""
+def _apply_caps(state: GatewayState, body: GenerateRequest, prompt_field: str, *, chat: bool) -> GenerateRequest:
+    """`body` within the configured caps: an omitted max_tokens shrinks to the cap, an explicit one over it is 422.
+
+    A chat's prompt is not capped as a whole: each of its texts was, by itself (`gateway.openai_api`)."""
     settings = state.settings
     if "max_tokens" not in body.model_fields_set and body.max_tokens > settings.gateway_max_tokens:
         body = body.model_copy(update={"max_tokens": settings.gateway_max_tokens})
     problems = []
-    if len(body.prompt) > settings.gateway_max_prompt_chars:
+    if not chat and len(body.prompt) > settings.gateway_max_prompt_chars:
         problems.append(
             (
                 prompt_field,
@@ -95,7 +97,7 @@ async def submit(
     `prompt_field` names the client's field the prompt came from, for error messages (chat: "messages");
     `messages` are a chat request's turns, which the worker formats with the model's chat template.
     """
-    body = _apply_caps(state, body, prompt_field)
+    body = _apply_caps(state, body, prompt_field, chat=messages is not None)
     if body.user_wallet is not None and body.user_wallet != key.wallet:
         raise Forbidden(
             f"user_wallet {body.user_wallet} is not the wallet of this API key ({key.wallet}); "

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol import keys
 from protocol.catalog import ModelId
 from protocol.money import FarAmount
-from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, RequestId, SamplingOptions
+from protocol.requests import MAX_JOB_PROMPT_CHARS, MAX_NEW_TOKENS, RequestId, SamplingOptions
 from protocol.wallet import Wallet
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class ChatTurn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = Field(max_length=MAX_PROMPT_CHARS)
+    content: str = Field(max_length=MAX_JOB_PROMPT_CHARS)
 
 
 class GenerateJob(SamplingOptions):
@@ -41,7 +41,7 @@ class GenerateJob(SamplingOptions):
 
     request_id: RequestId
     model_id: ModelId
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(min_length=1, max_length=MAX_JOB_PROMPT_CHARS)
     max_tokens: int = Field(ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)

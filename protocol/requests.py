@@ -12,6 +12,13 @@ from protocol.catalog import ModelId
 from protocol.wallet import to_checksum_address
 
 MAX_PROMPT_CHARS = 32_000
+"""The longest one text may be: a completion's prompt, or one chat message (or one part of it)."""
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""The largest request body any gateway may be configured to accept (GATEWAY_MAX_BODY_BYTES's ceiling)."""
+MAX_JOB_PROMPT_CHARS = MAX_BODY_BYTES
+"""A job's prompt text, and one chat turn's: a chat's fallback prompt joins all its messages, so it is bounded by
+the body it came from, not by MAX_PROMPT_CHARS (every character of it took at least one byte of that body). What
+bounds a prompt for real is the model's context, in tokens, which only a worker can count (`prompt_too_long`)."""
 MAX_NEW_TOKENS = 4096
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN, description="1-64 characters: letters, digits, _ . : -")]

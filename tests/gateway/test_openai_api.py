@@ -1,12 +1,17 @@
 """The official `openai` package, unchanged, against the gateway."""
 
+import asyncio
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import openai
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.openai_api import ChatMessage, chat_prompt
+from protocol import keys
+from protocol.events import ErrorBody, ErrorEvent, encode_event
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import MODEL_ID, PRICE, IssueKey, SyntheticWorker
 
@@ -90,6 +95,48 @@ async def test_openai_errors_have_the_openai_shape_and_validation_is_400(gateway
         with pytest.raises(openai.AuthenticationError) as refused:
             await client.completions.create(model=MODEL_ID, prompt="x")
         assert refused.value.body["type"] == "authentication_error"  # type: ignore[index]
+
+
+async def test_a_chat_is_capped_text_by_text_as_the_document_states_never_summed_over_its_messages(
+    gateway_url: str, healthy_swarm: SwarmSnapshot, synthetic_worker: SyntheticWorker, issue_key: IssueKey
+) -> None:
+    key, _ = await issue_key()  # GATEWAY_MAX_PROMPT_CHARS=1000 in the test gateway
+    turns = [{"role": role, "content": role[0] * 900} for role in ("system", "user", "assistant", "user")]
+    async with openai_client(gateway_url, key) as client:
+        chat = await client.chat.completions.create(model=MODEL_ID, messages=turns, max_tokens=1)  # type: ignore[arg-type]
+        assert chat.choices[0].message.content == " tok0"
+        assert len(synthetic_worker.jobs[0].prompt) > 3600  # the fallback text joins all four
+        with pytest.raises(openai.BadRequestError) as refused:
+            parts = [{"type": "text", "text": "short"}, {"type": "text", "text": "x" * 1001}]
+            long_part: list[Any] = [{"role": "user", "content": "Hi"}, {"role": "user", "content": parts}]
+            await client.chat.completions.create(model=MODEL_ID, messages=long_part)
+    assert refused.value.param == "messages" and refused.value.code == "validation_error"
+    assert "1001 characters; at most 1000" in refused.value.message
+
+
+async def test_a_prompt_longer_than_the_models_context_is_400_context_length_exceeded_without_streaming(
+    gateway_url: str, healthy_swarm: SwarmSnapshot, issue_key: IssueKey, redis: aioredis.Redis
+) -> None:
+    key, _ = await issue_key()
+    request_id = "req_too_long"
+
+    async def worker_refuses_the_prompt() -> None:  # what a worker writes when the prompt fills the context
+        async with asyncio.timeout(5):
+            while not await redis.exists(keys.request_owner(request_id)):
+                await asyncio.sleep(0.01)
+        body = ErrorBody(code="prompt_too_long", message="the prompt is 2100 tokens; the model holds at most 2048")
+        error = ErrorEvent(error=body, request_id=request_id, tokens_generated=0, total_cost_far=Decimal(0))
+        await redis.xadd(keys.token_stream(request_id), encode_event(error))  # type: ignore[arg-type]
+
+    refusing = asyncio.create_task(worker_refuses_the_prompt())
+    async with openai_client(gateway_url, key) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model=MODEL_ID, messages=[{"role": "user", "content": "long"}], extra_body={"request_id": request_id}
+            )
+    await refusing
+    assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "messages")
+    assert "2048" in refused.value.message  # LangChain reads `context_length_exceeded` as a context overflow
 
 
 async def test_the_native_routes_keep_their_own_error_shape(gateway_url: str, issue_key: IssueKey) -> None:
