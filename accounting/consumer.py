@@ -29,8 +29,8 @@ from redis.typing import EncodableT
 
 from accounting import metrics
 from accounting.ledger import BatchOutcome, write_batch
-from accounting.liveness import Heartbeat
 from accounting.settings import AccountingSettings
+from probes import Heartbeat
 from protocol import keys
 from protocol.usage import USAGE_FIELD, UsageRecord
 

@@ -14,11 +14,9 @@ from decimal import Decimal
 
 import asyncpg
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 
 from accounting import metrics
-from protocol import keys
-from protocol.swarm import ServerSnapshot, SwarmSnapshot
+from protocol.swarm import ServerSnapshot, SwarmSnapshot, read_swarm_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +127,6 @@ async def sync_registry(connection: asyncpg.Connection, snapshots: list[SwarmSna
     return len(nodes)
 
 
-async def read_snapshots(redis: aioredis.Redis) -> list[SwarmSnapshot]:
-    """Every model's latest snapshot; a malformed one is logged and skipped, never fatal."""
-    snapshots = []
-    stored: dict[bytes, bytes] = await redis.hgetall(keys.SWARM_SNAPSHOTS)  # type: ignore[misc]
-    for model_id, raw in stored.items():
-        try:
-            snapshots.append(SwarmSnapshot.model_validate_json(raw))
-        except ValidationError as exc:
-            log.warning("swarm snapshot skipped model=%r errors=%d", model_id, exc.error_count())
-    return snapshots
-
-
 async def keep_registry_fresh(
     redis: aioredis.Redis, connect: Callable[[], Awaitable[asyncpg.Connection]], interval_s: float
 ) -> None:
@@ -151,7 +137,8 @@ async def keep_registry_fresh(
             try:
                 if connection is None or connection.is_closed():
                     connection = await connect()
-                count = await sync_registry(connection, await read_snapshots(redis))
+                snapshots = list((await read_swarm_snapshots(redis, fresh_only=False)).values())
+                count = await sync_registry(connection, snapshots)
                 metrics.NODES_SEEN.set(count)
             except (OSError, TimeoutError, aioredis.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("node registry not refreshed (%s); trying again in %.0fs", type(exc).__name__, interval_s)

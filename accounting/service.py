@@ -9,9 +9,9 @@ import redis.asyncio as aioredis
 
 from accounting import collector
 from accounting.consumer import UsageConsumer
-from accounting.liveness import serve_health
 from accounting.registry import keep_registry_fresh
 from accounting.settings import AccountingSettings
+from probes import serve_health_and_metrics
 from protocol.redis_durability import check_redis_durability
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,11 @@ async def serve(settings: AccountingSettings) -> None:
     consumer = UsageConsumer(redis, connect, settings)
     collector.tune_for_batches()
     health = (
-        serve_health(consumer.heartbeat, settings.accounting_metrics_port) if settings.accounting_metrics_port else None
+        serve_health_and_metrics(
+            consumer.heartbeat.problems, settings.accounting_metrics_port, thread_name="accounting-health"
+        )
+        if settings.accounting_metrics_port
+        else None
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

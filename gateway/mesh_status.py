@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse
 
 from gateway.state import state_of
 from gateway.submission import resolve_model
-from gateway.swarm_status import fresh_snapshot, fresh_snapshots
 from protocol import keys
+from protocol.swarm import read_swarm_snapshot, read_swarm_snapshots
 from protocol.version import VERSION
 
 SERVICE = "far-mesh-coordinator"
@@ -38,7 +38,7 @@ async def health(request: Request) -> JSONResponse:
 async def mesh_status(request: Request) -> JSONResponse:
     state = state_of(request)
     spec = resolve_model(state, request.query_params.get("model_id"))
-    snapshot = await fresh_snapshot(state.redis, spec.model_id)
+    snapshot = await read_swarm_snapshot(state.redis, spec.model_id)
     body: dict[str, Any] = {
         "model_id": spec.model_id,
         "active_nodes": snapshot.active_nodes if snapshot else None,
@@ -55,7 +55,7 @@ async def models(request: Request) -> JSONResponse:
     """Every model on sale, with the servers of its fresh snapshot and the trust the verifier gives each."""
     state = state_of(request)
     catalog = state.settings.catalog
-    snapshots = await fresh_snapshots(state.redis)
+    snapshots = await read_swarm_snapshots(state.redis, fresh_only=True)
     reputation, banned = await _trust(state.redis)
     listed = []
     for spec in catalog.models:

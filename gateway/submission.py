@@ -25,12 +25,12 @@ from gateway.errors import (
 )
 from gateway.inflight import Lease, Slot
 from gateway.state import GatewayState
-from gateway.swarm_status import fresh_snapshot
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.jobs import ChatTurn, GenerateJob, enqueue_generate
 from protocol.ownership import RequestOwner
 from protocol.requests import GenerateRequest, SamplingOptions
+from protocol.swarm import read_swarm_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ async def submit(
     await take_rate_limit(state, key)
     owner = await redis.get(keys.request_owner(request_id))
     if owner is None:
-        snapshot = await fresh_snapshot(redis, spec.model_id)
+        snapshot = await read_swarm_snapshot(redis, spec.model_id)
         if snapshot is None or not snapshot.healthy:
             reason = (
                 "no worker reported on its swarm in the last minute"

@@ -13,11 +13,12 @@ from portal.charts import earnings_svg
 from portal.errors import BadInput, NotFound
 from portal.state import PortalState
 from protocol.catalog import is_model_id
+from protocol.swarm import read_swarm_snapshots
 
 
 async def wallet_nodes(state: PortalState, wallet: str) -> dict[str, Any]:
     nodes = await earnings.wallet_nodes(state.db, wallet)
-    snapshots = await swarm_map.read_snapshots(state.swarm)
+    snapshots = await read_swarm_snapshots(state.swarm, fresh_only=False)
     now = datetime.now(UTC)
     live: dict[str, dict[str, Any]] = {}
     for snapshot in snapshots.values():
@@ -83,7 +84,7 @@ async def wallet_payouts(state: PortalState, wallet: str) -> dict[str, Any]:
 
 
 async def swarm_models(state: PortalState) -> dict[str, Any]:
-    snapshots = await swarm_map.read_snapshots(state.swarm)
+    snapshots = await read_swarm_snapshots(state.swarm, fresh_only=False)
     catalog = state.settings.catalog
     models = []
     for model_id in sorted(set(catalog.model_ids) | set(snapshots)):
@@ -110,7 +111,7 @@ def _model_id(model_id: str | None) -> str:
 
 
 async def swarm_model(state: PortalState, model_id: str) -> dict[str, Any]:
-    snapshots = await swarm_map.read_snapshots(state.swarm)
+    snapshots = await read_swarm_snapshots(state.swarm, fresh_only=False)
     snapshot = snapshots.get(_model_id(model_id))
     if snapshot is None:
         raise NotFound(f"no worker has published a snapshot of {model_id}'s swarm", field="model_id")
@@ -119,7 +120,7 @@ async def swarm_model(state: PortalState, model_id: str) -> dict[str, Any]:
 
 async def onboarding(state: PortalState, model_id: str | None, session: Session | None) -> dict[str, Any]:
     chosen = _model_id(model_id or state.settings.default_model_id)
-    snapshots = await swarm_map.read_snapshots(state.swarm)
+    snapshots = await read_swarm_snapshots(state.swarm, fresh_only=False)
     document = swarm_map.onboarding(
         snapshots.get(chosen),
         model_id=chosen,

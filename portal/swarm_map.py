@@ -1,37 +1,16 @@
 """The swarm as the workers last saw it: block coverage per model, and where a new node would help most.
 
-Read from the snapshots workers publish in Redis (`protocol.keys.SWARM_SNAPSHOTS`); a snapshot older than
+Read from the snapshots workers publish in Redis (`protocol.swarm.read_swarm_snapshots`); a snapshot older than
 `SNAPSHOT_MAX_AGE_S` is shown as stale, never as a live swarm. Onboarding picks the longest run of the
 least-served blocks and prints the exact `far-mesh node` command (and container line) that would serve them.
 """
 
-import logging
 import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-from pydantic import ValidationError
-
-from protocol import keys
 from protocol.swarm import SwarmSnapshot
-
-log = logging.getLogger(__name__)
-
-
-async def read_snapshots(redis: aioredis.Redis) -> dict[str, SwarmSnapshot]:
-    """Every model's latest snapshot, fresh or not (the page says which); malformed ones are skipped."""
-    raw = await redis.hgetall(keys.SWARM_SNAPSHOTS)  # type: ignore[misc]
-    snapshots: dict[str, SwarmSnapshot] = {}
-    for model_id, text in raw.items():
-        try:
-            snapshot = SwarmSnapshot.model_validate_json(text)
-        except ValidationError as exc:
-            log.warning("ignoring malformed swarm snapshot model_id=%r errors=%d", model_id, exc.error_count())
-            continue
-        snapshots[snapshot.model_id] = snapshot
-    return snapshots
 
 
 def swarm_map(snapshot: SwarmSnapshot, now: datetime | None = None) -> dict[str, Any]:

@@ -2,16 +2,22 @@
 
 Workers write the latest snapshot of each model into the hash `keys.SWARM_SNAPSHOTS`. The gateway serves
 /mesh/status and /models from it (and says "disconnected" when it is stale); accounting upserts the node
-registry from it. Block ranges are [start_block, end_block), as Petals reports them.
+registry from it; the portal draws its swarm map from it. They all read it with `read_swarm_snapshots` /
+`read_swarm_snapshot`, so a malformed or stale snapshot means the same thing to each. Block ranges are
+[start_block, end_block), as Petals reports them.
 """
 
-from datetime import datetime, timedelta
-from typing import Self
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from protocol import keys
 from protocol.catalog import ModelId
 from protocol.wallet import Wallet
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_MAX_AGE_S = 60.0
 """A snapshot older than this describes a swarm nobody is watching; readers treat it as unknown."""
@@ -74,3 +80,37 @@ class SwarmSnapshot(BaseModel):
 
     def is_fresh(self, now: datetime, max_age_s: float = SNAPSHOT_MAX_AGE_S) -> bool:
         return now - self.taken_at <= timedelta(seconds=max_age_s)
+
+
+def _parsed(model_id: bytes | str, raw: bytes | str) -> SwarmSnapshot | None:
+    """The snapshot stored under `model_id`, or None (logged) when it is malformed: one bad writer never stops a
+    reader."""
+    try:
+        return SwarmSnapshot.model_validate_json(raw)
+    except ValidationError as exc:
+        name = model_id.decode(errors="replace") if isinstance(model_id, bytes) else model_id
+        log.warning("ignoring malformed swarm snapshot model_id=%s errors=%d", name, exc.error_count())
+        return None
+
+
+async def read_swarm_snapshots(redis: Any, *, fresh_only: bool) -> dict[str, SwarmSnapshot]:
+    """Every model's latest snapshot by model id (`redis` is a `redis.asyncio.Redis`); malformed ones are skipped.
+
+    `fresh_only` drops the stale ones: the gateway must not sell a swarm nobody watches. The portal shows stale
+    ones as stale, and accounting's registry still learns from them (older facts never overwrite newer ones).
+    """
+    stored: dict[bytes | str, bytes | str] = await redis.hgetall(keys.SWARM_SNAPSHOTS)
+    now = datetime.now(UTC)
+    snapshots: dict[str, SwarmSnapshot] = {}
+    for model_id, raw in stored.items():
+        snapshot = _parsed(model_id, raw)
+        if snapshot is not None and (not fresh_only or snapshot.is_fresh(now)):
+            snapshots[snapshot.model_id] = snapshot
+    return snapshots
+
+
+async def read_swarm_snapshot(redis: Any, model_id: str) -> SwarmSnapshot | None:
+    """`model_id`'s snapshot if it is fresh and well-formed, else None (`redis` is a `redis.asyncio.Redis`)."""
+    raw: bytes | str | None = await redis.hget(keys.SWARM_SNAPSHOTS, model_id)
+    snapshot = None if raw is None else _parsed(model_id, raw)
+    return snapshot if snapshot is not None and snapshot.is_fresh(datetime.now(UTC)) else None

@@ -16,9 +16,10 @@ import redis.asyncio as aioredis
 import torch
 from redis.exceptions import ResponseError
 
+from probes import Heartbeat, serve_health_and_metrics
 from protocol import keys
 from protocol.verification import SpotCheck
-from verifier import health
+from verifier import metrics
 from verifier.ledger import BanPolicy, Recorded, add_failed_steps, apply_pending_slashes, record_verdicts
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
 from verifier.settings import VerifierSettings
@@ -46,7 +47,7 @@ class Verifier:
             cooldown_s=settings.far_mesh_verifier_ban_s,
         )
         self._runners: dict[str, BlockRunner] = {}
-        self.heartbeat = health.Heartbeat(settings.far_mesh_verifier_liveness_s)
+        self.heartbeat = Heartbeat(settings.far_mesh_verifier_liveness_s)
 
     def runner_for(self, model_id: str) -> BlockRunner | None:
         if model_id not in self._runners:
@@ -85,15 +86,15 @@ class Verifier:
             )
             await self._ack(entry_id)
             return
-        health.VERIFY_SECONDS.observe(time.monotonic() - started)
+        metrics.VERIFY_SECONDS.observe(time.monotonic() - started)
         async with self.pool.acquire() as connection:
             recorded = await record_verdicts(connection, check.request_id, check.model_id, verdicts, self.policy)
         await self._publish_trust(recorded)
         await self._ack(entry_id)
         for verdict in verdicts:
-            health.SPANS_VERIFIED.labels(check.model_id, "ok" if verdict.ok else "mismatch").inc()
-            health.TOKENS_VERIFIED.labels(check.model_id).inc(verdict.tokens)
-        health.SLASHED_ROWS.inc(recorded.slashed)
+            metrics.SPANS_VERIFIED.labels(check.model_id, "ok" if verdict.ok else "mismatch").inc()
+            metrics.TOKENS_VERIFIED.labels(check.model_id).inc(verdict.tokens)
+        metrics.SLASHED_ROWS.inc(recorded.slashed)
         bad = [v for v in verdicts if not v.ok]
         log.info(
             "session verified request_id=%s spans=%d mismatches=%d slashed=%d seconds=%.3f%s",
@@ -122,12 +123,12 @@ class Verifier:
             reputation = {node: str(score) for node, score in recorded.reputation.items()}
             await self.redis.hset(keys.NODE_REPUTATION, mapping=reputation)  # type: ignore[misc]
             for node, score in recorded.reputation.items():
-                health.NODE_REPUTATION.labels(node).set(float(score))  # a gauge for dashboards, never money
+                metrics.NODE_REPUTATION.labels(node).set(float(score))  # a gauge for dashboards, never money
         if recorded.banned:
             await self.redis.zadd(
                 keys.BANNED_NODES, {node: until.timestamp() for node, until in recorded.banned.items()}
             )
-            health.BANS.inc(len(recorded.banned))
+            metrics.BANS.inc(len(recorded.banned))
             for node, until in recorded.banned.items():
                 log.warning("node banned node_id=%s until=%s", node, until.isoformat())
         await self.redis.zremrangebyscore(keys.BANNED_NODES, "-inf", time.time())
@@ -169,7 +170,7 @@ class Verifier:
                 await self._fold_failed_steps()
                 async with self.pool.acquire() as connection:
                     if slashed := await apply_pending_slashes(connection):
-                        health.SLASHED_ROWS.inc(slashed)
+                        metrics.SLASHED_ROWS.inc(slashed)
                         log.info("pending slashes applied rows=%d", slashed)
                 next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
             if not backlog:
@@ -198,7 +199,9 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event | None = None) -
     pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=2)
     verifier = Verifier(settings, redis, pool)
     server = (
-        health.serve_health(verifier.heartbeat, settings.far_mesh_verifier_metrics_port)
+        serve_health_and_metrics(
+            verifier.heartbeat.problems, settings.far_mesh_verifier_metrics_port, thread_name="verifier-health"
+        )
         if settings.far_mesh_verifier_metrics_port
         else None
     )

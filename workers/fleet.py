@@ -18,11 +18,12 @@ from redis.exceptions import RedisError
 
 from mesh.client import ClientLimits, open_client
 from mesh.snapshot import read_swarm_snapshot
+from probes import serve_health_and_metrics
 from protocol import keys
 from protocol.redis_durability import check_redis_durability
 from workers import metrics
 from workers.generate import WorkerContext
-from workers.health import HEARTBEAT_INTERVAL_S, FleetHealth, serve_health_and_metrics
+from workers.health import HEARTBEAT_INTERVAL_S, FleetHealth
 from workers.queue_worker import QueueWorker
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
@@ -82,10 +83,11 @@ async def run_fleet(
         health = FleetHealth(served)
         if settings.far_mesh_worker_metrics_port:
             http_server = serve_health_and_metrics(
-                settings.far_mesh_worker_metrics_host,
+                health.check,
                 settings.far_mesh_worker_metrics_port,
-                health,
-                metrics.REGISTRY,
+                host=settings.far_mesh_worker_metrics_host,
+                registry=metrics.REGISTRY,
+                thread_name="worker-http",
             )
         tasks = [asyncio.create_task(_consume(context, model_id, workers, retiring)) for model_id in served]
         tasks += [

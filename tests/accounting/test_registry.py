@@ -4,10 +4,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import redis.asyncio as aioredis
 
-from accounting.registry import keep_registry_fresh, read_snapshots, sync_registry
+from accounting.registry import keep_registry_fresh, sync_registry
 from devstack.ports import free_port
 from protocol import keys
-from protocol.swarm import ServerSnapshot, SwarmSnapshot
+from protocol.swarm import ServerSnapshot, SwarmSnapshot, read_swarm_snapshots
 from tests.fixtures.ledger import unique_id, wallet_for
 
 
@@ -40,7 +40,7 @@ async def test_active_far_nodes_follows_the_swarm_snapshots(redis: aioredis.Redi
     )
     connection = await asyncpg.connect(migrated_postgres_dsn)
     try:
-        snapshots = await read_snapshots(redis)
+        snapshots = list((await read_swarm_snapshots(redis, fresh_only=False)).values())
         assert [s.model_id for s in snapshots] == [model]
         await sync_registry(connection, snapshots)
         active = await connection.fetch(

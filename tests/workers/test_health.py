@@ -6,7 +6,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from workers.health import FleetHealth, serve_health_and_metrics
+from probes import serve_health_and_metrics
+from workers.health import FleetHealth
 
 
 class Client:
@@ -42,7 +43,7 @@ def served_health() -> Iterator[tuple[str, Client]]:
     client = Client()
     registry = CollectorRegistry()
     Counter("far_mesh_worker_probe_test", "a metric the endpoint must still serve", registry=registry).inc()
-    server = serve_health_and_metrics("127.0.0.1", 0, FleetHealth({"far-tiny": client}), registry)
+    server = serve_health_and_metrics(FleetHealth({"far-tiny": client}).check, 0, host="127.0.0.1", registry=registry)
     yield f"http://127.0.0.1:{server.server_port}", client
     server.shutdown()
     server.server_close()
