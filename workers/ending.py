@@ -10,6 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from protocol.events import DoneEvent, ErrorBody, ErrorEvent, StreamEvent
 from protocol.jobs import GenerateJob
 from protocol.money import cost_of
 from protocol.usage import UsageRecord
+from workers import budget
 from workers.attribution import Attribution
 from workers.stream import TokenStreamWriter, Written
 
@@ -104,7 +106,8 @@ async def end_abandoned(
 
     Taking the lease first fences out any stalled run of the request. The delivered tokens are billed to the
     platform (their route died with the run that generated them); a payload that is lost or invalid names
-    nobody to bill, so then only the error is written.
+    nobody to bill, so then only the error is written. Either way the request's budget reservation is settled,
+    at what was billed (nothing, for a job that never ran), so it never waits to lapse.
     """
     writer = TokenStreamWriter(redis, request_id, f"{worker_id}:ending:{uuid.uuid4().hex[:8]}", lease_ttl_s=lease_ttl_s)
     so_far = await writer.acquire()
@@ -136,4 +139,8 @@ async def end_abandoned(
             len(so_far.token_ids),
             usage is not None,
         )
+        if job is not None and usage is not None:
+            await budget.settle_reservation(redis, job, usage.total_cost_far)
+        else:
+            await budget.settle_owned_reservation(redis, request_id, Decimal(0))
     return ended

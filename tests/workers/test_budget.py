@@ -11,12 +11,14 @@ import redis.asyncio as aioredis
 from gateway.api_keys import ApiKey, KeyLimits
 from gateway.budgets import REBUILD, Budgets
 from mesh.local_swarm import LocalSwarm
-from protocol import budgets
+from protocol import budgets, keys
 from protocol.catalog import ModelSpec
-from protocol.events import DoneEvent
+from protocol.events import DoneEvent, ErrorBody, TokenEvent, encode_event
 from protocol.money import cost_of
+from protocol.ownership import RequestOwner
 from tests.fixtures.workers import PRICE_FAR, WorkerProcess, job_mid_stream_on_two_workers, make_job, wait_for_end
 from workers.budget import settle_reservation
+from workers.ending import end_abandoned
 
 BUDGET_FAR = Decimal("1")
 
@@ -52,6 +54,41 @@ async def test_a_job_without_a_budget_settles_nothing(
 ) -> None:
     assert not await settle_reservation(redis, make_job(tiny_models[0]), Decimal(1))
     assert await redis.dbsize() == 0
+
+
+async def test_a_job_ended_without_its_run_settles_at_what_it_billed_and_only_once(
+    redis: aioredis.Redis, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    key, store = await budgeted_key(redis)
+    job = make_job(tiny_models[0], max_tokens=100, budgeted=True, api_key_id=key.key_id)
+    await store.reserve(key, job.request_id, 100 * PRICE_FAR)
+    for index in range(2):  # delivered by a run that then died; the ending bills them
+        token = TokenEvent(
+            token=f" t{index}",
+            request_id=job.request_id,
+            index=index,
+            token_id=index + 5,
+            tokens_generated=index + 1,
+            cost_far=cost_of(index + 1, PRICE_FAR),
+        )
+        await redis.xadd(keys.token_stream(job.request_id), encode_event(token))  # type: ignore[arg-type]
+    error = ErrorBody(code="model_not_served", message="misrouted")
+    payload = job.model_dump(mode="json")
+    assert await end_abandoned(redis, job.request_id, payload, error, worker_id="w", lease_ttl_s=5)
+    assert await account(redis, key) == (2 * PRICE_FAR, 0)
+    assert not await end_abandoned(redis, job.request_id, payload, error, worker_id="w", lease_ttl_s=5)
+    assert not await settle_reservation(redis, job, 2 * PRICE_FAR)  # its ending settled it: nothing counts twice
+    assert await account(redis, key) == (2 * PRICE_FAR, 0)
+
+
+async def test_an_invalid_payload_settles_its_owners_reservation_at_nothing(redis: aioredis.Redis) -> None:
+    key, store = await budgeted_key(redis)
+    request_id = f"req-{uuid.uuid4().hex[:12]}"
+    await redis.set(keys.request_owner(request_id), RequestOwner(key.key_id, "some/model").encode())  # the gateway's
+    await store.reserve(key, request_id, 100 * PRICE_FAR)
+    error = ErrorBody(code="invalid_job", message="the job payload is invalid")
+    assert await end_abandoned(redis, request_id, {"max_tokens": -1}, error, worker_id="w", lease_ttl_s=5)
+    assert await account(redis, key) == (0, 0)
 
 
 # hivemind's p2p client drops its unix-socket streams (to the killed peer, to its daemon) without closing them;
