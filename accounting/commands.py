@@ -48,7 +48,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     listing.set_defaults(handler=list_payouts)
 
     resolve = actions.add_parser(
-        "resolve", help="settle a batch by hand: one paid from its exported file, or one that never moved money"
+        "resolve", help="finish a batch by hand: one paid from its exported file, or one that never moved money"
     )
     resolve.add_argument("batch_id", type=int, metavar="BATCH_ID")
     outcome = resolve.add_mutually_exclusive_group(required=True)

@@ -6,7 +6,7 @@ entries pending; this consumer (restarted under the same name) or any other (cla
 than ACCOUNTING_CLAIM_IDLE_MS) writes them again, and the ledger ignores request ids it already holds.
 Entries that cannot be parsed or stored go to the dead-letter stream with the reason, and are acknowledged;
 so do records that conflict with the session stored under their request id (kind "conflict", logged as an error);
-the dead letter is keyed by the entry's id, so an entry settled twice (redelivered, or claimed from a consumer
+the dead letter is keyed by the entry's id, so an entry stored twice (redelivered, or claimed from a consumer
 that was only slow) is dead-lettered once.
 
 The next batch is read and parsed while the current one is being written (parsing is CPU in this process,
@@ -32,11 +32,12 @@ from accounting.ledger import BatchOutcome, write_batch
 from accounting.settings import AccountingSettings
 from probes import Heartbeat
 from protocol import keys
+from protocol.backoff import Backoff
 from protocol.usage import USAGE_FIELD, UsageRecord
 
 log = logging.getLogger(__name__)
 
-Entry = tuple[bytes, dict[bytes, bytes]]
+UsageEntry = tuple[bytes, dict[bytes, bytes]]
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 DEAD_LETTER_MAXLEN = 100_000
@@ -45,7 +46,7 @@ _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # KEYS: usage stream, dead letters, dead-lettered ids. ARGV: group, maxlen, n, then n x (entry id, score, kind,
 # reason, consumer, record), then the ids to acknowledge. One script: dead letters and acks land together.
-_SETTLE_SCRIPT = """
+_ACK_SCRIPT = """
 local n = tonumber(ARGV[3])
 local at = 4
 for _ = 1, n do
@@ -77,20 +78,20 @@ def stream_id_key(entry_id: bytes | str) -> tuple[int, int]:
 class ParsedBatch:
     """Entries read from the stream, split into the records to write and the entries that cannot be parsed."""
 
-    entries: list[Entry]
+    entries: list[UsageEntry]
     records: list[UsageRecord] = field(default_factory=list)
-    stored: list[Entry] = field(default_factory=list)
+    stored: list[UsageEntry] = field(default_factory=list)
     """The entry each record came from, index for index."""
-    dead: list[tuple[Entry, str, str]] = field(default_factory=list)
+    dead: list[tuple[UsageEntry, str, str]] = field(default_factory=list)
 
 
-def parse_entries(entries: list[Entry]) -> ParsedBatch:
+def parse_entries(entries: list[UsageEntry]) -> ParsedBatch:
     batch = ParsedBatch(entries)
     _parse_into(batch, entries)
     return batch
 
 
-async def parse_entries_in_turns(entries: list[Entry]) -> ParsedBatch:
+async def parse_entries_in_turns(entries: list[UsageEntry]) -> ParsedBatch:
     """`parse_entries`, yielding to the event loop every `PARSE_TURN` entries.
 
     The batch being written resumes as soon as PostgreSQL answers (it has its next statement to send) instead
@@ -103,7 +104,7 @@ async def parse_entries_in_turns(entries: list[Entry]) -> ParsedBatch:
     return batch
 
 
-def _parse_into(batch: ParsedBatch, entries: list[Entry]) -> None:
+def _parse_into(batch: ParsedBatch, entries: list[UsageEntry]) -> None:
     for entry in entries:
         try:
             batch.records.append(UsageRecord.from_stream_fields(entry[1]))
@@ -125,7 +126,7 @@ class UsageConsumer:
         self._backlog_cursor: str | None = "0"  # entries delivered to this name before a restart come first
         self._ahead: asyncio.Task[ParsedBatch] | None = None
         self.heartbeat = Heartbeat(settings.accounting_liveness_s)
-        self._settle_script = redis.register_script(_SETTLE_SCRIPT)
+        self._ack_script = redis.register_script(_ACK_SCRIPT)
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._next_trim = 0.0
@@ -146,18 +147,17 @@ class UsageConsumer:
             keys.USAGE_CONSUMER_GROUP,
             keys.USAGE_STREAM,
         )
-        backoff = 0.1
+        backoff = Backoff(0.1, self.settings.accounting_retry_max_s)
         try:
-            while not self.stopping or self._ahead is not None:  # a batch read ahead is settled before leaving
+            while not self.stopping or self._ahead is not None:  # a batch read ahead is stored before leaving
                 try:
                     await self.step()
-                    backoff = 0.1
+                    backoff.reset()
                 except _REDIS_ERRORS as exc:
-                    log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                    log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff.delay_s)
                     self.heartbeat.beat()  # waiting out an outage is the loop working, not stuck
-                    if await self._sleep(backoff):
+                    if await self._sleep(backoff.take()):
                         break
-                    backoff = min(backoff * 2, self.settings.accounting_retry_max_s)
         finally:
             if self._ahead is not None:  # stopped during an outage: what it read stays pending for a successor
                 self._ahead.cancel()
@@ -168,13 +168,13 @@ class UsageConsumer:
         log.info("accounting consumer stopped name=%s", self.name)
 
     async def step(self) -> None:
-        """Settle one batch of new (or own pending) entries, then claim and trim when their time has come."""
+        """Store and acknowledge one batch of new (or own pending) entries, then claim and trim when it is time."""
         ahead, self._ahead = self._ahead, None
         batch = await (ahead if ahead is not None else self._read_parsed())
         if not self.stopping:
             self._ahead = asyncio.create_task(self._read_parsed())
         if batch.entries:
-            await self.settle_parsed(batch)
+            await self.store_and_ack_parsed(batch)
         self.heartbeat.beat()
         now = time.monotonic()
         if not self.stopping and now >= self._next_claim:
@@ -194,7 +194,7 @@ class UsageConsumer:
     async def _read_parsed(self) -> ParsedBatch:
         return await parse_entries_in_turns(await self._read_batch())
 
-    async def _read_batch(self) -> list[Entry]:
+    async def _read_batch(self) -> list[UsageEntry]:
         size = self.settings.accounting_batch_size
         wait_s = self.settings.accounting_batch_wait_ms / 1000
         while self._backlog_cursor is not None:
@@ -217,7 +217,9 @@ class UsageConsumer:
                 deadline = time.monotonic() + wait_s
         return entries
 
-    async def _xreadgroup(self, last_id: str, count: int, block_ms: int | None) -> tuple[list[Entry], bytes | None]:
+    async def _xreadgroup(
+        self, last_id: str, count: int, block_ms: int | None
+    ) -> tuple[list[UsageEntry], bytes | None]:
         """The entries read (trimmed ones acknowledged and left out) and the id of the last one delivered."""
         try:
             response = await self.redis.xreadgroup(
@@ -250,15 +252,15 @@ class UsageConsumer:
         entries = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
         if entries:
             log.info("claimed entries of a dead consumer count=%d", len(entries))
-            await self.settle(entries)
+            await self.store_and_ack(entries)
             self._next_claim = 0.0  # more may be waiting: look again right after the next batch
 
-    async def settle(self, entries: list[Entry]) -> None:
+    async def store_and_ack(self, entries: list[UsageEntry]) -> None:
         """Write the entries' records, dead-letter what cannot be stored, acknowledge everything after commit."""
-        await self.settle_parsed(parse_entries(entries))
+        await self.store_and_ack_parsed(parse_entries(entries))
 
-    async def settle_parsed(self, batch: ParsedBatch) -> None:
-        """`settle` for a batch already parsed (the loop parses the next batch while this one is written)."""
+    async def store_and_ack_parsed(self, batch: ParsedBatch) -> None:
+        """`store_and_ack` for a batch already parsed (the loop parses the next batch while this one is written)."""
         started = time.perf_counter()
         outcome = await self._write_until_stored(batch.records)
         if outcome is None:
@@ -282,14 +284,14 @@ class UsageConsumer:
         metrics.CONTRIBUTIONS_WRITTEN.inc(outcome.contributions_written)
         metrics.DUPLICATES_IGNORED.inc(outcome.duplicates)
 
-    async def _dead_letter_and_ack(self, dead: list[tuple[Entry, str, str]], entry_ids: list[bytes]) -> None:
+    async def _dead_letter_and_ack(self, dead: list[tuple[UsageEntry, str, str]], entry_ids: list[bytes]) -> None:
         letters: list[EncodableT] = []
         for (entry_id, fields), kind, reason in dead:
             letters += [entry_id, stream_id_key(entry_id)[0], kind, reason, self.name, _dead_record(fields)]
         head, rest = entry_ids[:_ACK_CHUNK], entry_ids[_ACK_CHUNK:]
         group = keys.USAGE_CONSUMER_GROUP
         streams = [keys.USAGE_STREAM, keys.USAGE_DEAD_LETTERS, keys.USAGE_DEAD_LETTER_IDS]
-        await self._settle_script(keys=streams, args=[group, DEAD_LETTER_MAXLEN, len(dead), *letters, *head])
+        await self._ack_script(keys=streams, args=[group, DEAD_LETTER_MAXLEN, len(dead), *letters, *head])
         for start in range(0, len(rest), _ACK_CHUNK):
             await self.redis.xack(keys.USAGE_STREAM, group, *rest[start : start + _ACK_CHUNK])
 
@@ -297,7 +299,7 @@ class UsageConsumer:
         """Write one batch, waiting out a ledger outage with capped exponential backoff; None if told to stop."""
         if not records:
             return BatchOutcome()
-        backoff = 0.1
+        backoff = Backoff(0.1, self.settings.accounting_retry_max_s)
         while True:
             try:
                 if self._connection is None or self._connection.is_closed():
@@ -310,13 +312,12 @@ class UsageConsumer:
                     type(exc).__name__,
                     _first_line(exc),
                     len(records),
-                    backoff,
+                    backoff.delay_s,
                 )
                 await self._drop_connection()
             self.heartbeat.beat()  # waiting for the ledger on purpose; a restart would not bring it back sooner
-            if await self._sleep(backoff):
+            if await self._sleep(backoff.take()):
                 return None
-            backoff = min(backoff * 2, self.settings.accounting_retry_max_s)
 
     async def _drop_connection(self) -> None:
         if self._connection is not None:

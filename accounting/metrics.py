@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RECORDS_CONSUMED = Counter("far_accounting_records_consumed", "Usage-stream entries read and settled (acked)")
+RECORDS_CONSUMED = Counter("far_accounting_records_consumed", "Usage-stream entries read and stored (acked)")
 SESSIONS_WRITTEN = Counter("far_accounting_sessions_written", "Session rows inserted into the ledger")
 CONTRIBUTIONS_WRITTEN = Counter("far_accounting_contributions_written", "Contribution rows inserted into the ledger")
 DUPLICATES_IGNORED = Counter("far_accounting_duplicates_ignored", "Usage records whose request id was already stored")

@@ -19,7 +19,7 @@ exactly the batch (`verify_transaction`).
 
 Never twice: every transaction of a batch has the batch's one nonce, so at most one can ever be mined, and
 rows are released only once the chain shows that none of them transferred anything (reverted, or the nonce
-consumed by another). One payer at a time holds the treasury's advisory lock, and finishes its unsettled
+consumed by another). One payer at a time holds the treasury's advisory lock, and finishes its unfinished
 batches before claiming a new one, so the nonce sequence is never shared.
 """
 
@@ -56,7 +56,7 @@ from accounting.payouts import (
     mark_paid,
     record_signed,
     record_submitted,
-    unsettled_batches,
+    unfinished_batches,
 )
 from chain.client import ChainClient, EstimateReverted, Receipt, RejectedTransaction
 from chain.fees import FeeCapReached, Fees, first_offer, gwei, replacement
@@ -131,7 +131,7 @@ Step = Literal["again", "wait", "done"]
 
 
 @dataclass(frozen=True)
-class Settled:
+class FinishedBatch:
     batch_id: int
     status: Literal["paid", "failed"]
     reason: str | None = None
@@ -172,14 +172,14 @@ class ChainPayer:
 
     async def run_once(
         self, connection: asyncpg.Connection, *, min_far: Decimal, lock_wait_s: float = 60.0
-    ) -> list[Settled]:
-        """Settle every unsettled chain batch (a restart resumes here), then claim and pay one new batch."""
-        settled: list[Settled] = []
+    ) -> list[FinishedBatch]:
+        """Finish every unfinished chain batch (a restart resumes here), then claim and pay one new batch."""
+        finished: list[FinishedBatch] = []
         async with payer_lock(connection, wait_s=lock_wait_s):
-            for batch_id in await unsettled_batches(connection, self.name):
-                settled.append(await self.settle(connection, batch_id))
-            if any(s.status == "failed" for s in settled):
-                return settled  # let an operator see the failure before more rows are claimed
+            for batch_id in await unfinished_batches(connection, self.name):
+                finished.append(await self.finish_batch(connection, batch_id))
+            if any(s.status == "failed" for s in finished):
+                return finished  # let an operator see the failure before more rows are claimed
             batch = await claim_batch(
                 connection, self.name, min_far, max_wallets=self.settings.far_mesh_payout_max_wallets
             )
@@ -191,10 +191,10 @@ class ChainPayer:
                     len(batch.contribution_ids),
                     batch.total_far,
                 )
-                settled.append(await self.settle(connection, batch.id))
-        return settled
+                finished.append(await self.finish_batch(connection, batch.id))
+        return finished
 
-    async def settle(self, connection: asyncpg.Connection, batch_id: int) -> Settled:
+    async def finish_batch(self, connection: asyncpg.Connection, batch_id: int) -> FinishedBatch:
         """Drive one batch to paid or failed, from whatever step it is at."""
         while True:
             state = await batch_state(connection, batch_id)
@@ -202,7 +202,7 @@ class ChainPayer:
                 reason = await connection.fetchval(
                     "SELECT failure_reason FROM far_payment_batches WHERE id = $1", batch_id
                 )
-                return Settled(batch_id, state.status, reason)  # type: ignore[arg-type]
+                return FinishedBatch(batch_id, state.status, reason)  # type: ignore[arg-type]
             if state.status == "claimed":
                 step = await self._sign_first(connection, state)
             elif state.status == "signed":
@@ -440,7 +440,7 @@ async def refresh_gauges(connection: asyncpg.Connection, payer: ChainPayer) -> N
 
 
 async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | None = None) -> None:
-    """`far-mesh payouts serve`: every FAR_MESH_PAYOUT_INTERVAL_S, settle what is in flight and pay one batch
+    """`far-mesh payouts serve`: every FAR_MESH_PAYOUT_INTERVAL_S, finish what is in flight and pay one batch
     (at once again after a paid one: more may be owed).
 
     Until SIGTERM/SIGINT (or `stop`). Stopping at any moment is safe: every step is committed before the next
@@ -476,8 +476,8 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
             if not round_task.done():
                 round_task.cancel()  # mid-batch is fine: what was committed is where the next start resumes
             try:
-                settled = await round_task
-                if settled and settled[-1].status == "paid":
+                finished = await round_task
+                if finished and finished[-1].status == "paid":
                     continue
             except asyncio.CancelledError:
                 break
@@ -494,11 +494,11 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
     log.info("payouts serve stopped")
 
 
-async def _one_round(settings: PayoutSettings, payer: ChainPayer) -> list[Settled]:
+async def _one_round(settings: PayoutSettings, payer: ChainPayer) -> list[FinishedBatch]:
     connection = await asyncpg.connect(settings.postgres_url, timeout=10)
     try:
-        settled = await payer.run_once(connection, min_far=settings.far_mesh_payout_min_far, lock_wait_s=0)
+        finished = await payer.run_once(connection, min_far=settings.far_mesh_payout_min_far, lock_wait_s=0)
         await refresh_gauges(connection, payer)
-        return settled
+        return finished
     finally:
         await connection.close()

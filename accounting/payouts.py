@@ -14,7 +14,7 @@ A batch moves `claimed -> signed -> submitted -> paid`, or to `failed`:
   transaction, or an operator said so) and the rows are released for a later batch.
 
 Every transition is a compare-and-set on the batch's status inside one transaction, so a payer and an
-operator can never both settle a batch. `accounting.payer` decides when to move; this module only records.
+operator can never both finish a batch. `accounting.payer` decides when to move; this module only records.
 """
 
 import logging
@@ -65,7 +65,7 @@ ORDER BY c.id
 FOR UPDATE OF c SKIP LOCKED FOR SHARE OF r SKIP LOCKED
 """
 
-UNSETTLED = ("claimed", "signed", "submitted")
+UNFINISHED = ("claimed", "signed", "submitted")
 """Statuses of a batch whose money may still move; its rows stay claimed."""
 LIVE_TRANSACTION = ("signed", "submitted", "replaced")
 """Transaction states that may still be mined."""
@@ -225,12 +225,12 @@ async def batch_state(connection: asyncpg.Connection, batch_id: int) -> BatchSta
     )
 
 
-async def unsettled_batches(connection: asyncpg.Connection, payer: str) -> list[int]:
+async def unfinished_batches(connection: asyncpg.Connection, payer: str) -> list[int]:
     """Batches of `payer` whose money may still move, oldest first: a payer finishes these before new ones."""
     rows = await connection.fetch(
         "SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) ORDER BY id",
         payer,
-        list(UNSETTLED),
+        list(UNFINISHED),
     )
     return [r["id"] for r in rows]
 
@@ -271,7 +271,7 @@ async def record_signed(
         state = await connection.fetchrow(
             "SELECT status, nonce FROM far_payment_batches WHERE id = $1 FOR UPDATE", batch_id
         )
-        if state is None or state["status"] not in UNSETTLED:
+        if state is None or state["status"] not in UNFINISHED:
             raise BatchNotPending(
                 f"payment batch {batch_id} cannot take a transaction (status {state and state['status']})"
             )
@@ -334,7 +334,7 @@ async def mark_paid(connection: asyncpg.Connection, batch_id: int, reference: st
         await _move(
             connection,
             batch_id,
-            UNSETTLED,
+            UNFINISHED,
             "paid",
             ", transaction_ref = $4, completed_at = now(), confirmed_at = now(), gas_used = $5, gas_cost_wei = $6",
             reference,
@@ -357,9 +357,9 @@ async def mark_failed(
     reason: str,
     *,
     reverted: Mined | None = None,
-    allowed: tuple[str, ...] = UNSETTLED,
+    allowed: tuple[str, ...] = UNFINISHED,
 ) -> None:
-    """Nothing was paid: settle the batch as failed (recording the reverted transaction, if one was mined) and
+    """Nothing was paid: finish the batch as failed (recording the reverted transaction, if one was mined) and
     release its rows for a later batch."""
     async with connection.transaction():
         gas = (

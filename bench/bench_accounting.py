@@ -129,8 +129,8 @@ class TimedConsumer(UsageConsumer):
     acked_at: dict[bytes, float]
     ledger_cpu_s: float | None = None
 
-    async def settle_parsed(self, batch: ParsedBatch) -> None:
-        await super().settle_parsed(batch)
+    async def store_and_ack_parsed(self, batch: ParsedBatch) -> None:
+        await super().store_and_ack_parsed(batch)
         now = time.time()
         for entry_id, _ in batch.entries:
             self.acked_at[entry_id] = now

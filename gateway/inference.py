@@ -31,12 +31,12 @@ def relay_response(
         await state.inflight.release(slot, finished=finished, client_left=client_left)
 
     async def on_deadline() -> None:
-        await state.inflight.cancel(slot.lease, "stream deadline passed")
+        await state.inflight.cancel(slot.followed, "stream deadline passed")
 
     return EventStreamResponse(
         state.relay,
-        keys.token_stream(slot.lease.request_id),
-        request_id=slot.lease.request_id,
+        keys.token_stream(slot.followed.request_id),
+        request_id=slot.followed.request_id,
         after_id=after_id,
         render=render,
         on_open=lambda: state.inflight.attach(slot),
@@ -44,7 +44,7 @@ def relay_response(
         on_deadline=on_deadline,
         deadline_s=settings.gateway_stream_deadline_s,
         max_unsent_bytes=settings.gateway_max_unsent_bytes,
-        headers={"x-request-id": slot.lease.request_id},
+        headers={"x-request-id": slot.followed.request_id},
         active_gauge=state.metrics.stream_opened,
     )
 
@@ -83,11 +83,11 @@ async def resume(request: Request) -> Response:
             details=[{"loc": ["header", "Last-Event-ID"], "msg": "not a stream entry id", "type": "value_error"}],
         ) from None
     await take_rate_limit(state, key)
-    lease = await owned_request(state, request_id, key)
+    followed = await owned_request(state, request_id, key)
     if await _ended_at_or_before(state, request_id, after_id):
         # 204 is the one answer that stops an EventSource from reconnecting, again and again, to a stream it has read
         return Response(status_code=204, headers={"x-request-id": request_id})
-    return relay_response(state, await admit(state, lease), after_id=after_id)
+    return relay_response(state, await admit(state, followed), after_id=after_id)
 
 
 async def _ended_at_or_before(state: GatewayState, request_id: str, after_id: str) -> bool:

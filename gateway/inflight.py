@@ -37,7 +37,7 @@ return 1
 
 
 @dataclass(frozen=True, slots=True)
-class Lease:
+class FollowedRequest:
     """A request some client follows, and the API key it is billed to."""
 
     api_key_id: str
@@ -51,9 +51,9 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """One client connection following `lease`'s request: the unit of a key's concurrent-stream limit."""
+    """One client connection to `followed`'s stream: the unit of a key's concurrent-stream limit."""
 
-    lease: Lease
+    followed: FollowedRequest
     connection_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -69,68 +69,69 @@ class Inflight:
         self._lease_ms = int(lease_s * 1000)
         self._grace_s = cancel_grace_s
         self._local: set[Slot] = set()
-        self._followers: Counter[Lease] = Counter()
+        self._followers: Counter[FollowedRequest] = Counter()
         self._admit = redis.register_script(_ADMIT)
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def admit(self, lease: Lease, max_streams: int) -> Slot | None:
-        """A slot for one more connection following `lease`; None when its API key already holds `max_streams`."""
-        slot = Slot(lease)
+    async def admit(self, followed: FollowedRequest, max_streams: int) -> Slot | None:
+        """A slot for one more connection following `followed`; None when its API key already holds `max_streams`."""
+        slot = Slot(followed)
         now = _now_ms()
         admitted = await self._admit(
-            keys=list(lease.keys), args=[now, now + self._lease_ms, max_streams, slot.connection_id, lease.request_id]
+            keys=list(followed.keys),
+            args=[now, now + self._lease_ms, max_streams, slot.connection_id, followed.request_id],
         )
         return slot if admitted else None
 
     def attach(self, slot: Slot) -> None:
         """The connection is being served: renew its slot until `release`."""
         self._local.add(slot)
-        self._followers[slot.lease] += 1
+        self._followers[slot.followed] += 1
 
     async def release(self, slot: Slot, *, finished: bool, client_left: bool) -> None:
-        """One connection ended: free its slot; end the request's lease if the stream finished, or start the grace
+        """One connection ended: free its slot; stop following the request if the stream finished, or start the grace
         if the client left and no other connection here follows the request."""
-        lease = slot.lease
+        followed = slot.followed
         self._local.discard(slot)
-        self._followers[lease] -= 1
-        followed_here = self._followers[lease] > 0
+        self._followers[followed] -= 1
+        followed_here = self._followers[followed] > 0
         if not followed_here:
-            del self._followers[lease]
-        streams_key, requests_key = lease.keys
+            del self._followers[followed]
+        streams_key, requests_key = followed.keys
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(streams_key, slot.connection_id)
                 if finished and not followed_here:
-                    pipe.zrem(requests_key, lease.request_id)
+                    pipe.zrem(requests_key, followed.request_id)
                 elif client_left and not followed_here:
-                    pipe.zadd(requests_key, {lease.request_id: _now_ms() + int(self._grace_s * 1000)}, xx=True)
+                    pipe.zadd(requests_key, {followed.request_id: _now_ms() + int(self._grace_s * 1000)}, xx=True)
                 await pipe.execute()
         except (OSError, aioredis.RedisError) as exc:  # no longer renewed, the slot expires within one lease
-            log.warning("slot release failed request_id=%s: %s", lease.request_id, type(exc).__name__)
+            log.warning("slot release failed request_id=%s: %s", followed.request_id, type(exc).__name__)
         if client_left and not finished and not followed_here:
-            task = asyncio.create_task(self._cancel_unless_reattached(lease))
+            task = asyncio.create_task(self._cancel_unless_reattached(followed))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
         # else (neither): this replica is shutting down; the lease expires unless the client reconnects elsewhere
 
-    async def cancel(self, lease: Lease, reason: str) -> None:
+    async def cancel(self, followed: FollowedRequest, reason: str) -> None:
         """Ask the request's worker to stop; it ends the stream with a cancelled event, billing what it delivered."""
-        streams_key, requests_key = lease.keys
+        streams_key, requests_key = followed.keys
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.cancel_flag(lease.request_id), reason, ex=keys.TOKEN_STREAM_TTL_S)
-            pipe.zrem(requests_key, lease.request_id)
+            pipe.set(keys.cancel_flag(followed.request_id), reason, ex=keys.TOKEN_STREAM_TTL_S)
+            pipe.zrem(requests_key, followed.request_id)
             await pipe.execute()
-        log.info("request cancelled request_id=%s reason=%s", lease.request_id, reason)
+        log.info("request cancelled request_id=%s reason=%s", followed.request_id, reason)
 
-    async def _cancel_unless_reattached(self, lease: Lease) -> None:
+    async def _cancel_unless_reattached(self, followed: FollowedRequest) -> None:
         await asyncio.sleep(self._grace_s)
         try:
-            score = await self._redis.zscore(keys.active_requests(lease.model_id), lease.request_id)
+            score = await self._redis.zscore(keys.active_requests(followed.model_id), followed.request_id)
             if score is not None and score > _now_ms():
                 return  # a client is following it again, here or on another replica
-            await self.cancel(lease, "client disconnected")
+            await self.cancel(followed, "client disconnected")
         except (OSError, aioredis.RedisError) as exc:
-            log.warning("could not cancel request_id=%s: %s", lease.request_id, type(exc).__name__)
+            log.warning("could not cancel request_id=%s: %s", followed.request_id, type(exc).__name__)
 
     async def renew_forever(self, interval_s: float) -> None:
         while True:
@@ -140,9 +141,9 @@ class Inflight:
             expiry = _now_ms() + self._lease_ms
             members: dict[str, dict[str, int]] = defaultdict(dict)
             for slot in self._local:
-                streams_key, requests_key = slot.lease.keys
+                streams_key, requests_key = slot.followed.keys
                 members[streams_key][slot.connection_id] = expiry
-                members[requests_key][slot.lease.request_id] = expiry
+                members[requests_key][slot.followed.request_id] = expiry
             try:  # one ZADD per API key and per model, however many streams: renewal never stalls the loop
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key, scores in members.items():

@@ -422,7 +422,7 @@ async def _collect(
             state.relay.unsubscribe(sub)
         timed_out = sub is not None and sub.ended_by == DEADLINE
         if timed_out:
-            await asyncio.shield(state.inflight.cancel(slot.lease, "stream deadline passed"))
+            await asyncio.shield(state.inflight.cancel(slot.followed, "stream deadline passed"))
         client_left = sub is None or sub.interrupted
         await asyncio.shield(
             state.inflight.release(slot, finished=final is not None or timed_out, client_left=client_left)

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol import keys
+from protocol.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class _Reader:
             await self.redis.connection_pool.release(connection)
 
     async def _read_forever(self, connection: Any) -> None:
-        backoff_s = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             self.wake_pending = False
             try:
@@ -258,16 +259,15 @@ class _Reader:
                 reply = await connection.read_response()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 await connection.disconnect()
-                log.warning("relay reader lost redis: %s; retrying in %.1fs", type(exc).__name__, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                log.warning("relay reader lost redis: %s; retrying in %.1fs", type(exc).__name__, backoff.delay_s)
+                await backoff.sleep()
                 continue
             except Exception:  # a reader that dies would silently stall every client it serves
                 await connection.disconnect()
-                log.exception("relay reader failed; retrying in %.1fs", backoff_s)
-                await asyncio.sleep(backoff_s)
+                log.exception("relay reader failed; retrying in %.1fs", backoff.delay_s)
+                await backoff.sleep()
                 continue
-            backoff_s = 0.1
+            backoff.reset()
             if reply:
                 self._fan_out(reply)
 

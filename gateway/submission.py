@@ -23,7 +23,7 @@ from gateway.errors import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from gateway.inflight import Lease, Slot
+from gateway.inflight import FollowedRequest, Slot
 from gateway.state import GatewayState
 from protocol import keys
 from protocol.catalog import ModelSpec
@@ -138,8 +138,8 @@ async def submit(
             f"request_id {request_id!r} is already used by another API key; choose another", field="request_id"
         )
     spec = resolve_model(state, first.model_id)  # the first submission's model, whatever this body says
-    lease = Lease(key.key_id, spec.model_id, request_id)
-    return Accepted(request_id, spec, await admit(state, lease, key.limits.max_concurrent_streams))
+    followed = FollowedRequest(key.key_id, spec.model_id, request_id)
+    return Accepted(request_id, spec, await admit(state, followed, key.limits.max_concurrent_streams))
 
 
 async def take_rate_limit(state: GatewayState, key: ApiKey) -> None:
@@ -163,11 +163,11 @@ async def _start(
 ) -> Slot:
     """Admit and enqueue the request whose owner key was just written; undo both if either fails, so a retry
     with the same id starts it afresh and no slot is left taken."""
-    lease = Lease(key.key_id, spec.model_id, request_id)
+    followed = FollowedRequest(key.key_id, spec.model_id, request_id)
     slot: Slot | None = None
     reserved = False
     try:
-        slot = await admit(state, lease, key.limits.max_concurrent_streams)
+        slot = await admit(state, followed, key.limits.max_concurrent_streams)
         if key.limits.budgeted:
             max_cost_far = body.max_tokens * state.settings.catalog.price_of(spec)
             await state.budgets.reserve(key, request_id, max_cost_far)
@@ -180,17 +180,17 @@ async def _start(
         async with state.redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.request_owner(request_id))
             if slot is not None:
-                streams_key, _ = lease.keys
+                streams_key, _ = followed.keys
                 pipe.zrem(streams_key, slot.connection_id)
             await pipe.execute()
         raise
 
 
-async def admit(state: GatewayState, lease: Lease, max_streams: int | None = None) -> Slot:
-    """A concurrent-stream slot for one more connection of `lease`'s key; 429 when it already holds the most
+async def admit(state: GatewayState, followed: FollowedRequest, max_streams: int | None = None) -> Slot:
+    """A concurrent-stream slot for one more connection of `followed`'s key; 429 when it already holds the most
     (`max_streams`, the key's own limit, else GATEWAY_MAX_CONCURRENT_STREAMS)."""
     limit = max_streams or state.settings.gateway_max_concurrent_streams
-    slot = await state.inflight.admit(lease, limit)
+    slot = await state.inflight.admit(followed, limit)
     if slot is None:
         raise TooManyRequests(
             f"this API key already streams {limit} requests, the most allowed at once; wait for one to finish",
@@ -233,12 +233,12 @@ async def _enqueue(
     )
 
 
-async def owned_request(state: GatewayState, request_id: str, key: ApiKey) -> Lease:
-    """The lease `key` would hold to follow `request_id`; 404 unless it exists, 403 when another key owns it."""
+async def owned_request(state: GatewayState, request_id: str, key: ApiKey) -> FollowedRequest:
+    """What `key` would hold to follow `request_id`; 404 unless it exists, 403 when another key owns it."""
     owner = await state.redis.get(keys.request_owner(request_id))
     if owner is None:
         raise NotFound(f"no request {request_id!r} (unknown, or finished over an hour ago)", field="request_id")
     first = RequestOwner.decode(owner)
     if first.api_key_id != key.key_id:
         raise Forbidden(f"request {request_id!r} belongs to another API key", field="request_id")
-    return Lease(key.key_id, first.model_id, request_id)
+    return FollowedRequest(key.key_id, first.model_id, request_id)

@@ -44,7 +44,7 @@ class Attribution:
     def total_work_units(self) -> int:
         return sum(node.work_units for node in self._nodes.values())
 
-    def settle(
+    def apportion(
         self, cost_far: Decimal, wallet_of: Callable[[str | None], str | None]
     ) -> tuple[tuple[NodeContribution, ...], Decimal]:
         """Each node's contribution with its payment, and the platform's rounding remainder."""

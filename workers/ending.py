@@ -68,7 +68,7 @@ def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: s
             tokens_generated=billing.tokens_generated,
             total_cost_far=cost,
         )
-    contributions, remainder = billing.attribution.settle(cost, wallet_from_public_name)
+    contributions, remainder = billing.attribution.apportion(cost, wallet_from_public_name)
     usage = UsageRecord(
         request_id=job.request_id,
         model_id=job.model_id,

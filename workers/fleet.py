@@ -20,6 +20,7 @@ from mesh.client import ClientLimits, open_client
 from mesh.snapshot import read_swarm_snapshot
 from probes import serve_health_and_metrics
 from protocol import keys
+from protocol.backoff import Backoff
 from protocol.redis_durability import check_redis_durability
 from workers import metrics
 from workers.generate import WorkerContext
@@ -144,7 +145,7 @@ async def _consume(
     one is not closed at once, which would cancel its running jobs: they ride out the outage and, once Redis
     is back, end their streams (with a bill) themselves.
     """
-    backoff_s = RECONNECT_MIN_S
+    backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
     while True:
         worker = current[model_id] = QueueWorker(context, model_id)
         started = asyncio.get_running_loop().time()
@@ -152,11 +153,13 @@ async def _consume(
             await worker.async_run()
             return
         except (RedisError, OSError) as exc:
-            logger.warning("queue lost Redis queue=%s error=%r; retrying in %.1fs", worker.queue_name, exc, backoff_s)
+            logger.warning(
+                "queue lost Redis queue=%s error=%r; retrying in %.1fs", worker.queue_name, exc, backoff.delay_s
+            )
         retiring[worker] = asyncio.create_task(_retire(worker, retiring))
-        await asyncio.sleep(backoff_s)
-        ran_well = asyncio.get_running_loop().time() - started > RECONNECT_MAX_S
-        backoff_s = RECONNECT_MIN_S if ran_well else min(backoff_s * 2, RECONNECT_MAX_S)
+        await backoff.sleep()
+        if asyncio.get_running_loop().time() - started > RECONNECT_MAX_S:  # it ran well: start the delays over
+            backoff.reset()
 
 
 async def _retire(worker: QueueWorker, retiring: dict[QueueWorker, "asyncio.Task[None]"]) -> None:

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mesh.session import StepResult, SwarmSession, uncovered_blocks
+from protocol.backoff import Backoff
 from protocol.error_codes import StreamErrorCode
 from protocol.events import ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
@@ -226,16 +227,15 @@ def _note_broken_fence(run: _Run, renewer: "asyncio.Task[Written]") -> None:
 async def _retrying_outages(settings: WorkerSettings, write: Callable[[], Awaitable[Written]]) -> Written:
     """`write()`, retried through a Redis outage of up to FAR_MESH_REDIS_OUTAGE_S: when Redis is back, the
     fenced write itself tells whether the stream survived (a write whose reply was lost is recognised)."""
-    backoff_s, give_up_at = 0.05, time.monotonic() + settings.far_mesh_redis_outage_s
+    backoff, give_up_at = Backoff(0.05, 1.0), time.monotonic() + settings.far_mesh_redis_outage_s
     while True:
         try:
             return await write()
         except _REDIS_OUTAGE_ERRORS as exc:
             if time.monotonic() >= give_up_at:
                 raise
-            logger.warning("stream write failed, retrying in %.2fs error=%r", backoff_s, exc)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 1.0)
+            logger.warning("stream write failed, retrying in %.2fs error=%r", backoff.delay_s, exc)
+            await backoff.sleep()
 
 
 async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:

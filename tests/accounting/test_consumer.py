@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from accounting.consumer import PARSE_TURN, Entry, UsageConsumer, parse_entries, parse_entries_in_turns
+from accounting.consumer import PARSE_TURN, UsageConsumer, UsageEntry, parse_entries, parse_entries_in_turns
 from accounting.settings import AccountingSettings
 from devstack.ports import free_port
 from protocol import keys
@@ -139,7 +139,7 @@ async def test_an_entry_settled_twice_is_dead_lettered_once(
     for name in ("slow", "claimer"):
         consumer = UsageConsumer(redis, lambda: asyncpg.connect(migrated_postgres_dsn), settings)
         consumer.name = name
-        await consumer.settle(entries)
+        await consumer.store_and_ack(entries)
         assert consumer._connection is not None
         await consumer._connection.close()
     dead = await redis.xrange(keys.USAGE_DEAD_LETTERS)
@@ -151,7 +151,7 @@ async def test_an_entry_settled_twice_is_dead_lettered_once(
 
 async def test_parsing_in_turns_yields_to_the_loop_and_gives_what_parsing_at_once_gives() -> None:
     good = usage_record(unique_id("req"), {unique_id("peer"): 1}).to_stream_fields()
-    entries: list[Entry] = [
+    entries: list[UsageEntry] = [
         (f"1-{i}".encode(), {b"record": b"{not json"} if i % 97 == 0 else {b"record": good["record"].encode()})
         for i in range(3 * PARSE_TURN + 5)
     ]
@@ -241,7 +241,7 @@ async def test_trimming_survives_pending_entries_acknowledged_between_its_two_re
     consumer: UsageConsumer, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """XINFO said some were pending; by the XPENDING another consumer had acknowledged them all."""
-    consumer.stop()  # the test drives trim() itself; the running loop must not settle the entry first
+    consumer.stop()  # the test drives trim() itself; the running loop must not store the entry first
     await redis.xgroup_create(keys.USAGE_STREAM, "audit", id="0", mkstream=True)  # another group reading it
     await redis.xadd(keys.USAGE_STREAM, usage_record(unique_id("req"), {}).to_stream_fields())
     await redis.xreadgroup("audit", "other", {keys.USAGE_STREAM: ">"})

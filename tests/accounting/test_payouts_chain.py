@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from accounting.ledger import write_batch
-from accounting.payer import ChainPayer, PayerBusy, Settled, payer_lock
+from accounting.payer import ChainPayer, FinishedBatch, PayerBusy, payer_lock
 from accounting.payouts import batch_state, claim_batch
 from chain.node import LocalChain
 from chain.settings import PayoutSettings
@@ -56,7 +56,7 @@ async def earn(db: asyncpg.Connection, nodes: int, *, sessions: int = 3, price_f
     return peers
 
 
-async def run_on_own_connection(payer: ChainPayer, dsn: str) -> list[Settled]:
+async def run_on_own_connection(payer: ChainPayer, dsn: str) -> list[FinishedBatch]:
     connection = await asyncpg.connect(dsn)
     try:
         return await payer.run_once(connection, min_far=Decimal(0))
@@ -161,7 +161,7 @@ async def test_a_reverted_transaction_fails_the_batch_releases_its_rows_and_reco
     # between signing and mining, the batch contract starts reverting everything
     chain_rpc(far_deployment.url, "evm_setAccountCode", far_deployment.deployment.batch_contract, "0x60006000fd")
 
-    settled = await payer.settle(payouts_db, batch.id)
+    settled = await payer.finish_batch(payouts_db, batch.id)
 
     assert settled.status == "failed" and settled.reason is not None and "reverted in block" in settled.reason
     stored = await payouts_db.fetchrow("SELECT gas_used, gas_cost_wei FROM far_payment_batches WHERE id = $1", batch.id)
@@ -187,7 +187,7 @@ async def test_a_nonce_taken_by_another_transaction_fails_the_batch_without_payi
     stranger = "0x000000000000000000000000000000000000dEaD"
     transfer(far_deployment.w3, far_deployment.treasury, far_deployment.deployment.token, stranger, 5)
 
-    settled = await payer.settle(payouts_db, batch.id)
+    settled = await payer.finish_batch(payouts_db, batch.id)
 
     assert settled.status == "failed" and settled.reason is not None and "did not sign for the batch" in settled.reason
     assert [far_deployment.far_balance(p.wallet) for p in batch.payments] == [0, 0]

@@ -170,4 +170,4 @@ async def test_resolve_refuses_a_batch_the_chain_payer_has_in_flight(
     await payer._sign_first(payouts_db, await batch_state(payouts_db, batch.id))
     assert await far_mesh("payouts", "resolve", str(batch.id), "--failed") == 1
     assert "may still be mined" in caplog.text
-    assert (await payer.settle(payouts_db, batch.id)).status == "paid"
+    assert (await payer.finish_batch(payouts_db, batch.id)).status == "paid"

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.inflight import Inflight, Lease
+from gateway.inflight import FollowedRequest, Inflight
 from gateway.sse import EventStreamResponse
 from protocol import keys
 from protocol.swarm import SwarmSnapshot
@@ -149,9 +149,9 @@ class RedisAway:
 async def test_a_response_that_cannot_subscribe_gives_its_slot_back(redis: aioredis.Redis) -> None:
     """Leaked slots would lock the key out with 429s until the process restarts."""
     inflight = Inflight(redis, lease_s=30, cancel_grace_s=0)
-    lease = Lease("key-1", "model-1", "req-1")
+    followed = FollowedRequest("key-1", "model-1", "req-1")
     for _ in range(3):
-        slot = await inflight.admit(lease, 3)
+        slot = await inflight.admit(followed, 3)
         assert slot is not None
 
         async def on_close(finished: bool, client_left: bool, slot: object = slot) -> None:
@@ -169,7 +169,7 @@ async def test_a_response_that_cannot_subscribe_gives_its_slot_back(redis: aiore
         )
         with pytest.raises(RedisConnectionError):
             await response({"type": "http"}, _never_receive, _no_send)
-    assert await inflight.admit(lease, 3) is not None
+    assert await inflight.admit(followed, 3) is not None
     assert inflight._local == set()  # nothing left to renew forever
 
 

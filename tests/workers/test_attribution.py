@@ -17,7 +17,7 @@ def test_work_is_blocks_times_tokens_per_step_and_prefill_counts_the_prompt() ->
     attribution.record_step(route, tokens=7)  # prefill
     for _ in range(3):
         attribution.record_step(route, tokens=1)
-    contributions, _ = attribution.settle(Decimal("0.0004"), wallet_of)
+    contributions, _ = attribution.apportion(Decimal("0.0004"), wallet_of)
     by_node = {c.node_id: c for c in contributions}
     assert (by_node["A"].work_units, by_node["B"].work_units) == (2 * 10, 3 * 10)
     assert (by_node["A"].tokens_contributed, by_node["A"].blocks_served) == (10, 2)
@@ -29,7 +29,7 @@ def test_a_route_change_credits_each_step_to_the_spans_that_served_it() -> None:
     attribution = Attribution()
     attribution.record_step([ServedSpan("A", 0, 4)], tokens=5)
     attribution.record_step([ServedSpan("A", 0, 2), ServedSpan("C", 2, 4)], tokens=1)
-    contributions, _ = attribution.settle(Decimal(0), wallet_of)
+    contributions, _ = attribution.apportion(Decimal(0), wallet_of)
     by_node = {c.node_id: c for c in contributions}
     assert by_node["A"].work_units == 4 * 5 + 2 and by_node["C"].work_units == 2
     assert by_node["A"].blocks_served == 4 and by_node["C"].tokens_contributed == 1
@@ -39,6 +39,6 @@ def test_payments_plus_remainder_equal_the_cost_exactly() -> None:
     attribution = Attribution()
     attribution.record_step([ServedSpan("A", 0, 1), ServedSpan("B", 1, 2), ServedSpan("C", 2, 3)], tokens=1)
     cost = Decimal("0.000000000000000010")
-    contributions, remainder = attribution.settle(cost, wallet_of)
+    contributions, remainder = attribution.apportion(cost, wallet_of)
     assert sum(c.payment_far for c in contributions) + remainder == cost
     assert all(c.payment_far == 3 * FAR_QUANTUM for c in contributions) and remainder == FAR_QUANTUM
