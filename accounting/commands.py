@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     accounting = subparsers.add_parser("accounting", help="consume usage records into the ledger (POSTGRES_URL)")
+    accounting.add_argument(
+        "--migrate",
+        action="store_true",
+        help="apply the ledger's migrations first, as `far-mesh migrate` does (the Procfile's line: honcho runs no "
+        "release step)",
+    )
     accounting.set_defaults(handler=run_accounting)
 
     payouts = subparsers.add_parser("payouts", help="pay nodes the $FAR they earned")
@@ -104,11 +110,18 @@ def _far_amount(text: str) -> Decimal:
 
 
 def run_accounting(args: argparse.Namespace) -> int:
+    import telemetry
     from accounting.service import serve
     from accounting.settings import AccountingSettings
 
+    if args.migrate:
+        from schema.commands import migrate
+
+        if (status := migrate(args)) != 0:
+            return status
     settings = AccountingSettings.from_env()
     settings.configure_logging()
+    telemetry.configure(settings.far_mesh_tracing, "far-mesh-accounting")
     asyncio.run(serve(settings))
     return 0
 

@@ -29,11 +29,13 @@ from redis.typing import EncodableT
 
 from accounting import metrics
 from accounting.ledger import BatchOutcome, write_batch
+from accounting.ledger_trace import trace_batch
 from accounting.settings import AccountingSettings
 from probes import Heartbeat
 from protocol import keys
 from protocol.backoff import Backoff
-from protocol.usage import USAGE_FIELD, UsageRecord
+from protocol.stream_ids import BEFORE_FIRST, EntryId, format_entry_id, parse_entry_id
+from protocol.usage import DEAD_LETTER_FIELDS, USAGE_FIELD, DeadLetterKind, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,15 @@ _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # KEYS: usage stream, dead letters, dead-lettered ids. ARGV: group, maxlen, n, then n x (entry id, score, kind,
 # reason, consumer, record), then the ids to acknowledge. One script: dead letters and acks land together.
-_ACK_SCRIPT = """
+# The dead letter's field names come from protocol.usage, as Lua string literals made once at import.
+_ENTRY_ID, _KIND, _REASON, _CONSUMER, _RECORD = (json.dumps(name) for name in DEAD_LETTER_FIELDS)
+_ACK_SCRIPT = f"""
 local n = tonumber(ARGV[3])
 local at = 4
 for _ = 1, n do
   if redis.call('ZADD', KEYS[3], 'NX', ARGV[at + 1], ARGV[at]) == 1 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'entry_id', ARGV[at], 'kind', ARGV[at + 2],
-               'reason', ARGV[at + 3], 'consumer', ARGV[at + 4], 'record', ARGV[at + 5])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', {_ENTRY_ID}, ARGV[at], {_KIND}, ARGV[at + 2],
+               {_REASON}, ARGV[at + 3], {_CONSUMER}, ARGV[at + 4], {_RECORD}, ARGV[at + 5])
   end
   at = at + 6
 end
@@ -68,12 +72,6 @@ PARSE_TURN = 100
 """Entries parsed between yields to the event loop (about 5 ms of CPU)."""
 
 
-def stream_id_key(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 @dataclass
 class ParsedBatch:
     """Entries read from the stream, split into the records to write and the entries that cannot be parsed."""
@@ -82,7 +80,7 @@ class ParsedBatch:
     records: list[UsageRecord] = field(default_factory=list)
     stored: list[UsageEntry] = field(default_factory=list)
     """The entry each record came from, index for index."""
-    dead: list[tuple[UsageEntry, str, str]] = field(default_factory=list)
+    dead: list[tuple[UsageEntry, DeadLetterKind, str]] = field(default_factory=list)
 
 
 def parse_entries(entries: list[UsageEntry]) -> ParsedBatch:
@@ -110,7 +108,7 @@ def _parse_into(batch: ParsedBatch, entries: list[UsageEntry]) -> None:
             batch.records.append(UsageRecord.from_stream_fields(entry[1]))
             batch.stored.append(entry)
         except ValueError as exc:
-            batch.dead.append((entry, "unparseable", _first_line(exc)))
+            batch.dead.append((entry, DeadLetterKind.UNPARSEABLE, _first_line(exc)))
 
 
 class UsageConsumer:
@@ -127,7 +125,7 @@ class UsageConsumer:
         self._ahead: asyncio.Task[ParsedBatch] | None = None
         self.heartbeat = Heartbeat(settings.accounting_liveness_s)
         self._ack_script = redis.register_script(_ACK_SCRIPT)
-        self._claim_cursor = "0-0"
+        self._claim_cursor = BEFORE_FIRST
         self._next_claim = 0.0
         self._next_trim = 0.0
 
@@ -261,18 +259,22 @@ class UsageConsumer:
 
     async def store_and_ack_parsed(self, batch: ParsedBatch) -> None:
         """`store_and_ack` for a batch already parsed (the loop parses the next batch while this one is written)."""
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         outcome = await self._write_until_stored(batch.records)
         if outcome is None:
             return  # stopping while the ledger is away: the entries stay pending for the next consumer
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
-        dead = batch.dead + [(batch.stored[index], "rejected", reason) for index, reason in outcome.rejected.items()]
-        dead += [(batch.stored[index], "conflict", reason) for index, reason in outcome.conflicts.items()]
+        metrics.record_billed(outcome.billed_far)
+        trace_batch(batch.records, outcome, started_ns, time.time_ns())
+        dead = batch.dead + [
+            (batch.stored[index], DeadLetterKind.REJECTED, reason) for index, reason in outcome.rejected.items()
+        ]
+        dead += [(batch.stored[index], DeadLetterKind.CONFLICT, reason) for index, reason in outcome.conflicts.items()]
         await self._dead_letter_and_ack(dead, [entry_id for entry_id, _ in batch.entries])
         for _, kind, reason in dead:
             # a conflict is work that ran without a bill: someone must look at it
             log.log(
-                logging.ERROR if kind == "conflict" else logging.WARNING,
+                logging.ERROR if kind is DeadLetterKind.CONFLICT else logging.WARNING,
                 "usage entry dead-lettered kind=%s reason=%s",
                 kind,
                 reason,
@@ -284,10 +286,12 @@ class UsageConsumer:
         metrics.CONTRIBUTIONS_WRITTEN.inc(outcome.contributions_written)
         metrics.DUPLICATES_IGNORED.inc(outcome.duplicates)
 
-    async def _dead_letter_and_ack(self, dead: list[tuple[UsageEntry, str, str]], entry_ids: list[bytes]) -> None:
+    async def _dead_letter_and_ack(
+        self, dead: list[tuple[UsageEntry, DeadLetterKind, str]], entry_ids: list[bytes]
+    ) -> None:
         letters: list[EncodableT] = []
         for (entry_id, fields), kind, reason in dead:
-            letters += [entry_id, stream_id_key(entry_id)[0], kind, reason, self.name, _dead_record(fields)]
+            letters += [entry_id, parse_entry_id(entry_id)[0], kind.value, reason, self.name, _dead_record(fields)]
         head, rest = entry_ids[:_ACK_CHUNK], entry_ids[_ACK_CHUNK:]
         group = keys.USAGE_CONSUMER_GROUP
         streams = [keys.USAGE_STREAM, keys.USAGE_DEAD_LETTERS, keys.USAGE_DEAD_LETTER_IDS]
@@ -338,20 +342,20 @@ class UsageConsumer:
             groups = await self.redis.xinfo_groups(keys.USAGE_STREAM)
         except ResponseError:
             return  # no stream yet
-        threshold: tuple[int, int] | None = None
+        threshold: EntryId | None = None
         for group in groups:
             name = _text(group["name"])
             # XPENDING may find nothing left when another consumer acknowledged since XINFO: then nothing is pending
             summary = await self.redis.xpending(keys.USAGE_STREAM, name) if group["pending"] else None
             oldest_pending = summary["min"] if summary else None
-            low = stream_id_key(oldest_pending or group["last-delivered-id"])
+            low = parse_entry_id(oldest_pending or group["last-delivered-id"])
             threshold = low if threshold is None else min(threshold, low)
             if name == keys.USAGE_CONSUMER_GROUP:
                 metrics.PENDING.set(group["pending"])
                 if group.get("lag") is not None:
                     metrics.CONSUMER_LAG.set(group["lag"])
         if threshold is not None and threshold > (0, 0):
-            await self.redis.xtrim(keys.USAGE_STREAM, minid=f"{threshold[0]}-{threshold[1]}", approximate=True)
+            await self.redis.xtrim(keys.USAGE_STREAM, minid=format_entry_id(threshold), approximate=True)
 
 
 def _text(value: bytes | str) -> str:

@@ -20,9 +20,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import asyncpg
 
+from protocol.money import far_sum
 from protocol.usage import UsageRecord
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,10 @@ class BatchOutcome:
     """Index in the batch -> why the ledger refused that record."""
     conflicts: dict[int, str] = field(default_factory=dict)
     """Index in the batch -> how that record differs from the session stored under its request id."""
+    billed_far: dict[str, Decimal] = field(default_factory=dict)
+    """Model id -> the total cost of the sessions this batch created (for the FAR-billed metric, after commit)."""
+    written: set[str] = field(default_factory=set)
+    """The request ids whose sessions this batch created."""
 
 
 def session_row(record: UsageRecord, session_id: uuid.UUID) -> tuple[object, ...]:
@@ -154,8 +160,11 @@ async def _conflicts(connection: asyncpg.Connection, records: Sequence[UsageReco
     return found
 
 
-async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]) -> tuple[int, int, dict[str, str]]:
-    """Store what `records` add; returns (sessions created, contribution rows written, conflicts by request id)."""
+async def _insert(
+    connection: asyncpg.Connection, records: Sequence[UsageRecord]
+) -> tuple[list[UsageRecord], int, dict[str, str]]:
+    """Store what `records` add; returns (the records whose sessions it created, contribution rows written,
+    conflicts by request id)."""
     session_ids = [session_id_for(r.request_id) for r in records]
     wallets: dict[str, str | None] = {}
     for record in records:
@@ -168,7 +177,7 @@ async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]
     repeated = [r for r, session_id in zip(records, session_ids, strict=True) if session_id not in created]
     conflicts = await _conflicts(connection, repeated) if repeated else {}
     if not created:
-        return 0, 0, conflicts
+        return [], 0, conflicts
     contributions: list[tuple[object, ...]] = []
     without_contributions: list[uuid.UUID] = []
     for record, session_id in zip(records, session_ids, strict=True):
@@ -184,7 +193,8 @@ async def _insert(connection: asyncpg.Connection, records: Sequence[UsageRecord]
         )
     if without_contributions:  # no COPY checks these: the remainder alone must be the cost
         await connection.execute("SELECT far_finalize_sessions($1::uuid[])", without_contributions)
-    return len(created), len(contributions), conflicts
+    fresh = [r for r, session_id in zip(records, session_ids, strict=True) if session_id in created]
+    return fresh, len(contributions), conflicts
 
 
 async def _insert_sessions(
@@ -232,25 +242,35 @@ async def write_batch(connection: asyncpg.Connection, records: Sequence[UsageRec
         return outcome
     try:
         async with connection.transaction():
-            sessions, contributions, conflicts = await _insert(connection, unique)
+            created, contributions, conflicts = await _insert(connection, unique)
     except RECORD_ERRORS as exc:
         log.warning("batch refused (%s); writing its %d records one by one", type(exc).__name__, len(unique))
     else:
-        outcome.sessions_written, outcome.contributions_written = sessions, contributions
-        _count_repeats(outcome, unique, sessions, conflicts, index_of)
+        outcome.sessions_written, outcome.contributions_written = len(created), contributions
+        _count_repeats(outcome, unique, len(created), conflicts, index_of)
+        _count_billed(outcome, created)
         return outcome
     async with connection.transaction():
         for record in unique:
             try:
                 async with connection.transaction():
-                    sessions, contributions, conflicts = await _insert(connection, [record])
+                    created, contributions, conflicts = await _insert(connection, [record])
             except RECORD_ERRORS as exc:
                 outcome.rejected[index_of[id(record)]] = f"{type(exc).__name__}: {exc}"
                 continue
-            outcome.sessions_written += sessions
+            outcome.sessions_written += len(created)
             outcome.contributions_written += contributions
-            _count_repeats(outcome, [record], sessions, conflicts, index_of)
+            _count_repeats(outcome, [record], len(created), conflicts, index_of)
+            _count_billed(outcome, created)
     return outcome
+
+
+def _count_billed(outcome: BatchOutcome, created: Sequence[UsageRecord]) -> None:
+    """Add the cost of each record whose session was created to its model's total."""
+    for record in created:
+        outcome.written.add(record.request_id)
+        total = outcome.billed_far.get(record.model_id, Decimal(0))
+        outcome.billed_far[record.model_id] = far_sum([total, record.total_cost_far])
 
 
 def _count_repeats(

@@ -1,8 +1,12 @@
 """Prometheus metrics of the accounting consumer (served on ACCOUNTING_METRICS_PORT)."""
 
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from decimal import Decimal
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from protocol.swarm import SwarmSnapshot
 
 RECORDS_CONSUMED = Counter("far_accounting_records_consumed", "Usage-stream entries read and stored (acked)")
 SESSIONS_WRITTEN = Counter("far_accounting_sessions_written", "Session rows inserted into the ledger")
@@ -21,6 +25,17 @@ COMMIT_SECONDS = Histogram(
 CONSUMER_LAG = Gauge("far_accounting_consumer_lag", "Usage entries not yet delivered to the consumer group")
 PENDING = Gauge("far_accounting_pending", "Usage entries delivered but not yet acknowledged")
 NODES_SEEN = Gauge("far_accounting_registry_nodes", "Nodes in the latest swarm snapshots")
+FAR_BILLED = Counter(
+    "far_accounting_far_billed",
+    "$FAR billed by the sessions written to the ledger, counted after commit (a float: the ledger has the exact sum)",
+    ["model_id"],
+)
+SWARM_COVERAGE = Gauge(
+    "far_accounting_swarm_coverage",
+    "Fraction of a model's blocks held by at least one online node, from its latest swarm snapshot "
+    "(0 when no worker published a fresh one: the gateway refuses the model's requests then)",
+    ["model_id"],
+)
 
 # Payouts (`far-mesh payouts serve`, served on FAR_MESH_PAYOUT_METRICS_PORT). Amounts here are for dashboards
 # only (Prometheus values are floats); the ledger's exact figures are in far_payment_batches.
@@ -38,6 +53,20 @@ PAYOUT_CONFIRMATION_SECONDS = Histogram(
 )
 TREASURY_FAR = Gauge("far_payout_treasury_far", "$FAR held by the treasury")
 TREASURY_GAS = Gauge("far_payout_treasury_gas", "Gas token held by the treasury (ETH units)")
+
+
+def record_billed(billed_far: Mapping[str, Decimal]) -> None:
+    """Count a committed batch's $FAR by model; Decimal becomes float here, at the metric, and nowhere else."""
+    for model_id, amount in billed_far.items():
+        FAR_BILLED.labels(model_id).inc(float(amount))
+
+
+def record_coverage(snapshots: Iterable[SwarmSnapshot], now: datetime) -> None:
+    """Each snapshot's model: the fraction of its blocks some online node holds (0 for a stale snapshot)."""
+    for snapshot in snapshots:
+        coverage = snapshot.block_coverage
+        covered = sum(1 for holders in coverage if holders) / len(coverage) if snapshot.is_fresh(now) else 0.0
+        SWARM_COVERAGE.labels(snapshot.model_id).set(covered)
 
 
 def record_paid(total_far: Decimal, wallets: int, gas_used: int, gas_cost_wei: int, lag_s: float) -> None:

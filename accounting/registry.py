@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
@@ -138,6 +139,7 @@ async def keep_registry_fresh(
                 if connection is None or connection.is_closed():
                     connection = await connect()
                 snapshots = list((await read_swarm_snapshots(redis, fresh_only=False)).values())
+                metrics.record_coverage(snapshots, datetime.now(UTC))
                 count = await sync_registry(connection, snapshots)
                 metrics.NODES_SEEN.set(count)
             except (OSError, TimeoutError, aioredis.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

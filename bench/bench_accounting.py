@@ -32,7 +32,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from accounting import collector
-from accounting.consumer import ParsedBatch, UsageConsumer, stream_id_key
+from accounting.consumer import ParsedBatch, UsageConsumer
 from accounting.ledger import SESSION_COLUMNS, contribution_rows, session_id_for, session_row
 from accounting.settings import AccountingSettings
 from devstack.postgres_server import create_database_if_missing, drop_database
@@ -40,6 +40,7 @@ from devstack.redis_server import RedisServer
 from devstack.services import with_database
 from protocol import keys
 from protocol.money import cost_of, split_payment
+from protocol.stream_ids import parse_entry_id
 from protocol.usage import NodeContribution, UsageRecord
 from protocol.wallet import to_checksum_address
 from schema.migrate import apply_migrations
@@ -286,7 +287,7 @@ async def main(args: argparse.Namespace) -> None:
         producer.start()
         consumer = await drain(redis, dsn, settings, total)
         producer.join()
-        lags = sorted(acked - stream_id_key(entry_id)[0] / 1000 for entry_id, acked in consumer.acked_at.items())
+        lags = sorted(acked - parse_entry_id(entry_id)[0] / 1000 for entry_id, acked in consumer.acked_at.items())
         p50 = statistics.median(lags)
         p99 = lags[int(len(lags) * 0.99) - 1]
         print(

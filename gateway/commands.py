@@ -52,11 +52,13 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    import telemetry
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
 
     settings = GatewaySettings.from_env()
     settings.configure_logging()
+    telemetry.configure(settings.far_mesh_tracing, "far-mesh-gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,

@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
+from protocol.error_codes import StreamErrorCode
+
 
 class ApiError(Exception):
     """A request the gateway refuses; `code` is stable, `message` says what is wrong and what to do."""
@@ -119,7 +121,7 @@ class GatewayTimeout(ApiError):
     """The request ran past GATEWAY_STREAM_DEADLINE_S; it was cancelled and billed for what was generated."""
 
     status = 504
-    code = "stream_deadline"
+    code = StreamErrorCode.STREAM_DEADLINE
 
 
 class ServiceUnavailable(ApiError):

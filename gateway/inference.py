@@ -9,25 +9,36 @@ from gateway.auth import authenticate
 from gateway.bodies import read_model
 from gateway.errors import InvalidRequest
 from gateway.inflight import Slot
-from gateway.relay import FINAL_KINDS, parse_entry_id
+from gateway.request_trace import RequestTrace
 from gateway.sse import EventStreamResponse, Render, render_native
 from gateway.state import GatewayState, state_of
 from gateway.submission import admit, owned_request, submit, take_rate_limit
 from protocol import keys
+from protocol.events import FINAL_KINDS, KIND_FIELD
 from protocol.requests import REQUEST_ID_PATTERN, GenerateRequest
+from protocol.stream_ids import BEFORE_FIRST, parse_entry_id
 
 
 def relay_response(
     state: GatewayState,
     slot: Slot,
     *,
-    after_id: str = "0-0",
+    after_id: str = BEFORE_FIRST,
     render: Render = render_native,
+    trace: RequestTrace | None = None,
 ) -> EventStreamResponse:
-    """Stream `slot`'s request to the client, holding the slot while the connection lasts."""
+    """Stream `slot`'s request to the client, holding the slot while the connection lasts; `trace` (a new
+    submission's) is ended with the response."""
     settings = state.settings
 
+    def on_open() -> None:
+        state.inflight.attach(slot)
+        if trace is not None:
+            trace.relay_started()
+
     async def on_close(finished: bool, client_left: bool) -> None:
+        if trace is not None:
+            trace.ended(state.metrics, finished=finished, client_left=client_left)
         await state.inflight.release(slot, finished=finished, client_left=client_left)
 
     async def on_deadline() -> None:
@@ -39,7 +50,7 @@ def relay_response(
         request_id=slot.followed.request_id,
         after_id=after_id,
         render=render,
-        on_open=lambda: state.inflight.attach(slot),
+        on_open=on_open,
         on_close=on_close,
         on_deadline=on_deadline,
         deadline_s=settings.gateway_stream_deadline_s,
@@ -54,7 +65,7 @@ async def generate(request: Request) -> Response:
     key = await authenticate(request)
     body = await read_model(request, GenerateRequest, state.settings.gateway_max_body_bytes)
     accepted = await submit(state, body, key)
-    return relay_response(state, accepted.slot)
+    return relay_response(state, accepted.slot, trace=accepted.trace)
 
 
 def _request_id(request: Request) -> str:
@@ -73,7 +84,7 @@ async def resume(request: Request) -> Response:
     state = state_of(request)
     key = await authenticate(request)
     request_id = _request_id(request)
-    after_id = request.headers.get("last-event-id", "0-0").strip() or "0-0"
+    after_id = request.headers.get("last-event-id", BEFORE_FIRST).strip() or BEFORE_FIRST
     try:
         parse_entry_id(after_id)
     except ValueError:
@@ -96,7 +107,7 @@ async def _ended_at_or_before(state: GatewayState, request_id: str, after_id: st
     if not last:
         return False
     last_id, fields = last[0]
-    return fields.get("kind") in FINAL_KINDS and parse_entry_id(last_id) <= parse_entry_id(after_id)
+    return fields.get(KIND_FIELD) in FINAL_KINDS and parse_entry_id(last_id) <= parse_entry_id(after_id)
 
 
 async def cancel(request: Request) -> Response:
@@ -106,7 +117,7 @@ async def cancel(request: Request) -> Response:
     request_id = _request_id(request)
     await owned_request(state, request_id, key)
     last = await state.redis.xrevrange(keys.token_stream(request_id), count=1)
-    if last and last[0][1].get("kind") in ("done", "error"):
+    if last and last[0][1].get(KIND_FIELD) in FINAL_KINDS:
         return JSONResponse({"request_id": request_id, "status": "finished"})
     await state.redis.set(keys.cancel_flag(request_id), "cancelled by client", ex=keys.TOKEN_STREAM_TTL_S)
     return JSONResponse({"request_id": request_id, "status": "cancelling"}, status_code=202)

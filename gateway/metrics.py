@@ -1,4 +1,5 @@
-"""Prometheus metrics of one gateway process: requests by route and status, streams open, relay latency.
+"""Prometheus metrics of one gateway process: requests by route and status, streams open, relay and end-to-end
+latency.
 
 Each app gets its own registry, so several apps in one process (tests, benchmarks) never collide.
 """
@@ -7,7 +8,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -32,6 +33,13 @@ class GatewayMetrics:
             "far_gateway_relay_latency_seconds",
             "Delay from a worker's XADD to the relay reading the entry",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "far_gateway_request_duration_seconds",
+            "End-to-end latency: from a request's admission to its final event sent to the client",
+            ["model_id"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
             registry=self.registry,
         )
 

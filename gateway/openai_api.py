@@ -57,6 +57,8 @@ from gateway.state import GatewayState, state_of
 from gateway.submission import Accepted, submit
 from protocol import keys
 from protocol.catalog import ModelId
+from protocol.error_codes import StreamErrorCode
+from protocol.events import DoneEvent, ErrorEvent, TokenEvent
 from protocol.jobs import ChatTurn
 from protocol.requests import (
     MAX_LOGIT_BIAS,
@@ -83,8 +85,6 @@ _TEMPLATE_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
 DONE_SENTINEL = b"data: [DONE]\n\n"
 DEFAULT_CHAT_TOKENS = 256
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's own default for /v1/completions
-PROMPT_TOO_LONG = "prompt_too_long"
-"""The worker's error code for a prompt its model's context cannot hold (`workers.generate`)."""
 SAMPLING_REVISION = "s1"
 """Changes whenever the worker's sampling code would turn the same seed into other tokens (system_fingerprint)."""
 
@@ -323,7 +323,7 @@ class _Shape:
     def chunk(self, entry: Entry) -> bytes:
         event = json.loads(entry.data)
         obj = "chat.completion.chunk" if self.chat else "text_completion"
-        if entry.kind == "token":
+        if entry.kind == TokenEvent.kind:
             logprobs = self.logprobs([event])
             if self.chat:
                 delta: dict[str, str] = {"content": event["token"]}
@@ -335,7 +335,7 @@ class _Shape:
             return sse_event(
                 json.dumps(self._envelope(obj, [choice], cost_far=event["cost_far"])).encode(), entry.entry_id
             )
-        if entry.kind == "done":
+        if entry.kind == DoneEvent.kind:
             extra: dict[str, Any] = {"delta": {}} if self.chat else {"text": ""}
             choice = {"index": 0, "logprobs": None, "finish_reason": _finish_reason(event), **extra}
             cost = {"cost_far": event["total_cost_far"], "status": event["status"]}
@@ -424,6 +424,7 @@ async def _collect(
         if timed_out:
             await asyncio.shield(state.inflight.cancel(slot.followed, "stream deadline passed"))
         client_left = sub is None or sub.interrupted
+        accepted.trace.ended(state.metrics, finished=final is not None, client_left=client_left)
         await asyncio.shield(
             state.inflight.release(slot, finished=final is not None or timed_out, client_left=client_left)
         )
@@ -432,9 +433,9 @@ async def _collect(
     if final is None:
         return None
     event = json.loads(final.data)
-    if final.kind == "error":
+    if final.kind == ErrorEvent.kind:
         error = event["error"]
-        if error["code"] == PROMPT_TOO_LONG:
+        if error["code"] == StreamErrorCode.PROMPT_TOO_LONG:
             raise ContextLengthExceeded(error["message"], param=prompt_field)
         raise BadGateway(f"generation failed ({error['code']}): {error['message']}")
     return tokens, event
@@ -475,7 +476,7 @@ async def _complete(request: Request, *, chat: bool) -> Response:
     accepted = await submit(state, generate, key, prompt_field=prompt_field, messages=turns)
     shape = _Shape(chat=chat, accepted=accepted, include_usage=body.include_usage)
     if body.stream:
-        return relay_response(state, accepted.slot, render=shape.chunk)
+        return relay_response(state, accepted.slot, render=shape.chunk, trace=accepted.trace)
     collected = await _collect(state, accepted, request, prompt_field)
     if collected is None:
         return Response(status_code=499)  # nobody is listening any more

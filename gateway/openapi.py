@@ -180,7 +180,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
 
     stream_ok = {
         "description": "Server-Sent Events: one `data:` TokenEvent per token (its `id:` is the stream entry id), "
-        "then one DoneEvent or ErrorEvent; `: keep-alive` comments while idle",
+        "then one DoneEvent or ErrorEvent (its `error.code` is a StreamErrorCode); `: keep-alive` comments while idle",
         "content": _SSE,
     }
     # A size in bytes is one thing JSON Schema cannot state: the limit is in this description and in the 413's.

@@ -18,34 +18,23 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from protocol import keys
 from protocol.backoff import Backoff
+from protocol.events import DATA_FIELD, EVENT_KINDS, FINAL_KINDS, KIND_FIELD
+from protocol.stream_ids import BEFORE_FIRST, EntryId, format_entry_id, parse_entry_id
 
 log = logging.getLogger(__name__)
 
-FINAL_KINDS = frozenset({"done", "error"})
-_KINDS = {b"token": "token", b"done": "done", b"error": "error"}
+# Encoded once here: the reader compares raw field names and kinds, never decoding or encoding per entry.
+_KIND_FIELD = KIND_FIELD.encode()
+_DATA_FIELD = DATA_FIELD.encode()
+_KINDS = {kind.encode(): kind for kind in EVENT_KINDS}
+_WAKE_FIELDS: dict[FieldT, EncodableT] = {keys.RELAY_WAKE_FIELD: "1"}
 WAKE_STREAM_TTL_S = 24 * 3600
 ObserveLatencies = Callable[[list[float]], None]
 """Takes the XADD-to-read delays (seconds) of the entries one read brought in."""
-
-
-_MAX_ID_PART = 2**64 - 1
-
-
-def parse_entry_id(entry_id: str) -> tuple[int, int]:
-    """A stream entry id ("1700000000000-3") as a comparable pair; `ValueError` when Redis would refuse it.
-
-    Strict on purpose: one id Redis refuses in a reader's XREAD would fail that call for every client it serves.
-    """
-    ms, _, seq = entry_id.partition("-")
-    if not (ms.isascii() and ms.isdigit() and seq.isascii() and (seq.isdigit() or seq == "")) or len(ms) > 20:
-        raise ValueError(f"not a stream entry id: {entry_id!r}")
-    parsed = int(ms), int(seq or 0)
-    if max(parsed) > _MAX_ID_PART:
-        raise ValueError(f"stream entry id out of range: {entry_id!r}")
-    return parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +91,7 @@ class Subscription:
         self._heartbeat_due = False
         self._ended_by: str | None = None
 
-    def deliver(self, entries: list[tuple[tuple[int, int], Entry]]) -> None:
+    def deliver(self, entries: list[tuple[EntryId, Entry]]) -> None:
         """Take the entries newer than the cursor (`entries` are in stream order, with their parsed ids)."""
         cursor = self.cursor
         fresh = [entry for parsed, entry in entries if parsed > cursor]
@@ -184,7 +173,7 @@ class _Reader:
         self.subscriptions: dict[str, set[Subscription]] = {}
         self.load = 0
         """How many subscriptions this reader serves."""
-        self.wake_id = "0-0"
+        self.wake_id = BEFORE_FIRST
         self.wake_pending = False
         self.task: asyncio.Task[None] | None = None
         self._head = b"$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$3\r\n512\r\n$5\r\nBLOCK\r\n" + _bulk(str(block_ms))
@@ -218,8 +207,7 @@ class _Reader:
 
     def _track(self, stream: str) -> None:
         """Read `stream` from the earliest position any of its subscriptions still needs."""
-        ms, seq = min(sub.cursor for sub in self.subscriptions[stream])
-        self._id_bulks[stream] = _bulk(f"{ms}-{seq}")
+        self._id_bulks[stream] = _bulk(format_entry_id(min(sub.cursor for sub in self.subscriptions[stream])))
 
     def _command(self) -> bytes:
         if self._keys_part is None:
@@ -237,7 +225,7 @@ class _Reader:
             return  # an XADD not yet read by the reader will make it rebuild its stream list anyway
         self.wake_pending = True
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.xadd(self.wake_key, _WAKE_FIELDS, maxlen=1, approximate=False)
             pipe.expire(self.wake_key, WAKE_STREAM_TTL_S)
             await pipe.execute()
 
@@ -290,17 +278,16 @@ class _Reader:
         self.observe_latencies_s(delays_s)
 
 
-def _parse_entry(raw_id: bytes, flat: list[bytes]) -> tuple[tuple[int, int], Entry]:
+def _parse_entry(raw_id: bytes, flat: list[bytes]) -> tuple[EntryId, Entry]:
     """A token-stream entry as Redis returns it, with its parsed id (for comparisons with cursors)."""
     entry_id = raw_id.decode()
     kind, data = b"", b"{}"
     for name, value in zip(flat[::2], flat[1::2], strict=True):
-        if name == b"kind":
+        if name == _KIND_FIELD:
             kind = value
-        elif name == b"data":
+        elif name == _DATA_FIELD:
             data = value
-    ms, _, seq = entry_id.partition("-")  # Redis wrote this id: no need for `parse_entry_id`'s checks
-    return (int(ms), int(seq)), Entry(entry_id, _KINDS.get(kind, "unknown"), data)
+    return parse_entry_id(entry_id), Entry(entry_id, _KINDS.get(kind, "unknown"), data)
 
 
 class StreamRelay:
@@ -342,7 +329,9 @@ class StreamRelay:
             for sub in tuple(self._reader_of):
                 sub.tick()
 
-    async def subscribe(self, stream: str, after_id: str = "0-0", *, max_unsent_bytes: int = 2**62) -> Subscription:
+    async def subscribe(
+        self, stream: str, after_id: str = BEFORE_FIRST, *, max_unsent_bytes: int = 2**62
+    ) -> Subscription:
         """Start relaying `stream` entries newer than `after_id` (a valid entry id) to a new subscription."""
         sub = Subscription(stream, after_id, max_unsent_bytes=max_unsent_bytes)
         reader = next((r for r in self._readers if stream in r.subscriptions), None)

@@ -19,6 +19,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.relay import Entry, StreamRelay, Subscription
+from protocol.error_codes import StreamErrorCode
+from protocol.events import ErrorEvent
+from protocol.stream_ids import BEFORE_FIRST
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,8 @@ def render_native(entry: Entry) -> bytes:
 def deadline_entry(request_id: str, deadline_s: float) -> Entry:
     """The error event a client gets when its stream outlives GATEWAY_STREAM_DEADLINE_S (it has no entry id)."""
     message = f"the request was still running after {deadline_s:g} s, the gateway's limit; it was cancelled"
-    error = {"error": {"code": "stream_deadline", "message": message}, "request_id": request_id}
-    return Entry("", "error", json.dumps(error).encode())
+    error = {"error": {"code": StreamErrorCode.STREAM_DEADLINE, "message": message}, "request_id": request_id}
+    return Entry("", ErrorEvent.kind, json.dumps(error).encode())
 
 
 class EventStreamResponse(Response):
@@ -59,7 +62,7 @@ class EventStreamResponse(Response):
         stream: str,
         *,
         request_id: str,
-        after_id: str = "0-0",
+        after_id: str = BEFORE_FIRST,
         render: Render = render_native,
         on_open: Callable[[], None],
         on_close: OnClose,

@@ -10,8 +10,9 @@ Every submission, new or re-attaching, takes one from the key's rate limit and o
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import telemetry
 from gateway.api_keys import ApiKey
 from gateway.budgets import check_key_limits
 from gateway.errors import (
@@ -24,6 +25,7 @@ from gateway.errors import (
     TooManyRequests,
 )
 from gateway.inflight import FollowedRequest, Slot
+from gateway.request_trace import RequestTrace
 from gateway.state import GatewayState
 from protocol import keys
 from protocol.catalog import ModelSpec
@@ -42,6 +44,8 @@ class Accepted:
     request_id: str
     spec: ModelSpec
     slot: Slot
+    trace: RequestTrace = field(default_factory=RequestTrace, compare=False)
+    """The request's root span and admission time (`gateway.request_trace`), ended when its answer is."""
 
 
 def new_request_id() -> str:
@@ -97,6 +101,23 @@ async def submit(
     `prompt_field` names the client's field the prompt came from, for error messages (chat: "messages");
     `messages` are a chat request's turns, which the worker formats with the model's chat template.
     """
+    trace = RequestTrace()
+    try:
+        with telemetry.span("gateway.admission", parent=trace.root):
+            return await _submit(state, body, key, trace, prompt_field, messages)
+    except BaseException as exc:
+        trace.refused(exc)
+        raise
+
+
+async def _submit(
+    state: GatewayState,
+    body: GenerateRequest,
+    key: ApiKey,
+    trace: RequestTrace,
+    prompt_field: str,
+    messages: list[ChatTurn] | None,
+) -> Accepted:
     body = _apply_caps(state, body, prompt_field, chat=messages is not None)
     if body.user_wallet is not None and body.user_wallet != key.wallet:
         raise Forbidden(
@@ -130,7 +151,9 @@ async def submit(
             )
         new_owner = RequestOwner(key.key_id, spec.model_id).encode()
         if await redis.set(keys.request_owner(request_id), new_owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S):
-            return Accepted(request_id, spec, await _start(state, body, spec, request_id, key, messages))
+            slot = await _start(state, body, spec, request_id, key, messages, trace.traceparent())
+            trace.admitted(request_id, spec.model_id, new_job=True)
+            return Accepted(request_id, spec, slot, trace)
         owner = await redis.get(keys.request_owner(request_id))  # lost a race with another submission
     first = RequestOwner.decode(owner)
     if first.api_key_id != key.key_id:
@@ -139,7 +162,9 @@ async def submit(
         )
     spec = resolve_model(state, first.model_id)  # the first submission's model, whatever this body says
     followed = FollowedRequest(key.key_id, spec.model_id, request_id)
-    return Accepted(request_id, spec, await admit(state, followed, key.limits.max_concurrent_streams))
+    slot = await admit(state, followed, key.limits.max_concurrent_streams)
+    trace.admitted(request_id, spec.model_id, new_job=False)
+    return Accepted(request_id, spec, slot, trace)
 
 
 async def take_rate_limit(state: GatewayState, key: ApiKey) -> None:
@@ -160,6 +185,7 @@ async def _start(
     request_id: str,
     key: ApiKey,
     messages: list[ChatTurn] | None = None,
+    trace_parent: str | None = None,
 ) -> Slot:
     """Admit and enqueue the request whose owner key was just written; undo both if either fails, so a retry
     with the same id starts it afresh and no slot is left taken."""
@@ -172,7 +198,8 @@ async def _start(
             max_cost_far = body.max_tokens * state.settings.catalog.price_of(spec)
             await state.budgets.reserve(key, request_id, max_cost_far)
             reserved = True
-        await _enqueue(state, body, spec, request_id, key, messages)
+        with telemetry.span("gateway.enqueue"):
+            await _enqueue(state, body, spec, request_id, key, messages, trace_parent)
         return slot
     except BaseException:
         if reserved:
@@ -207,6 +234,7 @@ async def _enqueue(
     request_id: str,
     key: ApiKey,
     messages: list[ChatTurn] | None = None,
+    trace_parent: str | None = None,
 ) -> None:
     job = GenerateJob(
         request_id=request_id,
@@ -221,6 +249,7 @@ async def _enqueue(
         enqueued_at=time.time(),
         messages=messages,
         budgeted=key.limits.budgeted,
+        trace_parent=trace_parent,
         **body.model_dump(include=set(SamplingOptions.model_fields)),
     )
     queued = await enqueue_generate(state.arq, job)

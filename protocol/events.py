@@ -1,18 +1,26 @@
 """The events on a request's token stream (`keys.token_stream(request_id)`).
 
-Each stream entry has two fields: `kind` ("token", "done" or "error") and `data`, the event as JSON. `data`
-is exactly what the gateway sends as an SSE `data:` line, so the relay forwards it without re-encoding. A
-stream holds token events with consecutive indexes from 0, then exactly one done or error event.
+Each stream entry has two fields: `KIND_FIELD` (the event's kind, "token", "done" or "error") and `DATA_FIELD`,
+the event as JSON. The data is exactly what the gateway sends as an SSE `data:` line, so the relay forwards it
+without re-encoding. A stream holds token events with consecutive indexes from 0, then exactly one done or error
+event. Every process names the fields and kinds through the constants here (docs/architecture.md, "One home
+for every word").
 """
 
 import json
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocol.error_codes import StreamErrorCode
 from protocol.money import FarAmount
 from protocol.requests import RequestId
+
+KIND_FIELD: Final = "kind"
+"""The field of a token-stream entry naming its event's kind (`TokenEvent.kind`, `DoneEvent.kind`, ...)."""
+DATA_FIELD: Final = "data"
+"""The field of a token-stream entry holding its event as JSON."""
 
 
 class _Event(BaseModel):
@@ -66,7 +74,7 @@ class DoneEvent(_Event):
 class ErrorBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    code: str = Field(description="Stable machine-readable code, e.g. no_route, model_not_served")
+    code: StreamErrorCode = Field(description="Stable machine-readable code: why the stream ended with an error")
     message: str = Field(description="What went wrong and, where possible, what to do")
 
 
@@ -85,6 +93,10 @@ StreamEvent = TokenEvent | DoneEvent | ErrorEvent
 _BY_KIND: dict[str, type[TokenEvent] | type[DoneEvent] | type[ErrorEvent]] = {
     cls.kind: cls for cls in (TokenEvent, DoneEvent, ErrorEvent)
 }
+EVENT_KINDS: Final = frozenset(_BY_KIND)
+"""Every kind a token-stream entry may have."""
+FINAL_KINDS: Final = frozenset(cls.kind for cls in _BY_KIND.values() if cls.final)
+"""The kinds that end a stream (done, error): nothing follows them."""
 
 
 class MalformedEvent(ValueError):
@@ -93,7 +105,7 @@ class MalformedEvent(ValueError):
 
 def encode_event(event: StreamEvent) -> dict[str, str]:
     """The fields of the stream entry that carries `event`."""
-    return {"kind": event.kind, "data": event.model_dump_json(exclude_none=True)}
+    return {KIND_FIELD: event.kind, DATA_FIELD: event.model_dump_json(exclude_none=True)}
 
 
 def decode_event(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> StreamEvent:
@@ -102,10 +114,10 @@ def decode_event(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> StreamEve
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in fields.items()
     }
-    cls = _BY_KIND.get(text.get("kind", ""))
-    if cls is None or "data" not in text:
+    cls = _BY_KIND.get(text.get(KIND_FIELD, ""))
+    if cls is None or DATA_FIELD not in text:
         raise MalformedEvent(f"token-stream entry has no known kind: {sorted(text)}")
     try:
-        return cls.model_validate(json.loads(text["data"]))
+        return cls.model_validate(json.loads(text[DATA_FIELD]))
     except ValueError as exc:
         raise MalformedEvent(f"bad {cls.kind} event: {exc}") from exc

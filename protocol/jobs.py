@@ -18,7 +18,10 @@ from protocol.wallet import Wallet
 log = logging.getLogger(__name__)
 
 GENERATE_FUNCTION: Final = "generate"
-"""The arq function name of the generate job; its only argument is `GenerateJob.model_dump(mode="json")`."""
+"""The arq function name of the generate job; its only argument is `GenerateJob.payload()`."""
+TRACE_PARENT_MAX_CHARS: Final = 128
+"""A W3C traceparent is 55 characters today; later versions may append fields."""
+_NO_TRACE: Final = {"trace_parent"}
 
 
 class ChatTurn(BaseModel):
@@ -58,6 +61,16 @@ class GenerateJob(SamplingOptions):
         description="A chat request's turns: the worker formats them with the tokenizer's chat template when it "
         "has one; `prompt` is the same turns in the gateway's fallback format, for tokenizers without one",
     )
+    trace_parent: str | None = Field(
+        default=None,
+        max_length=TRACE_PARENT_MAX_CHARS,
+        description="W3C traceparent of the gateway's request span when tracing is on, so the worker's spans join "
+        "its trace; left out of the payload when None, so a worker older than it still parses the job",
+    )
+
+    def payload(self) -> dict[str, Any]:
+        """The arq argument: the job as JSON types, without the trace field when there is no trace."""
+        return self.model_dump(mode="json", exclude=_NO_TRACE if self.trace_parent is None else None)
 
 
 async def enqueue_generate(pool: Any, job: GenerateJob) -> bool:
@@ -68,7 +81,7 @@ async def enqueue_generate(pool: Any, job: GenerateJob) -> bool:
     run and bill, so a failed wake-up is only logged: answering the client with an error would be a lie.
     """
     queued = await pool.enqueue_job(
-        GENERATE_FUNCTION, job.model_dump(mode="json"), _job_id=job.request_id, _queue_name=keys.queue_for(job.model_id)
+        GENERATE_FUNCTION, job.payload(), _job_id=job.request_id, _queue_name=keys.queue_for(job.model_id)
     )
     if queued is None:
         return False

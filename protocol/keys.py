@@ -9,6 +9,10 @@ from typing import Final
 ARQ_QUEUE_PREFIX: Final = "arq:queue:"
 """Each model has its own arq queue, so a worker only takes jobs for the models it holds a client for."""
 
+ARQ_IN_PROGRESS_PREFIX: Final = "arq:in-progress:"
+"""arq's mark on a job a worker has taken (arq.constants.in_progress_key_prefix, checked equal by
+tests/test_protocol_words.py): the worker's claim sets it and its stream writes keep it as long as the lease."""
+
 QUEUE_WAKE_PREFIX: Final = "queue:wake:"
 """Pub/sub channel per model, published on after each enqueue: idle workers take the job at once, so their
 own polling of the queue (for retries and jobs of workers that died) can stay slow and cheap."""
@@ -50,6 +54,8 @@ ACTIVE_REQUESTS_PREFIX: Final = "inflight:"
 
 RELAY_WAKE_PREFIX: Final = "relay:wake:"
 """A gateway reader's private stream, included in every XREAD it blocks on, so a new client can wake it."""
+RELAY_WAKE_FIELD: Final = "w"
+"""The one field of a wake-stream entry; only the entry's arrival matters, not its value."""
 
 VERIFICATION_STREAM: Final = "verify:checks"
 """One entry per sampled session (a `protocol.verification.SpotCheck`), consumed by the verifier."""
@@ -75,6 +81,11 @@ prefer the reputable among servers that hold the same blocks."""
 def queue_for(model_id: str) -> str:
     """The arq queue that holds generate jobs for `model_id`."""
     return ARQ_QUEUE_PREFIX + model_id
+
+
+def job_in_progress(job_id: str) -> str:
+    """arq's in-progress mark of the job `job_id` (a generate job's id is its request id)."""
+    return ARQ_IN_PROGRESS_PREFIX + job_id
 
 
 def queue_wake(model_id: str) -> str:

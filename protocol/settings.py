@@ -42,6 +42,12 @@ class CommonSettings(BaseSettings):
         description="Refuse to start unless Redis has appendonly yes, appendfsync everysec and noeviction "
         "(otherwise a warning)",
     )
+    far_mesh_tracing: str = Field(
+        default="off",
+        pattern=r"^(off|otlp|file:.+)$",
+        description="Traces: off; otlp (OTLP over HTTP, set by OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME...); "
+        "file:DIR (each process appends its spans as JSON lines under DIR)",
+    )
     far_mesh_models: Json[list[ModelSpec]] | None = Field(
         default=None,
         description='JSON list of models: [{"model_id", "source", "dht_prefix", "price_per_token_far"}]; '

@@ -6,17 +6,35 @@ total_cost_far. A record that does not balance is rejected here, before it reach
 """
 
 from collections.abc import Mapping
-from typing import Literal, Self
+from enum import StrEnum
+from typing import Final, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from protocol.catalog import ModelId
+from protocol.jobs import TRACE_PARENT_MAX_CHARS
 from protocol.money import FarAmount, cost_of, far_sum
 from protocol.requests import RequestId
 from protocol.wallet import Wallet
 
-USAGE_FIELD = "record"
+USAGE_FIELD: Final = "record"
 """The single field of a usage-stream entry; its value is the record as JSON."""
+_NO_TRACE: Final = {"trace_parent"}
+
+DEAD_LETTER_FIELDS: Final = ("entry_id", "kind", "reason", "consumer", USAGE_FIELD)
+"""The fields of a dead letter (`keys.USAGE_DEAD_LETTERS`), in this order: the usage entry's id, its
+`DeadLetterKind`, the reason in words, the consumer that dead-lettered it, and its record as it came."""
+
+
+class DeadLetterKind(StrEnum):
+    """Why accounting dead-lettered a usage entry (a dead letter's `kind`, and the metric's label)."""
+
+    UNPARSEABLE = "unparseable"
+    """The entry is not a `UsageRecord`."""
+    REJECTED = "rejected"
+    """The ledger refused the record's data."""
+    CONFLICT = "conflict"
+    """The ledger holds a different session under the record's request id: the id ran twice."""
 
 
 class NodeContribution(BaseModel):
@@ -57,6 +75,12 @@ class UsageRecord(BaseModel):
     )
     worker_id: str = Field(min_length=1, max_length=128)
     contributions: tuple[NodeContribution, ...] = ()
+    trace_parent: str | None = Field(
+        default=None,
+        max_length=TRACE_PARENT_MAX_CHARS,
+        description="W3C traceparent of the worker's run span when tracing is on, so the ledger write joins its "
+        "trace; left out of the entry when None, so an accounting consumer older than it still parses the record",
+    )
 
     @model_validator(mode="after")
     def _books_balance(self) -> Self:
@@ -76,7 +100,7 @@ class UsageRecord(BaseModel):
         return self
 
     def to_stream_fields(self) -> dict[str, str]:
-        return {USAGE_FIELD: self.model_dump_json()}
+        return {USAGE_FIELD: self.model_dump_json(exclude=_NO_TRACE if self.trace_parent is None else None)}
 
     @classmethod
     def from_stream_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> "UsageRecord":

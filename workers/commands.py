@@ -19,11 +19,13 @@ def run_worker(args: argparse.Namespace) -> int:
     import logging
     import os
 
+    import telemetry
     from workers.fleet import run_fleet
     from workers.settings import WorkerSettings
 
     settings = WorkerSettings.from_env()
     settings.configure_logging()
+    telemetry.configure(settings.far_mesh_tracing, "far-mesh-worker")
     status = 0
     try:
         asyncio.run(run_fleet(settings))
@@ -32,5 +34,6 @@ def run_worker(args: argparse.Namespace) -> int:
         status = 1
     # By now every job has been handed back to its queue. A Petals step still in flight in a pool thread cannot
     # be interrupted, and interpreter exit would join that thread (forever, if its route died with the client).
+    telemetry.reset()  # os._exit skips atexit: export the spans still batched first
     logging.shutdown()
     os._exit(status)

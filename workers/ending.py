@@ -4,6 +4,11 @@ A run that finishes builds both from what it generated. When arq gives up on a j
 payload expired, its run timed out or raised) or the payload is invalid, no run is left to write them, so the
 client would wait on the stream forever: `end_abandoned` ends it with an error through the same once-only
 script, billing exactly the tokens the client already received.
+
+`RunEnd` names how a run of the generate job ended. Its words never leave the worker process as protocol: the
+job function returns one (as a plain string) to arq, whose result this worker's own queue reads back, and the
+jobs-finished metric is labelled with it; so its one home is here, not in `protocol/`
+(docs/architecture.md, "One home for every word").
 """
 
 import logging
@@ -11,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -28,11 +34,30 @@ from workers.stream import TokenStreamWriter, Written
 logger = logging.getLogger(__name__)
 
 
+class RunEnd(StrEnum):
+    """How one run of a generate job ended: the status it wrote, or why it wrote none."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+    """Another run took the request over: this one leaves the job, which its successor still runs, alone."""
+    ALREADY_FINISHED = "already-finished"
+    """The request's stream had already ended: the job is done and can be retired."""
+    INVALID = "invalid"
+    """The job's payload could not be run; its stream was ended with an error."""
+
+
 @dataclass
 class Outcome:
     status: Literal["completed", "cancelled", "failed"]
     finish_reason: str
     error: ErrorBody | None = None
+
+    @classmethod
+    def failed(cls, error: ErrorBody) -> "Outcome":
+        """A run that ends with `error` (its usage record's finish_reason is "error", not an event kind)."""
+        return cls("failed", "error", error)
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,7 @@ def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: s
         route_policy=billing.route_policy,
         worker_id=worker_id,
         contributions=contributions,
+        trace_parent=job.trace_parent,  # a run replaces it with its own span's; an abandoned job keeps the gateway's
     )
     return event, usage
 
@@ -125,7 +151,7 @@ async def end_abandoned(
             started_at=datetime.now(UTC),
             attribution=Attribution(),
         )
-        event, usage = ending_of(job, Outcome("failed", "error", error), billing, worker_id)
+        event, usage = ending_of(job, Outcome.failed(error), billing, worker_id)
     else:
         event = ErrorEvent(
             error=error, request_id=request_id, tokens_generated=len(so_far.token_ids), total_cost_far=so_far.cost_far

@@ -36,6 +36,7 @@ from workers.attribution import Attribution
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
 from workers.prompts import prompt_ids
+from workers.run_trace import NO_TRACE, RunTrace, queue_wait_s
 from workers.sampling import Sampler, SamplingError
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
@@ -109,6 +110,8 @@ class _Run:
     """Set by the lease renewer when it finds the run superseded or its stream lost."""
     trust: RunTrust = field(default_factory=RunTrust)
     """The route policy and, for a sampled session, its span recorder (`workers.spot_checks`)."""
+    trace: RunTrace = NO_TRACE
+    """The run's spans (`workers.run_trace`); recording nothing while tracing is off."""
 
     @property
     def cost_far(self) -> Decimal:
@@ -125,7 +128,8 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     except ValidationError as exc:
         problems = [(".".join(map(str, e["loc"])), e["type"]) for e in exc.errors()[:3]]  # never the values: a prompt
         logger.error("job rejected request_id=%s reason=invalid payload: %s", request_id, problems)
-        error = ErrorBody(code=StreamErrorCode.INVALID_JOB, message=f"the job payload is invalid ({exc.error_count()} errors)")
+        message = f"the job payload is invalid ({exc.error_count()} errors)"
+        error = ErrorBody(code=StreamErrorCode.INVALID_JOB, message=message)
         await worker.end_abandoned(request_id, payload, error)
         return RunEnd.INVALID.value
     served = worker.served.get(job.model_id)
@@ -140,8 +144,12 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     writer = TokenStreamWriter(
         worker.redis, job.request_id, run_id, lease_ttl_s=worker.settings.far_mesh_lease_ttl_s, owner=owner
     )
+    job_try = int(ctx.get("job_try", 1))
+    if job_try == 1:  # a retry's wait since enqueue would include its earlier runs
+        metrics.QUEUE_WAIT.labels(job.model_id).observe(queue_wait_s(job))
+    trace = RunTrace.claimed(job, job_try=job_try, worker_id=worker.worker_id)
     trust = await begin_trust(worker.redis, job.request_id, served, worker.settings)
-    ended = await run_request(job, served, writer, worker.settings, worker.worker_id, trust=trust)
+    ended = await run_request(job, served, writer, worker.settings, worker.worker_id, trust=trust, trace=trace)
     if ended not in (RunEnd.SUPERSEDED, RunEnd.ALREADY_FINISHED):  # this run wrote the usage record: check its spans
         await trust.publish(worker.redis, job.request_id, job.model_id)
     return ended.value
@@ -155,6 +163,7 @@ async def run_request(
     worker_id: str,
     *,
     trust: RunTrust | None = None,
+    trace: RunTrace = NO_TRACE,
 ) -> RunEnd:
     so_far = await writer.acquire()
     renewer = asyncio.create_task(_keep_lease(writer, settings.far_mesh_lease_ttl_s))
@@ -170,6 +179,7 @@ async def run_request(
             generated=list(so_far.token_ids),
             started_at=datetime.now(UTC),
             trust=trust or RunTrust(),
+            trace=trace,
         )
         renewer.add_done_callback(lambda task: _note_broken_fence(run, task))
         metrics.JOBS_STARTED.labels(job.model_id).inc()
@@ -178,6 +188,7 @@ async def run_request(
         except Superseded:
             ended = RunEnd.SUPERSEDED
         metrics.JOBS_FINISHED.labels(job.model_id, ended).inc()
+        trace.ended(str(ended), tokens=len(run.generated), nodes=len(run.attribution.node_ids), failovers=run.failovers)
         logger.info(
             "job finished request_id=%s status=%s tokens=%d seconds=%.2f nodes=%d failovers=%d",
             job.request_id,
@@ -190,6 +201,7 @@ async def run_request(
         return ended
     finally:
         renewer.cancel()
+        trace.close()
 
 
 async def _run_to_end(run: _Run, cancelled: bool, settings: WorkerSettings, worker_id: str) -> RunEnd:
@@ -265,7 +277,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
             if run.fence_broken is not None:
                 _check(run.fence_broken)
             if session is None:
+                run.trace.session_opening(run.failovers)
                 session = served.open_session(max_length=len(run.prompt_ids) + max_tokens, recorder=run.trust.recorder)
+                run.trace.session_opened()
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).inc()
             try:
                 result, token_id, text = await (next_step or start_step(pending))
@@ -274,6 +288,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 message = f"sampling failed ({exc}); use temperature 0 or a larger one"
                 return Outcome.failed(ErrorBody(code=StreamErrorCode.SAMPLING_ERROR, message=message))
             except Exception as exc:  # Petals raises many types for a broken route; all mean "try a new one"
+                run.trace.step_failed(exc)
                 next_step = None
                 await served.run_blocking(session.close)
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
@@ -291,6 +306,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 continue
             next_step = None
             failing_since = None
+            run.trace.stepped()
             run.attribution.record_step(result.spans, result.tokens)
             choice = sampler.last
             is_eos = token_id in served.eos_token_ids
@@ -323,6 +339,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 return Outcome("completed", "stop")
         return Outcome("completed", "length")
     finally:
+        run.trace.session_closed()
         if next_step is not None:  # the session must not close under a step still running in the pool
             with contextlib.suppress(Exception):
                 await next_step
@@ -420,8 +437,12 @@ async def _finish(
         route_policy=run.trust.route_policy,
     )
     event, usage = ending_of(run.job, outcome, billing, worker_id)
+    if (trace_parent := run.trace.traceparent()) is not None:  # the ledger's span joins this run's trace
+        usage = usage.model_copy(update={"trace_parent": trace_parent})
+    run.trace.finish_started()
     write = functools.partial(run.writer.finish, event, usage, state_lost=state_lost)
     finished = await _retrying_outages(settings, write)
+    run.trace.finish_done(finished.name.lower())
     if finished is Written.CANCELLED:
         return RunEnd.ALREADY_FINISHED  # another run's ending is on the stream, with its usage record
     if finished is Written.STATE_LOST:

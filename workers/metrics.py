@@ -40,3 +40,10 @@ ACTIVE_SESSIONS = Gauge(
 QUEUE_DEPTH = Gauge(
     "far_mesh_worker_queue_depth", "Jobs waiting in the model's queue, as last sampled", ["model_id"], registry=REGISTRY
 )
+QUEUE_WAIT = Histogram(
+    "far_mesh_worker_queue_wait_seconds",
+    "From the gateway's enqueue to a worker claiming the job (first tries only: a retry's wait includes its runs)",
+    ["model_id"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)

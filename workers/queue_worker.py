@@ -16,16 +16,17 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
-from arq.constants import in_progress_key_prefix
 from arq.jobs import JobResult, SerializationError, deserialize_result
 from arq.utils import timestamp_ms
 from arq.worker import Function, JobExecutionFailed, Worker, func
 from redis.exceptions import RedisError
 
 from protocol import keys
+from protocol.error_codes import StreamErrorCode
 from protocol.events import ErrorBody
 from protocol.jobs import GENERATE_FUNCTION
-from workers.generate import SUPERSEDED, WorkerContext, generate
+from workers.ending import RunEnd
+from workers.generate import WorkerContext, generate
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class QueueWorker(Worker):
                 return
             self.job_counter += 1
             job_id = raw_id.decode()
-            claim_keys = [in_progress_key_prefix + job_id, self.queue_name]
+            claim_keys = [keys.job_in_progress(job_id), self.queue_name]
             score = int(await self._claim(keys=claim_keys, args=[job_id, timestamp_ms(), lease_ms]))
             if not score:  # running elsewhere, finished, or deferred by a retry
                 self.job_counter -= 1
@@ -154,7 +155,7 @@ class QueueWorker(Worker):
             result = deserialize_result(result_data, deserializer=self.job_deserializer)
         except SerializationError:
             return False
-        return result.success and result.result == SUPERSEDED
+        return result.success and result.result == RunEnd.SUPERSEDED
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         await self._end_if_failed(job_id, result_data)
@@ -181,12 +182,14 @@ class QueueWorker(Worker):
         reason = result.result if result is not None else None
         if isinstance(reason, TimeoutError):
             message = f"the request ran longer than the job timeout ({settings.far_mesh_job_timeout_s:g} s)"
-            return ErrorBody(code="job_timeout", message=message + "; ask for fewer tokens or retry")
+            return ErrorBody(code=StreamErrorCode.JOB_TIMEOUT, message=message + "; ask for fewer tokens or retry")
         if result is not None and result.job_try > settings.far_mesh_job_max_tries:
             message = f"the request's workers stopped {settings.far_mesh_job_max_tries} times while running it"
-            return ErrorBody(code="retries_exhausted", message=message + "; retry it later")
+            return ErrorBody(code=StreamErrorCode.RETRIES_EXHAUSTED, message=message + "; retry it later")
         if result is not None and not result.args and isinstance(reason, JobExecutionFailed):
             # arq found no payload under the job's key: it expired before any worker took the job
-            return ErrorBody(code="job_expired", message="the request waited in the queue too long; retry it")
+            message = "the request waited in the queue too long; retry it"
+            return ErrorBody(code=StreamErrorCode.JOB_EXPIRED, message=message)
         detail = type(reason).__name__ if isinstance(reason, BaseException) else "unknown reason"
-        return ErrorBody(code="worker_error", message=f"the worker failed running the request ({detail}); retry it")
+        message = f"the worker failed running the request ({detail}); retry it"
+        return ErrorBody(code=StreamErrorCode.WORKER_ERROR, message=message)

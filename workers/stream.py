@@ -14,20 +14,24 @@ per request, ever. Each write refreshes the request's owner key after the stream
 was lost), so ownership outlives the stream it guards.
 """
 
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 
 import redis.asyncio as aioredis
-from arq.constants import in_progress_key_prefix
 
 from protocol import keys
-from protocol.events import StreamEvent, TokenEvent, decode_event, encode_event
+from protocol.events import DATA_FIELD, KIND_FIELD, StreamEvent, TokenEvent, decode_event, encode_event
 from protocol.ownership import RequestOwner
 from protocol.usage import UsageRecord
 
 _NO_LIMIT = 2**53
 """A stream length no request reaches: the bound used when a write need not match the stream's length."""
+
+# The scripts name the stream's fields and the token kind through these Lua literals, made from protocol.events
+# once at import (a JSON string of these names is a Lua string literal).
+_KIND, _DATA, _TOKEN = (json.dumps(word) for word in (KIND_FIELD, DATA_FIELD, TokenEvent.kind))
 
 # KEYS: lease, in-progress, stream, owner, ... ARGV: run, lease ms, least and most stream entries expected,
 # owner value ('' when unknown), owner TTL s, ...
@@ -78,12 +82,12 @@ return fenced
 # whose reply was lost (a retry through a Redis outage): it counts as written.
 _APPEND_TOKEN = (
     _FENCE
-    + """
+    + f"""
 local fenced = fence()
 if fenced == -1 and redis.call('GET', KEYS[1]) == ARGV[1] and ends_with_this_entry() then return 1 end
 if fenced ~= 1 then return fenced end
 if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
-redis.call('XADD', KEYS[3], '*', 'kind', ARGV[7], 'data', ARGV[8])
+redis.call('XADD', KEYS[3], '*', {_KIND}, ARGV[7], {_DATA}, ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
 keep_owner()
 return 1
@@ -94,7 +98,7 @@ return 1
 # The same ending already last on the stream, its lease released, was written by a retried call of this run.
 _FINISH = (
     _FENCE
-    + """
+    + f"""
 local fenced = fence()
 if fenced == -1 and not redis.call('GET', KEYS[1]) and ends_with_this_entry() then return 1 end
 if fenced ~= 1 then return fenced end
@@ -102,10 +106,10 @@ local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 if #last > 0 then
   local fields = last[1][2]
   for i = 1, #fields, 2 do
-    if fields[i] == 'kind' and fields[i + 1] ~= 'token' then return 0 end
+    if fields[i] == {_KIND} and fields[i + 1] ~= {_TOKEN} then return 0 end
   end
 end
-redis.call('XADD', KEYS[3], '*', 'kind', ARGV[7], 'data', ARGV[8])
+redis.call('XADD', KEYS[3], '*', {_KIND}, ARGV[7], {_DATA}, ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
 if ARGV[10] ~= '' then redis.call('XADD', KEYS[5], '*', ARGV[10], ARGV[11]) end
 keep_owner()
@@ -180,7 +184,7 @@ class TokenStreamWriter:
         """Entries this run found on the stream or appended to it: what every fenced write expects to find."""
         self._keys = [
             keys.job_lease(request_id),
-            in_progress_key_prefix + request_id,
+            keys.job_in_progress(request_id),
             keys.token_stream(request_id),
             keys.request_owner(request_id),
         ]
@@ -215,8 +219,8 @@ class TokenStreamWriter:
             keys.cancel_flag(self.request_id),
             self._written,
             self._written,
-            fields["kind"],
-            fields["data"],
+            fields[KIND_FIELD],
+            fields[DATA_FIELD],
             keys.TOKEN_STREAM_TTL_S,
         )
         if written is Written.WRITTEN:
@@ -237,8 +241,8 @@ class TokenStreamWriter:
             keys.USAGE_STREAM,
             least,
             most,
-            fields["kind"],
-            fields["data"],
+            fields[KIND_FIELD],
+            fields[DATA_FIELD],
             keys.TOKEN_STREAM_TTL_S,
             usage_field,
             usage_value,

@@ -12,6 +12,7 @@ from arq.jobs import deserialize_job
 
 from devstack.harness.gateway import MODEL_ID
 from protocol import keys
+from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorBody, ErrorEvent, TokenEvent, encode_event
 from protocol.jobs import GenerateJob
 from protocol.money import cost_of
@@ -53,7 +54,7 @@ class SyntheticWorker:
                 return
             if job.prompt.startswith("fail") and index == 2:
                 error = ErrorEvent(
-                    error=ErrorBody(code="no_route", message="no server holds block 2"),
+                    error=ErrorBody(code=StreamErrorCode.NO_ROUTE, message="no server holds block 2"),
                     request_id=job.request_id,
                     tokens_generated=index,
                     total_cost_far=cost_of(index, job.price_per_token_far),

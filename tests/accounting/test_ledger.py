@@ -135,3 +135,15 @@ async def test_two_different_records_for_one_request_id_in_one_batch_are_a_confl
     first, second = (usage_record(request_id, {node: 1}, tokens_generated=n) for n in (2, 3))
     outcome = await write_batch(ledger, [first, second, first])
     assert (outcome.sessions_written, outcome.duplicates, list(outcome.conflicts)) == (1, 1, [1])
+
+
+async def test_a_batch_reports_what_it_billed_by_model_counting_only_the_sessions_it_created(
+    ledger: asyncpg.Connection,
+) -> None:
+    node = unique_id("peer")
+    stored = usage_record(unique_id("req"), {node: 1})
+    await write_batch(ledger, [stored])
+    fresh = [usage_record(unique_id("req"), {node: 1}, tokens_generated=n, model_id="test/other") for n in (3, 4)]
+    outcome = await write_batch(ledger, [stored, *fresh, usage_record(unique_id("req"), {node: 1})])
+    assert outcome.billed_far == {"test/other": Decimal("0.0007"), "test/model": Decimal("0.001")}
+    assert stored.request_id not in outcome.written and {r.request_id for r in fresh} <= outcome.written

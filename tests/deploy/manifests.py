@@ -57,8 +57,9 @@ PROCESSES = {
         "light",
         "far_mesh_payout_metrics_port",
     ),
+    # The Procfile's `far-mesh accounting --migrate` runs as two containers of the accounting pod (`manifest_command`).
     "migrate": Process(
-        "far-mesh-accounting", "migrate", "release", "schema.settings:LedgerSettings", "light", None, init=True
+        "far-mesh-accounting", "migrate", "accounting", "schema.settings:LedgerSettings", "light", None, init=True
     ),
     # Not scraped yet (no PodMonitor, no EXPOSE in the mesh image): its metrics port serves /healthz probes.
     "verifier": Process(
@@ -89,6 +90,19 @@ def procfile() -> dict[str, str]:
     return {
         name.strip(): command.strip() for name, _, command in (line.partition(":") for line in lines if line.strip())
     }
+
+
+MIGRATE_FLAG = "--migrate"
+
+
+def manifest_command(name: str) -> str:
+    """The command the manifests run for `PROCESSES[name]`: its Procfile line, except that the accounting line's
+    `--migrate` is the accounting pod's init container `migrate` (`far-mesh migrate`), ahead of the consumer."""
+    argv = shlex.split(procfile()[PROCESSES[name].procfile])
+    if name == "migrate":
+        assert MIGRATE_FLAG in argv, "the Procfile's accounting line no longer migrates"
+        return "far-mesh migrate"
+    return " ".join(arg for arg in argv if arg != MIGRATE_FLAG)
 
 
 def objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

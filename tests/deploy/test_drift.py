@@ -22,9 +22,9 @@ from tests.deploy.manifests import (
     container_of,
     dockerfile,
     exec_form,
+    manifest_command,
     one,
     pod_spec,
-    procfile,
     settings_env_names,
     workloads,
 )
@@ -76,13 +76,13 @@ def settings_for(
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_every_container_is_a_known_process_running_its_procfile_command(rendered: Docs, kustomization: str) -> None:
-    lines = procfile()
     docs = rendered[kustomization]
     found = {(w["metadata"]["name"], c["name"]) for w in workloads(docs) for c in all_containers(w)}
     assert found == {(p.workload, p.container) for p in PROCESSES.values()} | HELPER_CONTAINERS
     for name, process in PROCESSES.items():
         command = container_of(docs, process.workload, process.container)["command"]
-        assert " ".join(command) == lines[process.procfile], f"{name} runs {command}, Procfile says {lines[name]}"
+        expected = manifest_command(name)
+        assert " ".join(command) == expected, f"{name} runs {command}, the Procfile says {expected}"
         workload = one(docs, "Deployment", process.workload)
         in_init = process.container in {c["name"] for c in pod_spec(workload).get("initContainers", [])}
         assert in_init == process.init, name
@@ -203,9 +203,7 @@ def test_each_image_exposes_the_default_port_of_every_process_it_runs(name: str)
 def test_each_image_healthcheck_targets_the_port_of_the_process_it_runs_by_default(image: str) -> None:
     instructions = dockerfile(DOCKERFILES[image])
     subcommand = exec_form(next(i.args for i in reversed(instructions) if i.name == "CMD"))[0]
-    [name] = [
-        n for n, p in PROCESSES.items() if p.image == image and procfile()[p.procfile] == f"far-mesh {subcommand}"
-    ]
+    [name] = [n for n, p in PROCESSES.items() if p.image == image and manifest_command(n) == f"far-mesh {subcommand}"]
     url = re.search(r"FAR_MESH_HEALTHCHECK_URL=(\S+)", " ".join(i.args for i in instructions if i.name == "ENV"))
     assert url is not None
     assert urlsplit(url.group(1)).port == default_port(name)

@@ -23,6 +23,7 @@ ALERTS_THE_ISSUE_ASKS_FOR = {
     "FarMeshConsumerLagging",
     "FarMeshDeadLetters",
     "FarMeshPayoutsFailing",
+    "FarMeshSwarmCoverageIncomplete",
 }
 
 
@@ -98,3 +99,14 @@ def test_the_dashboard_ships_as_a_configmap_the_grafana_sidecar_loads(rendered: 
 
 def test_the_check_catches_a_metric_nobody_exports() -> None:
     assert not metrics_named("rate(far_gateway_made_up_total[5m])") <= exported()
+
+
+def test_the_dashboard_shows_latency_queue_wait_far_billed_and_swarm_coverage() -> None:
+    wanted = {
+        "far_gateway_request_duration_seconds_bucket",
+        "far_mesh_worker_queue_wait_seconds_bucket",
+        "far_accounting_far_billed_total",
+        "far_accounting_swarm_coverage",
+    }
+    assert wanted <= exported()
+    assert wanted <= metrics_named(DASHBOARD.read_text())

@@ -17,9 +17,12 @@ def test_every_procfile_line_names_a_real_far_mesh_subcommand() -> None:
         assert argv[1] in subcommands, f"Procfile {name}: far-mesh has no {argv[1]!r} subcommand"
 
 
-def test_release_runs_migrations_before_the_processes(tmp_path: Path) -> None:
-    assert list(read_procfile(REPO_PROCFILE))[0] == "release"
-    assert read_procfile(REPO_PROCFILE)["release"] == ["far-mesh", "migrate"]
+def test_accounting_migrates_before_consuming_and_no_line_runs_once(tmp_path: Path) -> None:
+    # honcho stops every process when one ends: a run-once `release: far-mesh migrate` line stopped them all.
+    processes = read_procfile(REPO_PROCFILE)
+    assert "release" not in processes
+    assert processes["accounting"] == ["far-mesh", "accounting", "--migrate"]
+    assert not [argv for argv in processes.values() if argv[1] == "migrate"]
 
 
 def test_a_malformed_line_is_reported_with_its_number(tmp_path: Path) -> None:

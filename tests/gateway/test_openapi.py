@@ -15,6 +15,7 @@ import redis
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from protocol import keys
+from protocol.error_codes import StreamErrorCode
 from protocol.requests import SamplingOptions
 from tests.fixtures.gateway import (
     MODEL_ID,
@@ -103,6 +104,15 @@ class _Swarm:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+async def test_the_error_event_lists_every_code_a_stream_may_end_with(gateway_url: str) -> None:
+    async with httpx.AsyncClient(base_url=gateway_url) as client:
+        schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    error_body = schemas[schemas["ErrorEvent"]["properties"]["error"]["$ref"].rpartition("/")[2]]
+    codes = schemas[error_body["properties"]["code"]["$ref"].rpartition("/")[2]]
+    assert codes["type"] == "string" and set(codes["enum"]) == {code.value for code in StreamErrorCode}
+    assert {"no_route", "stream_lost", "stream_deadline"} <= set(codes["enum"])
 
 
 def test_schemathesis_finds_the_document_true_for_every_operation_with_all_checks(

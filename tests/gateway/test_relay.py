@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.relay import StreamRelay, parse_entry_id
+from gateway.relay import StreamRelay
+from protocol.stream_ids import parse_entry_id
 
 
 @pytest.fixture

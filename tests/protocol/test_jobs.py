@@ -60,3 +60,15 @@ def test_a_job_enqueued_before_the_sampling_controls_existed_still_parses_and_sa
     job = GenerateJob.model_validate(old_payload)
     assert (job.stop, job.seed, job.top_k, job.logprobs, job.logit_bias) == ([], None, 0, False, {})
     assert (job.repetition_penalty, job.frequency_penalty, job.presence_penalty) == (1.0, 0.0, 0.0)
+
+
+def test_an_untraced_job_leaves_the_trace_field_out_so_an_older_worker_still_parses_it() -> None:
+    payload = job("req-untraced").payload()
+    assert "trace_parent" not in payload
+    assert GenerateJob.model_validate(payload) == job("req-untraced")
+
+
+def test_a_traced_job_carries_the_gateway_traceparent_to_the_worker() -> None:
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traced = job("req-traced").model_copy(update={"trace_parent": traceparent})
+    assert GenerateJob.model_validate(traced.payload()).trace_parent == traceparent

@@ -38,6 +38,7 @@ def test_a_catalog_from_json_prices_each_model_or_falls_back_to_the_default(monk
         ("PRICE_PER_TOKEN_FAR", "0.1234567890123456789", "PRICE_PER_TOKEN_FAR: "),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL: "),
         ("FAR_MESH_MODELS", "not json", "FAR_MESH_MODELS: "),
+        ("FAR_MESH_TRACING", "jaeger", "FAR_MESH_TRACING: "),
         ("FAR_MESH_MODELS", '[{"model_id": "x"}]', "DEFAULT_MODEL_ID 'meta-llama/Llama-2-7b-chat-hf' is not one of"),
     ],
 )

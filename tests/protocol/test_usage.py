@@ -69,3 +69,17 @@ def test_naive_timestamps_are_refused_so_every_time_is_unambiguous() -> None:
 def test_an_entry_without_the_record_field_is_refused() -> None:
     with pytest.raises(ValueError, match="'record'"):
         UsageRecord.from_stream_fields({"other": "x"})
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_an_untraced_record_leaves_the_trace_field_out_so_an_older_consumer_still_parses_it() -> None:
+    fields = record().to_stream_fields()
+    assert "trace_parent" not in fields["record"]
+    assert UsageRecord.from_stream_fields(fields).trace_parent is None
+
+
+def test_a_traced_record_carries_its_traceparent_to_accounting() -> None:
+    traced = record(trace_parent=TRACEPARENT)
+    assert UsageRecord.from_stream_fields(traced.to_stream_fields()) == traced

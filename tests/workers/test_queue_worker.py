@@ -20,6 +20,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 
 from protocol import keys
 from protocol.catalog import ModelSpec
+from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorBody, ErrorEvent, TokenEvent
 from protocol.jobs import GENERATE_FUNCTION, GenerateJob
 from protocol.money import cost_of
@@ -168,10 +169,11 @@ async def test_a_request_that_already_ended_is_not_ended_again(
     job = make_job(tiny_models[0])
     ctx = context(redis, redis_url, tiny_models)
     payload = job.model_dump(mode="json")
-    assert await ctx.end_abandoned(job.request_id, payload, ErrorBody(code="first", message="test"))
-    assert not await ctx.end_abandoned(job.request_id, payload, ErrorBody(code="second", message="test"))
+    first, second = StreamErrorCode.JOB_EXPIRED, StreamErrorCode.WORKER_ERROR
+    assert await ctx.end_abandoned(job.request_id, payload, ErrorBody(code=first, message="test"))
+    assert not await ctx.end_abandoned(job.request_id, payload, ErrorBody(code=second, message="test"))
 
-    assert (await the_error(redis, job.request_id, 0)).error.code == "first"
+    assert (await the_error(redis, job.request_id, 0)).error.code == first
     (usage,) = await usage_records(redis, job.request_id)
     assert usage.total_cost_far == Decimal(0)
 
