@@ -43,6 +43,9 @@ class FollowedRequest:
     api_key_id: str
     model_id: str
     request_id: str
+    max_streams: int | None = field(default=None, compare=False)
+    """The API key's own concurrent-stream limit, which every connection following the request counts against;
+    None: the gateway's (GATEWAY_MAX_CONCURRENT_STREAMS)."""
 
     @property
     def keys(self) -> tuple[str, str]:

@@ -215,8 +215,8 @@ async def _start(
 
 async def admit(state: GatewayState, followed: FollowedRequest, max_streams: int | None = None) -> Slot:
     """A concurrent-stream slot for one more connection of `followed`'s key; 429 when it already holds the most
-    (`max_streams`, the key's own limit, else GATEWAY_MAX_CONCURRENT_STREAMS)."""
-    limit = max_streams or state.settings.gateway_max_concurrent_streams
+    (`max_streams` or the followed request's, the key's own limit, else GATEWAY_MAX_CONCURRENT_STREAMS)."""
+    limit = max_streams or followed.max_streams or state.settings.gateway_max_concurrent_streams
     slot = await state.inflight.admit(followed, limit)
     if slot is None:
         raise TooManyRequests(
@@ -270,4 +270,4 @@ async def owned_request(state: GatewayState, request_id: str, key: ApiKey) -> Fo
     first = RequestOwner.decode(owner)
     if first.api_key_id != key.key_id:
         raise Forbidden(f"request {request_id!r} belongs to another API key", field="request_id")
-    return FollowedRequest(key.key_id, first.model_id, request_id)
+    return FollowedRequest(key.key_id, first.model_id, request_id, key.limits.max_concurrent_streams)

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from arq.constants import result_key_prefix
 
 from accounting.ledger import write_batch
+from gateway.api_keys import KeyLimits
 from protocol import keys
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import IssueKey, SseReader, SyntheticWorker, auth, read_events
@@ -93,6 +94,31 @@ async def test_re_attaching_takes_a_connection_slot_so_one_request_cannot_hold_u
             assert repeated.status_code == 429
         finally:
             for s in streams:
+                await s.__aexit__(None, None, None)
+
+
+async def test_re_attaching_counts_against_the_keys_own_stream_limit_not_the_gateways(
+    gateway_url: str, healthy_swarm: SwarmSnapshot, synthetic_worker: SyntheticWorker, issue_key: IssueKey
+) -> None:
+    key, _ = await issue_key(limits=KeyLimits(max_concurrent_streams=4))  # the gateway's own limit is 3
+    body = {"prompt": "hold on", "max_tokens": 4, "request_id": unique_id("own-limit")}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
+        path = f"/inference/{body['request_id']}/stream"
+        streams = [client.stream("POST", "/inference/generate", json=body, headers=auth(key))]
+        streams += [client.stream("GET", path, headers=auth(key)) for _ in range(2)]
+        streams += [client.stream("POST", "/inference/generate", json=body, headers=auth(key))]
+        opened, readers = [], []  # readers kept: a dropped reader closes its connection
+        try:
+            for s in streams:  # one at a time: each holds its slot before the next asks
+                opened.append(await s.__aenter__())
+                readers.append(SseReader(opened[-1]))
+                await readers[-1].events(limit=1)
+            assert [r.status_code for r in opened] == [200, 200, 200, 200]
+            async with asyncio.timeout(5):  # admitted, it would stream on: the worker holds the request
+                refused = await client.get(path, headers=auth(key))
+            assert refused.status_code == 429 and "4 requests" in refused.json()["error"]["message"]
+        finally:
+            for s in streams[: len(opened)]:
                 await s.__aexit__(None, None, None)
 
 
