@@ -67,3 +67,33 @@ def test_an_answer_that_is_not_the_gateways_json_still_says_what_came_back() -> 
     error = error_from_response(502, {}, b"<html>Bad Gateway</html>")
     assert error.code == "http_502" and "Bad Gateway" in error.message
     assert type(error_from_response(418, {}, b"")) is InvalidRequest
+
+
+def openai_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+def test_an_openai_shaped_error_from_v1_names_its_param_as_the_field() -> None:
+    error = error_from_response(
+        400, {}, openai_body("stop: at most 4", "invalid_request_error", "stop", "validation_error")
+    )
+    assert isinstance(error, InvalidRequest)
+    assert (error.status, error.code, error.field, error.message) == (
+        400,
+        "validation_error",
+        "stop",
+        "stop: at most 4",
+    )
+    assert "stop" in str(error)
+
+
+def test_an_openai_shaped_error_without_a_code_or_param_takes_its_type_as_the_code() -> None:
+    error = error_from_response(404, {}, openai_body("no such model", "invalid_request_error", None, None))
+    assert isinstance(error, NotFound) and (error.code, error.field) == ("invalid_request_error", None)
+
+
+def test_an_openai_shaped_rate_limit_keeps_retry_after() -> None:
+    error = error_from_response(
+        429, {"retry-after": "3"}, openai_body("slow", "rate_limit_error", None, "too_many_streams")
+    )
+    assert isinstance(error, RateLimited) and (error.retry_after, error.code) == (3.0, "too_many_streams")

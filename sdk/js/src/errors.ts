@@ -1,9 +1,10 @@
 /**
  * Every way a call can fail, as one class per gateway error code.
  *
- * The gateway answers errors as `{"error": {"code", "message", "field", ...}}`; `errorFromResponse` turns that
- * into the matching class, so callers write `if (e instanceof RateLimited) await sleep(e.retryAfter)` instead of
- * reading status codes. A failure inside a running generation (the stream's error event) is `GenerationFailed`.
+ * The gateway answers errors as `{"error": {"code", "message", "field", ...}}` on its native routes and in
+ * OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, on `/v1`; `errorFromResponse` reads either
+ * (`param` is the field) and turns it into the matching class, so callers write
+ * `if (e instanceof RateLimited) await sleep(e.retryAfter)` instead of reading status codes. A failure inside a running generation (the stream's error event) is `GenerationFailed`.
  */
 
 export interface ErrorDetail {
@@ -157,10 +158,20 @@ export function errorFromResponse(status: number, headers: Headers, body: string
     if (typeof error === "string") {
       message = error;
     } else if (error && typeof error === "object") {
-      const e = error as { code?: unknown; message?: unknown; field?: unknown; details?: unknown };
+      const e = error as {
+        code?: unknown;
+        type?: unknown;
+        message?: unknown;
+        field?: unknown;
+        param?: unknown;
+        details?: unknown;
+      };
+      // OpenAI's shape names the field `param`, and its `code` may be null: then its `type` says most
       if (typeof e.code === "string" && e.code) code = e.code;
+      else if (typeof e.type === "string" && e.type) code = e.type;
       if (typeof e.message === "string" && e.message) message = e.message;
       if (typeof e.field === "string") field = e.field;
+      else if (typeof e.param === "string") field = e.param;
       if (Array.isArray(e.details)) details = e.details as ErrorDetail[];
     }
   } catch {

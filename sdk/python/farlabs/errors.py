@@ -1,8 +1,10 @@
 """Every way a call can fail, as one exception class per gateway error code.
 
-The gateway answers errors as `{"error": {"code", "message", "field", ...}}`; `error_from_response` turns that
-into the matching class, so callers write `except RateLimited as e: sleep(e.retry_after)` instead of reading
-status codes. A failure inside a running generation (the stream's error event) is `GenerationFailed`.
+The gateway answers errors as `{"error": {"code", "message", "field", ...}}` on its native routes and in OpenAI's
+shape, `{"error": {"message", "type", "param", "code"}}`, on `/v1`; `error_from_response` reads either (`param`
+is the field) and turns it into the matching class, so callers write `except RateLimited as e:
+sleep(e.retry_after)` instead of reading status codes. A failure inside a running generation (the stream's error
+event) is `GenerationFailed`.
 """
 
 from __future__ import annotations
@@ -170,9 +172,10 @@ def error_from_response(
     try:
         error = json.loads(body)["error"]
         if isinstance(error, dict):
-            code = str(error.get("code") or code)
+            # OpenAI's shape names the field `param`, and its `code` may be null: then its `type` says most
+            code = str(error.get("code") or error.get("type") or code)
             message = str(error.get("message") or message)
-            field = error.get("field")
+            field = error.get("field") or error.get("param")
             details = error.get("details")
         elif isinstance(error, str):
             message = error
