@@ -117,6 +117,7 @@ _OPENAI_ERRORS = {
     "429": _openai_error("Rate limit or concurrent-stream limit reached; see Retry-After"),
     "502": _openai_error("The worker failed the request"),
     "503": _error("Redis unavailable, or no healthy swarm serves the model; see Retry-After"),
+    "504": _openai_error("Without streaming: still running after GATEWAY_STREAM_DEADLINE_S; cancelled"),
 }
 _SSE_EVENT = {
     "type": "object",
@@ -161,6 +162,16 @@ def _apply_caps(node: Any, *, max_tokens: int, max_prompt_chars: int) -> None:
             _apply_caps(value, max_tokens=max_tokens, max_prompt_chars=max_prompt_chars)
 
 
+def _name_models(node: Any, model_ids: list[str]) -> None:
+    """The models this gateway sells as the model field's enum: any other is refused (404), so the document says
+    so, and a schema-valid request names a model that can run."""
+    if isinstance(node, dict):
+        if node.get("type") == "string":
+            node["enum"] = list(model_ids)
+        for value in node.get("anyOf", []):
+            _name_models(value, model_ids)
+
+
 def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": _ERROR_SCHEMA, "OpenAIError": _OPENAI_ERROR_SCHEMA}
     generate = _schema(GenerateRequest, components)
@@ -168,6 +179,12 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
     completion = _schema(CompletionRequest, components)
     # the request bodies and every schema they refer to (a chat message, its content parts)
     _apply_caps(components, max_tokens=settings.gateway_max_tokens, max_prompt_chars=settings.gateway_max_prompt_chars)
+    for name, field in (
+        ("GenerateRequest", "model_id"),
+        ("ChatCompletionRequest", "model"),
+        ("CompletionRequest", "model"),
+    ):
+        _name_models(components[name]["properties"][field], settings.catalog.model_ids)
     for event in (TokenEvent, DoneEvent, ErrorEvent):
         _schema(event, components, mode="serialization")
     bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
