@@ -204,16 +204,52 @@ def _run_chain_payouts(args: argparse.Namespace) -> int:
         return 1
 
 
+CHAIN_VARIABLES = (
+    "far_mesh_token_address",
+    "far_mesh_batch_contract_address",
+    "far_mesh_treasury_key_file",
+    "far_mesh_treasury_key",
+)
+"""Unset together, there is no chain to pay on (a local Procfile run): `payouts serve` says so and idles."""
+
+
 def serve_payouts(args: argparse.Namespace) -> int:
     from accounting.payer import serve_chain_payouts as serve
     from chain.errors import ChainError
+    from chain.settings import PayoutSettings
 
-    settings = _payout_settings()
+    unconfigured = PayoutSettings.from_env()
+    if all(getattr(unconfigured, name) is None for name in CHAIN_VARIABLES):
+        unconfigured.configure_logging()
+        return _idle_without_chain()
+    settings = _payout_settings()  # set in part: a missing one stops it with its name
     try:
         asyncio.run(serve(settings))
     except ChainError as exc:
         log.error("payouts serve stopped: %s", exc)
         return 1
+    return 0
+
+
+def _idle_without_chain() -> int:
+    """Pay nothing until SIGTERM, having said why: under a Procfile runner an exit would stop every process."""
+    import signal
+
+    log.warning(
+        "payouts serve: no chain configured (%s unset): paying nothing, providers' earnings stay in the ledger; "
+        "`far-mesh chain deploy` prints the settings to set",
+        ", ".join(name.upper() for name in CHAIN_VARIABLES),
+    )
+
+    async def idle() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+    asyncio.run(idle())
+    log.info("payouts serve stopped")
     return 0
 
 

@@ -24,6 +24,7 @@ batches before claiming a new one, so the nonce sequence is never shared.
 """
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import io
@@ -63,6 +64,7 @@ from chain.fees import FeeCapReached, Fees, first_offer, gwei, replacement
 from chain.settings import PayoutSettings
 from chain.transfers import Payment, SignedTransfer, TransferMismatch, check_transfers, pay_batch_data, sign_transfer
 from chain.units import format_far, from_base_units, to_base_units
+from protocol.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -453,12 +455,15 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
 
     from chain.errors import ChainUnreachable
 
-    payer = await ChainPayer.connect(settings)
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+    payer = await _connect_when_reachable(settings, stop)
+    if payer is None:
+        log.info("payouts serve stopped")
+        return
     server = (
         start_http_server(settings.far_mesh_payout_metrics_port)[0] if settings.far_mesh_payout_metrics_port else None
     )
@@ -492,6 +497,23 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
             server.shutdown()
             server.server_close()
     log.info("payouts serve stopped")
+
+
+async def _connect_when_reachable(settings: PayoutSettings, stop: asyncio.Event) -> ChainPayer | None:
+    """The payer once its node answers (None: stopped first). Started with its chain (a Procfile, a rollout), it
+    waits rather than exit; a node on the wrong chain or without the contracts still stops it at once."""
+    from chain.errors import ChainUnreachable
+
+    backoff = Backoff(1.0, 30.0)
+    while True:
+        try:
+            return await ChainPayer.connect(settings)
+        except ChainUnreachable as exc:
+            log.warning("payouts serve waiting for the chain node: %s; retrying in %.0fs", exc, backoff.delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=backoff.take())
+        if stop.is_set():
+            return None
 
 
 async def _one_round(settings: PayoutSettings, payer: ChainPayer) -> list[FinishedBatch]:

@@ -1,8 +1,10 @@
-"""`far-mesh dev`: run the whole system locally (what `make run` does)."""
+"""`far-mesh dev`: the whole system locally (what `make run` does); `far-mesh procfile-env`: its .env for honcho."""
 
 import argparse
 from pathlib import Path
 from typing import Any
+
+from devstack import procfile_env
 
 DEFAULT_STATE_DIR = Path(".cache/devstack")
 
@@ -21,6 +23,7 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
         help=f"embedded servers' data and swarm logs (default {DEFAULT_STATE_DIR})",
     )
     parser.set_defaults(handler=_dev)
+    procfile_env.register(subparsers)
 
 
 def _dev(args: argparse.Namespace) -> int:

@@ -48,16 +48,17 @@ def resolve_postgres(state_dir: Path) -> Service:
     configured = os.environ.get("POSTGRES_URL")
     if configured:
         return Service(
-            _with_database_created(configured, "POSTGRES_URL is set but that server does not answer"), "configured"
+            with_database_created(configured, "POSTGRES_URL is set but that server does not answer"), "configured"
         )
     if asyncio.run(postgres_answers(with_database(LOCAL_POSTGRES, "postgres"))):
-        return Service(_with_database_created(LOCAL_POSTGRES, "local PostgreSQL stopped answering"), "local")
+        return Service(with_database_created(LOCAL_POSTGRES, "local PostgreSQL stopped answering"), "local")
     embedded = EmbeddedPostgres(state_dir / "postgres").start()
-    dsn = _with_database_created(embedded.dsn("far_mesh"), "embedded PostgreSQL did not answer")
+    dsn = with_database_created(embedded.dsn("far_mesh"), "embedded PostgreSQL did not answer")
     return Service(dsn, "embedded", embedded.cleanup)
 
 
-def _with_database_created(dsn: str, unreachable: str) -> str:
+def with_database_created(dsn: str, unreachable: str) -> str:
+    """`dsn` once its server answers (ServiceUnreachable with `unreachable` otherwise) and its database exists."""
     name = urlsplit(dsn).path.lstrip("/") or "postgres"
     admin = with_database(dsn, "postgres")
     if not asyncio.run(postgres_answers(admin)):

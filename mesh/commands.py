@@ -32,7 +32,15 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     swarm.add_argument("--split", type=int, default=2, help="servers per copy of each model (default 2)")
     swarm.add_argument("--replicas", type=int, default=1, help="copies of each span (default 1)")
-    swarm.add_argument("--dht-port", type=int, help="DHT bootstrap port on 127.0.0.1 (default: a free one)")
+    dht = swarm.add_mutually_exclusive_group()
+    dht.add_argument("--dht-port", type=int, help="DHT bootstrap port on 127.0.0.1 (default: a free one)")
+    dht.add_argument(
+        "--initial-peers",
+        nargs="+",
+        default=_bootstrap_from_env(),
+        help="join this DHT (e.g. the Procfile's `far-mesh dht`) instead of starting one; waits until it listens "
+        "(default: FAR_MESH_DHT_BOOTSTRAP, as the workers use; unset: the swarm runs its own DHT)",
+    )
     swarm.add_argument("--wallet", action="append", default=[], help="wallets to pay, given to servers in turn")
     swarm.add_argument("--cache-dir", type=Path, help="default: FAR_MESH_CACHE_DIR, else ~/.cache/far-mesh")
     swarm.set_defaults(handler=run_swarm)
@@ -40,7 +48,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     node = subparsers.add_parser("node", help="serve transformer blocks into a swarm and be paid in $FAR")
     node.add_argument("--wallet", required=True, help="EIP-55 checksummed address that $FAR is paid into")
     node.add_argument("--model", required=True, help="model id from FAR_MESH_MODELS, tiny model name, hub id or path")
-    bootstrap = [a.strip() for a in os.environ.get("FAR_MESH_DHT_BOOTSTRAP", "").split(",") if a.strip()]
+    bootstrap = _bootstrap_from_env()
     node.add_argument(
         "--initial-peers",
         nargs="+",
@@ -79,6 +87,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     dht_node.register(subparsers)
 
 
+def _bootstrap_from_env() -> list[str]:
+    return [a.strip() for a in os.environ.get("FAR_MESH_DHT_BOOTSTRAP", "").split(",") if a.strip()]
+
+
 def generate_models(args: argparse.Namespace) -> int:
     from mesh.tiny_models import ensure_tiny_models
 
@@ -92,13 +104,17 @@ def run_swarm(args: argparse.Namespace) -> int:
     from mesh.node import NodeRefused
 
     signal.signal(signal.SIGTERM, _interrupt)
+    initial_peers = [] if args.dht_port is not None else args.initial_peers
     try:
+        dht_node.refuse_placeholders(initial_peers)
         plans = [
             plan
             for name in args.model
             for plan in split_plans(_resolve_model(name, args.cache_dir), args.split, args.replicas, args.wallet)
         ]
-        with LocalSwarm(plans, dht_port=args.dht_port) as swarm:
+        if initial_peers:
+            print(f"far-mesh swarm: joining the DHT at {' '.join(initial_peers)} once it listens", flush=True)
+        with LocalSwarm(plans, dht_port=args.dht_port, initial_peers=initial_peers) as swarm:
             print(f"initial peers: {' '.join(swarm.initial_peers)}", flush=True)
             for server in swarm.servers:
                 plan = server.plan
@@ -168,8 +184,14 @@ def _refuse(command: str, exc: Exception) -> int:
     return EXIT_REFUSED
 
 
+_SWARM_PID = os.getpid()
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    # Children forked by hivemind (the swarm's DHT client) inherit this handler; the swarm stops them itself,
+    # and a KeyboardInterrupt there would only print a traceback (honcho signals the whole process group).
+    if os.getpid() == _SWARM_PID:
+        raise KeyboardInterrupt
 
 
 def _cache_dir(override: Path | None) -> Path:

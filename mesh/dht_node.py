@@ -16,6 +16,7 @@ at start-up that was given a template's placeholder instead of a real bootstrap 
 import argparse
 import os
 import re
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from pathlib import Path
 from mesh.petals_cli import command_line
 
 DEFAULT_PORT = 31337
+IDENTITY_VARIABLE = "FAR_MESH_DHT_IDENTITY"
+HOST_VARIABLE = "FAR_MESH_DHT_HOST"
+PORT_VARIABLE = "FAR_MESH_DHT_PORT"
+DEFAULT_IDENTITY_NAME = "dht-identity.key"
 EXIT_REFUSED = 2
 
 _PLACEHOLDER_MARKS = ("<", ">", "{", "}", "$", "...", "CHANGE_ME")
@@ -48,6 +53,29 @@ def refuse_placeholders(multiaddrs: Sequence[str]) -> None:
                 f"{addr!r} is a placeholder, not a DHT peer's address: set it to the bootstrap's multiaddr "
                 "(`far-mesh dht --identity FILE --show-peer-id` prints its peer id)"
             )
+
+
+def dht_host_port(multiaddr: str) -> tuple[str, int]:
+    """The TCP host and port of a DHT peer's multiaddr (`/ip4/127.0.0.1/tcp/31337/p2p/Qm...`)."""
+    parts = multiaddr.strip("/").split("/")
+    if len(parts) < 4 or parts[0] not in ("ip4", "ip6", "dns", "dns4", "dns6") or parts[2] != "tcp":
+        raise ValueError(f"{multiaddr!r} is not a TCP multiaddr such as /ip4/127.0.0.1/tcp/31337/p2p/Qm...")
+    try:
+        return parts[1], int(parts[3])
+    except ValueError:
+        raise ValueError(f"{multiaddr!r} has no TCP port number") from None
+
+
+def bootstrap_listens(multiaddrs: Sequence[str], timeout_s: float = 1.0) -> bool:
+    """Whether any of these DHT peers accepts a TCP connection: processes started together (a Procfile) wait
+    for this rather than fail to join a bootstrap that is still starting."""
+    for addr in multiaddrs:
+        try:
+            with socket.create_connection(dht_host_port(addr), timeout=timeout_s):
+                return True
+        except OSError:  # refused, unreachable, or a DNS name not resolvable yet
+            continue
+    return False
 
 
 def peer_id_of(identity: Path) -> str:
@@ -117,11 +145,29 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     dht = subparsers.add_parser(
         "dht", help="run the swarm's DHT bootstrap node with a stable peer id (workers' and nodes' initial peer)"
     )
-    dht.add_argument("--identity", type=Path, required=True, help="private key file; fixes the peer id")
+    # Defaults from the environment, so the Procfile's `dht` line runs as written with the `.env` that
+    # `far-mesh procfile-env` writes (its identity file and loopback port); flags win over variables.
+    identity = os.environ.get(IDENTITY_VARIABLE)
+    dht.add_argument(
+        "--identity",
+        type=Path,
+        default=Path(identity) if identity else None,
+        help=f"private key file; fixes the peer id (default: {IDENTITY_VARIABLE}, else FAR_MESH_CACHE_DIR/"
+        f"{DEFAULT_IDENTITY_NAME})",
+    )
     dht.add_argument("--new-identity", action="store_true", help="create --identity first when it does not exist")
     dht.add_argument("--show-peer-id", action="store_true", help="print the identity's peer id and exit")
-    dht.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    dht.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    dht.add_argument(
+        "--host",
+        default=os.environ.get(HOST_VARIABLE, "0.0.0.0"),
+        help=f"address to listen on (default: {HOST_VARIABLE}, else 0.0.0.0)",
+    )
+    dht.add_argument(
+        "--port",
+        type=int,
+        default=os.environ.get(PORT_VARIABLE, str(DEFAULT_PORT)),  # argparse applies `type` to it
+        help=f"TCP port (default: {PORT_VARIABLE}, else {DEFAULT_PORT})",
+    )
     dht.add_argument(
         "--announce-host", action="append", default=[], help="a DNS name or IP others dial it by (repeatable)"
     )
@@ -135,7 +181,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 def run(args: argparse.Namespace) -> int:
     config = DhtConfig(
-        identity=args.identity,
+        identity=args.identity or _default_identity(),
         host=args.host,
         port=args.port,
         announce_hosts=tuple(args.announce_host),
@@ -161,3 +207,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"far-mesh dht: peer_id={peer_id}", flush=True)
     print(f"initial peers: {' '.join(config.initial_peers_for_clients(peer_id))}", flush=True)
     os.execv(command[0], command)  # the bootstrap *is* petals' run_dht from here on
+
+
+def _default_identity() -> Path:
+    from mesh.settings import MeshSettings
+
+    return MeshSettings.from_env().cache_dir / DEFAULT_IDENTITY_NAME

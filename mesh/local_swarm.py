@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
 from mesh.announce import public_name_for
+from mesh.dht_node import dht_host_port
 from mesh.node import (
     InvalidBlocks,
     ModelPathMissing,
@@ -148,14 +149,21 @@ class SwarmProcess:
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM the group, then SIGKILL whatever is left of it after `grace_s`."""
+        self.terminate()
+        self.wait_stopped(time.monotonic() + grace_s)
+
+    def terminate(self) -> None:
+        """SIGTERM the group, without waiting (a swarm signals all its processes first, then waits once)."""
         if self.group_members():
             signal_group(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while self.group_members() and time.monotonic() < deadline:
-                self._reap(timeout=0.1)
-            if self.group_members():
-                logger.warning("%s ignored SIGTERM for %.0f s; sending SIGKILL", self.name, grace_s)
-                signal_group(self.pid, signal.SIGKILL)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait until the group is gone, then reap; SIGKILL whatever is left of it at `deadline`."""
+        while self.group_members() and time.monotonic() < deadline:
+            self._reap(timeout=0.1)
+        if self.group_members():
+            logger.warning("%s ignored SIGTERM; sending SIGKILL", self.name)
+            signal_group(self.pid, signal.SIGKILL)
         self._reap(timeout=STOP_GRACE_S)
 
     def _reap(self, timeout: float) -> None:
@@ -172,7 +180,7 @@ class SwarmProcess:
 class LocalServer(SwarmProcess):
     """A Petals server of the local swarm."""
 
-    def __init__(self, plan: ServerPlan, config: NodeConfig, name: str, work_dir: Path, dht_port: int) -> None:
+    def __init__(self, plan: ServerPlan, config: NodeConfig, name: str, work_dir: Path, dht_address: str) -> None:
         assert config.identity_path is not None
         self.plan = plan
         self.config = config
@@ -182,7 +190,7 @@ class LocalServer(SwarmProcess):
             work_dir / f"{name}.log",
             config.identity_path,
             # Import while the DHT starts, join once it listens.
-            env={AWAIT_PORT_VARIABLE: f"{LOOPBACK}:{dht_port}"},
+            env={AWAIT_PORT_VARIABLE: dht_address},
         )
 
 
@@ -204,7 +212,8 @@ def group_members(pgid: int) -> list[int]:
 
 
 class LocalSwarm:
-    """A DHT bootstrap on `127.0.0.1:dht_port` (a free port when None) and one server per plan.
+    """A DHT bootstrap on `127.0.0.1:dht_port` (a free port when None) and one server per plan; with
+    `initial_peers`, no bootstrap of its own: the servers join that DHT (`far-mesh dht`), waiting until it listens.
 
     Use as a context manager, or call `start()` and `stop()`. `start()` returns once every server announces
     its blocks online in the DHT; `stop()` stops every process it started, including any added later with
@@ -217,9 +226,14 @@ class LocalSwarm:
         *,
         work_dir: Path | None = None,
         dht_port: int | None = None,
+        initial_peers: Sequence[str] = (),
         start_timeout_s: float = 120.0,
     ) -> None:
+        if initial_peers and dht_port is not None:
+            raise ValueError("a swarm joins initial_peers or runs its own DHT on dht_port, not both")
         self.plans = list(servers)
+        self.external_peers = tuple(initial_peers)
+        """Multiaddrs of a DHT this swarm joins instead of starting its own."""
         self._owned_work_dir = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="far-mesh-swarm-")) if work_dir is None else work_dir
         self.dht_port = dht_port
@@ -234,12 +248,15 @@ class LocalSwarm:
     def start(self) -> Self:
         for plan in self.plans:
             check_plan(plan)
-        if self.dht_port is not None and port_is_taken(self.dht_port):
+        if self.external_peers:
+            dht_host_port(self.external_peers[0])  # ValueError on an address servers could not wait for
+        elif self.dht_port is not None and port_is_taken(self.dht_port):
             raise PortTaken(f"DHT port {self.dht_port} is already in use; choose another or stop what holds it")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         try:
-            self._start_dht()
+            if not self.external_peers:
+                self._start_dht()
             for plan in self.plans:
                 self._launch(plan)
             self.wait_until_served(self.start_timeout_s)
@@ -256,8 +273,12 @@ class LocalSwarm:
 
     def stop(self) -> None:
         self._stop_dht_client()
-        for process in [*self.servers, *([self.dht_process] if self.dht_process else [])]:
-            process.stop()
+        processes = [*self.servers, *([self.dht_process] if self.dht_process else [])]
+        for process in processes:  # all at once: a Procfile runner allows the whole swarm seconds to stop
+            process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in processes:
+            process.wait_stopped(deadline)
         if self._owned_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("local swarm stopped processes=%d", len(self.servers) + (self.dht_process is not None))
@@ -280,6 +301,8 @@ class LocalSwarm:
     @property
     def initial_peers(self) -> list[str]:
         """Multiaddrs of the DHT bootstrap, what clients and other nodes pass as `initial_peers`."""
+        if self.external_peers:
+            return list(self.external_peers)
         if self.dht_process is None or self.dht_port is None:
             raise SwarmError("the swarm has not been started")
         return [f"/ip4/{LOOPBACK}/tcp/{self.dht_port}/p2p/{self.dht_process.peer_id}"]
@@ -301,7 +324,7 @@ class LocalSwarm:
                 if process.exit_status is not None:
                     raise SwarmError(f"{process.name} exited with status {process.exit_status}\n{process.log_tail()}")
             # The DHT client can only be created (and queried) once the bootstrap listens.
-            online = self._online_peer_spans(pending) if port_is_taken(self.dht_port or 0) else set()
+            online = self._online_peer_spans(pending) if self._dht_listens() else set()
             pending = [s for s in pending if not _serves(online, s)]
             if not pending:
                 return
@@ -341,11 +364,23 @@ class LocalSwarm:
             identity_path=self.work_dir / f"{name}.identity",
             loopback_only=True,
         )
-        assert self.dht_port is not None
-        server = LocalServer(plan, config, name, self.work_dir, self.dht_port)
+        host, port = self._dht_address()
+        server = LocalServer(plan, config, name, self.work_dir, f"{host}:{port}")
         self.servers.append(server)
         logger.info("swarm server started name=%s pid=%d", name, server.pid)
         return server
+
+    def _dht_address(self) -> tuple[str, int]:
+        if self.external_peers:
+            return dht_host_port(self.external_peers[0])
+        assert self.dht_port is not None
+        return LOOPBACK, self.dht_port
+
+    def _dht_listens(self) -> bool:
+        if not self.external_peers and self.dht_port is None:
+            return False
+        host, port = self._dht_address()
+        return port_is_taken(port, host)
 
     def module_infos(self, dht_prefix: str, num_blocks: int) -> list[Any]:
         """Petals' `RemoteModuleInfo` of blocks 0..num_blocks-1 under `dht_prefix`: who announces what, and in

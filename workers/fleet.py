@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mesh.client import ClientLimits, open_client
+from mesh.dht_node import bootstrap_listens
 from mesh.snapshot import read_swarm_snapshot
 from probes import serve_health_and_metrics
 from protocol import keys
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 QUEUE_SAMPLE_INTERVAL_S = 1.0
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
+DHT_WAIT_LOG_EVERY_S = 10.0
 
 
 def client_limits(settings: WorkerSettings) -> ClientLimits:
@@ -71,6 +73,8 @@ async def run_fleet(
     """Queue workers that lost Redis, finishing the jobs they run before they close."""
     http_server = None
     try:
+        if not await _wait_for_dht(settings.initial_peers, stop):
+            return
         for spec in settings.served_models:
             served[spec.model_id] = await asyncio.to_thread(
                 ServedModel.open,
@@ -116,7 +120,9 @@ async def run_fleet(
         for worker in [*workers.values(), *retiring]:
             try:
                 await worker.close()  # cancels running jobs: arq puts them back, another worker resumes them
-            except Exception as exc:  # e.g. Redis gone: the rest of the shutdown must still run
+            # Redis gone, or arq re-raising the cancellation of a job that was just finishing when the stop came
+            # (its close gathers the cancelled tasks): either way the rest of the shutdown must still run.
+            except (Exception, asyncio.CancelledError) as exc:
                 logger.warning("queue close failed queue=%s error=%r", worker.queue_name, exc)
         for task in tasks:
             task.cancel()
@@ -130,6 +136,26 @@ async def run_fleet(
             await asyncio.to_thread(model.close)
         await redis.aclose()
         logger.info("worker stopped id=%s", worker_id)
+
+
+async def _wait_for_dht(initial_peers: list[str], stop: asyncio.Event) -> bool:
+    """Wait until the DHT bootstrap accepts connections (False: stopped first).
+
+    Processes started together (a Procfile under honcho, pods of one rollout) come up in any order; a worker that
+    failed to join a bootstrap still starting would exit, and honcho would stop every other process with it.
+    """
+    backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
+    logged_at: float | None = None
+    loop = asyncio.get_running_loop()
+    while not await asyncio.to_thread(bootstrap_listens, initial_peers):
+        if logged_at is None or loop.time() - logged_at >= DHT_WAIT_LOG_EVERY_S:
+            logger.info("worker waiting for the DHT bootstrap at %s (FAR_MESH_DHT_BOOTSTRAP)", ",".join(initial_peers))
+            logged_at = loop.time()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=backoff.take())
+        if stop.is_set():
+            return False
+    return True
 
 
 async def _consume(

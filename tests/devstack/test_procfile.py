@@ -1,11 +1,23 @@
 """The Procfile is the one list of process commands; `far-mesh dev` and the deploy manifests read it."""
 
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import honcho.environ  # type: ignore[import-untyped]
 import pytest
 
 from cli.main import build_parser
 from devstack.procfile import ProcfileError, commands_for, read_procfile
+from devstack.procfile_env import render, swarm_models
+from mesh.dht_node import dht_host_port
+from workers.fleet import _wait_for_dht
 
 REPO_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
 
@@ -38,3 +50,97 @@ def test_asking_for_a_missing_process_type_names_it(tmp_path: Path) -> None:
     assert commands_for(procfile, ["web"]) == {"web": ["far-mesh", "gateway"]}
     with pytest.raises(ProcfileError, match="no worker line"):
         commands_for(procfile, ["web", "worker"])
+
+
+# `honcho start` runs every line together, with the .env of `far-mesh procfile-env`
+# (the whole run: tests/deploy/test_procfile_honcho.py).
+
+
+def test_the_catalog_written_for_honcho_sells_what_the_swarm_line_serves() -> None:
+    swarm = read_procfile(REPO_PROCFILE)["swarm"]
+    assert swarm_models(REPO_PROCFILE) == [swarm[swarm.index("--model") + 1]]
+
+
+def test_env_values_survive_honchos_dotenv_parser() -> None:
+    # honcho splits each .env line as a shell would: an unquoted JSON catalog would lose its quotes and spaces
+    values = {
+        "FAR_MESH_MODELS": json.dumps([{"model_id": "far tiny #4", "source": "/a b/c", "price_per_token_far": None}]),
+        "PORTAL_SECRET_KEY": "a'b\"c$d",
+    }
+    assert honcho.environ.parse(render(values)) == values
+
+
+def test_the_dht_line_takes_its_identity_and_loopback_port_from_the_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FAR_MESH_DHT_IDENTITY", str(tmp_path / "dht.key"))
+    monkeypatch.setenv("FAR_MESH_DHT_HOST", "127.0.0.1")
+    monkeypatch.setenv("FAR_MESH_DHT_PORT", "40123")
+    argv = read_procfile(REPO_PROCFILE)["dht"]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.identity, args.host, args.port, args.new_identity) == (tmp_path / "dht.key", "127.0.0.1", 40123, True)
+
+
+def test_the_swarm_line_joins_the_bootstrap_the_workers_are_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    bootstrap = "/ip4/127.0.0.1/tcp/40123/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
+    monkeypatch.setenv("FAR_MESH_DHT_BOOTSTRAP", bootstrap)
+    args = build_parser().parse_args(read_procfile(REPO_PROCFILE)["swarm"][1:])
+    assert args.initial_peers == [bootstrap] and args.dht_port is None
+    assert dht_host_port(bootstrap) == ("127.0.0.1", 40123)
+
+
+async def test_a_worker_started_before_the_dht_waits_for_it_then_goes_on() -> None:
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        peers = [f"/ip4/127.0.0.1/tcp/{port}/p2p/QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"]
+        waiting = asyncio.create_task(_wait_for_dht(peers, asyncio.Event()))
+        await asyncio.sleep(1.0)
+        assert not waiting.done()  # nothing listens yet: it waits instead of failing
+        reserved.listen()
+        assert await asyncio.wait_for(waiting, timeout=10) is True
+
+
+async def test_a_worker_waiting_for_the_dht_stops_on_sigterm() -> None:
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(_wait_for_dht(["/ip4/127.0.0.1/tcp/1/p2p/QmNothingListens"], stop))
+    await asyncio.sleep(0.2)
+    stop.set()
+    assert await asyncio.wait_for(waiting, timeout=10) is False
+
+
+def test_payouts_without_a_chain_say_so_and_idle_until_sigterm(tmp_path: Path) -> None:
+    # honcho stops every process when one exits: a payer with nothing configured must not exit
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAR_MESH_")}
+    env |= {"POSTGRES_URL": "postgresql://nobody@127.0.0.1:1/none", "PYTHONPATH": str(REPO_PROCFILE.parent)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "payouts", "serve"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert "payouts serve: no chain configured" in line and "FAR_MESH_TOKEN_ADDRESS" in line
+        time.sleep(0.5)
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_a_payout_setting_given_alone_still_stops_the_payer_with_the_missing_names() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAR_MESH_")}
+    env |= {
+        "POSTGRES_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "PYTHONPATH": str(REPO_PROCFILE.parent),
+        "FAR_MESH_TOKEN_ADDRESS": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "payouts", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "FAR_MESH_BATCH_CONTRACT_ADDRESS" in done.stderr
