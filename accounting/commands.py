@@ -114,16 +114,42 @@ def run_accounting(args: argparse.Namespace) -> int:
     from accounting.service import serve
     from accounting.settings import AccountingSettings
 
+    settings = AccountingSettings.from_env()
+    settings.configure_logging()
     if args.migrate:
         from schema.commands import migrate
 
+        asyncio.run(_wait_for_postgres(settings.postgres_url))
         if (status := migrate(args)) != 0:
             return status
-    settings = AccountingSettings.from_env()
-    settings.configure_logging()
     telemetry.configure(settings.far_mesh_tracing, "far-mesh-accounting")
     asyncio.run(serve(settings))
     return 0
+
+
+async def _wait_for_postgres(dsn: str) -> None:
+    """Return once PostgreSQL accepts a connection: started with it (a Procfile, a compose file), the accounting
+    line waits to migrate rather than exit, which would stop every process honcho runs beside it."""
+    import asyncpg
+
+    from protocol.backoff import Backoff
+
+    backoff = Backoff(0.5, 5.0)
+    while True:
+        try:
+            connection = await asyncpg.connect(dsn, timeout=5)
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:  # refused, or still starting up
+            log.warning(
+                "accounting waiting for PostgreSQL at POSTGRES_URL (%s); retrying in %.1fs",
+                type(exc).__name__,
+                backoff.delay_s,
+            )
+            await backoff.sleep()
+            continue
+        except asyncpg.PostgresError:  # it answers, with a problem (no such database...) the migration reports
+            return
+        await connection.close()
+        return
 
 
 def run_payouts(args: argparse.Namespace) -> int:

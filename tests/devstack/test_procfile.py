@@ -1,6 +1,7 @@
 """The Procfile is the one list of process commands; `far-mesh dev` and the deploy manifests read it."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import honcho.environ  # type: ignore[import-untyped]
 import pytest
 
+from accounting.commands import _wait_for_postgres
 from cli.main import build_parser
 from devstack.procfile import ProcfileError, commands_for, read_procfile
 from devstack.procfile_env import render, swarm_models
@@ -144,3 +146,17 @@ def test_a_payout_setting_given_alone_still_stops_the_payer_with_the_missing_nam
     )
     assert done.returncode == 2
     assert "FAR_MESH_BATCH_CONTRACT_ADDRESS" in done.stderr
+
+
+async def test_the_accounting_line_waits_for_postgresql_before_migrating(postgres_admin_dsn: str) -> None:
+    with socket.socket() as reserved:  # bound, not listening: connections are refused, as while PostgreSQL starts
+        reserved.bind(("127.0.0.1", 0))
+        waiting = asyncio.create_task(
+            _wait_for_postgres(f"postgresql://postgres@127.0.0.1:{reserved.getsockname()[1]}/postgres")
+        )
+        await asyncio.sleep(1.0)
+        assert not waiting.done()
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+    await asyncio.wait_for(_wait_for_postgres(postgres_admin_dsn), timeout=10)  # answers: no wait
