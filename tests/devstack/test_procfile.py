@@ -13,8 +13,11 @@ from pathlib import Path
 
 import honcho.environ  # type: ignore[import-untyped]
 import pytest
+from pydantic import SecretStr
 
 from accounting.commands import _wait_for_postgres
+from accounting.payer import _connect_when_reachable
+from chain.settings import PayoutSettings
 from cli.main import build_parser
 from devstack.procfile import ProcfileError, commands_for, read_procfile
 from devstack.procfile_env import render, swarm_models
@@ -25,7 +28,7 @@ REPO_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
 
 
 def test_every_procfile_line_names_a_real_far_mesh_subcommand() -> None:
-    subcommands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    subcommands = dict(build_parser()._subparsers._group_actions[0].choices or {})  # type: ignore[union-attr]
     for name, argv in read_procfile(REPO_PROCFILE).items():
         assert argv[0] == "far-mesh", name
         assert argv[1] in subcommands, f"Procfile {name}: far-mesh has no {argv[1]!r} subcommand"
@@ -160,3 +163,20 @@ async def test_the_accounting_line_waits_for_postgresql_before_migrating(postgre
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
     await asyncio.wait_for(_wait_for_postgres(postgres_admin_dsn), timeout=10)  # answers: no wait
+
+
+async def test_a_payer_started_before_its_chain_node_waits_for_it_and_stops_on_sigterm() -> None:
+    settings = PayoutSettings(
+        postgres_url="postgresql://nobody@127.0.0.1:1/none",
+        far_mesh_chain_rpc_url="http://127.0.0.1:1",  # nothing answers: the node is still starting
+        far_mesh_token_address="0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        far_mesh_batch_contract_address="0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+        far_mesh_treasury_key=SecretStr("0x" + "11" * 32),
+        far_mesh_chain_rpc_timeout_s=1,
+    )
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(_connect_when_reachable(settings, stop))
+    await asyncio.sleep(1.5)
+    assert not waiting.done()  # it waits instead of exiting
+    stop.set()
+    assert await asyncio.wait_for(waiting, timeout=10) is None
