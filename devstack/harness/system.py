@@ -10,6 +10,7 @@ it in a session fixture (tests/fixtures/system.py); the end-to-end benchmarks an
 import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -168,17 +169,22 @@ def wait_until_serving(child: Child, timeout_s: float = 120) -> None:
     if port is None:
         return
     path = "/health" if child.name in ("web", "portal") else "/metrics"
+    wait_for_http(f"http://127.0.0.1:{port}{path}", child.process, child.name, timeout_s)
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], name: str, timeout_s: float) -> None:
+    """Until `url` answers 200; a `process` that exits first, or a deadline passed, raises naming `name`."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if child.process.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with status {child.process.returncode} while starting")
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {process.returncode} while starting")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{child.name} did not serve on port {port} within {timeout_s} s")
+            raise TimeoutError(f"{name} did not serve {url} within {timeout_s} s")
         time.sleep(0.2)
 
 

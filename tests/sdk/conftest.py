@@ -9,14 +9,13 @@
 import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 
+from devstack.harness.system import wait_for_http
 from devstack.ports import free_port
 from devstack.system import DEV_WALLET
 from gateway.api_keys import create_key
@@ -57,7 +56,7 @@ def strict_gateway(e2e_system: SystemUnderTest, tmp_path_factory: pytest.TempPat
         process = subprocess.Popen([sys.executable, "-m", "cli", "gateway"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_health(url, process, log_path)
+        wait_for_http(f"{url}/health", process, f"the strict gateway (its log: {log_path})", timeout_s=60)
         yield url
     finally:
         process.terminate()
@@ -66,21 +65,6 @@ def strict_gateway(e2e_system: SystemUnderTest, tmp_path_factory: pytest.TempPat
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
-
-
-def _wait_for_health(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the strict gateway exited ({process.returncode}): {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the strict gateway did not serve within {timeout_s} s")
-        time.sleep(0.2)
 
 
 @pytest.fixture
