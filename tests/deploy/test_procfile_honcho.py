@@ -247,6 +247,8 @@ def test_honcho_start_runs_every_procfile_line_until_a_generation_completes(
     # honcho signals each process's group: its shell ends by SIGTERM (-15) once the process inside has shut down
     assert {name: rc for name, rc in statuses.items() if rc not in ("0", "-15")} == {}, honcho.tail()
     for name, line in GRACEFUL_STOPS.items():
-        assert re.search(rf"{name}\.1\s+\| .*{re.escape(line)}", output), f"{name} did not shut down: {line!r}\n{honcho.tail(80)}"
+        assert re.search(rf"{name}\.1\s+\| .*{re.escape(line)}", output), (
+            f"{name} did not shut down: {line!r}\n{honcho.tail(80)}"
+        )
     assert "Traceback" not in output, honcho.tail(80)
     assert leftovers == [], "processes of the run outlived honcho (p2pd daemons, swarm servers?)"
