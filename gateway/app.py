@@ -95,7 +95,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         relay = StreamRelay(
             reader_redis,
             readers=settings.gateway_relay_readers,
-            heartbeat_s=settings.gateway_heartbeat_interval_s,
+            keepalive_s=settings.gateway_heartbeat_interval_s,
             observe_latencies_s=metrics.relay_latency.observe_many,
         )
         lease_s = max(3 * settings.gateway_heartbeat_interval_s, 2 * settings.gateway_cancel_grace_s, 5.0)

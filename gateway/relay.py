@@ -71,7 +71,7 @@ class Subscription:
         "_waiter",
         "_closed",
         "_busy",
-        "_heartbeat_due",
+        "_keepalive_due",
         "_ended_by",
     )
 
@@ -88,7 +88,7 @@ class Subscription:
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._busy = True
-        self._heartbeat_due = False
+        self._keepalive_due = False
         self._ended_by: str | None = None
 
     def deliver(self, entries: list[tuple[EntryId, Entry]]) -> None:
@@ -105,9 +105,9 @@ class Subscription:
             self._wake()
 
     def tick(self) -> None:
-        """Called every heartbeat interval: a subscription that got nothing since the last tick gets an empty batch."""
+        """Called every keep-alive interval: a subscription that got nothing since the last tick gets an empty batch."""
         if not self._busy and not self._pending:
-            self._heartbeat_due = True
+            self._keepalive_due = True
             self._wake()
         self._busy = False
 
@@ -137,9 +137,9 @@ class Subscription:
             self._waiter.set_result(None)
 
     async def next_batch(self) -> list[Entry] | None:
-        """Every entry delivered since the last call: [] when idle for a heartbeat interval, None if interrupted
+        """Every entry delivered since the last call: [] when idle for a keep-alive interval, None if interrupted
         (after the entries delivered before the interruption)."""
-        while not (self._pending or self._closed or self._heartbeat_due):
+        while not (self._pending or self._closed or self._keepalive_due):
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -150,7 +150,7 @@ class Subscription:
             return batch
         if self._closed:
             return None
-        self._heartbeat_due = False
+        self._keepalive_due = False
         return []
 
 
@@ -298,13 +298,13 @@ class StreamRelay:
         redis: aioredis.Redis,
         *,
         readers: int,
-        heartbeat_s: float = 15.0,
+        keepalive_s: float = 15.0,
         block_ms: int = 5000,
         observe_latencies_s: ObserveLatencies = lambda _: None,
     ) -> None:
         """`redis` must not decode responses, and have no socket timeout shorter than `block_ms`."""
         process_id = uuid.uuid4().hex[:12]
-        self._heartbeat_s = heartbeat_s
+        self._keepalive_s = keepalive_s
         self._ticker: asyncio.Task[None] | None = None
         self._readers = [_Reader(redis, f"{process_id}:{i}", block_ms, observe_latencies_s) for i in range(readers)]
         self._reader_of: dict[Subscription, _Reader] = {}
@@ -312,7 +312,7 @@ class StreamRelay:
     def start(self) -> None:
         for reader in self._readers:
             reader.task = asyncio.create_task(reader.run(), name=f"relay-reader:{reader.wake_key}")
-        self._ticker = asyncio.create_task(self._tick_forever(), name="relay-heartbeat")
+        self._ticker = asyncio.create_task(self._tick_forever(), name="relay-keepalive")
         log.info("relay started readers=%d", len(self._readers))
 
     async def stop(self) -> None:
@@ -323,9 +323,9 @@ class StreamRelay:
         log.info("relay stopped")
 
     async def _tick_forever(self) -> None:
-        """One timer for every client's heartbeat, rather than a timeout on each client's every wait."""
+        """One timer for every client's keep-alive, rather than a timeout on each client's every wait."""
         while True:
-            await asyncio.sleep(self._heartbeat_s)
+            await asyncio.sleep(self._keepalive_s)
             for sub in tuple(self._reader_of):
                 sub.tick()
 

@@ -1,8 +1,8 @@
 """Server-Sent Events relayed from one token stream, ending after its done or error event.
 
 Each event's `id:` is the stream entry id, so `Last-Event-ID` resumes exactly after it on any replica. Idle
-connections get a comment line every heartbeat interval. The response watches for the client going away
-itself (rather than relying on a failed write) so the job can be cancelled promptly.
+connections get a keep-alive comment every GATEWAY_HEARTBEAT_INTERVAL_S. The response watches for the client
+going away itself (rather than relying on a failed write) so the job can be cancelled promptly.
 
 Every response ends, whatever the stream does: past its deadline the client gets an error event (without an
 id, so a resume still starts after the last real event) and the request is cancelled; a client that stops
@@ -25,7 +25,7 @@ from protocol.stream_ids import BEFORE_FIRST
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = b": keep-alive\n\n"
+KEEP_ALIVE = b": keep-alive\n\n"
 Render = Callable[[Entry], bytes]
 OnClose = Callable[[bool, bool], Awaitable[None]]
 """Called once when the response ends: (the request is done with — final event sent or deadline passed —,
@@ -155,7 +155,7 @@ class EventStreamResponse(Response):
                             await self._write(sub, send, body, more=False)
                 return False
             if not batch:
-                await self._write(sub, send, HEARTBEAT, more=True)
+                await self._write(sub, send, KEEP_ALIVE, more=True)
                 continue
             chunks = []
             finished = False

@@ -122,12 +122,12 @@ async def test_a_client_that_disconnects_and_does_not_return_gets_its_job_cancel
     assert await redis.exists(keys.cancel_flag("req_gone"))
 
 
-async def test_idle_streams_get_heartbeat_comments(
+async def test_idle_streams_get_keep_alive_comments(
     gateway_url: str, healthy_swarm: SwarmSnapshot, issue_key: IssueKey
 ) -> None:
     key, _ = await issue_key()
     async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
         async with client.stream("POST", "/inference/generate", json={"prompt": "queued"}, headers=auth(key)) as r:
             async for line in r.aiter_lines():
-                assert line == ": keep-alive"  # no worker runs: the first thing sent is a heartbeat
+                assert line == ": keep-alive"  # no worker runs: the first thing sent is a keep-alive
                 break

@@ -13,7 +13,7 @@ from protocol.stream_ids import parse_entry_id
 @pytest.fixture
 async def relay(redis_url: str, redis: aioredis.Redis) -> AsyncIterator[StreamRelay]:
     client = aioredis.Redis.from_url(redis_url)
-    relay = StreamRelay(client, readers=1, heartbeat_s=0.2, block_ms=30_000)  # a wake must not wait for this timeout
+    relay = StreamRelay(client, readers=1, keepalive_s=0.2, block_ms=30_000)  # a wake must not wait for this timeout
     relay.start()
     yield relay
     await relay.stop()
@@ -29,7 +29,7 @@ async def test_a_new_subscriber_wakes_the_reader_already_blocked_on_other_stream
     second = await relay.subscribe("gen:b")
     batch = await asyncio.wait_for(second.next_batch(), timeout=5)
     assert batch is not None and len(batch) == 1
-    assert await asyncio.wait_for(first.next_batch(), timeout=5) == []  # a heartbeat: nothing for gen:a
+    assert await asyncio.wait_for(first.next_batch(), timeout=5) == []  # a keep-alive tick: nothing for gen:a
 
 
 async def test_clients_of_one_stream_at_different_positions_each_get_exactly_what_follows_theirs(
