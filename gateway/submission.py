@@ -161,8 +161,7 @@ async def _submit(
             f"request_id {request_id!r} is already used by another API key; choose another", field="request_id"
         )
     spec = resolve_model(state, first.model_id)  # the first submission's model, whatever this body says
-    followed = FollowedRequest(key.key_id, spec.model_id, request_id)
-    slot = await admit(state, followed, key.limits.max_concurrent_streams)
+    slot = await admit(state, following(key, spec.model_id, request_id))
     trace.admitted(request_id, spec.model_id, new_job=False)
     return Accepted(request_id, spec, slot, trace)
 
@@ -189,11 +188,11 @@ async def _start(
 ) -> Slot:
     """Admit and enqueue the request whose owner key was just written; undo both if either fails, so a retry
     with the same id starts it afresh and no slot is left taken."""
-    followed = FollowedRequest(key.key_id, spec.model_id, request_id)
+    followed = following(key, spec.model_id, request_id)
     slot: Slot | None = None
     reserved = False
     try:
-        slot = await admit(state, followed, key.limits.max_concurrent_streams)
+        slot = await admit(state, followed)
         if key.limits.budgeted:
             max_cost_far = body.max_tokens * state.settings.catalog.price_of(spec)
             await state.budgets.reserve(key, request_id, max_cost_far)
@@ -213,10 +212,15 @@ async def _start(
         raise
 
 
-async def admit(state: GatewayState, followed: FollowedRequest, max_streams: int | None = None) -> Slot:
+def following(key: ApiKey, model_id: str, request_id: str) -> FollowedRequest:
+    """What a connection of `key` follows: the request, counted against the key's own stream limit."""
+    return FollowedRequest(key.key_id, model_id, request_id, key.limits.max_concurrent_streams)
+
+
+async def admit(state: GatewayState, followed: FollowedRequest) -> Slot:
     """A concurrent-stream slot for one more connection of `followed`'s key; 429 when it already holds the most
-    (`max_streams` or the followed request's, the key's own limit, else GATEWAY_MAX_CONCURRENT_STREAMS)."""
-    limit = max_streams or followed.max_streams or state.settings.gateway_max_concurrent_streams
+    (the key's own limit, else GATEWAY_MAX_CONCURRENT_STREAMS)."""
+    limit = followed.max_streams or state.settings.gateway_max_concurrent_streams
     slot = await state.inflight.admit(followed, limit)
     if slot is None:
         raise TooManyRequests(
@@ -270,4 +274,4 @@ async def owned_request(state: GatewayState, request_id: str, key: ApiKey) -> Fo
     first = RequestOwner.decode(owner)
     if first.api_key_id != key.key_id:
         raise Forbidden(f"request {request_id!r} belongs to another API key", field="request_id")
-    return FollowedRequest(key.key_id, first.model_id, request_id, key.limits.max_concurrent_streams)
+    return following(key, first.model_id, request_id)
