@@ -1,17 +1,9 @@
 """The accounting process's settings: the ledger's POSTGRES_URL plus how the usage stream is consumed."""
 
-import os
-import socket
-import uuid
-
 from pydantic import Field
 
+from protocol.settings import unique_consumer_name
 from schema.settings import LedgerSettings
-
-
-def _default_consumer_name() -> str:
-    # Unique per process, so two replicas never share pending entries by accident.
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class AccountingSettings(LedgerSettings):
@@ -33,7 +25,7 @@ class AccountingSettings(LedgerSettings):
     )
     accounting_retry_max_s: float = Field(default=10.0, gt=0, description="Longest wait between ledger reconnects")
     accounting_consumer_name: str = Field(
-        default_factory=_default_consumer_name,
+        default_factory=unique_consumer_name,
         min_length=1,
         max_length=200,
         description="This consumer's name in the group; defaults to host-pid-random",

@@ -6,6 +6,9 @@ never with a traceback ten minutes later.
 """
 
 import logging
+import os
+import socket
+import uuid
 from decimal import Decimal
 from typing import Any, Literal, Self
 
@@ -17,6 +20,12 @@ from protocol.log_format import JsonFormatter
 from protocol.money import FarAmount
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+def unique_consumer_name() -> str:
+    """A Redis consumer-group member name unique per process (host-pid-random), so two replicas never share
+    pending entries by accident."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class SettingsError(Exception):

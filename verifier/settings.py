@@ -1,16 +1,9 @@
 """The verifier's settings: the ledger (POSTGRES_URL), Redis, the catalog whose weights it loads, and the ban rule."""
 
-import os
-import socket
-import uuid
-
 from pydantic import Field
 
+from protocol.settings import unique_consumer_name
 from schema.settings import LedgerSettings
-
-
-def _default_consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class VerifierSettings(LedgerSettings):
@@ -28,7 +21,7 @@ class VerifierSettings(LedgerSettings):
     )
     far_mesh_verifier_batch: int = Field(default=8, ge=1, le=1000, description="Spot checks read per stream call")
     far_mesh_verifier_consumer_name: str = Field(
-        default_factory=_default_consumer_name,
+        default_factory=unique_consumer_name,
         min_length=1,
         max_length=200,
         description="This verifier's name in its consumer group; defaults to host-pid-random",
