@@ -12,7 +12,6 @@ direct greedy session). Run: `.venv/bin/python bench/bench_verification.py`.
 import asyncio
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,18 +31,14 @@ from bench_worker import (  # noqa: E402
     PROMPT,
     TOKENS_EACH,
     _clean_up,
-    _cleanups,
     _on_signal,
     deadline,
     direct_generation,
-    stop_processes,
+    start_redis_and_swarm,
     through_worker,
 )
 
-from devstack.redis_server import RedisServer  # noqa: E402
 from mesh.client import open_client  # noqa: E402
-from mesh.local_swarm import LocalSwarm, split_plans  # noqa: E402
-from mesh.tiny_models import ensure_tiny_models  # noqa: E402
 from protocol import keys  # noqa: E402
 from protocol.catalog import ModelSpec  # noqa: E402
 from protocol.verification import SpotCheck  # noqa: E402
@@ -112,15 +107,7 @@ def verifier_seconds_per_token(model: ModelSpec, checks: list[SpotCheck]) -> tup
 
 
 def run() -> None:
-    (model, _) = ensure_tiny_models(REPO / ".cache" / "far-mesh")
-    work = Path(tempfile.mkdtemp(prefix="bench-verification-"))
-    redis_server = RedisServer(work / "redis")
-    _cleanups.append(redis_server.stop)
-    redis_server.start()
-    swarm = LocalSwarm(split_plans(model, 2), work_dir=work / "swarm")
-    _cleanups.append(lambda: stop_processes(swarm))
-    with deadline("starting the swarm", 180):
-        swarm.start()
+    model, redis_server, swarm = start_redis_and_swarm("bench-verification-")
     base = redis_server.url.rsplit("/", 1)[0]  # redis://host:port/0 -> two databases of their own
     url_off, url_on = f"{base}/1", f"{base}/2"
     common: dict[str, Any] = {

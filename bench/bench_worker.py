@@ -181,9 +181,10 @@ def stop_processes(swarm: LocalSwarm) -> None:
         process.stop()
 
 
-def run() -> None:
+def start_redis_and_swarm(prefix: str) -> tuple[ModelSpec, RedisServer, LocalSwarm]:
+    """A private Redis and a two-server swarm of the tiny model, both stopped by `_clean_up`."""
     (model, _) = ensure_tiny_models(REPO / ".cache" / "far-mesh")
-    work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     redis_server = RedisServer(work / "redis")
     _cleanups.append(redis_server.stop)
     redis_server.start()
@@ -191,6 +192,11 @@ def run() -> None:
     _cleanups.append(lambda: stop_processes(swarm))
     with deadline("starting the swarm", 180):
         swarm.start()
+    return model, redis_server, swarm
+
+
+def run() -> None:
+    model, redis_server, swarm = start_redis_and_swarm("bench-worker-")
 
     settings = WorkerSettings.from_env(
         redis_url=redis_server.url,
