@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 import uuid
 from decimal import Decimal
@@ -29,14 +28,11 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_gateway_relay import percentiles, postgres_for_bench  # the relay bench's ledger and percentile helpers
+from bench_gateway_relay import bench_gateway, percentiles  # the relay bench's gateway and percentile helpers
 
-from devstack.harness.gateway import GATEWAY_ENV, MODEL_ID, WALLET, snapshot, start_gateway, stop_gateway
+from devstack.harness.gateway import WALLET
 from devstack.harness.synthetic_worker import SyntheticWorker
-from devstack.postgres_server import drop_database
-from devstack.redis_server import RedisServer
 from gateway.api_keys import KeyLimits, create_key
-from protocol import keys
 
 
 async def issue(dsn: str, limits: KeyLimits | None) -> str:
@@ -61,49 +57,28 @@ async def admit_once(http: httpx.AsyncClient, key: str) -> float:
 
 
 async def admission(requests: int) -> tuple[list[float], list[float]]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-admission-"))
-    redis_server = RedisServer(tmp / "redis").start()
-    admin, dsn, embedded = await postgres_for_bench(tmp)
-    gateway = None
-    worker_task = None
-    try:
-        client = aioredis.Redis.from_url(redis_server.url)
-        await client.hset(keys.SWARM_SNAPSHOTS, MODEL_ID, snapshot().model_dump_json())  # type: ignore[misc]
-        env = {
-            **GATEWAY_ENV,
-            "REDIS_URL": redis_server.url,
-            "POSTGRES_URL": dsn,
-            "LOG_LEVEL": "WARNING",
-            "GATEWAY_RATE_LIMIT_PER_MINUTE": str(requests * 10),
-            "GATEWAY_KEY_CACHE_S": "300",
-        }
-        gateway, url = start_gateway(env, tmp / "gateway.log")
-        plain = await issue(dsn, None)
+    env = {"GATEWAY_RATE_LIMIT_PER_MINUTE": str(requests * 10), "GATEWAY_KEY_CACHE_S": "300"}
+    async with bench_gateway("bench-admission-", env) as gateway:
+        plain = await issue(gateway.dsn, None)
         budgeted = await issue(
-            dsn, KeyLimits(max_budget_far=Decimal(1_000_000), period_budget_far=Decimal(10_000), budget_period="day")
+            gateway.dsn,
+            KeyLimits(max_budget_far=Decimal(1_000_000), period_budget_far=Decimal(10_000), budget_period="day"),
         )
-        worker = SyntheticWorker(aioredis.Redis.from_url(redis_server.url), token_delay_s=0)
+        worker = SyntheticWorker(aioredis.Redis.from_url(gateway.redis_url), token_delay_s=0)
         worker_task = asyncio.create_task(worker.run())
         off: list[float] = []
         on: list[float] = []
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            for _ in range(20):  # warm up both paths: key cache, script cache, the budget account's rebuild
-                await admit_once(http, plain)
-                await admit_once(http, budgeted)
-            for _ in range(requests):
-                off.append(await admit_once(http, plain))
-                on.append(await admit_once(http, budgeted))
-        await client.aclose()
-        return off, on
-    finally:
-        if worker_task is not None:
+        try:
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+                for _ in range(20):  # warm up both paths: key cache, script cache, the budget account's rebuild
+                    await admit_once(http, plain)
+                    await admit_once(http, budgeted)
+                for _ in range(requests):
+                    off.append(await admit_once(http, plain))
+                    on.append(await admit_once(http, budgeted))
+        finally:
             worker_task.cancel()
-        if gateway is not None:
-            stop_gateway(gateway)
-        redis_server.stop()
-        await drop_database(admin, dsn.rsplit("/", 1)[1])
-        if embedded is not None:
-            embedded.cleanup()
+        return off, on
 
 
 def per_token_costs(tokens: int) -> tuple[float, float]:

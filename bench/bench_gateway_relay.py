@@ -18,10 +18,14 @@ import json
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -188,29 +192,52 @@ async def postgres_for_bench(tmp: Path) -> tuple[str, str, EmbeddedPostgres | No
     return admin, dsn, embedded
 
 
-async def main(args: argparse.Namespace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+@dataclass(frozen=True)
+class BenchGateway:
+    """A `far-mesh gateway` process on a private Redis and a throwaway ledger database."""
+
+    redis_url: str
+    dsn: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@asynccontextmanager
+async def bench_gateway(prefix: str, env: dict[str, str]) -> AsyncIterator[BenchGateway]:
+    """Start the gateway (GATEWAY_ENV, then `env`) with one healthy swarm snapshot in Redis; stop and remove it
+    all afterwards, the ledger database included."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     redis_server = RedisServer(tmp / "redis").start()
     admin, dsn, embedded = await postgres_for_bench(tmp)
     gateway = None
     try:
         client = aioredis.Redis.from_url(redis_server.url)
         await client.hset(keys.SWARM_SNAPSHOTS, MODEL_ID, snapshot().model_dump_json())  # type: ignore[misc]
+        await client.aclose()
+        stores = {"REDIS_URL": redis_server.url, "POSTGRES_URL": dsn, "LOG_LEVEL": "WARNING"}
+        gateway, url = start_gateway({**GATEWAY_ENV, **stores, **env}, tmp / "gateway.log")
+        yield BenchGateway(redis_server.url, dsn, url, gateway)
+    finally:
+        if gateway is not None:
+            stop_gateway(gateway)
+        redis_server.stop()
+        await drop_database(admin, dsn.rsplit("/", 1)[1])
+        if embedded is not None:
+            embedded.cleanup()
 
-        env = {
-            **GATEWAY_ENV,
-            "REDIS_URL": redis_server.url,
-            "POSTGRES_URL": dsn,
-            "LOG_LEVEL": "WARNING",
-            "GATEWAY_RATE_LIMIT_PER_MINUTE": str(args.streams * 10),
-            "GATEWAY_MAX_TOKENS": "4096",
-            "GATEWAY_MAX_CONCURRENT_STREAMS": str(args.streams * 2),
-            "GATEWAY_HEARTBEAT_INTERVAL_S": "15",
-            "GATEWAY_RELAY_READERS": str(args.readers),
-        }
-        gateway, url = start_gateway(env, tmp / "gateway.log")
-        port = int(url.rsplit(":", 1)[1])
-        key = await asyncio.to_thread(issue_key_sync, dsn)
+
+async def main(args: argparse.Namespace) -> None:
+    env = {
+        "GATEWAY_RATE_LIMIT_PER_MINUTE": str(args.streams * 10),
+        "GATEWAY_MAX_TOKENS": "4096",
+        "GATEWAY_MAX_CONCURRENT_STREAMS": str(args.streams * 2),
+        "GATEWAY_HEARTBEAT_INTERVAL_S": "15",
+        "GATEWAY_RELAY_READERS": str(args.readers),
+    }
+    async with bench_gateway("bench-gateway-", env) as bench:
+        client = aioredis.Redis.from_url(bench.redis_url)
+        port = int(bench.url.rsplit(":", 1)[1])
+        key = await asyncio.to_thread(issue_key_sync, bench.dsn)
         gateway_ids = [f"bench-{i}" for i in range(args.streams)]
         delays: list[float] = []
         opened = asyncio.Event()
@@ -220,26 +247,19 @@ async def main(args: argparse.Namespace) -> None:
         ]
         await asyncio.wait_for(opened.wait(), timeout=120)
         await client.delete(keys.queue_for(MODEL_ID))  # no worker runs here: the producer plays its part
-        cpu_before, client_before, wall_before = cpu_seconds(gateway.pid), time.process_time(), time.monotonic()
+        cpu_before, client_before, wall_before = cpu_seconds(bench.process.pid), time.process_time(), time.monotonic()
         context = multiprocessing.get_context("spawn")
         raw_results: multiprocessing.Queue[list[float]] = context.Queue()
-        raw = context.Process(target=read_raw, args=(redis_server.url, gateway_ids, 10, raw_results))
+        raw = context.Process(target=read_raw, args=(bench.redis_url, gateway_ids, 10, raw_results))
         raw.start()
-        producer = start_producer(redis_server.url, gateway_ids, args)
+        producer = start_producer(bench.redis_url, gateway_ids, args)
         await asyncio.gather(*clients)
         raw_delays = await asyncio.to_thread(raw_results.get, True, 60)
         raw.join()
-        cpu_used = cpu_seconds(gateway.pid) - cpu_before
+        cpu_used = cpu_seconds(bench.process.pid) - cpu_before
         client_share = (time.process_time() - client_before) / (time.monotonic() - wall_before)
         producer.join()
         await client.aclose()
-    finally:
-        if gateway is not None:
-            stop_gateway(gateway)
-        redis_server.stop()
-        await drop_database(admin, dsn.rsplit("/", 1)[1])
-        if embedded is not None:
-            embedded.cleanup()
 
     raw_p50, raw_p99 = percentiles(raw_delays)
     gw_p50, gw_p99 = percentiles(delays)
