@@ -6,7 +6,8 @@ against spend settled so far plus every open reservation, so concurrent requests
 budget cannot together pass it. An account Redis does not hold (first use, eviction, a restart) is rebuilt from
 the ledger first, and an account in use is rebuilt again every `RECONCILE_S`, so spend Redis missed (a settle
 that never happened) is corrected from the ledger; a request refused or never enqueued gives its reservation
-back at once.
+back at once. A rebuild never lowers known spend: the ledger lags the settles (accounting writes in batches),
+so its figure is taken only where it is higher than what Redis already counts.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -58,7 +59,9 @@ return {1}
 
 REBUILD: Final = """
 -- KEYS: account, reservations. ARGV: account ttl s, now_ms, rebuild when older than (ms), then field, value pairs
--- of the ledger's spend. Another replica's fresh rebuild is kept.
+-- of the ledger's spend. Another replica's fresh rebuild is kept. Each spend field becomes the larger of Redis's
+-- and the ledger's figure: the ledger adds spend Redis missed, and never erases spend settled in Redis that
+-- accounting has not written yet.
 local rebuilt = tonumber(redis.call('HGET', KEYS[1], 'rebuilt') or '-1')
 if rebuilt >= 0 and rebuilt >= tonumber(ARGV[2]) - tonumber(ARGV[3]) then
   return 0
@@ -69,7 +72,10 @@ for _, amount in ipairs(redis.call('HVALS', KEYS[2])) do
 end
 redis.call('HSET', KEYS[1], 'held', held, 'rebuilt', ARGV[2])
 for i = 4, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  local known = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > known then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1

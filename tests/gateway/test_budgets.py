@@ -15,11 +15,13 @@ import pytest
 import redis.asyncio as aioredis
 from langchain_openai import ChatOpenAI
 
+from accounting.ledger import write_batch
 from gateway.api_keys import ApiKey, KeyLimits
 from gateway.budgets import BudgetExceeded, Budgets
 from protocol import budgets
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import MODEL_ID, OTHER_MODEL_ID, PRICE, IssueKey, SyntheticWorker, auth, read_events
+from tests.fixtures.ledger import unique_id, usage_record
 
 
 def _body(max_tokens: int, prompt: str = "Hi") -> dict[str, Any]:
@@ -173,23 +175,63 @@ async def test_a_reservation_whose_request_never_settles_lapses_and_frees_the_bu
         await pool.close()
 
 
+async def _settle(redis: aioredis.Redis, key_id: str, request_id: str, cost_far: Decimal) -> None:
+    """What the worker does when a request ends: settle its reservation to its cost (`budgets.SETTLE`)."""
+    args = budgets.settle_args(request_id, cost_far, datetime.now(UTC))
+    keys = budgets.settle_keys(key_id, request_id)
+    assert await redis.eval(budgets.SETTLE, len(keys), *keys, *args) == 1  # type: ignore[misc]
+
+
+async def _make_rebuild_due(redis: aioredis.Redis, key_id: str) -> None:
+    stale = int(time.time() * 1000) - (budgets.RECONCILE_S + 1) * 1000
+    await redis.hset(budgets.account(key_id), "rebuilt", stale)  # type: ignore[misc]
+
+
 async def test_an_account_in_use_is_reconciled_with_the_ledger_every_few_minutes(
     redis: aioredis.Redis, migrated_postgres_dsn: str
 ) -> None:
-    """Spend Redis holds but the ledger does not (here: made up) is replaced by the ledger's at the next rebuild."""
+    """Spend the ledger holds but Redis missed (a worker died between its ending and its settle) is added at the
+    next rebuild."""
+    key = ApiKey(uuid.uuid4().hex[:16], "0x0", "", KeyLimits(max_budget_far=Decimal("0.001")))
+    pool = await asyncpg.create_pool(migrated_postgres_dsn, min_size=0, max_size=1)
+    try:
+        store = Budgets(redis, pool, timeout_s=5, reservation_ttl_s=60)
+        await store.reserve(key, "req-a", Decimal("0.0001"))
+        await _settle(redis, key.key_id, "req-a", Decimal("0.0001"))
+        missed = usage_record(unique_id("req"), {"peer-a": 1}, tokens_generated=9, price_far=Decimal("0.0001"))
+        async with pool.acquire() as connection:
+            await write_batch(connection, [missed.model_copy(update={"api_key_id": key.key_id})])
+        await _make_rebuild_due(redis, key.key_id)
+        with pytest.raises(BudgetExceeded):  # 0.0009 in the ledger + 0.0002 > 0.001
+            await store.reserve(key, "req-b", Decimal("0.0002"))
+        assert (
+            await redis.hget(budgets.account(key.key_id), "spent")
+            == str(budgets.to_nano(missed.total_cost_far)).encode()
+        )
+    finally:
+        await pool.close()
+
+
+async def test_a_rebuild_never_lowers_spend_settled_in_redis_that_the_ledger_has_not_written_yet(
+    redis: aioredis.Redis, migrated_postgres_dsn: str
+) -> None:
+    """Accounting lags the settles: a rebuild in that window must not forget the spend, or the key overspends."""
     key = ApiKey(uuid.uuid4().hex[:16], "0x0", "", KeyLimits(max_budget_far=Decimal("0.001")))
     account_key = budgets.account(key.key_id)
     pool = await asyncpg.create_pool(migrated_postgres_dsn, min_size=0, max_size=1)
     try:
         store = Budgets(redis, pool, timeout_s=5, reservation_ttl_s=60)
-        await store.reserve(key, "req-a", Decimal("0.0001"))
-        await redis.hset(account_key, "spent", budgets.to_nano(Decimal("0.001")))  # drift: Redis over-counts
-        with pytest.raises(BudgetExceeded):
-            await store.reserve(key, "req-b", Decimal("0.0001"))
-        stale = int(time.time() * 1000) - (budgets.RECONCILE_S + 1) * 1000
-        await redis.hset(account_key, "rebuilt", stale)
-        await store.reserve(key, "req-b", Decimal("0.0001"))  # rebuilt from the (empty) ledger first
-        assert await redis.hget(account_key, "spent") == b"0"
-        assert int(await redis.hget(account_key, "held")) == 2 * budgets.to_nano(Decimal("0.0001"))
+        await store.reserve(key, "req-a", Decimal("0.0008"))
+        await _settle(redis, key.key_id, "req-a", Decimal("0.0008"))  # settled; the ledger has nothing yet
+        spent_before = await redis.hgetall(account_key)  # type: ignore[misc]
+        await _make_rebuild_due(redis, key.key_id)
+        with pytest.raises(BudgetExceeded):  # 0.0008 settled + 0.0005 > 0.001, rebuilt or not
+            await store.reserve(key, "req-b", Decimal("0.0005"))
+        after = await redis.hgetall(account_key)  # type: ignore[misc]
+        assert int(after[b"rebuilt"]) > int(time.time() * 1000) - 60_000  # the rebuild did run
+        for field, value in spent_before.items():
+            if field.startswith(b"spent"):
+                assert after[field] == value, field
+        await store.reserve(key, "req-c", Decimal("0.0002"))  # what truly remains still fits
     finally:
         await pool.close()
