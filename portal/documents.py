@@ -141,7 +141,7 @@ async def sign_in_message(state: PortalState, wallet: str) -> dict[str, Any]:
         domain=state.settings.portal_domain,
         address=wallet,
         statement=siwe.STATEMENT,
-        uri=f"http://{state.settings.portal_domain}/",
+        uri=state.sign_in_uri,
         version="1",
         chain_id=state.settings.portal_chain_id,
         nonce=nonce,

@@ -142,6 +142,7 @@ async def sign_in_verify(request: Request) -> Response:
         signature=inputs.required_text(body, "signature", max_chars=200),
         domain=state.binding.domain,
         chain_id=state.binding.chain_id,
+        uri=state.sign_in_uri,
         max_age=state.binding.max_age,
     )
     session = state.sessions.new(wallet)

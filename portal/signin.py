@@ -1,6 +1,6 @@
 """Accepting a signed Sign-In with Ethereum message: checks in order, the nonce used up last.
 
-Fields first (this portal's domain and chain id, times), then the signature (it must recover the address the
+Fields first (this portal's domain, URI and chain id, times), then the signature (it must recover the address the
 message names), then the nonce, deleted as it is checked, so a message signed once signs in once.
 """
 
@@ -14,12 +14,12 @@ from portal.signing import InvalidSignature, recover_signer
 
 
 async def verify_sign_in(
-    pool: asyncpg.Pool, *, message: str, signature: str, domain: str, chain_id: int, max_age: timedelta
+    pool: asyncpg.Pool, *, message: str, signature: str, domain: str, uri: str, chain_id: int, max_age: timedelta
 ) -> str:
     """The wallet that signed in; `SignatureRefused` (401) names what was wrong."""
     try:
         parsed = siwe.parse(message)
-        siwe.check_fields(parsed, domain=domain, chain_id=chain_id, now=datetime.now(UTC), max_age=max_age)
+        siwe.check_fields(parsed, domain=domain, uri=uri, chain_id=chain_id, now=datetime.now(UTC), max_age=max_age)
     except siwe.InvalidSiweMessage as exc:
         raise SignatureRefused(str(exc), field="message") from None
     try:

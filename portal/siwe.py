@@ -2,8 +2,10 @@
 
 The portal gives the browser the exact message to sign (its domain, the address, a fresh server nonce, the
 chain id and a short validity); the browser's wallet signs it with `personal_sign`; the portal parses the text
-it gets back and accepts it only if every field is what this portal would have written: its own domain and
+it gets back and accepts it only if every field is what this portal would have written: its own domain, URI and
 chain id, a nonce it issued and nobody used (consumed here, so a replay fails), times that have not passed.
+The URI is checked as strictly as the domain: a message naming another resource (a phishing page's copy of the
+portal, another origin of the same host) was not written for this portal, whatever its domain line says.
 The parser reads the ABNF's line layout strictly; anything else is refused, never guessed at.
 """
 
@@ -55,6 +57,12 @@ class SiweMessage:
         if self.not_before is not None:
             lines.append(f"Not Before: {_iso(self.not_before)}")
         return "\n".join(lines)
+
+
+def portal_uri(domain: str, *, secure: bool) -> str:
+    """The URI the portal's messages name and must come back naming: its own origin (https when its cookies are
+    Secure, so behind TLS; http otherwise), root path."""
+    return f"{'https' if secure else 'http'}://{domain}/"
 
 
 def _iso(moment: datetime) -> str:
@@ -125,10 +133,14 @@ def parse(text: str) -> SiweMessage:
     )
 
 
-def check_fields(message: SiweMessage, *, domain: str, chain_id: int, now: datetime, max_age: timedelta) -> None:
+def check_fields(
+    message: SiweMessage, *, domain: str, uri: str, chain_id: int, now: datetime, max_age: timedelta
+) -> None:
     """Everything but the nonce and the signature: the message is for this portal, this chain, and current."""
     if message.domain != domain:
         raise InvalidSiweMessage(f"the message is for domain {message.domain!r}, this portal is {domain!r}")
+    if message.uri != uri:
+        raise InvalidSiweMessage(f"the message's URI is {message.uri!r}, this portal is {uri!r}")
     if message.chain_id != chain_id:
         raise InvalidSiweMessage(f"the message is for chain id {message.chain_id}, this portal uses {chain_id}")
     if message.issued_at > now + CLOCK_SKEW:

@@ -8,6 +8,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from starlette.templating import Jinja2Templates
 
+from portal import siwe
 from portal.auth import SessionCodec
 from portal.registrations import Binding
 from portal.settings import PortalSettings
@@ -31,6 +32,11 @@ class PortalState:
             chain_id=self.settings.portal_chain_id,
             max_age=timedelta(seconds=self.settings.portal_nonce_ttl_s),
         )
+
+    @property
+    def sign_in_uri(self) -> str:
+        """The URI line of every sign-in message: written by the portal, and checked when the message returns."""
+        return siwe.portal_uri(self.settings.portal_domain, secure=self.settings.portal_secure_cookies)
 
     @property
     def db(self) -> asyncpg.Pool:

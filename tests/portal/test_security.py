@@ -70,6 +70,16 @@ async def test_a_message_for_another_domain_is_refused(portal_client: httpx.Asyn
     assert (await verify(portal_client, message, ALICE.personal_sign(message))).status_code == 200
 
 
+async def test_a_message_naming_another_uri_is_refused(portal_client: httpx.AsyncClient) -> None:
+    message = await message_for(portal_client, ALICE)
+    assert "\nURI: http://portal.test/\n" in message  # the portal's own origin (its test cookies are not Secure)
+    for uri in ("https://evil.example/", "http://portal.test.evil.example/", "https://portal.test/"):
+        moved = message.replace("URI: http://portal.test/", f"URI: {uri}")
+        response = await verify(portal_client, moved, ALICE.personal_sign(moved))
+        assert response.status_code == 401 and "URI" in response.json()["error"]["message"], uri
+    assert (await verify(portal_client, message, ALICE.personal_sign(message))).status_code == 200
+
+
 async def test_a_message_for_another_chain_is_refused(portal_client: httpx.AsyncClient) -> None:
     message = await message_for(portal_client, ALICE)
     other_chain = message.replace("Chain ID: 31337", "Chain ID: 1")

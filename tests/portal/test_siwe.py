@@ -58,10 +58,17 @@ def test_malformed_messages_are_refused_naming_the_field(change: object, complai
 
 
 def test_fields_must_name_this_portal_and_be_current() -> None:
-    fine: dict[str, Any] = {"domain": MESSAGE.domain, "chain_id": 31337, "now": NOW, "max_age": timedelta(minutes=5)}
+    fine: dict[str, Any] = {
+        "domain": MESSAGE.domain,
+        "uri": MESSAGE.uri,
+        "chain_id": 31337,
+        "now": NOW,
+        "max_age": timedelta(minutes=5),
+    }
     check_fields(MESSAGE, **fine)
     cases: list[tuple[dict[str, Any], str]] = [
         ({"domain": "other.example"}, "domain"),
+        ({"uri": "https://portal.example:8200/"}, "URI"),
         ({"chain_id": 1}, "chain id"),
         ({"now": NOW + timedelta(minutes=6)}, "too old"),
         ({"now": NOW + timedelta(minutes=5), "max_age": timedelta(hours=1)}, "expired"),
