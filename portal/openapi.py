@@ -125,16 +125,20 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/registrations": {
                 "post": _op(
-                    "Register a node to a wallet (or move it, with the owner's signed consent)",
-                    errors=(401, 403, 404, 409, 422),
+                    "Register a node to a wallet (or move it, with the owner's signed consent): the wallet signs "
+                    "the statement (`signature`) and so does the node's own libp2p key (`node_signature`, base64; "
+                    "`node_public_key`, base64 of its protobuf, unless the peer id inlines it)",
+                    errors=(401, 403, 404, 422),
                     requestBody=_body(
                         {
                             "statement": {"type": "string"},
                             "signature": {"type": "string"},
+                            "node_signature": {"type": "string"},
+                            "node_public_key": {"type": "string"},
                             "owner_statement": {"type": "string"},
                             "owner_signature": {"type": "string"},
                         },
-                        ["statement", "signature"],
+                        ["statement", "signature", "node_signature"],
                     ),
                 )
             },

@@ -3,11 +3,12 @@
 The rules, in the order they are checked:
 1. The statement is one this portal writes, for its own domain and chain id, and recent.
 2. Its signature recovers the wallet it names (for a transfer, the current owner's signature on a transfer
-   statement, plus the new wallet's on a registration statement).
-3. The node is known to the ledger (a swarm snapshot or a contribution named it).
-4. A first registration must come from the wallet the node announces: its operator started it with
-   `--wallet` set to the wallet now signing. The announced wallet alone is never paid (it is a public name
-   anyone can write); the two together tie the node's operator to the key holder.
+   statement, plus the new wallet's on a registration statement): the wallet consents.
+3. The node's own libp2p key signed the same registration statement, and that key is the peer id's (the peer
+   id is a hash of it; protocol/peer_keys.py): whoever registers a node runs it. This holds for a first
+   registration and for a transfer alike. The wallet a node announces in the DHT is never evidence: Petals
+   stores a server's record under its peer id unsigned, so anyone can write one naming any wallet.
+4. The node is known to the ledger (a swarm snapshot or a contribution named it).
 5. The nonces are used up in the same transaction that stores the registration, so a replay fails.
 """
 
@@ -18,8 +19,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from portal import nonces, statements
-from portal.errors import Conflict, Forbidden, NotFound, SignatureRefused
+from portal.errors import BadInput, Forbidden, NotFound, SignatureRefused
 from portal.signing import InvalidSignature, normalize_signature, recover_signer
+from protocol.node_proof import PROOF_PARAMETER, InvalidNodeProof, NodeProof, b64decode_field
+from protocol.peer_keys import PeerKeyRefused, verify_peer_signature
 
 log = logging.getLogger(__name__)
 CLOCK_SKEW = timedelta(seconds=60)
@@ -83,16 +86,61 @@ def verified(kind: statements.Kind, text: str, signature: str, binding: Binding,
     return statement
 
 
+NODE_KEY_HELP = (
+    "run `far-mesh register-node --identity <the node's key file> --portal-url <this portal> --wallet <wallet>` "
+    "on the node's machine and open the link it prints"
+)
+
+
+def check_node_signature(
+    statement: statements.Statement, text: str, node_signature: str | None, node_public_key: str | None
+) -> None:
+    """Return if the node's own libp2p key signed `text`; else 403: only the node's operator holds that key."""
+    if not node_signature:
+        raise Forbidden(
+            f"registering node {statement.node_id} needs the node's own signature on the statement, proving its "
+            f"operator holds the node's key (the wallet it announces proves nothing): {NODE_KEY_HELP}",
+            field="node_signature",
+        )
+    try:
+        signature = b64decode_field(node_signature, "node_signature")
+        public_key = b64decode_field(node_public_key, "node_public_key") if node_public_key else None
+        verify_peer_signature(statement.node_id, text.encode(), signature, public_key)
+    except (InvalidNodeProof, PeerKeyRefused) as exc:
+        raise Forbidden(
+            f"the node's key did not sign this statement ({exc}); only node {statement.node_id}'s own key can: "
+            f"{NODE_KEY_HELP}",
+            field="node_signature",
+        ) from None
+
+
+def proof_from_link(encoded: str) -> dict[str, str]:
+    """What the register page shows and posts from a node's link: its proof and the statement's node and wallet.
+
+    Only the form of the proof is checked here (422 when broken); the signatures are checked when it is posted.
+    """
+    try:
+        proof = NodeProof.decode(encoded)
+        statement = statements.parse(proof.statement, "register")
+    except (InvalidNodeProof, statements.InvalidStatement) as exc:
+        raise BadInput(f"the registration link is broken ({exc}); {NODE_KEY_HELP}", field=PROOF_PARAMETER) from None
+    return proof.as_fields() | {"node_id": statement.node_id, "statement_wallet": statement.wallet}
+
+
 async def register(
     pool: asyncpg.Pool,
     binding: Binding,
     *,
     statement: str,
     signature: str,
+    node_signature: str | None,
+    node_public_key: str | None = None,
     owner_statement: str | None = None,
     owner_signature: str | None = None,
 ) -> RegistrationOutcome:
+    """Register (or move) the statement's node to its wallet; `node_signature` is the node key's (base64)."""
     registration = verified("register", statement, signature, binding, "signature")
+    check_node_signature(registration, statement, node_signature, node_public_key)
     consent = None
     if owner_statement is not None or owner_signature is not None:
         if owner_statement is None or owner_signature is None:
@@ -104,19 +152,13 @@ async def register(
             )
     async with pool.acquire() as connection, connection.transaction():
         node = await connection.fetchrow(
-            "SELECT n.wallet AS announced, r.wallet AS owner FROM far_nodes n "
+            "SELECT r.wallet AS owner FROM far_nodes n "
             "LEFT JOIN far_node_registrations r ON r.node_id = n.node_id WHERE n.node_id = $1",
             registration.node_id,
         )
         if node is None:
             raise NotFound(
                 f"node {registration.node_id} has not been seen in the swarm yet; start it, wait a minute, retry",
-                field="node_id",
-            )
-        if node["owner"] is None and node["announced"] != registration.wallet:
-            raise Conflict(
-                f"node {registration.node_id} announces wallet {node['announced']}, not {registration.wallet}: "
-                f"restart it with --wallet {registration.wallet} before registering it",
                 field="node_id",
             )
         if node["owner"] is not None and node["owner"] != registration.wallet and consent is None:

@@ -18,6 +18,7 @@ from portal.errors import NotSignedIn
 from portal.openapi import openapi_document
 from portal.signin import verify_sign_in
 from portal.state import STATIC_DIR, PortalState
+from protocol.node_proof import PROOF_PARAMETER
 
 
 def _state(request: Request) -> PortalState:
@@ -197,6 +198,8 @@ async def _register(request: Request, data: Any) -> registrations.RegistrationOu
         _state(request).binding,
         statement=inputs.required_text(data, "statement"),
         signature=inputs.required_text(data, "signature", max_chars=200),
+        node_signature=inputs.text(data, "node_signature", required=False, max_chars=2000),
+        node_public_key=inputs.text(data, "node_public_key", required=False, max_chars=2000),
         owner_statement=inputs.text(data, "owner_statement", required=False),
         owner_signature=inputs.text(data, "owner_signature", required=False, max_chars=200),
     )
@@ -209,12 +212,14 @@ async def registration_json(request: Request) -> Response:
 
 
 async def register_page(request: Request) -> Response:
+    """The page a node's registration link opens: the wallet signs the statement the node has already signed."""
     session = _session(request)
-    return _page(
-        request,
-        "register.html",
-        {"wallet": session.wallet if session else None, "node_id": request.query_params.get("node_id", "")},
-    )
+    document = {"wallet": session.wallet if session else None, "node_id": request.query_params.get("node_id", "")}
+    encoded = request.query_params.get(PROOF_PARAMETER)
+    if not encoded:
+        return _page(request, "register.html", document | {"proof": None})
+    proof = registrations.proof_from_link(encoded)
+    return _page(request, "register.html", document | {"node_id": proof["node_id"], "proof": proof})
 
 
 async def register_form(request: Request) -> Response:

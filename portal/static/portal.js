@@ -1,5 +1,6 @@
 // The portal's only script: connect a wallet (EIP-1193 window.ethereum) with Sign-In with Ethereum, and sign
-// node registration statements. Everything else is plain HTML forms. No framework, no third-party code.
+// the node registration statements nodes have signed. Everything else is plain HTML forms. No framework, no
+// third-party code.
 "use strict";
 
 function hexOf(text) {
@@ -44,15 +45,17 @@ async function connect() {
   }
 }
 
+// The statement comes from the node's registration link, already signed by the node's own key; the wallet it
+// names signs the same text, and the form posts both signatures.
 async function signRegistration(button) {
   try {
     const wallet = button.dataset.wallet;
-    const nodeId = document.getElementById("node-id").value.trim();
-    const { statement } = await postJson("/api/statements", { kind: "register", node_id: nodeId, wallet });
-    document.getElementById("statement-preview").textContent = statement;
+    const statement = document.getElementById("statement").value;
     const address = await account();
+    if (address.toLowerCase() !== wallet.toLowerCase()) {
+      throw new Error("the statement registers the node to " + wallet + "; switch your wallet to that account");
+    }
     document.getElementById("signature").value = await personalSign(statement, address);
-    document.getElementById("statement").value = statement;
     document.getElementById("register-form").submit();
   } catch (error) {
     say("Registration failed: " + error.message);

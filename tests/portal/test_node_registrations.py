@@ -1,7 +1,9 @@
 """Node ownership (schema/0009, portal/registrations.py): a peer id is paid to the wallet that registered it.
 
-The wallet a node announces in the DHT is a hint anyone can write; only a statement signed by the wallet,
-naming the peer id, makes its earnings payable, and only the owner's signature moves them to another wallet.
+The wallet a node announces in the DHT is a hint anyone can write; only a statement naming the peer id, signed
+by the wallet and by the node's own libp2p key, makes its earnings payable, and only the owner's signature (with
+the node's) moves them to another wallet. tests/portal/test_node_key_registration.py has the node key's side
+over HTTP; here every node has a key (`known_node`) and `register` adds its signature as the launcher would.
 """
 
 from collections.abc import AsyncIterator
@@ -11,11 +13,13 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from portal import nonces
-from portal.errors import Conflict, Forbidden, NotFound, SignatureRefused
-from portal.registrations import Binding, new_statement, register
+from mesh.node_registration import NodeKey
+from portal import nonces, registrations, statements
+from portal.errors import Forbidden, NotFound, SignatureRefused
+from portal.registrations import Binding, RegistrationOutcome, new_statement
 from tests.fixtures.ledger import unique_id
-from tests.fixtures.portal import PORTAL_HOST, SigningWallet, known_node, seed_earnings
+from tests.fixtures.node_keys import ed25519_node_key, known_keyed_node, node_proof
+from tests.fixtures.portal import PORTAL_HOST, SigningWallet, seed_earnings
 
 BINDING = Binding(domain=PORTAL_HOST, chain_id=31337, max_age=timedelta(minutes=5))
 ALICE, BOB, MALLORY = SigningWallet.named("alice"), SigningWallet.named("bob"), SigningWallet.named("mallory")
@@ -26,6 +30,34 @@ SELECT wallet, sum(payment_far) AS owed FROM far_payable_contributions
 WHERE paid_at IS NULL AND payment_batch_id IS NULL AND wallet IS NOT NULL AND payment_far > 0 AND node_id = ANY($1)
 GROUP BY wallet
 """
+
+
+NODE_KEYS: dict[str, NodeKey] = {}
+"""The private key of every node these tests made, by peer id: what each node's operator holds."""
+
+
+async def known_node(ledger: asyncpg.Connection, announced_wallet: str | None) -> str:
+    """A node with its own key, known to the registry and announcing `announced_wallet`."""
+    key = ed25519_node_key()
+    NODE_KEYS[key.peer_id] = key
+    return await known_keyed_node(ledger, key, announced_wallet)
+
+
+async def register(
+    pool: asyncpg.Pool, binding: Binding, *, statement: str, signature: str, node_signs: bool = True, **owner: str
+) -> RegistrationOutcome:
+    """`portal.registrations.register` with the node's own signature on the statement, as the launcher makes it."""
+    node_id = statements.parse(statement, "register").node_id
+    proof = node_proof(NODE_KEYS[node_id], statement) if node_signs else None
+    return await registrations.register(
+        pool,
+        binding,
+        statement=statement,
+        signature=signature,
+        node_signature=proof.node_signature if proof else None,
+        node_public_key=proof.node_public_key if proof else None,
+        **owner,
+    )
 
 
 @pytest.fixture
@@ -65,29 +97,28 @@ async def test_a_node_registered_by_the_wallet_it_announces_is_paid_there(
     assert [(e["wallet"], e["previous_wallet"], e["statement"]) for e in events] == [(ALICE.address, None, statement)]
 
 
-async def test_a_peer_announcing_someone_elses_wallet_earns_for_nobody_until_registered(
+async def test_the_wallet_a_node_announces_gains_nothing_without_the_nodes_key(
     pool: asyncpg.Pool, ledger: asyncpg.Connection
 ) -> None:
-    """Mallory's node announces Bob's wallet: its earnings are held, not paid to Bob, and Mallory cannot claim them."""
-    node = await known_node(ledger, BOB.address)
-    await ledger.execute("UPDATE far_nodes SET wallet = $2 WHERE node_id = $1", node, BOB.address)
+    """A DHT record names Mallory's wallet for Alice's node: its earnings are held, and Mallory cannot register it."""
+    node = await known_node(ledger, MALLORY.address)
     await seed_earnings(ledger, {node: 1}, sessions=3)
-    await ledger.execute("UPDATE far_session_contributions SET wallet = $2 WHERE node_id = $1", node, BOB.address)
+    await ledger.execute("UPDATE far_session_contributions SET wallet = $2 WHERE node_id = $1", node, MALLORY.address)
     assert await ledger.fetch(OWED_BY_WALLET, [node]) == []
     held = await ledger.fetchrow(
         "SELECT announced_wallets, unclaimed_far FROM far_unclaimed_earnings WHERE node_id = $1", node
     )
-    assert held["announced_wallets"] == [BOB.address] and held["unclaimed_far"] > 0
+    assert held["announced_wallets"] == [MALLORY.address] and held["unclaimed_far"] > 0
 
     statement, signature = await signed(pool, MALLORY, node)
-    with pytest.raises(Conflict, match="announces wallet"):
-        await register(pool, BINDING, statement=statement, signature=signature)
+    with pytest.raises(Forbidden, match="node's own signature"):
+        await register(pool, BINDING, statement=statement, signature=signature, node_signs=False)
     assert await ledger.fetch(OWED_BY_WALLET, [node]) == []
 
-    statement, signature = await signed(pool, BOB, node)
+    statement, signature = await signed(pool, ALICE, node)  # Alice runs the node: its key signs with her wallet
     await register(pool, BINDING, statement=statement, signature=signature)
     owed = await ledger.fetch(OWED_BY_WALLET, [node])
-    assert [(r["wallet"], r["owed"]) for r in owed] == [(BOB.address, held["unclaimed_far"])]
+    assert [(r["wallet"], r["owed"]) for r in owed] == [(ALICE.address, held["unclaimed_far"])]
     assert await ledger.fetchval("SELECT count(*) FROM far_unclaimed_earnings WHERE node_id = $1", node) == 0
 
 
@@ -174,7 +205,9 @@ async def test_statements_for_another_portal_chain_or_time_are_refused(
 
 
 async def test_a_node_the_swarm_never_showed_cannot_be_registered(pool: asyncpg.Pool) -> None:
-    statement, signature = await signed(pool, ALICE, unique_id("12D3KooWunknown"))
+    key = ed25519_node_key()
+    NODE_KEYS[key.peer_id] = key
+    statement, signature = await signed(pool, ALICE, key.peer_id)
     with pytest.raises(NotFound, match="not been seen"):
         await register(pool, BINDING, statement=statement, signature=signature)
 

@@ -9,22 +9,37 @@ import httpx
 import redis.asyncio as aioredis
 
 from devstack.harness.registrations import transfer_node
+from mesh.node_registration import NodeKey, registration_link
 from portal.earnings import far_text
 from portal.openapi import openapi_document
 from portal.routes import ROUTES
 from tests.fixtures.ledger import unique_id
-from tests.fixtures.portal import SigningWallet, known_node, seed_earnings
+from tests.fixtures.node_keys import ed25519_node_key, known_keyed_node, node_proof
+from tests.fixtures.portal import SigningWallet, seed_earnings
 from tests.portal.helpers import publish_snapshot, sign_in
 
 ALICE = SigningWallet.named("alice")
 
 
+NODE_KEYS: dict[str, NodeKey] = {}
+"""The libp2p key of every node these tests made, by peer id: what each node's operator holds."""
+
+
+async def known_node(ledger: asyncpg.Connection, wallet: str) -> str:
+    """A node with its own libp2p key, known to the registry and announcing `wallet`."""
+    key = ed25519_node_key()
+    NODE_KEYS[key.peer_id] = key
+    return await known_keyed_node(ledger, key, wallet)
+
+
 async def register_over_http(client: httpx.AsyncClient, wallet: SigningWallet, node_id: str) -> httpx.Response:
+    """What the launcher and the wallet do together: the node signs the portal's statement, then the wallet."""
     made = await client.post("/api/statements", json={"kind": "register", "node_id": node_id, "wallet": wallet.address})
     assert made.status_code == 200, made.text
     statement = made.json()["statement"]
     return await client.post(
-        "/api/registrations", json={"statement": statement, "signature": wallet.personal_sign(statement)}
+        "/api/registrations",
+        json=node_proof(NODE_KEYS[node_id], statement).as_fields() | {"signature": wallet.personal_sign(statement)},
     )
 
 
@@ -67,25 +82,29 @@ async def test_an_unregistered_node_announcing_the_wallet_is_listed_with_its_ear
     assert "earnings held" in (await portal_client.get(f"/w/{wallet.address}/nodes")).text
 
 
-async def test_registering_through_the_signed_in_form(
+async def test_registering_through_the_signed_in_form_opened_from_the_nodes_link(
     portal_client: httpx.AsyncClient, ledger: asyncpg.Connection
 ) -> None:
     node = await known_node(ledger, ALICE.address)
     token = await sign_in(portal_client, ALICE)
-    assert 'id="sign-register"' in (await portal_client.get(f"/register?node_id={node}")).text
+    without_link = (await portal_client.get(f"/register?node_id={node}")).text
+    assert "far-mesh register-node" in without_link and 'id="sign-register"' not in without_link
     made = await portal_client.post("/api/statements", json={"node_id": node, "wallet": ALICE.address})
-    statement = made.json()["statement"]
+    proof = node_proof(NODE_KEYS[node], made.json()["statement"])
+    page = await portal_client.get(registration_link(str(portal_client.base_url), proof))
+    assert page.status_code == 200 and 'id="sign-register"' in page.text and node in page.text
     response = await portal_client.post(
         "/register",
-        data={
-            "csrf_token": token,
-            "node_id": node,
-            "statement": statement,
-            "signature": ALICE.personal_sign(statement),
-        },
+        data=proof.as_fields()
+        | {"csrf_token": token, "node_id": node, "signature": ALICE.personal_sign(proof.statement)},
     )
     assert response.status_code == 303 and response.headers["location"].startswith(f"/w/{ALICE.address}/nodes")
     assert await ledger.fetchval("SELECT far_registered_wallet($1)", node) == ALICE.address
+
+
+async def test_a_broken_registration_link_says_how_to_make_a_new_one(portal_client: httpx.AsyncClient) -> None:
+    page = await portal_client.get("/register?proof=not-a-proof")
+    assert page.status_code == 422 and "far-mesh register-node" in page.text
 
 
 async def test_payouts_show_unpaid_in_payment_and_paid_batches_with_their_transactions(
