@@ -16,8 +16,10 @@ from starlette.templating import Jinja2Templates
 
 from portal.auth import SessionCodec
 from portal.errors import PortalError, TooMany, Unavailable
+from portal.message_limits import TooManyMessages
 from portal.nonces import TooManyPending
 from portal.settings import PortalSettings
+from portal.sign_out import SignedOutSessions
 from portal.state import TEMPLATES_DIR, PortalState
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,10 @@ def _error(request: Request, status: int, body: dict[str, object]) -> Response:
 
 async def _portal_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PortalError)
-    return _error(request, exc.status, exc.body())
+    response = _error(request, exc.status, exc.body())
+    if isinstance(exc, TooManyMessages):
+        response.headers["retry-after"] = str(exc.retry_after_s)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -109,7 +114,7 @@ def create_app(settings: PortalSettings) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(SecurityHeaders), Middleware(SignedOutSessions)],
         exception_handlers={
             PortalError: _portal_error,
             TooManyPending: _too_many_nonces,

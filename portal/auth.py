@@ -2,7 +2,8 @@
 
 The session is a signed cookie (itsdangerous): the wallet that signed in and a random CSRF token, HttpOnly
 (scripts cannot read it), SameSite=Lax (other sites' forms do not carry it), Secure unless configured off,
-expiring after PORTAL_SESSION_TTL_S. Every POST that acts for a signed-in wallet must echo the CSRF token,
+expiring after PORTAL_SESSION_TTL_S or when the session signs out (`portal.sign_out` refuses the cookie's copies
+from then on). Every POST that acts for a signed-in wallet must echo the CSRF token,
 as the form field `csrf_token` or the header `X-CSRF-Token`; pages embed it, other origins cannot read it.
 """
 

@@ -16,6 +16,7 @@ from portal import api_keys, documents, inputs, registrations
 from portal.auth import CSRF_FIELD, CSRF_HEADER, Session, check_csrf, require_session
 from portal.errors import NotSignedIn
 from portal.openapi import openapi_document
+from portal.sign_out import sign_out
 from portal.signin import verify_sign_in
 from portal.state import STATIC_DIR, PortalState
 from protocol.node_proof import PROOF_PARAMETER
@@ -127,10 +128,17 @@ async def onboarding_json(request: Request) -> Response:
 # --- sign-in -------------------------------------------------------------------------------------------------
 
 
+async def _count_message(request: Request, address: str) -> None:
+    """Each message to sign holds a nonce: one client may ask for only so many (`portal.message_limits`)."""
+    state = _state(request)
+    await state.message_limits.take(state.swarm, request.client.host if request.client else None, address)
+
+
 async def sign_in_message(request: Request) -> Response:
     body = await inputs.json_body(request)
     # Wallets report addresses in lower case; the message spells the address the EIP-55 way.
     wallet = inputs.any_case_wallet(inputs.text(body, "address", max_chars=42), "address")
+    await _count_message(request, wallet)
     return JSONResponse(await documents.sign_in_message(_state(request), wallet))
 
 
@@ -142,8 +150,8 @@ async def sign_in_verify(request: Request) -> Response:
         message=inputs.required_text(body, "message"),
         signature=inputs.required_text(body, "signature", max_chars=200),
         domain=state.binding.domain,
-        chain_id=state.binding.chain_id,
         uri=state.sign_in_uri,
+        chain_id=state.binding.chain_id,
         max_age=state.binding.max_age,
     )
     session = state.sessions.new(wallet)
@@ -166,6 +174,7 @@ async def logout(request: Request) -> Response:
     if presented is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         presented = (await inputs.form_body(request)).get(CSRF_FIELD)  # type: ignore[assignment]
     check_csrf(session, presented)
+    await sign_out(state.swarm, session, session_ttl_s=state.sessions.max_age_s)
     response: Response = (
         JSONResponse({"signed_out": True})
         if request.url.path.startswith("/api/")
@@ -180,11 +189,13 @@ async def logout(request: Request) -> Response:
 
 async def statement_json(request: Request) -> Response:
     body = await inputs.json_body(request)
+    wallet = inputs.wallet(inputs.text(body, "wallet", max_chars=42), "wallet")
+    await _count_message(request, wallet)
     document = await documents.statement(
         _state(request),
         inputs.text(body, "kind", required=False, max_chars=16) or "register",
         inputs.required_text(body, "node_id", max_chars=128),
-        inputs.wallet(inputs.text(body, "wallet", max_chars=42), "wallet"),
+        wallet,
         inputs.wallet(from_wallet, "from_wallet")
         if (from_wallet := inputs.text(body, "from_wallet", required=False))
         else None,

@@ -27,6 +27,20 @@ class PortalSettings(CommonSettings):
     portal_nonce_ttl_s: float = Field(
         default=300.0, ge=10, le=3600, description="How long a message to sign stays valid (its nonce lives this long)"
     )
+    portal_messages_per_client: int = Field(
+        default=30,
+        ge=1,
+        le=10_000,
+        description="Messages to sign one client (an IPv4 address, an IPv6 /64) may ask for per PORTAL_NONCE_TTL_S; "
+        "then 429",
+    )
+    portal_messages_per_address: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Of those, how many may name one wallet address (counted per client, so nobody can use up "
+        "another wallet's)",
+    )
     portal_session_ttl_s: float = Field(default=43200.0, ge=60, le=30 * 86400, description="Sign-in session length")
     portal_secure_cookies: bool = Field(
         default=True, description="Mark the session cookie Secure (HTTPS only; browsers also allow it on localhost)"

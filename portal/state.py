@@ -10,6 +10,7 @@ from starlette.templating import Jinja2Templates
 
 from portal import siwe
 from portal.auth import SessionCodec
+from portal.message_limits import MessageLimits
 from portal.registrations import Binding
 from portal.settings import PortalSettings
 
@@ -31,6 +32,14 @@ class PortalState:
             domain=self.settings.portal_domain,
             chain_id=self.settings.portal_chain_id,
             max_age=timedelta(seconds=self.settings.portal_nonce_ttl_s),
+        )
+
+    @property
+    def message_limits(self) -> MessageLimits:
+        return MessageLimits(
+            per_client=self.settings.portal_messages_per_client,
+            per_address=self.settings.portal_messages_per_address,
+            window_s=self.settings.portal_nonce_ttl_s,
         )
 
     @property

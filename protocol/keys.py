@@ -87,6 +87,12 @@ def job_in_progress(job_id: str) -> str:
     """arq's in-progress mark of the job `job_id` (a generate job's id is its request id)."""
     return ARQ_IN_PROGRESS_PREFIX + job_id
 
+PORTAL_MESSAGES_PREFIX: Final = "portal:messages:"
+"""Fixed-window counters of the messages to sign the portal hands out, so no client can fill its nonce table."""
+
+PORTAL_SIGNED_OUT_PREFIX: Final = "portal:signed-out:"
+"""A portal session signed out before its cookie expires: the cookie is refused from then on."""
+
 
 def queue_wake(model_id: str) -> str:
     """The channel that tells `model_id`'s workers a job was just queued."""
@@ -131,3 +137,19 @@ def active_requests(model_id: str) -> str:
 def relay_wake(reader_id: str) -> str:
     """The wake stream of one gateway relay reader (`reader_id` is unique per process and reader)."""
     return RELAY_WAKE_PREFIX + reader_id
+
+
+def portal_messages_by_client(network: str) -> str:
+    """How many messages to sign the portal issued to one client network (an IPv4 address, an IPv6 /64) in the
+    current window (`portal.message_limits`)."""
+    return PORTAL_MESSAGES_PREFIX + "client:" + network
+
+
+def portal_messages_for_address(address: str, network: str) -> str:
+    """How many messages to sign naming `address` the portal issued to one client network in the current window."""
+    return PORTAL_MESSAGES_PREFIX + "address:" + address + ":" + network
+
+
+def portal_signed_out(session_digest: str) -> str:
+    """Exists while a signed-out portal session's cookie could still be presented (`portal.sign_out`)."""
+    return PORTAL_SIGNED_OUT_PREFIX + session_digest

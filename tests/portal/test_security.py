@@ -146,6 +146,26 @@ async def test_a_tampered_session_cookie_is_no_session(portal_client: httpx.Asyn
     assert (await portal_client.get("/api/session")).json()["wallet"] is None
 
 
+async def test_a_copied_session_cookie_is_refused_once_its_session_signs_out(
+    portal_client: httpx.AsyncClient,
+) -> None:
+    csrf = await sign_in(portal_client, ALICE)
+    copied = portal_client.cookies[COOKIE]
+    async with httpx.AsyncClient(
+        transport=portal_client._transport, base_url=str(portal_client.base_url), cookies={COOKIE: copied}
+    ) as thief:
+        assert (await thief.get("/api/session")).json()["wallet"] == ALICE.address  # the copy works, for now
+        signed_out = await portal_client.post("/api/logout", headers={"X-CSRF-Token": csrf})
+        assert signed_out.status_code == 200
+        assert (await thief.get("/api/session")).json()["wallet"] is None
+        refused = await thief.post("/api/keys", json={"label": "stolen"}, headers={"X-CSRF-Token": csrf})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "not_signed_in"
+        assert (await thief.get("/keys")).status_code == 401
+        assert (await thief.post("/api/logout", headers={"X-CSRF-Token": csrf})).status_code == 401
+    await sign_in(portal_client, ALICE)  # the wallet itself signs in again as before
+    assert (await portal_client.get("/api/session")).json()["wallet"] == ALICE.address
+
+
 async def test_pages_forbid_framing_and_inline_scripts(portal_client: httpx.AsyncClient) -> None:
     response = await portal_client.get("/")
     assert response.headers["x-frame-options"] == "DENY"
