@@ -17,8 +17,10 @@ import pytest
 import redis as sync_redis
 from playwright.sync_api import Browser, BrowserContext, expect
 
+from mesh.node_registration import NodeKey, registration_link
 from protocol import keys
 from tests.fixtures.ledger import unique_id
+from tests.fixtures.node_keys import ed25519_node_key, node_proof
 from tests.fixtures.portal import PortalServer, SigningWallet, inject_wallet, screenshot, seed_earnings
 from tests.portal.helpers import snapshot_json
 
@@ -31,11 +33,11 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-async def provider_with_earnings(dsn: str, wallet: str, model_id: str) -> str:
-    """A node the swarm showed announcing `wallet`, with a few sessions of earnings held for it."""
+async def provider_with_earnings(dsn: str, wallet: str, model_id: str, key: NodeKey) -> str:
+    """`key`'s node, which the swarm showed announcing `wallet`, with a few sessions of earnings held for it."""
     connection = await asyncpg.connect(dsn)
     try:
-        node = unique_id("12D3KooWbrowser")
+        node = key.peer_id
         await connection.execute(
             "INSERT INTO far_nodes (node_id, wallet, state, throughput, last_seen_at) "
             "VALUES ($1, $2, 'online', 12.5, now())",
@@ -75,7 +77,8 @@ def test_a_provider_connects_registers_a_node_and_sees_its_earnings(
     portal_server: PortalServer, context: BrowserContext, migrated_postgres_dsn: str, redis_url: str
 ) -> None:
     wallet = SigningWallet.named(unique_id("browser-provider"))
-    node = run(provider_with_earnings(migrated_postgres_dsn, wallet.address, "test/browser"))
+    key = ed25519_node_key()
+    node = run(provider_with_earnings(migrated_postgres_dsn, wallet.address, "test/browser", key))
     client = sync_redis.Redis.from_url(redis_url)
     client.hset(keys.SWARM_SNAPSHOTS, "test/browser", snapshot_json("test/browser", 4, {str(node): (0, 2)}))
     client.close()
@@ -88,6 +91,11 @@ def test_a_provider_connects_registers_a_node_and_sees_its_earnings(
     screenshot(page, "03-my-nodes-unregistered")
 
     page.goto(f"{portal_server.url}/register?node_id={node}")
+    expect(page.locator("#register-command")).to_contain_text("far-mesh register-node")
+    # what `far-mesh register-node` does on the node's machine: the node signs the portal's statement
+    made = httpx.post(f"{portal_server.url}/api/statements", json={"node_id": node, "wallet": wallet.address})
+    page.goto(registration_link(portal_server.url, node_proof(key, made.json()["statement"])))
+    expect(page.locator("#statement-preview")).to_contain_text(node)
     screenshot(page, "04-register")
     page.click("#sign-register")
     expect(page.locator("#error-message")).to_have_count(0)

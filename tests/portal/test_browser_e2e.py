@@ -1,7 +1,8 @@
 """The whole system with the portal, in a real Chromium: a provider's swarm node earns, and the provider sees it.
 
 A server announcing the provider's wallet joins the local swarm (as `far-mesh node --wallet` would); the
-provider connects in the browser, registers it, a buyer key made in the browser pays for a generation through
+provider connects in the browser, registers it with the link the node's key signed (`far-mesh register-node`
+with the server's identity file), a buyer key made in the browser pays for a generation through
 the gateway with the `openai` client, and the earnings appear on the page and in the JSON.
 """
 
@@ -19,6 +20,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, expect
 
 from mesh.local_swarm import ServerPlan
+from mesh.node_registration import prepare_registration, registration_link
 from tests.fixtures.ledger import unique_id
 from tests.fixtures.portal import SigningWallet, inject_wallet, screenshot, start_portal, stop_portal
 from tests.fixtures.system import SystemUnderTest, wait_until_accounted
@@ -83,7 +85,8 @@ def test_a_provider_registers_a_swarm_node_and_sees_what_a_paid_generation_earne
         page.goto(portal.url + "/")
         page.click("#connect")
         expect(page).to_have_url(f"{portal.url}/w/{provider.address}/nodes")
-        page.goto(f"{portal.url}/register?node_id={ours.peer_id}")
+        # the provider runs `far-mesh register-node` with the node's identity file, and opens the link it prints
+        page.goto(registration_link(portal.url, prepare_registration(ours.identity_path, portal.url, provider.address)))
         page.click("#sign-register")
         expect(page.locator(f'tr[data-node="{ours.peer_id}"]')).to_contain_text("registered")
         screenshot(page, "e2e-01-node-registered")
