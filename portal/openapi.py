@@ -95,7 +95,9 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/siwe/message": {
                 "post": _op(
-                    "A Sign-In with Ethereum message to sign", requestBody=_body({"address": _WALLET}, ["address"])
+                    "A Sign-In with Ethereum message to sign (429 past the client's allowance of messages)",
+                    errors=(422, 429),
+                    requestBody=_body({"address": _WALLET}, ["address"]),
                 )
             },
             "/api/siwe/verify": {
@@ -111,7 +113,8 @@ def openapi_document() -> dict[str, Any]:
             "/api/logout": {"post": _op("Sign out", errors=(401, 403), parameters=[_CSRF])},
             "/api/statements": {
                 "post": _op(
-                    "A registration or transfer statement to sign",
+                    "A registration or transfer statement to sign (429 past the client's allowance of messages)",
+                    errors=(422, 429),
                     requestBody=_body(
                         {
                             "kind": {"enum": ["register", "transfer"]},
