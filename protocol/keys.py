@@ -62,9 +62,18 @@ VERIFICATION_STREAM: Final = "verify:checks"
 
 VERIFICATION_CONSUMER_GROUP: Final = "verifier"
 
+VERIFICATION_STREAM_BYTES: Final = "verify:checks:bytes"
+"""Bytes of spot checks held in `VERIFICATION_STREAM`: added by the worker's XADD, subtracted by the verifier's
+XDEL, so the stream is bounded in bytes (FAR_MESH_VERIFY_MAX_BYTES), not in entries of any size."""
+
 VERIFIED_NODES: Final = "verify:last-sampled"
-"""Hash: node id -> unix seconds its work was last sampled, so every node is checked a minimum number of times
-an hour however small the sampled fraction."""
+"""Hash: node id -> unix seconds a published spot check last held a span of its work, so every node is checked
+a minimum number of times an hour however small the sampled fraction."""
+
+VERIFICATION_CLAIMS: Final = "verify:claimed"
+"""Hash: node id -> unix seconds a run last sampled its session because the node was due, so concurrent runs do
+not all sample for the same node; a claim lapses after a few minutes (the node stays due until a check holds
+its work)."""
 
 BANNED_NODES: Final = "trust:banned"
 """Sorted set: node id -> unix seconds its ban ends. Written by the verifier after repeated mismatches; workers
@@ -86,6 +95,7 @@ def queue_for(model_id: str) -> str:
 def job_in_progress(job_id: str) -> str:
     """arq's in-progress mark of the job `job_id` (a generate job's id is its request id)."""
     return ARQ_IN_PROGRESS_PREFIX + job_id
+
 
 PORTAL_MESSAGES_PREFIX: Final = "portal:messages:"
 """Fixed-window counters of the messages to sign the portal hands out, so no client can fill its nonce table."""

@@ -16,7 +16,11 @@ from protocol.catalog import ModelId
 from protocol.requests import RequestId
 
 VERIFICATION_FIELD = "check"
-"""The single field of a verification-stream entry; its value is the `SpotCheck` as JSON."""
+"""The field of a verification-stream entry that holds the `SpotCheck` as JSON."""
+
+VERIFICATION_BYTES_FIELD = "bytes"
+"""The field of a verification-stream entry that holds the length of its JSON: what the verifier subtracts from
+`keys.VERIFICATION_STREAM_BYTES` when it deletes the entry."""
 
 HiddenDtype = Literal["float32", "float16", "bfloat16"]
 """The dtypes a span's hidden states travel in (what Petals serialised them as)."""

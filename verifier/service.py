@@ -1,14 +1,16 @@
 """The verifier process: reads spot checks from their stream, recomputes each span, writes verdicts and bans.
 
 One consumer group, so replicas share the work; an entry is acknowledged only after its verdicts are committed
-(a verifier that dies mid-check leaves it pending, and the next start claims it back). Recomputation runs in a
-thread so the loop keeps beating; bans and reputations are copied to Redis, where workers read them.
+(a verifier that dies mid-check leaves it pending, and the next start claims it back), and deleted with its
+acknowledgement, its bytes subtracted from what the checks waiting hold (`workers.check_store` bounds that).
+Recomputation runs in a thread so the loop keeps beating; bans and reputations are copied to Redis, where workers
+read them.
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import asyncpg
@@ -18,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from probes import Heartbeat, serve_health_and_metrics
 from protocol import keys
-from protocol.verification import SpotCheck
+from protocol.verification import VERIFICATION_BYTES_FIELD, SpotCheck
 from verifier import metrics
 from verifier.ledger import BanPolicy, Recorded, add_failed_steps, apply_pending_slashes, record_verdicts
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
@@ -32,6 +34,14 @@ _PENDING_SLASH_INTERVAL_S = 5.0
 _BEAT_WHILE_WORKING_S = 5.0
 _CLAIM_IDLE_MS = 120_000
 """A pending check idle this long belongs to a verifier that died; the next start takes it over."""
+
+# KEYS: stream, bytes held. ARGV: group, entry id, the entry's bytes. Subtracts only what it deletes, so an entry
+# finished twice (claimed back from a verifier that was only slow) is subtracted once.
+_FINISH = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then redis.call('DECRBY', KEYS[2], ARGV[3]) end
+return 1
+"""
 
 
 class Verifier:
@@ -71,26 +81,26 @@ class Verifier:
             check = SpotCheck.from_stream_fields(fields)
         except ValueError as exc:
             log.error("spot check dropped entry=%s reason=malformed: %s", entry_id.decode(), str(exc)[:200])
-            await self._ack(entry_id)
+            await self._finish(entry_id, fields)
             return
         started = time.monotonic()
         try:
             verdicts = await self._beating(asyncio.to_thread(self.recompute, check))
         except ValueError as exc:  # a recording that does not fit the model: nothing to convict anyone of
             log.error("spot check dropped request_id=%s reason=%s", check.request_id, exc)
-            await self._ack(entry_id)
+            await self._finish(entry_id, fields)
             return
         if verdicts is None:
             log.error(
                 "spot check dropped request_id=%s reason=model %s not in catalog", check.request_id, check.model_id
             )
-            await self._ack(entry_id)
+            await self._finish(entry_id, fields)
             return
         metrics.VERIFY_SECONDS.observe(time.monotonic() - started)
         async with self.pool.acquire() as connection:
             recorded = await record_verdicts(connection, check.request_id, check.model_id, verdicts, self.policy)
         await self._publish_trust(recorded)
-        await self._ack(entry_id)
+        await self._finish(entry_id, fields)
         for verdict in verdicts:
             metrics.SPANS_VERIFIED.labels(check.model_id, "ok" if verdict.ok else "mismatch").inc()
             metrics.TOKENS_VERIFIED.labels(check.model_id).inc(verdict.tokens)
@@ -145,8 +155,16 @@ class Verifier:
                 await add_failed_steps(connection, counts)
             log.info("failed steps recorded nodes=%d steps=%d", len(counts), sum(counts.values()))
 
-    async def _ack(self, entry_id: bytes) -> None:
-        await self.redis.xack(keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, entry_id)
+    async def _finish(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> None:
+        """Acknowledge and delete the entry, subtracting its bytes from what the checks waiting hold: a verified
+        check leaves room for the next (an entry from before byte counting, or a malformed one, counts 0)."""
+        try:
+            size = max(0, int(fields.get(VERIFICATION_BYTES_FIELD.encode(), b"0")))
+        except ValueError:
+            size = 0
+        finish = self.redis.register_script(_FINISH)
+        names = [keys.VERIFICATION_STREAM, keys.VERIFICATION_STREAM_BYTES]
+        await finish(keys=names, args=[keys.VERIFICATION_CONSUMER_GROUP, entry_id, size])
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the entry in hand is finished first."""
@@ -187,7 +205,7 @@ class Verifier:
                 if fields:  # an entry trimmed away while pending comes back without fields
                     await self.handle(entry_id, fields)
                 else:
-                    await self._ack(entry_id)
+                    await self._finish(entry_id, fields)
                 self.heartbeat.beat()
 
 

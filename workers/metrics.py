@@ -47,3 +47,11 @@ QUEUE_WAIT = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+SPOT_CHECKS_DROPPED = Counter(
+    "far_mesh_worker_spot_checks_dropped",
+    "Sampled sessions whose spot check never reached the verifier, by cause: store-full (not recorded: the checks "
+    "waiting in Redis were at FAR_MESH_VERIFY_MAX_BYTES), over-budget (recorded, but would have passed it), "
+    "unpublished (Redis refused the write)",
+    ["model_id", "cause"],
+    registry=REGISTRY,
+)

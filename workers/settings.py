@@ -6,7 +6,7 @@ Every bound has a default that suits a small swarm; each is read once at start-u
 
 from typing import Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from mesh.dht_node import refuse_placeholders
 from protocol.catalog import ModelSpec
@@ -65,6 +65,19 @@ class WorkerSettings(CommonSettings):
     )
     far_mesh_verify_min_per_node_hour: int = Field(
         default=1, ge=0, le=3600, description="Sessions sampled per server per hour at least, whatever the fraction"
+    )
+    far_mesh_verify_sampling_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Key of the HMAC of request ids that picks the sampled fraction, so no client can pick ids "
+        "that are never (or always) checked; every worker of a fleet sets the same one. Unset: a random key per "
+        "process, with a warning",
+    )
+    far_mesh_verify_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="Most bytes of spot checks waiting in Redis for the verifier; a check that would pass it is "
+        "dropped unverified (and counted)",
     )
 
     @field_validator("far_mesh_dht_bootstrap")

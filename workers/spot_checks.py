@@ -1,42 +1,75 @@
 """Which sessions are verified, and handing what must be rechecked to the verifier.
 
-A session is sampled when its request id hashes below FAR_MESH_VERIFY_FRACTION (deterministic, so a recovering
-run of the same request decides the same), or when some server of the model has not been sampled for
+A session is sampled when an HMAC of its request id, keyed by FAR_MESH_VERIFY_SAMPLING_SECRET, falls below
+FAR_MESH_VERIFY_FRACTION, or when some server of the model has not been sampled for
 1/FAR_MESH_VERIFY_MIN_PER_NODE_HOUR of an hour: a node that serves little is still checked, however small the
-fraction. A sampled session records what each server span was sent and returned (`mesh.session.SpanRecorder`)
-and, once its usage record is written, publishes it to `keys.VERIFICATION_STREAM` in one XADD: the
-generation path pays for copying hidden states of sampled sessions only, never for a recomputation.
+fraction. Request ids are the client's choice, so a public hash of them would let a buyer who is also a provider
+pick ids that are never checked (or flood the verifier with ids that always are); keyed by a secret, every id is
+sampled with the configured probability whoever chose it, and the same in every run of the request. A sampled
+session records what each server span was sent and returned (`mesh.session.SpanRecorder`) and, once its usage
+record is written, publishes it (`workers.check_store`, bounded in bytes): the generation path pays for copying
+hidden states of sampled sessions only, never for a recomputation.
+
+A node counts as checked only when a published check holds a span of its work: a due node the run's route does
+not use stays due (its claim lapses after `CLAIM_MAX_S` at most), so the next sample may catch it.
 """
 
+import hashlib
+import hmac
 import logging
+import secrets
 import threading
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from mesh.session import SpanRecorder
 from protocol import keys
 from protocol.verification import SpotCheck
+from workers import metrics
+from workers.check_store import publish_check, store_full
 from workers.route_policy import DEFAULT_POLICY, apply_route_policy
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
-VERIFICATION_STREAM_MAXLEN = 10_000
-"""Spot checks kept for a verifier that is behind (approximate trim); older ones are dropped unverified."""
+CLAIM_MAX_S = 300.0
+"""Longest a due node stays claimed by a run that sampled for it (shorter when its interval is): a run that
+routed elsewhere, or died, leaves the node due again after this, so one node off every route costs at most one
+sampled session per claim, not every session."""
 
 Reason = Literal["fraction", "node-due"]
 
+_process_key: bytes | None = None
 
-def sampled_by_fraction(request_id: str, fraction: float) -> bool:
-    """Whether `request_id` falls in the sampled `fraction` (the same answer in every run of the request)."""
-    return zlib.crc32(request_id.encode()) / 2**32 < fraction
+
+def sampling_key(settings: WorkerSettings) -> bytes:
+    """FAR_MESH_VERIFY_SAMPLING_SECRET's bytes; unset, a random key drawn once per process (with a warning): no
+    client can predict it either, but workers then disagree on which ids are sampled, so a recovering run on
+    another worker may decide differently."""
+    global _process_key
+    secret = settings.far_mesh_verify_sampling_secret
+    if secret is not None:
+        return secret.get_secret_value().encode()
+    if _process_key is None:
+        _process_key = secrets.token_bytes(32)
+        logger.warning(
+            "FAR_MESH_VERIFY_SAMPLING_SECRET is unset: this worker samples with a random key of its own; "
+            "set the same secret on every worker so that they agree"
+        )
+    return _process_key
+
+
+def sampled_by_fraction(request_id: str, fraction: float, key: bytes) -> bool:
+    """Whether `request_id` falls in the sampled `fraction` under `key` (the same answer in every run of the
+    request; unpredictable, so unchoosable, without the key)."""
+    digest = hmac.new(key, request_id.encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def known_peers(served: ServedModel) -> set[str]:
@@ -47,18 +80,36 @@ def known_peers(served: ServedModel) -> set[str]:
         return {span.peer_id.to_base58() for block in spans for span in block}
 
 
+def _older(seen: Any, than: float) -> bool:
+    return seen is None or float(seen) < than
+
+
 async def nodes_due(redis: aioredis.Redis, peers: set[str], per_hour: int, now: float) -> list[str]:
-    """The peers not sampled in the last hour/`per_hour`; claimed (marked sampled now) so that concurrent runs
-    do not all sample for the same node."""
+    """The peers no published check has held for the last hour/`per_hour` and that no run claimed lately; they
+    are claimed now, so that concurrent runs do not all sample for the same node. Only publishing a check that
+    holds a node's span marks it sampled (`workers.check_store`): a claimed node the route does not use is due
+    again once its claim lapses."""
     if not peers or per_hour <= 0:
         return []
     ordered = sorted(peers)
-    last: list[Any] = await redis.hmget(keys.VERIFIED_NODES, ordered)  # type: ignore[misc]
-    due = [
-        peer for peer, seen in zip(ordered, last, strict=True) if seen is None or float(seen) < now - 3600 / per_hour
-    ]
-    if due:
-        await redis.hset(keys.VERIFIED_NODES, mapping={peer: str(now) for peer in due})  # type: ignore[misc]
+    interval = 3600 / per_hour
+    claim_s = min(CLAIM_MAX_S, interval)
+    async with redis.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(keys.VERIFICATION_CLAIMS)
+            last: list[Any] = await pipe.hmget(keys.VERIFIED_NODES, ordered)  # type: ignore[misc]
+            claimed: list[Any] = await pipe.hmget(keys.VERIFICATION_CLAIMS, ordered)  # type: ignore[misc]
+            due = [
+                peer
+                for peer, seen, claim in zip(ordered, last, claimed, strict=True)
+                if _older(seen, now - interval) and _older(claim, now - claim_s)
+            ]
+            if due:
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.hset(keys.VERIFICATION_CLAIMS, mapping={peer: repr(now) for peer in due})
+                await pipe.execute()
+        except WatchError:  # another run claimed at the same moment: it samples for them
+            return []
     return due
 
 
@@ -103,9 +154,12 @@ class RunTrust:
     route_policy: str = DEFAULT_POLICY
     recorder: SpanRecorder | None = None
     reason: Reason | None = None
+    max_bytes: int = 0
+    """FAR_MESH_VERIFY_MAX_BYTES: the most the checks waiting for the verifier may hold."""
 
     async def publish(self, redis: aioredis.Redis, request_id: str, model_id: str) -> None:
-        """Hand the recorded spans to the verifier (after the usage record is written); never fails the run."""
+        """Hand the recorded spans to the verifier (after the usage record is written) and mark their nodes
+        sampled; a check that would pass the byte budget is dropped and counted. Never fails the run."""
         if self.recorder is None or self.reason is None:
             return
         spans = self.recorder.spans()
@@ -113,12 +167,16 @@ class RunTrust:
             return
         check = SpotCheck(request_id=request_id, model_id=model_id, reason=self.reason, spans=spans)
         try:
-            fields: dict[Any, Any] = check.to_stream_fields()
-            await redis.xadd(keys.VERIFICATION_STREAM, fields, maxlen=VERIFICATION_STREAM_MAXLEN, approximate=True)
-            now = str(time.time())
-            await redis.hset(keys.VERIFIED_NODES, mapping={span.peer_id: now for span in spans})  # type: ignore[misc]
+            published = await publish_check(redis, check, self.max_bytes, time.time())
         except (RedisError, OSError) as exc:  # verification is sampled anyway: losing one sample bills nobody wrong
+            metrics.SPOT_CHECKS_DROPPED.labels(model_id, "unpublished").inc()
             logger.warning("spot check not published request_id=%s error=%r", request_id, exc)
+            return
+        if not published:
+            metrics.SPOT_CHECKS_DROPPED.labels(model_id, "over-budget").inc()
+            logger.warning(
+                "spot check dropped request_id=%s reason=over-budget max_bytes=%d", request_id, self.max_bytes
+            )
             return
         logger.info("spot check published request_id=%s reason=%s spans=%d", request_id, self.reason, len(spans))
 
@@ -127,16 +185,20 @@ async def begin_trust(
     redis: aioredis.Redis, request_id: str, served: ServedModel, settings: WorkerSettings
 ) -> RunTrust:
     """Apply the route policy and decide whether this run's session is sampled; never fails the run."""
-    trust = RunTrust()
+    trust = RunTrust(max_bytes=settings.far_mesh_verify_max_bytes)
     try:
         watch_failures(served)
         await flush_failures(redis)
         trust.route_policy = await apply_route_policy(redis, served)
         reason: Reason | None = None
-        if sampled_by_fraction(request_id, settings.far_mesh_verify_fraction):
+        if sampled_by_fraction(request_id, settings.far_mesh_verify_fraction, sampling_key(settings)):
             reason = "fraction"
         elif await nodes_due(redis, known_peers(served), settings.far_mesh_verify_min_per_node_hour, time.time()):
             reason = "node-due"
+        if reason is not None and await store_full(redis, trust.max_bytes):
+            metrics.SPOT_CHECKS_DROPPED.labels(served.model_id, "store-full").inc()
+            logger.warning("spot check dropped request_id=%s reason=store-full", request_id)
+            reason = None
     except Exception as exc:  # Redis away, or a client without the routing internals: the run goes on unchecked
         logger.warning("trust state unreadable request_id=%s error=%r", request_id, exc)
         return trust

@@ -1,30 +1,41 @@
 """workers.spot_checks and workers.route_policy: which sessions are sampled, what is published, which peers are
-kept out of routes. Redis is fakeredis; the model's sequence manager a stand-in holding what Petals holds."""
+kept out of routes. Redis is fakeredis (real Redis where a Lua script runs); the model's sequence manager a
+stand-in holding what Petals holds."""
 
+import logging
 import threading
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterable
 from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
 import pytest
+import redis.asyncio as aioredis
 import torch
 
 from mesh.session import SpanRecorder
 from protocol import keys
-from protocol.verification import SpotCheck
+from protocol.verification import RecordedSpan, RecordedStep, SpotCheck
+from workers import spot_checks
 from workers.route_policy import DEFAULT_POLICY, apply_route_policy, banned_peers, redundant
 from workers.settings import WorkerSettings
 from workers.spot_checks import (
+    CLAIM_MAX_S,
     RunTrust,
     begin_trust,
     flush_failures,
     nodes_due,
     sampled_by_fraction,
+    sampling_key,
     watch_failures,
 )
 
 PEER_A = "QmNckXSTCTz4ugo9p4jbYJeaQUJS4bgTnrzLzqCPQQBdJR"
 PEER_B = "QmUHKQbyJx3dYCbZ4AyEc3MYGCR4SCmKDkLeKdCNRsrQR4"
+MODEL = "far-tiny-llama-4"
+SECRET = "a-fleet-wide-sampling-secret"
 
 
 class FakeManager:
@@ -48,6 +59,7 @@ class FakeManager:
 
 class FakeServed:
     def __init__(self, peers: list[str]) -> None:
+        self.model_id = MODEL
         self.manager = FakeManager(peers)
         self.model = SimpleNamespace(transformer=SimpleNamespace(h=SimpleNamespace(sequence_manager=self.manager)))
 
@@ -60,25 +72,146 @@ def settings(**overrides: Any) -> WorkerSettings:
     return WorkerSettings.from_env(**values)
 
 
+class Replay(SpanRecorder):
+    """A recorder holding `spans`, as a sampled session whose route used exactly those server spans leaves it."""
+
+    def __init__(self, spans: Iterable[RecordedSpan]) -> None:
+        super().__init__()
+        self._recorded = tuple(spans)
+
+    def spans(self) -> tuple[RecordedSpan, ...]:
+        return self._recorded
+
+
+def recorded_span(peer: str, payload_bytes: int = 12) -> RecordedSpan:
+    """A one-step span of `peer` whose inputs and outputs are `payload_bytes` each (as base64)."""
+    data = "A" * (4 * -(-payload_bytes // 3))
+    step = RecordedStep(step=0, tokens=1, inputs_b64=data, outputs_b64=data)
+    return RecordedSpan(peer_id=peer, start_block=0, end_block=2, hidden_size=8, dtype="float32", steps=(step,))
+
+
 @pytest.fixture
 def redis() -> fakeredis.FakeAsyncRedis:
     return fakeredis.FakeAsyncRedis()
 
 
+@pytest.fixture
+async def live_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """The test session's real Redis, flushed: publishing runs a Lua script, which fakeredis cannot."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def ids_whose_crc32(below: bool, count: int, fraction: float = 0.05) -> list[str]:
+    """Request ids a client can pick by their public hash: all under `fraction` of crc32's range, or all over."""
+    ids: list[str] = []
+    i = 0
+    while len(ids) < count:
+        request_id = f"chosen-{i}"
+        if (zlib.crc32(request_id.encode()) / 2**32 < fraction) == below:
+            ids.append(request_id)
+        i += 1
+    return ids
+
+
+async def sampled(redis: fakeredis.FakeAsyncRedis, request_ids: list[str], config: WorkerSettings) -> set[str]:
+    served = FakeServed([PEER_A])
+    chosen = set()
+    for request_id in request_ids:
+        trust = await begin_trust(redis, request_id, served, config)  # type: ignore[arg-type]
+        if trust.reason == "fraction":
+            chosen.add(request_id)
+    return chosen
+
+
 def test_the_fraction_sampled_is_close_to_the_setting_and_the_same_for_every_run_of_a_request() -> None:
-    sampled = sum(sampled_by_fraction(f"req-{i}", 0.05) for i in range(20_000))
+    key = SECRET.encode()
+    sampled = sum(sampled_by_fraction(f"req-{i}", 0.05, key) for i in range(20_000))
     assert 800 < sampled < 1200
-    assert sampled_by_fraction("req-7", 0.5) == sampled_by_fraction("req-7", 0.5)
-    assert not any(sampled_by_fraction(f"req-{i}", 0.0) for i in range(1000))
+    assert sampled_by_fraction("req-7", 0.5, key) == sampled_by_fraction("req-7", 0.5, key)
+    assert not any(sampled_by_fraction(f"req-{i}", 0.0, key) for i in range(1000))
 
 
-async def test_a_node_unsampled_for_its_interval_is_due_once_and_then_not_until_the_interval_passes(
+async def test_ids_a_client_chose_by_their_crc32_are_sampled_at_the_configured_rate_all_the_same(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    config = settings(
+        far_mesh_verify_fraction=0.05, far_mesh_verify_min_per_node_hour=0, far_mesh_verify_sampling_secret=SECRET
+    )
+    always = await sampled(redis, ids_whose_crc32(below=True, count=2000), config)
+    never = await sampled(redis, ids_whose_crc32(below=False, count=2000), config)
+    # Binomial(2000, 0.05): 100 expected, standard deviation 9.7; the bounds are five of them away
+    assert 50 < len(always) < 150, "ids a public hash always samples must not be sampled more than the fraction"
+    assert 50 < len(never) < 150, "ids a public hash never samples must be sampled like any other"
+
+
+async def test_a_different_secret_samples_different_requests(redis: fakeredis.FakeAsyncRedis) -> None:
+    request_ids = [f"req-{i}" for i in range(400)]
+    config = {"far_mesh_verify_fraction": 0.5, "far_mesh_verify_min_per_node_hour": 0}
+    one = await sampled(redis, request_ids, settings(**config, far_mesh_verify_sampling_secret=SECRET))
+    other = await sampled(redis, request_ids, settings(**config, far_mesh_verify_sampling_secret=SECRET[::-1]))
+    assert 140 < len(one) < 260 and 140 < len(other) < 260
+    assert len(one & other) < 150  # independent halves share about 100 (Binomial(400, 0.25), sd 8.7)
+
+
+def test_without_a_secret_a_worker_samples_with_a_random_key_of_its_own_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(spot_checks, "_process_key", None)
+    with caplog.at_level(logging.WARNING, logger="workers.spot_checks"):
+        key = sampling_key(settings())
+        assert sampling_key(settings()) == key and len(key) == 32
+    assert [r.message for r in caplog.records if "FAR_MESH_VERIFY_SAMPLING_SECRET" in r.message] != []
+    monkeypatch.setattr(spot_checks, "_process_key", None)
+    assert sampling_key(settings()) != key  # another process: another key
+    assert sampling_key(settings(far_mesh_verify_sampling_secret=SECRET)) == SECRET.encode()
+
+
+async def test_a_due_node_is_claimed_by_one_run_at_a_time_and_is_due_again_when_its_claim_lapses_unchecked(
     redis: fakeredis.FakeAsyncRedis,
 ) -> None:
     assert await nodes_due(redis, {PEER_A, PEER_B}, per_hour=2, now=10_000.0) == sorted([PEER_A, PEER_B])
     assert await nodes_due(redis, {PEER_A}, per_hour=2, now=10_100.0) == []
-    assert await nodes_due(redis, {PEER_A}, per_hour=2, now=10_000.0 + 1801) == [PEER_A]
+    assert await nodes_due(redis, {PEER_A}, per_hour=2, now=10_000.0 + CLAIM_MAX_S + 1) == [PEER_A]
     assert await nodes_due(redis, {PEER_B}, per_hour=0, now=99_999.0) == []
+    assert await redis.hlen(keys.VERIFIED_NODES) == 0  # claiming checks no one
+
+
+async def test_a_due_peer_not_on_the_route_stays_due_after_the_request(live_redis: aioredis.Redis) -> None:
+    served = FakeServed([PEER_A, PEER_B])
+    config = settings(far_mesh_verify_fraction=0.0)
+    started = time.time()
+    trust = await begin_trust(live_redis, "req-route-a", served, config)  # type: ignore[arg-type]
+    assert trust.reason == "node-due" and trust.recorder is not None
+    trust.recorder = Replay([recorded_span(PEER_A)])  # the route used PEER_A only
+    await trust.publish(live_redis, "req-route-a", MODEL)
+    assert await live_redis.hget(keys.VERIFIED_NODES, PEER_B) is None
+    assert await nodes_due(live_redis, {PEER_A, PEER_B}, per_hour=1, now=started + CLAIM_MAX_S + 1) == [PEER_B]
+
+
+async def test_a_peer_whose_span_was_recorded_is_stamped_sampled_when_its_check_is_published(
+    live_redis: aioredis.Redis,
+) -> None:
+    started = time.time()
+    served = FakeServed([PEER_A])
+    trust = await begin_trust(live_redis, "req-route-a", served, settings(far_mesh_verify_fraction=0.0))  # type: ignore[arg-type]
+    assert trust.reason == "node-due"
+    trust.recorder = Replay([recorded_span(PEER_A)])
+    await trust.publish(live_redis, "req-route-a", MODEL)
+    stamped = await live_redis.hget(keys.VERIFIED_NODES, PEER_A)
+    assert stamped is not None and float(stamped) >= started
+    assert await nodes_due(live_redis, {PEER_A}, per_hour=1, now=started + CLAIM_MAX_S + 1) == []
+
+
+async def test_a_check_dropped_over_the_byte_budget_stamps_no_one(live_redis: aioredis.Redis) -> None:
+    config = settings(far_mesh_verify_fraction=0.0, far_mesh_verify_max_bytes=1000)
+    trust = await begin_trust(live_redis, "req-too-big", FakeServed([PEER_A]), config)  # type: ignore[arg-type]
+    trust.recorder = Replay([recorded_span(PEER_A, payload_bytes=2000)])
+    await trust.publish(live_redis, "req-too-big", MODEL)
+    assert await live_redis.xlen(keys.VERIFICATION_STREAM) == 0
+    assert await live_redis.hget(keys.VERIFIED_NODES, PEER_A) is None
 
 
 async def test_a_session_is_sampled_when_a_node_is_due_even_at_fraction_zero(redis: fakeredis.FakeAsyncRedis) -> None:
@@ -104,7 +237,8 @@ async def test_banned_peers_leave_the_routes_until_their_ban_ends(redis: fakered
     assert served.manager.blocked_servers is None and served.manager.updates == 2
 
 
-async def test_a_sampled_run_publishes_every_span_it_recorded_in_one_entry(redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_a_sampled_run_publishes_every_span_it_recorded_in_one_entry(live_redis: aioredis.Redis) -> None:
+    redis = live_redis
     recorder = SpanRecorder()
     session = SimpleNamespace(_enter_server_sessions=lambda spans: spans)
     recorder.attach(session)
@@ -125,7 +259,7 @@ async def test_a_sampled_run_publishes_every_span_it_recorded_in_one_entry(redis
         inputs = prompt if step == 0 else torch.full((1, 3 + step, 8), float(step))
         second.step(first.step(inputs, None, None, step_id="s"), None, None, step_id="s")
         recorder.step_done()
-    trust = RunTrust(recorder=recorder, reason="fraction")
+    trust = RunTrust(recorder=recorder, reason="fraction", max_bytes=1_000_000)
     await trust.publish(redis, "req-9", "far-tiny-llama-4")
     ((_, fields),) = await redis.xrange(keys.VERIFICATION_STREAM)
     check = SpotCheck.from_stream_fields(fields)
