@@ -9,7 +9,8 @@ The rules, in the order they are checked:
    registration and for a transfer alike. The wallet a node announces in the DHT is never evidence: Petals
    stores a server's record under its peer id unsigned, so anyone can write one naming any wallet.
 4. The node is known to the ledger (a swarm snapshot or a contribution named it).
-5. The nonces are used up in the same transaction that stores the registration, so a replay fails.
+5. The nonces are used up in the same transaction that stores the registration, so a replay fails; the
+   event is logged with both signatures (far_node_registration_events, far_node_registration_key_proofs).
 """
 
 import logging
@@ -26,6 +27,11 @@ from protocol.peer_keys import PeerKeyRefused, verify_peer_signature
 
 log = logging.getLogger(__name__)
 CLOCK_SKEW = timedelta(seconds=60)
+_KEEP_NODE_PROOF = """
+INSERT INTO far_node_registration_key_proofs (event_id, node_public_key, node_signature)
+SELECT max(id), $2, $3 FROM far_node_registration_events WHERE node_id = $1
+"""
+"""The node's signature beside the registration event it allowed (schema/0017), so it can be verified again."""
 
 
 @dataclass(frozen=True)
@@ -186,5 +192,7 @@ async def register(
             )
         except (asyncpg.InsufficientPrivilegeError, asyncpg.SerializationError, asyncpg.NoDataFoundError) as exc:
             raise Forbidden(str(exc), field="owner_signature") from None
+        if outcome != "unchanged":  # the event far_register_node just logged; the node's row lock keeps it ours
+            await connection.execute(_KEEP_NODE_PROOF, registration.node_id, node_public_key, node_signature)
     log.info("node registration node_id=%s wallet=%s outcome=%s", registration.node_id, registration.wallet, outcome)
     return RegistrationOutcome(registration.node_id, registration.wallet, str(outcome))

@@ -26,7 +26,8 @@ from mesh.node_registration import (
 )
 from portal import nonces
 from portal.registrations import Binding, new_statement
-from protocol.node_proof import NodeProof, b64encode
+from protocol.node_proof import NodeProof, b64decode_field, b64encode
+from protocol.peer_keys import verify_peer_signature
 from protocol.swarm import ServerSnapshot, SwarmSnapshot
 from tests.fixtures.ledger import unique_id
 from tests.fixtures.node_keys import ed25519_node_key, hivemind_identity, known_keyed_node, node_proof
@@ -136,6 +137,18 @@ async def test_the_operator_registers_the_node_with_its_identity_file_through_th
         operator.address,
     )
     assert payable > Decimal(0)
+    # the event log keeps both signatures, so anyone can check again that the node's key allowed it
+    logged = await ledger.fetchrow(
+        "SELECT e.statement, p.node_public_key, p.node_signature FROM far_node_registration_events e "
+        "JOIN far_node_registration_key_proofs p ON p.event_id = e.id WHERE e.node_id = $1",
+        key.peer_id,
+    )
+    verify_peer_signature(
+        key.peer_id,
+        logged["statement"].encode(),
+        b64decode_field(logged["node_signature"], "node_signature"),
+        b64decode_field(logged["node_public_key"], "node_public_key"),
+    )
 
 
 async def test_the_link_the_launcher_prints_registers_the_node_once_its_wallet_signs_on_the_page(
