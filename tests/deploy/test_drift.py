@@ -310,3 +310,14 @@ def test_workers_get_the_hugging_face_token_for_gated_models_from_its_secret(
     assert ref["key"] in secret_template[ref["name"]]["stringData"]
     assert ref["optional"] is True, "an open model needs no token: the Secret must not be required"
     assert "HUGGING_FACE_HUB_TOKEN" in env_of(rendered, "base", "worker", secret_template)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_worker_samples_spot_checks_with_the_one_secret_of_the_fleet(
+    rendered: Docs, kustomization: str, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, env = settings_for(rendered, kustomization, "worker", configured(secret_template), monkeypatch)
+    shared = secret_template["far-mesh-verification"]["stringData"]["FAR_MESH_VERIFY_SAMPLING_SECRET"]
+    assert env["FAR_MESH_VERIFY_SAMPLING_SECRET"] == shared
+    secret = getattr(worker, "far_mesh_verify_sampling_secret", None)
+    assert secret is not None and secret.get_secret_value() == shared, "without it each replica samples alone"

@@ -34,6 +34,7 @@ SECRETS_READ = {
         ("far-mesh-redis", "REDIS_URL"),
         ("far-mesh-dht", "peer-id"),
         ("far-mesh-huggingface", "HUGGING_FACE_HUB_TOKEN"),
+        ("far-mesh-verification", "FAR_MESH_VERIFY_SAMPLING_SECRET"),
     },
     ("far-mesh-accounting", "migrate"): {("far-mesh-ledger", "POSTGRES_URL")},
     ("far-mesh-accounting", "accounting"): {("far-mesh-redis", "REDIS_URL"), ("far-mesh-ledger", "POSTGRES_URL")},
