@@ -225,7 +225,11 @@ async def registration_json(request: Request) -> Response:
 async def register_page(request: Request) -> Response:
     """The page a node's registration link opens: the wallet signs the statement the node has already signed."""
     session = _session(request)
-    document = {"wallet": session.wallet if session else None, "node_id": request.query_params.get("node_id", "")}
+    document = {
+        "wallet": session.wallet if session else None,
+        "node_id": request.query_params.get("node_id", ""),
+        "portal_url": _state(request).sign_in_uri.rstrip("/"),  # what `far-mesh register-node --portal-url` takes
+    }
     encoded = request.query_params.get(PROOF_PARAMETER)
     if not encoded:
         return _page(request, "register.html", document | {"proof": None})

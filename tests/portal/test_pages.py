@@ -15,7 +15,7 @@ from portal.openapi import openapi_document
 from portal.routes import ROUTES
 from tests.fixtures.ledger import unique_id
 from tests.fixtures.node_keys import ed25519_node_key, known_keyed_node, node_proof
-from tests.fixtures.portal import SigningWallet, seed_earnings
+from tests.fixtures.portal import PORTAL_HOST, SigningWallet, seed_earnings
 from tests.portal.helpers import publish_snapshot, sign_in
 
 ALICE = SigningWallet.named("alice")
@@ -89,6 +89,7 @@ async def test_registering_through_the_signed_in_form_opened_from_the_nodes_link
     token = await sign_in(portal_client, ALICE)
     without_link = (await portal_client.get(f"/register?node_id={node}")).text
     assert "far-mesh register-node" in without_link and 'id="sign-register"' not in without_link
+    assert f"--portal-url http://{PORTAL_HOST} --wallet {ALICE.address}" in without_link
     made = await portal_client.post("/api/statements", json={"node_id": node, "wallet": ALICE.address})
     proof = node_proof(NODE_KEYS[node], made.json()["statement"])
     page = await portal_client.get(registration_link(str(portal_client.base_url), proof))
