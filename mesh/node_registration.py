@@ -18,7 +18,8 @@ from stdin, then submits both itself (no browser needed). The link and the state
 portal's nonce lifetime (PORTAL_NONCE_TTL_S, 5 minutes by default) and register once.
 
 Only the standard library talks to the portal (as mesh/node_earnings.py does); signing uses `cryptography`,
-which hivemind already brings into the node image.
+which hivemind already brings into the node image, imported only when a key is used: `far-mesh` registers this
+command in the light image too, which has no hivemind.
 """
 
 import argparse
@@ -30,13 +31,15 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
-
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 from protocol.node_proof import PROOF_PARAMETER, NodeProof, b64encode
 from protocol.peer_keys import KeyType, PeerKeyRefused, PeerPublicKey, parse_key_protobuf
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    PrivateKey: TypeAlias = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 EXIT_REFUSED = 2
 TIMEOUT_S = 15.0
@@ -50,7 +53,7 @@ class RegistrationRefused(Exception):
 class NodeKey:
     """A node's libp2p private key, read from its identity file, and the public key its peer id is made from."""
 
-    private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+    private_key: "PrivateKey"
     public_key: PeerPublicKey
 
     @property
@@ -59,6 +62,9 @@ class NodeKey:
 
     def sign(self, message: bytes) -> bytes:
         """libp2p's signature for this key type (what protocol.peer_keys verifies)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
         if isinstance(self.private_key, rsa.RSAPrivateKey):
             return self.private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
         if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
@@ -82,6 +88,9 @@ def load_identity(path: Path) -> NodeKey:
 def private_node_key(key_type: KeyType, data: bytes) -> NodeKey:
     """A key from the data of a libp2p `PrivateKey` protobuf (RSA: PKCS#1 DER; Ed25519: seed and public key;
     secp256k1: the 32-byte scalar)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if key_type is KeyType.RSA:
         rsa_key = serialization.load_der_private_key(data, password=None)
         if not isinstance(rsa_key, rsa.RSAPrivateKey):
