@@ -138,7 +138,8 @@ def run_swarm(args: argparse.Namespace) -> int:
 def run_node(args: argparse.Namespace) -> int:
     from mesh.announce import hardware_word
     from mesh.node import NodeConfig, NodeRefused, check_node, detect_gpu, parse_blocks, server_command
-    from mesh.node_earnings import registration_url, run_reporting
+    from mesh.node_earnings import registration_url, status_line
+    from mesh.node_keeper import NodeKeeper
     from protocol.wallet import InvalidWallet
 
     spec = _catalog_model(args.model, None)
@@ -170,13 +171,16 @@ def run_node(args: argparse.Namespace) -> int:
     command = server_command(replace(config, identity_path=identity))
     print(f"far-mesh node: serving {config.model_source} as {config.public_name} peer_id={peer_id}", flush=True)
     if not args.portal_url:
-        os.execv(command[0], command)  # the node *is* the Petals server from here on: signals reach it directly
+        return NodeKeeper(command).run()
     print(
         f"far-mesh node: its earnings are held until the node is registered to {args.wallet}: sign the statement "
         f"at {registration_url(args.portal_url, peer_id)}",
         flush=True,
     )
-    return run_reporting(command, portal_url=args.portal_url, peer_id=peer_id, every_s=args.earnings_every)
+    portal_url = args.portal_url
+    return NodeKeeper(
+        command, status_line=lambda restarts: status_line(portal_url, peer_id, restarts), every_s=args.earnings_every
+    ).run()
 
 
 def _refuse(command: str, exc: Exception) -> int:

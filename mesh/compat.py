@@ -13,6 +13,13 @@ session's `__del__` ignores a failed close as Petals' own close does (`_finalize
 socket is left open by a refused stream (`_stream_open_closing_on_refusal`) or a session that never stepped
 (`_aclose_stream_even_unstepped`).
 
+hivemind sets torch's tensor sharing strategy to `file_system` at import. Under it a process that forks keeps
+a reference count for each shared tensor inside the shared memory itself, which fork does not increment: a
+forked child (a Petals server's handlers, the DHT process) that drops a tensor it inherited unlinks its
+parent's memory, and the parent later dies in torch's allocator with `could not unlink the shared memory file`
+(`tests/mesh/test_compat.py` reproduces it). This module selects `file_descriptor` instead, torch's own default
+on Linux, whose memory is unlinked once created and never again (HIVEMIND_MEMORY_SHARING_STRATEGY overrides).
+
 `tests/mesh/test_compat.py` walks petals' source and fails when a name it takes from hivemind is missing, so a
 hivemind or petals upgrade that needs another name is caught there, not in a running server.
 """
@@ -20,6 +27,7 @@ hivemind or petals upgrade that needs another name is caught there, not in a run
 import asyncio
 import contextlib
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -64,6 +72,20 @@ def restore_hivemind_names() -> None:
                 setattr(target, name, getattr(importlib.import_module(source), name))
 
 
+SHARING_STRATEGY_VARIABLE = "HIVEMIND_MEMORY_SHARING_STRATEGY"
+SHARING_STRATEGY = "file_descriptor"
+"""How processes share tensors: never `file_system`, hivemind's choice (see the module's docstring)."""
+
+
+def share_tensors_safely() -> None:
+    """Select SHARING_STRATEGY for hivemind (read at its import) and torch (in case hivemind came first)."""
+    os.environ.setdefault(SHARING_STRATEGY_VARIABLE, SHARING_STRATEGY)
+    import torch.multiprocessing
+
+    torch.multiprocessing.set_sharing_strategy(os.environ[SHARING_STRATEGY_VARIABLE])  # type: ignore[no-untyped-call]
+
+
+share_tensors_safely()
 restore_hivemind_names()
 
 import petals  # noqa: E402 - must follow the restoration above
@@ -151,4 +173,11 @@ _ServerInferenceSession._aclose_stream = _aclose_stream_even_unstepped
 _ServerInferenceSession.__del__ = _finalize_quietly
 ControlClient.stream_open = _stream_open_closing_on_refusal
 
-__all__ = ["AutoDistributedModelForCausalLM", "ClientConfig", "RESTORED_NAMES", "petals", "restore_hivemind_names"]
+__all__ = [
+    "AutoDistributedModelForCausalLM",
+    "ClientConfig",
+    "RESTORED_NAMES",
+    "SHARING_STRATEGY",
+    "petals",
+    "restore_hivemind_names",
+]

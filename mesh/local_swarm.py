@@ -10,15 +10,24 @@ yet, generates its key there as it starts, and the peer id is derived from that 
 
 Every process is stopped by process group, SIGTERM then SIGKILL: a Petals server's handler processes and its
 `p2pd` daemons are in its group, and killing only the main process would leave them running.
+
+A running swarm supervises its processes: one that exits without being asked to (a crash, the OOM killer) has
+what is left of its group killed and is started again with the same identity file, port and blocks, after a
+backoff and a warning that names its exit status and shows the tail of its log; `RESTART_LIMIT` crashes within
+`RESTART_WINDOW_S` and the swarm gives up on it, logging an error per block left unserved, and
+`ensure_serving()` says so. Every process is started from one long-lived thread of the swarm and dies with it
+(`mesh.process_lifetime`): a swarm whose own process is killed leaves nothing behind.
 """
 
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +50,8 @@ from mesh.node import (
 from mesh.petals_cli import AWAIT_PORT_VARIABLE, command_line
 from mesh.ports import free_port, port_is_taken
 from mesh.process_groups import signal_group
+from mesh.process_lifetime import supervised_environment
+from mesh.restarts import RestartPolicy
 from protocol.catalog import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -51,12 +62,21 @@ SERVER_THROUGHPUT = 100.0
 """Announced by every local server instead of a measured value: measuring takes minutes and needs internet."""
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 30
+WATCH_INTERVAL_S = 0.5
+"""How often a running swarm looks for processes that exited."""
+RESTART_FIRST_DELAY_S = 1.0
+RESTART_MAX_DELAY_S = 30.0
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 300.0
+"""A process that crashes RESTART_LIMIT times within RESTART_WINDOW_S is given up on."""
 
 SERVER_ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",
     # Several servers share two cores; one thread each keeps them from fighting over both.
     "OMP_NUM_THREADS": "1",
     "PYTHONUNBUFFERED": "1",
+    # The tensor sharing strategy mesh.compat selects, set before any process imports hivemind.
+    "HIVEMIND_MEMORY_SHARING_STRATEGY": "file_descriptor",
 }
 
 
@@ -95,7 +115,7 @@ def peer_id_from_identity(path: Path) -> str:
 
 
 class SwarmProcess:
-    """A subprocess in its own process group, its output in a log file."""
+    """A subprocess in its own process group, its output in a log file; restartable with the same command."""
 
     def __init__(
         self, name: str, command: list[str], log_path: Path, identity_path: Path, env: dict[str, str] | None = None
@@ -103,16 +123,36 @@ class SwarmProcess:
         self.name = name
         self.log_path = log_path
         self.identity_path = identity_path
+        self._command = command
+        self._env = {**os.environ, **SERVER_ENVIRONMENT, **(env or {})}
+        self._peer_id: str | None = None
+        self.restarts = 0
+        self.stopped_on_purpose = False
+        """Set by kill() and stop(): the swarm does not restart a process it was asked to end."""
+        self._restarted_at_byte = 0
         self._log: IO[bytes] = log_path.open("wb")
-        self._process = subprocess.Popen(
-            command,
+        self._process = self._spawn()
+
+    def _spawn(self) -> "subprocess.Popen[bytes]":
+        return subprocess.Popen(
+            self._command,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **SERVER_ENVIRONMENT, **(env or {})},
+            env={**self._env, **supervised_environment()},
             start_new_session=True,
         )
-        self._peer_id: str | None = None
+
+    def restart(self) -> None:
+        """Kill what is left of the group, then start the same command again (same identity, port, blocks)."""
+        signal_group(self.pid, signal.SIGKILL)
+        self._reap(timeout=STOP_GRACE_S)
+        self.restarts += 1
+        self._restarted_at_byte = self.log_path.stat().st_size
+        self._log = self.log_path.open("ab")
+        self._log.write(f"--- restarted by the local swarm (restart {self.restarts}) ---\n".encode())
+        self._log.flush()
+        self._process = self._spawn()
 
     @property
     def pid(self) -> int:
@@ -134,6 +174,12 @@ class SwarmProcess:
         """None while the process runs."""
         return self._process.poll()
 
+    def log_since_restart(self) -> str:
+        """What the process logged since it was last (re)started."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._restarted_at_byte)
+            return log.read().decode(errors="replace")
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return f"--- last {len(text)} lines of {self.log_path} ---\n" + "\n".join(text)
@@ -143,7 +189,8 @@ class SwarmProcess:
         return group_members(self.pid)
 
     def kill(self) -> None:
-        """SIGKILL the whole group at once: a crash, as a test of failover wants it."""
+        """SIGKILL the whole group at once: a crash, as a test of failover wants it (never restarted)."""
+        self.stopped_on_purpose = True
         signal_group(self.pid, signal.SIGKILL)
         self._reap(timeout=STOP_GRACE_S)
 
@@ -154,6 +201,7 @@ class SwarmProcess:
 
     def terminate(self) -> None:
         """SIGTERM the group, without waiting (a swarm signals all its processes first, then waits once)."""
+        self.stopped_on_purpose = True
         if self.group_members():
             signal_group(self.pid, signal.SIGTERM)
 
@@ -178,7 +226,14 @@ class SwarmProcess:
 
 
 class LocalServer(SwarmProcess):
-    """A Petals server of the local swarm."""
+    """A Petals server of the local swarm, on a port of its own that it keeps across restarts: peers and clients
+    still dial the address the DHT gave them for its peer id."""
+
+    def loaded_since_restart(self) -> bool:
+        """Whether this run of the server has loaded its last block. Until then the DHT may still show the dead
+        run's record under the same peer id, saying ONLINE (this run announced JOINING once it started loading)."""
+        last = self.plan.end_block - 1
+        return re.search(rf"Loaded .* block {last}\b", self.log_since_restart()) is not None
 
     def __init__(self, plan: ServerPlan, config: NodeConfig, name: str, work_dir: Path, dht_address: str) -> None:
         assert config.identity_path is not None
@@ -216,8 +271,9 @@ class LocalSwarm:
     `initial_peers`, no bootstrap of its own: the servers join that DHT (`far-mesh dht`), waiting until it listens.
 
     Use as a context manager, or call `start()` and `stop()`. `start()` returns once every server announces
-    its blocks online in the DHT; `stop()` stops every process it started, including any added later with
-    `start_server`.
+    its blocks online in the DHT; from then on the swarm restarts any process that exits unasked (see the
+    module's docstring), and `ensure_serving()` waits for such a restart or raises when the swarm gave up.
+    `stop()` stops every process it started, including any added later with `start_server`.
     """
 
     def __init__(
@@ -242,6 +298,9 @@ class LocalSwarm:
         self.servers: list[LocalServer] = []
         self._dht_client: Any = None
         self._dht_thread: ThreadPoolExecutor | None = None
+        # Every process is started on this one thread: their parent-death signal fires when it ends (in stop()).
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-swarm-spawner")
+        self._supervision = _Supervision(self)
 
     # lifecycle
 
@@ -263,6 +322,7 @@ class LocalSwarm:
         except BaseException:
             self.stop()
             raise
+        self._supervision.start()
         logger.info(
             "local swarm ready servers=%d seconds=%.1f initial_peers=%s",
             len(self.servers),
@@ -272,13 +332,15 @@ class LocalSwarm:
         return self
 
     def stop(self) -> None:
+        self._supervision.stop()
         self._stop_dht_client()
-        processes = [*self.servers, *([self.dht_process] if self.dht_process else [])]
+        processes = self._processes()
         for process in processes:  # all at once: a Procfile runner allows the whole swarm seconds to stop
             process.terminate()
         deadline = time.monotonic() + STOP_GRACE_S
         for process in processes:
             process.wait_stopped(deadline)
+        self._spawner.shutdown()
         if self._owned_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("local swarm stopped processes=%d", len(self.servers) + (self.dht_process is not None))
@@ -308,12 +370,29 @@ class LocalSwarm:
         return [f"/ip4/{LOOPBACK}/tcp/{self.dht_port}/p2p/{self.dht_process.peer_id}"]
 
     def start_server(self, plan: ServerPlan, *, timeout_s: float | None = None) -> LocalServer:
-        """Add a server to the running swarm and wait until it serves its blocks."""
+        """Add a server to the running swarm and wait until it serves its blocks (supervised from then on)."""
         check_plan(plan)
         self.plans.append(plan)
         server = self._launch(plan)
         self.wait_until_served(self.start_timeout_s if timeout_s is None else timeout_s, servers=[server])
+        self._supervision.watch(server)
         return server
+
+    def ensure_serving(self, timeout_s: float) -> None:
+        """Return once every process runs and every restarted server serves again; SwarmError (with the logs)
+        when the swarm gave up on a process, or a restart is not served within `timeout_s`."""
+        self._supervision.raise_if_given_up()
+        restarting = self._supervision.restarting()
+        if not restarting:
+            return
+        logger.info("waiting for restarted swarm processes: %s", [p.name for p in restarting])
+        deadline = time.monotonic() + timeout_s
+        while restarting := self._supervision.restarting():
+            self._supervision.raise_if_given_up()
+            if time.monotonic() > deadline:
+                tails = "\n".join(p.log_tail() for p in restarting)
+                raise SwarmError(f"not served again after {timeout_s:.0f} s: {[p.name for p in restarting]}\n{tails}")
+            time.sleep(WATCH_INTERVAL_S)
 
     def wait_until_served(self, timeout_s: float, servers: Sequence[LocalServer] | None = None) -> None:
         """Block until each server (all by default) is announced online in the DHT for its whole span."""
@@ -346,7 +425,7 @@ class LocalSwarm:
         command = command_line(
             "run_dht", ["--host_maddrs", f"/ip4/{LOOPBACK}/tcp/{self.dht_port}", "--identity_path", str(identity)]
         )
-        self.dht_process = SwarmProcess("dht", command, self.work_dir / "dht.log", identity)
+        self.dht_process = self.on_spawner(lambda: SwarmProcess("dht", command, self.work_dir / "dht.log", identity))
 
     def _launch(self, plan: ServerPlan) -> LocalServer:
         name = f"server{len(self.servers)}-{plan.model.model_id.replace('/', '_')}-{plan.start_block}-{plan.end_block}"
@@ -358,6 +437,7 @@ class LocalSwarm:
             label=plan.label,
             blocks=(plan.start_block, plan.end_block),
             host=LOOPBACK,
+            port=free_port(),
             throughput=SERVER_THROUGHPUT,
             device="cpu",
             torch_dtype="float32",
@@ -365,10 +445,17 @@ class LocalSwarm:
             loopback_only=True,
         )
         host, port = self._dht_address()
-        server = LocalServer(plan, config, name, self.work_dir, f"{host}:{port}")
+        server = self.on_spawner(lambda: LocalServer(plan, config, name, self.work_dir, f"{host}:{port}"))
         self.servers.append(server)
         logger.info("swarm server started name=%s pid=%d", name, server.pid)
         return server
+
+    def on_spawner(self, call: Callable[[], T]) -> T:
+        """Run `call` (which starts a process) on the swarm's spawner thread, which lives until `stop()`."""
+        return self._spawner.submit(call).result()
+
+    def _processes(self) -> list[SwarmProcess]:
+        return [*self.servers, *([self.dht_process] if self.dht_process else [])]
 
     def _dht_address(self) -> tuple[str, int]:
         if self.external_peers:
@@ -431,6 +518,128 @@ class LocalSwarm:
                     if server_info.state == petals.data_structures.ServerState.ONLINE:
                         online.add((prefix, peer_id.to_base58(), block))
         return online
+
+
+class _Supervision:
+    """The swarm's watcher: a thread that restarts processes which exit unasked, and tracks which restarted
+    servers are not yet announced online again."""
+
+    def __init__(self, swarm: LocalSwarm) -> None:
+        self._swarm = swarm
+        self._watched: dict[SwarmProcess, RestartPolicy] = {}
+        self._due: dict[SwarmProcess, float] = {}
+        """Crashed processes and when they are started again."""
+        self._unserved: dict[SwarmProcess, float] = {}
+        """Restarted processes not yet online again, and when they were restarted."""
+        self._given_up: dict[SwarmProcess, str] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        for process in self._swarm._processes():
+            self.watch(process)
+        self._thread = threading.Thread(target=self._run, name="local-swarm-supervision", daemon=True)
+        self._thread.start()
+
+    def watch(self, process: SwarmProcess) -> None:
+        with self._lock:
+            self._watched[process] = RestartPolicy(
+                first_delay_s=RESTART_FIRST_DELAY_S,
+                max_delay_s=RESTART_MAX_DELAY_S,
+                limit=RESTART_LIMIT,
+                window_s=RESTART_WINDOW_S,
+            )
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def restarting(self) -> list[SwarmProcess]:
+        with self._lock:
+            return [*self._due, *self._unserved]
+
+    def raise_if_given_up(self) -> None:
+        with self._lock:
+            if self._given_up:
+                raise SwarmError("the local swarm gave up on: " + "\n".join(self._given_up.values()))
+
+    def _run(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            try:
+                self._look_once()
+            except Exception:  # the watcher must outlive a failed DHT query or restart, never die silently
+                logger.exception("local swarm supervision failed a round; trying again")
+
+    def _look_once(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            watched = list(self._watched.items())
+        for process, policy in watched:
+            if process in self._given_up or process.stopped_on_purpose or self._stopping.is_set():
+                continue
+            if process not in self._due and process.exit_status is not None:
+                self._crashed(process, policy, now)
+            elif process in self._due and now >= self._due[process]:
+                self._swarm.on_spawner(process.restart)
+                with self._lock:
+                    del self._due[process]
+                    self._unserved[process] = now
+        self._note_recovered(watched)
+
+    def _crashed(self, process: SwarmProcess, policy: RestartPolicy, now: float) -> None:
+        delay = policy.crashed()
+        tail = process.log_tail()
+        if delay is None:
+            message = (
+                f"{process.name} exited with status {process.exit_status} {RESTART_LIMIT} times within "
+                f"{RESTART_WINDOW_S:.0f} s; not restarted again\n{tail}"
+            )
+            with self._lock:
+                self._given_up[process] = message
+                self._unserved.pop(process, None)
+            logger.error("local swarm gave up: %s", message)
+            if isinstance(process, LocalServer):
+                plan = process.plan
+                for block in range(plan.start_block, plan.end_block):
+                    logger.error("block %d of %s has lost its server %s", block, plan.model.model_id, process.name)
+            return
+        logger.warning(
+            "swarm process exited unexpectedly name=%s status=%s restart=%d in %.1f s\n%s",
+            process.name,
+            process.exit_status,
+            process.restarts + 1,
+            delay,
+            tail,
+        )
+        with self._lock:
+            self._unserved.pop(process, None)
+            self._due[process] = now + delay
+
+    def _note_recovered(self, watched: list[tuple[SwarmProcess, RestartPolicy]]) -> None:
+        with self._lock:
+            unserved = dict(self._unserved)
+        if not unserved:
+            return
+        servers = [p for p in unserved if isinstance(p, LocalServer)]
+        online = self._swarm._online_peer_spans(servers) if servers and self._swarm._dht_listens() else set()
+        policies = dict(watched)
+        for process, restarted_at in unserved.items():
+            if isinstance(process, LocalServer):
+                back = process.loaded_since_restart() and _serves(online, process)
+            else:
+                back = self._swarm._dht_listens()
+            if back and process.exit_status is None:
+                policies[process].recovered()
+                with self._lock:
+                    self._unserved.pop(process, None)
+                logger.info(
+                    "swarm process back online name=%s peer_id=%s after %.1f s",
+                    process.name,
+                    process.peer_id,
+                    time.monotonic() - restarted_at,
+                )
 
 
 def _serves(online: set[tuple[str, str, int]], server: LocalServer) -> bool:

@@ -2,22 +2,15 @@
 
 The node launcher cannot see the ledger; the portal publishes each node's earnings at
 `/api/nodes/<peer id>/earnings` (tokens served, FAR earned, paid, in payment, unpaid, and the wallet the node is
-registered to). With `--portal-url`, the launcher runs the Petals server as its child, prints where to
-register the node, then one line every few minutes; signals are passed on to the server, and the launcher
-exits with the server's status. Only the standard library is used: the node image stays as it is.
+registered to). With `--portal-url`, the launcher prints where to register the node, then one line every few
+minutes (`mesh.node_keeper` runs the server). Only the standard library is used: the node image stays as it is.
 """
 
 import json
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 
 def earnings_url(portal_url: str, peer_id: str) -> str:
@@ -54,37 +47,7 @@ def earnings_line(document: dict[str, Any] | None, *, portal_url: str, peer_id: 
     return f"{line}; not registered, so held: register at {registration_url(portal_url, peer_id)}"
 
 
-def run_reporting(
-    command: Sequence[str],
-    *,
-    portal_url: str,
-    peer_id: str,
-    every_s: float,
-    out: TextIO = sys.stdout,
-    fetch: Callable[[str, str], dict[str, Any] | None] = fetch_earnings,
-) -> int:
-    """Run `command` (the server) as a child, printing an earnings line every `every_s`; its exit status."""
-    child = subprocess.Popen(list(command))
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        child.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        next_report = time.monotonic() + every_s
-        while child.poll() is None:
-            if time.monotonic() >= next_report:
-                print(
-                    earnings_line(fetch(portal_url, peer_id), portal_url=portal_url, peer_id=peer_id),
-                    file=out,
-                    flush=True,
-                )
-                next_report = time.monotonic() + every_s
-            try:
-                child.wait(timeout=min(1.0, max(next_report - time.monotonic(), 0.05)))
-            except subprocess.TimeoutExpired:
-                pass
-        return child.returncode
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+def status_line(portal_url: str, peer_id: str, restarts: int) -> str:
+    """The launcher's periodic line: the node's earnings, and how often its server was restarted, if ever."""
+    line = earnings_line(fetch_earnings(portal_url, peer_id), portal_url=portal_url, peer_id=peer_id)
+    return f"{line}; restarts {restarts}" if restarts else line

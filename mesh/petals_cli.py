@@ -6,7 +6,9 @@ would import petals before hivemind's missing names are restored and fail; this 
 
 With `FAR_MESH_AWAIT_PORT=host:port` set, the process imports everything (the slow part of its start) and then
 waits, up to AWAIT_PORT_TIMEOUT_S, until something listens there before petals runs: the local swarm starts its
-servers together with the DHT bootstrap they join, instead of one after the other.
+servers together with the DHT bootstrap they join, instead of one after the other. Started by a supervisor (the
+local swarm, `far-mesh node`), the process and everything it starts die with that supervisor
+(`mesh.process_lifetime`).
 """
 
 import importlib
@@ -27,6 +29,9 @@ def command_line(name: str, args: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in COMMANDS:
         sys.exit(f"usage: python -m mesh.petals_cli {{{','.join(COMMANDS)}}} ARGS...")
+    from mesh.process_lifetime import die_with_supervisor
+
+    die_with_supervisor()
     import mesh.compat  # noqa: F401 - restores hivemind's names before petals' CLI module is imported
 
     command = importlib.import_module(f"petals.cli.{argv[0]}")

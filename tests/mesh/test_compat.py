@@ -5,6 +5,9 @@ import asyncio
 import gc
 import importlib
 import pkgutil
+import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -153,3 +156,56 @@ async def test_closing_a_session_that_never_stepped_closes_its_stream_to_the_p2p
 async def _queued(queue: "asyncio.Queue[runtime_pb2.ExpertRequest]") -> AsyncIterator[runtime_pb2.ExpertRequest]:
     while True:
         yield await queue.get()
+
+
+FORKED_CHILD_DROPS_AN_INHERITED_TENSOR = """
+import gc, os, sys
+from multiprocessing.reduction import ForkingPickler
+if sys.argv[1] == "compat":
+    import mesh.compat
+else:
+    import torch.multiprocessing
+    torch.multiprocessing.set_sharing_strategy(sys.argv[1])
+import torch
+shared = torch.empty(16, dtype=torch.uint8).share_memory_()  # as hivemind's MPFuture state bytes are
+child = os.fork()
+if child == 0:  # a Petals handler or DHT process, dropping what it inherited
+    del shared
+    gc.collect()
+    os._exit(0)
+os.waitpid(child, 0)
+ForkingPickler.dumps(shared[0])  # the parent sends a future's state to another process
+del shared
+gc.collect()
+print("parent alive")
+"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "survives"),
+    [("file_system", False), ("compat", True)],
+    ids=["hivemind's file_system strategy", "the strategy mesh.compat selects"],
+)
+def test_a_forked_child_dropping_an_inherited_shared_tensor_kills_its_parent_only_under_file_system(
+    strategy: str, survives: bool
+) -> None:
+    """The crash that killed local swarm servers (`could not unlink the shared memory file`), reproduced with
+    torch alone: the control shows the mechanism, the other that servers started through mesh.compat are immune."""
+    result = subprocess.run(
+        [sys.executable, "-c", FORKED_CHILD_DROPS_AN_INHERITED_TENSOR, strategy],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+    assert ("parent alive" in result.stdout) is survives, result.stderr[-2000:]
+    if not survives:
+        assert result.returncode == -signal.SIGABRT
+        assert "could not unlink the shared memory file" in result.stderr
+
+
+def test_mesh_compat_selects_the_file_descriptor_sharing_strategy() -> None:
+    import torch.multiprocessing
+
+    assert torch.multiprocessing.get_sharing_strategy() == "file_descriptor"

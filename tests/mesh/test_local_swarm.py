@@ -1,15 +1,22 @@
 """The local swarm: refuses clearly, survives the loss of a replicated server, and leaves no process behind."""
 
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from cli.main import main
 from mesh.client import open_client
-from mesh.local_swarm import LocalSwarm, ServerPlan, split_plans
+from mesh.local_swarm import LocalSwarm, ServerPlan, SwarmError, group_members, peer_id_from_identity, split_plans
 from mesh.node import InvalidBlocks, ModelPathMissing, PortTaken
+from mesh.process_groups import signal_group
 from protocol.catalog import ModelSpec
+from tests.fixtures.swarm import StartSwarm
 from tests.mesh.greedy import greedy_locally, greedy_through_swarm, off_main_thread
 
 PROMPT = "Grüße aus Köln"
@@ -109,3 +116,99 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+RECOVERY_BOUND_S = 60.0
+"""A crashed server of a local swarm is back online, with the same peer id, within this (about 10 s here)."""
+
+
+@pytest.mark.swarm
+def test_a_crashed_server_comes_back_with_its_peer_id_and_serves_its_blocks(
+    local_swarm_factory: StartSwarm, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    swarm = local_swarm_factory(split_plans(tiny_models[0], 2))
+    victim = swarm.servers[0]
+    peer_id, crashed_group = victim.peer_id, victim.group_members()
+
+    started = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)  # the main process only, as a crash would: the swarm cleans up the rest
+    _wait_for(lambda: victim.restarts == 1, timeout_s=10)
+    swarm.ensure_serving(RECOVERY_BOUND_S)
+    recovered_s = time.monotonic() - started
+
+    assert recovered_s < RECOVERY_BOUND_S
+    assert peer_id_from_identity(victim.identity_path) == peer_id
+    assert (peer_id, 0) in _online_peers(swarm) and (peer_id, 1) in _online_peers(swarm)
+    assert [pid for pid in crashed_group if _alive(pid) and pid not in victim.group_members()] == []
+    client = off_main_thread(open_client, swarm.models[0], swarm.initial_peers)
+    try:
+        input_ids = client.tokenizer(PROMPT, return_tensors="pt").input_ids
+        tokens, spans = off_main_thread(greedy_through_swarm, client, input_ids, NEW_TOKENS)
+        assert tokens == greedy_locally(client, input_ids, NEW_TOKENS)
+        assert (peer_id, 0, 2) in spans
+    finally:
+        off_main_thread(client.close)
+
+
+@pytest.mark.swarm
+def test_a_swarm_gives_up_on_a_server_that_keeps_crashing_and_says_so(
+    local_swarm_factory: StartSwarm, tiny_models: tuple[ModelSpec, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mesh.local_swarm.RESTART_LIMIT", 1)
+    swarm = local_swarm_factory(split_plans(tiny_models[0], 2))
+
+    os.kill(swarm.servers[1].pid, signal.SIGKILL)
+    with pytest.raises(SwarmError, match="server1-.* exited with status -9 1 times"):
+        _wait_for(lambda: _raises_once_given_up(swarm), timeout_s=10)
+
+
+def test_a_swarm_killed_outright_takes_every_process_it_started_with_it(tiny_models: tuple[ModelSpec, ...]) -> None:
+    command = [sys.executable, "-m", "cli.main", "swarm", "--model", tiny_models[0].model_id]
+    env = os.environ | {"FAR_MESH_CACHE_DIR": str(Path(str(tiny_models[0].source)).parents[1])}
+    supervisor = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        assert supervisor.stdout is not None
+        pids = []
+        for line in supervisor.stdout:
+            pids += [int(word.removeprefix("pid=")) for word in line.split() if word.startswith("pid=")]
+            if line.startswith("swarm ready"):
+                break
+        assert len(pids) == 2
+        members = {pid for pgid in pids for pid in group_members(pgid)}
+        assert len(members) > 2  # each server's handlers, DHT process and p2pd daemons
+
+        supervisor.kill()  # SIGKILL: none of the swarm's own clean-up runs
+        supervisor.wait()
+
+        _wait_for(lambda: not [pid for pid in members if _alive(pid)], timeout_s=20)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        assert supervisor.stdout is not None
+        supervisor.stdout.close()
+        for pgid in pids:
+            signal_group(pgid, signal.SIGKILL)
+
+
+def _raises_once_given_up(swarm: LocalSwarm) -> bool:
+    swarm.ensure_serving(0.1)
+    return False
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not true within {timeout_s} s"
+        time.sleep(0.1)
+
+
+def _online_peers(swarm: LocalSwarm) -> set[tuple[str, int]]:
+    from mesh.compat import petals
+
+    infos = swarm.module_infos(swarm.models[0].dht_prefix or "", 4)
+    return {
+        (peer.to_base58(), block)
+        for block, info in enumerate(infos)
+        for peer, server in info.servers.items()
+        if server.state == petals.data_structures.ServerState.ONLINE
+    }

@@ -14,7 +14,9 @@ import pytest
 
 from cli.main import main
 from mesh.node import NodeConfig, server_args
-from mesh.node_earnings import earnings_line, fetch_earnings, registration_url, run_reporting
+from mesh.node_earnings import earnings_line, fetch_earnings, registration_url, status_line
+from mesh.node_keeper import NodeKeeper
+from mesh.restarts import RestartPolicy
 from protocol.catalog import ModelSpec
 from tests.fixtures.ledger import unique_id
 from tests.fixtures.portal import PortalServer, seed_earnings
@@ -65,7 +67,7 @@ async def test_the_earnings_come_from_a_running_portal(portal_server: PortalServ
     assert await asyncio.to_thread(fetch_earnings, "http://127.0.0.1:9", node) is None  # nothing listens there
 
 
-def test_the_launcher_reports_while_the_server_runs_and_exits_with_its_status() -> None:
+def test_the_launcher_prints_a_status_line_while_the_server_runs() -> None:
     out = StringIO()
     calls: list[tuple[str, str]] = []
 
@@ -73,11 +75,37 @@ def test_the_launcher_reports_while_the_server_runs_and_exits_with_its_status() 
         calls.append((url, peer))
         return DOCUMENT
 
-    command = [sys.executable, "-c", "import time, sys; time.sleep(1.0); sys.exit(3)"]
-    status = run_reporting(command, portal_url="http://portal", peer_id="peer", every_s=0.3, out=out, fetch=fetch)
-    assert status == 3
+    command = [sys.executable, "-c", "import time; time.sleep(1.0)"]
+
+    def line(restarts: int) -> str:
+        return earnings_line(fetch("http://portal", "peer"), portal_url="http://portal", peer_id="peer")
+
+    keeper = NodeKeeper(command, status_line=line, every_s=0.3, out=out)
+    assert keeper.run() == 0
     assert len(calls) >= 2 and set(calls) == {("http://portal", "peer")}
     assert out.getvalue().splitlines()[0].startswith("far-mesh node: tokens served 1200")
+
+
+def test_the_status_line_counts_restarts_once_there_were_any(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mesh.node_earnings.fetch_earnings", lambda url, peer: DOCUMENT)
+
+    assert "restarts" not in status_line("http://portal", "peer", 0)
+    assert status_line("http://portal", "peer", 2).endswith("; restarts 2")
+
+
+def test_a_crashed_server_is_restarted_with_the_same_command_until_the_launcher_gives_up(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    command = [sys.executable, "-c", f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(3)"]
+    policy = RestartPolicy(first_delay_s=0.05, max_delay_s=0.1, limit=3, window_s=60)
+    out = StringIO()
+
+    assert NodeKeeper(command, policy=policy, out=out).run() == 3
+
+    assert starts.read_text() == "xxx"  # started, then restarted twice with the same command (identity, blocks)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("far-mesh node: the server exited with status 3; restart 1 in")
+    assert lines[1].startswith("far-mesh node: the server exited with status 3; restart 2 in")
+    assert "giving up (restarts 2)" in lines[2]
 
 
 def test_a_sigterm_to_the_launcher_stops_the_server_it_runs() -> None:
@@ -86,7 +114,7 @@ def test_a_sigterm_to_the_launcher_stops_the_server_it_runs() -> None:
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     try:
-        status = run_reporting(command, portal_url="http://portal", peer_id="p", every_s=60, fetch=lambda u, p: None)
+        status = NodeKeeper(command).run()
     finally:
         timer.cancel()
     assert status == -signal.SIGTERM
