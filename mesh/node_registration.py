@@ -189,9 +189,13 @@ def announce_registration(
         )
         return None
     link = registration_link(portal_url, proof)
-    held = f"registered to {registered}" if registered else "held until it is registered"
+    now = (
+        f"paid to {registered}, its registered wallet (moving it also needs that wallet's transfer statement)"
+        if registered
+        else "held until it is registered"
+    )
     print(
-        f"far-mesh node: its earnings are {held}; to register it to {wallet}, open within minutes {link} "
+        f"far-mesh node: its earnings are {now}; to register it to {wallet}, open within minutes {link} "
         f"(or later run `far-mesh register-node --identity {identity} --portal-url {portal_url} --wallet {wallet}`)",
         file=out,
         flush=True,
