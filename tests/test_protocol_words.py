@@ -81,6 +81,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("portal/documents.py", "kind"): "a signed document's kind (register, transfer)",
     ("portal/routes.py", "kind"): "a signed document's kind (register, transfer)",
     ("portal/routes.py", "reason"): "a form field",
+    ("mesh/node_registration.py", "kind"): "a signed document's kind (register), asked of the portal",
+    ("mesh/node_registration.py", "error"): "the portal's HTTP error body, read by the node launcher",
     ("devstack/chain_node.py", "token"): "the deployed $FAR token contract's address",
     ("devstack/harness/system.py", "data"): "the embedded PostgreSQL's data directory",
     ("devstack/harness/sse.py", "token"): "the harness reads SSE events as a client does, from their JSON",
