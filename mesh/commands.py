@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from mesh import dht_node
+from mesh import dht_node, node_registration
 from mesh.node import QUANT_TYPES
 from protocol.catalog import ModelSpec
 
@@ -85,6 +85,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     node.set_defaults(handler=run_node)
 
     dht_node.register(subparsers)
+    node_registration.add_command(subparsers)
 
 
 def _bootstrap_from_env() -> list[str]:
@@ -138,7 +139,7 @@ def run_swarm(args: argparse.Namespace) -> int:
 def run_node(args: argparse.Namespace) -> int:
     from mesh.announce import hardware_word
     from mesh.node import NodeConfig, NodeRefused, check_node, detect_gpu, parse_blocks, server_command
-    from mesh.node_earnings import registration_url, status_line
+    from mesh.node_earnings import status_line
     from mesh.node_keeper import NodeKeeper
     from protocol.wallet import InvalidWallet
 
@@ -172,11 +173,7 @@ def run_node(args: argparse.Namespace) -> int:
     print(f"far-mesh node: serving {config.model_source} as {config.public_name} peer_id={peer_id}", flush=True)
     if not args.portal_url:
         return NodeKeeper(command).run()
-    print(
-        f"far-mesh node: its earnings are held until the node is registered to {args.wallet}: sign the statement "
-        f"at {registration_url(args.portal_url, peer_id)}",
-        flush=True,
-    )
+    node_registration.announce_registration(identity, args.portal_url, args.wallet)
     portal_url = args.portal_url
     return NodeKeeper(
         command, status_line=lambda restarts: status_line(portal_url, peer_id, restarts), every_s=args.earnings_every

@@ -144,6 +144,36 @@ async def test_a_swarm_server_killed_mid_stream_fails_over_to_its_replica(e2e_sy
         await asyncio.to_thread(swarm.start_server, victim.plan)
 
 
+SERVER_RECOVERY_BOUND_S = 60.0
+"""A crashed server of `make run`'s swarm serves again, with the same peer id, within this (about 10 s here)."""
+
+
+async def test_a_swarm_server_that_crashes_is_restarted_with_its_peer_id_and_serves_its_blocks_again(
+    e2e_system: SystemUnderTest,
+) -> None:
+    swarm = e2e_system.system.swarm
+    assert swarm is not None
+    model = e2e_system.models[0]
+    (victim,) = [s for s in swarm.servers if s.plan.model == model and s.plan.start_block == 0]  # no replica
+    peer_id, restarts = victim.peer_id, victim.restarts
+
+    crashed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)  # its main process, as a crash would: the swarm cleans up the rest
+    while victim.restarts == restarts:
+        assert time.monotonic() - crashed_at < 10, "the swarm did not notice the crash"
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(swarm.ensure_serving, SERVER_RECOVERY_BOUND_S)
+    assert time.monotonic() - crashed_at < SERVER_RECOVERY_BOUND_S
+
+    request_id = new_request_id()
+    async with e2e_system.client() as client:
+        events = await collect(client, greedy(request_id, 8))
+    assert_complete_once(events, reference_continuation(model, PROMPT, 8))
+    await wait_until_accounted(e2e_system.redis_url)
+    session = await the_ledger_session(e2e_system.postgres_url, request_id)
+    assert peer_id in {c["node_id"] for c in session.contributions}  # the same identity, paid for its blocks
+
+
 async def test_the_accounting_consumer_killed_between_commit_and_ack_leaves_the_ledger_exact(
     e2e_system: SystemUnderTest,
 ) -> None:
