@@ -53,6 +53,16 @@ PAYOUT_CONFIRMATION_SECONDS = Histogram(
 )
 TREASURY_FAR = Gauge("far_payout_treasury_far", "$FAR held by the treasury")
 TREASURY_GAS = Gauge("far_payout_treasury_gas", "Gas token held by the treasury (ETH units)")
+PAYOUT_HALTED = Gauge(
+    "far_payout_halted",
+    "1 once `payouts serve` stopped paying on an error that does not pass by itself (its log says which); "
+    "nothing is claimed or signed until it is restarted",
+)
+PAYOUT_BATCHES_ELSEWHERE = Gauge(
+    "far_payout_batches_on_other_chains",
+    "Unfinished batches signed for another chain or token than the payer's (a reset node, a new deployment): "
+    "not followed, their rows claimed until an operator settles them",
+)
 
 
 def record_billed(billed_far: Mapping[str, Decimal]) -> None:

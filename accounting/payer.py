@@ -12,15 +12,24 @@ exactly the batch (`verify_transaction`).
    fees) before anything is sent;
 3. submitted: it is broadcast (again after a restart: a signed transaction is idempotent);
 4. then the chain decides. A receipt with status 1 and FAR_MESH_PAYOUT_CONFIRMATIONS blocks marks the batch
-   and its rows paid with the transaction's hash; status 0 (reverted) fails the batch and releases the rows;
-   the treasury's mined nonce passing the batch's with no receipt for any of its transactions means another
+   and its rows paid with the transaction's hash; a receipt with status 0 (reverted) that has as many blocks
+   fails the batch and releases the rows; the treasury's nonce passing the batch's, FAR_MESH_PAYOUT_CONFIRMATIONS
+   blocks deep, with no receipt for any of its transactions on RELEASE_CHECKS polls in a row, means another
    transaction took that nonce, so none of ours can ever land: failed, rows released. A transaction not
    mined for FAR_MESH_PAYOUT_REPLACE_AFTER_S is replaced by one with the same nonce and higher fees.
 
 Never twice: every transaction of a batch has the batch's one nonce, so at most one can ever be mined, and
-rows are released only once the chain shows that none of them transferred anything (reverted, or the nonce
-consumed by another). One payer at a time holds the treasury's advisory lock, and finishes its unfinished
-batches before claiming a new one, so the nonce sequence is never shared.
+rows are released only once the chain shows, confirmation-deep and more than once, that none of them
+transferred anything (reverted, or the nonce consumed by another): a node behind a load balancer, or one
+lagging a few blocks, that misses a receipt once cannot make a mined transfer look unpaid. One payer at a
+time holds the treasury's advisory lock, and finishes its unfinished batches before claiming a new one, so the
+nonce sequence is never shared. A batch belongs to the chain it was signed for (chain id, genesis hash, token:
+`chain.identity`): a reset development node is another chain, whose nonces never collide with the old one's.
+
+A round that fails for a reason that will not pass by itself (a constraint of the ledger, a node that changed
+chains, a transfer that does not match its batch...) halts `payouts serve`: it logs the error once, sets
+`far_payout_halted` (an alert watches it), and pays nothing more until it is restarted, instead of repeating
+the failure every round.
 """
 
 import asyncio
@@ -51,6 +60,7 @@ from accounting.payouts import (
     PaymentFailed,
     TransactionRecord,
     batch_state,
+    batches_on_other_chains,
     claim_batch,
     load_batch,
     mark_failed,
@@ -61,6 +71,7 @@ from accounting.payouts import (
 )
 from chain.client import ChainClient, EstimateReverted, Receipt, RejectedTransaction
 from chain.fees import FeeCapReached, Fees, first_offer, gwei, replacement
+from chain.identity import ChainChanged, ChainIdentity
 from chain.settings import PayoutSettings
 from chain.transfers import Payment, SignedTransfer, TransferMismatch, check_transfers, pay_batch_data, sign_transfer
 from chain.units import format_far, from_base_units, to_base_units
@@ -72,6 +83,10 @@ CSV_HEADER = ("batch_id", "wallet", "amount_far", "contribution_ids")
 PAYER_LOCK_KEY = 0x6661725F706179  # "far_pay": one chain payer per ledger, so one nonce sequence per treasury
 GAS_MARGIN = Decimal("1.25")
 """The gas limit signed is the estimate plus a quarter: state can change a little between estimate and mining."""
+RELEASE_CHECKS = 3
+"""Polls in a row (FAR_MESH_PAYOUT_POLL_S apart) that must find no receipt for any transaction of a batch, with
+the treasury's nonce past the batch's FAR_MESH_PAYOUT_CONFIRMATIONS blocks deep, before its rows are released:
+one node of a load-balanced RPC answering null once, or a node a few blocks behind, is not evidence."""
 
 
 def render_batch_file(batch: PaymentBatch) -> tuple[str, str]:
@@ -144,7 +159,9 @@ class ChainPayer:
 
     name = "chain"
 
-    def __init__(self, settings: PayoutSettings, client: ChainClient, treasury: LocalAccount) -> None:
+    def __init__(
+        self, settings: PayoutSettings, client: ChainClient, treasury: LocalAccount, chain: ChainIdentity
+    ) -> None:
         if settings.far_mesh_token_address is None or settings.far_mesh_batch_contract_address is None:
             raise ValueError(
                 "FAR_MESH_TOKEN_ADDRESS and FAR_MESH_BATCH_CONTRACT_ADDRESS are required by the chain payer"
@@ -155,22 +172,46 @@ class ChainPayer:
         self.token = settings.far_mesh_token_address
         self.batch_contract = settings.far_mesh_batch_contract_address
         self.chain_id = settings.far_mesh_chain_id
+        self.chain = chain
+        """The chain this payer signs for; a batch signed for another one is never followed here."""
         self.cap = gwei(settings.far_mesh_payout_max_fee_gwei)
         self._capped: set[str] = set()
         """Stuck transactions already reported as unreplaceable under the fee cap (reported once each)."""
+        self._absent: dict[int, int] = {}
+        """Batch id: polls in a row that found the nonce confirmation-deep past it and none of its receipts."""
+        self._elsewhere: set[int] = set()
+        """Batches in flight on another chain, already reported (once each)."""
 
     @classmethod
     async def connect(cls, settings: PayoutSettings) -> "ChainPayer":
         """Load the key and check the node (reachable, right chain, both contracts deployed) before any claim."""
         treasury: LocalAccount = Account.from_key(settings.treasury_key().get_secret_value())
         client = ChainClient(settings.far_mesh_chain_rpc_url, timeout_s=settings.far_mesh_chain_rpc_timeout_s)
-        payer = cls(settings, client, treasury)
-        await client.check(
-            settings.far_mesh_chain_id,
-            {"FAR_MESH_TOKEN_ADDRESS": payer.token, "FAR_MESH_BATCH_CONTRACT_ADDRESS": payer.batch_contract},
+        contracts = {
+            "FAR_MESH_TOKEN_ADDRESS": settings.far_mesh_token_address,
+            "FAR_MESH_BATCH_CONTRACT_ADDRESS": settings.far_mesh_batch_contract_address,
+        }
+        if None in contracts.values():
+            raise ValueError(
+                "FAR_MESH_TOKEN_ADDRESS and FAR_MESH_BATCH_CONTRACT_ADDRESS are required by the chain payer"
+            )
+        await client.check(settings.far_mesh_chain_id, {k: str(v) for k, v in contracts.items()})
+        chain = ChainIdentity(
+            settings.far_mesh_chain_id, await client.genesis_hash(), str(settings.far_mesh_token_address)
         )
-        log.info("chain payer ready node=%s chain_id=%d treasury=%s", client.node, payer.chain_id, treasury.address)
+        payer = cls(settings, client, treasury, chain)
+        log.info("chain payer ready node=%s %s treasury=%s", client.node, chain, treasury.address)
         return payer
+
+    async def _check_same_chain(self) -> None:
+        """Refuse to go on if the node now serves another chain than the one this payer connected to (a
+        development node reset under a running payer, another network behind the same URL)."""
+        genesis = await self.client.genesis_hash()
+        if genesis != self.chain.genesis_hash:
+            raise ChainChanged(
+                f"the node at {self.client.node} now serves another chain (genesis {genesis[:10]}…, the payer "
+                f"connected to {self.chain}): restart the payer to pay on the new chain"
+            )
 
     async def run_once(
         self, connection: asyncpg.Connection, *, min_far: Decimal, lock_wait_s: float = 60.0
@@ -178,12 +219,17 @@ class ChainPayer:
         """Finish every unfinished chain batch (a restart resumes here), then claim and pay one new batch."""
         finished: list[FinishedBatch] = []
         async with payer_lock(connection, wait_s=lock_wait_s):
-            for batch_id in await unfinished_batches(connection, self.name):
+            await self._check_same_chain()
+            await self._report_elsewhere(connection)
+            for batch_id in await unfinished_batches(connection, self.name, self.chain):
                 finished.append(await self.finish_batch(connection, batch_id))
             if any(s.status == "failed" for s in finished):
                 return finished  # let an operator see the failure before more rows are claimed
             batch = await claim_batch(
-                connection, self.name, min_far, max_wallets=self.settings.far_mesh_payout_max_wallets
+                connection,
+                self.name,
+                min_far,
+                max_wallets=self.settings.far_mesh_payout_max_wallets,
             )
             if batch is not None:
                 log.info(
@@ -195,6 +241,21 @@ class ChainPayer:
                 )
                 finished.append(await self.finish_batch(connection, batch.id))
         return finished
+
+    async def _report_elsewhere(self, connection: asyncpg.Connection) -> None:
+        """Batches in flight on another chain (or token) are left alone: only that chain can say whether they
+        paid. They are counted in a gauge and logged once each, for an operator to settle."""
+        elsewhere = await batches_on_other_chains(connection, self.name, self.chain)
+        metrics.PAYOUT_BATCHES_ELSEWHERE.set(len(elsewhere))
+        for batch_id in elsewhere:
+            if batch_id not in self._elsewhere:
+                self._elsewhere.add(batch_id)
+                log.warning(
+                    "payout batch id=%d is in flight on another chain than %s: not followed here, its rows stay "
+                    "claimed until it is settled on its own chain (`far-mesh payouts resolve`)",
+                    batch_id,
+                    self.chain,
+                )
 
     async def finish_batch(self, connection: asyncpg.Connection, batch_id: int) -> FinishedBatch:
         """Drive one batch to paid or failed, from whatever step it is at."""
@@ -280,7 +341,7 @@ class ChainPayer:
         await record_signed(
             connection,
             batch_id,
-            chain_id=self.chain_id,
+            chain=self.chain,
             sender=self.treasury.address,
             tx_hash=signed.tx_hash,
             raw_tx=signed.raw_tx,
@@ -312,14 +373,11 @@ class ChainPayer:
         for tx in reversed(state.transactions):
             receipt = await self.client.receipt(tx.tx_hash)
             if receipt is not None:
+                self._absent.pop(state.id, None)
                 return await self._settle_mined(connection, state, tx, receipt)
         if mined_nonce > state.nonce:
-            return await self._fail(
-                connection,
-                state.id,
-                f"nonce {state.nonce} of {state.sender} was used by a transaction this payer did not sign for the "
-                "batch; nothing was paid",
-            )
+            return await self._nonce_passed(connection, state)
+        self._absent.pop(state.id, None)
         newest = state.transactions[-1]
         if newest.age_s >= self.settings.far_mesh_payout_replace_after_s:
             return await self._replace(connection, state, newest)
@@ -328,10 +386,49 @@ class ChainPayer:
             await record_submitted(connection, state.id, newest.tx_hash)
         return "wait"
 
+    async def _nonce_passed(self, connection: asyncpg.Connection, state: BatchState) -> Step:
+        """The treasury's nonce is past the batch's and no receipt of ours was found: another transaction took the
+        nonce, or the node that answered is behind (a load balancer's other node, a lagging one) and one of ours
+        was mined. Released only on evidence that lasts: the nonce past the batch's at the block
+        FAR_MESH_PAYOUT_CONFIRMATIONS deep, and no receipt on RELEASE_CHECKS polls in a row."""
+        assert state.nonce is not None and state.sender is not None
+        deep_block = await self.client.block_number() - self.settings.far_mesh_payout_confirmations + 1
+        deep_nonce = await self.client.nonce_at(state.sender, max(deep_block, 0))
+        if deep_nonce is None or deep_nonce <= state.nonce:
+            self._absent.pop(state.id, None)
+            return "wait"  # not confirmation-deep yet: ours may be the transaction that took it
+        checks = self._absent.get(state.id, 0) + 1
+        if checks < RELEASE_CHECKS:
+            self._absent[state.id] = checks
+            log.info(
+                "payout batch id=%d: nonce %d used, no receipt of ours (check %d of %d before releasing its rows)",
+                state.id,
+                state.nonce,
+                checks,
+                RELEASE_CHECKS,
+            )
+            return "wait"
+        self._absent.pop(state.id, None)
+        return await self._fail(
+            connection,
+            state.id,
+            f"nonce {state.nonce} of {state.sender} was used by a transaction this payer did not sign for the "
+            f"batch ({self.settings.far_mesh_payout_confirmations} blocks deep, no receipt on {RELEASE_CHECKS} "
+            "polls); nothing was paid",
+        )
+
     async def _settle_mined(
         self, connection: asyncpg.Connection, state: BatchState, tx: TransactionRecord, receipt: Receipt
     ) -> Step:
         mined = Mined(receipt.tx_hash, receipt.block_number, receipt.gas_used, receipt.effective_gas_price)
+        # paid or reverted, a receipt counts once it has its confirmations and is still in the same block: a
+        # reverted receipt of a block that is later reorganised away may leave room for a transfer that pays
+        head = await self.client.block_number()
+        if head - receipt.block_number + 1 < self.settings.far_mesh_payout_confirmations:
+            return "wait"
+        again = await self.client.receipt(tx.tx_hash)  # still in the same block after the confirmations?
+        if again is None or again.block_hash != receipt.block_hash or again.status != receipt.status:
+            return "again"
         if receipt.status != 1:
             metrics.PAYOUT_GAS_USED.inc(receipt.gas_used)
             return await self._fail(
@@ -340,12 +437,6 @@ class ChainPayer:
                 f"transaction {tx.tx_hash} reverted in block {receipt.block_number}",
                 reverted=mined,
             )
-        head = await self.client.block_number()
-        if head - receipt.block_number + 1 < self.settings.far_mesh_payout_confirmations:
-            return "wait"
-        again = await self.client.receipt(tx.tx_hash)  # still in the same block after the confirmations?
-        if again is None or again.block_hash != receipt.block_hash:
-            return "again"
         batch = await load_batch(connection, state.id)
         try:
             check_transfers(receipt, self.token, state.sender, payments_of(batch))
@@ -447,7 +538,8 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
 
     Until SIGTERM/SIGINT (or `stop`). Stopping at any moment is safe: every step is committed before the next
     begins, and the next start resumes from the ledger and the chain. An unreachable node or ledger is retried
-    next round; a node on the wrong chain or without the contracts stops it at start.
+    next round; a node on the wrong chain or without the contracts stops it at start. Any other error halts it
+    (`halt`): repeating a round that violated a ledger constraint, say, would only fail the same way forever.
     """
     import signal
 
@@ -460,6 +552,7 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+    retried: tuple[type[Exception], ...] = (ChainUnreachable, OSError, PayerBusy, *TRANSIENT_LEDGER_ERRORS)
     payer = await _connect_when_reachable(settings, stop)
     if payer is None:
         log.info("payouts serve stopped")
@@ -467,6 +560,7 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
     server = (
         start_http_server(settings.far_mesh_payout_metrics_port)[0] if settings.far_mesh_payout_metrics_port else None
     )
+    metrics.PAYOUT_HALTED.set(0)
     log.info(
         "payouts serve started interval_s=%s min_far=%s",
         settings.far_mesh_payout_interval_s,
@@ -486,8 +580,12 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
                     continue
             except asyncio.CancelledError:
                 break
-            except (ChainUnreachable, OSError, asyncpg.PostgresError, PayerBusy) as exc:
+            except retried as exc:
                 log.warning("payout round skipped: %s", exc)
+            except Exception as exc:  # whatever is not known to pass by itself halts: never loop on it
+                halt(exc)
+                await stop.wait()  # /metrics stays up, so the alert on far_payout_halted sees it
+                break
             try:
                 await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_payout_interval_s)
             except TimeoutError:
@@ -497,6 +595,30 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
             server.shutdown()
             server.server_close()
     log.info("payouts serve stopped")
+
+
+TRANSIENT_LEDGER_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,  # the connection was lost or refused
+    asyncpg.InterfaceError,  # ... and noticed by the driver
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, a statement cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock: run it again
+)
+"""Ledger errors that pass by themselves, so the next round is retried. Every other PostgreSQL error (a unique
+or check constraint, a missing column) fails the same way each time it is tried."""
+
+
+def halt(exc: BaseException) -> None:
+    """Stop paying on an error that a next round would only repeat: say so once, loudly, and raise the metric an
+    alert watches. What was committed stays where it is; a restart after the fix resumes from there."""
+    metrics.PAYOUT_HALTED.set(1)
+    log.error(
+        "payouts halted: %s: %s. Nothing more is claimed or signed until the cause is fixed and the payer is "
+        'restarted (docs/payouts.md, "When the payer halts")',
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
 
 
 async def _connect_when_reachable(settings: PayoutSettings, stop: asyncio.Event) -> ChainPayer | None:

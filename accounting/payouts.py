@@ -26,6 +26,7 @@ from typing import Protocol
 
 import asyncpg
 
+from chain.identity import ChainIdentity
 from protocol.money import far_sum
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,10 @@ class BatchState:
     status: str
     payer: str
     chain_id: int | None
+    chain_genesis: str | None
+    """The hash of block 0 of the chain its transactions were signed for (None: not signed yet, or signed before
+    the ledger recorded it)."""
+    token: str | None
     sender: str | None
     nonce: int | None
     transactions: tuple[TransactionRecord, ...]
@@ -191,7 +196,9 @@ class BatchState:
 
 async def batch_state(connection: asyncpg.Connection, batch_id: int) -> BatchState:
     batch = await connection.fetchrow(
-        "SELECT id, status, payer, chain_id, sender, nonce FROM far_payment_batches WHERE id = $1", batch_id
+        "SELECT id, status, payer, chain_id, chain_genesis, token, sender, nonce FROM far_payment_batches "
+        "WHERE id = $1",
+        batch_id,
     )
     if batch is None:
         raise BatchNotPending(f"payment batch {batch_id} does not exist")
@@ -206,6 +213,8 @@ async def batch_state(connection: asyncpg.Connection, batch_id: int) -> BatchSta
         status=batch["status"],
         payer=batch["payer"],
         chain_id=batch["chain_id"],
+        chain_genesis=batch["chain_genesis"],
+        token=batch["token"],
         sender=batch["sender"],
         nonce=batch["nonce"],
         transactions=tuple(
@@ -225,12 +234,50 @@ async def batch_state(connection: asyncpg.Connection, batch_id: int) -> BatchSta
     )
 
 
-async def unfinished_batches(connection: asyncpg.Connection, payer: str) -> list[int]:
-    """Batches of `payer` whose money may still move, oldest first: a payer finishes these before new ones."""
+_ON_CHAIN = (
+    "(chain_genesis IS NULL AND (chain_id IS NULL OR chain_id = $3)) "
+    "OR (chain_id = $3 AND chain_genesis = $4 AND lower(token) = lower($5))"
+)
+"""A batch that belongs to the chain `($3, $4)` and token `$5`: signed for them, or not signed yet (claimed), or
+signed before the ledger recorded a chain's genesis (those keep following the chain of their chain id)."""
+
+
+async def unfinished_batches(
+    connection: asyncpg.Connection, payer: str, chain: ChainIdentity | None = None
+) -> list[int]:
+    """Batches of `payer` whose money may still move, oldest first: a payer finishes these before new ones. With
+    `chain`, only those it can follow there: a batch signed for another chain (a reset development node, another
+    token) can be mined only there, and is never followed, failed or re-signed on this one."""
+    if chain is None:
+        rows = await connection.fetch(
+            "SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) ORDER BY id",
+            payer,
+            list(UNFINISHED),
+        )
+    else:
+        rows = await connection.fetch(
+            f"SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) AND ({_ON_CHAIN}) "
+            "ORDER BY id",
+            payer,
+            list(UNFINISHED),
+            chain.chain_id,
+            chain.genesis_hash,
+            chain.token,
+        )
+    return [r["id"] for r in rows]
+
+
+async def batches_on_other_chains(connection: asyncpg.Connection, payer: str, chain: ChainIdentity) -> list[int]:
+    """Unfinished batches of `payer` signed for a chain or token other than `chain`: their rows stay claimed until
+    an operator settles them (`payouts resolve`), since only that chain can say whether they paid."""
     rows = await connection.fetch(
-        "SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) ORDER BY id",
+        f"SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) AND NOT ({_ON_CHAIN}) "
+        "ORDER BY id",
         payer,
         list(UNFINISHED),
+        chain.chain_id,
+        chain.genesis_hash,
+        chain.token,
     )
     return [r["id"] for r in rows]
 
@@ -256,7 +303,7 @@ async def record_signed(
     connection: asyncpg.Connection,
     batch_id: int,
     *,
-    chain_id: int,
+    chain: ChainIdentity,
     sender: str,
     tx_hash: str,
     raw_tx: str,
@@ -266,10 +313,11 @@ async def record_signed(
     max_priority_fee_per_gas: int,
 ) -> None:
     """Commit a signed transaction for the batch before it is broadcast: the first one (which fixes the batch's
-    nonce), or a replacement with the same nonce (which supersedes the batch's live ones)."""
+    nonce and chain), or a replacement with the same nonce on the same chain (which supersedes the batch's live
+    ones)."""
     async with connection.transaction():
         state = await connection.fetchrow(
-            "SELECT status, nonce FROM far_payment_batches WHERE id = $1 FOR UPDATE", batch_id
+            "SELECT status, nonce, chain_id, chain_genesis FROM far_payment_batches WHERE id = $1 FOR UPDATE", batch_id
         )
         if state is None or state["status"] not in UNFINISHED:
             raise BatchNotPending(
@@ -277,6 +325,8 @@ async def record_signed(
             )
         if state["nonce"] is not None and state["nonce"] != nonce:
             raise ValueError(f"batch {batch_id} pays with nonce {state['nonce']}, never {nonce}")
+        if state["chain_genesis"] not in (None, chain.genesis_hash) or state["chain_id"] not in (None, chain.chain_id):
+            raise ValueError(f"batch {batch_id} was signed for another chain than {chain}, never for that one")
         previous = await connection.fetchval(
             "UPDATE far_payout_transactions SET state = 'replaced' "
             "WHERE batch_id = $1 AND state IN ('signed', 'submitted') RETURNING id",
@@ -295,11 +345,14 @@ async def record_signed(
             previous,
         )
         await connection.execute(
-            "UPDATE far_payment_batches SET status = 'signed', chain_id = $2, sender = $3, nonce = $4 WHERE id = $1",
+            "UPDATE far_payment_batches SET status = 'signed', chain_id = $2, sender = $3, nonce = $4, "
+            "chain_genesis = $5, token = $6 WHERE id = $1",
             batch_id,
-            chain_id,
+            chain.chain_id,
             sender,
             nonce,
+            chain.genesis_hash,
+            chain.token,
         )
 
 

@@ -82,6 +82,12 @@ class ChainClient:
     async def block_number(self) -> int:
         return await self._call("eth_blockNumber", lambda: self.w3.eth.block_number)
 
+    async def genesis_hash(self) -> str:
+        """The hash of block 0: what tells a chain from another with the same chain id (a reset development
+        node, say); `0x` and lowercase hex."""
+        block = await self._call("eth_getBlockByNumber", lambda: self.w3.eth.get_block(0))
+        return HexBytes(block["hash"]).to_0x_hex().lower()
+
     async def base_fee(self) -> int:
         block = await self._call("eth_getBlockByNumber", lambda: self.w3.eth.get_block("latest"))
         return int(block.get("baseFeePerGas", 0))
@@ -91,6 +97,19 @@ class ChainClient:
         tag: Literal["pending", "latest"] = "pending" if pending else "latest"
         sender = Web3.to_checksum_address(address)
         return await self._call("eth_getTransactionCount", lambda: self.w3.eth.get_transaction_count(sender, tag))
+
+    async def nonce_at(self, address: str, block: int) -> int | None:
+        """Transactions mined from `address` up to and including `block`; None when the node that answered has
+        not seen that block (one lagging behind a load balancer's others)."""
+        sender = Web3.to_checksum_address(address)
+
+        def fetch() -> int | None:
+            try:
+                return int(self.w3.eth.get_transaction_count(sender, block))
+            except Web3RPCError:
+                return None
+
+        return await self._call("eth_getTransactionCount", fetch)
 
     async def gas_balance(self, address: str) -> int:
         """Wei of the chain's gas token held by `address`."""

@@ -2,10 +2,16 @@
 
 It listens on loopback only, with chain id 31337 and ganache's deterministic wallet, so the same accounts
 and keys exist on every run (`dev_account(i)`); they are public test keys and must never hold real money.
+
+Every fresh node is a chain of its own: ganache's genesis block depends only on its options and the second
+it started, so two nodes started in the same second would share a genesis hash (what `chain.identity` tells
+chains apart by). Each start passes a random `extraData`, which goes into the genesis block. A node kept in
+`db_path` reloads its chain, genesis included, so it stays the same chain across restarts.
 """
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -69,6 +75,8 @@ class LocalChain:
     block_time_s: float = 0
     """0: a block per transaction, at once (tests); >0: a block every so many seconds, empty ones too."""
     chain_id: int = DEV_CHAIN_ID
+    db_path: Path | None = None
+    """Where ganache keeps its chain, to reload it on the next start (None: in memory, gone when it stops)."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False)
 
@@ -87,13 +95,17 @@ class LocalChain:
             f"--wallet.totalAccounts={DEV_ACCOUNTS}",
             f"--wallet.defaultBalance={DEV_BALANCE_ETH}",
             f"--miner.blockTime={self.block_time_s:g}",
+            f"--miner.extraData=0x{secrets.token_hex(32)}",  # a genesis of its own (ignored when reloading db_path)
             "--logging.quiet",
+            *([f"--database.dbPath={self.db_path}"] if self.db_path is not None else []),
         ]
 
     def start(self, timeout_s: float = 60.0) -> None:
         if not GANACHE.exists():
             raise NodeNotInstalled(f"{GANACHE} is missing: run `npm ci` in {CHAIN_DIR} (make install does)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.db_path is not None:
+            self.db_path.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True

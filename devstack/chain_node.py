@@ -2,9 +2,13 @@
 settings, so that `make run` pays the local swarm's providers on chain like production would.
 
 FAR_MESH_CHAIN_RPC_URL is honoured when set; otherwise a node answering on 127.0.0.1:8545 with chain id 31337
-is used, and a ganache (a block a second) is started under the state directory when none does. The
-contracts are deployed once per node and remembered in `chain.json`; the treasury is ganache's deterministic
-account 1, whose public test key is written to `treasury.key` for the payer. Development only.
+is used, and a ganache (a block a second) is started under the state directory when none does. That ganache
+keeps its chain in `ganache-db/`, so the next `far-mesh dev` reloads it: the batches the ledger paid, or has in
+flight, on it are still there, and the treasury's nonces go on from where they were. (Delete `ganache-db/` for
+a fresh chain: the ledger, which records each batch's chain by its genesis hash, then pays on the new chain,
+and the batches of the old one never collide with it.) The contracts are deployed once per chain and
+remembered in `chain.json` by the chain's genesis hash; the treasury is ganache's deterministic account 1,
+whose public test key is written to `treasury.key` for the payer. Development only.
 
 Payouts pay a node's *registered* wallet only (docs/portal.md). The providers' wallets are deterministic
 accounts whose keys are public test keys, so `register_providers` registers the local swarm's servers to the
@@ -54,12 +58,12 @@ def resolve_chain(state_dir: Path) -> DevChain:
     elif answers(LOCAL_NODE) == DEV_CHAIN_ID:
         node = Service(LOCAL_NODE, "local")
     else:
-        ganache = LocalChain(free_port(), state_dir / "ganache.log", block_time_s=1)
+        ganache = LocalChain(free_port(), state_dir / "ganache.log", block_time_s=1, db_path=state_dir / "ganache-db")
         ganache.start()
         node = Service(ganache.url, "embedded", ganache.stop)
     try:
         w3 = Web3(Web3.HTTPProvider(node.url))
-        token, batch = _deployed(w3, state_dir / "chain.json", node.url)
+        token, batch = _deployed(w3, state_dir / "chain.json")
         key_file = state_dir / "treasury.key"
         key_file.write_text("0x" + dev_account(1).key.hex())
         key_file.chmod(0o600)
@@ -80,18 +84,24 @@ def resolve_chain(state_dir: Path) -> DevChain:
     return DevChain(node, env, tuple(dev_account(i).address for i in PROVIDER_ACCOUNTS))
 
 
-def _deployed(w3: "Web3", record: Path, url: str) -> tuple[str, str]:
-    """The contracts this node already has (from `record`), or freshly deployed ones."""
+def _deployed(w3: "Web3", record: Path) -> tuple[str, str]:
+    """The contracts this chain already has (from `record`, by the chain's genesis hash: the embedded node's
+    port changes from run to run, its chain does not), or freshly deployed ones."""
     from chain.deploy import deploy
     from chain.node import dev_account
 
+    genesis = w3.eth.get_block(0)["hash"].to_0x_hex().lower()
     if record.exists():
         known = json.loads(record.read_text())
-        if known.get("url") == url and all(len(w3.eth.get_code(known[k])) > 0 for k in ("token", "batch_contract")):
+        if known.get("genesis") == genesis and all(
+            len(w3.eth.get_code(known[k])) > 0 for k in ("token", "batch_contract")
+        ):
             return known["token"], known["batch_contract"]
     deployment = deploy(w3, dev_account(0), dev_account(1), supply_far=SUPPLY_FAR)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"url": url, "token": deployment.token, "batch_contract": deployment.batch_contract}))
+    record.write_text(
+        json.dumps({"genesis": genesis, "token": deployment.token, "batch_contract": deployment.batch_contract})
+    )
     return deployment.token, deployment.batch_contract
 
 

@@ -84,6 +84,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("mesh/node_registration.py", "kind"): "a signed document's kind (register), asked of the portal",
     ("mesh/node_registration.py", "error"): "the portal's HTTP error body, read by the node launcher",
     ("devstack/chain_node.py", "token"): "the deployed $FAR token contract's address",
+    ("accounting/payouts.py", "token"): "the $FAR contract a payment batch pays in, a column of the ledger",
     ("devstack/harness/system.py", "data"): "the embedded PostgreSQL's data directory",
     ("devstack/harness/sse.py", "token"): "the harness reads SSE events as a client does, from their JSON",
 }

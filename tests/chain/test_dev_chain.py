@@ -80,3 +80,30 @@ def test_the_local_swarms_providers_are_registered_to_their_wallets_with_signatu
     assert (event["node_id"], event["wallet"]) == (served, provider)
     signer = Account.recover_message(encode_defunct(text=event["statement"]), signature=event["signature"])
     assert signer == provider and f"Node: {served}" in event["statement"].splitlines()
+
+
+def test_the_node_it_starts_keeps_its_chain_across_restarts_so_the_ledgers_nonces_stay_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run`, stop, `make run`: the same chain (genesis, contracts, the treasury's nonce), not a fresh one
+    whose nonces would start again under the batches the ledger already paid."""
+    monkeypatch.delenv("FAR_MESH_CHAIN_RPC_URL", raising=False)
+    monkeypatch.setattr(chain_node, "LOCAL_NODE", f"http://127.0.0.1:{free_port()}")
+    seen = []
+    for _ in range(2):
+        chain = chain_node.resolve_chain(tmp_path)
+        try:
+            assert chain.node.origin == "embedded"
+            w3 = Web3(Web3.HTTPProvider(chain.node.url))
+            treasury = dev_account(1).address
+            seen.append((w3.eth.get_block(0)["hash"], chain.env["FAR_MESH_TOKEN_ADDRESS"], w3.eth.get_block_number()))
+            if len(seen) == 1:  # the treasury pays something: its nonce must survive the restart
+                sent = w3.eth.send_transaction({"from": treasury, "to": dev_account(2).address, "value": 1})
+                w3.eth.wait_for_transaction_receipt(sent, timeout=10)  # mined: a block comes every second
+            nonce = w3.eth.get_transaction_count(treasury)
+        finally:
+            chain.node.stop()
+    (genesis, token, _), (genesis_again, token_again, height_again) = seen
+    assert genesis_again == genesis and token_again == token
+    assert height_again > 0 and nonce >= 2  # the approval and the transfer of the first run
+    assert json.loads((tmp_path / "chain.json").read_text())["genesis"] == genesis.to_0x_hex()
