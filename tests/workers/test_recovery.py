@@ -32,6 +32,7 @@ pytestmark = pytest.mark.swarm
 
 PROMPT = "A request walks through the gateway"
 MAX_TOKENS = 150
+STEP_TIMEOUT_S = 5.0
 
 
 def assert_complete_once(events: list[StreamEvent], expected: list[int]) -> None:
@@ -64,7 +65,8 @@ async def test_a_server_killed_mid_stream_fails_over_to_its_replica_without_repe
             sessions.append(self._session)
 
     monkeypatch.setattr("workers.served_model.SwarmSession", RecordedSession)
-    fleet_factory(swarm.initial_peers, [model])
+    # A step cut off by the kill waits out the request timeout; the tiny model's steps take milliseconds.
+    fleet_factory(swarm.initial_peers, [model], far_mesh_petals_request_timeout_s=STEP_TIMEOUT_S)
     job = make_job(model, prompt=PROMPT, max_tokens=MAX_TOKENS)
     await enqueue(redis_url, job)
     await wait_for_tokens(redis, job.request_id, 3)
