@@ -155,19 +155,24 @@ async def _wait_for_postgres(dsn: str) -> None:
 def run_payouts(args: argparse.Namespace) -> int:
     if args.payer == "chain":
         return _run_chain_payouts(args)
+    from accounting.payable import PayoutHold
     from accounting.payer import FilePayer
     from accounting.payouts import PaymentFailed, run_payout
-    from schema.settings import LedgerSettings
+    from chain.settings import PayoutSettings
 
     if args.out_dir is None:
         log.error("payouts run --payer file needs --out-dir (where the batch file for manual signing goes)")
         return 2
-    settings = LedgerSettings.from_env()
+    settings = PayoutSettings.from_env()  # the ledger, and what verification holds back (chain settings unused)
     settings.configure_logging()
     try:
         batch = asyncio.run(
             run_payout(
-                settings.postgres_url, FilePayer(args.out_dir), min_far=args.min_far, max_wallets=args.max_wallets
+                settings.postgres_url,
+                FilePayer(args.out_dir),
+                min_far=args.min_far,
+                max_wallets=args.max_wallets,
+                hold=PayoutHold.from_settings(settings),
             )
         )
     except PaymentFailed as exc:

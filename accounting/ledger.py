@@ -50,6 +50,7 @@ SESSION_COLUMNS = {
     "time_to_first_token_ms": "double precision",
     "failovers": "integer",
     "worker_id": "text",
+    "spot_checked": "boolean",
 }
 """Column -> type of the session rows the consumer writes (the order of `session_row`)."""
 CONTRIBUTION_COLUMNS = (
@@ -127,6 +128,7 @@ def session_row(record: UsageRecord, session_id: uuid.UUID) -> tuple[object, ...
         record.time_to_first_token_ms,
         record.failovers,
         record.worker_id,
+        record.spot_checked,
     )
 
 

@@ -53,6 +53,7 @@ from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 
 from accounting import metrics
+from accounting.payable import PayoutHold
 from accounting.payouts import (
     BatchState,
     Mined,
@@ -230,6 +231,7 @@ class ChainPayer:
                 self.name,
                 min_far,
                 max_wallets=self.settings.far_mesh_payout_max_wallets,
+                hold=PayoutHold.from_settings(self.settings),
             )
             if batch is not None:
                 log.info(

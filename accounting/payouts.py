@@ -26,6 +26,7 @@ from typing import Protocol
 
 import asyncpg
 
+from accounting.payable import DEFAULT_HOLD, PAYABLE, PayoutHold
 from chain.identity import ChainIdentity
 from protocol.money import far_sum
 
@@ -49,7 +50,9 @@ LEGACY_PAYEE_WALLET = "c.wallet"
 """The payee of batches claimed before `far_payout_payments` existed, which recorded no recipients: they were
 claimed paying the announced wallet, so that is what they still pay (never today's registration)."""
 
-_CLAIMABLE = "c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0"
+_CLAIMABLE = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {PAYABLE}"
+# Only rows verification is done with (accounting.payable: verified, or unsampled and older than the verifier's
+# maximum lag, outside the wallet's reserve, the wallet not banned); the hold's values are $3, $4 and $5.
 # The claim locks the rows it takes (FOR UPDATE, skipping those a concurrent run holds) and shares the lock of
 # their registrations: a transfer in progress makes this run skip that node's rows (they are paid, to the new
 # owner, by a later run), and a transfer that comes while the claim is open waits until it commits.
@@ -110,12 +113,18 @@ class Payer(Protocol):
 
 
 async def claim_batch(
-    connection: asyncpg.Connection, payer: str, min_far: Decimal, *, max_wallets: int | None = None
+    connection: asyncpg.Connection,
+    payer: str,
+    min_far: Decimal,
+    *,
+    max_wallets: int | None = None,
+    hold: PayoutHold = DEFAULT_HOLD,
 ) -> PaymentBatch | None:
-    """Claim every row owed to (at most `max_wallets`) wallets whose unpaid total is at least `min_far`."""
+    """Claim every payable row (`hold`: accounting.payable) owed to (at most `max_wallets`) wallets whose payable
+    total is at least `min_far`."""
     async with connection.transaction():
         owed: dict[str, list[tuple[int, Decimal]]] = defaultdict(list)
-        for row in await connection.fetch(LOCK_OWED_ROWS, min_far, max_wallets):
+        for row in await connection.fetch(LOCK_OWED_ROWS, min_far, max_wallets, *hold.parameters()):
             owed[row["payee"]].append((row["id"], row["payment_far"]))
         payments = tuple(
             WalletPayment(wallet, total, tuple(i for i, _ in rows))
@@ -507,13 +516,13 @@ async def list_batches(connection: asyncpg.Connection, *, status: str | None = N
 
 
 async def run_payout(
-    dsn: str, payer: Payer, *, min_far: Decimal, max_wallets: int | None = None
+    dsn: str, payer: Payer, *, min_far: Decimal, max_wallets: int | None = None, hold: PayoutHold = DEFAULT_HOLD
 ) -> PaymentBatch | None:
     """Claim a batch and hand it to `payer` (the file payer): it is left `submitted` until `payouts resolve`
     verifies a matching transaction on chain. None when nobody is owed `min_far`."""
     connection = await asyncpg.connect(dsn)
     try:
-        batch = await claim_batch(connection, payer.name, min_far, max_wallets=max_wallets)
+        batch = await claim_batch(connection, payer.name, min_far, max_wallets=max_wallets, hold=hold)
         if batch is None:
             return None
         log.info(

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from web3 import Web3
 
 from accounting.ledger import write_batch
+from accounting.payable import PayoutHold
 from accounting.payer import ChainPayer
 from accounting.payouts import LOCK_OWED_ROWS
 from chain.deploy import deploy, send, transfer
@@ -190,7 +191,9 @@ async def claim_ms(dsn: str, args: argparse.Namespace) -> dict[str, float]:
         await connection.execute(
             "INSERT INTO far_mesh_sessions (request_id, model_id, status, finish_reason, prompt_tokens, "
             "tokens_generated, price_per_token_far, total_cost_far, platform_remainder_far, started_at, finished_at, "
-            "worker_id) SELECT 'claim-' || g, 'bench/model', 'completed', 'length', 1, 1, 0.1, 0.1, 0, now(), now(), "
+            "worker_id) SELECT 'claim-' || g, 'bench/model', 'completed', 'length', 1, 1, 0.1, 0.1, 0, "
+            # finished before the payout hold's reserve is released, so every row is payable (accounting.payable)
+            "now() - interval '8 days', now() - interval '8 days', "
             "'bench' FROM generate_series(1, $1) g",
             args.claim_rows,
         )
@@ -220,7 +223,8 @@ async def claim_ms(dsn: str, args: argparse.Namespace) -> dict[str, float]:
             for _ in range(3):
                 async with connection.transaction():
                     began = time.perf_counter()
-                    rows = await connection.fetch(sql, Decimal(0), args.batch)
+                    hold = PayoutHold().parameters() if sql is LOCK_OWED_ROWS else ()
+                    rows = await connection.fetch(sql, Decimal(0), args.batch, *hold)
                     elapsed_ms = (time.perf_counter() - began) * 1000
                 assert len({r["payee"] for r in rows}) == args.batch
                 best[name] = min(best.get(name, float("inf")), elapsed_ms)

@@ -11,6 +11,7 @@ from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 
+from protocol.cheating_odds import break_even_reserve, cheating_loses, default_reserve
 from protocol.money import FarAmount
 from protocol.settings import CommonSettings
 from protocol.wallet import Wallet
@@ -87,9 +88,61 @@ class PayoutSettings(LedgerSettings, ChainSettings):
     far_mesh_payout_metrics_port: int = Field(
         default=9103, ge=0, le=65535, description="Port of the payer's /metrics (Prometheus); 0 disables"
     )
+    far_mesh_verify_fraction: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Share of sessions whose server spans the verifier recomputes (the workers' sample rate, read "
+        "by the payer to size the reserve)",
+    )
+    far_mesh_verify_max_lag_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="The verifier's stated maximum lag: a session not sampled is paid only once it finished this "
+        "long ago (sampled ones once verified), so a mismatch of the same wallet can still forfeit it",
+    )
+    far_mesh_payout_reserve_sessions: int | None = Field(
+        default=None,
+        ge=1,
+        description="A wallet's most recent unpaid contribution rows held back as the stake a mismatch forfeits; "
+        "unset: ceil(1/FAR_MESH_VERIFY_FRACTION); 1/FAR_MESH_VERIFY_FRACTION - 2 or fewer is refused",
+    )
+    far_mesh_payout_reserve_hold_s: float = Field(
+        default=604_800.0,
+        gt=0,
+        description="A reserved row is paid once its session finished this long ago (a provider that stops is paid "
+        "in full); longer than FAR_MESH_VERIFY_MAX_LAG_S",
+    )
 
     @model_validator(mode="after")
     def _tip_within_cap(self) -> Self:
         if self.far_mesh_payout_priority_fee_gwei > self.far_mesh_payout_max_fee_gwei:
             raise ValueError("FAR_MESH_PAYOUT_PRIORITY_FEE_GWEI must not exceed FAR_MESH_PAYOUT_MAX_FEE_GWEI")
         return self
+
+    @model_validator(mode="after")
+    def _cheating_loses(self) -> Self:
+        """Refuse a reserve too small for cheating to be a losing bet at the sample rate, and a reserve released
+        before the verifier's lag is over (docs/verification.md, "What cheating costs")."""
+        fraction = self.far_mesh_verify_fraction
+        if not cheating_loses(fraction, self.payout_reserve_sessions):
+            raise ValueError(
+                f"FAR_MESH_PAYOUT_RESERVE_SESSIONS={self.payout_reserve_sessions} does not exceed the break-even "
+                f"{float(break_even_reserve(fraction)):g} sessions at FAR_MESH_VERIFY_FRACTION={fraction}: "
+                "cheating would pay"
+            )
+        if self.far_mesh_payout_reserve_hold_s <= self.far_mesh_verify_max_lag_s:
+            raise ValueError("FAR_MESH_PAYOUT_RESERVE_HOLD_S must exceed FAR_MESH_VERIFY_MAX_LAG_S")
+        return self
+
+    @staticmethod
+    def reserve_at(fraction: float) -> int:
+        """The default reserve at sample rate `fraction`."""
+        return default_reserve(fraction)
+
+    @property
+    def payout_reserve_sessions(self) -> int:
+        """FAR_MESH_PAYOUT_RESERVE_SESSIONS, or ceil(1/FAR_MESH_VERIFY_FRACTION) when it is unset."""
+        if self.far_mesh_payout_reserve_sessions is not None:
+            return self.far_mesh_payout_reserve_sessions
+        return default_reserve(self.far_mesh_verify_fraction)

@@ -19,7 +19,9 @@ from protocol.wallet import Wallet
 
 USAGE_FIELD: Final = "record"
 """The single field of a usage-stream entry; its value is the record as JSON."""
-_NO_TRACE: Final = {"trace_parent"}
+_LEFT_OUT_WHEN_UNSET: Final = ("trace_parent", "spot_checked")
+"""Fields left out of a stream entry while unset (None, False), so an accounting consumer older than them still
+parses the record."""
 
 DEAD_LETTER_FIELDS: Final = ("entry_id", "kind", "reason", "consumer", USAGE_FIELD)
 """The fields of a dead letter (`keys.USAGE_DEAD_LETTERS`), in this order: the usage entry's id, its
@@ -75,6 +77,11 @@ class UsageRecord(BaseModel):
     )
     worker_id: str = Field(min_length=1, max_length=128)
     contributions: tuple[NodeContribution, ...] = ()
+    spot_checked: bool = Field(
+        default=False,
+        description="The worker recorded this session's spans for the verifier: its contributions are paid only "
+        "once the verifier's verdicts are in the ledger (accounting.payable)",
+    )
     trace_parent: str | None = Field(
         default=None,
         max_length=TRACE_PARENT_MAX_CHARS,
@@ -100,7 +107,8 @@ class UsageRecord(BaseModel):
         return self
 
     def to_stream_fields(self) -> dict[str, str]:
-        return {USAGE_FIELD: self.model_dump_json(exclude=_NO_TRACE if self.trace_parent is None else None)}
+        unset = {name for name in _LEFT_OUT_WHEN_UNSET if not getattr(self, name)}
+        return {USAGE_FIELD: self.model_dump_json(exclude=unset or None)}
 
     @classmethod
     def from_stream_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> "UsageRecord":

@@ -34,14 +34,29 @@ ON CONFLICT (node_id) DO UPDATE SET verified_ok = n.verified_ok + EXCLUDED.verif
                                     last_verified_at = EXCLUDED.last_verified_at
 """
 
+# A ban follows the wallet: mismatches count across every node of the offender's registered wallet
+# (`far_wallet_nodes`), and a ban bans the wallet (`far_wallet_bans`, which `far_node_reputation` applies to any
+# peer id registered to or announcing it, new ones included) and every node of it.
 _BAN = """
+WITH offenders AS (
+    SELECT o.node_id FROM unnest($1::text[]) AS o(node_id)
+     WHERE (SELECT count(*) FROM far_verifications v
+             WHERE v.node_id IN (SELECT far_wallet_nodes(o.node_id)) AND v.verdict = 'mismatch'
+               AND v.verified_at >= now() - make_interval(secs => $3)) >= $4
+), wallets AS (
+    INSERT INTO far_wallet_bans AS b (wallet, banned_until, node_id)
+    SELECT DISTINCT ON (r.wallet) r.wallet, now() + make_interval(secs => $2), r.node_id
+      FROM offenders o JOIN far_node_registrations r ON r.node_id = o.node_id
+     ORDER BY r.wallet, r.node_id
+    ON CONFLICT (wallet) DO UPDATE SET banned_until = greatest(b.banned_until, EXCLUDED.banned_until),
+                                       node_id = EXCLUDED.node_id, banned_at = now()
+)
 UPDATE far_nodes n SET banned_until = now() + make_interval(secs => $2)
- WHERE n.node_id = ANY ($1::text[])
-   AND (SELECT count(*) FROM far_verifications v
-         WHERE v.node_id = n.node_id AND v.verdict = 'mismatch'
-           AND v.verified_at >= now() - make_interval(secs => $3)) >= $4
+ WHERE n.node_id IN (SELECT far_wallet_nodes(o.node_id) FROM offenders o)
 RETURNING node_id, banned_until
 """
+
+_CURRENT_BANS = "SELECT node_id, banned_until FROM far_node_reputation WHERE banned"
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,7 @@ class Recorded:
 
     inserted: int
     slashed: int
+    """Contribution rows taken: convicted rows slashed, and the offenders' wallets' unpaid rows forfeited."""
     banned: dict[str, datetime]
     reputation: dict[str, Decimal]
 
@@ -70,7 +86,8 @@ async def record_verdicts(
     verdicts: list[SpanVerdict],
     policy: BanPolicy = BanPolicy(),
 ) -> Recorded:
-    """Record `verdicts` (in the message's span order), slash what they convict, ban repeat offenders."""
+    """Record `verdicts` (in the message's span order), slash what they convict, forfeit the convicted wallets'
+    unpaid earnings, ban repeat offenders (and their wallets)."""
     async with connection.transaction():
         rows = await connection.fetch(
             _INSERT_VERDICTS,
@@ -121,8 +138,15 @@ async def add_failed_steps(connection: asyncpg.Connection, counts: dict[str, int
     )
 
 
+async def current_bans(connection: asyncpg.Connection) -> dict[str, datetime]:
+    """Every node banned now, by its own ban or its wallet's (a new peer id of a banned wallet included), with
+    when the ban ends: the ledger is the source of truth that `trust:banned` copies."""
+    return {row["node_id"]: row["banned_until"] for row in await connection.fetch(_CURRENT_BANS)}
+
+
 async def apply_pending_slashes(connection: asyncpg.Connection) -> int:
-    """Slash what verdicts recorded before their sessions reached the ledger convict; returns rows slashed."""
+    """Slash what verdicts recorded before their sessions reached the ledger (or while a payout batch held the
+    row, which has since failed) convict, and run forfeitures not yet run; returns rows taken."""
     return int(await connection.fetchval("SELECT far_apply_slashes()"))
 
 

@@ -22,7 +22,14 @@ from probes import Heartbeat, serve_health_and_metrics
 from protocol import keys
 from protocol.verification import VERIFICATION_BYTES_FIELD, SpotCheck
 from verifier import metrics
-from verifier.ledger import BanPolicy, Recorded, add_failed_steps, apply_pending_slashes, record_verdicts
+from verifier.ledger import (
+    BanPolicy,
+    Recorded,
+    add_failed_steps,
+    apply_pending_slashes,
+    current_bans,
+    record_verdicts,
+)
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
 from verifier.settings import VerifierSettings
 
@@ -190,6 +197,9 @@ class Verifier:
                     if slashed := await apply_pending_slashes(connection):
                         metrics.SLASHED_ROWS.inc(slashed)
                         log.info("pending slashes applied rows=%d", slashed)
+                    bans = await current_bans(connection)
+                if bans:  # the ledger's bans, so a new peer id of a banned wallet is kept out of routes too
+                    await self.redis.zadd(keys.BANNED_NODES, {node: until.timestamp() for node, until in bans.items()})
                 next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
             if not backlog:
                 read = await self.redis.xreadgroup(

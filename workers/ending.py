@@ -71,6 +71,8 @@ class Billing:
     ttft_s: float | None = None
     failovers: int = 0
     route_policy: str | None = None
+    spot_checked: bool = False
+    """The run recorded its spans for the verifier (its contributions wait for the verdict to be paid)."""
 
 
 def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: str) -> tuple[StreamEvent, UsageRecord]:
@@ -111,6 +113,7 @@ def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: s
         time_to_first_token_ms=billing.ttft_s * 1000 if billing.ttft_s is not None else None,
         failovers=billing.failovers,
         route_policy=billing.route_policy,
+        spot_checked=billing.spot_checked,
         worker_id=worker_id,
         contributions=contributions,
         trace_parent=job.trace_parent,  # a run replaces it with its own span's; an abandoned job keeps the gateway's

@@ -435,6 +435,7 @@ async def _finish(
         ttft_s=run.ttft_s,
         failovers=run.failovers,
         route_policy=run.trust.route_policy,
+        spot_checked=run.trust.recorder is not None,
     )
     event, usage = ending_of(run.job, outcome, billing, worker_id)
     if (trace_parent := run.trace.traceparent()) is not None:  # the ledger's span joins this run's trace

@@ -7,10 +7,12 @@ import asyncpg
 import pytest
 
 from accounting.ledger import write_batch
+from accounting.payable import PayoutHold
 from accounting.payouts import _CLAIMABLE as CLAIMABLE  # the payout claim's own condition, so a change shows here
 from tests.fixtures.ledger import unique_id, usage_record
 from verifier.ledger import BanPolicy, add_failed_steps, pending_slashes, record_verdicts
 from verifier.recompute import SpanVerdict
+from workers.route_policy import PROBATION_BELOW
 
 
 def verdict(node: str, *, bad: bool = False, start: int = 0, end: int = 2) -> SpanVerdict:
@@ -86,8 +88,12 @@ def test_a_slashed_row_can_never_be_claimed_or_given_its_payment_back(migrated_p
         await write_batch(connection, [record])
         await record_verdicts(connection, request_id, record.model_id, [verdict(cheat, bad=True)])
         row_id = await connection.fetchval("SELECT contribution_id FROM far_slashes WHERE node_id = $1", cheat)
-        claimable = await connection.fetchval(
-            f"SELECT count(*) FROM far_session_contributions c WHERE c.id = $1 AND {CLAIMABLE}", row_id
+        claimable = await connection.fetchval(  # $2 stands for the claim's minimum, unused here
+            "SELECT count(*) FROM far_session_contributions c LEFT JOIN far_node_registrations r "
+            f"ON r.node_id = c.node_id WHERE c.id = $1 AND $2::int = 0 AND {CLAIMABLE}",
+            row_id,
+            0,
+            *PayoutHold(reserve_sessions=0).parameters(),
         )
         assert claimable == 0
         with pytest.raises(asyncpg.CheckViolationError, match="slashed"):
@@ -149,7 +155,7 @@ def test_a_node_is_banned_after_the_threshold_and_its_reputation_falls(migrated_
             connection, unique_id("req"), "m", [verdict(honest), verdict(cheat, bad=True)], policy
         )
         assert set(second.banned) == {cheat}
-        assert second.reputation[honest] > Decimal("0.5") > second.reputation[cheat]
+        assert second.reputation[honest] > Decimal(str(PROBATION_BELOW)) > second.reputation[cheat]
         row = await connection.fetchrow("SELECT banned FROM far_node_reputation WHERE node_id = $1", cheat)
         assert row["banned"]
         assert await pending_slashes(connection) >= 0
