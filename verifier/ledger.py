@@ -57,6 +57,10 @@ RETURNING node_id, banned_until
 """
 
 _CURRENT_BANS = "SELECT node_id, banned_until FROM far_node_reputation WHERE banned"
+_PROBATION = """
+SELECT rep.node_id, rep.reputation FROM far_node_reputation rep JOIN far_nodes n ON n.node_id = rep.node_id
+ WHERE rep.on_probation AND coalesce(n.last_seen_at, n.first_seen_at) >= now() - interval '1 day'
+"""
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,12 @@ async def current_bans(connection: asyncpg.Connection) -> dict[str, datetime]:
     """Every node banned now, by its own ban or its wallet's (a new peer id of a banned wallet included), with
     when the ban ends: the ledger is the source of truth that `trust:banned` copies."""
     return {row["node_id"]: row["banned_until"] for row in await connection.fetch(_CURRENT_BANS)}
+
+
+async def probation_scores(connection: asyncpg.Connection) -> dict[str, Decimal]:
+    """The scores of the peers on probation (fewer than two passed checks) seen in the last day: a peer no check
+    has reached yet has no verdict to publish its score with, yet must not look reputable to the workers."""
+    return {row["node_id"]: row["reputation"] for row in await connection.fetch(_PROBATION)}
 
 
 async def apply_pending_slashes(connection: asyncpg.Connection) -> int:

@@ -28,6 +28,7 @@ from verifier.ledger import (
     add_failed_steps,
     apply_pending_slashes,
     current_bans,
+    probation_scores,
     record_verdicts,
 )
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
@@ -150,6 +151,24 @@ class Verifier:
                 log.warning("node banned node_id=%s until=%s", node, until.isoformat())
         await self.redis.zremrangebyscore(keys.BANNED_NODES, "-inf", time.time())
 
+    async def refresh_from_ledger(self) -> None:
+        """The loop's periodic work: fold the workers' failed steps in, apply pending slashes, and copy the ledger's
+        bans and new peers' probation scores to Redis. Bans follow wallets and new peer ids appear without any
+        verdict of their own, so only the ledger knows that a fresh peer id of a banned wallet is banned, or that
+        a peer never checked is on probation; the workers read Redis."""
+        await self._fold_failed_steps()
+        async with self.pool.acquire() as connection:
+            if slashed := await apply_pending_slashes(connection):
+                metrics.SLASHED_ROWS.inc(slashed)
+                log.info("pending slashes applied rows=%d", slashed)
+            bans = await current_bans(connection)
+            probation = await probation_scores(connection)
+        if bans:
+            await self.redis.zadd(keys.BANNED_NODES, {node: until.timestamp() for node, until in bans.items()})
+        if probation:
+            scores = {node: str(score) for node, score in probation.items()}
+            await self.redis.hset(keys.NODE_REPUTATION, mapping=scores)  # type: ignore[misc]
+
     async def _fold_failed_steps(self) -> None:
         """Move the workers' failed-step counts from Redis into `far_nodes` (taken and cleared atomically)."""
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -192,14 +211,7 @@ class Verifier:
         while not stop.is_set():
             self.heartbeat.beat()
             if time.monotonic() >= next_pending_slash:
-                await self._fold_failed_steps()
-                async with self.pool.acquire() as connection:
-                    if slashed := await apply_pending_slashes(connection):
-                        metrics.SLASHED_ROWS.inc(slashed)
-                        log.info("pending slashes applied rows=%d", slashed)
-                    bans = await current_bans(connection)
-                if bans:  # the ledger's bans, so a new peer id of a banned wallet is kept out of routes too
-                    await self.redis.zadd(keys.BANNED_NODES, {node: until.timestamp() for node, until in bans.items()})
+                await self.refresh_from_ledger()
                 next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
             if not backlog:
                 read = await self.redis.xreadgroup(

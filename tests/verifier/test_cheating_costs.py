@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from accounting.ledger import write_batch
@@ -14,6 +15,7 @@ from accounting.payouts import claim_batch
 from chain.settings import PayoutSettings
 from devstack.harness.registrations import register_nodes
 from devstack.harness.wallets import wallet_for
+from protocol import keys
 from protocol.cheating_odds import break_even_reserve, expected_gain, expected_loss
 from protocol.money import far_sum
 from protocol.usage import UsageRecord
@@ -170,3 +172,33 @@ async def test_a_ban_follows_the_wallet_to_a_new_peer_id_registered_or_announcin
     record = finished_ago(usage_record(unique_id("req"), {registered_later: 1}), 30 * 86_400)
     await write_batch(payouts_db, [record])
     assert await claim_batch(payouts_db, "test", Decimal(0), hold=PayoutHold(reserve_sessions=0)) is None
+
+
+async def test_the_verifier_copies_the_ledgers_wallet_bans_and_new_peers_probation_to_the_workers_redis(
+    redis_url: str, migrated_postgres_dsn: str
+) -> None:
+    from verifier.service import Verifier  # torch: imported only by the test that needs it
+    from verifier.settings import VerifierSettings
+
+    settings = VerifierSettings.from_env(redis_url=redis_url, postgres_url=migrated_postgres_dsn)
+    pool = await asyncpg.create_pool(migrated_postgres_dsn, min_size=1, max_size=1)
+    redis = aioredis.Redis.from_url(redis_url)
+    verifier = Verifier(settings, redis, pool)
+    owner, cheat, reborn, newcomer = unique_id("owner"), unique_id("cheat"), unique_id("reborn"), unique_id("new")
+    try:
+        async with pool.acquire() as connection:
+            await register_nodes(connection, [cheat], owner=owner)
+            for _ in range(2):
+                await record_verdicts(connection, unique_id("req"), "m", [verdict(cheat, bad=True)], verifier.policy)
+            # later, the same wallet under a new peer id, and a peer nobody has checked, join the swarm
+            await connection.execute("INSERT INTO far_nodes (node_id) VALUES ($1), ($2)", reborn, newcomer)
+            await register_nodes(connection, [reborn], owner=owner)
+
+        await verifier.refresh_from_ledger()
+
+        assert await redis.zscore(keys.BANNED_NODES, reborn) is not None
+        score = await redis.hget(keys.NODE_REPUTATION, newcomer)  # type: ignore[misc]
+        assert score is not None and Decimal(score.decode()) < Decimal(str(PROBATION_BELOW))
+    finally:
+        await pool.close()
+        await redis.aclose()
