@@ -89,10 +89,13 @@ BEGIN
                AND node_id = due.node_id
                AND request_id = (SELECT request_id FROM far_mesh_sessions WHERE id = due.session_id);
         ELSE
+            -- claimed (again), or already taken: a released row that another verdict forfeited meanwhile counts
+            -- as slashed, so no verdict is looked at again once its row's money is settled
             UPDATE far_verifications v SET slash_outcome = CASE
                        WHEN EXISTS (SELECT 1 FROM far_slashes x WHERE x.contribution_id = due.contribution_id)
                        THEN 'slashed' ELSE 'already-claimed' END
-             WHERE v.verdict = 'mismatch' AND v.slash_outcome IS NULL AND v.node_id = due.node_id
+             WHERE v.verdict = 'mismatch' AND (v.slash_outcome IS NULL OR v.slash_outcome = 'already-claimed')
+               AND v.node_id = due.node_id
                AND v.request_id = (SELECT request_id FROM far_mesh_sessions WHERE id = due.session_id);
         END IF;
     END LOOP;
