@@ -50,7 +50,7 @@ from mesh.node import (
 from mesh.petals_cli import AWAIT_PORT_VARIABLE, command_line
 from mesh.ports import free_port, port_is_taken
 from mesh.process_groups import signal_group
-from mesh.process_lifetime import supervised_environment
+from mesh.process_lifetime import children_die_with_this_thread, supervised_environment
 from mesh.restarts import RestartPolicy
 from protocol.catalog import ModelSpec
 
@@ -492,9 +492,13 @@ class LocalSwarm:
         if self._dht_client is None:
             import hivemind
 
-            self._dht_client = hivemind.DHT(
-                initial_peers=self.initial_peers, client_mode=True, start=True, host_maddrs=[f"/ip4/{LOOPBACK}/tcp/0"]
-            )
+            with children_die_with_this_thread():  # a swarm killed outright takes its DHT client too
+                self._dht_client = hivemind.DHT(
+                    initial_peers=self.initial_peers,
+                    client_mode=True,
+                    start=True,
+                    host_maddrs=[f"/ip4/{LOOPBACK}/tcp/0"],
+                )
         return self._dht_client
 
     def _stop_dht_client(self) -> None:

@@ -12,16 +12,21 @@ process that asks for it is sent SIGKILL when the thread that started it ends. E
 - every `p2pd` hivemind spawns asks before it executes (asyncio's `create_subprocess_exec`, given a
   `preexec_fn`).
 
+A supervisor's own helpers are tied the same way: a process forked inside `children_die_with_this_thread()`
+(the local swarm's DHT client) dies with the thread that forked it, and so do the executables it spawns.
+
 Elsewhere than Linux nothing is asked and the supervisor's own stop (by process group) is all there is.
 """
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 PARENT_PID_VARIABLE = "FAR_MESH_PARENT_PID"
@@ -63,6 +68,32 @@ def _tie_spawned_executables() -> None:
 
     asyncio.create_subprocess_exec = create_subprocess_exec
     asyncio.subprocess.create_subprocess_exec = create_subprocess_exec
+
+
+class _ForkingThread(threading.local):
+    ties_children = False
+
+
+_forking_thread = _ForkingThread()
+
+
+def _tie_child_if_asked() -> None:
+    if _forking_thread.ties_children:  # the child runs on a copy of the thread that forked it
+        die_with_parent()
+        _tie_spawned_executables()
+
+
+os.register_at_fork(after_in_child=_tie_child_if_asked)
+
+
+@contextlib.contextmanager
+def children_die_with_this_thread() -> Iterator[None]:
+    """Processes this thread forks meanwhile (and what they spawn) die when this thread ends."""
+    _forking_thread.ties_children = True
+    try:
+        yield
+    finally:
+        _forking_thread.ties_children = False
 
 
 def supervised_environment() -> dict[str, str]:

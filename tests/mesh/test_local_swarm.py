@@ -1,5 +1,6 @@
 """The local swarm: refuses clearly, survives the loss of a replicated server, and leaves no process behind."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,9 +13,8 @@ import pytest
 
 from cli.main import main
 from mesh.client import open_client
-from mesh.local_swarm import LocalSwarm, ServerPlan, SwarmError, group_members, peer_id_from_identity, split_plans
+from mesh.local_swarm import LocalSwarm, ServerPlan, SwarmError, peer_id_from_identity, split_plans
 from mesh.node import InvalidBlocks, ModelPathMissing, PortTaken
-from mesh.process_groups import signal_group
 from protocol.catalog import ModelSpec
 from tests.fixtures.swarm import StartSwarm
 from tests.mesh.greedy import greedy_locally, greedy_through_swarm, off_main_thread
@@ -126,8 +126,8 @@ RECOVERY_BOUND_S = 60.0
 def test_a_crashed_server_comes_back_with_its_peer_id_and_serves_its_blocks(
     local_swarm_factory: StartSwarm, tiny_models: tuple[ModelSpec, ...]
 ) -> None:
-    swarm = local_swarm_factory(split_plans(tiny_models[0], 2))
-    victim = swarm.servers[0]
+    swarm = local_swarm_factory(split_plans(tiny_models[0], 1))  # one server holds every block: no route avoids it
+    (victim,) = swarm.servers
     peer_id, crashed_group = victim.peer_id, victim.group_members()
 
     started = time.monotonic()
@@ -138,14 +138,14 @@ def test_a_crashed_server_comes_back_with_its_peer_id_and_serves_its_blocks(
 
     assert recovered_s < RECOVERY_BOUND_S
     assert peer_id_from_identity(victim.identity_path) == peer_id
-    assert (peer_id, 0) in _online_peers(swarm) and (peer_id, 1) in _online_peers(swarm)
+    assert _online_peers(swarm) == {(peer_id, block) for block in range(4)}
     assert [pid for pid in crashed_group if _alive(pid) and pid not in victim.group_members()] == []
     client = off_main_thread(open_client, swarm.models[0], swarm.initial_peers)
     try:
         input_ids = client.tokenizer(PROMPT, return_tensors="pt").input_ids
         tokens, spans = off_main_thread(greedy_through_swarm, client, input_ids, NEW_TOKENS)
         assert tokens == greedy_locally(client, input_ids, NEW_TOKENS)
-        assert (peer_id, 0, 2) in spans
+        assert spans == {(peer_id, 0, 4)}
     finally:
         off_main_thread(client.close)
 
@@ -155,39 +155,54 @@ def test_a_swarm_gives_up_on_a_server_that_keeps_crashing_and_says_so(
     local_swarm_factory: StartSwarm, tiny_models: tuple[ModelSpec, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("mesh.local_swarm.RESTART_LIMIT", 1)
-    swarm = local_swarm_factory(split_plans(tiny_models[0], 2))
+    swarm = local_swarm_factory(split_plans(tiny_models[0], 1))
 
-    os.kill(swarm.servers[1].pid, signal.SIGKILL)
-    with pytest.raises(SwarmError, match="server1-.* exited with status -9 1 times"):
+    os.kill(swarm.servers[0].pid, signal.SIGKILL)
+    with pytest.raises(SwarmError, match="server0-.* exited with status -9 1 times"):
         _wait_for(lambda: _raises_once_given_up(swarm), timeout_s=10)
 
 
 def test_a_swarm_killed_outright_takes_every_process_it_started_with_it(tiny_models: tuple[ModelSpec, ...]) -> None:
-    command = [sys.executable, "-m", "cli.main", "swarm", "--model", tiny_models[0].model_id]
+    command = [sys.executable, "-m", "cli.main", "swarm", "--model", tiny_models[0].model_id, "--split", "1"]
     env = os.environ | {"FAR_MESH_CACHE_DIR": str(Path(str(tiny_models[0].source)).parents[1])}
-    supervisor = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        assert supervisor.stdout is not None
-        pids = []
-        for line in supervisor.stdout:
-            pids += [int(word.removeprefix("pid=")) for word in line.split() if word.startswith("pid=")]
-            if line.startswith("swarm ready"):
-                break
-        assert len(pids) == 2
-        members = {pid for pgid in pids for pid in group_members(pgid)}
-        assert len(members) > 2  # each server's handlers, DHT process and p2pd daemons
+    started: set[int] = set()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True) as supervisor:
+        try:
+            assert supervisor.stdout is not None
+            for line in supervisor.stdout:
+                if line.startswith("swarm ready"):
+                    break
+            started = _descendants(supervisor.pid)
+            names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in started}
+            assert "p2pd" in names and len(started) > 4  # DHT, server, their forked processes and daemons
 
-        supervisor.kill()  # SIGKILL: none of the swarm's own clean-up runs
-        supervisor.wait()
+            supervisor.kill()  # SIGKILL: none of the swarm's own clean-up runs
+            supervisor.wait()
 
-        _wait_for(lambda: not [pid for pid in members if _alive(pid)], timeout_s=20)
-    finally:
-        supervisor.kill()
-        supervisor.wait()
-        assert supervisor.stdout is not None
-        supervisor.stdout.close()
-        for pgid in pids:
-            signal_group(pgid, signal.SIGKILL)
+            _wait_for(lambda: not [pid for pid in started if _alive(pid)], timeout_s=20)
+        finally:
+            supervisor.kill()
+            for pid in started | _descendants(supervisor.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process whose chain of parents leads to `root`."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return {pid for pid in found if _alive(pid)}
 
 
 def _raises_once_given_up(swarm: LocalSwarm) -> bool:
