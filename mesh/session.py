@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from protocol.verification import HiddenDtype, RecordedSpan, RecordedStep
+from protocol.verification import RecordedSpan, RecordedStep
 
 if TYPE_CHECKING:
     import torch
@@ -81,6 +81,7 @@ class _SpanTape:
     peer_id: str
     start_block: int
     end_block: int
+    announced_dtype: str | None
     steps: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
@@ -111,7 +112,12 @@ class SpanRecorder:
 
     def _watch(self, server_session: Any) -> None:
         span = server_session.span
-        tape = _SpanTape(peer_id=str(span.peer_id), start_block=int(span.start), end_block=int(span.end))
+        tape = _SpanTape(
+            peer_id=str(span.peer_id),
+            start_block=int(span.start),
+            end_block=int(span.end),
+            announced_dtype=announced_dtype(span),
+        )
         self._tapes.append(tape)
         step = server_session.step
 
@@ -134,10 +140,15 @@ class SpanRecorder:
                 start_block=tape.start_block,
                 end_block=tape.end_block,
                 hidden_size=int(tape.steps[0][1].shape[-1]),
-                dtype=_dtype_name(tape.steps[0][2]),
+                announced_dtype=tape.announced_dtype,
                 steps=tuple(
                     RecordedStep(
-                        step=step, tokens=int(sent.shape[0]), inputs_b64=tensor_b64(sent), outputs_b64=tensor_b64(out)
+                        step=step,
+                        tokens=int(sent.shape[0]),
+                        inputs_dtype=dtype_name(sent),
+                        inputs_b64=tensor_b64(sent),
+                        outputs_dtype=dtype_name(out),
+                        outputs_b64=tensor_b64(out),
                     )
                     for step, sent, out in tape.steps
                 ),
@@ -147,21 +158,27 @@ class SpanRecorder:
         )
 
 
-def _dtype_name(tensor: torch.Tensor) -> HiddenDtype:
-    name = str(tensor.dtype).removeprefix("torch.")
-    if name not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"cannot record hidden states of dtype {name}")
-    return name  # type: ignore[return-value]
+def dtype_name(tensor: torch.Tensor) -> str:
+    """The name a recorded tensor's dtype travels under (`float32`, `bfloat16`, ...). Any dtype is recorded as it
+    came: a reply in a dtype no honest server sends is the server's to answer for (the verifier convicts it), so
+    the worker neither refuses nor converts it."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def announced_dtype(span: Any) -> str | None:
+    """The torch_dtype a Petals span's server announced in the DHT (`ServerInfo.torch_dtype`; None when it
+    announced none): the verifier's tolerance follows what a server said it computes in, not what it replies in."""
+    announced = getattr(getattr(span, "server_info", None), "torch_dtype", None)
+    return str(announced)[:32] if announced else None
 
 
 def tensor_b64(tensor: torch.Tensor) -> str:
-    """Raw little-endian bytes of `tensor` (bfloat16 as its 16-bit patterns, which numpy lacks), base64."""
+    """Raw little-endian bytes of `tensor` whatever its dtype (bfloat16 as its 16-bit patterns, which numpy
+    lacks), base64."""
     import torch
 
-    flat = tensor.detach().contiguous().cpu()
-    if flat.dtype == torch.bfloat16:
-        flat = flat.view(torch.int16)
-    return base64.b64encode(flat.numpy().tobytes()).decode("ascii")
+    flat = tensor.detach().contiguous().cpu().reshape(-1)
+    return base64.b64encode(flat.view(torch.uint8).numpy().tobytes()).decode("ascii")
 
 
 def served_spans(session: Any) -> tuple[ServedSpan, ...]:

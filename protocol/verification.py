@@ -8,7 +8,7 @@ module stays free of torch.
 """
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,17 +23,25 @@ VERIFICATION_BYTES_FIELD = "bytes"
 `keys.VERIFICATION_STREAM_BYTES` when it deletes the entry."""
 
 HiddenDtype = Literal["float32", "float16", "bfloat16"]
-"""The dtypes a span's hidden states travel in (what Petals serialised them as)."""
+"""The dtypes hidden states may honestly travel in: the verifier decodes these and no others."""
+
+DtypeName = Annotated[str, Field(min_length=1, max_length=32)]
+"""A torch dtype's name as recorded (`float32`, `bfloat16`, ...): whatever actually crossed the network, so a
+reply in a dtype no honest server sends is recorded as such and convicted, not refused by the worker."""
 
 
 class RecordedStep(BaseModel):
-    """One step of one span: the hidden states it was sent and those it returned, each [tokens, hidden]."""
+    """One step of one span: the hidden states it was sent and those it returned, each [tokens, hidden], each
+    with the dtype it crossed the network in. The two differ as a rule (the worker sends float32 to the first
+    span, and every span gets the previous server's dtype), so one label for both cannot be decoded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     step: int = Field(ge=0, description="The session's step (0 = prefill) this span served")
     tokens: int = Field(ge=1, description="Positions sent in this step (the whole history on a span's first step)")
+    inputs_dtype: DtypeName
     inputs_b64: str
+    outputs_dtype: DtypeName
     outputs_b64: str
 
 
@@ -46,7 +54,10 @@ class RecordedSpan(BaseModel):
     start_block: int = Field(ge=0)
     end_block: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
-    dtype: HiddenDtype
+    announced_dtype: DtypeName | None = Field(
+        description="The torch_dtype the server announced in the DHT (Petals' ServerInfo) when it was routed to: "
+        "what the verifier's tolerance follows, never the dtype of its reply"
+    )
     steps: tuple[RecordedStep, ...] = Field(min_length=1)
 
     @property

@@ -5,6 +5,7 @@ died before acknowledging it) records nothing twice: verdicts are keyed by (requ
 node's counters move only for verdicts this transaction inserted.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -15,12 +16,13 @@ from verifier.recompute import SpanVerdict
 
 _INSERT_VERDICTS = """
 INSERT INTO far_verifications (request_id, span_index, model_id, node_id, start_block, end_block, steps, tokens,
-                               max_error, tolerance, verdict, first_bad_step)
+                               max_error, tolerance, verdict, first_bad_step, cause)
 SELECT $1, v.span_index, $2, v.node_id, v.start_block, v.end_block, v.steps, v.tokens, v.max_error, v.tolerance,
-       CASE WHEN v.first_bad_step IS NULL THEN 'ok' ELSE 'mismatch' END, v.first_bad_step
+       CASE WHEN v.first_bad_step IS NULL THEN 'ok' ELSE 'mismatch' END, v.first_bad_step,
+       CASE WHEN v.first_bad_step IS NOT NULL THEN coalesce(v.cause, 'over-tolerance') END
   FROM unnest($3::int[], $4::text[], $5::int[], $6::int[], $7::int[], $8::int[], $9::float8[], $10::float8[],
-              $11::int[])
-       AS v(span_index, node_id, start_block, end_block, steps, tokens, max_error, tolerance, first_bad_step)
+              $11::int[], $12::text[])
+       AS v(span_index, node_id, start_block, end_block, steps, tokens, max_error, tolerance, first_bad_step, cause)
 ON CONFLICT (request_id, span_index) DO NOTHING
 RETURNING node_id, verdict
 """
@@ -89,15 +91,20 @@ async def record_verdicts(
     model_id: str,
     verdicts: list[SpanVerdict],
     policy: BanPolicy = BanPolicy(),
+    span_indices: Sequence[int] | None = None,
 ) -> Recorded:
-    """Record `verdicts` (in the message's span order), slash what they convict, forfeit the convicted wallets'
-    unpaid earnings, ban repeat offenders (and their wallets)."""
+    """Record `verdicts` (in the message's span order; `span_indices` gives each one's place in the message when
+    some spans had none), slash what they convict, forfeit the convicted wallets' unpaid earnings, ban repeat
+    offenders (and their wallets)."""
+    indices = list(range(len(verdicts)) if span_indices is None else span_indices)
+    if len(indices) != len(verdicts):
+        raise ValueError(f"{len(indices)} span indices for {len(verdicts)} verdicts")
     async with connection.transaction():
         rows = await connection.fetch(
             _INSERT_VERDICTS,
             request_id,
             model_id,
-            list(range(len(verdicts))),
+            indices,
             [v.peer_id for v in verdicts],
             [v.start_block for v in verdicts],
             [v.end_block for v in verdicts],
@@ -106,6 +113,7 @@ async def record_verdicts(
             [v.max_error for v in verdicts],
             [v.tolerance for v in verdicts],
             [v.first_bad_step for v in verdicts],
+            [v.cause for v in verdicts],
         )
         counts: dict[str, list[int]] = {}
         for row in rows:

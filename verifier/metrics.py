@@ -10,3 +10,8 @@ NODE_REPUTATION = Gauge(
 )
 VERIFY_SECONDS = Histogram("far_verifier_check_seconds", "Recompute time of one sampled session")
 TOKENS_VERIFIED = Counter("far_verifier_tokens_total", "Positions recomputed (tokens x spans)", ["model_id"])
+SPANS_UNUSABLE = Counter(
+    "far_verifier_spans_unusable_total",
+    "Spans not judged because the worker's own part of the recording (inputs, blocks, width) cannot be used",
+    ["model_id", "cause"],
+)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -20,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from probes import Heartbeat, serve_health_and_metrics
 from protocol import keys
-from protocol.verification import VERIFICATION_BYTES_FIELD, SpotCheck
+from protocol.verification import VERIFICATION_BYTES_FIELD, RecordedSpan, SpotCheck
 from verifier import metrics
 from verifier.ledger import (
     BanPolicy,
@@ -33,6 +34,7 @@ from verifier.ledger import (
 )
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
 from verifier.settings import VerifierSettings
+from verifier.unverifiable import RecordingUnusable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,6 +52,16 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if redis.call('XDEL', KEYS[1], ARGV[2]) == 1 then redis.call('DECRBY', KEYS[2], ARGV[3]) end
 return 1
 """
+
+
+@dataclass
+class Recomputed:
+    """One spot check's outcome: the verdicts, each span's place in the message, and the spans the worker
+    recorded in a way that cannot be used (with why)."""
+
+    verdicts: list[SpanVerdict] = field(default_factory=list)
+    span_indices: list[int] = field(default_factory=list)
+    unusable: list[tuple[RecordedSpan, RecordingUnusable]] = field(default_factory=list)
 
 
 class Verifier:
@@ -76,15 +88,27 @@ class Verifier:
             log.info("model loaded model_id=%s blocks=%d", model_id, self._runners[model_id].num_blocks)
         return self._runners[model_id]
 
-    def recompute(self, check: SpotCheck) -> list[SpanVerdict] | None:
-        """Every span's verdict, in the message's order (blocking: run it in a thread); None for an unknown model."""
+    def recompute(self, check: SpotCheck) -> Recomputed | None:
+        """Every span's verdict, in the message's order (blocking: run it in a thread); None for an unknown model.
+        A span whose reply cannot be verified gets a mismatch with its cause; one whose recording the worker got
+        wrong gets no verdict (`RecordingUnusable`), and the others are still judged."""
         runner = self.runner_for(check.model_id)
         if runner is None:
             return None
-        return [verify_span(runner, span) for span in check.spans]
+        done = Recomputed()
+        for index, span in enumerate(check.spans):
+            try:
+                done.verdicts.append(verify_span(runner, span))
+            except RecordingUnusable as exc:
+                done.unusable.append((span, exc))
+            else:
+                done.span_indices.append(index)
+        return done
 
     async def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        """Verify one entry and record it; malformed or unverifiable entries are logged and acknowledged."""
+        """Verify one entry and record it; malformed entries, an unknown model and spans the worker recorded wrong
+        are logged, counted and acknowledged; a span whose reply cannot be verified is a verdict against its
+        server, never a drop."""
         try:
             check = SpotCheck.from_stream_fields(fields)
         except ValueError as exc:
@@ -92,21 +116,29 @@ class Verifier:
             await self._finish(entry_id, fields)
             return
         started = time.monotonic()
-        try:
-            verdicts = await self._beating(asyncio.to_thread(self.recompute, check))
-        except ValueError as exc:  # a recording that does not fit the model: nothing to convict anyone of
-            log.error("spot check dropped request_id=%s reason=%s", check.request_id, exc)
-            await self._finish(entry_id, fields)
-            return
-        if verdicts is None:
+        recomputed = await self._beating(asyncio.to_thread(self.recompute, check))
+        if recomputed is None:
             log.error(
                 "spot check dropped request_id=%s reason=model %s not in catalog", check.request_id, check.model_id
             )
             await self._finish(entry_id, fields)
             return
+        for span, unusable in recomputed.unusable:  # the worker's record, not the server's doing: nobody is blamed
+            metrics.SPANS_UNUSABLE.labels(check.model_id, unusable.cause).inc()
+            log.error(
+                "span not verified request_id=%s node_id=%s blocks=%d-%d reason=worker recording: %s",
+                check.request_id,
+                span.peer_id,
+                span.start_block,
+                span.end_block,
+                unusable,
+            )
+        verdicts = recomputed.verdicts
         metrics.VERIFY_SECONDS.observe(time.monotonic() - started)
         async with self.pool.acquire() as connection:
-            recorded = await record_verdicts(connection, check.request_id, check.model_id, verdicts, self.policy)
+            recorded = await record_verdicts(
+                connection, check.request_id, check.model_id, verdicts, self.policy, recomputed.span_indices
+            )
         await self._publish_trust(recorded)
         await self._finish(entry_id, fields)
         for verdict in verdicts:
@@ -122,7 +154,8 @@ class Verifier:
             recorded.slashed,
             time.monotonic() - started,
             "".join(
-                f" mismatch={v.peer_id}:{v.start_block}-{v.end_block}@step{v.first_bad_step}(err={v.max_error:.3g})"
+                f" mismatch={v.peer_id}:{v.start_block}-{v.end_block}@step{v.first_bad_step}"
+                f"(cause={v.cause} err={v.max_error:.3g})"
                 for v in bad
             ),
         )

@@ -2,7 +2,8 @@
 
 `honest_span(model, start, end, steps)` feeds a prefill of `steps[0]` positions, then one position per later
 step, through blocks [start, end) of a transformers Llama, and records what went in and came out as a
-`RecordedSpan`; `perturbed`/`echoing` turn it into what a cheating server would have returned.
+`RecordedSpan`; `sixteen_bit_span` does the same as a server computing in float16 or bfloat16 does (inputs cast
+to its dtype, blocks run in it, replies in it), for inputs the worker sent in float32.
 """
 
 from collections.abc import Sequence
@@ -10,8 +11,8 @@ from typing import Any
 
 import torch
 
-from mesh.session import tensor_b64
-from protocol.verification import HiddenDtype, RecordedSpan, RecordedStep
+from mesh.session import dtype_name, tensor_b64
+from protocol.verification import RecordedSpan, RecordedStep
 
 
 def _step_mask(past: int, new: int) -> torch.Tensor:
@@ -47,22 +48,40 @@ def honest_span(
     return recorded(peer_id, start, end, chunks, outputs)
 
 
+def sixteen_bit_span(
+    server: Any, start: int, end: int, chunks: Sequence[torch.Tensor], peer_id: str = "honest-16"
+) -> RecordedSpan:
+    """What the worker records of an honest server whose weights are `server` (a model in float16 or
+    bfloat16): it sends `chunks` as they are, the server casts them to its dtype and replies in it."""
+    dtype = next(server.parameters()).dtype
+    outputs = run_incrementally(server.model.layers[start:end], [chunk.to(dtype) for chunk in chunks])
+    return recorded(peer_id, start, end, chunks, outputs, announced=dtype_name(outputs[0]))
+
+
 def recorded(
     peer_id: str,
     start: int,
     end: int,
     inputs: Sequence[torch.Tensor],
     outputs: Sequence[torch.Tensor],
-    dtype: HiddenDtype = "float32",
+    announced: str | None = "float32",
 ) -> RecordedSpan:
+    """The span as the worker records it: each tensor with its own dtype, and the dtype the server announced."""
     return RecordedSpan(
         peer_id=peer_id,
         start_block=start,
         end_block=end,
         hidden_size=int(inputs[0].shape[-1]),
-        dtype=dtype,
+        announced_dtype=announced,
         steps=tuple(
-            RecordedStep(step=i, tokens=int(x.shape[0]), inputs_b64=tensor_b64(x), outputs_b64=tensor_b64(y))
+            RecordedStep(
+                step=i,
+                tokens=int(x.shape[0]),
+                inputs_dtype=dtype_name(x),
+                inputs_b64=tensor_b64(x),
+                outputs_dtype=dtype_name(y),
+                outputs_b64=tensor_b64(y),
+            )
             for i, (x, y) in enumerate(zip(inputs, outputs, strict=True))
         ),
     )

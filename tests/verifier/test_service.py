@@ -1,16 +1,20 @@
 """verifier.service on real Redis and PostgreSQL: entries it cannot verify are acknowledged, never retried
-forever, and never convict anyone."""
+forever; what the worker recorded wrong convicts nobody, while a reply that cannot be verified convicts its
+server with the cause."""
 
 import contextlib
 import json
 
 import asyncpg
 import redis.asyncio as aioredis
+import torch
 from redis.exceptions import ResponseError
 
+from mesh.session import tensor_b64
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.verification import RecordedSpan, RecordedStep, SpotCheck
+from tests.fixtures.ledger import unique_id
 from verifier.service import Verifier
 from verifier.settings import VerifierSettings
 
@@ -49,8 +53,17 @@ async def test_malformed_and_unverifiable_checks_are_acknowledged_without_a_verd
                 start_block=0,
                 end_block=2,
                 hidden_size=8,
-                dtype="float32",
-                steps=(RecordedStep(step=0, tokens=1, inputs_b64="AAAAAA==", outputs_b64="AAAAAA=="),),
+                announced_dtype="float32",
+                steps=(
+                    RecordedStep(
+                        step=0,
+                        tokens=1,
+                        inputs_dtype="float32",
+                        inputs_b64="AAAAAA==",
+                        outputs_dtype="float32",
+                        outputs_b64="AAAAAA==",
+                    ),
+                ),
             ),
         ),
     )
@@ -75,6 +88,60 @@ async def test_malformed_and_unverifiable_checks_are_acknowledged_without_a_verd
                 "SELECT count(*) FROM far_verifications WHERE request_id IN ('svc-wrong-width', 'svc-unknown')"
             )
         assert verdicts == 0
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+async def test_a_reply_that_cannot_be_verified_convicts_its_server_and_a_bad_record_of_the_worker_convicts_nobody(
+    redis_url: str, migrated_postgres_dsn: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    """Span 0's server replied in bytes that are no tensor: a mismatch with its cause, slashed and counted like
+    any. Span 1's inputs, which the worker wrote, do not decode: no verdict, and its server keeps its standing;
+    the check is acknowledged either way (it used to be dropped whole, so any cheat could switch checks off)."""
+    verifier, pool = await verifier_on(redis_url, migrated_postgres_dsn, tiny_models[0])
+    redis = verifier.redis
+    hidden = verifier.runner_for(tiny_models[0].model_id).hidden_size  # type: ignore[union-attr]
+    request_id, garbler, innocent = unique_id("svc-garbled"), unique_id("QmGarbler"), unique_id("QmInnocent")
+    row = tensor_b64(torch.randn(1, hidden))
+    step = RecordedStep(
+        step=0, tokens=1, inputs_dtype="float32", inputs_b64=row, outputs_dtype="bfloat16", outputs_b64="AAAA"
+    )
+    garbled = RecordedSpan(
+        peer_id=garbler, start_block=0, end_block=2, hidden_size=hidden, announced_dtype="bfloat16", steps=(step,)
+    )
+    unreadable_inputs = garbled.model_copy(
+        update={
+            "peer_id": innocent,
+            "start_block": 2,
+            "end_block": 4,
+            "steps": (step.model_copy(update={"inputs_b64": "AAAA", "outputs_b64": row, "outputs_dtype": "float32"}),),
+        }
+    )
+    check = SpotCheck(
+        request_id=request_id, model_id=tiny_models[0].model_id, reason="fraction", spans=(garbled, unreadable_inputs)
+    )
+    try:
+        before = await pending(redis)
+        await redis.xadd(keys.VERIFICATION_STREAM, check.to_stream_fields())  # type: ignore[arg-type]
+        read = await redis.xreadgroup(
+            keys.VERIFICATION_CONSUMER_GROUP, "svc-test", {keys.VERIFICATION_STREAM: ">"}, count=10
+        )
+        for entry_id, fields in [e for _, batch in read for e in batch]:
+            await verifier.handle(entry_id, fields)
+        assert await pending(redis) == before
+        async with pool.acquire() as connection:
+            verdicts = await connection.fetch(
+                "SELECT span_index, node_id, verdict, cause, first_bad_step, max_error FROM far_verifications "
+                "WHERE request_id = $1",
+                request_id,
+            )
+            standing = await connection.fetch(
+                "SELECT node_id, verified_ok, verified_mismatches FROM far_nodes WHERE node_id = ANY($1)",
+                [garbler, innocent],
+            )
+        assert [tuple(v) for v in verdicts] == [(0, garbler, "mismatch", "undecodable", 0, float("inf"))]
+        assert [tuple(s) for s in standing] == [(garbler, 0, 1)]
     finally:
         await pool.close()
         await redis.aclose()

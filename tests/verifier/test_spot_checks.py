@@ -86,8 +86,12 @@ class Replay(SpanRecorder):
 def recorded_span(peer: str, payload_bytes: int = 12) -> RecordedSpan:
     """A one-step span of `peer` whose inputs and outputs are `payload_bytes` each (as base64)."""
     data = "A" * (4 * -(-payload_bytes // 3))
-    step = RecordedStep(step=0, tokens=1, inputs_b64=data, outputs_b64=data)
-    return RecordedSpan(peer_id=peer, start_block=0, end_block=2, hidden_size=8, dtype="float32", steps=(step,))
+    step = RecordedStep(
+        step=0, tokens=1, inputs_dtype="float32", inputs_b64=data, outputs_dtype="float32", outputs_b64=data
+    )
+    return RecordedSpan(
+        peer_id=peer, start_block=0, end_block=2, hidden_size=8, announced_dtype="float32", steps=(step,)
+    )
 
 
 @pytest.fixture
@@ -266,6 +270,38 @@ async def test_a_sampled_run_publishes_every_span_it_recorded_in_one_entry(live_
     assert [(s.peer_id, s.start_block, s.end_block) for s in check.spans] == [(PEER_A, 0, 2), (PEER_B, 2, 4)]
     assert [(step.step, step.tokens) for step in check.spans[0].steps] == [(0, 3), (1, 1), (2, 1)]
     assert set(await redis.hkeys(keys.VERIFIED_NODES)) == {PEER_A.encode(), PEER_B.encode()}
+
+
+def test_every_recorded_tensor_keeps_its_own_dtype_and_each_span_the_dtype_its_server_announced() -> None:
+    """The worker sends float32 to the first span and each later span gets the previous server's reply: a
+    bfloat16 server's span is sent float32 and answers bfloat16, and the float32 server after it is sent
+    bfloat16. One label per span (the reply's) made the verifier misread the inputs and drop every such check."""
+    recorder = SpanRecorder()
+    session = SimpleNamespace(_enter_server_sessions=lambda spans: spans)
+    recorder.attach(session)
+
+    class ServerSession:
+        def __init__(self, peer: str, start: int, end: int, dtype: torch.dtype) -> None:
+            info = SimpleNamespace(torch_dtype=str(dtype).removeprefix("torch."))
+            self.span = SimpleNamespace(peer_id=peer, start=start, end=end, server_info=info)
+            self.history: torch.Tensor | None = None
+            self.dtype = dtype
+
+        def step(self, inputs: torch.Tensor, prompts: Any, hypo_ids: Any, *, step_id: str) -> torch.Tensor:
+            self.history = inputs if self.history is None else torch.cat([self.history, inputs[:, -1:]], dim=1)
+            return inputs[:, -inputs.shape[1] :].to(self.dtype) * 2
+
+    first, second = session._enter_server_sessions(
+        [ServerSession(PEER_A, 0, 2, torch.bfloat16), ServerSession(PEER_B, 2, 4, torch.float32)]
+    )
+    second.step(first.step(torch.ones(1, 3, 8), None, None, step_id="s"), None, None, step_id="s")
+    recorder.step_done()
+    spans = recorder.spans()
+    assert [(s.peer_id, s.announced_dtype) for s in spans] == [(PEER_A, "bfloat16"), (PEER_B, "float32")]
+    assert [(s.steps[0].inputs_dtype, s.steps[0].outputs_dtype) for s in spans] == [
+        ("float32", "bfloat16"),
+        ("bfloat16", "float32"),
+    ]
 
 
 def test_a_malformed_entry_is_refused_with_its_reason() -> None:

@@ -1,0 +1,114 @@
+"""On a real local swarm: a session through a bfloat16 server is verified, not dropped.
+
+Honest GPU servers compute and reply in 16 bits, and `far-mesh node`'s default `--torch-dtype auto` is bfloat16
+on this machine's CPUs. The worker sends the first span float32 and every later span the previous server's reply,
+so a span's inputs and outputs differ in dtype; each used to be decoded with the reply's label, the check failed
+on its shape and was dropped whole, and no 16-bit server was ever verified. Here the swarm's 2..4 server runs
+`--torch_dtype bfloat16` (the local swarm launches float32 only, so the test sets the dtype of that one server's
+`NodeConfig`), the worker samples every session, and the verifier, in this process as in production, must record
+an ok verdict for both servers, the bfloat16 one judged by the tolerance of the dtype it announced.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+import mesh.local_swarm
+from mesh.local_swarm import ServerPlan
+from mesh.node import NodeConfig
+from protocol import keys
+from protocol.catalog import ModelSpec
+from tests.fixtures.swarm import StartSwarm
+from tests.fixtures.workers import RunningFleet
+from tests.verifier.test_cheating_server import RunningVerifier, generate, until
+from verifier.settings import VerifierSettings
+from verifier.tolerance import tolerance_for
+
+pytestmark = pytest.mark.swarm
+
+BFLOAT16_LABEL = "bfloat16"
+
+
+@pytest.fixture
+def bfloat16_for_its_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local swarm's servers whose plan is labelled `bfloat16` run `--torch_dtype bfloat16`."""
+
+    def node_config(**fields: Any) -> NodeConfig:
+        if fields.get("label") == BFLOAT16_LABEL:
+            fields["torch_dtype"] = "bfloat16"
+        return NodeConfig(**fields)
+
+    assert "torch_dtype" in {f.name for f in dataclasses.fields(NodeConfig)}
+    monkeypatch.setattr(mesh.local_swarm, "NodeConfig", node_config)
+
+
+@pytest.fixture
+def running_verifier(redis_url: str, migrated_postgres_dsn: str) -> Iterator[Callable[[ModelSpec], RunningVerifier]]:
+    started: list[RunningVerifier] = []
+
+    def start(model: ModelSpec) -> RunningVerifier:
+        settings = VerifierSettings.from_env(
+            redis_url=redis_url,
+            postgres_url=migrated_postgres_dsn,
+            far_mesh_models=f"[{model.model_dump_json()}]",
+            default_model_id=model.model_id,
+            far_mesh_verifier_metrics_port=0,
+        )
+        started.append(RunningVerifier(settings).start())
+        return started[-1]
+
+    yield start
+    for verifier in started:
+        verifier.stop()
+
+
+async def test_a_session_through_a_bfloat16_server_ends_in_an_ok_verdict_for_every_server(
+    tiny_models: tuple[ModelSpec, ...],
+    bfloat16_for_its_label: None,
+    local_swarm_factory: StartSwarm,
+    fleet_factory: Callable[..., RunningFleet],
+    running_verifier: Callable[[ModelSpec], RunningVerifier],
+    redis_url: str,
+    redis: aioredis.Redis,
+    migrated_postgres_dsn: str,
+) -> None:
+    model = tiny_models[0]
+    swarm = local_swarm_factory(
+        [ServerPlan(model, 0, 2, label="float32"), ServerPlan(model, 2, 4, label=BFLOAT16_LABEL)]
+    )
+    float32_id, bfloat16_id = (server.peer_id for server in swarm.servers)
+    announced = {
+        peer.to_base58(): info.torch_dtype
+        for module in swarm.module_infos(str(model.dht_prefix), 4)
+        for peer, info in module.servers.items()
+    }
+    assert announced == {float32_id: "float32", bfloat16_id: "bfloat16"}
+    await redis.delete(keys.BANNED_NODES, keys.VERIFIED_NODES)
+    fleet_factory(swarm.initial_peers, [model], far_mesh_verify_fraction=1.0)
+    running_verifier(model)
+    request_id, tokens = await generate(redis_url, redis, model, migrated_postgres_dsn)
+    assert tokens
+    ledger = await asyncpg.connect(migrated_postgres_dsn)
+    try:
+
+        async def verdicts() -> list[asyncpg.Record]:
+            rows = await ledger.fetch(
+                "SELECT * FROM far_verifications WHERE request_id = $1 ORDER BY span_index",
+                request_id,
+            )
+            return rows if len(rows) == 2 else []
+
+        rows = await until(verdicts, "the session's verdicts", timeout_s=90)
+    finally:
+        await ledger.close()
+    assert [(r["node_id"], r["verdict"], r.get("cause")) for r in rows] == [
+        (float32_id, "ok", None),
+        (bfloat16_id, "ok", None),
+    ]
+    assert rows[0]["tolerance"] == tolerance_for("float32", 2)
+    assert rows[1]["tolerance"] == tolerance_for("bfloat16", 2)
+    print(f"bfloat16 server's error {rows[1]['max_error']:.4f} against its tolerance {rows[1]['tolerance']}")
