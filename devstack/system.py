@@ -3,8 +3,8 @@ exactly the same way.
 
 Order matters and each step says what it did: Redis and PostgreSQL (configured, local or embedded), the
 ledger's migrations, the tiny models, a local swarm serving them, a development API key, and then the
-Procfile's web, portal, worker and accounting processes under one supervisor. `stop()` stops all of it, the swarm
-and any embedded server included.
+Procfile's web, portal, accounting, verifier and worker processes under one supervisor. `stop()` stops all of
+it, the swarm and any embedded server included.
 """
 
 import asyncio
@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # mesh imports torch, which `far-mesh --help` must not load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_WALLET = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+SERVICES = ("web", "portal", "accounting", "verifier")
+"""The Procfile's processes every system runs besides its workers (and the payer when it pays on chain). The
+verifier is one of them: without it no sampled session is ever checked, so none is ever paid
+(docs/verification.md), and a cheat running under `make run` would never be caught."""
 """The wallet the development key bills (an EIP-55 test vector; nobody's real money)."""
 
 
@@ -89,7 +93,7 @@ class LocalSystem:
         self.stop()
 
     def process(self, name: str) -> Child:
-        """A supervised process by name: web, portal, accounting, payouts, worker.1, worker.2, ..."""
+        """A supervised process by name: web, portal, accounting, verifier, payouts, worker.1, worker.2, ..."""
         return next(child for child in self.supervisor.children if child.name == name)
 
     def start_process(
@@ -121,7 +125,7 @@ class LocalSystem:
         self.api_key = _development_key(self.postgres.url)
         payer = ["payouts"] if self.chain else []
         workers = [f"worker.{i}" for i in range(1, self.plan.workers + 1)]
-        for name in ["web", "portal", "accounting", *payer, *workers]:
+        for name in [*SERVICES, *payer, *workers]:
             self.start_process(name)
         print(f"dev: gateway on {self.gateway_url} models={','.join(m.model_id for m in self.models)}", flush=True)
         print(f"dev: portal on {self.portal_url} (providers' earnings and payouts, API keys, swarm map)", flush=True)
@@ -150,6 +154,8 @@ class LocalSystem:
             env["FAR_MESH_WORKER_METRICS_PORT"] = str(free_port())
         if name == "accounting":
             env["ACCOUNTING_METRICS_PORT"] = str(free_port())
+        if name == "verifier":
+            env["FAR_MESH_VERIFIER_METRICS_PORT"] = str(free_port())
         if name == "payouts" and self.chain:
             env |= self.chain.env
         if name == "portal":

@@ -94,3 +94,21 @@ def test_the_whole_system_serves_the_portal_on_its_url(e2e_system: SystemUnderTe
         message = client.post("/api/siwe/message", json={"address": A_WALLET})
         assert message.status_code == 200, message.text
         assert f"127.0.0.1:{port} wants you to sign in" in message.text
+
+
+def test_make_run_starts_the_verifier_with_settings_it_accepts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a verifier no sampled session is checked (so none is paid), and no cheat is ever caught."""
+    from devstack.procfile import commands_for
+    from devstack.system import REPO_ROOT, SERVICES
+    from verifier.settings import VerifierSettings
+
+    assert "verifier" in SERVICES
+    assert commands_for(REPO_ROOT / "Procfile", list(SERVICES))["verifier"] == ["far-mesh", "verifier"]
+    env = _prepared(tmp_path)._env_for("verifier")
+    for name in VerifierSettings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = VerifierSettings.from_env()
+    assert settings.far_mesh_verifier_metrics_port not in (0, 9104)  # a port of its own beside the other processes
+    assert [m.model_id for m in settings.catalog.models] == ["far-tiny-llama-4"]
