@@ -64,10 +64,12 @@ from protocol.requests import (
     MAX_LOGIT_BIAS,
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
+    MAX_REPETITION_PENALTY,
     MAX_SEED,
     MAX_STOP_CHARS,
     MAX_STOP_SEQUENCES,
     MAX_TOP_LOGPROBS,
+    MIN_REPETITION_PENALTY,
     GenerateRequest,
     JsonInt,
     RequestId,
@@ -145,7 +147,10 @@ class _OpenAIBody(BaseModel):
     presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False)
     logit_bias: (
         Annotated[
-            dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Annotated[StrictFloat, Field(ge=-100, le=100)]],
+            dict[
+                Annotated[str, Field(pattern=r"^\d{1,9}$")],
+                Annotated[StrictFloat, Field(ge=-100, le=100, allow_inf_nan=False)],
+            ],
             Field(max_length=MAX_LOGIT_BIAS, json_schema_extra={"additionalProperties": False}),
         ]
         | None
@@ -153,7 +158,11 @@ class _OpenAIBody(BaseModel):
     user: str | None = Field(default=None, max_length=256, description="End-user id (abuse reports); no effect")
     top_k: JsonInt | None = Field(default=None, ge=0, le=1000, description="Far Mesh extra: 0 or absent is off")
     repetition_penalty: StrictFloat | None = Field(
-        default=None, gt=0.0, le=10.0, allow_inf_nan=False, description="Far Mesh extra"
+        default=None,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        allow_inf_nan=False,
+        description="Far Mesh extra: divides the logits of tokens already seen; 1 or absent is off",
     )
     request_id: RequestId | None = Field(default=None, description="Far Mesh extra: idempotency key")
     user_wallet: RequestWallet | None = Field(

@@ -46,6 +46,11 @@ MAX_STOP_CHARS = 128
 MAX_TOP_LOGPROBS = 5
 MAX_SEED = 2**63 - 1
 MAX_LOGIT_BIAS = 300
+MIN_REPETITION_PENALTY = 0.1
+MAX_REPETITION_PENALTY = 10.0
+"""repetition_penalty divides a seen token's positive logit (and multiplies a negative one): bounded on both sides,
+as 1/10 and 10, it moves a logit at most tenfold. Any positive value used to pass, and 5e-324 turned every seen
+token's logit into inf after the prefill: a `sampling_error` with the swarm's prefill done and unbilled."""
 StopSequence = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 StopSequences = Annotated[
     list[StopSequence],
@@ -65,7 +70,11 @@ class SamplingOptions(BaseModel):
     )
     top_k: JsonInt = Field(default=0, ge=0, le=1000, description="Sample among the k most likely tokens; 0: off")
     repetition_penalty: StrictFloat = Field(
-        default=1.0, gt=0.0, le=10.0, allow_inf_nan=False, description="Divides the logits of tokens already seen"
+        default=1.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        allow_inf_nan=False,
+        description="Divides the logits of tokens already seen (multiplies the negative ones); 1: off",
     )
     frequency_penalty: StrictFloat = Field(
         default=0.0, ge=-2.0, le=2.0, allow_inf_nan=False, description="Subtracted once per earlier occurrence"

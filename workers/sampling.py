@@ -34,6 +34,9 @@ def choose_next_token(logits: torch.Tensor, *, temperature: float, top_p: float,
         sorted_probs, sorted_ids = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
         outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p
+        # a top_p below float32's smallest number (5e-324) compares equal to the first token's 0.0: keep it anyway,
+        # or nothing is left to draw from and torch raises, which would read as a broken route
+        outside[0] = False
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(sorted_ids[choice].item())

@@ -118,3 +118,50 @@ def test_without_logprobs_a_choice_adds_nothing_to_the_token_event() -> None:
 def test_a_logit_bias_of_minus_100_bans_a_token_and_ids_outside_the_vocabulary_are_ignored() -> None:
     sampler = _sampler(_options(logit_bias={"0": -100, "99": 5}), temperature=0.0)
     assert sampler.choose(torch.tensor([3.0, 1.0])) == 1
+
+
+def _extremes(schema: dict[str, Any]) -> list[float]:
+    """The most degenerate values a JSON Schema number admits: its bounds (the first float past an exclusive one)."""
+    values = [schema[k] for k in ("minimum", "maximum") if k in schema]
+    if "exclusiveMinimum" in schema:
+        values.append(math.nextafter(schema["exclusiveMinimum"], math.inf))
+    if "exclusiveMaximum" in schema:
+        values.append(math.nextafter(schema["exclusiveMaximum"], -math.inf))
+    return values
+
+
+def _bounded_options() -> list[tuple[str, float]]:
+    """Every (parameter, value) at the edge of what the native API's document admits, read from the schema the
+    gateway serves, so a bound loosened there is tested here."""
+    from protocol.requests import GenerateRequest
+
+    properties = GenerateRequest.model_json_schema()["properties"]
+    cases = [
+        (name, value)
+        for name in ("temperature", "top_p", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty")
+        for value in _extremes(properties[name])
+    ]
+    [bias] = properties["logit_bias"]["patternProperties"].values()
+    return cases + [("logit_bias", value) for value in _extremes(bias)]
+
+
+@pytest.mark.parametrize(("name", "value"), _bounded_options())
+def test_every_sampling_parameter_at_the_edge_of_what_the_api_admits_still_samples(name: str, value: float) -> None:
+    """What the schema admits, the worker can sample with: a value that overflowed after the prefill would fail the
+    request with the swarm's work done (5e-324 as repetition_penalty did)."""
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(64, generator=generator) * 30  # a real model's logits span tens; fp16 ones reach 6e4
+    logits[3], logits[5] = 6e4, -6e4
+    temperature, top_p = 0.7, 1.0
+    fields: dict[str, Any] = {}
+    if name == "temperature":
+        temperature = value
+    elif name == "top_p":
+        top_p = value
+    elif name == "logit_bias":
+        fields["logit_bias"] = {str(i): value for i in range(0, 64, 2)}
+    else:
+        fields[name] = int(value) if name == "top_k" else value
+    sampler = _sampler(SamplingOptions(**fields), temperature=temperature, top_p=top_p, prompt_ids=[3, 5, 7, 9])
+    for _ in range(8):
+        assert 0 <= sampler.choose(logits) < 64
