@@ -8,20 +8,11 @@ the server, of the mismatch class, with its cause (`verifier.recompute.verify_sp
 that cannot be used convicts nobody: `RecordingUnusable` says so, and the verifier counts and logs it instead.
 """
 
-from typing import Final, Literal
+from typing import Literal
 
-Cause = Literal["over-tolerance", "undecodable", "unknown-dtype", "wrong-shape", "missing-positions", "discontinuity"]
-"""Why a span's verdict is a mismatch: its recomputation is too far off (`over-tolerance`), its reply could not be
-verified (the rest), or (`discontinuity`) the input the next span received is not what this span returned."""
-
-CAUSES: Final[tuple[Cause, ...]] = (
-    "over-tolerance",
-    "undecodable",
-    "unknown-dtype",
-    "wrong-shape",
-    "missing-positions",
-    "discontinuity",
-)
+Cause = Literal["over-tolerance", "undecodable", "unknown-dtype", "wrong-shape", "missing-positions"]
+"""Why a span's verdict is a mismatch: its recomputation is too far off (`over-tolerance`), or its reply could not
+be verified (the rest; `schema/0018_verification_causes.sql` lists the same words)."""
 
 
 class RecordingUnusable(ValueError):

@@ -232,3 +232,14 @@ def test_bfloat16_states_survive_the_round_trip_through_base64() -> None:
 
     states = torch.randn(3, 8).to(torch.bfloat16)
     assert torch.equal(decode_tensor(tensor_b64(states), "bfloat16", 8), states)
+
+
+def test_every_cause_of_a_mismatch_is_one_the_ledger_accepts() -> None:
+    from pathlib import Path
+    from typing import get_args
+
+    from verifier.unverifiable import Cause
+
+    migration = (Path(__file__).parents[2] / "schema" / "0018_verification_causes.sql").read_text()
+    accepted = migration.split("cause IN (", 1)[1].split(")", 1)[0]
+    assert sorted(get_args(Cause)) == sorted(word.strip().strip("'") for word in accepted.split(","))
