@@ -3,6 +3,9 @@
 Petals' client retries a failing route forever by default (`max_retries=None`, backoff up to 60 s): a worker
 would hang on one request while the user waits. Here failures surface after a few quick retries, so the
 caller (the worker) can recover one level up: open a fresh session and re-prefill what was generated.
+
+Petals' server-to-server handoff is off (`NO_HANDOFF`): every server computes exactly what the client sent it, so
+what a spot check records as a span's inputs is what its server received (docs/verification.md).
 """
 
 import math
@@ -28,6 +31,16 @@ class ClientLimits:
     update_period: float = 15.0
     """How often the client re-reads the DHT, so a replaced server is found within seconds."""
     daemon_startup_timeout: int = 30
+
+
+NO_HANDOFF = {"use_server_to_server": False}
+"""Petals lets each server push its outputs straight to the next server of the route, which then processes
+whichever copy of a step arrives first. An upstream server could return honest outputs to the client (what a
+spot check records as the next span's inputs) and push something else to the next server, whose check then fails
+for the upstream's doing: an honest server framed, and slashed. With the handoff off no request names a next
+server, so none can be pushed to. It is off for every session, not only sampled ones: a server that sees no next
+server named where it usually would would know its session is being checked. The price is one client round trip
+per server hop of each step, instead of the push's direct hop."""
 
 
 @dataclass
@@ -106,5 +119,6 @@ def open_client(
         torch_dtype=torch_dtype if torch_dtype == "auto" else getattr(torch, torch_dtype),
         show_route=False,
         **asdict(limits),
+        **NO_HANDOFF,
     )
     return MeshClient(spec=spec, model=model, tokenizer=tokenizer)

@@ -51,3 +51,39 @@ def test_each_server_announces_its_wallet_in_the_dht(two_server_swarm: LocalSwar
 
     servers = two_server_swarm.servers
     assert announced == {server.peer_id: wallet for server, wallet in zip(servers, SWARM_WALLETS, strict=True)}
+
+
+def test_no_server_is_asked_to_hand_its_outputs_to_the_next_one(
+    client: MeshClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Petals' server-to-server handoff lets the next server process whichever copy of a step arrives first: an
+    upstream server could return honest outputs to the worker (what a spot check records as the next span's
+    inputs) and push something else to the next server, whose check then fails for the upstream's doing. With
+    the handoff off, no request names a next server, so each server computes exactly what the worker sent it."""
+    from hivemind import MSGPackSerializer
+
+    from mesh.compat import petals
+    from mesh.session import SwarmSession
+
+    server_session = petals.client.inference_session._ServerInferenceSession
+    step = server_session._step
+    metadata: list[dict[str, object]] = []
+
+    async def spying(self: object, request: object) -> object:
+        metadata.append(MSGPackSerializer.loads(request.metadata))  # type: ignore[attr-defined]
+        return await step(self, request)
+
+    monkeypatch.setattr(server_session, "_step", spying)
+
+    def three_steps() -> None:
+        session = SwarmSession(client.model, max_length=8)
+        try:
+            for tokens in ([1, 2, 3], [4], [5]):
+                session.step(tokens)
+        finally:
+            session.close()
+
+    off_main_thread(three_steps)
+    assert len(metadata) == 6  # two servers, three steps
+    assert not [m for m in metadata if m.get("next_servers")]
+    assert client.model.config.use_server_to_server is False
