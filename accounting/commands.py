@@ -66,7 +66,12 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     outcome.add_argument("--failed", action="store_true", help="the money did not move: release the rows")
     resolve.add_argument("--reason", default="resolved by an operator", help="recorded with --failed")
-    resolve.add_argument("--sender", type=_wallet, help="with --tx: the address that must have paid (the treasury)")
+    resolve.add_argument(
+        "--sender",
+        type=_wallet,
+        help="with --tx: the address that must have paid; default: the sender the ledger recorded for the batch, "
+        "else the treasury's (from FAR_MESH_TREASURY_KEY_FILE / _KEY)",
+    )
     resolve.set_defaults(handler=resolve_payout)
 
 
@@ -357,6 +362,7 @@ async def _resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | N
                 + (" with the chain payer's own transaction in flight" if state.status == "submitted" else "")
                 + ": only an exported (or stranded) batch is resolved by hand"
             )
+        expected = _expected_sender(batch_id, recorded=state.sender, given=sender, settings=settings)
         batch = await load_batch(connection, batch_id)
         client = ChainClient(settings.far_mesh_chain_rpc_url, timeout_s=settings.far_mesh_chain_rpc_timeout_s)
         await client.check(settings.far_mesh_chain_id, {"FAR_MESH_TOKEN_ADDRESS": settings.far_mesh_token_address})
@@ -365,7 +371,7 @@ async def _resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | N
             batch,
             tx_hash,
             token=settings.far_mesh_token_address,
-            sender=sender,
+            sender=expected,
             confirmations=settings.far_mesh_payout_confirmations,
         )
         try:
@@ -374,6 +380,31 @@ async def _resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | N
             raise PaymentFailed(f"transaction {tx_hash} already settled another batch") from None
     finally:
         await connection.close()
+
+
+def _expected_sender(batch_id: int, *, recorded: str | None, given: str | None, settings: "PayoutSettings") -> str:
+    """Who must have paid a batch resolved by hand: never "anyone", or a transfer of the same amounts to the same
+    wallets from someone else's account (a coincidence, or a payment the treasury never made) would mark the
+    batch paid. `--sender` when given, which must agree with the sender the ledger recorded (the chain payer
+    signed from it); else that recorded sender; else the treasury, derived from its configured key."""
+    from eth_account import Account
+
+    from accounting.payouts import PaymentFailed
+    from protocol.settings import SettingsError
+    from protocol.wallet import to_checksum_address
+
+    if given is not None and recorded is not None and to_checksum_address(given) != to_checksum_address(recorded):
+        raise PaymentFailed(f"payment batch {batch_id} was signed from {recorded}, not from --sender {given}")
+    if given is not None or recorded is not None:
+        return to_checksum_address(given or recorded)
+    try:
+        key = settings.treasury_key()
+    except ValueError:
+        raise SettingsError(
+            f"--sender: payment batch {batch_id} records no sender; name the address that paid it, or set "
+            "FAR_MESH_TREASURY_KEY_FILE or FAR_MESH_TREASURY_KEY so the treasury's is derived"
+        ) from None
+    return str(Account.from_key(key.get_secret_value()).address)
 
 
 async def _with_ledger(use: "Callable[[asyncpg.Connection], Awaitable[T]]") -> T:

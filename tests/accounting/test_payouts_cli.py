@@ -7,16 +7,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 
 from accounting.ledger import write_batch
 from accounting.payer import FilePayer, payments_of
 from accounting.payouts import PaymentBatch, run_payout
-from chain.deploy import send
+from chain.deploy import approve, send, transfer
 from chain.transfers import Payment, pay_batch_data
 from cli.main import main
 from devstack.harness.registrations import register_nodes
 from devstack.ports import free_port
-from tests.fixtures.chain import FarDeployment
+from tests.fixtures.chain import FarDeployment, fund_gas
 from tests.fixtures.ledger import unique_id, usage_record
 
 
@@ -134,6 +136,60 @@ async def test_an_exported_batch_is_paid_only_once_resolve_finds_its_transaction
     assert (stored["status"], stored["transaction_ref"]) == ("paid", right_tx) and stored["gas_used"] > 0
     refs = await payouts_db.fetch("SELECT DISTINCT transaction_ref FROM far_session_contributions")
     assert [r["transaction_ref"] for r in refs] == [right_tx]
+
+
+async def test_resolve_without_a_sender_accepts_only_a_payment_from_the_treasury(
+    payouts_db: asyncpg.Connection,
+    payouts_ledger_dsn: str,
+    far_deployment: FarDeployment,
+    chain_env: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same amounts to the same wallets from someone else's account are not the treasury paying the batch."""
+    batch = await export(payouts_db, payouts_ledger_dsn, tmp_path)
+    d, payments = far_deployment, payments_of(batch)
+    impostor: LocalAccount = Account.create()
+    fund_gas(d.w3, impostor.address, 10**18)
+    transfer(d.w3, d.treasury, d.deployment.token, impostor.address, sum(p.units for p in payments))
+    approve(d.w3, impostor, d.deployment.token, d.deployment.batch_contract)
+    receipt = send(
+        d.w3, impostor, {"to": d.deployment.batch_contract, "data": pay_batch_data(d.deployment.token, payments)}
+    )
+    impostor_tx = receipt["transactionHash"].to_0x_hex()
+    assert await far_mesh("payouts", "resolve", str(batch.id), "--tx", impostor_tx) == 1
+    assert f"pays from {impostor.address}, not the treasury {d.treasury.address}" in caplog.text
+    assert await payouts_db.fetchval("SELECT status FROM far_payment_batches WHERE id = $1", batch.id) == "submitted"
+    # named explicitly, the operator's --sender is what is checked: still not the transaction's sender
+    assert await far_mesh("payouts", "resolve", str(batch.id), "--tx", impostor_tx, "--sender", d.treasury.address) == 1
+
+    treasury_tx = operator_pays(d, payments)
+    assert await far_mesh("payouts", "resolve", str(batch.id), "--tx", treasury_tx) == 0
+    assert await payouts_db.fetchval("SELECT transaction_ref FROM far_payment_batches WHERE id = $1", batch.id) == (
+        treasury_tx
+    )
+
+
+async def test_resolve_without_a_sender_or_a_treasury_key_refuses_naming_both(
+    payouts_db: asyncpg.Connection,
+    payouts_ledger_dsn: str,
+    far_deployment: FarDeployment,
+    chain_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    batch = await export(payouts_db, payouts_ledger_dsn, tmp_path)
+    tx = operator_pays(far_deployment, payments_of(batch))
+    monkeypatch.delenv("FAR_MESH_TREASURY_KEY_FILE")
+    assert await far_mesh("payouts", "resolve", str(batch.id), "--tx", tx) == 2
+    err = capsys.readouterr().err
+    assert "--sender" in err and "FAR_MESH_TREASURY_KEY_FILE" in err
+    assert await payouts_db.fetchval("SELECT status FROM far_payment_batches WHERE id = $1", batch.id) == "submitted"
+    assert (
+        await far_mesh("payouts", "resolve", str(batch.id), "--tx", tx, "--sender", far_deployment.treasury.address)
+        == 0
+    )
 
 
 async def test_one_transaction_cannot_resolve_two_batches(
