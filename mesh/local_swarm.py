@@ -93,6 +93,8 @@ class ServerPlan:
     end_block: int
     wallet: str | None = None
     label: str | None = None
+    torch_dtype: str = "float32"
+    """What the server computes and replies in (a GPU provider's is usually bfloat16 or float16)."""
 
 
 def model_num_blocks(model: ModelSpec) -> int | None:
@@ -440,7 +442,7 @@ class LocalSwarm:
             port=free_port(),
             throughput=SERVER_THROUGHPUT,
             device="cpu",
-            torch_dtype="float32",
+            torch_dtype=plan.torch_dtype,
             identity_path=self.work_dir / f"{name}.identity",
             loopback_only=True,
         )

@@ -4,22 +4,18 @@ Honest GPU servers compute and reply in 16 bits, and `far-mesh node`'s default `
 on this machine's CPUs. The worker sends the first span float32 and every later span the previous server's reply,
 so a span's inputs and outputs differ in dtype; each used to be decoded with the reply's label, the check failed
 on its shape and was dropped whole, and no 16-bit server was ever verified. Here the swarm's 2..4 server runs
-`--torch_dtype bfloat16` (the local swarm launches float32 only, so the test sets the dtype of that one server's
-`NodeConfig`), the worker samples every session, and the verifier, in this process as in production, must record
-an ok verdict for both servers, the bfloat16 one judged by the tolerance of the dtype it announced.
+`--torch_dtype bfloat16` (`ServerPlan.torch_dtype`), the worker samples every session, and the verifier, in this
+process as in production, must record an ok verdict for both servers, the bfloat16 one judged by the tolerance of
+the dtype it announced.
 """
 
-import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-import mesh.local_swarm
 from mesh.local_swarm import ServerPlan
-from mesh.node import NodeConfig
 from protocol import keys
 from protocol.catalog import ModelSpec
 from tests.fixtures.swarm import StartSwarm
@@ -29,21 +25,6 @@ from verifier.settings import VerifierSettings
 from verifier.tolerance import tolerance_for
 
 pytestmark = pytest.mark.swarm
-
-BFLOAT16_LABEL = "bfloat16"
-
-
-@pytest.fixture
-def bfloat16_for_its_label(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The local swarm's servers whose plan is labelled `bfloat16` run `--torch_dtype bfloat16`."""
-
-    def node_config(**fields: Any) -> NodeConfig:
-        if fields.get("label") == BFLOAT16_LABEL:
-            fields["torch_dtype"] = "bfloat16"
-        return NodeConfig(**fields)
-
-    assert "torch_dtype" in {f.name for f in dataclasses.fields(NodeConfig)}
-    monkeypatch.setattr(mesh.local_swarm, "NodeConfig", node_config)
 
 
 @pytest.fixture
@@ -68,7 +49,6 @@ def running_verifier(redis_url: str, migrated_postgres_dsn: str) -> Iterator[Cal
 
 async def test_a_session_through_a_bfloat16_server_ends_in_an_ok_verdict_for_every_server(
     tiny_models: tuple[ModelSpec, ...],
-    bfloat16_for_its_label: None,
     local_swarm_factory: StartSwarm,
     fleet_factory: Callable[..., RunningFleet],
     running_verifier: Callable[[ModelSpec], RunningVerifier],
@@ -77,9 +57,7 @@ async def test_a_session_through_a_bfloat16_server_ends_in_an_ok_verdict_for_eve
     migrated_postgres_dsn: str,
 ) -> None:
     model = tiny_models[0]
-    swarm = local_swarm_factory(
-        [ServerPlan(model, 0, 2, label="float32"), ServerPlan(model, 2, 4, label=BFLOAT16_LABEL)]
-    )
+    swarm = local_swarm_factory([ServerPlan(model, 0, 2), ServerPlan(model, 2, 4, torch_dtype="bfloat16")])
     float32_id, bfloat16_id = (server.peer_id for server in swarm.servers)
     announced = {
         peer.to_base58(): info.torch_dtype
