@@ -72,8 +72,8 @@ for _, amount in ipairs(redis.call('HVALS', KEYS[2])) do
 end
 redis.call('HSET', KEYS[1], 'held', held, 'rebuilt', ARGV[2])
 for i = 4, #ARGV, 2 do
-  local known = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if tonumber(ARGV[i + 1]) > known then
+  local known = redis.call('HGET', KEYS[1], ARGV[i])
+  if not known or tonumber(ARGV[i + 1]) > tonumber(known) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   end
 end
