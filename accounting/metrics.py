@@ -85,3 +85,21 @@ def record_paid(total_far: Decimal, wallets: int, gas_used: int, gas_cost_wei: i
     PAYOUT_GAS_USED.inc(gas_used)
     PAYOUT_GAS_COST.inc(gas_cost_wei / 10**18)
     PAYOUT_CONFIRMATION_SECONDS.observe(lag_s)
+
+
+# Deposits (`far-mesh deposits watch`, served on FAR_MESH_DEPOSIT_METRICS_PORT); the exact amounts are in
+# far_chain_deposits and the journal.
+DEPOSIT_LAST_BLOCK = Gauge(
+    "far_deposit_last_block", "Newest block the deposit watcher scanned and committed (confirmation-deep)"
+)
+DEPOSITS_CREDITED = Counter("far_deposit_credited", "Deposits credited to buyers' balances")
+DEPOSIT_FAR_CREDITED = Counter("far_deposit_far_credited", "$FAR credited to buyers' balances by deposits")
+DEPOSIT_REORGS = Counter(
+    "far_deposit_reorgs",
+    "Reorganisations that reached below the watcher's checkpoint (deeper than FAR_MESH_DEPOSIT_CONFIRMATIONS): "
+    "it scanned again from an older block",
+)
+DEPOSITS_MOVED = Counter(
+    "far_deposit_moved",
+    "Deposit logs found again at another block after such a reorganisation: credited before, not credited again",
+)

@@ -12,7 +12,7 @@ from typing import Any
 
 CHAIN_DIR = Path(__file__).resolve().parent
 ARTIFACTS_DIR = CHAIN_DIR / "artifacts"
-CONTRACTS = ("FarToken", "FarBatchTransfer")
+CONTRACTS = ("FarToken", "FarBatchTransfer", "FarDeposit")
 
 
 class CompilerMissing(RuntimeError):

@@ -18,8 +18,8 @@ import requests
 from eth_typing import ChecksumAddress, HexStr
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
-from web3.types import TxParams
+from web3.exceptions import BlockNotFound, ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import FilterParams, TxParams
 
 from chain.artifacts import load_artifact
 from chain.errors import ChainUnreachable, ContractNotDeployed, WrongChain
@@ -87,6 +87,29 @@ class ChainClient:
         node, say); `0x` and lowercase hex."""
         block = await self._call("eth_getBlockByNumber", lambda: self.w3.eth.get_block(0))
         return HexBytes(block["hash"]).to_0x_hex().lower()
+
+    async def block_hash(self, number: int) -> str | None:
+        """The hash of block `number` on the chain the node follows now (`0x`, lowercase), or None when it has no
+        such block (yet, or any more: a reorganisation to a shorter chain)."""
+
+        def fetch() -> str | None:
+            try:
+                block = self.w3.eth.get_block(number)
+            except BlockNotFound:
+                return None
+            return HexBytes(block["hash"]).to_0x_hex().lower()
+
+        return await self._call("eth_getBlockByNumber", fetch)
+
+    async def logs(self, address: str, topic: str, from_block: int, to_block: int) -> list[dict[str, Any]]:
+        """Every log `address` emitted with first topic `topic` in blocks `from_block`..`to_block` (inclusive)."""
+        params: FilterParams = {
+            "address": Web3.to_checksum_address(address),
+            "topics": [HexStr(topic)],
+            "fromBlock": from_block,
+            "toBlock": to_block,
+        }
+        return await self._call("eth_getLogs", lambda: [dict(entry) for entry in self.w3.eth.get_logs(params)])
 
     async def base_fee(self) -> int:
         block = await self._call("eth_getBlockByNumber", lambda: self.w3.eth.get_block("latest"))

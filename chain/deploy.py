@@ -1,6 +1,7 @@
-"""Deploying $FAR: the token (whole supply minted to the treasury), the batch-transfer contract, and the
-treasury's one-time approval of the batch contract. Used by `far-mesh chain deploy`, `far-mesh dev`, tests
-and the benchmark; on a real network, run it once and put the printed addresses in the payer's settings.
+"""Deploying $FAR: the token (whole supply minted to the treasury), the batch-transfer contract, the treasury's
+one-time approval of the batch contract, and the deposit contract buyers pay into (docs/deposits.md). Used by
+`far-mesh chain deploy`, `far-mesh dev`, tests and the benchmark; on a real network, run it once and put the
+printed addresses in the payer's and the deposit watcher's settings.
 """
 
 from dataclasses import dataclass
@@ -22,10 +23,15 @@ class Deployment:
     token: str
     batch_contract: str
     treasury: str
+    deposit_contract: str
 
     def env(self) -> dict[str, str]:
-        """The payer's settings that name these contracts."""
-        return {"FAR_MESH_TOKEN_ADDRESS": self.token, "FAR_MESH_BATCH_CONTRACT_ADDRESS": self.batch_contract}
+        """The payer's and the deposit watcher's settings that name these contracts."""
+        return {
+            "FAR_MESH_TOKEN_ADDRESS": self.token,
+            "FAR_MESH_BATCH_CONTRACT_ADDRESS": self.batch_contract,
+            "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": self.deposit_contract,
+        }
 
 
 def send(w3: Web3, account: LocalAccount, tx: dict[str, Any], *, timeout_s: float = 60) -> TxReceipt:
@@ -59,11 +65,19 @@ def _create(w3: Web3, deployer: LocalAccount, name: str, *args: Any) -> str:
 
 
 def deploy(w3: Web3, deployer: LocalAccount, treasury: LocalAccount, *, supply_far: Decimal) -> Deployment:
-    """Deploy both contracts, mint `supply_far` to the treasury and approve the batch contract for it."""
+    """Deploy the contracts, mint `supply_far` to the treasury and approve the batch contract for it; deposits
+    go to the same treasury."""
     token = _create(w3, deployer, "FarToken", treasury.address, to_base_units(supply_far))
     batch = _create(w3, deployer, "FarBatchTransfer")
     approve(w3, treasury, token, batch)
-    return Deployment(token=token, batch_contract=batch, treasury=treasury.address)
+    deposit = deploy_deposit(w3, deployer, token, treasury.address)
+    return Deployment(token=token, batch_contract=batch, treasury=treasury.address, deposit_contract=deposit)
+
+
+def deploy_deposit(w3: Web3, deployer: LocalAccount, token: str, treasury: str) -> str:
+    """The FarDeposit contract that moves buyers' $FAR of `token` to `treasury` (alone: for a chain whose token
+    was deployed before deposits existed)."""
+    return _create(w3, deployer, "FarDeposit", Web3.to_checksum_address(token), Web3.to_checksum_address(treasury))
 
 
 def approve(w3: Web3, treasury: LocalAccount, token: str, spender: str, units: int = MAX_UINT256) -> None:

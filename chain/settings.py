@@ -146,3 +146,37 @@ class PayoutSettings(LedgerSettings, ChainSettings):
         if self.far_mesh_payout_reserve_sessions is not None:
             return self.far_mesh_payout_reserve_sessions
         return default_reserve(self.far_mesh_verify_fraction)
+
+
+class DepositChainSettings(ChainSettings):
+    """Where buyers deposit: what `far-mesh deposits make` needs besides the node (no ledger)."""
+
+    far_mesh_deposit_contract_address: Wallet | None = Field(
+        default=None, description="Address of the FarDeposit contract buyers pay $FAR into (`far-mesh chain deploy`)"
+    )
+    far_mesh_deposit_confirmations: int = Field(
+        default=12,
+        ge=1,
+        le=1000,
+        description="Blocks a deposit needs (its own included) before the buyer's balance is credited; deeper "
+        "than any reorganisation the chain may have (one deeper is detected and rescanned, docs/deposits.md)",
+    )
+
+
+class DepositSettings(LedgerSettings, DepositChainSettings):
+    """What `far-mesh deposits watch` reads: the ledger, the chain, and how the watcher scans."""
+
+    far_mesh_deposit_start_block: int = Field(
+        default=0,
+        ge=0,
+        description="First block scanned when the ledger has no checkpoint for the contract (its deployment block)",
+    )
+    far_mesh_deposit_poll_s: float = Field(
+        default=5.0, gt=0, le=3600, description="How often the deposit watcher looks for newly deep blocks"
+    )
+    far_mesh_deposit_max_blocks: int = Field(
+        default=1000, ge=1, le=100_000, description="Most blocks one eth_getLogs call (and one ledger commit) covers"
+    )
+    far_mesh_deposit_metrics_port: int = Field(
+        default=9105, ge=0, le=65535, description="Port of the deposit watcher's /metrics (Prometheus); 0 disables"
+    )

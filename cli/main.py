@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "gateway.commands",
     "workers.commands",
     "accounting.commands",
+    "accounting.deposit_commands",
     "chain.commands",
     "schema.commands",
     "portal.commands",

@@ -6,9 +6,9 @@ is used, and a ganache (a block a second) is started under the state directory w
 keeps its chain in `ganache-db/`, so the next `far-mesh dev` reloads it: the batches the ledger paid, or has in
 flight, on it are still there, and the treasury's nonces go on from where they were. (Delete `ganache-db/` for
 a fresh chain: the ledger, which records each batch's chain by its genesis hash, then pays on the new chain,
-and the batches of the old one never collide with it.) The contracts are deployed once per chain and
-remembered in `chain.json` by the chain's genesis hash; the treasury is ganache's deterministic account 1,
-whose public test key is written to `treasury.key` for the payer. Development only.
+and the batches of the old one never collide with it.) The contracts (token, batch and deposit contracts) are
+deployed once per chain and remembered in `chain.json` by the chain's genesis hash; the treasury is ganache's
+deterministic account 1, whose public test key is written to `treasury.key` for the payer. Development only.
 
 Payouts pay a node's *registered* wallet only (docs/portal.md). The providers' wallets are deterministic
 accounts whose keys are public test keys, so `register_providers` registers the local swarm's servers to the
@@ -63,7 +63,7 @@ def resolve_chain(state_dir: Path) -> DevChain:
         node = Service(ganache.url, "embedded", ganache.stop)
     try:
         w3 = Web3(Web3.HTTPProvider(node.url))
-        token, batch = _deployed(w3, state_dir / "chain.json")
+        token, batch, deposit = _deployed(w3, state_dir / "chain.json")
         key_file = state_dir / "treasury.key"
         key_file.write_text("0x" + dev_account(1).key.hex())
         key_file.chmod(0o600)
@@ -75,6 +75,8 @@ def resolve_chain(state_dir: Path) -> DevChain:
         "FAR_MESH_CHAIN_ID": str(DEV_CHAIN_ID),
         "FAR_MESH_TOKEN_ADDRESS": token,
         "FAR_MESH_BATCH_CONTRACT_ADDRESS": batch,
+        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": deposit,
+        "FAR_MESH_DEPOSIT_CONFIRMATIONS": "2",
         "FAR_MESH_TREASURY_KEY_FILE": str(key_file),
         "FAR_MESH_PAYOUT_INTERVAL_S": "10",
         "FAR_MESH_PAYOUT_MIN_FAR": "0.000001",
@@ -84,10 +86,11 @@ def resolve_chain(state_dir: Path) -> DevChain:
     return DevChain(node, env, tuple(dev_account(i).address for i in PROVIDER_ACCOUNTS))
 
 
-def _deployed(w3: "Web3", record: Path) -> tuple[str, str]:
+def _deployed(w3: "Web3", record: Path) -> tuple[str, str, str]:
     """The contracts this chain already has (from `record`, by the chain's genesis hash: the embedded node's
-    port changes from run to run, its chain does not), or freshly deployed ones."""
-    from chain.deploy import deploy
+    port changes from run to run, its chain does not), or freshly deployed ones; a chain recorded before
+    deposits existed gets its deposit contract added."""
+    from chain.deploy import deploy, deploy_deposit
     from chain.node import dev_account
 
     genesis = w3.eth.get_block(0)["hash"].to_0x_hex().lower()
@@ -96,13 +99,23 @@ def _deployed(w3: "Web3", record: Path) -> tuple[str, str]:
         if known.get("genesis") == genesis and all(
             len(w3.eth.get_code(known[k])) > 0 for k in ("token", "batch_contract")
         ):
-            return known["token"], known["batch_contract"]
+            if not known.get("deposit_contract") or len(w3.eth.get_code(known["deposit_contract"])) == 0:
+                known["deposit_contract"] = deploy_deposit(w3, dev_account(0), known["token"], dev_account(1).address)
+                record.write_text(json.dumps(known))
+            return known["token"], known["batch_contract"], known["deposit_contract"]
     deployment = deploy(w3, dev_account(0), dev_account(1), supply_far=SUPPLY_FAR)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(
-        json.dumps({"genesis": genesis, "token": deployment.token, "batch_contract": deployment.batch_contract})
+        json.dumps(
+            {
+                "genesis": genesis,
+                "token": deployment.token,
+                "batch_contract": deployment.batch_contract,
+                "deposit_contract": deployment.deposit_contract,
+            }
+        )
     )
-    return deployment.token, deployment.batch_contract
+    return deployment.token, deployment.batch_contract, deployment.deposit_contract
 
 
 def register_providers(postgres_url: str, servers: Iterable[tuple[str, str | None]]) -> dict[str, str]:
@@ -147,7 +160,13 @@ async def _register_providers(postgres_url: str, servers: list[tuple[str, str | 
 def write_operator_env(chain: DevChain, postgres_url: str, path: Path) -> Path:
     """The settings an operator's shell needs to look at payouts (`payouts list`, `chain balance`): the
     ledger, the node and the contracts; not the treasury key."""
-    keys = ("FAR_MESH_CHAIN_RPC_URL", "FAR_MESH_CHAIN_ID", "FAR_MESH_TOKEN_ADDRESS", "FAR_MESH_BATCH_CONTRACT_ADDRESS")
+    keys = (
+        "FAR_MESH_CHAIN_RPC_URL",
+        "FAR_MESH_CHAIN_ID",
+        "FAR_MESH_TOKEN_ADDRESS",
+        "FAR_MESH_BATCH_CONTRACT_ADDRESS",
+        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS",
+    )
     lines = [f"POSTGRES_URL={postgres_url}", *(f"{key}={chain.env[key]}" for key in keys)]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -71,6 +71,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("accounting/metrics.py", "reason"): "a Prometheus label name",
     ("chain/deploy.py", "data"): "an Ethereum transaction's data",
     ("chain/transfers.py", "data"): "an Ethereum transaction's or log's data",
+    ("chain/deposits.py", "data"): "an Ethereum log's or transaction's data",
     ("chain/node.py", "error"): "a JSON-RPC error answer",
     ("portal/errors.py", "error"): "the portal's HTTP error body",
     ("portal/errors.py", "conflict"): "the portal's HTTP 409 code",

@@ -13,7 +13,11 @@ def test_deploy_prints_the_payers_settings_and_balance_reads_them_back(
     assert main(["chain", "deploy", "--dev", "--supply-far", "1234.5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     settings = dict(line.split("=", 1) for line in lines if not line.startswith("#"))
-    assert set(settings) == {"FAR_MESH_TOKEN_ADDRESS", "FAR_MESH_BATCH_CONTRACT_ADDRESS"}
+    assert set(settings) == {
+        "FAR_MESH_TOKEN_ADDRESS",
+        "FAR_MESH_BATCH_CONTRACT_ADDRESS",
+        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS",
+    }
 
     monkeypatch.setenv("FAR_MESH_TOKEN_ADDRESS", settings["FAR_MESH_TOKEN_ADDRESS"])
     treasury, nobody = dev_account(1).address, "0x000000000000000000000000000000000000dEaD"

@@ -36,6 +36,7 @@ def test_a_configured_node_gets_the_contracts_once_and_the_payer_its_settings(
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     w3 = Web3(Web3.HTTPProvider(local_chain.url))
     assert len(w3.eth.get_code(first.env["FAR_MESH_TOKEN_ADDRESS"])) > 0
+    assert len(w3.eth.get_code(first.env["FAR_MESH_DEPOSIT_CONTRACT_ADDRESS"])) > 0
     assert json.loads((tmp_path / "chain.json").read_text())["token"] == first.env["FAR_MESH_TOKEN_ADDRESS"]
     assert first.provider_wallets == tuple(dev_account(i).address for i in chain_node.PROVIDER_ACCOUNTS)
 
