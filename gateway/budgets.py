@@ -1,7 +1,8 @@
 """Admission against a key's budget: reserve the request's most it can cost, or refuse it with 402.
 
 `protocol.budgets` holds the account's layout and the worker's settle; this is the gateway's half. A request's
-maximum cost is max_tokens × price; reserving it is one Lua script that checks the total and the period limit
+maximum cost is max_tokens at the completion price plus a bound on its prompt tokens at the prompt price
+(`gateway.submission.max_cost_far`); reserving it is one Lua script that checks the total and the period limit
 against spend settled so far plus every open reservation, so concurrent requests racing for the last of a
 budget cannot together pass it. An account Redis does not hold (first use, eviction, a restart) is rebuilt from
 the ledger first, and an account in use is rebuilt again every `RECONCILE_S`, so spend Redis missed (a settle
@@ -179,8 +180,8 @@ class Budgets:
             else f"budget of {limits.period_budget_far:f} FAR per {limits.budget_period}"
         )
         raise BudgetExceeded(
-            f"this request may cost up to {max_cost_far:f} FAR (max_tokens × price), but {remaining:f} FAR remain "
-            f"of this API key's {limit}; lower max_tokens or raise the budget",
+            f"this request may cost up to {max_cost_far:f} FAR (its prompt and max_tokens at their prices), "
+            f"but {remaining:f} FAR remain of this API key's {limit}; lower max_tokens or raise the budget",
             field="max_tokens",
             details=[{"remaining_far": format(remaining, "f"), "limit": which, "max_cost_far": f"{max_cost_far:f}"}],
         )

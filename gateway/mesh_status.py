@@ -43,7 +43,7 @@ async def mesh_status(request: Request) -> JSONResponse:
         "model_id": spec.model_id,
         "active_nodes": snapshot.active_nodes if snapshot else None,
         "active_sessions": await state.inflight.active_sessions(spec.model_id),
-        "price_per_token_far": format(state.settings.catalog.price_of(spec), "f"),
+        **state.settings.catalog.quote(spec),
         "status": "connected" if snapshot else "disconnected",
         "healthy": bool(snapshot and snapshot.healthy),
         "snapshot_taken_at": snapshot.taken_at.isoformat() if snapshot else None,
@@ -65,7 +65,7 @@ async def models(request: Request) -> JSONResponse:
             {
                 "model_id": spec.model_id,
                 "active_nodes": snapshot.active_nodes if snapshot else None,
-                "price_per_token_far": format(catalog.price_of(spec), "f"),
+                **catalog.quote(spec),
                 "status": "available" if snapshot and snapshot.healthy else "unavailable",
                 "nodes": [
                     {

@@ -517,7 +517,7 @@ async def list_models(request: Request) -> JSONResponse:
             "object": "model",
             "created": 0,
             "owned_by": "far-mesh",
-            "price_per_token_far": format(catalog.price_of(spec), "f"),
+            **catalog.quote(spec),
         }
         for spec in catalog.models
     ]

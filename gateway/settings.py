@@ -6,6 +6,7 @@ name. Defaults suit one replica in front of a small swarm.
 
 from pydantic import Field
 
+from protocol.money import MAX_FEE_BPS
 from protocol.requests import MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 from protocol.settings import CommonSettings
 from schema.settings import PostgresUrl
@@ -69,4 +70,11 @@ class GatewaySettings(CommonSettings):
     )
     gateway_shutdown_drain_s: float = Field(
         default=30.0, ge=0, le=3600, description="On SIGTERM, how long open streams may run on before they are cut"
+    )
+    far_mesh_platform_fee_bps: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_FEE_BPS,
+        description="The platform's fee, in basis points of each session's cost, fixed on the job at admission; "
+        "the providers share the rest. 0: providers are paid the whole cost, as before the fee existed",
     )

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import telemetry
 from gateway.api_keys import ApiKey
@@ -30,6 +31,7 @@ from gateway.state import GatewayState
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.jobs import ChatTurn, GenerateJob, enqueue_generate
+from protocol.money import session_cost
 from protocol.ownership import RequestOwner
 from protocol.requests import GenerateRequest, SamplingOptions
 from protocol.swarm import read_swarm_snapshot
@@ -194,8 +196,7 @@ async def _start(
     try:
         slot = await admit(state, followed)
         if key.limits.budgeted:
-            max_cost_far = body.max_tokens * state.settings.catalog.price_of(spec)
-            await state.budgets.reserve(key, request_id, max_cost_far)
+            await state.budgets.reserve(key, request_id, max_cost_far(state, body, spec, messages))
             reserved = True
         with telemetry.span("gateway.enqueue"):
             await _enqueue(state, body, spec, request_id, key, messages, trace_parent)
@@ -210,6 +211,21 @@ async def _start(
                 pipe.zrem(streams_key, slot.connection_id)
             await pipe.execute()
         raise
+
+
+PROMPT_TOKENS_PER_TURN = 16
+"""Tokens a chat template may add per turn (role markers, special tokens) beyond the turn's own text."""
+
+
+def max_cost_far(
+    state: GatewayState, body: GenerateRequest, spec: ModelSpec, messages: list[ChatTurn] | None
+) -> Decimal:
+    """The most the request can cost, which a budgeted key reserves: max_tokens at the completion price plus, at
+    the prompt price, more prompt tokens than the prompt can have (the gateway has no tokenizer; Llama-style and
+    byte-level tokenizers make at most one token per UTF-8 byte, and a chat template adds a few per turn)."""
+    catalog = state.settings.catalog
+    prompt_bound = len(body.prompt.encode()) + PROMPT_TOKENS_PER_TURN * (1 + len(messages or ()))
+    return session_cost(prompt_bound, body.max_tokens, catalog.prompt_price_of(spec), catalog.price_of(spec))
 
 
 def following(key: ApiKey, model_id: str, request_id: str) -> FollowedRequest:
@@ -250,6 +266,8 @@ async def _enqueue(
         user_wallet=key.wallet,
         api_key_id=key.key_id,
         price_per_token_far=state.settings.catalog.price_of(spec),
+        prompt_price_per_token_far=state.settings.catalog.prompt_price_of(spec),
+        platform_fee_bps=state.settings.far_mesh_platform_fee_bps,
         enqueued_at=time.time(),
         messages=messages,
         budgeted=key.limits.budgeted,

@@ -1,5 +1,9 @@
 """Which models the mesh sells, where their weights come from, and what a token of each costs.
 
+Each model has two prices: per prompt token (the prefill) and per generated token (the completion). An entry
+that names neither falls back to the catalog-wide defaults, PROMPT_PRICE_PER_TOKEN_FAR and PRICE_PER_TOKEN_FAR;
+the older `price_per_token_far` of an entry is its completion price, so existing FAR_MESH_MODELS keep working.
+
 The gateway (to price and route requests) and the workers (to know which clients to open) read the same
 catalog from the same environment variables, so they cannot disagree on a price or a queue name.
 """
@@ -31,12 +35,31 @@ class ModelSpec(BaseModel):
     dht_prefix: str | None = Field(
         default=None, description="Prefix of the model's block uids in the DHT; None lets Petals derive it from source"
     )
-    price_per_token_far: FarAmount | None = Field(default=None, description="None means PRICE_PER_TOKEN_FAR")
+    price_per_token_far: FarAmount | None = Field(
+        default=None, description="The completion price under its older name; None means PRICE_PER_TOKEN_FAR"
+    )
+    prompt_price_per_token_far: FarAmount | None = Field(
+        default=None, description="Price per prompt token, in $FAR; None means PROMPT_PRICE_PER_TOKEN_FAR"
+    )
+    completion_price_per_token_far: FarAmount | None = Field(
+        default=None,
+        description="Price per generated token, in $FAR; None means price_per_token_far, then PRICE_PER_TOKEN_FAR",
+    )
     chat_template: str | None = Field(
         default=None,
         max_length=20_000,
         description="Jinja chat template for chat requests; None means the tokenizer's own (or the gateway's fallback)",
     )
+
+    @model_validator(mode="after")
+    def _one_completion_price(self) -> "ModelSpec":
+        old, new = self.price_per_token_far, self.completion_price_per_token_far
+        if old is not None and new is not None and old != new:
+            raise ValueError(
+                f"{self.model_id}: price_per_token_far {old} and completion_price_per_token_far {new} name the same "
+                "price; give one"
+            )
+        return self
 
     @property
     def weights_source(self) -> str:
@@ -52,6 +75,9 @@ class ModelCatalog(BaseModel):
     models: tuple[ModelSpec, ...]
     default_model_id: str
     default_price_far: FarAmount
+    """The completion price of a model whose entry names none (PRICE_PER_TOKEN_FAR)."""
+    default_prompt_price_far: FarAmount = Decimal(0)
+    """The prompt price of a model whose entry names none (PROMPT_PRICE_PER_TOKEN_FAR)."""
 
     @model_validator(mode="after")
     def _default_is_listed(self) -> "ModelCatalog":
@@ -67,8 +93,27 @@ class ModelCatalog(BaseModel):
         return next((m for m in self.models if m.model_id == model_id), None)
 
     def price_of(self, spec: ModelSpec) -> Decimal:
-        """The price per generated token of `spec`, falling back to the catalog-wide default."""
-        return spec.price_per_token_far if spec.price_per_token_far is not None else self.default_price_far
+        """The price per generated token of `spec` (its completion price), falling back to the catalog's default."""
+        for price in (spec.completion_price_per_token_far, spec.price_per_token_far):
+            if price is not None:
+                return price
+        return self.default_price_far
+
+    def prompt_price_of(self, spec: ModelSpec) -> Decimal:
+        """The price per prompt token of `spec`, falling back to the catalog-wide default."""
+        if spec.prompt_price_per_token_far is not None:
+            return spec.prompt_price_per_token_far
+        return self.default_prompt_price_far
+
+    def quote(self, spec: ModelSpec) -> dict[str, str]:
+        """`spec`'s prices as the routes quote them: decimal strings, the completion price under both its names
+        (`price_per_token_far` is what clients read before prompts had a price)."""
+        completion = format(self.price_of(spec), "f")
+        return {
+            "price_per_token_far": completion,
+            "prompt_price_per_token_far": format(self.prompt_price_of(spec), "f"),
+            "completion_price_per_token_far": completion,
+        }
 
     @property
     def model_ids(self) -> list[str]:

@@ -1,17 +1,19 @@
 """The arq job the gateway enqueues and a worker runs: everything needed to generate and bill one request.
 
-The price is fixed when the job is enqueued, so the client is billed what it was quoted even if the
-configured price changes while the job waits.
+The prices (per prompt token and per generated token) and the platform's fee are fixed when the job is
+enqueued, so the client is billed what it was quoted, and the providers paid on the terms in force, even if the
+configuration changes while the job waits.
 """
 
 import logging
+from decimal import Decimal
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol import keys
 from protocol.catalog import ModelId
-from protocol.money import FarAmount
+from protocol.money import MAX_FEE_BPS, FarAmount, session_cost
 from protocol.requests import MAX_JOB_PROMPT_CHARS, MAX_NEW_TOKENS, RequestId, SamplingOptions
 from protocol.wallet import Wallet
 
@@ -21,7 +23,9 @@ GENERATE_FUNCTION: Final = "generate"
 """The arq function name of the generate job; its only argument is `GenerateJob.payload()`."""
 TRACE_PARENT_MAX_CHARS: Final = 128
 """A W3C traceparent is 55 characters today; later versions may append fields."""
-_NO_TRACE: Final = {"trace_parent"}
+_LEFT_OUT_WHEN_UNSET: Final = ("trace_parent", "prompt_price_per_token_far", "platform_fee_bps")
+"""Fields left out of the payload while unset (None, 0), so a worker older than them still parses the job (and
+bills it as such a worker always did: prompts free, no fee)."""
 
 
 class ChatTurn(BaseModel):
@@ -50,7 +54,13 @@ class GenerateJob(SamplingOptions):
     top_p: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
     user_wallet: Wallet | None = None
     api_key_id: str | None = Field(default=None, max_length=64)
-    price_per_token_far: FarAmount
+    price_per_token_far: FarAmount = Field(description="Price per generated token (the completion price), in $FAR")
+    prompt_price_per_token_far: FarAmount = Field(
+        default=Decimal(0), description="Price per prompt token, in $FAR; 0 in jobs of a gateway older than it"
+    )
+    platform_fee_bps: int = Field(
+        default=0, ge=0, le=MAX_FEE_BPS, description="The platform's fee in basis points of the session's cost"
+    )
     enqueued_at: float = Field(description="Unix time the gateway enqueued the job, for queue-wait metrics")
     budgeted: bool = Field(
         default=False, description="The key has a budget: the worker settles the request's reservation when it ends"
@@ -68,9 +78,15 @@ class GenerateJob(SamplingOptions):
         "its trace; left out of the payload when None, so a worker older than it still parses the job",
     )
 
+    def cost_far(self, prompt_tokens: int, tokens_generated: int) -> Decimal:
+        """What the request costs after `tokens_generated` tokens, at the prices fixed on the job at admission."""
+        return session_cost(prompt_tokens, tokens_generated, self.prompt_price_per_token_far, self.price_per_token_far)
+
     def payload(self) -> dict[str, Any]:
-        """The arq argument: the job as JSON types, without the trace field when there is no trace."""
-        return self.model_dump(mode="json", exclude=_NO_TRACE if self.trace_parent is None else None)
+        """The arq argument: the job as JSON types, without the fields that are unset (no trace, no prompt price,
+        no fee)."""
+        unset = {name for name in _LEFT_OUT_WHEN_UNSET if not getattr(self, name)}
+        return self.model_dump(mode="json", exclude=unset or None)
 
 
 async def enqueue_generate(pool: Any, job: GenerateJob) -> bool:

@@ -46,6 +46,11 @@ class CommonSettings(BaseSettings):
         default="meta-llama/Llama-2-7b-chat-hf", description="Model used when a request names none"
     )
     price_per_token_far: FarAmount = Field(default=Decimal("0.0001"), description="Price per generated token, in $FAR")
+    prompt_price_per_token_far: FarAmount = Field(
+        default=Decimal(0),
+        description="Price per prompt token, in $FAR, of a model whose entry names none; 0 (prompts free, as "
+        "before prompts had a price) until an operator sets one",
+    )
     far_mesh_redis_require_durable: bool = Field(
         default=False,
         description="Refuse to start unless Redis has appendonly yes, appendfsync everysec and noeviction "
@@ -59,7 +64,8 @@ class CommonSettings(BaseSettings):
     )
     far_mesh_models: Json[list[ModelSpec]] | None = Field(
         default=None,
-        description='JSON list of models: [{"model_id", "source", "dht_prefix", "price_per_token_far"}]; '
+        description='JSON list of models: [{"model_id", "source", "dht_prefix", "prompt_price_per_token_far", '
+        '"completion_price_per_token_far"}] (price_per_token_far: the completion price\'s older name); '
         "unset means one model, DEFAULT_MODEL_ID",
     )
 
@@ -73,7 +79,10 @@ class CommonSettings(BaseSettings):
         """The models on sale; DEFAULT_MODEL_ID must be one of them."""
         models = self.far_mesh_models or [ModelSpec(model_id=self.default_model_id)]
         return ModelCatalog(
-            models=tuple(models), default_model_id=self.default_model_id, default_price_far=self.price_per_token_far
+            models=tuple(models),
+            default_model_id=self.default_model_id,
+            default_price_far=self.price_per_token_far,
+            default_prompt_price_far=self.prompt_price_per_token_far,
         )
 
     @classmethod

@@ -1,11 +1,15 @@
 """The usage record: one per finished session, appended by the worker to `keys.USAGE_STREAM`.
 
 It is everything accounting needs to bill the user and pay the nodes, and it balances on its own:
-total_cost_far == tokens_generated x price_per_token_far, and sum(payment_far) + platform_remainder_far ==
-total_cost_far. A record that does not balance is rejected here, before it reaches the ledger.
+total_cost_far == billed prompt tokens x prompt_price_per_token_far + tokens_generated x price_per_token_far
+(`protocol.money.session_cost`: the prompt is billed once a token was generated), platform_fee_far ==
+total_cost_far x platform_fee_bps / 10,000 rounded down, and sum(payment_far) + platform_fee_far +
+platform_remainder_far == total_cost_far. A record that does not balance is rejected here, before it reaches
+the ledger.
 """
 
 from collections.abc import Mapping
+from decimal import Decimal
 from enum import StrEnum
 from typing import Final, Literal, Self
 
@@ -13,13 +17,19 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from protocol.catalog import ModelId
 from protocol.jobs import TRACE_PARENT_MAX_CHARS
-from protocol.money import FarAmount, cost_of, far_sum
+from protocol.money import MAX_FEE_BPS, FarAmount, far_sum, platform_fee, session_cost
 from protocol.requests import RequestId
 from protocol.wallet import Wallet
 
 USAGE_FIELD: Final = "record"
 """The single field of a usage-stream entry; its value is the record as JSON."""
-_LEFT_OUT_WHEN_UNSET: Final = ("trace_parent", "spot_checked")
+_LEFT_OUT_WHEN_UNSET: Final = (
+    "trace_parent",
+    "spot_checked",
+    "prompt_price_per_token_far",
+    "platform_fee_bps",
+    "platform_fee_far",
+)
 """Fields left out of a stream entry while unset (None, False), so an accounting consumer older than them still
 parses the record."""
 
@@ -65,9 +75,16 @@ class UsageRecord(BaseModel):
     finish_reason: str | None = Field(default=None, max_length=64)
     prompt_tokens: int = Field(ge=0)
     tokens_generated: int = Field(ge=0)
-    price_per_token_far: FarAmount
+    price_per_token_far: FarAmount = Field(description="The completion price fixed at admission, per generated token")
+    prompt_price_per_token_far: FarAmount = Field(
+        default=Decimal(0), description="The prompt price fixed at admission, per prompt token"
+    )
     total_cost_far: FarAmount
-    platform_remainder_far: FarAmount
+    platform_fee_bps: int = Field(default=0, ge=0, le=MAX_FEE_BPS, description="The fee fixed at admission")
+    platform_fee_far: FarAmount = Field(
+        default=Decimal(0), description="The platform's fee: total_cost_far x platform_fee_bps / 10,000, rounded down"
+    )
+    platform_remainder_far: FarAmount = Field(description="What rounding the providers' shares down left over")
     started_at: AwareDatetime
     finished_at: AwareDatetime
     time_to_first_token_ms: float | None = Field(default=None, ge=0)
@@ -91,13 +108,24 @@ class UsageRecord(BaseModel):
 
     @model_validator(mode="after")
     def _books_balance(self) -> Self:
-        expected = cost_of(self.tokens_generated, self.price_per_token_far)
+        expected = session_cost(
+            self.prompt_tokens, self.tokens_generated, self.prompt_price_per_token_far, self.price_per_token_far
+        )
         if self.total_cost_far != expected:
-            raise ValueError(f"total_cost_far {self.total_cost_far} != tokens_generated x price = {expected}")
-        paid = far_sum(c.payment_far for c in self.contributions)
-        if far_sum([paid, self.platform_remainder_far]) != self.total_cost_far:
             raise ValueError(
-                f"payments {paid} + remainder {self.platform_remainder_far} != total_cost_far {self.total_cost_far}"
+                f"total_cost_far {self.total_cost_far} != billed prompt tokens x prompt price + "
+                f"tokens_generated x price = {expected}"
+            )
+        fee = platform_fee(self.total_cost_far, self.platform_fee_bps)
+        if self.platform_fee_far != fee:
+            raise ValueError(
+                f"platform_fee_far {self.platform_fee_far} != {self.platform_fee_bps} bps of the cost = {fee}"
+            )
+        paid = far_sum(c.payment_far for c in self.contributions)
+        if far_sum([paid, self.platform_fee_far, self.platform_remainder_far]) != self.total_cost_far:
+            raise ValueError(
+                f"payments {paid} + fee {self.platform_fee_far} + remainder {self.platform_remainder_far} != "
+                f"total_cost_far {self.total_cost_far}"
             )
         node_ids = [c.node_id for c in self.contributions]
         if len(set(node_ids)) != len(node_ids):

@@ -2,7 +2,8 @@
 
 A node's work is the sum over steps of (blocks it served in that step x tokens that step processed); the
 prefill step processes the whole prompt, and a re-prefill after failover or recovery is work the new route
-really did, so it counts too. The session's cost is then split in proportion to work (`money.split_payment`).
+really did, so it counts too. The platform's fee is taken from the session's cost, and the rest is split in
+proportion to work (`money.split_with_fee`).
 """
 
 from collections.abc import Callable, Iterable
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from mesh.session import ServedSpan
-from protocol.money import split_payment
+from protocol.money import split_with_fee
 from protocol.usage import NodeContribution
 
 
@@ -47,8 +48,16 @@ class Attribution:
     def apportion(
         self, cost_far: Decimal, wallet_of: Callable[[str | None], str | None]
     ) -> tuple[tuple[NodeContribution, ...], Decimal]:
-        """Each node's contribution with its payment, and the platform's rounding remainder."""
-        payments, remainder = split_payment(cost_far, {peer: node.work_units for peer, node in self._nodes.items()})
+        """Each node's contribution with its payment, and the platform's rounding remainder (no fee)."""
+        contributions, _, remainder = self.settle(cost_far, 0, wallet_of)
+        return contributions, remainder
+
+    def settle(
+        self, cost_far: Decimal, fee_bps: int, wallet_of: Callable[[str | None], str | None]
+    ) -> tuple[tuple[NodeContribution, ...], Decimal, Decimal]:
+        """Each node's contribution with its payment, the platform's fee, and its rounding remainder."""
+        work = {peer: node.work_units for peer, node in self._nodes.items()}
+        payments, fee, remainder = split_with_fee(cost_far, work, fee_bps)
         contributions = tuple(
             NodeContribution(
                 node_id=peer,
@@ -60,4 +69,4 @@ class Attribution:
             )
             for peer, node in self._nodes.items()
         )
-        return contributions, remainder
+        return contributions, fee, remainder

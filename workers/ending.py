@@ -25,7 +25,6 @@ from pydantic import ValidationError
 from mesh.announce import wallet_from_public_name
 from protocol.events import DoneEvent, ErrorBody, ErrorEvent, StreamEvent
 from protocol.jobs import GenerateJob
-from protocol.money import cost_of
 from protocol.usage import UsageRecord
 from workers import budget
 from workers.attribution import Attribution
@@ -76,8 +75,9 @@ class Billing:
 
 
 def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: str) -> tuple[StreamEvent, UsageRecord]:
-    """The final stream event and the usage record that bills `billing`'s tokens at the job's price."""
-    cost = cost_of(billing.tokens_generated, job.price_per_token_far)
+    """The final stream event and the usage record that bills `billing`'s tokens at the job's prices (fixed at
+    admission, never the catalog's now) and takes the job's platform fee before the providers' shares."""
+    cost = job.cost_far(billing.prompt_tokens, billing.tokens_generated)
     event: StreamEvent
     if outcome.error is not None:
         event = ErrorEvent(
@@ -95,7 +95,7 @@ def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: s
             tokens_generated=billing.tokens_generated,
             total_cost_far=cost,
         )
-    contributions, remainder = billing.attribution.apportion(cost, wallet_from_public_name)
+    contributions, fee, remainder = billing.attribution.settle(cost, job.platform_fee_bps, wallet_from_public_name)
     usage = UsageRecord(
         request_id=job.request_id,
         model_id=job.model_id,
@@ -106,7 +106,10 @@ def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: s
         prompt_tokens=billing.prompt_tokens,
         tokens_generated=billing.tokens_generated,
         price_per_token_far=job.price_per_token_far,
+        prompt_price_per_token_far=job.prompt_price_per_token_far,
         total_cost_far=cost,
+        platform_fee_bps=job.platform_fee_bps,
+        platform_fee_far=fee,
         platform_remainder_far=remainder,
         started_at=billing.started_at,
         finished_at=max(billing.started_at, datetime.now(UTC)),

@@ -29,7 +29,6 @@ from protocol.backoff import Backoff
 from protocol.error_codes import StreamErrorCode
 from protocol.events import ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
-from protocol.money import cost_of
 from protocol.ownership import RequestOwner
 from workers import budget, metrics
 from workers.attribution import Attribution
@@ -80,7 +79,10 @@ class WorkerContext:
         """End a request no run will finish (see `workers.ending.end_abandoned`)."""
         prompt_tokens = 0
         if isinstance(payload, dict) and (served := self.served.get(str(payload.get("model_id")))) is not None:
-            prompt_tokens = len(served.encode(str(payload.get("prompt", ""))))
+            try:  # the ids a run prefilled (a chat's template included), so the prompt is billed as runs bill it
+                prompt_tokens = len(prompt_ids(served, GenerateJob.model_validate(payload)))
+            except ValidationError:
+                prompt_tokens = len(served.encode(str(payload.get("prompt", ""))))
         return await end_abandoned(
             self.redis,
             request_id,
@@ -115,7 +117,7 @@ class _Run:
 
     @property
     def cost_far(self) -> Decimal:
-        return cost_of(len(self.generated), self.job.price_per_token_far)
+        return self.job.cost_far(len(self.prompt_ids), len(self.generated))
 
 
 async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
@@ -320,7 +322,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 index=len(run.generated),
                 token_id=token_id,
                 tokens_generated=len(run.generated) + 1,
-                cost_far=cost_of(len(run.generated) + 1, job.price_per_token_far),
+                cost_far=job.cost_far(len(run.prompt_ids), len(run.generated) + 1),
                 **(choice.event_fields() if choice is not None else {}),
             )
             if len(run.generated) + 1 < max_tokens and not ending:

@@ -26,11 +26,25 @@ from protocol.swarm import ServerSnapshot, SwarmSnapshot
 MODEL_ID = "test/tiny-llama"
 OTHER_MODEL_ID = "test/no-swarm"
 PRICE = Decimal("0.0001")
+OTHER_PROMPT_PRICE = Decimal("0.00002")
+OTHER_PRICE = Decimal("0.0003")
+"""The other model's own prices; the default model's are the defaults (prompts free, PRICE per token)."""
+FEE_BPS = 250
 WALLET = "0x742d35Cc6634C0532925a3b844Bc454e4438f44e"
 GATEWAY_ENV = {
     "DEFAULT_MODEL_ID": MODEL_ID,
-    "FAR_MESH_MODELS": json.dumps([{"model_id": MODEL_ID}, {"model_id": OTHER_MODEL_ID}]),
+    "FAR_MESH_MODELS": json.dumps(
+        [
+            {"model_id": MODEL_ID},
+            {
+                "model_id": OTHER_MODEL_ID,
+                "prompt_price_per_token_far": str(OTHER_PROMPT_PRICE),
+                "completion_price_per_token_far": str(OTHER_PRICE),
+            },
+        ]
+    ),
     "PRICE_PER_TOKEN_FAR": str(PRICE),
+    "FAR_MESH_PLATFORM_FEE_BPS": str(FEE_BPS),
     "GATEWAY_HOST": "127.0.0.1",
     "GATEWAY_MAX_BODY_BYTES": "4096",
     "GATEWAY_MAX_PROMPT_CHARS": "1000",

@@ -15,8 +15,12 @@ from protocol import keys
 from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorBody, ErrorEvent, TokenEvent, encode_event
 from protocol.jobs import GenerateJob
-from protocol.money import cost_of
 from workers.budget import settle_reservation
+
+
+def prompt_tokens_of(job: GenerateJob) -> int:
+    """The synthetic tokenizer: one token per word of the prompt."""
+    return len(job.prompt.split())
 
 
 class SyntheticWorker:
@@ -47,7 +51,7 @@ class SyntheticWorker:
         flood = job.prompt.startswith("flood")
         delay = 0.05 if job.prompt.startswith("slow") else 0.0 if flood else self.token_delay_s
         hold = job.prompt.startswith("hold") or flood
-        index = 0
+        index, prompt_tokens = 0, prompt_tokens_of(job)
         while hold or index < job.max_tokens:
             if await self.redis.exists(keys.cancel_flag(job.request_id)):
                 await self._end(job, stream, index, "cancelled")
@@ -57,7 +61,7 @@ class SyntheticWorker:
                     error=ErrorBody(code=StreamErrorCode.NO_ROUTE, message="no server holds block 2"),
                     request_id=job.request_id,
                     tokens_generated=index,
-                    total_cost_far=cost_of(index, job.price_per_token_far),
+                    total_cost_far=job.cost_far(prompt_tokens, index),
                 )
                 await self.redis.xadd(stream, encode_event(error))  # type: ignore[arg-type]
                 return
@@ -67,7 +71,7 @@ class SyntheticWorker:
                 index=index,
                 token_id=index + 5,
                 tokens_generated=index + 1,
-                cost_far=cost_of(index + 1, job.price_per_token_far),
+                cost_far=job.cost_far(prompt_tokens, index + 1),
             )
             await self.redis.xadd(stream, encode_event(event))  # type: ignore[arg-type]
             index += 1
@@ -79,9 +83,9 @@ class SyntheticWorker:
             request_id=job.request_id,
             status="cancelled" if reason == "cancelled" else "completed",
             finish_reason=reason,
-            prompt_tokens=len(job.prompt.split()),
+            prompt_tokens=prompt_tokens_of(job),
             tokens_generated=tokens,
-            total_cost_far=cost_of(tokens, job.price_per_token_far),
+            total_cost_far=job.cost_far(prompt_tokens_of(job), tokens),
         )
         await self.redis.xadd(stream, encode_event(done))  # type: ignore[arg-type]
         await self.redis.expire(stream, keys.TOKEN_STREAM_TTL_S)
