@@ -7,6 +7,7 @@ own; its buyers are fresh wallets, so their balances are theirs alone.
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
@@ -171,3 +172,66 @@ async def test_every_journal_entry_balances_and_each_buyers_balance_is_the_sum_o
         d.deployment.deposit_contract,
     )
     assert treasury_side == Decimal("43.000000000000000001")
+
+
+def signed_deposit(d: FarDeployment, buyer: LocalAccount, far: str) -> list[bytes]:
+    """The raw approve and deposit transactions of a deposit, signed and not sent (to send them again later)."""
+    from chain.artifacts import load_artifact
+
+    units, nonce = to_base_units(Decimal(far)), d.w3.eth.get_transaction_count(buyer.address, "pending")
+    token = d.w3.eth.contract(abi=load_artifact("FarToken").abi)
+    contract = d.w3.eth.contract(abi=load_artifact("FarDeposit").abi)
+    calls = [
+        (d.deployment.token, token.encode_abi("approve", [d.deployment.deposit_contract, units])),
+        (d.deployment.deposit_contract, contract.encode_abi("deposit", [units])),
+    ]
+    fee = 2 * int(d.w3.eth.get_block("latest").get("baseFeePerGas", 0)) + 10**9
+    raw = []
+    for i, (to, data) in enumerate(calls):
+        tx: dict[str, Any] = {
+            "to": to,
+            "data": data,
+            "nonce": nonce + i,
+            "chainId": d.w3.eth.chain_id,
+            "gas": 200_000,
+            "maxFeePerGas": fee,
+            "maxPriorityFeePerGas": 10**9,
+        }
+        raw.append(bytes(buyer.sign_transaction(tx).raw_transaction))
+    return raw
+
+
+def send_in_one_block(d: FarDeployment, raw_txs: list[bytes]) -> None:
+    chain_rpc(d.url, "miner_stop")
+    try:
+        for raw in raw_txs:
+            d.w3.eth.send_raw_transaction(raw)
+        chain_rpc(d.url, "evm_mine")
+    finally:
+        chain_rpc(d.url, "miner_start")
+
+
+async def test_a_credited_deposit_that_a_deeper_reorganisation_moves_to_another_log_index_is_not_credited_again(
+    far_deployment: FarDeployment, ledger: asyncpg.Connection
+) -> None:
+    """With 1 confirmation, a revert is a reorganisation deeper than the confirmations: the watcher sees its
+    checkpoint vanish, scans again, and the same transaction, mined again at another log index, is 'moved'."""
+    d = far_deployment
+    buyer, other = funded_buyer(d), funded_buyer(d)
+    watcher = await watcher_for(d, confirmations=1)
+    mine(d, 1)
+    assert await credited(watcher, ledger) == []
+    snapshot = chain_rpc(d.url, "evm_snapshot")
+    raw = signed_deposit(d, buyer, "4")
+    send_in_one_block(d, raw[:1])
+    send_in_one_block(d, raw[1:])
+    assert await credited(watcher, ledger) == [(buyer.address, to_base_units(Decimal(4)))]
+
+    assert chain_rpc(d.url, "evm_revert", snapshot) is True
+    send_in_one_block(d, signed_deposit(d, other, "9") + raw)  # the same transactions, behind another deposit
+    results = await watcher.catch_up(ledger)
+
+    assert results[0].rewound_from is not None
+    outcomes = {(c.deposit.wallet, c.outcome) for r in results for c in r.credits}
+    assert outcomes == {(other.address, "credited"), (buyer.address, "moved")}
+    assert [await buyer_balance(ledger, w) for w in (buyer.address, other.address)] == [Decimal(4), Decimal(9)]
