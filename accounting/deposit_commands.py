@@ -100,7 +100,7 @@ def run_make(args: argparse.Namespace) -> int:
     from chain.deposits import make_deposit
     from chain.node import DEV_CHAIN_ID
     from chain.settings import DepositChainSettings
-    from chain.units import to_base_units
+    from chain.units import format_far, to_base_units
     from protocol.settings import SettingsError
 
     settings = DepositChainSettings.from_env()
@@ -113,7 +113,12 @@ def run_make(args: argparse.Namespace) -> int:
     buyer = _account(args)
     w3 = _web3(settings)
     token = w3.eth.contract(address=contract, abi=load_artifact("FarDeposit").abi).functions.token().call()
-    receipt = make_deposit(w3, buyer, token, contract, to_base_units(args.amount))
+    units = to_base_units(args.amount)
+    held = w3.eth.contract(address=token, abi=load_artifact("FarToken").abi).functions.balanceOf(buyer.address).call()
+    if held < units:
+        log.error("%s holds %s FAR, less than the %s FAR to deposit", buyer.address, format_far(held), args.amount)
+        return 1
+    receipt = make_deposit(w3, buyer, token, contract, units)
     print(
         f"{buyer.address} deposited {args.amount} FAR in {Web3.to_hex(receipt['transactionHash'])} "
         f"(block {receipt['blockNumber']}); credited once FAR_MESH_DEPOSIT_CONFIRMATIONS deep"

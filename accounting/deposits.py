@@ -257,6 +257,9 @@ async def watch_deposits(settings: DepositSettings, stop: asyncio.Event | None =
                     await connection.close()
             except retried as exc:
                 log.warning("deposit scan skipped: %s", exc)
+            except ChainChanged as exc:  # crediting the new chain's logs as the old one's would be wrong
+                log.error("deposits watch stopped: %s; restart it to follow the new chain", exc)
+                raise
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_deposit_poll_s)
     finally:

@@ -50,3 +50,12 @@ def test_make_without_a_deposit_contract_is_a_configuration_error(
     monkeypatch.delenv("FAR_MESH_DEPOSIT_CONTRACT_ADDRESS", raising=False)
     assert main(["deposits", "make", "--amount", "1", "--dev-account", "5"]) == 2
     assert "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS" in capsys.readouterr().err
+
+
+def test_make_refuses_a_deposit_larger_than_what_the_wallet_holds(
+    far_deployment: FarDeployment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FAR_MESH_CHAIN_RPC_URL", far_deployment.url)
+    monkeypatch.setenv("FAR_MESH_DEPOSIT_CONTRACT_ADDRESS", far_deployment.deployment.deposit_contract)
+    assert main(["deposits", "make", "--amount", "1", "--dev-account", "7"]) == 1  # gas, but no FAR
+    assert "holds 0 FAR, less than the 1 FAR to deposit" in caplog.text

@@ -5,6 +5,7 @@ Each test deploys contracts of its own (`far_deployment`), so its watcher's chec
 own; its buyers are fresh wallets, so their balances are theirs alone.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -235,3 +236,41 @@ async def test_a_credited_deposit_that_a_deeper_reorganisation_moves_to_another_
     outcomes = {(c.deposit.wallet, c.outcome) for r in results for c in r.credits}
     assert outcomes == {(other.address, "credited"), (buyer.address, "moved")}
     assert [await buyer_balance(ledger, w) for w in (buyer.address, other.address)] == [Decimal(4), Decimal(9)]
+
+
+async def test_watch_credits_deposits_as_they_deepen_and_reports_the_last_block_until_stopped(
+    far_deployment: FarDeployment, migrated_postgres_dsn: str, ledger: asyncpg.Connection
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from accounting.deposits import watch_deposits
+    from chain.settings import DepositSettings
+    from tests.fixtures.ledger import wait_until
+
+    d = far_deployment
+    buyer = funded_buyer(d)
+    settings = DepositSettings.from_env(
+        postgres_url=migrated_postgres_dsn,
+        far_mesh_chain_rpc_url=d.url,
+        far_mesh_deposit_contract_address=d.deployment.deposit_contract,
+        far_mesh_deposit_confirmations=2,
+        far_mesh_deposit_start_block=d.w3.eth.block_number + 1,
+        far_mesh_deposit_poll_s=0.05,
+        far_mesh_deposit_metrics_port=0,
+    )
+    stop = asyncio.Event()
+    watching = asyncio.create_task(watch_deposits(settings, stop))
+    try:
+        block = await asyncio.to_thread(deposit, d, buyer, "6")
+        await asyncio.sleep(0.3)
+        assert await buyer_balance(ledger, buyer.address) == 0  # 1 deep
+        await asyncio.to_thread(mine, d, 1)
+
+        async def credited_once() -> bool:
+            return await buyer_balance(ledger, buyer.address) == 6
+
+        await wait_until(credited_once, timeout_s=10, what="the deposit credited")
+        assert (REGISTRY.get_sample_value("far_deposit_last_block") or 0) >= block
+    finally:
+        stop.set()
+        await asyncio.wait_for(watching, timeout=10)
