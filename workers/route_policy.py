@@ -5,9 +5,9 @@ its own temporary ban list, which it ignores when every server of a block is on 
 
 - banned peers (the verifier's `trust:banned`): always, even if that leaves a block uncovered (the request then
   fails with no_route rather than paying a cheat);
-- peers on probation (reputation below `PROBATION_BELOW` in `trust:reputation`; a new node starts at 0.5):
-  only when every block they hold is also held by a server not avoided, so preferring reputable servers never
-  costs a route.
+- peers on probation (reputation below `PROBATION_BELOW` in `trust:reputation`; a new node starts below it):
+  only when every block they hold is also held by a server in good standing, so preferring reputable servers
+  never costs a route, nor a replica to fail over to.
 
 The set is shared by every session of the model and re-applied only when it changes; the swarm's full view,
 needed to judge redundancy, is read from the DHT at most every `_COVERAGE_TTL_S` and only while some peer is
@@ -51,13 +51,17 @@ async def low_reputation_peers(redis: aioredis.Redis) -> dict[str, float]:
 
 
 def redundant(servers_by_block: Sequence[set[str]], candidates: Sequence[str], excluded: frozenset[str]) -> set[str]:
-    """The candidates (worst first) that can be avoided with every block they hold still held by someone else."""
-    avoided: set[str] = set()
-    for peer in candidates:
-        held = [servers for servers in servers_by_block if peer in servers]
-        if held and all(servers - excluded - avoided - {peer} for servers in held):
-            avoided.add(peer)
-    return avoided
+    """The candidates that can be avoided with every block they hold still held by a server in good standing
+    (neither excluded nor itself a candidate). One candidate is never avoided in favour of another: when every
+    holder of a block is on probation (a young swarm), blocking some would leave Petals a single server to route
+    through, and nothing to fail over to once that one dies."""
+    trusted = [servers - excluded - set(candidates) for servers in servers_by_block]
+    return {
+        peer
+        for peer in candidates
+        if (held := [good for servers, good in zip(servers_by_block, trusted, strict=True) if peer in servers])
+        and all(held)
+    }
 
 
 def _blocked(manager: Any) -> frozenset[str]:

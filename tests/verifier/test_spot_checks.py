@@ -309,11 +309,11 @@ def test_a_malformed_entry_is_refused_with_its_reason() -> None:
         SpotCheck.from_stream_fields({b"other": b"{}"})
 
 
-def test_a_low_reputation_peer_is_avoided_only_where_others_hold_its_blocks() -> None:
+def test_a_low_reputation_peer_is_avoided_only_where_servers_in_good_standing_hold_its_blocks() -> None:
     view = [{"good", "shaky"}, {"good", "shaky"}, {"lonely"}]
     assert redundant(view, ["lonely", "shaky"], frozenset()) == {"shaky"}
     assert redundant(view, ["shaky"], frozenset({"good"})) == set()  # the other holder is banned
-    assert redundant([{"a", "b"}], ["a", "b"], frozenset()) == {"a"}  # never both holders of a block
+    assert redundant([{"a", "b"}], ["a", "b"], frozenset()) == set()  # no replica is blocked for another one
 
 
 async def test_the_policy_prefers_reputable_servers_and_says_so(
