@@ -17,10 +17,13 @@ from typing import Any, TypeVar
 import asyncpg
 import redis.asyncio as aioredis
 import torch
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from probes import Heartbeat, serve_health_and_metrics
 from protocol import keys
+from protocol.backoff import Backoff
 from protocol.verification import VERIFICATION_BYTES_FIELD, RecordedSpan, SpotCheck
 from verifier import metrics
 from verifier.ledger import (
@@ -241,27 +244,49 @@ class Verifier:
         backlog = list(claimed[1])
         next_pending_slash = 0.0
         log.info("verifier started consumer=%s models=%d", consumer, len(self.settings.catalog.models))
+        outage = Backoff(_OUTAGE_FIRST_DELAY_S, _OUTAGE_MAX_DELAY_S)
         while not stop.is_set():
             self.heartbeat.beat()
-            if time.monotonic() >= next_pending_slash:
-                await self.refresh_from_ledger()
-                next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
-            if not backlog:
-                read = await self.redis.xreadgroup(
-                    keys.VERIFICATION_CONSUMER_GROUP,
-                    consumer,
-                    {keys.VERIFICATION_STREAM: ">"},
-                    count=self.settings.far_mesh_verifier_batch,
-                    block=1000,
-                )
-                backlog = [entry for _, entries in read for entry in entries]
-            while backlog and not stop.is_set():
-                entry_id, fields = backlog.pop(0)
-                if fields:  # an entry trimmed away while pending comes back without fields
-                    await self.handle(entry_id, fields)
-                else:
-                    await self._finish(entry_id, fields)
-                self.heartbeat.beat()
+            try:
+                if time.monotonic() >= next_pending_slash:
+                    await self.refresh_from_ledger()
+                    next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
+                if not backlog:
+                    read = await self.redis.xreadgroup(
+                        keys.VERIFICATION_CONSUMER_GROUP,
+                        consumer,
+                        {keys.VERIFICATION_STREAM: ">"},
+                        count=self.settings.far_mesh_verifier_batch,
+                        block=1000,
+                    )
+                    backlog = [entry for _, entries in read for entry in entries]
+                while backlog and not stop.is_set():
+                    entry_id, fields = backlog[0]  # taken off only once handled: an outage retries it
+                    if fields:  # an entry trimmed away while pending comes back without fields
+                        await self.handle(entry_id, fields)
+                    else:
+                        await self._finish(entry_id, fields)
+                    backlog.pop(0)
+                    self.heartbeat.beat()
+            except _OUTAGES as exc:
+                log.warning("ledger or Redis unavailable; retrying in %.1f s error=%r", outage.delay_s, exc)
+                await outage.sleep()
+                continue
+            outage.reset()
+
+
+_OUTAGES: tuple[type[Exception], ...] = (
+    OSError,  # refused or reset: PostgreSQL or Redis restarting
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # a connection lost under the driver
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down or starting up
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+"""Errors that pass once PostgreSQL or Redis is back: the verifier waits them out (the entry in hand is kept and
+retried), as accounting does, instead of exiting."""
+_OUTAGE_FIRST_DELAY_S = 0.5
+_OUTAGE_MAX_DELAY_S = 5.0
 
 
 async def serve(settings: VerifierSettings, stop: asyncio.Event | None = None) -> None:

@@ -163,6 +163,7 @@ async def test_a_swarm_server_that_crashes_is_restarted_with_its_peer_id_and_ser
         assert time.monotonic() - crashed_at < 10, "the swarm did not notice the crash"
         await asyncio.sleep(0.1)
     await asyncio.to_thread(swarm.ensure_serving, SERVER_RECOVERY_BOUND_S)
+    await asyncio.to_thread(e2e_system.wait_until_ready, SERVER_RECOVERY_BOUND_S)  # the gateway's view too
     assert time.monotonic() - crashed_at < SERVER_RECOVERY_BOUND_S
 
     request_id = new_request_id()
