@@ -55,6 +55,65 @@ _ERROR_SCHEMA = {
     },
 }
 
+_FAR = {
+    "type": "string",
+    "pattern": r"^[0-9]+(\.[0-9]{1,18})?$",
+    "description": "An amount of $FAR, as a decimal string",
+}
+_PRICES = {
+    "prompt_price_per_token_far": {**_FAR, "description": "Price per prompt token, fixed for a request at admission"},
+    "completion_price_per_token_far": {
+        **_FAR,
+        "description": "Price per generated token, fixed for a request at admission",
+    },
+    "price_per_token_far": {
+        **_FAR,
+        "description": "The completion price, under the name clients read before prompts had a price",
+    },
+}
+"""What every route quoting a model says of its prices. A request costs its prompt tokens (once a token was
+generated) at the prompt price plus its generated tokens at the completion price."""
+_MODELS_SCHEMA = {
+    "type": "object",
+    "required": ["models"],
+    "properties": {
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["model_id", "status", *_PRICES],
+                "properties": {
+                    "model_id": {"type": "string"},
+                    "active_nodes": {"type": ["integer", "null"]},
+                    "status": {"type": "string", "enum": ["available", "unavailable"]},
+                    **_PRICES,
+                    "nodes": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        }
+    },
+}
+_OPENAI_MODELS_SCHEMA = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "object", *_PRICES],
+                "properties": {"id": {"type": "string"}, "object": {"const": "model"}, **_PRICES},
+            },
+        },
+    },
+}
+_MESH_STATUS_SCHEMA = {
+    "type": "object",
+    "required": ["model_id", "status", *_PRICES],
+    "properties": {"model_id": {"type": "string"}, "status": {"type": "string"}, **_PRICES},
+}
+
 _OPENAI_ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
@@ -220,13 +279,18 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "summary": "Swarm status of a model (default DEFAULT_MODEL_ID)",
                 "parameters": [{"name": "model_id", "in": "query", "required": False, "schema": {"type": "string"}}],
                 "responses": {
-                    "200": json_ok("Status; 'disconnected' with null counts when no fresh snapshot"),
+                    "200": json_ok(
+                        "Status; 'disconnected' with null counts when no fresh snapshot", _MESH_STATUS_SCHEMA
+                    ),
                     "404": _error("Unknown model"),
                 },
             }
         },
         "/models": {
-            "get": {"summary": "Models on sale and their availability", "responses": {"200": json_ok("Models")}}
+            "get": {
+                "summary": "Models on sale, their prompt and completion prices, and their availability",
+                "responses": {"200": json_ok("Models", _MODELS_SCHEMA)},
+            }
         },
         "/inference/generate": {
             "post": {
@@ -290,7 +354,12 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "responses": {"200": openai_ok, **openai_errors},
             }
         },
-        "/v1/models": {"get": {"summary": "OpenAI-compatible model list", "responses": {"200": json_ok("Models")}}},
+        "/v1/models": {
+            "get": {
+                "summary": "OpenAI-compatible model list, with each model's prompt and completion prices",
+                "responses": {"200": json_ok("Models", _OPENAI_MODELS_SCHEMA)},
+            }
+        },
         "/v1/usage": {
             "get": {
                 "summary": "Spend of every key of the caller's wallet by UTC day, model and key (from the ledger), "

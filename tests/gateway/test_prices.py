@@ -4,6 +4,7 @@ prices and the platform fee the gateway fixed when it admitted it (#26)."""
 import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
@@ -80,3 +81,20 @@ async def test_a_job_carries_the_prices_and_fee_fixed_at_admission_and_its_strea
     )
     _, done = events[-1]
     assert Decimal(done["total_cost_far"]) == 3 * OTHER_PROMPT_PRICE + 2 * OTHER_PRICE == Decimal("0.00066")
+
+
+async def test_the_api_document_describes_both_prices_of_every_route_that_quotes_them(gateway_url: str) -> None:
+    paths = httpx.get(f"{gateway_url}/openapi.json").json()["paths"]
+
+    def schema(path: str) -> dict[str, Any]:
+        found: dict[str, Any] = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        return found
+
+    listed = [
+        schema("/models")["properties"]["models"]["items"],
+        schema("/v1/models")["properties"]["data"]["items"],
+        schema("/mesh/status"),
+    ]
+    for quoted in listed:
+        assert set(DEFAULT_QUOTE) <= set(quoted["required"]) and set(DEFAULT_QUOTE) <= set(quoted["properties"])
+        assert all(quoted["properties"][name]["type"] == "string" for name in DEFAULT_QUOTE)

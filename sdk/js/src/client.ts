@@ -26,7 +26,12 @@ export interface ChatOptions extends GenerationOptions {
 /** One model on sale (GET /models). Prices are decimal strings, in $FAR. */
 export interface Model {
   modelId: string;
+  /** The completion price (per generated token), under its older name */
   pricePerTokenFar: string;
+  /** Per prompt token ("0" from a gateway older than prompt prices); billed once a token was generated */
+  promptPricePerTokenFar: string;
+  /** Per generated token; equals pricePerTokenFar */
+  completionPricePerTokenFar: string;
   /** null when no worker reported on its swarm recently: the gateway never invents a number */
   activeNodes: number | null;
   /** available or unavailable */
@@ -42,7 +47,24 @@ export interface MeshStatus {
   activeNodes: number | null;
   activeSessions: number;
   pricePerTokenFar: string;
+  promptPricePerTokenFar: string;
+  completionPricePerTokenFar: string;
   snapshotTakenAt: string | null;
+}
+
+/** The three price fields of a model as the gateway quotes them; an older gateway quotes only the first. */
+type Quoted = {
+  price_per_token_far: string;
+  prompt_price_per_token_far?: string;
+  completion_price_per_token_far?: string;
+};
+
+function prices(q: Quoted): Pick<Model, "pricePerTokenFar" | "promptPricePerTokenFar" | "completionPricePerTokenFar"> {
+  return {
+    pricePerTokenFar: q.price_per_token_far,
+    promptPricePerTokenFar: q.prompt_price_per_token_far ?? "0",
+    completionPricePerTokenFar: q.completion_price_per_token_far ?? q.price_per_token_far,
+  };
 }
 
 export class FarMesh {
@@ -83,13 +105,13 @@ export class FarMesh {
     return new TokenStream(this.transport, submission, options.signal).start();
   }
 
-  /** Every model on sale, with its price and whether a healthy swarm serves it now. */
+  /** Every model on sale, with its prices and whether a healthy swarm serves it now. */
   async models(options: { signal?: AbortSignal } = {}): Promise<Model[]> {
-    type Item = { model_id: string; price_per_token_far: string; active_nodes: number | null; status: string };
+    type Item = Quoted & { model_id: string; active_nodes: number | null; status: string };
     const body = await this.transport.json<{ models: Item[] }>("GET", "/models", options.signal);
     return body.models.map((m) => ({
       modelId: m.model_id,
-      pricePerTokenFar: m.price_per_token_far,
+      ...prices(m),
       activeNodes: m.active_nodes ?? null,
       status: m.status,
     }));
@@ -98,13 +120,12 @@ export class FarMesh {
   /** The swarm of `model` (the gateway's default model when omitted). */
   async meshStatus(model?: string, options: { signal?: AbortSignal } = {}): Promise<MeshStatus> {
     const query = model ? `?model_id=${encodeURIComponent(model)}` : "";
-    type Body = {
+    type Body = Quoted & {
       model_id: string;
       status: string;
       healthy?: boolean;
       active_nodes: number | null;
       active_sessions: number;
-      price_per_token_far: string;
       snapshot_taken_at: string | null;
     };
     const b = await this.transport.json<Body>("GET", `/mesh/status${query}`, options.signal);
@@ -114,7 +135,7 @@ export class FarMesh {
       healthy: b.healthy ?? b.status === "connected",
       activeNodes: b.active_nodes ?? null,
       activeSessions: b.active_sessions ?? 0,
-      pricePerTokenFar: b.price_per_token_far,
+      ...prices(b),
       snapshotTakenAt: b.snapshot_taken_at ?? null,
     };
   }

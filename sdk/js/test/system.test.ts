@@ -72,7 +72,10 @@ describe.skipIf(!live)("the TypeScript SDK against the live system", () => {
     const models = await mesh.models();
     expect(models.length).toBeGreaterThan(0);
     expect(models.every((m) => m.status === "available" && far(m.pricePerTokenFar) === price)).toBe(true);
+    expect(models.every((m) => m.completionPricePerTokenFar === m.pricePerTokenFar)).toBe(true);
+    expect(models.every((m) => far(m.promptPricePerTokenFar) === 0)).toBe(true);
     const status = await mesh.meshStatus();
+    expect(status.completionPricePerTokenFar).toBe(status.pricePerTokenFar);
     expect(status.modelId).toBe(models[0].modelId);
     expect(status.status).toBe("connected");
     expect(status.activeNodes).toBeGreaterThan(0);

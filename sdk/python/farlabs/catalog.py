@@ -13,10 +13,15 @@ class Model:
 
     model_id: str
     price_per_token_far: Decimal
+    """The completion price (per generated token), under its older name."""
     active_nodes: int | None
     """None when no worker reported on its swarm recently: the gateway never invents a number."""
     status: str
     """available or unavailable"""
+    prompt_price_per_token_far: Decimal = Decimal(0)
+    """Per prompt token (0 from a gateway older than prompt prices); a request pays it once a token was generated."""
+    completion_price_per_token_far: Decimal | None = None
+    """Per generated token; equals price_per_token_far (None only when built by hand without it)."""
 
     @property
     def available(self) -> bool:
@@ -24,7 +29,21 @@ class Model:
 
     @classmethod
     def from_json(cls, item: dict[str, Any]) -> Model:
-        return cls(item["model_id"], Decimal(item["price_per_token_far"]), item.get("active_nodes"), item["status"])
+        prompt, completion = _prices(item)
+        return cls(
+            item["model_id"],
+            Decimal(item["price_per_token_far"]),
+            item.get("active_nodes"),
+            item["status"],
+            prompt_price_per_token_far=prompt,
+            completion_price_per_token_far=completion,
+        )
+
+
+def _prices(quoted: dict[str, Any]) -> tuple[Decimal, Decimal]:
+    """(prompt, completion) price as the gateway quotes them; an older gateway quotes only price_per_token_far."""
+    completion = quoted.get("completion_price_per_token_far", quoted["price_per_token_far"])
+    return Decimal(quoted.get("prompt_price_per_token_far", "0")), Decimal(completion)
 
 
 @dataclass(frozen=True)
@@ -39,9 +58,12 @@ class MeshStatus:
     active_sessions: int
     price_per_token_far: Decimal
     snapshot_taken_at: str | None
+    prompt_price_per_token_far: Decimal = Decimal(0)
+    completion_price_per_token_far: Decimal | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> MeshStatus:
+        prompt, completion = _prices(body)
         return cls(
             model_id=body["model_id"],
             status=body["status"],
@@ -50,4 +72,6 @@ class MeshStatus:
             active_sessions=int(body.get("active_sessions", 0)),
             price_per_token_far=Decimal(body["price_per_token_far"]),
             snapshot_taken_at=body.get("snapshot_taken_at"),
+            prompt_price_per_token_far=prompt,
+            completion_price_per_token_far=completion,
         )
