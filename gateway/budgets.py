@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from gateway.api_keys import ApiKey, KeyStoreUnavailable
 from gateway.errors import ApiError, Forbidden, Unauthorized
-from protocol import budgets
+from protocol import budgets, keys
 
 RESERVE: Final = (
     """
@@ -133,7 +133,11 @@ def check_key_limits(key: ApiKey, model_id: str, now: datetime | None = None) ->
 
 
 def _keys(api_key_id: str) -> list[str]:
-    return [budgets.account(api_key_id), budgets.reservations(api_key_id), budgets.reservation_expiry(api_key_id)]
+    return [
+        keys.budget_account(api_key_id),
+        keys.budget_reservations(api_key_id),
+        keys.budget_reservation_expiry(api_key_id),
+    ]
 
 
 class Budgets:

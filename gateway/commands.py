@@ -90,12 +90,14 @@ async def _with_connection(url: str, action: "object") -> object:
 def _far(text: str) -> "Decimal":
     from decimal import Decimal, InvalidOperation
 
+    from protocol.budgets import MAX_BUDGET_FAR
+
     try:
         amount = Decimal(text)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"{text!r} is not a decimal amount") from None
-    if not amount.is_finite() or amount < 0 or amount > 9_000_000:
-        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 9000000 FAR")
+    if not amount.is_finite() or amount < 0 or amount > MAX_BUDGET_FAR:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and {MAX_BUDGET_FAR} FAR")
     return amount
 
 

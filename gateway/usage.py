@@ -18,7 +18,7 @@ from gateway.auth import authenticate
 from gateway.errors import ApiError, InvalidRequest
 from gateway.openai_errors import openai_error_response
 from gateway.state import GatewayState, state_of
-from protocol import budgets
+from protocol import budgets, keys
 
 _BY_DAY_MODEL_KEY = """
 SELECT (s.started_at AT TIME ZONE 'UTC')::date AS day, s.model_id, s.api_key_id,
@@ -103,7 +103,7 @@ async def _budget(state: GatewayState, key: ApiKey) -> dict[str, Any]:
     if not limits.budgeted:
         return body
     now = datetime.now(UTC)
-    account = budgets.account(key.key_id)
+    account = keys.budget_account(key.key_id)
     if not await state.redis.hexists(account, "rebuilt"):  # type: ignore[misc]
         await state.budgets.rebuild(key.key_id, now)
     period_field = budgets.period_fields(now)[limits.budget_period or "day"]

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Final
 
+from protocol import keys
+
 NANO_FAR: Final = Decimal("1e-9")
 MAX_BUDGET_FAR: Final = Decimal(9_000_000)
 """Budgets above this would not be exact in Lua's doubles (2**53 nano-FAR)."""
@@ -22,27 +24,6 @@ RECONCILE_S: Final = 300
 between its ending and its settle, Redis unreachable then) is corrected within minutes."""
 ACCOUNT_TTL_S: Final = 7 * 24 * 3600
 """An idle account is dropped from Redis and rebuilt from the ledger at its next request."""
-
-
-def account(api_key_id: str) -> str:
-    """Hash: `spent` (nano-FAR settled, all time), `spent:<period>`, `held` (open reservations), `rebuilt` (unix ms
-    of the last rebuild from the ledger)."""
-    return f"far:budget:{api_key_id}"
-
-
-def reservations(api_key_id: str) -> str:
-    """Hash request_id -> nano-FAR reserved, for the reservations still open."""
-    return f"far:budget:{api_key_id}:held"
-
-
-def reservation_expiry(api_key_id: str) -> str:
-    """Sorted set request_id -> unix ms when its reservation lapses."""
-    return f"far:budget:{api_key_id}:expiry"
-
-
-def settled_marker(request_id: str) -> str:
-    """Set once a request's spend is settled, so a second ending (a recovery, a retry) never counts twice."""
-    return f"far:budget-settled:{request_id}"
 
 
 def to_nano(amount_far: Decimal) -> int:
@@ -115,4 +96,9 @@ def settle_args(request_id: str, actual_far: Decimal, at: datetime) -> list[str 
 
 
 def settle_keys(api_key_id: str, request_id: str) -> list[str]:
-    return [account(api_key_id), reservations(api_key_id), reservation_expiry(api_key_id), settled_marker(request_id)]
+    return [
+        keys.budget_account(api_key_id),
+        keys.budget_reservations(api_key_id),
+        keys.budget_reservation_expiry(api_key_id),
+        keys.budget_settled(request_id),
+    ]

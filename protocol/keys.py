@@ -52,6 +52,11 @@ ACTIVE_STREAMS_PREFIX: Final = "streams:"
 ACTIVE_REQUESTS_PREFIX: Final = "inflight:"
 """Sorted set per model: request ids some gateway is relaying, scored by when their lease expires."""
 
+BUDGET_PREFIX: Final = "far:budget:"
+"""Per API key: its budget account, open reservations and their expiry (`protocol.budgets`)."""
+BUDGET_SETTLED_PREFIX: Final = "far:budget-settled:"
+"""Per request: set once its spend is settled against its key's budget."""
+
 RELAY_WAKE_PREFIX: Final = "relay:wake:"
 """A gateway reader's private stream, included in every XREAD it blocks on, so a new client can wake it."""
 RELAY_WAKE_FIELD: Final = "w"
@@ -163,3 +168,24 @@ def portal_messages_for_address(address: str, network: str) -> str:
 def portal_signed_out(session_digest: str) -> str:
     """Exists while a signed-out portal session's cookie could still be presented (`portal.sign_out`)."""
     return PORTAL_SIGNED_OUT_PREFIX + session_digest
+
+
+def budget_account(api_key_id: str) -> str:
+    """Hash: `spent` (nano-FAR settled, all time), `spent:<period>`, `held` (open reservations), `rebuilt` (unix ms
+    of the last rebuild from the ledger)."""
+    return BUDGET_PREFIX + api_key_id
+
+
+def budget_reservations(api_key_id: str) -> str:
+    """Hash request_id -> nano-FAR reserved, for the reservations still open."""
+    return BUDGET_PREFIX + api_key_id + ":held"
+
+
+def budget_reservation_expiry(api_key_id: str) -> str:
+    """Sorted set request_id -> unix ms when its reservation lapses."""
+    return BUDGET_PREFIX + api_key_id + ":expiry"
+
+
+def budget_settled(request_id: str) -> str:
+    """Set once a request's spend is settled, so a second ending (a recovery, a retry) never counts twice."""
+    return BUDGET_SETTLED_PREFIX + request_id

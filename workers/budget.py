@@ -2,7 +2,7 @@
 
 The worker settles because it is the one process that always sees a request end, whether or not a client is
 still connected: a run that finishes, and a job ended without running (`workers.ending.end_abandoned`) alike.
-Settling is once per request id (`protocol.budgets.settled_marker`), so a second ending counts nothing. A settle
+Settling is once per request id (`protocol.keys.budget_settled`), so a second ending counts nothing. A settle
 that fails (Redis away) is only logged: the reservation lapses on its own (`protocol.budgets.RESERVATION_TTL_S`),
 and the ledger, which the account is rebuilt from, has the cost anyway.
 """

@@ -1,11 +1,13 @@
 """Per-key budgets and limits on a real gateway, real Redis and real PostgreSQL; the synthetic worker settles each
 request exactly as a worker does (`workers.budget.settle_reservation`)."""
 
+import argparse
 import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,10 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 from langchain_openai import ChatOpenAI
 
+import schema
 from accounting.ledger import write_batch
 from gateway.api_keys import ApiKey, KeyLimits
 from gateway.budgets import BudgetExceeded, Budgets
-from protocol import budgets
+from gateway.commands import _far
+from protocol import budgets, keys
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import MODEL_ID, OTHER_MODEL_ID, PRICE, IssueKey, SyntheticWorker, auth, read_events
 from tests.fixtures.ledger import unique_id, usage_record
@@ -170,7 +174,10 @@ async def test_a_reservation_whose_request_never_settles_lapses_and_frees_the_bu
             await store.reserve(key, "req-b", Decimal("0.0001"))
         await asyncio.sleep(0.4)
         await store.reserve(key, "req-b", Decimal("0.0001"))
-        assert await redis.hget(budgets.account(key.key_id), "held") == str(budgets.to_nano(Decimal("0.0001"))).encode()
+        assert (
+            await redis.hget(keys.budget_account(key.key_id), "held")
+            == str(budgets.to_nano(Decimal("0.0001"))).encode()
+        )
     finally:
         await pool.close()
 
@@ -178,13 +185,13 @@ async def test_a_reservation_whose_request_never_settles_lapses_and_frees_the_bu
 async def _settle(redis: aioredis.Redis, key_id: str, request_id: str, cost_far: Decimal) -> None:
     """What the worker does when a request ends: settle its reservation to its cost (`budgets.SETTLE`)."""
     args = budgets.settle_args(request_id, cost_far, datetime.now(UTC))
-    keys = budgets.settle_keys(key_id, request_id)
-    assert await redis.eval(budgets.SETTLE, len(keys), *keys, *args) == 1  # type: ignore[misc]
+    settle_keys = budgets.settle_keys(key_id, request_id)
+    assert await redis.eval(budgets.SETTLE, len(settle_keys), *settle_keys, *args) == 1  # type: ignore[misc]
 
 
 async def _make_rebuild_due(redis: aioredis.Redis, key_id: str) -> None:
     stale = int(time.time() * 1000) - (budgets.RECONCILE_S + 1) * 1000
-    await redis.hset(budgets.account(key_id), "rebuilt", stale)  # type: ignore[misc]
+    await redis.hset(keys.budget_account(key_id), "rebuilt", stale)  # type: ignore[misc]
 
 
 async def test_an_account_in_use_is_reconciled_with_the_ledger_every_few_minutes(
@@ -205,7 +212,7 @@ async def test_an_account_in_use_is_reconciled_with_the_ledger_every_few_minutes
         with pytest.raises(BudgetExceeded):  # 0.0009 in the ledger + 0.0002 > 0.001
             await store.reserve(key, "req-b", Decimal("0.0002"))
         assert (
-            await redis.hget(budgets.account(key.key_id), "spent")
+            await redis.hget(keys.budget_account(key.key_id), "spent")
             == str(budgets.to_nano(missed.total_cost_far)).encode()
         )
     finally:
@@ -217,7 +224,7 @@ async def test_a_rebuild_never_lowers_spend_settled_in_redis_that_the_ledger_has
 ) -> None:
     """Accounting lags the settles: a rebuild in that window must not forget the spend, or the key overspends."""
     key = ApiKey(uuid.uuid4().hex[:16], "0x0", "", KeyLimits(max_budget_far=Decimal("0.001")))
-    account_key = budgets.account(key.key_id)
+    account_key = keys.budget_account(key.key_id)
     pool = await asyncpg.create_pool(migrated_postgres_dsn, min_size=0, max_size=1)
     try:
         store = Budgets(redis, pool, timeout_s=5, reservation_ttl_s=60)
@@ -235,3 +242,13 @@ async def test_a_rebuild_never_lowers_spend_settled_in_redis_that_the_ledger_has
         await store.reserve(key, "req-c", Decimal("0.0002"))  # what truly remains still fits
     finally:
         await pool.close()
+
+
+def test_one_bound_on_a_budget_for_the_cli_and_the_ledger() -> None:
+    # `far-mesh keys` checks protocol.budgets.MAX_BUDGET_FAR; the ledger's CHECK (a migration, never edited)
+    # must hold the same number.
+    sql = (Path(schema.__file__).parent / "0012_key_budgets.sql").read_text()
+    assert sql.count(f"<= {budgets.MAX_BUDGET_FAR}") == 2
+    assert _far(str(budgets.MAX_BUDGET_FAR)) == budgets.MAX_BUDGET_FAR
+    with pytest.raises(argparse.ArgumentTypeError, match="between 0 and 9000000 FAR"):
+        _far(str(budgets.MAX_BUDGET_FAR + budgets.NANO_FAR))

@@ -26,14 +26,14 @@ BUDGET_FAR = Decimal("1")
 async def budgeted_key(redis: aioredis.Redis) -> tuple[ApiKey, Budgets]:
     """A key with a budget whose account is as a rebuild from an empty ledger leaves it (no ledger needed)."""
     key = ApiKey(uuid.uuid4().hex[:16], "0x0", "", KeyLimits(max_budget_far=BUDGET_FAR))
-    account_keys = [budgets.account(key.key_id), budgets.reservations(key.key_id)]
+    account_keys = [keys.budget_account(key.key_id), keys.budget_reservations(key.key_id)]
     now_ms = str(int(time.time() * 1000))
     await redis.eval(REBUILD, 2, *account_keys, "3600", now_ms, "300000", "spent", "0")  # type: ignore[misc]
     return key, Budgets(redis, None, timeout_s=5, reservation_ttl_s=600)  # type: ignore[arg-type]
 
 
 async def account(redis: aioredis.Redis, key: ApiKey) -> tuple[Decimal, Decimal]:
-    spent, held = await redis.hmget(budgets.account(key.key_id), ["spent", "held"])  # type: ignore[misc]
+    spent, held = await redis.hmget(keys.budget_account(key.key_id), ["spent", "held"])  # type: ignore[misc]
     return budgets.from_nano(int(spent)), budgets.from_nano(int(held))
 
 
