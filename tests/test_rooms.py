@@ -2,6 +2,7 @@
 across a wall fails here, in CI, not in a review. A new room is forbidden to every other until it is placed on
 a layer and allowed by name."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,13 @@ def test_each_room_may_import_exactly_what_its_table_allows() -> None:
             allowed = below - forbidden.get(room, set())
             expected = below if room in MAY_IMPORT_EVERY_ROOM_BELOW else MAY_IMPORT[room]
             assert allowed == expected, f"{room} may import {sorted(allowed)}, its table says {sorted(expected)}"
+
+
+def test_the_readme_says_what_each_room_may_import() -> None:
+    # The README's rooms table is where a reader learns the rules: its "may import" column (the rooms it names,
+    # before any external packages) must be this test's table.
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+)/` \|.*\| ([^|]*) \|$", readme, flags=re.MULTILINE)
+    rooms = set(MAY_IMPORT) | MAY_IMPORT_EVERY_ROOM_BELOW
+    table = {room: set(re.findall(r"[a-z_]+", may_import)) & rooms for room, may_import in rows if room in MAY_IMPORT}
+    assert table == MAY_IMPORT
