@@ -6,7 +6,10 @@ rows still unpaid. So the claim (`accounting.payouts.LOCK_OWED_ROWS`) takes a ro
 - **verified or old enough**: its session was sampled (`far_mesh_sessions.spot_checked`) and the verifier has
   recorded its verdicts, or it was not sampled and finished at least `max_lag_s` ago (the verifier's stated
   maximum lag: a mismatch of another session of the same wallet has had that long to forfeit it). A sampled
-  session with no verdict is held, however old;
+  session whose check could not be judged through no fault of its servers (dropped by the worker, an unknown
+  model, a malformed entry, recordings the worker got wrong: `far_unverified_sessions`) is paid exactly as an
+  unsampled one, so being dropped neither strands an honest provider nor shelters a cheat. A sampled session with
+  neither a verdict nor that record is held, however old;
 - **not convicted**: no mismatch verdict names the row (applied or not: a verdict that waits for its slash still
   stops the claim);
 - **not the reserve**: it is not among the `reserve_sessions` most recent unpaid rows of its wallet, unless it
@@ -58,10 +61,12 @@ class PayoutHold:
 VERIFIED_OR_OLD_ENOUGH = """
 EXISTS (SELECT 1 FROM far_mesh_sessions s WHERE s.id = c.session_id AND (
         (s.spot_checked AND EXISTS (SELECT 1 FROM far_verifications v WHERE v.request_id = s.request_id))
-     OR (NOT s.spot_checked AND s.finished_at <= now() - make_interval(secs => $3::float8))))
+     OR ((NOT s.spot_checked OR EXISTS (SELECT 1 FROM far_unverified_sessions u WHERE u.request_id = s.request_id))
+         AND s.finished_at <= now() - make_interval(secs => $3::float8))))
 AND NOT EXISTS (SELECT 1 FROM far_mesh_sessions s JOIN far_verifications v ON v.request_id = s.request_id
                  WHERE s.id = c.session_id AND v.node_id = c.node_id AND v.verdict = 'mismatch')"""
-"""A row whose session was verified (and did not convict it), or was not sampled and is older than the lag."""
+"""A row whose session was verified (and did not convict it), or was not sampled, or was recorded as not verified,
+and is older than the lag."""
 
 NOT_RESERVED = """
 c.id NOT IN (

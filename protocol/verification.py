@@ -7,10 +7,11 @@ with blocks it holds itself and compares. Tensors travel as base64 of their raw 
 module stays free of torch.
 """
 
+import json
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from protocol.catalog import ModelId
 from protocol.requests import RequestId
@@ -18,9 +19,21 @@ from protocol.requests import RequestId
 VERIFICATION_FIELD = "check"
 """The field of a verification-stream entry that holds the `SpotCheck` as JSON."""
 
+UNVERIFIED_FIELD = "unverified"
+"""The field of a verification-stream entry that holds a `NotVerified` notice as JSON, instead of a check."""
+
 VERIFICATION_BYTES_FIELD = "bytes"
 """The field of a verification-stream entry that holds the length of its JSON: what the verifier subtracts from
 `keys.VERIFICATION_STREAM_BYTES` when it deletes the entry."""
+
+NoticeCause = Literal["over-budget", "unpublished", "nothing-recorded"]
+"""Why a worker sends a notice instead of its sampled session's check: the check would pass the byte budget, Redis
+refused it, or no span was recorded."""
+
+UnverifiedCause = Literal[NoticeCause, "recording-unusable", "unknown-model", "malformed"]
+"""Why a sampled session ends unverified through no fault of its servers: a worker's notice, or what the verifier
+found (every span the worker recorded unusable, a model not in its catalog, an entry that does not parse);
+`schema/0021_unverified_sessions.sql` lists the same words."""
 
 HiddenDtype = Literal["float32", "float16", "bfloat16"]
 """The dtypes hidden states may honestly travel in: the verifier decodes these and no others."""
@@ -85,3 +98,43 @@ class SpotCheck(BaseModel):
             if key in (VERIFICATION_FIELD, VERIFICATION_FIELD.encode()):
                 return cls.model_validate_json(value)
         raise ValueError(f"verification entry has no {VERIFICATION_FIELD!r} field")
+
+
+class NotVerified(BaseModel):
+    """A sampled session whose check the worker could not hand over: a tiny entry outside the byte budget, so that
+    the verifier records the session as not verified and its providers are paid as for an unsampled session,
+    instead of being held forever for a verdict that will never come."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: RequestId
+    model_id: ModelId
+    cause: NoticeCause
+    spans: int = Field(ge=0, description="The spans the worker recorded and did not hand over")
+
+    def to_stream_fields(self) -> dict[str, str]:
+        return {UNVERIFIED_FIELD: self.model_dump_json()}
+
+
+def read_entry(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> SpotCheck | NotVerified:
+    """Parse a verification-stream entry, a check or a notice; raises `ValueError` when it is malformed."""
+    for key, value in fields.items():
+        if key in (UNVERIFIED_FIELD, UNVERIFIED_FIELD.encode()):
+            return NotVerified.model_validate_json(value)
+    return SpotCheck.from_stream_fields(fields)
+
+
+def readable_request_id(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> str | None:
+    """The request id of an entry that does not parse, when its JSON still names a valid one: the verifier can
+    then record that session as not verified rather than hold it forever."""
+    for key, value in fields.items():
+        if key in (VERIFICATION_FIELD, VERIFICATION_FIELD.encode(), UNVERIFIED_FIELD, UNVERIFIED_FIELD.encode()):
+            try:
+                found = json.loads(value).get("request_id")
+                return _REQUEST_ID.validate_python(found)
+            except (ValueError, AttributeError, TypeError):  # pydantic's ValidationError is a ValueError
+                return None
+    return None
+
+
+_REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)

@@ -19,7 +19,7 @@ from protocol import keys
 from protocol.error_codes import StreamErrorCode
 from protocol.events import DATA_FIELD, EVENT_KINDS, KIND_FIELD
 from protocol.usage import DEAD_LETTER_FIELDS, USAGE_FIELD, DeadLetterKind
-from protocol.verification import VERIFICATION_FIELD
+from protocol.verification import UNVERIFIED_FIELD, VERIFICATION_FIELD
 from workers.ending import RunEnd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +34,7 @@ def _words() -> dict[str, str]:
     words = {KIND_FIELD: "token-stream field", DATA_FIELD: "token-stream field"}
     words |= {kind: "token-stream event kind" for kind in EVENT_KINDS}
     words |= {USAGE_FIELD: "usage-stream field", VERIFICATION_FIELD: "verification-stream field"}
+    words |= {UNVERIFIED_FIELD: "verification-stream field"}
     words |= {field: "dead-letter field" for field in DEAD_LETTER_FIELDS}
     words |= {kind.value: "dead-letter kind" for kind in DeadLetterKind}
     words |= {keys.RELAY_WAKE_FIELD: "relay wake-stream field"}

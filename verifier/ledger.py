@@ -2,7 +2,9 @@
 
 Everything one message changes is written in one transaction, and a message verified twice (the verifier
 died before acknowledging it) records nothing twice: verdicts are keyed by (request_id, span_index), and a
-node's counters move only for verdicts this transaction inserted.
+node's counters move only for verdicts this transaction inserted. A sampled session that cannot be judged for a
+reason that is not its servers' is recorded apart (`record_unverified`, `far_unverified_sessions`), never as a
+verdict.
 """
 
 from collections.abc import Sequence
@@ -12,6 +14,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from protocol.verification import UnverifiedCause
 from verifier.recompute import SpanVerdict
 
 _INSERT_VERDICTS = """
@@ -175,3 +178,21 @@ async def pending_slashes(connection: asyncpg.Connection) -> int:
             "SELECT count(*) FROM far_verifications WHERE verdict = 'mismatch' AND slash_outcome IS NULL"
         )
     )
+
+
+async def record_unverified(
+    connection: asyncpg.Connection, request_id: str, model_id: str | None, cause: UnverifiedCause, spans: int
+) -> bool:
+    """Record that the sampled session `request_id` ends unverified for `cause`, not its servers' doing; False when
+    it already was (a notice or an entry handled twice). Its rows then become payable as an unsampled session's
+    are (`accounting.payable`); node counters, reputation, bans and slashes read verdicts only, so this moves none
+    of them, and a mismatch of the same session still stops its node's row."""
+    inserted = await connection.fetchval(
+        "INSERT INTO far_unverified_sessions (request_id, model_id, cause, spans) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (request_id) DO NOTHING RETURNING true",
+        request_id,
+        model_id,
+        cause,
+        spans,
+    )
+    return bool(inserted)

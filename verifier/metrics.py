@@ -12,6 +12,8 @@ VERIFY_SECONDS = Histogram("far_verifier_check_seconds", "Recompute time of one 
 TOKENS_VERIFIED = Counter("far_verifier_tokens_total", "Positions recomputed (tokens x spans)", ["model_id"])
 SPANS_UNUSABLE = Counter(
     "far_verifier_spans_unusable_total",
-    "Spans not judged because the worker's own part of the recording (inputs, blocks, width) cannot be used",
+    "Spans not judged through no fault of their servers: the worker's own part of the recording (inputs, blocks, "
+    "width) cannot be used, or the session is recorded as not verified (a worker's notice: over-budget, "
+    "unpublished, nothing-recorded; unknown-model; malformed, counted once per entry)",
     ["model_id", "cause"],
 )

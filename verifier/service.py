@@ -24,7 +24,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from probes import Heartbeat, serve_health_and_metrics
 from protocol import keys
 from protocol.backoff import Backoff
-from protocol.verification import VERIFICATION_BYTES_FIELD, RecordedSpan, SpotCheck
+from protocol.verification import (
+    VERIFICATION_BYTES_FIELD,
+    NotVerified,
+    RecordedSpan,
+    SpotCheck,
+    UnverifiedCause,
+    read_entry,
+    readable_request_id,
+)
 from verifier import metrics
 from verifier.ledger import (
     BanPolicy,
@@ -33,6 +41,7 @@ from verifier.ledger import (
     apply_pending_slashes,
     current_bans,
     probation_scores,
+    record_unverified,
     record_verdicts,
 )
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
@@ -42,6 +51,8 @@ from verifier.unverifiable import RecordingUnusable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_UNKNOWN_MODEL = "unknown"
+"""The model label of a malformed entry's metrics: its model id could not be read."""
 _PENDING_SLASH_INTERVAL_S = 5.0
 """How often verdicts that arrived before their sessions are applied again."""
 _BEAT_WHILE_WORKING_S = 5.0
@@ -109,21 +120,40 @@ class Verifier:
         return done
 
     async def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        """Verify one entry and record it; malformed entries, an unknown model and spans the worker recorded wrong
-        are logged, counted and acknowledged; a span whose reply cannot be verified is a verdict against its
-        server, never a drop."""
+        """Verify one entry and record it; a span whose reply cannot be verified is a verdict against its server,
+        never a drop. What cannot be judged for a reason that is not the servers' (a worker's notice that it
+        dropped the check, a malformed entry whose request id can still be read, an unknown model, spans the worker
+        recorded wrong) is logged, counted, acknowledged and recorded as not verified (`record_unverified`), so
+        that the session is paid as an unsampled one is instead of being held forever."""
         try:
-            check = SpotCheck.from_stream_fields(fields)
+            entry = read_entry(fields)
         except ValueError as exc:
-            log.error("spot check dropped entry=%s reason=malformed: %s", entry_id.decode(), str(exc)[:200])
+            request_id = readable_request_id(fields)
+            log.error(
+                "spot check dropped entry=%s request_id=%s reason=malformed: %s",
+                entry_id.decode(),
+                request_id,
+                str(exc)[:200],
+            )
+            if request_id is not None:
+                metrics.SPANS_UNUSABLE.labels(_UNKNOWN_MODEL, "malformed").inc()
+                await self._record_unverified(request_id, None, "malformed", 0)
             await self._finish(entry_id, fields)
             return
+        if isinstance(entry, NotVerified):  # the worker dropped the check: nothing to judge, nobody to blame
+            metrics.SPANS_UNUSABLE.labels(entry.model_id, entry.cause).inc(entry.spans)
+            await self._record_unverified(entry.request_id, entry.model_id, entry.cause, entry.spans)
+            await self._finish(entry_id, fields)
+            return
+        check = entry
         started = time.monotonic()
         recomputed = await self._beating(asyncio.to_thread(self.recompute, check))
         if recomputed is None:
             log.error(
                 "spot check dropped request_id=%s reason=model %s not in catalog", check.request_id, check.model_id
             )
+            metrics.SPANS_UNUSABLE.labels(check.model_id, "unknown-model").inc(len(check.spans))
+            await self._record_unverified(check.request_id, check.model_id, "unknown-model", len(check.spans))
             await self._finish(entry_id, fields)
             return
         for span, unusable in recomputed.unusable:  # the worker's record, not the server's doing: nobody is blamed
@@ -142,6 +172,10 @@ class Verifier:
             recorded = await record_verdicts(
                 connection, check.request_id, check.model_id, verdicts, self.policy, recomputed.span_indices
             )
+            if recomputed.unusable:  # judged in part, or not at all: say so, apart from the verdicts
+                await record_unverified(
+                    connection, check.request_id, check.model_id, "recording-unusable", len(recomputed.unusable)
+                )
         await self._publish_trust(recorded)
         await self._finish(entry_id, fields)
         for verdict in verdicts:
@@ -162,6 +196,13 @@ class Verifier:
                 for v in bad
             ),
         )
+
+    async def _record_unverified(
+        self, request_id: str, model_id: str | None, cause: UnverifiedCause, spans: int
+    ) -> None:
+        async with self.pool.acquire() as connection:
+            await record_unverified(connection, request_id, model_id, cause, spans)
+        log.warning("session not verified request_id=%s cause=%s spans=%d", request_id, cause, spans)
 
     async def _beating(self, work: Awaitable[T]) -> T:
         """Await `work`, beating the heartbeat meanwhile: a long recomputation, or the first load of a model's

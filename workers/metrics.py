@@ -51,7 +51,8 @@ SPOT_CHECKS_DROPPED = Counter(
     "far_mesh_worker_spot_checks_dropped",
     "Sampled sessions whose spot check never reached the verifier, by cause: store-full (not recorded: the checks "
     "waiting in Redis were at FAR_MESH_VERIFY_MAX_BYTES), over-budget (recorded, but would have passed it), "
-    "unpublished (Redis refused the write)",
+    "unpublished (Redis refused the write), nothing-recorded (sampled, but no span was recorded); all but store-full "
+    "send a not-verified notice instead",
     ["model_id", "cause"],
     registry=REGISTRY,
 )

@@ -29,9 +29,9 @@ from redis.exceptions import RedisError, WatchError
 
 from mesh.session import SpanRecorder
 from protocol import keys
-from protocol.verification import SpotCheck
+from protocol.verification import NotVerified, SpotCheck
 from workers import metrics
-from workers.check_store import publish_check, store_full
+from workers.check_store import publish_check, publish_notice, store_full
 from workers.route_policy import DEFAULT_POLICY, apply_route_policy
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
@@ -159,11 +159,17 @@ class RunTrust:
 
     async def publish(self, redis: aioredis.Redis, request_id: str, model_id: str) -> None:
         """Hand the recorded spans to the verifier (after the usage record is written) and mark their nodes
-        sampled; a check that would pass the byte budget is dropped and counted. Never fails the run."""
+        sampled. A check that would pass the byte budget, or that Redis refused, is dropped and counted, and a
+        small notice goes instead: the usage record already says the session was sampled, so without a verdict
+        or a notice its providers would never be paid. Never fails the run."""
         if self.recorder is None or self.reason is None:
             return
         spans = self.recorder.spans()
         if not spans:
+            metrics.SPOT_CHECKS_DROPPED.labels(model_id, "nothing-recorded").inc()
+            await self._notify(
+                redis, NotVerified(request_id=request_id, model_id=model_id, cause="nothing-recorded", spans=0)
+            )
             return
         check = SpotCheck(request_id=request_id, model_id=model_id, reason=self.reason, spans=spans)
         try:
@@ -171,14 +177,36 @@ class RunTrust:
         except (RedisError, OSError) as exc:  # verification is sampled anyway: losing one sample bills nobody wrong
             metrics.SPOT_CHECKS_DROPPED.labels(model_id, "unpublished").inc()
             logger.warning("spot check not published request_id=%s error=%r", request_id, exc)
+            await self._notify(
+                redis, NotVerified(request_id=request_id, model_id=model_id, cause="unpublished", spans=len(spans))
+            )
             return
         if not published:
             metrics.SPOT_CHECKS_DROPPED.labels(model_id, "over-budget").inc()
             logger.warning(
                 "spot check dropped request_id=%s reason=over-budget max_bytes=%d", request_id, self.max_bytes
             )
+            await self._notify(
+                redis, NotVerified(request_id=request_id, model_id=model_id, cause="over-budget", spans=len(spans))
+            )
             return
         logger.info("spot check published request_id=%s reason=%s spans=%d", request_id, self.reason, len(spans))
+
+    @staticmethod
+    async def _notify(redis: aioredis.Redis, notice: NotVerified) -> None:
+        """Publish `notice`; a notice Redis refuses too leaves the session held for a verdict (logged)."""
+        try:
+            await publish_notice(redis, notice)
+        except (RedisError, OSError) as exc:
+            logger.error(
+                "not-verified notice not published request_id=%s cause=%s error=%r: the session's providers stay "
+                "unpaid until it is recorded",
+                notice.request_id,
+                notice.cause,
+                exc,
+            )
+            return
+        logger.info("not-verified notice published request_id=%s cause=%s", notice.request_id, notice.cause)
 
 
 async def begin_trust(

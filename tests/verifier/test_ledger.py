@@ -10,7 +10,7 @@ from accounting.ledger import write_batch
 from accounting.payable import PayoutHold
 from accounting.payouts import _CLAIMABLE as CLAIMABLE  # the payout claim's own condition, so a change shows here
 from tests.fixtures.ledger import unique_id, usage_record
-from verifier.ledger import BanPolicy, add_failed_steps, pending_slashes, record_verdicts
+from verifier.ledger import BanPolicy, add_failed_steps, pending_slashes, record_unverified, record_verdicts
 from verifier.recompute import SpanVerdict
 from workers.route_policy import PROBATION_BELOW
 
@@ -206,5 +206,41 @@ def test_failed_steps_counted_by_workers_lower_a_nodes_reputation(migrated_postg
         }
         assert rows[flaky]["failed_steps"] == 5 and rows[steady]["failed_steps"] == 0
         assert rows[flaky]["reputation"] < rows[steady]["reputation"]
+
+    run(migrated_postgres_dsn, body)
+
+
+def test_a_session_recorded_as_not_verified_counts_for_no_reputation_ban_slash_or_forfeit(
+    migrated_postgres_dsn: str,
+) -> None:
+    """Not verified is no verdict: a node whose sessions all end unverified keeps its standing and its money, even
+    under a policy that bans at the first mismatch, and a second record of the same session changes nothing."""
+    node = unique_id("node")
+    records = [usage_record(unique_id("req"), {node: 1}) for _ in range(3)]
+    policy = BanPolicy(after=1, window_s=3600, cooldown_s=600)
+
+    async def body(connection: asyncpg.Connection) -> None:
+        await write_batch(connection, records)
+        owed = {c.node_id: c.payment_far for c in records[0].contributions}
+        for record, cause in zip(records, ("over-budget", "recording-unusable", "unknown-model"), strict=True):
+            assert await record_unverified(connection, record.request_id, record.model_id, cause, 1)
+        assert not await record_unverified(connection, records[0].request_id, records[0].model_id, "malformed", 0)
+        recorded = await record_verdicts(connection, unique_id("req"), "m", [verdict(node)], policy)
+
+        assert recorded.banned == {} and recorded.slashed == 0
+        standing = await connection.fetchrow(
+            "SELECT verified_ok, verified_mismatches, banned FROM far_node_reputation WHERE node_id = $1", node
+        )
+        assert tuple(standing) == (1, 0, False)
+        assert await connection.fetchval("SELECT count(*) FROM far_slashes WHERE node_id = $1", node) == 0
+        assert await connection.fetchval("SELECT far_apply_slashes()") == 0
+        payments = await connection.fetch(
+            "SELECT c.payment_far FROM far_session_contributions c JOIN far_mesh_sessions s ON s.id = c.session_id "
+            "WHERE s.request_id = ANY ($1::text[])",
+            [r.request_id for r in records],
+        )
+        assert [p["payment_far"] for p in payments] == [owed[node]] * 3
+        cause = "SELECT cause FROM far_unverified_sessions WHERE request_id = $1"
+        assert await connection.fetchval(cause, records[0].request_id) == "over-budget"
 
     run(migrated_postgres_dsn, body)

@@ -1,6 +1,7 @@
 """verifier.service on real Redis and PostgreSQL: entries it cannot verify are acknowledged, never retried
-forever; what the worker recorded wrong convicts nobody, while a reply that cannot be verified convicts its
-server with the cause."""
+forever, and their sessions recorded as not verified (so they are paid as unsampled ones, not held forever); what
+the worker recorded wrong convicts nobody, while a reply that cannot be verified convicts its server with the
+cause."""
 
 import contextlib
 import json
@@ -38,7 +39,7 @@ async def pending(redis: aioredis.Redis) -> int:
     return int(info["pending"])
 
 
-async def test_malformed_and_unverifiable_checks_are_acknowledged_without_a_verdict(
+async def test_checks_that_cannot_be_judged_are_acknowledged_without_a_verdict_and_recorded_as_not_verified(
     redis_url: str, migrated_postgres_dsn: str, tiny_models: tuple[ModelSpec, ...]
 ) -> None:
     verifier, pool = await verifier_on(redis_url, migrated_postgres_dsn, tiny_models[0])
@@ -72,6 +73,7 @@ async def test_malformed_and_unverifiable_checks_are_acknowledged_without_a_verd
         before = await pending(redis)
         entries = [
             {"other": "x"},
+            {"check": json.dumps({"request_id": "svc-malformed", "spans": "not a list"})},
             wrong_width.to_stream_fields(),
             unknown_model.to_stream_fields(),
         ]
@@ -87,7 +89,17 @@ async def test_malformed_and_unverifiable_checks_are_acknowledged_without_a_verd
             verdicts = await connection.fetchval(
                 "SELECT count(*) FROM far_verifications WHERE request_id IN ('svc-wrong-width', 'svc-unknown')"
             )
+            unverified = await connection.fetch(
+                "SELECT request_id, model_id, cause, spans FROM far_unverified_sessions "
+                "WHERE request_id LIKE 'svc-%' ORDER BY request_id"
+            )
         assert verdicts == 0
+        model = tiny_models[0].model_id
+        assert [tuple(row) for row in unverified] == [
+            ("svc-malformed", None, "malformed", 0),
+            ("svc-unknown", "not-in-catalog", "unknown-model", 1),
+            ("svc-wrong-width", model, "recording-unusable", 1),
+        ]
     finally:
         await pool.close()
         await redis.aclose()

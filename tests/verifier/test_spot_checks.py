@@ -17,7 +17,7 @@ import torch
 
 from mesh.session import SpanRecorder
 from protocol import keys
-from protocol.verification import RecordedSpan, RecordedStep, SpotCheck
+from protocol.verification import UNVERIFIED_FIELD, RecordedSpan, RecordedStep, SpotCheck
 from workers import spot_checks
 from workers.route_policy import DEFAULT_POLICY, apply_route_policy, banned_peers, redundant
 from workers.settings import WorkerSettings
@@ -214,7 +214,8 @@ async def test_a_check_dropped_over_the_byte_budget_stamps_no_one(live_redis: ai
     trust = await begin_trust(live_redis, "req-too-big", FakeServed([PEER_A]), config)  # type: ignore[arg-type]
     trust.recorder = Replay([recorded_span(PEER_A, payload_bytes=2000)])
     await trust.publish(live_redis, "req-too-big", MODEL)
-    assert await live_redis.xlen(keys.VERIFICATION_STREAM) == 0
+    entries = await live_redis.xrange(keys.VERIFICATION_STREAM)
+    assert [set(fields) for _, fields in entries] == [{UNVERIFIED_FIELD.encode()}]  # a notice, no check
     assert await live_redis.hget(keys.VERIFIED_NODES, PEER_A) is None
 
 
