@@ -14,14 +14,17 @@ needed to judge redundancy, is read from the DHT at most every `_COVERAGE_TTL_S`
 on probation.
 """
 
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from protocol import keys
 from workers.served_model import ServedModel
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_POLICY = "default"
 """What a usage record says when no peer had to be avoided: Petals' own lowest-latency route."""
@@ -109,9 +112,33 @@ def _plan(served: ServedModel, banned: frozenset[str], low: Mapping[str, float])
     return blocked
 
 
+_refused_ids: set[str] = set()
+"""Entries already logged as not being peer ids (each is said once, not once per request)."""
+
+
+def peer_ids_only(peers: Iterable[str]) -> set[str]:
+    """The entries that parse as libp2p peer ids. Bans and scores come from the ledger, where a node id is any
+    text a usage record or a test wrote; one that is not a peer id must not stop every route from being planned."""
+    from hivemind.p2p import PeerID
+
+    valid = set()
+    for peer in peers:
+        try:
+            PeerID.from_base58(peer)
+        except ValueError:
+            if peer not in _refused_ids:
+                _refused_ids.add(peer)
+                logger.warning("ignoring a banned or scored node that is not a peer id node_id=%r", peer[:80])
+            continue
+        valid.add(peer)
+    return valid
+
+
 async def apply_route_policy(redis: aioredis.Redis, served: ServedModel) -> str:
     """Bring the model's routes in line with bans and reputations; returns the policy to record with the session."""
-    banned, low = await banned_peers(redis), await low_reputation_peers(redis)
+    banned = frozenset(peer_ids_only(await banned_peers(redis)))
+    scored = await low_reputation_peers(redis)
+    low = {peer: scored[peer] for peer in peer_ids_only(scored)}
     manager = served.model.transformer.h.sequence_manager
     if low.keys() - banned:
         blocked = await served.run_blocking(_plan, served, banned, low)

@@ -330,6 +330,18 @@ async def test_the_policy_prefers_reputable_servers_and_says_so(
     assert served.manager.blocked_servers is None
 
 
+async def test_a_ban_or_score_naming_no_peer_id_is_ignored_and_the_routes_are_still_planned(
+    redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = FakeServed([PEER_A, PEER_B])
+    monkeypatch.setattr("workers.route_policy._servers_by_block", lambda manager: [{PEER_A, PEER_B}])
+    await redis.zadd(keys.BANNED_NODES, {"node-a": time.time() + 600, PEER_A: time.time() + 600})
+    await redis.hset(keys.NODE_REPUTATION, mapping={"peer-b": "0.1"})
+
+    assert await apply_route_policy(redis, served) == "avoid-banned:1"  # type: ignore[arg-type]
+    assert {p.to_base58() for p in served.manager.blocked_servers} == {PEER_A}
+
+
 async def test_steps_that_fail_on_a_server_are_counted_once_each_for_the_verifier(
     redis: fakeredis.FakeAsyncRedis,
 ) -> None:
