@@ -91,6 +91,12 @@ NODE_REPUTATION: Final = "trust:reputation"
 """Hash: node id -> reputation in [0, 1] (verified-ok against mismatches), written by the verifier; workers
 prefer the reputable among servers that hold the same blocks."""
 
+PORTAL_MESSAGES_PREFIX: Final = "portal:messages:"
+"""Fixed-window counters of the messages to sign the portal hands out, so no client can fill its nonce table."""
+
+PORTAL_SIGNED_OUT_PREFIX: Final = "portal:signed-out:"
+"""A portal session signed out before its cookie expires: the cookie is refused from then on."""
+
 
 def queue_for(model_id: str) -> str:
     """The arq queue that holds generate jobs for `model_id`."""
@@ -100,13 +106,6 @@ def queue_for(model_id: str) -> str:
 def job_in_progress(job_id: str) -> str:
     """arq's in-progress mark of the job `job_id` (a generate job's id is its request id)."""
     return ARQ_IN_PROGRESS_PREFIX + job_id
-
-
-PORTAL_MESSAGES_PREFIX: Final = "portal:messages:"
-"""Fixed-window counters of the messages to sign the portal hands out, so no client can fill its nonce table."""
-
-PORTAL_SIGNED_OUT_PREFIX: Final = "portal:signed-out:"
-"""A portal session signed out before its cookie expires: the cookie is refused from then on."""
 
 
 def queue_wake(model_id: str) -> str:
