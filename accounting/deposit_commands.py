@@ -8,9 +8,11 @@ balance from the journal. Keys come from files or ganache's public test wallet, 
 import argparse
 import asyncio
 import logging
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from chain.commands import positive_far
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     watch.set_defaults(handler=run_watch)
 
     make = actions.add_parser("make", help="approve the deposit contract and deposit $FAR from a key")
-    make.add_argument("--amount", type=_far, required=True, help="$FAR to deposit, e.g. 12.5")
+    make.add_argument("--amount", type=positive_far, required=True, help="$FAR to deposit, e.g. 12.5")
     source = make.add_mutually_exclusive_group(required=True)
     source.add_argument("--key-file", type=Path, help="file holding the depositing wallet's private key (hex)")
     source.add_argument(
@@ -37,16 +39,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     balance = actions.add_parser("balance", help="a buyer's prepaid balance, from the ledger's journal")
     balance.add_argument("wallets", nargs="+", metavar="WALLET")
     balance.set_defaults(handler=show_balances)
-
-
-def _far(text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal amount") from None
-    if not value.is_finite() or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive amount")
-    return value
 
 
 def run_watch(args: argparse.Namespace) -> int:

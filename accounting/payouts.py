@@ -258,35 +258,27 @@ async def unfinished_batches(
     `chain`, only those it can follow there: a batch signed for another chain (a reset development node, another
     token) can be mined only there, and is never followed, failed or re-signed on this one."""
     if chain is None:
-        rows = await connection.fetch(
-            "SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) ORDER BY id",
-            payer,
-            list(UNFINISHED),
-        )
-    else:
-        rows = await connection.fetch(
-            f"SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) AND ({_ON_CHAIN}) "
-            "ORDER BY id",
-            payer,
-            list(UNFINISHED),
-            chain.chain_id,
-            chain.genesis_hash,
-            chain.token,
-        )
-    return [r["id"] for r in rows]
+        return await _unfinished_where(connection, payer, "TRUE")
+    return await _unfinished_where(connection, payer, _ON_CHAIN, chain)
 
 
 async def batches_on_other_chains(connection: asyncpg.Connection, payer: str, chain: ChainIdentity) -> list[int]:
     """Unfinished batches of `payer` signed for a chain or token other than `chain`: their rows stay claimed until
     an operator settles them (`payouts resolve`), since only that chain can say whether they paid."""
+    return await _unfinished_where(connection, payer, f"NOT ({_ON_CHAIN})", chain)
+
+
+async def _unfinished_where(
+    connection: asyncpg.Connection, payer: str, condition: str, chain: ChainIdentity | None = None
+) -> list[int]:
+    """Ids of `payer`'s unfinished batches meeting `condition` (whose $3..$5 are `chain`'s identity), oldest first."""
+    identity = (chain.chain_id, chain.genesis_hash, chain.token) if chain is not None else ()
     rows = await connection.fetch(
-        f"SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) AND NOT ({_ON_CHAIN}) "
+        f"SELECT id FROM far_payment_batches WHERE payer = $1 AND status = ANY ($2::text[]) AND ({condition}) "
         "ORDER BY id",
         payer,
         list(UNFINISHED),
-        chain.chain_id,
-        chain.genesis_hash,
-        chain.token,
+        *identity,
     )
     return [r["id"] for r in rows]
 

@@ -34,7 +34,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     deploy = actions.add_parser(
         "deploy", help="deploy the token and batch contract; print FAR_MESH_TOKEN_ADDRESS and friends"
     )
-    deploy.add_argument("--supply-far", type=_far, default=Decimal(1_000_000_000), help="$FAR minted to the treasury")
+    deploy.add_argument(
+        "--supply-far", type=positive_far, default=Decimal(1_000_000_000), help="$FAR minted to the treasury"
+    )
     deploy.add_argument(
         "--dev",
         action="store_true",
@@ -50,7 +52,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     approve.set_defaults(handler=approve_batch_contract)
 
 
-def _far(text: str) -> Decimal:
+def positive_far(text: str) -> Decimal:
+    """An argparse type: a positive, finite amount of $FAR (every command that moves money takes one)."""
     try:
         value = Decimal(text)
     except InvalidOperation:
