@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.workers",
     "tests.fixtures.system",
     "tests.fixtures.portal",
+    "tests.fixtures.verifier",
 ]

@@ -8,6 +8,7 @@ for the refusals, `far-mesh portal` on a loopback port for the launcher), with k
 makes them (hivemind's identity files).
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from accounting.registry import sync_registry
+from mesh.local_swarm import LocalSwarm
 from mesh.node_registration import (
     NodeKey,
     announce_registration,
@@ -287,3 +289,52 @@ def test_a_registration_link_carries_the_statement_and_the_nodes_signature() -> 
     link = registration_link("https://portal.example/", proof)
     assert link.startswith("https://portal.example/register?proof=")
     assert NodeProof.decode(link.split("proof=")[1]) == proof
+
+
+FORGED_PREFIX = "forged-model"
+
+
+def forge_and_snapshot(initial_peers: list[str], victim: str, wallet: str) -> SwarmSnapshot:
+    """What an attacker does with nothing but a DHT client: store a ServerInfo under a running node's peer id,
+    naming their own wallet, then read the swarm as the workers' snapshots do (blocking: hivemind calls)."""
+    import hivemind
+    from hivemind.utils import get_dht_time
+
+    from mesh.compat import petals
+    from mesh.snapshot import block_uids, read_swarm_snapshot
+
+    dht = hivemind.DHT(initial_peers=initial_peers, client_mode=True, start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    try:
+        info = petals.data_structures.ServerInfo(
+            state=petals.data_structures.ServerState.ONLINE,
+            throughput=1000.0,
+            start_block=0,
+            end_block=1,
+            public_name=f"far:{wallet}",
+        )
+        for uid in block_uids(FORGED_PREFIX, 1):
+            assert dht.store(uid, info.to_tuple(), get_dht_time() + 60, subkey=victim)  # unsigned, and accepted
+        return read_swarm_snapshot(dht, "test/forged", FORGED_PREFIX, 1)
+    finally:
+        dht.shutdown()
+
+
+@pytest.mark.swarm
+async def test_a_record_forged_in_a_real_dht_under_a_running_nodes_peer_id_buys_its_forger_no_registration(
+    two_server_swarm: LocalSwarm, portal_client: httpx.AsyncClient, ledger: asyncpg.Connection
+) -> None:
+    victim = two_server_swarm.servers[0].peer_id
+    snapshot = await asyncio.to_thread(forge_and_snapshot, two_server_swarm.initial_peers, victim, MALLORY.address)
+    assert [(s.peer_id, s.wallet) for s in snapshot.servers] == [(victim, MALLORY.address)]  # the DHT believed it
+    await sync_registry(ledger, [snapshot])
+    assert await ledger.fetchval("SELECT wallet FROM far_nodes WHERE node_id = $1", victim) == MALLORY.address
+
+    await sign_in(portal_client, MALLORY)
+    statement = await statement_over_http(portal_client, victim, MALLORY.address)
+    response = await portal_client.post(
+        "/api/registrations", json={"statement": statement, "signature": MALLORY.personal_sign(statement)}
+    )
+
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["field"] == "node_signature"
+    assert await registered_wallet(ledger, victim) is None

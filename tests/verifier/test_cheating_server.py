@@ -9,11 +9,9 @@ the next request runs on honest servers only and streams the reference tokens.
 """
 
 import asyncio
-import json
 import shutil
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.events import TokenEvent
 from tests.fixtures.swarm import StartSwarm
+from tests.fixtures.verifier import RunningVerifier
 from tests.fixtures.workers import (
     RunningFleet,
     enqueue,
@@ -36,8 +35,6 @@ from tests.fixtures.workers import (
     usage_records,
     wait_for_end,
 )
-from verifier.service import serve
-from verifier.settings import VerifierSettings
 
 pytestmark = pytest.mark.swarm
 
@@ -58,52 +55,6 @@ def poisoned_copy(model: ModelSpec, where: Path, *, blocks: range, scale: float)
             weights[name] = tensor * (1 + scale * torch.randn(tensor.shape, generator=generator))
     save_file(weights, str(where / "model.safetensors"), metadata={"format": "pt"})
     return model.model_copy(update={"source": str(where)})
-
-
-class RunningVerifier:
-    def __init__(self, settings: VerifierSettings) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, args=(settings,), name="verifier", daemon=True)
-        self.error: BaseException | None = None
-
-    def _run(self, settings: VerifierSettings) -> None:
-        try:
-            self._loop.run_until_complete(serve(settings, self._stop))
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self._loop.close()
-
-    def start(self) -> "RunningVerifier":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-        assert self.error is None, repr(self.error)
-
-
-@pytest.fixture
-def verifier_factory(redis_url: str, migrated_postgres_dsn: str) -> Iterator[Callable[..., RunningVerifier]]:
-    started: list[RunningVerifier] = []
-
-    def start(models: list[ModelSpec], **overrides: Any) -> RunningVerifier:
-        settings = VerifierSettings.from_env(
-            redis_url=redis_url,
-            postgres_url=migrated_postgres_dsn,
-            far_mesh_models=json.dumps([m.model_dump(mode="json") for m in models]),
-            default_model_id=models[0].model_id,
-            far_mesh_verifier_metrics_port=0,
-            **overrides,
-        )
-        started.append(RunningVerifier(settings).start())
-        return started[-1]
-
-    yield start
-    for verifier in started:
-        verifier.stop()
 
 
 async def generate(redis_url: str, redis: aioredis.Redis, model: ModelSpec, dsn: str) -> tuple[str, list[int]]:

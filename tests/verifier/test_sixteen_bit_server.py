@@ -9,7 +9,7 @@ process as in production, must record an ok verdict for both servers, the bfloat
 the dtype it announced.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -19,39 +19,19 @@ from mesh.local_swarm import ServerPlan
 from protocol import keys
 from protocol.catalog import ModelSpec
 from tests.fixtures.swarm import StartSwarm
+from tests.fixtures.verifier import RunningVerifier
 from tests.fixtures.workers import RunningFleet
-from tests.verifier.test_cheating_server import RunningVerifier, generate, until
-from verifier.settings import VerifierSettings
+from tests.verifier.test_cheating_server import generate, until
 from verifier.tolerance import tolerance_for
 
 pytestmark = pytest.mark.swarm
-
-
-@pytest.fixture
-def running_verifier(redis_url: str, migrated_postgres_dsn: str) -> Iterator[Callable[[ModelSpec], RunningVerifier]]:
-    started: list[RunningVerifier] = []
-
-    def start(model: ModelSpec) -> RunningVerifier:
-        settings = VerifierSettings.from_env(
-            redis_url=redis_url,
-            postgres_url=migrated_postgres_dsn,
-            far_mesh_models=f"[{model.model_dump_json()}]",
-            default_model_id=model.model_id,
-            far_mesh_verifier_metrics_port=0,
-        )
-        started.append(RunningVerifier(settings).start())
-        return started[-1]
-
-    yield start
-    for verifier in started:
-        verifier.stop()
 
 
 async def test_a_session_through_a_bfloat16_server_ends_in_an_ok_verdict_for_every_server(
     tiny_models: tuple[ModelSpec, ...],
     local_swarm_factory: StartSwarm,
     fleet_factory: Callable[..., RunningFleet],
-    running_verifier: Callable[[ModelSpec], RunningVerifier],
+    verifier_factory: Callable[..., RunningVerifier],
     redis_url: str,
     redis: aioredis.Redis,
     migrated_postgres_dsn: str,
@@ -67,7 +47,7 @@ async def test_a_session_through_a_bfloat16_server_ends_in_an_ok_verdict_for_eve
     assert announced == {float32_id: "float32", bfloat16_id: "bfloat16"}
     await redis.delete(keys.BANNED_NODES, keys.VERIFIED_NODES)
     fleet_factory(swarm.initial_peers, [model], far_mesh_verify_fraction=1.0)
-    running_verifier(model)
+    verifier_factory([model])
     request_id, tokens = await generate(redis_url, redis, model, migrated_postgres_dsn)
     assert tokens
     ledger = await asyncpg.connect(migrated_postgres_dsn)
