@@ -8,7 +8,9 @@ statement created are copied, so a redelivered record changes nothing and no sta
 The contributions' statement trigger checks that every final session they touch balances exactly; sessions
 without contributions are checked by `far_finalize_sessions`. A session's id is derived from its request id.
 If a batch breaks a constraint, it is written again record by record under savepoints: the offenders are
-returned as rejected, the rest are stored.
+returned as rejected, the rest are stored. Each session created is charged in the journal in the same
+transaction (`far_post_session_charges`, schema/0022: the buyer debited its cost, providers' payables, the
+platform's fee and the remainder credited), so a session and its charge are stored together, once.
 
 A record repeating a stored request id is a duplicate only if it says what the stored session says (a
 redelivery is byte for byte the same record). One that differs means the request id ran twice: it is returned
@@ -201,6 +203,8 @@ async def _insert(
         )
     if without_contributions:  # no COPY checks these: the remainder alone must be the cost
         await connection.execute("SELECT far_finalize_sessions($1::uuid[])", without_contributions)
+    # Each created session's charge in the journal, in this transaction: once per session (schema/0022)
+    await connection.execute("SELECT far_post_session_charges($1::uuid[])", [i for i in session_ids if i in created])
     fresh = [r for r, session_id in zip(records, session_ids, strict=True) if session_id in created]
     return fresh, len(contributions), conflicts
 

@@ -61,6 +61,7 @@ GATEWAY_READS = {
     "far_api_keys": None,
     "schema_migrations": None,
     "far_mesh_sessions": {"request_id", "api_key_id", "model_id", "started_at", "tokens_generated", "total_cost_far"},
+    "far_journal_lines": {"account", "amount_far"},
 }
 """What far_mesh_gateway may SELECT: whole tables (None) or only the named columns."""
 LIGHT_GATEWAY_MODULES = [p for p in (REPO / "gateway").glob("*.py") if p.name != "commands.py"]
