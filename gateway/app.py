@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from gateway import inference, mesh_status, openai_api, usage
 from gateway.api_keys import KeyStore, KeyStoreUnavailable
+from gateway.balances import Balances
 from gateway.budgets import RESERVATION_MARGIN_S, Budgets
 from gateway.errors import ApiError, error_response
 from gateway.inflight import Inflight
@@ -116,6 +117,14 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 timeout_s=settings.gateway_ledger_timeout_s,
                 reservation_ttl_s=settings.gateway_stream_deadline_s + RESERVATION_MARGIN_S,
             ),
+            balances=Balances(
+                redis,
+                pool,
+                timeout_s=settings.gateway_ledger_timeout_s,
+                hold_ttl_s=settings.gateway_stream_deadline_s + RESERVATION_MARGIN_S,
+            )
+            if settings.gateway_require_prepaid_balance
+            else None,
         )
         relay.start()
         renewer = asyncio.create_task(inflight.renew_forever(lease_s / 3))

@@ -71,6 +71,12 @@ class GatewaySettings(CommonSettings):
     gateway_shutdown_drain_s: float = Field(
         default=30.0, ge=0, le=3600, description="On SIGTERM, how long open streams may run on before they are cut"
     )
+    gateway_require_prepaid_balance: bool = Field(
+        default=False,
+        description="Admit a request only if its wallet's prepaid balance (deposits minus charges, minus open "
+        "holds) covers its maximum cost, else 402 insufficient_balance; off: requests are charged without a check "
+        "(the default until the portal shows balances)",
+    )
     far_mesh_platform_fee_bps: int = Field(
         default=0,
         ge=0,

@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 
 from gateway.api_keys import KeyStore
+from gateway.balances import Balances
 from gateway.budgets import Budgets
 from gateway.inflight import Inflight
 from gateway.metrics import GatewayMetrics
@@ -28,6 +29,8 @@ class GatewayState:
     inflight: Inflight
     rate_limiter: RateLimiter
     budgets: Budgets
+    balances: Balances | None = None
+    """Set when GATEWAY_REQUIRE_PREPAID_BALANCE is on: requests are held against their wallet's balance."""
 
 
 def state_of(request: Request) -> GatewayState:

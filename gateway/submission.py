@@ -192,18 +192,25 @@ async def _start(
     with the same id starts it afresh and no slot is left taken."""
     followed = following(key, spec.model_id, request_id)
     slot: Slot | None = None
-    reserved = False
+    reserved = held = False
     try:
         slot = await admit(state, followed)
-        if key.limits.budgeted:
-            await state.budgets.reserve(key, request_id, max_cost_far(state, body, spec, messages))
-            reserved = True
+        if key.limits.budgeted or state.balances is not None:
+            most = max_cost_far(state, body, spec, messages)
+            if key.limits.budgeted:
+                await state.budgets.reserve(key, request_id, most)
+                reserved = True
+            if state.balances is not None:
+                await state.balances.hold(key.wallet, request_id, most)
+                held = True
         with telemetry.span("gateway.enqueue"):
             await _enqueue(state, body, spec, request_id, key, messages, trace_parent)
         return slot
     except BaseException:
         if reserved:
             await state.budgets.release(key.key_id, request_id)
+        if held and state.balances is not None:
+            await state.balances.release(key.wallet, request_id)
         async with state.redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.request_owner(request_id))
             if slot is not None:

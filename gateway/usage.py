@@ -2,7 +2,8 @@
 
 Every key of the caller's wallet is included, so a buyer who splits work over several keys sees it all. The
 rows are the ledger's (the accounting consumer writes them within a second of a request's end), so they are what
-is billed; the calling key's budget is shown beside them with what open requests still hold in reservations.
+is billed; the calling key's budget is shown beside them with what open requests still hold in reservations,
+and the wallet's prepaid balance (`balance`) once the journal has a line for it.
 """
 
 from datetime import UTC, date, datetime, time, timedelta
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api_keys import ApiKey, KeyStoreUnavailable
 from gateway.auth import authenticate
+from gateway.balances import held_far, ledger_balance
 from gateway.errors import ApiError, InvalidRequest
 from gateway.openai_errors import openai_error_response
 from gateway.state import GatewayState, state_of
@@ -73,6 +75,9 @@ async def _usage(request: Request) -> Response:
         ],
         "budget": await _budget(state, key),
     }
+    balance = await _balance(state, key)
+    if balance is not None:
+        body["balance"] = balance
     return JSONResponse(body)
 
 
@@ -118,6 +123,23 @@ async def _budget(state: GatewayState, key: ApiKey) -> dict[str, Any]:
         body["period_spent_far"] = format(period_far, "f")
         body["period_remaining_far"] = format(max(Decimal(0), limits.period_budget_far - period_far - held_far), "f")
     return body
+
+
+async def _balance(state: GatewayState, key: ApiKey) -> dict[str, Any] | None:
+    """The wallet's prepaid balance as the journal has it (deposits credited minus sessions charged), what its
+    open requests hold of it, and what is available; None when the journal has nothing for the wallet."""
+    credited, charged, lines = await ledger_balance(
+        state.budgets.pool, key.wallet, state.settings.gateway_ledger_timeout_s
+    )
+    if not lines:
+        return None
+    held = await held_far(state.redis, key.wallet)
+    return {
+        "balance_far": format(credited - charged, "f"),
+        "held_far": format(held, "f"),
+        "available_far": format(credited - charged - held, "f"),
+        "required": state.balances is not None,
+    }
 
 
 def _text(amount: Decimal | None) -> str | None:

@@ -56,6 +56,12 @@ BUDGET_PREFIX: Final = "far:budget:"
 """Per API key: its budget account, open reservations and their expiry (`protocol.budgets`)."""
 BUDGET_SETTLED_PREFIX: Final = "far:budget-settled:"
 """Per request: set once its spend is settled against its key's budget."""
+BALANCE_PREFIX: Final = "far:balance:"
+"""Per wallet: its prepaid balance account, open holds and their expiry (`protocol.balances`)."""
+BALANCE_HOLD_PREFIX: Final = "far:balance-hold:"
+"""Per request: the wallet whose balance holds its maximum cost, so its ending settles by request id alone."""
+BALANCE_SETTLED_PREFIX: Final = "far:balance-settled:"
+"""Per request: set once its cost is settled against its wallet's balance."""
 
 RELAY_WAKE_PREFIX: Final = "relay:wake:"
 """A gateway reader's private stream, included in every XREAD it blocks on, so a new client can wake it."""
@@ -188,3 +194,29 @@ def budget_reservation_expiry(api_key_id: str) -> str:
 def budget_settled(request_id: str) -> str:
     """Set once a request's spend is settled, so a second ending (a recovery, a retry) never counts twice."""
     return BUDGET_SETTLED_PREFIX + request_id
+
+
+def balance_account(wallet: str) -> str:
+    """Hash: `credited` (nano-FAR the journal credited the buyer, rounded down), `charged` (nano-FAR settled or
+    charged, rounded up), `held` (open holds), `rebuilt` (unix ms of the last rebuild from the ledger)."""
+    return BALANCE_PREFIX + wallet
+
+
+def balance_holds(wallet: str) -> str:
+    """Hash request_id -> nano-FAR held, for the holds still open."""
+    return BALANCE_PREFIX + wallet + ":held"
+
+
+def balance_hold_expiry(wallet: str) -> str:
+    """Sorted set request_id -> unix ms when its hold lapses."""
+    return BALANCE_PREFIX + wallet + ":expiry"
+
+
+def balance_hold(request_id: str) -> str:
+    """The wallet whose balance holds `request_id`'s maximum cost, while the hold may be open."""
+    return BALANCE_HOLD_PREFIX + request_id
+
+
+def balance_settled(request_id: str) -> str:
+    """Set once a request's cost is settled against its wallet's balance: a second ending counts nothing."""
+    return BALANCE_SETTLED_PREFIX + request_id
