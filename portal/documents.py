@@ -5,9 +5,10 @@ JSON-ready document; money is always a decimal string.
 """
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from portal import api_keys, earnings, nonces, registrations, siwe, swarm_map
+from portal import api_keys, balances, earnings, nonces, registrations, siwe, swarm_map
 from portal.auth import Session, require_session
 from portal.charts import earnings_svg
 from portal.errors import BadInput, NotFound
@@ -187,3 +188,17 @@ async def key_spend(state: PortalState, session: Session | None, key_id: str, da
     signed_in = require_session(session)
     since = datetime.now(UTC).date() - timedelta(days=days - 1)
     return await api_keys.key_spend(state.db, signed_in.wallet, key_id, since=since)
+
+
+async def buyer_balance(
+    state: PortalState, session: Session | None, before: int | None, amount: Decimal
+) -> dict[str, Any]:
+    """The signed-in buyer's balance, how to deposit, and a page of deposits and charges (newest first)."""
+    signed_in = require_session(session)
+    document = await balances.buyer_balance(state.db, state.swarm, signed_in.wallet, before=before)
+    how = balances.DepositHow(
+        contract=state.settings.far_mesh_deposit_contract_address,
+        token=state.settings.far_mesh_token_address,
+        chain_id=state.settings.portal_chain_id,
+    )
+    return document | {"deposit": balances.deposit_instructions(how, amount)}

@@ -1,6 +1,7 @@
 """Reading request inputs into checked values; anything malformed is a 422 that names the field."""
 
 import json
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from starlette.datastructures import FormData
@@ -91,3 +92,27 @@ def days(request: Request, default: int = 30) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 366:
         raise BadInput("days must be a whole number from 1 to 366", field="days")
     return int(raw)
+
+
+def before(request: Request) -> int | None:
+    """The `before` of a paginated history: the entry id the next page starts below."""
+    raw = request.query_params.get("before")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 2**63 - 1:
+        raise BadInput("before must be a positive whole number (an entry id)", field="before")
+    return int(raw)
+
+
+def deposit_amount(request: Request, default: Decimal = Decimal(10)) -> Decimal:
+    """The `amount` of $FAR a deposit's instructions are written for: positive, at most 18 decimals."""
+    raw = request.query_params.get("amount")
+    if raw is None:
+        return default
+    try:
+        value = Decimal(raw) if len(raw) <= 40 else Decimal("NaN")
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value <= 0 or value > 10**12 or -int(value.as_tuple().exponent) > 18:
+        raise BadInput("amount must be a positive amount of FAR with at most 18 decimals", field="amount")
+    return value

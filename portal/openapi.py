@@ -166,6 +166,17 @@ def openapi_document() -> dict[str, Any]:
                     "A key's spend per day and model", errors=(401, 403, 404), parameters=[_path_param("key_id"), _DAYS]
                 )
             },
+            "/api/balance": {
+                "get": _op(
+                    "The signed-in buyer's balance (deposited, charged, held, available), how to deposit, and its "
+                    "deposits and charges, newest first",
+                    errors=(401, 422),
+                    parameters=[
+                        {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "amount", "in": "query", "schema": {"type": "string", "default": "10"}},
+                    ],
+                )
+            },
             "/health": {"get": _op("The portal reaches the ledger and Redis (503 otherwise)", errors=(503,))},
         },
     }

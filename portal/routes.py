@@ -311,6 +311,23 @@ async def key_spend_json(request: Request) -> Response:
     return JSONResponse(document)
 
 
+async def balance_page(request: Request) -> Response:
+    session = _session(request)
+    if session is None:
+        return _page(request, "balance.html", {"wallet": None}, status_code=401)
+    document = await documents.buyer_balance(
+        _state(request), session, inputs.before(request), inputs.deposit_amount(request)
+    )
+    return _page(request, "balance.html", document)
+
+
+async def balance_json(request: Request) -> Response:
+    document = await documents.buyer_balance(
+        _state(request), _session(request), inputs.before(request), inputs.deposit_amount(request)
+    )
+    return JSONResponse(document)
+
+
 # --- service -------------------------------------------------------------------------------------------------
 
 
@@ -362,6 +379,8 @@ ROUTES: list[BaseRoute] = [
     Route("/api/keys/{key_id}/revoke", revoke_key_json, methods=["POST"]),
     Route("/keys/{key_id}", key_spend_page),
     Route("/api/keys/{key_id}/spend", key_spend_json),
+    Route("/balance", balance_page),
+    Route("/api/balance", balance_json),
     Route("/health", health),
     Route("/openapi.json", openapi),
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -6,6 +6,7 @@ Read once at start-up (`PortalSettings.from_env()`); a bad value stops `far-mesh
 from pydantic import Field, SecretStr
 
 from protocol.settings import CommonSettings
+from protocol.wallet import Wallet
 from schema.settings import PostgresUrl
 
 
@@ -50,4 +51,10 @@ class PortalSettings(CommonSettings):
     )
     portal_node_image: str = Field(
         default="ghcr.io/far-mesh/far-mesh-mesh:0.1.0", description="Container image the onboarding page names"
+    )
+    far_mesh_deposit_contract_address: Wallet | None = Field(
+        default=None, description="The FarDeposit contract the balance page tells buyers to deposit into"
+    )
+    far_mesh_token_address: Wallet | None = Field(
+        default=None, description="The $FAR token the balance page tells buyers to approve"
     )
