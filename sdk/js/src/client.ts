@@ -52,6 +52,18 @@ export interface MeshStatus {
   snapshotTakenAt: string | null;
 }
 
+/**
+ * The key's wallet's prepaid balance (GET /v1/usage's `balance`), decimal strings in $FAR: deposits credited minus
+ * sessions charged, what requests in flight hold of it, what a new request may use, and whether the gateway admits
+ * requests against it.
+ */
+export interface Balance {
+  balanceFar: string;
+  heldFar: string;
+  availableFar: string;
+  required: boolean;
+}
+
 /** The three price fields of a model as the gateway quotes them; an older gateway quotes only the first. */
 type Quoted = {
   price_per_token_far: string;
@@ -137,6 +149,19 @@ export class FarMesh {
       activeSessions: b.active_sessions ?? 0,
       ...prices(b),
       snapshotTakenAt: b.snapshot_taken_at ?? null,
+    };
+  }
+
+  /** The key's wallet's prepaid balance; null while the wallet has never deposited nor been charged. */
+  async balance(options: { signal?: AbortSignal } = {}): Promise<Balance | null> {
+    type Body = { balance?: { balance_far: string; held_far?: string; available_far: string; required?: boolean } };
+    const b = (await this.transport.json<Body>("GET", "/v1/usage", options.signal)).balance;
+    if (!b) return null;
+    return {
+      balanceFar: b.balance_far,
+      heldFar: b.held_far ?? "0",
+      availableFar: b.available_far,
+      required: b.required ?? false,
     };
   }
 

@@ -60,6 +60,23 @@ export class InvalidRequest extends APIError {
 export class Unauthorized extends APIError {
   static override readonly defaultStatus = 401;
 }
+/**
+ * 402 insufficient_balance: the request's most it may cost (its prompt and `maxTokens` at their prices) is more than
+ * the wallet's prepaid balance has available. Deposit $FAR (`far-mesh deposits make`, or the portal's balance page) or
+ * lower `maxTokens`. `availableFar` and `maxCostFar` are the gateway's figures (decimal strings) when it sent them: its
+ * native error body does, OpenAI's shape has no room for them.
+ */
+export class InsufficientBalance extends APIError {
+  static override readonly defaultStatus = 402;
+  readonly availableFar: string | null;
+  readonly maxCostFar: string | null;
+  constructor(message: string, init: APIErrorInit = {}) {
+    super(message, init);
+    const figures = (this.details[0] ?? {}) as Record<string, unknown>;
+    this.availableFar = typeof figures.balance_far === "string" ? figures.balance_far : null;
+    this.maxCostFar = typeof figures.max_cost_far === "string" ? figures.max_cost_far : null;
+  }
+}
 /** 403: the key may not do this (e.g. `user_wallet` is not its wallet, or another key's request). */
 export class Forbidden extends APIError {
   static override readonly defaultStatus = 403;
@@ -127,6 +144,7 @@ export class GenerationFailed extends APIError {
 const BY_STATUS: Record<number, new (message: string, init?: APIErrorInit) => APIError> = {
   400: InvalidRequest,
   401: Unauthorized,
+  402: InsufficientBalance,
   403: Forbidden,
   404: NotFound,
   409: Conflict,

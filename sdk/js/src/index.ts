@@ -2,7 +2,7 @@
  * The Far Mesh client: stream tokens with their running cost, resume dropped connections, never bill twice.
  */
 
-export { type ChatOptions, FarMesh, type MeshStatus, type Model } from "./client.js";
+export { type Balance, type ChatOptions, FarMesh, type MeshStatus, type Model } from "./client.js";
 export {
   APIConnectionError,
   APIError,
@@ -13,6 +13,7 @@ export {
   FarMeshError,
   Forbidden,
   GenerationFailed,
+  InsufficientBalance,
   InvalidRequest,
   ModelUnavailable,
   NotFound,

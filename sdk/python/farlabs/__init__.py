@@ -6,7 +6,7 @@ for token in mesh.chat("Explain quantum computing"):
     print(token, end="")
 """
 
-from farlabs.catalog import MeshStatus, Model
+from farlabs.catalog import Balance, MeshStatus, Model
 from farlabs.client import AsyncFarMesh, FarMesh
 from farlabs.errors import (
     APIConnectionError,
@@ -15,6 +15,7 @@ from farlabs.errors import (
     FarMeshError,
     Forbidden,
     GenerationFailed,
+    InsufficientBalance,
     InvalidRequest,
     ModelUnavailable,
     NotFound,
@@ -35,11 +36,13 @@ __all__ = [
     "APIError",
     "AsyncFarMesh",
     "AsyncTokenStream",
+    "Balance",
     "Conflict",
     "FarMesh",
     "FarMeshError",
     "Forbidden",
     "GenerationFailed",
+    "InsufficientBalance",
     "InvalidRequest",
     "MeshStatus",
     "Model",

@@ -75,3 +75,24 @@ class MeshStatus:
             prompt_price_per_token_far=prompt,
             completion_price_per_token_far=completion,
         )
+
+
+@dataclass(frozen=True)
+class Balance:
+    """The wallet's prepaid balance (`GET /v1/usage`'s `balance`): deposits credited minus sessions charged
+    (`balance_far`), what requests in flight hold of it (`held_far`) and what a new request may use
+    (`available_far`); `required` says whether the gateway admits requests against it."""
+
+    balance_far: Decimal
+    held_far: Decimal
+    available_far: Decimal
+    required: bool
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Balance:
+        return cls(
+            balance_far=Decimal(str(body["balance_far"])),
+            held_far=Decimal(str(body.get("held_far") or "0")),
+            available_far=Decimal(str(body["available_far"])),
+            required=bool(body.get("required", False)),
+        )

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import httpx
 
-from farlabs.catalog import MeshStatus, Model
+from farlabs.catalog import Balance, MeshStatus, Model
 from farlabs.errors import APIConnectionError, APIError, error_from_response
 from farlabs.options import ClientOptions, RetryPolicy
 from farlabs.prompts import Message, native_body, new_request_id, openai_body
@@ -50,6 +50,11 @@ def _checked(response: httpx.Response) -> Any:
     if response.status_code >= 400:
         raise error_from_response(response.status_code, response.headers, response.content)
     return response.json()
+
+
+def _balance(usage: Any) -> Balance | None:
+    body = usage.get("balance") if isinstance(usage, dict) else None
+    return Balance.from_json(body) if isinstance(body, dict) else None
 
 
 def _submission(
@@ -147,6 +152,11 @@ class FarMesh:
         """The swarm of `model` (the gateway's default model when None)."""
         return MeshStatus.from_json(self._get("/mesh/status", {"model_id": model} if model else None))
 
+    def balance(self) -> Balance | None:
+        """The key's wallet's prepaid balance (`GET /v1/usage`'s `balance`); None while the wallet has never
+        deposited nor been charged (the gateway then reports none)."""
+        return _balance(self._get("/v1/usage"))
+
     def cancel(self, request_id: str) -> str:
         """Stop a generation: "cancelling" (its stream ends with finish_reason "cancelled") or "finished"."""
         return str(self._call("POST", f"/inference/{request_id}/cancel")["status"])
@@ -235,6 +245,10 @@ class AsyncFarMesh:
 
     async def mesh_status(self, model: str | None = None) -> MeshStatus:
         return MeshStatus.from_json(await self._call("GET", "/mesh/status", {"model_id": model} if model else None))
+
+    async def balance(self) -> Balance | None:
+        """`FarMesh.balance`: the key's wallet's prepaid balance, or None when the gateway reports none."""
+        return _balance(await self._call("GET", "/v1/usage"))
 
     async def cancel(self, request_id: str) -> str:
         return str((await self._call("POST", f"/inference/{request_id}/cancel"))["status"])

@@ -82,6 +82,27 @@ class Conflict(APIError):
     status = 409
 
 
+class InsufficientBalance(APIError):
+    """402 insufficient_balance: the request's most it may cost (its prompt and `max_tokens` at their prices) is
+    more than the wallet's prepaid balance has available. Deposit $FAR (`far-mesh deposits make`, or the portal's
+    balance page) or lower `max_tokens`. `available_far` and `max_cost_far` are the gateway's figures when it sent
+    them (its native error body does; OpenAI's shape has no room for them)."""
+
+    status = 402
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        available_far: Decimal | None = None,
+        max_cost_far: Decimal | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.available_far = available_far
+        self.max_cost_far = max_cost_far
+
+
 class PayloadTooLarge(APIError):
     """413: the request body is larger than the gateway accepts."""
 
@@ -140,6 +161,7 @@ class GenerationFailed(APIError):
 _BY_STATUS: dict[int, type[APIError]] = {
     400: InvalidRequest,
     401: Unauthorized,
+    402: InsufficientBalance,
     403: Forbidden,
     404: NotFound,
     409: Conflict,
@@ -198,4 +220,17 @@ def error_from_response(
     }
     if issubclass(cls, (RateLimited, ServiceUnavailable)):
         kwargs["retry_after"] = retry_after_seconds(headers)
+    if cls is InsufficientBalance:
+        figures = details[0] if isinstance(details, list) and details and isinstance(details[0], dict) else {}
+        kwargs["available_far"] = _decimal(figures.get("balance_far"))
+        kwargs["max_cost_far"] = _decimal(figures.get("max_cost_far"))
     return cls(message, **kwargs)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return Decimal(value)
+    except ArithmeticError:
+        return None
