@@ -28,6 +28,25 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     accounting.set_defaults(handler=run_accounting)
 
+    ledger = subparsers.add_parser("ledger", help="check the ledger's books (POSTGRES_URL)")
+    ledger_actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    reconcile = ledger_actions.add_parser(
+        "reconcile",
+        help="prove every journal entry and the journal balance, and (with --opening-far) that the treasury's $FAR "
+        "on chain is its opening float + deposits credited - payouts paid; exits 1 naming what does not balance",
+    )
+    reconcile.add_argument(
+        "--opening-far",
+        type=_far_amount,
+        metavar="FAR",
+        help="the treasury's $FAR before any deposit or payout; with it the chain is read (FAR_MESH_CHAIN_*, "
+        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS: the treasury and token are the deposit contract's)",
+    )
+    reconcile.add_argument(
+        "--block", type=_positive, help="reconcile at this block (default: the deposit watcher's newest checkpoint)"
+    )
+    reconcile.set_defaults(handler=run_reconcile)
+
     payouts = subparsers.add_parser("payouts", help="pay nodes the $FAR they earned")
     actions = payouts.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = actions.add_parser(
@@ -112,6 +131,12 @@ def _far_amount(text: str) -> Decimal:
     if not value.is_finite() or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative amount")
     return value
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    from accounting.reconcile import run_reconcile as run
+
+    return run(args)
 
 
 def run_accounting(args: argparse.Namespace) -> int:

@@ -1,0 +1,172 @@
+"""`far-mesh ledger reconcile` (#26 part 2) on the session's ganache and a ledger of this module's own: a consistent
+ledger reconciles with the treasury on chain; a transfer the ledger does not record, and an unbalanced entry
+written around the database's checks, fail with a message naming them; the database refuses an unbalanced entry
+written directly."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import asyncpg
+import pytest
+from eth_account import Account
+
+from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
+from accounting.reconcile import reconcile
+from chain.deploy import transfer
+from chain.deposits import make_deposit
+from chain.node import DEV_CHAIN_ID
+from chain.units import to_base_units
+from cli.main import main
+from tests.fixtures.chain import FarDeployment
+from tests.fixtures.deposits import funded_buyer, watcher_for
+from tests.fixtures.ledger import unique_id
+
+JOURNAL_TABLES = "far_chain_deposits, far_deposit_scans, far_journal_lines, far_journal_entries, far_journal_accounts"
+
+
+@pytest.fixture
+async def books(payouts_db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """This module's ledger with no payout and no journal (TRUNCATE is no row change: the journal allows it)."""
+    await payouts_db.execute(f"TRUNCATE {JOURNAL_TABLES} CASCADE")
+    yield payouts_db
+
+
+async def far_mesh(*argv: str) -> int:
+    """The command, in a thread: it runs its own event loop."""
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def record_paid_batch(books: asyncpg.Connection, d: FarDeployment, wallet: str, far: Decimal) -> None:
+    """A payout as the payer leaves it: the $FAR sent from the treasury on chain, and its batch paid in the ledger."""
+    receipt = transfer(d.w3, d.treasury, d.deployment.token, wallet, to_base_units(far))
+    genesis = d.w3.eth.get_block(0)["hash"].to_0x_hex().lower()
+    batch_id = await books.fetchval(
+        """
+        INSERT INTO far_payment_batches (status, payer, min_far, total_far, wallet_count, row_count, transaction_ref,
+                                         chain_id, chain_genesis, completed_at)
+        VALUES ('paid', 'chain', 0, $1, 1, 1, $2, $3, $4, now()) RETURNING id
+        """,
+        far,
+        receipt["transactionHash"].to_0x_hex(),
+        DEV_CHAIN_ID,
+        genesis,
+    )
+    await books.execute(
+        "INSERT INTO far_payout_payments (batch_id, wallet, amount_far, row_count) VALUES ($1, $2, $3, 1)",
+        batch_id,
+        wallet,
+        far,
+    )
+
+
+async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_fails_naming_the_difference(
+    far_deployment: FarDeployment,
+    books: asyncpg.Connection,
+    payouts_ledger_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    d = far_deployment
+    buyer = funded_buyer(d, Decimal(20))
+    opening = d.far_balance(d.treasury.address)  # the float before any deposit or payout
+    watcher = await watcher_for(d, confirmations=1)
+    make_deposit(d.w3, buyer, d.deployment.token, d.deployment.deposit_contract, to_base_units(Decimal("12.5")))
+    await watcher.catch_up(books)
+    await record_paid_batch(books, d, str(Account.create().address), Decimal("3.25"))
+    await watcher.catch_up(books)  # the checkpoint reaches the payout's block
+    for name, value in {
+        "FAR_MESH_CHAIN_RPC_URL": d.url,
+        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
+        "POSTGRES_URL": payouts_ledger_dsn,
+    }.items():
+        monkeypatch.setenv(name, value)
+    opening_far = str(Decimal(opening) / 10**18)
+
+    assert await far_mesh("ledger", "reconcile", "--opening-far", opening_far) == 0
+    out = capsys.readouterr().out
+    assert "ok    every journal entry balances (1 entries, 2 lines)" in out
+    assert "ok    the journal's lines sum to zero" in out
+    assert f"ok    the treasury {d.treasury.address} holds" in out and "- 1 payout batches 3.25 = " in out
+    assert out.splitlines()[-1] == "reconciled"
+
+    transfer(d.w3, d.treasury, d.deployment.token, buyer.address, to_base_units(Decimal(1)))  # not a payout
+    await watcher.catch_up(books)
+    assert await far_mesh("ledger", "reconcile", "--opening-far", opening_far) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  the treasury {d.treasury.address} holds" in out
+    assert "off by -1 FAR (less on chain than the ledger says: a payout or transfer out" in out
+    assert out.splitlines()[-1] == "NOT reconciled: 1 check(s) failed"
+
+    # at a block before that transfer, it still reconciles
+    before = d.w3.eth.block_number - 1
+    result = await reconcile(
+        payouts_ledger_dsn,
+        rpc_url=d.url,
+        chain_id=DEV_CHAIN_ID,
+        deposit_contract=d.deployment.deposit_contract,
+        opening_units=opening,
+        block=before,
+    )
+    assert result.ok, result.failed
+
+    assert await far_mesh("ledger", "reconcile") == 0  # the ledger alone; the chain is skipped and says so
+    assert "skip  the treasury's $FAR on chain (give --opening-far to check it)" in capsys.readouterr().out
+
+
+async def test_the_database_refuses_an_unbalanced_entry_written_around_far_journal_post(
+    books: asyncpg.Connection,
+) -> None:
+    wallet = str(Account.create().address)
+    await books.execute(
+        "INSERT INTO far_journal_accounts (name) VALUES ($1), ($2)", TREASURY_CHAIN, buyer_account(wallet)
+    )
+    with pytest.raises(asyncpg.CheckViolationError, match="does not balance"):
+        async with books.transaction():
+            entry = await books.fetchval(
+                "INSERT INTO far_journal_entries (kind, reference) VALUES ('deposit', $1) RETURNING id", unique_id("t")
+            )
+            await books.execute(
+                "INSERT INTO far_journal_lines (entry_id, account, amount_far) VALUES ($1, $2, 5), ($1, $3, -4)",
+                entry,
+                TREASURY_CHAIN,
+                buyer_account(wallet),
+            )
+    assert await books.fetchval("SELECT count(*) FROM far_journal_entries") == 0
+
+
+async def test_an_unbalanced_entry_written_with_the_checks_disabled_fails_reconciliation_naming_it(
+    books: asyncpg.Connection, payouts_ledger_dsn: str
+) -> None:
+    wallet = str(Account.create().address)
+    await post_entry(
+        books, "deposit", unique_id("t"), [Line(TREASURY_CHAIN, Decimal(2)), Line(buyer_account(wallet), Decimal(-2))]
+    )
+    reference = unique_id("tampered")
+    async with books.transaction():  # a restore or a superuser: the deferred checks switched off for one write
+        await books.execute("ALTER TABLE far_journal_lines DISABLE TRIGGER far_journal_lines_balanced")
+        await books.execute("ALTER TABLE far_journal_entries DISABLE TRIGGER far_journal_entries_balanced")
+        entry = await books.fetchval(
+            "INSERT INTO far_journal_entries (kind, reference) VALUES ('charge', $1) RETURNING id", reference
+        )
+        await books.execute(
+            "INSERT INTO far_journal_lines (entry_id, account, amount_far) VALUES ($1, $2, 5)",
+            entry,
+            buyer_account(wallet),
+        )
+        await books.execute("ALTER TABLE far_journal_lines ENABLE TRIGGER far_journal_lines_balanced")
+        await books.execute("ALTER TABLE far_journal_entries ENABLE TRIGGER far_journal_entries_balanced")
+
+    result = await reconcile(
+        payouts_ledger_dsn, rpc_url="http://unused", chain_id=DEV_CHAIN_ID, deposit_contract=None, opening_units=None
+    )
+    assert not result.ok
+    assert (
+        result.failed[0]
+        == f"journal entries do not balance: entry {entry} (charge {reference}): 1 lines summing to 5." + "0" * 18
+    )
+    assert result.failed[1] == "the journal's lines sum to 5.000000000000000000, not zero"
+    # an entry posted through the writer but not by crediting a deposit: the treasury's account is not the deposits
+    assert result.failed[2:] == [
+        "treasury:chain in the journal is 2.000000000000000000 FAR but the deposits credited sum to 0 FAR"
+    ]
