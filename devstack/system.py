@@ -160,6 +160,12 @@ class LocalSystem:
             env |= self.chain.env
         if name == "portal":
             env |= self._portal_env()
+            if self.chain:  # the balance page names the deposit contract and the token
+                env |= {
+                    key: self.chain.env[key]
+                    for key in ("FAR_MESH_CHAIN_ID", "FAR_MESH_TOKEN_ADDRESS", "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS")
+                    if key in self.chain.env
+                }
         return env | dict(self.plan.env)
 
     def _portal_env(self) -> dict[str, str]:

@@ -199,6 +199,6 @@ async def buyer_balance(
     how = balances.DepositHow(
         contract=state.settings.far_mesh_deposit_contract_address,
         token=state.settings.far_mesh_token_address,
-        chain_id=state.settings.portal_chain_id,
+        chain_id=state.settings.far_mesh_chain_id,
     )
     return document | {"deposit": balances.deposit_instructions(how, amount)}

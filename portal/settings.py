@@ -52,6 +52,7 @@ class PortalSettings(CommonSettings):
     portal_node_image: str = Field(
         default="ghcr.io/far-mesh/far-mesh-mesh:0.1.0", description="Container image the onboarding page names"
     )
+    far_mesh_chain_id: int = Field(default=31337, ge=1, description="Chain id of the deposit contract")
     far_mesh_deposit_contract_address: Wallet | None = Field(
         default=None, description="The FarDeposit contract the balance page tells buyers to deposit into"
     )
