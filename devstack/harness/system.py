@@ -45,6 +45,8 @@ SYSTEM_ENV = {
     "FAR_MESH_LEASE_TTL_S": "2",
     "FAR_MESH_SNAPSHOT_INTERVAL_S": "2",
     "FAR_MESH_NO_ROUTE_TIMEOUT_S": "15",
+    # A step cut off by a killed server fails after this, not Petals' 30 s (the tiny model steps in milliseconds).
+    "FAR_MESH_PETALS_REQUEST_TIMEOUT_S": "5",
     "ACCOUNTING_CLAIM_IDLE_MS": "1000",
     "ACCOUNTING_CLAIM_INTERVAL_S": "0.5",
     "ACCOUNTING_RETRY_MAX_S": "1",
