@@ -31,16 +31,8 @@ SETTLE: Final = (
 -- marker ttl s, account ttl s. Returns 1 when settled now, 0 when it already was.
 """
     + budgets.EXPIRE_LAPSED
+    + budgets.SETTLE_ONCE_RELEASING_HOLD
     + """
-if redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[4])) == false then
-  return 0
-end
-local held = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
-if held > 0 then
-  redis.call('HINCRBY', KEYS[1], 'held', -held)
-  redis.call('HDEL', KEYS[2], ARGV[2])
-  redis.call('ZREM', KEYS[3], ARGV[2])
-end
 redis.call('DEL', KEYS[5])
 if redis.call('HEXISTS', KEYS[1], 'rebuilt') == 1 then
   redis.call('HINCRBY', KEYS[1], 'charged', tonumber(ARGV[3]))

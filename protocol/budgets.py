@@ -46,13 +46,7 @@ end
 """
 """Lua: release reservations that lapsed before ARGV[1] (unix ms). KEYS: account, reservations, expiry."""
 
-SETTLE: Final = (
-    """
--- KEYS: account, reservations, expiry, settled marker. ARGV: now_ms, request_id, actual nano-FAR, marker ttl s,
--- account ttl s, then the period fields the spend counts in. Returns 1 when settled now, 0 when it already was.
-"""
-    + EXPIRE_LAPSED
-    + """
+SETTLE_ONCE_RELEASING_HOLD: Final = """
 if redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[4])) == false then
   return 0
 end
@@ -62,6 +56,18 @@ if held > 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('ZREM', KEYS[3], ARGV[2])
 end
+"""
+"""Lua: return 0 unless this is the first settle of request ARGV[2] (marker KEYS[4] kept ARGV[4] s), then give
+back what it held. KEYS: account, holds, expiry, settled marker. Budgets and prepaid balances settle alike."""
+
+SETTLE: Final = (
+    """
+-- KEYS: account, reservations, expiry, settled marker. ARGV: now_ms, request_id, actual nano-FAR, marker ttl s,
+-- account ttl s, then the period fields the spend counts in. Returns 1 when settled now, 0 when it already was.
+"""
+    + EXPIRE_LAPSED
+    + SETTLE_ONCE_RELEASING_HOLD
+    + """
 if redis.call('HEXISTS', KEYS[1], 'rebuilt') == 1 then
   redis.call('HINCRBY', KEYS[1], 'spent', tonumber(ARGV[3]))
   for i = 6, #ARGV do
