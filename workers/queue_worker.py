@@ -109,6 +109,12 @@ class QueueWorker(Worker):
                 return
             self.job_counter += 1
             job_id = raw_id.decode()
+            if (running := self.tasks.get(job_id)) is not None and not running.done():
+                # Its lease lapsed while its run stalled (a busy machine), but the run still goes on here: a
+                # second run in this process would race the first, and arq keys its tasks by job id.
+                self.job_counter -= 1
+                self.sem.release()
+                continue
             claim_keys = [keys.job_in_progress(job_id), self.queue_name]
             score = int(await self._claim(keys=claim_keys, args=[job_id, timestamp_ms(), lease_ms]))
             if not score:  # running elsewhere, finished, or deferred by a retry

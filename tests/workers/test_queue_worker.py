@@ -266,6 +266,34 @@ async def wait_until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
+async def test_a_job_whose_lease_lapsed_while_its_run_goes_on_in_this_worker_is_not_started_twice(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    job = make_job(model)
+    await enqueue(redis_url, job)
+    worker = QueueWorker(context(redis, redis_url, tiny_models), model.model_id)
+    started: list[str] = []
+    stalled = asyncio.Event()
+
+    async def stalls(job_id: str, score: int) -> None:
+        started.append(job_id)
+        await stalled.wait()
+
+    worker.run_job = stalls  # type: ignore[method-assign]
+    try:
+        await worker.start_jobs([job.request_id.encode()])
+        await asyncio.sleep(0)
+        await redis.delete(in_progress_key_prefix + job.request_id)  # the stalled run did not renew its lease
+        await worker.start_jobs([job.request_id.encode()])
+        await asyncio.sleep(0)
+        assert started == [job.request_id]
+        assert worker.job_counter == 1
+    finally:
+        stalled.set()
+        await worker.close()
+
+
 async def test_a_job_is_claimed_by_one_worker_only_and_not_before_it_is_due(
     redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
 ) -> None:
