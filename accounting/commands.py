@@ -33,7 +33,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     reconcile = ledger_actions.add_parser(
         "reconcile",
         help="prove every journal entry and the journal balance, and (with --opening-far) that the treasury's $FAR "
-        "on chain is its opening float + deposits credited - payouts paid; exits 1 naming what does not balance",
+        "on chain is its opening float + deposits credited - payouts paid and each paid wallet received its payouts; "
+        "exits 1 naming what does not balance",
     )
     reconcile.add_argument(
         "--opening-far",
@@ -44,6 +45,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     reconcile.add_argument(
         "--block", type=_positive, help="reconcile at this block (default: the deposit watcher's newest checkpoint)"
+    )
+    reconcile.add_argument(
+        "--receipts-from-block",
+        type=int,
+        default=0,
+        metavar="N",
+        help="where each wallet's receipts from the treasury's payouts are read from (the batch contract's "
+        "deployment block; default 0)",
     )
     reconcile.set_defaults(handler=run_reconcile)
 

@@ -9,7 +9,8 @@ A batch moves `claimed -> signed -> submitted -> paid`, or to `failed`:
 - signed: the chain payer committed a signed transaction (raw bytes, hash, nonce, fees) before broadcasting it;
 - submitted: the transaction was handed to the node (chain payer), or the batch file to an operator (file payer);
 - paid: a transaction paying exactly the batch was mined with status 1 and enough confirmations; only now do
-  the rows get `paid_at` and the transaction hash;
+  the rows get `paid_at` and the transaction hash, and, in the same transaction, the journal one `payout` entry
+  per wallet paid (a trigger of schema/0023, from `far_payout_claims`: which node's rows went to which wallet);
 - failed: nothing was paid (the transfer reverted, the treasury could not pay, its nonce went to another
   transaction, or an operator said so) and the rows are released for a later batch.
 
@@ -63,7 +64,7 @@ WITH owed AS (
     GROUP BY 1 HAVING sum(c.payment_far) >= $1
     ORDER BY 1 LIMIT $2
 )
-SELECT c.id, {PAYEE_WALLET} AS payee, c.payment_far FROM {PAYABLE_ROWS}
+SELECT c.id, c.node_id, {PAYEE_WALLET} AS payee, c.payment_far FROM {PAYABLE_ROWS}
 WHERE {_CLAIMABLE} AND {PAYEE_WALLET} IN (SELECT payee FROM owed)
 ORDER BY c.id
 FOR UPDATE OF c SKIP LOCKED FOR SHARE OF r SKIP LOCKED
@@ -124,8 +125,10 @@ async def claim_batch(
     total is at least `min_far`."""
     async with connection.transaction():
         owed: dict[str, list[tuple[int, Decimal]]] = defaultdict(list)
+        payee_of: dict[str, str] = {}
         for row in await connection.fetch(LOCK_OWED_ROWS, min_far, max_wallets, *hold.parameters()):
             owed[row["payee"]].append((row["id"], row["payment_far"]))
+            payee_of[row["node_id"]] = row["payee"]
         payments = tuple(
             WalletPayment(wallet, total, tuple(i for i, _ in rows))
             for wallet, rows in sorted(owed.items())
@@ -147,6 +150,12 @@ async def claim_batch(
         await connection.executemany(
             "INSERT INTO far_payout_payments (batch_id, wallet, amount_far, row_count) VALUES ($1, $2, $3, $4)",
             [(batch_id, p.wallet, p.amount_far, len(p.contribution_ids)) for p in payments],
+        )
+        # which wallet each node's rows are paid to: the batch's payout entries are built from it (schema/0023)
+        paid_wallets = {p.wallet for p in payments}
+        await connection.executemany(
+            "INSERT INTO far_payout_claims (batch_id, node_id, wallet) VALUES ($1, $2, $3)",
+            [(batch_id, node, wallet) for node, wallet in sorted(payee_of.items()) if wallet in paid_wallets],
         )
         await connection.execute(
             "UPDATE far_session_contributions SET payment_batch_id = $1 WHERE id = ANY ($2::bigint[])",

@@ -1,18 +1,23 @@
-"""`far-mesh ledger reconcile`: prove that the journal balances and that the treasury holds on chain what the
-ledger says it should (#26 part 2, docs/deposits.md "Reconciliation").
+"""`far-mesh ledger reconcile`: prove that the journal balances and that the treasury and the wallets it paid hold
+on chain what the ledger says they should (#26 part 2, docs/deposits.md "Reconciliation").
 
 The ledger's checks read only PostgreSQL:
 - every journal entry has two lines or more and its lines sum to zero (the database refuses any other at commit:
   this finds one written around that, with the triggers disabled or by a restore);
 - the sum of every line of the journal is zero;
-- `treasury:chain` in the journal equals the deposits credited (`far_chain_deposits`): only deposits move it yet.
+- `treasury:chain` in the journal equals the deposits credited (`far_chain_deposits`) minus what the paid batches
+  paid (`far_payout_payments`): every deposit and every paid batch has its entries, and nothing else moves it.
 
-The chain's check, with `--opening-far`: the treasury's $FAR balance at one block equals its opening float, plus
-every deposit credited at or below that block, minus every payout batch paid on this chain at or below it, to the
-base unit. The block is the deposit watcher's newest checkpoint (every deposit up to it is credited), or
-`--block`. The treasury and the token are the FarDeposit contract's own (`treasury()`, `token()`), read through
+The chain's checks, with `--opening-far`, at one block (the deposit watcher's newest checkpoint, so every deposit up
+to it is credited, or `--block`):
+- the treasury's $FAR balance equals its opening float, plus every deposit credited at or below that block, minus
+  every payout the journal posted for a batch paid on this chain at or below it, to the base unit;
+- with the batch contract known (FAR_MESH_BATCH_CONTRACT_ADDRESS), each wallet's paid total in the journal (its
+  `payout` entries) equals what it received on chain: the token's `Transfer` logs from the treasury to it in
+  transactions sent to the batch contract (how the payer pays), up to that block.
+The treasury and the token are the FarDeposit contract's own (`treasury()`, `token()`), read through
 `chain.client`. A plain transfer to the treasury (not a deposit), a payout the ledger does not know of, or a batch
-still in flight makes it differ: each is named when it is the difference.
+still in flight makes them differ: each is named when it is the difference.
 """
 
 import argparse
@@ -20,8 +25,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import asyncpg
+from hexbytes import HexBytes
+
+if TYPE_CHECKING:
+    from chain.client import ChainClient
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +51,9 @@ SELECT (SELECT count(*) FROM far_journal_entries) AS entries,
        (SELECT count(*) FROM far_journal_lines) AS lines,
        (SELECT coalesce(sum(amount_far), 0) FROM far_journal_lines) AS total,
        (SELECT coalesce(sum(amount_far), 0) FROM far_journal_lines WHERE account = 'treasury:chain') AS treasury,
-       (SELECT coalesce(sum(amount_far), 0) FROM far_chain_deposits) AS deposits
+       (SELECT coalesce(sum(amount_far), 0) FROM far_chain_deposits) AS deposits,
+       (SELECT coalesce(sum(p.amount_far), 0) FROM far_payout_payments p
+          JOIN far_payment_batches b ON b.id = p.batch_id WHERE b.status = 'paid') AS paid
 """
 # Deposits of this chain's contract credited at or below the block, in base units.
 _DEPOSITED = """
@@ -49,24 +61,26 @@ SELECT coalesce(sum(amount_units), 0)::numeric(78,0) AS units, count(*) AS depos
   FROM far_chain_deposits
  WHERE chain_id = $1 AND chain_genesis = $2 AND lower(contract) = lower($3) AND block_number <= $4
 """
-# Batches paid on this chain: at or below the block by their confirmed transaction (a batch resolved by hand has
-# none: counted), and the ones in flight (signed or submitted), in base units.
-_PAID = """
-WITH batches AS (
-    SELECT b.id, b.status,
-           (SELECT max(t.block_number) FROM far_payout_transactions t
-             WHERE t.batch_id = b.id AND t.state = 'confirmed') AS block_number,
-           (SELECT coalesce(sum(p.amount_far), 0) FROM far_payout_payments p WHERE p.batch_id = b.id) AS amount_far
-      FROM far_payment_batches b
-     WHERE b.chain_id = $1 AND (b.chain_genesis = $2 OR b.chain_genesis IS NULL)
-       AND b.status IN ('paid', 'signed', 'submitted')
-)
-SELECT coalesce(sum(amount_far) FILTER (WHERE status = 'paid' AND coalesce(block_number, 0) <= $3), 0)
-           * 1000000000000000000 AS paid_units,
-       count(*) FILTER (WHERE status = 'paid' AND coalesce(block_number, 0) <= $3) AS paid_batches,
-       coalesce(sum(amount_far) FILTER (WHERE status <> 'paid'), 0) * 1000000000000000000 AS in_flight_units,
-       count(*) FILTER (WHERE status <> 'paid') AS in_flight_batches
-  FROM batches
+# What the journal paid each wallet (the treasury:chain credits of `payout` entries, whose reference is
+# '<batch id>:<wallet>') for batches paid on this chain, at or below the block by their confirmed transaction (a
+# batch resolved by hand has none: counted).
+PAID_KINDS = ("payout",)
+"""Entries that move $FAR out of the treasury to a wallet, their reference '<batch id>:<wallet>'."""
+_JOURNAL_PAID = """
+SELECT split_part(e.reference, ':', 2) AS wallet, -sum(l.amount_far) AS paid_far, count(*) AS entries
+  FROM far_journal_entries e
+  JOIN far_journal_lines l ON l.entry_id = e.id AND l.account = 'treasury:chain'
+  JOIN far_payment_batches b ON b.id = split_part(e.reference, ':', 1)::bigint
+ WHERE e.kind = ANY ($4::text[]) AND b.chain_id = $1 AND (b.chain_genesis = $2 OR b.chain_genesis IS NULL)
+   AND coalesce((SELECT max(t.block_number) FROM far_payout_transactions t
+                  WHERE t.batch_id = b.id AND t.state = 'confirmed'), 0) <= $3
+ GROUP BY 1
+"""
+# Batches in flight on this chain (signed or submitted), in base units: what explains a treasury short by them.
+_IN_FLIGHT = """
+SELECT coalesce(sum(p.amount_far), 0) * 1000000000000000000 AS units, count(DISTINCT b.id) AS batches
+  FROM far_payment_batches b JOIN far_payout_payments p ON p.batch_id = b.id
+ WHERE b.chain_id = $1 AND (b.chain_genesis = $2 OR b.chain_genesis IS NULL) AND b.status IN ('signed', 'submitted')
 """
 _CHECKPOINT = """
 SELECT max(block_number) FROM far_deposit_scans
@@ -111,11 +125,14 @@ async def reconcile_journal(connection: asyncpg.Connection, into: Reconciliation
         "the journal's lines sum to zero",
         f"the journal's lines sum to {totals['total']}, not zero",
     )
+    expected = totals["deposits"] - totals["paid"]
     into.check(
-        totals["treasury"] == totals["deposits"],
-        f"treasury:chain in the journal ({totals['treasury']} FAR) equals the deposits credited",
-        f"treasury:chain in the journal is {totals['treasury']} FAR but the deposits credited sum to "
-        f"{totals['deposits']} FAR",
+        totals["treasury"] == expected,
+        f"treasury:chain in the journal ({totals['treasury']} FAR) equals the deposits credited "
+        f"({totals['deposits']}) minus the batches paid ({totals['paid']})",
+        f"treasury:chain in the journal is {totals['treasury']} FAR but the deposits credited "
+        f"({totals['deposits']} FAR) minus the batches paid ({totals['paid']} FAR) are {expected} FAR: an entry "
+        "is missing or was written without its record",
     )
 
 
@@ -131,13 +148,17 @@ class ChainFigures:
 
 
 async def read_chain(
-    rpc_url: str, chain_id: int, deposit_contract: str, connection: asyncpg.Connection, *, block: int | None = None
+    client: "ChainClient",
+    chain_id: int,
+    deposit_contract: str,
+    connection: asyncpg.Connection,
+    *,
+    block: int | None = None,
 ) -> ChainFigures:
     """The treasury's $FAR at the block reconciled (the watcher's newest checkpoint unless `block` is given)."""
     from chain.artifacts import load_artifact
-    from chain.client import ChainClient, checksum
+    from chain.client import checksum
 
-    client = ChainClient(rpc_url)
     await client.check(chain_id, {"FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": deposit_contract})
     genesis = await client.genesis_hash()
     if block is None:
@@ -153,26 +174,40 @@ async def read_chain(
     return ChainFigures(chain_id, genesis, deposit_contract, treasury, token, at, balance)
 
 
+async def journal_paid(connection: asyncpg.Connection, chain: ChainFigures) -> dict[str, int]:
+    """Base units the journal paid each wallet (EIP-55) on this chain at or below `chain.block`."""
+    from chain.client import checksum
+
+    rows = await connection.fetch(_JOURNAL_PAID, chain.chain_id, chain.genesis, chain.block, list(PAID_KINDS))
+    paid: dict[str, int] = {}
+    for row in rows:
+        wallet = str(checksum(row["wallet"]))
+        paid[wallet] = paid.get(wallet, 0) + int(row["paid_far"] * UNITS_PER_FAR)
+    return paid
+
+
 async def reconcile_treasury(
     connection: asyncpg.Connection, chain: ChainFigures, opening_units: int, into: Reconciliation
 ) -> None:
-    """The treasury's balance on chain = opening float + deposits credited - payouts paid, at `chain.block`."""
+    """The treasury's balance on chain = opening float + deposits credited - the journal's payouts, at
+    `chain.block`."""
     deposited = await connection.fetchrow(
         _DEPOSITED, chain.chain_id, chain.genesis, chain.deposit_contract, chain.block
     )
-    paid = await connection.fetchrow(_PAID, chain.chain_id, chain.genesis, chain.block)
-    assert deposited is not None and paid is not None
-    deposits, payouts = int(deposited["units"]), int(paid["paid_units"])
+    in_flight_row = await connection.fetchrow(_IN_FLIGHT, chain.chain_id, chain.genesis)
+    assert deposited is not None and in_flight_row is not None
+    paid_by_wallet = await journal_paid(connection, chain)
+    deposits, payouts = int(deposited["units"]), sum(paid_by_wallet.values())
     expected = opening_units + deposits - payouts
     difference = chain.balance_units - expected
     figures = (
         f"opening {far_text(opening_units)} + {deposited['deposits']} deposits {far_text(deposits)} - "
-        f"{paid['paid_batches']} payout batches {far_text(payouts)} = {far_text(expected)} FAR"
+        f"payouts to {len(paid_by_wallet)} wallets in the journal {far_text(payouts)} = {far_text(expected)} FAR"
     )
     why = ""
-    in_flight = int(paid["in_flight_units"])
+    in_flight = int(in_flight_row["units"])
     if difference and in_flight and difference == -in_flight:
-        why = f" ({paid['in_flight_batches']} payout batches in flight pay exactly that: reconcile once they settle)"
+        why = f" ({in_flight_row['batches']} payout batches in flight pay exactly that: reconcile once they settle)"
     elif difference > 0:
         why = " (more on chain than the ledger knows of: a deposit not credited yet, or a plain transfer in)"
     elif difference < 0:
@@ -183,6 +218,54 @@ async def reconcile_treasury(
         f"the treasury {chain.treasury} holds {far_text(chain.balance_units)} FAR ({chain.balance_units} base units) "
         f"at block {chain.block} on chain {chain.chain_id}, but the ledger says {figures} ({expected} base units): "
         f"off by {far_text(difference)} FAR{why}",
+    )
+
+
+async def chain_receipts(
+    client: "ChainClient", chain: ChainFigures, batch_contract: str, *, from_block: int, max_blocks: int
+) -> dict[str, int]:
+    """Base units each wallet (EIP-55) received from the treasury on chain in transactions sent to the batch
+    contract (the payer's `payBatch`), in blocks `from_block`..`chain.block`: the token's `Transfer` logs from the
+    treasury, read `max_blocks` at a time, each transaction's recipient contract asked once."""
+    from chain.client import address_topic, checksum
+    from chain.transfers import TRANSFER_TOPIC, parse_transfer_log
+
+    contract = checksum(batch_contract)
+    sent_to: dict[str, str | None] = {}
+    received: dict[str, int] = {}
+    start = from_block
+    while start <= chain.block:
+        end = min(chain.block, start + max_blocks - 1)
+        for entry in await client.logs(chain.token, TRANSFER_TOPIC, start, end, address_topic(chain.treasury)):
+            tx_hash = HexBytes(entry["transactionHash"]).to_0x_hex()
+            if tx_hash not in sent_to:
+                sent_to[tx_hash] = await client.transaction_to(tx_hash)
+            if sent_to[tx_hash] != contract:
+                continue  # not a payout: a plain transfer out, which the treasury's check accounts for
+            moved = parse_transfer_log(entry)
+            received[moved.recipient] = received.get(moved.recipient, 0) + moved.units
+        start = end + 1
+    return received
+
+
+async def reconcile_receipts(
+    connection: asyncpg.Connection, chain: ChainFigures, received: dict[str, int], into: Reconciliation
+) -> None:
+    """Each wallet's paid total in the journal equals its receipts from the treasury's payouts on chain."""
+    paid = await journal_paid(connection, chain)
+    differing = sorted(w for w in paid.keys() | received.keys() if paid.get(w, 0) != received.get(w, 0))
+    named = "; ".join(
+        f"{w}: journal {far_text(paid.get(w, 0))} FAR, on chain {far_text(received.get(w, 0))} FAR"
+        + (" (paid on chain, unknown to the journal)" if w not in paid else "")
+        + (" (in the journal, never received)" if w not in received else "")
+        for w in differing[:20]
+    )
+    into.check(
+        not differing,
+        f"each of {len(paid)} wallets paid in the journal received exactly that from the treasury's payouts on chain "
+        f"({far_text(sum(paid.values()))} FAR in all, at block {chain.block})",
+        f"{len(differing)} wallets' payouts in the journal differ from their receipts on chain at block "
+        f"{chain.block}: {named}",
     )
 
 
@@ -206,6 +289,9 @@ def run_reconcile(args: argparse.Namespace) -> int:
             deposit_contract=contract,
             opening_units=None if opening is None else int(opening * UNITS_PER_FAR),
             block=args.block,
+            batch_contract=settings.far_mesh_batch_contract_address,
+            receipts_from_block=args.receipts_from_block,
+            max_blocks=settings.far_mesh_deposit_max_blocks,
         )
     )
     print_reconciliation(result)
@@ -220,16 +306,31 @@ async def reconcile(
     deposit_contract: str | None,
     opening_units: int | None,
     block: int | None = None,
+    batch_contract: str | None = None,
+    receipts_from_block: int = 0,
+    max_blocks: int = 1000,
 ) -> Reconciliation:
     """Every check, in one repeatable-read transaction (the ledger's figures are one snapshot)."""
+    from chain.client import ChainClient
+
     result = Reconciliation()
     connection = await asyncpg.connect(dsn, timeout=10)
     try:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             await reconcile_journal(connection, result)
             if opening_units is not None and deposit_contract is not None:
-                chain = await read_chain(rpc_url, chain_id, deposit_contract, connection, block=block)
+                client = ChainClient(rpc_url)
+                chain = await read_chain(client, chain_id, deposit_contract, connection, block=block)
                 await reconcile_treasury(connection, chain, opening_units, result)
+                if batch_contract is not None:
+                    received = await chain_receipts(
+                        client, chain, batch_contract, from_block=receipts_from_block, max_blocks=max_blocks
+                    )
+                    await reconcile_receipts(connection, chain, received, result)
+                else:
+                    result.skipped.append(
+                        "each wallet's payouts against its receipts on chain (set FAR_MESH_BATCH_CONTRACT_ADDRESS)"
+                    )
             else:
                 result.skipped.append("the treasury's $FAR on chain (give --opening-far to check it)")
     finally:

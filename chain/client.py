@@ -101,11 +101,14 @@ class ChainClient:
 
         return await self._call("eth_getBlockByNumber", fetch)
 
-    async def logs(self, address: str, topic: str, from_block: int, to_block: int) -> list[dict[str, Any]]:
-        """Every log `address` emitted with first topic `topic` in blocks `from_block`..`to_block` (inclusive)."""
+    async def logs(
+        self, address: str, topic: str, from_block: int, to_block: int, *more_topics: str
+    ) -> list[dict[str, Any]]:
+        """Every log `address` emitted with first topic `topic` (and the next topics `more_topics`, each 32 bytes
+        of hex: an indexed argument) in blocks `from_block`..`to_block` (inclusive)."""
         params: FilterParams = {
             "address": Web3.to_checksum_address(address),
-            "topics": [HexStr(topic)],
+            "topics": [HexStr(topic), *(HexStr(t) for t in more_topics)],
             "fromBlock": from_block,
             "toBlock": to_block,
         }
@@ -203,6 +206,25 @@ class ChainClient:
             return True
 
         return await self._call("eth_getTransactionByHash", fetch)
+
+    async def transaction_to(self, tx_hash: str) -> str | None:
+        """The EIP-55 address the mined or pending transaction `tx_hash` was sent to (None: a contract creation, or
+        a transaction the node does not know)."""
+
+        def fetch() -> str | None:
+            try:
+                tx = self.w3.eth.get_transaction(HexStr(tx_hash))
+            except TransactionNotFound:
+                return None
+            to = tx.get("to")
+            return None if to is None else Web3.to_checksum_address(to)
+
+        return await self._call("eth_getTransactionByHash", fetch)
+
+
+def address_topic(address: str) -> str:
+    """An address as an indexed event argument: 32 bytes of hex, the address right-aligned."""
+    return "0x" + "0" * 24 + Web3.to_checksum_address(address)[2:].lower()
 
 
 def checksum(address: str) -> ChecksumAddress:

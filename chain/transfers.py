@@ -88,6 +88,12 @@ def _address(topic: Any) -> str:
     return Web3.to_checksum_address(HexBytes(topic)[-20:])
 
 
+def parse_transfer_log(entry: dict[str, Any]) -> Transfer:
+    """One ERC-20 `Transfer(from, to, value)` log (as `eth_getLogs` or a receipt gives it)."""
+    topics = entry["topics"]
+    return Transfer(_address(topics[1]), _address(topics[2]), int.from_bytes(HexBytes(entry["data"]), "big"))
+
+
 def transfers_in(receipt: Receipt, token: str) -> list[Transfer]:
     """Every ERC-20 Transfer event `token` emitted in the transaction."""
     token_address = Web3.to_checksum_address(token)

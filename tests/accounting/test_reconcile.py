@@ -38,14 +38,15 @@ async def far_mesh(*argv: str) -> int:
 
 
 async def record_paid_batch(books: asyncpg.Connection, d: FarDeployment, wallet: str, far: Decimal) -> None:
-    """A payout as the payer leaves it: the $FAR sent from the treasury on chain, and its batch paid in the ledger."""
+    """A payout as the payer leaves it: the $FAR sent from the treasury on chain, and its batch paid in the ledger
+    (which posts its payout entry: schema/0023)."""
     receipt = transfer(d.w3, d.treasury, d.deployment.token, wallet, to_base_units(far))
     genesis = d.w3.eth.get_block(0)["hash"].to_0x_hex().lower()
     batch_id = await books.fetchval(
         """
         INSERT INTO far_payment_batches (status, payer, min_far, total_far, wallet_count, row_count, transaction_ref,
                                          chain_id, chain_genesis, completed_at)
-        VALUES ('paid', 'chain', 0, $1, 1, 1, $2, $3, $4, now()) RETURNING id
+        VALUES ('submitted', 'chain', 0, $1, 1, 1, $2, $3, $4, now()) RETURNING id
         """,
         far,
         receipt["transactionHash"].to_0x_hex(),
@@ -58,6 +59,7 @@ async def record_paid_batch(books: asyncpg.Connection, d: FarDeployment, wallet:
         wallet,
         far,
     )
+    await books.execute("UPDATE far_payment_batches SET status = 'paid' WHERE id = $1", batch_id)
 
 
 async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_fails_naming_the_difference(
@@ -85,9 +87,9 @@ async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_
 
     assert await far_mesh("ledger", "reconcile", "--opening-far", opening_far) == 0
     out = capsys.readouterr().out
-    assert "ok    every journal entry balances (1 entries, 2 lines)" in out
+    assert "ok    every journal entry balances (2 entries, 4 lines)" in out
     assert "ok    the journal's lines sum to zero" in out
-    assert f"ok    the treasury {d.treasury.address} holds" in out and "- 1 payout batches 3.25 = " in out
+    assert f"ok    the treasury {d.treasury.address} holds" in out and "- payouts to 1 wallets in the journal 3.25 = " in out
     assert out.splitlines()[-1] == "reconciled"
 
     transfer(d.w3, d.treasury, d.deployment.token, buyer.address, to_base_units(Decimal(1)))  # not a payout
@@ -168,5 +170,6 @@ async def test_an_unbalanced_entry_written_with_the_checks_disabled_fails_reconc
     assert result.failed[1] == "the journal's lines sum to 5.000000000000000000, not zero"
     # an entry posted through the writer but not by crediting a deposit: the treasury's account is not the deposits
     assert result.failed[2:] == [
-        "treasury:chain in the journal is 2.000000000000000000 FAR but the deposits credited sum to 0 FAR"
+        "treasury:chain in the journal is 2.000000000000000000 FAR but the deposits credited (0 FAR) minus the "
+        "batches paid (0 FAR) are 0 FAR: an entry is missing or was written without its record"
     ]
