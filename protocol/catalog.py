@@ -1,8 +1,11 @@
-"""Which models the mesh sells, where their weights come from, and what a token of each costs.
+"""Which models the mesh sells, what each is, where their weights come from, and what a token of each costs.
 
 Each model has two prices: per prompt token (the prefill) and per generated token (the completion). An entry
 that names neither falls back to the catalog-wide defaults, PROMPT_PRICE_PER_TOKEN_FAR and PRICE_PER_TOKEN_FAR;
 the older `price_per_token_far` of an entry is its completion price, so existing FAR_MESH_MODELS keep working.
+
+What a model is (its family, parameter count, context length and license) is said by its entry too, so the
+gateway's model lists and the portal's swarm pages read it from the one place the prices come from.
 
 The gateway (to price and route requests) and the workers (to know which clients to open) read the same
 catalog from the same environment variables, so they cannot disagree on a price or a queue name.
@@ -49,6 +52,18 @@ class ModelSpec(BaseModel):
         default=None,
         max_length=20_000,
         description="Jinja chat template for chat requests; None means the tokenizer's own (or the gateway's fallback)",
+    )
+    family: str | None = Field(
+        default=None,
+        max_length=200,
+        description="What the model is, e.g. 'SmolLM2 (Llama architecture)' or 'tiny-llama (random weights)'",
+    )
+    parameters: int | None = Field(default=None, ge=0, description="Number of weights, tied ones counted once")
+    context_length: int | None = Field(
+        default=None, ge=1, description="Most tokens a sequence (prompt and completion together) may hold"
+    )
+    license: str | None = Field(
+        default=None, max_length=200, description="License of the weights, an SPDX id where there is one"
     )
 
     @model_validator(mode="after")
@@ -114,6 +129,20 @@ class ModelCatalog(BaseModel):
             "prompt_price_per_token_far": format(self.prompt_price_of(spec), "f"),
             "completion_price_per_token_far": completion,
         }
+
+    @staticmethod
+    def describe(spec: ModelSpec) -> dict[str, str | int | None]:
+        """What `spec` is, as the routes and pages listing models say it (None where its entry does not say)."""
+        return {
+            "family": spec.family,
+            "parameters": spec.parameters,
+            "context_length": spec.context_length,
+            "license": spec.license,
+        }
+
+    def listing(self, spec: ModelSpec) -> dict[str, str | int | None]:
+        """Everything a model list says of `spec` beside its id and availability: what it is and its prices."""
+        return {**self.describe(spec), **self.quote(spec)}
 
     @property
     def model_ids(self) -> list[str]:
