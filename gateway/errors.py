@@ -62,6 +62,12 @@ class InvalidRequest(ApiError):
         return cls(f"{field or 'body'}: {first['msg']}", field=field, details=details)
 
 
+class UnsupportedSchema(InvalidRequest):
+    """A `response_format` the grammar engine cannot enforce: refused at admission, before any swarm time."""
+
+    code = "unsupported_schema"
+
+
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"

@@ -8,9 +8,11 @@ and `repetition_penalty`.
 Every OpenAI parameter is honoured or refused with a 400 naming it (`param`); none is silently ignored:
 `stop` (up to 4 strings), `seed`, `frequency_penalty`, `presence_penalty`, `logit_bias`, `logprobs` with
 `top_logprobs` (at most 5), `stream_options.include_usage`, `max_tokens` / `max_completion_tokens` are honoured;
-`user` is accepted as OpenAI defines it (an end-user id for abuse reports, no effect on the output); `n`,
-`best_of` above 1, `echo`, `suffix`, tools and function calling, JSON modes, audio and predicted outputs are
-refused. Unknown fields are refused too, as OpenAI does.
+`user` is accepted as OpenAI defines it (an end-user id for abuse reports, no effect on the output);
+`response_format` (`text`, `json_object`, `json_schema` with `strict`) is enforced token by token by the worker
+(`protocol.structured`; a schema the engine cannot enforce is a 400 naming where); `n`, `best_of` above 1,
+`echo`, `suffix`, tools and function calling, audio and predicted outputs are refused. Unknown fields are
+refused too, as OpenAI does.
 
 Errors are OpenAI's shape (`gateway.openai_errors`). Usage: with `stream_options.include_usage` it comes as its
 own last chunk with empty `choices`, as OpenAI sends it; without it, the final chunk carries it (a Far Mesh
@@ -75,6 +77,7 @@ from protocol.requests import (
     RequestId,
     RequestWallet,
 )
+from protocol.structured import ResponseFormat
 
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 _TEMPLATE_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
@@ -108,7 +111,6 @@ _REFUSED: dict[str, tuple[Callable[[object], bool], str]] = {
     "functions": (_absent_or([]), "function calling is not supported; omit functions"),
     "function_call": (_absent_or("none"), "function calling is not supported; omit function_call"),
     "parallel_tool_calls": (lambda value: True, ""),  # without tools there is nothing to run in parallel
-    "response_format": (_absent_or({"type": "text"}), "only text responses are supported (no JSON mode)"),
     "best_of": (_absent_or(1), "only one candidate per request is generated; omit best_of or use 1"),
     "echo": (_absent_or(False), "echoing the prompt is not supported; omit echo"),
     "suffix": (_absent_or(""), "insertion (suffix) is not supported; omit suffix"),
@@ -168,6 +170,11 @@ class _OpenAIBody(BaseModel):
     user_wallet: RequestWallet | None = Field(
         default=None, description="Far Mesh extra: must match the API key's wallet"
     )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="text (the default), json_object (one JSON object) or json_schema (JSON the schema accepts; "
+        "with strict: true every keyword is enforced or the request is refused), enforced token by token",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -187,7 +194,7 @@ class _OpenAIBody(BaseModel):
             "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             "logit_bias": dict(self.logit_bias or {}),
         }
-        for name in ("seed", "frequency_penalty", "presence_penalty", "top_k", "repetition_penalty"):
+        for name in ("seed", "frequency_penalty", "presence_penalty", "top_k", "repetition_penalty", "response_format"):
             if (value := getattr(self, name)) is not None:
                 fields[name] = value
         return fields
@@ -517,7 +524,7 @@ async def list_models(request: Request) -> JSONResponse:
             "object": "model",
             "created": 0,
             "owned_by": "far-mesh",
-            **catalog.quote(spec),
+            **catalog.listing(spec),
         }
         for spec in catalog.models
     ]

@@ -24,6 +24,7 @@ from gateway.errors import (
     RequestIdUsed,
     ServiceUnavailable,
     TooManyRequests,
+    UnsupportedSchema,
 )
 from gateway.inflight import FollowedRequest, Slot
 from gateway.request_trace import RequestTrace
@@ -34,6 +35,7 @@ from protocol.jobs import ChatTurn, GenerateJob, enqueue_generate
 from protocol.money import session_cost
 from protocol.ownership import RequestOwner
 from protocol.requests import GenerateRequest, SamplingOptions
+from protocol.structured import JsonObjectFormat, JsonSchemaFormat, SchemaRefused, grammar_of
 from protocol.swarm import read_swarm_snapshot
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,28 @@ def _apply_caps(state: GatewayState, body: GenerateRequest, prompt_field: str, *
         field, msg, kind = problems[0]
         details = [{"loc": ["body", f], "msg": m, "type": t} for f, m, t in problems]
         raise InvalidRequest(f"{field}: {msg}", field=field, details=details)
+    if isinstance(body.response_format, JsonObjectFormat | JsonSchemaFormat):
+        _check_grammar(body.response_format)
     return body
+
+
+def _check_grammar(response_format: JsonObjectFormat | JsonSchemaFormat) -> None:
+    """Compile the format as the worker will (`protocol.structured.grammar_of`): a schema the engine refuses is
+    answered now, naming where in it, rather than failing on a worker after the prompt went through the swarm."""
+    try:
+        grammar_of(response_format)
+    except SchemaRefused as exc:
+        where = [part.replace("~1", "/").replace("~0", "~") for part in exc.where.split("/")[1:]]
+        hint = (
+            "; remove it, or set strict to false to have keywords the engine cannot enforce ignored"
+            if "Unimplemented keys" in exc.reason
+            else ""
+        )
+        message = f"response_format: the schema cannot be enforced: {exc}{hint}"
+        loc = ["body", "response_format", "json_schema", "schema", *where]
+        raise UnsupportedSchema(
+            message, field="response_format", details=[{"loc": loc, "msg": str(exc), "type": "unsupported_schema"}]
+        ) from None
 
 
 async def submit(

@@ -23,9 +23,10 @@ GENERATE_FUNCTION: Final = "generate"
 """The arq function name of the generate job; its only argument is `GenerateJob.payload()`."""
 TRACE_PARENT_MAX_CHARS: Final = 128
 """A W3C traceparent is 55 characters today; later versions may append fields."""
-_LEFT_OUT_WHEN_UNSET: Final = ("trace_parent", "prompt_price_per_token_far", "platform_fee_bps")
+_LEFT_OUT_WHEN_UNSET: Final = ("trace_parent", "prompt_price_per_token_far", "platform_fee_bps", "response_format")
 """Fields left out of the payload while unset (None, 0), so a worker older than them still parses the job (and
-bills it as such a worker always did: prompts free, no fee)."""
+bills it as such a worker always did: prompts free, no fee). A constrained job is never left without its
+`response_format`: a worker older than it refuses the job as invalid rather than run it unconstrained."""
 
 
 class ChatTurn(BaseModel):

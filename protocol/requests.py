@@ -6,9 +6,20 @@ These are hard ceilings every process agrees on; the gateway may apply tighter, 
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+)
 
 from protocol.catalog import ModelId
+from protocol.structured import ResponseFormat, TextFormat
 from protocol.wallet import to_checksum_address
 
 MAX_PROMPT_CHARS = 32_000
@@ -92,6 +103,17 @@ class SamplingOptions(BaseModel):
     top_logprobs: JsonInt = Field(
         default=0, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: the most likely alternatives per token"
     )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="json_object: the reply is one JSON object; json_schema: JSON the schema accepts (every "
+        "keyword enforced with strict: true); enforced token by token by the worker (docs/structured-outputs.md)",
+    )
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_is_unconstrained(cls, value: object) -> object:
+        """Plain text is no constraint: carried as None, so a job without one is the job it always was."""
+        return None if isinstance(value, TextFormat) else value
 
 
 class GenerateRequest(SamplingOptions):

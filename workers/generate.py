@@ -30,8 +30,10 @@ from protocol.error_codes import StreamErrorCode
 from protocol.events import ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
 from protocol.ownership import RequestOwner
+from protocol.structured import SchemaRefused, TextFormat
 from workers import budget, metrics
 from workers.attribution import Attribution
+from workers.constraint import ConstraintError, GrammarConstraint, grammar_tokenizer
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
 from workers.prompts import prompt_ids
@@ -259,8 +261,13 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
         message = f"the prompt is {len(run.prompt_ids)} tokens; {job.model_id} holds at most {served.max_positions}"
         return Outcome.failed(ErrorBody(code=StreamErrorCode.PROMPT_TOO_LONG, message=message + ": shorten it"))
     max_tokens = min(job.max_tokens, room)
-    decoder, stops, sampler = _text_and_sampling(run)
-    if run.generated and (run.generated[-1] in served.eos_token_ids or stops.stopped):
+    try:  # before any swarm time: a grammar this worker cannot build ends the request unbilled
+        constraint = await served.run_blocking(_constraint_of, run)
+        decoder, stops, sampler = _text_and_sampling(run, constraint)
+    except (SchemaRefused, ConstraintError, SamplingError) as exc:
+        message = f"the response_format cannot be enforced here ({exc}); send it again without it"
+        return Outcome.failed(ErrorBody(code=StreamErrorCode.INVALID_JOB, message=message))
+    if run.generated and (run.generated[-1] in served.eos_token_ids or stops.stopped or sampler.grammar_complete):
         return Outcome("completed", "stop")  # an earlier run wrote the last token and died before the ending
     pending = run.prompt_ids + run.generated  # what the next step feeds in: everything the session lacks
     session: SwarmSession | None = None
@@ -314,8 +321,11 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
             is_eos = token_id in served.eos_token_ids
             if is_eos and not stops.held:
                 return Outcome("completed", "stop")
-            text = stops.feed(text, final=is_eos or len(run.generated) + 1 >= max_tokens)  # the end releases all
-            ending = is_eos or stops.stopped
+            closed = sampler.grammar_complete  # a closed JSON value is the whole reply
+            text = stops.feed(
+                text, final=is_eos or closed or len(run.generated) + 1 >= max_tokens
+            )  # the end releases all
+            ending = is_eos or stops.stopped or closed
             event = TokenEvent(
                 token=text,
                 request_id=job.request_id,
@@ -365,7 +375,22 @@ def _step(
     return result, token_id, "" if token_id in eos_token_ids else decoder.push(token_id)
 
 
-def _text_and_sampling(run: _Run) -> tuple[IncrementalDecoder, StopMatcher, Sampler]:
+def _constraint_of(run: _Run) -> GrammarConstraint | None:
+    """The grammar the job's response_format asks for (None for plain text), built in the model's pool: the
+    tokenizer's first index takes about a second on a 49k vocabulary."""
+    response_format = run.job.response_format
+    if response_format is None or isinstance(response_format, TextFormat):
+        return None
+    served = run.served
+    tokenizer = grammar_tokenizer(
+        served.tokenizer, vocab_size=int(served.model.config.vocab_size), eos_token_ids=served.eos_token_ids
+    )
+    return GrammarConstraint(tokenizer, response_format)
+
+
+def _text_and_sampling(
+    run: _Run, constraint: GrammarConstraint | None = None
+) -> tuple[IncrementalDecoder, StopMatcher, Sampler]:
     """The run's decoder, stop matcher and sampler, brought to where the tokens already on the stream left them."""
     job = run.job
     decoder, stops = IncrementalDecoder(run.served.decode), StopMatcher(job.stop)
@@ -378,6 +403,7 @@ def _text_and_sampling(run: _Run) -> tuple[IncrementalDecoder, StopMatcher, Samp
         seed_key=job.request_id,
         prompt_ids=run.prompt_ids,
         decode=run.served.decode,
+        constraint=constraint,
     )
     sampler.replay(run.generated)
     return decoder, stops, sampler

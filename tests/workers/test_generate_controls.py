@@ -1,12 +1,16 @@
 """The request's own controls on a real swarm: stop sequences, seeds, logprobs (tests/workers/test_generate.py
 covers the job's lifecycle)."""
 
+import json
+
+import jsonschema
 import pytest
 import redis.asyncio as aioredis
 
 from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent, TokenEvent
 from protocol.money import cost_of
+from protocol.structured import JsonSchemaFormat
 from tests.fixtures.stops import stop_across_three_tokens
 from tests.fixtures.workers import (
     PRICE_FAR,
@@ -72,3 +76,35 @@ async def test_logprobs_carry_the_chosen_tokens_log_probability_and_the_top_alte
         best = token.top_logprobs[0]
         assert best.token_id == token.token_id and best.logprob == pytest.approx(token.logprob)  # greedy
         assert [t.logprob for t in token.top_logprobs] == sorted((t.logprob for t in token.top_logprobs), reverse=True)
+
+
+async def test_a_random_weights_model_under_a_strict_schema_writes_json_that_validates_and_is_billed_as_usual(
+    two_server_fleet: RunningFleet, redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    """The tiny model knows no JSON at all: the grammar alone makes its reply parse and validate, and the reply
+    ends where the value closes, not at max_tokens."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 8},
+            "blocks": {"type": "integer", "minimum": 1, "maximum": 32},
+            "role": {"enum": ["provider", "buyer"]},
+            "peers": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3},
+        },
+        "required": ["name", "blocks", "role", "peers"],
+        "additionalProperties": False,
+    }
+    response_format = JsonSchemaFormat.model_validate(
+        {"type": "json_schema", "json_schema": {"name": "node", "schema": schema, "strict": True}}
+    )
+    job = make_job(tiny_models[0], temperature=1.0, seed=5, max_tokens=200, response_format=response_format)
+    await enqueue(redis_url, job)
+    events = await wait_for_end(redis, job.request_id)
+
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and (done.status, done.finish_reason) == ("completed", "stop")
+    jsonschema.validate(json.loads("".join(t.token for t in tokens)), schema)
+    assert done.tokens_generated == len(tokens) < 200 and done.total_cost_far == cost_of(len(tokens), PRICE_FAR)
+    (usage,) = await usage_records(redis, job.request_id)
+    assert usage.tokens_generated == len(tokens)
