@@ -1,5 +1,6 @@
 """GET /health, /mesh/status and /models: the seed's status endpoints, served from the workers' snapshots (and,
-for each node /models lists, the reputation and bans the verifier publishes).
+for each node /models lists, the reputation and bans the verifier publishes). /models says what each model is
+(family, parameters, context length, license) as its catalogue entry says it.
 
 With no fresh snapshot the gateway says "disconnected" / "unavailable" and reports no node counts rather
 than guessing. `active_sessions` counts the requests streaming to clients on every replica.
@@ -52,7 +53,8 @@ async def mesh_status(request: Request) -> JSONResponse:
 
 
 async def models(request: Request) -> JSONResponse:
-    """Every model on sale, with the servers of its fresh snapshot and the trust the verifier gives each."""
+    """Every model on sale, what it is and its prices, with the servers of its fresh snapshot and the trust the
+    verifier gives each."""
     state = state_of(request)
     catalog = state.settings.catalog
     snapshots = await read_swarm_snapshots(state.redis, fresh_only=True)
@@ -65,7 +67,7 @@ async def models(request: Request) -> JSONResponse:
             {
                 "model_id": spec.model_id,
                 "active_nodes": snapshot.active_nodes if snapshot else None,
-                **catalog.quote(spec),
+                **catalog.listing(spec),
                 "status": "available" if snapshot and snapshot.healthy else "unavailable",
                 "nodes": [
                     {

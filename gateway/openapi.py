@@ -73,6 +73,17 @@ _PRICES = {
 }
 """What every route quoting a model says of its prices. A request costs its prompt tokens (once a token was
 generated) at the prompt price plus its generated tokens at the completion price."""
+_DESCRIPTION = {
+    "family": {"type": ["string", "null"], "description": "What the model is; tiny generated ones say random weights"},
+    "parameters": {"type": ["integer", "null"], "minimum": 0, "description": "Number of weights"},
+    "context_length": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "description": "Most tokens of prompt and completion",
+    },
+    "license": {"type": ["string", "null"], "description": "License of the weights"},
+}
+"""What the model lists say a model is (null where its catalogue entry does not say)."""
 _MODELS_SCHEMA = {
     "type": "object",
     "required": ["models"],
@@ -81,12 +92,13 @@ _MODELS_SCHEMA = {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["model_id", "status", *_PRICES],
+                "required": ["model_id", "status", *_PRICES, *_DESCRIPTION],
                 "properties": {
                     "model_id": {"type": "string"},
                     "active_nodes": {"type": ["integer", "null"]},
                     "status": {"type": "string", "enum": ["available", "unavailable"]},
                     **_PRICES,
+                    **_DESCRIPTION,
                     "nodes": {"type": "array", "items": {"type": "object"}},
                 },
             },
@@ -102,8 +114,8 @@ _OPENAI_MODELS_SCHEMA = {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": ["id", "object", *_PRICES],
-                "properties": {"id": {"type": "string"}, "object": {"const": "model"}, **_PRICES},
+                "required": ["id", "object", *_PRICES, *_DESCRIPTION],
+                "properties": {"id": {"type": "string"}, "object": {"const": "model"}, **_PRICES, **_DESCRIPTION},
             },
         },
     },
@@ -288,7 +300,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
         },
         "/models": {
             "get": {
-                "summary": "Models on sale, their prompt and completion prices, and their availability",
+                "summary": "Models on sale, what each is, their prompt and completion prices, and their availability",
                 "responses": {"200": json_ok("Models", _MODELS_SCHEMA)},
             }
         },
@@ -356,7 +368,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
         },
         "/v1/models": {
             "get": {
-                "summary": "OpenAI-compatible model list, with each model's prompt and completion prices",
+                "summary": "OpenAI-compatible model list, with what each model is and its prompt and completion prices",
                 "responses": {"200": json_ok("Models", _OPENAI_MODELS_SCHEMA)},
             }
         },

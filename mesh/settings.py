@@ -12,7 +12,8 @@ DEFAULT_CACHE_DIR = Path("~/.cache/far-mesh")
 class MeshSettings(CommonSettings):
     far_mesh_cache_dir: Path = Field(
         default=DEFAULT_CACHE_DIR,
-        description="Where generated tiny models (<dir>/models/<name>) and swarm work files live",
+        description="Where generated tiny models and converted real ones (<dir>/models/<name>) and swarm work files "
+        "live",
     )
 
     @property

@@ -13,7 +13,7 @@ from portal.auth import Session, require_session
 from portal.charts import earnings_svg
 from portal.errors import BadInput, NotFound
 from portal.state import PortalState
-from protocol.catalog import is_model_id
+from protocol.catalog import ModelCatalog, ModelSpec, is_model_id
 from protocol.swarm import read_swarm_snapshots
 
 
@@ -91,10 +91,12 @@ async def swarm_models(state: PortalState) -> dict[str, Any]:
     for model_id in sorted(set(catalog.model_ids) | set(snapshots)):
         snapshot = snapshots.get(model_id)
         summary = swarm_map.swarm_map(snapshot) if snapshot else None
+        spec = catalog.get(model_id)
         models.append(
             {
                 "model_id": model_id,
-                "on_sale": catalog.get(model_id) is not None,
+                "on_sale": spec is not None,
+                **_what_it_is(spec),
                 "snapshot": summary is not None,
                 "fresh": bool(summary and summary["fresh"]),
                 "healthy": bool(summary and summary["healthy"]),
@@ -116,7 +118,14 @@ async def swarm_model(state: PortalState, model_id: str) -> dict[str, Any]:
     snapshot = snapshots.get(_model_id(model_id))
     if snapshot is None:
         raise NotFound(f"no worker has published a snapshot of {model_id}'s swarm", field="model_id")
-    return swarm_map.swarm_map(snapshot)
+    return swarm_map.swarm_map(snapshot) | _what_it_is(state.settings.catalog.get(model_id))
+
+
+def _what_it_is(spec: ModelSpec | None) -> dict[str, Any]:
+    """What the catalogue says a model is; all None for a model a swarm serves but the mesh does not sell."""
+    if spec is None:
+        return {"family": None, "parameters": None, "context_length": None, "license": None}
+    return ModelCatalog.describe(spec)
 
 
 async def onboarding(state: PortalState, model_id: str | None, session: Session | None) -> dict[str, Any]:

@@ -65,8 +65,9 @@ class CommonSettings(BaseSettings):
     far_mesh_models: Json[list[ModelSpec]] | None = Field(
         default=None,
         description='JSON list of models: [{"model_id", "source", "dht_prefix", "prompt_price_per_token_far", '
-        '"completion_price_per_token_far"}] (price_per_token_far: the completion price\'s older name); '
-        "unset means one model, DEFAULT_MODEL_ID",
+        '"completion_price_per_token_far", "family", "parameters", "context_length", "license"}] '
+        "(price_per_token_far: the completion price's older name; the last four say what the model is, on /models, "
+        "/v1/models and the portal); unset means one model, DEFAULT_MODEL_ID",
     )
 
     @model_validator(mode="after")

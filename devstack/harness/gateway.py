@@ -29,6 +29,8 @@ PRICE = Decimal("0.0001")
 OTHER_PROMPT_PRICE = Decimal("0.00002")
 OTHER_PRICE = Decimal("0.0003")
 """The other model's own prices; the default model's are the defaults (prompts free, PRICE per token)."""
+OTHER_MODEL_FACTS = {"family": "test-llama", "parameters": 1_000, "context_length": 256, "license": "MIT"}
+"""What the other model's entry says it is; the default model's says nothing (null on the lists)."""
 FEE_BPS = 250
 WALLET = "0x742d35Cc6634C0532925a3b844Bc454e4438f44e"
 GATEWAY_ENV = {
@@ -40,6 +42,7 @@ GATEWAY_ENV = {
                 "model_id": OTHER_MODEL_ID,
                 "prompt_price_per_token_far": str(OTHER_PROMPT_PRICE),
                 "completion_price_per_token_far": str(OTHER_PRICE),
+                **OTHER_MODEL_FACTS,
             },
         ]
     ),

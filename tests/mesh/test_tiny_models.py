@@ -62,3 +62,15 @@ def test_the_tokenizer_round_trips_multibyte_text_and_has_an_eos(tiny_models: tu
 
     assert tokenizer.eos_token == "</s>" and tokenizer.eos_token_id is not None
     assert tokenizer.decode(tokenizer(text).input_ids) == text
+
+
+def test_specs_say_the_weights_are_random_and_count_them(tiny_models: tuple[ModelSpec, ...]) -> None:
+    import math
+
+    from safetensors import safe_open
+
+    for spec in tiny_models:
+        assert spec.family == "tiny-llama (random weights)" and spec.license and "random" in spec.license
+        assert spec.source is not None and spec.context_length == 256
+        with safe_open(str(Path(spec.source) / "model.safetensors"), "np") as weights:
+            assert spec.parameters == sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
