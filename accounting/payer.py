@@ -4,7 +4,8 @@
 nothing is paid until `far-mesh payouts resolve BATCH --tx 0x...` finds that transaction on chain paying
 exactly the batch (`verify_transaction`).
 
-`ChainPayer` pays on chain itself, one batch per transaction, through the FarBatchTransfer contract:
+`ChainPayer` pays on chain itself, one batch per transaction, through the FarBatchTransfer contract (a batch
+pays providers' earnings, or buyers' withdrawals: `accounting.withdrawals`; both go through the same steps):
 
 1. claimed: the treasury's $FAR, allowance and gas are checked and the call is estimated (a shortfall or a
    would-be revert fails the batch and releases its rows: nothing was signed);
@@ -70,6 +71,7 @@ from accounting.payouts import (
     record_submitted,
     unfinished_batches,
 )
+from accounting.withdrawals import claim_withdrawals
 from chain.client import ChainClient, EstimateReverted, Receipt, RejectedTransaction
 from chain.fees import FeeCapReached, Fees, first_offer, gwei, replacement
 from chain.identity import ChainChanged, ChainIdentity
@@ -217,7 +219,8 @@ class ChainPayer:
     async def run_once(
         self, connection: asyncpg.Connection, *, min_far: Decimal, lock_wait_s: float = 60.0
     ) -> list[FinishedBatch]:
-        """Finish every unfinished chain batch (a restart resumes here), then claim and pay one new batch."""
+        """Finish every unfinished chain batch (a restart resumes here), then claim and pay one new batch: buyers'
+        withdrawals if any wait (`accounting.withdrawals`), else providers' earnings."""
         finished: list[FinishedBatch] = []
         async with payer_lock(connection, wait_s=lock_wait_s):
             await self._check_same_chain()
@@ -226,13 +229,16 @@ class ChainPayer:
                 finished.append(await self.finish_batch(connection, batch_id))
             if any(s.status == "failed" for s in finished):
                 return finished  # let an operator see the failure before more rows are claimed
-            batch = await claim_batch(
-                connection,
-                self.name,
-                min_far,
-                max_wallets=self.settings.far_mesh_payout_max_wallets,
-                hold=PayoutHold.from_settings(self.settings),
-            )
+            # buyers' withdrawals first (they wait on their own money), then providers' earnings: one batch a round
+            batch = await claim_withdrawals(connection, self.name)
+            if batch is None:
+                batch = await claim_batch(
+                    connection,
+                    self.name,
+                    min_far,
+                    max_wallets=self.settings.far_mesh_payout_max_wallets,
+                    hold=PayoutHold.from_settings(self.settings),
+                )
             if batch is not None:
                 log.info(
                     "payout batch claimed id=%d wallets=%d rows=%d total_far=%s",

@@ -64,8 +64,9 @@ SELECT coalesce(sum(amount_units), 0)::numeric(78,0) AS units, count(*) AS depos
 # What the journal paid each wallet (the treasury:chain credits of `payout` entries, whose reference is
 # '<batch id>:<wallet>') for batches paid on this chain, at or below the block by their confirmed transaction (a
 # batch resolved by hand has none: counted).
-PAID_KINDS = ("payout",)
-"""Entries that move $FAR out of the treasury to a wallet, their reference '<batch id>:<wallet>'."""
+PAID_KINDS = ("payout", "withdrawal_paid")
+"""Entries that move $FAR out of the treasury to a wallet (providers' earnings, buyers' withdrawals), their
+reference '<batch id>:<wallet>'."""
 _JOURNAL_PAID = """
 SELECT split_part(e.reference, ':', 2) AS wallet, -sum(l.amount_far) AS paid_far, count(*) AS entries
   FROM far_journal_entries e

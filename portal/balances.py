@@ -2,8 +2,9 @@
 import accounting, so the few statements it needs live here.
 
 A buyer's account is `buyer:<wallet>`; a positive line is a debit, so its balance is minus the sum of its lines:
-deposits credit it (negative lines), charges debit it (positive lines). What is held for requests in flight is
-the gateway's Redis account (`protocol.balances`, GATEWAY_REQUIRE_PREPAID_BALANCE): one HGET, when it exists.
+deposits credit it (negative lines), charges and withdrawals debit it (positive lines). What is held for requests
+in flight is the gateway's Redis account (`protocol.balances`, GATEWAY_REQUIRE_PREPAID_BALANCE): one HGET, when it
+exists.
 """
 
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ SELECT coalesce(-sum(l.amount_far) FILTER (WHERE e.kind = 'deposit'), 0) AS depo
        coalesce(sum(l.amount_far) FILTER (WHERE e.kind = 'charge'), 0) AS charged_far,
        coalesce(-sum(l.amount_far), 0) AS balance_far,
        count(*) FILTER (WHERE e.kind = 'deposit') AS deposits,
-       count(*) FILTER (WHERE e.kind = 'charge') AS charges
+       count(*) FILTER (WHERE e.kind = 'charge') AS charges,
+       coalesce(sum(l.amount_far) FILTER (WHERE e.kind = 'withdrawal'), 0) AS withdrawn_far
   FROM far_journal_lines l
   JOIN far_journal_entries e ON e.id = l.entry_id
  WHERE l.account = $1
@@ -139,6 +141,7 @@ async def buyer_balance(
         "charged_far": far_text(totals["charged_far"]),
         "deposits": totals["deposits"],
         "charges": totals["charges"],
+        "withdrawn_far": far_text(totals["withdrawn_far"]),
         "history": history,
         "next_before": history[-1]["entry_id"] if len(rows) > limit else None,
     }

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from portal import api_keys, balances, earnings, nonces, registrations, siwe, swarm_map
+from portal import api_keys, balances, earnings, nonces, registrations, siwe, swarm_map, withdrawals
 from portal.auth import Session, require_session
 from portal.charts import earnings_svg
 from portal.errors import BadInput, NotFound
@@ -210,4 +210,7 @@ async def buyer_balance(
         token=state.settings.far_mesh_token_address,
         chain_id=state.settings.far_mesh_chain_id,
     )
-    return document | {"deposit": balances.deposit_instructions(how, amount)}
+    return document | {
+        "deposit": balances.deposit_instructions(how, amount),
+        "withdrawals": await withdrawals.history(state.db, signed_in.wallet),
+    }

@@ -171,7 +171,7 @@ async def payout_history(connection: asyncpg.Connection | asyncpg.Pool, wallet: 
                b.completed_at, p.amount_far, p.row_count AS contributions
           FROM far_payout_payments p
           JOIN far_payment_batches b ON b.id = p.batch_id
-         WHERE p.wallet = $1
+         WHERE p.wallet = $1 AND b.purpose = 'earnings'
          ORDER BY b.id DESC LIMIT 200
         """,
         wallet,

@@ -109,10 +109,16 @@ def deposit_amount(request: Request, default: Decimal = Decimal(10)) -> Decimal:
     raw = request.query_params.get("amount")
     if raw is None:
         return default
+    return far_amount(raw, "amount")
+
+
+def far_amount(raw: str, field: str) -> Decimal:
+    """A positive amount of $FAR with at most 18 decimals (a string: money is never a float), or 422 naming
+    `field`."""
     try:
         value = Decimal(raw) if len(raw) <= 40 else Decimal("NaN")
     except InvalidOperation:
         value = Decimal("NaN")
     if not value.is_finite() or value <= 0 or value > 10**12 or -int(value.as_tuple().exponent) > 18:
-        raise BadInput("amount must be a positive amount of FAR with at most 18 decimals", field="amount")
+        raise BadInput(f"{field} must be a positive amount of FAR with at most 18 decimals", field=field)
     return value

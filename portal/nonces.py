@@ -11,7 +11,7 @@ from typing import Literal
 
 import asyncpg
 
-Purpose = Literal["sign-in", "register", "transfer"]
+Purpose = Literal["sign-in", "register", "transfer", "withdraw"]
 MAX_PENDING = 10_000
 """Unexpired nonces at most: anyone may ask for a message to sign, so the table's size is bounded."""
 

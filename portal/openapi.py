@@ -168,13 +168,33 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/balance": {
                 "get": _op(
-                    "The signed-in buyer's balance (deposited, charged, held, available), how to deposit, and its "
-                    "deposits and charges, newest first",
+                    "The signed-in buyer's balance (deposited, charged, withdrawn, held, available), how to deposit, "
+                    "its withdrawals, and its deposits, charges and withdrawals, newest first",
                     errors=(401, 422),
                     parameters=[
                         {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}},
                         {"name": "amount", "in": "query", "schema": {"type": "string", "default": "10"}},
                     ],
+                )
+            },
+            "/api/balance/withdrawal/message": {
+                "post": _op(
+                    "A withdrawal statement for the signed-in wallet to sign (personal_sign), naming the amount",
+                    errors=(401, 403, 422),
+                    parameters=[_CSRF],
+                    requestBody=_body({"amount_far": {"type": "string", "maxLength": 40}}, ["amount_far"]),
+                )
+            },
+            "/api/balance/withdrawals": {
+                "post": _op(
+                    "Withdraw to the signed-in wallet: the statement it signed and the signature; the amount leaves "
+                    "the balance at once (402 when not available) and the payer sends it on chain",
+                    errors=(401, 402, 403, 422),
+                    parameters=[_CSRF],
+                    requestBody=_body(
+                        {"message": {"type": "string"}, "signature": {"type": "string", "maxLength": 200}},
+                        ["message", "signature"],
+                    ),
                 )
             },
             "/health": {"get": _op("The portal reaches the ledger and Redis (503 otherwise)", errors=(503,))},

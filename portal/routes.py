@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from portal import api_keys, documents, inputs, registrations
+from portal import api_keys, documents, inputs, registrations, withdrawals
 from portal.auth import CSRF_FIELD, CSRF_HEADER, Session, check_csrf, require_session
 from portal.errors import NotSignedIn
 from portal.openapi import openapi_document
@@ -328,6 +328,62 @@ async def balance_json(request: Request) -> Response:
     return JSONResponse(document)
 
 
+# --- withdrawals: the wallet signs a statement naming the amount (portal/withdrawals.py) ---------------------
+
+
+async def withdrawal_message_json(request: Request) -> Response:
+    session = require_session(_session(request))
+    check_csrf(session, request.headers.get(CSRF_HEADER))
+    body = await inputs.json_body(request)
+    amount = inputs.far_amount(inputs.required_text(body, "amount_far", max_chars=40), "amount_far")
+    state = _state(request)
+    return JSONResponse(await withdrawals.message(state.db, state.binding, session.wallet, amount))
+
+
+async def withdrawal_json(request: Request) -> Response:
+    session = require_session(_session(request))
+    check_csrf(session, request.headers.get(CSRF_HEADER))
+    body = await inputs.json_body(request)
+    state = _state(request)
+    recorded = await withdrawals.withdraw(
+        state.db,
+        state.swarm,
+        state.binding,
+        session.wallet,
+        inputs.required_text(body, "message"),
+        inputs.required_text(body, "signature", max_chars=200),
+    )
+    return JSONResponse(recorded, status_code=201)
+
+
+async def withdrawal_message_form(request: Request) -> Response:
+    """The balance page with a withdrawal statement to sign (a POST: it issues a nonce)."""
+    session = require_session(_session(request))
+    form = await inputs.form_body(request)
+    check_csrf(session, form.get(CSRF_FIELD))  # type: ignore[arg-type]
+    amount = inputs.far_amount(inputs.required_text(form, "amount_far", max_chars=40), "amount_far")
+    state = _state(request)
+    statement = await withdrawals.message(state.db, state.binding, session.wallet, amount)
+    document = await documents.buyer_balance(state, session, None, inputs.deposit_amount(request))
+    return _page(request, "balance.html", document | {"withdraw": statement})
+
+
+async def withdrawal_form(request: Request) -> Response:
+    session = require_session(_session(request))
+    form = await inputs.form_body(request)
+    check_csrf(session, form.get(CSRF_FIELD))  # type: ignore[arg-type]
+    state = _state(request)
+    recorded = await withdrawals.withdraw(
+        state.db,
+        state.swarm,
+        state.binding,
+        session.wallet,
+        (inputs.required_text(form, "message")).replace("\r\n", "\n"),
+        inputs.required_text(form, "signature", max_chars=200),
+    )
+    return RedirectResponse(f"/balance?withdrawal={recorded['id']}", status_code=303)
+
+
 # --- service -------------------------------------------------------------------------------------------------
 
 
@@ -381,6 +437,10 @@ ROUTES: list[BaseRoute] = [
     Route("/api/keys/{key_id}/spend", key_spend_json),
     Route("/balance", balance_page),
     Route("/api/balance", balance_json),
+    Route("/balance/withdrawal/message", withdrawal_message_form, methods=["POST"]),
+    Route("/balance/withdrawals", withdrawal_form, methods=["POST"]),
+    Route("/api/balance/withdrawal/message", withdrawal_message_json, methods=["POST"]),
+    Route("/api/balance/withdrawals", withdrawal_json, methods=["POST"]),
     Route("/health", health),
     Route("/openapi.json", openapi),
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

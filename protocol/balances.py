@@ -57,3 +57,44 @@ def settle_args(request_id: str, actual_far: Decimal, at: datetime) -> list[str 
     """ARGV of `SETTLE` for a request that ended at `at` having cost `actual_far`."""
     now_ms = int(at.timestamp() * 1000)
     return [now_ms, request_id, budgets.to_nano(actual_far), budgets.RESERVATION_TTL_S, budgets.ACCOUNT_TTL_S]
+
+
+WITHDRAW: Final = (
+    """
+-- KEYS: account, holds, expiry. ARGV: now_ms, amount nano-FAR (rounded up), the journal's credited (rounded down)
+-- and charged (rounded up) nano-FAR of the wallet, account ttl s. Returns {1, available} when the amount was taken
+-- from what is available, {0, available} when it is more.
+"""
+    + budgets.EXPIRE_LAPSED
+    + """
+local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
+local charged = tonumber(ARGV[4])
+local rebuilt = redis.call('HEXISTS', KEYS[1], 'rebuilt') == 1
+if rebuilt then
+  charged = math.max(charged, tonumber(redis.call('HGET', KEYS[1], 'charged') or '0'))
+end
+local available = tonumber(ARGV[3]) - charged - held
+local amount = tonumber(ARGV[2])
+if amount > available then
+  return {0, available}
+end
+if rebuilt then
+  redis.call('HINCRBY', KEYS[1], 'charged', amount)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+end
+return {1, available}
+"""
+)
+"""Lua: take a withdrawal out of a wallet's prepaid balance against every hold in flight (the portal, before it
+journals the withdrawal). Available is the journal's credits minus the larger of its charges and Redis's (settles
+accounting has not written yet) minus open holds, so a withdrawal can never take what admission has promised a
+request, and a request admitted after it sees the balance without it: a rebuilt account counts it as charged, as
+the journal's rebuild will."""
+
+UNDO_WITHDRAW: Final = """
+-- KEYS: account. ARGV: amount nano-FAR. A withdrawal WITHDRAW took whose journal entry was not written after all.
+if redis.call('HEXISTS', KEYS[1], 'rebuilt') == 1 then
+  redis.call('HINCRBY', KEYS[1], 'charged', -tonumber(ARGV[1]))
+end
+return 1
+"""
