@@ -8,21 +8,26 @@ swarm's spans: the constraint acts on sampling alone, so spot checks verify what
 every constrained token is billed as any other.
 """
 
+import sys
 import threading
-from typing import Any, Final
+from typing import Any
 
+import numpy as np
 import torch
 from llguidance import LLMatcher, LLTokenizer
 
 from protocol.structured import PARSER_LIMITS, JsonObjectFormat, JsonSchemaFormat, grammar_of
 
-_BITS: Final = torch.arange(32, dtype=torch.int32)
 _tokenizers: dict[int, LLTokenizer] = {}
 _tokenizers_lock = threading.Lock()
 
 
+if sys.byteorder != "little":  # the mask's bits are read as bytes (see GrammarConstraint.mask)
+    raise ImportError("workers.constraint reads llguidance's token mask as little-endian bytes")
+
+
 class ConstraintError(ValueError):
-    """The grammar and the step's logits leave nothing to choose, or the matcher refused a token."""
+    """The engine is in an error state, or refused the token chosen (the step's logits left nothing allowed)."""
 
 
 def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_token_ids: frozenset[int]) -> LLTokenizer:
@@ -51,7 +56,7 @@ class GrammarConstraint:
         if self._matcher.is_error():  # grammar_of compiled it without the tokenizer: a surprise, but say what
             raise ConstraintError(self._matcher.get_error())
         self._vocab_size = tokenizer.vocab_size
-        self._words = torch.zeros((self._vocab_size + 31) // 32, dtype=torch.int32)
+        self._words = np.zeros((self._vocab_size + 31) // 32, dtype=np.uint32)
 
     @property
     def complete(self) -> bool:
@@ -60,17 +65,15 @@ class GrammarConstraint:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """`logits` (1-D, float) with every token the grammar cannot accept next set to -inf."""
-        self._matcher.unsafe_compute_mask_ptr(self._words.data_ptr(), self._words.numel() * 4)
+        self._matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
         if self._matcher.is_error():
             raise ConstraintError(self._matcher.get_error())
-        allowed = ((self._words.unsqueeze(1) >> _BITS) & 1).flatten()[: self._vocab_size].bool()
+        # bit i of word w is token 32w + i: on a little-endian machine, bit j of byte k is token 8k + j
+        allowed = np.unpackbits(self._words.view(np.uint8), bitorder="little")[: self._vocab_size].view(np.bool_)
         n = logits.numel()
-        if allowed.numel() < n:  # logits padded past the tokenizer: those ids are no text
-            allowed = torch.cat([allowed, torch.zeros(n - allowed.numel(), dtype=torch.bool)])
-        masked = logits.masked_fill(~allowed[:n], float("-inf"))
-        if not bool(torch.isfinite(masked).any()):
-            raise ConstraintError("no token the response_format allows has a finite logit")
-        return masked
+        if allowed.size < n:  # logits padded past the tokenizer: those ids are no text
+            allowed = np.concatenate([allowed, np.zeros(n - allowed.size, dtype=np.bool_)])
+        return logits.masked_fill(torch.from_numpy(~allowed[:n]), float("-inf"))
 
     def accept(self, token_id: int) -> None:
         """Advance the grammar past the chosen token."""
