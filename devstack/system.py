@@ -50,6 +50,10 @@ class SystemPlan:
     """Settings for every process on top of the ones the system computes (e.g. shorter timeouts in tests)."""
     chain: bool = False
     """Pay the swarm's providers on chain: a local EVM node, the $FAR contracts, and the Procfile's payouts."""
+    real_models: bool = False
+    """Also serve the real models converted from installed GGUF files (SmolLM2-135M-Instruct,
+    `mesh.gguf_checkpoint`), each split over two servers so a route crosses servers, after the tiny ones (the
+    default model stays tiny). About 40 s more to start and 0.5 GB per server on a CPU."""
 
 
 class LocalSystem:
@@ -118,6 +122,8 @@ class LocalSystem:
             self.chain = _start_chain(self.plan.state_dir, self.postgres.url)
             self._cleanup.callback(self.chain.node.stop)
         self.models = _tiny_models(self.plan.cache_dir)
+        if self.plan.real_models:
+            self.models += _real_models(self.plan.cache_dir)
         self.swarm = _start_swarm(self._server_plans(), self.plan.state_dir / "swarm")
         self._cleanup.callback(self.swarm.stop)
         if self.chain:  # payouts pay registered wallets only: the local providers register their servers
@@ -133,11 +139,13 @@ class LocalSystem:
 
     def _server_plans(self) -> "list[ServerPlan]":
         from mesh.local_swarm import split_plans
+        from mesh.tiny_models import TINY_MODELS
 
         default, *others = self.models
         plans = split_plans(default, parts=2, wallets=self.chain.provider_wallets if self.chain else ())
         plans += [plans[-1]] * self.plan.extra_replicas
-        return plans + [plan for model in others for plan in split_plans(model, parts=1)]
+        tiny = {recipe.name for recipe in TINY_MODELS}
+        return plans + [plan for m in others for plan in split_plans(m, parts=1 if m.model_id in tiny else 2)]
 
     def _env_for(self, name: str) -> dict[str, str]:
         assert self.redis and self.postgres and self.swarm
@@ -225,6 +233,13 @@ def _tiny_models(cache_dir: Path) -> "tuple[ModelSpec, ...]":
     from mesh.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models(cache_dir)
+
+
+def _real_models(cache_dir: Path) -> "tuple[ModelSpec, ...]":
+    from mesh.gguf_checkpoint import ensure_packaged_models
+
+    print("dev: converting (or reusing) the real models from their GGUF files", flush=True)
+    return ensure_packaged_models(cache_dir)
 
 
 def _start_swarm(plans: "list[ServerPlan]", work_dir: Path) -> "LocalSwarm":
