@@ -40,8 +40,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--opening-far",
         type=_far_amount,
         metavar="FAR",
-        help="the treasury's $FAR before any deposit or payout; with it the chain is read (FAR_MESH_CHAIN_*, "
-        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS: the treasury and token are the deposit contract's)",
+        help="the treasury's $FAR before any deposit or payout (default FAR_MESH_RECONCILE_OPENING_FAR); with it the "
+        "chain is read (FAR_MESH_CHAIN_*, FAR_MESH_DEPOSIT_CONTRACT_ADDRESS: the treasury and token are the deposit "
+        "contract's)",
     )
     reconcile.add_argument(
         "--block", type=_positive, help="reconcile at this block (default: the deposit watcher's newest checkpoint)"
@@ -49,12 +50,18 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     reconcile.add_argument(
         "--receipts-from-block",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="where each wallet's receipts from the treasury's payouts are read from (the batch contract's "
-        "deployment block; default 0)",
+        "deployment block; default FAR_MESH_RECONCILE_RECEIPTS_FROM_BLOCK)",
     )
     reconcile.set_defaults(handler=run_reconcile)
+    serve = ledger_actions.add_parser(
+        "serve",
+        help="reconcile every FAR_MESH_RECONCILE_INTERVAL_S (the chain too when FAR_MESH_RECONCILE_OPENING_FAR is "
+        "set) and export the outcome on /metrics (FAR_MESH_RECONCILE_METRICS_PORT) for the alert on it",
+    )
+    serve.set_defaults(handler=run_serve)
 
     payouts = subparsers.add_parser("payouts", help="pay nodes the $FAR they earned")
     actions = payouts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -144,6 +151,12 @@ def _far_amount(text: str) -> Decimal:
 
 def run_reconcile(args: argparse.Namespace) -> int:
     from accounting.reconcile import run_reconcile as run
+
+    return run(args)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from accounting.reconcile import run_serve as run
 
     return run(args)
 

@@ -103,3 +103,16 @@ DEPOSITS_MOVED = Counter(
     "far_deposit_moved",
     "Deposit logs found again at another block after such a reorganisation: credited before, not credited again",
 )
+
+# The books (`far-mesh ledger serve`, served on FAR_MESH_RECONCILE_METRICS_PORT): the outcome of the last
+# reconciliation (accounting.reconcile), which an alert watches.
+LEDGER_RECONCILED = Gauge(
+    "far_ledger_reconciled", "1 when the last reconciliation of the books passed every check, 0 when one failed"
+)
+LEDGER_FAILED_CHECKS = Gauge("far_ledger_reconcile_failed_checks", "Checks the last reconciliation failed")
+LEDGER_LAST_RUN = Gauge(
+    "far_ledger_reconcile_last_run_timestamp_seconds", "When the last reconciliation completed (unix time)"
+)
+LEDGER_RECONCILE_ERRORS = Counter(
+    "far_ledger_reconcile_errors", "Reconciliations that could not run to the end (the ledger or the node unreachable)"
+)

@@ -23,15 +23,17 @@ still in flight makes them differ: each is named when it is the difference.
 import argparse
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from hexbytes import HexBytes
 
 if TYPE_CHECKING:
     from chain.client import ChainClient
+    from chain.settings import ReconcileSettings
 
 log = logging.getLogger(__name__)
 
@@ -271,32 +273,120 @@ async def reconcile_receipts(
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from chain.settings import DepositSettings
+    from chain.settings import ReconcileSettings
     from protocol.settings import SettingsError
 
-    settings = DepositSettings.from_env()
+    settings = ReconcileSettings.from_env()
     settings.configure_logging()
     opening: Decimal | None = args.opening_far
+    if opening is None:
+        opening = settings.far_mesh_reconcile_opening_far
     if opening is not None and -int(opening.as_tuple().exponent) > 18:
         raise SettingsError("--opening-far: an amount of FAR with at most 18 decimals")
     contract = settings.far_mesh_deposit_contract_address
     if opening is not None and contract is None:
         raise SettingsError("FAR_MESH_DEPOSIT_CONTRACT_ADDRESS is not set: the treasury is the deposit contract's")
-    result = asyncio.run(
-        reconcile(
-            settings.postgres_url,
-            rpc_url=settings.far_mesh_chain_rpc_url,
-            chain_id=settings.far_mesh_chain_id,
-            deposit_contract=contract,
-            opening_units=None if opening is None else int(opening * UNITS_PER_FAR),
-            block=args.block,
-            batch_contract=settings.far_mesh_batch_contract_address,
-            receipts_from_block=args.receipts_from_block,
-            max_blocks=settings.far_mesh_deposit_max_blocks,
-        )
-    )
+    from_block = args.receipts_from_block
+    result = asyncio.run(reconcile_with(settings, opening, block=args.block, receipts_from_block=from_block))
     print_reconciliation(result)
     return 0 if result.ok else 1
+
+
+def reconcile_with(
+    settings: "ReconcileSettings",
+    opening: Decimal | None,
+    *,
+    block: int | None = None,
+    receipts_from_block: int | None = None,
+) -> "Coroutine[Any, Any, Reconciliation]":
+    """`reconcile` as the settings say (the command line's --opening-far, --block and --receipts-from-block win)."""
+    return reconcile(
+        settings.postgres_url,
+        rpc_url=settings.far_mesh_chain_rpc_url,
+        chain_id=settings.far_mesh_chain_id,
+        deposit_contract=settings.far_mesh_deposit_contract_address,
+        opening_units=None if opening is None else int(opening * UNITS_PER_FAR),
+        block=block,
+        batch_contract=settings.far_mesh_batch_contract_address,
+        receipts_from_block=(
+            settings.far_mesh_reconcile_receipts_from_block if receipts_from_block is None else receipts_from_block
+        ),
+        max_blocks=settings.far_mesh_deposit_max_blocks,
+    )
+
+
+def run_serve(_args: argparse.Namespace) -> int:
+    from chain.settings import ReconcileSettings
+
+    settings = ReconcileSettings.from_env()
+    settings.configure_logging()
+    asyncio.run(serve_reconciliation(settings))
+    return 0
+
+
+RECONCILE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+"""What makes one reconciliation not run to the end (the chain node's `ChainUnreachable` too): counted and logged,
+and the next one is tried at the next interval; the gauges keep the last outcome."""
+
+
+async def reconcile_once(settings: "ReconcileSettings") -> Reconciliation | None:
+    """One reconciliation, its outcome set on the gauges and each failed check logged; None when it could not run."""
+    from accounting import metrics
+    from chain.errors import ChainError
+
+    retried: tuple[type[Exception], ...] = (*RECONCILE_ERRORS, ChainError)
+    try:
+        result = await reconcile_with(settings, settings.far_mesh_reconcile_opening_far)
+    except retried as exc:
+        metrics.LEDGER_RECONCILE_ERRORS.inc()
+        log.warning("reconciliation could not run: %s: %s", type(exc).__name__, exc)
+        return None
+    metrics.LEDGER_RECONCILED.set(1 if result.ok else 0)
+    metrics.LEDGER_FAILED_CHECKS.set(len(result.failed))
+    metrics.LEDGER_LAST_RUN.set_to_current_time()
+    for failed in result.failed:
+        log.error("books NOT reconciled: %s", failed)
+    if result.ok:
+        log.info("books reconciled: %d checks passed, %d skipped", len(result.passed), len(result.skipped))
+    return result
+
+
+async def serve_reconciliation(settings: "ReconcileSettings", stop: asyncio.Event | None = None) -> None:
+    """`far-mesh ledger serve`: reconcile every FAR_MESH_RECONCILE_INTERVAL_S and export the outcome on /metrics
+    (`far_ledger_reconciled`, which the FarMeshLedgerNotReconciled alert watches), until SIGTERM/SIGINT or `stop`.
+    Reading only, it is safe to stop at any moment."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    port = settings.far_mesh_reconcile_metrics_port
+    server = start_http_server(port)[0] if port else None
+    log.info(
+        "ledger serve started interval_s=%s chain=%s",
+        settings.far_mesh_reconcile_interval_s,
+        "checked" if settings.far_mesh_reconcile_opening_far is not None else "skipped (no opening float)",
+    )
+    try:
+        while not stop.is_set():
+            await reconcile_once(settings)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_reconcile_interval_s)
+            except TimeoutError:
+                pass
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    log.info("ledger serve stopped")
 
 
 async def reconcile(

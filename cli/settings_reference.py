@@ -16,7 +16,7 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
     Imported here rather than at module level so that building the `far-mesh` parser stays cheap.
     """
     from accounting.settings import AccountingSettings
-    from chain.settings import DepositSettings, PayoutSettings
+    from chain.settings import DepositSettings, PayoutSettings, ReconcileSettings
     from gateway.settings import GatewaySettings
     from mesh.settings import MeshSettings
     from portal.settings import PortalSettings
@@ -33,6 +33,7 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
         ("accounting", AccountingSettings),
         ("payouts, chain", PayoutSettings),
         ("deposits", DepositSettings),
+        ("ledger", ReconcileSettings),
         ("portal", PortalSettings),
         ("verifier", VerifierSettings),
         ("swarm, node, models", MeshSettings),

@@ -10,17 +10,19 @@ from decimal import Decimal
 import asyncpg
 import pytest
 from eth_account import Account
+from prometheus_client import REGISTRY
 
 from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
-from accounting.reconcile import reconcile
+from accounting.reconcile import reconcile, serve_reconciliation
 from chain.deploy import transfer
 from chain.deposits import make_deposit
 from chain.node import DEV_CHAIN_ID
+from chain.settings import ReconcileSettings
 from chain.units import to_base_units
 from cli.main import main
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.deposits import funded_buyer, watcher_for
-from tests.fixtures.ledger import unique_id
+from tests.fixtures.ledger import unique_id, wait_until
 
 JOURNAL_TABLES = "far_chain_deposits, far_deposit_scans, far_journal_lines, far_journal_entries, far_journal_accounts"
 
@@ -89,7 +91,10 @@ async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_
     out = capsys.readouterr().out
     assert "ok    every journal entry balances (2 entries, 4 lines)" in out
     assert "ok    the journal's lines sum to zero" in out
-    assert f"ok    the treasury {d.treasury.address} holds" in out and "- payouts to 1 wallets in the journal 3.25 = " in out
+    assert (
+        f"ok    the treasury {d.treasury.address} holds" in out
+        and "- payouts to 1 wallets in the journal 3.25 = " in out
+    )
     assert out.splitlines()[-1] == "reconciled"
 
     transfer(d.w3, d.treasury, d.deployment.token, buyer.address, to_base_units(Decimal(1)))  # not a payout
@@ -114,6 +119,29 @@ async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_
 
     assert await far_mesh("ledger", "reconcile") == 0  # the ledger alone; the chain is skipped and says so
     assert "skip  the treasury's $FAR on chain (give --opening-far to check it)" in capsys.readouterr().out
+
+
+async def tamper(books: asyncpg.Connection, wallet: str) -> tuple[str, int]:
+    """Write an entry of one line (charging `wallet` 5 FAR) around the database's checks, as a restore or a
+    superuser could; returns its reference and id."""
+    reference = unique_id("tampered")
+    await books.execute(
+        "INSERT INTO far_journal_accounts (name) VALUES ($1) ON CONFLICT DO NOTHING", buyer_account(wallet)
+    )
+    async with books.transaction():  # the deferred checks switched off for one write
+        await books.execute("ALTER TABLE far_journal_lines DISABLE TRIGGER far_journal_lines_balanced")
+        await books.execute("ALTER TABLE far_journal_entries DISABLE TRIGGER far_journal_entries_balanced")
+        entry: int = await books.fetchval(
+            "INSERT INTO far_journal_entries (kind, reference) VALUES ('charge', $1) RETURNING id", reference
+        )
+        await books.execute(
+            "INSERT INTO far_journal_lines (entry_id, account, amount_far) VALUES ($1, $2, 5)",
+            entry,
+            buyer_account(wallet),
+        )
+        await books.execute("ALTER TABLE far_journal_lines ENABLE TRIGGER far_journal_lines_balanced")
+        await books.execute("ALTER TABLE far_journal_entries ENABLE TRIGGER far_journal_entries_balanced")
+    return reference, entry
 
 
 async def test_the_database_refuses_an_unbalanced_entry_written_around_far_journal_post(
@@ -144,20 +172,7 @@ async def test_an_unbalanced_entry_written_with_the_checks_disabled_fails_reconc
     await post_entry(
         books, "deposit", unique_id("t"), [Line(TREASURY_CHAIN, Decimal(2)), Line(buyer_account(wallet), Decimal(-2))]
     )
-    reference = unique_id("tampered")
-    async with books.transaction():  # a restore or a superuser: the deferred checks switched off for one write
-        await books.execute("ALTER TABLE far_journal_lines DISABLE TRIGGER far_journal_lines_balanced")
-        await books.execute("ALTER TABLE far_journal_entries DISABLE TRIGGER far_journal_entries_balanced")
-        entry = await books.fetchval(
-            "INSERT INTO far_journal_entries (kind, reference) VALUES ('charge', $1) RETURNING id", reference
-        )
-        await books.execute(
-            "INSERT INTO far_journal_lines (entry_id, account, amount_far) VALUES ($1, $2, 5)",
-            entry,
-            buyer_account(wallet),
-        )
-        await books.execute("ALTER TABLE far_journal_lines ENABLE TRIGGER far_journal_lines_balanced")
-        await books.execute("ALTER TABLE far_journal_entries ENABLE TRIGGER far_journal_entries_balanced")
+    reference, entry = await tamper(books, wallet)
 
     result = await reconcile(
         payouts_ledger_dsn, rpc_url="http://unused", chain_id=DEV_CHAIN_ID, deposit_contract=None, opening_units=None
@@ -173,3 +188,33 @@ async def test_an_unbalanced_entry_written_with_the_checks_disabled_fails_reconc
         "treasury:chain in the journal is 2.000000000000000000 FAR but the deposits credited (0 FAR) minus the "
         "batches paid (0 FAR) are 0 FAR: an entry is missing or was written without its record"
     ]
+
+
+async def test_ledger_serve_exports_whether_the_books_reconcile_for_the_alert(
+    books: asyncpg.Connection, payouts_ledger_dsn: str
+) -> None:
+    settings = ReconcileSettings.from_env(
+        postgres_url=payouts_ledger_dsn, far_mesh_reconcile_metrics_port=0, far_mesh_reconcile_interval_s=0.05
+    )
+    wallet = str(Account.create().address)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve_reconciliation(settings, stop))
+    before = REGISTRY.get_sample_value("far_ledger_reconcile_last_run_timestamp_seconds") or 0.0
+
+    async def ran_since(mark: float) -> bool:
+        return (REGISTRY.get_sample_value("far_ledger_reconcile_last_run_timestamp_seconds") or 0.0) > mark
+
+    await wait_until(lambda: ran_since(before), timeout_s=10)
+    assert REGISTRY.get_sample_value("far_ledger_reconciled") == 1
+    assert REGISTRY.get_sample_value("far_ledger_reconcile_failed_checks") == 0
+
+    await tamper(books, wallet)
+
+    async def failing() -> bool:
+        return REGISTRY.get_sample_value("far_ledger_reconciled") == 0
+
+    await wait_until(failing, timeout_s=10)
+    stop.set()
+    await asyncio.wait_for(serving, timeout=10)
+    assert REGISTRY.get_sample_value("far_ledger_reconciled") == 0
+    assert REGISTRY.get_sample_value("far_ledger_reconcile_failed_checks") == 2  # the entry, and the sum
