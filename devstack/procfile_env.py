@@ -2,10 +2,10 @@
 
 The Procfile's processes start together and meet through settings only: the workers' FAR_MESH_DHT_BOOTSTRAP must
 name the peer id of the `dht` line's bootstrap, which is fixed by its identity file, so the file is created here
-once and its peer id written beside its path and port. The catalog is the tiny models the `swarm` line serves
-(generated here when missing), the database is created when missing, and the portal gets a fresh cookie key.
-Nothing is a placeholder: what this prints runs. Payouts have no chain here (`payouts serve` says so and pays
-nothing); the comment at the end names what to add to pay on one.
+once and its peer id written beside its path and port. The catalog is the local models the `swarm` line serves
+(tiny ones generated and real ones converted here when missing), the database is created when missing, and the
+portal gets a fresh cookie key. Nothing is a placeholder: what this prints runs. Payouts have no chain here
+(`payouts serve` says so and pays nothing); the comment at the end names what to add to pay on one.
 """
 
 import argparse
@@ -16,11 +16,14 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devstack.ports import free_port
 from devstack.procfile import ProcfileError, read_procfile
 from mesh.dht_node import DEFAULT_PORT as DHT_PORT
+
+if TYPE_CHECKING:
+    from protocol.catalog import ModelSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = Path(".cache/devstack/procfile")
@@ -95,13 +98,8 @@ def procfile_env(
     """The settings every Procfile process needs, in .env order (see the module's docstring)."""
     from devstack.services import with_database_created
     from mesh import dht_node
-    from mesh.tiny_models import ensure_tiny_models
 
-    served = swarm_models(procfile)
-    models = [m for m in ensure_tiny_models(cache_dir) if m.model_id in served]
-    missing = sorted(set(served) - {m.model_id for m in models})
-    if missing:
-        raise ValueError(f"the swarm line serves {missing}, which are not tiny models this command can describe")
+    models = local_catalog(swarm_models(procfile), cache_dir)
     postgres_url = with_database_created(postgres_url, "PostgreSQL at POSTGRES_URL does not answer")
     identity = state_dir / "dht.key"
     if not identity.exists():
@@ -129,6 +127,20 @@ def procfile_env(
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def local_catalog(served: Sequence[str], cache_dir: Path) -> "list[ModelSpec]":
+    """The catalogue entries of the local models `served` names: tiny ones (generated when missing) first, then
+    real ones converted from installed GGUF files (converted when missing), each made only when served."""
+    from mesh.gguf_checkpoint import PACKAGED_MODELS, ensure_checkpoint, spec_for
+    from mesh.tiny_models import ensure_tiny_models
+
+    models = [m for m in ensure_tiny_models(cache_dir) if m.model_id in served]
+    models += [spec_for(p, ensure_checkpoint(cache_dir, p)) for p in PACKAGED_MODELS if p.model_id in served]
+    missing = sorted(set(served) - {m.model_id for m in models})
+    if missing:
+        raise ValueError(f"the swarm line serves {missing}, which are not local models this command can describe")
+    return models
 
 
 def swarm_models(procfile: Path) -> list[str]:
