@@ -6,7 +6,9 @@ The ledger's checks read only PostgreSQL:
   this finds one written around that, with the triggers disabled or by a restore);
 - the sum of every line of the journal is zero;
 - `treasury:chain` in the journal equals the deposits credited (`far_chain_deposits`) minus what the paid batches
-  paid (`far_payout_payments`): every deposit and every paid batch has its entries, and nothing else moves it.
+  paid (`far_payout_payments`): every deposit and every paid batch has its entries, and nothing else moves it;
+- each provider's payable equals its charged sessions' rows neither paid nor slashed, each buyer's `withdrawing:`
+  account its withdrawals not yet paid, and `suspense:payouts` holds nothing.
 
 The chain's checks, with `--opening-far`, at one block (the deposit watcher's newest checkpoint, so every deposit up
 to it is credited, or `--block`):
@@ -56,6 +58,39 @@ SELECT (SELECT count(*) FROM far_journal_entries) AS entries,
        (SELECT coalesce(sum(amount_far), 0) FROM far_chain_deposits) AS deposits,
        (SELECT coalesce(sum(p.amount_far), 0) FROM far_payout_payments p
           JOIN far_payment_batches b ON b.id = p.batch_id WHERE b.status = 'paid') AS paid
+"""
+# Each provider's payable in the journal against the rows it derives from: a charged session's rows neither paid nor
+# slashed (a slash zeroes payment_far). Rows of sessions stored before charges (schema/0022) were never in a payable.
+_PAYABLES = """
+WITH journal AS (
+    SELECT account, -sum(amount_far) AS owed FROM far_journal_lines WHERE account LIKE 'provider:%' GROUP BY account
+), ledger AS (
+    SELECT far_provider_account(c.node_id) AS account, sum(c.payment_far) AS owed
+      FROM far_session_contributions c
+      JOIN far_mesh_sessions s ON s.id = c.session_id
+      JOIN far_journal_entries e ON e.kind = 'charge' AND e.reference = s.request_id
+     WHERE c.paid_at IS NULL AND c.payment_far > 0
+     GROUP BY 1
+)
+SELECT coalesce(j.account, l.account) AS account, coalesce(j.owed, 0) AS journal, coalesce(l.owed, 0) AS rows,
+       count(*) OVER () AS differing,
+       (SELECT count(*) FROM journal) AS payables
+  FROM journal j FULL JOIN ledger l ON l.account = j.account
+ WHERE coalesce(j.owed, 0) <> coalesce(l.owed, 0)
+ ORDER BY 1 LIMIT 20
+"""
+# Each buyer's withdrawals not yet paid, in the journal (withdrawing:<wallet>) and in far_withdrawals.
+_WITHDRAWING = """
+WITH journal AS (
+    SELECT substr(account, 13) AS wallet, -sum(amount_far) AS owed FROM far_journal_lines
+     WHERE account LIKE 'withdrawing:%' GROUP BY 1
+), ledger AS (
+    SELECT wallet, sum(amount_far) AS owed FROM far_withdrawals WHERE paid_at IS NULL GROUP BY 1
+)
+SELECT coalesce(j.wallet, l.wallet) AS wallet, coalesce(j.owed, 0) AS journal, coalesce(l.owed, 0) AS rows
+  FROM journal j FULL JOIN ledger l ON l.wallet = j.wallet
+ WHERE coalesce(j.owed, 0) <> coalesce(l.owed, 0)
+ ORDER BY 1 LIMIT 20
 """
 # Deposits of this chain's contract credited at or below the block, in base units.
 _DEPOSITED = """
@@ -136,6 +171,34 @@ async def reconcile_journal(connection: asyncpg.Connection, into: Reconciliation
         f"treasury:chain in the journal is {totals['treasury']} FAR but the deposits credited "
         f"({totals['deposits']} FAR) minus the batches paid ({totals['paid']} FAR) are {expected} FAR: an entry "
         "is missing or was written without its record",
+    )
+
+
+async def reconcile_payables(connection: asyncpg.Connection, into: Reconciliation) -> None:
+    """Each provider's payable and each buyer's unpaid withdrawals in the journal equal the rows they derive from,
+    and nothing waits in `suspense:payouts`."""
+    payables = await connection.fetch(_PAYABLES)
+    named = "; ".join(f"{r['account']}: journal {r['journal']}, unpaid rows {r['rows']}" for r in payables)
+    into.check(
+        not payables,
+        "each provider's payable in the journal equals its charged rows neither paid nor slashed",
+        f"{payables[0]['differing'] if payables else 0} provider payables differ from their unpaid rows: {named}",
+    )
+    withdrawing = await connection.fetch(_WITHDRAWING)
+    named = "; ".join(f"{r['wallet']}: journal {r['journal']}, unpaid withdrawals {r['rows']}" for r in withdrawing)
+    into.check(
+        not withdrawing,
+        "each buyer's withdrawals in the journal not yet paid equal its unpaid withdrawals",
+        f"withdrawals in the journal differ from the unpaid withdrawals: {named}",
+    )
+    suspense: Decimal = await connection.fetchval(
+        "SELECT coalesce(sum(amount_far), 0) FROM far_journal_lines WHERE account = 'suspense:payouts'"
+    )
+    into.check(
+        suspense == 0,
+        "nothing waits in suspense:payouts",
+        f"suspense:payouts holds {suspense} FAR: a batch claimed before far_payout_claims paid a wallet for rows the "
+        "journal could not map to its nodes; post the entry that moves it to their payables",
     )
 
 
@@ -409,6 +472,7 @@ async def reconcile(
     try:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             await reconcile_journal(connection, result)
+            await reconcile_payables(connection, result)
             if opening_units is not None and deposit_contract is not None:
                 client = ChainClient(rpc_url)
                 chain = await read_chain(client, chain_id, deposit_contract, connection, block=block)

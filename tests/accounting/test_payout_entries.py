@@ -15,6 +15,7 @@ from web3 import Web3
 from accounting.journal import TREASURY_CHAIN, account_balance, provider_account
 from accounting.ledger import write_batch
 from accounting.payer import ChainPayer
+from accounting.payouts import claim_batch
 from accounting.reconcile import reconcile
 from chain.artifacts import load_artifact
 from chain.deploy import send
@@ -170,3 +171,28 @@ async def test_a_slash_and_a_forfeit_move_a_charged_payable_to_the_platform_once
         payouts_ledger_dsn, rpc_url="http://unused", chain_id=DEV_CHAIN_ID, deposit_contract=None, opening_units=None
     )
     assert result.ok, result.failed
+
+
+async def test_a_row_marked_paid_without_its_batch_paid_fails_the_payables_check_naming_the_provider(
+    books: asyncpg.Connection, payouts_ledger_dsn: str
+) -> None:
+    node = unique_id("peer")
+    await register_nodes(books, [node])
+    record = usage_record(unique_id("req"), {node: 1})
+    await write_batch(books, [record])
+    batch = await claim_batch(books, "chain", Decimal(0))
+    assert batch is not None
+    await books.execute(  # what no writer of the ledger does: rows marked paid while their batch is not
+        "UPDATE far_session_contributions SET paid_at = now(), transaction_ref = 'by hand' WHERE payment_batch_id = $1",
+        batch.id,
+    )
+
+    result = await reconcile(
+        payouts_ledger_dsn, rpc_url="http://unused", chain_id=DEV_CHAIN_ID, deposit_contract=None, opening_units=None
+    )
+
+    [payables] = result.failed
+    owed = record.contributions[0].payment_far
+    assert payables == (
+        f"1 provider payables differ from their unpaid rows: {provider_account(node)}: journal {owed}, unpaid rows 0"
+    )

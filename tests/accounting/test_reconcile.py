@@ -13,6 +13,8 @@ from eth_account import Account
 from prometheus_client import REGISTRY
 
 from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
+from accounting.ledger import write_batch
+from accounting.payouts import claim_batch, mark_paid
 from accounting.reconcile import reconcile, serve_reconciliation
 from chain.deploy import transfer
 from chain.deposits import make_deposit
@@ -20,9 +22,10 @@ from chain.node import DEV_CHAIN_ID
 from chain.settings import ReconcileSettings
 from chain.units import to_base_units
 from cli.main import main
+from devstack.harness.registrations import register_nodes
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.deposits import funded_buyer, watcher_for
-from tests.fixtures.ledger import unique_id, wait_until
+from tests.fixtures.ledger import unique_id, usage_record, wait_until
 
 JOURNAL_TABLES = "far_chain_deposits, far_deposit_scans, far_journal_lines, far_journal_entries, far_journal_accounts"
 
@@ -39,29 +42,25 @@ async def far_mesh(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
-async def record_paid_batch(books: asyncpg.Connection, d: FarDeployment, wallet: str, far: Decimal) -> None:
-    """A payout as the payer leaves it: the $FAR sent from the treasury on chain, and its batch paid in the ledger
-    (which posts its payout entry: schema/0023)."""
-    receipt = transfer(d.w3, d.treasury, d.deployment.token, wallet, to_base_units(far))
+async def record_paid_batch(books: asyncpg.Connection, d: FarDeployment, far: Decimal) -> None:
+    """A payout as the payer leaves it: a session that owes one registered node `far` (charged in the journal), its
+    row claimed into a batch, the $FAR sent from the treasury on chain, and the batch paid in the ledger (which posts
+    its payout entry: schema/0023)."""
+    peer = unique_id("peer")
+    await register_nodes(books, [peer])
+    await write_batch(books, [usage_record(unique_id("req"), {peer: 1}, price_far=far / 10)])  # 10 tokens
+    batch = await claim_batch(books, "chain", Decimal(0))
+    assert batch is not None and batch.total_far == far
+    [payment] = batch.payments
+    receipt = transfer(d.w3, d.treasury, d.deployment.token, payment.wallet, to_base_units(far))
     genesis = d.w3.eth.get_block(0)["hash"].to_0x_hex().lower()
-    batch_id = await books.fetchval(
-        """
-        INSERT INTO far_payment_batches (status, payer, min_far, total_far, wallet_count, row_count, transaction_ref,
-                                         chain_id, chain_genesis, completed_at)
-        VALUES ('submitted', 'chain', 0, $1, 1, 1, $2, $3, $4, now()) RETURNING id
-        """,
-        far,
-        receipt["transactionHash"].to_0x_hex(),
+    await books.execute(
+        "UPDATE far_payment_batches SET chain_id = $2, chain_genesis = $3 WHERE id = $1",
+        batch.id,
         DEV_CHAIN_ID,
         genesis,
     )
-    await books.execute(
-        "INSERT INTO far_payout_payments (batch_id, wallet, amount_far, row_count) VALUES ($1, $2, $3, 1)",
-        batch_id,
-        wallet,
-        far,
-    )
-    await books.execute("UPDATE far_payment_batches SET status = 'paid' WHERE id = $1", batch_id)
+    await mark_paid(books, batch.id, receipt["transactionHash"].to_0x_hex())
 
 
 async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_fails_naming_the_difference(
@@ -77,7 +76,7 @@ async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_
     watcher = await watcher_for(d, confirmations=1)
     make_deposit(d.w3, buyer, d.deployment.token, d.deployment.deposit_contract, to_base_units(Decimal("12.5")))
     await watcher.catch_up(books)
-    await record_paid_batch(books, d, str(Account.create().address), Decimal("3.25"))
+    await record_paid_batch(books, d, Decimal("3.25"))
     await watcher.catch_up(books)  # the checkpoint reaches the payout's block
     for name, value in {
         "FAR_MESH_CHAIN_RPC_URL": d.url,
@@ -89,7 +88,7 @@ async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_
 
     assert await far_mesh("ledger", "reconcile", "--opening-far", opening_far) == 0
     out = capsys.readouterr().out
-    assert "ok    every journal entry balances (2 entries, 4 lines)" in out
+    assert "ok    every journal entry balances (3 entries, 6 lines)" in out
     assert "ok    the journal's lines sum to zero" in out
     assert (
         f"ok    the treasury {d.treasury.address} holds" in out
