@@ -27,7 +27,7 @@ import importlib.metadata
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -350,10 +350,3 @@ def _spdx(license_id: object) -> str | None:
     if not isinstance(license_id, str) or not license_id:
         return None
     return _SPDX_SPELLING.get(license_id.lower(), license_id)
-
-
-def describe(facts: Mapping[str, Any]) -> str:
-    """One line for logs and the CLI: the parameter count and context length a conversion recorded."""
-    parameters = facts.get("parameters")
-    size = f"{parameters / 1e6:.1f}M parameters" if isinstance(parameters, int) else "unknown size"
-    return f"{size}, context {facts.get('context_length')}, license {facts.get('license')}"
