@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import redis.asyncio as aioredis
 
+from devstack.harness.gateway import OTHER_MODEL_FACTS
 from protocol import keys
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import MODEL_ID, OTHER_MODEL_ID, IssueKey, SseReader, SyntheticWorker, snapshot
@@ -57,6 +58,7 @@ async def test_without_a_fresh_snapshot_status_says_disconnected_and_invents_no_
             {
                 "model_id": MODEL_ID,
                 "active_nodes": None,
+                **dict.fromkeys(OTHER_MODEL_FACTS),
                 "price_per_token_far": "0.0001",
                 "prompt_price_per_token_far": "0",
                 "completion_price_per_token_far": "0.0001",
@@ -66,6 +68,7 @@ async def test_without_a_fresh_snapshot_status_says_disconnected_and_invents_no_
             {
                 "model_id": OTHER_MODEL_ID,
                 "active_nodes": None,
+                **OTHER_MODEL_FACTS,
                 "price_per_token_far": "0.0003",
                 "prompt_price_per_token_far": "0.00002",
                 "completion_price_per_token_far": "0.0003",
