@@ -48,7 +48,7 @@ from mesh.node import (
     server_command,
 )
 from mesh.petals_cli import AWAIT_PORT_VARIABLE, command_line
-from mesh.ports import free_port, port_is_taken
+from mesh.ports import free_port_to_keep, port_is_taken
 from mesh.process_groups import signal_group
 from mesh.process_lifetime import children_die_with_this_thread, supervised_environment
 from mesh.restarts import RestartPolicy
@@ -420,7 +420,7 @@ class LocalSwarm:
         """Launch the DHT bootstrap with an identity made here, so its peer id is known before it listens."""
         from hivemind.p2p import P2P
 
-        self.dht_port = self.dht_port or free_port()
+        self.dht_port = self.dht_port or free_port_to_keep()
         identity = self.work_dir / "dht.identity"
         if not identity.exists():
             P2P.generate_identity(str(identity))
@@ -439,7 +439,7 @@ class LocalSwarm:
             label=plan.label,
             blocks=(plan.start_block, plan.end_block),
             host=LOOPBACK,
-            port=free_port(),
+            port=free_port_to_keep(),
             throughput=SERVER_THROUGHPUT,
             device="cpu",
             torch_dtype=plan.torch_dtype,

@@ -206,12 +206,12 @@ async def _beat(health: FleetHealth) -> None:
 
 
 async def _publish_snapshots(settings: WorkerSettings, served: dict[str, ServedModel], redis: aioredis.Redis) -> None:
-    """Every interval: reconnect dead clients, then publish each model's swarm as the DHT shows it."""
+    """Every interval: replace dead or suspect clients, then publish each model's swarm as the DHT shows it."""
     while True:
         for model in served.values():
             try:
-                if not model.connected():
-                    logger.warning("client disconnected model=%s; reconnecting", model.model_id)
+                if reason := model.needs_new_client():
+                    logger.warning("replacing the client of model=%s: %s", model.model_id, reason)
                     client = await asyncio.to_thread(
                         open_client, model.spec, settings.initial_peers, limits=client_limits(settings)
                     )

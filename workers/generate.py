@@ -315,6 +315,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 continue
             next_step = None
             failing_since = None
+            run.served.note_routed()
             run.trace.stepped()
             run.attribution.record_step(result.spans, result.tokens)
             choice = sampler.last
@@ -421,6 +422,7 @@ def _observe_token(run: _Run, previous_at: float | None) -> None:
 
 def _no_route(run: _Run, settings: WorkerSettings, exc: Exception) -> Outcome:
     missing = uncovered_blocks(run.served.model)
+    run.served.note_no_route(every_block_announced=not missing)
     where = f"blocks {_ranges(missing)}" if missing else "a working route"
     message = (
         f"no server holds {where} of {run.job.model_id} (gave up after {settings.far_mesh_no_route_timeout_s:g} s; "

@@ -6,6 +6,7 @@ once; asyncio's default pool (a handful of threads on a small machine) would ser
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -18,10 +19,17 @@ from protocol.catalog import ModelSpec
 
 T = TypeVar("T")
 
+SUSPECT_CLIENT_REPLACED_EVERY_S = 60.0
+"""At most this often a client suspected of its own routing failure is replaced: a swarm that is really
+broken for every worker costs each worker one reconnect a minute, not one per failed job."""
+
 
 class ServedModel:
-    def __init__(self, client: MeshClient, *, max_jobs: int) -> None:
+    def __init__(self, client: MeshClient, *, max_jobs: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
+        self._clock = clock
+        self._client_since = clock()
+        self._client_suspect = False
         self.spec = client.spec
         model = client.model
         self._executor = ThreadPoolExecutor(max_workers=max_jobs + 2, thread_name_prefix=f"petals-{self.spec.model_id}")
@@ -58,7 +66,27 @@ class ServedModel:
     def replace_client(self, client: MeshClient) -> None:
         """Swap in a freshly connected client; sessions opened from now on use it."""
         old, self.client = self.client, client
+        self._client_since, self._client_suspect = self._clock(), False
         old.close()
+
+    def note_no_route(self, *, every_block_announced: bool) -> None:
+        """A job gave up for want of a route. With every block announced in the DHT, the fault may be this
+        client's own: libp2p backs off dialing an address that failed, longer after each failure (up to
+        minutes), so a server restarted on its old address can stay out of this client's reach while every
+        other client reaches it. A new client (a new p2pd) starts without those backoffs."""
+        self._client_suspect = self._client_suspect or every_block_announced
+
+    def note_routed(self) -> None:
+        """A step went through: whatever failed before was the swarm's, and the client is fine."""
+        self._client_suspect = False
+
+    def needs_new_client(self) -> str | None:
+        """Why this model's client should be replaced now, or None."""
+        if not self.connected():
+            return "its DHT process died"
+        if self._client_suspect and self._clock() - self._client_since >= SUSPECT_CLIENT_REPLACED_EVERY_S:
+            return "it found no route while the DHT announced every block"
+        return None
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])

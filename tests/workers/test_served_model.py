@@ -1,0 +1,59 @@
+from types import SimpleNamespace
+from typing import cast
+
+from mesh.client import MeshClient
+from workers.served_model import SUSPECT_CLIENT_REPLACED_EVERY_S, ServedModel
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_client(*, dht_alive: bool = True) -> MeshClient:
+    config = SimpleNamespace(eos_token_id=2, max_position_embeddings=64, num_hidden_layers=4)
+    return cast(
+        MeshClient,
+        SimpleNamespace(
+            spec=SimpleNamespace(model_id="far-tiny"),
+            model=SimpleNamespace(config=config),
+            dht=SimpleNamespace(is_alive=lambda: dht_alive),
+            close=lambda: None,
+        ),
+    )
+
+
+def test_a_client_whose_dht_died_is_replaced_at_once() -> None:
+    served = ServedModel(fake_client(dht_alive=False), max_jobs=1)
+
+    assert served.needs_new_client() == "its DHT process died"
+
+
+def test_a_client_that_found_no_route_while_every_block_was_announced_is_replaced_at_most_once_a_minute() -> None:
+    clock = Clock()
+    served = ServedModel(fake_client(), max_jobs=1, clock=clock)
+    served.note_no_route(every_block_announced=True)
+    assert served.needs_new_client() is None  # it only just connected
+
+    clock.now += SUSPECT_CLIENT_REPLACED_EVERY_S
+    assert served.needs_new_client() == "it found no route while the DHT announced every block"
+
+    served.replace_client(fake_client())
+    served.note_no_route(every_block_announced=True)
+    assert served.needs_new_client() is None
+
+
+def test_missing_blocks_or_a_later_step_that_went_through_clear_the_client() -> None:
+    clock = Clock()
+    served = ServedModel(fake_client(), max_jobs=1, clock=clock)
+    clock.now += SUSPECT_CLIENT_REPLACED_EVERY_S
+
+    served.note_no_route(every_block_announced=False)  # the swarm's fault, not this client's
+    assert served.needs_new_client() is None
+
+    served.note_no_route(every_block_announced=True)
+    served.note_routed()
+    assert served.needs_new_client() is None
