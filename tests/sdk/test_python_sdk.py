@@ -97,6 +97,10 @@ def test_models_and_mesh_status_describe_what_is_on_sale(e2e_system: SystemUnder
     assert [m.model_id for m in models] == [m.model_id for m in e2e_system.models]
     assert all(m.available and m.price_per_token_far == PRICE_FAR for m in models)
     assert all((m.prompt_price_per_token_far, m.completion_price_per_token_far) == (0, PRICE_FAR) for m in models)
+    assert [(m.family, m.parameters, m.context_length) for m in models] == [
+        (spec.family, spec.parameters, spec.context_length) for spec in e2e_system.models
+    ]
+    assert all(m.family == "tiny-llama (random weights)" and m.license for m in models)
     assert (status.prompt_price_per_token_far, status.completion_price_per_token_far) == (0, PRICE_FAR)
     assert status.model_id == e2e_system.models[0].model_id
     assert status.status == "connected" and status.healthy and status.active_nodes

@@ -36,6 +36,12 @@ export interface Model {
   activeNodes: number | null;
   /** available or unavailable */
   status: string;
+  /** What the model is, e.g. "tiny-llama (random weights)"; null when the catalogue does not say */
+  family: string | null;
+  parameters: number | null;
+  /** Most tokens of prompt and completion together */
+  contextLength: number | null;
+  license: string | null;
 }
 
 /** A model's swarm as the gateway sees it (GET /mesh/status). */
@@ -119,13 +125,25 @@ export class FarMesh {
 
   /** Every model on sale, with its prices and whether a healthy swarm serves it now. */
   async models(options: { signal?: AbortSignal } = {}): Promise<Model[]> {
-    type Item = Quoted & { model_id: string; active_nodes: number | null; status: string };
+    type Item = Quoted & {
+      model_id: string;
+      active_nodes: number | null;
+      status: string;
+      family?: string | null;
+      parameters?: number | null;
+      context_length?: number | null;
+      license?: string | null;
+    };
     const body = await this.transport.json<{ models: Item[] }>("GET", "/models", options.signal);
     return body.models.map((m) => ({
       modelId: m.model_id,
       ...prices(m),
       activeNodes: m.active_nodes ?? null,
       status: m.status,
+      family: m.family ?? null,
+      parameters: m.parameters ?? null,
+      contextLength: m.context_length ?? null,
+      license: m.license ?? null,
     }));
   }
 

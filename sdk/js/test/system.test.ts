@@ -74,6 +74,8 @@ describe.skipIf(!live)("the TypeScript SDK against the live system", () => {
     expect(models.every((m) => m.status === "available" && far(m.pricePerTokenFar) === price)).toBe(true);
     expect(models.every((m) => m.completionPricePerTokenFar === m.pricePerTokenFar)).toBe(true);
     expect(models.every((m) => far(m.promptPricePerTokenFar) === 0)).toBe(true);
+    expect(models.every((m) => m.family === "tiny-llama (random weights)" && (m.parameters ?? 0) > 0)).toBe(true);
+    expect(models.every((m) => (m.contextLength ?? 0) > 0 && m.license !== null)).toBe(true);
     const status = await mesh.meshStatus();
     expect(status.completionPricePerTokenFar).toBe(status.pricePerTokenFar);
     expect(status.modelId).toBe(models[0].modelId);

@@ -22,6 +22,13 @@ class Model:
     """Per prompt token (0 from a gateway older than prompt prices); a request pays it once a token was generated."""
     completion_price_per_token_far: Decimal | None = None
     """Per generated token; equals price_per_token_far (None only when built by hand without it)."""
+    family: str | None = None
+    """What the model is, e.g. "tiny-llama (random weights)"; None when the catalogue does not say (or an older
+    gateway)."""
+    parameters: int | None = None
+    context_length: int | None = None
+    """Most tokens of prompt and completion together."""
+    license: str | None = None
 
     @property
     def available(self) -> bool:
@@ -37,6 +44,10 @@ class Model:
             item["status"],
             prompt_price_per_token_far=prompt,
             completion_price_per_token_far=completion,
+            family=item.get("family"),
+            parameters=item.get("parameters"),
+            context_length=item.get("context_length"),
+            license=item.get("license"),
         )
 
 
