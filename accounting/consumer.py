@@ -138,7 +138,9 @@ class UsageConsumer:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        await self._ensure_group()
+        if not await self._ensure_group_once_redis_answers():
+            log.info("accounting consumer stopped before Redis answered name=%s", self.name)
+            return
         log.info(
             "accounting consumer started name=%s group=%s stream=%s",
             self.name,
@@ -181,6 +183,21 @@ class UsageConsumer:
         if not self.stopping and now >= self._next_trim:
             self._next_trim = now + self.settings.accounting_trim_interval_s
             await self.trim()
+
+    async def _ensure_group_once_redis_answers(self) -> bool:
+        """Create the group, waiting out a Redis that does not answer yet as the loop waits out an outage: a
+        consumer (re)started while Redis restarts must not exit (the chaos soak found it crash-looping). False
+        when told to stop first."""
+        backoff = Backoff(0.1, self.settings.accounting_retry_max_s)
+        while True:
+            try:
+                await self._ensure_group()
+                return True
+            except _REDIS_ERRORS as exc:
+                log.warning("redis unavailable at start (%s); retrying in %.1fs", type(exc).__name__, backoff.delay_s)
+                self.heartbeat.beat()
+                if await self._sleep(backoff.take()):
+                    return False
 
     async def _ensure_group(self) -> None:
         try:
