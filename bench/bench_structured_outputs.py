@@ -115,7 +115,7 @@ def per_token(model: Any, tokenizer: Any, llg_tokenizer: Any, eos: frozenset[int
     """Constrained decoding driven by the real model; each step also times an unconstrained choice on the same
     logits (its token is discarded), so both kinds of step see the same numbers and the same machine."""
     prompt_ids = list(tokenizer(PROMPT)["input_ids"])
-    constraint = GrammarConstraint(llg_tokenizer, _format("person"))
+    constraint = GrammarConstraint(llg_tokenizer, grammar_of(_format("person")))
     constrained, free = _sampler(tokenizer, constraint, prompt_ids), _sampler(tokenizer, None, prompt_ids)
     decoders = (
         IncrementalDecoder(lambda ids: str(tokenizer.decode(list(ids)))),
@@ -165,7 +165,7 @@ def compile_times(llg_tokenizer: Any) -> None:
             started = time.perf_counter()
             grammar_of(_format(name))
             middle = time.perf_counter()
-            GrammarConstraint(llg_tokenizer, _format(name))
+            GrammarConstraint(llg_tokenizer, grammar_of(_format(name)))
             gateway.append(middle - started)
             worker.append(time.perf_counter() - middle)
         p95 = {kind: statistics.quantiles(values, n=20)[-1] * 1000 for kind, values in (("g", gateway), ("w", worker))}

@@ -10,9 +10,11 @@ Every OpenAI parameter is honoured or refused with a 400 naming it (`param`); no
 `top_logprobs` (at most 5), `stream_options.include_usage`, `max_tokens` / `max_completion_tokens` are honoured;
 `user` is accepted as OpenAI defines it (an end-user id for abuse reports, no effect on the output);
 `response_format` (`text`, `json_object`, `json_schema` with `strict`) is enforced token by token by the worker
-(`protocol.structured`; a schema the engine cannot enforce is a 400 naming where); `n`, `best_of` above 1,
-`echo`, `suffix`, tools and function calling, audio and predicted outputs are refused. Unknown fields are
-refused too, as OpenAI does.
+(`protocol.structured`; a schema the engine cannot enforce is a 400 naming where); so are `tools` with
+`tool_choice` and `parallel_tool_calls` on chat (`protocol.tools`: the reply carries `tool_calls` and
+`finish_reason: "tool_calls"`; a streamed call arrives whole in one delta once the model has written it); `n`,
+`best_of` above 1, `echo`, `suffix`, the legacy `functions`, audio and predicted outputs are refused. Unknown
+fields are refused too, as OpenAI does.
 
 Errors are OpenAI's shape (`gateway.openai_errors`). Usage: with `stream_options.include_usage` it comes as its
 own last chunk with empty `choices`, as OpenAI sends it; without it, the final chunk carries it (a Far Mesh
@@ -33,7 +35,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -50,7 +52,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import authenticate
 from gateway.bodies import read_model
-from gateway.errors import ApiError, BadGateway, GatewayTimeout, InvalidRequest
+from gateway.errors import ApiError, BadGateway, GatewayTimeout, InvalidRequest, NotFound, UnsupportedSchema
 from gateway.inference import relay_response
 from gateway.openai_errors import ContextLengthExceeded, UnsupportedParameter, error_type, openai_error_response
 from gateway.relay import Entry, Subscription
@@ -61,7 +63,7 @@ from protocol import keys
 from protocol.catalog import ModelId
 from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
-from protocol.jobs import ChatTurn
+from protocol.jobs import MAX_CHAT_TURNS, ChatTurn
 from protocol.requests import (
     MAX_LOGIT_BIAS,
     MAX_NEW_TOKENS,
@@ -77,7 +79,17 @@ from protocol.requests import (
     RequestId,
     RequestWallet,
 )
-from protocol.structured import ResponseFormat
+from protocol.structured import JsonObjectFormat, JsonSchemaFormat, ResponseFormat, SchemaRefused
+from protocol.tools import (
+    NamedToolChoice,
+    Tool,
+    ToolChoice,
+    ToolUse,
+    calls_text,
+    parse_calls,
+    tool_grammar,
+    tools_prompt,
+)
 
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 _TEMPLATE_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
@@ -106,11 +118,8 @@ def _absent_or(*allowed: object) -> Callable[[object], bool]:
 
 
 _REFUSED: dict[str, tuple[Callable[[object], bool], str]] = {
-    "tools": (_absent_or([]), "tool calling is not supported; omit tools"),
-    "tool_choice": (_absent_or("none"), "tool calling is not supported; omit tool_choice"),
-    "functions": (_absent_or([]), "function calling is not supported; omit functions"),
-    "function_call": (_absent_or("none"), "function calling is not supported; omit function_call"),
-    "parallel_tool_calls": (lambda value: True, ""),  # without tools there is nothing to run in parallel
+    "functions": (_absent_or([]), "the legacy functions are not supported; use tools"),
+    "function_call": (_absent_or("none"), "the legacy function_call is not supported; use tool_choice"),
     "best_of": (_absent_or(1), "only one candidate per request is generated; omit best_of or use 1"),
     "echo": (_absent_or(False), "echoing the prompt is not supported; omit echo"),
     "suffix": (_absent_or(""), "insertion (suffix) is not supported; omit suffix"),
@@ -210,19 +219,93 @@ class ContentPart(BaseModel):
     text: _Text
 
 
-class ChatMessage(BaseModel):
+class CalledFunction(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: _Text | list[ContentPart]
+    name: str = Field(max_length=64)
+    arguments: _Text = Field(description="The arguments as JSON text, as the reply gave them")
+
+
+class ToolCall(BaseModel):
+    """A call an earlier assistant turn made, sent back so the model sees what it called."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(max_length=128)
+    type: Literal["function"]
+    function: CalledFunction
+
+
+class _Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content: _Text | list[ContentPart] | None
     name: str | None = Field(default=None, max_length=64, description="Accepted; not part of the prompt")
+
+    def calls(self) -> list[ToolCall]:
+        return []
 
     @property
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        """The turn as the model reads it: its content, then any calls in the format the model writes them."""
+        content = self.content
+        text = content if isinstance(content, str) else "".join(part.text for part in content or [])
+        if calls := self.calls():
+            written = calls_text([(call.function.name, call.function.arguments) for call in calls])
+            text = f"{text}\n{written}" if text else written
+        return text
+
+
+class ChatMessage(_Turn):
+    """A system, developer, user or tool turn: its content is required."""
+
+    role: Literal["system", "developer", "user", "tool"]
+    content: _Text | list[ContentPart]
+    tool_call_id: str | None = Field(default=None, max_length=128, description="A tool turn: the call it answers")
+
+
+class AssistantMessage(_Turn):
+    """An earlier reply: its text, or the tools it called (its content may then be null)."""
+
+    role: Literal["assistant"]
+    content: _Text | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, max_length=128, description="The calls it made (protocol.tools' format in the prompt)"
+    )
+
+    def calls(self) -> list[ToolCall]:
+        return self.tool_calls or []
+
+
+Message = Annotated[ChatMessage | AssistantMessage, Field(discriminator="role")]
+
+
+_TOOLS_RULES: dict[str, Any] = {
+    "dependentRequired": {"tool_choice": ["tools"]},
+    "dependentSchemas": {
+        "tools": {
+            "properties": {
+                "response_format": {
+                    "anyOf": [
+                        {"type": "null"},
+                        {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]},
+                    ]
+                }
+            }
+        }
+    },
+}
+"""What the document states across fields: tool_choice only with tools, and no JSON response_format with them."""
 
 
 class ChatCompletionRequest(_OpenAIBody):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    model_config = ConfigDict(json_schema_extra=_TOOLS_RULES)
+
+    messages: list[Message] = Field(min_length=1, max_length=MAX_CHAT_TURNS)
+    tools: list[Tool] = Field(
+        default_factory=list, min_length=1, max_length=128, description="Functions the model may call"
+    )
+    tool_choice: ToolChoice | None = Field(
+        default=None, description='Only with tools: "none", "auto" (the default), "required", or a named function'
+    )
+    parallel_tool_calls: StrictBool | None = Field(default=None, description="Allow several calls in one reply")
     max_completion_tokens: JsonInt | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     logprobs: StrictBool | None = Field(default=None, description="Log probabilities of the chosen tokens")
     top_logprobs: JsonInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -231,6 +314,42 @@ class ChatCompletionRequest(_OpenAIBody):
         # top_logprobs alone asks for log probabilities too: honoured, not refused over the missing flag
         wanted = bool(self.logprobs) or bool(self.top_logprobs)
         return {**super().sampling(), "logprobs": wanted, "top_logprobs": self.top_logprobs or 0}
+
+    def tool_use(self) -> ToolUse | None:
+        """The request's tools as the job carries them; None without tools. 400 for what cannot be enforced."""
+        if not self.tools:
+            if "tool_choice" in self.model_fields_set:
+                raise InvalidRequest("tool_choice: only allowed when tools are given", field="tool_choice")
+            return None
+        if isinstance(self.response_format, JsonObjectFormat | JsonSchemaFormat):
+            raise UnsupportedParameter(
+                "response_format", "a JSON response_format together with tools is not supported; use one of them"
+            )
+        use = ToolUse(
+            tools=self.tools,
+            tool_choice=self.tool_choice or "auto",
+            parallel_tool_calls=True if self.parallel_tool_calls is None else self.parallel_tool_calls,
+        )
+        if isinstance(use.tool_choice, NamedToolChoice) and not use.callable():
+            named = use.tool_choice.function.name
+            raise NotFound(f"tool_choice names {named!r}, which is not among the tools", field="tool_choice")
+        if use.active:
+            try:
+                tool_grammar(use)
+            except SchemaRefused as exc:
+                field = "tool_choice" if exc.where == "" else "tools"
+                raise UnsupportedSchema(f"{field}: the tools cannot be enforced: {exc}", field=field) from None
+        return use
+
+    def prompt_messages(self, use: ToolUse | None) -> list[ChatMessage | AssistantMessage]:
+        """The messages, with the callable tools described in the (first) system message."""
+        if use is None or not use.active:
+            return self.messages
+        offer = tools_prompt(use)
+        first = self.messages[0]
+        if first.role in ("system", "developer"):
+            return [ChatMessage(role=first.role, content=f"{first.text}\n\n{offer}"), *self.messages[1:]]
+        return [ChatMessage(role="system", content=offer), *self.messages]
 
 
 class CompletionRequest(_OpenAIBody):
@@ -245,7 +364,7 @@ class CompletionRequest(_OpenAIBody):
         return {**super().sampling(), "logprobs": self.logprobs is not None, "top_logprobs": self.logprobs or 0}
 
 
-def chat_prompt(messages: list[ChatMessage]) -> str:
+def chat_prompt(messages: Sequence[ChatMessage | AssistantMessage]) -> str:
     """The module docstring's template; the trailing cue makes the model answer as the assistant."""
     return "".join(f"{ROLE_NAMES[m.role]}: {m.text}\n" for m in messages) + "Assistant:"
 
@@ -269,7 +388,7 @@ def _generate_request(
     return request.model_copy(update={"prompt": prompt}) if chat else request
 
 
-def _cap_chat_texts(messages: list[ChatMessage], cap: int) -> None:
+def _cap_chat_texts(messages: Sequence[ChatMessage | AssistantMessage], cap: int) -> None:
     """400 naming `messages` when one text (a content, or one part of it) is over GATEWAY_MAX_PROMPT_CHARS: the
     cap the OpenAPI document states for each of them."""
     details = []
@@ -278,7 +397,11 @@ def _cap_chat_texts(messages: list[ChatMessage], cap: int) -> None:
         if isinstance(message.content, str):
             texts = [(("content",), message.content)]
         else:
-            texts = [(("content", j, "text"), part.text) for j, part in enumerate(message.content)]
+            texts = [(("content", j, "text"), part.text) for j, part in enumerate(message.content or [])]
+        texts += [
+            (("tool_calls", j, "function", "arguments"), call.function.arguments)
+            for j, call in enumerate(message.calls())
+        ]
         for where, text in texts:
             if len(text) > cap:
                 msg = f"a message's text has {len(text)} characters; at most {cap} are accepted"
@@ -295,8 +418,14 @@ def system_fingerprint(model_id: str) -> str:
 class _Shape:
     """How one endpoint's responses look: object names, id prefix, where the text goes."""
 
-    def __init__(self, *, chat: bool, accepted: Accepted, include_usage: bool = False) -> None:
+    def __init__(
+        self, *, chat: bool, accepted: Accepted, include_usage: bool = False, tool_use: ToolUse | None = None
+    ) -> None:
         self.chat = chat
+        self.tools = tool_use is not None and tool_use.active
+        self._held: list[dict[str, Any]] | None = [] if tool_use is not None and tool_use.forced else None
+        """A streamed reply's token events while it is (or may be) a tool call, sent whole at its end."""
+        self._deciding = self.tools and self._held is None
         self.request_id = accepted.request_id
         self.model = accepted.spec.model_id
         self.created = int(time.time())
@@ -339,6 +468,8 @@ class _Shape:
     def chunk(self, entry: Entry) -> bytes:
         event = json.loads(entry.data)
         obj = "chat.completion.chunk" if self.chat else "text_completion"
+        if entry.kind == TokenEvent.kind and self._holds(event):
+            return b""
         if entry.kind == TokenEvent.kind:
             logprobs = self.logprobs([event])
             if self.chat:
@@ -352,16 +483,21 @@ class _Shape:
                 json.dumps(self._envelope(obj, [choice], cost_far=event["cost_far"])).encode(), entry.entry_id
             )
         if entry.kind == DoneEvent.kind:
+            held, finish_reason = b"", _finish_reason(event)
+            if self._held is not None:
+                held, called = self._held_chunk(event)
+                finish_reason = "tool_calls" if called else finish_reason
             extra: dict[str, Any] = {"delta": {}} if self.chat else {"text": ""}
-            choice = {"index": 0, "logprobs": None, "finish_reason": _finish_reason(event), **extra}
+            choice = {"index": 0, "logprobs": None, "finish_reason": finish_reason, **extra}
             cost = {"cost_far": event["total_cost_far"], "status": event["status"]}
             if not self.include_usage:
                 final = self._envelope(obj, [choice], usage=_usage(event), **cost)
-                return sse_event(json.dumps(final).encode(), entry.entry_id) + DONE_SENTINEL
+                return held + sse_event(json.dumps(final).encode(), entry.entry_id) + DONE_SENTINEL
             last = self._envelope(obj, [choice], usage=None, **cost)
             usage = self._envelope(obj, [], usage=_usage(event), **cost)
             return (
-                sse_event(json.dumps(last).encode(), "")
+                held
+                + sse_event(json.dumps(last).encode(), "")
                 + sse_event(json.dumps(usage).encode(), entry.entry_id)
                 + DONE_SENTINEL
             )
@@ -372,11 +508,56 @@ class _Shape:
         }
         return sse_event(json.dumps(body).encode(), entry.entry_id)
 
+    def _holds(self, event: dict[str, Any]) -> bool:
+        """Whether this token is held back: with callable tools, a reply whose first text opens a JSON object is
+        a call (the grammar lets text start with anything else), sent whole when it ends."""
+        if self._deciding and event["token"]:
+            self._deciding = False
+            if event["token"].startswith("{"):
+                self._held = []
+        if self._held is None:
+            return False
+        self._held.append(event)
+        return True
+
+    def _calls(self, text: str) -> list[dict[str, Any]] | None:
+        """The reply's tool calls in OpenAI's shape; None when it is text (or a call cut short)."""
+        calls = parse_calls(text) if self.tools else None
+        if calls is None:
+            return None
+        return [
+            {"id": f"call_{self.request_id}_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+            for i, (name, args) in enumerate(calls)
+        ]
+
+    def _held_chunk(self, done: dict[str, Any]) -> tuple[bytes, bool]:
+        """The held reply as one chunk: a delta with its tool calls (True), or with its text when it is not a
+        complete call (False: cut short by max_tokens or a stop sequence)."""
+        held, self._held = self._held or [], None
+        if not held:
+            return b"", False
+        text = "".join(e["token"] for e in held)
+        calls = self._calls(text)
+        delta: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls is not None:
+            delta = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"index": i, **c} for i, c in enumerate(calls)],
+            }
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        chunk = self._envelope("chat.completion.chunk", [choice], cost_far=held[-1]["cost_far"])
+        return sse_event(json.dumps(chunk).encode(), ""), calls is not None
+
     def complete(self, events: list[dict[str, Any]], done: dict[str, Any]) -> dict[str, Any]:
         finish_reason = _finish_reason(done)
         text = "".join(e["token"] for e in events)
         logprobs = self.logprobs(events)
-        if self.chat:
+        calls = self._calls(text) if self.chat else None
+        if calls is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": "tool_calls"}
+        elif self.chat:
             message = {"role": "assistant", "content": text, "refusal": None}
             choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
@@ -479,7 +660,9 @@ async def _complete(request: Request, *, chat: bool) -> Response:
         max_tokens = chat_body.max_completion_tokens or chat_body.max_tokens or min(DEFAULT_CHAT_TOKENS, cap)
         prompt_field = "messages"
         _cap_chat_texts(chat_body.messages, state.settings.gateway_max_prompt_chars)
-        generate = _generate_request(chat_body, chat_prompt(chat_body.messages), max_tokens, prompt_field, chat=True)
+        tool_use = chat_body.tool_use()
+        messages = chat_body.prompt_messages(tool_use)
+        generate = _generate_request(chat_body, chat_prompt(messages), max_tokens, prompt_field, chat=True)
         body: _OpenAIBody = chat_body
     else:
         completion_body = await read_model(request, CompletionRequest, limit)
@@ -487,10 +670,10 @@ async def _complete(request: Request, *, chat: bool) -> Response:
         prompt_field = "prompt"
         max_tokens = completion_body.max_tokens or min(DEFAULT_COMPLETION_TOKENS, cap)
         generate = _generate_request(completion_body, prompt, max_tokens, prompt_field)
-        body = completion_body
-    turns = [ChatTurn(role=_TEMPLATE_ROLES[m.role], content=m.text) for m in chat_body.messages] if chat else None
-    accepted = await submit(state, generate, key, prompt_field=prompt_field, messages=turns)
-    shape = _Shape(chat=chat, accepted=accepted, include_usage=body.include_usage)
+        body, tool_use = completion_body, None
+    turns = [ChatTurn(role=_TEMPLATE_ROLES[m.role], content=m.text) for m in messages] if chat else None
+    accepted = await submit(state, generate, key, prompt_field=prompt_field, messages=turns, tool_use=tool_use)
+    shape = _Shape(chat=chat, accepted=accepted, include_usage=body.include_usage, tool_use=tool_use)
     if body.stream:
         return relay_response(state, accepted.slot, render=shape.chunk, trace=accepted.trace)
     collected = await _collect(state, accepted, request, prompt_field)

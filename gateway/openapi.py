@@ -177,11 +177,13 @@ _OPENAI_ERRORS = {
     "400": _openai_error(
         "Invalid, unknown or unsupported parameter; `param` names it. Or, without streaming, "
         "`context_length_exceeded`: the prompt holds more tokens than the model's context, which only a worker "
-        "can count (a stream reports it as an error chunk with code `prompt_too_long`)"
+        "can count (a stream reports it as an error chunk with code `prompt_too_long`). Or `unsupported_schema`: a "
+        "`response_format` schema or a tool's `parameters` the grammar engine cannot enforce (with `strict`, a "
+        "keyword it does not implement; the message names it and where it is)"
     ),
     "401": _openai_error("Missing, invalid or revoked API key"),
     "403": _openai_error("user_wallet is not the API key's wallet"),
-    "404": _openai_error("Unknown model"),
+    "404": _openai_error("Unknown model, or (chat) a named tool_choice that is not among the tools"),
     "409": _openai_error("request_id already used by another API key"),
     "413": _openai_error("Request body too large"),
     "415": _openai_error("Body is not JSON"),

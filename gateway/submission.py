@@ -37,6 +37,7 @@ from protocol.ownership import RequestOwner
 from protocol.requests import GenerateRequest, SamplingOptions
 from protocol.structured import JsonObjectFormat, JsonSchemaFormat, SchemaRefused, grammar_of
 from protocol.swarm import read_swarm_snapshot
+from protocol.tools import ToolUse
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +121,18 @@ async def submit(
     *,
     prompt_field: str = "prompt",
     messages: list[ChatTurn] | None = None,
+    tool_use: ToolUse | None = None,
 ) -> Accepted:
     """Start `body` as a job billed to `key`'s wallet, or attach to it if this key already submitted its id.
 
     `prompt_field` names the client's field the prompt came from, for error messages (chat: "messages");
-    `messages` are a chat request's turns, which the worker formats with the model's chat template.
+    `messages` are a chat request's turns, which the worker formats with the model's chat template;
+    `tool_use` its tools, checked by the caller (`gateway.openai_api`), which the worker's grammar enforces.
     """
     trace = RequestTrace()
     try:
         with telemetry.span("gateway.admission", parent=trace.root):
-            return await _submit(state, body, key, trace, prompt_field, messages)
+            return await _submit(state, body, key, trace, prompt_field, messages, tool_use)
     except BaseException as exc:
         trace.refused(exc)
         raise
@@ -142,6 +145,7 @@ async def _submit(
     trace: RequestTrace,
     prompt_field: str,
     messages: list[ChatTurn] | None,
+    tool_use: ToolUse | None = None,
 ) -> Accepted:
     body = _apply_caps(state, body, prompt_field, chat=messages is not None)
     if body.user_wallet is not None and body.user_wallet != key.wallet:
@@ -176,7 +180,7 @@ async def _submit(
             )
         new_owner = RequestOwner(key.key_id, spec.model_id).encode()
         if await redis.set(keys.request_owner(request_id), new_owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S):
-            slot = await _start(state, body, spec, request_id, key, messages, trace.traceparent())
+            slot = await _start(state, body, spec, request_id, key, messages, trace.traceparent(), tool_use)
             trace.admitted(request_id, spec.model_id, new_job=True)
             return Accepted(request_id, spec, slot, trace)
         owner = await redis.get(keys.request_owner(request_id))  # lost a race with another submission
@@ -210,6 +214,7 @@ async def _start(
     key: ApiKey,
     messages: list[ChatTurn] | None = None,
     trace_parent: str | None = None,
+    tool_use: ToolUse | None = None,
 ) -> Slot:
     """Admit and enqueue the request whose owner key was just written; undo both if either fails, so a retry
     with the same id starts it afresh and no slot is left taken."""
@@ -227,7 +232,7 @@ async def _start(
                 await state.balances.hold(key.wallet, request_id, most)
                 held = True
         with telemetry.span("gateway.enqueue"):
-            await _enqueue(state, body, spec, request_id, key, messages, trace_parent)
+            await _enqueue(state, body, spec, request_id, key, messages, trace_parent, tool_use)
         return slot
     except BaseException:
         if reserved:
@@ -285,6 +290,7 @@ async def _enqueue(
     key: ApiKey,
     messages: list[ChatTurn] | None = None,
     trace_parent: str | None = None,
+    tool_use: ToolUse | None = None,
 ) -> None:
     job = GenerateJob(
         request_id=request_id,
@@ -302,6 +308,7 @@ async def _enqueue(
         messages=messages,
         budgeted=key.limits.budgeted,
         trace_parent=trace_parent,
+        tool_use=tool_use,
         **body.model_dump(include=set(SamplingOptions.model_fields)),
     )
     queued = await enqueue_generate(state.arq, job)

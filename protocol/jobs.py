@@ -15,18 +15,28 @@ from protocol import keys
 from protocol.catalog import ModelId
 from protocol.money import MAX_FEE_BPS, FarAmount, session_cost
 from protocol.requests import MAX_JOB_PROMPT_CHARS, MAX_NEW_TOKENS, RequestId, SamplingOptions
+from protocol.tools import ToolUse
 from protocol.wallet import Wallet
 
 log = logging.getLogger(__name__)
 
 GENERATE_FUNCTION: Final = "generate"
 """The arq function name of the generate job; its only argument is `GenerateJob.payload()`."""
+MAX_CHAT_TURNS: Final = 1000
+"""The most messages a chat request may send."""
 TRACE_PARENT_MAX_CHARS: Final = 128
 """A W3C traceparent is 55 characters today; later versions may append fields."""
-_LEFT_OUT_WHEN_UNSET: Final = ("trace_parent", "prompt_price_per_token_far", "platform_fee_bps", "response_format")
+_LEFT_OUT_WHEN_UNSET: Final = (
+    "trace_parent",
+    "prompt_price_per_token_far",
+    "platform_fee_bps",
+    "response_format",
+    "tool_use",
+)
 """Fields left out of the payload while unset (None, 0), so a worker older than them still parses the job (and
 bills it as such a worker always did: prompts free, no fee). A constrained job is never left without its
-`response_format`: a worker older than it refuses the job as invalid rather than run it unconstrained."""
+`response_format` or `tool_use`: a worker older than them refuses the job as invalid rather than run it
+unconstrained."""
 
 
 class ChatTurn(BaseModel):
@@ -68,9 +78,15 @@ class GenerateJob(SamplingOptions):
     )
     messages: list[ChatTurn] | None = Field(
         default=None,
-        max_length=1000,
-        description="A chat request's turns: the worker formats them with the tokenizer's chat template when it "
-        "has one; `prompt` is the same turns in the gateway's fallback format, for tokenizers without one",
+        max_length=MAX_CHAT_TURNS + 1,
+        description="A chat request's turns (and the system turn offering its tools, when it has no system turn of "
+        "its own): the worker formats them with the tokenizer's chat template when it has one; `prompt` is the same "
+        "turns in the gateway's fallback format, for tokenizers without one",
+    )
+    tool_use: ToolUse | None = Field(
+        default=None,
+        description="A chat request's tools (protocol.tools): the worker constrains the reply to a call or text; "
+        "the turns already describe them. Left out of the payload when None",
     )
     trace_parent: str | None = Field(
         default=None,

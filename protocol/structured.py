@@ -99,18 +99,22 @@ def constrains(response_format: object) -> bool:
 def grammar_of(response_format: JsonObjectFormat | JsonSchemaFormat) -> str:
     """The llguidance grammar for the format, checked by compiling it; raises `SchemaRefused` if it cannot be."""
     if isinstance(response_format, JsonObjectFormat):
-        schema, strict = _OBJECT_SCHEMA, True
-    else:
-        schema = response_format.json_schema.schema_
-        strict = bool(response_format.json_schema.strict)
+        return schema_grammar(_OBJECT_SCHEMA, strict=True)
+    return schema_grammar(response_format.json_schema.schema_, strict=bool(response_format.json_schema.strict))
+
+
+def schema_grammar(schema: dict[str, Any], *, strict: bool) -> str:
+    """The llguidance grammar for one JSON schema (see the module docstring for `strict`), checked by compiling
+    it; raises `SchemaRefused`, naming where in the schema when the engine says which keyword it refused."""
     if (depth := _depth(schema)) > MAX_SCHEMA_DEPTH:
         raise SchemaRefused(f"the schema nests {depth} levels deep; at most {MAX_SCHEMA_DEPTH} are accepted")
-    size = len(json.dumps(schema, separators=(",", ":")))
+    text = json.dumps(schema, separators=(",", ":"))  # as text: the engine takes no integer past 64 bits as a value
+    size = len(text)
     if size > MAX_SCHEMA_BYTES:
         raise SchemaRefused(f"the schema is {size} bytes as JSON; at most {MAX_SCHEMA_BYTES} are accepted")
     try:
         options = LAYOUT if strict else {**LAYOUT, "lenient": True}
-        grammar = LLMatcher.grammar_from_json_schema(schema, overrides=options)  # type: ignore[arg-type]
+        grammar = LLMatcher.grammar_from_json_schema(text, overrides=options)  # type: ignore[arg-type]
     except ValueError as exc:  # the schema (or an option) is not a JSON object
         raise SchemaRefused(f"the schema cannot be read: {exc}") from exc
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, None, limits=PARSER_LIMITS)

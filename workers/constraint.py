@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from llguidance import LLMatcher, LLTokenizer
 
+from protocol.jobs import GenerateJob
 from protocol.structured import PARSER_LIMITS, JsonObjectFormat, JsonSchemaFormat, grammar_of
+from protocol.tools import tool_grammar
 
 _tokenizers: dict[int, LLTokenizer] = {}
 _tokenizers_lock = threading.Lock()
@@ -44,6 +46,16 @@ def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_token_ids: frozens
         return _tokenizers[key]
 
 
+def job_grammar(job: GenerateJob) -> str | None:
+    """The grammar the job's reply must follow: its tools' when it may call one, else its response_format's;
+    None for free text. Raises `protocol.structured.SchemaRefused` for one that cannot be compiled."""
+    if job.tool_use is not None and job.tool_use.active:
+        return tool_grammar(job.tool_use)
+    if isinstance(job.response_format, JsonObjectFormat | JsonSchemaFormat):
+        return grammar_of(job.response_format)
+    return None
+
+
 class GrammarConstraint:
     """One request's grammar: masks each step's logits and follows the tokens chosen.
 
@@ -51,9 +63,9 @@ class GrammarConstraint:
     choice. A recovering run `accept`s the tokens already on the stream first, as the sampler replays them.
     """
 
-    def __init__(self, tokenizer: LLTokenizer, response_format: JsonObjectFormat | JsonSchemaFormat) -> None:
-        self._matcher = LLMatcher(tokenizer, grammar_of(response_format), limits=PARSER_LIMITS)
-        if self._matcher.is_error():  # grammar_of compiled it without the tokenizer: a surprise, but say what
+    def __init__(self, tokenizer: LLTokenizer, grammar: str) -> None:
+        self._matcher = LLMatcher(tokenizer, grammar, limits=PARSER_LIMITS)
+        if self._matcher.is_error():  # the grammar was checked without the tokenizer: a surprise, but say what
             raise ConstraintError(self._matcher.get_error())
         self._vocab_size = tokenizer.vocab_size
         self._words = np.zeros((self._vocab_size + 31) // 32, dtype=np.uint32)

@@ -30,10 +30,10 @@ from protocol.error_codes import StreamErrorCode
 from protocol.events import ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
 from protocol.ownership import RequestOwner
-from protocol.structured import SchemaRefused, TextFormat
+from protocol.structured import SchemaRefused
 from workers import budget, metrics
 from workers.attribution import Attribution
-from workers.constraint import ConstraintError, GrammarConstraint, grammar_tokenizer
+from workers.constraint import ConstraintError, GrammarConstraint, grammar_tokenizer, job_grammar
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
 from workers.prompts import prompt_ids
@@ -265,7 +265,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
         constraint = await served.run_blocking(_constraint_of, run)
         decoder, stops, sampler = _text_and_sampling(run, constraint)
     except (SchemaRefused, ConstraintError, SamplingError) as exc:
-        message = f"the response_format cannot be enforced here ({exc}); send it again without it"
+        message = f"the response_format or tools cannot be enforced here ({exc}); send the request without them"
         return Outcome.failed(ErrorBody(code=StreamErrorCode.INVALID_JOB, message=message))
     if run.generated and (run.generated[-1] in served.eos_token_ids or stops.stopped or sampler.grammar_complete):
         return Outcome("completed", "stop")  # an earlier run wrote the last token and died before the ending
@@ -377,16 +377,16 @@ def _step(
 
 
 def _constraint_of(run: _Run) -> GrammarConstraint | None:
-    """The grammar the job's response_format asks for (None for plain text), built in the model's pool: the
+    """The constraint of the job's tools or response_format (None for free text), built in the model's pool: the
     tokenizer's first index takes about a second on a 49k vocabulary."""
-    response_format = run.job.response_format
-    if response_format is None or isinstance(response_format, TextFormat):
+    grammar = job_grammar(run.job)
+    if grammar is None:
         return None
     served = run.served
     tokenizer = grammar_tokenizer(
         served.tokenizer, vocab_size=int(served.model.config.vocab_size), eos_token_ids=served.eos_token_ids
     )
-    return GrammarConstraint(tokenizer, response_format)
+    return GrammarConstraint(tokenizer, grammar)
 
 
 def _text_and_sampling(

@@ -148,7 +148,7 @@ async def test_the_native_routes_keep_their_own_error_shape(gateway_url: str, is
 
 @pytest.mark.parametrize(
     ("param", "value"),
-    [("tools", [{"type": "function", "function": {"name": "f"}}]), ("audio", {"voice": "alloy", "format": "mp3"})],
+    [("functions", [{"name": "f"}]), ("audio", {"voice": "alloy", "format": "mp3"})],
 )
 async def test_a_parameter_the_swarm_cannot_honour_is_refused_with_400_naming_it(
     gateway_url: str, issue_key: IssueKey, param: str, value: object

@@ -13,7 +13,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from protocol.catalog import ModelSpec
 from protocol.requests import SamplingOptions
-from protocol.structured import JsonObjectFormat, JsonSchemaFormat
+from protocol.structured import JsonObjectFormat, JsonSchemaFormat, grammar_of
+from protocol.tools import ToolUse, parameters_of, parse_calls, tool_grammar
 from workers.constraint import GrammarConstraint, grammar_tokenizer
 from workers.sampling import Sampler
 
@@ -89,7 +90,7 @@ def make_sampler(
 def test_random_logits_under_a_strict_schema_give_json_that_validates(
     hf_tokenizer: PreTrainedTokenizerFast, tokenizer: LLTokenizer, seed: int
 ) -> None:
-    constraint = GrammarConstraint(tokenizer, person_format())
+    constraint = GrammarConstraint(tokenizer, grammar_of(person_format()))
     chosen = sample(make_sampler(hf_tokenizer, constraint, temperature=1.0), constraint, random_logits(seed))
     assert constraint.complete
     text = hf_tokenizer.decode(chosen)
@@ -100,7 +101,7 @@ def test_random_logits_under_a_strict_schema_give_json_that_validates(
 def test_json_object_under_greedy_decoding_is_one_object(
     hf_tokenizer: PreTrainedTokenizerFast, tokenizer: LLTokenizer
 ) -> None:
-    constraint = GrammarConstraint(tokenizer, JsonObjectFormat(type="json_object"))
+    constraint = GrammarConstraint(tokenizer, grammar_of(JsonObjectFormat(type="json_object")))
     logits = torch.zeros(VOCAB)
     logits[hf_tokenizer.convert_tokens_to_ids("}")] = 5.0  # the model would rather close everything at once
     chosen = sample(make_sampler(hf_tokenizer, constraint, temperature=0.0), constraint, lambda step: logits)
@@ -110,7 +111,7 @@ def test_json_object_under_greedy_decoding_is_one_object(
 def test_logit_bias_cannot_lift_a_token_the_grammar_bans(
     hf_tokenizer: PreTrainedTokenizerFast, tokenizer: LLTokenizer
 ) -> None:
-    constraint = GrammarConstraint(tokenizer, JsonObjectFormat(type="json_object"))
+    constraint = GrammarConstraint(tokenizer, grammar_of(JsonObjectFormat(type="json_object")))
     banned = hf_tokenizer.convert_tokens_to_ids("a")
     sampler = make_sampler(hf_tokenizer, constraint, temperature=0.0, logit_bias={str(banned): 100.0})
     assert sampler.choose(torch.zeros(VOCAB)) != banned
@@ -119,9 +120,9 @@ def test_logit_bias_cannot_lift_a_token_the_grammar_bans(
 def test_a_recovering_run_replays_the_tokens_on_the_stream_into_the_grammar(
     hf_tokenizer: PreTrainedTokenizerFast, tokenizer: LLTokenizer
 ) -> None:
-    first = GrammarConstraint(tokenizer, person_format())
+    first = GrammarConstraint(tokenizer, grammar_of(person_format()))
     whole = sample(make_sampler(hf_tokenizer, first, temperature=1.0), first, random_logits(7))
-    resumed = GrammarConstraint(tokenizer, person_format())
+    resumed = GrammarConstraint(tokenizer, grammar_of(person_format()))
     sampler = make_sampler(hf_tokenizer, resumed, temperature=1.0)
     sampler.replay(whole[:10])
     generator = random_logits(7)
@@ -132,7 +133,69 @@ def test_a_recovering_run_replays_the_tokens_on_the_stream_into_the_grammar(
 
 
 def test_logits_padded_past_the_tokenizer_are_never_chosen(tokenizer: LLTokenizer) -> None:
-    constraint = GrammarConstraint(tokenizer, JsonObjectFormat(type="json_object"))
+    constraint = GrammarConstraint(tokenizer, grammar_of(JsonObjectFormat(type="json_object")))
     logits = torch.zeros(VOCAB + 64)
     logits[VOCAB:] = 50.0
     assert torch.isinf(constraint.mask(logits)[VOCAB:]).all()
+
+
+WEATHER_TOOLS = ToolUse.model_validate(
+    {
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string", "maxLength": 10}, "days": {"enum": [1, 2, 3]}},
+                        "required": ["city", "days"],
+                        "additionalProperties": False,
+                    },
+                    "strict": True,
+                },
+            },
+            {"type": "function", "function": {"name": "now"}},
+        ],
+        "tool_choice": "required",
+    }
+)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_logits_under_required_tools_call_an_offered_function_with_valid_arguments(
+    hf_tokenizer: PreTrainedTokenizerFast, tokenizer: LLTokenizer, seed: int
+) -> None:
+    constraint = GrammarConstraint(tokenizer, tool_grammar(WEATHER_TOOLS))
+    chosen = sample(make_sampler(hf_tokenizer, constraint, temperature=1.0), constraint, random_logits(seed))
+    calls = parse_calls(hf_tokenizer.decode(chosen))
+    assert constraint.complete and calls
+    parameters = {tool.function.name: parameters_of(tool.function) for tool in WEATHER_TOOLS.tools}
+    for name, arguments in calls:
+        jsonschema.validate(json.loads(arguments), parameters[name])
+
+
+def test_with_auto_the_reply_is_a_call_or_text_that_does_not_open_an_object(
+    hf_tokenizer: PreTrainedTokenizerFast, tokenizer: LLTokenizer
+) -> None:
+    auto = WEATHER_TOOLS.model_copy(update={"tool_choice": "auto"})
+    brace = hf_tokenizer.convert_tokens_to_ids("{")
+    for first_logit, is_call in ((20.0, True), (-20.0, False)):
+        constraint = GrammarConstraint(tokenizer, tool_grammar(auto))
+        text = hf_tokenizer.decode(
+            sample(make_sampler(hf_tokenizer, constraint, temperature=1.0), constraint, opening(brace, first_logit))
+        )
+        assert (parse_calls(text) is not None) is is_call and text.startswith("{") is is_call
+
+
+def opening(token_id: int, first_logit: float) -> Callable[[int], torch.Tensor]:
+    """Random logits, but the first step's logit of `token_id` is `first_logit`."""
+    random = random_logits(1)
+
+    def logits_of(step: int) -> torch.Tensor:
+        logits = random(step)
+        if step == 0:
+            logits[token_id] = first_logit
+        return logits
+
+    return logits_of

@@ -11,6 +11,7 @@ from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent, TokenEvent
 from protocol.money import cost_of
 from protocol.structured import JsonSchemaFormat
+from protocol.tools import ToolUse, parse_calls
 from tests.fixtures.stops import stop_across_three_tokens
 from tests.fixtures.workers import (
     PRICE_FAR,
@@ -108,3 +109,30 @@ async def test_a_random_weights_model_under_a_strict_schema_writes_json_that_val
     assert done.tokens_generated == len(tokens) < 200 and done.total_cost_far == cost_of(len(tokens), PRICE_FAR)
     (usage,) = await usage_records(redis, job.request_id)
     assert usage.tokens_generated == len(tokens)
+
+
+async def test_a_random_weights_model_offered_tools_with_tool_choice_required_calls_one_with_valid_arguments(
+    two_server_fleet: RunningFleet, redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    parameters = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 8}, "days": {"enum": [1, 2, 3]}},
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    }
+    tool_use = ToolUse.model_validate(
+        {
+            "tools": [{"type": "function", "function": {"name": "forecast", "parameters": parameters, "strict": True}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+        }
+    )
+    job = make_job(tiny_models[0], temperature=1.0, seed=3, max_tokens=200, tool_use=tool_use)
+    await enqueue(redis_url, job)
+    events = await wait_for_end(redis, job.request_id)
+
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.finish_reason == "stop"
+    ((name, arguments),) = parse_calls("".join(e.token for e in events if isinstance(e, TokenEvent))) or []
+    assert name == "forecast"
+    jsonschema.validate(json.loads(arguments), parameters)
