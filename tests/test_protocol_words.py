@@ -92,6 +92,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("accounting/payouts.py", "token"): "the $FAR contract a payment batch pays in, a column of the ledger",
     ("devstack/harness/system.py", "data"): "the embedded PostgreSQL's data directory",
     ("devstack/harness/sse.py", "token"): "the harness reads SSE events as a client does, from their JSON",
+    # The soak's buyers read the gateway's SSE and OpenAI JSON as a client does, an independent reading of the wire.
+    ("devstack/harness/soak/buyers.py", "token"): "a token event's JSON field, read as a client reads it",
+    ("devstack/harness/soak/buyers.py", "done"): "the final event's JSON field, read as a client reads it",
+    ("devstack/harness/soak/buyers.py", "error"): "the error event's and HTTP error body's JSON field",
+    ("devstack/harness/soak/buyers.py", "usage"): "OpenAI's usage object in a completion",
 }
 
 

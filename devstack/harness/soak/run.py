@@ -1,0 +1,137 @@
+"""One soak run from start to stop: the system, the schedule, the buyers, then the checkers, as one report.
+
+The system is `start_system`'s (what `make run` starts: gateway, portal, accounting, verifier, two workers, a
+local swarm with the default model's last span replicated) on a private PostgreSQL and a private Redis that
+keeps an append-only file, as production's must. Load and faults run for `duration_s`; then faults stop, every
+process must serve again, accounting must drain the usage stream, and the checkers read the ledger. The system is
+stopped before the last check: no process it ever ran may still be running.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from devstack.harness.soak import checks
+from devstack.harness.soak.buyers import Buyers, Request
+from devstack.harness.soak.faults import FaultLog, record_pids, run_schedule, watchdog
+from devstack.harness.soak.schedule import MISSING_KINDS, Fault, make_schedule
+from devstack.harness.system import SystemUnderTest, start_system, stop_system, wait_until_accounted
+from devstack.system import DEV_WALLET
+from protocol import keys
+
+BUDGET_FAR = Decimal("0.05")
+"""The budget-limited key's total: a handful of requests, so its 402s come within the short run."""
+DRAIN_TIMEOUT_S = 180.0
+
+
+@dataclass
+class SoakReport:
+    seed: int
+    duration_s: float
+    schedule: list[Fault]
+    requests: list[Request] = field(default_factory=list)
+    log: FaultLog = field(default_factory=FaultLog)
+    results: list[checks.Check] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(c.passed for c in self.results)
+
+    def summary(self) -> str:
+        faults = ", ".join(f"{k}={v}" for k, v in sorted(self.log.by_kind().items()))
+        skipped = sum(i.outcome.startswith("skipped") for i in self.log.injected)
+        tokens = sum(r.delivered for r in self.requests)
+        lines = [
+            f"soak seed={self.seed} duration={self.duration_s:.0f}s wall={self.wall_s:.0f}s "
+            f"result={'PASS' if self.passed else 'FAIL'}",
+            f"faults injected={sum(self.log.by_kind().values())} ({faults}); skipped={skipped}; "
+            f"not injected (no such process in this system): {', '.join(MISSING_KINDS)}",
+            f"requests={len(self.requests)} tokens delivered={tokens}",
+            *(c.line() for c in self.results),
+        ]
+        return "\n".join(lines)
+
+
+async def _budget_key(dsn: str) -> tuple[str, str]:
+    from gateway.api_keys import KeyLimits, create_key
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        issued = await create_key(connection, DEV_WALLET, "soak budget", KeyLimits(max_budget_far=BUDGET_FAR))
+    finally:
+        await connection.close()
+    return issued.key.key_id, issued.secret_key
+
+
+async def _dead_letters(redis_url: str) -> int:
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        return int(await redis.xlen(keys.USAGE_DEAD_LETTERS))
+    finally:
+        await redis.aclose()
+
+
+def _postgres_pid(sut: SystemUnderTest) -> int | None:
+    try:
+        return int((sut.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _drive(sut: SystemUnderTest, report: SoakReport, clients: int) -> None:
+    key_id, budget_secret = await _budget_key(sut.postgres_url)
+    buyers = Buyers(sut.url, sut.system.api_key, budget_secret, report.seed, sut.models[0].model_id)
+    report.requests = buyers.requests
+    stop_watching = asyncio.Event()
+    watching = asyncio.create_task(watchdog(sut, report.log, stop_watching))
+    started = time.monotonic()
+    await asyncio.gather(
+        buyers.run(clients, until=started + report.duration_s), run_schedule(sut, report.schedule, report.log, started)
+    )
+    print(f"soak: load and faults over after {time.monotonic() - started:.0f}s; settling", flush=True)
+    stop_watching.set()
+    await watching
+    await asyncio.to_thread(sut.wait_until_ready, DRAIN_TIMEOUT_S)
+    await wait_until_accounted(sut.redis_url, DRAIN_TIMEOUT_S)
+    ledger = await checks.read_ledger(sut.postgres_url)
+    dead = await _dead_letters(sut.redis_url)
+    refused = sum(r.ending == "http:402" for r in report.requests)
+    report.results = [
+        checks.every_request_ended(report.requests),
+        checks.tokens_delivered_once_in_order(report.requests),
+        checks.delivered_within_billed(report.requests, ledger),
+        checks.no_request_billed_twice(ledger),
+        checks.sessions_equal_requests_that_ran(report.requests, ledger),
+        checks.earnings_exact(ledger),
+        checks.budget_kept(ledger, key_id, BUDGET_FAR, refused),
+        checks.Check("no usage record dead-lettered", dead == 0, f"{dead} dead letters"),
+        checks.faults_restored(report.log.injected, report.log.unexpected_exits),
+    ]
+
+
+def run_soak(seed: int, duration_s: float, work_dir: Path, *, clients: int = 6, mean_gap_s: float = 12.0) -> SoakReport:
+    """Start the system, soak it, stop it, check; the report holds every check's numbers (printed as it goes)."""
+    began = time.monotonic()
+    report = SoakReport(seed, duration_s, make_schedule(seed, duration_s, mean_gap_s=mean_gap_s))
+    print(f"soak: seed={seed} duration={duration_s:.0f}s clients={clients} faults={len(report.schedule)}", flush=True)
+    for fault in report.schedule:
+        print(f"soak: schedule {fault.describe()}", flush=True)
+    sut = start_system(work_dir, durable_redis=True)
+    try:
+        record_pids(sut, report.log)
+        if (pid := _postgres_pid(sut)) is not None:
+            report.log.pids.add(pid)
+        asyncio.run(_drive(sut, report, clients))
+    finally:
+        record_pids(sut, report.log)
+        stop_system(sut)
+    report.results.append(checks.no_process_left(report.log.pids))
+    report.wall_s = time.monotonic() - began
+    print(report.summary(), flush=True)
+    return report

@@ -1,0 +1,21 @@
+"""The soak's schedule is a function of its seed alone (a failing run is replayed by its seed), and a run long
+enough meets every kind of fault."""
+
+from devstack.harness.soak.schedule import ALL_KINDS, make_schedule
+
+
+def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> None:
+    assert make_schedule(7, 1800) == make_schedule(7, 1800)
+    assert make_schedule(7, 1800) != make_schedule(8, 1800)
+
+
+def test_every_kind_comes_within_the_first_faults_of_any_short_run_and_all_fall_inside_it() -> None:
+    for seed in range(200):
+        faults = make_schedule(seed, 180, mean_gap_s=12)
+        assert {f.kind for f in faults[: len(ALL_KINDS)]} == set(ALL_KINDS), seed
+        assert all(0 < f.at_s < 180 for f in faults)
+        assert [f.at_s for f in faults] == sorted(f.at_s for f in faults)
+
+
+def test_a_thirty_minute_run_draws_over_a_hundred_faults_at_the_default_pace() -> None:
+    assert len(make_schedule(11, 1800, mean_gap_s=12)) > 100
