@@ -316,13 +316,20 @@ def serve_payouts(args: argparse.Namespace) -> int:
 
 def _idle_without_chain() -> int:
     """Pay nothing until SIGTERM, having said why: under a Procfile runner an exit would stop every process."""
-    import signal
-
     log.warning(
         "payouts serve: no chain configured (%s unset): paying nothing, providers' earnings stay in the ledger; "
         "`far-mesh chain deploy` prints the settings to set",
         ", ".join(name.upper() for name in CHAIN_VARIABLES),
     )
+    idle_until_stopped()
+    log.info("payouts serve stopped")
+    return 0
+
+
+def idle_until_stopped() -> None:
+    """Block until SIGTERM or SIGINT. A chain process with no chain configured waits here instead of exiting,
+    because a Procfile runner (honcho) stops every process as soon as one of them ends."""
+    import signal
 
     async def idle() -> None:
         stop = asyncio.Event()
@@ -332,8 +339,6 @@ def _idle_without_chain() -> int:
         await stop.wait()
 
     asyncio.run(idle())
-    log.info("payouts serve stopped")
-    return 0
 
 
 def list_payouts(args: argparse.Namespace) -> int:

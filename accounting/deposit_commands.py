@@ -48,6 +48,8 @@ def run_watch(args: argparse.Namespace) -> int:
 
     settings = DepositSettings.from_env()
     settings.configure_logging()
+    if settings.far_mesh_deposit_contract_address is None and not args.once:
+        return _idle_without_contract()
 
     async def once() -> None:
         import asyncpg
@@ -65,6 +67,20 @@ def run_watch(args: argparse.Namespace) -> int:
         asyncio.run(once() if args.once else watch_deposits(settings))
     except DepositsNotConfigured as exc:
         raise SettingsError(str(exc)) from None
+    return 0
+
+
+def _idle_without_contract() -> int:
+    """Credit nothing until SIGTERM, having said why. The Procfile runs the watcher beside everything else, also
+    where no chain is configured (a plain `honcho start`): exiting there would make honcho stop every process."""
+    from accounting.commands import idle_until_stopped
+
+    log.warning(
+        "deposits watch: no deposit contract configured (FAR_MESH_DEPOSIT_CONTRACT_ADDRESS unset): crediting "
+        "nothing; `far-mesh chain deploy` prints the settings to set"
+    )
+    idle_until_stopped()
+    log.info("deposits watch stopped")
     return 0
 
 

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 LOCAL_NODE = "http://127.0.0.1:8545"
 PROVIDER_ACCOUNTS = (10, 11, 12)
 """Deterministic accounts the local swarm's servers announce as their wallets (so the README can name them)."""
+BUYER_ACCOUNT = 2
+"""The deterministic account the development API key bills: a buyer with a key, so it can deposit for real."""
 SUPPLY_FAR = Decimal(1_000_000)
 
 
@@ -45,6 +47,8 @@ class DevChain:
     env: dict[str, str]
     """The payer's settings: node, contracts, treasury key file, and quick rounds for development."""
     provider_wallets: tuple[str, ...]
+    buyer_wallet: str
+    """The development buyer (BUYER_ACCOUNT), whose prepaid balance `far-mesh dev` funds by a real deposit."""
 
 
 def resolve_chain(state_dir: Path) -> DevChain:
@@ -83,7 +87,31 @@ def resolve_chain(state_dir: Path) -> DevChain:
         "FAR_MESH_PAYOUT_CONFIRMATIONS": "2",
         "FAR_MESH_PAYOUT_METRICS_PORT": str(free_port()),
     }
-    return DevChain(node, env, tuple(dev_account(i).address for i in PROVIDER_ACCOUNTS))
+    return DevChain(
+        node, env, tuple(dev_account(i).address for i in PROVIDER_ACCOUNTS), dev_account(BUYER_ACCOUNT).address
+    )
+
+
+def fund_buyer(chain: DevChain, amount_far: Decimal) -> str:
+    """The development buyer deposits `amount_far` through the FarDeposit contract (approve, then deposit), the
+    treasury first sending it the $FAR, since the whole supply is minted to the treasury; returns the deposit's
+    transaction hash. The deposit watcher credits it once it is FAR_MESH_DEPOSIT_CONFIRMATIONS deep. The $FAR goes
+    back where it came from, but the transfer out is not a payout the ledger knows: `ledger reconcile
+    --opening-far` on this chain counts it as the treasury's transfer out (development only)."""
+    from web3 import Web3
+
+    from chain.deploy import transfer
+    from chain.deposits import make_deposit
+    from chain.node import dev_account
+    from chain.units import to_base_units
+
+    w3 = Web3(Web3.HTTPProvider(chain.node.url))
+    units = to_base_units(amount_far)
+    token = chain.env["FAR_MESH_TOKEN_ADDRESS"]
+    buyer = dev_account(BUYER_ACCOUNT)
+    transfer(w3, dev_account(1), token, buyer.address, units)
+    receipt = make_deposit(w3, buyer, token, chain.env["FAR_MESH_DEPOSIT_CONTRACT_ADDRESS"], units)
+    return Web3.to_hex(receipt["transactionHash"])
 
 
 def _deployed(w3: "Web3", record: Path) -> tuple[str, str, str]:

@@ -4,8 +4,9 @@ The Procfile's processes start together and meet through settings only: the work
 name the peer id of the `dht` line's bootstrap, which is fixed by its identity file, so the file is created here
 once and its peer id written beside its path and port. The catalog is the local models the `swarm` line serves
 (tiny ones generated and real ones converted here when missing), the database is created when missing, and the
-portal gets a fresh cookie key. Nothing is a placeholder: what this prints runs. Payouts have no chain here
-(`payouts serve` says so and pays nothing); the comment at the end names what to add to pay on one.
+portal gets a fresh cookie key. Nothing is a placeholder: what this prints runs. Payouts and deposits have no
+chain here (`payouts serve` and `deposits watch` say so and idle; `ledger serve` reconciles the journal alone);
+the comment at the end names what to add to pay on one.
 """
 
 import argparse
@@ -36,13 +37,17 @@ DEFAULT_PORTS = {
     "ACCOUNTING_METRICS_PORT": 9102,
     "FAR_MESH_PAYOUT_METRICS_PORT": 9103,
     "FAR_MESH_VERIFIER_METRICS_PORT": 9104,
+    "FAR_MESH_DEPOSIT_METRICS_PORT": 9105,
+    "FAR_MESH_RECONCILE_METRICS_PORT": 9106,
 }
 """Every port a Procfile process listens on; the settings' own defaults, or free ones with --free-ports."""
 CHAIN_HINT = """\
-# Payouts: with none of the chain settings below set, `payouts serve` logs that it pays nothing and idles.
+# Payouts and deposits: with none of the chain settings below set, `payouts serve` and `deposits watch` log
+# that they pay and credit nothing and idle; `ledger serve` reconciles the journal alone.
 # To pay providers on a chain: `far-mesh chain deploy` prints the addresses; then set
 # FAR_MESH_CHAIN_RPC_URL, FAR_MESH_CHAIN_ID, FAR_MESH_TOKEN_ADDRESS, FAR_MESH_BATCH_CONTRACT_ADDRESS and
-# FAR_MESH_TREASURY_KEY_FILE (a file holding the treasury's key; never the key itself in this file).
+# FAR_MESH_TREASURY_KEY_FILE (a file holding the treasury's key; never the key itself in this file), and
+# FAR_MESH_DEPOSIT_CONTRACT_ADDRESS for buyers' deposits.
 """
 
 

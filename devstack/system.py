@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
@@ -30,11 +31,18 @@ if TYPE_CHECKING:  # mesh imports torch, which `far-mesh --help` must not load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_WALLET = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+"""The wallet the development key bills without a chain (an EIP-55 test vector; nobody's real money)."""
 SERVICES = ("web", "portal", "accounting", "verifier")
-"""The Procfile's processes every system runs besides its workers (and the payer when it pays on chain). The
+"""The Procfile's processes every system runs besides its workers (and the chain's processes when it has one). The
 verifier is one of them: without it no sampled session is ever checked, so none is ever paid
 (docs/verification.md), and a cheat running under `make run` would never be caught."""
-"""The wallet the development key bills (an EIP-55 test vector; nobody's real money)."""
+CHAIN_PROCESSES = ("payouts", "deposits", "ledger")
+"""The Procfile's chain processes, run when the system has a chain: the payer, the deposit watcher that credits
+buyers' deposits, and the reconciliation loop that checks the books (`far-mesh ledger serve`)."""
+DEV_BUYER_DEPOSIT_FAR = Decimal(1000)
+"""What `far-mesh dev` deposits for the development buyer on the local chain when its balance is lower than half
+of it, so the README's first curl is admitted against a real prepaid balance."""
+DEV_FUNDING_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class LocalSystem:
         self.models: tuple[ModelSpec, ...] = ()
         self.api_key = ""
         self.chain: DevChain | None = None
+        self.dev_wallet = DEV_WALLET
+        """The wallet the development key bills: with a chain, the local chain's buyer account (it has a key, so
+        it can really deposit); without, the test vector DEV_WALLET."""
         # One key per run, kept across restarts of the portal process so its sign-in sessions survive them.
         self.portal_secret_key = secrets.token_urlsafe(32)
 
@@ -128,14 +139,20 @@ class LocalSystem:
         self._cleanup.callback(self.swarm.stop)
         if self.chain:  # payouts pay registered wallets only: the local providers register their servers
             _register_local_providers(self.postgres.url, self.swarm)
-        self.api_key = _development_key(self.postgres.url)
-        payer = ["payouts"] if self.chain else []
+        funding = None
+        if self.chain:
+            self.dev_wallet = self.chain.buyer_wallet
+            funding = _fund_development_buyer(self.chain, self.postgres.url)
+        self.api_key = _development_key(self.postgres.url, self.dev_wallet)
+        chain_processes = list(CHAIN_PROCESSES) if self.chain else []
         workers = [f"worker.{i}" for i in range(1, self.plan.workers + 1)]
-        for name in [*SERVICES, *payer, *workers]:
+        for name in [*SERVICES, *chain_processes, *workers]:
             self.start_process(name)
+        if funding is not None:
+            _wait_for_credit(self.postgres.url, self.dev_wallet, funding)
         print(f"dev: gateway on {self.gateway_url} models={','.join(m.model_id for m in self.models)}", flush=True)
         print(f"dev: portal on {self.portal_url} (providers' earnings and payouts, API keys, swarm map)", flush=True)
-        print(f"dev: development API key (wallet {DEV_WALLET}): {self.api_key}", flush=True)
+        print(f"dev: development API key (wallet {self.dev_wallet}): {self.api_key}", flush=True)
 
     def _server_plans(self) -> "list[ServerPlan]":
         from mesh.local_swarm import split_plans
@@ -164,8 +181,15 @@ class LocalSystem:
             env["ACCOUNTING_METRICS_PORT"] = str(free_port())
         if name == "verifier":
             env["FAR_MESH_VERIFIER_METRICS_PORT"] = str(free_port())
+        if self.chain:
+            # Buyers pay on the local chain: admission holds each request against its wallet's prepaid balance.
+            env["GATEWAY_REQUIRE_PREPAID_BALANCE"] = "true"
         if name == "payouts" and self.chain:
             env |= self.chain.env
+        if name in ("deposits", "ledger") and self.chain:  # the node and contracts; never the treasury's key
+            env |= {k: v for k, v in self.chain.env.items() if k != "FAR_MESH_TREASURY_KEY_FILE"}
+            env |= {"FAR_MESH_DEPOSIT_POLL_S": "1", "FAR_MESH_DEPOSIT_METRICS_PORT": str(free_port())}
+            env |= {"FAR_MESH_RECONCILE_INTERVAL_S": "30", "FAR_MESH_RECONCILE_METRICS_PORT": str(free_port())}
         if name == "portal":
             env |= self._portal_env()
             if self.chain:  # the balance page names the deposit contract and the token
@@ -251,7 +275,7 @@ def _start_swarm(plans: "list[ServerPlan]", work_dir: Path) -> "LocalSwarm":
     return swarm
 
 
-def _development_key(dsn: str) -> str:
+def _development_key(dsn: str, wallet: str) -> str:
     import asyncpg
 
     from gateway.api_keys import create_key
@@ -259,11 +283,55 @@ def _development_key(dsn: str) -> str:
     async def issue() -> str:
         connection = await asyncpg.connect(dsn)
         try:
-            return (await create_key(connection, DEV_WALLET, label="far-mesh dev")).secret_key
+            return (await create_key(connection, wallet, label="far-mesh dev")).secret_key
         finally:
             await connection.close()
 
     return asyncio.run(issue())
+
+
+def _buyer_balance(dsn: str, wallet: str) -> Decimal:
+    import asyncpg
+
+    from accounting.journal import buyer_balance
+
+    async def read() -> Decimal:
+        connection = await asyncpg.connect(dsn)
+        try:
+            return await buyer_balance(connection, wallet)
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+def _fund_development_buyer(chain: "DevChain", dsn: str) -> Decimal | None:
+    """Deposit DEV_BUYER_DEPOSIT_FAR for the development buyer through the FarDeposit contract, as a buyer would,
+    when its balance in the ledger is below half of it; returns the balance the watcher's credit will bring, or
+    None when it is funded already (a restart on the same chain and ledger)."""
+    from devstack.chain_node import fund_buyer
+
+    before = _buyer_balance(dsn, chain.buyer_wallet)
+    if before >= DEV_BUYER_DEPOSIT_FAR / 2:
+        print(f"dev: development buyer {chain.buyer_wallet} holds {before} FAR prepaid", flush=True)
+        return None
+    transaction = fund_buyer(chain, DEV_BUYER_DEPOSIT_FAR)
+    print(f"dev: development buyer deposited {DEV_BUYER_DEPOSIT_FAR} FAR in {transaction}", flush=True)
+    return before + DEV_BUYER_DEPOSIT_FAR
+
+
+def _wait_for_credit(dsn: str, wallet: str, expected: Decimal) -> None:
+    """Wait until the deposit watcher has credited the development deposit (FAR_MESH_DEPOSIT_CONFIRMATIONS deep),
+    so the first request after the summary is admitted; a watcher that never does is named, not hidden."""
+    import time
+
+    deadline = time.monotonic() + DEV_FUNDING_TIMEOUT_S
+    while (balance := _buyer_balance(dsn, wallet)) < expected:
+        if time.monotonic() > deadline:
+            print(f"dev: WARNING the deposit watcher has not credited {wallet} yet (balance {balance} FAR)", flush=True)
+            return
+        time.sleep(0.5)
+    print(f"dev: development buyer {wallet} credited: {balance} FAR prepaid", flush=True)
 
 
 def _this_python(argv: list[str]) -> list[str]:

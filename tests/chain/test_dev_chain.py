@@ -3,6 +3,7 @@
 import asyncio
 import json
 import stat
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -108,3 +109,34 @@ def test_the_node_it_starts_keeps_its_chain_across_restarts_so_the_ledgers_nonce
     assert genesis_again == genesis and token_again == token
     assert height_again > 0 and nonce >= 2  # the approval and the transfer of the first run
     assert json.loads((tmp_path / "chain.json").read_text())["genesis"] == genesis.to_0x_hex()
+
+
+def test_the_development_buyer_deposits_through_the_deposit_contract(
+    local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` funds the development key's wallet by a real deposit, which the watcher then credits."""
+    from web3.logs import DISCARD
+
+    from chain.artifacts import load_artifact
+    from chain.units import to_base_units
+
+    monkeypatch.setenv("FAR_MESH_CHAIN_RPC_URL", local_chain.url)
+    chain = chain_node.resolve_chain(tmp_path)
+    assert chain.buyer_wallet == dev_account(chain_node.BUYER_ACCOUNT).address
+    assert chain.buyer_wallet not in chain.provider_wallets
+    w3 = Web3(Web3.HTTPProvider(local_chain.url))
+    token = w3.eth.contract(address=chain.env["FAR_MESH_TOKEN_ADDRESS"], abi=load_artifact("FarToken").abi)
+    treasury, buyer = dev_account(1).address, chain.buyer_wallet
+    before = (token.functions.balanceOf(treasury).call(), token.functions.balanceOf(buyer).call())
+
+    transaction = chain_node.fund_buyer(chain, Decimal("2.5"))
+
+    receipt = w3.eth.get_transaction_receipt(transaction)
+    deposit = w3.eth.contract(
+        address=chain.env["FAR_MESH_DEPOSIT_CONTRACT_ADDRESS"], abi=load_artifact("FarDeposit").abi
+    )
+    [event] = deposit.events.Deposited().process_receipt(receipt, errors=DISCARD)  # the token's logs too
+    assert event["args"]["amount"] == to_base_units(Decimal("2.5"))
+    assert event["args"]["wallet"] == buyer
+    # the treasury sent it and got it back by the deposit: neither balance moved
+    assert (token.functions.balanceOf(treasury).call(), token.functions.balanceOf(buyer).call()) == before

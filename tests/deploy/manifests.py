@@ -57,6 +57,22 @@ PROCESSES = {
         "light",
         "far_mesh_payout_metrics_port",
     ),
+    "deposits": Process(
+        "far-mesh-deposits",
+        "deposits",
+        "deposits",
+        "chain.settings:DepositSettings",
+        "light",
+        "far_mesh_deposit_metrics_port",
+    ),
+    "ledger": Process(
+        "far-mesh-ledger-reconcile",
+        "ledger",
+        "ledger",
+        "chain.settings:ReconcileSettings",
+        "light",
+        "far_mesh_reconcile_metrics_port",
+    ),
     # The Procfile's `far-mesh accounting --migrate` runs as two containers of the accounting pod (`manifest_command`).
     "migrate": Process(
         "far-mesh-accounting", "migrate", "accounting", "schema.settings:LedgerSettings", "light", None, init=True
@@ -80,6 +96,8 @@ COMMAND_ROOMS = {
     "dht": "mesh",
     "portal": "portal",
     "payouts": "accounting",
+    "deposits": "accounting",
+    "ledger": "accounting",
     "verifier": "verifier",
 }
 """Which room registers each subcommand the images and manifests run."""

@@ -49,6 +49,14 @@ SECRETS_READ = {
         ("far-mesh-ledger", "POSTGRES_URL"),
         ("far-mesh-huggingface", "HUGGING_FACE_HUB_TOKEN"),
     },
+    ("far-mesh-deposits", "deposits"): {
+        ("far-mesh-ledger", "POSTGRES_URL"),
+        ("far-mesh-chain", "FAR_MESH_CHAIN_RPC_URL"),
+    },
+    ("far-mesh-ledger-reconcile", "ledger"): {
+        ("far-mesh-ledger", "POSTGRES_URL"),
+        ("far-mesh-chain", "FAR_MESH_CHAIN_RPC_URL"),
+    },
     ("far-mesh-payouts", "payouts"): {
         ("far-mesh-ledger", "POSTGRES_URL"),
         ("far-mesh-chain", "FAR_MESH_CHAIN_RPC_URL"),
@@ -153,7 +161,9 @@ def test_each_component_dials_only_the_stores_it_uses(
     redis = urlsplit(secret_template["far-mesh-redis"]["stringData"]["REDIS_URL"]).port
     postgres = urlsplit(secret_template["far-mesh-ledger"]["stringData"]["POSTGRES_URL"]).port
     expected = {name: {53, redis, postgres} for name in ("far-mesh-gateway", "far-mesh-accounting", "far-mesh-portal")}
-    expected["far-mesh-payouts"] = {53, postgres, rpc_port(secret_template)}  # no Redis: the payer reads the ledger
+    # No Redis: the payer, the deposit watcher and the reconciliation read the ledger and the chain only.
+    for name in ("far-mesh-payouts", "far-mesh-deposits", "far-mesh-ledger-reconcile"):
+        expected[name] = {53, postgres, rpc_port(secret_template)}
     for name, ports in expected.items():
         policy = one(docs, "NetworkPolicy", name)
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(one(docs, "Deployment", name)).items()

@@ -43,6 +43,8 @@ GRACEFUL_STOPS = {
     "accounting": "accounting consumer stopped",
     "swarm": "local swarm stopped",
     "payouts": "payouts serve stopped",
+    "deposits": "deposits watch stopped",
+    "ledger": "ledger serve stopped",
     "verifier": "verifier stopped",
     "portal": "Finished server process",
 }
@@ -231,6 +233,7 @@ def test_honcho_start_runs_every_procfile_line_until_a_generation_completes(
         assert events[-1]["tokens_generated"] == 5
         assert not any("stopped (rc=" in line for line in honcho.seen), honcho.tail()  # nobody exited early
         assert any("payouts serve: no chain configured" in line for line in honcho.seen)
+        assert any("deposits watch: no deposit contract configured" in line for line in honcho.seen)
         stopped_by_us = True
         honcho.stop()
     finally:

@@ -180,3 +180,27 @@ async def test_a_payer_started_before_its_chain_node_waits_for_it_and_stops_on_s
     assert not waiting.done()  # it waits instead of exiting
     stop.set()
     assert await asyncio.wait_for(waiting, timeout=10) is None
+
+
+def test_the_deposit_watcher_without_a_contract_says_so_and_idles_until_sigterm() -> None:
+    # honcho stops every process when one exits: a watcher with no deposit contract configured must not exit
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAR_MESH_")}
+    env |= {"POSTGRES_URL": "postgresql://nobody@127.0.0.1:1/none", "PYTHONPATH": str(REPO_PROCFILE.parent)}
+    assert read_procfile(REPO_PROCFILE)["deposits"] == ["far-mesh", "deposits", "watch"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "deposits", "watch"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert "deposits watch: no deposit contract configured" in line, line
+        time.sleep(0.5)
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
