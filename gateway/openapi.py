@@ -161,9 +161,46 @@ def _openai_error(description: str) -> dict[str, Any]:
     }
 
 
+_PAYMENT_DETAIL = {
+    "type": "object",
+    "description": "insufficient_balance: what the wallet's prepaid balance has available and what the request may "
+    "cost at most; budget_exceeded: what remains of the key's budget, which limit, and the most it may cost",
+    "properties": {
+        "balance_far": {**_FAR, "description": "The prepaid balance available (deposits - charges - open holds)"},
+        "remaining_far": {**_FAR, "description": "What remains of the API key's budget"},
+        "limit": {"type": "string", "description": "Which of the key's budgets was short"},
+        "max_cost_far": {**_FAR, "description": "Prompt tokens x prompt price + max_tokens x completion price"},
+    },
+    "required": ["max_cost_far"],
+}
+_PAYMENT_REQUIRED_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "field", "details"],
+            "properties": {
+                "code": {"type": "string", "enum": ["insufficient_balance", "budget_exceeded"]},
+                "message": {"type": "string", "description": "The balance (or budget) and the most it may cost"},
+                "field": {"type": ["string", "null"], "description": "max_tokens: lowering it lowers the cost"},
+                "details": {"type": "array", "items": _PAYMENT_DETAIL, "minItems": 1, "maxItems": 1},
+            },
+        }
+    },
+}
+_PAYMENT_REQUIRED = (
+    "`insufficient_balance`: the request's maximum cost (its prompt tokens at the prompt price plus max_tokens at the "
+    "completion price) is more than the wallet's prepaid balance has available (GATEWAY_REQUIRE_PREPAID_BALANCE; "
+    "deposit $FAR or lower max_tokens); or `budget_exceeded`: more than remains of the API key's budget"
+)
 _AUTH_ERRORS = {"401": _error("Missing, invalid or revoked API key")}
 _SUBMIT_ERRORS = {
     **_AUTH_ERRORS,
+    "402": {
+        "description": _PAYMENT_REQUIRED + "; `details` names the balance and the price",
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model="PaymentRequiredError")}}},
+    },
     "403": _error("user_wallet is not the API key's wallet"),
     "404": _error("Unknown model"),
     "409": _error("request_id already used by another API key"),
@@ -182,6 +219,10 @@ _OPENAI_ERRORS = {
         "keyword it does not implement; the message names it and where it is)"
     ),
     "401": _openai_error("Missing, invalid or revoked API key"),
+    "402": _openai_error(
+        _PAYMENT_REQUIRED + " (type `insufficient_quota`, `param` max_tokens; the message names the balance and the "
+        "most the request may cost)"
+    ),
     "403": _openai_error("user_wallet is not the API key's wallet"),
     "404": _openai_error("Unknown model, or (chat) a named tool_choice that is not among the tools"),
     "409": _openai_error("request_id already used by another API key"),
@@ -246,7 +287,11 @@ def _name_models(node: Any, model_ids: list[str]) -> None:
 
 
 def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
-    components: dict[str, Any] = {"Error": _ERROR_SCHEMA, "OpenAIError": _OPENAI_ERROR_SCHEMA}
+    components: dict[str, Any] = {
+        "Error": _ERROR_SCHEMA,
+        "OpenAIError": _OPENAI_ERROR_SCHEMA,
+        "PaymentRequiredError": _PAYMENT_REQUIRED_SCHEMA,
+    }
     generate = _schema(GenerateRequest, components)
     chat = _schema(ChatCompletionRequest, components)
     completion = _schema(CompletionRequest, components)

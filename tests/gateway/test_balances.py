@@ -210,3 +210,44 @@ async def test_a_job_ended_without_running_settles_its_hold_by_request_id_once(
     account = await _account(redis, wallet)
     assert (account["held"], account[balances.CHARGED]) == (0, 0)
     assert await redis.exists(keys.balance_hold("req-invalid")) == 0
+
+
+def _documented_schema(document: dict[str, Any], path: str, status: str) -> dict[str, Any]:
+    """The JSON schema the OpenAPI document gives `path`'s POST `status` response (a component, by its $ref)."""
+    ref = document["paths"][path]["post"]["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+    schema: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return schema
+
+
+async def test_the_402_insufficient_balance_bodies_are_the_ones_the_openapi_document_states(
+    prepaid_gateway_url: str, healthy_swarm: SwarmSnapshot, synthetic_worker: SyntheticWorker, issue_key: IssueKey
+) -> None:
+    """Each generation endpoint documents its 402 in its own error shape, and a real refusal matches it."""
+    from jsonschema import Draft202012Validator
+
+    key, _ = await issue_key(wallet=a_wallet())
+    async with httpx.AsyncClient(base_url=prepaid_gateway_url, timeout=10) as http:
+        document = (await http.get("/openapi.json")).json()
+        refusals = {
+            "/inference/generate": await _generate(http, key, _body(max_tokens=4)),
+            "/v1/completions": await _post(http, key, "/v1/completions", {"model": MODEL_ID, "prompt": "x"}),
+            "/v1/chat/completions": await _post(
+                http, key, "/v1/chat/completions", {"model": MODEL_ID, "messages": [{"role": "user", "content": "x"}]}
+            ),
+        }
+    for path, (status, body) in refusals.items():
+        assert status == 402, (path, body)
+        schema = _documented_schema(document, path, "402")
+        Draft202012Validator(schema).validate(body)
+        assert body["error"]["code"] == "insufficient_balance"
+        if path.startswith("/v1"):
+            assert schema == document["components"]["schemas"]["OpenAIError"] and body["error"]["param"] == "max_tokens"
+        else:
+            assert "insufficient_balance" in schema["properties"]["error"]["properties"]["code"]["enum"]
+            assert set(body["error"]["details"][0]) == {"balance_far", "max_cost_far"}
+    assert synthetic_worker.jobs == []
+
+
+async def _post(http: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    response = await http.post(path, json={**body, "max_tokens": 4}, headers=auth(key))
+    return response.status_code, response.json()
