@@ -5,6 +5,7 @@ the same greedy request; faults (a dropped TCP connection, the gateway process k
 """
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -119,6 +120,26 @@ async def test_chat_messages_stream_the_same_tokens_on_the_native_and_the_openai
     assert native_tokens == openai_tokens and native_tokens
     assert native.usage == openai.usage
     assert openai.cost_far == len(openai_tokens) * PRICE_FAR
+
+
+async def test_a_response_format_makes_the_tokens_one_json_value_that_validates_on_both_routes(
+    e2e_system: SystemUnderTest,
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "green", "blue"]}, "shade": {"type": "integer", "maximum": 9}},
+        "required": ["colour", "shade"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "colour", "schema": schema, "strict": True}}
+    model = e2e_system.models[0].model_id
+    async with AsyncFarMesh(api_key=e2e_system.system.api_key, base_url=e2e_system.url) as mesh:
+        for api in ("native", "openai"):
+            stream = await mesh.chat(
+                "Name a colour", model=model, max_tokens=64, temperature=1.0, api=api, response_format=response_format
+            )
+            reply = json.loads(await stream.text())
+            assert reply["colour"] in ("red", "green", "blue") and set(reply) == {"colour", "shade"}
 
 
 def test_a_tcp_connection_cut_mid_stream_resumes_and_yields_every_token_exactly_once(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -66,6 +66,7 @@ def _submission(
     temperature: float | None,
     top_p: float | None,
     request_id: str | None,
+    response_format: Mapping[str, Any] | None = None,
 ) -> Submission:
     if isinstance(prompt, str) and not prompt:
         raise ValueError("prompt must not be empty")
@@ -74,11 +75,23 @@ def _submission(
         if model is None:
             raise ValueError('api="openai" needs model=...; FarMesh.models() lists them')
         body = openai_body(
-            prompt, request_id=request_id, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p
+            prompt,
+            request_id=request_id,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            response_format=response_format,
         )
         return Submission("/v1/chat/completions", body, request_id)
     body = native_body(
-        prompt, request_id=request_id, model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p
+        prompt,
+        request_id=request_id,
+        model=model,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        response_format=response_format,
     )
     return Submission("/inference/generate", body, request_id)
 
@@ -122,12 +135,15 @@ class FarMesh:
         top_p: float | None = None,
         request_id: str | None = None,
         api: Api = "native",
+        response_format: Mapping[str, Any] | None = None,
     ) -> TokenStream:
         """Start a generation from a prompt or chat messages; iterate the result for its tokens.
 
         `request_id` is the idempotency key (one is generated when omitted): sending a request id again,
         even from another process, re-attaches to that generation instead of running and billing it twice.
-        Options left None take the gateway's defaults.
+        Options left None take the gateway's defaults. `response_format` ({"type": "json_object"}, or
+        {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}) makes the tokens one JSON value,
+        enforced by the worker (the gateway's docs/structured-outputs.md).
         """
         submission = _submission(
             api,
@@ -137,6 +153,7 @@ class FarMesh:
             temperature=temperature,
             top_p=top_p,
             request_id=request_id,
+            response_format=response_format,
         )
         return TokenStream(self._http, self.options, submission)
 
@@ -223,6 +240,7 @@ class AsyncFarMesh:
         top_p: float | None = None,
         request_id: str | None = None,
         api: Api = "native",
+        response_format: Mapping[str, Any] | None = None,
     ) -> AsyncTokenStream:
         """`FarMesh.chat`: sends the request now, returns the stream to `async for` over."""
         submission = _submission(
@@ -233,6 +251,7 @@ class AsyncFarMesh:
             temperature=temperature,
             top_p=top_p,
             request_id=request_id,
+            response_format=response_format,
         )
         return await AsyncTokenStream(self._http, self.options, submission).start()
 

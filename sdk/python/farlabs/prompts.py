@@ -40,6 +40,7 @@ def native_body(
     max_tokens: int | None,
     temperature: float | None,
     top_p: float | None,
+    response_format: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON of POST /inference/generate; options left None take the gateway's defaults."""
     body: dict[str, Any] = {
@@ -51,6 +52,7 @@ def native_body(
         ("max_tokens", max_tokens),
         ("temperature", temperature),
         ("top_p", top_p),
+        ("response_format", response_format),
     ):
         if value is not None:
             body[name] = value
@@ -65,11 +67,13 @@ def openai_body(
     max_tokens: int | None,
     temperature: float | None,
     top_p: float | None,
+    response_format: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON of a streaming POST /v1/chat/completions: `request_id` travels as the gateway's extra field."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True, "request_id": request_id}
-    for name, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p)):
+    options = (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p))
+    for name, value in (*options, ("response_format", response_format)):
         if value is not None:
             body[name] = value
     return body
