@@ -25,5 +25,5 @@ export {
 } from "./errors.js";
 export { DEFAULT_RETRY, type FarMeshOptions, type RetryPolicy } from "./options.js";
 export type { Usage } from "./progress.js";
-export { chatPrompt, type GenerationOptions, type Message, type Role } from "./prompts.js";
+export { chatPrompt, type GenerationOptions, type Message, type ResponseFormat, type Role } from "./prompts.js";
 export { TokenStream } from "./stream.js";

@@ -21,11 +21,24 @@ const ROLE_NAMES: Record<Role, string> = {
   tool: "Tool",
 };
 
+/**
+ * Makes the tokens one JSON value, enforced token by token by the worker: `json_object` any object,
+ * `json_schema` one the schema accepts (with `strict`, every keyword enforced, or the request is refused).
+ */
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object" }
+  | {
+      type: "json_schema";
+      json_schema: { name: string; schema?: Record<string, unknown>; strict?: boolean; description?: string };
+    };
+
 export interface GenerationOptions {
   model?: string;
   maxTokens?: number;
   temperature?: number;
   topP?: number;
+  responseFormat?: ResponseFormat;
   /** The idempotency key: sending it again re-attaches to the same generation instead of running it twice. */
   requestId?: string;
 }
@@ -61,6 +74,7 @@ export function nativeBody(prompt: string | readonly Message[], requestId: strin
     ["max_tokens", o.maxTokens],
     ["temperature", o.temperature],
     ["top_p", o.topP],
+    ["response_format", o.responseFormat],
   ]);
 }
 
@@ -70,5 +84,6 @@ export function openaiBody(prompt: string | readonly Message[], requestId: strin
     ["max_tokens", o.maxTokens],
     ["temperature", o.temperature],
     ["top_p", o.topP],
+    ["response_format", o.responseFormat],
   ]);
 }

@@ -97,6 +97,28 @@ describe.skipIf(!live)("the TypeScript SDK against the live system", () => {
     expect(openai.usage).toEqual(native.usage);
   });
 
+  test("a responseFormat makes the tokens one JSON value that validates, on both routes", async () => {
+    const schema = {
+      type: "object",
+      properties: { colour: { enum: ["red", "green", "blue"] }, shade: { type: "integer", maximum: 9 } },
+      required: ["colour", "shade"],
+      additionalProperties: false,
+    };
+    const model = (await mesh.models())[0].modelId;
+    for (const api of ["native", "openai"] as const) {
+      const stream = await mesh.chat("Name a colour", {
+        model,
+        maxTokens: 64,
+        temperature: 1,
+        api,
+        responseFormat: { type: "json_schema", json_schema: { name: "colour", schema, strict: true } },
+      });
+      const reply = JSON.parse(await stream.text()) as { colour: string; shade: number };
+      expect(["red", "green", "blue"]).toContain(reply.colour);
+      expect(Object.keys(reply).sort()).toEqual(["colour", "shade"]);
+    }
+  });
+
   describe("through a proxy that drops connections", () => {
     let proxy: DroppingProxy;
     beforeAll(async () => {
