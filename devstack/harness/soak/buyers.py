@@ -11,6 +11,7 @@ first checker's failure. Retrying is what a careful client does; each retry is c
 import asyncio
 import json
 import random
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,8 @@ REQUEST_DEADLINE_S = 240.0
 RETRY_PAUSE_S = 0.5
 RETRIED_STATUSES = {429, 500, 502, 503, 504}
 PROMPT = "The soak keeps the mesh busy while its processes die"
+GENERATION_FAILED = re.compile(r"generation failed \((\w+)\)")
+"""How the OpenAI routes' 502 names the error a generation ended with (gateway/openai_api.py)."""
 
 
 @dataclass
@@ -173,6 +176,10 @@ class Buyers:
                         request.reported = request.delivered = reply["usage"]["completion_tokens"]
                         request.ending = f"done:{reply['choices'][0]['finish_reason']}"
                         return
+                    failed = _generation_failed(response)
+                    if failed is not None:  # the request ran and ended in error: asking again answers the same
+                        request.accepted, request.ending = True, f"error:{failed}"
+                        return
                     raise UnexpectedStatus(response)
             except UnexpectedStatus as exc:
                 if exc.response.status_code not in RETRIED_STATUSES:
@@ -181,6 +188,18 @@ class Buyers:
             except (httpx.TransportError, httpx.StreamError, json.JSONDecodeError, KeyError):
                 pass
             await asyncio.sleep(RETRY_PAUSE_S)
+
+
+def _generation_failed(response: httpx.Response) -> str | None:
+    """The error code of a 502 that says the generation itself failed ("generation failed (<code>): ..."), which
+    is the request's own ending, final (re-POSTing its id answers it again), not a gateway in trouble."""
+    if response.status_code != 502:
+        return None
+    try:
+        found = GENERATION_FAILED.match(str(response.json()["error"]["message"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return found.group(1) if found else None
 
 
 def _refusal(response: httpx.Response) -> str:

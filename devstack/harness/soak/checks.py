@@ -7,7 +7,11 @@ cost by work units (blocks × positions), to 10⁻¹⁸ FAR. What a client recei
 most `IN_FLIGHT_BOUND` tokens: the README's "few tokens in flight" a worker writes to a stream Redis then loses.
 """
 
+import asyncio
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,6 +26,8 @@ IN_FLIGHT_BOUND = 3
 """Tokens a run may bill beyond what its client received: those in flight when a stream ended (README, "What
 Redis must guarantee"); the same bound tests/e2e/test_zz_redis_restart.py holds a lost stream to."""
 SHOWN = 8
+UNSETTLED_BATCH_STATUSES = ("claimed", "signed", "submitted")
+"""A batch the payer has taken and not yet settled (schema/0008)."""
 """Offending items listed per failed check; the count says how many there were in all."""
 
 
@@ -227,3 +233,39 @@ def _running(pid: int) -> bool:
             return stat.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def payouts_settled(dsn: str, timeout_s: float) -> Check:
+    """No payout batch left claimed, signed or submitted once the payer has had `timeout_s` to finish them (a
+    batch stuck there holds its providers' earnings forever); counted by status, with what the paid ones paid."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        connection = await asyncpg.connect(dsn)
+        try:
+            rows = await connection.fetch(
+                "SELECT status, count(*) AS n, coalesce(sum(total_far), 0) AS far FROM far_payment_batches GROUP BY 1"
+            )
+        finally:
+            await connection.close()
+        by_status = {r["status"]: (int(r["n"]), r["far"]) for r in rows}
+        stuck = sum(n for status, (n, _) in by_status.items() if status in UNSETTLED_BATCH_STATUSES)
+        if not stuck or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(2)
+    numbers = ", ".join(f"{status}={n} ({far} FAR)" for status, (n, far) in sorted(by_status.items())) or "no batch"
+    return Check("no payout batch stuck", stuck == 0, numbers, [f"{stuck} batches unsettled after {timeout_s:.0f}s"])
+
+
+def books_reconcile(env: Mapping[str, str], opening_far: Decimal) -> Check:
+    """`far-mesh ledger reconcile --opening-far`: the journal balances, every buyer's balance is its deposits less
+    its charges and withdrawals, and the treasury and every paid wallet hold on chain what the journal says, so
+    every payout was paid exactly once."""
+    command = [sys.executable, "-m", "cli", "ledger", "reconcile", "--opening-far", str(opening_far)]
+    done = subprocess.run(command, env=dict(env), capture_output=True, text=True, timeout=300, check=False)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return Check(
+        "the books reconcile on chain (payouts paid once, balances exact)",
+        done.returncode == 0,
+        f"`far-mesh ledger reconcile --opening-far {opening_far}` exit {done.returncode}",
+        lines[-SHOWN:] if done.returncode else [],
+    )

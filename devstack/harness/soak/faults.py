@@ -3,9 +3,10 @@
 A process kind is SIGKILLed with its whole process group (what it started dies with it, as in a crash or an
 OOM kill) and restarted through the system's own `restart_process`, which waits until it serves. A swarm server
 is SIGKILLed alone: the swarm's supervision restarts it with its peer id, as `make run` would. Redis and
-PostgreSQL are stopped and started again. Faults overlap: each runs in its own task, and one whose target is
-still down from an earlier fault is skipped (and counted). A process that exits without being killed is a
-finding, not noise: the watchdog records it and restarts it so the run goes on.
+PostgreSQL (and, with the chain, its ganache, on its database) are stopped and started again. Faults overlap:
+each runs in its own task, and one whose target is still down from an earlier fault is skipped (and counted). A
+process that exits without being killed is a finding, not noise: the watchdog records it and restarts it so the
+run goes on.
 """
 
 import asyncio
@@ -18,7 +19,15 @@ from devstack.harness.soak.schedule import Fault
 from devstack.harness.system import SystemUnderTest
 
 RECOVERY_TIMEOUT_S = 180.0
-PROCESS_NAMES = {"gateway": "web", "accounting": "accounting", "verifier": "verifier", "portal": "portal"}
+PROCESS_NAMES = {
+    "gateway": "web",
+    "accounting": "accounting",
+    "verifier": "verifier",
+    "portal": "portal",
+    "payer": "payouts",
+    "deposit_watcher": "deposits",
+    "reconciler": "ledger",
+}
 
 
 @dataclass
@@ -54,6 +63,8 @@ def record_pids(sut: SystemUnderTest, log: FaultLog) -> None:
         for server in swarm.servers:
             log.pids.add(server.pid)
             log.pids.update(server.group_members())
+    if sut.chain_node is not None and sut.chain_node.process is not None:
+        log.pids.add(sut.chain_node.process.pid)
     redis_process = getattr(sut.redis_server, "_process", None)
     if redis_process is not None:
         log.pids.add(redis_process.pid)
@@ -82,6 +93,11 @@ def _kill_and_restart(sut: SystemUnderTest, fault: Fault, name: str) -> None:
         sut.postgres.stop()
         time.sleep(fault.down_s)
         sut.postgres.restart()
+    elif fault.kind == "chain_node":
+        assert sut.chain_node is not None, "a chain_node fault needs the system started with its chain"
+        sut.chain_node.stop()
+        time.sleep(fault.down_s)
+        sut.chain_node.start()
     elif fault.kind == "swarm_server":
         swarm = sut.system.swarm
         assert swarm is not None

@@ -10,8 +10,9 @@ PROCESS_KINDS = ("gateway", "worker", "swarm_server", "accounting", "verifier", 
 SERVICE_KINDS = ("redis", "postgres")
 """Kinds stopped and started again (Redis with its append-only file, so it comes back with its data)."""
 ALL_KINDS = PROCESS_KINDS + SERVICE_KINDS
-MISSING_KINDS = ("payer", "chain_node")
-"""Kinds the issue names that this harness does not inject yet: the soak system runs without the chain."""
+CHAIN_KINDS = ("payer", "deposit_watcher", "reconciler", "chain_node")
+"""With `--chain`: the payer, the deposit watcher and the reconciliation loop SIGKILLed and restarted, and the
+chain's ganache stopped and started again on its database."""
 
 
 @dataclass(frozen=True)
