@@ -10,6 +10,8 @@ from typing import Any
 import openai
 import pytest
 import redis.asyncio as aioredis
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel
 
 from protocol import keys
 from protocol.events import DoneEvent, TokenEvent, encode_event
@@ -183,3 +185,31 @@ async def test_a_streamed_call_arrives_whole_in_one_delta_and_text_streams_as_te
     assert finish.choices[0].finish_reason == "tool_calls"
     text = "".join(c.choices[0].delta.content or "" for c in chunks["req_tool_text"] if c.choices)
     assert text == "It is sunny." and chunks["req_tool_text"][-1].choices[0].finish_reason == "stop"
+
+
+class GetWeather(BaseModel):
+    """The weather in a city now."""
+
+    city: str
+
+
+async def test_langchain_bind_tools_reads_the_call_streamed_or_not(
+    gateway_url: str, healthy_swarm: SwarmSnapshot, issue_key: IssueKey, redis: aioredis.Redis
+) -> None:
+    key, _ = await issue_key()
+    call = '{"tool_calls": [{"name": "GetWeather", "arguments": {"city": "Oslo"}}]}'
+    for request_id, streaming in (("req_lc_call", False), ("req_lc_call_stream", True)):
+        llm = ChatOpenAI(
+            model=MODEL_ID,
+            base_url=f"{gateway_url}/v1",
+            api_key=key,  # type: ignore[arg-type]
+            max_retries=0,
+            streaming=streaming,
+            extra_body={"request_id": request_id},
+        ).bind_tools([GetWeather], tool_choice="GetWeather", strict=True)
+        writing = asyncio.create_task(worker_writes(redis, request_id, [call[:30], call[30:]]))
+        reply = await llm.ainvoke("What is the weather in Oslo?")
+        await writing
+        (tool_call,) = reply.tool_calls  # type: ignore[attr-defined]
+        assert (tool_call["name"], tool_call["args"]) == ("GetWeather", {"city": "Oslo"})
+        assert tool_call["id"] == f"call_{request_id}_0"
