@@ -182,7 +182,8 @@ def earnings_exact(ledger: Mapping[str, list[Session]]) -> Check:
     return Check(
         "node earnings = work units x price, exactly",
         not wrong,
-        f"{len(sessions)} sessions, {len(earnings)} nodes, {work} work units (blocks x positions), {total} FAR earned",
+        f"{len(sessions)} sessions, {len(earnings)} nodes, {work} work units (blocks x positions), {total} FAR earned"
+        f" ({', '.join(f'...{node[-6:]}={amount}' for node, amount in sorted(earnings.items()))})",
         wrong,
     )
 
@@ -253,7 +254,8 @@ async def payouts_settled(dsn: str, timeout_s: float) -> Check:
             break
         await asyncio.sleep(2)
     numbers = ", ".join(f"{status}={n} ({far} FAR)" for status, (n, far) in sorted(by_status.items())) or "no batch"
-    return Check("no payout batch stuck", stuck == 0, numbers, [f"{stuck} batches unsettled after {timeout_s:.0f}s"])
+    offenders = [f"{stuck} batches unsettled after {timeout_s:.0f}s"] if stuck else []
+    return Check("no payout batch stuck", stuck == 0, numbers, offenders)
 
 
 def books_reconcile(env: Mapping[str, str], opening_far: Decimal) -> Check:
