@@ -74,8 +74,9 @@ class GatewaySettings(CommonSettings):
     gateway_require_prepaid_balance: bool = Field(
         default=False,
         description="Admit a request only if its wallet's prepaid balance (deposits minus charges, minus open "
-        "holds) covers its maximum cost, else 402 insufficient_balance; off: requests are charged without a check "
-        "(the default until the portal shows balances)",
+        "holds) covers its maximum cost, else 402 insufficient_balance; off: requests are charged without a check, so "
+        "unfunded wallets generate (off in the code for the test harnesses; `make run` and the Kubernetes manifests "
+        "turn it on: docs/deposits.md)",
     )
     far_mesh_platform_fee_bps: int = Field(
         default=0,
