@@ -146,10 +146,10 @@ async def test_a_parameter_the_swarm_cannot_honour_is_a_400_for_both_clients(
 ) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         await client.chat.completions.create(
-            model=e2e_system.models[0].model_id, messages=[{"role": "user", "content": "Hi"}], n=2
+            model=e2e_system.models[0].model_id, messages=[{"role": "user", "content": "Hi"}], service_tier="flex"
         )
-    assert refused.value.param == "n"
-    llm = chat_openai(e2e_system, http, model_kwargs={"response_format": {"type": "json_object"}})
+    assert refused.value.param == "service_tier"
+    llm = chat_openai(e2e_system, http, model_kwargs={"web_search_options": {}})
     with pytest.raises(openai.BadRequestError) as refused_too:
         await llm.ainvoke("Hi")
-    assert refused_too.value.param == "response_format" and refused_too.value.code == "unsupported_parameter"
+    assert refused_too.value.param == "web_search_options" and refused_too.value.code == "unsupported_parameter"

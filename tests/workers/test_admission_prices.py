@@ -59,6 +59,12 @@ class ScriptedModel:
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
+    def note_routed(self) -> None:
+        pass
+
+    def note_no_route(self, *, every_block_announced: bool) -> None:
+        pass
+
 
 async def test_a_run_bills_the_prompt_and_tokens_at_the_jobs_prices_and_fee_even_after_the_catalog_changed(
     redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
