@@ -91,11 +91,6 @@ class SchemaRefused(ValueError):
         super().__init__(f"{reason} (at {where or '/'})" if where else reason)
 
 
-def constrains(response_format: object) -> bool:
-    """Whether the format constrains the reply at all (text does not)."""
-    return isinstance(response_format, JsonObjectFormat | JsonSchemaFormat)
-
-
 def grammar_of(response_format: JsonObjectFormat | JsonSchemaFormat) -> str:
     """The llguidance grammar for the format, checked by compiling it; raises `SchemaRefused` if it cannot be."""
     if isinstance(response_format, JsonObjectFormat):
