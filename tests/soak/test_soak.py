@@ -1,8 +1,9 @@
 """The short chaos soak (issue #29), run on request only: `FAR_MESH_SOAK=1 .venv/bin/python -m pytest tests/soak`.
 
-About five minutes of wall time on the project's 2-core machine (a minute to start the system, 180 s of load and
-faults, a minute to settle, check and stop), which CI's budget cannot take today; the integrator decides whether
-`make test` runs it. FAR_MESH_SOAK_SEED replays a run; without it each run draws a seed and prints it.
+About four minutes of wall time on the project's shared 2-core machine (222.7 s measured, seed 6: half a minute to
+start the system, 180 s of load and faults, the rest to settle, check and stop), which CI's budget cannot take
+today; the integrator decides whether `make test` runs it. FAR_MESH_SOAK_SEED replays a run; without it each run
+draws a seed and prints it.
 """
 
 import os
