@@ -257,6 +257,8 @@ async def polling_only_at_start(worker: QueueWorker) -> AsyncIterator[None]:
         yield
     finally:
         running.cancel()
+        if worker.tasks:  # a job that published its end may still be finishing; close() would cancel it
+            await asyncio.wait(list(worker.tasks.values()), timeout=10)
         await worker.close()
 
 
