@@ -1,30 +1,23 @@
 """The Dockerfiles, checked without a Docker engine: what they copy, run, expose and install."""
 
 import fnmatch
-import importlib.util
 import re
 import tomllib
 from typing import Any
 
 import pytest
 
-from cli.main import build_parser
-from tests.deploy.manifests import COMMAND_ROOMS, DOCKERFILES, REPO, copy_sources, dockerfile, exec_form
+from tests.deploy.manifests import (
+    DOCKERFILES,
+    REPO,
+    copy_sources,
+    dockerfile,
+    exec_form,
+    require_room_commands,
+    subcommands,
+)
 
 HEAVY = {"torch", "petals", "hivemind", "transformers", "tokenizers", "bitsandbytes", "accelerate", "peft"}
-
-
-def subcommands() -> set[str]:
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")
-    return set(action.choices)  # type: ignore[arg-type]
-
-
-def require_room_commands(command: str) -> None:
-    """A room still being written has no commands.py yet: say so instead of failing the whole suite."""
-    room = COMMAND_ROOMS[command]
-    if importlib.util.find_spec(f"{room}.commands") is None:
-        pytest.skip(f"{room}/commands.py does not exist yet, so `far-mesh {command}` cannot be checked")
 
 
 def pyproject() -> dict[str, Any]:

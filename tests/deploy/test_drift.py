@@ -25,10 +25,11 @@ from tests.deploy.manifests import (
     manifest_command,
     one,
     pod_spec,
+    require_room_commands,
     settings_env_names,
+    subcommands,
     workloads,
 )
-from tests.deploy.test_dockerfiles import require_room_commands, subcommands
 from tests.fixtures.deploy import KUSTOMIZATIONS
 from workers import metrics as worker_metrics
 
