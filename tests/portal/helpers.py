@@ -1,13 +1,18 @@
-"""Steps the portal tests repeat: signing in over HTTP, and publishing a swarm snapshot as a worker does."""
+"""Steps the portal tests repeat: signing in over HTTP, crediting a deposit as the watcher does, and publishing a
+swarm snapshot as a worker does."""
 
+import secrets
 from datetime import UTC, datetime
 
+import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
 from protocol import keys
 from protocol.swarm import ServerSnapshot, SwarmSnapshot
 from tests.fixtures.portal import SigningWallet
+
+CONTRACT = "0x" + "Ab" * 20  # the deposit contract credit_deposit credits through
 
 
 async def sign_in(client: httpx.AsyncClient, wallet: SigningWallet) -> str:
@@ -50,3 +55,19 @@ async def publish_snapshot(
     )
     await redis.hset(keys.SWARM_SNAPSHOTS, model_id, snapshot.model_dump_json())  # type: ignore[misc]
     return snapshot
+
+
+async def credit_deposit(ledger: asyncpg.Connection, wallet: str, units: int) -> str:
+    """A Deposited log credited as the watcher credits it (`far_credit_deposit`); returns its transaction hash."""
+    tx_hash = "0x" + secrets.token_hex(32)
+    outcome = await ledger.fetchval(
+        "SELECT far_credit_deposit(31337, $1, $2, $3, 0, 7, $4, $5, $6)",
+        "0x" + "11" * 32,
+        CONTRACT,
+        tx_hash,
+        "0x" + secrets.token_hex(32),
+        wallet,
+        units,
+    )
+    assert outcome == "credited"
+    return tx_hash

@@ -14,9 +14,8 @@ from portal.settings import PortalSettings
 from protocol import keys
 from tests.fixtures.ledger import unique_id, usage_record
 from tests.fixtures.portal import SigningWallet
-from tests.portal.helpers import sign_in
+from tests.portal.helpers import CONTRACT, credit_deposit, sign_in
 
-CONTRACT = "0x" + "Ab" * 20
 TOKEN = "0x" + "cD" * 20
 
 
@@ -25,22 +24,6 @@ def portal_settings(portal_settings: PortalSettings) -> PortalSettings:
     return portal_settings.model_copy(
         update={"far_mesh_deposit_contract_address": CONTRACT, "far_mesh_token_address": TOKEN}
     )
-
-
-async def credit_deposit(ledger: asyncpg.Connection, wallet: str, units: int) -> str:
-    """A Deposited log credited as the watcher credits it (`far_credit_deposit`); returns its transaction hash."""
-    tx_hash = "0x" + secrets.token_hex(32)
-    outcome = await ledger.fetchval(
-        "SELECT far_credit_deposit(31337, $1, $2, $3, 0, 7, $4, $5, $6)",
-        "0x" + "11" * 32,
-        CONTRACT,
-        tx_hash,
-        "0x" + secrets.token_hex(32),
-        wallet,
-        units,
-    )
-    assert outcome == "credited"
-    return tx_hash
 
 
 async def test_a_buyer_sees_a_deposit_and_a_charge_on_the_balance_page_and_its_json(

@@ -12,8 +12,7 @@ import redis.asyncio as aioredis
 
 from protocol import keys
 from tests.fixtures.portal import SigningWallet
-from tests.portal.helpers import sign_in
-from tests.portal.test_balance import credit_deposit
+from tests.portal.helpers import credit_deposit, sign_in
 
 
 async def statement(client: httpx.AsyncClient, csrf: str, amount: str) -> str:
