@@ -26,7 +26,7 @@ from devstack.harness.registrations import register_nodes
 from tests.accounting.test_payouts_chain import payout_settings
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record
-from tests.verifier.test_ledger import verdict
+from tests.verifier.helpers import verdict
 from verifier.ledger import record_verdicts
 
 JOURNAL_TABLES = "far_chain_deposits, far_deposit_scans, far_journal_lines, far_journal_entries, far_journal_accounts"

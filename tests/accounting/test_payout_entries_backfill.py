@@ -18,7 +18,7 @@ from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.services import with_database
 from schema.migrate import apply_migrations, bundled_migrations
 from tests.fixtures.ledger import unique_id, usage_record
-from tests.verifier.test_ledger import verdict
+from tests.verifier.helpers import verdict
 from verifier.ledger import record_verdicts
 
 FIRST_NEW = "0023_payout_and_slash_entries.sql"

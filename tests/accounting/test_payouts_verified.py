@@ -20,8 +20,7 @@ from protocol.catalog import ModelSpec
 from protocol.usage import UsageRecord
 from protocol.verification import RecordedSpan, RecordedStep, SpotCheck
 from tests.fixtures.ledger import unique_id, usage_record
-from tests.verifier.test_ledger import verdict
-from tests.verifier.test_spot_checks import PEER_A, FakeServed, Replay, recorded_span, settings
+from tests.verifier.helpers import PEER_A, FakeServed, Replay, recorded_span, settings, verdict
 from verifier.ledger import record_unverified, record_verdicts
 from verifier.service import Verifier
 from verifier.settings import VerifierSettings

@@ -20,7 +20,7 @@ from protocol.cheating_odds import break_even_reserve, expected_gain, expected_l
 from protocol.money import far_sum
 from protocol.usage import UsageRecord
 from tests.fixtures.ledger import unique_id, usage_record
-from tests.verifier.test_ledger import verdict
+from tests.verifier.helpers import verdict
 from verifier.ledger import BanPolicy, current_bans, record_verdicts
 from workers.route_policy import PROBATION_BELOW
 

@@ -8,38 +8,28 @@ records. After FAR_MESH_VERIFIER_BAN_AFTER=2 sessions the cheat is banned; an ho
 the next request runs on honest servers only and streams the reference tokens.
 """
 
-import asyncio
 import shutil
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from accounting.ledger import write_batch
 from mesh.local_swarm import ServerPlan
 from protocol import keys
 from protocol.catalog import ModelSpec
-from protocol.events import TokenEvent
 from tests.fixtures.swarm import StartSwarm
 from tests.fixtures.verifier import RunningVerifier
 from tests.fixtures.workers import (
     RunningFleet,
-    enqueue,
-    make_job,
     reference_continuation,
     usage_records,
-    wait_for_end,
 )
+from tests.verifier.swarm_helpers import PROMPT, TOKENS, generate, until
 
 pytestmark = pytest.mark.swarm
-
-PROMPT = "The mesh streams tokens"
-TOKENS = 6
 
 
 def poisoned_copy(model: ModelSpec, where: Path, *, blocks: range, scale: float) -> ModelSpec:
@@ -55,28 +45,6 @@ def poisoned_copy(model: ModelSpec, where: Path, *, blocks: range, scale: float)
             weights[name] = tensor * (1 + scale * torch.randn(tensor.shape, generator=generator))
     save_file(weights, str(where / "model.safetensors"), metadata={"format": "pt"})
     return model.model_copy(update={"source": str(where)})
-
-
-async def generate(redis_url: str, redis: aioredis.Redis, model: ModelSpec, dsn: str) -> tuple[str, list[int]]:
-    """One request through the worker; its usage record stored by accounting's writer. Returns its id, tokens."""
-    job = make_job(model, PROMPT, max_tokens=TOKENS)
-    await enqueue(redis_url, job)
-    events = await wait_for_end(redis, job.request_id)
-    (record,) = await usage_records(redis, job.request_id)
-    connection = await asyncpg.connect(dsn)
-    try:
-        await write_batch(connection, [record])
-    finally:
-        await connection.close()
-    return job.request_id, [e.token_id for e in events if isinstance(e, TokenEvent)]
-
-
-async def until(condition: Callable[[], Any], what: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := await condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-    return value
 
 
 async def test_a_server_with_poisoned_weights_is_slashed_banned_and_routed_around(

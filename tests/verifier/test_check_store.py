@@ -17,7 +17,7 @@ from protocol.verification import (
     SpotCheck,
     read_entry,
 )
-from tests.verifier.test_spot_checks import MODEL, PEER_A, FakeServed, Replay, recorded_span, settings
+from tests.verifier.helpers import MODEL, PEER_A, FakeServed, Replay, recorded_span, settings
 from verifier.service import Verifier
 from verifier.settings import VerifierSettings
 from workers import metrics, spot_checks

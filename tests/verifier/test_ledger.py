@@ -10,22 +10,9 @@ from accounting.ledger import write_batch
 from accounting.payable import PayoutHold
 from accounting.payouts import _CLAIMABLE as CLAIMABLE  # the payout claim's own condition, so a change shows here
 from tests.fixtures.ledger import unique_id, usage_record
+from tests.verifier.helpers import verdict
 from verifier.ledger import BanPolicy, add_failed_steps, pending_slashes, record_unverified, record_verdicts
-from verifier.recompute import SpanVerdict
 from workers.route_policy import PROBATION_BELOW
-
-
-def verdict(node: str, *, bad: bool = False, start: int = 0, end: int = 2) -> SpanVerdict:
-    return SpanVerdict(
-        peer_id=node,
-        start_block=start,
-        end_block=end,
-        steps=3,
-        tokens=7,
-        max_error=0.4 if bad else 1e-6,
-        tolerance=2e-4,
-        first_bad_step=1 if bad else None,
-    )
 
 
 async def _with(dsn: str, body):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ from protocol.catalog import ModelSpec
 from tests.fixtures.swarm import StartSwarm
 from tests.fixtures.verifier import RunningVerifier
 from tests.fixtures.workers import RunningFleet
-from tests.verifier.test_cheating_server import generate, until
+from tests.verifier.swarm_helpers import generate, until
 from verifier.tolerance import tolerance_for
 
 pytestmark = pytest.mark.swarm

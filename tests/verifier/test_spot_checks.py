@@ -3,10 +3,9 @@ kept out of routes. Redis is fakeredis (real Redis where a Lua script runs); the
 stand-in holding what Petals holds."""
 
 import logging
-import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,7 +16,8 @@ import torch
 
 from mesh.session import SpanRecorder
 from protocol import keys
-from protocol.verification import UNVERIFIED_FIELD, RecordedSpan, RecordedStep, SpotCheck
+from protocol.verification import UNVERIFIED_FIELD, SpotCheck
+from tests.verifier.helpers import MODEL, PEER_A, FakeServed, Replay, recorded_span, settings
 from workers import spot_checks
 from workers.route_policy import DEFAULT_POLICY, apply_route_policy, banned_peers, redundant
 from workers.settings import WorkerSettings
@@ -32,66 +32,8 @@ from workers.spot_checks import (
     watch_failures,
 )
 
-PEER_A = "QmNckXSTCTz4ugo9p4jbYJeaQUJS4bgTnrzLzqCPQQBdJR"
 PEER_B = "QmUHKQbyJx3dYCbZ4AyEc3MYGCR4SCmKDkLeKdCNRsrQR4"
-MODEL = "far-tiny-llama-4"
 SECRET = "a-fleet-wide-sampling-secret"
-
-
-class FakeManager:
-    """What `workers` reads and sets on Petals' RemoteSequenceManager."""
-
-    def __init__(self, peers: list[str]) -> None:
-        from hivemind.p2p import PeerID
-
-        spans = [[SimpleNamespace(peer_id=PeerID.from_base58(p))] for p in peers]
-        self.state = SimpleNamespace(sequence_info=SimpleNamespace(spans_containing_block=spans))
-        self.lock_changes = threading.Lock()
-        self.blocked_servers: Any = None
-        self.updates = 0
-
-    def update(self, *, wait: bool) -> None:
-        self.updates += 1
-
-    def on_request_failure(self, peer_id: Any) -> None:
-        """Petals' own bookkeeping (its temporary ban list); nothing here."""
-
-
-class FakeServed:
-    def __init__(self, peers: list[str]) -> None:
-        self.model_id = MODEL
-        self.manager = FakeManager(peers)
-        self.model = SimpleNamespace(transformer=SimpleNamespace(h=SimpleNamespace(sequence_manager=self.manager)))
-
-    async def run_blocking(self, fn: Any, *args: Any) -> Any:
-        return fn(*args)
-
-
-def settings(**overrides: Any) -> WorkerSettings:
-    values = {"far_mesh_dht_bootstrap": "/ip4/127.0.0.1/tcp/1/p2p/" + PEER_A, **overrides}
-    return WorkerSettings.from_env(**values)
-
-
-class Replay(SpanRecorder):
-    """A recorder holding `spans`, as a sampled session whose route used exactly those server spans leaves it."""
-
-    def __init__(self, spans: Iterable[RecordedSpan]) -> None:
-        super().__init__()
-        self._recorded = tuple(spans)
-
-    def spans(self) -> tuple[RecordedSpan, ...]:
-        return self._recorded
-
-
-def recorded_span(peer: str, payload_bytes: int = 12) -> RecordedSpan:
-    """A one-step span of `peer` whose inputs and outputs are `payload_bytes` each (as base64)."""
-    data = "A" * (4 * -(-payload_bytes // 3))
-    step = RecordedStep(
-        step=0, tokens=1, inputs_dtype="float32", inputs_b64=data, outputs_dtype="float32", outputs_b64=data
-    )
-    return RecordedSpan(
-        peer_id=peer, start_block=0, end_block=2, hidden_size=8, announced_dtype="float32", steps=(step,)
-    )
 
 
 @pytest.fixture
