@@ -1,6 +1,5 @@
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import asyncpg
@@ -8,51 +7,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from accounting.consumer import PARSE_TURN, UsageConsumer, UsageEntry, parse_entries, parse_entries_in_turns
-from accounting.settings import AccountingSettings
 from devstack.ports import free_port
 from protocol import keys
 from protocol.usage import UsageRecord
+from tests.accounting.helpers import consumer_settings, running_consumer, settled
 from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until
-
-
-def consumer_settings(dsn: str, redis_url: str, **overrides: object) -> AccountingSettings:
-    values: dict[str, object] = {
-        "postgres_url": dsn,
-        "redis_url": redis_url,
-        "accounting_batch_size": 50,
-        "accounting_batch_wait_ms": 20,
-        "accounting_claim_idle_ms": 300,
-        "accounting_claim_interval_s": 0.1,
-        "accounting_trim_interval_s": 0.1,
-        "accounting_metrics_port": 0,
-    } | overrides
-    return AccountingSettings.from_env(**values)
-
-
-@asynccontextmanager
-async def running_consumer(
-    dsn: str, redis_url: str, redis: aioredis.Redis, **overrides: object
-) -> AsyncIterator[UsageConsumer]:
-    settings = consumer_settings(dsn, redis_url, **overrides)
-    running = UsageConsumer(redis, lambda: asyncpg.connect(dsn), settings)
-    task = asyncio.create_task(running.run())
-    try:
-        yield running
-    finally:
-        running.stop()
-        await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture
 async def consumer(migrated_postgres_dsn: str, redis_url: str, redis: aioredis.Redis) -> AsyncIterator[UsageConsumer]:
     async with running_consumer(migrated_postgres_dsn, redis_url, redis) as running:
         yield running
-
-
-async def settled(redis: aioredis.Redis) -> bool:
-    groups = await redis.xinfo_groups(keys.USAGE_STREAM)
-    group = next(g for g in groups if g["name"] == keys.USAGE_CONSUMER_GROUP.encode())
-    return bool(group["pending"] == 0 and group["lag"] == 0)
 
 
 async def produced_before_any_consumer(redis: aioredis.Redis, records: list[UsageRecord]) -> None:

@@ -12,7 +12,7 @@ from accounting.consumer import UsageConsumer
 from devstack.ports import free_port
 from devstack.redis_server import RedisServer
 from protocol import keys
-from tests.accounting.test_consumer import consumer_settings, settled
+from tests.accounting.helpers import consumer_settings, settled
 from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until
 
 

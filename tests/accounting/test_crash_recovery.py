@@ -17,7 +17,7 @@ from devstack.postgres_server import EmbeddedPostgres
 from protocol import keys
 from protocol.usage import UsageRecord
 from schema.migrate import apply_migrations
-from tests.accounting.test_consumer import running_consumer, settled
+from tests.accounting.helpers import running_consumer, settled
 from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until
 
 

@@ -14,7 +14,7 @@ from accounting.consumer import UsageConsumer
 from accounting.settings import AccountingSettings
 from probes import HEALTH_PATH, Heartbeat, serve_health_and_metrics
 from protocol import keys
-from tests.accounting.test_consumer import consumer_settings, running_consumer
+from tests.accounting.helpers import consumer_settings, running_consumer
 from tests.fixtures.ledger import unique_id, usage_record
 
 

@@ -23,7 +23,7 @@ from chain.node import DEV_CHAIN_ID
 from chain.units import to_base_units
 from cli.main import main
 from devstack.harness.registrations import register_nodes
-from tests.accounting.test_payouts_chain import payout_settings
+from tests.accounting.helpers import payout_settings
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record
 from tests.verifier.helpers import verdict

@@ -4,56 +4,18 @@ paid only after confirmation, and a batch that moved no money releases its rows 
 import asyncio
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
-from accounting.ledger import write_batch
 from accounting.payer import ChainPayer, FinishedBatch, PayerBusy, payer_lock
 from accounting.payouts import batch_state, claim_batch
 from chain.node import LocalChain
-from chain.settings import PayoutSettings
 from chain.units import to_base_units
-from devstack.harness.registrations import register_nodes
 from devstack.ports import free_port
+from tests.accounting.helpers import earn, paid_by_wallet, payout_settings
 from tests.fixtures.chain import FarDeployment, chain_rpc, new_deployment
-from tests.fixtures.ledger import unique_id, usage_record, wait_until
-
-
-def payout_settings(d: FarDeployment, dsn: str, **overrides: Any) -> PayoutSettings:
-    values: dict[str, Any] = {
-        "postgres_url": dsn,
-        "far_mesh_chain_rpc_url": d.url,
-        "far_mesh_token_address": d.deployment.token,
-        "far_mesh_batch_contract_address": d.deployment.batch_contract,
-        "far_mesh_treasury_key": SecretStr(d.treasury.key.to_0x_hex()),
-        "far_mesh_payout_confirmations": 1,
-        "far_mesh_payout_poll_s": 0.05,
-        "far_mesh_payout_metrics_port": 0,
-    }
-    values.update(overrides)
-    return PayoutSettings.from_env(**values)
-
-
-async def earn(db: asyncpg.Connection, nodes: int, *, sessions: int = 3, price_far: str = "0.0123456789") -> list[str]:
-    """Usage records that owe `nodes` distinct nodes, each registered to the wallet it announces, amounts with
-    all 18 decimals in use."""
-    peers = [unique_id("peer") for _ in range(nodes)]
-    await register_nodes(db, peers)
-    records = [
-        usage_record(
-            unique_id("req"),
-            {p: 1 + (i * 7 + s) % 13 for i, p in enumerate(peers)},
-            tokens_generated=37,
-            price_far=Decimal(price_far),
-        )
-        for s in range(sessions)
-    ]
-    for start in range(0, len(records), 50):
-        await write_batch(db, records[start : start + 50])
-    return peers
+from tests.fixtures.ledger import wait_until
 
 
 async def run_on_own_connection(payer: ChainPayer, dsn: str) -> list[FinishedBatch]:
@@ -62,14 +24,6 @@ async def run_on_own_connection(payer: ChainPayer, dsn: str) -> list[FinishedBat
         return await payer.run_once(connection, min_far=Decimal(0))
     finally:
         await connection.close()
-
-
-async def paid_by_wallet(db: asyncpg.Connection) -> dict[str, Decimal]:
-    """What the ledger says each wallet was paid: its registered nodes' paid rows."""
-    rows = await db.fetch(
-        "SELECT far_registered_wallet(node_id) AS wallet, sum(paid_far) AS paid FROM node_earnings_summary GROUP BY 1"
-    )
-    return {r["wallet"]: r["paid"] for r in rows}
 
 
 async def test_two_hundred_wallets_hold_on_chain_exactly_what_the_ledger_says_they_were_paid(

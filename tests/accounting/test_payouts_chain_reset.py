@@ -23,7 +23,7 @@ from chain.identity import ChainChanged
 from chain.node import LocalChain, dev_account
 from chain.units import to_base_units
 from devstack.ports import free_port
-from tests.accounting.test_payouts_chain import earn, paid_by_wallet, payout_settings
+from tests.accounting.helpers import earn, paid_by_wallet, payout_settings
 from tests.fixtures.chain import TREASURY_FAR, TREASURY_GAS_WEI, FarDeployment, fund_gas
 
 

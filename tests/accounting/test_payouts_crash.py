@@ -1,10 +1,7 @@
 """A payer SIGKILLed after signing, after broadcasting, or before recording the confirmation: restarted, it
 resumes from the ledger and the chain, and every wallet is paid exactly once."""
 
-import os
 import signal
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,34 +11,9 @@ import pytest
 from accounting.ledger import write_batch
 from chain.units import to_base_units
 from devstack.harness.registrations import register_nodes
+from tests.accounting.helpers import payer_env, run_payer
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.ledger import unique_id, usage_record
-
-ROOT = Path(__file__).resolve().parents[2]
-PAYER_PROCESS = ROOT / "tests" / "chain" / "payer_process.py"
-
-
-def payer_env(d: FarDeployment, dsn: str, key_file: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAR_MESH_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        POSTGRES_URL=dsn,
-        FAR_MESH_CHAIN_RPC_URL=d.url,
-        FAR_MESH_TOKEN_ADDRESS=d.deployment.token,
-        FAR_MESH_BATCH_CONTRACT_ADDRESS=d.deployment.batch_contract,
-        FAR_MESH_TREASURY_KEY_FILE=str(key_file),
-        FAR_MESH_PAYOUT_CONFIRMATIONS="1",
-        FAR_MESH_PAYOUT_POLL_S="0.05",
-        # small: a restart that took the killed attempt for a stuck one would replace it, and the nonce count fail
-        FAR_MESH_PAYOUT_REPLACE_AFTER_S="0.2",
-    )
-    return env
-
-
-def run_payer(point: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(PAYER_PROCESS), point], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,7 @@ import pytest
 
 from accounting.payer import serve_chain_payouts
 from devstack.ports import free_port
-from tests.accounting.test_payouts_chain import earn, payout_settings
-from tests.accounting.test_payouts_serve import scrape
+from tests.accounting.helpers import earn, payout_settings, scrape
 from tests.fixtures.chain import FarDeployment
 
 # The ledger refuses every signed batch the way it refused them after a chain reset (issue #25): the same

@@ -14,7 +14,7 @@ import asyncpg
 from accounting.payer import ChainPayer
 from accounting.payouts import batch_state, claim_batch
 from chain.units import to_base_units
-from tests.accounting.test_payouts_chain import earn, paid_by_wallet, payout_settings
+from tests.accounting.helpers import earn, paid_by_wallet, payout_settings
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.ledger import wait_until
 from tests.fixtures.rpc_proxy import RpcProxy, rpc_proxy

@@ -18,7 +18,7 @@ from accounting.payouts import claim_batch, load_batch
 from chain.units import to_base_units
 from devstack.harness.registrations import register_nodes, transfer_node
 from protocol.usage import UsageRecord
-from tests.accounting.test_payouts_chain import payout_settings
+from tests.accounting.helpers import payout_settings
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
 

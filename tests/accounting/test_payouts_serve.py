@@ -1,7 +1,6 @@
 """`far-mesh payouts serve`: pays whatever becomes owed, round after round, and exports its metrics."""
 
 import asyncio
-import urllib.request
 from decimal import Decimal
 
 import asyncpg
@@ -10,20 +9,9 @@ from accounting.ledger import write_batch
 from accounting.payer import serve_chain_payouts
 from devstack.harness.registrations import register_nodes
 from devstack.ports import free_port
-from tests.accounting.test_payouts_chain import payout_settings
+from tests.accounting.helpers import payout_settings, scrape
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record, wait_until
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("far_payout_"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
 
 
 async def test_serve_pays_what_is_owed_each_round_and_reports_it_in_its_metrics(

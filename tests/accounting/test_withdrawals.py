@@ -21,7 +21,7 @@ from chain.node import DEV_CHAIN_ID
 from chain.units import to_base_units
 from portal import withdrawals
 from portal.registrations import Binding
-from tests.accounting.test_payouts_crash import payer_env, run_payer
+from tests.accounting.helpers import payer_env, run_payer
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.deposits import funded_buyer, watcher_for
 

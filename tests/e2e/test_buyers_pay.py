@@ -32,7 +32,7 @@ from chain.units import format_far, to_base_units
 from devstack.harness.gateway import start_gateway, stop_gateway
 from gateway.api_keys import create_key
 from portal.auth import CSRF_HEADER
-from tests.accounting.test_payouts_crash import payer_env, run_payer
+from tests.accounting.helpers import payer_env, run_payer
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.deposits import funded_buyer, watcher_for
 from tests.fixtures.portal import SigningWallet
