@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
@@ -20,11 +19,17 @@ import redis.asyncio as aioredis
 
 from devstack.supervisor import Child
 from protocol import keys
+from tests.e2e.helpers import (
+    LONG,
+    PROMPT,
+    assert_complete_once,
+    assert_exactly_once_in_the_ledger,
+    greedy,
+    new_request_id,
+)
 from tests.fixtures.system import (
     SystemUnderTest,
-    assert_books_balance,
     collect,
-    ledger_rows,
     stream_events,
     the_ledger_session,
     token_events,
@@ -34,18 +39,6 @@ from tests.fixtures.system import (
 from tests.fixtures.workers import reference_continuation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
-
-PROMPT = "A request walks through the gateway"
-LONG = 120
-"""Tokens of a request that is still streaming when the fault lands (a few seconds on the tiny model)."""
-
-
-def new_request_id() -> str:
-    return f"fault-{uuid.uuid4().hex[:12]}"
-
-
-def greedy(request_id: str, max_tokens: int = LONG) -> dict[str, Any]:
-    return {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "request_id": request_id}
 
 
 def kill_group(child: Child) -> None:
@@ -72,24 +65,6 @@ async def worker_running(sut: SystemUnderTest, request_id: str) -> Child:
     assert owner is not None, f"{request_id} has no lease: no worker runs it"
     pid = int(owner.partition(":")[0].rpartition("-")[2])
     return next(c for c in sut.system.supervisor.children if c.process.pid == pid)
-
-
-async def assert_exactly_once_in_the_ledger(sut: SystemUnderTest, streams: dict[str, list[dict[str, Any]]]) -> None:
-    """Accounting settles; each request has one session row billing exactly the tokens its client received."""
-    await wait_until_accounted(sut.redis_url)
-    rows = await ledger_rows(sut.postgres_url, list(streams))
-    for request_id, events in streams.items():
-        (session,) = rows[request_id]
-        assert session.row["tokens_generated"] == events[-1]["tokens_generated"]
-        assert_books_balance(session, len(token_events(events)))
-
-
-def assert_complete_once(events: list[dict[str, Any]], expected: list[int]) -> None:
-    tokens = token_events(events)
-    assert [t["index"] for t in tokens] == list(range(len(tokens)))
-    assert [t["token_id"] for t in tokens] == expected
-    assert sum("token" not in e for e in events) == 1
-    assert events[-1].get("status") == "completed" and events[-1]["tokens_generated"] == len(expected)
 
 
 async def test_a_worker_killed_mid_stream_is_taken_over_and_the_client_gets_every_token_once(

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from arq.constants import result_key_prefix
 
 from protocol import keys
-from tests.e2e.test_faults import (
+from tests.e2e.helpers import (
     LONG,
     PROMPT,
     assert_complete_once,
