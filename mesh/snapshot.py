@@ -15,11 +15,20 @@ def block_uids(dht_prefix: str, num_blocks: int) -> list[str]:
     return [f"{dht_prefix}.{index}" for index in range(num_blocks)]
 
 
-def read_swarm_snapshot(dht: Any, model_id: str, dht_prefix: str, num_blocks: int) -> SwarmSnapshot:
-    """Ask the DHT who holds which blocks of the model now (blocking: a DHT round trip)."""
+READ_TIMEOUT_S = 30.0
+"""A DHT read answers in milliseconds on loopback and seconds across the internet. Without a bound, a read in
+flight when the client's DHT is shut down waits forever, and its thread keeps the process from exiting."""
+
+
+def read_swarm_snapshot(
+    dht: Any, model_id: str, dht_prefix: str, num_blocks: int, *, timeout_s: float = READ_TIMEOUT_S
+) -> SwarmSnapshot:
+    """Ask the DHT who holds which blocks of the model now (blocking: a DHT round trip); TimeoutError when the
+    DHT does not answer within `timeout_s`."""
     from mesh.compat import petals
 
-    infos = petals.utils.dht.get_remote_module_infos(dht, block_uids(dht_prefix, num_blocks), latest=True)
+    uids = block_uids(dht_prefix, num_blocks)
+    infos = petals.utils.dht.get_remote_module_infos(dht, uids, latest=True, return_future=True).result(timeout_s)
     spans = petals.utils.dht.compute_spans(infos, min_state=petals.data_structures.ServerState.OFFLINE)
     servers = []
     for peer_id, span in sorted(spans.items(), key=lambda item: (item[1].start, str(item[0]))):
