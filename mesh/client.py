@@ -74,6 +74,8 @@ class MeshClient:
         unreachable = [peer for peer in peers if rtts.get(peer) == math.inf]
         for peer in unreachable:
             manager.on_request_failure(peer)
+        if unreachable:  # a ban reaches the routes only when they are rebuilt: until then the next one may cross it
+            manager.update(wait=True)
         return sorted(peer.to_base58() for peer in unreachable)
 
     def close(self) -> None:
