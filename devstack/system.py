@@ -60,8 +60,10 @@ class SystemPlan:
     """Pay the swarm's providers on chain: a local EVM node, the $FAR contracts, and the Procfile's payouts."""
     real_models: bool = False
     """Also serve the real models converted from installed GGUF files (SmolLM2-135M-Instruct,
-    `mesh.gguf_checkpoint`), each split over two servers so a route crosses servers, after the tiny ones (the
-    default model stays tiny). About 40 s more to start and 0.5 GB per server on a CPU."""
+    `mesh.gguf_checkpoint`), each split over two servers so a route crosses servers. The first real model is then
+    the default (what `make run` answers in English with), and the tiny models are served beside it, one server
+    each; without, the tiny ones alone, the first split in two (the tests' fast system). About 0.5 GB per real
+    model's server on a CPU, and a few seconds more to start."""
 
 
 class LocalSystem:
@@ -133,8 +135,8 @@ class LocalSystem:
             self.chain = _start_chain(self.plan.state_dir, self.postgres.url)
             self._cleanup.callback(self.chain.node.stop)
         self.models = _tiny_models(self.plan.cache_dir)
-        if self.plan.real_models:
-            self.models += _real_models(self.plan.cache_dir)
+        if self.plan.real_models:  # the real model is the default: the README's requests answer in English
+            self.models = _real_models(self.plan.cache_dir) + self.models
         self.swarm = _start_swarm(self._server_plans(), self.plan.state_dir / "swarm")
         self._cleanup.callback(self.swarm.stop)
         if self.chain:  # payouts pay registered wallets only: the local providers register their servers
