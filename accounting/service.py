@@ -1,4 +1,4 @@
-"""The accounting process: the usage consumer, the node registry refresher, and /metrics + /healthz."""
+"""The accounting process: the usage consumer, the node registry refresher, the pricer, and /metrics + /healthz."""
 
 import asyncio
 import logging
@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from accounting import collector
 from accounting.consumer import UsageConsumer
+from accounting.pricer import keep_prices_moving, stop_pricing
 from accounting.registry import keep_registry_fresh
 from accounting.settings import AccountingSettings
 from probes import serve_health_and_metrics
@@ -38,21 +39,36 @@ async def serve(settings: AccountingSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, consumer.stop)
     registry = asyncio.create_task(keep_registry_fresh(redis, connect, settings.accounting_snapshot_interval_s))
-    registry.add_done_callback(lambda task: _stop_if_failed(task, consumer))
+    loops = [registry]
+    if settings.pricing_enabled:
+        pricing = keep_prices_moving(
+            redis,
+            connect,
+            settings.catalog,
+            settings.pricing_policy,
+            interval_s=settings.pricing_interval_s,
+            owner=settings.accounting_consumer_name,
+        )
+        loops.append(asyncio.create_task(pricing))
+    else:
+        await stop_pricing(redis)
+    for loop_task in loops:
+        loop_task.add_done_callback(lambda task: _stop_if_failed(task, consumer))
     try:
         await consumer.run()
     finally:
-        registry.cancel()
-        await asyncio.gather(registry, return_exceptions=True)
+        for loop_task in loops:
+            loop_task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         await redis.aclose()
         if health is not None:
             health.shutdown()
             health.server_close()
 
 
-def _stop_if_failed(registry: "asyncio.Task[None]", consumer: UsageConsumer) -> None:
-    """The registry refresher never returns; if it dies, the process stops (and is restarted) rather than run on
-    half-alive behind a healthy /healthz."""
-    if not registry.cancelled() and registry.exception() is not None:
-        log.error("node registry refresher died: %r; stopping", registry.exception())
+def _stop_if_failed(loop_task: "asyncio.Task[None]", consumer: UsageConsumer) -> None:
+    """The registry refresher and the pricer never return; if one dies, the process stops (and is restarted)
+    rather than run on half-alive behind a healthy /healthz."""
+    if not loop_task.cancelled() and loop_task.exception() is not None:
+        log.error("a background loop of accounting died: %r; stopping", loop_task.exception())
         consumer.stop()

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from gateway.state import state_of
 from gateway.submission import resolve_model
 from protocol import keys
+from protocol.live_prices import all_prices_now, prices_now
 from protocol.swarm import read_swarm_snapshot, read_swarm_snapshots
 from protocol.version import VERSION
 
@@ -44,7 +45,7 @@ async def mesh_status(request: Request) -> JSONResponse:
         "model_id": spec.model_id,
         "active_nodes": snapshot.active_nodes if snapshot else None,
         "active_sessions": await state.inflight.active_sessions(spec.model_id),
-        **state.settings.catalog.quote(spec),
+        **(await prices_now(state.redis, state.settings.catalog, spec)).quote(),
         "status": "connected" if snapshot else "disconnected",
         "healthy": bool(snapshot and snapshot.healthy),
         "snapshot_taken_at": snapshot.taken_at.isoformat() if snapshot else None,
@@ -53,11 +54,12 @@ async def mesh_status(request: Request) -> JSONResponse:
 
 
 async def models(request: Request) -> JSONResponse:
-    """Every model on sale, what it is and its prices, with the servers of its fresh snapshot and the trust the
-    verifier gives each."""
+    """Every model on sale, what it is and its current prices (`protocol.live_prices`), with the servers of its
+    fresh snapshot and the trust the verifier gives each."""
     state = state_of(request)
     catalog = state.settings.catalog
     snapshots = await read_swarm_snapshots(state.redis, fresh_only=True)
+    prices = await all_prices_now(state.redis, catalog)
     reputation, banned = await _trust(state.redis)
     listed = []
     for spec in catalog.models:
@@ -67,7 +69,8 @@ async def models(request: Request) -> JSONResponse:
             {
                 "model_id": spec.model_id,
                 "active_nodes": snapshot.active_nodes if snapshot else None,
-                **catalog.listing(spec),
+                **catalog.describe(spec),
+                **prices[spec.model_id].quote(),
                 "status": "available" if snapshot and snapshot.healthy else "unavailable",
                 "nodes": [
                     {

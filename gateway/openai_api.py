@@ -64,6 +64,7 @@ from protocol.catalog import ModelId
 from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
 from protocol.jobs import MAX_CHAT_TURNS, ChatTurn
+from protocol.live_prices import all_prices_now
 from protocol.requests import (
     MAX_LOGIT_BIAS,
     MAX_NEW_TOKENS,
@@ -700,14 +701,17 @@ async def completions(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> JSONResponse:
-    catalog = state_of(request).settings.catalog
+    state = state_of(request)
+    catalog = state.settings.catalog
+    prices = await all_prices_now(state.redis, catalog)
     data = [
         {
             "id": spec.model_id,
             "object": "model",
             "created": 0,
             "owned_by": "far-mesh",
-            **catalog.listing(spec),
+            **catalog.describe(spec),
+            **prices[spec.model_id].quote(),
         }
         for spec in catalog.models
     ]

@@ -70,6 +70,12 @@ _PRICES = {
         **_FAR,
         "description": "The completion price, under the name clients read before prompts had a price",
     },
+    "price_multiplier": {
+        "type": "string",
+        "pattern": r"^[0-9]+(\.[0-9]{1,4})?$",
+        "description": "The current prices over the catalogue's: they follow queue depth and swarm coverage within "
+        "configured bounds (docs/pricing.md); 1 while the pricer is off",
+    },
 }
 """What every route quoting a model says of its prices. A request costs its prompt tokens (once a token was
 generated) at the prompt price plus its generated tokens at the completion price."""

@@ -32,6 +32,7 @@ from gateway.state import GatewayState
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.jobs import ChatTurn, GenerateJob, enqueue_generate
+from protocol.live_prices import Prices, prices_now
 from protocol.money import session_cost
 from protocol.ownership import RequestOwner
 from protocol.requests import GenerateRequest, SamplingOptions
@@ -217,14 +218,18 @@ async def _start(
     tool_use: ToolUse | None = None,
 ) -> Slot:
     """Admit and enqueue the request whose owner key was just written; undo both if either fails, so a retry
-    with the same id starts it afresh and no slot is left taken."""
+    with the same id starts it afresh and no slot is left taken.
+
+    The prices are read once, here: the reservation, the hold and the job all use the prices quoted now, and the
+    job carries them to the worker and the ledger whatever the pricer sets while the request runs."""
     followed = following(key, spec.model_id, request_id)
     slot: Slot | None = None
     reserved = held = False
     try:
         slot = await admit(state, followed)
+        prices = await prices_now(state.redis, state.settings.catalog, spec)
         if key.limits.budgeted or state.balances is not None:
-            most = max_cost_far(state, body, spec, messages)
+            most = max_cost_far(body, prices, messages)
             if key.limits.budgeted:
                 await state.budgets.reserve(key, request_id, most)
                 reserved = True
@@ -232,7 +237,7 @@ async def _start(
                 await state.balances.hold(key.wallet, request_id, most)
                 held = True
         with telemetry.span("gateway.enqueue"):
-            await _enqueue(state, body, spec, request_id, key, messages, trace_parent, tool_use)
+            await _enqueue(state, body, spec, prices, request_id, key, messages, trace_parent, tool_use)
         return slot
     except BaseException:
         if reserved:
@@ -252,15 +257,14 @@ PROMPT_TOKENS_PER_TURN = 16
 """Tokens a chat template may add per turn (role markers, special tokens) beyond the turn's own text."""
 
 
-def max_cost_far(
-    state: GatewayState, body: GenerateRequest, spec: ModelSpec, messages: list[ChatTurn] | None
-) -> Decimal:
+def max_cost_far(body: GenerateRequest, prices: Prices, messages: list[ChatTurn] | None) -> Decimal:
     """The most the request can cost, which a budgeted key reserves: max_tokens at the completion price plus, at
     the prompt price, more prompt tokens than the prompt can have (the gateway has no tokenizer; Llama-style and
     byte-level tokenizers make at most one token per UTF-8 byte, and a chat template adds a few per turn)."""
-    catalog = state.settings.catalog
     prompt_bound = len(body.prompt.encode()) + PROMPT_TOKENS_PER_TURN * (1 + len(messages or ()))
-    return session_cost(prompt_bound, body.max_tokens, catalog.prompt_price_of(spec), catalog.price_of(spec))
+    return session_cost(
+        prompt_bound, body.max_tokens, prices.prompt_price_per_token_far, prices.completion_price_per_token_far
+    )
 
 
 def following(key: ApiKey, model_id: str, request_id: str) -> FollowedRequest:
@@ -286,6 +290,7 @@ async def _enqueue(
     state: GatewayState,
     body: GenerateRequest,
     spec: ModelSpec,
+    prices: Prices,
     request_id: str,
     key: ApiKey,
     messages: list[ChatTurn] | None = None,
@@ -301,8 +306,8 @@ async def _enqueue(
         top_p=body.top_p,
         user_wallet=key.wallet,
         api_key_id=key.key_id,
-        price_per_token_far=state.settings.catalog.price_of(spec),
-        prompt_price_per_token_far=state.settings.catalog.prompt_price_of(spec),
+        price_per_token_far=prices.completion_price_per_token_far,
+        prompt_price_per_token_far=prices.prompt_price_per_token_far,
         platform_fee_bps=state.settings.far_mesh_platform_fee_bps,
         enqueued_at=time.time(),
         messages=messages,

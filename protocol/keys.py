@@ -97,6 +97,14 @@ NODE_REPUTATION: Final = "trust:reputation"
 """Hash: node id -> reputation in [0, 1] (verified-ok against mismatches), written by the verifier; workers
 prefer the reputable among servers that hold the same blocks."""
 
+LIVE_PRICES: Final = "prices:live"
+"""Hash: model_id -> its current `protocol.live_prices.LivePrice` JSON, written by the pricer (accounting), read
+by the gateway at admission and by the routes that quote prices."""
+
+PRICER_LOCK: Final = "prices:lock"
+"""Held for one pricing interval by the accounting replica that recomputes the prices, so replicas never step a
+multiplier twice in one interval."""
+
 PORTAL_MESSAGES_PREFIX: Final = "portal:messages:"
 """Fixed-window counters of the messages to sign the portal hands out, so no client can fill its nonce table."""
 

@@ -1,8 +1,10 @@
 """Every route that quotes a model quotes its prompt and its completion price, and a request's job carries the
-prices and the platform fee the gateway fixed when it admitted it (#26)."""
+prices and the platform fee the gateway fixed when it admitted it (#26): the live prices the pricer set, while
+they are fresh, and a session keeps the ones it was quoted whatever the pricer sets while it runs (#30)."""
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -12,11 +14,13 @@ import redis.asyncio as aioredis
 
 from devstack.harness.gateway import FEE_BPS, OTHER_PRICE, OTHER_PROMPT_PRICE
 from protocol import keys
+from protocol.live_prices import LIVE_PRICE_MAX_AGE_S, LivePrice
 from tests.fixtures.gateway import (
     MODEL_ID,
     OTHER_MODEL_ID,
     PRICE,
     IssueKey,
+    SseReader,
     SyntheticWorker,
     auth,
     read_events,
@@ -98,3 +102,57 @@ async def test_the_api_document_describes_both_prices_of_every_route_that_quotes
     for quoted in listed:
         assert set(DEFAULT_QUOTE) <= set(quoted["required"]) and set(DEFAULT_QUOTE) <= set(quoted["properties"])
         assert all(quoted["properties"][name]["type"] == "string" for name in DEFAULT_QUOTE)
+
+
+def live_price(multiplier: str, *, priced_at: datetime | None = None) -> str:
+    """The other model's live price at `multiplier` times its catalogue prices, as the pricer writes it."""
+    factor = Decimal(multiplier)
+    return LivePrice(
+        model_id=OTHER_MODEL_ID,
+        multiplier=factor,
+        prompt_price_per_token_far=OTHER_PROMPT_PRICE * factor,
+        completion_price_per_token_far=OTHER_PRICE * factor,
+        catalogue_prompt_price_far=OTHER_PROMPT_PRICE,
+        catalogue_completion_price_far=OTHER_PRICE,
+        queue_depth=32,
+        thinnest_block_servers=1,
+        priced_at=priced_at or datetime.now(UTC),
+    ).model_dump_json()
+
+
+async def test_a_session_pays_the_live_price_quoted_at_admission_even_after_the_price_moved_mid_stream(
+    gateway_url: str, other_model_worker: SyntheticWorker, issue_key: IssueKey, redis: aioredis.Redis
+) -> None:
+    key, _ = await issue_key()
+    await redis.hset(keys.LIVE_PRICES, OTHER_MODEL_ID, live_price("2.5"))  # type: ignore[misc]
+    body = {"prompt": "hold three words", "max_tokens": 50, "model_id": OTHER_MODEL_ID}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
+        quoted = (await client.get("/mesh/status", params={"model_id": OTHER_MODEL_ID})).json()
+        assert (quoted["price_multiplier"], quoted["completion_price_per_token_far"]) == ("2.5", "0.00075")
+        async with client.stream("POST", "/inference/generate", json=body, headers=auth(key)) as response:
+            assert response.status_code == 200
+            reader = SseReader(response)
+            first = await reader.events(limit=2)
+            # The pricer moves the price while the session streams; new requests are quoted the new one...
+            await redis.hset(keys.LIVE_PRICES, OTHER_MODEL_ID, live_price("3"))  # type: ignore[misc]
+            listed = {m["model_id"]: m for m in (await client.get("/models")).json()["models"]}
+            assert listed[OTHER_MODEL_ID]["completion_price_per_token_far"] == "0.0009"
+            request_id = first[0][1]["request_id"]
+            assert (await client.post(f"/inference/{request_id}/cancel", headers=auth(key))).status_code == 202
+            events = first + await reader.events()
+    # ...and this one was fixed at admission: its job, every running cost and its total carry the quoted price.
+    (job,) = other_model_worker.jobs
+    assert (job.prompt_price_per_token_far, job.price_per_token_far) == (Decimal("0.00005"), Decimal("0.00075"))
+    _, done = events[-1]
+    tokens = done["tokens_generated"]
+    assert tokens >= 2 and done["status"] == "cancelled"
+    assert Decimal(done["total_cost_far"]) == 3 * Decimal("0.00005") + tokens * Decimal("0.00075")
+    costs = [Decimal(data["cost_far"]) for _, data in events[:-1]]
+    assert costs == [3 * Decimal("0.00005") + n * Decimal("0.00075") for n in range(1, tokens + 1)]
+
+
+async def test_a_stale_live_price_is_not_quoted(gateway_url: str, redis: aioredis.Redis) -> None:
+    stopped = datetime.now(UTC) - timedelta(seconds=LIVE_PRICE_MAX_AGE_S + 5)
+    await redis.hset(keys.LIVE_PRICES, OTHER_MODEL_ID, live_price("3", priced_at=stopped))  # type: ignore[misc]
+    status = httpx.get(f"{gateway_url}/mesh/status", params={"model_id": OTHER_MODEL_ID}).json()
+    assert {k: status[k] for k in OTHER_QUOTE} == OTHER_QUOTE and status["price_multiplier"] == "1"
