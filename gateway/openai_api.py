@@ -12,9 +12,12 @@ Every OpenAI parameter is honoured or refused with a 400 naming it (`param`); no
 `response_format` (`text`, `json_object`, `json_schema` with `strict`) is enforced token by token by the worker
 (`protocol.structured`; a schema the engine cannot enforce is a 400 naming where); so are `tools` with
 `tool_choice` and `parallel_tool_calls` on chat (`protocol.tools`: the reply carries `tool_calls` and
-`finish_reason: "tool_calls"`; a streamed call arrives whole in one delta once the model has written it); `n`,
-`best_of` above 1, `echo`, `suffix`, the legacy `functions`, audio and predicted outputs are refused. Unknown
-fields are refused too, as OpenAI does.
+`finish_reason: "tool_calls"`; a streamed call arrives whole in one delta once the model has written it); `n`
+above 1 samples that many choices (at most GATEWAY_MAX_CHOICES), each with its own `index`, `finish_reason` and
+`logprobs`, each constrained alike, billed per generated token of every choice and the prompt once, as OpenAI
+bills it (streamed, the choices arrive one after another, every chunk naming its choice's `index`); `best_of`
+above 1, `echo`, `suffix`, the legacy `functions`, audio and predicted outputs are refused. Unknown fields are
+refused too, as OpenAI does.
 
 Errors are OpenAI's shape (`gateway.openai_errors`). Usage: with `stream_options.include_usage` it comes as its
 own last chunk with empty `choices`, as OpenAI sends it; without it, the final chunk carries it (a Far Mesh
@@ -66,6 +69,7 @@ from protocol.events import DoneEvent, ErrorEvent, TokenEvent
 from protocol.jobs import MAX_CHAT_TURNS, ChatTurn
 from protocol.live_prices import all_prices_now
 from protocol.requests import (
+    MAX_CHOICES,
     MAX_LOGIT_BIAS,
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
@@ -150,7 +154,12 @@ class _OpenAIBody(BaseModel):
     top_p: StrictFloat | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    n: JsonInt | None = Field(default=None, ge=1, le=1, description="Only one choice per request is supported")
+    n: JsonInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CHOICES,
+        description="Choices to sample; each billed per generated token, the prompt once (GATEWAY_MAX_CHOICES caps it)",
+    )
     stop: _Stop | Annotated[list[_Stop], Field(max_length=MAX_STOP_SEQUENCES)] | None = Field(
         default=None, description="Up to 4 strings; the text ends before the first one that appears"
     )
@@ -204,7 +213,15 @@ class _OpenAIBody(BaseModel):
             "stop": [self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             "logit_bias": dict(self.logit_bias or {}),
         }
-        for name in ("seed", "frequency_penalty", "presence_penalty", "top_k", "repetition_penalty", "response_format"):
+        for name in (
+            "n",
+            "seed",
+            "frequency_penalty",
+            "presence_penalty",
+            "top_k",
+            "repetition_penalty",
+            "response_format",
+        ):
             if (value := getattr(self, name)) is not None:
                 fields[name] = value
         return fields
@@ -417,23 +434,26 @@ def system_fingerprint(model_id: str) -> str:
 
 
 class _Shape:
-    """How one endpoint's responses look: object names, id prefix, where the text goes."""
+    """How one endpoint's responses look: object names, id prefix, where the text goes, and which choice a token
+    belongs to (a request with n > 1 has several, one after another on its stream)."""
 
     def __init__(
         self, *, chat: bool, accepted: Accepted, include_usage: bool = False, tool_use: ToolUse | None = None
     ) -> None:
         self.chat = chat
         self.tools = tool_use is not None and tool_use.active
-        self._held: list[dict[str, Any]] | None = [] if tool_use is not None and tool_use.forced else None
-        """A streamed reply's token events while it is (or may be) a tool call, sent whole at its end."""
-        self._deciding = self.tools and self._held is None
+        self._forced = tool_use is not None and tool_use.forced
+        self._held: dict[int, list[dict[str, Any]]] = {}
+        """Per choice, a streamed reply's token events while it is (or may be) a tool call, sent whole at its end."""
+        self._decided: set[int] = set()
+        """The choices whose first text said whether they are a call (callable tools, not forced)."""
         self.request_id = accepted.request_id
         self.model = accepted.spec.model_id
         self.created = int(time.time())
         self.id = ("chatcmpl-" if chat else "cmpl-") + accepted.request_id
         self.include_usage = include_usage
         self.fingerprint = system_fingerprint(self.model)
-        self._text_offset = 0
+        self._text_offsets: dict[int, int] = {}
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
@@ -447,7 +467,7 @@ class _Shape:
             **extra,
         }
 
-    def logprobs(self, events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def logprobs(self, events: list[dict[str, Any]], choice: int = 0) -> dict[str, Any] | None:
         """The `logprobs` of a choice holding `events`' tokens, in the endpoint's format; None when not asked for.
 
         A token's text is the text the client was sent for it (as the content is their concatenation)."""
@@ -457,8 +477,8 @@ class _Shape:
             return {"content": [_chat_logprob(e) for e in events], "refusal": None}
         offsets = []
         for event in events:
-            offsets.append(self._text_offset)
-            self._text_offset += len(event["token"])
+            offsets.append(self._text_offsets.get(choice, 0))
+            self._text_offsets[choice] = offsets[-1] + len(event["token"])
         return {
             "tokens": [e["token"] for e in events],
             "token_logprobs": [e["logprob"] for e in events],
@@ -472,29 +492,33 @@ class _Shape:
         if entry.kind == TokenEvent.kind and self._holds(event):
             return b""
         if entry.kind == TokenEvent.kind:
-            logprobs = self.logprobs([event])
+            index = _choice_of(event)
+            logprobs = self.logprobs([event], index)
             if self.chat:
                 delta: dict[str, str] = {"content": event["token"]}
                 if event["index"] == 0:
                     delta["role"] = "assistant"
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
+                choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": None}
             else:
-                choice = {"index": 0, "text": event["token"], "logprobs": logprobs, "finish_reason": None}
+                choice = {"index": index, "text": event["token"], "logprobs": logprobs, "finish_reason": None}
             return sse_event(
                 json.dumps(self._envelope(obj, [choice], cost_far=event["cost_far"])).encode(), entry.entry_id
             )
         if entry.kind == DoneEvent.kind:
-            held, finish_reason = b"", _finish_reason(event)
-            if self._held is not None:
-                held, called = self._held_chunk(event)
-                finish_reason = "tool_calls" if called else finish_reason
-            extra: dict[str, Any] = {"delta": {}} if self.chat else {"text": ""}
-            choice = {"index": 0, "logprobs": None, "finish_reason": finish_reason, **extra}
+            held, endings = b"", []
+            for end in _choice_ends(event):
+                index, finish_reason = end["index"], _finish_reason(end)
+                if self._forced or index in self._held:
+                    chunk, called = self._held_chunk(index)
+                    held += chunk
+                    finish_reason = "tool_calls" if called else finish_reason
+                extra: dict[str, Any] = {"delta": {}} if self.chat else {"text": ""}
+                endings.append({"index": index, "logprobs": None, "finish_reason": finish_reason, **extra})
             cost = {"cost_far": event["total_cost_far"], "status": event["status"]}
             if not self.include_usage:
-                final = self._envelope(obj, [choice], usage=_usage(event), **cost)
+                final = self._envelope(obj, endings, usage=_usage(event), **cost)
                 return held + sse_event(json.dumps(final).encode(), entry.entry_id) + DONE_SENTINEL
-            last = self._envelope(obj, [choice], usage=None, **cost)
+            last = self._envelope(obj, endings, usage=None, **cost)
             usage = self._envelope(obj, [], usage=_usage(event), **cost)
             return (
                 held
@@ -511,34 +535,42 @@ class _Shape:
 
     def _holds(self, event: dict[str, Any]) -> bool:
         """Whether this token is held back: with callable tools, a reply whose first text opens a JSON object is
-        a call (the grammar lets text start with anything else), sent whole when it ends."""
-        if self._deciding and event["token"]:
-            self._deciding = False
+        a call (the grammar lets text start with anything else), sent whole when it ends. Each choice decides
+        for itself."""
+        index = _choice_of(event)
+        if index in self._held:
+            self._held[index].append(event)
+            return True
+        if self._forced:
+            self._held[index] = [event]
+            return True
+        if self.tools and index not in self._decided and event["token"]:
+            self._decided.add(index)
             if event["token"].startswith("{"):
-                self._held = []
-        if self._held is None:
-            return False
-        self._held.append(event)
-        return True
+                self._held[index] = [event]
+                return True
+        return False
 
-    def _calls(self, text: str) -> list[dict[str, Any]] | None:
-        """The reply's tool calls in OpenAI's shape; None when it is text (or a call cut short)."""
+    def _calls(self, text: str, choice: int = 0) -> list[dict[str, Any]] | None:
+        """The reply's tool calls in OpenAI's shape; None when it is text (or a call cut short). Call ids are
+        unique over the request's choices (choice 0's as they were before n > 1 existed)."""
         calls = parse_calls(text) if self.tools else None
         if calls is None:
             return None
+        prefix = f"call_{self.request_id}_" + (f"{choice}_" if choice else "")
         return [
-            {"id": f"call_{self.request_id}_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+            {"id": f"{prefix}{i}", "type": "function", "function": {"name": name, "arguments": args}}
             for i, (name, args) in enumerate(calls)
         ]
 
-    def _held_chunk(self, done: dict[str, Any]) -> tuple[bytes, bool]:
-        """The held reply as one chunk: a delta with its tool calls (True), or with its text when it is not a
-        complete call (False: cut short by max_tokens or a stop sequence)."""
-        held, self._held = self._held or [], None
+    def _held_chunk(self, choice: int) -> tuple[bytes, bool]:
+        """A choice's held reply as one chunk: a delta with its tool calls (True), or with its text when it is not
+        a complete call (False: cut short by max_tokens or a stop sequence)."""
+        held = self._held.pop(choice, [])
         if not held:
             return b"", False
         text = "".join(e["token"] for e in held)
-        calls = self._calls(text)
+        calls = self._calls(text, choice)
         delta: dict[str, Any] = {"role": "assistant", "content": text}
         if calls is not None:
             delta = {
@@ -546,30 +578,47 @@ class _Shape:
                 "content": None,
                 "tool_calls": [{"index": i, **c} for i, c in enumerate(calls)],
             }
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-        chunk = self._envelope("chat.completion.chunk", [choice], cost_far=held[-1]["cost_far"])
+        chunk_choice = {"index": choice, "delta": delta, "logprobs": None, "finish_reason": None}
+        chunk = self._envelope("chat.completion.chunk", [chunk_choice], cost_far=held[-1]["cost_far"])
         return sse_event(json.dumps(chunk).encode(), ""), calls is not None
 
     def complete(self, events: list[dict[str, Any]], done: dict[str, Any]) -> dict[str, Any]:
-        finish_reason = _finish_reason(done)
-        text = "".join(e["token"] for e in events)
-        logprobs = self.logprobs(events)
-        calls = self._calls(text) if self.chat else None
-        if calls is not None:
-            message = {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}
-            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": "tool_calls"}
-        elif self.chat:
-            message = {"role": "assistant", "content": text, "refusal": None}
-            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        by_choice: dict[int, list[dict[str, Any]]] = {}
+        for event in events:
+            by_choice.setdefault(_choice_of(event), []).append(event)
+        choices = [self._choice(end, by_choice.get(end["index"], [])) for end in _choice_ends(done)]
         return self._envelope(
             "chat.completion" if self.chat else "text_completion",
-            [choice],
+            choices,
             usage=_usage(done),
             cost_far=done["total_cost_far"],
             status=done["status"],
         )
+
+    def _choice(self, end: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+        """One choice of a whole (non-streamed) response, from its token events and its ending."""
+        index, finish_reason = end["index"], _finish_reason(end)
+        text = "".join(e["token"] for e in events)
+        logprobs = self.logprobs(events, index)
+        calls = self._calls(text, index) if self.chat else None
+        if calls is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": "tool_calls"}
+        if self.chat:
+            message = {"role": "assistant", "content": text, "refusal": None}
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def _choice_of(event: dict[str, Any]) -> int:
+    """The choice a token event belongs to: events of a one-choice request name none."""
+    return int(event.get("choice", 0))
+
+
+def _choice_ends(done: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each choice's ending (`protocol.events.ChoiceEnd`); a one-choice request's done event is its own."""
+    ends: list[dict[str, Any]] = done.get("choices") or [{"index": 0, "finish_reason": done["finish_reason"]}]
+    return ends
 
 
 def _chat_logprob(event: dict[str, Any]) -> dict[str, Any]:
@@ -580,8 +629,9 @@ def _chat_logprob(event: dict[str, Any]) -> dict[str, Any]:
     return {**entry(event["token"], event["logprob"]), "top_logprobs": top}
 
 
-def _finish_reason(done: dict[str, Any]) -> str:
-    return "length" if done["finish_reason"] == "length" else "stop"  # a cancelled request stopped early
+def _finish_reason(end: dict[str, Any]) -> str:
+    """OpenAI's finish_reason for a done event or one choice's ending: a cancelled request stopped early."""
+    return "length" if end["finish_reason"] == "length" else "stop"
 
 
 def _usage(done: dict[str, Any]) -> dict[str, Any]:

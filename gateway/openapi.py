@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from gateway.openai_api import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
-from protocol.requests import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, REQUEST_ID_PATTERN, GenerateRequest
+from protocol.requests import MAX_CHOICES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, REQUEST_ID_PATTERN, GenerateRequest
 from protocol.version import VERSION
 
 _REF = "#/components/schemas/{model}"
@@ -196,8 +196,8 @@ _PAYMENT_REQUIRED_SCHEMA = {
     },
 }
 _PAYMENT_REQUIRED = (
-    "`insufficient_balance`: the request's maximum cost (its prompt tokens at the prompt price plus max_tokens at the "
-    "completion price) is more than the wallet's prepaid balance has available (GATEWAY_REQUIRE_PREPAID_BALANCE; "
+    "`insufficient_balance`: the request's maximum cost (its prompt tokens at the prompt price plus n × max_tokens at "
+    "the completion price) is more than the wallet's prepaid balance has available (GATEWAY_REQUIRE_PREPAID_BALANCE; "
     "deposit $FAR or lower max_tokens); or `budget_exceeded`: more than remains of the API key's budget"
 )
 _AUTH_ERRORS = {"401": _error("Missing, invalid or revoked API key")}
@@ -282,6 +282,15 @@ def _apply_caps(node: Any, *, max_tokens: int, max_prompt_chars: int) -> None:
             _apply_caps(value, max_tokens=max_tokens, max_prompt_chars=max_prompt_chars)
 
 
+def _cap_choices(node: Any, most: int) -> None:
+    """GATEWAY_MAX_CHOICES as the n field's maximum, in place of the ceiling every process agrees on."""
+    if isinstance(node, dict):
+        if node.get("maximum") == MAX_CHOICES:
+            node["maximum"] = min(MAX_CHOICES, most)
+        for value in node.get("anyOf", []):
+            _cap_choices(value, most)
+
+
 def _name_models(node: Any, model_ids: list[str]) -> None:
     """The models this gateway sells as the model field's enum: any other is refused (404), so the document says
     so, and a schema-valid request names a model that can run."""
@@ -309,6 +318,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
         ("CompletionRequest", "model"),
     ):
         _name_models(components[name]["properties"][field], settings.catalog.model_ids)
+        _cap_choices(components[name]["properties"]["n"], settings.gateway_max_choices)
     for event in (TokenEvent, DoneEvent, ErrorEvent):
         _schema(event, components, mode="serialization")
     bearer: list[dict[str, list[str]]] = [{"apiKey": []}]
@@ -462,7 +472,8 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
             "version": VERSION,
             "description": f"Request bodies up to {settings.gateway_max_body_bytes} bytes (413 above); a prompt, and "
             f"each text of a chat message, up to {settings.gateway_max_prompt_chars} characters; max_tokens up to "
-            f"{settings.gateway_max_tokens}. A chat's messages together are bounded by the body size and by the "
+            f"{settings.gateway_max_tokens}; n up to {settings.gateway_max_choices} choices. A chat's messages "
+            "together are bounded by the body size and by the "
             "model's context in tokens, which only a worker can count: `prompt_too_long` on a stream, 400 "
             "`context_length_exceeded` on a non-streaming /v1 call.",
         },

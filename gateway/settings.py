@@ -7,7 +7,7 @@ name. Defaults suit one replica in front of a small swarm.
 from pydantic import Field
 
 from protocol.money import MAX_FEE_BPS
-from protocol.requests import MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS
+from protocol.requests import MAX_BODY_BYTES, MAX_CHOICES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 from protocol.settings import CommonSettings
 from schema.settings import PostgresUrl
 
@@ -32,6 +32,12 @@ class GatewaySettings(CommonSettings):
     )
     gateway_max_tokens: int = Field(
         default=1024, ge=1, le=MAX_NEW_TOKENS, description="Largest max_tokens a request may ask for"
+    )
+    gateway_max_choices: int = Field(
+        default=8,
+        ge=1,
+        le=MAX_CHOICES,
+        description="Most choices (n) one request may ask for; its max_tokens is reserved once per choice",
     )
     gateway_rate_limit_per_minute: int = Field(
         default=60, ge=1, description="New requests one API key may start per sliding minute (429 above)"

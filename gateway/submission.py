@@ -87,6 +87,9 @@ def _apply_caps(state: GatewayState, body: GenerateRequest, prompt_field: str, *
         )
     if body.max_tokens > settings.gateway_max_tokens:
         problems.append(("max_tokens", f"max_tokens may be at most {settings.gateway_max_tokens}", "less_than_equal"))
+    if body.n > settings.gateway_max_choices:
+        most = settings.gateway_max_choices
+        problems.append(("n", f"n asks for {body.n} choices; this gateway samples at most {most}", "less_than_equal"))
     if problems:
         field, msg, kind = problems[0]
         details = [{"loc": ["body", f], "msg": m, "type": t} for f, m, t in problems]
@@ -260,10 +263,11 @@ PROMPT_TOKENS_PER_TURN = 16
 def max_cost_far(body: GenerateRequest, prices: Prices, messages: list[ChatTurn] | None) -> Decimal:
     """The most the request can cost, which a budgeted key reserves: max_tokens at the completion price plus, at
     the prompt price, more prompt tokens than the prompt can have (the gateway has no tokenizer; Llama-style and
-    byte-level tokenizers make at most one token per UTF-8 byte, and a chat template adds a few per turn)."""
+    byte-level tokenizers make at most one token per UTF-8 byte, and a chat template adds a few per turn). With n
+    choices, max_tokens is reserved once per choice; the prompt once, as it is billed."""
     prompt_bound = len(body.prompt.encode()) + PROMPT_TOKENS_PER_TURN * (1 + len(messages or ()))
     return session_cost(
-        prompt_bound, body.max_tokens, prices.prompt_price_per_token_far, prices.completion_price_per_token_far
+        prompt_bound, body.max_tokens * body.n, prices.prompt_price_per_token_far, prices.completion_price_per_token_far
     )
 
 

@@ -51,24 +51,47 @@ class TokenEvent(_Event):
     request_id: RequestId
     index: int = Field(ge=0, description="0-based position among generated tokens")
     token_id: int = Field(ge=0, description="Vocabulary id; lets a recovering worker re-prefill exactly")
-    tokens_generated: int = Field(ge=1)
+    tokens_generated: int = Field(ge=1, description="Tokens generated so far, over all choices: what is billed")
     cost_far: FarAmount = Field(description="Running cost of the tokens generated so far")
+    choice: int | None = Field(
+        default=None,
+        ge=0,
+        description="Which choice the token belongs to, when the request asked for n > 1 (absent otherwise); "
+        "`index` then counts within that choice. Choices follow one another on the stream",
+    )
     logprob: float | None = Field(default=None, description="Log probability of this token (logprobs requested)")
     top_logprobs: list[TopLogprob] | None = Field(default=None, description="The most likely tokens at this step")
 
 
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class ChoiceEnd(BaseModel):
+    """How one of a request's n choices ended."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(ge=0)
+    finish_reason: FinishReason
+    tokens_generated: int = Field(ge=0)
+
+
 class DoneEvent(_Event):
-    """The request ended normally or was cancelled; totals are what is billed."""
+    """The request ended normally or was cancelled; totals are what is billed (the prompt once, every choice's
+    generated tokens)."""
 
     kind: ClassVar[str] = "done"
 
     done: Literal[True] = True
     request_id: RequestId
     status: Literal["completed", "cancelled"]
-    finish_reason: Literal["stop", "length", "cancelled"]
+    finish_reason: FinishReason = Field(description="The last choice's, with n > 1")
     prompt_tokens: int = Field(ge=0)
     tokens_generated: int = Field(ge=0)
     total_cost_far: FarAmount
+    choices: list[ChoiceEnd] | None = Field(
+        default=None, description="With n > 1: each choice's ending, in order (absent for one choice)"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -96,13 +96,16 @@ class GenerateJob(SamplingOptions):
     )
 
     def cost_far(self, prompt_tokens: int, tokens_generated: int) -> Decimal:
-        """What the request costs after `tokens_generated` tokens, at the prices fixed on the job at admission."""
+        """What the request costs after `tokens_generated` tokens (of all its choices: the prompt is billed once),
+        at the prices fixed on the job at admission."""
         return session_cost(prompt_tokens, tokens_generated, self.prompt_price_per_token_far, self.price_per_token_far)
 
     def payload(self) -> dict[str, Any]:
         """The arq argument: the job as JSON types, without the fields that are unset (no trace, no prompt price,
         no fee)."""
         unset = {name for name in _LEFT_OUT_WHEN_UNSET if not getattr(self, name)}
+        if self.n == 1:  # one choice is every job a worker older than `n` runs; more is refused there as invalid
+            unset.add("n")
         return self.model_dump(mode="json", exclude=unset or None)
 
 

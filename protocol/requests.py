@@ -53,6 +53,8 @@ RequestWallet = Annotated[
 """A wallet a client names in a request: any capitalisation of a valid address, normalised to EIP-55, so a
 wrong wallet is refused for what it is (not the key's, 403) rather than for its letter case."""
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 128
+"""The most choices (`n`) any process accepts, OpenAI's own ceiling; a gateway caps it lower (GATEWAY_MAX_CHOICES)."""
 MAX_STOP_CHARS = 128
 MAX_TOP_LOGPROBS = 5
 MAX_SEED = 2**63 - 1
@@ -102,6 +104,13 @@ class SamplingOptions(BaseModel):
     logprobs: StrictBool = Field(default=False, description="Each token event carries its log probability")
     top_logprobs: JsonInt = Field(
         default=0, ge=0, le=MAX_TOP_LOGPROBS, description="With logprobs: the most likely alternatives per token"
+    )
+    n: JsonInt = Field(
+        default=1,
+        ge=1,
+        le=MAX_CHOICES,
+        description="Choices to sample from the same prompt, each billed per generated token (the prompt once); "
+        'generated one after another, each with its own session (docs/structured-outputs.md, "Several choices")',
     )
     response_format: ResponseFormat | None = Field(
         default=None,

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from mesh.announce import wallet_from_public_name
-from protocol.events import DoneEvent, ErrorBody, ErrorEvent, StreamEvent
+from protocol.events import ChoiceEnd, DoneEvent, ErrorBody, ErrorEvent, StreamEvent
 from protocol.jobs import GenerateJob
 from protocol.usage import UsageRecord
 from workers import budget
@@ -72,6 +72,8 @@ class Billing:
     route_policy: str | None = None
     spot_checked: bool = False
     """The run recorded its spans for the verifier (its contributions wait for the verdict to be paid)."""
+    choices: list[ChoiceEnd] | None = None
+    """With n > 1, how each choice ended (the done event lists them)."""
 
 
 def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: str) -> tuple[StreamEvent, UsageRecord]:
@@ -94,6 +96,7 @@ def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: s
             prompt_tokens=billing.prompt_tokens,
             tokens_generated=billing.tokens_generated,
             total_cost_far=cost,
+            choices=billing.choices,
         )
     contributions, fee, remainder = billing.attribution.settle(cost, job.platform_fee_bps, wallet_from_public_name)
     usage = UsageRecord(

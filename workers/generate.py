@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mesh.session import StepResult, SwarmSession, uncovered_blocks
 from protocol.backoff import Backoff
 from protocol.error_codes import StreamErrorCode
-from protocol.events import ErrorBody, TokenEvent
+from protocol.events import ChoiceEnd, ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
 from protocol.ownership import RequestOwner
 from protocol.structured import SchemaRefused
@@ -43,7 +43,7 @@ from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
 from workers.spot_checks import RunTrust, begin_trust
 from workers.stop_sequences import StopMatcher
-from workers.stream import TokenStreamWriter, Written
+from workers.stream import StreamSoFar, TokenStreamWriter, Written
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,14 @@ class _Run:
     writer: TokenStreamWriter
     prompt_ids: list[int]
     generated: list[int]
+    """The current choice's tokens."""
     started_at: datetime
+    choice: int = 0
+    """Which of the job's n choices the run generates now: they are generated one after another."""
+    earlier: list[list[int]] = field(default_factory=list)
+    """The tokens of the choices before the current one."""
+    ends: list[ChoiceEnd] = field(default_factory=list)
+    """How the choices before the current one ended."""
     attribution: Attribution = field(default_factory=Attribution)
     failovers: int = 0
     ttft_s: float | None = None
@@ -118,8 +125,13 @@ class _Run:
     """The run's spans (`workers.run_trace`); recording nothing while tracing is off."""
 
     @property
+    def total_generated(self) -> int:
+        """Tokens generated over all choices: what is billed (the prompt once)."""
+        return sum(map(len, self.earlier)) + len(self.generated)
+
+    @property
     def cost_far(self) -> Decimal:
-        return self.job.cost_far(len(self.prompt_ids), len(self.generated))
+        return self.job.cost_far(len(self.prompt_ids), self.total_generated)
 
 
 async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
@@ -175,13 +187,16 @@ async def run_request(
         if so_far.final is not None:
             logger.info("job skipped request_id=%s reason=already finished", job.request_id)
             return RunEnd.ALREADY_FINISHED
+        *earlier, generated = _by_choice(so_far)
         run = _Run(
             job=job,
             served=served,
             writer=writer,
             prompt_ids=prompt_ids(served, job),
-            generated=list(so_far.token_ids),
+            generated=generated,
             started_at=datetime.now(UTC),
+            choice=len(earlier),
+            earlier=earlier,
             trust=trust or RunTrust(),
             trace=trace,
         )
@@ -192,12 +207,13 @@ async def run_request(
         except Superseded:
             ended = RunEnd.SUPERSEDED
         metrics.JOBS_FINISHED.labels(job.model_id, ended).inc()
-        trace.ended(str(ended), tokens=len(run.generated), nodes=len(run.attribution.node_ids), failovers=run.failovers)
+        nodes = len(run.attribution.node_ids)
+        trace.ended(str(ended), tokens=run.total_generated, nodes=nodes, failovers=run.failovers)
         logger.info(
             "job finished request_id=%s status=%s tokens=%d seconds=%.2f nodes=%d failovers=%d",
             job.request_id,
             ended,
-            len(run.generated),
+            run.total_generated,
             (datetime.now(UTC) - run.started_at).total_seconds(),
             len(run.attribution.node_ids),
             run.failovers,
@@ -211,7 +227,7 @@ async def run_request(
 async def _run_to_end(run: _Run, cancelled: bool, settings: WorkerSettings, worker_id: str) -> RunEnd:
     """Generate (unless already cancelled) and write the ending; returns the status written."""
     try:
-        outcome = Outcome("cancelled", "cancelled") if cancelled else await _generate_tokens(run, settings)
+        outcome = Outcome("cancelled", "cancelled") if cancelled else await _generate_choices(run, settings)
     except StateLost:
         return await _finish(run, _state_lost(run), worker_id, settings, state_lost=True)
     return await _finish(run, outcome, worker_id, settings)
@@ -254,7 +270,56 @@ async def _retrying_outages(settings: WorkerSettings, write: Callable[[], Awaita
             await backoff.sleep()
 
 
+def _by_choice(so_far: StreamSoFar) -> list[list[int]]:
+    """The stream's tokens, one list per choice up to the last one it holds (choices follow one another, so a
+    choice that ended before its first token, at end of sequence, is an empty list)."""
+    groups: list[list[int]] = [[]]
+    for token_id, choice in zip(so_far.token_ids, so_far.choices or (0,) * len(so_far.token_ids), strict=True):
+        groups.extend([] for _ in range(choice + 1 - len(groups)))
+        groups[choice].append(token_id)
+    return groups
+
+
+async def _generate_choices(run: _Run, settings: WorkerSettings) -> Outcome:
+    """The job's n choices, one after another, each in sessions of its own; the outcome of the last one (or of
+    the first to fail or be cancelled, which ends the request).
+
+    Petals cannot share one prefill between choices: a server sizes a session's attention cache from the batch
+    of its first step and offers no way to copy it into another session (`hypo_ids` only reorders rows within
+    one), so every choice prefills the prompt itself. One after another keeps every invariant of one choice
+    (the fenced stream, recovery, attribution, the spot checks' tapes) as it is; the prompt is still billed once.
+    """
+    limit = min(run.job.max_tokens, run.served.max_positions - len(run.prompt_ids))
+    run.ends = [  # choices an earlier run finished: one that filled its max_tokens ended for length
+        ChoiceEnd(index=i, finish_reason="length" if len(ids) >= limit else "stop", tokens_generated=len(ids))
+        for i, ids in enumerate(run.earlier)
+    ]
+    while True:
+        outcome = await _generate_tokens(run, settings)
+        if outcome.error is not None or outcome.status == "cancelled" or run.job.n == 1:
+            return outcome
+        reason = "length" if outcome.finish_reason == "length" else "stop"
+        run.ends.append(ChoiceEnd(index=run.choice, finish_reason=reason, tokens_generated=len(run.generated)))
+        if run.choice + 1 >= run.job.n:
+            return outcome
+        run.earlier.append(run.generated)
+        run.generated = []
+        run.choice += 1
+
+
+def _choice_ends(run: _Run, outcome: Outcome) -> list[ChoiceEnd] | None:
+    """The done event's `choices`: every choice's ending (None for one choice). Choices a cancellation cut short
+    or never reached end "cancelled"."""
+    if run.job.n == 1:
+        return None
+    return run.ends + [
+        ChoiceEnd(index=i, finish_reason="cancelled", tokens_generated=len(run.generated) if i == run.choice else 0)
+        for i in range(len(run.ends), run.job.n)
+    ]
+
+
 async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
+    """The current choice's tokens, from where the stream left them to its end."""
     job, served = run.job, run.served
     room = served.max_positions - len(run.prompt_ids)
     if room <= 0:
@@ -332,8 +397,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 request_id=job.request_id,
                 index=len(run.generated),
                 token_id=token_id,
-                tokens_generated=len(run.generated) + 1,
-                cost_far=job.cost_far(len(run.prompt_ids), len(run.generated) + 1),
+                tokens_generated=run.total_generated + 1,
+                cost_far=job.cost_far(len(run.prompt_ids), run.total_generated + 1),
+                choice=run.choice if job.n > 1 else None,
                 **(choice.event_fields() if choice is not None else {}),
             )
             if len(run.generated) + 1 < max_tokens and not ending:
@@ -405,6 +471,7 @@ def _text_and_sampling(
         prompt_ids=run.prompt_ids,
         decode=run.served.decode,
         constraint=constraint,
+        choice=run.choice,
     )
     sampler.replay(run.generated)
     return decoder, stops, sampler
@@ -413,7 +480,7 @@ def _text_and_sampling(
 def _observe_token(run: _Run, previous_at: float | None) -> None:
     model_id = run.job.model_id
     metrics.TOKENS_GENERATED.labels(model_id).inc()
-    if len(run.generated) == 1:
+    if run.total_generated == 1:
         run.ttft_s = max(0.0, time.time() - run.job.enqueued_at)
         metrics.TIME_TO_FIRST_TOKEN.labels(model_id).observe(run.ttft_s)
     elif previous_at is not None:  # None for a recovering run's first token
@@ -447,7 +514,7 @@ def _ranges(blocks: list[int]) -> str:
 
 def _state_lost(run: _Run) -> Outcome:
     message = (
-        f"Redis lost this request's stream while it ran; the {len(run.generated)} tokens generated are billed. "
+        f"Redis lost this request's stream while it ran; the {run.total_generated} tokens generated are billed. "
         "Send the request again with a new request_id"
     )
     return Outcome.failed(ErrorBody(code=StreamErrorCode.STREAM_LOST, message=message))
@@ -459,13 +526,14 @@ async def _finish(
     """Write the ending and the usage record (atomically, once per request); returns the status written."""
     billing = Billing(
         prompt_tokens=len(run.prompt_ids),
-        tokens_generated=len(run.generated),
+        tokens_generated=run.total_generated,
         started_at=run.started_at,
         attribution=run.attribution,
         ttft_s=run.ttft_s,
         failovers=run.failovers,
         route_policy=run.trust.route_policy,
         spot_checked=run.trust.recorder is not None,
+        choices=_choice_ends(run, outcome),
     )
     event, usage = ending_of(run.job, outcome, billing, worker_id)
     if (trace_parent := run.trace.traceparent()) is not None:  # the ledger's span joins this run's trace

@@ -65,8 +65,10 @@ class Sampler:
 
     Every token is drawn from a generator seeded by (seed, token index) alone, so the same request with the same
     seed gives the same tokens on the same swarm, including across a failover or a recovering worker. Without a
-    seed the request id stands in for it. Penalties count the tokens generated so far (repetition_penalty also
-    the prompt's), as vLLM does: `choose` records each chosen token, so steps must be taken in order.
+    seed the request id stands in for it. Choice k > 0 of a request with n choices draws from (seed, k, index), so
+    its choices differ while choice 0 is the reply the same request with n = 1 gets. Penalties count the tokens
+    generated so far (repetition_penalty also the prompt's), as vLLM does: `choose` records each chosen token, so
+    steps must be taken in order.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Sampler:
         prompt_ids: Sequence[int],
         decode: Callable[[Sequence[int]], str],
         constraint: GrammarConstraint | None = None,
+        choice: int = 0,
     ) -> None:
         self._options = options
         self._constraint = constraint
@@ -86,6 +89,8 @@ class Sampler:
         self._temperature = temperature
         self._top_p = top_p
         self._seed_key = str(options.seed) if options.seed is not None else seed_key
+        if choice:
+            self._seed_key += f"/{choice}"
         self._seen = set(prompt_ids)
         self._seen_ids: torch.Tensor | None = None
         self._counts: Counter[int] = Counter()

@@ -141,6 +141,8 @@ class StreamSoFar:
     token_ids: tuple[int, ...]
     texts: tuple[str, ...]
     final: StreamEvent | None
+    choices: tuple[int, ...] = ()
+    """The choice of each token (0 for a request of one choice); empty when there are no tokens."""
     cost_far: Decimal = Decimal(0)
     """The running cost the last delivered token showed the client."""
     cancelled: bool = False
@@ -150,6 +152,7 @@ class StreamSoFar:
     def parse(cls, entries: list[tuple[bytes, dict[bytes, bytes]]], *, cancelled: bool) -> "StreamSoFar":
         ids: list[int] = []
         texts: list[str] = []
+        choices: list[int] = []
         final: StreamEvent | None = None
         cost = Decimal(0)
         for _entry_id, fields in entries:
@@ -157,10 +160,18 @@ class StreamSoFar:
             if isinstance(event, TokenEvent):
                 ids.append(event.token_id)
                 texts.append(event.token)
+                choices.append(event.choice or 0)
                 cost = event.cost_far
             else:
                 final = event
-        return cls(token_ids=tuple(ids), texts=tuple(texts), final=final, cost_far=cost, cancelled=cancelled)
+        return cls(
+            token_ids=tuple(ids),
+            texts=tuple(texts),
+            final=final,
+            choices=tuple(choices),
+            cost_far=cost,
+            cancelled=cancelled,
+        )
 
 
 class TokenStreamWriter:

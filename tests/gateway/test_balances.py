@@ -90,6 +90,9 @@ async def test_a_wallet_without_deposits_is_402_on_both_apis_and_admitted_when_t
     assert refused.value.status_code == 402 and refused.value.code == "insufficient_balance"
     assert refused.value.body["type"] == "insufficient_quota"  # type: ignore[index]
     assert "0.000000000 FAR available" in refused.value.message
+    async with httpx.AsyncClient(base_url=prepaid_gateway_url, timeout=10) as http:  # n choices: n × max_tokens
+        status, body = await _generate(http, key, {**_body(max_tokens=4), "n": 3})
+    assert status == 402 and body["error"]["details"][0]["max_cost_far"] == f"{12 * PRICE:f}"
     assert synthetic_worker.jobs == []
 
     async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as http:  # the setting off: admitted

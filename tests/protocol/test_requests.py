@@ -101,3 +101,12 @@ def test_a_wallet_in_any_letter_case_is_read_as_its_checksummed_address() -> Non
 
 def test_an_integral_float_is_an_integer_as_json_means_it() -> None:
     assert GenerateRequest.model_validate({"prompt": "hi", "max_tokens": 4.0, "top_k": 2.0}).max_tokens == 4
+
+
+def test_n_is_a_json_integer_from_1_to_the_ceiling_every_process_agrees_on() -> None:
+    from protocol.requests import MAX_CHOICES
+
+    assert GenerateRequest(prompt="x").n == 1 and GenerateRequest(prompt="x", n=2.0).n == 2  # type: ignore[arg-type]
+    for bad in (0, MAX_CHOICES + 1, True, "2", 1.5):
+        with pytest.raises(ValidationError):
+            GenerateRequest(prompt="x", n=bad)  # type: ignore[arg-type]
