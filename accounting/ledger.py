@@ -66,6 +66,7 @@ CONTRIBUTION_COLUMNS = (
     "tokens_contributed",
     "work_units",
     "payment_far",
+    "paid_work_units",
 )
 
 # Nodes first, in key order, so concurrent consumers take their row locks in the same order (no deadlock).
@@ -142,7 +143,16 @@ def session_row(record: UsageRecord, session_id: uuid.UUID) -> tuple[object, ...
 
 def contribution_rows(record: UsageRecord, session_id: uuid.UUID) -> list[tuple[object, ...]]:
     return [
-        (session_id, c.node_id, c.wallet, c.blocks_served, c.tokens_contributed, c.work_units, c.payment_far)
+        (
+            session_id,
+            c.node_id,
+            c.wallet,
+            c.blocks_served,
+            c.tokens_contributed,
+            c.work_units,
+            c.payment_far,
+            c.paid_work_units,
+        )
         for c in record.contributions
     ]
 

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from protocol import keys
 from protocol.catalog import ModelCatalog
 from protocol.live_prices import LivePrice, catalogue_prices, current_prices, read_live_prices
-from protocol.pricing import PricingPolicy, next_multiplier, scaled_price, target_multiplier
+from protocol.pricing import PricingPolicy, block_premium_bps, next_multiplier, scaled_price, target_multiplier
 from protocol.swarm import read_swarm_snapshots
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ async def reprice(
             queue_depth=depth,
             thinnest_block_servers=min(coverage, default=0),
             priced_at=now,
+            block_premium_bps=block_premium_bps(coverage, policy),
         )
         written[spec.model_id] = price
         if previous is None or _step_of(previous) != _step_of(price):

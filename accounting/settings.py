@@ -106,6 +106,15 @@ class AccountingSettings(LedgerSettings):
         description="A multiplier this close to its target stays put (hysteresis: a breathing queue leaves it alone)",
     )
 
+    pricing_provider_premium: Decimal = Field(
+        default=Decimal("1"),
+        ge=0,
+        le=10,
+        decimal_places=4,
+        description="Extra weight of an unserved block's work in its providers' shares, fixed on each job at "
+        "admission: a block with half of pricing_target_servers weighs 1 + half of this (docs/pricing.md)",
+    )
+
     @property
     def pricing_policy(self) -> PricingPolicy:
         """The pricing formula's parameters, checked for consistency (floor <= 1 <= ceiling...)."""
@@ -119,4 +128,5 @@ class AccountingSettings(LedgerSettings):
             surplus_discount=self.pricing_surplus_discount,
             smoothing=self.pricing_smoothing,
             deadband=self.pricing_deadband,
+            provider_premium=self.pricing_provider_premium,
         )

@@ -312,6 +312,7 @@ async def _enqueue(
         api_key_id=key.key_id,
         price_per_token_far=prices.completion_price_per_token_far,
         prompt_price_per_token_far=prices.prompt_price_per_token_far,
+        block_premium_bps=prices.block_premium_bps,
         platform_fee_bps=state.settings.far_mesh_platform_fee_bps,
         enqueued_at=time.time(),
         messages=messages,

@@ -7,13 +7,14 @@ configuration changes while the job waits.
 
 import logging
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol import keys
 from protocol.catalog import ModelId
 from protocol.money import MAX_FEE_BPS, FarAmount, session_cost
+from protocol.pricing import MAX_BLOCKS, MAX_PROVIDER_PREMIUM, PREMIUM_BASE_BPS
 from protocol.requests import MAX_JOB_PROMPT_CHARS, MAX_NEW_TOKENS, RequestId, SamplingOptions
 from protocol.tools import ToolUse
 from protocol.wallet import Wallet
@@ -32,11 +33,16 @@ _LEFT_OUT_WHEN_UNSET: Final = (
     "platform_fee_bps",
     "response_format",
     "tool_use",
+    "block_premium_bps",
 )
 """Fields left out of the payload while unset (None, 0), so a worker older than them still parses the job (and
 bills it as such a worker always did: prompts free, no fee). A constrained job is never left without its
 `response_format` or `tool_use`: a worker older than them refuses the job as invalid rather than run it
 unconstrained."""
+
+
+BlockPremium = Annotated[int, Field(ge=PREMIUM_BASE_BPS, le=int(PREMIUM_BASE_BPS * (1 + MAX_PROVIDER_PREMIUM)))]
+"""One block's weight in basis points: par (10,000) up to 1 + the largest provider premium."""
 
 
 class ChatTurn(BaseModel):
@@ -71,6 +77,13 @@ class GenerateJob(SamplingOptions):
     )
     platform_fee_bps: int = Field(
         default=0, ge=0, le=MAX_FEE_BPS, description="The platform's fee in basis points of the session's cost"
+    )
+    block_premium_bps: tuple[BlockPremium, ...] = Field(
+        default=(),
+        max_length=MAX_BLOCKS,
+        description="Each block's weight in its providers' shares, in basis points (10,000: at par), fixed at "
+        "admission from the pricer's view of the swarm (docs/pricing.md); empty: every block at par. Left out of the "
+        "payload when empty",
     )
     enqueued_at: float = Field(description="Unix time the gateway enqueued the job, for queue-wait metrics")
     budgeted: bool = Field(

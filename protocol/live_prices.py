@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from protocol import keys
 from protocol.catalog import ModelCatalog, ModelId, ModelSpec
 from protocol.money import FarAmount
+from protocol.pricing import MAX_BLOCKS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ class LivePrice(BaseModel):
     queue_depth: int = Field(ge=0)
     thinnest_block_servers: int = Field(ge=0)
     priced_at: AwareDatetime
+    block_premium_bps: tuple[int, ...] = Field(
+        default=(),
+        max_length=MAX_BLOCKS,
+        description="Each block's weight in its providers' shares, in basis points (protocol.pricing)",
+    )
 
     def is_fresh(self, now: datetime, max_age_s: float = LIVE_PRICE_MAX_AGE_S) -> bool:
         return now - self.priced_at <= timedelta(seconds=max_age_s)
@@ -50,6 +56,8 @@ class Prices(BaseModel):
     prompt_price_per_token_far: FarAmount
     completion_price_per_token_far: FarAmount
     multiplier: Decimal = Decimal(1)
+    block_premium_bps: tuple[int, ...] = ()
+    """Fixed on the job with the prices: how each block's work weighs in its providers' shares (none: at par)."""
 
     def quote(self) -> dict[str, str]:
         """As the routes quote prices: decimal strings, the completion price under both its names."""
@@ -84,6 +92,7 @@ def current_prices(catalog: ModelCatalog, spec: ModelSpec, live: LivePrice | Non
         prompt_price_per_token_far=live.prompt_price_per_token_far,
         completion_price_per_token_far=live.completion_price_per_token_far,
         multiplier=live.multiplier,
+        block_premium_bps=live.block_premium_bps,
     )
 
 

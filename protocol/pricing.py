@@ -11,6 +11,11 @@ docs/pricing.md can state the formula with the defaults that `accounting.setting
     target   = clamp(1 + demand_weight * demand + scarcity_weight * scarcity - surplus_discount * surplus,
                      floor, ceiling)
 
+Providers share what a session pays (less the platform's fee) by work, each block-token weighted by that
+block's premium, fixed at admission (`block_premium_bps`): 10,000 basis points x (1 + provider_premium x
+short_b). Serving the thin blocks earns more of the same pool; the buyer's price, raised by the same shortfall,
+carries it, and the split still balances to the last decimal (`money.split_with_fee`).
+
 The multiplier moves towards its target by `smoothing` of the gap each recomputation, and not at all while the
 gap is within `deadband` (hysteresis: a queue that breathes by a job or two leaves the price alone); a step that
 lands within the deadband of its target snaps to it, so a price that falls back reaches the catalogue price
@@ -25,6 +30,12 @@ from protocol.money import FAR_QUANTUM, MAX_FAR
 
 MULTIPLIER_QUANTUM = Decimal("0.0001")
 """Multipliers are kept to 4 decimals (NUMERIC(12,4) in the price history)."""
+MAX_BLOCKS = 10_000
+"""More transformer blocks than any model has; bounds the per-block premiums a job or a live price carries."""
+PREMIUM_BASE_BPS = 10_000
+"""A block's weight in a provider's share, in basis points: 10,000 is work paid at par."""
+MAX_PROVIDER_PREMIUM = Decimal(10)
+"""The largest PRICING_PROVIDER_PREMIUM: an unserved block's work would weigh 11 times a served one's."""
 _EXACT = Context(prec=100)
 """A price of up to 38 digits times a multiplier would round in Decimal's default 28 digits."""
 
@@ -42,6 +53,7 @@ class PricingPolicy:
     surplus_discount: Decimal = Decimal("0.25")
     smoothing: Decimal = Decimal("0.5")
     deadband: Decimal = Decimal("0.05")
+    provider_premium: Decimal = Decimal("1")
 
     def __post_init__(self) -> None:
         if not Decimal(0) < self.floor <= Decimal(1) <= self.ceiling:
@@ -52,6 +64,8 @@ class PricingPolicy:
             raise ValueError(f"smoothing is in (0, 1], got {self.smoothing}")
         if min(self.demand_weight, self.scarcity_weight, self.surplus_discount, self.deadband) < 0:
             raise ValueError("weights, discount and deadband cannot be negative")
+        if not Decimal(0) <= self.provider_premium <= MAX_PROVIDER_PREMIUM:
+            raise ValueError(f"provider_premium is 0 to {MAX_PROVIDER_PREMIUM}, got {self.provider_premium}")
 
 
 def scarcity(coverage: Sequence[int], target_servers: int) -> Decimal:
@@ -101,3 +115,13 @@ def scaled_price(catalogue_price: Decimal, multiplier: Decimal) -> Decimal:
     """A catalogue price times the multiplier, rounded down to 18 decimals (the buyer never pays a fraction of a
     base unit more than the formula says) and never above what the ledger can hold."""
     return min(MAX_FAR, _EXACT.multiply(catalogue_price, multiplier).quantize(FAR_QUANTUM, ROUND_DOWN, _EXACT))
+
+
+def block_premium_bps(coverage: Sequence[int], policy: PricingPolicy) -> tuple[int, ...]:
+    """Each block's weight in its providers' shares, in basis points: par (10,000) for a block with
+    `target_servers` or more, up to (1 + provider_premium) x par for a block nobody serves; rounded down."""
+    target = Decimal(policy.target_servers)
+    return tuple(
+        int(PREMIUM_BASE_BPS * (1 + policy.provider_premium * max(Decimal(0), 1 - Decimal(c) / target)))
+        for c in coverage
+    )

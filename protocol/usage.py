@@ -11,7 +11,7 @@ the ledger.
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
-from typing import Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -59,6 +59,12 @@ class NodeContribution(BaseModel):
     blocks_served: int = Field(ge=0, description="Distinct transformer blocks this node ran for the session")
     tokens_contributed: int = Field(ge=0, description="Tokens that passed through this node (prefill included)")
     work_units: int = Field(ge=0, description="Sum over steps of blocks served x tokens processed")
+    paid_work_units: int | None = Field(
+        default=None,
+        ge=0,
+        description="The work its share was paid on: each block-token weighed by the block's premium in basis points, "
+        "fixed at admission (docs/pricing.md); None: paid on work_units, every block at par. Left out when None",
+    )
     payment_far: FarAmount
 
 
@@ -135,7 +141,9 @@ class UsageRecord(BaseModel):
         return self
 
     def to_stream_fields(self) -> dict[str, str]:
-        unset = {name for name in _LEFT_OUT_WHEN_UNSET if not getattr(self, name)}
+        unset: dict[str, Any] = {name: True for name in _LEFT_OUT_WHEN_UNSET if not getattr(self, name)}
+        if all(c.paid_work_units is None for c in self.contributions):
+            unset["contributions"] = {"__all__": {"paid_work_units"}}
         return {USAGE_FIELD: self.model_dump_json(exclude=unset or None)}
 
     @classmethod

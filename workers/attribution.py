@@ -3,15 +3,19 @@
 A node's work is the sum over steps of (blocks it served in that step x tokens that step processed); the
 prefill step processes the whole prompt, and a re-prefill after failover or recovery is work the new route
 really did, so it counts too. The platform's fee is taken from the session's cost, and the rest is split in
-proportion to work (`money.split_with_fee`).
+proportion to work (`money.split_with_fee`). A job priced with per-block premiums (docs/pricing.md) weighs each
+block-token by its block's premium instead, so the providers of under-served blocks take more of the same pool;
+each contribution then records that weighted work (`paid_work_units`), from which its payment is reproducible.
 """
 
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from mesh.session import ServedSpan
 from protocol.money import split_with_fee
+from protocol.pricing import PREMIUM_BASE_BPS
 from protocol.usage import NodeContribution
 
 
@@ -21,6 +25,15 @@ class _NodeWork:
     tokens: int = 0
     work_units: int = 0
     public_name: str | None = None
+    block_tokens: Counter[int] = field(default_factory=Counter)
+    """Tokens per block this node processed: its work, block by block, for the per-block premiums."""
+
+    def paid_work_units(self, premium_bps: Sequence[int]) -> int:
+        """Work weighed by each block's premium in basis points (a block past the premiums' end at par)."""
+        return sum(
+            tokens * (premium_bps[block] if block < len(premium_bps) else PREMIUM_BASE_BPS)
+            for block, tokens in self.block_tokens.items()
+        )
 
 
 class Attribution:
@@ -35,6 +48,8 @@ class Attribution:
             node.blocks.update(range(span.start_block, span.end_block))
             node.tokens += tokens
             node.work_units += (span.end_block - span.start_block) * tokens
+            for block in range(span.start_block, span.end_block):
+                node.block_tokens[block] += tokens
             node.public_name = span.public_name or node.public_name
 
     @property
@@ -53,10 +68,16 @@ class Attribution:
         return contributions, remainder
 
     def settle(
-        self, cost_far: Decimal, fee_bps: int, wallet_of: Callable[[str | None], str | None]
+        self,
+        cost_far: Decimal,
+        fee_bps: int,
+        wallet_of: Callable[[str | None], str | None],
+        premium_bps: Sequence[int] = (),
     ) -> tuple[tuple[NodeContribution, ...], Decimal, Decimal]:
-        """Each node's contribution with its payment, the platform's fee, and its rounding remainder."""
-        work = {peer: node.work_units for peer, node in self._nodes.items()}
+        """Each node's contribution with its payment, the platform's fee, and its rounding remainder; with
+        `premium_bps` (the job's), shares follow work weighed by each block's premium."""
+        paid = {peer: node.paid_work_units(premium_bps) for peer, node in self._nodes.items()} if premium_bps else {}
+        work = paid or {peer: node.work_units for peer, node in self._nodes.items()}
         payments, fee, remainder = split_with_fee(cost_far, work, fee_bps)
         contributions = tuple(
             NodeContribution(
@@ -65,6 +86,7 @@ class Attribution:
                 blocks_served=len(node.blocks),
                 tokens_contributed=node.tokens,
                 work_units=node.work_units,
+                paid_work_units=paid.get(peer),
                 payment_far=payments[peer],
             )
             for peer, node in self._nodes.items()

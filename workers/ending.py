@@ -98,7 +98,9 @@ def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: s
             total_cost_far=cost,
             choices=billing.choices,
         )
-    contributions, fee, remainder = billing.attribution.settle(cost, job.platform_fee_bps, wallet_from_public_name)
+    contributions, fee, remainder = billing.attribution.settle(
+        cost, job.platform_fee_bps, wallet_from_public_name, job.block_premium_bps
+    )
     usage = UsageRecord(
         request_id=job.request_id,
         model_id=job.model_id,

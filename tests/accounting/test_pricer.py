@@ -76,6 +76,7 @@ async def test_prices_rise_with_a_backlog_and_a_thin_block_and_fall_back_when_bo
         assert thin[-1] == Decimal("1.375") and all(m > 1 for m in thin)
         live = await read_live_price(redis, model)
         assert live is not None and live.thinnest_block_servers == 1
+        assert live.block_premium_bps == (10_000, 10_000, 15_000, 15_000)  # the thin blocks' providers' premium
         assert live.completion_price_per_token_far == Decimal("0.0004125")
 
         # The server comes back: the price falls back to the catalogue's, exactly.

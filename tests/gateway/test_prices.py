@@ -117,6 +117,7 @@ def live_price(multiplier: str, *, priced_at: datetime | None = None) -> str:
         queue_depth=32,
         thinnest_block_servers=1,
         priced_at=priced_at or datetime.now(UTC),
+        block_premium_bps=(10_000, 10_000, 15_000, 15_000),
     ).model_dump_json()
 
 
@@ -143,6 +144,7 @@ async def test_a_session_pays_the_live_price_quoted_at_admission_even_after_the_
     # ...and this one was fixed at admission: its job, every running cost and its total carry the quoted price.
     (job,) = other_model_worker.jobs
     assert (job.prompt_price_per_token_far, job.price_per_token_far) == (Decimal("0.00005"), Decimal("0.00075"))
+    assert job.block_premium_bps == (10_000, 10_000, 15_000, 15_000)  # its providers' shares, fixed alike
     _, done = events[-1]
     tokens = done["tokens_generated"]
     assert tokens >= 2 and done["status"] == "cancelled"

@@ -118,3 +118,32 @@ async def test_a_run_bills_the_prompt_and_tokens_at_the_jobs_prices_and_fee_even
         "QmSecondHalf": Decimal("0.035803703381470393"),
     }
     assert usage.platform_remainder_far == Decimal("0.000000000000000001")
+
+
+async def test_a_run_pays_its_providers_by_work_weighed_with_the_block_premiums_fixed_on_its_job(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    model = tiny_models[0]
+    # Block 0 was thin at admission: its work weighs 3 times par, so QmFirstHalf's one block weighs as much as
+    # QmSecondHalf's three, and the two share the pool equally (#30).
+    job = make_job(
+        model, prompt="four words of prompt", max_tokens=3, block_premium_bps=(30_000, 10_000, 10_000, 10_000)
+    )
+    await enqueue(redis_url, job)
+    settings = settings_for(redis_url, UNREACHABLE_PEERS, [model], far_mesh_verify_fraction=0.0)
+    served: Any = {model.model_id: ScriptedModel(model)}
+    ctx = WorkerContext(redis=redis, settings=settings, served=served, worker_id="test-worker")
+    worker = QueueWorker(ctx, model.model_id, burst=True)
+    try:
+        await asyncio.wait_for(worker.main(), 30)
+    finally:
+        await worker.close()
+
+    (usage,) = await usage_records(redis, job.request_id)
+    paid = {c.node_id: c for c in usage.contributions}
+    assert (paid["QmFirstHalf"].work_units, paid["QmSecondHalf"].work_units) == (6, 18)  # 4 + 2 tokens
+    assert paid["QmFirstHalf"].paid_work_units == paid["QmSecondHalf"].paid_work_units == 180_000
+    assert paid["QmFirstHalf"].payment_far == paid["QmSecondHalf"].payment_far == usage.total_cost_far / 2
+    assert (
+        far_sum([*(c.payment_far for c in usage.contributions), usage.platform_remainder_far]) == usage.total_cost_far
+    )
