@@ -21,6 +21,10 @@ TOKEN_STREAM_PREFIX: Final = "gen:"
 TOKEN_STREAM_TTL_S: Final = 3600
 """How long a finished request's token stream stays readable for reconnecting clients."""
 
+SERVED_STEPS_PREFIX: Final = "gen-steps:"
+"""Per request: a list of its billed steps' routes (`protocol.served_steps`), pushed with each token in the same
+script and deleted with the ending, so a run that takes a dead run's request over credits the dead run's work."""
+
 USAGE_STREAM: Final = "usage"
 """One entry per finished session (a `UsageRecord`), consumed by accounting."""
 
@@ -101,6 +105,10 @@ LIVE_PRICES: Final = "prices:live"
 """Hash: model_id -> its current `protocol.live_prices.LivePrice` JSON, written by the pricer (accounting), read
 by the gateway at admission and by the routes that quote prices."""
 
+PRICE_HISTORY_PREFIX: Final = "prices:history:"
+"""Per model: a list of its latest price steps (`protocol.live_prices.PricePoint` JSON), newest first, capped; the
+whole history is `far_model_prices` in the ledger."""
+
 PRICER_LOCK: Final = "prices:lock"
 """Held for one pricing interval by the accounting replica that recomputes the prices, so replicas never step a
 multiplier twice in one interval."""
@@ -130,6 +138,16 @@ def queue_wake(model_id: str) -> str:
 def token_stream(request_id: str) -> str:
     """The Redis Stream that carries one request's token, done and error events."""
     return TOKEN_STREAM_PREFIX + request_id
+
+
+def served_steps(request_id: str) -> str:
+    """The routes of `request_id`'s steps whose tokens are on its stream, one `ServedStep` per token."""
+    return SERVED_STEPS_PREFIX + request_id
+
+
+def price_history(model_id: str) -> str:
+    """The latest steps of `model_id`'s price, newest first, for /models."""
+    return PRICE_HISTORY_PREFIX + model_id
 
 
 def job_lease(request_id: str) -> str:

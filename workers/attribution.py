@@ -6,6 +6,10 @@ really did, so it counts too. The platform's fee is taken from the session's cos
 proportion to work (`money.split_with_fee`). A job priced with per-block premiums (docs/pricing.md) weighs each
 block-token by its block's premium instead, so the providers of under-served blocks take more of the same pool;
 each contribution then records that weighted work (`paid_work_units`), from which its payment is reproducible.
+
+A run that takes a request over (its worker died) starts from the steps earlier runs wrote tokens for, read from
+beside the stream (`protocol.served_steps`, `Attribution.earlier`), then adds its own, its re-prefill included:
+each step is counted by the one run that ran it, once, and only steps whose token is billed survive a run.
 """
 
 from collections import Counter
@@ -13,9 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from mesh.session import ServedSpan
+from mesh.session import ServedSpan, StepResult
 from protocol.money import split_with_fee
 from protocol.pricing import PREMIUM_BASE_BPS
+from protocol.served_steps import ServedStep, StepSpan
 from protocol.usage import NodeContribution
 
 
@@ -42,7 +47,15 @@ class Attribution:
     def __init__(self) -> None:
         self._nodes: dict[str, _NodeWork] = {}
 
-    def record_step(self, spans: Iterable[ServedSpan], tokens: int) -> None:
+    @classmethod
+    def earlier(cls, steps: Iterable[ServedStep]) -> "Attribution":
+        """The work of earlier runs of a request: the steps whose tokens they wrote to its stream."""
+        attribution = cls()
+        for step in steps:
+            attribution.record_step(step.spans, step.tokens)
+        return attribution
+
+    def record_step(self, spans: Iterable[ServedSpan | StepSpan], tokens: int) -> None:
         for span in spans:
             node = self._nodes.setdefault(span.peer_id, _NodeWork())
             node.blocks.update(range(span.start_block, span.end_block))
@@ -92,3 +105,9 @@ class Attribution:
             for peer, node in self._nodes.items()
         )
         return contributions, fee, remainder
+
+
+def served_step(result: StepResult) -> ServedStep:
+    """`result`'s route and positions as the record written beside the stream with the token it made."""
+    spans = tuple(StepSpan(s.peer_id, s.start_block, s.end_block, s.public_name) for s in result.spans)
+    return ServedStep(tokens=result.tokens, spans=spans)

@@ -141,10 +141,10 @@ async def end_abandoned(
 ) -> bool:
     """End the stream of a request no run will finish with `error`; False when it had already ended.
 
-    Taking the lease first fences out any stalled run of the request. The delivered tokens are billed to the
-    platform (their route died with the run that generated them); a payload that is lost or invalid names
-    nobody to bill, so then only the error is written. Either way the request's budget reservation is settled,
-    at what was billed (nothing, for a job that never ran), so it never waits to lapse.
+    Taking the lease first fences out any stalled run of the request. The delivered tokens are billed, and the
+    nodes that served them credited from the steps the runs wrote beside the stream; a payload that is lost or
+    invalid names nobody to bill, so then only the error is written. Either way the request's budget reservation
+    is settled, at what was billed (nothing, for a job that never ran), so it never waits to lapse.
     """
     writer = TokenStreamWriter(redis, request_id, f"{worker_id}:ending:{uuid.uuid4().hex[:8]}", lease_ttl_s=lease_ttl_s)
     so_far = await writer.acquire()
@@ -160,7 +160,7 @@ async def end_abandoned(
             prompt_tokens=prompt_tokens,
             tokens_generated=len(so_far.token_ids),
             started_at=datetime.now(UTC),
-            attribution=Attribution(),
+            attribution=Attribution.earlier(so_far.served_steps),
         )
         event, usage = ending_of(job, Outcome.failed(error), billing, worker_id)
     else:

@@ -32,7 +32,7 @@ from protocol.jobs import GenerateJob
 from protocol.ownership import RequestOwner
 from protocol.structured import SchemaRefused
 from workers import budget, metrics
-from workers.attribution import Attribution
+from workers.attribution import Attribution, served_step
 from workers.constraint import ConstraintError, GrammarConstraint, grammar_tokenizer, job_grammar
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
@@ -195,6 +195,7 @@ async def run_request(
             prompt_ids=prompt_ids(served, job),
             generated=generated,
             started_at=datetime.now(UTC),
+            attribution=Attribution.earlier(so_far.served_steps),  # a dead run's work is paid by whoever ends it
             choice=len(earlier),
             earlier=earlier,
             trust=trust or RunTrust(),
@@ -406,7 +407,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 # The next step runs while this token is written: the Redis round trip leaves the critical path.
                 # Should the write say stop, that step's result is dropped unbilled.
                 next_step = start_step([token_id])
-            appended = await _retrying_outages(settings, functools.partial(run.writer.append_token, event))
+            # the step's route goes beside the stream with its token: billed and creditable together, or neither
+            write = functools.partial(run.writer.append_token, event, served_step(result))
+            appended = await _retrying_outages(settings, write)
             if appended is Written.CANCELLED:
                 return Outcome("cancelled", "cancelled")
             _check(appended)

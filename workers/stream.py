@@ -8,14 +8,16 @@ continue a stream whose start is gone). A lease that merely lapsed (a stall long
 stream is exactly as this run left it is taken back, together with arq's in-progress key, so a slow step never
 makes the job claimable by a second worker while its first run is still alive.
 
-The token script also checks the cancel flag in the same round trip, and the finishing script appends the
-done or error event and the usage record together, and only if the stream has no ending yet: one usage record
-per request, ever. Each write refreshes the request's owner key after the stream's own TTL (restoring it if it
-was lost), so ownership outlives the stream it guards.
+The token script also checks the cancel flag in the same round trip, and pushes the route of the step that made
+the token onto the request's served steps (`protocol.served_steps`) in the same atomic call, so a run that takes
+the request over credits every billed token's nodes; the finishing script appends the done or error event and the
+usage record together, and only if the stream has no ending yet (one usage record per request, ever), and deletes
+the served steps it has paid. Each write refreshes the request's owner key after the stream's own TTL (restoring
+it if it was lost), so ownership outlives the stream it guards.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import Enum
 
@@ -24,6 +26,7 @@ import redis.asyncio as aioredis
 from protocol import keys
 from protocol.events import DATA_FIELD, KIND_FIELD, StreamEvent, TokenEvent, decode_event, encode_event
 from protocol.ownership import RequestOwner
+from protocol.served_steps import ServedStep
 from protocol.usage import UsageRecord
 
 _NO_LIMIT = 2**53
@@ -59,10 +62,11 @@ local function keep_owner()
 end
 """
 
+# KEYS[5]: the served steps.
 _ACQUIRE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {redis.call('XRANGE', KEYS[3], '-', '+'), redis.call('EXISTS', KEYS[4])}
+return {redis.call('XRANGE', KEYS[3], '-', '+'), redis.call('EXISTS', KEYS[4]), redis.call('LRANGE', KEYS[5], 0, -1)}
 """
 
 _RENEW = (
@@ -77,9 +81,10 @@ return fenced
 """
 )
 
-# KEYS[5]: cancel flag. ARGV[7], ARGV[8]: the entry's kind and data; ARGV[9]: the stream's TTL.
-# A token already last on the stream while this run still holds the lease was written by a call of this run
-# whose reply was lost (a retry through a Redis outage): it counts as written.
+# KEYS[5]: cancel flag, KEYS[6]: served steps. ARGV[7], ARGV[8]: the entry's kind and data; ARGV[9]: the stream's
+# TTL; ARGV[10]: the served step that made the token ('' for none). A token already last on the stream while this
+# run still holds the lease was written by a call of this run whose reply was lost (a retry through a Redis
+# outage): it counts as written, and its step was pushed with it, so it is not pushed again.
 _APPEND_TOKEN = (
     _FENCE
     + f"""
@@ -89,13 +94,18 @@ if fenced ~= 1 then return fenced end
 if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 redis.call('XADD', KEYS[3], '*', {_KIND}, ARGV[7], {_DATA}, ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
+if ARGV[10] ~= '' then
+  redis.call('RPUSH', KEYS[6], ARGV[10])
+  redis.call('EXPIRE', KEYS[6], ARGV[9])
+end
 keep_owner()
 return 1
 """
 )
 
-# KEYS[5]: usage stream. ARGV[7..9] as for a token; ARGV[10], ARGV[11]: the usage entry's field and value.
-# The same ending already last on the stream, its lease released, was written by a retried call of this run.
+# KEYS[5]: usage stream, KEYS[6]: served steps (paid by this usage record, so deleted with it). ARGV[7..9] as
+# for a token; ARGV[10], ARGV[11]: the usage entry's field and value. The same ending already last on the stream,
+# its lease released, was written by a retried call of this run.
 _FINISH = (
     _FENCE
     + f"""
@@ -112,6 +122,7 @@ end
 redis.call('XADD', KEYS[3], '*', {_KIND}, ARGV[7], {_DATA}, ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
 if ARGV[10] ~= '' then redis.call('XADD', KEYS[5], '*', ARGV[10], ARGV[11]) end
+redis.call('DEL', KEYS[6])
 keep_owner()
 redis.call('DEL', KEYS[1])
 return 1
@@ -147,6 +158,8 @@ class StreamSoFar:
     """The running cost the last delivered token showed the client."""
     cancelled: bool = False
     """The cancel flag was set when the stream was read."""
+    served_steps: tuple[ServedStep, ...] = ()
+    """The routes of the steps that made the tokens (earlier runs' work, which whoever ends the request pays)."""
 
     @classmethod
     def parse(cls, entries: list[tuple[bytes, dict[bytes, bytes]]], *, cancelled: bool) -> "StreamSoFar":
@@ -201,38 +214,44 @@ class TokenStreamWriter:
         ]
         self._scripts = {name: redis.register_script(source) for name, source in _SCRIPTS.items()}
 
-    async def _fenced(self, script: str, extra_key: str, least: int, most: int, *args: str | int) -> Written:
+    async def _fenced(self, script: str, extra_keys: list[str], least: int, most: int, *args: str | int) -> Written:
         fence_args: list[str | int] = [self.run_id, self._lease_ms, least, most, self._owner, keys.REQUEST_OWNER_TTL_S]
-        result = await self._scripts[script](keys=[*self._keys, extra_key], args=[*fence_args, *args])
+        result = await self._scripts[script](keys=[*self._keys, *extra_keys], args=[*fence_args, *args])
         return Written(int(result))
 
     async def acquire(self) -> StreamSoFar:
         """Take the lease (arq already gave this run the job), shorten arq's in-progress key to it, and read what
         earlier runs delivered (their token ids let a recovering run re-prefill exactly): one round trip."""
         lease, in_progress, stream, _ = self._keys
-        stream_keys = [lease, in_progress, stream, keys.cancel_flag(self.request_id)]
-        raw_entries, cancelled = await self._scripts["acquire"](keys=stream_keys, args=[self.run_id, self._lease_ms])
+        request_id = self.request_id
+        stream_keys = [lease, in_progress, stream, keys.cancel_flag(request_id), keys.served_steps(request_id)]
+        raw_entries, cancelled, raw_steps = await self._scripts["acquire"](
+            keys=stream_keys, args=[self.run_id, self._lease_ms]
+        )
         entries = [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in raw_entries]
         self._written = len(entries)
-        return StreamSoFar.parse(entries, cancelled=bool(cancelled))
+        so_far = StreamSoFar.parse(entries, cancelled=bool(cancelled))
+        return replace(so_far, served_steps=tuple(ServedStep.decode(raw) for raw in raw_steps))
 
     async def renew(self) -> Written:
         """Extend the lease (taking it back if it lapsed while the stream stayed as this run left it).
 
         One token write may be in flight meanwhile, so one entry more than this run has counted is still its own.
         """
-        return await self._fenced("renew", keys.cancel_flag(self.request_id), self._written, self._written + 1)
+        return await self._fenced("renew", [keys.cancel_flag(self.request_id)], self._written, self._written + 1)
 
-    async def append_token(self, event: TokenEvent) -> Written:
+    async def append_token(self, event: TokenEvent, step: ServedStep | None = None) -> Written:
+        """Append `event` and, in the same atomic call, `step` (the route that made it) to the served steps."""
         fields = encode_event(event)
         written = await self._fenced(
             "append_token",
-            keys.cancel_flag(self.request_id),
+            [keys.cancel_flag(self.request_id), keys.served_steps(self.request_id)],
             self._written,
             self._written,
             fields[KIND_FIELD],
             fields[DATA_FIELD],
             keys.TOKEN_STREAM_TTL_S,
+            step.encode() if step is not None else "",
         )
         if written is Written.WRITTEN:
             self._written += 1
@@ -249,7 +268,7 @@ class TokenStreamWriter:
         least, most = (0, _NO_LIMIT) if state_lost else (self._written, self._written)
         return await self._fenced(
             "finish",
-            keys.USAGE_STREAM,
+            [keys.USAGE_STREAM, keys.served_steps(self.request_id)],
             least,
             most,
             fields[KIND_FIELD],

@@ -1,11 +1,13 @@
 """Crashes mid-stream: a server SIGKILLed (with a replica) and a worker process SIGKILLed (with another running).
 
 Either way the client-visible stream must hold the complete greedy sequence exactly once, end once, and the
-request must be billed by exactly one usage record.
+request must be billed by exactly one usage record, which credits every step that made a billed token once: the
+dead run's steps too, which its successor reads from beside the stream (#29).
 """
 
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -101,5 +103,44 @@ async def test_a_worker_killed_mid_stream_is_replaced_within_seconds_and_the_req
 
     events = await wait_for_end(redis, job.request_id)
     assert_complete_once(events, reference_continuation(model, PROMPT, MAX_TOKENS))
-    assert len(await usage_records(redis, job.request_id)) == 1
+    (usage,) = await usage_records(redis, job.request_id)
     assert await redis.xlen(keys.USAGE_STREAM) == 1
+    # Each run's steps once: the dead run fed the prompt and its tokens but the last; the successor re-prefilled
+    # the prompt and those tokens (real work, paid as a failover's re-prefill is) and fed on from there.
+    assert isinstance(events[-1], DoneEvent) and usage.failovers == 0
+    dead_fed = usage.prompt_tokens + delivered - 1
+    successor_fed = usage.prompt_tokens + usage.tokens_generated - (events[-1].finish_reason == "length")
+    fed = dead_fed + successor_fed
+    assert sorted((c.blocks_served, c.work_units) for c in usage.contributions) == [(2, 2 * fed)] * 2
+
+
+async def test_a_worker_killed_mid_stream_and_cancelled_before_the_takeover_credits_the_dead_runs_nodes(
+    two_server_swarm: LocalSwarm,
+    worker_process_factory: Callable[[dict[str, str]], WorkerProcess],
+    tiny_models: tuple[ModelSpec, ...],
+    redis: aioredis.Redis,
+    redis_url: str,
+) -> None:
+    """The successor finds the cancel flag and ends the request at once, billing the tokens on the stream with no
+    step of its own: the nodes that served them are paid from the steps the dead run wrote beside the stream."""
+    model = tiny_models[0]
+    job, _, victim = await job_mid_stream_on_two_workers(
+        two_server_swarm, worker_process_factory, model, redis, redis_url, prompt=PROMPT, max_tokens=MAX_TOKENS
+    )
+    victim.kill()
+    await redis.set(keys.cancel_flag(job.request_id), "cancelled by client")  # well before its 2 s lease lapses
+    delivered = await redis.xlen(keys.token_stream(job.request_id))
+
+    events = await wait_for_end(redis, job.request_id)
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.status == "cancelled"
+    assert done.tokens_generated == delivered == len(events) - 1
+    (usage,) = await usage_records(redis, job.request_id)
+    assert usage.tokens_generated == delivered and usage.total_cost_far > 0
+    fed = usage.prompt_tokens + delivered - 1  # the prefill fed the prompt, each later step the token before
+    by_node = sorted((c.node_id, c.blocks_served, c.tokens_contributed, c.work_units) for c in usage.contributions)
+    assert by_node == sorted((s.peer_id, 2, fed, 2 * fed) for s in two_server_swarm.servers)
+    paid = sum(c.payment_far for c in usage.contributions)
+    assert paid + usage.platform_fee_far + usage.platform_remainder_far == usage.total_cost_far
+    assert usage.platform_remainder_far < Decimal("1e-17")  # before the fix: the whole cost, no node credited
+    assert not await redis.exists(keys.served_steps(job.request_id))

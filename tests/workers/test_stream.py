@@ -6,19 +6,23 @@ import redis.asyncio as aioredis
 from arq.constants import in_progress_key_prefix
 
 from protocol import keys
-from protocol.events import DoneEvent, TokenEvent
+from protocol.catalog import ModelSpec
+from protocol.events import DoneEvent, ErrorBody, TokenEvent
 from protocol.ownership import RequestOwner
+from protocol.served_steps import ServedStep, StepSpan
 from protocol.usage import UsageRecord
 from tests.fixtures.ledger import usage_record
+from tests.fixtures.workers import make_job, usage_records
+from workers.ending import end_abandoned
 from workers.stream import StreamSoFar, TokenStreamWriter, Written
 
 PRICE = Decimal("0.001")
 
 
-def token(index: int) -> TokenEvent:
+def token(index: int, request_id: str = "req-1") -> TokenEvent:
     return TokenEvent(
         token=f"t{index}",
-        request_id="req-1",
+        request_id=request_id,
         index=index,
         token_id=100 + index,
         tokens_generated=index + 1,
@@ -184,3 +188,51 @@ async def test_a_write_never_replaces_the_owner_another_key_holds(redis: aioredi
     await redis.set(keys.request_owner("req-1"), RequestOwner("key-2", "m").encode())
     assert await writer.append_token(token(0)) is Written.WRITTEN
     assert RequestOwner.decode(await redis.get(keys.request_owner("req-1"))).api_key_id == "key-2"
+
+
+def step(tokens: int, first: str = "A") -> ServedStep:
+    """A step of `tokens` positions through `first` (blocks 0-2) and B (blocks 2-4)."""
+    return ServedStep(tokens=tokens, spans=(StepSpan(first, 0, 2), StepSpan("B", 2, 4, "b")))
+
+
+async def test_each_tokens_step_is_kept_with_it_read_by_the_successor_and_deleted_by_the_ending(
+    redis: aioredis.Redis,
+) -> None:
+    first = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await first.acquire()
+    assert await first.append_token(token(0), step(7)) is Written.WRITTEN  # the prefill's step: the prompt
+    first._written -= 1  # as if the reply never came: the retried write must not keep the step twice
+    assert await first.append_token(token(0), step(7)) is Written.WRITTEN
+    assert await first.append_token(token(1), step(1)) is Written.WRITTEN
+    await redis.set(keys.cancel_flag("req-1"), 1)
+    assert await first.append_token(token(2), step(1)) is Written.CANCELLED  # not on the stream: not kept either
+    assert 0 < await redis.ttl(keys.served_steps("req-1")) <= keys.TOKEN_STREAM_TTL_S
+
+    second = TokenStreamWriter(redis, "req-1", "run-2", lease_ttl_s=5)
+    so_far = await second.acquire()
+    assert so_far.served_steps == (step(7), step(1)) and so_far.token_ids == (100, 101)
+    assert await first.append_token(token(2), step(1, first="C")) is Written.SUPERSEDED
+    assert await redis.llen(keys.served_steps("req-1")) == 2
+    assert await second.finish(*ending(2)) is Written.WRITTEN
+    assert not await redis.exists(keys.served_steps("req-1"))  # paid by the one usage record: never read again
+
+
+async def test_an_abandoned_request_credits_the_nodes_that_served_the_tokens_it_bills(
+    redis: aioredis.Redis, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    job = make_job(tiny_models[0], max_tokens=10)
+    dead = TokenStreamWriter(redis, job.request_id, "dead-run", lease_ttl_s=5)
+    await dead.acquire()
+    for index, fed in enumerate((7, 1, 1)):
+        assert await dead.append_token(token(index, job.request_id), step(fed)) is Written.WRITTEN
+    await redis.delete(keys.job_lease(job.request_id))  # its worker died
+
+    error = ErrorBody(code="model_not_served", message="misrouted")
+    payload = job.model_dump(mode="json")
+    assert await end_abandoned(redis, job.request_id, payload, error, worker_id="w", lease_ttl_s=5, prompt_tokens=7)
+    (usage,) = await usage_records(redis, job.request_id)
+    assert usage.tokens_generated == 3 and usage.total_cost_far > 0
+    assert {c.node_id: c.work_units for c in usage.contributions} == {"A": 2 * 9, "B": 2 * 9}
+    paid = sum(c.payment_far for c in usage.contributions)
+    assert paid + usage.platform_fee_far + usage.platform_remainder_far == usage.total_cost_far
+    assert usage.platform_remainder_far < Decimal("1e-17")  # before #29's fix: the whole cost, nobody credited
