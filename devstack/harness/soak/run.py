@@ -3,11 +3,13 @@
 The system is `start_system`'s (what `make run` starts: gateway, portal, accounting, verifier, two workers, a
 local swarm with the default model's last span replicated) on a private PostgreSQL and a private Redis that
 keeps an append-only file, as production's must. Load and faults run for `duration_s`; then faults stop, every
-process must serve again, accounting must drain the usage stream, and the checkers read the ledger. The system is
-stopped before the last check: no process it ever ran may still be running.
+process must serve again, accounting must drain the usage stream, and the checkers read the ledger. With the
+chain, the payer settles and is stopped before the chain is reconciled (`payer_quiet`). The system is stopped
+before the last check: no process it ever ran may still be running.
 """
 
 import asyncio
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import redis.asyncio as aioredis
 from devstack.harness.soak import checks
 from devstack.harness.soak.buyers import Buyers, Request
 from devstack.harness.soak.faults import FaultLog, record_pids, run_schedule, watchdog
+from devstack.harness.soak.payer_quiet import chain_checks, system_chain_steps
 from devstack.harness.soak.schedule import ALL_KINDS, CHAIN_KINDS, Fault, make_schedule
 from devstack.harness.system import SystemUnderTest, start_system, stop_system, wait_until_accounted
 from protocol import keys
@@ -116,9 +119,12 @@ async def _drive(sut: SystemUnderTest, report: SoakReport, clients: int) -> None
         checks.Check("no usage record dead-lettered", dead == 0, f"{dead} dead letters"),
         checks.faults_restored(report.log.injected, report.log.unexpected_exits),
     ]
-    if report.chain:
-        report.results.append(await checks.payouts_settled(sut.postgres_url, PAYOUT_TIMEOUT_S))
-        report.results.append(await asyncio.to_thread(checks.books_reconcile, *_reconcile_settings(sut)))
+    if report.chain:  # the payer settles, then stops, before the books are held to the chain (payer_quiet.py)
+        from devstack.chain_node import SUPPLY_FAR
+
+        reconcile = functools.partial(checks.books_reconcile, *_reconcile_settings(sut))
+        steps = system_chain_steps(sut, PAYOUT_TIMEOUT_S, reconcile, SUPPLY_FAR)
+        report.results.extend(await chain_checks(steps))
 
 
 def _reconcile_settings(sut: SystemUnderTest) -> tuple[dict[str, str], Decimal]:
