@@ -8,9 +8,10 @@ before recomputing, so however many run, each interval steps each multiplier onc
 
 A tick reads the fresh snapshots, the current live prices and each model's queue depth (ZCARD of its arq queue:
 jobs queued or running, the workers' queue-depth metric), moves each multiplier one smoothed step towards the
-formula's target (`protocol.pricing`), writes the changed steps to `far_model_prices` and then the live prices
-to Redis. A model with no fresh snapshot keeps its price: nothing says how its swarm is served. The history is
-written first, so a tick that fails part-way leaves Redis as it was and the next tick recomputes from there.
+formula's target (`protocol.pricing`), writes the changed steps to `far_model_prices` and then, in one
+transaction, the live prices and the latest steps (`keys.price_history`, for /models) to Redis. A model with no
+fresh snapshot keeps its price: nothing says how its swarm is served. The ledger's history is written first, so
+a tick that fails part-way leaves Redis as it was and the next tick recomputes from there.
 """
 
 import asyncio
@@ -24,7 +25,14 @@ import redis.asyncio as aioredis
 
 from protocol import keys
 from protocol.catalog import ModelCatalog
-from protocol.live_prices import LivePrice, catalogue_prices, current_prices, read_live_prices
+from protocol.live_prices import (
+    PRICE_HISTORY_POINTS,
+    LivePrice,
+    PricePoint,
+    catalogue_prices,
+    current_prices,
+    read_live_prices,
+)
 from protocol.pricing import PricingPolicy, block_premium_bps, next_multiplier, scaled_price, target_multiplier
 from protocol.swarm import read_swarm_snapshots
 
@@ -84,7 +92,12 @@ async def reprice(
     if steps:
         await connection.executemany(_INSERT_STEP, [_row(p) for p in steps])
     if written:
-        await redis.hset(keys.LIVE_PRICES, mapping={m: p.model_dump_json() for m, p in written.items()})  # type: ignore[misc]
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.LIVE_PRICES, mapping={m: p.model_dump_json() for m, p in written.items()})
+            for price in steps:
+                pipe.lpush(keys.price_history(price.model_id), PricePoint.of(price).model_dump_json())
+                pipe.ltrim(keys.price_history(price.model_id), 0, PRICE_HISTORY_POINTS - 1)
+            await pipe.execute()
     for price in steps:
         log.info(
             "price set model_id=%s multiplier=%s queue_depth=%d thinnest_block_servers=%d",

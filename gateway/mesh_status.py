@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from gateway.state import state_of
 from gateway.submission import resolve_model
 from protocol import keys
-from protocol.live_prices import all_prices_now, prices_now
+from protocol.live_prices import all_prices_now, prices_now, read_price_histories
 from protocol.swarm import read_swarm_snapshot, read_swarm_snapshots
 from protocol.version import VERSION
 
@@ -60,6 +60,7 @@ async def models(request: Request) -> JSONResponse:
     catalog = state.settings.catalog
     snapshots = await read_swarm_snapshots(state.redis, fresh_only=True)
     prices = await all_prices_now(state.redis, catalog)
+    histories = await read_price_histories(state.redis, catalog.model_ids)
     reputation, banned = await _trust(state.redis)
     listed = []
     for spec in catalog.models:
@@ -83,6 +84,7 @@ async def models(request: Request) -> JSONResponse:
                     }
                     for s in servers
                 ],
+                "price_history": [point.listed() for point in histories[spec.model_id]],
             }
         )
     return JSONResponse({"models": listed})

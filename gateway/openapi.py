@@ -106,6 +106,16 @@ _MODELS_SCHEMA = {
                     **_PRICES,
                     **_DESCRIPTION,
                     "nodes": {"type": "array", "items": {"type": "object"}},
+                    "price_history": {
+                        "type": "array",
+                        "description": "The latest steps of the model's prices, oldest first; each holds from its "
+                        "priced_at until the next (docs/pricing.md). Empty while the pricer is off",
+                        "items": {
+                            "type": "object",
+                            "required": ["priced_at", *_PRICES],
+                            "properties": {"priced_at": {"type": "string", "format": "date-time"}, **_PRICES},
+                        },
+                    },
                 },
             },
         }

@@ -12,8 +12,11 @@ from portal import api_keys, balances, earnings, nonces, registrations, siwe, sw
 from portal.auth import Session, require_session
 from portal.charts import earnings_svg
 from portal.errors import BadInput, NotFound
+from portal.price_chart import price_svg
 from portal.state import PortalState
 from protocol.catalog import ModelCatalog, ModelSpec, is_model_id
+from protocol.live_prices import all_prices_now, prices_now
+from protocol.pricing import PREMIUM_BASE_BPS
 from protocol.swarm import read_swarm_snapshots
 
 
@@ -87,6 +90,7 @@ async def wallet_payouts(state: PortalState, wallet: str) -> dict[str, Any]:
 async def swarm_models(state: PortalState) -> dict[str, Any]:
     snapshots = await read_swarm_snapshots(state.swarm, fresh_only=False)
     catalog = state.settings.catalog
+    prices = await all_prices_now(state.swarm, catalog)
     models = []
     for model_id in sorted(set(catalog.model_ids) | set(snapshots)):
         snapshot = snapshots.get(model_id)
@@ -97,6 +101,7 @@ async def swarm_models(state: PortalState) -> dict[str, Any]:
                 "model_id": model_id,
                 "on_sale": spec is not None,
                 **_what_it_is(spec),
+                "prices": prices[model_id].quote() if model_id in prices else None,
                 "snapshot": summary is not None,
                 "fresh": bool(summary and summary["fresh"]),
                 "healthy": bool(summary and summary["healthy"]),
@@ -118,7 +123,44 @@ async def swarm_model(state: PortalState, model_id: str) -> dict[str, Any]:
     snapshot = snapshots.get(_model_id(model_id))
     if snapshot is None:
         raise NotFound(f"no worker has published a snapshot of {model_id}'s swarm", field="model_id")
-    return swarm_map.swarm_map(snapshot) | _what_it_is(state.settings.catalog.get(model_id))
+    spec = state.settings.catalog.get(model_id)
+    prices = (await prices_now(state.swarm, state.settings.catalog, spec)).quote() if spec else None
+    return (
+        swarm_map.swarm_map(snapshot)
+        | _what_it_is(spec)
+        | {"prices": prices, "price_history": await _price_history(state, model_id)}
+    )
+
+
+PRICE_HISTORY_ROWS = 200
+"""Steps of a model's price the swarm page charts: the latest, from the ledger's full history."""
+_PRICE_HISTORY = """
+SELECT priced_at, multiplier, prompt_price_per_token_far, completion_price_per_token_far FROM far_model_prices
+WHERE model_id = $1 ORDER BY priced_at DESC LIMIT $2
+"""
+
+
+async def _price_history(state: PortalState, model_id: str) -> list[dict[str, str]]:
+    """The latest steps of `model_id`'s price, oldest first (docs/pricing.md); money as decimal strings."""
+    rows = await state.db.fetch(_PRICE_HISTORY, model_id, PRICE_HISTORY_ROWS)
+    return [
+        {
+            "priced_at": row["priced_at"].isoformat(),
+            **{
+                name: format(row[column].normalize(), "f")  # as quoted: "0.0004578", not NUMERIC's 18 places
+                for name, column in (
+                    ("price_multiplier", "multiplier"),
+                    ("prompt_price_per_token_far", "prompt_price_per_token_far"),
+                    ("completion_price_per_token_far", "completion_price_per_token_far"),
+                )
+            },
+        }
+        for row in reversed(rows)
+    ]
+
+
+def price_chart(document: dict[str, Any]) -> str:
+    return price_svg(document["price_history"], datetime.now(UTC))
 
 
 def _what_it_is(spec: ModelSpec | None) -> dict[str, Any]:
@@ -140,7 +182,21 @@ async def onboarding(state: PortalState, model_id: str | None, session: Session 
         image=state.settings.portal_node_image,
     )
     document["models"] = sorted(set(state.settings.catalog.model_ids) | set(snapshots))
+    document["suggested_premium"] = await _premium_of(state, chosen, document.get("suggested_blocks"))
     return document
+
+
+async def _premium_of(state: PortalState, model_id: str, blocks: dict[str, Any] | None) -> str | None:
+    """The weight the pricer gives the work of the suggested blocks in their providers' shares (the thinnest of
+    them), e.g. "1.5"; None when the pricer gives none (off, or not priced yet)."""
+    spec = state.settings.catalog.get(model_id)
+    if spec is None or blocks is None:
+        return None
+    premiums = (await prices_now(state.swarm, state.settings.catalog, spec)).block_premium_bps  # as jobs get them
+    if not premiums:
+        return None
+    span = premiums[blocks["start_block"] : blocks["end_block"]]
+    return format((Decimal(max(span, default=PREMIUM_BASE_BPS)) / PREMIUM_BASE_BPS).normalize(), "f")
 
 
 async def sign_in_message(state: PortalState, wallet: str) -> dict[str, Any]:

@@ -108,7 +108,8 @@ async def swarm_json(request: Request) -> Response:
 
 
 async def swarm_model_page(request: Request) -> Response:
-    return _page(request, "swarm.html", await documents.swarm_model(_state(request), request.path_params["model_id"]))
+    document = await documents.swarm_model(_state(request), request.path_params["model_id"])
+    return _page(request, "swarm.html", document | {"price_chart_svg": documents.price_chart(document)})
 
 
 async def swarm_model_json(request: Request) -> Response:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 LIVE_PRICE_MAX_AGE_S = 300.0
 """A live price older than this was set by a pricer that stopped; readers quote the catalogue price instead."""
+PRICE_HISTORY_POINTS = 96
+"""Steps of each model's price kept in Redis for /models (the ledger's `far_model_prices` keeps them all)."""
 
 
 class LivePrice(BaseModel):
@@ -48,6 +50,36 @@ class LivePrice(BaseModel):
         return now - self.priced_at <= timedelta(seconds=max_age_s)
 
 
+class PricePoint(BaseModel):
+    """One step of a model's price: from `priced_at` on, until the next step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    priced_at: AwareDatetime
+    multiplier: Decimal = Field(gt=0, decimal_places=4, allow_inf_nan=False)
+    prompt_price_per_token_far: FarAmount
+    completion_price_per_token_far: FarAmount
+
+    @classmethod
+    def of(cls, price: LivePrice) -> "PricePoint":
+        return cls(
+            priced_at=price.priced_at,
+            multiplier=price.multiplier,
+            prompt_price_per_token_far=price.prompt_price_per_token_far,
+            completion_price_per_token_far=price.completion_price_per_token_far,
+        )
+
+    def listed(self) -> dict[str, str]:
+        """As /models lists it: strings, as every amount on the wire, with the prices under the names they are
+        quoted by."""
+        prices = Prices(
+            prompt_price_per_token_far=self.prompt_price_per_token_far,
+            completion_price_per_token_far=self.completion_price_per_token_far,
+            multiplier=self.multiplier,
+        )
+        return {"priced_at": self.priced_at.isoformat(), **prices.quote()}
+
+
 class Prices(BaseModel):
     """What a token of a model costs right now: the prices the gateway fixes on a job it admits."""
 
@@ -66,7 +98,7 @@ class Prices(BaseModel):
             "price_per_token_far": completion,
             "prompt_price_per_token_far": format(self.prompt_price_per_token_far, "f"),
             "completion_price_per_token_far": completion,
-            "price_multiplier": format(self.multiplier, "f"),
+            "price_multiplier": format(self.multiplier.normalize(), "f"),  # "1.5", not the pricer's "1.5000"
         }
 
 
@@ -131,3 +163,21 @@ async def all_prices_now(redis: Any, catalog: ModelCatalog) -> dict[str, Prices]
     """What each catalogue model costs right now: one HGETALL."""
     live, now = await read_live_prices(redis), datetime.now(UTC)
     return {spec.model_id: current_prices(catalog, spec, live.get(spec.model_id), now) for spec in catalog.models}
+
+
+async def read_price_histories(redis: Any, model_ids: list[str]) -> dict[str, list[PricePoint]]:
+    """Each model's latest price steps, oldest first (one pipeline); malformed points are skipped."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for model_id in model_ids:
+            pipe.lrange(keys.price_history(model_id), 0, PRICE_HISTORY_POINTS - 1)
+        stored: list[list[bytes | str]] = await pipe.execute()
+    histories: dict[str, list[PricePoint]] = {}
+    for model_id, raws in zip(model_ids, stored, strict=True):
+        points = []
+        for raw in reversed(raws):
+            try:
+                points.append(PricePoint.model_validate_json(raw))
+            except ValidationError:
+                log.warning("ignoring a malformed price point model_id=%s", model_id)
+        histories[model_id] = points
+    return histories

@@ -113,8 +113,10 @@ def next_multiplier(current: Decimal, target: Decimal, policy: PricingPolicy) ->
 
 def scaled_price(catalogue_price: Decimal, multiplier: Decimal) -> Decimal:
     """A catalogue price times the multiplier, rounded down to 18 decimals (the buyer never pays a fraction of a
-    base unit more than the formula says) and never above what the ledger can hold."""
-    return min(MAX_FAR, _EXACT.multiply(catalogue_price, multiplier).quantize(FAR_QUANTUM, ROUND_DOWN, _EXACT))
+    base unit more than the formula says) and never above what the ledger can hold; without trailing zeros, so it
+    is quoted as the catalogue's prices are ("0.00045", not "0.000450000000000000")."""
+    exact = _EXACT.multiply(catalogue_price, multiplier).quantize(FAR_QUANTUM, ROUND_DOWN, _EXACT)
+    return min(MAX_FAR, exact).normalize(_EXACT)
 
 
 def block_premium_bps(coverage: Sequence[int], policy: PricingPolicy) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from accounting.pricer import reprice, take_turn
 from protocol import keys
 from protocol.catalog import ModelCatalog, ModelSpec
-from protocol.live_prices import read_live_price
+from protocol.live_prices import read_live_price, read_price_histories
 from protocol.pricing import PricingPolicy
 from protocol.swarm import ServerSnapshot, SwarmSnapshot
 from tests.fixtures.ledger import unique_id
@@ -96,6 +96,9 @@ async def test_prices_rise_with_a_backlog_and_a_thin_block_and_fall_back_when_bo
         assert multipliers == [Decimal(1), *rising[:5], *_steps(thin), *_steps([thin[-1], *falling])[1:]]
         assert max(r["queue_depth"] for r in history) == 32 and min(r["thinnest_block_servers"] for r in history) == 1
         assert all(r["completion_price_per_token_far"] == COMPLETION * r["multiplier"] for r in history)
+        # and /models' recent window in Redis holds the same steps
+        (recent,) = (await read_price_histories(redis, [model])).values()
+        assert [p.multiplier for p in recent] == multipliers
     finally:
         await connection.close()
 

@@ -66,6 +66,7 @@ async def test_without_a_fresh_snapshot_status_says_disconnected_and_invents_no_
                 "price_multiplier": "1",
                 "status": "unavailable",
                 "nodes": [],
+                "price_history": [],
             },
             {
                 "model_id": OTHER_MODEL_ID,
@@ -77,6 +78,7 @@ async def test_without_a_fresh_snapshot_status_says_disconnected_and_invents_no_
                 "price_multiplier": "1",
                 "status": "unavailable",
                 "nodes": [],
+                "price_history": [],
             },
         ]
     }

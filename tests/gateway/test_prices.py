@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from devstack.harness.gateway import FEE_BPS, OTHER_PRICE, OTHER_PROMPT_PRICE
 from protocol import keys
-from protocol.live_prices import LIVE_PRICE_MAX_AGE_S, LivePrice
+from protocol.live_prices import LIVE_PRICE_MAX_AGE_S, LivePrice, PricePoint
 from tests.fixtures.gateway import (
     MODEL_ID,
     OTHER_MODEL_ID,
@@ -151,6 +151,25 @@ async def test_a_session_pays_the_live_price_quoted_at_admission_even_after_the_
     assert Decimal(done["total_cost_far"]) == 3 * Decimal("0.00005") + tokens * Decimal("0.00075")
     costs = [Decimal(data["cost_far"]) for _, data in events[:-1]]
     assert costs == [3 * Decimal("0.00005") + n * Decimal("0.00075") for n in range(1, tokens + 1)]
+
+
+async def test_models_lists_the_recent_steps_of_each_models_price_oldest_first(
+    gateway_url: str, redis: aioredis.Redis
+) -> None:
+    now = datetime.now(UTC)
+    for minutes_ago, factor in ((2, "1.5"), (1, "2")):
+        point = PricePoint.of(
+            LivePrice.model_validate_json(live_price(factor, priced_at=now - timedelta(minutes=minutes_ago)))
+        )
+        await redis.lpush(keys.price_history(OTHER_MODEL_ID), point.model_dump_json())  # type: ignore[misc]
+    listed = {m["model_id"]: m for m in httpx.get(f"{gateway_url}/models").json()["models"]}
+    assert listed[MODEL_ID]["price_history"] == []
+    history = listed[OTHER_MODEL_ID]["price_history"]
+    assert [(p["price_multiplier"], p["completion_price_per_token_far"]) for p in history] == [
+        ("1.5", "0.00045"),
+        ("2", "0.0006"),
+    ]
+    assert history[0]["priced_at"] == (now - timedelta(minutes=2)).isoformat()
 
 
 async def test_a_stale_live_price_is_not_quoted(gateway_url: str, redis: aioredis.Redis) -> None:
