@@ -140,10 +140,6 @@ class ModelCatalog(BaseModel):
             "license": spec.license,
         }
 
-    def listing(self, spec: ModelSpec) -> dict[str, str | int | None]:
-        """Everything a model list says of `spec` beside its id and availability: what it is and its prices."""
-        return {**self.describe(spec), **self.quote(spec)}
-
     @property
     def model_ids(self) -> list[str]:
         return [m.model_id for m in self.models]

@@ -2,13 +2,14 @@
 left to one server, fall back to the catalogue's once both pass, and each step is kept in `far_model_prices`;
 replicas take turns, so one interval steps a multiplier once."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from accounting.pricer import reprice, take_turn
+from accounting.pricer import keep_prices_moving, reprice, take_turn
 from protocol import keys
 from protocol.catalog import ModelCatalog, ModelSpec
 from protocol.live_prices import read_live_price, read_price_histories
@@ -119,6 +120,35 @@ async def test_a_model_without_a_fresh_snapshot_keeps_its_price(
         assert await read_live_price(redis, model) is None
     finally:
         await connection.close()
+
+
+async def test_the_pricer_loop_prices_every_interval_and_survives_an_unreachable_ledger(
+    redis: aioredis.Redis, migrated_postgres_dsn: str
+) -> None:
+    model = unique_id("looped/model")
+    await publish(redis, swarm(model, (0, 4)))  # one server on every block: target 1 + (0.5 + 0.5) / 2 = 1.5
+    attempts = 0
+
+    async def connect() -> asyncpg.Connection:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise OSError("the ledger is not up yet")
+        return await asyncpg.connect(migrated_postgres_dsn)
+
+    loop = asyncio.create_task(
+        keep_prices_moving(redis, connect, catalog_of(model), POLICY, interval_s=0.05, owner="replica-a")
+    )
+    try:
+        for _ in range(200):
+            live = await read_live_price(redis, model)
+            if live is not None and live.multiplier == Decimal("1.5"):
+                break
+            await asyncio.sleep(0.02)
+        assert live is not None and live.multiplier == Decimal("1.5") and attempts == 2
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
 
 
 async def test_one_replica_reprices_per_interval(redis: aioredis.Redis) -> None:
