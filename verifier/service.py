@@ -269,20 +269,36 @@ class Verifier:
         names = [keys.VERIFICATION_STREAM, keys.VERIFICATION_STREAM_BYTES]
         await finish(keys=names, args=[keys.VERIFICATION_CONSUMER_GROUP, entry_id, size])
 
+    async def _join(self, stop: asyncio.Event) -> list[Any] | None:
+        """Join the consumer group (creating it) and claim what a dead verifier left pending; None once `stop` is set
+        first. A Redis restarting while the verifier starts is waited out, as in the loop: a verifier (re)started
+        during an outage once exited instead (the chaos soak, issue #29)."""
+        consumer = self.settings.far_mesh_verifier_consumer_name
+        outage = Backoff(_OUTAGE_FIRST_DELAY_S, _OUTAGE_MAX_DELAY_S)
+        while not stop.is_set():
+            try:
+                try:
+                    await self.redis.xgroup_create(
+                        keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, id="0", mkstream=True
+                    )
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+                claimed: Any = await self.redis.xautoclaim(
+                    keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, consumer, _CLAIM_IDLE_MS, count=1000
+                )
+                return list(claimed[1])
+            except _OUTAGES as exc:
+                log.warning("Redis unavailable at start; retrying in %.1f s error=%r", outage.delay_s, exc)
+                await outage.sleep()
+        return None
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the entry in hand is finished first."""
         consumer = self.settings.far_mesh_verifier_consumer_name
-        try:
-            await self.redis.xgroup_create(
-                keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        claimed: Any = await self.redis.xautoclaim(
-            keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, consumer, _CLAIM_IDLE_MS, count=1000
-        )
-        backlog = list(claimed[1])
+        backlog = await self._join(stop)
+        if backlog is None:
+            return
         next_pending_slash = 0.0
         log.info("verifier started consumer=%s models=%d", consumer, len(self.settings.catalog.models))
         outage = Backoff(_OUTAGE_FIRST_DELAY_S, _OUTAGE_MAX_DELAY_S)
@@ -335,7 +351,9 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event | None = None) -
     torch.set_num_threads(settings.far_mesh_verifier_threads)
     stop = stop or asyncio.Event()
     redis = aioredis.Redis.from_url(str(settings.redis_url))
-    pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=2)
+    # min_size 0: the pool connects on first use, inside the loop that waits out an outage; one connecting here
+    # raised when PostgreSQL restarted while the verifier started, and it exited (the chaos soak, issue #29)
+    pool = await asyncpg.create_pool(settings.postgres_url, min_size=0, max_size=2)
     verifier = Verifier(settings, redis, pool)
     server = (
         serve_health_and_metrics(

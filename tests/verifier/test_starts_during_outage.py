@@ -1,0 +1,58 @@
+"""A verifier (re)started while Redis or PostgreSQL restarts waits for them instead of exiting (found by the chaos
+soak, issue #29: a verifier restarted after its own fault was still starting when PostgreSQL restarted, and exited
+with status 1 from connecting its pool)."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import torch
+from redis.exceptions import ResponseError
+
+from devstack.ports import free_port
+from devstack.redis_server import RedisServer
+from protocol import keys
+from protocol.catalog import ModelSpec
+from tests.fixtures.ledger import wait_until
+from verifier.service import serve
+from verifier.settings import VerifierSettings
+
+NO_POSTGRES = "postgresql://postgres@127.0.0.1:1/nothing"
+
+
+async def test_a_verifier_started_while_redis_and_postgresql_are_down_waits_and_joins_its_group_once_redis_answers(
+    tmp_path: Path, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    server = RedisServer(tmp_path / "redis", port=free_port())
+    settings = VerifierSettings.from_env(
+        redis_url=server.url,
+        postgres_url=NO_POSTGRES,
+        far_mesh_models=json.dumps([tiny_models[0].model_dump(mode="json")]),
+        default_model_id=tiny_models[0].model_id,
+        far_mesh_verifier_metrics_port=0,
+        far_mesh_verifier_threads=torch.get_num_threads(),  # serve() sets it for the whole process
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    redis = aioredis.Redis.from_url(server.url)
+    try:
+        await asyncio.sleep(1.0)  # several tries against nothing listening
+        assert not task.done(), "the verifier exited while Redis and PostgreSQL were down"
+        await asyncio.to_thread(server.start)
+        await wait_until(lambda: _group_exists(redis), what="the verifier joined its group once Redis answered")
+        await asyncio.sleep(0.5)  # PostgreSQL is still down: the loop waits it out
+        assert not task.done(), "the verifier exited while PostgreSQL was down"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await redis.aclose()
+        server.stop()
+
+
+async def _group_exists(redis: aioredis.Redis) -> bool:
+    try:
+        groups = await redis.xinfo_groups(keys.VERIFICATION_STREAM)
+    except ResponseError:  # no stream yet
+        return False
+    return any(g["name"] == keys.VERIFICATION_CONSUMER_GROUP.encode() for g in groups)
