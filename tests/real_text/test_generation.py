@@ -22,6 +22,7 @@ from protocol.jobs import ChatTurn
 from tests.fixtures.workers import (
     RunningFleet,
     enqueue,
+    local_model,
     make_job,
     reference_continuation,
     settings_for,
@@ -68,13 +69,11 @@ async def test_greedy_tokens_through_the_swarm_are_the_local_models_and_say_pari
 async def test_a_chat_is_prefilled_with_the_ggufs_own_template_and_answered(
     smollm2_fleet: RunningFleet, smollm2: ModelSpec, redis_url: str, redis: aioredis.Redis
 ) -> None:
-    from transformers import AutoTokenizer
-
     turns = [ChatTurn(role="user", content="What is the capital of France?")]
     tokens, done = await run(redis_url, redis, smollm2, messages=turns, max_tokens=16, temperature=0.0)
 
     template = read_gguf(gguf_path(SMOLLM2)).metadata["tokenizer.chat_template"]
-    tokenizer = AutoTokenizer.from_pretrained(smollm2.weights_source)
+    tokenizer, _ = local_model(smollm2)
     prompt = tokenizer.apply_chat_template(
         [t.model_dump() for t in turns], chat_template=template, add_generation_prompt=True, tokenize=True
     )
@@ -107,12 +106,9 @@ async def test_the_same_seed_samples_the_same_reply_and_another_seed_another(
 async def test_logprobs_are_the_models_own_and_sum_to_at_most_one(
     smollm2_fleet: RunningFleet, smollm2: ModelSpec, redis_url: str, redis: aioredis.Redis
 ) -> None:
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     tokens, _ = await run(redis_url, redis, smollm2, max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=5)
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2.weights_source)
-    model = LlamaForCausalLM.from_pretrained(smollm2.weights_source, torch_dtype=torch.float32)
+    tokenizer, model = local_model(smollm2)
     ids = tokenizer(PROMPT)["input_ids"] + [t.token_id for t in tokens]
     with torch.no_grad():
         local = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from protocol.catalog import ModelSpec
+from tests.fixtures.workers import local_model
 from tests.verifier.honest import recorded, run_incrementally, sixteen_bit_span
 from verifier.recompute import BlockRunner, verify_span
 
@@ -20,33 +21,30 @@ PREFILL = 7
 
 
 @pytest.fixture(scope="module")
-def local_model(smollm2: ModelSpec) -> Iterator[Any]:
-    from transformers import AutoModelForCausalLM
-
+def model(smollm2: ModelSpec) -> Iterator[Any]:
+    """The float32 model, shared with the generation tests' reference (`tests.fixtures.workers.local_model`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield AutoModelForCausalLM.from_pretrained(smollm2.weights_source, torch_dtype=torch.float32).eval()
+    yield local_model(smollm2)[1]
     torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def halves(local_model: Any, smollm2: ModelSpec) -> dict[tuple[int, int], list[torch.Tensor]]:
+def halves(model: Any, smollm2: ModelSpec) -> dict[tuple[int, int], list[torch.Tensor]]:
     """Each half's inputs: the text's embeddings for blocks 0:15, and what 0:15 makes of them for 15:30."""
-    from transformers import AutoTokenizer
-
-    ids = torch.tensor(AutoTokenizer.from_pretrained(smollm2.weights_source)(TEXT)["input_ids"])
+    ids = torch.tensor(local_model(smollm2)[0](TEXT)["input_ids"])
     with torch.no_grad():
-        embedded = local_model.model.embed_tokens(ids)
+        embedded = model.model.embed_tokens(ids)
     chunks = [embedded[:PREFILL], *(embedded[i : i + 1] for i in range(PREFILL, len(ids)))]
-    return {(0, 15): chunks, (15, 30): run_incrementally(local_model.model.layers[0:15], chunks)}
+    return {(0, 15): chunks, (15, 30): run_incrementally(model.model.layers[0:15], chunks)}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_honest_halves_of_the_real_model_pass_well_within_tolerance(
-    local_model: Any, halves: dict[tuple[int, int], list[torch.Tensor]], dtype: str
+    model: Any, halves: dict[tuple[int, int], list[torch.Tensor]], dtype: str
 ) -> None:
-    runner = BlockRunner(local_model)
-    server = local_model if dtype == "float32" else copy.deepcopy(local_model).to(torch.bfloat16)
+    runner = BlockRunner(model)
+    server = model if dtype == "float32" else copy.deepcopy(model).to(torch.bfloat16)
     for (start, end), chunks in halves.items():
         # A server casts its inputs to its dtype, runs its blocks in it and replies in it (a no-op in float32).
         verdict = verify_span(runner, sixteen_bit_span(server, start, end, chunks))
@@ -54,8 +52,8 @@ def test_honest_halves_of_the_real_model_pass_well_within_tolerance(
 
 
 def test_a_server_that_skips_its_half_of_the_real_model_is_caught(
-    local_model: Any, halves: dict[tuple[int, int], list[torch.Tensor]]
+    model: Any, halves: dict[tuple[int, int], list[torch.Tensor]]
 ) -> None:
     chunks = halves[(15, 30)]
-    verdict = verify_span(BlockRunner(local_model), recorded("lazy", 15, 30, chunks, chunks, announced="bfloat16"))
+    verdict = verify_span(BlockRunner(model), recorded("lazy", 15, 30, chunks, chunks, announced="bfloat16"))
     assert not verdict.ok and verdict.first_bad_step == 0
