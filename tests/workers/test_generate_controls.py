@@ -7,8 +7,9 @@ import jsonschema
 import pytest
 import redis.asyncio as aioredis
 
+from protocol import keys
 from protocol.catalog import ModelSpec
-from protocol.events import DoneEvent, TokenEvent
+from protocol.events import DoneEvent, TokenEvent, encode_event
 from protocol.money import cost_of
 from protocol.structured import JsonSchemaFormat
 from protocol.tools import ToolUse, parse_calls
@@ -136,3 +137,34 @@ async def test_a_random_weights_model_offered_tools_with_tool_choice_required_ca
     ((name, arguments),) = parse_calls("".join(e.token for e in events if isinstance(e, TokenEvent))) or []
     assert name == "forecast"
     jsonschema.validate(json.loads(arguments), parameters)
+
+
+async def test_n_choices_are_written_one_after_another_and_a_run_that_finds_some_on_the_stream_continues_them(
+    two_server_fleet: RunningFleet, redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    fields = {"n": 3, "seed": 5, "temperature": 1.0, "max_tokens": 6}
+    whole = make_job(tiny_models[0], **fields)
+    await enqueue(redis_url, whole)
+    events = await wait_for_end(redis, whole.request_id)
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.choices is not None
+    assert [c.tokens_generated for c in done.choices] == [sum(t.choice == i for t in tokens) for i in range(3)]
+    assert [t.choice for t in tokens] == sorted(t.choice or 0 for t in tokens)  # one after another
+    assert len({tuple(t.token_id for t in tokens if t.choice == i) for i in range(3)}) > 1
+    (usage,) = await usage_records(redis, whole.request_id)
+    assert usage.tokens_generated == done.tokens_generated == len(tokens)
+    assert usage.total_cost_far == cost_of(len(tokens), PRICE_FAR)
+
+    # A run died after choice 0 and the first token of choice 1: its successor continues choice 1, then writes 2.
+    resumed = make_job(tiny_models[0], **fields)
+    cut = next(i for i, t in enumerate(tokens) if t.choice == 1) + 1
+    for token in tokens[:cut]:
+        copy = token.model_copy(update={"request_id": resumed.request_id})
+        await redis.xadd(keys.token_stream(resumed.request_id), encode_event(copy))  # type: ignore[arg-type]
+    await enqueue(redis_url, resumed)
+    again = await wait_for_end(redis, resumed.request_id)
+    assert [(t.choice, t.index, t.token_id) for t in again if isinstance(t, TokenEvent)] == [
+        (t.choice, t.index, t.token_id) for t in tokens
+    ]
+    assert isinstance(again[-1], DoneEvent) and again[-1].choices == done.choices
