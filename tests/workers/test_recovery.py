@@ -22,12 +22,13 @@ from tests.fixtures.workers import (
     RunningFleet,
     WorkerProcess,
     enqueue,
-    job_mid_stream_on_two_workers,
+    lease_holder,
     make_job,
     reference_continuation,
     usage_records,
     wait_for_end,
     wait_for_tokens,
+    worker_environment,
 )
 
 pytestmark = pytest.mark.swarm
@@ -85,62 +86,58 @@ async def test_a_server_killed_mid_stream_fails_over_to_its_replica_without_repe
     assert {victim.peer_id, survivor.peer_id} <= {c.node_id for c in usage.contributions}
 
 
-async def test_a_worker_killed_mid_stream_is_replaced_within_seconds_and_the_request_is_billed_once(
+async def test_workers_killed_mid_stream_are_replaced_within_seconds_and_every_run_that_served_a_billed_token_is_paid(
     two_server_swarm: LocalSwarm,
     worker_process_factory: Callable[[dict[str, str]], WorkerProcess],
     tiny_models: tuple[ModelSpec, ...],
     redis: aioredis.Redis,
     redis_url: str,
 ) -> None:
+    """Two requests mid-stream when their workers die (one worker or two; a third is left to take over): one
+    generates on in its successor, the other is cancelled before the takeover, so its successor ends it at once
+    with no step of its own (the chaos soak's finding, #29). Each is billed by one usage record, which credits
+    every step that made a billed token once: the dead run's, read from beside the stream, and the successor's."""
     model = tiny_models[0]
-    job, _, victim = await job_mid_stream_on_two_workers(
-        two_server_swarm, worker_process_factory, model, redis, redis_url, prompt=PROMPT, max_tokens=MAX_TOKENS
-    )
-    victim.kill()
-    killed_at, delivered = time.monotonic(), await redis.xlen(keys.token_stream(job.request_id))
-    await wait_for_tokens(redis, job.request_id, delivered + 1, timeout_s=30)
+    env = worker_environment(redis_url, two_server_swarm.initial_peers, [model])
+    workers = [worker_process_factory(env) for _ in range(3)]
+    for worker in workers:
+        worker.wait_until_started()
+    generating, cancelled = (make_job(model, prompt=PROMPT, max_tokens=MAX_TOKENS) for _ in range(2))
+    for job in (generating, cancelled):
+        await enqueue(redis_url, job)
+    for job in (generating, cancelled):
+        await wait_for_tokens(redis, job.request_id, 3)
+    holders = [await lease_holder(redis, job.request_id, workers) for job in (generating, cancelled)]
+    for victim in {id(holder): holder for holder in holders}.values():
+        victim.kill()
+    await redis.set(keys.cancel_flag(cancelled.request_id), "cancelled by client")  # well before its 2 s lease lapses
+    killed_at = time.monotonic()
+    delivered = {job.request_id: await redis.xlen(keys.token_stream(job.request_id)) for job in (generating, cancelled)}
+    await wait_for_tokens(redis, generating.request_id, delivered[generating.request_id] + 1, timeout_s=30)
     assert time.monotonic() - killed_at < 10
 
-    events = await wait_for_end(redis, job.request_id)
+    events = await wait_for_end(redis, generating.request_id)
     assert_complete_once(events, reference_continuation(model, PROMPT, MAX_TOKENS))
-    (usage,) = await usage_records(redis, job.request_id)
-    assert await redis.xlen(keys.USAGE_STREAM) == 1
+    (usage,) = await usage_records(redis, generating.request_id)
     # Each run's steps once: the dead run fed the prompt and its tokens but the last; the successor re-prefilled
     # the prompt and those tokens (real work, paid as a failover's re-prefill is) and fed on from there.
     assert isinstance(events[-1], DoneEvent) and usage.failovers == 0
-    dead_fed = usage.prompt_tokens + delivered - 1
+    dead_fed = usage.prompt_tokens + delivered[generating.request_id] - 1
     successor_fed = usage.prompt_tokens + usage.tokens_generated - (events[-1].finish_reason == "length")
     fed = dead_fed + successor_fed
     assert sorted((c.blocks_served, c.work_units) for c in usage.contributions) == [(2, 2 * fed)] * 2
 
-
-async def test_a_worker_killed_mid_stream_and_cancelled_before_the_takeover_credits_the_dead_runs_nodes(
-    two_server_swarm: LocalSwarm,
-    worker_process_factory: Callable[[dict[str, str]], WorkerProcess],
-    tiny_models: tuple[ModelSpec, ...],
-    redis: aioredis.Redis,
-    redis_url: str,
-) -> None:
-    """The successor finds the cancel flag and ends the request at once, billing the tokens on the stream with no
-    step of its own: the nodes that served them are paid from the steps the dead run wrote beside the stream."""
-    model = tiny_models[0]
-    job, _, victim = await job_mid_stream_on_two_workers(
-        two_server_swarm, worker_process_factory, model, redis, redis_url, prompt=PROMPT, max_tokens=MAX_TOKENS
-    )
-    victim.kill()
-    await redis.set(keys.cancel_flag(job.request_id), "cancelled by client")  # well before its 2 s lease lapses
-    delivered = await redis.xlen(keys.token_stream(job.request_id))
-
-    events = await wait_for_end(redis, job.request_id)
+    events = await wait_for_end(redis, cancelled.request_id)
     done = events[-1]
     assert isinstance(done, DoneEvent) and done.status == "cancelled"
-    assert done.tokens_generated == delivered == len(events) - 1
-    (usage,) = await usage_records(redis, job.request_id)
-    assert usage.tokens_generated == delivered and usage.total_cost_far > 0
-    fed = usage.prompt_tokens + delivered - 1  # the prefill fed the prompt, each later step the token before
+    assert done.tokens_generated == delivered[cancelled.request_id] == len(events) - 1
+    (usage,) = await usage_records(redis, cancelled.request_id)
+    assert usage.tokens_generated == done.tokens_generated and usage.total_cost_far > 0
+    fed = usage.prompt_tokens + usage.tokens_generated - 1  # the prefill fed the prompt, each later step a token
     by_node = sorted((c.node_id, c.blocks_served, c.tokens_contributed, c.work_units) for c in usage.contributions)
     assert by_node == sorted((s.peer_id, 2, fed, 2 * fed) for s in two_server_swarm.servers)
     paid = sum(c.payment_far for c in usage.contributions)
     assert paid + usage.platform_fee_far + usage.platform_remainder_far == usage.total_cost_far
     assert usage.platform_remainder_far < Decimal("1e-17")  # before the fix: the whole cost, no node credited
-    assert not await redis.exists(keys.served_steps(job.request_id))
+    assert not await redis.exists(keys.served_steps(cancelled.request_id))
+    assert await redis.xlen(keys.USAGE_STREAM) == 2  # one usage record each, nothing more
