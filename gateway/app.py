@@ -23,9 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import inference, mesh_status, openai_api, usage
+from gateway import batch_api, inference, mesh_status, openai_api, usage
 from gateway.api_keys import KeyStore, KeyStoreUnavailable
 from gateway.balances import Balances
+from gateway.batch_runner import BatchRunner
 from gateway.budgets import RESERVATION_MARGIN_S, Budgets
 from gateway.errors import ApiError, error_response
 from gateway.inflight import Inflight
@@ -128,6 +129,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         )
         relay.start()
         renewer = asyncio.create_task(inflight.renew_forever(lease_s / 3))
+        batch_runner = asyncio.create_task(BatchRunner(app.state.gateway).run_forever())
         # Its own listener (a thread of prometheus_client), so the public port never serves /metrics.
         metrics_server = (
             start_http_server(settings.gateway_metrics_port, settings.gateway_host, registry=metrics.registry)[0]
@@ -144,6 +146,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 metrics_server.shutdown()
                 metrics_server.server_close()
             renewer.cancel()
+            batch_runner.cancel()
             await inflight.drain_pending()
             await relay.stop()
             await pool.close()
@@ -166,6 +169,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
         Route("/v1/usage", usage.usage, methods=["GET"]),
+        Route("/v1/files", batch_api.files, methods=["GET", "POST"]),
+        Route("/v1/files/{file_id}", batch_api.file, methods=["GET", "DELETE"]),
+        Route("/v1/files/{file_id}/content", batch_api.file_content, methods=["GET"]),
+        Route("/v1/batches", batch_api.batches, methods=["GET", "POST"]),
+        Route("/v1/batches/{batch_id}", batch_api.retrieve_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batch_api.cancel_batch, methods=["POST"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     if not settings.gateway_metrics_port:

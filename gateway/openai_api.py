@@ -39,6 +39,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -59,6 +60,7 @@ from gateway.errors import ApiError, BadGateway, GatewayTimeout, InvalidRequest,
 from gateway.inference import relay_response
 from gateway.openai_errors import ContextLengthExceeded, UnsupportedParameter, error_type, openai_error_response
 from gateway.relay import Entry, Subscription
+from gateway.settings import GatewaySettings
 from gateway.sse import DEADLINE, sse_event, watch_disconnect
 from gateway.state import GatewayState, state_of
 from gateway.submission import Accepted, submit
@@ -438,7 +440,13 @@ class _Shape:
     belongs to (a request with n > 1 has several, one after another on its stream)."""
 
     def __init__(
-        self, *, chat: bool, accepted: Accepted, include_usage: bool = False, tool_use: ToolUse | None = None
+        self,
+        *,
+        chat: bool,
+        request_id: str,
+        model: str,
+        include_usage: bool = False,
+        tool_use: ToolUse | None = None,
     ) -> None:
         self.chat = chat
         self.tools = tool_use is not None and tool_use.active
@@ -447,10 +455,10 @@ class _Shape:
         """Per choice, a streamed reply's token events while it is (or may be) a tool call, sent whole at its end."""
         self._decided: set[int] = set()
         """The choices whose first text said whether they are a call (callable tools, not forced)."""
-        self.request_id = accepted.request_id
-        self.model = accepted.spec.model_id
+        self.request_id = request_id
+        self.model = model
         self.created = int(time.time())
-        self.id = ("chatcmpl-" if chat else "cmpl-") + accepted.request_id
+        self.id = ("chatcmpl-" if chat else "cmpl-") + request_id
         self.include_usage = include_usage
         self.fingerprint = system_fingerprint(self.model)
         self._text_offsets: dict[int, int] = {}
@@ -610,6 +618,10 @@ class _Shape:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
+ResponseShape = _Shape
+"""How an endpoint's responses look, for the Batch API's output lines (`gateway.batch_runner`)."""
+
+
 def _choice_of(event: dict[str, Any]) -> int:
     """The choice a token event belongs to: events of a one-choice request name none."""
     return int(event.get("choice", 0))
@@ -701,33 +713,67 @@ async def _final_entry(sub: Subscription, tokens: list[dict[str, Any]]) -> Entry
             tokens.append(json.loads(entry.data))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An OpenAI body turned into what `submit` takes, checked as far as the gateway checks before admission."""
+
+    body: "ChatCompletionRequest | CompletionRequest"
+    generate: GenerateRequest
+    prompt_field: str
+    turns: list[ChatTurn] | None
+    tool_use: ToolUse | None
+
+    @property
+    def chat(self) -> bool:
+        return self.turns is not None
+
+
+def prepare(body: "ChatCompletionRequest | CompletionRequest", settings: GatewaySettings) -> Prepared:
+    """`body` as a `GenerateRequest` (and a chat's turns and tools); 4xx for what cannot run. Shared by the
+    endpoints and the Batch API, whose lines are these bodies (`gateway.batch_input`)."""
+    cap = settings.gateway_max_tokens
+    if isinstance(body, ChatCompletionRequest):
+        max_tokens = body.max_completion_tokens or body.max_tokens or min(DEFAULT_CHAT_TOKENS, cap)
+        _cap_chat_texts(body.messages, settings.gateway_max_prompt_chars)
+        tool_use = body.tool_use()
+        messages = body.prompt_messages(tool_use)
+        generate = _generate_request(body, chat_prompt(messages), max_tokens, "messages", chat=True)
+        turns = [ChatTurn(role=_TEMPLATE_ROLES[m.role], content=m.text) for m in messages]
+        return Prepared(body, generate, "messages", turns, tool_use)
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    max_tokens = body.max_tokens or min(DEFAULT_COMPLETION_TOKENS, cap)
+    return Prepared(body, _generate_request(body, prompt, max_tokens, "prompt"), "prompt", None, None)
+
+
+def shape_of(prepared: Prepared, request_id: str, model: str) -> "_Shape":
+    """How the response to `prepared` looks (a batch line's output body is `complete`'s)."""
+    return _Shape(
+        chat=prepared.chat,
+        request_id=request_id,
+        model=model,
+        include_usage=prepared.body.include_usage,
+        tool_use=prepared.tool_use,
+    )
+
+
 async def _complete(request: Request, *, chat: bool) -> Response:
     state = state_of(request)
     key = await authenticate(request)
     limit = state.settings.gateway_max_body_bytes
-    cap = state.settings.gateway_max_tokens
-    if chat:
-        chat_body = await read_model(request, ChatCompletionRequest, limit)
-        max_tokens = chat_body.max_completion_tokens or chat_body.max_tokens or min(DEFAULT_CHAT_TOKENS, cap)
-        prompt_field = "messages"
-        _cap_chat_texts(chat_body.messages, state.settings.gateway_max_prompt_chars)
-        tool_use = chat_body.tool_use()
-        messages = chat_body.prompt_messages(tool_use)
-        generate = _generate_request(chat_body, chat_prompt(messages), max_tokens, prompt_field, chat=True)
-        body: _OpenAIBody = chat_body
-    else:
-        completion_body = await read_model(request, CompletionRequest, limit)
-        prompt = completion_body.prompt if isinstance(completion_body.prompt, str) else completion_body.prompt[0]
-        prompt_field = "prompt"
-        max_tokens = completion_body.max_tokens or min(DEFAULT_COMPLETION_TOKENS, cap)
-        generate = _generate_request(completion_body, prompt, max_tokens, prompt_field)
-        body, tool_use = completion_body, None
-    turns = [ChatTurn(role=_TEMPLATE_ROLES[m.role], content=m.text) for m in messages] if chat else None
-    accepted = await submit(state, generate, key, prompt_field=prompt_field, messages=turns, tool_use=tool_use)
-    shape = _Shape(chat=chat, accepted=accepted, include_usage=body.include_usage, tool_use=tool_use)
-    if body.stream:
+    model: type[ChatCompletionRequest | CompletionRequest] = ChatCompletionRequest if chat else CompletionRequest
+    prepared = prepare(await read_model(request, model, limit), state.settings)
+    accepted = await submit(
+        state,
+        prepared.generate,
+        key,
+        prompt_field=prepared.prompt_field,
+        messages=prepared.turns,
+        tool_use=prepared.tool_use,
+    )
+    shape = shape_of(prepared, accepted.request_id, accepted.spec.model_id)
+    if prepared.body.stream:
         return relay_response(state, accepted.slot, render=shape.chunk, trace=accepted.trace)
-    collected = await _collect(state, accepted, request, prompt_field)
+    collected = await _collect(state, accepted, request, prepared.prompt_field)
     if collected is None:
         return Response(status_code=499)  # nobody is listening any more
     events, done = collected

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gateway.batch_openapi import batch_paths
 from gateway.openai_api import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
@@ -474,6 +475,7 @@ def build_openapi(settings: GatewaySettings) -> dict[str, Any]:
             }
         },
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": json_ok("OpenAPI 3.1")}}},
+        **batch_paths(settings, components, _openai_error, bearer),
     }
     return {
         "openapi": "3.1.0",

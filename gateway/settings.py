@@ -91,3 +91,31 @@ class GatewaySettings(CommonSettings):
         description="The platform's fee, in basis points of each session's cost, fixed on the job at admission; "
         "the providers share the rest. 0: providers are paid the whole cost, as before the fee existed",
     )
+    gateway_batch_discount_bps: int = Field(
+        default=5000,
+        ge=0,
+        le=10_000,
+        description="Batch API discount, in basis points off both live prices, fixed on each line's job when its "
+        "batch is admitted (5000: half price, as OpenAI and Together sell batches)",
+    )
+    gateway_batch_max_file_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        le=200 * 1024 * 1024,
+        description="Largest file POST /v1/files accepts (413 above); files live in Redis until deleted or expired",
+    )
+    gateway_batch_max_lines: int = Field(
+        default=10_000, ge=1, le=50_000, description="Most requests one batch input file may hold (400 above)"
+    )
+    gateway_batch_max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Batch lines of one model running at once over the whole fleet; a line is dispatched only while "
+        "that model's queue is empty, so interactive requests never queue behind batch lines",
+    )
+    gateway_batch_file_ttl_s: int = Field(
+        default=30 * 86400,
+        ge=60,
+        description="How long a Batch API file (input, output or error) is kept in Redis after it is written",
+    )

@@ -28,6 +28,7 @@ from gateway.errors import (
 )
 from gateway.inflight import FollowedRequest, Slot
 from gateway.request_trace import RequestTrace
+from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from protocol import keys
 from protocol.catalog import ModelSpec
@@ -69,11 +70,10 @@ def resolve_model(state: GatewayState, model_id: str | None, *, field: str = "mo
     return spec
 
 
-def _apply_caps(state: GatewayState, body: GenerateRequest, prompt_field: str, *, chat: bool) -> GenerateRequest:
+def apply_caps(settings: GatewaySettings, body: GenerateRequest, prompt_field: str, *, chat: bool) -> GenerateRequest:
     """`body` within the configured caps: an omitted max_tokens shrinks to the cap, an explicit one over it is 422.
 
     A chat's prompt is not capped as a whole: each of its texts was, by itself (`gateway.openai_api`)."""
-    settings = state.settings
     if "max_tokens" not in body.model_fields_set and body.max_tokens > settings.gateway_max_tokens:
         body = body.model_copy(update={"max_tokens": settings.gateway_max_tokens})
     problems = []
@@ -151,7 +151,7 @@ async def _submit(
     messages: list[ChatTurn] | None,
     tool_use: ToolUse | None = None,
 ) -> Accepted:
-    body = _apply_caps(state, body, prompt_field, chat=messages is not None)
+    body = apply_caps(state.settings, body, prompt_field, chat=messages is not None)
     if body.user_wallet is not None and body.user_wallet != key.wallet:
         raise Forbidden(
             f"user_wallet {body.user_wallet} is not the wallet of this API key ({key.wallet}); "
@@ -301,7 +301,30 @@ async def _enqueue(
     trace_parent: str | None = None,
     tool_use: ToolUse | None = None,
 ) -> None:
-    job = GenerateJob(
+    job = build_job(state, body, spec, prices, request_id, key, messages, trace_parent, tool_use)
+    queued = await enqueue_generate(state.arq, job)
+    log.info(
+        "request accepted request_id=%s model_id=%s key_id=%s new_job=%s",
+        request_id,
+        spec.model_id,
+        key.key_id,
+        queued,
+    )
+
+
+def build_job(
+    state: GatewayState,
+    body: GenerateRequest,
+    spec: ModelSpec,
+    prices: Prices,
+    request_id: str,
+    key: ApiKey,
+    messages: list[ChatTurn] | None = None,
+    trace_parent: str | None = None,
+    tool_use: ToolUse | None = None,
+) -> GenerateJob:
+    """The job that runs `body` for `key` at `prices`, as the interactive routes and the Batch API enqueue it."""
+    return GenerateJob(
         request_id=request_id,
         model_id=spec.model_id,
         prompt=body.prompt,
@@ -320,14 +343,6 @@ async def _enqueue(
         trace_parent=trace_parent,
         tool_use=tool_use,
         **body.model_dump(include=set(SamplingOptions.model_fields)),
-    )
-    queued = await enqueue_generate(state.arq, job)
-    log.info(
-        "request accepted request_id=%s model_id=%s key_id=%s new_job=%s",
-        request_id,
-        spec.model_id,
-        key.key_id,
-        queued,
     )
 
 

@@ -113,6 +113,21 @@ PRICER_LOCK: Final = "prices:lock"
 """Held for one pricing interval by the accounting replica that recomputes the prices, so replicas never step a
 multiplier twice in one interval."""
 
+BATCH_FILE_PREFIX: Final = "batch:file:"
+"""Hash per uploaded or produced file of the Batch API (`gateway.batch_store`): its metadata and its JSONL text."""
+BATCH_FILES_OF_PREFIX: Final = "batch:files-of:"
+"""Sorted set per API key: its files' ids, scored by creation time, so a buyer lists only its own."""
+BATCH_PREFIX: Final = "batch:"
+"""Hash per batch: its OpenAI-shaped state, the cancel request and its lines' results (`gateway.batch_store`)."""
+BATCH_LINES_PREFIX: Final = "batch:lines:"
+"""List per batch: each line's job, fixed (prices included) when the batch was admitted."""
+BATCHES_OF_PREFIX: Final = "batch:of:"
+"""Sorted set per API key: its batches' ids, scored by creation time."""
+BATCHES_ACTIVE: Final = "batch:active"
+"""Set of the batches the runner still feeds or collects (in_progress, cancelling)."""
+BATCH_RUNNER_LOCK: Final = "batch:runner"
+"""Held (and renewed) by the one gateway replica that runs batches, so a line is dispatched by one runner."""
+
 PORTAL_MESSAGES_PREFIX: Final = "portal:messages:"
 """Fixed-window counters of the messages to sign the portal hands out, so no client can fill its nonce table."""
 
@@ -246,3 +261,28 @@ def balance_hold(request_id: str) -> str:
 def balance_settled(request_id: str) -> str:
     """Set once a request's cost is settled against its wallet's balance: a second ending counts nothing."""
     return BALANCE_SETTLED_PREFIX + request_id
+
+
+def batch_file(file_id: str) -> str:
+    """A Batch API file: `meta` (its OpenAI file object) and `content` (its JSONL)."""
+    return BATCH_FILE_PREFIX + file_id
+
+
+def batch_files_of(api_key_id: str) -> str:
+    """The ids of the files `api_key_id` uploaded or its batches produced."""
+    return BATCH_FILES_OF_PREFIX + api_key_id
+
+
+def batch(batch_id: str) -> str:
+    """A batch's hash: its state, its cancel request, and one result field per finished line."""
+    return BATCH_PREFIX + batch_id
+
+
+def batch_lines(batch_id: str) -> str:
+    """A batch's admitted lines, in input order."""
+    return BATCH_LINES_PREFIX + batch_id
+
+
+def batches_of(api_key_id: str) -> str:
+    """The ids of `api_key_id`'s batches."""
+    return BATCHES_OF_PREFIX + api_key_id

@@ -60,6 +60,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("gateway/openai_api.py", "token"): "OpenAI's logprobs, and the token events' own JSON field, read raw: parsing "
     "each event through TokenEvent would cost the relay's CPU (the field is defined by protocol/events.py's model)",
     ("gateway/openai_api.py", "error"): "OpenAI's error body, and the error event's own JSON field, read raw",
+    ("gateway/batch_api.py", "data"): "an OpenAI list's `data`, in the Batch API's list answers",
+    ("gateway/batch_openapi.py", "data"): "an OpenAI list's `data` in the Batch API's part of the document",
+    ("gateway/batch_input.py", "data"): "an OpenAI list's `data`, in a failed batch's `errors`",
+    ("gateway/batch_runner.py", "error"): "a Batch API output line's `error` and OpenAI's error body, and the error "
+    "event's own JSON field, read raw as gateway/openai_api.py reads it",
     ("gateway/openapi.py", "data"): "the SSE `data:` line in the OpenAPI document, not a Redis field",
     ("gateway/openapi.py", "error"): "the gateway's HTTP error body in the OpenAPI document",
     ("gateway/errors.py", "error"): 'the gateway\'s HTTP error body, {"error": {"code", ...}}',
