@@ -73,7 +73,7 @@ def run_watch(args: argparse.Namespace) -> int:
 def _idle_without_contract() -> int:
     """Credit nothing until SIGTERM, having said why. The Procfile runs the watcher beside everything else, also
     where no chain is configured (a plain `honcho start`): exiting there would make honcho stop every process."""
-    from accounting.commands import idle_until_stopped
+    from chain.commands import idle_until_stopped
 
     log.warning(
         "deposits watch: no deposit contract configured (FAR_MESH_DEPOSIT_CONTRACT_ADDRESS unset): crediting "

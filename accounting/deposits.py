@@ -228,7 +228,7 @@ async def watch_deposits(settings: DepositSettings, stop: asyncio.Event | None =
     checkpoint, or neither. An unreachable node or ledger is retried on the next poll."""
     from prometheus_client import start_http_server
 
-    from accounting.payer import TRANSIENT_LEDGER_ERRORS
+    from schema.transient import TRANSIENT_LEDGER_ERRORS
 
     if stop is None:
         stop = asyncio.Event()

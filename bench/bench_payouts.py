@@ -26,17 +26,17 @@ from pydantic import SecretStr
 from web3 import Web3
 
 from accounting.ledger import write_batch
-from accounting.payable import PayoutHold
-from accounting.payer import ChainPayer
-from accounting.payouts import LOCK_OWED_ROWS
 from chain.deploy import deploy, send, transfer
 from chain.node import LocalChain, dev_account
-from chain.settings import PayoutSettings
 from chain.transfers import Payment, pay_batch_data
 from chain.units import to_base_units
 from devstack.ports import free_port
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.services import with_database
+from payouts.batches import LOCK_OWED_ROWS
+from payouts.payable import PayoutHold
+from payouts.payer import ChainPayer
+from payouts.settings import PayoutSettings
 from protocol.money import cost_of, split_payment
 from protocol.usage import NodeContribution, UsageRecord
 from protocol.wallet import to_checksum_address
@@ -171,7 +171,7 @@ def one_transfer_per_wallet_per_s(w3: Web3, token: str, count: int) -> float:
 
 
 def claim_query(payable_rows: str, payee: str, lock: str) -> str:
-    """accounting.payouts' claim with the payable rows, payee expression and lock given."""
+    """payouts.batches' claim with the payable rows, payee expression and lock given."""
     claimable = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {payee} IS NOT NULL"
     return (
         f"WITH owed AS (SELECT {payee} AS payee FROM {payable_rows} WHERE {claimable} "
@@ -192,7 +192,7 @@ async def claim_ms(dsn: str, args: argparse.Namespace) -> dict[str, float]:
             "INSERT INTO far_mesh_sessions (request_id, model_id, status, finish_reason, prompt_tokens, "
             "tokens_generated, price_per_token_far, total_cost_far, platform_remainder_far, started_at, finished_at, "
             "worker_id) SELECT 'claim-' || g, 'bench/model', 'completed', 'length', 1, 1, 0.1, 0.1, 0, "
-            # finished before the payout hold's reserve is released, so every row is payable (accounting.payable)
+            # finished before the payout hold's reserve is released, so every row is payable (payouts.payable)
             "now() - interval '8 days', now() - interval '8 days', "
             "'bench' FROM generate_series(1, $1) g",
             args.claim_rows,

@@ -63,6 +63,43 @@ def positive_far(text: str) -> Decimal:
     return value
 
 
+def whole_number(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a block, a count of wallets)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_far(text: str) -> Decimal:
+    """An argparse type: an amount of $FAR that may be zero (a threshold, an opening balance)."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal amount such as 1.5") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a non-negative amount")
+    return value
+
+
+def idle_until_stopped() -> None:
+    """Block until SIGTERM or SIGINT. A chain process with no chain configured waits here instead of exiting,
+    because a Procfile runner (honcho) stops every process as soon as one of them ends."""
+    import signal
+
+    async def idle() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+    asyncio.run(idle())
+
+
 def compile_contracts(args: argparse.Namespace) -> int:
     from chain.artifacts import compile_sources, write_artifacts
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "workers.commands",
     "accounting.commands",
     "accounting.deposit_commands",
+    "payouts.commands",
     "chain.commands",
     "schema.commands",
     "portal.commands",

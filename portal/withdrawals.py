@@ -11,7 +11,7 @@ any settles it has not got yet, minus the holds of requests in flight), so admis
 withdrawal never takes what a running request was promised; then `far_request_withdrawal` (schema/0024) checks
 the journal's balance under a per-wallet lock and journals it (`buyer:<wallet>` debited, `withdrawing:<wallet>`
 credited). If the ledger refuses after Redis took the amount, Redis is given it back. The chain payer pays it
-later (`accounting.withdrawals`), exactly once, in a batch of its own.
+later (`payouts.withdrawals`), exactly once, in a batch of its own.
 """
 
 import logging

@@ -5,7 +5,7 @@ that skips the work of a session paying g:
 
 - is not sampled (1 - p): it is paid g, its gain;
 - is sampled (p): the mismatch slashes g and forfeits every unpaid row of its wallet, at least the wallet's
-  reserve, its R most recent unpaid sessions (accounting.payable holds them back from payouts), so it loses
+  reserve, its R most recent unpaid sessions (payouts.payable holds them back from payouts), so it loses
   g + R x g, in sessions paying g on average.
 
 Expected gain (1 - p) x g, expected loss p x (R + 1) x g: cheating loses when p x (R + 1) > 1 - p, that is

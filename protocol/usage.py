@@ -103,7 +103,7 @@ class UsageRecord(BaseModel):
     spot_checked: bool = Field(
         default=False,
         description="The worker recorded this session's spans for the verifier: its contributions are paid only "
-        "once the verifier's verdicts are in the ledger (accounting.payable)",
+        "once the verifier's verdicts are in the ledger (payouts.payable)",
     )
     trace_parent: str | None = Field(
         default=None,

@@ -24,6 +24,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "gateway": {"protocol", "schema", "telemetry"},
     "workers": {"protocol", "mesh", "probes", "telemetry"},
     "accounting": {"protocol", "schema", "chain", "probes", "telemetry"},
+    "payouts": {"protocol", "schema", "chain"},
     "portal": {"protocol", "schema"},
     "verifier": {"protocol", "schema", "probes", "telemetry"},
 }

@@ -185,7 +185,7 @@ async def record_unverified(
 ) -> bool:
     """Record that the sampled session `request_id` ends unverified for `cause`, not its servers' doing; False when
     it already was (a notice or an entry handled twice). Its rows then become payable as an unsampled session's
-    are (`accounting.payable`); node counters, reputation, bans and slashes read verdicts only, so this moves none
+    are (`payouts.payable`); node counters, reputation, bans and slashes read verdicts only, so this moves none
     of them, and a mismatch of the same session still stops its node's row."""
     inserted = await connection.fetchval(
         "INSERT INTO far_unverified_sessions (request_id, model_id, cause, spans) VALUES ($1, $2, $3, $4) "

@@ -14,7 +14,6 @@ from prometheus_client import REGISTRY
 
 from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
 from accounting.ledger import write_batch
-from accounting.payouts import claim_batch, mark_paid
 from accounting.reconcile import reconcile, serve_reconciliation
 from chain.deploy import transfer
 from chain.deposits import make_deposit
@@ -23,6 +22,7 @@ from chain.settings import ReconcileSettings
 from chain.units import to_base_units
 from cli.main import main
 from devstack.harness.registrations import register_nodes
+from payouts.batches import claim_batch, mark_paid
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.deposits import funded_buyer, watcher_for
 from tests.fixtures.ledger import unique_id, usage_record, wait_until

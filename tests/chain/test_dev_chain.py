@@ -13,9 +13,9 @@ from eth_account.messages import encode_defunct
 from web3 import Web3
 
 from chain.node import LocalChain, answers, dev_account
-from chain.settings import PayoutSettings
 from devstack import chain_node
 from devstack.ports import free_port
+from payouts.settings import PayoutSettings
 from tests.fixtures.ledger import unique_id, wallet_for
 
 

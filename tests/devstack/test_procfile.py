@@ -16,12 +16,12 @@ import pytest
 from pydantic import SecretStr
 
 from accounting.commands import _wait_for_postgres
-from accounting.payer import _connect_when_reachable
-from chain.settings import PayoutSettings
 from cli.main import build_parser
 from devstack.procfile import ProcfileError, commands_for, read_procfile
 from devstack.procfile_env import render, swarm_models
 from mesh.dht_node import dht_host_port
+from payouts.payer import _connect_when_reachable
+from payouts.settings import PayoutSettings
 from workers.fleet import _wait_for_dht
 
 REPO_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"

@@ -32,11 +32,11 @@ from chain.units import format_far, to_base_units
 from devstack.harness.gateway import start_gateway, stop_gateway
 from gateway.api_keys import create_key
 from portal.auth import CSRF_HEADER
-from tests.accounting.helpers import payer_env, run_payer
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.deposits import funded_buyer, watcher_for
 from tests.fixtures.portal import SigningWallet
 from tests.fixtures.system import SystemUnderTest, collect, the_ledger_session, wait_until_accounted
+from tests.payouts.helpers import payer_env, run_payer
 from tests.portal.helpers import sign_in
 
 pytestmark = pytest.mark.e2e

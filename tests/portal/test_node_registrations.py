@@ -24,7 +24,7 @@ from tests.fixtures.portal import PORTAL_HOST, SigningWallet, seed_earnings
 BINDING = Binding(domain=PORTAL_HOST, chain_id=31337, max_age=timedelta(minutes=5))
 ALICE, BOB, MALLORY = SigningWallet.named("alice"), SigningWallet.named("bob"), SigningWallet.named("mallory")
 
-# What accounting/payouts.py's claim reads, pointed at the view: the rows payable now, per paid wallet.
+# What payouts/batches.py's claim reads, pointed at the view: the rows payable now, per paid wallet.
 OWED_BY_WALLET = """
 SELECT wallet, sum(payment_far) AS owed FROM far_payable_contributions
 WHERE paid_at IS NULL AND payment_batch_id IS NULL AND wallet IS NOT NULL AND payment_far > 0 AND node_id = ANY($1)
@@ -234,7 +234,7 @@ async def test_the_ledger_itself_refuses_a_transfer_without_the_owners_evidence(
 async def test_a_payout_claim_through_the_view_locks_and_pays_the_registered_wallet(
     pool: asyncpg.Pool, ledger: asyncpg.Connection
 ) -> None:
-    """accounting/payouts.py's claim query, reading far_payable_contributions, works with FOR UPDATE SKIP LOCKED."""
+    """payouts/batches.py's claim query, reading far_payable_contributions, works with FOR UPDATE SKIP LOCKED."""
     node = await known_node(ledger, ALICE.address)
     statement, signature = await signed(pool, ALICE, node)
     await register(pool, BINDING, statement=statement, signature=signature)
@@ -254,7 +254,7 @@ async def test_a_payout_claim_through_the_view_locks_and_pays_the_registered_wal
 async def test_far_registered_wallet_as_the_payouts_payee_expression(
     pool: asyncpg.Pool, ledger: asyncpg.Connection
 ) -> None:
-    """`far_registered_wallet(c.node_id)` answers what accounting/payouts.py's claim answers with a join on
+    """`far_registered_wallet(c.node_id)` answers what payouts/batches.py's claim answers with a join on
     far_node_registrations (the join, 30x faster over many rows, is what the claim runs): the registered wallet."""
     payee = "far_registered_wallet(c.node_id)"
     claimable = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {payee} IS NOT NULL"

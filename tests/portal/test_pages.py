@@ -126,7 +126,7 @@ async def test_payouts_show_unpaid_in_payment_and_paid_batches_with_their_transa
         node,
         batch,
     )
-    await ledger.execute(  # the recipient the claim records, as accounting/payouts.py does
+    await ledger.execute(  # the recipient the claim records, as payouts/batches.py does
         "INSERT INTO far_payout_payments (batch_id, wallet, amount_far, row_count) "
         "SELECT $1, $2, sum(payment_far), count(*) FROM far_session_contributions WHERE payment_batch_id = $1",
         batch,

@@ -10,11 +10,11 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from accounting.ledger import write_batch
-from accounting.payable import PayoutHold
-from accounting.payouts import claim_batch
-from chain.settings import PayoutSettings
 from devstack.harness.registrations import register_nodes
 from devstack.harness.wallets import wallet_for
+from payouts.batches import claim_batch
+from payouts.payable import PayoutHold
+from payouts.settings import PayoutSettings
 from protocol import keys
 from protocol.cheating_odds import break_even_reserve, expected_gain, expected_loss
 from protocol.money import far_sum

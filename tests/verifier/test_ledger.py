@@ -7,8 +7,8 @@ import asyncpg
 import pytest
 
 from accounting.ledger import write_batch
-from accounting.payable import PayoutHold
-from accounting.payouts import _CLAIMABLE as CLAIMABLE  # the payout claim's own condition, so a change shows here
+from payouts.batches import _CLAIMABLE as CLAIMABLE  # the payout claim's own condition, so a change shows here
+from payouts.payable import PayoutHold
 from tests.fixtures.ledger import unique_id, usage_record
 from tests.verifier.helpers import verdict
 from verifier.ledger import BanPolicy, add_failed_steps, pending_slashes, record_unverified, record_verdicts

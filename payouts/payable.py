@@ -1,7 +1,7 @@
 """When a contribution row may be paid: after verification could have convicted it, and never the wallet's reserve.
 
 Paying a row is final (the chain cannot be asked for the money back), and a slash or a forfeiture can only take
-rows still unpaid. So the claim (`accounting.payouts.LOCK_OWED_ROWS`) takes a row only when all of these hold:
+rows still unpaid. So the claim (`payouts.batches.LOCK_OWED_ROWS`) takes a row only when all of these hold:
 
 - **verified or old enough**: its session was sampled (`far_mesh_sessions.spot_checked`) and the verifier has
   recorded its verdicts, or it was not sampled and finished at least `max_lag_s` ago (the verifier's stated
@@ -23,14 +23,14 @@ hold's values as the claim's parameters $3, $4 and $5.
 
 from dataclasses import dataclass
 
-from chain.settings import PayoutSettings
+from payouts.settings import PayoutSettings
 
 _DEFAULTS = PayoutSettings.model_fields
 
 
 @dataclass(frozen=True)
 class PayoutHold:
-    """What the claim holds back; the defaults are the settings' (chain.settings.PayoutSettings)."""
+    """What the claim holds back; the defaults are the settings' (payouts.settings.PayoutSettings)."""
 
     max_lag_s: float = _DEFAULTS["far_mesh_verify_max_lag_s"].default
     reserve_sessions: int = PayoutSettings.reserve_at(_DEFAULTS["far_mesh_verify_fraction"].default)

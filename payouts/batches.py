@@ -15,7 +15,7 @@ A batch moves `claimed -> signed -> submitted -> paid`, or to `failed`:
   transaction, or an operator said so) and the rows are released for a later batch.
 
 Every transition is a compare-and-set on the batch's status inside one transaction, so a payer and an
-operator can never both finish a batch. `accounting.payer` decides when to move; this module only records.
+operator can never both finish a batch. `payouts.payer` decides when to move; this module only records.
 """
 
 import logging
@@ -27,8 +27,8 @@ from typing import Protocol
 
 import asyncpg
 
-from accounting.payable import DEFAULT_HOLD, PAYABLE, PayoutHold
 from chain.identity import ChainIdentity
+from payouts.payable import DEFAULT_HOLD, PAYABLE, PayoutHold
 from protocol.money import far_sum
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ LEGACY_PAYEE_WALLET = "c.wallet"
 claimed paying the announced wallet, so that is what they still pay (never today's registration)."""
 
 _CLAIMABLE = f"c.paid_at IS NULL AND c.payment_batch_id IS NULL AND c.payment_far > 0 AND {PAYABLE}"
-# Only rows verification is done with (accounting.payable: verified, or unsampled and older than the verifier's
+# Only rows verification is done with (payouts.payable: verified, or unsampled and older than the verifier's
 # maximum lag, outside the wallet's reserve, the wallet not banned); the hold's values are $3, $4 and $5.
 # The claim locks the rows it takes (FOR UPDATE, skipping those a concurrent run holds) and shares the lock of
 # their registrations: a transfer in progress makes this run skip that node's rows (they are paid, to the new
@@ -121,7 +121,7 @@ async def claim_batch(
     max_wallets: int | None = None,
     hold: PayoutHold = DEFAULT_HOLD,
 ) -> PaymentBatch | None:
-    """Claim every payable row (`hold`: accounting.payable) owed to (at most `max_wallets`) wallets whose payable
+    """Claim every payable row (`hold`: payouts.payable) owed to (at most `max_wallets`) wallets whose payable
     total is at least `min_far`."""
     async with connection.transaction():
         owed: dict[str, list[tuple[int, Decimal]]] = defaultdict(list)

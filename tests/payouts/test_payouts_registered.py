@@ -13,14 +13,14 @@ from decimal import Decimal
 import asyncpg
 
 from accounting.ledger import write_batch
-from accounting.payer import ChainPayer
-from accounting.payouts import claim_batch, load_batch
 from chain.units import to_base_units
 from devstack.harness.registrations import register_nodes, transfer_node
+from payouts.batches import claim_batch, load_batch
+from payouts.payer import ChainPayer
 from protocol.usage import UsageRecord
-from tests.accounting.helpers import payout_settings
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
+from tests.payouts.helpers import payout_settings
 
 
 def announcing(record: UsageRecord, wallets: dict[str, str]) -> UsageRecord:

@@ -11,13 +11,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from accounting.ledger import write_batch
-from accounting.payer import FilePayer, payments_of
-from accounting.payouts import PaymentBatch, run_payout
 from chain.deploy import approve, send, transfer
 from chain.transfers import Payment, pay_batch_data
 from cli.main import main
 from devstack.harness.registrations import register_nodes
 from devstack.ports import free_port
+from payouts.batches import PaymentBatch, run_payout
+from payouts.payer import FilePayer, payments_of
 from tests.fixtures.chain import FarDeployment, fund_gas
 from tests.fixtures.ledger import unique_id, usage_record
 
@@ -215,9 +215,9 @@ async def test_one_transaction_cannot_resolve_two_batches(
 async def test_resolve_refuses_a_batch_the_chain_payer_has_in_flight(
     payouts_db: asyncpg.Connection, far_deployment: FarDeployment, chain_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from accounting.payer import ChainPayer
-    from accounting.payouts import batch_state, claim_batch
-    from chain.settings import PayoutSettings
+    from payouts.batches import batch_state, claim_batch
+    from payouts.payer import ChainPayer
+    from payouts.settings import PayoutSettings
 
     await owe(payouts_db)
     payer = await ChainPayer.connect(PayoutSettings.from_env())

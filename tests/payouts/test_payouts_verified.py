@@ -12,9 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from accounting.ledger import write_batch
-from accounting.payable import PayoutHold
-from accounting.payouts import claim_batch, mark_failed
 from devstack.harness.registrations import register_nodes
+from payouts.batches import claim_batch, mark_failed
+from payouts.payable import PayoutHold
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.usage import UsageRecord

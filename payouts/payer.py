@@ -5,7 +5,7 @@ nothing is paid until `far-mesh payouts resolve BATCH --tx 0x...` finds that tra
 exactly the batch (`verify_transaction`).
 
 `ChainPayer` pays on chain itself, one batch per transaction, through the FarBatchTransfer contract (a batch
-pays providers' earnings, or buyers' withdrawals: `accounting.withdrawals`; both go through the same steps):
+pays providers' earnings, or buyers' withdrawals: `payouts.withdrawals`; both go through the same steps):
 
 1. claimed: the treasury's $FAR, allowance and gas are checked and the call is estimated (a shortfall or a
    would-be revert fails the batch and releases its rows: nothing was signed);
@@ -53,9 +53,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 
-from accounting import metrics
-from accounting.payable import PayoutHold
-from accounting.payouts import (
+from chain.client import ChainClient, EstimateReverted, Receipt, RejectedTransaction
+from chain.fees import FeeCapReached, Fees, first_offer, gwei, replacement
+from chain.identity import ChainChanged, ChainIdentity
+from chain.transfers import Payment, SignedTransfer, TransferMismatch, check_transfers, pay_batch_data, sign_transfer
+from chain.units import format_far, from_base_units, to_base_units
+from payouts import metrics
+from payouts.batches import (
     BatchState,
     Mined,
     PaymentBatch,
@@ -71,14 +75,11 @@ from accounting.payouts import (
     record_submitted,
     unfinished_batches,
 )
-from accounting.withdrawals import claim_withdrawals
-from chain.client import ChainClient, EstimateReverted, Receipt, RejectedTransaction
-from chain.fees import FeeCapReached, Fees, first_offer, gwei, replacement
-from chain.identity import ChainChanged, ChainIdentity
-from chain.settings import PayoutSettings
-from chain.transfers import Payment, SignedTransfer, TransferMismatch, check_transfers, pay_batch_data, sign_transfer
-from chain.units import format_far, from_base_units, to_base_units
+from payouts.payable import PayoutHold
+from payouts.settings import PayoutSettings
+from payouts.withdrawals import claim_withdrawals
 from protocol.backoff import Backoff
+from schema.transient import TRANSIENT_LEDGER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class ChainPayer:
         self, connection: asyncpg.Connection, *, min_far: Decimal, lock_wait_s: float = 60.0
     ) -> list[FinishedBatch]:
         """Finish every unfinished chain batch (a restart resumes here), then claim and pay one new batch: buyers'
-        withdrawals if any wait (`accounting.withdrawals`), else providers' earnings."""
+        withdrawals if any wait (`payouts.withdrawals`), else providers' earnings."""
         finished: list[FinishedBatch] = []
         async with payer_lock(connection, wait_s=lock_wait_s):
             await self._check_same_chain()
@@ -603,17 +604,6 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
             server.shutdown()
             server.server_close()
     log.info("payouts serve stopped")
-
-
-TRANSIENT_LEDGER_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.PostgresConnectionError,  # the connection was lost or refused
-    asyncpg.InterfaceError,  # ... and noticed by the driver
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, a statement cancelled
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock: run it again
-)
-"""Ledger errors that pass by themselves, so the next round is retried. Every other PostgreSQL error (a unique
-or check constraint, a missing column) fails the same way each time it is tried."""
 
 
 def halt(exc: BaseException) -> None:

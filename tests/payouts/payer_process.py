@@ -1,7 +1,7 @@
 """A chain payer process that kills itself (SIGKILL: no cleanup, no last commit) at a chosen step, so a test
 can restart the payer from whatever that step left in the ledger and on the chain.
 
-    python tests/chain/payer_process.py after-sign|after-broadcast|awaiting-confirmations|before-confirm|none
+    python tests/payouts/payer_process.py after-sign|after-broadcast|awaiting-confirmations|before-confirm|none
 
 Settings come from the environment, as for `far-mesh payouts run --payer chain`. The hooks are patched in
 here, so the production modules carry no test switches.
@@ -23,7 +23,7 @@ def die() -> None:
 
 
 def install(point: str) -> None:
-    import accounting.payer as payer_module
+    import payouts.payer as payer_module
     from chain.client import ChainClient
 
     if point == "after-sign":  # the signed transaction is committed, nothing was broadcast
@@ -61,8 +61,8 @@ def install(point: str) -> None:
 
 
 async def main(point: str) -> None:
-    from accounting.payer import ChainPayer
-    from chain.settings import PayoutSettings
+    from payouts.payer import ChainPayer
+    from payouts.settings import PayoutSettings
 
     install(point)
     settings = PayoutSettings.from_env()

@@ -8,10 +8,10 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from accounting.payer import serve_chain_payouts
 from devstack.ports import free_port
-from tests.accounting.helpers import earn, payout_settings, scrape
+from payouts.payer import serve_chain_payouts
 from tests.fixtures.chain import FarDeployment
+from tests.payouts.helpers import earn, payout_settings, scrape
 
 # The ledger refuses every signed batch the way it refused them after a chain reset (issue #25): the same
 # constraint, every time it is asked. The sequence counts the attempts (nextval survives the rollback).
@@ -51,7 +51,7 @@ async def test_a_constraint_violation_halts_serve_once_with_a_clear_error_and_th
     await payouts_db.execute(REFUSE_EVERY_SIGNATURE)
     stop = asyncio.Event()
     try:
-        with caplog.at_level(logging.WARNING, logger="accounting.payer"):
+        with caplog.at_level(logging.WARNING, logger="payouts.payer"):
             serving = asyncio.create_task(serve_chain_payouts(settings, stop))
             await asyncio.sleep(3)  # thirty rounds' worth
             samples = scrape(port)

@@ -11,9 +11,9 @@ import pytest
 from accounting.ledger import write_batch
 from chain.units import to_base_units
 from devstack.harness.registrations import register_nodes
-from tests.accounting.helpers import payer_env, run_payer
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.ledger import unique_id, usage_record
+from tests.payouts.helpers import payer_env, run_payer
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,6 @@ from web3 import Web3
 
 from accounting.journal import TREASURY_CHAIN, account_balance, provider_account
 from accounting.ledger import write_batch
-from accounting.payer import ChainPayer
-from accounting.payouts import claim_batch
 from accounting.reconcile import reconcile
 from chain.artifacts import load_artifact
 from chain.deploy import send
@@ -23,9 +21,11 @@ from chain.node import DEV_CHAIN_ID
 from chain.units import to_base_units
 from cli.main import main
 from devstack.harness.registrations import register_nodes
-from tests.accounting.helpers import payout_settings
+from payouts.batches import claim_batch
+from payouts.payer import ChainPayer
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record
+from tests.payouts.helpers import payout_settings
 from tests.verifier.helpers import verdict
 from verifier.ledger import record_verdicts
 

@@ -21,9 +21,9 @@ from chain.node import DEV_CHAIN_ID
 from chain.units import to_base_units
 from portal import withdrawals
 from portal.registrations import Binding
-from tests.accounting.helpers import payer_env, run_payer
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.deposits import funded_buyer, watcher_for
+from tests.payouts.helpers import payer_env, run_payer
 
 JOURNAL_TABLES = "far_chain_deposits, far_deposit_scans, far_journal_lines, far_journal_entries, far_journal_accounts"
 BINDING = Binding(domain="portal.test", chain_id=DEV_CHAIN_ID, max_age=timedelta(minutes=5))

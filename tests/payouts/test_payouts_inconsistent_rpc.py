@@ -11,13 +11,13 @@ from typing import Any
 
 import asyncpg
 
-from accounting.payer import ChainPayer
-from accounting.payouts import batch_state, claim_batch
 from chain.units import to_base_units
-from tests.accounting.helpers import earn, paid_by_wallet, payout_settings
+from payouts.batches import batch_state, claim_batch
+from payouts.payer import ChainPayer
 from tests.fixtures.chain import FarDeployment, chain_rpc
 from tests.fixtures.ledger import wait_until
 from tests.fixtures.rpc_proxy import RpcProxy, rpc_proxy
+from tests.payouts.helpers import earn, paid_by_wallet, payout_settings
 
 
 class NullOnce:

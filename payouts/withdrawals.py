@@ -1,6 +1,6 @@
 """Paying buyers' withdrawals (#26 part 5): the chain payer claims the withdrawals the portal recorded
 (`far_withdrawals`, schema/0024) into a payout batch of their own and pays it exactly as it pays providers'
-earnings (`accounting.payer`: signed and committed before broadcast, one nonce per batch, confirmed on chain).
+earnings (`payouts.payer`: signed and committed before broadcast, one nonce per batch, confirmed on chain).
 
 A withdrawals batch differs from an earnings batch only in what it claims: withdrawals not yet in a batch, summed
 per wallet into `far_payout_payments` (so the transaction, its check against the receipt and `payouts resolve`
@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from accounting.payouts import PaymentBatch, WalletPayment
+from payouts.batches import PaymentBatch, WalletPayment
 from protocol.money import far_sum
 
 PURPOSE = "withdrawals"

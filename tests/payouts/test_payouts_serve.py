@@ -6,12 +6,12 @@ from decimal import Decimal
 import asyncpg
 
 from accounting.ledger import write_batch
-from accounting.payer import serve_chain_payouts
 from devstack.harness.registrations import register_nodes
 from devstack.ports import free_port
-from tests.accounting.helpers import payout_settings, scrape
+from payouts.payer import serve_chain_payouts
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record, wait_until
+from tests.payouts.helpers import payout_settings, scrape
 
 
 async def test_serve_pays_what_is_owed_each_round_and_reports_it_in_its_metrics(

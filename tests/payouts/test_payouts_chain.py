@@ -8,14 +8,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from accounting.payer import ChainPayer, FinishedBatch, PayerBusy, payer_lock
-from accounting.payouts import batch_state, claim_batch
 from chain.node import LocalChain
 from chain.units import to_base_units
 from devstack.ports import free_port
-from tests.accounting.helpers import earn, paid_by_wallet, payout_settings
+from payouts.batches import batch_state, claim_batch
+from payouts.payer import ChainPayer, FinishedBatch, PayerBusy, payer_lock
 from tests.fixtures.chain import FarDeployment, chain_rpc, new_deployment
 from tests.fixtures.ledger import wait_until
+from tests.payouts.helpers import earn, paid_by_wallet, payout_settings
 
 
 async def run_on_own_connection(payer: ChainPayer, dsn: str) -> list[FinishedBatch]:

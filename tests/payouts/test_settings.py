@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from chain.settings import PayoutSettings
+from payouts.settings import PayoutSettings
 from protocol.settings import SettingsError
 
 KEY = "0x4f3edf983ac636a65a842ce7c78d9aa706d3b113bce9c46f30d7d21715b23b1d"  # ganache's public test key 0

@@ -15,16 +15,16 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from accounting import metrics
-from accounting.payer import ChainPayer
-from accounting.payouts import batch_state, claim_batch
 from chain.deploy import deploy
 from chain.identity import ChainChanged
 from chain.node import LocalChain, dev_account
 from chain.units import to_base_units
 from devstack.ports import free_port
-from tests.accounting.helpers import earn, paid_by_wallet, payout_settings
+from payouts import metrics
+from payouts.batches import batch_state, claim_batch
+from payouts.payer import ChainPayer
 from tests.fixtures.chain import TREASURY_FAR, TREASURY_GAS_WEI, FarDeployment, fund_gas
+from tests.payouts.helpers import earn, paid_by_wallet, payout_settings
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Claiming batches and the file payer: a batch exported for manual signing is `submitted`, never paid, until
-`payouts resolve --tx` verifies a transaction (tests/accounting/test_payouts_resolve.py). The nodes paid here are
-registered first: only registered peers are paid (tests/accounting/test_payouts_registered.py)."""
+`payouts resolve --tx` verifies a transaction (tests/payouts/test_payouts_resolve.py). The nodes paid here are
+registered first: only registered peers are paid (tests/payouts/test_payouts_registered.py)."""
 
 import asyncio
 from decimal import Decimal
@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 
 from accounting.ledger import write_batch
-from accounting.payer import FilePayer
-from accounting.payouts import (
+from cli.main import main
+from devstack.harness.registrations import register_nodes, transfer_node
+from payouts.batches import (
     PAYABLE_ROWS,
     PAYEE_WALLET,
     BatchNotPending,
@@ -24,8 +25,7 @@ from accounting.payouts import (
     mark_failed,
     run_payout,
 )
-from cli.main import main
-from devstack.harness.registrations import register_nodes, transfer_node
+from payouts.payer import FilePayer
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
 
 

@@ -1,0 +1,110 @@
+"""What `far-mesh payouts run|serve|resolve` read: the ledger, the chain (chain.settings), and FAR_MESH_PAYOUT_*:
+how batches are paid, and what verification holds back."""
+
+from decimal import Decimal
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from chain.settings import ChainSettings
+from protocol.cheating_odds import break_even_reserve, cheating_loses, default_reserve
+from protocol.money import FarAmount
+from schema.settings import LedgerSettings
+
+
+class PayoutSettings(LedgerSettings, ChainSettings):
+    """What `far-mesh payouts run|serve` reads: the ledger, the chain, and how batches are paid."""
+
+    far_mesh_payout_confirmations: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Blocks a payout transaction needs (its own included) before rows are paid",
+    )
+    far_mesh_payout_min_far: FarAmount = Field(
+        default=Decimal(1), description="Smallest unpaid total a wallet is paid by `payouts serve`"
+    )
+    far_mesh_payout_max_wallets: int = Field(
+        default=200, ge=1, le=1000, description="Most wallets paid by one batch (one transaction)"
+    )
+    far_mesh_payout_interval_s: float = Field(
+        default=60.0, gt=0, description="How often `payouts serve` looks for wallets owed at least the minimum"
+    )
+    far_mesh_payout_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often a sent transaction is checked"
+    )
+    far_mesh_payout_replace_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A transaction not mined for this long is replaced with higher fees, same nonce",
+    )
+    far_mesh_payout_fee_bump_percent: int = Field(
+        default=25, ge=10, le=500, description="How much a replacement raises both EIP-1559 fees (nodes want >= 10%)"
+    )
+    far_mesh_payout_max_fee_gwei: Decimal = Field(
+        default=Decimal(500), gt=0, description="Highest max fee per gas a payout transaction may offer, in gwei"
+    )
+    far_mesh_payout_priority_fee_gwei: Decimal = Field(
+        default=Decimal(1), ge=0, description="Priority fee (tip) per gas of a first attempt, in gwei"
+    )
+    far_mesh_payout_metrics_port: int = Field(
+        default=9103, ge=0, le=65535, description="Port of the payer's /metrics (Prometheus); 0 disables"
+    )
+    far_mesh_verify_fraction: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Share of sessions whose server spans the verifier recomputes (the workers' sample rate, read "
+        "by the payer to size the reserve)",
+    )
+    far_mesh_verify_max_lag_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="The verifier's stated maximum lag: a session not sampled is paid only once it finished this "
+        "long ago (sampled ones once verified), so a mismatch of the same wallet can still forfeit it",
+    )
+    far_mesh_payout_reserve_sessions: int | None = Field(
+        default=None,
+        ge=1,
+        description="A wallet's most recent unpaid contribution rows held back as the stake a mismatch forfeits; "
+        "unset: ceil(1/FAR_MESH_VERIFY_FRACTION); 1/FAR_MESH_VERIFY_FRACTION - 2 or fewer is refused",
+    )
+    far_mesh_payout_reserve_hold_s: float = Field(
+        default=604_800.0,
+        gt=0,
+        description="A reserved row is paid once its session finished this long ago (a provider that stops is paid "
+        "in full); longer than FAR_MESH_VERIFY_MAX_LAG_S",
+    )
+
+    @model_validator(mode="after")
+    def _tip_within_cap(self) -> Self:
+        if self.far_mesh_payout_priority_fee_gwei > self.far_mesh_payout_max_fee_gwei:
+            raise ValueError("FAR_MESH_PAYOUT_PRIORITY_FEE_GWEI must not exceed FAR_MESH_PAYOUT_MAX_FEE_GWEI")
+        return self
+
+    @model_validator(mode="after")
+    def _cheating_loses(self) -> Self:
+        """Refuse a reserve too small for cheating to be a losing bet at the sample rate, and a reserve released
+        before the verifier's lag is over (docs/verification.md, "What cheating costs")."""
+        fraction = self.far_mesh_verify_fraction
+        if not cheating_loses(fraction, self.payout_reserve_sessions):
+            raise ValueError(
+                f"FAR_MESH_PAYOUT_RESERVE_SESSIONS={self.payout_reserve_sessions} does not exceed the break-even "
+                f"{float(break_even_reserve(fraction)):g} sessions at FAR_MESH_VERIFY_FRACTION={fraction}: "
+                "cheating would pay"
+            )
+        if self.far_mesh_payout_reserve_hold_s <= self.far_mesh_verify_max_lag_s:
+            raise ValueError("FAR_MESH_PAYOUT_RESERVE_HOLD_S must exceed FAR_MESH_VERIFY_MAX_LAG_S")
+        return self
+
+    @staticmethod
+    def reserve_at(fraction: float) -> int:
+        """The default reserve at sample rate `fraction`."""
+        return default_reserve(fraction)
+
+    @property
+    def payout_reserve_sessions(self) -> int:
+        """FAR_MESH_PAYOUT_RESERVE_SESSIONS, or ceil(1/FAR_MESH_VERIFY_FRACTION) when it is unset."""
+        if self.far_mesh_payout_reserve_sessions is not None:
+            return self.far_mesh_payout_reserve_sessions
+        return default_reserve(self.far_mesh_verify_fraction)

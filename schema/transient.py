@@ -1,0 +1,14 @@
+"""Which PostgreSQL errors pass by themselves: the ledger's long-running clients (the payer, the deposit watcher)
+retry a round that failed on one of these, and stop on any other."""
+
+import asyncpg
+
+TRANSIENT_LEDGER_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,  # the connection was lost or refused
+    asyncpg.InterfaceError,  # ... and noticed by the driver
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, a statement cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock: run it again
+)
+"""Ledger errors that pass by themselves, so the next round is retried. Every other PostgreSQL error (a unique
+or check constraint, a missing column) fails the same way each time it is tried."""
