@@ -18,7 +18,8 @@ hands over within the lock's lifetime). Every pass it:
 Exactly once: a line's request id is derived from its batch and index (`batch_store.line_request_id`). The
 runner records a line as pending before it dispatches it, and dispatching is the interactive path's own:
 `SET owner:<id> NX`, then the arq job under that id. A runner that dies anywhere in between leaves a pending line
-that its successor only watches, and a line dispatched twice finds its owner key and is not enqueued again.
+that its successor watches and enqueues again while its stream has not started: arq refuses a job id it holds
+(queued, running, or its result kept), and a job that ran has a stream, so no line runs twice.
 From there on the worker's fenced stream, its recovery of a dead worker's job and the ledger's one session per
 request id make the line one billed session however many workers die under it.
 """
@@ -53,6 +54,8 @@ LOCK_S = 10.0
 """How long the runner's lock outlives its last renewal: the longest a dead runner's batches wait."""
 POLL_S = 0.2
 """Between passes: how soon a line's ending is collected and its slot handed to the next line."""
+REDISPATCH_AFTER_S = 5.0
+"""A pending line with no stream this long after its dispatch is enqueued again (idempotently)."""
 QUEUE_LOOK = 64
 """Queued jobs looked at to decide whether any waits; a queue longer than this has a backlog anyway."""
 
@@ -165,6 +168,13 @@ class BatchRunner:
             line = await self._line(batch_id, index)
             result = await self._answer(line, dispatched_at)
             if result is None:
+                if time.time() - dispatched_at > REDISPATCH_AFTER_S and not await self.redis.exists(
+                    keys.token_stream(line.job.request_id)
+                ):
+                    # Not started yet, or a runner died between recording the line and enqueueing it: enqueue
+                    # again. arq refuses a job id it holds queued, running or with its result kept, and a job
+                    # that ran has a stream, so this enqueues only a job that never was.
+                    await self._enqueue(line, owner_taken=False)
                 continue
             text, ok = result
             await self.store.save_result(batch_id, index, text, ok=ok)
@@ -244,10 +254,18 @@ class BatchRunner:
             except InsufficientBalance as exc:
                 await self.store.save_result(batch_id, index, _error_line(line, 402, exc.code, exc.message), ok=False)
                 return False
-        owner = RequestOwner(job.api_key_id or "", job.model_id).encode()
-        if await self.redis.set(keys.request_owner(job.request_id), owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S):
-            await enqueue_generate(self.state.arq, job.model_copy(update={"enqueued_at": time.time()}))
+        await self._enqueue(line, owner_taken=True)
         return True
+
+    async def _enqueue(self, line: Line, *, owner_taken: bool) -> None:
+        """Claim the line's request id (`SET owner NX`) and enqueue its job under it. `owner_taken`: a first
+        dispatch, which enqueues only if it took the owner key; a re-dispatch enqueues either way (arq's job id
+        keeps it from running twice)."""
+        job = line.job
+        owner = RequestOwner(job.api_key_id or "", job.model_id).encode()
+        took = await self.redis.set(keys.request_owner(job.request_id), owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S)
+        if took or not owner_taken:
+            await enqueue_generate(self.state.arq, job.model_copy(update={"enqueued_at": time.time()}))
 
     async def _finish(self, batch_id: str, stored: StoredBatch, now: float) -> None:
         meta = shown(stored)

@@ -10,8 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from devstack.harness.synthetic_worker import SyntheticWorker
+from gateway.batch_store import line_request_id
+from protocol import keys
+from protocol.ownership import RequestOwner
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import MODEL_ID, PRICE, IssueKey, auth
 
@@ -168,3 +172,26 @@ async def test_another_buyer_sees_none_of_it(
         deleted = await client.delete(f"/v1/files/{file_id}", headers=auth(key))
         assert deleted.json() == {"id": file_id, "object": "file", "deleted": True}
         assert (await client.get(f"/v1/files/{file_id}", headers=auth(key))).status_code == 404
+
+
+async def test_a_runner_that_died_mid_dispatch_is_succeeded_without_a_line_lost_or_run_twice(
+    gateway_url: str, issue_key: IssueKey, synthetic_worker: SyntheticWorker, redis: aioredis.Redis
+) -> None:
+    """The state a runner leaves when it dies: line 0 recorded pending with its owner key taken but no job
+    enqueued, line 1 recorded pending with nothing else done. The next runner enqueues both, once each."""
+    key, _ = await issue_key()
+    await redis.set(keys.BATCH_RUNNER_LOCK, "a runner that died", px=30_000)  # the gateway's runner waits it out
+    text = "\n".join(chat_line(f"line-{i}", f"say {i}") for i in range(3))
+    async with httpx.AsyncClient(base_url=gateway_url) as client:
+        batch = await create(client, key, (await upload(client, key, text))["id"])
+        batch_id = batch["id"]
+        long_ago = time.time() - 60
+        owner = RequestOwner("someone", MODEL_ID).encode()
+        await redis.set(keys.request_owner(line_request_id(batch_id, 0)), owner)
+        await redis.hset(keys.batch(batch_id), mapping={"cursor": 2, "pending": json.dumps({0: long_ago, 1: long_ago})})  # type: ignore[misc]
+        await redis.delete(keys.BATCH_RUNNER_LOCK)
+        done = await wait_for(client, key, batch_id, "completed")
+        output = await lines_of(client, key, done["output_file_id"])
+    assert sorted(line["custom_id"] for line in output) == ["line-0", "line-1", "line-2"]
+    ran = sorted(job.request_id for job in synthetic_worker.jobs)
+    assert ran == sorted(line_request_id(batch_id, i) for i in range(3))
