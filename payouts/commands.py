@@ -6,7 +6,6 @@ The handlers import their heavy modules lazily, so `far-mesh --help` loads neith
 import argparse
 import asyncio
 import logging
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +29,18 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         default="file",
         help="chain: pay on chain now (FAR_MESH_CHAIN_*, FAR_MESH_TREASURY_*); file: export for manual signing",
     )
-    run.add_argument("--min-far", type=non_negative_far, default=Decimal(0), help="smallest total a wallet is paid")
-    run.add_argument("--max-wallets", type=whole_number, default=None, help="most wallets in the batch")
+    run.add_argument(
+        "--min-far",
+        type=non_negative_far,
+        default=None,
+        help="smallest total a wallet is paid (default FAR_MESH_PAYOUT_MIN_FAR, as `serve`: 1)",
+    )
+    run.add_argument(
+        "--max-wallets",
+        type=whole_number,
+        default=None,
+        help="most wallets in the batch (default FAR_MESH_PAYOUT_MAX_WALLETS, as `serve`: 200)",
+    )
     run.add_argument("--out-dir", type=Path, help="where the file payer writes the batch file (--payer file)")
     run.set_defaults(handler=run_payouts)
 
@@ -96,15 +105,16 @@ def run_payouts(args: argparse.Namespace) -> int:
     if args.out_dir is None:
         log.error("payouts run --payer file needs --out-dir (where the batch file for manual signing goes)")
         return 2
-    settings = PayoutSettings.from_env()  # the ledger, and what verification holds back (chain settings unused)
+    settings = PayoutSettings.from_env()  # the ledger, the batch policy, what verification holds back (no chain)
     settings.configure_logging()
+    policy = settings.batch_policy(min_far=args.min_far, max_wallets=args.max_wallets)
     try:
         batch = asyncio.run(
             run_payout(
                 settings.postgres_url,
                 FilePayer(args.out_dir),
-                min_far=args.min_far,
-                max_wallets=args.max_wallets,
+                min_far=policy.min_far,
+                max_wallets=policy.max_wallets,
                 hold=PayoutHold.from_settings(settings),
             )
         )
@@ -112,7 +122,7 @@ def run_payouts(args: argparse.Namespace) -> int:
         log.error("payout failed, rows left unpaid: %s", exc)
         return 1
     if batch is None:
-        log.info("payout: no wallet is owed at least %s FAR", args.min_far)
+        log.info("payout: no wallet is owed at least %s FAR", policy.min_far)
     else:
         log.info(
             "payout batch %d exported: sign and send it, then `far-mesh payouts resolve %d --tx 0x...`",
@@ -143,8 +153,10 @@ def _run_chain_payouts(args: argparse.Namespace) -> int:
     from payouts.payer import ChainPayer, PayerBusy
 
     settings = _payout_settings()
-    max_wallets = args.max_wallets or settings.far_mesh_payout_max_wallets
-    settings = settings.model_copy(update={"far_mesh_payout_max_wallets": max_wallets})
+    policy = settings.batch_policy(min_far=args.min_far, max_wallets=args.max_wallets)
+    settings = settings.model_copy(
+        update={"far_mesh_payout_min_far": policy.min_far, "far_mesh_payout_max_wallets": policy.max_wallets}
+    )
 
     async def run() -> int:
         import asyncpg
@@ -152,13 +164,13 @@ def _run_chain_payouts(args: argparse.Namespace) -> int:
         payer = await ChainPayer.connect(settings)
         connection = await asyncpg.connect(settings.postgres_url)
         try:
-            settled = await payer.run_once(connection, min_far=args.min_far)
+            settled = await payer.run_once(connection, min_far=policy.min_far)
         finally:
             await connection.close()
         for outcome in settled:
             print(f"batch {outcome.batch_id}: {outcome.status}" + (f" ({outcome.reason})" if outcome.reason else ""))
         if not settled:
-            log.info("payout: no wallet is owed at least %s FAR", args.min_far)
+            log.info("payout: no wallet is owed at least %s FAR", policy.min_far)
         return 1 if any(s.status == "failed" for s in settled) else 0
 
     try:

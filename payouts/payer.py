@@ -237,7 +237,7 @@ class ChainPayer:
                     connection,
                     self.name,
                     min_far,
-                    max_wallets=self.settings.far_mesh_payout_max_wallets,
+                    max_wallets=self.settings.batch_policy().max_wallets,
                     hold=PayoutHold.from_settings(self.settings),
                 )
             if batch is not None:
@@ -639,7 +639,7 @@ async def _connect_when_reachable(settings: PayoutSettings, stop: asyncio.Event)
 async def _one_round(settings: PayoutSettings, payer: ChainPayer) -> list[FinishedBatch]:
     connection = await asyncpg.connect(settings.postgres_url, timeout=10)
     try:
-        finished = await payer.run_once(connection, min_far=settings.far_mesh_payout_min_far, lock_wait_s=0)
+        finished = await payer.run_once(connection, min_far=settings.batch_policy().min_far, lock_wait_s=0)
         await refresh_gauges(connection, payer)
         return finished
     finally:

@@ -1,6 +1,7 @@
 """What `far-mesh payouts run|serve|resolve` read: the ledger, the chain (chain.settings), and FAR_MESH_PAYOUT_*:
 how batches are paid, and what verification holds back."""
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Self
 
@@ -10,6 +11,20 @@ from chain.settings import ChainSettings
 from protocol.cheating_odds import break_even_reserve, cheating_loses, default_reserve
 from protocol.money import FarAmount
 from schema.settings import LedgerSettings
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Which wallets one batch pays: those owed at least `min_far`, at most `max_wallets` of them.
+
+    One policy for the chain payer and the file payer, for `payouts run` and `payouts serve`: either payer's batch
+    is one payBatch transaction (the file payer's is signed by hand), so the same gas bound holds, and a wallet
+    owed less than the floor would cost more gas than it is paid. Its defaults are the settings' below; a change
+    of policy is a change here (docs/payouts.md, "Batch policy").
+    """
+
+    min_far: Decimal
+    max_wallets: int
 
 
 class PayoutSettings(LedgerSettings, ChainSettings):
@@ -22,10 +37,16 @@ class PayoutSettings(LedgerSettings, ChainSettings):
         description="Blocks a payout transaction needs (its own included) before rows are paid",
     )
     far_mesh_payout_min_far: FarAmount = Field(
-        default=Decimal(1), description="Smallest unpaid total a wallet is paid by `payouts serve`"
+        default=Decimal(1),
+        description="Smallest unpaid total a wallet is paid in a batch, by either payer (`payouts serve`, and "
+        "`payouts run` unless --min-far says otherwise)",
     )
     far_mesh_payout_max_wallets: int = Field(
-        default=200, ge=1, le=1000, description="Most wallets paid by one batch (one transaction)"
+        default=200,
+        ge=1,
+        le=1000,
+        description="Most wallets one batch pays (one payBatch transaction), by either payer (`payouts serve`, and "
+        "`payouts run` unless --max-wallets says otherwise)",
     )
     far_mesh_payout_interval_s: float = Field(
         default=60.0, gt=0, description="How often `payouts serve` looks for wallets owed at least the minimum"
@@ -96,6 +117,13 @@ class PayoutSettings(LedgerSettings, ChainSettings):
         if self.far_mesh_payout_reserve_hold_s <= self.far_mesh_verify_max_lag_s:
             raise ValueError("FAR_MESH_PAYOUT_RESERVE_HOLD_S must exceed FAR_MESH_VERIFY_MAX_LAG_S")
         return self
+
+    def batch_policy(self, *, min_far: Decimal | None = None, max_wallets: int | None = None) -> "BatchPolicy":
+        """The batch policy of both payers, `run` and `serve` alike: these settings, or a `run`'s flags for once."""
+        return BatchPolicy(
+            min_far=self.far_mesh_payout_min_far if min_far is None else min_far,
+            max_wallets=self.far_mesh_payout_max_wallets if max_wallets is None else max_wallets,
+        )
 
     @staticmethod
     def reserve_at(fraction: float) -> int:

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from accounting.ledger import write_batch
-from cli.main import main
+from cli.main import build_parser, main
 from devstack.harness.registrations import register_nodes, transfer_node
 from payouts.batches import (
     PAYABLE_ROWS,
@@ -26,6 +26,7 @@ from payouts.batches import (
     run_payout,
 )
 from payouts.payer import FilePayer
+from payouts.settings import BatchPolicy, PayoutSettings
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
 
 
@@ -173,6 +174,39 @@ async def test_far_mesh_payouts_resolve_failed_releases_an_exported_batch_for_th
     assert batch is not None and len(batch.contribution_ids) == 2
     with pytest.raises(BatchNotPending, match="is failed"):
         await mark_failed(payouts_db, exported.id, "twice")
+
+
+def test_both_payers_run_and_serve_share_one_batch_policy() -> None:
+    # `payouts run` has no defaults of its own: unset flags are the settings `serve` pays by, for either payer
+    for payer in ("file", "chain"):
+        args = build_parser().parse_args(["payouts", "run", "--payer", payer])
+        assert (args.min_far, args.max_wallets) == (None, None)
+    settings = PayoutSettings.from_env(postgres_url="postgresql://u@h/db")
+    assert settings.batch_policy() == BatchPolicy(min_far=Decimal(1), max_wallets=200)
+    assert settings.batch_policy(min_far=Decimal(0), max_wallets=3) == BatchPolicy(min_far=Decimal(0), max_wallets=3)
+
+
+async def test_payouts_run_with_the_file_payer_pays_by_the_settings_policy_unless_told_otherwise(
+    payouts_db: asyncpg.Connection, payouts_ledger_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peers = [unique_id("peer") for _ in range(3)]
+    await register_nodes(payouts_db, peers)
+    await write_batch(payouts_db, [usage_record(unique_id("req"), {peers[0]: 6, peers[1]: 4, peers[2]: 1})])
+    owed = sorted(await payouts_db.fetchval("SELECT array_agg(unpaid_far) FROM node_earnings_summary"))
+    monkeypatch.setenv("POSTGRES_URL", payouts_ledger_dsn)
+    monkeypatch.setenv("FAR_MESH_PAYOUT_MIN_FAR", str(owed[1]))  # above the least owed
+    monkeypatch.setenv("FAR_MESH_PAYOUT_MAX_WALLETS", "1")
+
+    async def run(*flags: str) -> list[Decimal]:
+        out_dir = tmp_path / unique_id("out")
+        assert await asyncio.to_thread(main, ["payouts", "run", "--out-dir", str(out_dir), *flags]) == 0
+        batches = await list_batches(payouts_db)
+        return sorted(p.amount_far for p in (await load_batch(payouts_db, batches[0].id)).payments)
+
+    first = await run()  # one wallet of the two owed at least the floor, as `serve` would pay
+    assert first in ([owed[1]], [owed[2]])
+    assert first + await run("--max-wallets", "5") in ([owed[1], owed[2]], [owed[2], owed[1]])  # not the least owed
+    assert await run("--min-far", "0") == [owed[0]]
 
 
 async def test_payouts_run_with_the_file_payer_needs_an_out_dir(

@@ -56,8 +56,8 @@ async def test_payouts_run_with_the_chain_payer_pays_and_never_shows_the_key(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await owe(payouts_db)
-    assert await far_mesh("payouts", "run", "--payer", "chain") == 0
+    await owe(payouts_db)  # a few tokens' worth: below the policy's 1 FAR floor
+    assert await far_mesh("payouts", "run", "--payer", "chain", "--min-far", "0") == 0
     out, err = capsys.readouterr()
     assert out.strip().endswith(": paid")
     key = far_deployment.treasury.key.hex()
