@@ -8,11 +8,13 @@ hands over within the lock's lifetime). Every pass it:
    endpoint renders a non-streaming response (`gateway.openai_api`) and saved once, with its count, in one script
    (`BatchStore.save_result`).
 2. **Dispatches** further lines of a model only while nothing waits in that model's queue (every queued job is
-   already in some worker's hands) and fewer than GATEWAY_BATCH_MAX_IN_FLIGHT of its batch lines run. So an
-   interactive request never queues behind a batch line, at most that many of a worker fleet's slots
-   (FAR_MESH_WORKER_MAX_JOBS each) hold batch lines, and a backlog of interactive requests stops batch dispatch
-   at once. What batch lines still take from interactive ones is the swarm servers' compute while they decode;
-   `bench/bench_batch.py` measures interactive first-token latency with and without a batch running.
+   already in some worker's hands), no interactive request of that model has run for GATEWAY_BATCH_YIELD_S, and
+   fewer than GATEWAY_BATCH_MAX_IN_FLIGHT of its batch lines run. So an interactive request never queues behind
+   a batch line, at most that many of a worker fleet's slots (FAR_MESH_WORKER_MAX_JOBS each) hold batch lines,
+   and interactive traffic stops batch dispatch within one pass: batch lines fill the time interactive buyers
+   leave idle. What they still take from an interactive request that arrives while they run is the swarm
+   servers' compute until they end (a line is never preempted); `bench/bench_batch.py` measures interactive
+   first-token latency with and without a batch running.
 3. **Finishes** a batch with nothing left running: all lines done, cancelled, or past its 24 h window.
 
 Exactly once: a line's request id is derived from its batch and index (`batch_store.line_request_id`). The
@@ -103,6 +105,8 @@ class BatchRunner:
         self.poll_s = poll_s
         self.me = uuid.uuid4().hex
         self._lines: dict[tuple[str, int], Line] = {}
+        self._interactive_seen: dict[str, float] = {}
+        """Per model: when the runner last saw an interactive request running."""
 
     async def run_forever(self) -> None:
         while True:
@@ -223,15 +227,14 @@ class BatchRunner:
         while cursor < total:
             line = await self._line(batch_id, cursor)
             model_id = line.job.model_id
-            if running[model_id] >= self.settings.gateway_batch_max_in_flight:
-                break
-            if model_id not in waiting:
-                waiting[model_id] = int(
+            if model_id not in waiting:  # looked at every pass, so interactive requests are seen while lines run
+                busy = await self._interactive_recently(model_id)
+                waiting[model_id] = busy + int(
                     await self.redis.eval(  # type: ignore[misc]
                         _WAITING, 1, keys.queue_for(model_id), keys.ARQ_IN_PROGRESS_PREFIX, str(QUEUE_LOOK)
                     )
                 )
-            if waiting[model_id] > 0:
+            if waiting[model_id] > 0 or running[model_id] >= self.settings.gateway_batch_max_in_flight:
                 break
             # write-ahead: a runner that dies after this only watches the line, never dispatches it afresh
             pending[cursor] = time.time()
@@ -243,6 +246,14 @@ class BatchRunner:
                 running[model_id] += 1
             cursor += 1
         return StoredBatch(stored.meta, stored.owner, stored.cancel_at, cursor, pending)
+
+    async def _interactive_recently(self, model_id: str) -> bool:
+        """Whether some gateway relayed an interactive request of `model_id` within GATEWAY_BATCH_YIELD_S: batch
+        lines are not followed by clients, so `keys.active_requests` holds only interactive ones."""
+        now = time.time()
+        if await self.redis.zcount(keys.active_requests(model_id), int(now * 1000), "+inf"):
+            self._interactive_seen[model_id] = now
+        return now - self._interactive_seen.get(model_id, 0.0) < self.settings.gateway_batch_yield_s
 
     async def _start(self, batch_id: str, index: int, line: Line) -> bool:
         """Enqueue the line's job as the interactive path does; False when it cannot run (its error is saved)."""

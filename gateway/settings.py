@@ -114,6 +114,13 @@ class GatewaySettings(CommonSettings):
         description="Batch lines of one model running at once over the whole fleet; a line is dispatched only while "
         "that model's queue is empty, so interactive requests never queue behind batch lines",
     )
+    gateway_batch_yield_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="Batch lines of a model start only after no interactive request of it has run for this long, "
+        "so batches fill idle capacity; 0: only the empty queue and GATEWAY_BATCH_MAX_IN_FLIGHT hold them back",
+    )
     gateway_batch_file_ttl_s: int = Field(
         default=30 * 86400,
         ge=60,

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis.asyncio as aioredis
 
@@ -195,3 +196,28 @@ async def test_a_runner_that_died_mid_dispatch_is_succeeded_without_a_line_lost_
     assert sorted(line["custom_id"] for line in output) == ["line-0", "line-1", "line-2"]
     ran = sorted(job.request_id for job in synthetic_worker.jobs)
     assert ran == sorted(line_request_id(batch_id, i) for i in range(3))
+
+
+async def test_the_openai_package_runs_a_batch_unchanged(
+    gateway_url: str, issue_key: IssueKey, synthetic_worker: SyntheticWorker
+) -> None:
+    key, _ = await issue_key()
+    client = openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key=key)
+    text = "\n".join(chat_line(f"q{i}", f"say {i}") for i in range(2))
+    uploaded = await client.files.create(file=("in.jsonl", text.encode()), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 20
+    while batch.status != "completed":
+        assert time.monotonic() < deadline, batch
+        await asyncio.sleep(0.1)
+        batch = await client.batches.retrieve(batch.id)
+    assert batch.request_counts is not None and batch.request_counts.completed == 2
+    assert batch.output_file_id is not None
+    content = await client.files.content(batch.output_file_id)
+    answers = [json.loads(line) for line in content.text.splitlines()]
+    assert sorted(a["custom_id"] for a in answers) == ["q0", "q1"]
+    assert [b.id for b in (await client.batches.list()).data] == [batch.id]
+    assert (await client.files.delete(uploaded.id)).deleted
+    await client.close()
