@@ -27,8 +27,8 @@ from bench_worker import CONCURRENT, TOKENS_EACH, direct_generation, direct_thro
 
 from devstack.harness.sse import collect, token_events  # noqa: E402
 from devstack.harness.system import SystemUnderTest, start_system, stop_system, wait_until_serving  # noqa: E402
-from devstack.process_groups import signal_group  # noqa: E402
 from mesh.client import open_client  # noqa: E402
+from mesh.process_groups import signal_group  # noqa: E402
 
 PROMPT = "The mesh streams tokens from many small servers"
 ROUNDS = 3

@@ -30,9 +30,9 @@ from chain.deploy import deploy, send, transfer
 from chain.node import LocalChain, dev_account
 from chain.transfers import Payment, pay_batch_data
 from chain.units import to_base_units
-from devstack.ports import free_port
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.services import with_database
+from mesh.ports import free_port
 from payouts.batches import LOCK_OWED_ROWS
 from payouts.payable import PayoutHold
 from payouts.payer import ChainPayer

@@ -144,10 +144,10 @@ async def _wait_until_served(client: openai.AsyncOpenAI, timeout_s: float = 300)
 @contextmanager
 def own_system() -> Iterator[tuple[str, str]]:
     """SmolLM2 served on a private Redis and PostgreSQL (never a developer's `make run` state): gateway URL, key."""
-    from devstack.ports import free_port
     from devstack.postgres_server import EmbeddedPostgres
     from devstack.redis_server import RedisServer
     from devstack.system import LocalSystem, SystemPlan
+    from mesh.ports import free_port
     from mesh.settings import MeshSettings
 
     work = Path(tempfile.mkdtemp(prefix="far-mesh-holdout-"))

@@ -27,8 +27,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devstack.ports import free_port
 from devstack.services import Service
+from mesh.ports import free_port
 
 if TYPE_CHECKING:
     from web3 import Web3

@@ -34,8 +34,8 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from devstack.ports import port_or_free
     from devstack.system import LocalSystem, SystemPlan
+    from mesh.ports import port_or_free
     from mesh.settings import MeshSettings
 
     plan = SystemPlan(

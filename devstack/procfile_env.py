@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devstack.ports import free_port
 from devstack.procfile import ProcfileError, read_procfile
 from mesh.dht_node import DEFAULT_PORT as DHT_PORT
+from mesh.ports import free_port
 
 if TYPE_CHECKING:
     from protocol.catalog import ModelSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from devstack.ports import free_port
+from mesh.ports import free_port
 
 
 class RedisUnavailable(RuntimeError):

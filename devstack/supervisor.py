@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from devstack.process_groups import signal_group
+from mesh.process_groups import signal_group
 
 
 @dataclass

@@ -19,10 +19,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from devstack.ports import free_port
 from devstack.procfile import commands_for
 from devstack.services import Service, resolve_postgres, resolve_redis
 from devstack.supervisor import Child, Supervisor
+from mesh.ports import free_port
 
 if TYPE_CHECKING:  # mesh imports torch, which `far-mesh --help` must not load
     from devstack.chain_node import DevChain

@@ -1,4 +1,5 @@
-"""Loopback ports: finding a free one, and telling whether one is taken."""
+"""Loopback ports: finding a free one, and telling whether one is taken. The one home of these helpers: the node
+launcher and the local swarm use them, and so do the dev stack, the tests and the benchmarks (rooms above)."""
 
 import random
 import socket
@@ -57,3 +58,9 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def port_or_free(preferred: int) -> int:
+    """`preferred` when nothing listens on it, else any free port: a second `make run` (or anything else on
+    :8200) must not stop a process that only needs to be reachable, and the start-up summary prints the URL."""
+    return free_port() if port_is_taken(preferred) else preferred

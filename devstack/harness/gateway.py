@@ -19,8 +19,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from devstack.ports import free_port
 from gateway.api_keys import create_key
+from mesh.ports import free_port
 from protocol.swarm import ServerSnapshot, SwarmSnapshot
 
 MODEL_ID = "test/tiny-llama"

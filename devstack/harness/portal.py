@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from devstack.ports import free_port
+from mesh.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

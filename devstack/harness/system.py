@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 import httpx
 import redis.asyncio as aioredis
 
-from devstack.ports import free_port
 from devstack.postgres_server import EmbeddedPostgres
 from devstack.redis_server import RedisServer
 from devstack.supervisor import Child
 from devstack.system import LocalSystem, SystemPlan
+from mesh.ports import free_port
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.swarm import SwarmSnapshot

@@ -7,7 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from accounting.consumer import PARSE_TURN, UsageConsumer, UsageEntry, parse_entries, parse_entries_in_turns
-from devstack.ports import free_port
+from mesh.ports import free_port
 from protocol import keys
 from protocol.usage import UsageRecord
 from tests.accounting.helpers import consumer_settings, running_consumer, settled

@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from accounting.consumer import UsageConsumer
-from devstack.ports import free_port
 from devstack.redis_server import RedisServer
+from mesh.ports import free_port
 from protocol import keys
 from tests.accounting.helpers import consumer_settings, settled
 from tests.fixtures.ledger import stored_sessions, unique_id, usage_record, wait_until

@@ -5,7 +5,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from accounting.registry import keep_registry_fresh, sync_registry
-from devstack.ports import free_port
+from mesh.ports import free_port
 from protocol import keys
 from protocol.swarm import ServerSnapshot, SwarmSnapshot, read_swarm_snapshots
 from tests.fixtures.ledger import unique_id, wallet_for

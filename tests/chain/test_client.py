@@ -5,7 +5,7 @@ import pytest
 from chain.client import ChainClient, redacted
 from chain.errors import ChainUnreachable, ContractNotDeployed, WrongChain
 from chain.node import DEV_CHAIN_ID, LocalChain
-from devstack.ports import free_port
+from mesh.ports import free_port
 from tests.fixtures.chain import FarDeployment
 
 

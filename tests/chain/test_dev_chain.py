@@ -14,7 +14,7 @@ from web3 import Web3
 
 from chain.node import LocalChain, answers, dev_account
 from devstack import chain_node
-from devstack.ports import free_port
+from mesh.ports import free_port
 from payouts.settings import PayoutSettings
 from tests.fixtures.ledger import unique_id, wallet_for
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from chain.node import DEV_CHAIN_ID, LocalChain, NodeNotInstalled, answers, dev_account, rpc_call
-from devstack.ports import free_port
+from mesh.ports import free_port
 from tests.fixtures.chain import chain_rpc
 
 

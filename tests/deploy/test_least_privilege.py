@@ -18,8 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
-from devstack.ports import free_port
 from gateway.api_keys import KeyStore, create_key
+from mesh.ports import free_port
 from tests.deploy.manifests import REPO, all_containers, objects, one, pod_labels, workloads
 from tests.fixtures.deploy import KUSTOMIZATIONS
 from tests.fixtures.gateway import WALLET, start_gateway, stop_gateway

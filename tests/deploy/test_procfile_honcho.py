@@ -25,9 +25,9 @@ import pytest
 from cli.main import build_parser
 from devstack.harness.sse import collect
 from devstack.postgres_server import drop_database
-from devstack.process_groups import signal_group
 from devstack.services import with_database
 from gateway.api_keys import create_key
+from mesh.process_groups import signal_group
 from protocol.catalog import ModelSpec
 from tests.deploy.manifests import REPO, procfile
 

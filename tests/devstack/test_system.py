@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.ports import free_port, port_or_free
 from devstack.system import LocalSystem, SystemPlan
+from mesh.ports import free_port, port_or_free
 from portal.settings import PortalSettings
 from protocol.catalog import ModelSpec
 from tests.fixtures.system import SystemUnderTest

@@ -7,8 +7,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from devstack.ports import free_port
 from devstack.redis_server import RedisServer
+from mesh.ports import free_port
 from protocol import keys
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import (

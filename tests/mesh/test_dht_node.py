@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from devstack.ports import free_port, port_is_taken
-from devstack.process_groups import signal_group
 from mesh.dht_node import DhtConfig, dht_command, peer_id_of, refuse_placeholders
+from mesh.ports import free_port, port_is_taken
+from mesh.process_groups import signal_group
 from protocol.settings import SettingsError
 from workers.settings import WorkerSettings
 

@@ -10,7 +10,7 @@ import pytest
 
 from chain.node import LocalChain
 from chain.units import to_base_units
-from devstack.ports import free_port
+from mesh.ports import free_port
 from payouts.batches import batch_state, claim_batch
 from payouts.payer import ChainPayer, FinishedBatch, PayerBusy, payer_lock
 from tests.fixtures.chain import FarDeployment, chain_rpc, new_deployment

@@ -19,7 +19,7 @@ from chain.deploy import deploy
 from chain.identity import ChainChanged
 from chain.node import LocalChain, dev_account
 from chain.units import to_base_units
-from devstack.ports import free_port
+from mesh.ports import free_port
 from payouts import metrics
 from payouts.batches import batch_state, claim_batch
 from payouts.payer import ChainPayer

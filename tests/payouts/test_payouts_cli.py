@@ -15,7 +15,7 @@ from chain.deploy import approve, send, transfer
 from chain.transfers import Payment, pay_batch_data
 from cli.main import main
 from devstack.harness.registrations import register_nodes
-from devstack.ports import free_port
+from mesh.ports import free_port
 from payouts.batches import PaymentBatch, run_payout
 from payouts.payer import FilePayer, payments_of
 from tests.fixtures.chain import FarDeployment, fund_gas

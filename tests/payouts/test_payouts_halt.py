@@ -8,7 +8,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from devstack.ports import free_port
+from mesh.ports import free_port
 from payouts.payer import serve_chain_payouts
 from tests.fixtures.chain import FarDeployment
 from tests.payouts.helpers import earn, payout_settings, scrape

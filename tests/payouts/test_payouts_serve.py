@@ -7,7 +7,7 @@ import asyncpg
 
 from accounting.ledger import write_batch
 from devstack.harness.registrations import register_nodes
-from devstack.ports import free_port
+from mesh.ports import free_port
 from payouts.payer import serve_chain_payouts
 from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record, wait_until

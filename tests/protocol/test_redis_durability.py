@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from devstack.ports import free_port
 from devstack.redis_server import RedisServer
+from mesh.ports import free_port
 from protocol.redis_durability import check_redis_durability, durability_problems
 from protocol.settings import SettingsError
 

@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 
 from devstack.harness.system import wait_for_http
-from devstack.ports import free_port
 from devstack.system import DEV_WALLET
 from gateway.api_keys import create_key
+from mesh.ports import free_port
 from tests.fixtures.system import SystemUnderTest
 from tests.sdk.proxy import DroppingProxy
 

@@ -10,8 +10,8 @@ import redis.asyncio as aioredis
 import torch
 from redis.exceptions import ResponseError
 
-from devstack.ports import free_port
 from devstack.redis_server import RedisServer
+from mesh.ports import free_port
 from protocol import keys
 from protocol.catalog import ModelSpec
 from tests.fixtures.ledger import wait_until

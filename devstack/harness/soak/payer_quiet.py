@@ -28,7 +28,7 @@ import asyncpg
 
 from devstack.harness.soak.checks import SHOWN, UNSETTLED_BATCH_STATUSES, Check
 from devstack.harness.system import SystemUnderTest
-from devstack.process_groups import signal_group
+from mesh.process_groups import signal_group
 
 PAYER_PROCESS = "payouts"
 STOP_TIMEOUT_S = 30.0
