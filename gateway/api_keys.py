@@ -1,13 +1,11 @@
 """API keys: who may spend, and from which wallet. Stored hashed in `far_api_keys`, looked up with a short cache.
 
-A key reads `fmk_<key_id>_<secret>`: `key_id` (16 hex digits) is public and finds the row; the secret is 256
-random bits of which only the SHA-256 is stored and compared in constant time.
+The key's format (`fmk_<key_id>_<secret>`) is protocol/api_keys.py's, its storage (the secret's SHA-256 only) and
+revocation schema/api_keys.py's, shared with the portal; here keys are verified (the secret compared in constant
+time), and issued, listed and revoked for `far-mesh keys`.
 """
 
-import hashlib
 import hmac
-import re
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,11 +14,9 @@ from typing import Any
 
 import asyncpg
 
+from protocol.api_keys import MAX_LABEL_CHARS, format_key, new_key, parse_key
 from protocol.wallet import validate_wallet
-
-KEY_PREFIX = "fmk"
-_KEY = re.compile(r"^fmk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
-MAX_LABEL_CHARS = 200
+from schema.api_keys import revoke, secret_hash
 
 
 class KeyStoreUnavailable(RuntimeError):
@@ -87,16 +83,6 @@ class IssuedKey:
     created_at: datetime
 
 
-def _hash(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("ascii")).digest()
-
-
-def parse_key(presented: str) -> tuple[str, str] | None:
-    """(key_id, secret) of a well-formed key, else None."""
-    match = _KEY.match(presented)
-    return (match.group(1), match.group(2)) if match else None
-
-
 class KeyStore:
     """Creates, revokes and verifies keys; `verify` caches rows (and misses) for `cache_s` seconds."""
 
@@ -123,7 +109,7 @@ class KeyStore:
             cached = (now + self._cache_s, api_key, bytes(row["secret_hash"]) if row else b"")
             self._cache[key_id] = cached
         _, api_key, stored_hash = cached
-        if api_key is None or not hmac.compare_digest(_hash(secret), stored_hash):
+        if api_key is None or not hmac.compare_digest(secret_hash(secret), stored_hash):
             return None
         return api_key
 
@@ -150,14 +136,13 @@ async def create_key(
     if len(label) > MAX_LABEL_CHARS:
         raise ValueError(f"label is {len(label)} characters; at most {MAX_LABEL_CHARS}")
     limits = limits or KeyLimits()
-    key_id = secrets.token_hex(8)
-    secret = secrets.token_urlsafe(32)
+    key_id, secret = new_key()
     try:
         created_at = await connection.fetchval(
             f"INSERT INTO far_api_keys (key_id, secret_hash, wallet, label, {LIMIT_COLUMNS}) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING created_at",
             key_id,
-            _hash(secret),
+            secret_hash(secret),
             wallet,
             label,
             limits.max_budget_far,
@@ -170,18 +155,15 @@ async def create_key(
         )
     except asyncpg.CheckViolationError as exc:
         raise ValueError(f"limits refused by the ledger ({exc.constraint_name})") from None
-    return IssuedKey(ApiKey(key_id, wallet, label, limits), f"{KEY_PREFIX}_{key_id}_{secret}", created_at)
+    return IssuedKey(ApiKey(key_id, wallet, label, limits), format_key(key_id, secret), created_at)
 
 
 async def revoke_key(connection: asyncpg.Connection, key_id: str) -> datetime:
-    """Revoke `key_id` now; `UnknownKey` when no active key has that id."""
-    revoked_at = await connection.fetchval(
-        "UPDATE far_api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING revoked_at",
-        key_id,
-    )
+    """Revoke `key_id` (schema.api_keys.revoke: a key revoked already keeps its first time); `UnknownKey` when no
+    key has that id."""
+    revoked_at = await revoke(connection, key_id)
     if revoked_at is None:
-        raise UnknownKey(f"no active API key with id {key_id!r}")
-    assert isinstance(revoked_at, datetime)
+        raise UnknownKey(f"no API key with id {key_id!r}")
     return revoked_at
 
 

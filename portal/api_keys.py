@@ -1,12 +1,11 @@
 """A buyer's API keys: created, listed and revoked for the signed-in wallet, in the gateway's own key table.
 
-The format and storage are the gateway's (schema/0002): `fmk_<key_id>_<secret>`, only the secret's SHA-256
-stored, the key shown once. The gateway verifies keys; this module only writes rows it will accept, and only
-for the wallet that signed in: a key id of another wallet is refused.
+The format is protocol/api_keys.py's (`fmk_<key_id>_<secret>`, shown once), the storage and revocation
+schema/api_keys.py's (only the secret's SHA-256 stored), both shared with the gateway. The gateway verifies
+keys; this module only writes rows it will accept, and only for the wallet that signed in: a key id of another
+wallet is refused.
 """
 
-import hashlib
-import secrets
 from datetime import date
 from typing import Any
 
@@ -14,9 +13,9 @@ import asyncpg
 
 from portal.earnings import far_text
 from portal.errors import BadInput, Forbidden, NotFound
+from protocol.api_keys import MAX_LABEL_CHARS, format_key, new_key
+from schema.api_keys import revoke, secret_hash
 
-KEY_PREFIX = "fmk"
-MAX_LABEL_CHARS = 200
 MAX_ACTIVE_KEYS = 50
 """A wallet's active keys, at most: creating keys is free, so the number is bounded."""
 
@@ -29,12 +28,11 @@ async def create_key(connection: asyncpg.Connection | asyncpg.Pool, wallet: str,
     )
     if active >= MAX_ACTIVE_KEYS:
         raise BadInput(f"{wallet} has {active} active keys; revoke one first", field="label")
-    key_id = secrets.token_hex(8)
-    secret = secrets.token_urlsafe(32)
+    key_id, secret = new_key()
     created_at = await connection.fetchval(
         "INSERT INTO far_api_keys (key_id, secret_hash, wallet, label) VALUES ($1, $2, $3, $4) RETURNING created_at",
         key_id,
-        hashlib.sha256(secret.encode("ascii")).digest(),
+        secret_hash(secret),
         wallet,
         label,
     )
@@ -43,7 +41,7 @@ async def create_key(connection: asyncpg.Connection | asyncpg.Pool, wallet: str,
         "label": label,
         "wallet": wallet,
         "created_at": created_at.isoformat(),
-        "api_key": f"{KEY_PREFIX}_{key_id}_{secret}",
+        "api_key": format_key(key_id, secret),
     }
 
 
@@ -82,12 +80,8 @@ async def _owned(connection: asyncpg.Connection | asyncpg.Pool, wallet: str, key
 
 async def revoke_key(connection: asyncpg.Connection | asyncpg.Pool, wallet: str, key_id: str) -> dict[str, Any]:
     await _owned(connection, wallet, key_id)
-    revoked_at = await connection.fetchval(
-        "UPDATE far_api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1 AND wallet = $2 "
-        "RETURNING revoked_at",
-        key_id,
-        wallet,
-    )
+    revoked_at = await revoke(connection, key_id, wallet=wallet)
+    assert revoked_at is not None  # owned: the row exists
     return {"key_id": key_id, "revoked_at": revoked_at.isoformat()}
 
 

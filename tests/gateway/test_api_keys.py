@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from gateway.api_keys import KeyStore, KeyStoreUnavailable, create_key, parse_key, revoke_key
+from gateway.api_keys import KeyStore, KeyStoreUnavailable, UnknownKey, create_key, revoke_key
+from protocol.api_keys import parse_key
 from tests.fixtures.gateway import WALLET
 
 
@@ -35,6 +36,15 @@ async def test_a_revocation_takes_effect_once_the_cached_lookup_expires(pool: as
         await revoke_key(connection, issued.key.key_id)
     assert await cached.verify(issued.secret_key) == issued.key  # still within its cache window
     assert await uncached.verify(issued.secret_key) is None
+
+
+async def test_revoking_twice_keeps_the_first_time_and_an_unknown_id_is_refused(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as connection:
+        issued = await create_key(connection, WALLET)
+        first = await revoke_key(connection, issued.key.key_id)
+        assert await revoke_key(connection, issued.key.key_id) == first
+        with pytest.raises(UnknownKey):
+            await revoke_key(connection, "0123456789abcdef")
 
 
 async def test_a_wrong_secret_fails_even_when_the_key_id_is_cached(pool: asyncpg.Pool) -> None:
