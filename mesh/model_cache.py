@@ -52,6 +52,8 @@ def ensure_model_dir(
     try:
         facts = write(staging)
         (staging / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": fingerprint, **record, **facts}))
+        if fingerprint_of(target) == fingerprint:
+            return False  # another process (a parallel test run, a second server) made it meanwhile: keep theirs
         if target.exists():
             shutil.rmtree(target)
         try:
