@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
-import accounting.metrics  # noqa: F401 - registers the accounting and payout metrics in the default registry
+import accounting.metrics  # noqa: F401 - registers the accounting metrics in the default registry
+import payouts.metrics  # noqa: F401 - and the payer's
 from gateway.metrics import GatewayMetrics
 from tests.deploy.manifests import objects, one
 from tests.fixtures.deploy import K8S
