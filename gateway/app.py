@@ -129,7 +129,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         )
         relay.start()
         renewer = asyncio.create_task(inflight.renew_forever(lease_s / 3))
-        batch_runner = asyncio.create_task(BatchRunner(app.state.gateway).run_forever())
+        runner = BatchRunner(app.state.gateway)
+        batch_runner = asyncio.create_task(runner.run_forever())
         # Its own listener (a thread of prometheus_client), so the public port never serves /metrics.
         metrics_server = (
             start_http_server(settings.gateway_metrics_port, settings.gateway_host, registry=metrics.registry)[0]
@@ -147,6 +148,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 metrics_server.server_close()
             renewer.cancel()
             batch_runner.cancel()
+            await asyncio.gather(batch_runner, return_exceptions=True)
+            await runner.release()
             await inflight.drain_pending()
             await relay.stop()
             await pool.close()

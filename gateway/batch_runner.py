@@ -69,6 +69,11 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _WAITING = """
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 local waiting = 0
@@ -122,6 +127,13 @@ class BatchRunner:
     async def _lead(self) -> bool:
         led = await self.redis.eval(_LEAD, 1, keys.BATCH_RUNNER_LOCK, self.me, str(int(LOCK_S * 1000)))  # type: ignore[misc]
         return bool(led)
+
+    async def release(self) -> None:
+        """Hand the lock back at shutdown, so another replica runs batches at its next pass, not after LOCK_S."""
+        try:
+            await self.redis.eval(_RELEASE, 1, keys.BATCH_RUNNER_LOCK, self.me)  # type: ignore[misc]
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("batch runner: could not release its lock (%s); it lapses", type(exc).__name__)
 
     async def run_once(self) -> None:
         """One pass: collect, dispatch, finish, over every active batch."""
