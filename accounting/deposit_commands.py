@@ -42,8 +42,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def run_watch(args: argparse.Namespace) -> int:
+    from accounting.chain_settings import DepositSettings
     from accounting.deposits import DepositsNotConfigured, DepositWatcher, watch_deposits
-    from chain.settings import DepositSettings
     from protocol.settings import SettingsError
 
     settings = DepositSettings.from_env()

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from accounting import metrics
+from accounting.chain_settings import DepositSettings
 from chain.client import ChainClient
 from chain.deposits import DEPOSITED_TOPIC, DepositLog, parse_deposit_log
 from chain.errors import ChainUnreachable
 from chain.identity import ChainChanged
-from chain.settings import DepositSettings
 from chain.units import from_base_units
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ import asyncpg
 from hexbytes import HexBytes
 
 if TYPE_CHECKING:
+    from accounting.chain_settings import ReconcileSettings
     from chain.client import ChainClient
-    from chain.settings import ReconcileSettings
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ async def reconcile_receipts(
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from chain.settings import ReconcileSettings
+    from accounting.chain_settings import ReconcileSettings
     from protocol.settings import SettingsError
 
     settings = ReconcileSettings.from_env()
@@ -379,7 +379,7 @@ def reconcile_with(
 
 
 def run_serve(_args: argparse.Namespace) -> int:
-    from chain.settings import ReconcileSettings
+    from accounting.chain_settings import ReconcileSettings
 
     settings = ReconcileSettings.from_env()
     settings.configure_logging()

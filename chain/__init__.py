@@ -3,7 +3,6 @@ offline by solc-js into `artifacts/`), deployment, balances, signing and the JSO
 transaction lifecycle, and the local ganache node of development and tests.
 
 `payouts` pays providers through this room (`payouts.payer.ChainPayer`), with its own settings
-(`payouts.settings`); nothing here decides about ledger rows or batches, which stays in `payouts`. The deposit
-watcher's and the reconciliation's settings (`DepositSettings`, `ReconcileSettings`) still join the chain's
-with the ledger's here.
+(`payouts.settings`), and `accounting` watches deposits and reconciles through it (`accounting.chain_settings`);
+nothing here touches the ledger, so every decision about rows and batches stays in those rooms.
 """

@@ -15,8 +15,8 @@ def settings_by_process() -> tuple[tuple[str, type[BaseSettings]], ...]:
 
     Imported here rather than at module level so that building the `far-mesh` parser stays cheap.
     """
+    from accounting.chain_settings import DepositSettings, ReconcileSettings
     from accounting.settings import AccountingSettings
-    from chain.settings import DepositSettings, ReconcileSettings
     from gateway.settings import GatewaySettings
     from mesh.settings import MeshSettings
     from payouts.settings import PayoutSettings

@@ -20,7 +20,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "telemetry": set(),
     "probes": set(),
     "schema": {"protocol"},
-    "chain": {"protocol", "schema"},
+    "chain": {"protocol"},
     "gateway": {"protocol", "schema", "telemetry"},
     "workers": {"protocol", "mesh", "probes", "telemetry"},
     "accounting": {"protocol", "schema", "chain", "probes", "telemetry"},

@@ -243,8 +243,8 @@ async def test_watch_credits_deposits_as_they_deepen_and_reports_the_last_block_
 ) -> None:
     from prometheus_client import REGISTRY
 
+    from accounting.chain_settings import DepositSettings
     from accounting.deposits import watch_deposits
-    from chain.settings import DepositSettings
     from tests.fixtures.ledger import wait_until
 
     d = far_deployment

@@ -12,13 +12,13 @@ import pytest
 from eth_account import Account
 from prometheus_client import REGISTRY
 
+from accounting.chain_settings import ReconcileSettings
 from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
 from accounting.ledger import write_batch
 from accounting.reconcile import reconcile, serve_reconciliation
 from chain.deploy import transfer
 from chain.deposits import make_deposit
 from chain.node import DEV_CHAIN_ID
-from chain.settings import ReconcileSettings
 from chain.units import to_base_units
 from cli.main import main
 from devstack.harness.registrations import register_nodes

@@ -119,7 +119,7 @@ def test_make_run_starts_the_deposit_watcher_and_the_reconciliation_with_setting
 ) -> None:
     """With a chain, buyers' deposits are credited and the books reconciled; neither process gets the treasury key,
     and the gateway holds requests against prepaid balances (the development buyer's is funded)."""
-    from chain.settings import DepositSettings, ReconcileSettings
+    from accounting.chain_settings import DepositSettings, ReconcileSettings
     from devstack.chain_node import DevChain
     from devstack.procfile import commands_for
     from devstack.system import CHAIN_PROCESSES, REPO_ROOT
