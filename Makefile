@@ -44,12 +44,9 @@ install: $(STAMP) $(CHAIN_STAMP) $(SDK_JS_STAMP)
 run: install
 	$(VENV)/bin/far-mesh dev
 
-# Two processes share the tests (tests/parallel_groups.py says how); PYTEST_WORKERS= runs them in one.
-PYTEST_WORKERS ?= -n 2 --dist loadgroup --no-loadscope-reorder
-
 # pytest's exit status 5 means no test was collected (e.g. a -k filter that matched nothing): not a failure.
 test: install
-	$(VENV)/bin/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS) || test $$? -eq 5
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) || test $$? -eq 5
 
 lint: install
 	$(VENV)/bin/ruff check .

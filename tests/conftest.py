@@ -1,7 +1,6 @@
 """Fixtures every test may use; each room's own fixtures live in tests/fixtures/<room>.py."""
 
 pytest_plugins = [
-    "tests.parallel_groups",
     "tests.fixtures.services",
     "tests.fixtures.swarm",
     "tests.fixtures.ledger",
