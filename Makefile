@@ -12,11 +12,13 @@ SDK_JS_STAMP := sdk/js/node_modules/.installed-stamp
 # uv installs the same pinned set as pip in seconds rather than minutes (parallel downloads and unpacking).
 # It reads neither pip.conf nor PIP_* variables, so it is handed pip's find-links (where a machine keeps its CPU
 # torch wheel) and the PIP_INDEX_URL / PIP_EXTRA_INDEX_URL a developer set; if uv cannot install, pip does.
+# It compiles the bytecode as pip does: compiled at first import instead, petals' invalid escape sequences warn
+# (SyntaxWarning), which the tests turn into errors.
 UV := $(VENV)/bin/uv
 UV_SOURCES := $(foreach d,$(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)),--find-links $(d)) \
 	$(if $(PIP_INDEX_URL),--index-url $(PIP_INDEX_URL)) $(foreach u,$(PIP_EXTRA_INDEX_URL),--extra-index-url $(u))
 comma := ,
-INSTALL = $(UV) pip install --quiet --python $(VENV)/bin/python $(UV_SOURCES) $(1) || $(PIP) install $(1)
+INSTALL = $(UV) pip install --quiet --compile-bytecode --python $(VENV)/bin/python $(UV_SOURCES) $(1) || $(PIP) install $(1)
 
 $(STAMP): pyproject.toml requirements/constraints.txt sdk/python/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
