@@ -119,10 +119,8 @@ async def run_fleet(
             retirement.cancel()
         for worker in [*workers.values(), *retiring]:
             try:
-                await worker.close()  # cancels running jobs: arq puts them back, another worker resumes them
-            # Redis gone, or arq re-raising the cancellation of a job that was just finishing when the stop came
-            # (its close gathers the cancelled tasks): either way the rest of the shutdown must still run.
-            except (Exception, asyncio.CancelledError) as exc:
+                await _close_queue(worker)
+            except Exception as exc:  # Redis gone: the rest of the shutdown must still run
                 logger.warning("queue close failed queue=%s error=%r", worker.queue_name, exc)
         for task in tasks:
             task.cancel()
@@ -136,6 +134,18 @@ async def run_fleet(
             await asyncio.to_thread(model.close)
         await redis.aclose()
         logger.info("worker stopped id=%s", worker_id)
+
+
+async def _close_queue(worker: QueueWorker) -> None:
+    """Cancel the queue's running jobs (arq puts them back; another worker resumes them), then close it.
+
+    arq's own close gathers the jobs it cancelled and re-raises the first cancellation, before it closes its Redis
+    pool: the pool's connections were then left to the garbage collector. The jobs are awaited and forgotten here
+    first, so its close has nothing left to re-raise."""
+    worker.handle_sig(signal.SIGUSR1)
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()
 
 
 async def _wait_for_dht(initial_peers: list[str], stop: asyncio.Event) -> bool:
