@@ -120,7 +120,8 @@ async def run_fleet(
         for worker in [*workers.values(), *retiring]:
             try:
                 await _close_queue(worker)
-            except Exception as exc:  # Redis gone: the rest of the shutdown must still run
+            # Redis gone, or this stop itself cancelled: either way the rest of the shutdown must still run.
+            except (Exception, asyncio.CancelledError) as exc:
                 logger.warning("queue close failed queue=%s error=%r", worker.queue_name, exc)
         for task in tasks:
             task.cancel()
