@@ -37,6 +37,7 @@ from workers.constraint import ConstraintError, GrammarConstraint, grammar_token
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
 from workers.prompts import prompt_ids
+from workers.route_policy import apply_route_policy
 from workers.run_trace import NO_TRACE, RunTrace, queue_wait_s
 from workers.sampling import Sampler, SamplingError
 from workers.served_model import ServedModel
@@ -375,7 +376,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 run.failovers += 1
                 metrics.FAILOVERS.labels(job.model_id).inc()
                 logger.warning("step failed request_id=%s failover=%d error=%r", job.request_id, run.failovers, exc)
-                await _ban_unreachable_servers(served, job.request_id)
+                await _ban_unreachable_servers(run, job.request_id)
                 pending = run.prompt_ids + run.generated
                 await asyncio.sleep(_FAILOVER_PAUSE_S)
                 continue
@@ -554,13 +555,15 @@ async def _finish(
     return RunEnd(outcome.status)
 
 
-async def _ban_unreachable_servers(served: ServedModel, request_id: str) -> None:
+async def _ban_unreachable_servers(run: _Run, request_id: str) -> None:
     """Petals does not ban a server it failed to dial, and the DHT announces a dead one for minutes: without
-    this, every new route can go through the same dead server until the no-route timeout."""
+    this, every new route can go through the same dead server until the no-route timeout. A ban can free a
+    replica the route policy kept out while the banned server stood in for it, so the policy is applied again."""
+    served = run.served
     try:
         banned = await served.run_blocking(served.client.refresh_routes)
+        if banned:
+            logger.info("banned unreachable servers request_id=%s peers=%s", request_id, ",".join(banned))
+            run.trust.route_policy = await apply_route_policy(run.writer.redis, served)
     except Exception as exc:  # the next step's failure will say more; a failed refresh must not end the job
         logger.warning("route refresh failed request_id=%s error=%r", request_id, exc)
-        return
-    if banned:
-        logger.info("banned unreachable servers request_id=%s peers=%s", request_id, ",".join(banned))

@@ -86,12 +86,27 @@ def _servers_by_block(manager: Any) -> list[set[str]]:
 
 
 def choose_blocked(served: ServedModel, banned: frozenset[str], low: Mapping[str, float]) -> frozenset[str]:
-    """The peers to keep out of routes (blocking: reads the DHT when some peer is on probation)."""
+    """The peers to keep out of routes (blocking: reads the DHT when some peer is on probation).
+
+    A server this client could not reach (on Petals' temporary ban list, as `MeshClient.refresh_routes` puts a
+    dead one) is in good standing with no one: the DHT announces a killed server online for minutes, and counting
+    it would keep its replica on probation blocked, leaving Petals only the dead server to route through.
+    """
     candidates = sorted((peer for peer in low if peer not in banned), key=lambda peer: low[peer])
     if not candidates:
         return banned
-    view = _servers_by_block(served.model.transformer.h.sequence_manager)
-    return banned | redundant(view, candidates, banned)
+    manager = served.model.transformer.h.sequence_manager
+    view = _servers_by_block(manager)
+    return banned | redundant(view, candidates, banned | _unreachable(manager, view))
+
+
+def _unreachable(manager: Any, view: Sequence[set[str]]) -> frozenset[str]:
+    """The servers of `view` on the client's temporary ban list."""
+    from hivemind.p2p import PeerID
+
+    return frozenset(
+        peer for servers in view for peer in servers if PeerID.from_base58(peer) in manager.state.banned_peers
+    )
 
 
 def apply_blocked(served: ServedModel, blocked: frozenset[str]) -> bool:

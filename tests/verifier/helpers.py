@@ -32,10 +32,14 @@ class FakeManager:
     """What `workers` reads and sets on Petals' RemoteSequenceManager."""
 
     def __init__(self, peers: list[str]) -> None:
+        from hivemind.dht.node import Blacklist
         from hivemind.p2p import PeerID
 
         spans = [[SimpleNamespace(peer_id=PeerID.from_base58(p))] for p in peers]
-        self.state = SimpleNamespace(sequence_info=SimpleNamespace(spans_containing_block=spans))
+        self.state = SimpleNamespace(
+            sequence_info=SimpleNamespace(spans_containing_block=spans),
+            banned_peers=Blacklist(base_time=15.0, backoff_rate=2.0),
+        )
         self.lock_changes = threading.Lock()
         self.blocked_servers: Any = None
         self.updates = 0
@@ -44,7 +48,8 @@ class FakeManager:
         self.updates += 1
 
     def on_request_failure(self, peer_id: Any) -> None:
-        """Petals' own bookkeeping (its temporary ban list); nothing here."""
+        """Petals' own bookkeeping: the peer goes on its temporary ban list."""
+        self.state.banned_peers.register_failure(peer_id)
 
 
 class FakeServed:

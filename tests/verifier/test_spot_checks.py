@@ -272,6 +272,23 @@ async def test_the_policy_prefers_reputable_servers_and_says_so(
     assert served.manager.blocked_servers is None
 
 
+async def test_a_replica_on_probation_is_routed_to_once_the_reputable_server_beside_it_is_unreachable(
+    redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hivemind.p2p import PeerID
+
+    served = FakeServed([PEER_A, PEER_B])
+    monkeypatch.setattr("workers.route_policy._servers_by_block", lambda manager: [{PEER_A, PEER_B}])
+    await redis.hset(keys.NODE_REPUTATION, mapping={PEER_A: "0.9", PEER_B: "0.083333"})
+    assert await apply_route_policy(redis, served) == "avoid-low-reputation:1"  # type: ignore[arg-type]
+
+    # A was killed: the DHT still announces it online, but a ping found it dead (MeshClient.refresh_routes)
+    served.manager.on_request_failure(PeerID.from_base58(PEER_A))
+
+    assert await apply_route_policy(redis, served) == DEFAULT_POLICY  # type: ignore[arg-type]
+    assert served.manager.blocked_servers is None
+
+
 async def test_a_ban_or_score_naming_no_peer_id_is_ignored_and_the_routes_are_still_planned(
     redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
