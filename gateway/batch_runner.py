@@ -32,6 +32,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -56,6 +57,8 @@ LOCK_S = 10.0
 """How long the runner's lock outlives its last renewal: the longest a dead runner's batches wait."""
 POLL_S = 0.2
 """Between passes: how soon a line's ending is collected and its slot handed to the next line."""
+STOP_TIMEOUT_S = 5.0
+"""How long a stopping gateway waits for the runner's pass under way."""
 REDISPATCH_AFTER_S = 5.0
 """A pending line with no stream this long after its dispatch is enqueued again (idempotently)."""
 QUEUE_LOOK = 64
@@ -112,9 +115,12 @@ class BatchRunner:
         self._lines: dict[tuple[str, int], Line] = {}
         self._interactive_seen: dict[str, float] = {}
         """Per model: when the runner last saw an interactive request running."""
+        self._stopping = asyncio.Event()
 
     async def run_forever(self) -> None:
-        while True:
+        """Passes every `poll_s` until `stop()`: a pass is never cancelled halfway through its Redis commands (a
+        gateway's shutdown once waited forever on a runner cancelled inside one)."""
+        while not self._stopping.is_set():
             try:
                 if await self._lead():
                     await self.run_once()
@@ -122,7 +128,18 @@ class BatchRunner:
                 log.warning("batch runner: redis unavailable (%s); retrying", type(exc).__name__)
             except Exception:
                 log.exception("batch runner pass failed; retrying")
-            await asyncio.sleep(self.poll_s)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.poll_s)
+
+    async def stop(self, task: "asyncio.Task[None]", timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """End `task` (running `run_forever`) once its pass is done, then hand the lock back; a pass stuck longer
+        than `timeout_s` (Redis unreachable) is cancelled."""
+        self._stopping.set()
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            log.warning("batch runner: its pass did not end within %g s at shutdown; cancelling it", timeout_s)
+            task.cancel()
+        await self.release()
 
     async def _lead(self) -> bool:
         led = await self.redis.eval(_LEAD, 1, keys.BATCH_RUNNER_LOCK, self.me, str(int(LOCK_S * 1000)))  # type: ignore[misc]
