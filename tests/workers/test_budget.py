@@ -1,5 +1,6 @@
 """The worker's half of a key's budget: settling a request's reservation at what it cost, once, whoever ends it."""
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +36,14 @@ async def budgeted_key(redis: aioredis.Redis) -> tuple[ApiKey, Budgets]:
 async def account(redis: aioredis.Redis, key: ApiKey) -> tuple[Decimal, Decimal]:
     spent, held = await redis.hmget(keys.budget_account(key.key_id), ["spent", "held"])  # type: ignore[misc]
     return budgets.from_nano(int(spent)), budgets.from_nano(int(held))
+
+
+async def settled_account(redis: aioredis.Redis, key: ApiKey, timeout_s: float = 10) -> tuple[Decimal, Decimal]:
+    """The account once nothing is held: a worker settles just after it writes the ending a client reads."""
+    deadline = time.monotonic() + timeout_s
+    while (now := await account(redis, key))[1] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return now
 
 
 async def test_settling_replaces_the_reservation_by_the_actual_cost_and_only_once(
@@ -129,4 +138,4 @@ async def test_a_worker_killed_mid_request_releases_its_reservation_through_the_
     victim.kill()
     done = (await wait_for_end(redis, job.request_id))[-1]
     assert isinstance(done, DoneEvent) and done.total_cost_far == cost_of(done.tokens_generated, PRICE_FAR)
-    assert await account(redis, key) == (done.total_cost_far, 0)
+    assert await settled_account(redis, key) == (done.total_cost_far, 0)
