@@ -97,6 +97,13 @@ class RequestIdUsed(Conflict):
     code = "request_id_used"
 
 
+class MaxPriceExceeded(Conflict):
+    """The price quoted at admission is above the request's `provider.max_price`: refused before anything is queued,
+    reserved or held, as OpenRouter refuses a request no provider of which meets its preferences."""
+
+    code = "max_price_exceeded"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"

@@ -70,6 +70,7 @@ from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
 from protocol.jobs import MAX_CHAT_TURNS, ChatTurn
 from protocol.live_prices import all_prices_now
+from protocol.provider_preferences import ProviderPreferences
 from protocol.requests import (
     MAX_CHOICES,
     MAX_LOGIT_BIAS,
@@ -195,6 +196,9 @@ class _OpenAIBody(BaseModel):
         default=None,
         description="text (the default), json_object (one JSON object) or json_schema (JSON the schema accepts; "
         "with strict: true every keyword is enforced or the request is refused), enforced token by token",
+    )
+    provider: ProviderPreferences | None = Field(
+        default=None, description="OpenRouter's routing preferences: max_price, sort, only, ignore, allow_fallbacks"
     )
 
     @model_validator(mode="before")
@@ -399,6 +403,7 @@ def _generate_request(
             user_wallet=body.user_wallet,
             request_id=body.request_id,
             model_id=body.model,
+            provider=body.provider,
             **body.sampling(),
         )
     except ValidationError as exc:

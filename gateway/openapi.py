@@ -220,7 +220,10 @@ _SUBMIT_ERRORS = {
     },
     "403": _error("user_wallet is not the API key's wallet"),
     "404": _error("Unknown model"),
-    "409": _error("request_id already used by another API key"),
+    "409": _error(
+        "request_id already used by another API key, or `max_price_exceeded`: a price quoted now is above "
+        "provider.max_price (`field` names which); nothing was queued"
+    ),
     "413": _error("Request body too large"),
     "415": _error("Body is not JSON"),
     "422": _error("Invalid field; details name each one"),
@@ -242,7 +245,10 @@ _OPENAI_ERRORS = {
     ),
     "403": _openai_error("user_wallet is not the API key's wallet"),
     "404": _openai_error("Unknown model, or (chat) a named tool_choice that is not among the tools"),
-    "409": _openai_error("request_id already used by another API key"),
+    "409": _openai_error(
+        "request_id already used by another API key, or `max_price_exceeded`: a price quoted now is above "
+        "provider.max_price (`param` names which); nothing was queued"
+    ),
     "413": _openai_error("Request body too large"),
     "415": _openai_error("Body is not JSON"),
     "429": _openai_error("Rate limit or concurrent-stream limit reached; see Retry-After"),

@@ -20,6 +20,7 @@ from gateway.errors import (
     Conflict,
     Forbidden,
     InvalidRequest,
+    MaxPriceExceeded,
     NotFound,
     RequestIdUsed,
     ServiceUnavailable,
@@ -231,6 +232,7 @@ async def _start(
     try:
         slot = await admit(state, followed)
         prices = await prices_now(state.redis, state.settings.catalog, spec)
+        check_max_price(body, prices)
         if key.limits.budgeted or state.balances is not None:
             most = max_cost_far(body, prices, messages)
             if key.limits.budgeted:
@@ -254,6 +256,17 @@ async def _start(
                 pipe.zrem(streams_key, slot.connection_id)
             await pipe.execute()
         raise
+
+
+def check_max_price(body: GenerateRequest, prices: Prices) -> None:
+    """409 when a price quoted now is above the request's `provider.max_price`: the buyer said it would not pay
+    it, so nothing is queued (the job would be billed at this quote, fixed on it)."""
+    if body.provider is None:
+        return
+    refused = body.provider.price_refusal(prices.prompt_price_per_token_far, prices.completion_price_per_token_far)
+    if refused is not None:
+        field, message = refused
+        raise MaxPriceExceeded(message, field=field)
 
 
 PROMPT_TOKENS_PER_TURN = 16
@@ -342,6 +355,7 @@ def build_job(
         budgeted=key.limits.budgeted,
         trace_parent=trace_parent,
         tool_use=tool_use,
+        provider=body.provider,
         **body.model_dump(include=set(SamplingOptions.model_fields)),
     )
 

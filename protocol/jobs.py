@@ -15,6 +15,7 @@ from protocol import keys
 from protocol.catalog import ModelId
 from protocol.money import MAX_FEE_BPS, FarAmount, session_cost
 from protocol.pricing import MAX_BLOCKS, MAX_PROVIDER_PREMIUM, PREMIUM_BASE_BPS
+from protocol.provider_preferences import ProviderPreferences
 from protocol.requests import MAX_JOB_PROMPT_CHARS, MAX_NEW_TOKENS, RequestId, SamplingOptions
 from protocol.tools import ToolUse
 from protocol.wallet import Wallet
@@ -34,6 +35,7 @@ _LEFT_OUT_WHEN_UNSET: Final = (
     "response_format",
     "tool_use",
     "block_premium_bps",
+    "provider",
 )
 """Fields left out of the payload while unset (None, 0), so a worker older than them still parses the job (and
 bills it as such a worker always did: prompts free, no fee). A constrained job is never left without its
@@ -100,6 +102,12 @@ class GenerateJob(SamplingOptions):
         default=None,
         description="A chat request's tools (protocol.tools): the worker constrains the reply to a call or text; "
         "the turns already describe them. Left out of the payload when None",
+    )
+    provider: ProviderPreferences | None = Field(
+        default=None,
+        description="The buyer's routing preferences (protocol.provider_preferences), honoured by the worker when it "
+        "chooses routes; left out of the payload when None, so a worker older than it still parses the job (and "
+        "refuses one with preferences as invalid rather than route it ignoring them)",
     )
     trace_parent: str | None = Field(
         default=None,

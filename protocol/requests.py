@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from protocol.catalog import ModelId
+from protocol.provider_preferences import ProviderPreferences
 from protocol.structured import ResponseFormat, TextFormat
 from protocol.wallet import to_checksum_address
 
@@ -137,3 +138,6 @@ class GenerateRequest(SamplingOptions):
     user_wallet: RequestWallet | None = Field(default=None, description="The address billed; must be the API key's")
     request_id: RequestId | None = Field(default=None, description="Idempotency key; generated when absent")
     model_id: ModelId | None = Field(default=None, description="Defaults to DEFAULT_MODEL_ID")
+    provider: ProviderPreferences | None = Field(
+        default=None, description="Routing preferences, OpenRouter's provider object (docs/routing.md)"
+    )

@@ -70,6 +70,7 @@ async def test_the_document_lists_every_route_and_method_the_app_serves(
         "user_wallet",
         "request_id",
         "model_id",
+        "provider",
         *SamplingOptions.model_fields,
     }
 

@@ -28,7 +28,8 @@ def only_error(body: dict[str, Any]) -> tuple[tuple[str | int, ...], str]:
 
 def test_the_seed_example_body_is_valid_as_written() -> None:
     request = GenerateRequest.model_validate(SEED_BODY)
-    assert request.model_dump(exclude=set(SamplingOptions.model_fields)) == SEED_BODY
+    assert request.model_dump(exclude={"provider", *SamplingOptions.model_fields}) == SEED_BODY
+    assert request.provider is None  # the seed's body routes as any request did before preferences existed
     assert request.model_dump(include=set(SamplingOptions.model_fields)) == SamplingOptions().model_dump()
 
 
