@@ -42,11 +42,16 @@ class StepResult:
 class SwarmSession:
     """A Petals inference session over a distributed causal LM's remote blocks, with its own KV caches."""
 
-    def __init__(self, model: Any, *, max_length: int, recorder: SpanRecorder | None = None) -> None:
+    def __init__(
+        self, model: Any, *, max_length: int, recorder: SpanRecorder | None = None, routes: Any | None = None
+    ) -> None:
+        """`routes`: a per-session view of the sequence manager (`mesh.session_routes.SessionRoutes`) that routes
+        by a buyer's preferences; None routes as Petals does, through the model's shared manager."""
         from mesh.compat import petals
 
         self._model = model
-        self._session = petals.client.InferenceSession(model.transformer.h.sequence_manager, max_length=max_length)
+        manager = routes if routes is not None else model.transformer.h.sequence_manager
+        self._session = petals.client.InferenceSession(manager, max_length=max_length)
         self._recorder = recorder
         if recorder is not None:
             recorder.attach(self._session)

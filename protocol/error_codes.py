@@ -14,6 +14,9 @@ class StreamErrorCode(StrEnum):
 
     NO_ROUTE = "no_route"
     """No working route through the swarm for the model's blocks within FAR_MESH_NO_ROUTE_TIMEOUT_S."""
+    ROUTE_UNSATISFIABLE = "route_unsatisfiable"
+    """The request's routing preferences (`provider`: only, ignore, min_reputation, allow_fallbacks) leave some
+    blocks without an allowed server; the message names them. Nothing is billed unless tokens were delivered."""
     MODEL_NOT_SERVED = "model_not_served"
     """The job reached a worker that does not serve its model (a misrouted queue)."""
     PROMPT_TOO_LONG = "prompt_too_long"

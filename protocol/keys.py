@@ -101,6 +101,13 @@ NODE_REPUTATION: Final = "trust:reputation"
 """Hash: node id -> reputation in [0, 1] (verified-ok against mismatches), written by the verifier; workers
 prefer the reputable among servers that hold the same blocks."""
 
+PEER_MEASUREMENTS_PREFIX: Final = "route:peers:"
+"""Hash per model: peer id -> what a worker last measured of that server (`protocol.peer_measurements`: round
+trip, throughput), written by every worker each snapshot interval and read back to rank routes by a buyer's
+`provider.sort`; the key expires `PEER_MEASUREMENTS_TTL_S` after its last write."""
+PEER_MEASUREMENTS_TTL_S: Final = 120
+"""A model no worker measured for two minutes has no measurements: routes then rank by the client's own pings."""
+
 LIVE_PRICES: Final = "prices:live"
 """Hash: model_id -> its current `protocol.live_prices.LivePrice` JSON, written by the pricer (accounting), read
 by the gateway at admission and by the routes that quote prices."""
@@ -158,6 +165,11 @@ def token_stream(request_id: str) -> str:
 def served_steps(request_id: str) -> str:
     """The routes of `request_id`'s steps whose tokens are on its stream, one `ServedStep` per token."""
     return SERVED_STEPS_PREFIX + request_id
+
+
+def peer_measurements(model_id: str) -> str:
+    """What workers measured of each server of `model_id` (round trip, throughput), for ranking routes."""
+    return PEER_MEASUREMENTS_PREFIX + model_id
 
 
 def price_history(model_id: str) -> str:

@@ -22,6 +22,8 @@ from protocol.requests import RequestId
 from protocol.wallet import Wallet
 
 USAGE_FIELD: Final = "record"
+ROUTE_POLICY_MAX_CHARS: Final = 64
+"""How long a usage record's `route_policy` may be (the route policy's words, then the buyer's preferences)."""
 """The single field of a usage-stream entry; its value is the record as JSON."""
 _LEFT_OUT_WHEN_UNSET: Final = (
     "trace_parent",
@@ -96,7 +98,9 @@ class UsageRecord(BaseModel):
     time_to_first_token_ms: float | None = Field(default=None, ge=0)
     failovers: int = Field(default=0, ge=0, description="Fresh sessions opened after a failed step")
     route_policy: str | None = Field(
-        default=None, max_length=64, description="How routes were chosen, e.g. avoid-banned:1 (workers.route_policy)"
+        default=None,
+        max_length=ROUTE_POLICY_MAX_CHARS,
+        description="How routes were chosen, e.g. avoid-banned:1 (workers.route_policy)",
     )
     worker_id: str = Field(min_length=1, max_length=128)
     contributions: tuple[NodeContribution, ...] = ()

@@ -18,10 +18,12 @@ from redis.exceptions import RedisError
 
 from mesh.client import ClientLimits, open_client
 from mesh.dht_node import bootstrap_listens
+from mesh.peer_pings import measure_peers
 from mesh.snapshot import read_swarm_snapshot
 from probes import serve_health_and_metrics
 from protocol import keys
 from protocol.backoff import Backoff
+from protocol.peer_measurements import write_measurements
 from protocol.redis_durability import check_redis_durability
 from workers import metrics
 from workers.generate import WorkerContext
@@ -238,6 +240,11 @@ async def _publish_snapshots(settings: WorkerSettings, served: dict[str, ServedM
                 await redis.hset(keys.SWARM_SNAPSHOTS, model.model_id, snapshot.model_dump_json())  # type: ignore[misc]
             except Exception as exc:  # one bad round must not stop the next: the gateway shows staleness
                 logger.warning("snapshot failed model=%s error=%r", model.model_id, exc)
+            try:  # what buyers' `provider.sort` ranks routes by (workers.route_preferences)
+                measured = await model.run_blocking(measure_peers, model.model.transformer.h.sequence_manager)
+                await write_measurements(redis, model.model_id, measured)
+            except Exception as exc:
+                logger.warning("peer measurement failed model=%s error=%r", model.model_id, exc)
         await asyncio.sleep(settings.far_mesh_snapshot_interval_s)
 
 

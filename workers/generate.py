@@ -24,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mesh.route_choice import RouteUnsatisfiable
 from mesh.session import StepResult, SwarmSession, uncovered_blocks
 from protocol.backoff import Backoff
 from protocol.error_codes import StreamErrorCode
@@ -38,6 +39,7 @@ from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
 from workers.prompts import prompt_ids
 from workers.route_policy import apply_route_policy
+from workers.route_preferences import RunRouting, open_session, plan_routing, unsatisfiable, with_preferences
 from workers.run_trace import NO_TRACE, RunTrace, queue_wait_s
 from workers.sampling import Sampler, SamplingError
 from workers.served_model import ServedModel
@@ -124,6 +126,8 @@ class _Run:
     """The route policy and, for a sampled session, its span recorder (`workers.spot_checks`)."""
     trace: RunTrace = NO_TRACE
     """The run's spans (`workers.run_trace`); recording nothing while tracing is off."""
+    routing: RunRouting | None = None
+    """The buyer's routing preferences, applied to every session of the run (`workers.route_preferences`)."""
 
     @property
     def total_generated(self) -> int:
@@ -201,6 +205,7 @@ async def run_request(
             earlier=earlier,
             trust=trust or RunTrust(),
             trace=trace,
+            routing=await plan_routing(writer.redis, job),
         )
         renewer.add_done_callback(lambda task: _note_broken_fence(run, task))
         metrics.JOBS_STARTED.labels(job.model_id).inc()
@@ -354,7 +359,12 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 _check(run.fence_broken)
             if session is None:
                 run.trace.session_opening(run.failovers)
-                session = served.open_session(max_length=len(run.prompt_ids) + max_tokens, recorder=run.trust.recorder)
+                opened = await open_session(
+                    served, run.routing, max_length=len(run.prompt_ids) + max_tokens, recorder=run.trust.recorder
+                )
+                if isinstance(opened, RouteUnsatisfiable):  # no allowed route exists: say so now, not at the timeout
+                    return Outcome.failed(unsatisfiable(job, opened.blocks, opened.why))
+                session = opened
                 run.trace.session_opened()
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).inc()
             try:
@@ -369,6 +379,8 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 await served.run_blocking(session.close)
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
                 session = None
+                if isinstance(exc, RouteUnsatisfiable):  # the preferences allow no route: a new session finds none
+                    return Outcome.failed(unsatisfiable(job, exc.blocks, exc.why))
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if now - failing_since >= settings.far_mesh_no_route_timeout_s:
@@ -535,7 +547,7 @@ async def _finish(
         attribution=run.attribution,
         ttft_s=run.ttft_s,
         failovers=run.failovers,
-        route_policy=run.trust.route_policy,
+        route_policy=with_preferences(run.trust.route_policy, run.job),
         spot_checked=run.trust.recorder is not None,
         choices=_choice_ends(run, outcome),
     )

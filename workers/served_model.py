@@ -15,6 +15,7 @@ import torch
 
 from mesh.client import ClientLimits, MeshClient, open_client
 from mesh.session import SpanRecorder, SwarmSession
+from mesh.session_routes import SessionRoutes
 from protocol.catalog import ModelSpec
 
 T = TypeVar("T")
@@ -94,8 +95,11 @@ class ServedModel:
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
-    def open_session(self, *, max_length: int, recorder: SpanRecorder | None = None) -> SwarmSession:
-        return SwarmSession(self.model, max_length=max_length, recorder=recorder)
+    def open_session(
+        self, *, max_length: int, recorder: SpanRecorder | None = None, routes: SessionRoutes | None = None
+    ) -> SwarmSession:
+        """A new session; `routes` routes it by a request's preferences (`workers.route_preferences`)."""
+        return SwarmSession(self.model, max_length=max_length, recorder=recorder, routes=routes)
 
     def new_generator(self, *, seed: int) -> torch.Generator:
         return torch.Generator().manual_seed(seed)

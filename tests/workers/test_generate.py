@@ -13,7 +13,10 @@ from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
 from protocol.money import FAR_QUANTUM, cost_of
+from protocol.peer_measurements import read_measurements
+from protocol.provider_preferences import ProviderPreferences
 from protocol.swarm import SwarmSnapshot
+from tests.fixtures.swarm import SWARM_WALLETS
 from tests.fixtures.workers import (
     PRICE_FAR,
     RunningFleet,
@@ -28,6 +31,9 @@ from tests.fixtures.workers import (
 from workers.sampling import choose_next_token
 
 pytestmark = pytest.mark.swarm
+
+OTHER_PEER = "12D3KooWAbCdEfGhJkLmNpQrStUvWxYz123456789abcdefghijk"
+"""A peer id no server of the swarm has."""
 
 
 async def test_greedy_tokens_equal_the_local_reference_and_every_node_is_paid_for_blocks_times_tokens(
@@ -197,3 +203,38 @@ async def test_logits_that_cannot_be_sampled_end_the_request_at_once_billed_for_
     (usage,) = await usage_records(redis, job.request_id)
     assert (usage.status, usage.tokens_generated, usage.failovers) == ("failed", 3, 0)
     assert usage.total_cost_far == cost_of(3, PRICE_FAR)
+
+
+async def test_provider_preferences_exclude_the_ignored_peer_and_fail_fast_naming_blocks_no_allowed_server_holds(
+    two_server_fleet: RunningFleet,
+    redis: aioredis.Redis,
+    redis_url: str,
+    tiny_models: tuple[ModelSpec, ...],
+    two_server_swarm: Any,
+) -> None:
+    model = tiny_models[0]
+    first, second = two_server_swarm.servers  # blocks 0..1 and 2..3
+    ignoring_first = make_job(model, provider=ProviderPreferences(ignore=[first.peer_id]))
+    only_first = make_job(model, provider=ProviderPreferences(only=[SWARM_WALLETS[0]], sort="latency"))
+    allowed = ProviderPreferences(only=list(SWARM_WALLETS), ignore=[OTHER_PEER], sort="throughput")
+    routed = make_job(model, max_tokens=6, provider=allowed)
+    started = time.monotonic()
+    for job in (ignoring_first, only_first, routed):
+        await enqueue(redis_url, job)
+    for job, blocks in ((ignoring_first, "blocks 0..1"), (only_first, "blocks 2..3")):
+        (error,) = await wait_for_end(redis, job.request_id)
+        assert isinstance(error, ErrorEvent) and error.error.code == "route_unsatisfiable", error
+        assert blocks in error.error.message
+        (usage,) = await usage_records(redis, job.request_id)
+        assert usage.status == "failed" and usage.tokens_generated == 0
+    assert time.monotonic() - started < two_server_fleet.settings.far_mesh_no_route_timeout_s  # no waiting it out
+    events = await wait_for_end(redis, routed.request_id)
+    assert [e.token_id for e in events if isinstance(e, TokenEvent)] == reference_continuation(model, routed.prompt, 6)
+    (usage,) = await usage_records(redis, routed.request_id)
+    assert {c.node_id for c in usage.contributions} == {first.peer_id, second.peer_id}
+    assert usage.route_policy is not None and "prefs:sort-throughput,only:2,ignore:1" in usage.route_policy
+    deadline = time.monotonic() + 10  # the fleet measures every server each snapshot interval (2 s here)
+    while len(measured := await read_measurements(redis, model.model_id)) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert set(measured) == {first.peer_id, second.peer_id}
+    assert all(m.reachable and m.rtt_s is not None and m.throughput for m in measured.values())

@@ -1,0 +1,114 @@
+"""One session's own view of a model's sequence manager: its own exclusions and ranking, nobody else's.
+
+Every session of a model shares one Petals `RemoteSequenceManager` (one DHT view, one ping aggregator, one
+updater thread, one ban list); its `blocked_servers` is shared too, so a buyer's `ignore` set there would reroute
+every other buyer's sessions. Petals' `InferenceSession` asks its manager for little: `make_sequence` (the only
+routing decision), `block_uids`, `config`, `state.p2p`, `rpc_info`, request metadata, retry delays and the
+success/failure reports. `SessionRoutes` passes all of that through to the shared manager (so a failure this
+session meets still bans the server for everyone, as before) and answers `make_sequence` itself: the shared view's
+servers, filtered by the request's `RouteRule`, ranked by `mesh.route_choice`. Nothing is copied and nothing
+shared is changed, so other sessions of the model route exactly as they did.
+"""
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from mesh.announce import wallet_from_public_name
+from mesh.route_choice import Candidate, Hop, RouteRule, RouteUnsatisfiable, choose_route, uncovered
+from protocol.peer_measurements import PeerMeasurement
+
+
+class SessionRoutes:
+    """A stand-in for the shared `RemoteSequenceManager` inside one `InferenceSession` (see the module doc)."""
+
+    def __init__(self, manager: Any, rule: RouteRule, measured: Mapping[str, PeerMeasurement] | None = None) -> None:
+        self._manager = manager
+        self.rule = rule
+        self._measured = measured or {}
+        self.routes: list[list[Hop]] = []
+        """Every route (or part of one, after a failure) this view chose, in order: what tests and logs read."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+    def __len__(self) -> int:
+        return len(self._manager)
+
+    def candidates(self) -> list[Candidate]:
+        """The shared view's online servers the rule allows, with the client's pings (or the workers' measurements
+        for a server the client has not pinged) and what each announces."""
+        manager = self._manager
+        self._ensure_view()
+        with manager.lock_changes:
+            spans = list(manager.state.sequence_info.spans_by_priority)
+        rtts = manager.ping_aggregator.to_dict()
+        found = []
+        for span in spans:
+            info = span.server_info
+            peer = span.peer_id.to_base58()
+            rtt = rtts.get(span.peer_id)
+            if rtt is None and (seen := self._measured.get(peer)) is not None:
+                rtt = seen.rtt_s if seen.reachable else math.inf
+            candidate = Candidate(
+                peer_id=peer,
+                start=int(span.start),
+                end=int(span.end),
+                wallet=wallet_from_public_name(getattr(info, "public_name", None)),
+                rtt_s=rtt,
+                throughput=_positive(getattr(info, "throughput", None)),
+                inference_rps=_positive(getattr(info, "inference_rps", None)),
+            )
+            if self.rule.allows(candidate):
+                found.append(candidate)
+        return found
+
+    def uncovered_blocks(self) -> list[int]:
+        """The blocks no allowed server holds now (blocking only the first time, while the view is read)."""
+        return uncovered(self.candidates(), 0, len(self._manager))
+
+    def make_sequence(
+        self,
+        start_index: int = 0,
+        end_index: int | None = None,
+        *,
+        mode: str,
+        cache_tokens_needed: int | None = None,
+    ) -> list[Any]:
+        """Petals' `make_sequence`, answered from the allowed servers by the rule's sort (`mode` is ignored: an
+        inference session always asks for min_latency, and the buyer's sort replaces it)."""
+        from mesh.compat import petals
+
+        end = len(self._manager) if end_index is None else end_index
+        candidates = self.candidates()
+        try:
+            route = choose_route(candidates, start_index, end, self.rule.sort)
+        except RouteUnsatisfiable as exc:
+            pinned = " (allow_fallbacks is false: only the first route's servers may serve)" if self.rule.pinned else ""
+            raise RouteUnsatisfiable(exc.blocks, pinned) from None
+        self.rule.chose(route)
+        self.routes.append(route)
+        with self._manager.lock_changes:
+            infos = {span.peer_id.to_base58(): span for span in self._manager.state.sequence_info.spans_by_priority}
+        spans = []
+        for hop in route:
+            shared = infos.get(hop.candidate.peer_id)
+            if shared is None:  # the updater replaced the view between the two reads: Petals' retry chooses again
+                raise RuntimeError(f"server {hop.candidate.peer_id} left the swarm view while routing")
+            spans.append(petals.data_structures.RemoteSpanInfo(shared.peer_id, hop.start, hop.end, shared.server_info))
+        return spans
+
+    def _ensure_view(self) -> None:
+        """Start the shared updater and wait for its first read, as Petals' own `make_sequence` does."""
+        manager = self._manager
+        with manager._thread_start_lock:
+            if not manager.is_alive():
+                manager._thread.start()
+        if not manager.ready.is_set():
+            manager.update(wait=True)
+
+
+def _positive(value: object) -> float | None:
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None

@@ -1,0 +1,58 @@
+"""What workers measure of each server of a model, kept in Redis so a buyer's `provider.sort` ranks routes by it.
+
+Latency is measured, never guessed: every snapshot interval each worker pings every server of each model it
+serves (the Petals client's own ping aggregator) and writes the round trips beside the throughput each server
+announces, under `keys.peer_measurements(model_id)` with a TTL. A worker ranking routes prefers its own fresh
+pings and falls back on these for servers it has not pinged itself (docs/routing.md).
+"""
+
+import json
+from collections.abc import Mapping
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol import keys
+
+
+class PeerMeasurement(BaseModel):
+    """One server as one worker measured it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    rtt_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Round trip from the worker, seconds; None: unanswered"
+    )
+    reachable: bool = Field(default=True, description="False when the last ping got no answer")
+    throughput: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="The server's announced throughput (Petals' RPS)"
+    )
+    inference_rps: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="The server's announced inference steps per second"
+    )
+    measured_at: float = Field(description="Unix seconds of the measurement")
+
+
+async def write_measurements(redis: aioredis.Redis, model_id: str, measured: Mapping[str, PeerMeasurement]) -> None:
+    """Merge `measured` into the model's hash and push its expiry back (one round trip)."""
+    if not measured:
+        return
+    key = keys.peer_measurements(model_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(key, mapping={peer: m.model_dump_json() for peer, m in measured.items()})
+        pipe.expire(key, keys.PEER_MEASUREMENTS_TTL_S)
+        await pipe.execute()
+
+
+async def read_measurements(redis: aioredis.Redis, model_id: str) -> dict[str, PeerMeasurement]:
+    """Every server's latest measurement; an entry that does not parse (a newer writer's) is skipped."""
+    raw: Mapping[bytes | str, bytes | str] = await redis.hgetall(keys.peer_measurements(model_id))  # type: ignore[misc]
+    measured = {}
+    for peer, value in raw.items():
+        try:
+            measured[peer.decode() if isinstance(peer, bytes) else peer] = PeerMeasurement.model_validate(
+                json.loads(value)
+            )
+        except (ValueError, ValidationError):
+            continue
+    return measured

@@ -1,0 +1,119 @@
+"""One session routes by its own preferences through Petals' real data structures, and the model's shared
+sequence manager, which every other session routes through, is left exactly as it was (#30 item 2)."""
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mesh.announce import public_name_for
+from mesh.route_choice import RouteRule, RouteUnsatisfiable
+from mesh.session_routes import SessionRoutes
+
+WALLET = "0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB"
+
+
+class _Pings:
+    def __init__(self, rtts: dict[Any, float]) -> None:
+        self.rtts = rtts
+
+    def to_dict(self) -> dict[Any, float]:
+        return dict(self.rtts)
+
+
+def shared_manager() -> Any:
+    """What `SessionRoutes` reads of a `RemoteSequenceManager`: a four-block view where `whole` holds 0..4 (far),
+    `near-a` 0..2 (announcing WALLET) and `near-b` 2..4 (both near), as Petals' updater builds it from the DHT."""
+    from hivemind.p2p import PeerID
+
+    from mesh.compat import petals
+
+    ds = petals.data_structures
+    uids = [f"tiny.{i}" for i in range(4)]
+    ids = {name: PeerID(name.encode()) for name in ("whole", "near-a", "near-b")}
+    spans = {"whole": (0, 4, None), "near-a": (0, 2, public_name_for(WALLET)), "near-b": (2, 4, None)}
+    infos = {
+        name: ds.ServerInfo(
+            state=ds.ServerState.ONLINE,
+            throughput=10.0,
+            start_block=start,
+            end_block=end,
+            public_name=public,
+            inference_rps=500.0,
+        )
+        for name, (start, end, public) in spans.items()
+    }
+    modules = [
+        ds.RemoteModuleInfo(uid, {ids[n]: infos[n] for n, (s, e, _) in spans.items() if s <= i < e})
+        for i, uid in enumerate(uids)
+    ]
+    sequence_info = petals.client.routing.sequence_info.RemoteSequenceInfo.make_empty(uids)
+    sequence_info.update_(modules)
+    ready = threading.Event()
+    ready.set()
+    return SimpleNamespace(
+        state=SimpleNamespace(sequence_info=sequence_info),
+        lock_changes=threading.Lock(),
+        _thread_start_lock=threading.Lock(),
+        is_alive=lambda: True,
+        ready=ready,
+        ping_aggregator=_Pings({ids["whole"]: 0.5, ids["near-a"]: 0.01, ids["near-b"]: 0.01}),
+        blocked_servers=None,
+        block_uids=tuple(uids),
+        config=SimpleNamespace(max_retries=3),
+    )
+
+
+class _Manager(SimpleNamespace):
+    def __len__(self) -> int:
+        return 4
+
+
+def _routes(rule: RouteRule) -> tuple[SessionRoutes, Any]:
+    manager = _Manager(**vars(shared_manager()))
+    return SessionRoutes(manager, rule), manager
+
+
+def _chosen(spans: list[Any]) -> list[tuple[str, int, int]]:
+    return [(span.peer_id.to_bytes().decode(), span.start, span.end) for span in spans]
+
+
+def test_a_session_ignoring_a_peer_is_routed_around_it_while_the_shared_view_still_holds_it() -> None:
+    routes, manager = _routes(RouteRule(ignore=frozenset({WALLET})))
+    before = [list(spans) for spans in manager.state.sequence_info.spans_containing_block]
+    assert _chosen(routes.make_sequence(0, None, mode="min_latency")) == [("whole", 0, 4)]
+    assert manager.blocked_servers is None
+    assert [list(spans) for spans in manager.state.sequence_info.spans_containing_block] == before
+    unfiltered, _ = _routes(RouteRule())
+    assert _chosen(unfiltered.make_sequence(0, None, mode="min_latency")) == [("near-a", 0, 2), ("near-b", 2, 4)]
+
+
+def test_a_session_passes_everything_but_routing_through_to_the_shared_manager() -> None:
+    routes, manager = _routes(RouteRule())
+    assert len(routes) == 4 and routes.block_uids == manager.block_uids and routes.config is manager.config
+
+
+def test_a_partial_route_after_a_failure_spans_only_what_petals_asked_for() -> None:
+    routes, _ = _routes(RouteRule(sort="latency"))
+    assert _chosen(routes.make_sequence(1, 3, mode="min_latency")) == [("near-a", 1, 2), ("near-b", 2, 3)]
+
+
+def test_only_a_wallet_holding_half_the_blocks_names_the_other_half_before_and_while_routing() -> None:
+    routes, _ = _routes(RouteRule(only=frozenset({WALLET})))
+    assert routes.uncovered_blocks() == [2, 3]
+    with pytest.raises(RouteUnsatisfiable, match=r"blocks 2\.\.3"):
+        routes.make_sequence(0, None, mode="min_latency")
+
+
+def test_without_fallbacks_a_later_route_may_only_use_the_first_routes_servers() -> None:
+    rule = RouteRule(pin_first_route=True)
+    routes, manager = _routes(rule)
+    routes.make_sequence(0, None, mode="min_latency")
+    for spans in manager.state.sequence_info.spans_containing_block:  # near-b gone, as Petals drops a failed server
+        spans[:] = [span for span in spans if span.peer_id.to_bytes() != b"near-b"]
+    manager.state.sequence_info.spans_by_priority[:] = [
+        span for span in manager.state.sequence_info.spans_by_priority if span.peer_id.to_bytes() != b"near-b"
+    ]
+    with pytest.raises(RouteUnsatisfiable, match="allow_fallbacks is false"):
+        routes.make_sequence(2, 4, mode="min_latency")
