@@ -87,7 +87,9 @@ class _Swarm:
         import redis.asyncio as aioredis
 
         client = aioredis.Redis.from_url(self._redis_url)
-        workers = [SyntheticWorker(client, model_id) for model_id in (MODEL_ID, OTHER_MODEL_ID)]
+        # No pause between tokens: the coverage phase asks for every bound, max_tokens and n at their largest
+        # included, and a 2 ms pause per token made this test wait on the worker for most of its 50 s.
+        workers = [SyntheticWorker(client, model_id, token_delay_s=0) for model_id in (MODEL_ID, OTHER_MODEL_ID)]
         tasks = [asyncio.create_task(worker.run()) for worker in workers]
         while not self._stop.is_set():
             for model_id in (MODEL_ID, OTHER_MODEL_ID):
