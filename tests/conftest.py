@@ -1,4 +1,16 @@
-"""Fixtures every test may use; each room's own fixtures live in tests/fixtures/<room>.py."""
+"""Fixtures every test may use; each room's own fixtures live in tests/fixtures/<room>.py.
+
+Global on purpose, not a conftest.py per folder: the expensive fixtures are session-wide and shared across
+folders (the e2e system by tests/e2e, tests/sdk, tests/portal and tests/devstack; the two-server swarm by
+tests/mesh, tests/workers and tests/portal; Redis and the test database by nearly every folder), and a fixture
+made visible to two folders by importing it into two conftests is two fixtures to pytest, each starting its own
+system or swarm. pytest takes `pytest_plugins` only here,
+at the root. What stays navigable: a fixture named in a test is defined in tests/fixtures/<room>.py for the
+room it serves, and a folder's shared helpers are in its helpers.py, never in a test module
+(tests/test_layout.py).
+"""
+
+import pytest
 
 pytest_plugins = [
     "tests.fixtures.services",
@@ -12,3 +24,9 @@ pytest_plugins = [
     "tests.fixtures.portal",
     "tests.fixtures.verifier",
 ]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `restarts_redis` run after every other test, in the order collected, whatever the file names
+    (they restart the shared system's Redis, which loses every key: queues, snapshots, the usage group)."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_redis") is not None)

@@ -14,8 +14,7 @@ from devstack.harness.system import PRICE_FAR
 from devstack.supervisor import Child
 from gateway.batch_store import line_request_id
 from protocol import keys
-from tests.e2e.helpers import PROMPT
-from tests.e2e.test_faults import kill_group, killed_then_restarted, worker_running
+from tests.e2e.helpers import PROMPT, kill_group, killed_then_restarted, worker_running
 from tests.fixtures.system import SystemUnderTest, assert_books_balance, ledger_rows, wait_until_accounted
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swarm]

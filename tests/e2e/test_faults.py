@@ -10,22 +10,22 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from devstack.supervisor import Child
-from protocol import keys
 from tests.e2e.helpers import (
     LONG,
     PROMPT,
     assert_complete_once,
     assert_exactly_once_in_the_ledger,
     greedy,
+    kill_group,
+    killed_then_restarted,
     new_request_id,
+    worker_running,
 )
 from tests.fixtures.system import (
     SystemUnderTest,
@@ -39,32 +39,6 @@ from tests.fixtures.system import (
 from tests.fixtures.workers import reference_continuation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
-
-
-def kill_group(child: Child) -> None:
-    """SIGKILL a supervised process and everything it started, as a crash or the OOM killer would."""
-    os.killpg(child.process.pid, signal.SIGKILL)
-    child.process.wait(10)
-
-
-@asynccontextmanager
-async def killed_then_restarted(sut: SystemUnderTest, name: str) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(sut.restart_process, name)
-
-
-async def worker_running(sut: SystemUnderTest, request_id: str) -> Child:
-    """The supervised worker whose run holds `request_id`'s lease (owner = "<host>-<pid>:<try>:<nonce>")."""
-    redis = aioredis.Redis.from_url(sut.redis_url, decode_responses=True)
-    try:
-        owner = await redis.get(keys.job_lease(request_id))
-    finally:
-        await redis.aclose()
-    assert owner is not None, f"{request_id} has no lease: no worker runs it"
-    pid = int(owner.partition(":")[0].rpartition("-")[2])
-    return next(c for c in sut.system.supervisor.children if c.process.pid == pid)
 
 
 async def test_a_worker_killed_mid_stream_is_taken_over_and_the_client_gets_every_token_once(

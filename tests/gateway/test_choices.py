@@ -17,7 +17,7 @@ from protocol import keys
 from protocol.events import ChoiceEnd, DoneEvent, TokenEvent, TopLogprob, encode_event
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import MODEL_ID, IssueKey, SyntheticWorker, auth
-from tests.gateway.test_tool_calls import CALL, WEATHER
+from tests.gateway.helpers import CALL, WEATHER
 
 
 def openai_client(gateway_url: str, key: str) -> openai.AsyncOpenAI:

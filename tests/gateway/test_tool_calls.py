@@ -18,22 +18,7 @@ from protocol.events import DoneEvent, TokenEvent, encode_event
 from protocol.swarm import SwarmSnapshot
 from protocol.tools import NamedToolChoice
 from tests.fixtures.gateway import MODEL_ID, IssueKey, SyntheticWorker
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city now",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-        "strict": True,
-    },
-}
-CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
+from tests.gateway.helpers import CALL, WEATHER
 
 
 def openai_client(gateway_url: str, key: str) -> openai.AsyncOpenAI:

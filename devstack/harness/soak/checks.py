@@ -24,7 +24,7 @@ from protocol.money import split_with_fee
 
 IN_FLIGHT_BOUND = 3
 """Tokens a run may bill beyond what its client received: those in flight when a stream ended (README, "What
-Redis must guarantee"); the same bound tests/e2e/test_zz_redis_restart.py holds a lost stream to."""
+Redis must guarantee"); the same bound tests/e2e/test_redis_restart.py holds a lost stream to."""
 SHOWN = 8
 UNSETTLED_BATCH_STATUSES = ("claimed", "signed", "submitted")
 """A batch the payer has taken and not yet settled (schema/0008)."""

@@ -1,7 +1,8 @@
 """Redis restarted under the running system: the gateway answers 503 meanwhile, then everything serves again.
 
-Its own module, named to run after the other e2e modules: a restarted Redis has lost every key (queues,
-snapshots, the usage group); every process must reconnect on its own.
+Marked `restarts_redis`, so it runs after every other test of the session (tests/conftest.py orders it last,
+whatever the file names): a restarted Redis has lost every key (queues, snapshots, the usage group), and every
+process must reconnect on its own; a test sharing the system after it would meet a system still recovering.
 """
 
 import asyncio
@@ -35,11 +36,11 @@ from tests.fixtures.system import (
 )
 from tests.fixtures.workers import reference_continuation
 
-pytestmark = [pytest.mark.e2e, pytest.mark.swarm]
+pytestmark = [pytest.mark.e2e, pytest.mark.swarm, pytest.mark.restarts_redis]
 
 
 async def test_while_redis_restarts_the_gateway_answers_503_then_serves_again(e2e_system: SystemUnderTest) -> None:
-    """Runs last in this module: a restarted Redis has lost every key (queues, snapshots, the usage group)."""
+    """A restarted Redis has lost every key (queues, snapshots, the usage group); the processes find it again."""
     async with e2e_system.client(timeout_s=15) as client:
         await asyncio.to_thread(e2e_system.redis_server.stop)
         try:
