@@ -36,6 +36,7 @@ from protocol import keys
 from protocol.backoff import Backoff
 from protocol.stream_ids import BEFORE_FIRST, EntryId, format_entry_id, parse_entry_id
 from protocol.usage import DEAD_LETTER_FIELDS, USAGE_FIELD, DeadLetterKind, UsageRecord
+from streams import ConsumerGroup
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class UsageConsumer:
         self.connect = connect
         self.settings = settings
         self.name = settings.accounting_consumer_name
+        self.group = ConsumerGroup(redis, keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, self.name)
         self._stopping = asyncio.Event()
         self._connection: asyncpg.Connection | None = None
         self._backlog_cursor: str | None = "0"  # entries delivered to this name before a restart come first
@@ -191,20 +193,13 @@ class UsageConsumer:
         backoff = Backoff(0.1, self.settings.accounting_retry_max_s)
         while True:
             try:
-                await self._ensure_group()
+                await self.group.join()
                 return True
             except _REDIS_ERRORS as exc:
                 log.warning("redis unavailable at start (%s); retrying in %.1fs", type(exc).__name__, backoff.delay_s)
                 self.heartbeat.beat()
                 if await self._sleep(backoff.take()):
                     return False
-
-    async def _ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     async def _read_parsed(self) -> ParsedBatch:
         return await parse_entries_in_turns(await self._read_batch())
@@ -236,35 +231,19 @@ class UsageConsumer:
         self, last_id: str, count: int, block_ms: int | None
     ) -> tuple[list[UsageEntry], bytes | None]:
         """The entries read (trimmed ones acknowledged and left out) and the id of the last one delivered."""
-        try:
-            response = await self.redis.xreadgroup(
-                keys.USAGE_CONSUMER_GROUP, self.name, {keys.USAGE_STREAM: last_id}, count=count, block=block_ms
-            )
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self._ensure_group()  # the stream was deleted: start again
+        read = await self.group.read(last_id, count=count, block_ms=block_ms)
+        if not read:  # nothing yet, or the stream was deleted (the group is made again: start again)
             return [], None
-        if not response or not response[0][1]:
-            return [], None
-        entries = [(entry_id, fields) for entry_id, fields in response[0][1] if fields]
-        trimmed = [entry_id for entry_id, fields in response[0][1] if not fields]
-        if trimmed:  # own pending entries that no longer exist: nothing to write
-            await self.redis.xack(keys.USAGE_STREAM, keys.USAGE_CONSUMER_GROUP, *trimmed)
-        delivered: bytes = response[0][1][-1][0]
-        return entries, delivered
+        entries = [(entry_id, fields) for entry_id, fields in read if fields]
+        # own pending entries that no longer exist: nothing to write
+        await self.group.ack(*(entry_id for entry_id, fields in read if not fields))
+        return entries, read[-1][0]
 
     async def _claim_from_dead_consumers(self) -> None:
-        cursor, claimed, *_ = await self.redis.xautoclaim(
-            keys.USAGE_STREAM,
-            keys.USAGE_CONSUMER_GROUP,
-            self.name,
-            min_idle_time=self.settings.accounting_claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=self.settings.accounting_batch_size,
+        self._claim_cursor, claimed = await self.group.claim(
+            self.settings.accounting_claim_idle_ms, start=self._claim_cursor, count=self.settings.accounting_batch_size
         )
-        self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
-        entries = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
+        entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
         if entries:
             log.info("claimed entries of a dead consumer count=%d", len(entries))
             await self.store_and_ack(entries)
@@ -310,11 +289,10 @@ class UsageConsumer:
         for (entry_id, fields), kind, reason in dead:
             letters += [entry_id, parse_entry_id(entry_id)[0], kind.value, reason, self.name, _dead_record(fields)]
         head, rest = entry_ids[:_ACK_CHUNK], entry_ids[_ACK_CHUNK:]
-        group = keys.USAGE_CONSUMER_GROUP
         streams = [keys.USAGE_STREAM, keys.USAGE_DEAD_LETTERS, keys.USAGE_DEAD_LETTER_IDS]
-        await self._ack_script(keys=streams, args=[group, DEAD_LETTER_MAXLEN, len(dead), *letters, *head])
+        await self._ack_script(keys=streams, args=[self.group.group, DEAD_LETTER_MAXLEN, len(dead), *letters, *head])
         for start in range(0, len(rest), _ACK_CHUNK):
-            await self.redis.xack(keys.USAGE_STREAM, group, *rest[start : start + _ACK_CHUNK])
+            await self.group.ack(*rest[start : start + _ACK_CHUNK])
 
     async def _write_until_stored(self, records: list[UsageRecord]) -> BatchOutcome | None:
         """Write one batch, waiting out a ledger outage with capped exponential backoff; None if told to stop."""

@@ -19,14 +19,15 @@ MAY_IMPORT: dict[str, set[str]] = {
     "mesh": {"protocol"},
     "telemetry": set(),
     "probes": set(),
+    "streams": set(),
     "schema": {"protocol"},
     "chain": {"protocol"},
     "gateway": {"protocol", "schema", "telemetry"},
     "workers": {"protocol", "mesh", "probes", "telemetry"},
-    "accounting": {"protocol", "schema", "chain", "probes", "telemetry"},
+    "accounting": {"protocol", "schema", "chain", "probes", "streams", "telemetry"},
     "payouts": {"protocol", "schema", "chain"},
     "portal": {"protocol", "schema"},
-    "verifier": {"protocol", "schema", "probes", "telemetry"},
+    "verifier": {"protocol", "schema", "probes", "streams", "telemetry"},
 }
 MAY_IMPORT_EVERY_ROOM_BELOW = {"cli", "devstack", "bench", "tests"}
 

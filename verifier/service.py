@@ -12,13 +12,12 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
 import torch
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from probes import Heartbeat, serve_health_and_metrics
@@ -33,6 +32,7 @@ from protocol.verification import (
     read_entry,
     readable_request_id,
 )
+from streams import ConsumerGroup, Entry
 from verifier import metrics
 from verifier.ledger import (
     BanPolicy,
@@ -269,25 +269,16 @@ class Verifier:
         names = [keys.VERIFICATION_STREAM, keys.VERIFICATION_STREAM_BYTES]
         await finish(keys=names, args=[keys.VERIFICATION_CONSUMER_GROUP, entry_id, size])
 
-    async def _join(self, stop: asyncio.Event) -> list[Any] | None:
+    async def _join(self, group: ConsumerGroup, stop: asyncio.Event) -> list[Entry] | None:
         """Join the consumer group (creating it) and claim what a dead verifier left pending; None once `stop` is set
         first. A Redis restarting while the verifier starts is waited out, as in the loop: a verifier (re)started
         during an outage once exited instead (the chaos soak, issue #29)."""
-        consumer = self.settings.far_mesh_verifier_consumer_name
         outage = Backoff(_OUTAGE_FIRST_DELAY_S, _OUTAGE_MAX_DELAY_S)
         while not stop.is_set():
             try:
-                try:
-                    await self.redis.xgroup_create(
-                        keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, id="0", mkstream=True
-                    )
-                except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
-                claimed: Any = await self.redis.xautoclaim(
-                    keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, consumer, _CLAIM_IDLE_MS, count=1000
-                )
-                return list(claimed[1])
+                await group.join()
+                _, claimed = await group.claim(_CLAIM_IDLE_MS, count=1000)
+                return claimed
             except _OUTAGES as exc:
                 log.warning("Redis unavailable at start; retrying in %.1f s error=%r", outage.delay_s, exc)
                 await outage.sleep()
@@ -296,7 +287,8 @@ class Verifier:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the entry in hand is finished first."""
         consumer = self.settings.far_mesh_verifier_consumer_name
-        backlog = await self._join(stop)
+        group = ConsumerGroup(self.redis, keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, consumer)
+        backlog = await self._join(group, stop)
         if backlog is None:
             return
         next_pending_slash = 0.0
@@ -309,14 +301,7 @@ class Verifier:
                     await self.refresh_from_ledger()
                     next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
                 if not backlog:
-                    read = await self.redis.xreadgroup(
-                        keys.VERIFICATION_CONSUMER_GROUP,
-                        consumer,
-                        {keys.VERIFICATION_STREAM: ">"},
-                        count=self.settings.far_mesh_verifier_batch,
-                        block=1000,
-                    )
-                    backlog = [entry for _, entries in read for entry in entries]
+                    backlog = await group.read(count=self.settings.far_mesh_verifier_batch, block_ms=1000)
                 while backlog and not stop.is_set():
                     entry_id, fields = backlog[0]  # taken off only once handled: an outage retries it
                     if fields:  # an entry trimmed away while pending comes back without fields

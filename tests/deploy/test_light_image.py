@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, Absent())
-    for room in ("protocol", "schema", "gateway", "accounting", "payouts", "portal", "chain"):
+    for room in ("protocol", "streams", "schema", "gateway", "accounting", "payouts", "portal", "chain"):
         package = importlib.import_module(room)
         for info in pkgutil.walk_packages(package.__path__, room + "."):
             if not info.name.endswith(".__main__"):  # importing it would run the process
