@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import authenticate
 from gateway.bodies import read_model
 from gateway.errors import InvalidRequest
+from gateway.following import slot_hooks
 from gateway.inflight import Slot
 from gateway.request_trace import RequestTrace
 from gateway.sse import EventStreamResponse, Render, render_native
@@ -30,29 +31,16 @@ def relay_response(
     """Stream `slot`'s request to the client, holding the slot while the connection lasts; `trace` (a new
     submission's) is ended with the response."""
     settings = state.settings
-
-    def on_open() -> None:
-        state.inflight.attach(slot)
-        if trace is not None:
-            trace.relay_started()
-
-    async def on_close(finished: bool, client_left: bool) -> None:
-        if trace is not None:
-            trace.ended(state.metrics, finished=finished, client_left=client_left)
-        await state.inflight.release(slot, finished=finished, client_left=client_left)
-
-    async def on_deadline() -> None:
-        await state.inflight.cancel(slot.followed, "stream deadline passed")
-
+    hooks = slot_hooks(state, slot, trace)
     return EventStreamResponse(
         state.relay,
         keys.token_stream(slot.followed.request_id),
         request_id=slot.followed.request_id,
         after_id=after_id,
         render=render,
-        on_open=on_open,
-        on_close=on_close,
-        on_deadline=on_deadline,
+        on_open=hooks.on_open,
+        on_close=hooks.on_close,
+        on_deadline=hooks.on_deadline,
         deadline_s=settings.gateway_stream_deadline_s,
         max_unsent_bytes=settings.gateway_max_unsent_bytes,
         headers={"x-request-id": slot.followed.request_id},

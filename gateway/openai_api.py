@@ -34,7 +34,6 @@ the cue for the reply:
     Assistant:
 """
 
-import asyncio
 import hashlib
 import json
 import time
@@ -57,14 +56,14 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import authenticate
 from gateway.bodies import read_model
 from gateway.errors import ApiError, BadGateway, GatewayTimeout, InvalidRequest, NotFound, UnsupportedSchema
+from gateway.following import follow_slot
 from gateway.inference import relay_response
 from gateway.openai_errors import ContextLengthExceeded, UnsupportedParameter, error_type, openai_error_response
 from gateway.relay import Entry, Subscription
 from gateway.settings import GatewaySettings
-from gateway.sse import DEADLINE, sse_event, watch_disconnect
+from gateway.sse import sse_event
 from gateway.state import GatewayState, state_of
 from gateway.submission import Accepted, submit
-from protocol import keys
 from protocol.catalog import ModelId
 from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
@@ -667,34 +666,15 @@ async def _collect(
     """Every token event and the done event; None when the client left first. A prompt longer than the model's
     context is 400 `context_length_exceeded` (as OpenAI answers it), other errors 502; a request still running at
     GATEWAY_STREAM_DEADLINE_S is cancelled and answered 504."""
-    slot = accepted.slot
-    deadline_s = state.settings.gateway_stream_deadline_s
-    state.inflight.attach(slot)
-    sub: Subscription | None = None
     tokens: list[dict[str, Any]] = []
-    final: Entry | None = None
-    try:
-        sub = await state.relay.subscribe(keys.token_stream(accepted.request_id))
-        deadline = asyncio.get_running_loop().call_later(deadline_s, sub.end, DEADLINE)
-        watcher = asyncio.create_task(watch_disconnect(request.receive, sub.interrupt))
-        try:
-            final = await _final_entry(sub, tokens)
-        finally:
-            deadline.cancel()
-            watcher.cancel()
-    finally:
-        if sub is not None:
-            state.relay.unsubscribe(sub)
-        timed_out = sub is not None and sub.ended_by == DEADLINE
-        if timed_out:
-            await asyncio.shield(state.inflight.cancel(slot.followed, "stream deadline passed"))
-        client_left = sub is None or sub.interrupted
-        accepted.trace.ended(state.metrics, finished=final is not None, client_left=client_left)
-        await asyncio.shield(
-            state.inflight.release(slot, finished=final is not None or timed_out, client_left=client_left)
+    async with follow_slot(state, accepted.slot, trace=accepted.trace) as following:
+        with following.watching(request.receive):
+            final = await _final_entry(following.sub, tokens)
+        following.finished = final is not None
+    if following.timed_out:
+        raise GatewayTimeout(
+            f"the request was still running after {following.deadline_s:g} s, the gateway's limit; cancelled"
         )
-    if timed_out:
-        raise GatewayTimeout(f"the request was still running after {deadline_s:g} s, the gateway's limit; cancelled")
     if final is None:
         return None
     event = json.loads(final.data)

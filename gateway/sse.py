@@ -1,8 +1,8 @@
 """Server-Sent Events relayed from one token stream, ending after its done or error event.
 
 Each event's `id:` is the stream entry id, so `Last-Event-ID` resumes exactly after it on any replica. Idle
-connections get a keep-alive comment every GATEWAY_HEARTBEAT_INTERVAL_S. The response watches for the client
-going away itself (rather than relying on a failed write) so the job can be cancelled promptly.
+connections get a keep-alive comment every GATEWAY_HEARTBEAT_INTERVAL_S. The response follows its request as
+every route does (`gateway.following`: slot, subscription, deadline, disconnect watch, cancel, release).
 
 Every response ends, whatever the stream does: past its deadline the client gets an error event (without an
 id, so a resume still starts after the last real event) and the request is cancelled; a client that stops
@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.following import Following, Hooks, OnClose, follow
 from gateway.relay import Entry, StreamRelay, Subscription
 from protocol.error_codes import StreamErrorCode
 from protocol.events import ErrorEvent
@@ -27,11 +28,6 @@ log = logging.getLogger(__name__)
 
 KEEP_ALIVE = b": keep-alive\n\n"
 Render = Callable[[Entry], bytes]
-OnClose = Callable[[bool, bool], Awaitable[None]]
-"""Called once when the response ends: (the request is done with — final event sent or deadline passed —,
-the client disconnected or was cut off)."""
-DEADLINE = "deadline"
-OVERFLOW = "overflow"
 FINAL_WRITE_TIMEOUT_S = 5.0
 """How long the deadline's error event may take to be written before the connection is given up."""
 
@@ -54,7 +50,8 @@ def deadline_entry(request_id: str, deadline_s: float) -> Entry:
 
 
 class EventStreamResponse(Response):
-    """An ASGI response relaying `stream` after `after_id`, rendered event by event with `render`."""
+    """An ASGI response relaying `stream` after `after_id`, rendered event by event with `render`; `on_open`,
+    `on_close` and `on_deadline` are the `Hooks` of following it (`gateway.following.slot_hooks` for a slot's)."""
 
     def __init__(
         self,
@@ -79,35 +76,26 @@ class EventStreamResponse(Response):
         self.request_id = request_id
         self.after_id = after_id
         self.render_entry = render
-        self.on_open = on_open
-        self.on_close = on_close
-        self.on_deadline = on_deadline
+        self.hooks = Hooks(on_open, on_close, on_deadline)
         self.deadline_s = deadline_s
         self.max_unsent_bytes = max_unsent_bytes
         self.extra_headers = dict(headers or {})
         self.active_gauge = active_gauge
-        self._deadline_handled = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.on_open()
-        sub: Subscription | None = None
-        finished = False
-        try:
-            # Subscribed before the response starts: if Redis is away, the client gets a 503, not an empty 200.
-            sub = await self.relay.subscribe(self.stream, self.after_id, max_unsent_bytes=self.max_unsent_bytes)
-            finished = await self._relay(sub, receive, send)
-        finally:
-            ended_by = sub.ended_by if sub is not None else None
-            if sub is not None:
-                self.relay.unsubscribe(sub)
-            if ended_by == DEADLINE and not finished and not self._deadline_handled:
-                await asyncio.shield(self.on_deadline())  # the deadline cut off a write the client never read
-            client_left = sub is None or sub.interrupted or ended_by == OVERFLOW
-            # shielded: a response cancelled at shutdown still releases its slot
-            await asyncio.shield(self.on_close(finished or ended_by == DEADLINE, client_left and not finished))
+        async with follow(
+            self.relay,
+            self.stream,
+            self.hooks,
+            deadline_s=self.deadline_s,
+            after_id=self.after_id,
+            max_unsent_bytes=self.max_unsent_bytes,
+        ) as following:
+            following.finished = await self._relay(following, receive, send)
 
-    async def _relay(self, sub: Subscription, receive: Receive, send: Send) -> bool:
+    async def _relay(self, following: Following, receive: Receive, send: Send) -> bool:
         """Relay until the final event (True), or until the client leaves or the relay ends it (False)."""
+        sub = following.sub
         headers = {
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
@@ -124,11 +112,10 @@ class EventStreamResponse(Response):
                 task.cancel()
 
         sub.on_abort = abort_stuck_write
-        deadline = asyncio.get_running_loop().call_later(self.deadline_s, sub.end, DEADLINE)
-        watcher = asyncio.create_task(watch_disconnect(receive, sub.interrupt))
         self.active_gauge(1)
         try:
-            return await self._events(sub, send)
+            with following.watching(receive):
+                return await self._events(following, send)
         except asyncio.CancelledError:
             if sub.ended_by is None or task.uncancel() > 0:
                 raise  # not our abort (shutdown): stop as asked
@@ -139,16 +126,14 @@ class EventStreamResponse(Response):
             return False
         finally:
             self.active_gauge(-1)
-            deadline.cancel()
-            watcher.cancel()
 
-    async def _events(self, sub: Subscription, send: Send) -> bool:
+    async def _events(self, following: Following, send: Send) -> bool:
+        sub = following.sub
         while True:
             batch = await sub.next_batch()
             if batch is None:
-                if sub.ended_by == DEADLINE:
-                    await asyncio.shield(self.on_deadline())  # cancelled before the client hears of it
-                    self._deadline_handled = True
+                if following.timed_out:
+                    await following.deadline_passed()  # cancelled before the client hears of it
                     body = self.render_entry(deadline_entry(self.request_id, self.deadline_s))
                     with contextlib.suppress(TimeoutError):  # nothing may wait on a client that stopped reading
                         async with asyncio.timeout(FINAL_WRITE_TIMEOUT_S):
@@ -175,12 +160,3 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.body", "body": body, "more_body": more})
         finally:
             sub.writing = False
-
-
-async def watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> None:
-    """Call `on_disconnect` when the client closes the connection (the request body must be read already)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            on_disconnect()
-            return
