@@ -2,7 +2,7 @@
 
 A room of its own, importing only the standard library and prometheus_client, because three processes
 (the worker, the accounting consumer, the verifier) serve the same probe and none of them may import another.
-`protocol` could not hold it (pydantic only: it is the processes' contract, not their plumbing), and
+`protocol` could not hold it (it is the processes' contract, not their plumbing: the README's rooms), and
 `telemetry` is tracing, which pulls in the OpenTelemetry SDK that a health probe must not need.
 """
 

@@ -3,7 +3,7 @@
 A room of its own on the process-plumbing layer, importing only redis-py, because two process rooms consume
 streams this way (accounting the usage stream, the verifier the spot checks) and neither may import the other.
 `protocol` could not hold it: it is the processes' contract (the streams' and groups' names are in
-`protocol.keys`), not their plumbing, and it imports no Redis client.
+`protocol.keys`), not their plumbing.
 """
 
 from streams.consumer_group import ConsumerGroup, Entry
