@@ -35,7 +35,7 @@ CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "far-mesh"
 WALLETS = {
     "whole": "0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1",
     "first": "0xb2b2b2b2b2B2b2B2B2b2b2B2B2b2B2B2b2b2b2b2",
-    "second": "0xc3C3C3c3c3c3c3c3C3C3c3C3c3c3C3C3C3c3C3c3",
+    "second": "0xc3c3c3c3c3c3c3c3c3C3C3c3C3C3C3c3C3C3c3c3",
 }
 PROMPT = "The mesh streams tokens"
 

@@ -48,7 +48,7 @@ from gateway.errors import (
 )
 from gateway.openai_api import _openai_errors
 from gateway.state import GatewayState, state_of
-from gateway.submission import apply_caps, build_job, max_cost_far
+from gateway.submission import apply_caps, build_job, check_max_price, max_cost_far
 from protocol.live_prices import Prices, prices_now
 from protocol.money import FAR_QUANTUM
 
@@ -278,6 +278,10 @@ async def _admit_line(
         quoted = await prices_now(state.redis, state.settings.catalog, spec)
         prices[model_id] = discounted(quoted, state.settings.gateway_batch_discount_bps)
     price = prices[model_id]
+    try:  # the line's provider.max_price against the batch's own (discounted) quote
+        check_max_price(generate, price)
+    except ApiError as exc:
+        return LineError(exc.code, exc.message, number, f"body.{exc.field}")
     request_id = line_request_id(batch_id, index)
     job = build_job(state, generate, spec, price, request_id, key, prepared.turns, None, prepared.tool_use)
     most = max_cost_far(generate, price, prepared.turns)

@@ -30,6 +30,8 @@ UNKNOWN_RPS = 300.0
 """Inference steps per second assumed when a server announces none (Petals' default)."""
 UNKNOWN_THROUGHPUT = 1.0
 """Throughput assumed when a server announces none: ranks it below every server that does."""
+ALLOC_PENALTY_S = 10.0
+"""Added to a hop whose server announces too little attention cache left for the session, as Petals adds it."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class Candidate:
     """Measured round trip; None: never measured; math.inf: did not answer."""
     throughput: float | None = None
     inference_rps: float | None = None
+    cache_tokens_left: int | None = None
+    """What the server announces it can still hold; None: unknown (assumed enough)."""
+
+    def lacks_cache_for(self, cache_tokens_needed: int | None) -> bool:
+        """Petals' pessimistic test: the session's tokens, keys and values, in every block of the server's span."""
+        if cache_tokens_needed is None or self.cache_tokens_left is None:
+            return False
+        return cache_tokens_needed * 2 * (self.end - self.start) > self.cache_tokens_left
 
 
 @dataclass(frozen=True)
@@ -135,9 +145,17 @@ COSTS: Mapping[str | None, Callable[[Candidate, int], float]] = {
 }
 
 
-def choose_route(candidates: Sequence[Candidate], start: int, end: int, sort: str | None = None) -> list[Hop]:
-    """The cheapest chain of hops covering blocks [start, end) by `sort`'s cost; RouteUnsatisfiable naming the
-    blocks no candidate holds. Ties go to the lower peer id, so the choice is deterministic."""
+def choose_route(
+    candidates: Sequence[Candidate],
+    start: int,
+    end: int,
+    sort: str | None = None,
+    *,
+    cache_tokens_needed: int | None = None,
+) -> list[Hop]:
+    """The cheapest chain of hops covering blocks [start, end) by `sort`'s cost (a server short of attention cache
+    for `cache_tokens_needed` costs ALLOC_PENALTY_S more); RouteUnsatisfiable naming the blocks no candidate holds.
+    Ties go to the lower peer id, so the choice is deterministic."""
     if start >= end:
         return []
     missing = uncovered(candidates, start, end)
@@ -156,6 +174,8 @@ def choose_route(candidates: Sequence[Candidate], start: int, end: int, sort: st
                 continue
             j = min(candidate.end, end)
             cost = best[i - start] + cost_of(candidate, j - i)
+            if candidate.lacks_cache_for(cache_tokens_needed):
+                cost += ALLOC_PENALTY_S
             if cost < best[j - start]:
                 best[j - start], via[j - start] = cost, (i, candidate)
     if best[end - start] == math.inf:  # every block is held, but no chain of spans ends exactly at `end`

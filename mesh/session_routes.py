@@ -58,6 +58,7 @@ class SessionRoutes:
                 rtt_s=rtt,
                 throughput=_positive(getattr(info, "throughput", None)),
                 inference_rps=_positive(getattr(info, "inference_rps", None)),
+                cache_tokens_left=getattr(info, "cache_tokens_left", None),
             )
             if self.rule.allows(candidate):
                 found.append(candidate)
@@ -76,13 +77,14 @@ class SessionRoutes:
         cache_tokens_needed: int | None = None,
     ) -> list[Any]:
         """Petals' `make_sequence`, answered from the allowed servers by the rule's sort (`mode` is ignored: an
-        inference session always asks for min_latency, and the buyer's sort replaces it)."""
+        inference session always asks for min_latency, and the buyer's sort replaces it), steering clear of servers
+        short of cache for `cache_tokens_needed` as Petals does."""
         from mesh.compat import petals
 
         end = len(self._manager) if end_index is None else end_index
         candidates = self.candidates()
         try:
-            route = choose_route(candidates, start_index, end, self.rule.sort)
+            route = choose_route(candidates, start_index, end, self.rule.sort, cache_tokens_needed=cache_tokens_needed)
         except RouteUnsatisfiable as exc:
             pinned = " (allow_fallbacks is false: only the first route's servers may serve)" if self.rule.pinned else ""
             raise RouteUnsatisfiable(exc.blocks, pinned) from None

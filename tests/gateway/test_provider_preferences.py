@@ -2,6 +2,8 @@
 with a clear 4xx when malformed, a quote above `max_price` refused before anything is queued, and the rest
 carried on the job to the worker that honours it."""
 
+import json
+
 import httpx
 import redis.asyncio as aioredis
 
@@ -78,3 +80,25 @@ async def test_the_api_document_describes_the_provider_object_on_both_apis(gatew
     preferences = schemas["ProviderPreferences"]["properties"]
     assert set(preferences) == {"max_price", "sort", "only", "ignore", "allow_fallbacks", "min_reputation"}
     assert "max_price_exceeded" in document["paths"]["/inference/generate"]["post"]["responses"]["409"]["description"]
+
+
+async def test_a_batch_line_is_held_to_its_max_price_at_the_batchs_discounted_quote(
+    gateway_url: str, issue_key: IssueKey, healthy_swarm: object
+) -> None:
+    key, _ = await issue_key()
+
+    def line(custom_id: str, completion: str) -> str:
+        provider = {"max_price": {"completion": completion}}
+        body = {"model": MODEL_ID, "prompt": "hi", "max_tokens": 2, "provider": provider}
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body})
+
+    text = line("at-the-discount", "0.00005") + "\n" + line("below-it", "0.00004") + "\n"  # 0.0001 at 50 % off
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10, headers=auth(key)) as client:
+        files = {"file": ("in.jsonl", text.encode())}
+        uploaded = await client.post("/v1/files", files=files, data={"purpose": "batch"})
+        body = {"input_file_id": uploaded.json()["id"], "endpoint": "/v1/completions", "completion_window": "24h"}
+        batch = (await client.post("/v1/batches", json=body)).json()
+    assert batch["status"] == "failed"
+    (error,) = batch["errors"]["data"]
+    assert (error["line"], error["code"]) == (2, "max_price_exceeded")
+    assert error["param"] == "body.provider.max_price.completion"

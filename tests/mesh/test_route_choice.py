@@ -81,3 +81,11 @@ def test_without_fallbacks_the_first_route_pins_its_servers_and_a_lost_one_leave
 def test_block_ranges_read_as_a_person_writes_them() -> None:
     assert block_ranges([0, 1, 2, 5, 7, 8]) == "0..2, 5, 7..8"
     assert block_ranges([11, 12]) == "11..12"
+
+
+def test_a_server_short_of_attention_cache_for_the_session_is_avoided_where_another_route_exists() -> None:
+    full = Candidate("near-a", 0, 2, rtt_s=0.01, inference_rps=500.0, cache_tokens_left=100)
+    swarm = [full, NEAR_B, WHOLE]
+    assert peers(choose_route(swarm, 0, 4, "latency", cache_tokens_needed=20)) == [("near-a", 0, 2), ("near-b", 2, 4)]
+    assert peers(choose_route(swarm, 0, 4, "latency", cache_tokens_needed=64)) == [("whole", 0, 4)]
+    assert peers(choose_route([full, NEAR_B], 0, 4, "latency", cache_tokens_needed=64))[0][0] == "near-a"
