@@ -1,6 +1,6 @@
-"""The Procfile runs as written under a Procfile runner (honcho): every line parses, the swarm line starts alone,
-and `honcho start` with the `.env` of `far-mesh procfile-env` runs every line together until a generation
-through the gateway completes, then stops with nothing left behind."""
+"""The Procfile runs as written under a Procfile runner (honcho): every line parses, and `honcho start` with the
+`.env` of `far-mesh procfile-env` runs every line together until a generation through the gateway completes, then
+stops with nothing left behind."""
 
 import asyncio
 import os
@@ -31,7 +31,6 @@ from mesh.process_groups import signal_group
 from protocol.catalog import ModelSpec
 from tests.deploy.manifests import REPO, procfile
 
-SWARM_READY_TIMEOUT_S = 240.0
 SYSTEM_READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 WALLET = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
@@ -122,21 +121,6 @@ class Honcho:
 def _isolated_environ() -> dict[str, str]:
     """The test machine's environment without settings of ours that could leak into the run."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("FAR_MESH_", "GATEWAY_", "PORTAL_"))}
-
-
-@pytest.mark.swarm
-def test_honcho_starts_the_swarm_line_as_written(tiny_models: tuple[ModelSpec, ...], tmp_path: Path) -> None:
-    cache_dir = Path(str(tiny_models[0].source)).parent.parent  # <cache>/models/<name>: the tests' generated models
-    no_env = tmp_path / "empty.env"  # not the checkout's .env: the swarm line alone runs its own DHT
-    no_env.write_text("")
-    env = {**_isolated_environ(), "FAR_MESH_CACHE_DIR": str(cache_dir)}
-    honcho = Honcho(["-e", str(no_env), "start", "swarm"], env)
-    try:
-        honcho.wait_for("swarm ready; Ctrl-C stops it", time.monotonic() + SWARM_READY_TIMEOUT_S)
-        assert any("initial peers: /ip4/127.0.0.1/tcp/" in line for line in honcho.seen)
-        assert not any("stopped (rc=" in line for line in honcho.seen), honcho.tail()
-    finally:
-        honcho.stop()
 
 
 def _processes_of_run(marker: str) -> list[int]:

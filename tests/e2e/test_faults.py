@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from devstack.supervisor import Child
+from mesh.local_swarm import group_members
 from tests.e2e.helpers import (
     LONG,
     PROMPT,
@@ -104,7 +105,7 @@ async def test_a_swarm_server_that_crashes_is_restarted_with_its_peer_id_and_ser
     assert swarm is not None
     model = e2e_system.models[0]
     (victim,) = [s for s in swarm.servers if s.plan.model == model and s.plan.start_block == 0]  # no replica
-    peer_id, restarts = victim.peer_id, victim.restarts
+    peer_id, restarts, crashed_group = victim.peer_id, victim.restarts, victim.pid
 
     crashed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)  # its main process, as a crash would: the swarm cleans up the rest
@@ -114,6 +115,7 @@ async def test_a_swarm_server_that_crashes_is_restarted_with_its_peer_id_and_ser
     await asyncio.to_thread(swarm.ensure_serving, SERVER_RECOVERY_BOUND_S)
     await asyncio.to_thread(e2e_system.wait_until_ready, SERVER_RECOVERY_BOUND_S)  # the gateway's view too
     assert time.monotonic() - crashed_at < SERVER_RECOVERY_BOUND_S
+    assert group_members(crashed_group) == []  # nothing of the crashed server outlives it (its p2pd daemon)
 
     request_id = new_request_id()
     async with e2e_system.client() as client:

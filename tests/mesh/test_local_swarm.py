@@ -13,7 +13,7 @@ import pytest
 
 from cli.main import main
 from mesh.client import open_client
-from mesh.local_swarm import LocalSwarm, ServerPlan, SwarmError, peer_id_from_identity, split_plans
+from mesh.local_swarm import LocalSwarm, ServerPlan, SwarmError, split_plans
 from mesh.node import InvalidBlocks, ModelPathMissing, PortTaken
 from protocol.catalog import ModelSpec
 from tests.fixtures.swarm import StartSwarm
@@ -118,38 +118,6 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-RECOVERY_BOUND_S = 60.0
-"""A crashed server of a local swarm is back online, with the same peer id, within this (about 10 s here)."""
-
-
-@pytest.mark.swarm
-def test_a_crashed_server_comes_back_with_its_peer_id_and_serves_its_blocks(
-    local_swarm_factory: StartSwarm, tiny_models: tuple[ModelSpec, ...]
-) -> None:
-    swarm = local_swarm_factory(split_plans(tiny_models[0], 1))  # one server holds every block: no route avoids it
-    (victim,) = swarm.servers
-    peer_id, crashed_group = victim.peer_id, victim.group_members()
-
-    started = time.monotonic()
-    os.kill(victim.pid, signal.SIGKILL)  # the main process only, as a crash would: the swarm cleans up the rest
-    _wait_for(lambda: victim.restarts == 1, timeout_s=10)
-    swarm.ensure_serving(RECOVERY_BOUND_S)
-    recovered_s = time.monotonic() - started
-
-    assert recovered_s < RECOVERY_BOUND_S
-    assert peer_id_from_identity(victim.identity_path) == peer_id
-    assert _online_peers(swarm) == {(peer_id, block) for block in range(4)}
-    assert [pid for pid in crashed_group if _alive(pid) and pid not in victim.group_members()] == []
-    client = off_main_thread(open_client, swarm.models[0], swarm.initial_peers)
-    try:
-        input_ids = client.tokenizer(PROMPT, return_tensors="pt").input_ids
-        tokens, spans = off_main_thread(greedy_through_swarm, client, input_ids, NEW_TOKENS)
-        assert tokens == greedy_locally(client, input_ids, NEW_TOKENS)
-        assert spans == {(peer_id, 0, 4)}
-    finally:
-        off_main_thread(client.close)
-
-
 @pytest.mark.swarm
 def test_a_swarm_gives_up_on_a_server_that_keeps_crashing_and_says_so(
     local_swarm_factory: StartSwarm, tiny_models: tuple[ModelSpec, ...], monkeypatch: pytest.MonkeyPatch
@@ -215,15 +183,3 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"not true within {timeout_s} s"
         time.sleep(0.1)
-
-
-def _online_peers(swarm: LocalSwarm) -> set[tuple[str, int]]:
-    from mesh.compat import petals
-
-    infos = swarm.module_infos(swarm.models[0].dht_prefix or "", 4)
-    return {
-        (peer.to_base58(), block)
-        for block, info in enumerate(infos)
-        for peer, server in info.servers.items()
-        if server.state == petals.data_structures.ServerState.ONLINE
-    }
