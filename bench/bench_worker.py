@@ -1,8 +1,9 @@
 """Worker overhead against the Petals client called directly, on a real local swarm (tiny model, 2 servers).
 
 Prints, in one run: enqueue-to-first-token p50 through the worker vs a direct session's first token (target:
-at most 10 ms added), and tokens/s of 8 concurrent jobs through one worker vs 8 concurrent direct sessions
-(target: at least 0.9x). The two paths take turns (a direct run, then a worker run, and so on) so that the
+at most 2 ms added), tokens/s of 8 concurrent jobs through one worker vs 8 concurrent direct sessions (target:
+at least 0.97x), and the front end's CPU per token on each path, the swarm's servers left out (target: at most
+1.10x; `front_end_cpu.py`). The two paths take turns (a direct run, then a worker run, and so on) so that the
 machine's changing load falls on both alike. Run: `.venv/bin/python bench/bench_worker.py`.
 
 It never hangs and never orphans its swarm: each phase has a deadline (past it, every thread's stack is
@@ -35,7 +36,9 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from front_end_cpu import cpu_by_kind, cpu_by_process  # noqa: E402
 
 from devstack.redis_server import RedisServer  # noqa: E402
 from mesh.client import open_client  # noqa: E402
@@ -50,7 +53,8 @@ from workers.settings import WorkerSettings  # noqa: E402
 
 PROMPT = "The mesh streams tokens from many small servers"
 TTFT_RUNS = 20
-THROUGHPUT_ROUNDS = 3
+THROUGHPUT_ROUNDS = int(os.environ.get("BENCH_WORKER_ROUNDS", "3"))
+"""More rounds (BENCH_WORKER_ROUNDS) give a profiler more samples of the per-token path."""
 CONCURRENT = 8
 TOKENS_EACH = 48
 OVERALL_TIMEOUT_S = 600
@@ -137,6 +141,8 @@ async def through_worker(
         )
         for _ in range(concurrent)
     ]
+    last_usage = await redis.xrevrange(keys.USAGE_STREAM, count=1)
+    usage_cursor = last_usage[0][0] if last_usage else b"0-0"
     started = {}
     for job in jobs:
         started[job.request_id] = time.perf_counter()
@@ -147,22 +153,23 @@ async def through_worker(
         if not await redis.xread({stream: "0-0"}, block=STREAM_TIMEOUT_S * 1000, count=1):
             raise TimeoutError(f"{job.request_id}: no first token after {STREAM_TIMEOUT_S} s")
         latencies.append(time.perf_counter() - started[job.request_id])
-    await wait_for_endings(redis, [job.request_id for job in jobs])  # so runs do not overlap
+    await wait_for_endings(redis, [job.request_id for job in jobs], usage_cursor)  # so runs do not overlap
     return latencies
 
 
-async def wait_for_endings(redis: aioredis.Redis, request_ids: list[str]) -> None:
-    """Block (rather than poll, which would take CPU from the worker) until every stream holds its ending."""
-    cursors = {keys.token_stream(r): "0-0" for r in request_ids}
+async def wait_for_endings(redis: aioredis.Redis, request_ids: list[str], usage_cursor: bytes) -> None:
+    """Until every request has ended: each ending writes one usage record, so this wakes once per job rather
+    than once per token (reading the token streams would charge the worker's CPU with a reader per token)."""
+    remaining = len(request_ids)
     async with asyncio.timeout(STREAM_TIMEOUT_S):
-        while cursors:
-            for stream, entries in await redis.xread(cursors, block=STREAM_TIMEOUT_S * 1000):  # type: ignore[arg-type]
-                cursors[stream.decode()] = entries[-1][0]
-                kind, data = entries[-1][1][b"kind"], entries[-1][1][b"data"]
-                if kind == b"error":
-                    raise RuntimeError(f"{stream.decode()} failed: {data.decode()}")
-                if kind != b"token":
-                    del cursors[stream.decode()]
+        while remaining > 0:
+            read = await redis.xread({keys.USAGE_STREAM: usage_cursor}, block=STREAM_TIMEOUT_S * 1000)
+            for _stream, entries in read:
+                usage_cursor, remaining = entries[-1][0], remaining - len(entries)
+    for request_id in request_ids:
+        ((_, fields),) = await redis.xrevrange(keys.token_stream(request_id), count=1)
+        if fields[b"kind"] != b"done":
+            raise RuntimeError(f"{request_id} failed: {fields[b'data'].decode()}")
 
 
 def main() -> None:
@@ -195,6 +202,11 @@ def start_redis_and_swarm(prefix: str) -> tuple[ModelSpec, RedisServer, LocalSwa
     return model, redis_server, swarm
 
 
+def swarm_groups(swarm: LocalSwarm) -> frozenset[int]:
+    """The process groups of the swarm's servers and DHT: the same work on both paths, so never counted."""
+    return frozenset(p.pid for p in [*swarm.servers, *([swarm.dht_process] if swarm.dht_process else [])])
+
+
 def run() -> None:
     model, redis_server, swarm = start_redis_and_swarm("bench-worker-")
 
@@ -218,7 +230,7 @@ def run() -> None:
             raise TimeoutError("the worker did not start within 120 s")
         client = open_client(model, swarm.initial_peers)
         try:
-            results = asyncio.run(measure(redis_server.url, model, client))
+            results = asyncio.run(measure(redis_server.url, model, client, swarm_groups(swarm)))
         finally:
             client.close()
             loop.call_soon_threadsafe(stop.set)
@@ -236,10 +248,17 @@ class Results:
     direct_seconds: float = 0.0
     worker_tokens: int = 0
     worker_seconds: float = 0.0
+    direct_cpu_s: dict[str, float] = field(default_factory=dict)
+    worker_cpu_s: dict[str, float] = field(default_factory=dict)
 
 
-async def measure(redis_url: str, model: ModelSpec, client: Any) -> Results:
-    """Both paths in turns, so that a change in the machine's load falls on both alike."""
+async def measure(redis_url: str, model: ModelSpec, client: Any, skip_groups: frozenset[int]) -> Results:
+    """Both paths in turns, so that a change in the machine's load falls on both alike.
+
+    CPU is this process (the direct client's threads, or the worker's loop and pool: the other idles meanwhile)
+    and its descendants (both clients' p2pd and DHT processes, and Redis, which only the worker uses), less the
+    swarm: the same work on both paths."""
+    me = [os.getpid()]
     redis = aioredis.Redis.from_url(redis_url)
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     prompt_ids = list(client.tokenizer(PROMPT)["input_ids"])
@@ -251,17 +270,30 @@ async def measure(redis_url: str, model: ModelSpec, client: Any) -> Results:
             results.direct_ttft.append(direct_generation(client, prompt_ids, 1)[0])
             results.worker_ttft += await through_worker(pool, redis, model, 1, 1)
         for _ in range(THROUGHPUT_ROUNDS):
+            before = cpu_by_process(me, skip_groups=skip_groups)
             tokens, seconds = direct_throughput(client, prompt_ids)
+            _add(results.direct_cpu_s, cpu_by_kind(before, cpu_by_process(me, skip_groups=skip_groups)))
             results.direct_tokens += tokens
             results.direct_seconds += seconds
+            before = cpu_by_process(me, skip_groups=skip_groups)
             started = time.perf_counter()
             await through_worker(pool, redis, model, CONCURRENT, TOKENS_EACH)
             results.worker_seconds += time.perf_counter() - started
+            _add(results.worker_cpu_s, cpu_by_kind(before, cpu_by_process(me, skip_groups=skip_groups)))
             results.worker_tokens += CONCURRENT * TOKENS_EACH
     finally:
         await pool.aclose()
         await redis.aclose()
     return results
+
+
+def _add(total: dict[str, float], more: dict[str, float]) -> None:
+    for kind, seconds in more.items():
+        total[kind] = total.get(kind, 0.0) + seconds
+
+
+def _per_token_ms(cpu_s: dict[str, float], tokens: int) -> str:
+    return ", ".join(f"{kind} {seconds / tokens * 1000:.2f}" for kind, seconds in sorted(cpu_s.items()))
 
 
 def report(results: Results) -> None:
@@ -270,12 +302,18 @@ def report(results: Results) -> None:
     direct_tps = results.direct_tokens / results.direct_seconds
     worker_tps = results.worker_tokens / results.worker_seconds
     print(f"first token p50: direct {direct_p50:.1f} ms, through worker (from enqueue) {worker_p50:.1f} ms")
-    print(f"  added by the worker: {worker_p50 - direct_p50:+.1f} ms (target <= 10 ms), {worker_p50 / direct_p50:.2f}x")
+    print(f"  added by the worker: {worker_p50 - direct_p50:+.1f} ms (target <= +2 ms), {worker_p50 / direct_p50:.2f}x")
     print(
         f"{CONCURRENT} concurrent x {TOKENS_EACH} tokens, {THROUGHPUT_ROUNDS} rounds each: "
         f"direct {direct_tps:.1f} tok/s, worker {worker_tps:.1f} tok/s"
     )
-    print(f"  worker / direct throughput: {worker_tps / direct_tps:.2f}x (target >= 0.9x)", flush=True)
+    print(f"  worker / direct throughput: {worker_tps / direct_tps:.2f}x (target >= 0.97x)")
+    direct_ms = sum(results.direct_cpu_s.values()) / results.direct_tokens * 1000
+    worker_ms = sum(results.worker_cpu_s.values()) / results.worker_tokens * 1000
+    print(f"front-end CPU per token (swarm servers excluded): direct {direct_ms:.2f} ms, worker {worker_ms:.2f} ms")
+    print(f"  direct: {_per_token_ms(results.direct_cpu_s, results.direct_tokens)}")
+    print(f"  worker: {_per_token_ms(results.worker_cpu_s, results.worker_tokens)}")
+    print(f"  worker / direct CPU per token: {worker_ms / direct_ms:.2f}x (target <= 1.10x)", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ def grammar_tokenizer(tokenizer: Any, *, vocab_size: int, eos_token_ids: frozens
         return _tokenizers[key]
 
 
+def is_free_text(job: GenerateJob) -> bool:
+    """True when the job's reply follows no grammar (`job_grammar` is None), told without compiling one: a free
+    text run then skips the trip to the model's pool that building a constraint takes."""
+    return not (job.tool_use is not None and job.tool_use.active) and not isinstance(
+        job.response_format, JsonObjectFormat | JsonSchemaFormat
+    )
+
+
 def job_grammar(job: GenerateJob) -> str | None:
     """The grammar the job's reply must follow: its tools' when it may call one, else its response_format's;
     None for free text. Raises `protocol.structured.SchemaRefused` for one that cannot be compiled."""

@@ -34,7 +34,7 @@ from protocol.ownership import RequestOwner
 from protocol.structured import SchemaRefused
 from workers import budget, metrics
 from workers.attribution import Attribution, served_step
-from workers.constraint import ConstraintError, GrammarConstraint, grammar_tokenizer, job_grammar
+from workers.constraint import ConstraintError, GrammarConstraint, grammar_tokenizer, is_free_text, job_grammar
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
 from workers.prompts import prompt_ids
@@ -334,7 +334,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
         return Outcome.failed(ErrorBody(code=StreamErrorCode.PROMPT_TOO_LONG, message=message + ": shorten it"))
     max_tokens = min(job.max_tokens, room)
     try:  # before any swarm time: a grammar this worker cannot build ends the request unbilled
-        constraint = await served.run_blocking(_constraint_of, run)
+        constraint = None if is_free_text(job) else await served.run_blocking(_constraint_of, run)
         decoder, stops, sampler = _text_and_sampling(run, constraint)
     except (SchemaRefused, ConstraintError, SamplingError) as exc:
         message = f"the response_format or tools cannot be enforced here ({exc}); send the request without them"

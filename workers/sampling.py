@@ -2,6 +2,7 @@
 after the request's penalties, its response_format's grammar and top_k; and the log probabilities a request
 may ask for."""
 
+import math
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,10 +26,16 @@ class SamplingError(ValueError):
 
 def choose_next_token(logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """The next token id from a 1-D tensor of logits over the vocabulary."""
+    if temperature < GREEDY_BELOW_TEMPERATURE:
+        # One reduction rather than three: a NaN anywhere makes the maximum NaN and +inf makes it +inf, so the
+        # maximum alone tells a step to refuse (-inf is a masked token, and fine); the index is argmax's, the first
+        # of equal maxima. Greedy is the common case, and this runs once per token.
+        best, index = torch.max(logits, dim=0)
+        if not bool(best < math.inf):
+            raise SamplingError("the model returned NaN or infinite logits")
+        return int(index)
     if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf is a masked token, and fine
         raise SamplingError("the model returned NaN or infinite logits")
-    if temperature < GREEDY_BELOW_TEMPERATURE:
-        return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if not bool(torch.isfinite(probs).all()):
         raise SamplingError(f"temperature {temperature:g} makes the probabilities overflow")
@@ -119,7 +126,8 @@ class Sampler:
         if options.top_k > 0 and options.top_k < adjusted.numel():
             kth = torch.topk(adjusted, options.top_k).values[-1]
             adjusted = adjusted.masked_fill(adjusted < kth, float("-inf"))
-        self._generator.manual_seed(zlib.crc32(f"{self._seed_key}:{self._index}".encode()))
+        if self._temperature >= GREEDY_BELOW_TEMPERATURE:  # greedy draws nothing: seeding would be wasted work
+            self._generator.manual_seed(zlib.crc32(f"{self._seed_key}:{self._index}".encode()))
         token_id = choose_next_token(
             adjusted, temperature=self._temperature, top_p=self._top_p, generator=self._generator
         )

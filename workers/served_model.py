@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from mesh.client import ClientLimits, MeshClient, open_client
 from mesh.session import SpanRecorder, SwarmSession
@@ -23,6 +24,16 @@ T = TypeVar("T")
 SUSPECT_CLIENT_REPLACED_EVERY_S = 60.0
 """At most this often a client suspected of its own routing failure is replaced: a swarm that is really
 broken for every worker costs each worker one reconnect a minute, not one per failed job."""
+
+
+def _decodes_plainly(tokenizer_class: type[Any]) -> bool:
+    """Whether `tokenizer_class` is a fast tokenizer whose decode is transformers' own: its backend's decode, then
+    (only when asked, never here) a clean-up of spaces. A class that overrides either decodes its own way."""
+    return (
+        issubclass(tokenizer_class, PreTrainedTokenizerFast)
+        and tokenizer_class.decode is PreTrainedTokenizerBase.decode
+        and getattr(tokenizer_class, "_decode", None) is PreTrainedTokenizerFast._decode
+    )
 
 
 class ServedModel:
@@ -93,7 +104,13 @@ class ServedModel:
         return list(self.tokenizer(text)["input_ids"])
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+        """The text of `token_ids`, special tokens left out. Called twice per generated token (`workers.detokenize`):
+        a fast tokenizer that decodes as transformers' own does is asked directly, without transformers' wrapper,
+        which converts its argument element by element and cost as much as the decoding itself (issue #32)."""
+        tokenizer = self.tokenizer
+        if _decodes_plainly(type(tokenizer)):
+            return str(tokenizer.backend_tokenizer.decode(list(token_ids), skip_special_tokens=True))
+        return str(tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
     def open_session(
         self, *, max_length: int, recorder: SpanRecorder | None = None, routes: SessionRoutes | None = None

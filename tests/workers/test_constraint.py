@@ -12,10 +12,11 @@ from llguidance import LLTokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from protocol.catalog import ModelSpec
+from protocol.jobs import GenerateJob
 from protocol.requests import SamplingOptions
 from protocol.structured import JsonObjectFormat, JsonSchemaFormat, grammar_of
 from protocol.tools import ToolUse, parameters_of, parse_calls, tool_grammar
-from workers.constraint import GrammarConstraint, grammar_tokenizer
+from workers.constraint import GrammarConstraint, grammar_tokenizer, is_free_text, job_grammar
 from workers.sampling import Sampler
 
 VOCAB = 384
@@ -199,3 +200,21 @@ def opening(token_id: int, first_logit: float) -> Callable[[int], torch.Tensor]:
         return logits
 
     return logits_of
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"response_format": {"type": "json_object"}},
+        {"tool_use": WEATHER_TOOLS.model_dump()},
+        {"tool_use": WEATHER_TOOLS.model_copy(update={"tool_choice": "none"}).model_dump()},
+    ],
+)
+def test_a_job_is_free_text_exactly_when_it_has_no_grammar(fields: dict[str, Any]) -> None:
+    job = GenerateJob.model_validate(
+        {"request_id": "req-1", "model_id": "m", "prompt": "hi", "max_tokens": 4, "temperature": 0, "top_p": 1}
+        | {"price_per_token_far": "0.0001", "enqueued_at": 0.0}
+        | fields
+    )
+    assert is_free_text(job) is (job_grammar(job) is None)

@@ -32,11 +32,17 @@ def test_a_vanishing_temperature_is_greedy_instead_of_overflowing_to_nan() -> No
     assert {choose_next_token(logits, temperature=1e-45, top_p=1.0, generator=generator) for _ in range(20)} == {1}
 
 
+@pytest.mark.parametrize("temperature", [0.7, 0.0])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_logits_are_a_sampling_error_not_a_route_failure(bad: float) -> None:
+def test_non_finite_logits_are_a_sampling_error_not_a_route_failure(bad: float, temperature: float) -> None:
     logits = torch.tensor([0.1, bad, 2.9])
     with pytest.raises(SamplingError, match="NaN or infinite"):
-        choose_next_token(logits, temperature=0.7, top_p=1.0, generator=torch.Generator().manual_seed(1))
+        choose_next_token(logits, temperature=temperature, top_p=1.0, generator=torch.Generator().manual_seed(1))
+
+
+def test_greedy_takes_the_first_of_equal_maxima_and_a_masked_token_is_fine() -> None:
+    logits = torch.tensor([float("-inf"), 2.0, 3.0, 3.0])
+    assert choose_next_token(logits, temperature=0.0, top_p=1.0, generator=torch.Generator()) == 2
 
 
 def _options(**fields: object) -> SamplingOptions:

@@ -1,7 +1,10 @@
 from types import SimpleNamespace
 from typing import cast
 
+from transformers import AutoTokenizer
+
 from mesh.client import MeshClient
+from protocol.catalog import ModelSpec
 from workers.served_model import SUSPECT_CLIENT_REPLACED_EVERY_S, ServedModel
 
 
@@ -57,3 +60,16 @@ def test_missing_blocks_or_a_later_step_that_went_through_clear_the_client() -> 
     served.note_no_route(every_block_announced=True)
     served.note_routed()
     assert served.needs_new_client() is None
+
+
+def test_decoding_asks_a_fast_tokenizer_directly_and_gives_what_transformers_decode_gives(
+    tiny_models: tuple[ModelSpec, ...],
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[0].weights_source)
+    client = fake_client()
+    client.tokenizer = tokenizer
+    served = ServedModel(client, max_jobs=1)
+    windows = [list(range(start, start + 6)) for start in range(0, len(tokenizer), 3)] + [[], [0, 1, 2], [2, 2]]
+    for ids in windows:
+        expected = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert served.decode(ids) == expected
