@@ -8,6 +8,11 @@ success/failure reports. `SessionRoutes` passes all of that through to the share
 session meets still bans the server for everyone, as before) and answers `make_sequence` itself: the shared view's
 servers, filtered by the request's `RouteRule`, ranked by `mesh.route_choice`. Nothing is copied and nothing
 shared is changed, so other sessions of the model route exactly as they did.
+
+The shared view leaves out the servers the route policy holds back (`workers.route_policy`: banned ones, and
+those on probation where a reputable server holds the same blocks). Holding a probation server back must never
+cost a route, so when the buyer's rule leaves blocks without a server, the probation servers the rule allows are
+read from the DHT and offered too (never a banned one).
 """
 
 import math
@@ -19,13 +24,33 @@ from mesh.route_choice import Candidate, Hop, RouteRule, RouteUnsatisfiable, cho
 from protocol.peer_measurements import PeerMeasurement
 
 
+def held_back_spans(manager: Any, peers: frozenset[str]) -> dict[str, Any]:
+    """The spans (Petals' `RemoteSpanInfo`) of `peers` as the DHT announces them, ignoring every block list
+    (blocking: one DHT read)."""
+    from mesh.compat import petals
+
+    infos = petals.utils.dht.get_remote_module_infos(manager.dht, manager.block_uids, latest=True)
+    spans = petals.utils.dht.compute_spans(infos, min_state=petals.data_structures.ServerState.ONLINE)
+    return {peer.to_base58(): span for peer, span in spans.items() if peer.to_base58() in peers}
+
+
 class SessionRoutes:
     """A stand-in for the shared `RemoteSequenceManager` inside one `InferenceSession` (see the module doc)."""
 
-    def __init__(self, manager: Any, rule: RouteRule, measured: Mapping[str, PeerMeasurement] | None = None) -> None:
+    def __init__(
+        self,
+        manager: Any,
+        rule: RouteRule,
+        measured: Mapping[str, PeerMeasurement] | None = None,
+        *,
+        banned: frozenset[str] = frozenset(),
+    ) -> None:
+        """`measured`: the workers' measurements (`protocol.peer_measurements`) for servers this client has not
+        pinged; `banned`: the verifier's banned peers, which are never offered even when the rule needs them."""
         self._manager = manager
         self.rule = rule
         self._measured = measured or {}
+        self._banned = banned
         self.routes: list[list[Hop]] = []
         """Every route (or part of one, after a failure) this view chose, in order: what tests and logs read."""
 
@@ -36,36 +61,12 @@ class SessionRoutes:
         return len(self._manager)
 
     def candidates(self) -> list[Candidate]:
-        """The shared view's online servers the rule allows, with the client's pings (or the workers' measurements
-        for a server the client has not pinged) and what each announces."""
-        manager = self._manager
-        self._ensure_view()
-        with manager.lock_changes:
-            spans = list(manager.state.sequence_info.spans_by_priority)
-        rtts = manager.ping_aggregator.to_dict()
-        found = []
-        for span in spans:
-            info = span.server_info
-            peer = span.peer_id.to_base58()
-            rtt = rtts.get(span.peer_id)
-            if rtt is None and (seen := self._measured.get(peer)) is not None:
-                rtt = seen.rtt_s if seen.reachable else math.inf
-            candidate = Candidate(
-                peer_id=peer,
-                start=int(span.start),
-                end=int(span.end),
-                wallet=wallet_from_public_name(getattr(info, "public_name", None)),
-                rtt_s=rtt,
-                throughput=_positive(getattr(info, "throughput", None)),
-                inference_rps=_positive(getattr(info, "inference_rps", None)),
-                cache_tokens_left=getattr(info, "cache_tokens_left", None),
-            )
-            if self.rule.allows(candidate):
-                found.append(candidate)
-        return found
+        """The online servers the rule allows, with the client's pings (or the workers' measurements for a server
+        the client has not pinged) and what each announces."""
+        return [candidate for candidate, _ in self._allowed().values()]
 
     def uncovered_blocks(self) -> list[int]:
-        """The blocks no allowed server holds now (blocking only the first time, while the view is read)."""
+        """The blocks no allowed server holds now (blocking the first time, while the view is read)."""
         return uncovered(self.candidates(), 0, len(self._manager))
 
     def make_sequence(
@@ -82,23 +83,60 @@ class SessionRoutes:
         from mesh.compat import petals
 
         end = len(self._manager) if end_index is None else end_index
-        candidates = self.candidates()
+        allowed = self._allowed()
         try:
-            route = choose_route(candidates, start_index, end, self.rule.sort, cache_tokens_needed=cache_tokens_needed)
+            route = choose_route(
+                [candidate for candidate, _ in allowed.values()],
+                start_index,
+                end,
+                self.rule.sort,
+                cache_tokens_needed=cache_tokens_needed,
+            )
         except RouteUnsatisfiable as exc:
             pinned = " (allow_fallbacks is false: only the first route's servers may serve)" if self.rule.pinned else ""
             raise RouteUnsatisfiable(exc.blocks, pinned) from None
         self.rule.chose(route)
         self.routes.append(route)
-        with self._manager.lock_changes:
-            infos = {span.peer_id.to_base58(): span for span in self._manager.state.sequence_info.spans_by_priority}
-        spans = []
-        for hop in route:
-            shared = infos.get(hop.candidate.peer_id)
-            if shared is None:  # the updater replaced the view between the two reads: Petals' retry chooses again
-                raise RuntimeError(f"server {hop.candidate.peer_id} left the swarm view while routing")
-            spans.append(petals.data_structures.RemoteSpanInfo(shared.peer_id, hop.start, hop.end, shared.server_info))
-        return spans
+        spans = [allowed[hop.candidate.peer_id][1] for hop in route]
+        return [
+            petals.data_structures.RemoteSpanInfo(span.peer_id, hop.start, hop.end, span.server_info)
+            for hop, span in zip(route, spans, strict=True)
+        ]
+
+    def _allowed(self) -> dict[str, tuple[Candidate, Any]]:
+        """Peer id -> (candidate, Petals span) of every server the rule allows: the shared view's, and the held-back
+        probation servers' when the shared view's leave a block without a server."""
+        manager = self._manager
+        self._ensure_view()
+        with manager.lock_changes:
+            spans = {span.peer_id.to_base58(): span for span in manager.state.sequence_info.spans_by_priority}
+        allowed = self._filter(spans)
+        held_back = frozenset(peer.to_base58() for peer in (manager.blocked_servers or ())) - self._banned
+        if held_back and uncovered([c for c, _ in allowed.values()], 0, len(manager)):
+            allowed |= self._filter(held_back_spans(manager, held_back))
+        return allowed
+
+    def _filter(self, spans: Mapping[str, Any]) -> dict[str, tuple[Candidate, Any]]:
+        rtts = self._manager.ping_aggregator.to_dict()
+        allowed = {}
+        for peer, span in spans.items():
+            info = span.server_info
+            rtt = rtts.get(span.peer_id)
+            if rtt is None and (seen := self._measured.get(peer)) is not None:
+                rtt = seen.rtt_s if seen.reachable else math.inf
+            candidate = Candidate(
+                peer_id=peer,
+                start=int(span.start),
+                end=int(span.end),
+                wallet=wallet_from_public_name(getattr(info, "public_name", None)),
+                rtt_s=rtt,
+                throughput=_positive(getattr(info, "throughput", None)),
+                inference_rps=_positive(getattr(info, "inference_rps", None)),
+                cache_tokens_left=getattr(info, "cache_tokens_left", None),
+            )
+            if self.rule.allows(candidate):
+                allowed[peer] = (candidate, span)
+        return allowed
 
     def _ensure_view(self) -> None:
         """Start the shared updater and wait for its first read, as Petals' own `make_sequence` does."""

@@ -23,6 +23,7 @@ from protocol.events import ErrorBody
 from protocol.jobs import GenerateJob
 from protocol.peer_measurements import PeerMeasurement, read_measurements
 from protocol.usage import ROUTE_POLICY_MAX_CHARS
+from workers.route_policy import banned_peers
 from workers.served_model import ServedModel
 
 
@@ -32,9 +33,12 @@ class RunRouting:
 
     rule: RouteRule
     measured: Mapping[str, PeerMeasurement] = field(default_factory=dict)
+    banned: frozenset[str] = frozenset()
+    """Never offered, even where the route policy's held-back probation servers are (`mesh.session_routes`)."""
 
     def view(self, served: ServedModel) -> SessionRoutes:
-        return SessionRoutes(served.model.transformer.h.sequence_manager, self.rule, self.measured)
+        manager = served.model.transformer.h.sequence_manager
+        return SessionRoutes(manager, self.rule, self.measured, banned=self.banned)
 
 
 async def plan_routing(redis: aioredis.Redis, job: GenerateJob) -> RunRouting | None:
@@ -59,7 +63,7 @@ async def plan_routing(redis: aioredis.Redis, job: GenerateJob) -> RunRouting | 
         pin_first_route=not prefs.allow_fallbacks,
     )
     measured = await read_measurements(redis, job.model_id) if prefs.sort else {}
-    return RunRouting(rule, measured)
+    return RunRouting(rule, measured, await banned_peers(redis))
 
 
 def unsatisfiable(job: GenerateJob, blocks: list[int], why: str = "") -> ErrorBody:

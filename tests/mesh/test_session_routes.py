@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from mesh import session_routes
 from mesh.announce import public_name_for
 from mesh.route_choice import RouteRule, RouteUnsatisfiable
 from mesh.session_routes import SessionRoutes
@@ -22,9 +23,10 @@ class _Pings:
         return dict(self.rtts)
 
 
-def shared_manager() -> Any:
+def shared_manager(held_back: frozenset[str] = frozenset()) -> Any:
     """What `SessionRoutes` reads of a `RemoteSequenceManager`: a four-block view where `whole` holds 0..4 (far),
-    `near-a` 0..2 (announcing WALLET) and `near-b` 2..4 (both near), as Petals' updater builds it from the DHT."""
+    `near-a` 0..2 (announcing WALLET) and `near-b` 2..4 (both near), as Petals' updater builds it from the DHT;
+    the `held_back` servers are in its `blocked_servers` and so out of its view, as the route policy leaves them."""
     from hivemind.p2p import PeerID
 
     from mesh.compat import petals
@@ -33,6 +35,7 @@ def shared_manager() -> Any:
     uids = [f"tiny.{i}" for i in range(4)]
     ids = {name: PeerID(name.encode()) for name in ("whole", "near-a", "near-b")}
     spans = {"whole": (0, 4, None), "near-a": (0, 2, public_name_for(WALLET)), "near-b": (2, 4, None)}
+    spans = {name: span for name, span in spans.items() if name not in held_back}
     infos = {
         name: ds.ServerInfo(
             state=ds.ServerState.ONLINE,
@@ -59,7 +62,7 @@ def shared_manager() -> Any:
         is_alive=lambda: True,
         ready=ready,
         ping_aggregator=_Pings({ids["whole"]: 0.5, ids["near-a"]: 0.01, ids["near-b"]: 0.01}),
-        blocked_servers=None,
+        blocked_servers={ids[name] for name in held_back} or None,
         block_uids=tuple(uids),
         config=SimpleNamespace(max_retries=3),
     )
@@ -70,9 +73,11 @@ class _Manager(SimpleNamespace):
         return 4
 
 
-def _routes(rule: RouteRule) -> tuple[SessionRoutes, Any]:
-    manager = _Manager(**vars(shared_manager()))
-    return SessionRoutes(manager, rule), manager
+def _routes(
+    rule: RouteRule, held_back: frozenset[str] = frozenset(), banned: frozenset[str] = frozenset()
+) -> tuple[SessionRoutes, Any]:
+    manager = _Manager(**vars(shared_manager(held_back)))
+    return SessionRoutes(manager, rule, banned=banned), manager
 
 
 def _chosen(spans: list[Any]) -> list[tuple[str, int, int]]:
@@ -117,3 +122,26 @@ def test_without_fallbacks_a_later_route_may_only_use_the_first_routes_servers()
     ]
     with pytest.raises(RouteUnsatisfiable, match="allow_fallbacks is false"):
         routes.make_sequence(2, 4, mode="min_latency")
+
+
+def test_a_probation_server_the_route_policy_held_back_serves_where_the_buyers_rule_leaves_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    everything = shared_manager().state.sequence_info.spans_by_priority  # the DHT, before any block list
+    read: list[frozenset[str]] = []
+
+    def from_the_dht(manager: Any, peers: frozenset[str]) -> dict[str, Any]:
+        read.append(peers)
+        return {span.peer_id.to_base58(): span for span in everything if span.peer_id.to_base58() in peers}
+
+    monkeypatch.setattr(session_routes, "held_back_spans", from_the_dht)
+    unfiltered, manager = _routes(RouteRule(), held_back=frozenset({"whole"}))
+    (whole,) = [peer.to_base58() for peer in manager.blocked_servers]
+    assert _chosen(unfiltered.make_sequence(0, None, mode="min_latency")) == [("near-a", 0, 2), ("near-b", 2, 4)]
+    assert read == []  # the shared view sufficed: no DHT read
+    ignoring, _ = _routes(RouteRule(ignore=frozenset({WALLET})), held_back=frozenset({"whole"}))
+    assert _chosen(ignoring.make_sequence(0, None, mode="min_latency")) == [("whole", 0, 4)]
+    assert read == [frozenset({whole})]
+    ignore = RouteRule(ignore=frozenset({WALLET}))
+    banned, _ = _routes(ignore, held_back=frozenset({"whole"}), banned=frozenset({whole}))
+    assert banned.uncovered_blocks() == [0, 1]
