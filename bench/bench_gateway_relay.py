@@ -7,9 +7,13 @@ Redis (10 reader tasks, each XREAD BLOCK over 100 streams: docs/architecture.md'
 paths on the same tokens at the same moment keeps a busy machine's noise out of the difference; both clients
 run on uvloop, as the gateway does, so that neither measures its own event loop's overhead. Prints the
 XADD->receipt delay p50/p99 of both, what the gateway adds (targets: <= 2 ms p50, <= 20 ms p99), and the
-gateway's CPU seconds per 10k relayed tokens.
+gateway's CPU seconds per 10k relayed tokens (target <= 0.2).
 
-    .venv/bin/python bench/bench_gateway_relay.py [--streams 1000] [--rate 5] [--seconds 10]
+With --pin GATEWAY:OTHERS (CPU lists, such as 0:1), the gateway runs on the first CPUs and everything else
+(Redis, the producer, the raw client and this process's SSE clients) on the others, so the gateway's CPU and
+latency are its own rather than a share of what the machine's load leaves it.
+
+    .venv/bin/python bench/bench_gateway_relay.py [--streams 1000] [--rate 5] [--seconds 10] [--pin 0:1]
 """
 
 import argparse
@@ -23,11 +27,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import redis.asyncio as aioredis
 import uvloop
@@ -114,57 +119,117 @@ def read_raw(
 async def raw_client(redis_url: str, request_ids: list[str], readers: int) -> list[float]:
     """docs/architecture.md's baseline: `readers` tasks, each XREAD BLOCK over its share of the streams."""
     delays: list[float] = []
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = aioredis.Redis.from_url(redis_url)
 
     async def read(share: list[str]) -> None:
-        cursors = {keys.token_stream(r): "0-0" for r in share}
+        cursors: dict[bytes, bytes] = {keys.token_stream(r).encode(): b"0-0" for r in share}
         while cursors:
             reply = await client.xread(cursors, block=5000)  # type: ignore[arg-type]
             now = time.time()
             for stream, entries in reply:
                 for entry_id, fields in entries:
                     cursors[stream] = entry_id
-                    if fields["kind"] == "done":
+                    sent = sent_at(fields[b"data"])
+                    if sent is None:  # the done event
                         del cursors[stream]
                         break
-                    delays.append(now - float(json.loads(fields["data"])["token"]))
+                    delays.append(now - sent)
 
     await asyncio.gather(*(read(request_ids[i::readers]) for i in range(readers)))
     await client.aclose()
     return delays
 
 
+_TOKEN_KEY = b'"token":"'
+
+
+def sent_at(data: bytes) -> float | None:
+    """The XADD time the producer wrote into a token event's text; None for the done event. A search, not a JSON
+    parse: both clients take it this way, and on two shared cores the clients' CPU is the gateway's noise."""
+    at = data.find(_TOKEN_KEY)
+    if at < 0:
+        return None
+    at += len(_TOKEN_KEY)
+    return float(data[at : data.index(b'"', at)])
+
+
+class SseClient(asyncio.Protocol):
+    """A minimal HTTP/1.1 SSE client: whatever arrives is split into lines and the `data:` lines read, in the
+    transport's callback (httpx, or a stream reader task per connection, would cost more CPU than the gateway at
+    this rate, on the same two cores)."""
+
+    def __init__(self, request: bytes, delays: list[float], on_status: Callable[[bytes], None]) -> None:
+        self.request = request
+        self.delays = delays
+        self.on_status = on_status
+        self.status: bytes | None = None
+        self.rest = b""
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass of asyncio's
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        *lines, self.rest = (self.rest + data).split(b"\n")
+        for line in lines:
+            if self.status is None:
+                self.status = line
+                self.on_status(line)
+            elif line.startswith(b"data: "):
+                sent = sent_at(line)
+                if sent is None:  # the done event
+                    assert self.transport is not None
+                    self.transport.close()
+                    return
+                self.delays.append(now - sent)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
 async def sse_client(
     port: int, key: str, request_id: str, delays: list[float], opened: asyncio.Event, counter: list[int], total: int
 ) -> None:
-    """A minimal HTTP/1.1 SSE client: it reads whatever arrived and picks the `data:` lines out of it (httpx,
-    or a readline per line, would cost more CPU than the gateway at this rate, on the same two cores)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """One SSE client of the gateway, from its POST to the done event."""
     body = json.dumps({"prompt": "bench", "max_tokens": 1000, "request_id": request_id}).encode()
-    writer.write(
+    request = (
         b"POST /inference/generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         + f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
         + body
     )
-    await writer.drain()
-    status = await reader.readline()
-    if b" 200 " not in status:
-        raise RuntimeError(f"{request_id}: {status!r} {await reader.read(500)!r}")
-    counter[0] += 1
-    if counter[0] == total:
-        opened.set()
-    rest = b""
-    while chunk := await reader.read(65536):
-        now = time.time()
-        *lines, rest = (rest + chunk).split(b"\n")
-        for line in lines:
-            if line.startswith(b"data: "):
-                event = json.loads(line[6:])
-                if "done" in event:
-                    writer.close()
-                    return
-                delays.append(now - float(event["token"]))
-    writer.close()
+    refused: list[bytes] = []
+
+    def on_status(line: bytes) -> None:
+        if b" 200 " not in line:
+            refused.append(line)
+        counter[0] += 1
+        if counter[0] == total:
+            opened.set()
+
+    loop = asyncio.get_running_loop()
+    _, client = await loop.create_connection(lambda: SseClient(request, delays, on_status), "127.0.0.1", port)
+    await client.closed
+    if refused:
+        raise RuntimeError(f"{request_id}: {refused[0]!r}")
+
+
+def cpu_list(text: str) -> set[int]:
+    """A CPU list as taskset takes it: "0,2-3" -> {0, 2, 3}."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (`taskset -a`)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -247,16 +312,29 @@ async def main(args: argparse.Namespace) -> None:
         ]
         await asyncio.wait_for(opened.wait(), timeout=120)
         await client.delete(keys.queue_for(MODEL_ID))  # no worker runs here: the producer plays its part
+        redis_pid = int((await client.info("server"))["process_id"])
         cpu_before, client_before, wall_before = cpu_seconds(bench.process.pid), time.process_time(), time.monotonic()
+        redis_before = cpu_seconds(redis_pid)
+        xread_before = (await client.info("commandstats")).get("cmdstat_xread", {"calls": 0, "usec": 0})
         context = multiprocessing.get_context("spawn")
         raw_results: multiprocessing.Queue[list[float]] = context.Queue()
         raw = context.Process(target=read_raw, args=(bench.redis_url, gateway_ids, 10, raw_results))
         raw.start()
         producer = start_producer(bench.redis_url, gateway_ids, args)
+        if args.pin:
+            gateway_cpus, other_cpus = (cpu_list(part) for part in args.pin.split(":"))
+            pin(bench.process.pid, gateway_cpus)
+            for pid in (os.getpid(), redis_pid, raw.pid, producer.pid):
+                assert pid is not None
+                pin(pid, other_cpus)
         await asyncio.gather(*clients)
         raw_delays = await asyncio.to_thread(raw_results.get, True, 60)
         raw.join()
         cpu_used = cpu_seconds(bench.process.pid) - cpu_before
+        redis_used = cpu_seconds(redis_pid) - redis_before
+        xread_after = (await client.info("commandstats"))["cmdstat_xread"]
+        xread_calls, xread_usec = (xread_after[k] - xread_before[k] for k in ("calls", "usec"))
+        wall = time.monotonic() - wall_before
         client_share = (time.process_time() - client_before) / (time.monotonic() - wall_before)
         producer.join()
         await client.aclose()
@@ -265,6 +343,13 @@ async def main(args: argparse.Namespace) -> None:
     gw_p50, gw_p99 = percentiles(delays)
 
     print(f"load: {args.streams} streams x {args.rate} tokens/s for {args.seconds} s, producer in its own process")
+    if args.pin:
+        print(
+            f"cores: the gateway on CPUs {args.pin.split(':')[0]}; Redis, the producer, the raw client and the SSE "
+            f"clients on CPUs {args.pin.split(':')[1]}"
+        )
+    else:
+        print(f"cores: every process on any of the {os.cpu_count()} CPUs")
     print(
         f"raw XREAD (10 readers x {args.streams // 10} streams): p50 {raw_p50:.2f} ms  p99 {raw_p99:.2f} ms  "
         f"tokens {len(raw_delays)}"
@@ -279,7 +364,12 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(
         f"gateway CPU: {cpu_used:.2f} s for {len(delays)} tokens = {cpu_used / len(delays) * 10_000:.2f} s "
-        "per 10k relayed tokens"
+        f"per 10k relayed tokens (target <= 0.2: x{cpu_used / len(delays) * 10_000 / 0.2:.2f} of it); "
+        f"Redis {redis_used / len(delays) * 10_000:.2f} s per 10k"
+    )
+    print(
+        f"XREAD calls (gateway and raw client): {xread_calls / wall:,.0f}/s, {xread_usec / max(1, xread_calls):.0f} us "
+        "of Redis each"
     )
     print(
         f"machine load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
@@ -293,4 +383,5 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=5.0, help="tokens per second per stream")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--readers", type=int, default=4, help="GATEWAY_RELAY_READERS")
+    parser.add_argument("--pin", help="GATEWAY_CPUS:OTHER_CPUS, such as 0:1: the gateway alone on the first")
     uvloop.run(main(parser.parse_args()))

@@ -28,6 +28,7 @@ from gateway.api_keys import KeyStore, KeyStoreUnavailable
 from gateway.balances import Balances
 from gateway.batch_runner import BatchRunner
 from gateway.budgets import RESERVATION_MARGIN_S, Budgets
+from gateway.direct_send import DirectSendMiddleware
 from gateway.errors import ApiError, error_response
 from gateway.inflight import Inflight
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
@@ -182,7 +183,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestMetricsMiddleware, metrics=metrics)],
+        # first: a streamed body skips the middleware after it, which only watch a response's start
+        middleware=[Middleware(DirectSendMiddleware), Middleware(RequestMetricsMiddleware, metrics=metrics)],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

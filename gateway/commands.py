@@ -53,14 +53,17 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     import telemetry
+    from gateway import collector
     from gateway.app import create_app
     from gateway.settings import GatewaySettings
 
     settings = GatewaySettings.from_env()
     settings.configure_logging()
     telemetry.configure(settings.far_mesh_tracing, "far-mesh-gateway")
+    app = create_app(settings)
+    collector.tune_for_streams()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.relay import StreamRelay
+from gateway.relay import Entry, StreamRelay
 from protocol.stream_ids import parse_entry_id
 
 
@@ -52,6 +52,20 @@ async def test_clients_of_one_stream_at_different_positions_each_get_exactly_wha
     relay.unsubscribe(from_start)
     relay.unsubscribe(from_second)
     assert relay.subscriptions == 0
+
+
+async def test_an_entry_is_relayed_with_its_kind_and_data_whatever_the_order_of_its_fields(
+    relay: StreamRelay, redis: aioredis.Redis
+) -> None:
+    first = await redis.xadd("gen:d", {"data": '{"i": 0}', "kind": "token"})
+    await redis.xadd("gen:d", {"kind": "done", "data": '{"i": 1}'})
+    sub = await relay.subscribe("gen:d")
+    batch: list[Entry] = []
+    while len(batch) < 2:
+        batch += await asyncio.wait_for(sub.next_batch(), timeout=5) or []
+    assert [(e.entry_id, e.kind, e.data, e.final) for e in batch][0] == (first.decode(), "token", b'{"i": 0}', False)
+    assert (batch[1].kind, batch[1].data, batch[1].final) == ("done", b'{"i": 1}', True)
+    relay.unsubscribe(sub)
 
 
 @pytest.mark.parametrize(
