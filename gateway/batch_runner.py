@@ -246,7 +246,9 @@ class BatchRunner:
             response = {"status_code": 200, "request_id": request_id, "body": shape.complete(tokens, final)}
             return _result_line(line, response, None), True
         error = final["error"]
-        status = 400 if error["code"] == StreamErrorCode.PROMPT_TOO_LONG else 502
+        status = {StreamErrorCode.PROMPT_TOO_LONG: 400, StreamErrorCode.ROUTE_UNSATISFIABLE: 409}.get(
+            error["code"], 502
+        )
         return _error_line(line, status, error["code"], error["message"]), False
 
     async def _dispatch(self, batch_id: str, stored: StoredBatch, running: Counter[str]) -> StoredBatch:

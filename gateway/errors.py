@@ -104,6 +104,13 @@ class MaxPriceExceeded(Conflict):
     code = "max_price_exceeded"
 
 
+class PreferencesUnsatisfiable(Conflict):
+    """Without streaming: the worker found no route the request's `provider` preferences allow (its stream ended with
+    `route_unsatisfiable`, naming the blocks); nothing was billed."""
+
+    code = StreamErrorCode.ROUTE_UNSATISFIABLE
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = "payload_too_large"

@@ -55,7 +55,15 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import authenticate
 from gateway.bodies import read_model
-from gateway.errors import ApiError, BadGateway, GatewayTimeout, InvalidRequest, NotFound, UnsupportedSchema
+from gateway.errors import (
+    ApiError,
+    BadGateway,
+    GatewayTimeout,
+    InvalidRequest,
+    NotFound,
+    PreferencesUnsatisfiable,
+    UnsupportedSchema,
+)
 from gateway.following import follow_slot
 from gateway.inference import relay_response
 from gateway.openai_errors import ContextLengthExceeded, UnsupportedParameter, error_type, openai_error_response
@@ -682,6 +690,8 @@ async def _collect(
         error = event["error"]
         if error["code"] == StreamErrorCode.PROMPT_TOO_LONG:
             raise ContextLengthExceeded(error["message"], param=prompt_field)
+        if error["code"] == StreamErrorCode.ROUTE_UNSATISFIABLE:  # the buyer's preferences, not the swarm, refused it
+            raise PreferencesUnsatisfiable(error["message"], field="provider")
         raise BadGateway(f"generation failed ({error['code']}): {error['message']}")
     return tokens, event
 

@@ -247,7 +247,9 @@ _OPENAI_ERRORS = {
     "404": _openai_error("Unknown model, or (chat) a named tool_choice that is not among the tools"),
     "409": _openai_error(
         "request_id already used by another API key, or `max_price_exceeded`: a price quoted now is above "
-        "provider.max_price (`param` names which); nothing was queued"
+        "provider.max_price (`param` names which); nothing was queued. Or, without streaming, "
+        "`route_unsatisfiable`: no server the provider preferences allow holds some blocks (the message names them; "
+        "a stream reports it as an error chunk with that code)"
     ),
     "413": _openai_error("Request body too large"),
     "415": _openai_error("Body is not JSON"),

@@ -2,7 +2,8 @@
 
 It pops generate jobs from a model's arq queue and appends real token/done/error events to each job's Redis
 stream. The prompt steers it: "slow ..." emits a token every 50 ms, "hold ..." keeps going until cancelled,
-"flood ..." too, as fast as it can with 2 kB tokens, "fail ..." ends with an error event.
+"flood ..." too, as fast as it can with 2 kB tokens, "fail ..." ends with an error event (no_route) after two tokens,
+"unroutable ..." with route_unsatisfiable before any, as a worker ends a request its provider preferences cannot route.
 """
 
 import asyncio
@@ -56,9 +57,18 @@ class SyntheticWorker:
             if await self.redis.exists(keys.cancel_flag(job.request_id)):
                 await self._end(job, stream, index, "cancelled")
                 return
-            if job.prompt.startswith("fail") and index == 2:
+            unroutable = job.prompt.startswith("unroutable")
+            if unroutable or (job.prompt.startswith("fail") and index == 2):
+                code, message = (
+                    (
+                        StreamErrorCode.ROUTE_UNSATISFIABLE,
+                        "no server the request's provider preferences allow holds blocks 2..3",
+                    )
+                    if unroutable
+                    else (StreamErrorCode.NO_ROUTE, "no server holds block 2")
+                )
                 error = ErrorEvent(
-                    error=ErrorBody(code=StreamErrorCode.NO_ROUTE, message="no server holds block 2"),
+                    error=ErrorBody(code=code, message=message),
                     request_id=job.request_id,
                     tokens_generated=index,
                     total_cost_far=job.cost_far(prompt_tokens, index),

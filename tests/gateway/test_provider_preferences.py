@@ -102,3 +102,16 @@ async def test_a_batch_line_is_held_to_its_max_price_at_the_batchs_discounted_qu
     (error,) = batch["errors"]["data"]
     assert (error["line"], error["code"]) == (2, "max_price_exceeded")
     assert error["param"] == "body.provider.max_price.completion"
+
+
+async def test_without_streaming_a_request_its_preferences_cannot_route_is_409_route_unsatisfiable_naming_the_blocks(
+    gateway_url: str, issue_key: IssueKey, healthy_swarm: object, synthetic_worker: SyntheticWorker
+) -> None:
+    key, _ = await issue_key()
+    body = {"model": MODEL_ID, "prompt": "unroutable here", "max_tokens": 2, "provider": {"only": [PEER]}}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10, headers=auth(key)) as client:
+        response = await client.post("/v1/completions", json=body)
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("route_unsatisfiable", "provider")
+    assert "blocks 2..3" in error["message"]
