@@ -66,7 +66,7 @@ class MeshClient:
         Bans last `ClientLimits.ban_timeout` seconds, then the server is tried again.
         """
         manager = self.model.transformer.h.sequence_manager
-        manager.update(wait=True)
+        _reread_swarm(manager)
         with manager.lock_changes:
             peers = {span.peer_id for spans in manager.state.sequence_info.spans_containing_block for span in spans}
         manager.ping_aggregator.ping(list(peers), wait_timeout=manager.config.ping_timeout)
@@ -75,7 +75,7 @@ class MeshClient:
         for peer in unreachable:
             manager.on_request_failure(peer)
         if unreachable:  # a ban reaches the routes only when they are rebuilt: until then the next one may cross it
-            manager.update(wait=True)
+            _reread_swarm(manager)
         return sorted(peer.to_base58() for peer in unreachable)
 
     def close(self) -> None:
@@ -91,6 +91,15 @@ class MeshClient:
         if manager.state.p2p is not None:
             RemoteExpertWorker.run_coroutine(manager.state.p2p.shutdown())
         manager.dht.shutdown()
+
+
+def _reread_swarm(manager: Any) -> None:
+    """Petals' `update(wait=True)` waits for its updater thread with no bound: with the DHT unreachable the
+    updater retries for ever, and so would the request that asked. Here the wait ends after
+    `manager.config.request_timeout` with `TimeoutError`, which the caller treats as any failed refresh."""
+    manager.update(wait=False)
+    if not manager.ready.wait(timeout=manager.config.request_timeout):
+        raise TimeoutError(f"the swarm's routes were not re-read within {manager.config.request_timeout} s")
 
 
 def open_client(

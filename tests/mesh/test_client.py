@@ -1,6 +1,9 @@
 """The client factory against a real local swarm: same tokens as the model run locally, over both servers."""
 
+import threading
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -87,3 +90,15 @@ def test_no_server_is_asked_to_hand_its_outputs_to_the_next_one(
     assert len(metadata) == 6  # two servers, three steps
     assert not [m for m in metadata if m.get("next_servers")]
     assert client.model.config.use_server_to_server is False
+
+
+def test_re_reading_the_swarm_gives_up_after_the_request_timeout_when_the_updater_never_answers() -> None:
+    # Petals' own update(wait=True) would wait for ever here: the updater thread retries an unreachable DHT.
+    never_ready = SimpleNamespace(
+        update=lambda wait: None, ready=threading.Event(), config=SimpleNamespace(request_timeout=0.2)
+    )
+    model = SimpleNamespace(transformer=SimpleNamespace(h=SimpleNamespace(sequence_manager=never_ready)))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="not re-read within 0.2 s"):
+        MeshClient(spec=None, model=model, tokenizer=None).refresh_routes()  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5
