@@ -14,7 +14,6 @@ fresh snapshot keeps its price: nothing says how its swarm is served. The ledger
 a tick that fails part-way leaves Redis as it was and the next tick recomputes from there.
 """
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from decimal import Decimal
 import asyncpg
 import redis.asyncio as aioredis
 
+from accounting import periodic
 from protocol import keys
 from protocol.catalog import ModelCatalog
 from protocol.live_prices import (
@@ -144,23 +144,12 @@ async def keep_prices_moving(
     owner: str,
 ) -> None:
     """Reprice every `interval_s` until cancelled, when this replica's turn; an outage only delays the next tick."""
-    connection: asyncpg.Connection | None = None
-    try:
-        while True:
-            try:
-                if await take_turn(redis, owner, interval_s):
-                    if connection is None or connection.is_closed():
-                        connection = await connect()
-                    await reprice(redis, connection, catalog, policy)
-            except (OSError, TimeoutError, aioredis.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("prices not recomputed (%s); trying again in %.0fs", type(exc).__name__, interval_s)
-                if connection is not None:
-                    connection.terminate()
-                    connection = None
-            await asyncio.sleep(interval_s)
-    finally:
-        if connection is not None:
-            connection.terminate()
+
+    async def tick(connection: periodic.Connect) -> None:
+        if await take_turn(redis, owner, interval_s):
+            await reprice(redis, await connection(), catalog, policy)
+
+    await periodic.repeat("prices not recomputed", tick, connect, interval_s)
 
 
 async def stop_pricing(redis: aioredis.Redis) -> None:

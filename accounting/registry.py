@@ -6,7 +6,6 @@ next refresh (unless another replica has seen it more recently than the newest s
 snapshots never overwrite newer facts.
 """
 
-import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -16,7 +15,7 @@ from decimal import Decimal
 import asyncpg
 import redis.asyncio as aioredis
 
-from accounting import metrics
+from accounting import metrics, periodic
 from protocol.swarm import ServerSnapshot, SwarmSnapshot, read_swarm_snapshots
 
 log = logging.getLogger(__name__)
@@ -132,22 +131,10 @@ async def keep_registry_fresh(
     redis: aioredis.Redis, connect: Callable[[], Awaitable[asyncpg.Connection]], interval_s: float
 ) -> None:
     """Refresh the registry every `interval_s` until cancelled; an outage only delays the next refresh."""
-    connection: asyncpg.Connection | None = None
-    try:
-        while True:
-            try:
-                if connection is None or connection.is_closed():
-                    connection = await connect()
-                snapshots = list((await read_swarm_snapshots(redis, fresh_only=False)).values())
-                metrics.record_coverage(snapshots, datetime.now(UTC))
-                count = await sync_registry(connection, snapshots)
-                metrics.NODES_SEEN.set(count)
-            except (OSError, TimeoutError, aioredis.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("node registry not refreshed (%s); trying again in %.0fs", type(exc).__name__, interval_s)
-                if connection is not None:
-                    connection.terminate()
-                    connection = None
-            await asyncio.sleep(interval_s)
-    finally:
-        if connection is not None:
-            connection.terminate()
+
+    async def tick(connection: periodic.Connect) -> None:
+        snapshots = list((await read_swarm_snapshots(redis, fresh_only=False)).values())
+        metrics.record_coverage(snapshots, datetime.now(UTC))
+        metrics.NODES_SEEN.set(await sync_registry(await connection(), snapshots))
+
+    await periodic.repeat("node registry not refreshed", tick, connect, interval_s)
