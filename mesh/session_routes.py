@@ -139,13 +139,16 @@ class SessionRoutes:
         return allowed
 
     def _ensure_view(self) -> None:
-        """Start the shared updater and wait for its first read, as Petals' own `make_sequence` does."""
+        """Start the shared updater and wait for its read, as Petals' own `make_sequence` does, but for at most the
+        client's request timeout (Petals waits for ever while the DHT is unreachable): TimeoutError after it."""
         manager = self._manager
         with manager._thread_start_lock:
             if not manager.is_alive():
                 manager._thread.start()
         if not manager.ready.is_set():
-            manager.update(wait=True)
+            manager.update(wait=False)
+            if not manager.ready.wait(timeout=manager.config.request_timeout):
+                raise TimeoutError(f"the swarm's routes were not read within {manager.config.request_timeout} s")
 
 
 def _positive(value: object) -> float | None:

@@ -87,7 +87,10 @@ async def open_session(
     if routing is None:
         return served.open_session(max_length=max_length, recorder=recorder)
     routes = routing.view(served)
-    missing = await served.run_blocking(routes.uncovered_blocks)
+    try:
+        missing = await served.run_blocking(routes.uncovered_blocks)
+    except TimeoutError:  # the swarm view could not be read: the first step fails over as any failed step does
+        missing = []
     if missing:
         pinned = " (allow_fallbacks is false: only the first route's servers may serve)" if routing.rule.pinned else ""
         return RouteUnsatisfiable(missing, pinned)

@@ -145,3 +145,12 @@ def test_a_probation_server_the_route_policy_held_back_serves_where_the_buyers_r
     ignore = RouteRule(ignore=frozenset({WALLET}))
     banned, _ = _routes(ignore, held_back=frozenset({"whole"}), banned=frozenset({whole}))
     assert banned.uncovered_blocks() == [0, 1]
+
+
+def test_a_swarm_view_that_cannot_be_read_gives_up_after_the_request_timeout_instead_of_waiting_for_ever() -> None:
+    routes, manager = _routes(RouteRule())
+    manager.ready = threading.Event()  # the updater's read never finishes, as with the DHT unreachable
+    manager.update = lambda wait: None
+    manager.config = SimpleNamespace(request_timeout=0.01, max_retries=3)
+    with pytest.raises(TimeoutError, match="not read within 0.01 s"):
+        routes.make_sequence(0, None, mode="min_latency")
