@@ -17,6 +17,7 @@ PostgreSQL listens on one only; through the proxy its clients reach it over TCP)
 """
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -44,6 +45,7 @@ class LoopbackProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"proxy:{port}", daemon=True)
         self._server: asyncio.Server | None = None
+        self._placeholder: socket.socket | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._slow_until = 0.0
         self._latency_s = 0.0
@@ -62,6 +64,7 @@ class LoopbackProxy:
         return url.replace(upstream, f"{LOOPBACK}:{self.port}", 1)
 
     def start(self) -> "LoopbackProxy":
+        self._placeholder = _hold_port(self.port)
         self._thread.start()
         self._call(self._listen())
         return self
@@ -73,6 +76,8 @@ class LoopbackProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+        if self._placeholder is not None:
+            self._placeholder.close()
 
     def partition(self, seconds: float) -> None:
         """Blocking for `seconds`: open connections cut, new ones refused; then it listens again."""
@@ -96,7 +101,9 @@ class LoopbackProxy:
         return future.result(timeout=10)
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, LOOPBACK, self.port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._accept, LOOPBACK, self.port, reuse_address=True, reuse_port=True
+        )
 
     async def _close(self, *, listening: bool) -> None:
         if listening and self._server is not None:
@@ -149,6 +156,22 @@ class LoopbackProxy:
             pass
         finally:
             _abort(writer)
+
+
+def _hold_port(port: int) -> socket.socket:
+    """A socket bound to `port` that never listens, so the port stays this proxy's while a partition has closed its
+    listening socket: a connect meanwhile is refused, and no outgoing connection of any process on the machine
+    takes the port as its source port (the first soak with the proxy lost its Redis link that way: "address
+    already in use" when the partition ended). The listening socket shares the port with it (SO_REUSEPORT)."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        held.bind((LOOPBACK, port))
+    except OSError:
+        held.close()
+        raise
+    return held
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

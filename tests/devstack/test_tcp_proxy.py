@@ -88,6 +88,8 @@ def test_a_partition_cuts_open_connections_refuses_new_ones_and_heals(proxy: Loo
             pass
         with pytest.raises(ConnectionRefusedError):
             _connect(proxy)
+        with socket.socket() as squatter, pytest.raises(OSError):  # the port stays the proxy's: it listens again
+            squatter.bind(("127.0.0.1", proxy.port))
         fault.join()
     with _connect(proxy) as after:
         assert _round_trip(after) == b"ping"
