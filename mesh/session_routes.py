@@ -26,10 +26,11 @@ from protocol.peer_measurements import PeerMeasurement
 
 def held_back_spans(manager: Any, peers: frozenset[str]) -> dict[str, Any]:
     """The spans (Petals' `RemoteSpanInfo`) of `peers` as the DHT announces them, ignoring every block list
-    (blocking: one DHT read)."""
+    (blocking: one DHT read, TimeoutError after the client's request timeout)."""
     from mesh.compat import petals
 
-    infos = petals.utils.dht.get_remote_module_infos(manager.dht, manager.block_uids, latest=True)
+    read = petals.utils.dht.get_remote_module_infos(manager.dht, manager.block_uids, latest=True, return_future=True)
+    infos = read.result(manager.config.request_timeout)
     spans = petals.utils.dht.compute_spans(infos, min_state=petals.data_structures.ServerState.ONLINE)
     return {peer.to_base58(): span for peer, span in spans.items() if peer.to_base58() in peers}
 
