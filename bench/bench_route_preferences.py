@@ -7,7 +7,8 @@ each announcing its own wallet. One Petals client, as a worker holds one per mod
    preferences (the model's shared sequence manager: the baseline), and per-session views (`mesh.session_routes`)
    with `ignore` of whole's wallet, `only` first's and second's peer ids, each sort, and `only` first (its blocks
    2..3 uncovered: how fast that is refused). A baseline session opened after the others shows the shared manager
-   still routes as before (its `blocked_servers` untouched).
+   still routes as before (its `blocked_servers` untouched). Then, with whole held back as the route policy holds a
+   probation server back, a view ignoring first is offered whole again, read from the DHT.
 2. Cost. `make_sequence` by the per-session view against Petals' own (`RemoteSequenceManager.make_sequence`,
    min_latency) on the same client, median of many calls; and 16-token sessions (prefill + steps) routed through
    the view against through the shared manager, both over the whole server (so the work is the same). Ratios.
@@ -109,6 +110,15 @@ def main() -> None:
                 print(f"  ... and a session routed by it anyway raises: {exc}")
             print(f"  baseline again, after all of these: {route_of(model, prompt_ids, None, names)}")
             print(f"  shared manager's blocked_servers: {manager.blocked_servers}")
+            from hivemind.p2p import PeerID
+
+            manager.blocked_servers = {PeerID.from_base58(ids["whole"])}  # as the route policy holds one back
+            manager.update(wait=True)
+            print(f"  with whole held back (on probation), baseline: {route_of(model, prompt_ids, None, names)}")
+            held = view(ignore=frozenset({ids["first"]}))
+            print(f"  ... ignoring first, the held-back server serves: {route_of(model, prompt_ids, held, names)}")
+            manager.blocked_servers = None
+            manager.update(wait=True)
 
             print("2. cost")
             own, mine = [], []
