@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: a fresh one, printed)")
     parser.add_argument("--clients", type=int, default=6, help="concurrent buyers")
     parser.add_argument("--mean-gap", type=float, default=12.0, help="mean seconds between faults")
+    parser.add_argument("--gateways", type=int, default=2, help="gateway replicas the buyers spread over")
     parser.add_argument(
         "--chain", action="store_true", help="pay on a local chain: the payer, deposits, reconciler and node fault too"
     )
@@ -40,7 +41,13 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     with tempfile.TemporaryDirectory(prefix="far-mesh-soak-") as work_dir:
         report = run_soak(
-            seed, args.duration, Path(work_dir), clients=args.clients, mean_gap_s=args.mean_gap, chain=args.chain
+            seed,
+            args.duration,
+            Path(work_dir),
+            clients=args.clients,
+            mean_gap_s=args.mean_gap,
+            chain=args.chain,
+            gateways=args.gateways,
         )
     return 0 if report.passed else 1
 

@@ -52,6 +52,10 @@ class SystemPlan:
     gateway_port: int = 8100
     portal_port: int = 8200
     workers: int = 1
+    gateways: int = 1
+    """Gateway processes ("web", then "web.2", ...) on the same Redis and PostgreSQL, each on its own port (the
+    first on `gateway_port`): replicas behind a load balancer, as production runs them. `make run` runs one; the
+    soak runs two, so a gateway can die while the other serves the resumes."""
     extra_replicas: int = 0
     """Extra servers for the last span of the default model, so a server can die without breaking the route."""
     env: Mapping[str, str] = field(default_factory=dict)
@@ -80,12 +84,23 @@ class LocalSystem:
         self.dev_wallet = DEV_WALLET
         """The wallet the development key bills: with a chain, the local chain's buyer account (it has a key, so
         it can really deposit); without, the test vector DEV_WALLET."""
+        self.gateway_ports = (plan.gateway_port, *(free_port() for _ in range(plan.gateways - 1)))
+        """Each gateway's port, in the order of `gateway_names`."""
         # One key per run, kept across restarts of the portal process so its sign-in sessions survive them.
         self.portal_secret_key = secrets.token_urlsafe(32)
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.plan.gateway_port}"
+
+    @property
+    def gateway_names(self) -> tuple[str, ...]:
+        """The gateways' process names: "web" (the Procfile's line), then "web.2", "web.3", ..."""
+        return tuple("web" if i == 1 else f"web.{i}" for i in range(1, len(self.gateway_ports) + 1))
+
+    @property
+    def gateway_urls(self) -> tuple[str, ...]:
+        return tuple(f"http://127.0.0.1:{port}" for port in self.gateway_ports)
 
     @property
     def portal_url(self) -> str:
@@ -110,7 +125,7 @@ class LocalSystem:
         self.stop()
 
     def process(self, name: str) -> Child:
-        """A supervised process by name: web, portal, accounting, verifier, payouts, worker.1, worker.2, ..."""
+        """A supervised process by name: web (web.2, ...), portal, accounting, verifier, payouts, worker.1, ..."""
         return next(child for child in self.supervisor.children if child.name == name)
 
     def start_process(
@@ -148,11 +163,15 @@ class LocalSystem:
         self.api_key = _development_key(self.postgres.url, self.dev_wallet)
         chain_processes = list(CHAIN_PROCESSES) if self.chain else []
         workers = [f"worker.{i}" for i in range(1, self.plan.workers + 1)]
-        for name in [*SERVICES, *chain_processes, *workers]:
+        services = [n for s in SERVICES for n in (self.gateway_names if s == "web" else (s,))]
+        for name in [*services, *chain_processes, *workers]:
             self.start_process(name)
         if funding is not None:
             _wait_for_credit(self.postgres.url, self.dev_wallet, funding)
-        print(f"dev: gateway on {self.gateway_url} models={','.join(m.model_id for m in self.models)}", flush=True)
+        print(
+            f"dev: gateway on {' '.join(self.gateway_urls)} models={','.join(m.model_id for m in self.models)}",
+            flush=True,
+        )
         print(f"dev: portal on {self.portal_url} (providers' earnings and payouts, API keys, swarm map)", flush=True)
         print(f"dev: development API key (wallet {self.dev_wallet}): {self.api_key}", flush=True)
 
@@ -174,7 +193,7 @@ class LocalSystem:
             "FAR_MESH_MODELS": json.dumps([m.model_dump(mode="json") for m in self.models]),
             "DEFAULT_MODEL_ID": self.models[0].model_id,
             "FAR_MESH_DHT_BOOTSTRAP": ",".join(self.swarm.initial_peers),
-            "GATEWAY_PORT": str(self.plan.gateway_port),
+            "GATEWAY_PORT": str(self._gateway_port(name)),
             "PYTHONUNBUFFERED": "1",
         }
         if name.startswith("worker."):  # several workers on one machine need a metrics port each
@@ -201,6 +220,11 @@ class LocalSystem:
                     if key in self.chain.env
                 }
         return env | dict(self.plan.env)
+
+    def _gateway_port(self, name: str) -> int:
+        """A gateway's own port; every other process is given the first's (the address it would call)."""
+        names = self.gateway_names
+        return self.gateway_ports[names.index(name)] if name in names else self.plan.gateway_port
 
     def _portal_env(self) -> dict[str, str]:
         """Plain HTTP on loopback: the session cookie cannot be Secure, so the portal listens on 127.0.0.1 only, and

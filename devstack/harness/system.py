@@ -5,6 +5,10 @@ last span replicated, both tiny models served) on a private redis-server and a p
 nobody else's keys or ledger are shared and a caller can stop and start either server. The end-to-end tests wrap
 it in a session fixture (tests/fixtures/system.py); the end-to-end benchmarks and the load test start it directly.
 `wait_until_accounted` waits until accounting has written and acknowledged every usage record.
+
+With `gateways=2` it runs two gateway replicas, and with `network_proxies` its processes reach Redis and
+PostgreSQL through loopback proxies (`tcp_proxy`) on which a caller breaks the network; the harness itself keeps
+the direct addresses (`redis_url`, `postgres_url`), so its checks see the servers as they are.
 """
 
 import asyncio
@@ -19,10 +23,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 import redis.asyncio as aioredis
 
+from devstack.harness.tcp_proxy import LoopbackProxy
 from devstack.postgres_server import EmbeddedPostgres
 from devstack.redis_server import RedisServer
 from devstack.supervisor import Child
@@ -66,10 +72,17 @@ class SystemUnderTest:
     models: tuple[ModelSpec, ...] = field(default=())
     chain_node: "LocalChain | None" = None
     """The system's own ganache (with `chain=True`), which a caller may stop and start again."""
+    proxies: dict[str, LoopbackProxy] = field(default_factory=dict)
+    """With `network_proxies`: the proxy in front of "redis" and of "postgres", which every process goes through."""
 
     @property
     def url(self) -> str:
         return self.system.gateway_url
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every gateway replica's address."""
+        return self.system.gateway_urls
 
     @property
     def redis_url(self) -> str:
@@ -120,11 +133,15 @@ def start_system(
     extra_env: dict[str, str] | None = None,
     durable_redis: bool = False,
     chain: bool = False,
+    gateways: int = 1,
+    network_proxies: bool = False,
 ) -> SystemUnderTest:
     """The whole system on a private Redis and a private PostgreSQL under `work_dir`, ready to serve. The tests
     restart a volatile Redis to lose everything; `durable_redis` runs it as production must (an append-only
     file), so the soak's Redis restarts keep what was written. `chain`: the system pays on a ganache of its own
-    (never a node some `make run` left on 127.0.0.1:8545), whose chain is kept on disk across its restarts."""
+    (never a node some `make run` left on 127.0.0.1:8545), whose chain is kept on disk across its restarts.
+    `gateways`: how many gateway replicas. `network_proxies`: every process reaches Redis and PostgreSQL through
+    a `LoopbackProxy` of its own (`SystemUnderTest.proxies`), so a caller can partition or slow those links."""
     chain_node = None
     chain_env: dict[str, str] = {}
     if chain:
@@ -139,28 +156,35 @@ def start_system(
     postgres_dir.chmod(0o755)
     postgres = EmbeddedPostgres(postgres_dir / "data").start()
     postgres_url = postgres.dsn("far_mesh")
+    proxies: dict[str, LoopbackProxy] = {}
+    system_urls = {"REDIS_URL": redis_server.url, "POSTGRES_URL": postgres_url}
+    if network_proxies:
+        proxies, system_urls = _start_proxies(redis_server, postgres)
     plan = SystemPlan(
         state_dir=work_dir / "state",
         cache_dir=Path(os.environ.get("FAR_MESH_CACHE_DIR", REPO_CACHE_DIR)),
         gateway_port=free_port(),
         portal_port=free_port(),
         workers=workers,
+        gateways=gateways,
         extra_replicas=1,
         env=SYSTEM_ENV | (extra_env or {}),
         chain=chain,
     )
     system = LocalSystem(plan)
-    with _environment({"REDIS_URL": redis_server.url, "POSTGRES_URL": postgres_url} | chain_env):
+    with _environment(system_urls | chain_env):
         try:
             system.start()
         except BaseException:
+            for proxy in proxies.values():
+                proxy.stop()
             redis_server.stop()
             postgres.cleanup()
             shutil.rmtree(postgres_dir, ignore_errors=True)
             if chain_node is not None:
                 chain_node.stop()
             raise
-    sut = SystemUnderTest(system, redis_server, postgres, postgres_url, system.models, chain_node)
+    sut = SystemUnderTest(system, redis_server, postgres, postgres_url, system.models, chain_node, proxies)
     try:
         sut.wait_until_ready()
     except BaseException:
@@ -169,8 +193,31 @@ def start_system(
     return sut
 
 
+def _start_proxies(
+    redis_server: RedisServer, postgres: EmbeddedPostgres
+) -> tuple[dict[str, LoopbackProxy], dict[str, str]]:
+    """A proxy in front of Redis and one in front of PostgreSQL (which listens on a Unix socket only: its clients
+    reach it over TCP through the proxy, and it sees them as local), and the URLs that name them."""
+    redis_proxy = LoopbackProxy(redis_server.port, free_port()).start()
+    socket_dir, port = _postgres_socket(postgres)
+    postgres_proxy = LoopbackProxy(socket_dir / f".s.PGSQL.{port}", free_port()).start()
+    urls = {
+        "REDIS_URL": redis_proxy.url_for(redis_server.url, f"127.0.0.1:{redis_server.port}"),
+        "POSTGRES_URL": f"postgresql://{urlsplit(postgres.dsn()).username}:@127.0.0.1:{postgres_proxy.port}/far_mesh",
+    }
+    return {"redis": redis_proxy, "postgres": postgres_proxy}, urls
+
+
+def _postgres_socket(postgres: EmbeddedPostgres) -> tuple[Path, int]:
+    """The embedded server's socket directory and port, from its postmaster.pid (lines 4 and 5)."""
+    lines = (postgres.data_dir / "postmaster.pid").read_text().splitlines()
+    return Path(lines[4]), int(lines[3])
+
+
 def stop_system(sut: SystemUnderTest) -> None:
     sut.system.stop()
+    for proxy in sut.proxies.values():
+        proxy.stop()
     if sut.chain_node is not None:
         sut.chain_node.stop()
     sut.redis_server.stop()
@@ -199,7 +246,7 @@ def wait_until_serving(child: Child, timeout_s: float = 120) -> None:
     port = _metrics_port(child)
     if port is None:
         return
-    path = "/health" if child.name in ("web", "portal") else "/metrics"
+    path = "/health" if child.name.partition(".")[0] in ("web", "portal") else "/metrics"
     wait_for_http(f"http://127.0.0.1:{port}{path}", child.process, child.name, timeout_s)
 
 

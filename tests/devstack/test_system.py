@@ -67,6 +67,24 @@ def test_only_the_portal_is_given_the_portal_settings(tmp_path: Path) -> None:
         assert not {k for k in system._env_for(name) if k.startswith("PORTAL_")} - set(system.plan.env), name
 
 
+def test_gateway_replicas_each_listen_on_a_port_of_their_own_and_make_run_keeps_one(tmp_path: Path) -> None:
+    assert _prepared(tmp_path).gateway_names == ("web",)
+    system = LocalSystem(SystemPlan(state_dir=tmp_path, cache_dir=tmp_path, gateway_port=8111, gateways=2))
+    prepared = _prepared(tmp_path)
+    system.redis, system.postgres, system.swarm, system.models = (
+        prepared.redis,
+        prepared.postgres,
+        prepared.swarm,
+        prepared.models,
+    )
+    assert system.gateway_names == ("web", "web.2")
+    first, second = (int(system._env_for(name)["GATEWAY_PORT"]) for name in system.gateway_names)
+    assert first == 8111 and second != first
+    assert system.gateway_urls == ("http://127.0.0.1:8111", f"http://127.0.0.1:{second}")
+    assert system._env_for("web.2")["REDIS_URL"] == system._env_for("web")["REDIS_URL"]  # one Redis, one ledger
+    assert system._env_for("web.2")["POSTGRES_URL"] == system._env_for("web")["POSTGRES_URL"]
+
+
 def test_the_portal_port_is_the_preferred_one_unless_something_listens_there() -> None:
     port = free_port()
     assert port_or_free(port) == port

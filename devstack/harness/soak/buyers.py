@@ -6,6 +6,10 @@ POST .../cancel after a few tokens and read to the end), `openai_stream` and `op
 streaming with usage or not, retried by re-POSTing the request id), and `budget` (SSE on a key with a small
 total budget: once it is spent, 402). A request that has not ended within `REQUEST_DEADLINE_S` is `hung`: the
 first checker's failure. Retrying is what a careful client does; each retry is counted.
+
+The system may run several gateway replicas: the buyers spread their requests over them (each client starts
+each request on the next one), and a request whose gateway broke its connection or answered 5xx is resumed or
+re-POSTed on the next gateway, as a load balancer routes around a replica that is down (`GatewayChoice`).
 """
 
 import asyncio
@@ -14,7 +18,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +56,8 @@ class Request:
     ended: float | None = None
     detail: str = ""
     """The refusal's error code, for an `http:` ending."""
+    gateways: set[int] = field(default_factory=set)
+    """The replicas (their indexes) it was sent to: more than one when it was resumed on another."""
 
     @property
     def ended_cleanly(self) -> bool:
@@ -59,8 +65,25 @@ class Request:
 
 
 @dataclass
+class GatewayChoice:
+    """Which gateway replica a request's next attempt goes to: the one it started on until that one fails it
+    (a broken connection, a 5xx), then the next, as a load balancer takes a failing replica out of rotation."""
+
+    urls: Sequence[str]
+    current: int
+    request: Request
+
+    def url(self, path: str) -> str:
+        self.request.gateways.add(self.current)
+        return self.urls[self.current] + path
+
+    def failed(self) -> None:
+        self.current = (self.current + 1) % len(self.urls)
+
+
+@dataclass
 class Buyers:
-    url: str
+    urls: Sequence[str]
     key: str
     budget_key: str
     seed: int
@@ -72,6 +95,7 @@ class Buyers:
 
     async def _client(self, number: int, until: float) -> None:
         rng = random.Random(f"{self.seed}-buyer-{number}")
+        sent = 0
         while time.monotonic() < until:
             kind = rng.choice(KINDS)
             request = Request(f"soak-{uuid.UUID(int=rng.getrandbits(128)).hex[:20]}", kind, rng.randint(6, 40), 0.0)
@@ -80,32 +104,38 @@ class Buyers:
             key = self.budget_key if kind == "budget" else self.key
             headers = {"Authorization": f"Bearer {key}"}
             timeout = httpx.Timeout(30.0, connect=5.0)
-            async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout) as client:
+            gateway = GatewayChoice(self.urls, (number + sent) % len(self.urls), request)
+            sent += 1
+            async with httpx.AsyncClient(headers=headers, timeout=timeout) as client:
                 try:
-                    await asyncio.wait_for(self._follow(client, request, rng), REQUEST_DEADLINE_S)
+                    await asyncio.wait_for(self._follow(client, gateway, request, rng), REQUEST_DEADLINE_S)
                 except TimeoutError:
                     request.ending = "hung"
             request.ended = time.monotonic()
             if request.ending.startswith("http:402"):
                 await asyncio.sleep(1.0)  # a spent budget: the next request of this kind is refused too
 
-    async def _follow(self, client: httpx.AsyncClient, request: Request, rng: random.Random) -> None:
+    async def _follow(
+        self, client: httpx.AsyncClient, gateway: GatewayChoice, request: Request, rng: random.Random
+    ) -> None:
         if request.kind.startswith("openai"):
-            await self._follow_openai(client, request)
+            await self._follow_openai(client, gateway, request)
         else:
             cancel_after = rng.randint(1, max(1, request.max_tokens // 2)) if request.kind == "cancel" else None
-            await self._follow_sse(client, request, cancel_after)
+            await self._follow_sse(client, gateway, request, cancel_after)
 
-    async def _follow_sse(self, client: httpx.AsyncClient, request: Request, cancel_after: int | None) -> None:
+    async def _follow_sse(
+        self, client: httpx.AsyncClient, gateway: GatewayChoice, request: Request, cancel_after: int | None
+    ) -> None:
         body = {"prompt": PROMPT, "max_tokens": request.max_tokens, "temperature": 0, "request_id": request.request_id}
         last_id: str | None = None
         cancelled = False
         while True:
             request.attempts += 1
             if last_id is None or request.kind == "sse_repost":
-                events = stream_events(client, "POST", "/inference/generate", json=body)
+                events = stream_events(client, "POST", gateway.url("/inference/generate"), json=body)
             else:
-                path = f"/inference/{request.request_id}/stream"
+                path = gateway.url(f"/inference/{request.request_id}/stream")
                 events = stream_events(client, "GET", path, headers={"Last-Event-ID": last_id})
             try:
                 async with aclosing(events) as stream:
@@ -115,7 +145,9 @@ class Buyers:
                             request.tokens[event["index"]] = event["token_id"]
                             last_id = event_id or last_id
                             if cancel_after is not None and not cancelled and len(request.tokens) >= cancel_after:
-                                cancelled = await _cancel(client, request.request_id)
+                                cancelled = await _cancel(
+                                    client, gateway.url(f"/inference/{request.request_id}/cancel")
+                                )
                         elif "error" in event and not event_id:
                             break  # the gateway's own (stream_deadline, a lost Redis): resume for the real end
                         else:
@@ -132,11 +164,13 @@ class Buyers:
                     request.ending, request.detail = f"http:{status}", _refusal(exc.response)
                     request.delivered = len(request.tokens)
                     return
+                else:
+                    gateway.failed()
             except (httpx.TransportError, httpx.StreamError, json.JSONDecodeError):
-                pass
+                gateway.failed()
             await asyncio.sleep(RETRY_PAUSE_S)
 
-    async def _follow_openai(self, client: httpx.AsyncClient, request: Request) -> None:
+    async def _follow_openai(self, client: httpx.AsyncClient, gateway: GatewayChoice, request: Request) -> None:
         streaming = request.kind == "openai_stream"
         body: dict[str, Any] = {
             "model": self.model_id,
@@ -153,7 +187,7 @@ class Buyers:
             try:
                 if streaming:
                     chunks, request.ending, request.reported = 0, "running", None  # a re-POST replays it all
-                    async for chunk in _openai_chunks(client, body):
+                    async for chunk in _openai_chunks(client, gateway.url("/v1/chat/completions"), body):
                         request.accepted = True
                         if "error" in chunk:
                             request.ending = f"error:{chunk['error'].get('code')}"
@@ -169,7 +203,7 @@ class Buyers:
                         request.delivered = request.reported  # text chunks may join tokens: usage counts them
                         return
                 else:
-                    response = await client.post("/v1/chat/completions", json=body)
+                    response = await client.post(gateway.url("/v1/chat/completions"), json=body)
                     if response.status_code == 200:
                         request.accepted = True
                         reply = response.json()
@@ -185,8 +219,9 @@ class Buyers:
                 if exc.response.status_code not in RETRIED_STATUSES:
                     request.ending, request.detail = f"http:{exc.response.status_code}", _refusal(exc.response)
                     return
+                gateway.failed()
             except (httpx.TransportError, httpx.StreamError, json.JSONDecodeError, KeyError):
-                pass
+                gateway.failed()
             await asyncio.sleep(RETRY_PAUSE_S)
 
 
@@ -211,16 +246,16 @@ def _refusal(response: httpx.Response) -> str:
         return response.text[:80]
 
 
-async def _cancel(client: httpx.AsyncClient, request_id: str) -> bool:
+async def _cancel(client: httpx.AsyncClient, url: str) -> bool:
     try:
-        return (await client.post(f"/inference/{request_id}/cancel")).status_code < 300
+        return (await client.post(url)).status_code < 300
     except httpx.TransportError:
         return False  # tried again at the next token
 
 
-async def _openai_chunks(client: httpx.AsyncClient, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def _openai_chunks(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Each JSON chunk of a streamed completion, through [DONE]."""
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+    async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
             await response.aread()
             raise UnexpectedStatus(response)

@@ -3,7 +3,9 @@
 A process kind is SIGKILLed with its whole process group (what it started dies with it, as in a crash or an
 OOM kill) and restarted through the system's own `restart_process`, which waits until it serves. A swarm server
 is SIGKILLed alone: the swarm's supervision restarts it with its peer id, as `make run` would. Redis and
-PostgreSQL (and, with the chain, its ganache, on its database) are stopped and started again. Faults overlap:
+PostgreSQL (and, with the chain, its ganache, on its database) are stopped and started again. A network fault
+breaks the link to Redis or PostgreSQL on the system's loopback proxy (`tcp_proxy`): a partition, or a slow
+link, each put back after its time. A gateway fault kills one replica, the other serving on. Faults overlap:
 each runs in its own task, and one whose target is still down from an earlier fault is skipped (and counted). A
 process that exits without being killed is a finding, not noise: the watchdog records it and restarts it so the
 run goes on.
@@ -15,12 +17,11 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from devstack.harness.soak.schedule import Fault
+from devstack.harness.soak.schedule import NETWORK_KINDS, Fault, latency_ms_of, link_of, slow_for_s
 from devstack.harness.system import SystemUnderTest
 
 RECOVERY_TIMEOUT_S = 180.0
 PROCESS_NAMES = {
-    "gateway": "web",
     "accounting": "accounting",
     "verifier": "verifier",
     "portal": "portal",
@@ -71,6 +72,11 @@ def record_pids(sut: SystemUnderTest, log: FaultLog) -> None:
 
 
 def target_name(sut: SystemUnderTest, fault: Fault) -> str:
+    if fault.kind == "gateway":
+        gateways = sut.system.gateway_names
+        return gateways[fault.target % len(gateways)]
+    if fault.kind in NETWORK_KINDS:
+        return f"link:{link_of(fault)}"
     if fault.kind in PROCESS_NAMES:
         return PROCESS_NAMES[fault.kind]
     if fault.kind == "worker":
@@ -85,7 +91,14 @@ def target_name(sut: SystemUnderTest, fault: Fault) -> str:
 
 def _kill_and_restart(sut: SystemUnderTest, fault: Fault, name: str) -> None:
     """Blocking: the fault itself, the time down, and the restart until it serves."""
-    if fault.kind == "redis":
+    if fault.kind in NETWORK_KINDS:
+        proxy = sut.proxies.get(link_of(fault))
+        assert proxy is not None, "a network fault needs the system started with network_proxies"
+        if fault.kind == "partition":
+            proxy.partition(fault.down_s)
+        else:
+            proxy.slow(slow_for_s(fault), latency_ms_of(fault) / 1000)
+    elif fault.kind == "redis":
         sut.redis_server.stop()
         time.sleep(fault.down_s)
         sut.redis_server.start()

@@ -2,10 +2,11 @@
 
 The system is `start_system`'s (what `make run` starts: gateway, portal, accounting, verifier, two workers, a
 local swarm with the default model's last span replicated) on a private PostgreSQL and a private Redis that
-keeps an append-only file, as production's must. Load and faults run for `duration_s`; then faults stop, every
-process must serve again, accounting must drain the usage stream, and the checkers read the ledger. With the
-chain, the payer settles and is stopped before the chain is reconciled (`payer_quiet`). The system is stopped
-before the last check: no process it ever ran may still be running.
+keeps an append-only file, as production's must, with two gateway replicas (`gateways`) and every process
+reaching Redis and PostgreSQL through a loopback proxy the network faults break. Load and faults run for
+`duration_s`; then faults stop, every process must serve again, accounting must drain the usage stream, and the
+checkers read the ledger. With the chain, the payer settles and is stopped before the chain is reconciled
+(`payer_quiet`). The system is stopped before the last check: no process it ever ran may still be running.
 """
 
 import asyncio
@@ -58,7 +59,8 @@ class SoakReport:
             f"result={'PASS' if self.passed else 'FAIL'}",
             f"faults injected={sum(self.log.by_kind().values())} ({faults}); skipped={skipped}; "
             f"not injected: {', '.join(k for k in ALL_KINDS + CHAIN_KINDS if k not in self.log.by_kind()) or '-'}",
-            f"requests={len(self.requests)} tokens delivered={tokens}",
+            f"requests={len(self.requests)} tokens delivered={tokens}; "
+            f"on another gateway after a failure: {sum(len(r.gateways) > 1 for r in self.requests)}",
             *(c.line() for c in self.results),
         ]
         return "\n".join(lines)
@@ -92,7 +94,7 @@ def _postgres_pid(sut: SystemUnderTest) -> int | None:
 
 async def _drive(sut: SystemUnderTest, report: SoakReport, clients: int) -> None:
     key_id, budget_secret = await _budget_key(sut.postgres_url, sut.system.dev_wallet)
-    buyers = Buyers(sut.url, sut.system.api_key, budget_secret, report.seed, sut.models[0].model_id)
+    buyers = Buyers(sut.urls, sut.system.api_key, budget_secret, report.seed, sut.models[0].model_id)
     report.requests = buyers.requests
     stop_watching = asyncio.Event()
     watching = asyncio.create_task(watchdog(sut, report.log, stop_watching))
@@ -140,18 +142,30 @@ def _reconcile_settings(sut: SystemUnderTest) -> tuple[dict[str, str], Decimal]:
 
 
 def run_soak(
-    seed: int, duration_s: float, work_dir: Path, *, clients: int = 6, mean_gap_s: float = 12.0, chain: bool = False
+    seed: int,
+    duration_s: float,
+    work_dir: Path,
+    *,
+    clients: int = 6,
+    mean_gap_s: float = 12.0,
+    chain: bool = False,
+    gateways: int = 2,
 ) -> SoakReport:
     """Start the system, soak it, stop it, check; the report holds every check's numbers (printed as it goes).
     `chain`: the system pays on its own local chain, and the payer, the deposit watcher, the reconciliation loop and
-    the chain node join the faults, and the payouts and the books on chain join the checks."""
+    the chain node join the faults, and the payouts and the books on chain join the checks. `gateways`: the
+    replicas the buyers spread over (a gateway fault kills one of them)."""
     began = time.monotonic()
     kinds = ALL_KINDS + CHAIN_KINDS if chain else ALL_KINDS
     report = SoakReport(seed, duration_s, make_schedule(seed, duration_s, mean_gap_s=mean_gap_s, kinds=kinds), chain)
-    print(f"soak: seed={seed} duration={duration_s:.0f}s clients={clients} faults={len(report.schedule)}", flush=True)
+    print(
+        f"soak: seed={seed} duration={duration_s:.0f}s clients={clients} gateways={gateways} "
+        f"faults={len(report.schedule)}",
+        flush=True,
+    )
     for fault in report.schedule:
         print(f"soak: schedule {fault.describe()}", flush=True)
-    sut = start_system(work_dir, durable_redis=True, chain=chain)
+    sut = start_system(work_dir, durable_redis=True, chain=chain, gateways=gateways, network_proxies=True)
     try:
         record_pids(sut, report.log)
         if (pid := _postgres_pid(sut)) is not None:
