@@ -8,8 +8,8 @@ pings and falls back on these for servers it has not pinged itself (docs/routing
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol import keys
@@ -33,8 +33,9 @@ class PeerMeasurement(BaseModel):
     measured_at: float = Field(description="Unix seconds of the measurement")
 
 
-async def write_measurements(redis: aioredis.Redis, model_id: str, measured: Mapping[str, PeerMeasurement]) -> None:
-    """Merge `measured` into the model's hash and push its expiry back (one round trip)."""
+async def write_measurements(redis: Any, model_id: str, measured: Mapping[str, PeerMeasurement]) -> None:
+    """Merge `measured` into the model's hash and push its expiry back, in one round trip (`redis` is a
+    `redis.asyncio.Redis`: the protocol names the keys and the record, and imports no Redis client)."""
     if not measured:
         return
     key = keys.peer_measurements(model_id)
@@ -44,9 +45,9 @@ async def write_measurements(redis: aioredis.Redis, model_id: str, measured: Map
         await pipe.execute()
 
 
-async def read_measurements(redis: aioredis.Redis, model_id: str) -> dict[str, PeerMeasurement]:
+async def read_measurements(redis: Any, model_id: str) -> dict[str, PeerMeasurement]:
     """Every server's latest measurement; an entry that does not parse (a newer writer's) is skipped."""
-    raw: Mapping[bytes | str, bytes | str] = await redis.hgetall(keys.peer_measurements(model_id))  # type: ignore[misc]
+    raw: Mapping[bytes | str, bytes | str] = await redis.hgetall(keys.peer_measurements(model_id))
     measured = {}
     for peer, value in raw.items():
         try:
