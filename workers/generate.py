@@ -3,7 +3,11 @@
 A run may be the first for its request or a recovery after another worker died: it reads what the stream
 already holds, re-prefills prompt + those tokens, and continues from the next index. A failed step is
 recovered the same way inside one run (a fresh session on a new route), so the client-visible stream never
-repeats or loses a token. All Petals calls run in the model's thread pool; the event loop only writes Redis.
+repeats or loses a token. All Petals calls run in the model's thread pool, and so do a session's tokens: the
+pool thread that steps it chooses, decodes and writes each token (`workers.pipelined_writes`, each write
+overlapping the next step), and hands the run back to the event loop only to open a session, fail over, retry a
+write through a Redis outage, or end. Crossing between the two twice per token was most of the worker's CPU over
+a direct Petals client (docs/performance.md).
 """
 
 import asyncio
@@ -31,12 +35,14 @@ from protocol.error_codes import StreamErrorCode
 from protocol.events import ChoiceEnd, ErrorBody, TokenEvent
 from protocol.jobs import GenerateJob
 from protocol.ownership import RequestOwner
+from protocol.served_steps import ServedStep
 from protocol.structured import SchemaRefused
 from workers import budget, metrics
 from workers.attribution import Attribution, served_step
 from workers.constraint import ConstraintError, GrammarConstraint, grammar_tokenizer, is_free_text, job_grammar
 from workers.detokenize import IncrementalDecoder
 from workers.ending import Billing, Outcome, RunEnd, end_abandoned, ending_of
+from workers.pipelined_writes import PipelinedTokenWrites
 from workers.prompts import prompt_ids
 from workers.route_policy import apply_route_policy
 from workers.route_preferences import RunRouting, open_session, plan_routing, unsatisfiable, with_preferences
@@ -341,106 +347,229 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
         return Outcome.failed(ErrorBody(code=StreamErrorCode.INVALID_JOB, message=message))
     if run.generated and (run.generated[-1] in served.eos_token_ids or stops.stopped or sampler.grammar_complete):
         return Outcome("completed", "stop")  # an earlier run wrote the last token and died before the ending
-    pending = run.prompt_ids + run.generated  # what the next step feeds in: everything the session lacks
-    session: SwarmSession | None = None
-    next_step: asyncio.Future[tuple[StepResult, int, str]] | None = None
-    failing_since: float | None = None
-    last_token_at: float | None = None
-
-    def start_step(feed: list[int]) -> asyncio.Future[tuple[StepResult, int, str]]:
-        assert session is not None
-        return asyncio.ensure_future(
-            served.run_blocking(_step, session, feed, job, sampler, decoder, served.eos_token_ids)
-        )
-
+    streaming = _Streaming(
+        run=run,
+        sampler=sampler,
+        decoder=decoder,
+        stops=stops,
+        max_tokens=max_tokens,
+        writes=PipelinedTokenWrites(str(settings.redis_url), run.writer),
+        feed=run.prompt_ids + run.generated,  # what the next step feeds in: everything the session lacks
+    )
     try:
         while len(run.generated) < max_tokens:
             if run.fence_broken is not None:
                 _check(run.fence_broken)
-            if session is None:
+            if streaming.session is None:
                 run.trace.session_opening(run.failovers)
                 opened = await open_session(
                     served, run.routing, max_length=len(run.prompt_ids) + max_tokens, recorder=run.trust.recorder
                 )
                 if isinstance(opened, RouteUnsatisfiable):  # no allowed route exists: say so now, not at the timeout
                     return Outcome.failed(unsatisfiable(job, opened.blocks, opened.why))
-                session = opened
+                streaming.session = opened
                 run.trace.session_opened()
                 metrics.ACTIVE_SESSIONS.labels(job.model_id).inc()
-            try:
-                result, token_id, text = await (next_step or start_step(pending))
-            except SamplingError as exc:  # the request's own numbers, not the route: no retry, no server to blame
-                next_step = None
-                message = f"sampling failed ({exc}); use temperature 0 or a larger one"
-                return Outcome.failed(ErrorBody(code=StreamErrorCode.SAMPLING_ERROR, message=message))
-            except Exception as exc:  # Petals raises many types for a broken route; all mean "try a new one"
-                run.trace.step_failed(exc)
-                next_step = None
-                await served.run_blocking(session.close)
-                metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
-                session = None
-                if isinstance(exc, RouteUnsatisfiable):  # the preferences allow no route: a new session finds none
-                    return Outcome.failed(unsatisfiable(job, exc.blocks, exc.why))
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if now - failing_since >= settings.far_mesh_no_route_timeout_s:
-                    return _no_route(run, settings, exc)
-                run.failovers += 1
-                metrics.FAILOVERS.labels(job.model_id).inc()
-                logger.warning("step failed request_id=%s failover=%d error=%r", job.request_id, run.failovers, exc)
-                await _ban_unreachable_servers(run, job.request_id)
-                pending = run.prompt_ids + run.generated
-                await asyncio.sleep(_FAILOVER_PAUSE_S)
+            pause = await _in_pool(streaming)
+            if pause.fence is not None:
+                _check(pause.fence)
+            if pause.outcome is not None:
+                return pause.outcome
+            if (unconfirmed := pause.unconfirmed) is not None:  # Redis failed the thread's write: retried here
+                write = functools.partial(run.writer.append_token, unconfirmed.event, unconfirmed.step)
+                appended = await _retrying_outages(settings, write)
+                if appended is Written.CANCELLED:
+                    return Outcome("cancelled", "cancelled")
+                _check(appended)
+                _token_written(streaming, unconfirmed.token_id, _Clocks.now())
+                if unconfirmed.ending:
+                    return Outcome("completed", "stop")
                 continue
-            next_step = None
-            failing_since = None
-            run.served.note_routed()
-            run.trace.stepped()
-            run.attribution.record_step(result.spans, result.tokens)
-            choice = sampler.last
-            is_eos = token_id in served.eos_token_ids
-            if is_eos and not stops.held:
-                return Outcome("completed", "stop")
-            closed = sampler.grammar_complete  # a closed JSON value is the whole reply
-            text = stops.feed(
-                text, final=is_eos or closed or len(run.generated) + 1 >= max_tokens
-            )  # the end releases all
-            ending = is_eos or stops.stopped or closed
-            event = TokenEvent(
-                token=text,
-                request_id=job.request_id,
-                index=len(run.generated),
-                token_id=token_id,
-                tokens_generated=run.total_generated + 1,
-                cost_far=job.cost_far(len(run.prompt_ids), run.total_generated + 1),
-                choice=run.choice if job.n > 1 else None,
-                **(choice.event_fields() if choice is not None else {}),
-            )
-            if len(run.generated) + 1 < max_tokens and not ending:
-                # The next step runs while this token is written: the Redis round trip leaves the critical path.
-                # Should the write say stop, that step's result is dropped unbilled.
-                next_step = start_step([token_id])
-            # the step's route goes beside the stream with its token: billed and creditable together, or neither
-            write = functools.partial(run.writer.append_token, event, served_step(result))
-            appended = await _retrying_outages(settings, write)
-            if appended is Written.CANCELLED:
-                return Outcome("cancelled", "cancelled")
-            _check(appended)
-            run.generated.append(token_id)
-            _observe_token(run, last_token_at)
-            last_token_at = time.monotonic()
-            pending = [token_id]
-            if ending:
-                return Outcome("completed", "stop")
+            failure = pause.failed
+            if failure is None:
+                continue
+            if isinstance(failure, SamplingError):  # the request's own numbers: no retry, no server to blame
+                message = f"sampling failed ({failure}); use temperature 0 or a larger one"
+                return Outcome.failed(ErrorBody(code=StreamErrorCode.SAMPLING_ERROR, message=message))
+            # Petals raises many types for a broken route; all mean "try a new one"
+            run.trace.step_failed(failure)
+            session, streaming.session = streaming.session, None
+            assert session is not None
+            await served.run_blocking(session.close)
+            metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
+            if isinstance(failure, RouteUnsatisfiable):  # the preferences allow no route: a new session finds none
+                return Outcome.failed(unsatisfiable(job, failure.blocks, failure.why))
+            now = time.monotonic()
+            streaming.failing_since = streaming.failing_since or now
+            if now - streaming.failing_since >= settings.far_mesh_no_route_timeout_s:
+                return _no_route(run, settings, failure)
+            run.failovers += 1
+            metrics.FAILOVERS.labels(job.model_id).inc()
+            logger.warning("step failed request_id=%s failover=%d error=%r", job.request_id, run.failovers, failure)
+            await _ban_unreachable_servers(run, job.request_id)
+            streaming.feed = run.prompt_ids + run.generated
+            await asyncio.sleep(_FAILOVER_PAUSE_S)
         return Outcome("completed", "length")
     finally:
         run.trace.session_closed()
-        if next_step is not None:  # the session must not close under a step still running in the pool
-            with contextlib.suppress(Exception):
-                await next_step
-        if session is not None:
+        streaming.writes.close()
+        if streaming.session is not None:
             metrics.ACTIVE_SESSIONS.labels(job.model_id).dec()
-            await served.run_blocking(session.close)
+            await served.run_blocking(streaming.session.close)
+
+
+_Stepped = tuple[StepResult, int, str]
+"""A step's result, the token chosen from it and its text."""
+
+
+@dataclass
+class _Streaming:
+    """One choice's token loop, shared by the event loop (`_generate_tokens`: sessions, failovers, retries) and the
+    model's pool thread (`_stream_tokens`: the steps and the writes), which never run it at the same time."""
+
+    run: _Run
+    sampler: Sampler
+    decoder: IncrementalDecoder
+    stops: StopMatcher
+    max_tokens: int
+    writes: PipelinedTokenWrites
+    feed: list[int]
+    """What the next step feeds in."""
+    session: SwarmSession | None = None
+    ready: _Stepped | Exception | None = None
+    """The next token's step, already taken while the last token was written (or how it failed)."""
+    failing_since: float | None = None
+    """When steps began to fail without one going through since (the no-route timeout counts from it)."""
+    last_token_at: float | None = None
+    stop_requested: bool = False
+    """The run was cancelled (the worker stops): the pool thread returns before its next step."""
+
+
+@dataclass(frozen=True)
+class _Unconfirmed:
+    """A token the pool thread sent whose write met a Redis error: the event loop retries it (fenced, so a write
+    that landed is recognised) and goes on as the thread would have."""
+
+    event: TokenEvent
+    step: ServedStep
+    token_id: int
+    ending: bool
+
+
+@dataclass(frozen=True)
+class _Pause:
+    """Why the pool thread handed the loop back (nothing set: the run was cancelled)."""
+
+    outcome: Outcome | None = None
+    """The choice ended, every write answered."""
+    fence: Written | None = None
+    """A write found the run superseded or its stream lost."""
+    failed: Exception | None = None
+    """A step raised: the route broke, or sampling failed."""
+    unconfirmed: _Unconfirmed | None = None
+
+
+async def _in_pool(streaming: _Streaming) -> _Pause:
+    """`_stream_tokens` in the model's pool. A run cancelled meanwhile (its worker stops) waits for the thread to
+    return, which it does before its next step, so the session never closes under a running step."""
+    running = asyncio.ensure_future(streaming.run.served.run_blocking(_stream_tokens, streaming))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        streaming.stop_requested = True
+        with contextlib.suppress(Exception):
+            await running
+        raise
+
+
+def _stream_tokens(streaming: _Streaming) -> _Pause:
+    """The choice's tokens, stepped, chosen and written from the model's pool thread until the choice ends or
+    something needs the event loop. Each token's write is sent at once and the next step taken while it travels;
+    should the write say stop, that step's result is dropped unbilled."""
+    run, sampler, stops = streaming.run, streaming.sampler, streaming.stops
+    job, served, writes = run.job, run.served, streaming.writes
+    while len(run.generated) < streaming.max_tokens:
+        if run.fence_broken is not None:
+            return _Pause(fence=run.fence_broken)
+        if streaming.stop_requested:
+            return _Pause()
+        stepped = streaming.ready if streaming.ready is not None else _take_step(streaming, streaming.feed)
+        streaming.ready = None
+        if isinstance(stepped, Exception):
+            return _Pause(failed=stepped)
+        result, token_id, text = stepped
+        streaming.failing_since = None
+        served.note_routed()
+        run.trace.stepped()
+        run.attribution.record_step(result.spans, result.tokens)
+        choice = sampler.last
+        is_eos = token_id in served.eos_token_ids
+        if is_eos and not stops.held:
+            return _Pause(outcome=Outcome("completed", "stop"))
+        closed = sampler.grammar_complete  # a closed JSON value is the whole reply
+        last = is_eos or closed or len(run.generated) + 1 >= streaming.max_tokens
+        text = stops.feed(text, final=last)  # the end releases all
+        ending = is_eos or stops.stopped or closed
+        event = TokenEvent(
+            token=text,
+            request_id=job.request_id,
+            index=len(run.generated),
+            token_id=token_id,
+            tokens_generated=run.total_generated + 1,
+            cost_far=job.cost_far(len(run.prompt_ids), run.total_generated + 1),
+            choice=run.choice if job.n > 1 else None,
+            **(choice.event_fields() if choice is not None else {}),
+        )
+        # the step's route goes beside the stream with its token: billed and creditable together, or neither
+        step = served_step(result)
+        try:
+            writes.send(event, step)
+            sent_at = _Clocks.now()
+            if len(run.generated) + 1 < streaming.max_tokens and not ending:
+                streaming.ready = _take_step(streaming, [token_id])  # while the write travels
+            written = writes.result()
+        except _REDIS_OUTAGE_ERRORS:
+            return _Pause(unconfirmed=_Unconfirmed(event, step, token_id, ending))
+        if written is Written.CANCELLED:
+            return _Pause(outcome=Outcome("cancelled", "cancelled"))
+        if written is not Written.WRITTEN:
+            return _Pause(fence=written)
+        _token_written(streaming, token_id, sent_at)
+        if ending:
+            return _Pause(outcome=Outcome("completed", "stop"))
+    return _Pause(outcome=Outcome("completed", "length"))
+
+
+def _take_step(streaming: _Streaming, feed: list[int]) -> _Stepped | Exception:
+    """One step and its token (or what it raised: the caller decides what a failure means)."""
+    run = streaming.run
+    assert streaming.session is not None
+    try:
+        return _step(streaming.session, feed, run.job, streaming.sampler, streaming.decoder, run.served.eos_token_ids)
+    except Exception as exc:
+        return exc
+
+
+@dataclass(frozen=True)
+class _Clocks:
+    """When a token reached its stream, on both clocks: its write's reply is read only after the next step, so the
+    time is taken when it was sent."""
+
+    wall: float
+    monotonic: float
+
+    @classmethod
+    def now(cls) -> "_Clocks":
+        return cls(time.time(), time.monotonic())
+
+
+def _token_written(streaming: _Streaming, token_id: int, written_at: _Clocks) -> None:
+    """The token is on the stream: the run counts it, and the next step feeds it."""
+    run = streaming.run
+    run.generated.append(token_id)
+    _observe_token(run, streaming.last_token_at, written_at)
+    streaming.last_token_at = written_at.monotonic
+    streaming.feed = [token_id]
 
 
 def _step(
@@ -493,14 +622,14 @@ def _text_and_sampling(
     return decoder, stops, sampler
 
 
-def _observe_token(run: _Run, previous_at: float | None) -> None:
+def _observe_token(run: _Run, previous_at: float | None, written_at: _Clocks) -> None:
     model_id = run.job.model_id
     metrics.TOKENS_GENERATED.labels(model_id).inc()
     if run.total_generated == 1:
-        run.ttft_s = max(0.0, time.time() - run.job.enqueued_at)
+        run.ttft_s = max(0.0, written_at.wall - run.job.enqueued_at)
         metrics.TIME_TO_FIRST_TOKEN.labels(model_id).observe(run.ttft_s)
     elif previous_at is not None:  # None for a recovering run's first token
-        metrics.INTER_TOKEN_LATENCY.labels(model_id).observe(time.monotonic() - previous_at)
+        metrics.INTER_TOKEN_LATENCY.labels(model_id).observe(written_at.monotonic - previous_at)
 
 
 def _no_route(run: _Run, settings: WorkerSettings, exc: Exception) -> Outcome:

@@ -212,6 +212,8 @@ class TokenStreamWriter:
             keys.token_stream(request_id),
             keys.request_owner(request_id),
         ]
+        self._cancel_flag = keys.cancel_flag(request_id)
+        self._served_steps = keys.served_steps(request_id)
         self._scripts = {name: redis.register_script(source) for name, source in _SCRIPTS.items()}
 
     async def _fenced(self, script: str, extra_keys: list[str], least: int, most: int, *args: str | int) -> Written:
@@ -242,20 +244,35 @@ class TokenStreamWriter:
 
     async def append_token(self, event: TokenEvent, step: ServedStep | None = None) -> Written:
         """Append `event` and, in the same atomic call, `step` (the route that made it) to the served steps."""
+        script_keys, args = self.token_call(event, step)
+        written = Written(int(await self._scripts["append_token"](keys=script_keys, args=args)))
+        if written is Written.WRITTEN:
+            self.token_written()
+        return written
+
+    def token_call(self, event: TokenEvent, step: ServedStep | None = None) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of the token script (`append_token`) for `event`: the same call whether the
+        event loop makes it or the pool thread does (`workers.pipelined_writes`)."""
         fields = encode_event(event)
-        written = await self._fenced(
-            "append_token",
-            [keys.cancel_flag(self.request_id), keys.served_steps(self.request_id)],
-            self._written,
-            self._written,
+        script_keys = [*self._keys, self._cancel_flag, self._served_steps]
+        fence_args: list[str | int] = [self.run_id, self._lease_ms, self._written, self._written, self._owner]
+        return script_keys, [
+            *fence_args,
+            keys.REQUEST_OWNER_TTL_S,
             fields[KIND_FIELD],
             fields[DATA_FIELD],
             keys.TOKEN_STREAM_TTL_S,
             step.encode() if step is not None else "",
-        )
-        if written is Written.WRITTEN:
-            self._written += 1
-        return written
+        ]
+
+    def token_script(self) -> tuple[str, str]:
+        """The token script's SHA-1 and source, for a caller that sends it over a connection of its own."""
+        script = self._scripts["append_token"]
+        return str(script.sha), str(script.script)
+
+    def token_written(self) -> None:
+        """A token call answered WRITTEN: the stream holds one more entry of this run's."""
+        self._written += 1
 
     async def finish(self, event: StreamEvent, usage: UsageRecord | None, *, state_lost: bool = False) -> Written:
         """Append the ending and the usage record atomically; CANCELLED when the stream already has an ending.
