@@ -1,6 +1,13 @@
-"""Accounting throughput and lag, against a plain `executemany` baseline measured in the same run.
+"""Accounting throughput and lag, against plain `executemany` and bare staged-COPY baselines measured in the same run.
 
-1. Baseline: the same sessions and contribution rows written with `executemany` (INSERT ... ON CONFLICT).
+1. Baselines: the same sessions and contribution rows written with `executemany` (INSERT ... ON CONFLICT), and
+   written by a bare staged COPY (binary COPY into temporary tables, then INSERT ... SELECT ... ON CONFLICT DO
+   NOTHING into the ledger's tables, one transaction per 1,000 records: the idempotent write at its cheapest,
+   docs/architecture.md's "Baselines"), run just before the consumer; then that staged COPY again with each
+   session's charge entry and lines staged and inserted the same way (the rows the consumer writes, schema/0022).
+   The target (#32 item 4) is the consumer at >= 0.8x the staged COPY, one consumer. Each baseline's PostgreSQL
+   backend CPU per 1,000 records is printed beside the consumer's: on two shared cores, wall-clock rates move
+   with the machine's load, the CPU per record much less.
 2. Consumer: records pre-loaded into the usage stream, drained by one in-process `UsageConsumer`
    (parse, COPY sessions and contributions, one transaction per batch, XACK): records/s and contribution
    rows/s. The target is 50,000 contribution rows/s.
@@ -33,7 +40,14 @@ import redis.asyncio as aioredis
 
 from accounting import collector
 from accounting.consumer import ParsedBatch, UsageConsumer
-from accounting.ledger import SESSION_COLUMNS, contribution_rows, session_id_for, session_row
+from accounting.journal import PLATFORM_FEES, PLATFORM_REMAINDER, UNATTRIBUTED, buyer_account, provider_account
+from accounting.ledger import (
+    CONTRIBUTION_COLUMNS,
+    SESSION_COLUMNS,
+    contribution_rows,
+    session_id_for,
+    session_row,
+)
 from accounting.settings import AccountingSettings
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.redis_server import RedisServer
@@ -105,14 +119,112 @@ async def baseline(dsn: str, records: list[UsageRecord]) -> float:
                     [session_row(r, session_id_for(r.request_id)) for r in chunk],
                 )
                 await connection.executemany(
-                    "INSERT INTO far_session_contributions (session_id, node_id, wallet, blocks_served,"
-                    " tokens_contributed, work_units, payment_far) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    f"INSERT INTO far_session_contributions ({', '.join(CONTRIBUTION_COLUMNS)})"
+                    f" VALUES ({', '.join(f'${i}' for i in range(1, len(CONTRIBUTION_COLUMNS) + 1))})"
                     " ON CONFLICT DO NOTHING",
                     [row for r in chunk for row in contribution_rows(r, session_id_for(r.request_id))],
                 )
         return time.perf_counter() - started
     finally:
         await connection.close()
+
+
+def charge_lines(record: UsageRecord) -> list[tuple[str, Decimal]]:
+    """The lines of a session's charge entry (schema/0022), written out by hand for the staged baseline."""
+    buyer = buyer_account(record.user_wallet) if record.user_wallet else UNATTRIBUTED
+    lines = [(buyer, record.total_cost_far)]
+    lines += [(provider_account(c.node_id), -c.payment_far) for c in record.contributions if c.payment_far > 0]
+    if record.platform_fee_far > 0:
+        lines.append((PLATFORM_FEES, -record.platform_fee_far))
+    if record.platform_remainder_far > 0:
+        lines.append((PLATFORM_REMAINDER, -record.platform_remainder_far))
+    return lines
+
+
+async def staged_copy(dsn: str, records: list[UsageRecord], *, journal: bool) -> tuple[float, float | None]:
+    """Seconds a bare staged COPY takes to store `records`, and its PostgreSQL backend's CPU seconds: no parsing,
+    no Redis, no function; with `journal`, each session's charge entry and lines too, staged the same way."""
+    connection = await asyncpg.connect(dsn)
+    session_columns = (*SESSION_COLUMNS, "finalized_at")
+    contribution_columns = CONTRIBUTION_COLUMNS
+    try:
+        await connection.execute(
+            f"CREATE TEMPORARY TABLE stage_sessions ON COMMIT DELETE ROWS AS"
+            f" SELECT {', '.join(session_columns)} FROM far_mesh_sessions WITH NO DATA;"
+            f"CREATE TEMPORARY TABLE stage_contributions ON COMMIT DELETE ROWS AS"
+            f" SELECT {', '.join(contribution_columns)} FROM far_session_contributions WITH NO DATA;"
+            "CREATE TEMPORARY TABLE stage_entries ON COMMIT DELETE ROWS AS"
+            " SELECT kind, reference, memo FROM far_journal_entries WITH NO DATA;"
+            "CREATE TEMPORARY TABLE stage_lines ON COMMIT DELETE ROWS AS"
+            " SELECT entry_id, account, amount_far FROM far_journal_lines WITH NO DATA"
+        )
+        finalized_at = datetime.now(UTC)
+        cpu_before = backend_cpu_s(connection.get_server_pid())
+        started = time.perf_counter()
+        for i in range(0, len(records), 1000):
+            chunk = records[i : i + 1000]
+            ids = [session_id_for(r.request_id) for r in chunk]
+            nodes = sorted({c.node_id: c.wallet for r in chunk for c in r.contributions}.items())
+            async with connection.transaction():
+                await connection.execute(
+                    "INSERT INTO far_nodes (node_id, wallet) SELECT * FROM unnest($1::text[], $2::text[])"
+                    " ON CONFLICT DO NOTHING",
+                    [n for n, _ in nodes],
+                    [w for _, w in nodes],
+                )
+                await connection.copy_records_to_table(
+                    "stage_sessions",
+                    records=[(*session_row(r, i), finalized_at) for r, i in zip(chunk, ids, strict=True)],
+                    columns=session_columns,
+                )
+                await connection.execute(
+                    f"INSERT INTO far_mesh_sessions ({', '.join(session_columns)})"
+                    f" SELECT {', '.join(session_columns)} FROM stage_sessions ON CONFLICT DO NOTHING"
+                )
+                await connection.copy_records_to_table(
+                    "stage_contributions",
+                    records=[row for r, i in zip(chunk, ids, strict=True) for row in contribution_rows(r, i)],
+                    columns=contribution_columns,
+                )
+                await connection.execute(
+                    f"INSERT INTO far_session_contributions ({', '.join(contribution_columns)})"
+                    f" SELECT {', '.join(contribution_columns)} FROM stage_contributions ON CONFLICT DO NOTHING"
+                )
+                if journal:
+                    await stage_charges(connection, chunk)
+        took = time.perf_counter() - started
+        cpu_after = backend_cpu_s(connection.get_server_pid())
+        return took, None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    finally:
+        await connection.close()
+
+
+async def stage_charges(connection: asyncpg.Connection, chunk: list[UsageRecord]) -> None:
+    """The charge entries of `chunk` and their lines, each staged by COPY and inserted from the stage."""
+    lines = {r.request_id: charge_lines(r) for r in chunk}
+    await connection.execute(
+        "INSERT INTO far_journal_accounts (name) SELECT unnest($1::text[]) ORDER BY 1 ON CONFLICT DO NOTHING",
+        sorted({account for entry in lines.values() for account, _ in entry}),
+    )
+    await connection.copy_records_to_table(
+        "stage_entries",
+        records=[("charge", r.request_id, f"{r.total_cost_far} FAR for session {r.request_id}") for r in chunk],
+        columns=("kind", "reference", "memo"),
+    )
+    entries = await connection.fetch(
+        "INSERT INTO far_journal_entries (kind, reference, memo) SELECT * FROM stage_entries ORDER BY reference"
+        " RETURNING id, reference"
+    )
+    await connection.copy_records_to_table(
+        "stage_lines",
+        records=[(e["id"], account, amount) for e in entries for account, amount in lines[e["reference"]]],
+        columns=("entry_id", "account", "amount_far"),
+    )
+    await connection.execute("INSERT INTO far_journal_lines SELECT * FROM stage_lines")
+
+
+def cpu_ms(seconds: float | None, records: int) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000 * 1000 / records:.0f} ms"
 
 
 def backend_cpu_s(pid: int) -> float | None:
@@ -243,6 +355,18 @@ async def main(args: argparse.Namespace) -> None:
         base_s = await baseline(dsn, records)
         print(f"baseline executemany: {args.records / base_s:,.0f} records/s, {rows / base_s:,.0f} rows/s")
 
+        staged_s, staged_cpu = await staged_copy(dsn, make_records(args.records, args.nodes), journal=False)
+        print(
+            f"baseline staged COPY, sessions and contributions: {args.records / staged_s:,.0f} records/s, "
+            f"{rows / staged_s:,.0f} rows/s; PostgreSQL backend {cpu_ms(staged_cpu, args.records)} per 1,000 records"
+        )
+        journal_s, journal_cpu = await staged_copy(dsn, make_records(args.records, args.nodes), journal=True)
+        print(
+            f"baseline staged COPY, with the journal's charges too: {args.records / journal_s:,.0f} records/s, "
+            f"{rows / journal_s:,.0f} contribution rows/s; PostgreSQL backend {cpu_ms(journal_cpu, args.records)} "
+            "per 1,000 records"
+        )
+
         fresh = make_records(args.records, args.nodes)
         async with redis.pipeline(transaction=False) as pipe:
             for record in fresh:
@@ -254,7 +378,8 @@ async def main(args: argparse.Namespace) -> None:
         took, python_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
         print(
             f"consumer (batch {args.batch}, {args.nodes} nodes/session): {args.records / took:,.0f} records/s, "
-            f"{rows / took:,.0f} contribution rows/s = {base_s / took:.2f}x baseline "
+            f"{rows / took:,.0f} contribution rows/s = {base_s / took:.2f}x executemany, "
+            f"{staged_s / took:.2f}x the staged COPY (target >= 0.8), {journal_s / took:.2f}x the one with the journal "
             f"({rows / took / 50_000:.2f}x the 50,000 rows/s target)"
         )
         per_k = 1000 / args.records
@@ -263,6 +388,12 @@ async def main(args: argparse.Namespace) -> None:
             f"  CPU per 1,000 records: consumer process {python_cpu_s * per_k * 1000:.0f} ms, "
             f"PostgreSQL backend {ledger_cpu} (the ceiling on an idle machine with a core for each)"
         )
+        if drained.ledger_cpu_s and staged_cpu and journal_cpu:
+            consumer_cpu = drained.ledger_cpu_s
+            print(
+                f"  PostgreSQL CPU per record, baseline / consumer: staged COPY {staged_cpu / consumer_cpu:.2f}x "
+                f"(target >= 0.8), staged COPY with the journal {journal_cpu / consumer_cpu:.2f}x"
+            )
 
         if args.consumers > 1:
             await redis.delete(keys.USAGE_STREAM)
