@@ -8,10 +8,12 @@ from farlabs.errors import (
     Forbidden,
     GenerationFailed,
     InvalidRequest,
+    MaxPriceExceeded,
     ModelUnavailable,
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RouteUnsatisfiable,
     ServiceUnavailable,
     Unauthorized,
     UnsupportedMediaType,
@@ -31,6 +33,8 @@ def body(code: str, message: str = "what is wrong", field: str | None = None) ->
         (404, "not_found", NotFound),
         (409, "conflict", Conflict),
         (409, "request_id_used", Conflict),
+        (409, "max_price_exceeded", MaxPriceExceeded),
+        (409, "route_unsatisfiable", RouteUnsatisfiable),
         (413, "payload_too_large", PayloadTooLarge),
         (415, "unsupported_media_type", UnsupportedMediaType),
         (422, "validation_error", InvalidRequest),
@@ -97,3 +101,17 @@ def test_an_openai_shaped_rate_limit_keeps_retry_after() -> None:
         429, {"retry-after": "3"}, openai_body("slow", "rate_limit_error", None, "too_many_streams")
     )
     assert isinstance(error, RateLimited) and (error.retry_after, error.code) == (3.0, "too_many_streams")
+
+
+def test_a_max_price_refusal_is_a_conflict_naming_the_cap_it_is_above() -> None:
+    message = "the completion price is 0.0004 $FAR per token now, above provider.max_price.completion (0.0003)"
+    error = error_from_response(409, {}, body("max_price_exceeded", message, "provider.max_price.completion"))
+    assert isinstance(error, MaxPriceExceeded) and isinstance(error, Conflict)
+    assert error.field == "provider.max_price.completion" and "0.0003" in error.message
+
+
+def test_an_unsatisfiable_route_from_a_non_streamed_openai_route_is_the_stream_errors_class() -> None:
+    answer = openai_body("no server holds blocks 2..3", "invalid_request_error", "provider", "route_unsatisfiable")
+    error = error_from_response(409, {}, answer)
+    assert isinstance(error, RouteUnsatisfiable) and isinstance(error, GenerationFailed)
+    assert (error.status, error.field) == (409, "provider")

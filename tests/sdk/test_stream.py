@@ -7,7 +7,7 @@ exactly and fast; the same behaviour against the real system is in test_python_s
 import json
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -16,9 +16,12 @@ from farlabs import (
     AsyncFarMesh,
     FarMesh,
     GenerationFailed,
+    MaxPriceExceeded,
     ModelUnavailable,
+    ProviderPreferences,
     RateLimited,
     RetryPolicy,
+    RouteUnsatisfiable,
 )
 
 NO_WAIT = RetryPolicy(max_retries=3, backoff_s=0, max_backoff_s=0)
@@ -152,7 +155,7 @@ def test_each_event_received_renews_the_retry_budget() -> None:
 
 
 def test_an_error_event_ends_the_stream_with_generation_failed() -> None:
-    error = {"error": {"code": "no_route", "message": "no server holds block 3"}, "request_id": "r1"}
+    error: dict[str, Any] = {"error": {"code": "no_route", "message": "no server holds block 3"}, "request_id": "r1"}
     error |= {"tokens_generated": 1, "total_cost_far": "0.0003"}
     script = Script(stream(token(0), b"id: 1-1\ndata: %s\n\n" % json.dumps(error).encode()))
     with mesh_for(script) as mesh:
@@ -177,6 +180,53 @@ def test_chat_messages_become_the_gateways_chat_template_and_options_the_native_
         "top_p": 0.5,
     }
     assert script.requests[0].headers["authorization"] == "Bearer fmk_test"
+
+
+PROVIDER: ProviderPreferences = {
+    "max_price": {"completion": Decimal("0.0003")},
+    "sort": "throughput",
+    "ignore": ["0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1"],
+    "allow_fallbacks": False,
+    "min_reputation": 0.5,
+}
+PROVIDER_JSON = PROVIDER | {"max_price": {"completion": "0.0003"}}
+
+
+@pytest.mark.parametrize(("api", "path"), [("native", "/inference/generate"), ("openai", "/v1/chat/completions")])
+def test_routing_preferences_travel_in_the_body_of_either_api_as_the_provider_object(
+    api: Literal["native", "openai"], path: str
+) -> None:
+    script = Script(stream(done(0)))
+    with mesh_for(script) as mesh:
+        mesh.chat("Hi", model="m", api=api, provider=PROVIDER, request_id="r1").text()
+    assert script.requests[0].url.path == path
+    assert json.loads(script.requests[0].content)["provider"] == PROVIDER_JSON
+
+
+def test_a_price_above_max_price_is_raised_at_once_as_max_price_exceeded_not_retried() -> None:
+    script = Script(refuse(409, "max_price_exceeded"))
+    with mesh_for(script) as mesh, pytest.raises(MaxPriceExceeded) as raised:
+        mesh.chat("Hi", provider={"max_price": {"completion": "0.0001"}})
+    assert raised.value.status == 409 and len(script.requests) == 1
+
+
+def test_a_stream_no_allowed_route_can_serve_ends_with_route_unsatisfiable() -> None:
+    error: dict[str, Any] = {"error": {"code": "route_unsatisfiable", "message": "no server ... holds blocks 2..3"}}
+    error |= {"request_id": "r1", "tokens_generated": 0, "total_cost_far": "0"}
+    script = Script(stream(b"id: 1-0\ndata: %s\n\n" % json.dumps(error).encode()))
+    with mesh_for(script) as mesh, pytest.raises(RouteUnsatisfiable) as raised:
+        mesh.chat("Hi", provider={"ignore": ["0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1"]}, request_id="r1").text()
+    assert isinstance(raised.value, GenerationFailed) and "blocks 2..3" in raised.value.message
+    assert len(script.requests) == 1
+
+
+async def test_the_async_client_sends_the_routing_preferences_too() -> None:
+    script = Script(stream(done(0)))
+    http = httpx.AsyncClient(transport=httpx.MockTransport(script))
+    async with AsyncFarMesh(api_key="k", base_url="http://gateway.test", retry=NO_WAIT, http_client=http) as mesh:
+        await (await mesh.chat("Hi", provider=PROVIDER, request_id="r1")).text()
+    await http.aclose()
+    assert json.loads(script.requests[0].content)["provider"] == PROVIDER_JSON
 
 
 def test_the_base_url_comes_from_farlabs_base_url_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,16 +17,19 @@ from farlabs.errors import (
     GenerationFailed,
     InsufficientBalance,
     InvalidRequest,
+    MaxPriceExceeded,
     ModelUnavailable,
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RouteUnsatisfiable,
     ServiceUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
 from farlabs.options import RetryPolicy
 from farlabs.progress import Usage
+from farlabs.provider import MaxPrice, ProviderPreferences, RouteSort
 from farlabs.stream import AsyncTokenStream, TokenStream
 
 __version__ = "0.1.0"
@@ -44,13 +47,18 @@ __all__ = [
     "GenerationFailed",
     "InsufficientBalance",
     "InvalidRequest",
+    "MaxPrice",
+    "MaxPriceExceeded",
     "MeshStatus",
     "Model",
     "ModelUnavailable",
     "NotFound",
     "PayloadTooLarge",
+    "ProviderPreferences",
     "RateLimited",
     "RetryPolicy",
+    "RouteSort",
+    "RouteUnsatisfiable",
     "ServiceUnavailable",
     "TokenStream",
     "Unauthorized",

@@ -25,6 +25,7 @@ from farlabs.catalog import Balance, MeshStatus, Model
 from farlabs.errors import APIConnectionError, APIError, error_from_response
 from farlabs.options import ClientOptions, RetryPolicy
 from farlabs.prompts import Message, native_body, new_request_id, openai_body
+from farlabs.provider import ProviderPreferences
 from farlabs.stream import AsyncTokenStream, Submission, TokenStream, retryable
 
 Api = Literal["native", "openai"]
@@ -67,6 +68,7 @@ def _submission(
     top_p: float | None,
     request_id: str | None,
     response_format: Mapping[str, Any] | None = None,
+    provider: ProviderPreferences | None = None,
 ) -> Submission:
     if isinstance(prompt, str) and not prompt:
         raise ValueError("prompt must not be empty")
@@ -82,6 +84,7 @@ def _submission(
             temperature=temperature,
             top_p=top_p,
             response_format=response_format,
+            provider=provider,
         )
         return Submission("/v1/chat/completions", body, request_id)
     body = native_body(
@@ -92,6 +95,7 @@ def _submission(
         temperature=temperature,
         top_p=top_p,
         response_format=response_format,
+        provider=provider,
     )
     return Submission("/inference/generate", body, request_id)
 
@@ -136,6 +140,7 @@ class FarMesh:
         request_id: str | None = None,
         api: Api = "native",
         response_format: Mapping[str, Any] | None = None,
+        provider: ProviderPreferences | None = None,
     ) -> TokenStream:
         """Start a generation from a prompt or chat messages; iterate the result for its tokens.
 
@@ -143,7 +148,10 @@ class FarMesh:
         even from another process, re-attaches to that generation instead of running and billing it twice.
         Options left None take the gateway's defaults. `response_format` ({"type": "json_object"}, or
         {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}) makes the tokens one JSON value,
-        enforced by the worker (the gateway's docs/structured-outputs.md).
+        enforced by the worker (the gateway's docs/structured-outputs.md). `provider` is the buyer's routing
+        preferences (`ProviderPreferences`: max_price, sort, only, ignore, allow_fallbacks, min_reputation; the
+        gateway's docs/routing.md), sent as given: a quote above `max_price` raises `MaxPriceExceeded` here, and
+        a request no allowed route can serve ends its stream with `RouteUnsatisfiable`.
         """
         submission = _submission(
             api,
@@ -154,6 +162,7 @@ class FarMesh:
             top_p=top_p,
             request_id=request_id,
             response_format=response_format,
+            provider=provider,
         )
         return TokenStream(self._http, self.options, submission)
 
@@ -241,6 +250,7 @@ class AsyncFarMesh:
         request_id: str | None = None,
         api: Api = "native",
         response_format: Mapping[str, Any] | None = None,
+        provider: ProviderPreferences | None = None,
     ) -> AsyncTokenStream:
         """`FarMesh.chat`: sends the request now, returns the stream to `async for` over."""
         submission = _submission(
@@ -252,6 +262,7 @@ class AsyncFarMesh:
             top_p=top_p,
             request_id=request_id,
             response_format=response_format,
+            provider=provider,
         )
         return await AsyncTokenStream(self._http, self.options, submission).start()
 

@@ -77,9 +77,15 @@ class NotFound(APIError):
 
 
 class Conflict(APIError):
-    """409: the `request_id` belongs to another API key; choose another."""
+    """409: the `request_id` belongs to another API key (choose another), or one of the subclasses below."""
 
     status = 409
+
+
+class MaxPriceExceeded(Conflict):
+    """409 max_price_exceeded: a price the gateway quotes now is above the request's `provider` `max_price`
+    (`field` names which, e.g. `provider.max_price.completion`; the message gives the price and the cap). Nothing
+    was queued or held: raise the cap, or retry when `models()` quotes less."""
 
 
 class InsufficientBalance(APIError):
@@ -158,6 +164,25 @@ class GenerationFailed(APIError):
         self.total_cost_far = total_cost_far
 
 
+class RouteUnsatisfiable(GenerationFailed):
+    """route_unsatisfiable: the request's `provider` preferences (only, ignore, min_reputation, allow_fallbacks)
+    leave some of the model's blocks without an allowed server; the message names the blocks. A stream ends with
+    it as its error event (the worker fails fast rather than wait for a route), a non-streamed OpenAI route
+    answers it as a 409. Nothing is billed unless tokens were delivered; retrying with the same preferences fails
+    the same way, so loosen them (or allow fallbacks)."""
+
+    status = 409
+
+
+_STREAM_ERRORS: dict[str, type[GenerationFailed]] = {"route_unsatisfiable": RouteUnsatisfiable}
+"""Error-event codes with a class of their own; every other code is a plain `GenerationFailed`."""
+
+
+def generation_error(code: str) -> type[GenerationFailed]:
+    """The class a stream's error event with `code` raises."""
+    return _STREAM_ERRORS.get(code, GenerationFailed)
+
+
 _BY_STATUS: dict[int, type[APIError]] = {
     400: InvalidRequest,
     401: Unauthorized,
@@ -211,6 +236,10 @@ def error_from_response(
         cls = ModelUnavailable
     elif code == "stream_deadline":  # 504: the request ran past the gateway's deadline, billed for its tokens
         cls = GenerationFailed
+    elif code in _STREAM_ERRORS:  # an error event's code, answered as HTTP by a non-streamed route
+        cls = _STREAM_ERRORS[code]
+    elif cls is Conflict and code == "max_price_exceeded":
+        cls = MaxPriceExceeded
     kwargs: dict[str, Any] = {
         "status": status,
         "code": code,

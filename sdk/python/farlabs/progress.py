@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from farlabs.errors import GenerationFailed
+from farlabs.errors import generation_error
 
 
 @dataclass(frozen=True)
@@ -112,9 +112,10 @@ class Progress:
         total = event.get("total_cost_far")
         if total is not None:
             self._cost = total
-        raise GenerationFailed(
+        code = str(error.get("code", "generation_failed"))
+        raise generation_error(code)(
             str(error.get("message", "generation failed")),
-            code=str(error.get("code", "generation_failed")),
+            code=code,
             request_id=self.request_id,
             tokens_generated=event.get("tokens_generated", self.tokens_generated),
             total_cost_far=Decimal(total) if total is not None else None,

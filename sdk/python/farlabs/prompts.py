@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from farlabs.provider import provider_json
+
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 Message = Mapping[str, str]
@@ -41,6 +43,7 @@ def native_body(
     temperature: float | None,
     top_p: float | None,
     response_format: Mapping[str, Any] | None = None,
+    provider: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON of POST /inference/generate; options left None take the gateway's defaults."""
     body: dict[str, Any] = {
@@ -53,6 +56,7 @@ def native_body(
         ("temperature", temperature),
         ("top_p", top_p),
         ("response_format", response_format),
+        ("provider", None if provider is None else provider_json(provider)),
     ):
         if value is not None:
             body[name] = value
@@ -68,12 +72,14 @@ def openai_body(
     temperature: float | None,
     top_p: float | None,
     response_format: Mapping[str, Any] | None = None,
+    provider: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON of a streaming POST /v1/chat/completions: `request_id` travels as the gateway's extra field."""
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True, "request_id": request_id}
     options = (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p))
-    for name, value in (*options, ("response_format", response_format)):
+    extras = (("response_format", response_format), ("provider", None if provider is None else provider_json(provider)))
+    for name, value in (*options, *extras):
         if value is not None:
             body[name] = value
     return body
