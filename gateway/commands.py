@@ -55,12 +55,13 @@ def serve(args: argparse.Namespace) -> int:
     import telemetry
     from gateway import collector
     from gateway.app import create_app
+    from gateway.direct_send import DirectSendMiddleware
     from gateway.settings import GatewaySettings
 
     settings = GatewaySettings.from_env()
     settings.configure_logging()
     telemetry.configure(settings.far_mesh_tracing, "far-mesh-gateway")
-    app = create_app(settings)
+    app = DirectSendMiddleware(create_app(settings))  # streamed bodies skip Starlette's error middleware too
     collector.tune_for_streams()
     uvicorn.run(
         app,

@@ -17,14 +17,15 @@ SCOPE_KEY = "far_mesh.direct_send"
 
 
 class DirectSendMiddleware:
-    """Keeps the `send` this middleware was given in the scope, for `direct_send`."""
+    """Keeps the `send` this middleware was given in the scope, for `direct_send`; the outermost one wins (the
+    served app is wrapped in one around Starlette's own error middleware, which also only watches the start)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            scope[SCOPE_KEY] = send
+            scope.setdefault(SCOPE_KEY, send)
         await self.app(scope, receive, send)
 
 
