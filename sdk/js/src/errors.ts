@@ -85,10 +85,16 @@ export class Forbidden extends APIError {
 export class NotFound extends APIError {
   static override readonly defaultStatus = 404;
 }
-/** 409: the `requestId` belongs to another API key; choose another. */
+/** 409: the `requestId` belongs to another API key (choose another), or one of the subclasses below. */
 export class Conflict extends APIError {
   static override readonly defaultStatus = 409;
 }
+/**
+ * 409 max_price_exceeded: a price the gateway quotes now is above the request's `provider.max_price` (`field` names
+ * which, e.g. `provider.max_price.completion`; the message gives the price and the cap). Nothing was queued or held:
+ * raise the cap, or retry when `models()` quotes less.
+ */
+export class MaxPriceExceeded extends Conflict {}
 /** 413: the request body is larger than the gateway accepts. */
 export class PayloadTooLarge extends APIError {
   static override readonly defaultStatus = 413;
@@ -131,7 +137,7 @@ export interface GenerationFailedInit extends APIErrorInit {
  * tokens already delivered are billed.
  */
 export class GenerationFailed extends APIError {
-  static override readonly defaultStatus = 502;
+  static override readonly defaultStatus: number = 502;
   readonly tokensGenerated: number | null;
   readonly totalCostFar: string | null;
   constructor(message: string, init: GenerationFailedInit = {}) {
@@ -139,6 +145,24 @@ export class GenerationFailed extends APIError {
     this.tokensGenerated = init.tokensGenerated ?? null;
     this.totalCostFar = init.totalCostFar ?? null;
   }
+}
+
+/**
+ * route_unsatisfiable: the request's `provider` preferences (only, ignore, min_reputation, allow_fallbacks) leave
+ * some of the model's blocks without an allowed server; the message names the blocks. A stream ends with it as its
+ * error event (the worker fails fast rather than wait for a route); a non-streamed OpenAI route answers it as a 409.
+ * Nothing is billed unless tokens were delivered; the same preferences fail the same way, so loosen them.
+ */
+export class RouteUnsatisfiable extends GenerationFailed {
+  static override readonly defaultStatus = 409;
+}
+
+/** Error-event codes with a class of their own; every other code is a plain `GenerationFailed`. */
+const STREAM_ERRORS: Record<string, typeof GenerationFailed> = { route_unsatisfiable: RouteUnsatisfiable };
+
+/** The class a stream's error event with `code` throws. */
+export function generationError(code: string): typeof GenerationFailed {
+  return Object.hasOwn(STREAM_ERRORS, code) ? STREAM_ERRORS[code] : GenerationFailed;
 }
 
 const BY_STATUS: Record<number, new (message: string, init?: APIErrorInit) => APIError> = {
@@ -199,5 +223,7 @@ export function errorFromResponse(status: number, headers: Headers, body: string
   let cls = BY_STATUS[status] ?? (status >= 400 && status < 500 ? InvalidRequest : ServiceUnavailable);
   if (cls === ServiceUnavailable && code === "no_healthy_swarm") cls = ModelUnavailable;
   else if (code === "stream_deadline") cls = GenerationFailed; // 504: past the gateway's deadline, billed for its tokens
+  else if (Object.hasOwn(STREAM_ERRORS, code)) cls = STREAM_ERRORS[code]; // an error event's code, as a non-streamed route's HTTP
+  else if (cls === Conflict && code === "max_price_exceeded") cls = MaxPriceExceeded;
   return new cls(message, { status, code, field, details, requestId: requestId ?? null, retryAfter: retryAfterSeconds(headers) });
 }

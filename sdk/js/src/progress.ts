@@ -7,7 +7,7 @@
  * is skipped: a token is never yielded twice, whatever the server resends.
  */
 
-import { GenerationFailed } from "./errors.js";
+import { generationError } from "./errors.js";
 
 /** The totals the gateway bills for one request, from its final event. Money is a decimal string, exact. */
 export interface Usage {
@@ -85,8 +85,9 @@ export class Progress {
     this.finishReason = "error";
     const error = typeof event.error === "object" && event.error !== null ? event.error : { message: String(event.error) };
     if (typeof event.total_cost_far === "string") this.costFar = event.total_cost_far;
-    throw new GenerationFailed(String(error.message ?? "generation failed"), {
-      code: String(error.code ?? "generation_failed"),
+    const code = String(error.code ?? "generation_failed");
+    throw new (generationError(code))(String(error.message ?? "generation failed"), {
+      code,
       requestId: this.requestId,
       tokensGenerated: event.tokens_generated ?? this.tokensGenerated,
       totalCostFar: event.total_cost_far ?? null,

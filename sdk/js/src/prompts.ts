@@ -6,6 +6,8 @@
  * `chat(messages)` on either route generates the same tokens.
  */
 
+import type { ProviderPreferences } from "./provider.js";
+
 export type Role = "system" | "developer" | "user" | "assistant" | "tool";
 
 export interface Message {
@@ -39,6 +41,11 @@ export interface GenerationOptions {
   temperature?: number;
   topP?: number;
   responseFormat?: ResponseFormat;
+  /**
+   * The buyer's routing preferences, sent as the body's `provider` as given: a quote above `max_price` rejects
+   * `chat()` with `MaxPriceExceeded`; a request no allowed route can serve ends its stream with `RouteUnsatisfiable`.
+   */
+  provider?: ProviderPreferences;
   /** The idempotency key: sending it again re-attaches to the same generation instead of running it twice. */
   requestId?: string;
 }
@@ -75,6 +82,7 @@ export function nativeBody(prompt: string | readonly Message[], requestId: strin
     ["temperature", o.temperature],
     ["top_p", o.topP],
     ["response_format", o.responseFormat],
+    ["provider", o.provider],
   ]);
 }
 
@@ -85,5 +93,6 @@ export function openaiBody(prompt: string | readonly Message[], requestId: strin
     ["temperature", o.temperature],
     ["top_p", o.topP],
     ["response_format", o.responseFormat],
+    ["provider", o.provider],
   ]);
 }

@@ -5,7 +5,16 @@
 
 import { describe, expect, test } from "vitest";
 
-import { InvalidRequest, NotFound, RateLimited, errorFromResponse } from "../src/index.js";
+import {
+  Conflict,
+  GenerationFailed,
+  InvalidRequest,
+  MaxPriceExceeded,
+  NotFound,
+  RateLimited,
+  RouteUnsatisfiable,
+  errorFromResponse,
+} from "../src/index.js";
 
 function body(error: Record<string, unknown>): string {
   return JSON.stringify({ error });
@@ -44,5 +53,26 @@ describe("errorFromResponse", () => {
     const error = errorFromResponse(429, headers, body({ message: "slow down", type: "rate_limit_error", param: null, code: "too_many_streams" }));
     expect(error).toBeInstanceOf(RateLimited);
     expect([(error as RateLimited).retryAfter, error.code]).toEqual([3, "too_many_streams"]);
+  });
+
+  test("a max_price refusal is a Conflict naming the cap it is above", () => {
+    const message = "the completion price is 0.0004 $FAR per token now, above provider.max_price.completion (0.0003)";
+    const error = errorFromResponse(409, new Headers(), body({ code: "max_price_exceeded", message, field: "provider.max_price.completion" }));
+    expect(error).toBeInstanceOf(MaxPriceExceeded);
+    expect(error).toBeInstanceOf(Conflict);
+    expect([error.status, error.field]).toEqual([409, "provider.max_price.completion"]);
+  });
+
+  test("another 409 stays a plain Conflict", () => {
+    const error = errorFromResponse(409, new Headers(), body({ code: "request_id_used", message: "ran before" }));
+    expect(error.constructor).toBe(Conflict);
+  });
+
+  test("an unsatisfiable route from a non-streamed OpenAI route is the stream error's class", () => {
+    const answer = body({ message: "no server holds blocks 2..3", type: "invalid_request_error", param: "provider", code: "route_unsatisfiable" });
+    const error = errorFromResponse(409, new Headers(), answer);
+    expect(error).toBeInstanceOf(RouteUnsatisfiable);
+    expect(error).toBeInstanceOf(GenerationFailed);
+    expect([error.status, error.field]).toEqual([409, "provider"]);
   });
 });

@@ -12,8 +12,11 @@ import {
   FarMesh,
   GenerationFailed,
   InvalidRequest,
+  MaxPriceExceeded,
   ModelUnavailable,
+  type ProviderPreferences,
   RateLimited,
+  RouteUnsatisfiable,
 } from "../src/index.js";
 
 type Answer = (req: IncomingMessage, res: ServerResponse, body: string) => void;
@@ -238,5 +241,44 @@ describe("TokenStream", () => {
       temperature: 0,
       top_p: 0.5,
     });
+  });
+
+  const provider: ProviderPreferences = {
+    max_price: { prompt: "0.00002", completion: "0.0003" },
+    sort: "throughput",
+    only: ["12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"],
+    ignore: ["0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1"],
+    allow_fallbacks: false,
+    min_reputation: 0.5,
+  };
+
+  test.each([
+    ["native", "/inference/generate"],
+    ["openai", "/v1/chat/completions"],
+  ] as const)("routing preferences travel in the %s body as its provider object, as given", async (api, path) => {
+    const mesh = await scripted([stream([done(0)])]);
+    await (await mesh.chat("Hi", { api, model: "m", provider, requestId: "r1" })).text();
+    expect(script?.seen[0].path).toBe(path);
+    expect(JSON.parse(script?.seen[0].body ?? "").provider).toEqual(provider);
+  });
+
+  test("a price above max_price rejects chat() with MaxPriceExceeded, not retried", async () => {
+    const mesh = await scripted([refuse(409, "max_price_exceeded")]);
+    const error = await mesh.chat("Hi", { provider: { max_price: { completion: "0.0001" } } }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(MaxPriceExceeded);
+    expect((error as MaxPriceExceeded).status).toBe(409);
+    expect(script?.seen.length).toBe(1);
+  });
+
+  test("a stream no allowed route can serve ends with RouteUnsatisfiable", async () => {
+    const event = { error: { code: "route_unsatisfiable", message: "no server ... holds blocks 2..3" }, request_id: "r1", tokens_generated: 0, total_cost_far: "0" };
+    const mesh = await scripted([stream([`id: 1-0\ndata: ${JSON.stringify(event)}\n\n`])]);
+    const response = await mesh.chat("Hi", { provider: { ignore: ["0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1"] }, requestId: "r1" });
+    const failure = await response.text().catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(RouteUnsatisfiable);
+    expect(failure).toBeInstanceOf(GenerationFailed);
+    expect([(failure as RouteUnsatisfiable).status, (failure as RouteUnsatisfiable).message]).toEqual([409, "no server ... holds blocks 2..3"]);
+    expect(response.finishReason).toBe("error");
+    expect(script?.seen.length).toBe(1);
   });
 });
