@@ -2,15 +2,19 @@
 the schedule can break the network between them as well as kill them.
 
 Every fault the soak injected before this was a process dying or a server restarting: a clean refusal the
-clients see at once. A network fails otherwise: a partition leaves a client's connections open and silent or cut
-half-way through a reply, and a slow link answers late, which is where timeouts, retries and half-read replies
-meet. `LoopbackProxy` forwards one loopback port to another in a thread of its own (its own event loop, so the
-processes reach their server while the harness's own loop is busy, and from the synchronous code that starts
-the system) and takes two faults, each for a bounded time:
+clients see at once. A network fails otherwise: a partition cuts a client's connections half-way through a reply
+and refuses its reconnects, and a slow link answers late, which is where timeouts, retries and half-read replies
+meet. `LoopbackProxy` forwards one loopback port to a server and takes two faults, each for a bounded time:
 
-- `partition(seconds)`: every open connection is cut and the port stops listening (a connect is refused), then
-  it listens again on the same port;
+- `partition(seconds)`: every open connection is cut (a reset) and the port stops listening (a connect is
+  refused), then it listens again on the same port;
 - `slow(seconds, latency_s)`: each chunk, in either direction, is held `latency_s` before it is passed on.
+
+It runs as a process of its own (`python -m devstack.harness.tcp_proxy PORT UPSTREAM`, one command a line on its
+stdin, one answer a line on its stdout), never as a thread of the harness: the harness forks (the local swarm's
+helpers), and a forked child keeps a copy of every socket its parent had, so a listening socket the proxy closed
+for a partition went on accepting connections nobody served (the first soaks with a threaded proxy: half the
+system's Redis connections then hung). A process started by exec inherits none.
 
 Loopback only: it listens on 127.0.0.1 and forwards to a port on 127.0.0.1 or to a Unix socket (the embedded
 PostgreSQL listens on one only; through the proxy its clients reach it over TCP), never anywhere else.
@@ -18,44 +22,40 @@ PostgreSQL listens on one only; through the proxy its clients reach it over TCP)
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Coroutine
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
 
 LOOPBACK = "127.0.0.1"
 MAX_FAULT_S = 10.0
 """The longest a partition or a slow link may last: a fault the soak puts back, never a link left broken."""
 MAX_LATENCY_S = 1.0
 CHUNK_BYTES = 65536
-T = TypeVar("T")
+REPLY_TIMEOUT_S = MAX_FAULT_S + 10.0
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class LoopbackProxy:
     """127.0.0.1:`port` forwarded to `upstream`, a port on 127.0.0.1 or a Unix socket's path; `start()`, then
-    faults, then `stop()`."""
+    faults (each blocking for its duration), then `stop()`."""
 
     def __init__(self, upstream: int | Path, port: int) -> None:
         self.upstream = upstream
         self.port = port
-        self.connections = 0
-        """Connections accepted so far (a test's and a report's number)."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"proxy:{port}", daemon=True)
-        self._server: asyncio.Server | None = None
-        self._placeholder: socket.socket | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-        self._slow_until = 0.0
-        self._latency_s = 0.0
-        self._partitioned_until = 0.0
+        self._process: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def listening_on(self) -> list[tuple[str, int]]:
         """The addresses it accepts connections on now (none while partitioned)."""
-        server = self._server
-        return [sock.getsockname()[:2] for sock in server.sockets] if server is not None else []
+        reply = self._command("where")
+        return [(host, int(port)) for host, port in (item.rsplit(":", 1) for item in reply.split())]
 
     def url_for(self, url: str, upstream: str) -> str:
         """`url` (which names `upstream`, e.g. "127.0.0.1:6379") with this proxy's address in its place."""
@@ -64,49 +64,94 @@ class LoopbackProxy:
         return url.replace(upstream, f"{LOOPBACK}:{self.port}", 1)
 
     def start(self) -> "LoopbackProxy":
-        self._placeholder = _hold_port(self.port)
-        self._thread.start()
-        self._call(self._listen())
+        argv = [sys.executable, "-m", "devstack.harness.tcp_proxy", str(self.port), str(self.upstream)]
+        self._process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, start_new_session=True
+        )
+        assert self._process.stdout is not None
+        ready = self._process.stdout.readline().strip()
+        if ready != "listening":
+            self.stop()
+            raise RuntimeError(f"the proxy on port {self.port} did not start: {ready or 'it exited'}")
         return self
 
     def stop(self) -> None:
-        if not self._thread.is_alive():
+        """Its stdin closed: it cuts every connection and exits (killed if it has not within 5 s)."""
+        process, self._process = self._process, None
+        if process is None:
             return
-        self._call(self._shutdown())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
-        if self._placeholder is not None:
-            self._placeholder.close()
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.close()
+            process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
+        process.stdout.close()
 
     def partition(self, seconds: float) -> None:
         """Blocking for `seconds`: open connections cut, new ones refused; then it listens again."""
         _bounded(seconds, MAX_FAULT_S, "a partition")
-        self._partitioned_until = time.monotonic() + seconds
-        self._call(self._close(listening=True))
-        time.sleep(seconds)
-        self._call(self._listen())
+        self._command(f"partition {seconds}")
 
     def slow(self, seconds: float, latency_s: float) -> None:
         """Blocking for `seconds`: every chunk either way is held `latency_s` before it is forwarded."""
         _bounded(seconds, MAX_FAULT_S, "a slow link")
         _bounded(latency_s, MAX_LATENCY_S, "a link's latency")
-        self._latency_s = latency_s
-        self._slow_until = time.monotonic() + seconds
-        time.sleep(seconds)
+        self._command(f"slow {seconds} {latency_s}")
+
+    def _command(self, line: str) -> str:
+        with self._lock:
+            process = self._process
+            if process is None or process.stdin is None or process.stdout is None:
+                raise RuntimeError(f"the proxy on port {self.port} is not running")
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+            reply = process.stdout.readline().strip()
+        status, _, rest = reply.partition(" ")
+        if status != "ok":
+            raise RuntimeError(f"the proxy on port {self.port} answered {line!r} with {reply or 'nothing'}")
+        return rest
+
+
+class _Relay:
+    """The proxy itself, in its own process's event loop."""
+
+    def __init__(self, port: int, upstream: int | Path) -> None:
+        self.port = port
+        self.upstream = upstream
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
         self._slow_until = 0.0
+        self._latency_s = 0.0
+        self._partitioned = False
+        self._placeholder = _hold_port(port)
 
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        return future.result(timeout=10)
+    def where(self) -> str:
+        server = self._server
+        sockets = server.sockets if server is not None else ()
+        return " ".join(f"{host}:{port}" for host, port in (s.getsockname()[:2] for s in sockets))
 
-    async def _listen(self) -> None:
+    async def listen(self) -> None:
+        self._partitioned = False
         self._server = await asyncio.start_server(
             self._accept, LOOPBACK, self.port, reuse_address=True, reuse_port=True
         )
 
-    async def _close(self, *, listening: bool) -> None:
-        if listening and self._server is not None:
+    async def partition(self, seconds: float) -> None:
+        self._partitioned = True
+        await self.close()
+        await asyncio.sleep(seconds)
+        await self.listen()
+
+    async def slow(self, seconds: float, latency_s: float) -> None:
+        self._latency_s = latency_s
+        self._slow_until = time.monotonic() + seconds
+        await asyncio.sleep(seconds)
+        self._slow_until = 0.0
+
+    async def close(self) -> None:
+        if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
@@ -114,18 +159,8 @@ class LoopbackProxy:
             _abort(writer)
         self._open.clear()
 
-    async def _shutdown(self) -> None:
-        """Cut everything and wait for each connection's task to finish, so none is left pending on the loop."""
-        await self._close(listening=True)
-        current = asyncio.current_task()
-        pending = [task for task in asyncio.all_tasks() if task is not current]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        if time.monotonic() < self._partitioned_until:  # accepted in the instant before the port closed
+        if self._partitioned:  # accepted in the instant before the port closed
             _abort(writer)
             return
         try:
@@ -158,11 +193,32 @@ class LoopbackProxy:
             _abort(writer)
 
 
+async def _serve(port: int, upstream: int | Path) -> None:
+    """Listen, say so, then one command a line from stdin until it closes; each answered with one line."""
+    relay = _Relay(port, upstream)
+    await relay.listen()
+    loop = asyncio.get_running_loop()
+    print("listening", flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command, *args = line.split()
+        if command == "partition":
+            await relay.partition(float(args[0]))
+            print("ok", flush=True)
+        elif command == "slow":
+            await relay.slow(float(args[0]), float(args[1]))
+            print("ok", flush=True)
+        elif command == "where":
+            print(f"ok {relay.where()}", flush=True)
+        else:
+            print(f"error: unknown command {command!r}", flush=True)
+    await relay.close()
+
+
 def _hold_port(port: int) -> socket.socket:
     """A socket bound to `port` that never listens, so the port stays this proxy's while a partition has closed its
-    listening socket: a connect meanwhile is refused, and no outgoing connection of any process on the machine
-    takes the port as its source port (the first soak with the proxy lost its Redis link that way: "address
-    already in use" when the partition ended). The listening socket shares the port with it (SO_REUSEPORT)."""
+    listening socket: a connect meanwhile is refused, and no client on the machine is given the port as its own
+    source port (which, with nothing listening there, would connect a client retrying the port to itself). The
+    listening socket shares the port with it (SO_REUSEPORT)."""
     held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -183,3 +239,16 @@ def _abort(writer: asyncio.StreamWriter) -> None:
 def _bounded(value: float, most: float, what: str) -> None:
     if not 0 <= value <= most:
         raise ValueError(f"{what} lasts 0 to {most} s, not {value}")
+
+
+def main(argv: list[str]) -> None:
+    port, upstream = int(argv[0]), argv[1]
+    try:
+        asyncio.run(_serve(port, int(upstream) if upstream.isdigit() else Path(upstream)))
+    except OSError as exc:
+        print(f"error: {exc}", flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

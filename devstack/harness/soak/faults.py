@@ -57,7 +57,8 @@ class FaultLog:
 
 
 def record_pids(sut: SystemUnderTest, log: FaultLog) -> None:
-    """Remember every process the system runs now (supervised children, swarm servers and the DHT, Redis)."""
+    """Remember every process the system runs now (supervised children, swarm servers and the DHT, the network
+    proxies, Redis)."""
     log.pids.update(c.process.pid for c in sut.system.supervisor.children)
     swarm = sut.system.swarm
     if swarm is not None:
@@ -66,6 +67,7 @@ def record_pids(sut: SystemUnderTest, log: FaultLog) -> None:
             log.pids.update(server.group_members())
     if sut.chain_node is not None and sut.chain_node.process is not None:
         log.pids.add(sut.chain_node.process.pid)
+    log.pids.update(pid for proxy in sut.proxies.values() if (pid := proxy.pid) is not None)
     redis_process = getattr(sut.redis_server, "_process", None)
     if redis_process is not None:
         log.pids.add(redis_process.pid)
