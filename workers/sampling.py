@@ -31,9 +31,9 @@ def choose_next_token(logits: torch.Tensor, *, temperature: float, top_p: float,
         # maximum alone tells a step to refuse (-inf is a masked token, and fine); the index is argmax's, the first
         # of equal maxima. Greedy is the common case, and this runs once per token.
         best, index = torch.max(logits, dim=0)
-        if not bool(best < math.inf):
+        if not best.item() < math.inf:
             raise SamplingError("the model returned NaN or infinite logits")
-        return int(index)
+        return int(index.item())
     if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf is a masked token, and fine
         raise SamplingError("the model returned NaN or infinite logits")
     probs = torch.softmax(logits.float() / temperature, dim=-1)

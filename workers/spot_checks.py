@@ -94,16 +94,26 @@ async def nodes_due(redis: aioredis.Redis, peers: set[str], per_hour: int, now: 
     ordered = sorted(peers)
     interval = 3600 / per_hour
     claim_s = min(CLAIM_MAX_S, interval)
+
+    def due_of(last: list[Any], claimed: list[Any]) -> list[str]:
+        return [
+            peer
+            for peer, seen, claim in zip(ordered, last, claimed, strict=True)
+            if _older(seen, now - interval) and _older(claim, now - claim_s)
+        ]
+
+    # Every run asks, and almost always no node is due: one round trip says so, before the three of a claim.
+    async with redis.pipeline(transaction=False) as look:
+        look.hmget(keys.VERIFIED_NODES, ordered)
+        look.hmget(keys.VERIFICATION_CLAIMS, ordered)
+        if not due_of(*await look.execute()):
+            return []
     async with redis.pipeline(transaction=True) as pipe:
         try:
             await pipe.watch(keys.VERIFICATION_CLAIMS)
             last: list[Any] = await pipe.hmget(keys.VERIFIED_NODES, ordered)  # type: ignore[misc]
             claimed: list[Any] = await pipe.hmget(keys.VERIFICATION_CLAIMS, ordered)  # type: ignore[misc]
-            due = [
-                peer
-                for peer, seen, claim in zip(ordered, last, claimed, strict=True)
-                if _older(seen, now - interval) and _older(claim, now - claim_s)
-            ]
+            due = due_of(last, claimed)
             if due:
                 pipe.multi()  # type: ignore[no-untyped-call]
                 pipe.hset(keys.VERIFICATION_CLAIMS, mapping={peer: repr(now) for peer in due})

@@ -239,8 +239,14 @@ class TokenStreamWriter:
         """Extend the lease (taking it back if it lapsed while the stream stayed as this run left it).
 
         One token write may be in flight meanwhile, so one entry more than this run has counted is still its own.
+        The pool thread writes tokens while a renewal travels (`workers.pipelined_writes`): should its count move on
+        meanwhile, a renewal that found more entries than it was told of found this run's own, and looks again.
         """
-        return await self._fenced("renew", [keys.cancel_flag(self.request_id)], self._written, self._written + 1)
+        while True:
+            counted = self._written
+            renewed = await self._fenced("renew", [self._cancel_flag], counted, counted + 1)
+            if renewed is not Written.SUPERSEDED or self._written == counted:
+                return renewed
 
     async def append_token(self, event: TokenEvent, step: ServedStep | None = None) -> Written:
         """Append `event` and, in the same atomic call, `step` (the route that made it) to the served steps."""

@@ -1,7 +1,9 @@
 """A session's token writes from the pool thread, against a real Redis: the same fenced script as the event loop's."""
 
 import asyncio
+from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from protocol import keys
@@ -58,3 +60,23 @@ async def test_a_write_whose_reply_was_left_unread_is_recognised_when_sent_again
     writes.close()
     entries = await redis.xrange(keys.token_stream("req-1"))
     assert StreamSoFar.parse(entries, cancelled=False).token_ids == (0, 1)
+
+
+async def test_a_renewal_overtaken_by_the_threads_writes_still_holds_the_lease(
+    redis: aioredis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await writer.acquire()
+    writes = PipelinedTokenWrites(redis_url, writer)
+    fenced = writer._fenced
+
+    async def overtaken(script: str, *args: Any) -> Written:
+        if script == "renew" and writer._written == 0:  # two tokens land after the renewal read its count
+            for index in (0, 1):
+                await asyncio.to_thread(writes.send, token(index), None)
+                assert await asyncio.to_thread(writes.result) is Written.WRITTEN
+        return await fenced(script, *args)
+
+    monkeypatch.setattr(writer, "_fenced", overtaken)
+    assert await writer.renew() is Written.WRITTEN
+    writes.close()
