@@ -28,7 +28,7 @@ class _EchoServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def proxy() -> Iterator[LoopbackProxy]:
     with _EchoServer(("127.0.0.1", 0), _Echo) as upstream:
         serving = threading.Thread(target=upstream.serve_forever, args=(0.05,), daemon=True)

@@ -31,7 +31,7 @@ def test_a_thirty_minute_run_draws_over_a_hundred_faults_at_the_default_pace() -
 
 
 def test_network_faults_are_drawn_from_the_seed_bounded_and_printed_with_their_link() -> None:
-    drawn = [f for seed in range(50) for f in make_schedule(seed, 1800) if f.kind in NETWORK_KINDS]
+    drawn = [f for seed in range(10) for f in make_schedule(seed, 1800) if f.kind in NETWORK_KINDS]
     assert {f.kind for f in drawn} == set(NETWORK_KINDS) and {link_of(f) for f in drawn} == set(LINKS)
     for fault in drawn:
         assert 0 <= fault.down_s <= 3 and 1 <= slow_for_s(fault) <= 4 <= MAX_FAULT_S
