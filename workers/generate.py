@@ -175,8 +175,13 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     if job_try == 1:  # a retry's wait since enqueue would include its earlier runs
         metrics.QUEUE_WAIT.labels(job.model_id).observe(queue_wait_s(job))
     trace = RunTrace.claimed(job, job_try=job_try, worker_id=worker.worker_id)
-    trust = await begin_trust(worker.redis, job.request_id, served, worker.settings)
-    ended = await run_request(job, served, writer, worker.settings, worker.worker_id, trust=trust, trace=trace)
+    # Both before the first step, neither needing the other: their round trips overlap (first token, #32)
+    trust, so_far = await asyncio.gather(
+        begin_trust(worker.redis, job.request_id, served, worker.settings), writer.acquire()
+    )
+    ended = await run_request(
+        job, served, writer, worker.settings, worker.worker_id, trust=trust, trace=trace, so_far=so_far
+    )
     if ended not in (RunEnd.SUPERSEDED, RunEnd.ALREADY_FINISHED):  # this run wrote the usage record: check its spans
         await trust.publish(worker.redis, job.request_id, job.model_id)
     return ended.value
@@ -191,8 +196,10 @@ async def run_request(
     *,
     trust: RunTrust | None = None,
     trace: RunTrace = NO_TRACE,
+    so_far: StreamSoFar | None = None,
 ) -> RunEnd:
-    so_far = await writer.acquire()
+    """Run the request to its end; `so_far` is what `writer.acquire()` returned when the caller took the lease."""
+    so_far = so_far if so_far is not None else await writer.acquire()
     renewer = asyncio.create_task(_keep_lease(writer, settings.far_mesh_lease_ttl_s))
     try:
         if so_far.final is not None:
