@@ -37,10 +37,13 @@ ObserveLatencies = Callable[[list[float]], None]
 """Takes the XADD-to-read delays (seconds) of the entries one read brought in."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
     """One token-stream entry: its id (the SSE event id), its kind and its JSON `data` (the SSE payload, as bytes,
-    since it is forwarded without ever being decoded)."""
+    since it is forwarded without ever being decoded).
+
+    Read-only by convention, not `frozen`: every follower of a stream gets the same objects, but a frozen dataclass
+    took four times as long to build (its `__init__` goes through `object.__setattr__`), once per relayed token."""
 
     entry_id: str
     kind: str
