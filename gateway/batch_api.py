@@ -283,7 +283,7 @@ async def _admit_line(
     except ApiError as exc:
         return LineError(exc.code, exc.message, number, f"body.{exc.field}")
     request_id = line_request_id(batch_id, index)
-    job = build_job(state, generate, spec, price, request_id, key, prepared.turns, None, prepared.tool_use)
+    job = build_job(state, generate, spec, price, request_id, key, prepared.origin(answered_whole=True))
     most = max_cost_far(generate, price, prepared.turns)
     return json.dumps({"custom_id": line.custom_id, "chat": prepared.chat, "most_far": str(most), "job": job.payload()})
 

@@ -39,6 +39,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -71,7 +72,7 @@ from gateway.relay import Entry, Subscription
 from gateway.settings import GatewaySettings
 from gateway.sse import sse_event
 from gateway.state import GatewayState, state_of
-from gateway.submission import Accepted, submit
+from gateway.submission import Accepted, Origin, submit
 from protocol.catalog import ModelId
 from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorEvent, TokenEvent
@@ -692,7 +693,9 @@ async def _collect(
             raise ContextLengthExceeded(error["message"], param=prompt_field)
         if error["code"] == StreamErrorCode.ROUTE_UNSATISFIABLE:  # the buyer's preferences, not the swarm, refused it
             raise PreferencesUnsatisfiable(error["message"], field="provider")
-        raise BadGateway(f"generation failed ({error['code']}): {error['message']}")
+        cost = Decimal(event["total_cost_far"])  # nothing for a request answered whole (a resumed stream's differ)
+        billed = f"{event['tokens_generated']} tokens billed ({cost} FAR)" if cost else "nothing billed"
+        raise BadGateway(f"generation failed ({error['code']}): {error['message']}; {billed}")
     return tokens, event
 
 
@@ -721,6 +724,9 @@ class Prepared:
     @property
     def chat(self) -> bool:
         return self.turns is not None
+
+    def origin(self, *, answered_whole: bool) -> Origin:
+        return Origin(self.prompt_field, self.turns, self.tool_use, answered_whole)
 
 
 def prepare(body: "ChatCompletionRequest | CompletionRequest", settings: GatewaySettings) -> Prepared:
@@ -757,14 +763,7 @@ async def _complete(request: Request, *, chat: bool) -> Response:
     limit = state.settings.gateway_max_body_bytes
     model: type[ChatCompletionRequest | CompletionRequest] = ChatCompletionRequest if chat else CompletionRequest
     prepared = prepare(await read_model(request, model, limit), state.settings)
-    accepted = await submit(
-        state,
-        prepared.generate,
-        key,
-        prompt_field=prepared.prompt_field,
-        messages=prepared.turns,
-        tool_use=prepared.tool_use,
-    )
+    accepted = await submit(state, prepared.generate, key, prepared.origin(answered_whole=not prepared.body.stream))
     shape = shape_of(prepared, accepted.request_id, accepted.spec.model_id)
     if prepared.body.stream:
         return relay_response(state, accepted.slot, render=shape.chunk, trace=accepted.trace)

@@ -46,6 +46,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Origin:
+    """What the route that took a request knows beyond its body."""
+
+    prompt_field: str = "prompt"
+    """The client's field the prompt came from, named in error messages (chat: "messages")."""
+    messages: list[ChatTurn] | None = None
+    """A chat request's turns, which the worker formats with the model's chat template."""
+    tool_use: ToolUse | None = None
+    """A chat request's tools, checked by the route (`gateway.openai_api`), enforced by the worker's grammar."""
+    answered_whole: bool = False
+    """The client gets the answer only once the request has ended (OpenAI without streaming, a Batch API line):
+    it receives no token of a request that fails, and so is billed none (`GenerateJob.answered_whole`)."""
+
+
+@dataclass(frozen=True)
 class Accepted:
     """A request the caller may stream, new or submitted earlier by the same API key."""
 
@@ -119,25 +134,12 @@ def _check_grammar(response_format: JsonObjectFormat | JsonSchemaFormat) -> None
         ) from None
 
 
-async def submit(
-    state: GatewayState,
-    body: GenerateRequest,
-    key: ApiKey,
-    *,
-    prompt_field: str = "prompt",
-    messages: list[ChatTurn] | None = None,
-    tool_use: ToolUse | None = None,
-) -> Accepted:
-    """Start `body` as a job billed to `key`'s wallet, or attach to it if this key already submitted its id.
-
-    `prompt_field` names the client's field the prompt came from, for error messages (chat: "messages");
-    `messages` are a chat request's turns, which the worker formats with the model's chat template;
-    `tool_use` its tools, checked by the caller (`gateway.openai_api`), which the worker's grammar enforces.
-    """
+async def submit(state: GatewayState, body: GenerateRequest, key: ApiKey, origin: Origin = Origin()) -> Accepted:
+    """Start `body` as a job billed to `key`'s wallet, or attach to it if this key already submitted its id."""
     trace = RequestTrace()
     try:
         with telemetry.span("gateway.admission", parent=trace.root):
-            return await _submit(state, body, key, trace, prompt_field, messages, tool_use)
+            return await _submit(state, body, key, trace, origin)
     except BaseException as exc:
         trace.refused(exc)
         raise
@@ -148,11 +150,9 @@ async def _submit(
     body: GenerateRequest,
     key: ApiKey,
     trace: RequestTrace,
-    prompt_field: str,
-    messages: list[ChatTurn] | None,
-    tool_use: ToolUse | None = None,
+    origin: Origin,
 ) -> Accepted:
-    body = apply_caps(state.settings, body, prompt_field, chat=messages is not None)
+    body = apply_caps(state.settings, body, origin.prompt_field, chat=origin.messages is not None)
     if body.user_wallet is not None and body.user_wallet != key.wallet:
         raise Forbidden(
             f"user_wallet {body.user_wallet} is not the wallet of this API key ({key.wallet}); "
@@ -185,7 +185,7 @@ async def _submit(
             )
         new_owner = RequestOwner(key.key_id, spec.model_id).encode()
         if await redis.set(keys.request_owner(request_id), new_owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S):
-            slot = await _start(state, body, spec, request_id, key, messages, trace.traceparent(), tool_use)
+            slot = await _start(state, body, spec, request_id, key, origin, trace.traceparent())
             trace.admitted(request_id, spec.model_id, new_job=True)
             return Accepted(request_id, spec, slot, trace)
         owner = await redis.get(keys.request_owner(request_id))  # lost a race with another submission
@@ -217,9 +217,8 @@ async def _start(
     spec: ModelSpec,
     request_id: str,
     key: ApiKey,
-    messages: list[ChatTurn] | None = None,
-    trace_parent: str | None = None,
-    tool_use: ToolUse | None = None,
+    origin: Origin,
+    trace_parent: str | None,
 ) -> Slot:
     """Admit and enqueue the request whose owner key was just written; undo both if either fails, so a retry
     with the same id starts it afresh and no slot is left taken.
@@ -234,7 +233,7 @@ async def _start(
         prices = await prices_now(state.redis, state.settings.catalog, spec)
         check_max_price(body, prices)
         if key.limits.budgeted or state.balances is not None:
-            most = max_cost_far(body, prices, messages)
+            most = max_cost_far(body, prices, origin.messages)
             if key.limits.budgeted:
                 await state.budgets.reserve(key, request_id, most)
                 reserved = True
@@ -242,7 +241,7 @@ async def _start(
                 await state.balances.hold(key.wallet, request_id, most)
                 held = True
         with telemetry.span("gateway.enqueue"):
-            await _enqueue(state, body, spec, prices, request_id, key, messages, trace_parent, tool_use)
+            await _enqueue(state, build_job(state, body, spec, prices, request_id, key, origin, trace_parent))
         return slot
     except BaseException:
         if reserved:
@@ -303,24 +302,13 @@ async def admit(state: GatewayState, followed: FollowedRequest) -> Slot:
     return slot
 
 
-async def _enqueue(
-    state: GatewayState,
-    body: GenerateRequest,
-    spec: ModelSpec,
-    prices: Prices,
-    request_id: str,
-    key: ApiKey,
-    messages: list[ChatTurn] | None = None,
-    trace_parent: str | None = None,
-    tool_use: ToolUse | None = None,
-) -> None:
-    job = build_job(state, body, spec, prices, request_id, key, messages, trace_parent, tool_use)
+async def _enqueue(state: GatewayState, job: GenerateJob) -> None:
     queued = await enqueue_generate(state.arq, job)
     log.info(
         "request accepted request_id=%s model_id=%s key_id=%s new_job=%s",
-        request_id,
-        spec.model_id,
-        key.key_id,
+        job.request_id,
+        job.model_id,
+        job.api_key_id,
         queued,
     )
 
@@ -332,9 +320,8 @@ def build_job(
     prices: Prices,
     request_id: str,
     key: ApiKey,
-    messages: list[ChatTurn] | None = None,
+    origin: Origin,
     trace_parent: str | None = None,
-    tool_use: ToolUse | None = None,
 ) -> GenerateJob:
     """The job that runs `body` for `key` at `prices`, as the interactive routes and the Batch API enqueue it."""
     return GenerateJob(
@@ -351,10 +338,11 @@ def build_job(
         block_premium_bps=prices.block_premium_bps,
         platform_fee_bps=state.settings.far_mesh_platform_fee_bps,
         enqueued_at=time.time(),
-        messages=messages,
+        messages=origin.messages,
         budgeted=key.limits.budgeted,
         trace_parent=trace_parent,
-        tool_use=tool_use,
+        tool_use=origin.tool_use,
+        answered_whole=origin.answered_whole,
         provider=body.provider,
         **body.model_dump(include=set(SamplingOptions.model_fields)),
     )

@@ -36,6 +36,7 @@ _LEFT_OUT_WHEN_UNSET: Final = (
     "tool_use",
     "block_premium_bps",
     "provider",
+    "answered_whole",
 )
 """Fields left out of the payload while unset (None, 0), so a worker older than them still parses the job (and
 bills it as such a worker always did: prompts free, no fee). A constrained job is never left without its
@@ -108,6 +109,12 @@ class GenerateJob(SamplingOptions):
         description="The buyer's routing preferences (protocol.provider_preferences), honoured by the worker when it "
         "chooses routes; left out of the payload when None, so a worker older than it still parses the job (and "
         "refuses one with preferences as invalid rather than route it ignoring them)",
+    )
+    answered_whole: bool = Field(
+        default=False,
+        description="The client is answered only once the request has ended (OpenAI without streaming, a Batch API "
+        "line), so it receives no token of a request that fails: a failed one bills nothing (docs/architecture.md, "
+        "'Money rules'). Left out of the payload when False",
     )
     trace_parent: str | None = Field(
         default=None,

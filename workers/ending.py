@@ -13,7 +13,7 @@ jobs-finished metric is labelled with it; so its one home is here, not in `proto
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -75,10 +75,17 @@ class Billing:
     choices: list[ChoiceEnd] | None = None
     """With n > 1, how each choice ended (the done event lists them)."""
 
+    def nothing_delivered(self) -> "Billing":
+        """This run's bill when its client received none of it: no token billed (the prompt is billed with the
+        first), so no node credited, for no node is paid for work on tokens not billed."""
+        return replace(self, tokens_generated=0, attribution=Attribution(), choices=None)
+
 
 def ending_of(job: GenerateJob, outcome: Outcome, billing: Billing, worker_id: str) -> tuple[StreamEvent, UsageRecord]:
     """The final stream event and the usage record that bills `billing`'s tokens at the job's prices (fixed at
     admission, never the catalog's now) and takes the job's platform fee before the providers' shares."""
+    if outcome.error is not None and job.answered_whole:
+        billing = billing.nothing_delivered()
     cost = job.cost_far(billing.prompt_tokens, billing.tokens_generated)
     event: StreamEvent
     if outcome.error is not None:

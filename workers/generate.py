@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -139,10 +138,6 @@ class _Run:
     def total_generated(self) -> int:
         """Tokens generated over all choices: what is billed (the prompt once)."""
         return sum(map(len, self.earlier)) + len(self.generated)
-
-    @property
-    def cost_far(self) -> Decimal:
-        return self.job.cost_far(len(self.prompt_ids), self.total_generated)
 
 
 async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
@@ -699,7 +694,7 @@ async def _finish(
     if finished is Written.STATE_LOST:
         return await _finish(run, _state_lost(run), worker_id, settings, state_lost=True)
     _check(finished)
-    await budget.settle_reservation(run.writer.redis, run.job, run.cost_far)
+    await budget.settle_reservation(run.writer.redis, run.job, usage.total_cost_far)
     return RunEnd(outcome.status)
 
 

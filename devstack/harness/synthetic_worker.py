@@ -67,11 +67,12 @@ class SyntheticWorker:
                     if unroutable
                     else (StreamErrorCode.NO_ROUTE, "no server holds block 2")
                 )
+                billed = 0 if job.answered_whole else index  # as a worker bills it (workers.ending.ending_of)
                 error = ErrorEvent(
                     error=ErrorBody(code=code, message=message),
                     request_id=job.request_id,
-                    tokens_generated=index,
-                    total_cost_far=job.cost_far(prompt_tokens, index),
+                    tokens_generated=billed,
+                    total_cost_far=job.cost_far(prompt_tokens, billed),
                 )
                 await self.redis.xadd(stream, encode_event(error))  # type: ignore[arg-type]
                 return

@@ -83,6 +83,7 @@ async def test_a_batch_runs_each_line_once_at_the_discounted_price(
     assert len(jobs) == 6 and len({job.request_id for job in jobs}) == 6
     assert {job.price_per_token_far for job in jobs} == {PRICE * Decimal("0.5")}
     assert {job.api_key_id for job in jobs} == {key_id}
+    assert all(job.answered_whole for job in jobs)  # a line that fails bills nothing: its buyer receives no token
     assert Decimal(done["prices"][MODEL_ID]["completion_price_per_token_far"]) == PRICE * Decimal("0.5")
 
 

@@ -46,6 +46,7 @@ async def test_the_openai_package_streams_a_chat_completion_with_usage_and_cost(
     assert last.usage is not None and last.usage.completion_tokens == 4
     assert Decimal(last.model_extra["cost_far"]) == PRICE * 4 and last.model_extra["request_id"] == "req_chat"
     assert synthetic_worker.jobs[0].prompt == "System: Be brief.\nUser: Hi\nAssistant:"
+    assert not synthetic_worker.jobs[0].answered_whole  # each token is delivered as it comes, and billed
 
 
 async def test_a_non_streaming_completion_returns_the_whole_text_and_usage(
@@ -61,6 +62,7 @@ async def test_a_non_streaming_completion_returns_the_whole_text_and_usage(
     assert completion.usage.completion_tokens == 3 and completion.usage.prompt_tokens == 2
     assert Decimal(completion.model_extra["cost_far"]) == PRICE * 3
     assert chat.choices[0].message.content == " tok0 tok1" and chat.choices[0].finish_reason == "length"
+    assert [job.answered_whole for job in synthetic_worker.jobs] == [True, True]  # a failure would bill nothing
 
 
 async def test_a_failed_generation_is_an_api_error_for_the_openai_package(
@@ -71,6 +73,7 @@ async def test_a_failed_generation_is_an_api_error_for_the_openai_package(
         with pytest.raises(openai.APIStatusError) as failed:
             await client.completions.create(model=MODEL_ID, prompt="fail please", max_tokens=5)
         assert failed.value.status_code == 502 and "no_route" in failed.value.message
+        assert failed.value.message.endswith("; nothing billed")  # two tokens were generated, none delivered
         stream = await client.completions.create(model=MODEL_ID, prompt="fail again", max_tokens=5, stream=True)
         with pytest.raises(openai.APIError, match="no server holds block 2"):
             async for _ in stream:
