@@ -228,8 +228,10 @@ async def _publish_snapshots(settings: WorkerSettings, served: dict[str, ServedM
                     client = await asyncio.to_thread(
                         open_client, model.spec, settings.initial_peers, limits=client_limits(settings)
                     )
-                    await asyncio.to_thread(model.replace_client, client)
+                    model.replace_client(client)
                     logger.info("client reconnected model=%s", model.model_id)
+                if model.retired_clients and (closed := await asyncio.to_thread(model.close_retired)):
+                    logger.info("closed %d replaced client(s) of model=%s", closed, model.model_id)
                 snapshot = await model.run_blocking(
                     read_swarm_snapshot,
                     model.client.dht,

@@ -7,8 +7,10 @@ once; asyncio's default pool (a handful of threads on a small machine) would ser
 import asyncio
 import functools
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -24,6 +26,22 @@ T = TypeVar("T")
 SUSPECT_CLIENT_REPLACED_EVERY_S = 60.0
 """At most this often a client suspected of its own routing failure is replaced: a swarm that is really
 broken for every worker costs each worker one reconnect a minute, not one per failed job."""
+RETIRED_CLIENT_GRACE_S = 60.0
+"""A replaced client stays open at least this long, and until no session opened on it is left: closed under a
+call started on it just before (a route refresh) or a session still stepping through it, that call blocked for
+ever on its closed DHT (the chaos soak found three requests hung so, their leases renewed)."""
+RETIRED_CLIENT_MAX_S = 600.0
+"""A replaced client is closed this long after it was replaced whatever still uses it: a session on it then
+fails over to the new client, as from any failed step."""
+
+
+@dataclass
+class _Retired:
+    """A replaced client, and the sessions opened on it that are still alive."""
+
+    client: MeshClient
+    since: float
+    sessions: "weakref.WeakSet[SwarmSession]" = field(default_factory=weakref.WeakSet)
 
 
 def _decodes_plainly(tokenizer_class: type[Any]) -> bool:
@@ -41,6 +59,8 @@ class ServedModel:
         self.client = client
         self._clock = clock
         self._client_since = clock()
+        self._sessions: weakref.WeakSet[SwarmSession] = weakref.WeakSet()
+        self._retired: list[_Retired] = []
         self._client_suspect = False
         self.spec = client.spec
         model = client.model
@@ -76,10 +96,29 @@ class ServedModel:
         return bool(self.client.dht.is_alive())
 
     def replace_client(self, client: MeshClient) -> None:
-        """Swap in a freshly connected client; sessions opened from now on use it."""
-        old, self.client = self.client, client
+        """Swap in a freshly connected client; sessions opened from now on use it. The old one is closed later,
+        by `close_retired`, once nothing uses it."""
+        self._retired.append(_Retired(self.client, self._clock(), self._sessions))
+        self.client, self._sessions = client, weakref.WeakSet()
         self._client_since, self._client_suspect = self._clock(), False
-        old.close()
+
+    @property
+    def retired_clients(self) -> int:
+        return len(self._retired)
+
+    def close_retired(self) -> int:
+        """Close the replaced clients nothing uses any more (blocking); returns how many were closed."""
+        now = self._clock()
+        due = [
+            retired
+            for retired in self._retired
+            if now - retired.since >= RETIRED_CLIENT_MAX_S
+            or (now - retired.since >= RETIRED_CLIENT_GRACE_S and not retired.sessions)
+        ]
+        for retired in due:
+            self._retired.remove(retired)
+            retired.client.close()
+        return len(due)
 
     def note_no_route(self, *, every_block_announced: bool) -> None:
         """A job gave up for want of a route. With every block announced in the DHT, the fault may be this
@@ -116,7 +155,9 @@ class ServedModel:
         self, *, max_length: int, recorder: SpanRecorder | None = None, routes: SessionRoutes | None = None
     ) -> SwarmSession:
         """A new session; `routes` routes it by a request's preferences (`workers.route_preferences`)."""
-        return SwarmSession(self.model, max_length=max_length, recorder=recorder, routes=routes)
+        session = SwarmSession(self.model, max_length=max_length, recorder=recorder, routes=routes)
+        self._sessions.add(session)
+        return session
 
     def new_generator(self, *, seed: int) -> torch.Generator:
         return torch.Generator().manual_seed(seed)
@@ -127,4 +168,7 @@ class ServedModel:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for retired in self._retired:
+            retired.client.close()
+        self._retired.clear()
         self.client.close()

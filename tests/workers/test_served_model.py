@@ -5,7 +5,12 @@ from transformers import AutoTokenizer
 
 from mesh.client import MeshClient
 from protocol.catalog import ModelSpec
-from workers.served_model import SUSPECT_CLIENT_REPLACED_EVERY_S, ServedModel
+from workers.served_model import (
+    RETIRED_CLIENT_GRACE_S,
+    RETIRED_CLIENT_MAX_S,
+    SUSPECT_CLIENT_REPLACED_EVERY_S,
+    ServedModel,
+)
 
 
 class Clock:
@@ -73,3 +78,36 @@ def test_decoding_asks_a_fast_tokenizer_directly_and_gives_what_transformers_dec
     for ids in windows:
         expected = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         assert served.decode(ids) == expected
+
+
+def closable_client() -> tuple[MeshClient, list[str]]:
+    closed: list[str] = []
+    client = fake_client()
+    client.close = lambda: closed.append("closed")  # type: ignore[method-assign]
+    return client, closed
+
+
+def test_a_replaced_client_is_closed_only_once_its_sessions_are_gone_and_its_grace_has_passed() -> None:
+    clock = Clock()
+    old, closed = closable_client()
+    served = ServedModel(old, max_jobs=1, clock=clock)
+    session = served.open_session(max_length=8, routes=SimpleNamespace())  # a request still stepping through it
+    served.replace_client(fake_client())
+    clock.now += RETIRED_CLIENT_GRACE_S
+    assert served.close_retired() == 0 and closed == []  # closing it would hang that session's next call
+
+    del session  # the request ended (or failed over to the new client)
+    assert served.close_retired() == 1 and closed == ["closed"]
+    assert served.retired_clients == 0
+
+
+def test_a_replaced_client_is_kept_its_grace_even_unused_and_closed_after_the_longest_wait_whatever_uses_it() -> None:
+    clock = Clock()
+    old, closed = closable_client()
+    served = ServedModel(old, max_jobs=1, clock=clock)
+    session = served.open_session(max_length=8, routes=SimpleNamespace())
+    served.replace_client(fake_client())
+    assert served.close_retired() == 0  # a call started on it just before the swap may still be running
+
+    clock.now += RETIRED_CLIENT_MAX_S
+    assert served.close_retired() == 1 and closed == ["closed"] and session is not None
