@@ -2,7 +2,6 @@
 how a recovering run finds each choice's tokens on the stream, how the ending lists every choice, and the bill
 (the prompt once, every choice's tokens). A whole request through the system: tests/e2e/test_choices.py."""
 
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
@@ -13,6 +12,7 @@ import torch
 from protocol.events import ChoiceEnd, DoneEvent, TokenEvent, encode_event
 from protocol.jobs import GenerateJob
 from protocol.requests import SamplingOptions
+from tests.fixtures.workers import make_job
 from workers.attribution import Attribution
 from workers.ending import Billing, Outcome, ending_of
 from workers.generate import _by_choice, _choice_ends
@@ -23,18 +23,7 @@ PRICE, PROMPT_PRICE = Decimal("0.001"), Decimal("0.0001")
 
 
 def _job(**fields: Any) -> GenerateJob:
-    values: dict[str, Any] = {
-        "request_id": "req-choices",
-        "model_id": "m",
-        "prompt": "p",
-        "max_tokens": 4,
-        "temperature": 1.0,
-        "top_p": 1.0,
-        "price_per_token_far": PRICE,
-        "prompt_price_per_token_far": PROMPT_PRICE,
-        "enqueued_at": time.time(),
-    }
-    return GenerateJob(**{**values, **fields})
+    return make_job("m", "p", price_per_token_far=PRICE, prompt_price_per_token_far=PROMPT_PRICE, **fields)
 
 
 def _draws(choice: int, *, seed: int | None = 7, steps: int = 12) -> list[int]:

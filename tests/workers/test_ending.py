@@ -1,7 +1,6 @@
 """A request's ending bills what its client was delivered: every token of a stream, none of a failed request
 whose client is answered only once it ends (OpenAI without streaming, a Batch API line)."""
 
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +10,7 @@ import pytest
 from mesh.session import ServedSpan
 from protocol.events import DoneEvent, ErrorBody, ErrorEvent
 from protocol.jobs import GenerateJob
+from tests.fixtures.workers import make_job
 from workers.attribution import Attribution
 from workers.ending import Billing, Outcome, ending_of
 
@@ -19,18 +19,7 @@ NO_ROUTE = Outcome.failed(ErrorBody(code="no_route", message="no server holds bl
 
 
 def _job(**fields: Any) -> GenerateJob:
-    values: dict[str, Any] = {
-        "request_id": "req-ending",
-        "model_id": "m",
-        "prompt": "p",
-        "max_tokens": 16,
-        "temperature": 1.0,
-        "top_p": 1.0,
-        "price_per_token_far": PRICE,
-        "prompt_price_per_token_far": PROMPT_PRICE,
-        "enqueued_at": time.time(),
-    }
-    return GenerateJob(**{**values, **fields})
+    return make_job("m", "p", price_per_token_far=PRICE, prompt_price_per_token_far=PROMPT_PRICE, **fields)
 
 
 def _nine_tokens_served() -> Billing:
