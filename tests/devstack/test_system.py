@@ -174,5 +174,5 @@ def test_make_run_starts_the_deposit_watcher_and_the_reconciliation_with_setting
             ports.add(settings.far_mesh_deposit_metrics_port)
             assert settings.far_mesh_deposit_confirmations == 2
         else:
-            assert settings.gateway_require_prepaid_balance is True  # type: ignore[attr-defined]
+            assert settings.gateway_require_prepaid_balance is True
     assert not ports & {0, 9105, 9106}  # ports of their own beside the other processes
