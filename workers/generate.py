@@ -355,7 +355,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
         decoder=decoder,
         stops=stops,
         max_tokens=max_tokens,
-        writes=PipelinedTokenWrites(str(settings.redis_url), run.writer),
+        writes=PipelinedTokenWrites(str(settings.redis_url), run.writer, timeout_s=settings.far_mesh_lease_ttl_s),
         feed=run.prompt_ids + run.generated,  # what the next step feeds in: everything the session lacks
     )
     try:

@@ -22,24 +22,29 @@ from protocol.events import TokenEvent
 from protocol.served_steps import ServedStep
 from workers.stream import TokenStreamWriter, Written
 
-_pools: dict[str, "redis.ConnectionPool"] = {}
+_pools: dict[tuple[str, float], "redis.ConnectionPool"] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(redis_url: str) -> "redis.ConnectionPool":
-    """One synchronous pool per Redis URL per process, shared by every session's thread."""
+def _pool(redis_url: str, timeout_s: float) -> "redis.ConnectionPool":
+    """One synchronous pool per Redis URL (and timeout) per process, shared by every session's thread."""
     with _pools_lock:
-        pool = _pools.get(redis_url)
+        pool = _pools.get((redis_url, timeout_s))
         if pool is None:
-            pool = _pools[redis_url] = redis.ConnectionPool.from_url(redis_url)
+            pool = _pools[(redis_url, timeout_s)] = redis.ConnectionPool.from_url(
+                redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
         return pool
 
 
 class PipelinedTokenWrites:
     """The token writes of one session's thread: `send` one, then `result` it (after the next step); one at a time."""
 
-    def __init__(self, redis_url: str, writer: TokenStreamWriter) -> None:
-        self._pool = _pool(redis_url)
+    def __init__(self, redis_url: str, writer: TokenStreamWriter, *, timeout_s: float) -> None:
+        """`timeout_s`: how long a write may go unanswered before it is the event loop's (the lease's TTL: by
+        then the lease has lapsed anyway); a Redis gone silent must not hold the thread, and with it a stopping
+        worker, forever."""
+        self._pool = _pool(redis_url, timeout_s)
         self._writer = writer
         self._sha, self._source = writer.token_script()
         self._connection: Any = None

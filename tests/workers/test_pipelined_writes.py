@@ -1,10 +1,13 @@
 """A session's token writes from the pool thread, against a real Redis: the same fenced script as the event loop's."""
 
 import asyncio
+import socket
+import time
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol import keys
 from protocol.events import TokenEvent
@@ -23,7 +26,7 @@ async def test_tokens_written_from_a_thread_are_fenced_counted_and_survive_redis
 ) -> None:
     writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
     await writer.acquire()
-    writes = PipelinedTokenWrites(redis_url, writer)
+    writes = PipelinedTokenWrites(redis_url, writer, timeout_s=5)
 
     def write(index: int) -> Written:
         writes.send(token(index), None)
@@ -47,7 +50,7 @@ async def test_a_write_whose_reply_was_left_unread_is_recognised_when_sent_again
 ) -> None:
     writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
     await writer.acquire()
-    writes = PipelinedTokenWrites(redis_url, writer)
+    writes = PipelinedTokenWrites(redis_url, writer, timeout_s=5)
     await asyncio.to_thread(writes.send, token(0), None)
     writes.close()  # the reply is unread: the connection is dropped, never handed to the next write
 
@@ -67,7 +70,7 @@ async def test_a_renewal_overtaken_by_the_threads_writes_still_holds_the_lease(
 ) -> None:
     writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
     await writer.acquire()
-    writes = PipelinedTokenWrites(redis_url, writer)
+    writes = PipelinedTokenWrites(redis_url, writer, timeout_s=5)
     fenced = writer._fenced
 
     async def overtaken(script: str, *args: Any) -> Written:
@@ -80,3 +83,20 @@ async def test_a_renewal_overtaken_by_the_threads_writes_still_holds_the_lease(
     monkeypatch.setattr(writer, "_fenced", overtaken)
     assert await writer.renew() is Written.WRITTEN
     writes.close()
+
+
+async def test_a_redis_gone_silent_hands_the_write_back_within_the_timeout(redis: aioredis.Redis) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers: a partition, not a restart
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    writes = PipelinedTokenWrites(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", writer, timeout_s=0.2)
+
+    def write() -> None:
+        writes.send(token(0), None)
+        writes.result()
+
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError):
+        await asyncio.to_thread(write)
+    assert time.monotonic() - started < 2
+    writes.close()
+    silent.close()
