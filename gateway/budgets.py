@@ -30,6 +30,9 @@ RESERVE: Final = (
 """
     + budgets.EXPIRE_LAPSED
     + """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  return {1}  -- this request id holds already (a retry of a submission Redis cut short): never twice
+end
 local rebuilt = tonumber(redis.call('HGET', KEYS[1], 'rebuilt') or '-1')
 if rebuilt < 0 or rebuilt < tonumber(ARGV[1]) - tonumber(ARGV[9]) then
   return {-1}

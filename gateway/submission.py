@@ -177,12 +177,8 @@ async def _submit(
             raise ServiceUnavailable(
                 f"model {spec.model_id} cannot serve now: {reason}; retry later", code="no_healthy_swarm"
             )
-        if body.request_id is not None and await state.request_history.used(request_id):
-            raise RequestIdUsed(
-                f"request_id {request_id!r} was used by a request that has finished; its stream is no longer "
-                "kept, and an id never runs twice: send the request with a new request_id",
-                field="request_id",
-            )
+        if body.request_id is not None:
+            await _refuse_if_used(state, request_id)
         new_owner = RequestOwner(key.key_id, spec.model_id).encode()
         if await redis.set(keys.request_owner(request_id), new_owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S):
             slot = await _start(state, body, spec, request_id, key, origin, trace.traceparent())
@@ -195,9 +191,27 @@ async def _submit(
             f"request_id {request_id!r} is already used by another API key; choose another", field="request_id"
         )
     spec = resolve_model(state, first.model_id)  # the first submission's model, whatever this body says
+    if not await redis.exists(*keys.job_traces(request_id)):
+        # Its first submission lost Redis between the owner key and the job, and could not undo the key either:
+        # nothing was queued, so following it would wait for nothing. Start it now, as that submission meant to.
+        await _refuse_if_used(state, request_id)
+        log.warning("request never queued is started by its retry request_id=%s", request_id)
+        slot = await _start(state, body, spec, request_id, key, origin, trace.traceparent())
+        trace.admitted(request_id, spec.model_id, new_job=True)
+        return Accepted(request_id, spec, slot, trace)
     slot = await admit(state, following(key, spec.model_id, request_id))
     trace.admitted(request_id, spec.model_id, new_job=False)
     return Accepted(request_id, spec, slot, trace)
+
+
+async def _refuse_if_used(state: GatewayState, request_id: str) -> None:
+    """409 `request_id_used` when the ledger holds a request that ran under `request_id`."""
+    if await state.request_history.used(request_id):
+        raise RequestIdUsed(
+            f"request_id {request_id!r} was used by a request that has finished; its stream is no longer "
+            "kept, and an id never runs twice: send the request with a new request_id",
+            field="request_id",
+        )
 
 
 async def take_rate_limit(state: GatewayState, key: ApiKey) -> None:

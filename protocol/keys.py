@@ -13,6 +13,12 @@ ARQ_IN_PROGRESS_PREFIX: Final = "arq:in-progress:"
 """arq's mark on a job a worker has taken (arq.constants.in_progress_key_prefix, checked equal by
 tests/test_protocol_words.py): the worker's claim sets it and its stream writes keep it as long as the lease."""
 
+ARQ_JOB_PREFIX: Final = "arq:job:"
+"""arq's copy of a queued job (arq.constants.job_key_prefix, checked equal by tests/test_protocol_words.py)."""
+
+ARQ_RESULT_PREFIX: Final = "arq:result:"
+"""arq's result of a job that ran (arq.constants.result_key_prefix, checked equal by tests/test_protocol_words.py)."""
+
 QUEUE_WAKE_PREFIX: Final = "queue:wake:"
 """Pub/sub channel per model, published on after each enqueue: idle workers take the job at once, so their
 own polling of the queue (for retries and jobs of workers that died) can stay slow and cheap."""
@@ -150,6 +156,22 @@ def queue_for(model_id: str) -> str:
 def job_in_progress(job_id: str) -> str:
     """arq's in-progress mark of the job `job_id` (a generate job's id is its request id)."""
     return ARQ_IN_PROGRESS_PREFIX + job_id
+
+
+def arq_job(job_id: str) -> str:
+    """arq's copy of the queued job `job_id`, which a worker reads when it takes the job."""
+    return ARQ_JOB_PREFIX + job_id
+
+
+def job_traces(request_id: str) -> list[str]:
+    """Every key that exists once `request_id`'s job was queued, until long after it ran: arq's queued job, its
+    in-progress mark and result, and the request's token stream (the job's id is its request id)."""
+    return [
+        arq_job(request_id),
+        job_in_progress(request_id),
+        ARQ_RESULT_PREFIX + request_id,
+        token_stream(request_id),
+    ]
 
 
 def queue_wake(model_id: str) -> str:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
 from protocol import keys
 from protocol.error_codes import StreamErrorCode
@@ -185,9 +185,11 @@ def test_every_allowance_is_still_needed() -> None:
     assert sorted(set(ALLOWED) - used) == []
 
 
-def test_the_in_progress_key_is_arqs_own() -> None:
-    """The worker shortens arq's in-progress mark by name; a renamed prefix in arq would make it mark nothing."""
+def test_arqs_keys_are_arqs_own() -> None:
+    """The worker shortens arq's in-progress mark by name, and the gateway reads a job's keys to tell whether it
+    was ever queued; a renamed prefix in arq would make the one mark nothing and the other start a job twice."""
     assert keys.ARQ_IN_PROGRESS_PREFIX == in_progress_key_prefix
+    assert (keys.ARQ_JOB_PREFIX, keys.ARQ_RESULT_PREFIX) == (job_key_prefix, result_key_prefix)
 
 
 def test_within_protocol_only_keys_py_builds_a_redis_key() -> None:

@@ -40,7 +40,7 @@ class SyntheticWorker:
             if not popped:
                 continue
             job_id = popped[1].decode()
-            raw = await self.redis.get(f"arq:job:{job_id}")
+            raw = await self.redis.get(keys.arq_job(job_id))
             job = GenerateJob.model_validate(deserialize_job(raw).args[0])
             self.jobs.append(job)
             task = asyncio.create_task(self.answer(job))

@@ -181,6 +181,7 @@ async def test_a_hold_nobody_settles_lapses_and_a_key_budget_still_applies_on_to
             await store.hold(wallet, "req-b", Decimal("0.1"))
         await asyncio.sleep(0.4)
         await store.hold(wallet, "req-b", Decimal("0.1"))  # req-a's hold lapsed
+        await store.hold(wallet, "req-b", Decimal("0.1"))  # a retried submission: req-b holds once, not twice
         assert int(await redis.hget(keys.balance_account(wallet), "held")) == budgets.to_nano(Decimal("0.1"))  # type: ignore[misc]
         await store.release(wallet, "req-b")
         assert int(await redis.hget(keys.balance_account(wallet), "held")) == 0  # type: ignore[misc]

@@ -182,6 +182,23 @@ async def test_a_reservation_whose_request_never_settles_lapses_and_frees_the_bu
         await pool.close()
 
 
+async def test_a_request_id_reserves_once_however_often_its_submission_is_retried(
+    redis: aioredis.Redis, migrated_postgres_dsn: str
+) -> None:
+    """A retry starts a request whose first submission Redis cut short after its reservation (gateway.submission):
+    the reservation it finds is the request's, never a second one on top."""
+    key = ApiKey(uuid.uuid4().hex[:16], "0x0", "", KeyLimits(max_budget_far=Decimal("0.001")))
+    pool = await asyncpg.create_pool(migrated_postgres_dsn, min_size=0, max_size=1)
+    try:
+        store = Budgets(redis, pool, timeout_s=5, reservation_ttl_s=60)
+        for _ in range(2):
+            await store.reserve(key, "req-a", Decimal("0.0006"))
+        held = await redis.hget(keys.budget_account(key.key_id), "held")
+        assert held == str(budgets.to_nano(Decimal("0.0006"))).encode()
+    finally:
+        await pool.close()
+
+
 async def _settle(redis: aioredis.Redis, key_id: str, request_id: str, cost_far: Decimal) -> None:
     """What the worker does when a request ends: settle its reservation to its cost (`budgets.SETTLE`)."""
     args = budgets.settle_args(request_id, cost_far, datetime.now(UTC))

@@ -15,8 +15,9 @@ from arq.constants import result_key_prefix
 from accounting.ledger import write_batch
 from gateway.api_keys import KeyLimits
 from protocol import keys
+from protocol.ownership import RequestOwner
 from protocol.swarm import SwarmSnapshot
-from tests.fixtures.gateway import IssueKey, SseReader, SyntheticWorker, auth, read_events
+from tests.fixtures.gateway import MODEL_ID, IssueKey, SseReader, SyntheticWorker, auth, read_events
 from tests.fixtures.ledger import unique_id, usage_record
 
 
@@ -53,6 +54,27 @@ async def test_a_request_id_the_ledger_billed_never_runs_again_after_redis_forgo
     error = again.json()["error"]
     assert error["code"] == "request_id_used" and error["field"] == "request_id"
     assert [job.request_id for job in synthetic_worker.jobs] == [request_id]  # nothing ran a second time
+
+
+async def test_a_request_redis_cut_between_its_owner_key_and_its_job_is_started_by_its_retry(
+    gateway_url: str,
+    healthy_swarm: SwarmSnapshot,
+    synthetic_worker: SyntheticWorker,
+    issue_key: IssueKey,
+    redis: aioredis.Redis,
+) -> None:
+    # What a Redis outage between the two leaves (the chaos soak's finding): the owner key, which the failed
+    # submission could not undo without Redis, and no job, no stream. Its retry used to follow it for good.
+    key, key_id = await issue_key()
+    request_id = unique_id("cut")
+    await redis.set(keys.request_owner(request_id), RequestOwner(key_id, MODEL_ID).encode())
+    body = {"prompt": "again", "max_tokens": 3, "request_id": request_id}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
+        async with client.stream("POST", "/inference/generate", json=body, headers=auth(key)) as response:
+            assert (await read_events(response))[-1][1]["tokens_generated"] == 3
+        async with client.stream("POST", "/inference/generate", json=body, headers=auth(key)) as response:
+            assert (await read_events(response))[-1][1]["tokens_generated"] == 3  # a later retry re-attaches
+    assert [job.request_id for job in synthetic_worker.jobs] == [request_id]
 
 
 async def test_the_owner_of_a_request_outlives_its_stream(
