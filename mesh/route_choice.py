@@ -10,8 +10,11 @@ Petals' own router does), with a cost per hop that depends on the sort:
 - `latency` (and no sort): the hop's measured round trip (every hop is a client round trip: server-to-server
   handoff is off, `mesh.client.NO_HANDOFF`) plus Petals' serialisation overhead, plus blocks / inference steps
   per second the server announces. The same estimate as Petals' min-latency router.
-- `throughput`: blocks / the server's announced throughput: the route whose servers get through the most tokens
-  per second, whatever the network between.
+- `throughput`: blocks x the seconds per block of a decode step workers measured through the server
+  (`mesh.peer_speed`; the round trip included): the route that gets a token through fastest by evidence. The
+  throughput a server announces is a claim anyone can inflate and is not used; a server never measured counts as
+  the median of the measured candidates (`unknown_decode_s`), neither preferred nor shunned, so it still gets
+  traffic to be measured by; ties go to fewer hops, then to the nearer server.
 - `price`: every route of a model costs the buyer the same (the price is per model, fixed at admission), so
   routes are ranked as for `latency`.
 """
@@ -28,8 +31,9 @@ UNREACHABLE_RTT_S = 5.0
 """A server whose ping went unanswered: kept as a last resort, as Petals keeps it, not dropped."""
 UNKNOWN_RPS = 300.0
 """Inference steps per second assumed when a server announces none (Petals' default)."""
-UNKNOWN_THROUGHPUT = 1.0
-"""Throughput assumed when a server announces none: ranks it below every server that does."""
+UNMEASURED_DECODE_S = 0.01
+"""Seconds per block assumed for every server when no candidate of a route was measured yet: any equal figure
+would do (then fewer hops, and the nearer server, win)."""
 ALLOC_PENALTY_S = 10.0
 """Added to a hop whose server announces too little attention cache left for the session, as Petals adds it."""
 
@@ -45,10 +49,11 @@ class Candidate:
     """The wallet it announces (`mesh.announce`), for `only`/`ignore` by wallet."""
     rtt_s: float | None = None
     """Measured round trip; None: never measured; math.inf: did not answer."""
-    throughput: float | None = None
     inference_rps: float | None = None
     cache_tokens_left: int | None = None
     """What the server announces it can still hold; None: unknown (assumed enough)."""
+    decode_s_per_block: float | None = None
+    """Seconds per block of a one-token step through the server, as workers timed it; None: never measured."""
 
     def lacks_cache_for(self, cache_tokens_needed: int | None) -> bool:
         """Petals' pessimistic test: the session's tokens, keys and values, in every block of the server's span."""
@@ -128,16 +133,28 @@ def _rtt(candidate: Candidate) -> float:
     return min(candidate.rtt_s, UNREACHABLE_RTT_S)
 
 
-def _latency_cost(candidate: Candidate, blocks: int) -> float:
+def unknown_decode_s(candidates: Collection[Candidate]) -> float:
+    """The figure a never-measured server counts as: the median of the measured candidates' (the middle one of
+    what this swarm shows, so an unmeasured server is neither the favourite nor the last resort), or
+    UNMEASURED_DECODE_S when none was measured."""
+    measured = sorted(c.decode_s_per_block for c in candidates if c.decode_s_per_block is not None)
+    if not measured:
+        return UNMEASURED_DECODE_S
+    middle = len(measured) // 2
+    return measured[middle] if len(measured) % 2 else (measured[middle - 1] + measured[middle]) / 2
+
+
+def _latency_cost(candidate: Candidate, blocks: int, unknown_decode: float) -> float:
     return _rtt(candidate) + OVERHEAD_S + blocks / (candidate.inference_rps or UNKNOWN_RPS)
 
 
-def _throughput_cost(candidate: Candidate, blocks: int) -> float:
+def _throughput_cost(candidate: Candidate, blocks: int, unknown_decode: float) -> float:
+    decode_s = candidate.decode_s_per_block if candidate.decode_s_per_block is not None else unknown_decode
     # the tiny per-hop term breaks ties towards fewer hops, then towards the nearer server
-    return blocks / (candidate.throughput or UNKNOWN_THROUGHPUT) + 1e-9 * (1 + _rtt(candidate))
+    return blocks * decode_s + 1e-9 * (1 + _rtt(candidate))
 
 
-COSTS: Mapping[str | None, Callable[[Candidate, int], float]] = {
+COSTS: Mapping[str | None, Callable[[Candidate, int, float], float]] = {
     None: _latency_cost,
     "latency": _latency_cost,
     "price": _latency_cost,
@@ -162,6 +179,7 @@ def choose_route(
     if missing:
         raise RouteUnsatisfiable(missing)
     cost_of = COSTS[sort]
+    unknown_decode = unknown_decode_s(candidates)
     ordered = sorted(candidates, key=lambda c: (c.peer_id, c.start))
     best: list[float] = [math.inf] * (end - start + 1)
     via: list[tuple[int, Candidate] | None] = [None] * (end - start + 1)
@@ -173,7 +191,7 @@ def choose_route(
             if not candidate.start <= i < candidate.end:
                 continue
             j = min(candidate.end, end)
-            cost = best[i - start] + cost_of(candidate, j - i)
+            cost = best[i - start] + cost_of(candidate, j - i, unknown_decode)
             if candidate.lacks_cache_for(cache_tokens_needed):
                 cost += ALLOC_PENALTY_S
             if cost < best[j - start]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mesh.peer_speed import PeerSpeeds
 from protocol.verification import RecordedSpan, RecordedStep
 
 if TYPE_CHECKING:
@@ -43,15 +44,24 @@ class SwarmSession:
     """A Petals inference session over a distributed causal LM's remote blocks, with its own KV caches."""
 
     def __init__(
-        self, model: Any, *, max_length: int, recorder: SpanRecorder | None = None, routes: Any | None = None
+        self,
+        model: Any,
+        *,
+        max_length: int,
+        recorder: SpanRecorder | None = None,
+        routes: Any | None = None,
+        speeds: PeerSpeeds | None = None,
     ) -> None:
         """`routes`: a per-session view of the sequence manager (`mesh.session_routes.SessionRoutes`) that routes
-        by a buyer's preferences; None routes as Petals does, through the model's shared manager."""
+        by a buyer's preferences; None routes as Petals does, through the model's shared manager. `speeds`: where
+        every server's decode steps are timed (`mesh.peer_speed`), the evidence `sort: throughput` ranks by."""
         from mesh.compat import petals
 
         self._model = model
         manager = routes if routes is not None else model.transformer.h.sequence_manager
         self._session = petals.client.InferenceSession(manager, max_length=max_length)
+        if speeds is not None:
+            speeds.attach(self._session)  # before the recorder: its tensor copies stay outside the timed call
         self._recorder = recorder
         if recorder is not None:
             recorder.attach(self._session)

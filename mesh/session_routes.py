@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mesh.announce import wallet_from_public_name
+from mesh.peer_speed import PeerSpeeds
 from mesh.route_choice import Candidate, Hop, RouteRule, RouteUnsatisfiable, choose_route, uncovered
 from protocol.peer_measurements import PeerMeasurement
 
@@ -45,13 +46,17 @@ class SessionRoutes:
         measured: Mapping[str, PeerMeasurement] | None = None,
         *,
         banned: frozenset[str] = frozenset(),
+        speeds: PeerSpeeds | None = None,
     ) -> None:
         """`measured`: the workers' measurements (`protocol.peer_measurements`) for servers this client has not
-        pinged; `banned`: the verifier's banned peers, which are never offered even when the rule needs them."""
+        pinged or timed; `banned`: the verifier's banned peers, which are never offered even when the rule needs
+        them; `speeds`: this worker's own timings of each server's steps (`mesh.peer_speed`), preferred to
+        `measured`'s."""
         self._manager = manager
         self.rule = rule
         self._measured = measured or {}
         self._banned = banned
+        self._speeds = speeds
         self.routes: list[list[Hop]] = []
         """Every route (or part of one, after a failure) this view chose, in order: what tests and logs read."""
 
@@ -62,8 +67,8 @@ class SessionRoutes:
         return len(self._manager)
 
     def candidates(self) -> list[Candidate]:
-        """The online servers the rule allows, with the client's pings (or the workers' measurements for a server
-        the client has not pinged) and what each announces."""
+        """The online servers the rule allows, with the client's pings and this worker's step timings (or the
+        workers' measurements for a server this one has not measured) and what each announces."""
         return [candidate for candidate, _ in self._allowed().values()]
 
     def uncovered_blocks(self) -> list[int]:
@@ -123,17 +128,21 @@ class SessionRoutes:
         for peer, span in spans.items():
             info = span.server_info
             rtt = rtts.get(span.peer_id)
-            if rtt is None and (seen := self._measured.get(peer)) is not None:
+            seen = self._measured.get(peer)
+            if rtt is None and seen is not None:
                 rtt = seen.rtt_s if seen.reachable else math.inf
+            decode_s = self._speeds.get(peer) if self._speeds is not None else None
+            if decode_s is None and seen is not None:
+                decode_s = seen.decode_s_per_block
             candidate = Candidate(
                 peer_id=peer,
                 start=int(span.start),
                 end=int(span.end),
                 wallet=wallet_from_public_name(getattr(info, "public_name", None)),
                 rtt_s=rtt,
-                throughput=_positive(getattr(info, "throughput", None)),
                 inference_rps=_positive(getattr(info, "inference_rps", None)),
                 cache_tokens_left=getattr(info, "cache_tokens_left", None),
+                decode_s_per_block=decode_s,
             )
             if self.rule.allows(candidate):
                 allowed[peer] = (candidate, span)

@@ -2,8 +2,11 @@
 
 Latency is measured, never guessed: every snapshot interval each worker pings every server of each model it
 serves (the Petals client's own ping aggregator) and writes the round trips beside the throughput each server
-announces, under `keys.peer_measurements(model_id)` with a TTL. A worker ranking routes prefers its own fresh
-pings and falls back on these for servers it has not pinged itself (docs/routing.md).
+announces, under `keys.peer_measurements(model_id)` with a TTL. Speed is measured too: the seconds per block of
+each decode step the worker's own sessions ran on a server (`mesh.peer_speed`), which `sort: throughput` ranks by
+instead of the throughput a server announces (a claim). A worker ranking routes prefers its own fresh figures and
+falls back on these for servers it has not measured itself (docs/routing.md). Readers ignore fields they do not
+know, so a worker writing a newer record never breaks an older one reading it.
 """
 
 import json
@@ -25,12 +28,25 @@ class PeerMeasurement(BaseModel):
     )
     reachable: bool = Field(default=True, description="False when the last ping got no answer")
     throughput: float | None = Field(
-        default=None, ge=0, allow_inf_nan=False, description="The server's announced throughput (Petals' RPS)"
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="The server's announced throughput (Petals' RPS): a claim, kept for readers, never ranked by",
     )
     inference_rps: float | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="The server's announced inference steps per second"
     )
     measured_at: float = Field(description="Unix seconds of the measurement")
+    decode_s_per_block: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Smoothed seconds per block of a one-token step through the server, as workers timed it "
+        "(round trip included); None: no worker stepped through it lately",
+    )
+    decode_measured_at: float | None = Field(
+        default=None, description="Unix seconds of the last step behind `decode_s_per_block`"
+    )
 
 
 async def write_measurements(redis: Any, model_id: str, measured: Mapping[str, PeerMeasurement]) -> None:

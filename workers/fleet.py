@@ -23,7 +23,7 @@ from mesh.snapshot import read_swarm_snapshot
 from probes import serve_health_and_metrics
 from protocol import keys
 from protocol.backoff import Backoff
-from protocol.peer_measurements import write_measurements
+from protocol.peer_measurements import read_measurements, write_measurements
 from protocol.redis_durability import check_redis_durability
 from workers import metrics
 from workers.generate import WorkerContext
@@ -243,7 +243,10 @@ async def _publish_snapshots(settings: WorkerSettings, served: dict[str, ServedM
             except Exception as exc:  # one bad round must not stop the next: the gateway shows staleness
                 logger.warning("snapshot failed model=%s error=%r", model.model_id, exc)
             try:  # what buyers' `provider.sort` ranks routes by (workers.route_preferences)
-                measured = await model.run_blocking(measure_peers, model.model.transformer.h.sequence_manager)
+                previous = await read_measurements(redis, model.model_id)  # other workers' speeds, carried over
+                measured = await model.run_blocking(
+                    measure_peers, model.model.transformer.h.sequence_manager, model.peer_speeds, previous
+                )
                 await write_measurements(redis, model.model_id, measured)
             except Exception as exc:
                 logger.warning("peer measurement failed model=%s error=%r", model.model_id, exc)

@@ -38,7 +38,7 @@ class RunRouting:
 
     def view(self, served: ServedModel) -> SessionRoutes:
         manager = served.model.transformer.h.sequence_manager
-        return SessionRoutes(manager, self.rule, self.measured, banned=self.banned)
+        return SessionRoutes(manager, self.rule, self.measured, banned=self.banned, speeds=served.peer_speeds)
 
 
 async def plan_routing(redis: aioredis.Redis, job: GenerateJob) -> RunRouting | None:

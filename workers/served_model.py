@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from mesh.client import ClientLimits, MeshClient, open_client
+from mesh.peer_speed import PeerSpeeds
 from mesh.session import SpanRecorder, SwarmSession
 from mesh.session_routes import SessionRoutes
 from protocol.catalog import ModelSpec
@@ -62,6 +63,8 @@ class ServedModel:
         self._sessions: weakref.WeakSet[SwarmSession] = weakref.WeakSet()
         self._retired: list[_Retired] = []
         self._client_suspect = False
+        self.peer_speeds = PeerSpeeds()
+        """Every session's timings of each server's steps; kept across client replacements (they are the servers')."""
         self.spec = client.spec
         model = client.model
         self._executor = ThreadPoolExecutor(max_workers=max_jobs + 2, thread_name_prefix=f"petals-{self.spec.model_id}")
@@ -155,7 +158,9 @@ class ServedModel:
         self, *, max_length: int, recorder: SpanRecorder | None = None, routes: SessionRoutes | None = None
     ) -> SwarmSession:
         """A new session; `routes` routes it by a request's preferences (`workers.route_preferences`)."""
-        session = SwarmSession(self.model, max_length=max_length, recorder=recorder, routes=routes)
+        session = SwarmSession(
+            self.model, max_length=max_length, recorder=recorder, routes=routes, speeds=self.peer_speeds
+        )
         self._sessions.add(session)
         return session
 

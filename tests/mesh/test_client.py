@@ -92,6 +92,30 @@ def test_no_server_is_asked_to_hand_its_outputs_to_the_next_one(
     assert client.model.config.use_server_to_server is False
 
 
+def test_a_session_times_each_servers_decode_steps_per_block_of_its_span_and_not_its_prefill(
+    client: MeshClient, two_server_swarm: LocalSwarm
+) -> None:
+    from mesh.peer_speed import PeerSpeeds
+    from mesh.session import SpanRecorder, SwarmSession
+
+    speeds, prefill_only = PeerSpeeds(), PeerSpeeds()
+
+    def steps(speeds: PeerSpeeds, tokens: list[list[int]]) -> None:
+        session = SwarmSession(client.model, max_length=8, recorder=SpanRecorder(), speeds=speeds)
+        try:
+            for step in tokens:
+                session.step(step)
+        finally:
+            session.close()
+
+    off_main_thread(steps, speeds, [[1, 2, 3], [4], [5]])
+    off_main_thread(steps, prefill_only, [[1, 2, 3]])
+    figures = speeds.snapshot()
+    assert set(figures) == {server.peer_id for server in two_server_swarm.servers}
+    assert all(0 < figure.s_per_block < 1 for figure in figures.values())
+    assert prefill_only.snapshot() == {}
+
+
 def test_re_reading_the_swarm_gives_up_after_the_request_timeout_when_the_updater_never_answers() -> None:
     # Petals' own update(wait=True) would wait for ever here: the updater thread retries an unreachable DHT.
     never_ready = SimpleNamespace(

@@ -4,16 +4,25 @@ import math
 
 import pytest
 
-from mesh.route_choice import Candidate, Hop, RouteRule, RouteUnsatisfiable, block_ranges, choose_route, uncovered
+from mesh.route_choice import (
+    Candidate,
+    Hop,
+    RouteRule,
+    RouteUnsatisfiable,
+    block_ranges,
+    choose_route,
+    uncovered,
+    unknown_decode_s,
+)
 
 WALLET = "0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB"
 
 # Four blocks. "whole" holds them all, far away and slow; "near-a" and "near-b" split them, close and fast;
-# "big" holds blocks 2..3 with the most throughput of all but a long round trip.
-WHOLE = Candidate("whole", 0, 4, rtt_s=0.4, throughput=10.0, inference_rps=50.0)
-NEAR_A = Candidate("near-a", 0, 2, wallet=WALLET, rtt_s=0.01, throughput=20.0, inference_rps=500.0)
-NEAR_B = Candidate("near-b", 2, 4, rtt_s=0.01, throughput=20.0, inference_rps=500.0)
-BIG = Candidate("big", 2, 4, rtt_s=0.3, throughput=1000.0, inference_rps=500.0)
+# "big" holds blocks 2..3, measured the fastest per block of all but a long round trip away.
+WHOLE = Candidate("whole", 0, 4, rtt_s=0.4, inference_rps=50.0, decode_s_per_block=0.1)
+NEAR_A = Candidate("near-a", 0, 2, wallet=WALLET, rtt_s=0.01, inference_rps=500.0, decode_s_per_block=0.02)
+NEAR_B = Candidate("near-b", 2, 4, rtt_s=0.01, inference_rps=500.0, decode_s_per_block=0.02)
+BIG = Candidate("big", 2, 4, rtt_s=0.3, inference_rps=500.0, decode_s_per_block=0.001)
 SWARM = [WHOLE, NEAR_A, NEAR_B, BIG]
 
 
@@ -30,8 +39,17 @@ def test_price_ranks_as_latency_since_every_route_of_a_model_costs_the_buyer_the
     assert choose_route(SWARM, 0, 4, "price") == choose_route(SWARM, 0, 4, "latency")
 
 
-def test_throughput_takes_the_servers_that_get_through_the_most_tokens_whatever_the_distance() -> None:
+def test_throughput_takes_the_servers_workers_measured_fastest_per_block_whatever_the_ping() -> None:
     assert peers(choose_route(SWARM, 0, 4, "throughput")) == [("near-a", 0, 2), ("big", 2, 4)]
+
+
+def test_under_throughput_an_unmeasured_server_counts_as_the_median_of_the_measured_ones() -> None:
+    assert unknown_decode_s(SWARM) == pytest.approx(0.02) and unknown_decode_s([WHOLE, BIG]) == pytest.approx(0.0505)
+    unmeasured = Candidate("unmeasured", 2, 4, rtt_s=0.01)
+    assert peers(choose_route([NEAR_A, unmeasured, WHOLE], 0, 4, "throughput"))[1] == ("unmeasured", 2, 4)
+    assert peers(choose_route([NEAR_A, unmeasured, BIG], 0, 4, "throughput"))[1] == ("big", 2, 4)
+    nothing_measured = [Candidate(c.peer_id, c.start, c.end, rtt_s=c.rtt_s) for c in SWARM]
+    assert peers(choose_route(nothing_measured, 0, 4, "throughput")) == [("whole", 0, 4)]  # a tie: fewer hops win
 
 
 def test_an_unmeasured_server_is_assumed_neither_nearer_than_a_measured_near_one_nor_unreachable() -> None:

@@ -23,10 +23,11 @@ class _Pings:
         return dict(self.rtts)
 
 
-def shared_manager(held_back: frozenset[str] = frozenset()) -> Any:
+def shared_manager(held_back: frozenset[str] = frozenset(), announced: dict[str, float] | None = None) -> Any:
     """What `SessionRoutes` reads of a `RemoteSequenceManager`: a four-block view where `whole` holds 0..4 (far),
     `near-a` 0..2 (announcing WALLET) and `near-b` 2..4 (both near), as Petals' updater builds it from the DHT;
-    the `held_back` servers are in its `blocked_servers` and so out of its view, as the route policy leaves them."""
+    the `held_back` servers are in its `blocked_servers` and so out of its view, as the route policy leaves them;
+    each announces a throughput of 10 unless `announced` says otherwise."""
     from hivemind.p2p import PeerID
 
     from mesh.compat import petals
@@ -39,7 +40,7 @@ def shared_manager(held_back: frozenset[str] = frozenset()) -> Any:
     infos = {
         name: ds.ServerInfo(
             state=ds.ServerState.ONLINE,
-            throughput=10.0,
+            throughput=(announced or {}).get(name, 10.0),
             start_block=start,
             end_block=end,
             public_name=public,
@@ -154,3 +155,27 @@ def test_a_swarm_view_that_cannot_be_read_gives_up_after_the_request_timeout_ins
     manager.config = SimpleNamespace(request_timeout=0.01, max_retries=3)
     with pytest.raises(TimeoutError, match="not read within 0.01 s"):
         routes.make_sequence(0, None, mode="min_latency")
+
+
+def test_throughput_takes_the_servers_measured_faster_even_when_a_slower_one_announces_more() -> None:
+    manager = _Manager(**vars(shared_manager(announced={"whole": 1e6})))
+    from hivemind.p2p import PeerID  # after the manager: mesh.compat first makes hivemind and petals importable
+
+    from mesh.peer_speed import PeerSpeeds
+    from protocol.peer_measurements import PeerMeasurement
+
+    rule = RouteRule(sort="throughput")
+    unmeasured = SessionRoutes(manager, rule)
+    assert _chosen(unmeasured.make_sequence(0, None, mode="min_latency")) == [("whole", 0, 4)]  # fewer hops: a tie
+    speeds = PeerSpeeds()
+    speeds.record(str(PeerID(b"whole")), 4, 0.2)  # 0.05 s per block
+    speeds.record(str(PeerID(b"near-a")), 2, 0.02)
+    speeds.record(str(PeerID(b"near-b")), 2, 0.02)
+    own = SessionRoutes(manager, rule, speeds=speeds)
+    assert _chosen(own.make_sequence(0, None, mode="min_latency")) == [("near-a", 0, 2), ("near-b", 2, 4)]
+    others = {
+        str(PeerID(name)): PeerMeasurement(measured_at=1.0, decode_s_per_block=figure)
+        for name, figure in ((b"whole", 0.05), (b"near-a", 0.01))
+    }  # near-b never measured: it counts as the median of the others, 0.03 s per block
+    from_redis = SessionRoutes(manager, rule, others)
+    assert _chosen(from_redis.make_sequence(0, None, mode="min_latency")) == [("near-a", 0, 2), ("near-b", 2, 4)]
