@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.server_sessions import watch_server_sessions
+
 EMA_WEIGHT = 0.2
 """Weight of the newest sample: about the last ten decode steps count, so one slow step (a garbage collection, a
 busy moment) moves the figure a fifth of the way, and a server that slows down for good is seen within a few
@@ -78,15 +80,7 @@ class PeerSpeeds:
     def attach(self, session: Any) -> None:
         """Time every server session `session` (a Petals `InferenceSession`) enters from now on. Attach before a
         `SpanRecorder`, so the recorder's copies of the tensors are outside the timed call."""
-        enter = session._enter_server_sessions
-
-        def enter_timed(chosen_spans: Any) -> Any:
-            server_sessions = enter(chosen_spans)
-            for server_session in server_sessions:
-                self._time(server_session)
-            return server_sessions
-
-        session._enter_server_sessions = enter_timed
+        watch_server_sessions(session, self._time)
 
     def _time(self, server_session: Any) -> None:
         span = server_session.span

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mesh.peer_speed import PeerSpeeds
+from mesh.server_sessions import watch_server_sessions
 from protocol.verification import RecordedSpan, RecordedStep
 
 if TYPE_CHECKING:
@@ -115,15 +116,7 @@ class SpanRecorder:
 
     def attach(self, session: Any) -> None:
         """Record every server session `session` (a Petals `InferenceSession`) enters from now on."""
-        enter = session._enter_server_sessions
-
-        def enter_recording(chosen_spans: Any) -> Any:
-            server_sessions = enter(chosen_spans)
-            for server_session in server_sessions:
-                self._watch(server_session)
-            return server_sessions
-
-        session._enter_server_sessions = enter_recording
+        watch_server_sessions(session, self._watch)
 
     def _watch(self, server_session: Any) -> None:
         span = server_session.span
