@@ -66,7 +66,7 @@ class MeshClient:
         Bans last `ClientLimits.ban_timeout` seconds, then the server is tried again.
         """
         manager = self.model.transformer.h.sequence_manager
-        _reread_swarm(manager)
+        reread_swarm(manager)
         with manager.lock_changes:
             peers = {span.peer_id for spans in manager.state.sequence_info.spans_containing_block for span in spans}
         manager.ping_aggregator.ping(list(peers), wait_timeout=manager.config.ping_timeout)
@@ -75,7 +75,7 @@ class MeshClient:
         for peer in unreachable:
             manager.on_request_failure(peer)
         if unreachable:  # a ban reaches the routes only when they are rebuilt: until then the next one may cross it
-            _reread_swarm(manager)
+            reread_swarm(manager)
         return sorted(peer.to_base58() for peer in unreachable)
 
     def close(self) -> None:
@@ -93,10 +93,11 @@ class MeshClient:
         manager.dht.shutdown()
 
 
-def _reread_swarm(manager: Any) -> None:
-    """Petals' `update(wait=True)` waits for its updater thread with no bound: with the DHT unreachable the
-    updater retries for ever, and so would the request that asked. Here the wait ends after
-    `manager.config.request_timeout` with `TimeoutError`, which the caller treats as any failed refresh."""
+def reread_swarm(manager: Any) -> None:
+    """Have `manager` (a Petals sequence manager) read the swarm again and wait for it. Petals' `update(wait=True)`
+    waits for its updater thread with no bound: with the DHT unreachable the updater retries for ever, and so
+    would the request that asked. Here the wait ends after `manager.config.request_timeout` with `TimeoutError`,
+    which the callers treat as any failed refresh."""
     manager.update(wait=False)
     if not manager.ready.wait(timeout=manager.config.request_timeout):
         raise TimeoutError(f"the swarm's routes were not re-read within {manager.config.request_timeout} s")

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mesh.announce import wallet_from_public_name
+from mesh.client import reread_swarm
 from mesh.peer_speed import PeerSpeeds
 from mesh.route_choice import Candidate, Hop, RouteRule, RouteUnsatisfiable, choose_route, uncovered
 from protocol.peer_measurements import PeerMeasurement
@@ -156,9 +157,7 @@ class SessionRoutes:
             if not manager.is_alive():
                 manager._thread.start()
         if not manager.ready.is_set():
-            manager.update(wait=False)
-            if not manager.ready.wait(timeout=manager.config.request_timeout):
-                raise TimeoutError(f"the swarm's routes were not read within {manager.config.request_timeout} s")
+            reread_swarm(manager)
 
 
 def _positive(value: object) -> float | None:

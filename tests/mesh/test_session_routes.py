@@ -153,7 +153,7 @@ def test_a_swarm_view_that_cannot_be_read_gives_up_after_the_request_timeout_ins
     manager.ready = threading.Event()  # the updater's read never finishes, as with the DHT unreachable
     manager.update = lambda wait: None
     manager.config = SimpleNamespace(request_timeout=0.01, max_retries=3)
-    with pytest.raises(TimeoutError, match="not read within 0.01 s"):
+    with pytest.raises(TimeoutError, match="not re-read within 0.01 s"):
         routes.make_sequence(0, None, mode="min_latency")
 
 
