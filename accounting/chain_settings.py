@@ -12,18 +12,18 @@ from schema.settings import LedgerSettings
 class DepositSettings(LedgerSettings, DepositChainSettings):
     """What `far-mesh deposits watch` reads: the ledger, the chain, and how the watcher scans."""
 
-    far_mesh_deposit_start_block: int = Field(
+    deposit_start_block: int = Field(
         default=0,
         ge=0,
         description="First block scanned when the ledger has no checkpoint for the contract (its deployment block)",
     )
-    far_mesh_deposit_poll_s: float = Field(
+    deposit_poll_s: float = Field(
         default=5.0, gt=0, le=3600, description="How often the deposit watcher looks for newly deep blocks"
     )
-    far_mesh_deposit_max_blocks: int = Field(
+    deposit_max_blocks: int = Field(
         default=1000, ge=1, le=100_000, description="Most blocks one eth_getLogs call (and one ledger commit) covers"
     )
-    far_mesh_deposit_metrics_port: int = Field(
+    deposit_metrics_port: int = Field(
         default=9105, ge=0, le=65535, description="Port of the deposit watcher's /metrics (Prometheus); 0 disables"
     )
 
@@ -32,20 +32,20 @@ class ReconcileSettings(DepositSettings):
     """What `far-mesh ledger reconcile` and `far-mesh ledger serve` read: the ledger, the chain (the deposit
     contract's treasury and token, the batch contract the payer pays through), and how often to reconcile."""
 
-    far_mesh_reconcile_opening_far: FarAmount | None = Field(
+    ledger_opening_far: FarAmount | None = Field(
         default=None,
         description="The treasury's $FAR before any deposit or payout; set, `ledger serve` (and `ledger reconcile` "
         "without --opening-far) also checks the treasury and each paid wallet's receipts on chain",
     )
-    far_mesh_reconcile_receipts_from_block: int = Field(
+    ledger_receipts_from_block: int = Field(
         default=0,
         ge=0,
         description="First block of each wallet's receipts from the treasury's payouts (the batch "
         "contract's deployment block)",
     )
-    far_mesh_reconcile_interval_s: float = Field(
+    ledger_reconcile_interval_s: float = Field(
         default=300.0, gt=0, le=86_400, description="How often `far-mesh ledger serve` reconciles the books"
     )
-    far_mesh_reconcile_metrics_port: int = Field(
+    ledger_metrics_port: int = Field(
         default=9106, ge=0, le=65535, description="Port of `far-mesh ledger serve`'s /metrics (Prometheus); 0 disables"
     )

@@ -32,8 +32,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--opening-far",
         type=non_negative_far,
         metavar="FAR",
-        help="the treasury's $FAR before any deposit or payout (default FAR_MESH_RECONCILE_OPENING_FAR); with it the "
-        "chain is read (FAR_MESH_CHAIN_*, FAR_MESH_DEPOSIT_CONTRACT_ADDRESS: the treasury and token are the deposit "
+        help="the treasury's $FAR before any deposit or payout (default LEDGER_OPENING_FAR); with it the "
+        "chain is read (CHAIN_*, DEPOSIT_CONTRACT_ADDRESS: the treasury and token are the deposit "
         "contract's)",
     )
     reconcile.add_argument(
@@ -45,13 +45,13 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         default=None,
         metavar="N",
         help="where each wallet's receipts from the treasury's payouts are read from (the batch contract's "
-        "deployment block; default FAR_MESH_RECONCILE_RECEIPTS_FROM_BLOCK)",
+        "deployment block; default LEDGER_RECEIPTS_FROM_BLOCK)",
     )
     reconcile.set_defaults(handler=run_reconcile)
     serve = ledger_actions.add_parser(
         "serve",
-        help="reconcile every FAR_MESH_RECONCILE_INTERVAL_S (the chain too when FAR_MESH_RECONCILE_OPENING_FAR is "
-        "set) and export the outcome on /metrics (FAR_MESH_RECONCILE_METRICS_PORT) for the alert on it",
+        help="reconcile every LEDGER_RECONCILE_INTERVAL_S (the chain too when LEDGER_OPENING_FAR is "
+        "set) and export the outcome on /metrics (LEDGER_METRICS_PORT) for the alert on it",
     )
     serve.set_defaults(handler=run_serve)
 

@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from accounting import metrics
-from accounting.ledger import BatchOutcome, write_batch
+from accounting.batch_writer import BatchOutcome, write_batch
 from accounting.ledger_trace import trace_batch
 from accounting.settings import AccountingSettings
 from probes import Heartbeat

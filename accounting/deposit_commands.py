@@ -22,7 +22,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     actions = deposits.add_subparsers(dest="deposits_command", required=True, metavar="ACTION")
 
     watch = actions.add_parser(
-        "watch", help="credit deposits FAR_MESH_DEPOSIT_CONFIRMATIONS deep to buyers' balances, until Ctrl-C"
+        "watch", help="credit deposits DEPOSIT_CONFIRMATIONS deep to buyers' balances, until Ctrl-C"
     )
     watch.add_argument("--once", action="store_true", help="catch up with the chain once, then exit")
     watch.set_defaults(handler=run_watch)
@@ -48,7 +48,7 @@ def run_watch(args: argparse.Namespace) -> int:
 
     settings = DepositSettings.from_env()
     settings.configure_logging()
-    if settings.far_mesh_deposit_contract_address is None and not args.once:
+    if settings.deposit_contract_address is None and not args.once:
         return _idle_without_contract()
 
     async def once() -> None:
@@ -76,7 +76,7 @@ def _idle_without_contract() -> int:
     from chain.commands import idle_until_stopped
 
     log.warning(
-        "deposits watch: no deposit contract configured (FAR_MESH_DEPOSIT_CONTRACT_ADDRESS unset): crediting "
+        "deposits watch: no deposit contract configured (DEPOSIT_CONTRACT_ADDRESS unset): crediting "
         "nothing; `far-mesh chain deploy` prints the settings to set"
     )
     idle_until_stopped()
@@ -113,11 +113,11 @@ def run_make(args: argparse.Namespace) -> int:
 
     settings = DepositChainSettings.from_env()
     settings.configure_logging()
-    contract = settings.far_mesh_deposit_contract_address
+    contract = settings.deposit_contract_address
     if contract is None:
-        raise SettingsError("FAR_MESH_DEPOSIT_CONTRACT_ADDRESS is not set (`far-mesh chain deploy` prints it)")
-    if args.dev_account is not None and settings.far_mesh_chain_id != DEV_CHAIN_ID:
-        raise SettingsError(f"--dev-account is for the local chain (FAR_MESH_CHAIN_ID={DEV_CHAIN_ID}) only")
+        raise SettingsError("DEPOSIT_CONTRACT_ADDRESS is not set (`far-mesh chain deploy` prints it)")
+    if args.dev_account is not None and settings.chain_id != DEV_CHAIN_ID:
+        raise SettingsError(f"--dev-account is for the local chain (CHAIN_ID={DEV_CHAIN_ID}) only")
     buyer = _account(args)
     w3 = _web3(settings)
     token = w3.eth.contract(address=contract, abi=load_artifact("FarDeposit").abi).functions.token().call()
@@ -129,7 +129,7 @@ def run_make(args: argparse.Namespace) -> int:
     receipt = make_deposit(w3, buyer, token, contract, units)
     print(
         f"{buyer.address} deposited {args.amount} FAR in {Web3.to_hex(receipt['transactionHash'])} "
-        f"(block {receipt['blockNumber']}); credited once FAR_MESH_DEPOSIT_CONFIRMATIONS deep"
+        f"(block {receipt['blockNumber']}); credited once DEPOSIT_CONFIRMATIONS deep"
     )
     return 0
 

@@ -1,7 +1,7 @@
 """The deposit watcher: credits buyers' balances from FarDeposit's `Deposited` events, once each, once deep.
 
 It scans the deposit contract's logs block range by block range, never past the newest block that is
-FAR_MESH_DEPOSIT_CONFIRMATIONS deep (its own block counted, as payouts count theirs), so a log that a
+DEPOSIT_CONFIRMATIONS deep (its own block counted, as payouts count theirs), so a log that a
 reorganisation removes before it is that deep is never even looked at. Each range is one ledger transaction:
 every log in it is credited through `far_credit_deposit` (one journal entry per log, unique per chain,
 transaction hash and log index), and the range's last block is recorded with its hash as the new checkpoint.
@@ -34,7 +34,7 @@ KEPT_CHECKPOINTS = 256
 
 
 class DepositsNotConfigured(ValueError):
-    """FAR_MESH_DEPOSIT_CONTRACT_ADDRESS is not set: there is nothing to watch."""
+    """DEPOSIT_CONTRACT_ADDRESS is not set: there is nothing to watch."""
 
 
 class ChainMovedDuringScan(RuntimeError):
@@ -79,19 +79,19 @@ class DepositWatcher:
     @classmethod
     async def connect(cls, settings: DepositSettings) -> "DepositWatcher":
         """A watcher on the configured node, once it is checked: the right chain, the deposit contract there."""
-        contract = settings.far_mesh_deposit_contract_address
+        contract = settings.deposit_contract_address
         if contract is None:
-            raise DepositsNotConfigured("FAR_MESH_DEPOSIT_CONTRACT_ADDRESS is not set: no deposit contract to watch")
-        client = ChainClient(settings.far_mesh_chain_rpc_url, timeout_s=settings.far_mesh_chain_rpc_timeout_s)
-        await client.check(settings.far_mesh_chain_id, {"FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": contract})
+            raise DepositsNotConfigured("DEPOSIT_CONTRACT_ADDRESS is not set: no deposit contract to watch")
+        client = ChainClient(settings.chain_rpc_url, timeout_s=settings.chain_rpc_timeout_s)
+        await client.check(settings.chain_id, {"DEPOSIT_CONTRACT_ADDRESS": contract})
         return cls(
             client=client,
-            chain_id=settings.far_mesh_chain_id,
+            chain_id=settings.chain_id,
             genesis=await client.genesis_hash(),
             contract=contract,
-            confirmations=settings.far_mesh_deposit_confirmations,
-            start_block=settings.far_mesh_deposit_start_block,
-            max_blocks=settings.far_mesh_deposit_max_blocks,
+            confirmations=settings.deposit_confirmations,
+            start_block=settings.deposit_start_block,
+            max_blocks=settings.deposit_max_blocks,
         )
 
     async def catch_up(self, connection: asyncpg.Connection) -> list[ScanResult]:
@@ -213,7 +213,7 @@ class DepositWatcher:
         metrics.DEPOSIT_REORGS.inc()
         log.warning(
             "deposit checkpoint at block %d is no longer on the chain (a reorganisation deeper than "
-            "FAR_MESH_DEPOSIT_CONFIRMATIONS=%d): scanning again from block %d; deposits credited since are never "
+            "DEPOSIT_CONFIRMATIONS=%d): scanning again from block %d; deposits credited since are never "
             "credited twice",
             newest,
             self.confirmations,
@@ -223,7 +223,7 @@ class DepositWatcher:
 
 
 async def watch_deposits(settings: DepositSettings, stop: asyncio.Event | None = None) -> None:
-    """`far-mesh deposits watch`: catch up, then look for newly deep blocks every FAR_MESH_DEPOSIT_POLL_S, until
+    """`far-mesh deposits watch`: catch up, then look for newly deep blocks every DEPOSIT_POLL_S, until
     SIGTERM/SIGINT (or `stop`). Stopping at any moment is safe: each range commits its credits with its
     checkpoint, or neither. An unreachable node or ledger is retried on the next poll."""
     from prometheus_client import start_http_server
@@ -238,7 +238,7 @@ async def watch_deposits(settings: DepositSettings, stop: asyncio.Event | None =
     watcher = await _connect_when_reachable(settings, stop)
     if watcher is None:
         return
-    port = settings.far_mesh_deposit_metrics_port
+    port = settings.deposit_metrics_port
     server = start_http_server(port)[0] if port else None
     retried: tuple[type[Exception], ...] = (ChainUnreachable, ChainMovedDuringScan, OSError, *TRANSIENT_LEDGER_ERRORS)
     log.info(
@@ -261,7 +261,7 @@ async def watch_deposits(settings: DepositSettings, stop: asyncio.Event | None =
                 log.error("deposits watch stopped: %s; restart it to follow the new chain", exc)
                 raise
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_deposit_poll_s)
+                await asyncio.wait_for(stop.wait(), timeout=settings.deposit_poll_s)
     finally:
         if server is not None:
             server.shutdown()
@@ -276,5 +276,5 @@ async def _connect_when_reachable(settings: DepositSettings, stop: asyncio.Event
         except ChainUnreachable as exc:
             log.warning("deposits watch waiting for the chain node: %s", exc)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_deposit_poll_s)
+            await asyncio.wait_for(stop.wait(), timeout=settings.deposit_poll_s)
     return None

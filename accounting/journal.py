@@ -5,7 +5,7 @@ and a deferred constraint trigger refuses one from any other writer at commit). 
 positive and a credit when negative; `treasury:chain` is an asset (debited by a deposit) and `buyer:<wallet>` a
 liability (credited by one), so a buyer's balance is minus the sum of its account's lines. Balances are only
 ever derived from lines: nothing is updated in place, and a correction is a reversing entry. A stored
-session's charge (schema/0022, posted by `accounting.ledger`) debits `buyer:<wallet>` its cost and credits
+session's charge (schema/0022, posted by `accounting.batch_writer`) debits `buyer:<wallet>` its cost and credits
 `provider:<node id>` (payables), `platform:fees` and `platform:remainder`.
 """
 

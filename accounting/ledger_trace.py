@@ -7,7 +7,7 @@ its usage record names, covering the batch's write from its first attempt to its
 from collections.abc import Sequence
 
 import telemetry
-from accounting.ledger import BatchOutcome
+from accounting.batch_writer import BatchOutcome
 from protocol.usage import UsageRecord
 
 

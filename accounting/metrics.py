@@ -52,7 +52,7 @@ def record_coverage(snapshots: Iterable[SwarmSnapshot], now: datetime) -> None:
         SWARM_COVERAGE.labels(snapshot.model_id).set(covered)
 
 
-# Deposits (`far-mesh deposits watch`, served on FAR_MESH_DEPOSIT_METRICS_PORT); the exact amounts are in
+# Deposits (`far-mesh deposits watch`, served on DEPOSIT_METRICS_PORT); the exact amounts are in
 # far_chain_deposits and the journal.
 DEPOSIT_LAST_BLOCK = Gauge(
     "far_deposit_last_block", "Newest block the deposit watcher scanned and committed (confirmation-deep)"
@@ -61,7 +61,7 @@ DEPOSITS_CREDITED = Counter("far_deposit_credited", "Deposits credited to buyers
 DEPOSIT_FAR_CREDITED = Counter("far_deposit_far_credited", "$FAR credited to buyers' balances by deposits")
 DEPOSIT_REORGS = Counter(
     "far_deposit_reorgs",
-    "Reorganisations that reached below the watcher's checkpoint (deeper than FAR_MESH_DEPOSIT_CONFIRMATIONS): "
+    "Reorganisations that reached below the watcher's checkpoint (deeper than DEPOSIT_CONFIRMATIONS): "
     "it scanned again from an older block",
 )
 DEPOSITS_MOVED = Counter(
@@ -69,7 +69,7 @@ DEPOSITS_MOVED = Counter(
     "Deposit logs found again at another block after such a reorganisation: credited before, not credited again",
 )
 
-# The books (`far-mesh ledger serve`, served on FAR_MESH_RECONCILE_METRICS_PORT): the outcome of the last
+# The books (`far-mesh ledger serve`, served on LEDGER_METRICS_PORT): the outcome of the last
 # reconciliation (accounting.reconcile), which an alert watches.
 LEDGER_RECONCILED = Gauge(
     "far_ledger_reconciled", "1 when the last reconciliation of the books passed every check, 0 when one failed"

@@ -14,7 +14,7 @@ The chain's checks, with `--opening-far`, at one block (the deposit watcher's ne
 to it is credited, or `--block`):
 - the treasury's $FAR balance equals its opening float, plus every deposit credited at or below that block, minus
   every payout the journal posted for a batch paid on this chain at or below it, to the base unit;
-- with the batch contract known (FAR_MESH_BATCH_CONTRACT_ADDRESS), each wallet's paid total in the journal (its
+- with the batch contract known (CHAIN_BATCH_CONTRACT_ADDRESS), each wallet's paid total in the journal (its
   `payout` entries) equals what it received on chain: the token's `Transfer` logs from the treasury to it in
   transactions sent to the batch contract (how the payer pays), up to that block.
 The treasury and the token are the FarDeposit contract's own (`treasury()`, `token()`), read through
@@ -225,7 +225,7 @@ async def read_chain(
     from chain.artifacts import load_artifact
     from chain.client import checksum
 
-    await client.check(chain_id, {"FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": deposit_contract})
+    await client.check(chain_id, {"DEPOSIT_CONTRACT_ADDRESS": deposit_contract})
     genesis = await client.genesis_hash()
     if block is None:
         block = await connection.fetchval(_CHECKPOINT, chain_id, genesis, deposit_contract)
@@ -343,12 +343,12 @@ def run_reconcile(args: argparse.Namespace) -> int:
     settings.configure_logging()
     opening: Decimal | None = args.opening_far
     if opening is None:
-        opening = settings.far_mesh_reconcile_opening_far
+        opening = settings.ledger_opening_far
     if opening is not None and -int(opening.as_tuple().exponent) > 18:
         raise SettingsError("--opening-far: an amount of FAR with at most 18 decimals")
-    contract = settings.far_mesh_deposit_contract_address
+    contract = settings.deposit_contract_address
     if opening is not None and contract is None:
-        raise SettingsError("FAR_MESH_DEPOSIT_CONTRACT_ADDRESS is not set: the treasury is the deposit contract's")
+        raise SettingsError("DEPOSIT_CONTRACT_ADDRESS is not set: the treasury is the deposit contract's")
     from_block = args.receipts_from_block
     result = asyncio.run(reconcile_with(settings, opening, block=args.block, receipts_from_block=from_block))
     print_reconciliation(result)
@@ -365,16 +365,16 @@ def reconcile_with(
     """`reconcile` as the settings say (the command line's --opening-far, --block and --receipts-from-block win)."""
     return reconcile(
         settings.postgres_url,
-        rpc_url=settings.far_mesh_chain_rpc_url,
-        chain_id=settings.far_mesh_chain_id,
-        deposit_contract=settings.far_mesh_deposit_contract_address,
+        rpc_url=settings.chain_rpc_url,
+        chain_id=settings.chain_id,
+        deposit_contract=settings.deposit_contract_address,
         opening_units=None if opening is None else int(opening * UNITS_PER_FAR),
         block=block,
-        batch_contract=settings.far_mesh_batch_contract_address,
+        batch_contract=settings.chain_batch_contract_address,
         receipts_from_block=(
-            settings.far_mesh_reconcile_receipts_from_block if receipts_from_block is None else receipts_from_block
+            settings.ledger_receipts_from_block if receipts_from_block is None else receipts_from_block
         ),
-        max_blocks=settings.far_mesh_deposit_max_blocks,
+        max_blocks=settings.deposit_max_blocks,
     )
 
 
@@ -403,7 +403,7 @@ async def reconcile_once(settings: "ReconcileSettings") -> Reconciliation | None
 
     retried: tuple[type[Exception], ...] = (*RECONCILE_ERRORS, ChainError)
     try:
-        result = await reconcile_with(settings, settings.far_mesh_reconcile_opening_far)
+        result = await reconcile_with(settings, settings.ledger_opening_far)
     except retried as exc:
         metrics.LEDGER_RECONCILE_ERRORS.inc()
         log.warning("reconciliation could not run: %s: %s", type(exc).__name__, exc)
@@ -419,7 +419,7 @@ async def reconcile_once(settings: "ReconcileSettings") -> Reconciliation | None
 
 
 async def serve_reconciliation(settings: "ReconcileSettings", stop: asyncio.Event | None = None) -> None:
-    """`far-mesh ledger serve`: reconcile every FAR_MESH_RECONCILE_INTERVAL_S and export the outcome on /metrics
+    """`far-mesh ledger serve`: reconcile every LEDGER_RECONCILE_INTERVAL_S and export the outcome on /metrics
     (`far_ledger_reconciled`, which the FarMeshLedgerNotReconciled alert watches), until SIGTERM/SIGINT or `stop`.
     Reading only, it is safe to stop at any moment."""
     import signal
@@ -431,18 +431,18 @@ async def serve_reconciliation(settings: "ReconcileSettings", stop: asyncio.Even
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-    port = settings.far_mesh_reconcile_metrics_port
+    port = settings.ledger_metrics_port
     server = start_http_server(port)[0] if port else None
     log.info(
         "ledger serve started interval_s=%s chain=%s",
-        settings.far_mesh_reconcile_interval_s,
-        "checked" if settings.far_mesh_reconcile_opening_far is not None else "skipped (no opening float)",
+        settings.ledger_reconcile_interval_s,
+        "checked" if settings.ledger_opening_far is not None else "skipped (no opening float)",
     )
     try:
         while not stop.is_set():
             await reconcile_once(settings)
             try:
-                await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_reconcile_interval_s)
+                await asyncio.wait_for(stop.wait(), timeout=settings.ledger_reconcile_interval_s)
             except TimeoutError:
                 pass
     finally:
@@ -484,7 +484,7 @@ async def reconcile(
                     await reconcile_receipts(connection, chain, received, result)
                 else:
                     result.skipped.append(
-                        "each wallet's payouts against its receipts on chain (set FAR_MESH_BATCH_CONTRACT_ADDRESS)"
+                        "each wallet's payouts against its receipts on chain (set CHAIN_BATCH_CONTRACT_ADDRESS)"
                     )
             else:
                 result.skipped.append("the treasury's $FAR on chain (give --opening-far to check it)")

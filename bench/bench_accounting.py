@@ -39,15 +39,15 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from accounting import collector
-from accounting.consumer import ParsedBatch, UsageConsumer
-from accounting.journal import PLATFORM_FEES, PLATFORM_REMAINDER, UNATTRIBUTED, buyer_account, provider_account
-from accounting.ledger import (
+from accounting.batch_writer import (
     CONTRIBUTION_COLUMNS,
     SESSION_COLUMNS,
     contribution_rows,
     session_id_for,
     session_row,
 )
+from accounting.consumer import ParsedBatch, UsageConsumer
+from accounting.journal import PLATFORM_FEES, PLATFORM_REMAINDER, UNATTRIBUTED, buyer_account, provider_account
 from accounting.settings import AccountingSettings
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.redis_server import RedisServer

@@ -24,7 +24,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import redis.asyncio as aioredis  # noqa: E402
 
-from devstack.harness.ledger import ledger_rows  # noqa: E402
+from devstack.harness.ledger_view import ledger_rows  # noqa: E402
 from devstack.harness.sse import stream_events  # noqa: E402
 from devstack.harness.system import (  # noqa: E402
     PRICE_FAR,

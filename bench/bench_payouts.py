@@ -25,7 +25,7 @@ import asyncpg
 from pydantic import SecretStr
 from web3 import Web3
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from chain.deploy import deploy, send, transfer
 from chain.node import LocalChain, dev_account
 from chain.transfers import Payment, pay_batch_data
@@ -127,13 +127,13 @@ async def chain_payer_wallets_per_s(
             await write_batch(connection, records[start : start + 100])
         settings = PayoutSettings.from_env(
             postgres_url=dsn,
-            far_mesh_chain_rpc_url=url,
-            far_mesh_token_address=token,
-            far_mesh_batch_contract_address=batch_contract,
-            far_mesh_treasury_key=SecretStr(dev_account(1).key.to_0x_hex()),
-            far_mesh_payout_confirmations=1,
-            far_mesh_payout_poll_s=0.02,
-            far_mesh_payout_max_wallets=args.batch,
+            chain_rpc_url=url,
+            chain_token_address=token,
+            chain_batch_contract_address=batch_contract,
+            payout_treasury_key=SecretStr(dev_account(1).key.to_0x_hex()),
+            payout_confirmations=1,
+            payout_poll_s=0.02,
+            payout_max_wallets=args.batch,
         )
         payer = await ChainPayer.connect(settings)
         began = time.perf_counter()

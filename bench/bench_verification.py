@@ -1,7 +1,7 @@
 """What spot checks cost: end-to-end throughput with verification at the default fraction vs off, and the
 verifier's compute per verified token against the swarm's, on a real local swarm (tiny model, 2 servers).
 
-Two in-process workers serve the same swarm from two Redis databases: one with FAR_MESH_VERIFY_FRACTION=0 and
+Two in-process workers serve the same swarm from two Redis databases: one with WORKER_VERIFY_FRACTION=0 and
 no per-node minimum (off), one with the defaults (5%, one session per node per hour). Rounds of 8 concurrent
 jobs alternate between them, so the machine's changing load falls on both alike (target: on/off >= 0.95x).
 Then every spot check the second worker published is recomputed by the verifier's own code (float32, one
@@ -43,7 +43,7 @@ from protocol import keys  # noqa: E402
 from protocol.catalog import ModelSpec  # noqa: E402
 from protocol.verification import SpotCheck  # noqa: E402
 from verifier.recompute import BlockRunner, verify_span  # noqa: E402
-from workers.fleet import run_fleet  # noqa: E402
+from workers.service import serve  # noqa: E402
 from workers.settings import WorkerSettings  # noqa: E402
 
 ROUNDS = 4
@@ -55,7 +55,7 @@ def start_fleet(settings: WorkerSettings) -> tuple[asyncio.AbstractEventLoop, as
     stop, ready = asyncio.Event(), threading.Event()
     thread = threading.Thread(
         target=loop.run_until_complete,
-        args=(run_fleet(settings, stop, ready=ready, handle_signals=False),),
+        args=(serve(settings, stop, ready=ready, handle_signals=False),),
         daemon=True,
     )
     thread.start()
@@ -114,10 +114,10 @@ def run() -> None:
         "far_mesh_dht_bootstrap": ",".join(swarm.initial_peers),
         "far_mesh_models": f"[{model.model_dump_json()}]",
         "default_model_id": model.model_id,
-        "far_mesh_worker_metrics_port": 0,
+        "worker_metrics_port": 0,
     }
     off = WorkerSettings.from_env(
-        redis_url=url_off, far_mesh_verify_fraction=0.0, far_mesh_verify_min_per_node_hour=0, **common
+        redis_url=url_off, worker_verify_fraction=0.0, worker_verify_min_per_node_hour=0, **common
     )
     on = WorkerSettings.from_env(redis_url=url_on, **common)
     with deadline("measuring", 480):

@@ -48,7 +48,7 @@ from mesh.tiny_models import ensure_tiny_models  # noqa: E402
 from protocol import keys  # noqa: E402
 from protocol.catalog import ModelSpec  # noqa: E402
 from protocol.jobs import GenerateJob, enqueue_generate  # noqa: E402
-from workers.fleet import run_fleet  # noqa: E402
+from workers.service import serve  # noqa: E402
 from workers.settings import WorkerSettings  # noqa: E402
 
 PROMPT = "The mesh streams tokens from many small servers"
@@ -215,13 +215,13 @@ def run() -> None:
         far_mesh_dht_bootstrap=",".join(swarm.initial_peers),
         far_mesh_models=f"[{model.model_dump_json()}]",
         default_model_id=model.model_id,
-        far_mesh_worker_metrics_port=0,
+        worker_metrics_port=0,
     )
     loop = asyncio.new_event_loop()
     stop, ready = asyncio.Event(), threading.Event()
     thread = threading.Thread(
         target=loop.run_until_complete,
-        args=(run_fleet(settings, stop, ready=ready, handle_signals=False),),
+        args=(serve(settings, stop, ready=ready, handle_signals=False),),
         daemon=True,
     )
     with deadline("measuring", 420):

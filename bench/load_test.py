@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from devstack.harness.ledger import ledger_rows  # noqa: E402
+from devstack.harness.ledger_view import ledger_rows  # noqa: E402
 from devstack.harness.sse import stream_events  # noqa: E402
 from devstack.harness.system import (  # noqa: E402
     SystemUnderTest,

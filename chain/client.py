@@ -69,7 +69,7 @@ class ChainClient:
         actual = await self._call("eth_chainId", lambda: self.w3.eth.chain_id)
         if actual != chain_id:
             raise WrongChain(
-                f"the node at {self.node} serves chain id {actual}, FAR_MESH_CHAIN_ID is {chain_id}: refusing to sign"
+                f"the node at {self.node} serves chain id {actual}, CHAIN_ID is {chain_id}: refusing to sign"
             )
         for setting, address in contracts.items():
             code = await self._call("eth_getCode", partial(self.w3.eth.get_code, Web3.to_checksum_address(address)))

@@ -32,7 +32,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     node.set_defaults(handler=run_node)
 
     deploy = actions.add_parser(
-        "deploy", help="deploy the token and batch contract; print FAR_MESH_TOKEN_ADDRESS and friends"
+        "deploy", help="deploy the token and batch contract; print CHAIN_TOKEN_ADDRESS and friends"
     )
     deploy.add_argument(
         "--supply-far", type=positive_far, default=Decimal(1_000_000_000), help="$FAR minted to the treasury"
@@ -153,14 +153,14 @@ def _web3(settings: Any) -> Any:
 
     from chain.client import redacted
 
-    w3 = Web3(Web3.HTTPProvider(settings.far_mesh_chain_rpc_url, request_kwargs={"timeout": 30}))
+    w3 = Web3(Web3.HTTPProvider(settings.chain_rpc_url, request_kwargs={"timeout": 30}))
     try:
         chain_id = w3.eth.chain_id
     except OSError as exc:
-        log.error("no JSON-RPC node answers at %s: %s", redacted(settings.far_mesh_chain_rpc_url), type(exc).__name__)
+        log.error("no JSON-RPC node answers at %s: %s", redacted(settings.chain_rpc_url), type(exc).__name__)
         sys.exit(1)
-    if chain_id != settings.far_mesh_chain_id:
-        log.error("the node serves chain id %d, FAR_MESH_CHAIN_ID is %d", chain_id, settings.far_mesh_chain_id)
+    if chain_id != settings.chain_id:
+        log.error("the node serves chain id %d, CHAIN_ID is %d", chain_id, settings.chain_id)
         sys.exit(1)
     return w3
 
@@ -190,11 +190,11 @@ def show_balances(args: argparse.Namespace) -> int:
     from protocol.wallet import InvalidWallet, validate_wallet
 
     settings = _settings()
-    if settings.far_mesh_token_address is None:
-        log.error("FAR_MESH_TOKEN_ADDRESS is not set")
+    if settings.chain_token_address is None:
+        log.error("CHAIN_TOKEN_ADDRESS is not set")
         return 2
     w3 = _web3(settings)
-    token = w3.eth.contract(address=settings.far_mesh_token_address, abi=load_artifact("FarToken").abi)
+    token = w3.eth.contract(address=settings.chain_token_address, abi=load_artifact("FarToken").abi)
     print("wallet\tfar\tgas")
     for wallet in args.wallets:
         try:
@@ -211,11 +211,9 @@ def approve_batch_contract(args: argparse.Namespace) -> int:
     from chain.deploy import approve
 
     settings = _settings()
-    if settings.far_mesh_token_address is None or settings.far_mesh_batch_contract_address is None:
-        log.error("FAR_MESH_TOKEN_ADDRESS and FAR_MESH_BATCH_CONTRACT_ADDRESS must be set")
+    if settings.chain_token_address is None or settings.chain_batch_contract_address is None:
+        log.error("CHAIN_TOKEN_ADDRESS and CHAIN_BATCH_CONTRACT_ADDRESS must be set")
         return 2
-    approve(
-        _web3(settings), _treasury(settings), settings.far_mesh_token_address, settings.far_mesh_batch_contract_address
-    )
+    approve(_web3(settings), _treasury(settings), settings.chain_token_address, settings.chain_batch_contract_address)
     log.info("treasury approved the batch contract")
     return 0

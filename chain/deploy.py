@@ -28,9 +28,9 @@ class Deployment:
     def env(self) -> dict[str, str]:
         """The payer's and the deposit watcher's settings that name these contracts."""
         return {
-            "FAR_MESH_TOKEN_ADDRESS": self.token,
-            "FAR_MESH_BATCH_CONTRACT_ADDRESS": self.batch_contract,
-            "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": self.deposit_contract,
+            "CHAIN_TOKEN_ADDRESS": self.token,
+            "CHAIN_BATCH_CONTRACT_ADDRESS": self.batch_contract,
+            "DEPOSIT_CONTRACT_ADDRESS": self.deposit_contract,
         }
 
 

@@ -10,7 +10,7 @@ class ChainUnreachable(ChainError):
 
 
 class WrongChain(ChainError):
-    """The node serves another chain than FAR_MESH_CHAIN_ID: signing for it could pay on the wrong network."""
+    """The node serves another chain than CHAIN_ID: signing for it could pay on the wrong network."""
 
 
 class ContractNotDeployed(ChainError):

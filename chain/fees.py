@@ -1,6 +1,6 @@
 """EIP-1559 fees of payout transactions: a first offer from the latest base fee, and replacements that raise
 both fees by at least the bump nodes require to accept a transaction with the same nonce (10% for geth and
-ganache; FAR_MESH_PAYOUT_FEE_BUMP_PERCENT, 25 by default), never above the configured cap.
+ganache; PAYOUT_FEE_BUMP_PERCENT, 25 by default), never above the configured cap.
 """
 
 from dataclasses import dataclass
@@ -10,7 +10,7 @@ GWEI = 10**9
 
 
 class FeeCapReached(RuntimeError):
-    """A replacement would have to offer more than FAR_MESH_PAYOUT_MAX_FEE_GWEI."""
+    """A replacement would have to offer more than PAYOUT_MAX_FEE_GWEI."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,6 @@ def replacement(previous: Fees, base_fee: int, *, bump_percent: int, cap: int) -
     max_fee = max(_bumped(previous.max_fee_per_gas, bump_percent), 2 * base_fee + tip)
     if max_fee > cap or tip > cap:
         raise FeeCapReached(
-            f"replacing needs a max fee of {max_fee} wei/gas, above FAR_MESH_PAYOUT_MAX_FEE_GWEI ({cap} wei/gas)"
+            f"replacing needs a max fee of {max_fee} wei/gas, above PAYOUT_MAX_FEE_GWEI ({cap} wei/gas)"
         )
     return Fees(max_fee_per_gas=max_fee, max_priority_fee_per_gas=tip)

@@ -1,7 +1,7 @@
-"""Where the chain is and who pays: FAR_MESH_CHAIN_* and FAR_MESH_TREASURY_* (the payer's own knobs,
-FAR_MESH_PAYOUT_*, are in payouts.settings).
+"""Where the chain is and who pays: CHAIN_* and PAYOUT_TREASURY_* (the payer's own knobs,
+PAYOUT_*, are in payouts.settings).
 
-The treasury's private key comes from a file (a mounted Kubernetes Secret) or from FAR_MESH_TREASURY_KEY (a
+The treasury's private key comes from a file (a mounted Kubernetes Secret) or from PAYOUT_TREASURY_KEY (a
 secret injected into the environment of the payer only); it is read when the payer starts, held in a
 `SecretStr` that never prints, and never logged.
 """
@@ -15,44 +15,44 @@ from protocol.wallet import Wallet
 
 
 class ChainSettings(CommonSettings):
-    far_mesh_chain_rpc_url: str = Field(
+    chain_rpc_url: str = Field(
         default="http://127.0.0.1:8545", description="JSON-RPC URL of the EVM node payouts are sent to"
     )
-    far_mesh_chain_id: int = Field(
+    chain_id: int = Field(
         default=31337, ge=1, description="Chain id the node must report; anything else stops the payer"
     )
-    far_mesh_token_address: Wallet | None = Field(default=None, description="Address of the $FAR ERC-20 contract")
-    far_mesh_batch_contract_address: Wallet | None = Field(
+    chain_token_address: Wallet | None = Field(default=None, description="Address of the $FAR ERC-20 contract")
+    chain_batch_contract_address: Wallet | None = Field(
         default=None, description="Address of the FarBatchTransfer contract that pays many wallets in one transaction"
     )
-    far_mesh_treasury_key_file: Path | None = Field(
+    payout_treasury_key_file: Path | None = Field(
         default=None, description="File holding the treasury's private key (hex); the key is never logged"
     )
-    far_mesh_treasury_key: SecretStr | None = Field(
+    payout_treasury_key: SecretStr | None = Field(
         default=None, description="The treasury's private key itself, when no key file is given (a secret)"
     )
-    far_mesh_chain_rpc_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Timeout of one JSON-RPC call")
+    chain_rpc_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Timeout of one JSON-RPC call")
 
     def treasury_key(self) -> SecretStr:
         """The treasury key, from the file or the variable; SettingsError-worthy problems raise ValueError."""
-        if self.far_mesh_treasury_key_file is not None:
+        if self.payout_treasury_key_file is not None:
             try:
-                text = self.far_mesh_treasury_key_file.read_text(encoding="ascii").strip()
+                text = self.payout_treasury_key_file.read_text(encoding="ascii").strip()
             except OSError as exc:
-                raise ValueError(f"FAR_MESH_TREASURY_KEY_FILE: cannot read it ({exc.strerror})") from None
+                raise ValueError(f"PAYOUT_TREASURY_KEY_FILE: cannot read it ({exc.strerror})") from None
             return SecretStr(text)
-        if self.far_mesh_treasury_key is not None:
-            return self.far_mesh_treasury_key
-        raise ValueError("FAR_MESH_TREASURY_KEY_FILE or FAR_MESH_TREASURY_KEY: the chain payer needs the treasury key")
+        if self.payout_treasury_key is not None:
+            return self.payout_treasury_key
+        raise ValueError("PAYOUT_TREASURY_KEY_FILE or PAYOUT_TREASURY_KEY: the chain payer needs the treasury key")
 
 
 class DepositChainSettings(ChainSettings):
     """Where buyers deposit: what `far-mesh deposits make` needs besides the node (no ledger)."""
 
-    far_mesh_deposit_contract_address: Wallet | None = Field(
+    deposit_contract_address: Wallet | None = Field(
         default=None, description="Address of the FarDeposit contract buyers pay $FAR into (`far-mesh chain deploy`)"
     )
-    far_mesh_deposit_confirmations: int = Field(
+    deposit_confirmations: int = Field(
         default=12,
         ge=1,
         le=1000,

@@ -1,7 +1,7 @@
 """The chain of `far-mesh dev`: a local EVM node found or started, the $FAR contracts on it, and the payer's
 settings, so that `make run` pays the local swarm's providers on chain like production would.
 
-FAR_MESH_CHAIN_RPC_URL is honoured when set; otherwise a node answering on 127.0.0.1:8545 with chain id 31337
+CHAIN_RPC_URL is honoured when set; otherwise a node answering on 127.0.0.1:8545 with chain id 31337
 is used, and a ganache (a block a second) is started under the state directory when none does. That ganache
 keeps its chain in `ganache-db/`, so the next `far-mesh dev` reloads it: the batches the ledger paid, or has in
 flight, on it are still there, and the treasury's nonces go on from where they were. (Delete `ganache-db/` for
@@ -56,7 +56,7 @@ def resolve_chain(state_dir: Path) -> DevChain:
 
     from chain.node import DEV_CHAIN_ID, LocalChain, answers, dev_account
 
-    configured = os.environ.get("FAR_MESH_CHAIN_RPC_URL")
+    configured = os.environ.get("CHAIN_RPC_URL")
     if configured:
         node = Service(configured, "configured")
     elif answers(LOCAL_NODE) == DEV_CHAIN_ID:
@@ -75,17 +75,17 @@ def resolve_chain(state_dir: Path) -> DevChain:
         node.stop()
         raise
     env = {
-        "FAR_MESH_CHAIN_RPC_URL": node.url,
-        "FAR_MESH_CHAIN_ID": str(DEV_CHAIN_ID),
-        "FAR_MESH_TOKEN_ADDRESS": token,
-        "FAR_MESH_BATCH_CONTRACT_ADDRESS": batch,
-        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": deposit,
-        "FAR_MESH_DEPOSIT_CONFIRMATIONS": "2",
-        "FAR_MESH_TREASURY_KEY_FILE": str(key_file),
-        "FAR_MESH_PAYOUT_INTERVAL_S": "10",
-        "FAR_MESH_PAYOUT_MIN_FAR": "0.000001",
-        "FAR_MESH_PAYOUT_CONFIRMATIONS": "2",
-        "FAR_MESH_PAYOUT_METRICS_PORT": str(free_port()),
+        "CHAIN_RPC_URL": node.url,
+        "CHAIN_ID": str(DEV_CHAIN_ID),
+        "CHAIN_TOKEN_ADDRESS": token,
+        "CHAIN_BATCH_CONTRACT_ADDRESS": batch,
+        "DEPOSIT_CONTRACT_ADDRESS": deposit,
+        "DEPOSIT_CONFIRMATIONS": "2",
+        "PAYOUT_TREASURY_KEY_FILE": str(key_file),
+        "PAYOUT_INTERVAL_S": "10",
+        "PAYOUT_MIN_FAR": "0.000001",
+        "PAYOUT_CONFIRMATIONS": "2",
+        "PAYOUT_METRICS_PORT": str(free_port()),
     }
     return DevChain(
         node, env, tuple(dev_account(i).address for i in PROVIDER_ACCOUNTS), dev_account(BUYER_ACCOUNT).address
@@ -95,7 +95,7 @@ def resolve_chain(state_dir: Path) -> DevChain:
 def fund_buyer(chain: DevChain, amount_far: Decimal) -> str:
     """The development buyer deposits `amount_far` through the FarDeposit contract (approve, then deposit), the
     treasury first sending it the $FAR, since the whole supply is minted to the treasury; returns the deposit's
-    transaction hash. The deposit watcher credits it once it is FAR_MESH_DEPOSIT_CONFIRMATIONS deep. The $FAR goes
+    transaction hash. The deposit watcher credits it once it is DEPOSIT_CONFIRMATIONS deep. The $FAR goes
     back where it came from, but the transfer out is not a payout the ledger knows: `ledger reconcile
     --opening-far` on this chain counts it as the treasury's transfer out (development only)."""
     from web3 import Web3
@@ -107,10 +107,10 @@ def fund_buyer(chain: DevChain, amount_far: Decimal) -> str:
 
     w3 = Web3(Web3.HTTPProvider(chain.node.url))
     units = to_base_units(amount_far)
-    token = chain.env["FAR_MESH_TOKEN_ADDRESS"]
+    token = chain.env["CHAIN_TOKEN_ADDRESS"]
     buyer = dev_account(BUYER_ACCOUNT)
     transfer(w3, dev_account(1), token, buyer.address, units)
-    receipt = make_deposit(w3, buyer, token, chain.env["FAR_MESH_DEPOSIT_CONTRACT_ADDRESS"], units)
+    receipt = make_deposit(w3, buyer, token, chain.env["DEPOSIT_CONTRACT_ADDRESS"], units)
     return Web3.to_hex(receipt["transactionHash"])
 
 
@@ -189,11 +189,11 @@ def write_operator_env(chain: DevChain, postgres_url: str, path: Path) -> Path:
     """The settings an operator's shell needs to look at payouts (`payouts list`, `chain balance`): the
     ledger, the node and the contracts; not the treasury key."""
     keys = (
-        "FAR_MESH_CHAIN_RPC_URL",
-        "FAR_MESH_CHAIN_ID",
-        "FAR_MESH_TOKEN_ADDRESS",
-        "FAR_MESH_BATCH_CONTRACT_ADDRESS",
-        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS",
+        "CHAIN_RPC_URL",
+        "CHAIN_ID",
+        "CHAIN_TOKEN_ADDRESS",
+        "CHAIN_BATCH_CONTRACT_ADDRESS",
+        "DEPOSIT_CONTRACT_ADDRESS",
     )
     lines = [f"POSTGRES_URL={postgres_url}", *(f"{key}={chain.env[key]}" for key in keys)]
     path.write_text("\n".join(lines) + "\n")

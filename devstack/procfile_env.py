@@ -33,21 +33,21 @@ DEFAULT_PORTS = {
     "FAR_MESH_DHT_PORT": DHT_PORT,
     "GATEWAY_PORT": 8100,
     "PORTAL_PORT": 8200,
-    "FAR_MESH_WORKER_METRICS_PORT": 9101,
+    "WORKER_METRICS_PORT": 9101,
     "ACCOUNTING_METRICS_PORT": 9102,
-    "FAR_MESH_PAYOUT_METRICS_PORT": 9103,
-    "FAR_MESH_VERIFIER_METRICS_PORT": 9104,
-    "FAR_MESH_DEPOSIT_METRICS_PORT": 9105,
-    "FAR_MESH_RECONCILE_METRICS_PORT": 9106,
+    "PAYOUT_METRICS_PORT": 9103,
+    "VERIFIER_METRICS_PORT": 9104,
+    "DEPOSIT_METRICS_PORT": 9105,
+    "LEDGER_METRICS_PORT": 9106,
 }
 """Every port a Procfile process listens on; the settings' own defaults, or free ones with --free-ports."""
 CHAIN_HINT = """\
 # Payouts and deposits: with none of the chain settings below set, `payouts serve` and `deposits watch` log
 # that they pay and credit nothing and idle; `ledger serve` reconciles the journal alone.
 # To pay providers on a chain: `far-mesh chain deploy` prints the addresses; then set
-# FAR_MESH_CHAIN_RPC_URL, FAR_MESH_CHAIN_ID, FAR_MESH_TOKEN_ADDRESS, FAR_MESH_BATCH_CONTRACT_ADDRESS and
-# FAR_MESH_TREASURY_KEY_FILE (a file holding the treasury's key; never the key itself in this file), and
-# FAR_MESH_DEPOSIT_CONTRACT_ADDRESS for buyers' deposits.
+# CHAIN_RPC_URL, CHAIN_ID, CHAIN_TOKEN_ADDRESS, CHAIN_BATCH_CONTRACT_ADDRESS and
+# PAYOUT_TREASURY_KEY_FILE (a file holding the treasury's key; never the key itself in this file), and
+# DEPOSIT_CONTRACT_ADDRESS for buyers' deposits.
 """
 
 
@@ -122,7 +122,7 @@ def procfile_env(
         "FAR_MESH_DHT_HOST": LOOPBACK,
         "FAR_MESH_DHT_BOOTSTRAP": bootstrap,
         **{name: str(port) for name, port in ports.items()},
-        "FAR_MESH_WORKER_METRICS_HOST": LOOPBACK,
+        "WORKER_METRICS_HOST": LOOPBACK,
         # Plain HTTP on loopback: the session cookie cannot be Secure, so the portal listens on 127.0.0.1 only.
         "PORTAL_HOST": LOOPBACK,
         "PORTAL_DOMAIN": f"{LOOPBACK}:{ports['PORTAL_PORT']}",

@@ -197,26 +197,26 @@ class LocalSystem:
             "PYTHONUNBUFFERED": "1",
         }
         if name.startswith("worker."):  # several workers on one machine need a metrics port each
-            env["FAR_MESH_WORKER_METRICS_PORT"] = str(free_port())
+            env["WORKER_METRICS_PORT"] = str(free_port())
         if name == "accounting":
             env["ACCOUNTING_METRICS_PORT"] = str(free_port())
         if name == "verifier":
-            env["FAR_MESH_VERIFIER_METRICS_PORT"] = str(free_port())
+            env["VERIFIER_METRICS_PORT"] = str(free_port())
         if self.chain:
             # Buyers pay on the local chain: admission holds each request against its wallet's prepaid balance.
             env["GATEWAY_REQUIRE_PREPAID_BALANCE"] = "true"
         if name == "payouts" and self.chain:
             env |= self.chain.env
         if name in ("deposits", "ledger") and self.chain:  # the node and contracts; never the treasury's key
-            env |= {k: v for k, v in self.chain.env.items() if k != "FAR_MESH_TREASURY_KEY_FILE"}
-            env |= {"FAR_MESH_DEPOSIT_POLL_S": "1", "FAR_MESH_DEPOSIT_METRICS_PORT": str(free_port())}
-            env |= {"FAR_MESH_RECONCILE_INTERVAL_S": "30", "FAR_MESH_RECONCILE_METRICS_PORT": str(free_port())}
+            env |= {k: v for k, v in self.chain.env.items() if k != "PAYOUT_TREASURY_KEY_FILE"}
+            env |= {"DEPOSIT_POLL_S": "1", "DEPOSIT_METRICS_PORT": str(free_port())}
+            env |= {"LEDGER_RECONCILE_INTERVAL_S": "30", "LEDGER_METRICS_PORT": str(free_port())}
         if name == "portal":
             env |= self._portal_env()
             if self.chain:  # the balance page names the deposit contract and the token
                 env |= {
                     key: self.chain.env[key]
-                    for key in ("FAR_MESH_CHAIN_ID", "FAR_MESH_TOKEN_ADDRESS", "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS")
+                    for key in ("CHAIN_ID", "CHAIN_TOKEN_ADDRESS", "DEPOSIT_CONTRACT_ADDRESS")
                     if key in self.chain.env
                 }
         return env | dict(self.plan.env)
@@ -259,7 +259,7 @@ def _start_chain(state_dir: Path, postgres_url: str) -> "DevChain":
 
     chain = resolve_chain(state_dir)
     env_file = write_operator_env(chain, postgres_url, state_dir / "payouts.env")
-    print(f"dev: chain {chain.node.origin} {chain.node.url} token={chain.env['FAR_MESH_TOKEN_ADDRESS']}", flush=True)
+    print(f"dev: chain {chain.node.origin} {chain.node.url} token={chain.env['CHAIN_TOKEN_ADDRESS']}", flush=True)
     print(f"dev: providers paid on chain: {' '.join(chain.provider_wallets)}", flush=True)
     print(f"dev: for `far-mesh payouts list` and `far-mesh chain balance`: set -a; . {env_file}; set +a", flush=True)
     return chain
@@ -347,7 +347,7 @@ def _fund_development_buyer(chain: "DevChain", dsn: str) -> Decimal | None:
 
 
 def _wait_for_credit(dsn: str, wallet: str, expected: Decimal) -> None:
-    """Wait until the deposit watcher has credited the development deposit (FAR_MESH_DEPOSIT_CONFIRMATIONS deep),
+    """Wait until the deposit watcher has credited the development deposit (DEPOSIT_CONFIRMATIONS deep),
     so the first request after the summary is admitted; a watcher that never does is named, not hidden."""
     import time
 

@@ -23,11 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import batch_api, inference, mesh_status, openai_api, usage
+from gateway import batch_api, inference, mesh_status, openai_api, usage_api
 from gateway.api_keys import KeyStore, KeyStoreUnavailable
 from gateway.balances import Balances
 from gateway.batch_runner import BatchRunner
-from gateway.budgets import RESERVATION_MARGIN_S, Budgets
+from gateway.budget_admission import RESERVATION_MARGIN_S, Budgets
 from gateway.direct_send import DirectSendMiddleware
 from gateway.errors import ApiError, error_response
 from gateway.inflight import Inflight
@@ -170,7 +170,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
-        Route("/v1/usage", usage.usage, methods=["GET"]),
+        Route("/v1/usage", usage_api.usage, methods=["GET"]),
         Route("/v1/files", batch_api.files, methods=["GET", "POST"]),
         Route("/v1/files/{file_id}", batch_api.file, methods=["GET", "DELETE"]),
         Route("/v1/files/{file_id}/content", batch_api.file_content, methods=["GET"]),

@@ -2,12 +2,12 @@
 can cost, or refuse it with 402 `insufficient_balance`.
 
 `protocol.balances` holds the account's layout and the worker's settle; this is the gateway's half, built like
-`gateway.budgets`. The balance is the journal's (deposits credited minus sessions charged, schema/0020 and 0022)
-minus every open hold: one Lua script checks and holds, so requests racing for the last of a balance on any
-number of replicas cannot together spend more than it. An account Redis does not hold is rebuilt from the
-journal first, one in use every `RECONCILE_S`, and one that refuses a request is rebuilt at once and asked again,
-so a deposit credited since counts at the next request. The hold names its wallet under the request id, so the
-worker settles it at the actual cost whichever way the request ends; one nobody settles lapses.
+`gateway.budget_admission`. The balance is the journal's (deposits credited minus sessions charged, schema/0020 and
+0022) minus every open hold: one Lua script checks and holds, so requests racing for the last of a balance on any
+number of replicas cannot together spend more than it. An account Redis does not hold is rebuilt from the journal
+first, one in use every `RECONCILE_S`, and one that refuses a request is rebuilt at once and asked again, so a
+deposit credited since counts at the next request. The hold names its wallet under the request id, so the worker
+settles it at the actual cost whichever way the request ends; one nobody settles lapses.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -18,7 +18,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from gateway.api_keys import KeyStoreUnavailable
-from gateway.budgets import REBUILD
+from gateway.budget_admission import REBUILD
 from gateway.errors import ApiError
 from protocol import balances, budgets, keys
 
@@ -96,7 +96,7 @@ def buyer_account(wallet: str) -> str:
 
 
 class Balances:
-    """Holds and releases against wallets' prepaid balances; the worker settles (`workers.budget`)."""
+    """Holds and releases against wallets' prepaid balances; the worker settles (`workers.budget_settlement`)."""
 
     def __init__(self, redis: aioredis.Redis, pool: asyncpg.Pool, *, timeout_s: float, hold_ttl_s: float) -> None:
         self._redis = redis

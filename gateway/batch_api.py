@@ -36,7 +36,7 @@ from gateway.batch_store import (
     new_batch_id,
 )
 from gateway.bodies import read_model
-from gateway.budgets import check_key_limits
+from gateway.budget_admission import check_key_limits
 from gateway.errors import (
     ApiError,
     Conflict,

@@ -10,7 +10,7 @@ hands over within the lock's lifetime). Every pass it:
 2. **Dispatches** further lines of a model only while nothing waits in that model's queue (every queued job is
    already in some worker's hands), no interactive request of that model has run for GATEWAY_BATCH_YIELD_S, and
    fewer than GATEWAY_BATCH_MAX_IN_FLIGHT of its batch lines run. So an interactive request never queues behind
-   a batch line, at most that many of a worker fleet's slots (FAR_MESH_WORKER_MAX_JOBS each) hold batch lines,
+   a batch line, at most that many of a worker fleet's slots (WORKER_MAX_JOBS each) hold batch lines,
    and interactive traffic stops batch dispatch within one pass: batch lines fill the time interactive buyers
    leave idle. What they still take from an interactive request that arrives while they run is the swarm
    servers' compute until they end (a line is never preempted); `bench/bench_batch.py` measures interactive

@@ -8,7 +8,7 @@ from starlette.requests import Request
 
 from gateway.api_keys import KeyStore
 from gateway.balances import Balances
-from gateway.budgets import Budgets
+from gateway.budget_admission import Budgets
 from gateway.inflight import Inflight
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter

@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import telemetry
 from gateway.api_keys import ApiKey
-from gateway.budgets import check_key_limits
+from gateway.budget_admission import check_key_limits
 from gateway.errors import (
     Conflict,
     Forbidden,

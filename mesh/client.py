@@ -120,9 +120,7 @@ def open_client(
     from mesh.compat import AutoDistributedModelForCausalLM
 
     if not initial_peers:
-        raise ValueError(
-            f"{spec.model_id}: no initial peers; pass the swarm's multiaddrs (e.g. FAR_MESH_INITIAL_PEERS)"
-        )
+        raise ValueError(f"{spec.model_id}: no initial peers; pass the swarm's multiaddrs (FAR_MESH_DHT_BOOTSTRAP)")
     tokenizer = AutoTokenizer.from_pretrained(spec.weights_source)
     model = AutoDistributedModelForCausalLM.from_pretrained(
         spec.weights_source,

@@ -27,25 +27,25 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--payer",
         choices=("file", "chain"),
         default="file",
-        help="chain: pay on chain now (FAR_MESH_CHAIN_*, FAR_MESH_TREASURY_*); file: export for manual signing",
+        help="chain: pay on chain now (CHAIN_*, PAYOUT_TREASURY_*); file: export for manual signing",
     )
     run.add_argument(
         "--min-far",
         type=non_negative_far,
         default=None,
-        help="smallest total a wallet is paid (default FAR_MESH_PAYOUT_MIN_FAR, as `serve`: 1)",
+        help="smallest total a wallet is paid (default PAYOUT_MIN_FAR, as `serve`: 1)",
     )
     run.add_argument(
         "--max-wallets",
         type=whole_number,
         default=None,
-        help="most wallets in the batch (default FAR_MESH_PAYOUT_MAX_WALLETS, as `serve`: 200)",
+        help="most wallets in the batch (default PAYOUT_MAX_WALLETS, as `serve`: 200)",
     )
     run.add_argument("--out-dir", type=Path, help="where the file payer writes the batch file (--payer file)")
     run.set_defaults(handler=run_payouts)
 
     serve = actions.add_parser(
-        "serve", help="pay on chain continuously: every FAR_MESH_PAYOUT_INTERVAL_S, with metrics on its port"
+        "serve", help="pay on chain continuously: every PAYOUT_INTERVAL_S, with metrics on its port"
     )
     serve.set_defaults(handler=serve_payouts)
 
@@ -70,7 +70,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--sender",
         type=_wallet,
         help="with --tx: the address that must have paid; default: the sender the ledger recorded for the batch, "
-        "else the treasury's (from FAR_MESH_TREASURY_KEY_FILE / _KEY)",
+        "else the treasury's (from PAYOUT_TREASURY_KEY_FILE / _KEY)",
     )
     resolve.set_defaults(handler=resolve_payout)
 
@@ -138,7 +138,7 @@ def _payout_settings() -> "PayoutSettings":
 
     settings = PayoutSettings.from_env()
     settings.configure_logging()
-    for name in ("far_mesh_token_address", "far_mesh_batch_contract_address"):
+    for name in ("chain_token_address", "chain_batch_contract_address"):
         if getattr(settings, name) is None:
             raise SettingsError(f"{name.upper()}: required by the chain payer (see `far-mesh chain deploy`)")
     try:
@@ -154,9 +154,7 @@ def _run_chain_payouts(args: argparse.Namespace) -> int:
 
     settings = _payout_settings()
     policy = settings.batch_policy(min_far=args.min_far, max_wallets=args.max_wallets)
-    settings = settings.model_copy(
-        update={"far_mesh_payout_min_far": policy.min_far, "far_mesh_payout_max_wallets": policy.max_wallets}
-    )
+    settings = settings.model_copy(update={"payout_min_far": policy.min_far, "payout_max_wallets": policy.max_wallets})
 
     async def run() -> int:
         import asyncpg
@@ -181,10 +179,10 @@ def _run_chain_payouts(args: argparse.Namespace) -> int:
 
 
 CHAIN_VARIABLES = (
-    "far_mesh_token_address",
-    "far_mesh_batch_contract_address",
-    "far_mesh_treasury_key_file",
-    "far_mesh_treasury_key",
+    "chain_token_address",
+    "chain_batch_contract_address",
+    "payout_treasury_key_file",
+    "payout_treasury_key",
 )
 """Unset together, there is no chain to pay on (a local Procfile run): `payouts serve` says so and idles."""
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the payer (`far-mesh payouts serve`, served on FAR_MESH_PAYOUT_METRICS_PORT). Amounts
+"""Prometheus metrics of the payer (`far-mesh payouts serve`, served on PAYOUT_METRICS_PORT). Amounts
 here are for dashboards only (Prometheus values are floats); the ledger's exact figures are in far_payment_batches.
 """
 

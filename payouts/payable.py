@@ -32,16 +32,16 @@ _DEFAULTS = PayoutSettings.model_fields
 class PayoutHold:
     """What the claim holds back; the defaults are the settings' (payouts.settings.PayoutSettings)."""
 
-    max_lag_s: float = _DEFAULTS["far_mesh_verify_max_lag_s"].default
-    reserve_sessions: int = PayoutSettings.reserve_at(_DEFAULTS["far_mesh_verify_fraction"].default)
-    reserve_hold_s: float = _DEFAULTS["far_mesh_payout_reserve_hold_s"].default
+    max_lag_s: float = _DEFAULTS["payout_verify_max_lag_s"].default
+    reserve_sessions: int = PayoutSettings.reserve_at(_DEFAULTS["worker_verify_fraction"].default)
+    reserve_hold_s: float = _DEFAULTS["payout_reserve_hold_s"].default
 
     @classmethod
     def from_settings(cls, settings: PayoutSettings) -> "PayoutHold":
         return cls(
-            settings.far_mesh_verify_max_lag_s,
-            settings.payout_reserve_sessions,
-            settings.far_mesh_payout_reserve_hold_s,
+            settings.payout_verify_max_lag_s,
+            settings.reserve_sessions,
+            settings.payout_reserve_hold_s,
         )
 
     def __post_init__(self) -> None:

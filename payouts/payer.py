@@ -12,12 +12,12 @@ pays providers' earnings, or buyers' withdrawals: `payouts.withdrawals`; both go
 2. signed: the transaction is signed with the treasury's next nonce and COMMITTED (raw bytes, hash, nonce,
    fees) before anything is sent;
 3. submitted: it is broadcast (again after a restart: a signed transaction is idempotent);
-4. then the chain decides. A receipt with status 1 and FAR_MESH_PAYOUT_CONFIRMATIONS blocks marks the batch
+4. then the chain decides. A receipt with status 1 and PAYOUT_CONFIRMATIONS blocks marks the batch
    and its rows paid with the transaction's hash; a receipt with status 0 (reverted) that has as many blocks
-   fails the batch and releases the rows; the treasury's nonce passing the batch's, FAR_MESH_PAYOUT_CONFIRMATIONS
+   fails the batch and releases the rows; the treasury's nonce passing the batch's, PAYOUT_CONFIRMATIONS
    blocks deep, with no receipt for any of its transactions on RELEASE_CHECKS polls in a row, means another
    transaction took that nonce, so none of ours can ever land: failed, rows released. A transaction not
-   mined for FAR_MESH_PAYOUT_REPLACE_AFTER_S is replaced by one with the same nonce and higher fees.
+   mined for PAYOUT_REPLACE_AFTER_S is replaced by one with the same nonce and higher fees.
 
 Never twice: every transaction of a batch has the batch's one nonce, so at most one can ever be mined, and
 rows are released only once the chain shows, confirmation-deep and more than once, that none of them
@@ -88,8 +88,8 @@ PAYER_LOCK_KEY = 0x6661725F706179  # "far_pay": one chain payer per ledger, so o
 GAS_MARGIN = Decimal("1.25")
 """The gas limit signed is the estimate plus a quarter: state can change a little between estimate and mining."""
 RELEASE_CHECKS = 3
-"""Polls in a row (FAR_MESH_PAYOUT_POLL_S apart) that must find no receipt for any transaction of a batch, with
-the treasury's nonce past the batch's FAR_MESH_PAYOUT_CONFIRMATIONS blocks deep, before its rows are released:
+"""Polls in a row (PAYOUT_POLL_S apart) that must find no receipt for any transaction of a batch, with
+the treasury's nonce past the batch's PAYOUT_CONFIRMATIONS blocks deep, before its rows are released:
 one node of a load-balanced RPC answering null once, or a node a few blocks behind, is not evidence."""
 
 
@@ -166,19 +166,17 @@ class ChainPayer:
     def __init__(
         self, settings: PayoutSettings, client: ChainClient, treasury: LocalAccount, chain: ChainIdentity
     ) -> None:
-        if settings.far_mesh_token_address is None or settings.far_mesh_batch_contract_address is None:
-            raise ValueError(
-                "FAR_MESH_TOKEN_ADDRESS and FAR_MESH_BATCH_CONTRACT_ADDRESS are required by the chain payer"
-            )
+        if settings.chain_token_address is None or settings.chain_batch_contract_address is None:
+            raise ValueError("CHAIN_TOKEN_ADDRESS and CHAIN_BATCH_CONTRACT_ADDRESS are required by the chain payer")
         self.settings = settings
         self.client = client
         self.treasury = treasury
-        self.token = settings.far_mesh_token_address
-        self.batch_contract = settings.far_mesh_batch_contract_address
-        self.chain_id = settings.far_mesh_chain_id
+        self.token = settings.chain_token_address
+        self.batch_contract = settings.chain_batch_contract_address
+        self.chain_id = settings.chain_id
         self.chain = chain
         """The chain this payer signs for; a batch signed for another one is never followed here."""
-        self.cap = gwei(settings.far_mesh_payout_max_fee_gwei)
+        self.cap = gwei(settings.payout_max_fee_gwei)
         self._capped: set[str] = set()
         """Stuck transactions already reported as unreplaceable under the fee cap (reported once each)."""
         self._absent: dict[int, int] = {}
@@ -190,19 +188,15 @@ class ChainPayer:
     async def connect(cls, settings: PayoutSettings) -> "ChainPayer":
         """Load the key and check the node (reachable, right chain, both contracts deployed) before any claim."""
         treasury: LocalAccount = Account.from_key(settings.treasury_key().get_secret_value())
-        client = ChainClient(settings.far_mesh_chain_rpc_url, timeout_s=settings.far_mesh_chain_rpc_timeout_s)
+        client = ChainClient(settings.chain_rpc_url, timeout_s=settings.chain_rpc_timeout_s)
         contracts = {
-            "FAR_MESH_TOKEN_ADDRESS": settings.far_mesh_token_address,
-            "FAR_MESH_BATCH_CONTRACT_ADDRESS": settings.far_mesh_batch_contract_address,
+            "CHAIN_TOKEN_ADDRESS": settings.chain_token_address,
+            "CHAIN_BATCH_CONTRACT_ADDRESS": settings.chain_batch_contract_address,
         }
         if None in contracts.values():
-            raise ValueError(
-                "FAR_MESH_TOKEN_ADDRESS and FAR_MESH_BATCH_CONTRACT_ADDRESS are required by the chain payer"
-            )
-        await client.check(settings.far_mesh_chain_id, {k: str(v) for k, v in contracts.items()})
-        chain = ChainIdentity(
-            settings.far_mesh_chain_id, await client.genesis_hash(), str(settings.far_mesh_token_address)
-        )
+            raise ValueError("CHAIN_TOKEN_ADDRESS and CHAIN_BATCH_CONTRACT_ADDRESS are required by the chain payer")
+        await client.check(settings.chain_id, {k: str(v) for k, v in contracts.items()})
+        chain = ChainIdentity(settings.chain_id, await client.genesis_hash(), str(settings.chain_token_address))
         payer = cls(settings, client, treasury, chain)
         log.info("chain payer ready node=%s %s treasury=%s", client.node, chain, treasury.address)
         return payer
@@ -282,7 +276,7 @@ class ChainPayer:
             else:
                 step = await self._follow(connection, state)
             if step == "wait":
-                await asyncio.sleep(self.settings.far_mesh_payout_poll_s)
+                await asyncio.sleep(self.settings.payout_poll_s)
 
     async def _fail(
         self, connection: asyncpg.Connection, batch_id: int, reason: str, reverted: Mined | None = None
@@ -321,7 +315,7 @@ class ChainPayer:
         gas_limit = int(estimate * GAS_MARGIN)
         fees = first_offer(
             await self.client.base_fee(),
-            priority_fee=gwei(self.settings.far_mesh_payout_priority_fee_gwei),
+            priority_fee=gwei(self.settings.payout_priority_fee_gwei),
             cap=self.cap,
         )
         gas_held = await self.client.gas_balance(sender)
@@ -388,7 +382,7 @@ class ChainPayer:
             return await self._nonce_passed(connection, state)
         self._absent.pop(state.id, None)
         newest = state.transactions[-1]
-        if newest.age_s >= self.settings.far_mesh_payout_replace_after_s:
+        if newest.age_s >= self.settings.payout_replace_after_s:
             return await self._replace(connection, state, newest)
         if not await self.client.is_known(newest.tx_hash):
             await self._send(newest)  # the node lost it (restarted, evicted): the same bytes, again
@@ -399,9 +393,9 @@ class ChainPayer:
         """The treasury's nonce is past the batch's and no receipt of ours was found: another transaction took the
         nonce, or the node that answered is behind (a load balancer's other node, a lagging one) and one of ours
         was mined. Released only on evidence that lasts: the nonce past the batch's at the block
-        FAR_MESH_PAYOUT_CONFIRMATIONS deep, and no receipt on RELEASE_CHECKS polls in a row."""
+        PAYOUT_CONFIRMATIONS deep, and no receipt on RELEASE_CHECKS polls in a row."""
         assert state.nonce is not None and state.sender is not None
-        deep_block = await self.client.block_number() - self.settings.far_mesh_payout_confirmations + 1
+        deep_block = await self.client.block_number() - self.settings.payout_confirmations + 1
         deep_nonce = await self.client.nonce_at(state.sender, max(deep_block, 0))
         if deep_nonce is None or deep_nonce <= state.nonce:
             self._absent.pop(state.id, None)
@@ -422,7 +416,7 @@ class ChainPayer:
             connection,
             state.id,
             f"nonce {state.nonce} of {state.sender} was used by a transaction this payer did not sign for the "
-            f"batch ({self.settings.far_mesh_payout_confirmations} blocks deep, no receipt on {RELEASE_CHECKS} "
+            f"batch ({self.settings.payout_confirmations} blocks deep, no receipt on {RELEASE_CHECKS} "
             "polls); nothing was paid",
         )
 
@@ -433,7 +427,7 @@ class ChainPayer:
         # paid or reverted, a receipt counts once it has its confirmations and is still in the same block: a
         # reverted receipt of a block that is later reorganised away may leave room for a transfer that pays
         head = await self.client.block_number()
-        if head - receipt.block_number + 1 < self.settings.far_mesh_payout_confirmations:
+        if head - receipt.block_number + 1 < self.settings.payout_confirmations:
             return "wait"
         again = await self.client.receipt(tx.tx_hash)  # still in the same block after the confirmations?
         if again is None or again.block_hash != receipt.block_hash or again.status != receipt.status:
@@ -477,7 +471,7 @@ class ChainPayer:
             fees = replacement(
                 previous,
                 await self.client.base_fee(),
-                bump_percent=self.settings.far_mesh_payout_fee_bump_percent,
+                bump_percent=self.settings.payout_fee_bump_percent,
                 cap=self.cap,
             )
         except FeeCapReached as exc:
@@ -542,7 +536,7 @@ async def refresh_gauges(connection: asyncpg.Connection, payer: ChainPayer) -> N
 
 
 async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | None = None) -> None:
-    """`far-mesh payouts serve`: every FAR_MESH_PAYOUT_INTERVAL_S, finish what is in flight and pay one batch
+    """`far-mesh payouts serve`: every PAYOUT_INTERVAL_S, finish what is in flight and pay one batch
     (at once again after a paid one: more may be owed).
 
     Until SIGTERM/SIGINT (or `stop`). Stopping at any moment is safe: every step is committed before the next
@@ -566,14 +560,12 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
     if payer is None:
         log.info("payouts serve stopped")
         return
-    server = (
-        start_http_server(settings.far_mesh_payout_metrics_port)[0] if settings.far_mesh_payout_metrics_port else None
-    )
+    server = start_http_server(settings.payout_metrics_port)[0] if settings.payout_metrics_port else None
     metrics.PAYOUT_HALTED.set(0)
     log.info(
         "payouts serve started interval_s=%s min_far=%s",
-        settings.far_mesh_payout_interval_s,
-        settings.far_mesh_payout_min_far,
+        settings.payout_interval_s,
+        settings.payout_min_far,
     )
     try:
         while not stop.is_set():
@@ -596,7 +588,7 @@ async def serve_chain_payouts(settings: PayoutSettings, stop: asyncio.Event | No
                 await stop.wait()  # /metrics stays up, so the alert on far_payout_halted sees it
                 break
             try:
-                await asyncio.wait_for(stop.wait(), timeout=settings.far_mesh_payout_interval_s)
+                await asyncio.wait_for(stop.wait(), timeout=settings.payout_interval_s)
             except TimeoutError:
                 pass
     finally:

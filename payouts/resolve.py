@@ -45,8 +45,8 @@ async def resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | No
 
     settings = PayoutSettings.from_env()
     settings.configure_logging()
-    if settings.far_mesh_token_address is None:
-        raise SettingsError("FAR_MESH_TOKEN_ADDRESS: required to check a transaction's $FAR transfers")
+    if settings.chain_token_address is None:
+        raise SettingsError("CHAIN_TOKEN_ADDRESS: required to check a transaction's $FAR transfers")
     connection = await asyncpg.connect(settings.postgres_url)
     try:
         state = await batch_state(connection, batch_id)
@@ -58,15 +58,15 @@ async def resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | No
             )
         expected = _expected_sender(batch_id, recorded=state.sender, given=sender, settings=settings)
         batch = await load_batch(connection, batch_id)
-        client = ChainClient(settings.far_mesh_chain_rpc_url, timeout_s=settings.far_mesh_chain_rpc_timeout_s)
-        await client.check(settings.far_mesh_chain_id, {"FAR_MESH_TOKEN_ADDRESS": settings.far_mesh_token_address})
+        client = ChainClient(settings.chain_rpc_url, timeout_s=settings.chain_rpc_timeout_s)
+        await client.check(settings.chain_id, {"CHAIN_TOKEN_ADDRESS": settings.chain_token_address})
         mined = await verify_transaction(
             client,
             batch,
             tx_hash,
-            token=settings.far_mesh_token_address,
+            token=settings.chain_token_address,
             sender=expected,
-            confirmations=settings.far_mesh_payout_confirmations,
+            confirmations=settings.payout_confirmations,
         )
         try:
             await mark_paid(connection, batch_id, mined.tx_hash, mined)
@@ -96,7 +96,7 @@ def _expected_sender(batch_id: int, *, recorded: str | None, given: str | None, 
     except ValueError:
         raise SettingsError(
             f"--sender: payment batch {batch_id} records no sender; name the address that paid it, or set "
-            "FAR_MESH_TREASURY_KEY_FILE or FAR_MESH_TREASURY_KEY so the treasury's is derived"
+            "PAYOUT_TREASURY_KEY_FILE or PAYOUT_TREASURY_KEY so the treasury's is derived"
         ) from None
     return str(Account.from_key(key.get_secret_value()).address)
 

@@ -1,4 +1,4 @@
-"""What `far-mesh payouts run|serve|resolve` read: the ledger, the chain (chain.settings), and FAR_MESH_PAYOUT_*:
+"""What `far-mesh payouts run|serve|resolve` read: the ledger, the chain (chain.settings), and PAYOUT_*:
 how batches are paid, and what verification holds back."""
 
 from dataclasses import dataclass
@@ -30,99 +30,97 @@ class BatchPolicy:
 class PayoutSettings(LedgerSettings, ChainSettings):
     """What `far-mesh payouts run|serve` reads: the ledger, the chain, and how batches are paid."""
 
-    far_mesh_payout_confirmations: int = Field(
+    payout_confirmations: int = Field(
         default=2,
         ge=1,
         le=1000,
         description="Blocks a payout transaction needs (its own included) before rows are paid",
     )
-    far_mesh_payout_min_far: FarAmount = Field(
+    payout_min_far: FarAmount = Field(
         default=Decimal(1),
         description="Smallest unpaid total a wallet is paid in a batch, by either payer (`payouts serve`, and "
         "`payouts run` unless --min-far says otherwise)",
     )
-    far_mesh_payout_max_wallets: int = Field(
+    payout_max_wallets: int = Field(
         default=200,
         ge=1,
         le=1000,
         description="Most wallets one batch pays (one payBatch transaction), by either payer (`payouts serve`, and "
         "`payouts run` unless --max-wallets says otherwise)",
     )
-    far_mesh_payout_interval_s: float = Field(
+    payout_interval_s: float = Field(
         default=60.0, gt=0, description="How often `payouts serve` looks for wallets owed at least the minimum"
     )
-    far_mesh_payout_poll_s: float = Field(
-        default=1.0, gt=0, le=60, description="How often a sent transaction is checked"
-    )
-    far_mesh_payout_replace_after_s: float = Field(
+    payout_poll_s: float = Field(default=1.0, gt=0, le=60, description="How often a sent transaction is checked")
+    payout_replace_after_s: float = Field(
         default=120.0,
         gt=0,
         description="A transaction not mined for this long is replaced with higher fees, same nonce",
     )
-    far_mesh_payout_fee_bump_percent: int = Field(
+    payout_fee_bump_percent: int = Field(
         default=25, ge=10, le=500, description="How much a replacement raises both EIP-1559 fees (nodes want >= 10%)"
     )
-    far_mesh_payout_max_fee_gwei: Decimal = Field(
+    payout_max_fee_gwei: Decimal = Field(
         default=Decimal(500), gt=0, description="Highest max fee per gas a payout transaction may offer, in gwei"
     )
-    far_mesh_payout_priority_fee_gwei: Decimal = Field(
+    payout_priority_fee_gwei: Decimal = Field(
         default=Decimal(1), ge=0, description="Priority fee (tip) per gas of a first attempt, in gwei"
     )
-    far_mesh_payout_metrics_port: int = Field(
+    payout_metrics_port: int = Field(
         default=9103, ge=0, le=65535, description="Port of the payer's /metrics (Prometheus); 0 disables"
     )
-    far_mesh_verify_fraction: float = Field(
+    worker_verify_fraction: float = Field(
         default=0.05,
         gt=0,
         le=1,
         description="Share of sessions whose server spans the verifier recomputes (the workers' sample rate, read "
         "by the payer to size the reserve)",
     )
-    far_mesh_verify_max_lag_s: float = Field(
+    payout_verify_max_lag_s: float = Field(
         default=900.0,
         gt=0,
         description="The verifier's stated maximum lag: a session not sampled is paid only once it finished this "
         "long ago (sampled ones once verified), so a mismatch of the same wallet can still forfeit it",
     )
-    far_mesh_payout_reserve_sessions: int | None = Field(
+    payout_reserve_sessions: int | None = Field(
         default=None,
         ge=1,
         description="A wallet's most recent unpaid contribution rows held back as the stake a mismatch forfeits; "
-        "unset: ceil(1/FAR_MESH_VERIFY_FRACTION); 1/FAR_MESH_VERIFY_FRACTION - 2 or fewer is refused",
+        "unset: ceil(1/WORKER_VERIFY_FRACTION); 1/WORKER_VERIFY_FRACTION - 2 or fewer is refused",
     )
-    far_mesh_payout_reserve_hold_s: float = Field(
+    payout_reserve_hold_s: float = Field(
         default=604_800.0,
         gt=0,
         description="A reserved row is paid once its session finished this long ago (a provider that stops is paid "
-        "in full); longer than FAR_MESH_VERIFY_MAX_LAG_S",
+        "in full); longer than PAYOUT_VERIFY_MAX_LAG_S",
     )
 
     @model_validator(mode="after")
     def _tip_within_cap(self) -> Self:
-        if self.far_mesh_payout_priority_fee_gwei > self.far_mesh_payout_max_fee_gwei:
-            raise ValueError("FAR_MESH_PAYOUT_PRIORITY_FEE_GWEI must not exceed FAR_MESH_PAYOUT_MAX_FEE_GWEI")
+        if self.payout_priority_fee_gwei > self.payout_max_fee_gwei:
+            raise ValueError("PAYOUT_PRIORITY_FEE_GWEI must not exceed PAYOUT_MAX_FEE_GWEI")
         return self
 
     @model_validator(mode="after")
     def _cheating_loses(self) -> Self:
         """Refuse a reserve too small for cheating to be a losing bet at the sample rate, and a reserve released
         before the verifier's lag is over (docs/verification.md, "What cheating costs")."""
-        fraction = self.far_mesh_verify_fraction
-        if not cheating_loses(fraction, self.payout_reserve_sessions):
+        fraction = self.worker_verify_fraction
+        if not cheating_loses(fraction, self.reserve_sessions):
             raise ValueError(
-                f"FAR_MESH_PAYOUT_RESERVE_SESSIONS={self.payout_reserve_sessions} does not exceed the break-even "
-                f"{float(break_even_reserve(fraction)):g} sessions at FAR_MESH_VERIFY_FRACTION={fraction}: "
+                f"PAYOUT_RESERVE_SESSIONS={self.reserve_sessions} does not exceed the break-even "
+                f"{float(break_even_reserve(fraction)):g} sessions at WORKER_VERIFY_FRACTION={fraction}: "
                 "cheating would pay"
             )
-        if self.far_mesh_payout_reserve_hold_s <= self.far_mesh_verify_max_lag_s:
-            raise ValueError("FAR_MESH_PAYOUT_RESERVE_HOLD_S must exceed FAR_MESH_VERIFY_MAX_LAG_S")
+        if self.payout_reserve_hold_s <= self.payout_verify_max_lag_s:
+            raise ValueError("PAYOUT_RESERVE_HOLD_S must exceed PAYOUT_VERIFY_MAX_LAG_S")
         return self
 
     def batch_policy(self, *, min_far: Decimal | None = None, max_wallets: int | None = None) -> "BatchPolicy":
         """The batch policy of both payers, `run` and `serve` alike: these settings, or a `run`'s flags for once."""
         return BatchPolicy(
-            min_far=self.far_mesh_payout_min_far if min_far is None else min_far,
-            max_wallets=self.far_mesh_payout_max_wallets if max_wallets is None else max_wallets,
+            min_far=self.payout_min_far if min_far is None else min_far,
+            max_wallets=self.payout_max_wallets if max_wallets is None else max_wallets,
         )
 
     @staticmethod
@@ -131,8 +129,8 @@ class PayoutSettings(LedgerSettings, ChainSettings):
         return default_reserve(fraction)
 
     @property
-    def payout_reserve_sessions(self) -> int:
-        """FAR_MESH_PAYOUT_RESERVE_SESSIONS, or ceil(1/FAR_MESH_VERIFY_FRACTION) when it is unset."""
-        if self.far_mesh_payout_reserve_sessions is not None:
-            return self.far_mesh_payout_reserve_sessions
-        return default_reserve(self.far_mesh_verify_fraction)
+    def reserve_sessions(self) -> int:
+        """PAYOUT_RESERVE_SESSIONS, or ceil(1/WORKER_VERIFY_FRACTION) when it is unset."""
+        if self.payout_reserve_sessions is not None:
+            return self.payout_reserve_sessions
+        return default_reserve(self.worker_verify_fraction)

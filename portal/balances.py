@@ -70,7 +70,7 @@ class DepositHow:
 def deposit_instructions(how: DepositHow, amount_far: Decimal) -> dict[str, Any]:
     units = int(amount_far * 10**18)
     amount = far_text(amount_far)
-    env = f"FAR_MESH_CHAIN_ID={how.chain_id} FAR_MESH_DEPOSIT_CONTRACT_ADDRESS={how.contract or '<unset>'}"
+    env = f"CHAIN_ID={how.chain_id} DEPOSIT_CONTRACT_ADDRESS={how.contract or '<unset>'}"
     return {
         "configured": how.contract is not None,
         "chain_id": how.chain_id,
@@ -78,7 +78,7 @@ def deposit_instructions(how: DepositHow, amount_far: Decimal) -> dict[str, Any]
         "token": how.token,
         "amount_far": amount,
         "amount_units": str(units),
-        "command": f"{env} FAR_MESH_CHAIN_RPC_URL=<your node> far-mesh deposits make --amount {amount} "
+        "command": f"{env} CHAIN_RPC_URL=<your node> far-mesh deposits make --amount {amount} "
         "--key-file <your key file>",
         "wallet_steps": [
             f"approve({how.contract or '<deposit contract>'}, {units}) on the $FAR token {how.token or ''}".rstrip(),

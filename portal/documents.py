@@ -262,9 +262,9 @@ async def buyer_balance(
     signed_in = require_session(session)
     document = await balances.buyer_balance(state.db, state.swarm, signed_in.wallet, before=before)
     how = balances.DepositHow(
-        contract=state.settings.far_mesh_deposit_contract_address,
-        token=state.settings.far_mesh_token_address,
-        chain_id=state.settings.far_mesh_chain_id,
+        contract=state.settings.deposit_contract_address,
+        token=state.settings.chain_token_address,
+        chain_id=state.settings.chain_id,
     )
     return document | {
         "deposit": balances.deposit_instructions(how, amount),

@@ -52,10 +52,10 @@ class PortalSettings(CommonSettings):
     portal_node_image: str = Field(
         default="ghcr.io/far-mesh/far-mesh-mesh:0.1.0", description="Container image the onboarding page names"
     )
-    far_mesh_chain_id: int = Field(default=31337, ge=1, description="Chain id of the deposit contract")
-    far_mesh_deposit_contract_address: Wallet | None = Field(
+    chain_id: int = Field(default=31337, ge=1, description="Chain id of the deposit contract")
+    deposit_contract_address: Wallet | None = Field(
         default=None, description="The FarDeposit contract the balance page tells buyers to deposit into"
     )
-    far_mesh_token_address: Wallet | None = Field(
+    chain_token_address: Wallet | None = Field(
         default=None, description="The $FAR token the balance page tells buyers to approve"
     )

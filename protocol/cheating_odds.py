@@ -1,6 +1,6 @@
 """What cheating is worth: a cheat's expected gain and loss per cheated session, and the reserve that makes it lose.
 
-A session is sampled with probability p (FAR_MESH_VERIFY_FRACTION; the node-due rule only adds checks). A node
+A session is sampled with probability p (WORKER_VERIFY_FRACTION; the node-due rule only adds checks). A node
 that skips the work of a session paying g:
 
 - is not sampled (1 - p): it is paid g, its gain;
@@ -30,7 +30,7 @@ def cheating_loses(sample_rate: float, reserve_sessions: int) -> bool:
 
 
 def default_reserve(sample_rate: float) -> int:
-    """ceil(1/p): the reserve used unless FAR_MESH_PAYOUT_RESERVE_SESSIONS says more."""
+    """ceil(1/p): the reserve used unless PAYOUT_RESERVE_SESSIONS says more."""
     return math.ceil(1 / _exact(sample_rate))
 
 

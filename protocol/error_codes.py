@@ -13,7 +13,7 @@ class StreamErrorCode(StrEnum):
     """The codes an error event carries; a `str`, so it is written to JSON and Redis as its value."""
 
     NO_ROUTE = "no_route"
-    """No working route through the swarm for the model's blocks within FAR_MESH_NO_ROUTE_TIMEOUT_S."""
+    """No working route through the swarm for the model's blocks within WORKER_NO_ROUTE_TIMEOUT_S."""
     ROUTE_UNSATISFIABLE = "route_unsatisfiable"
     """The request's routing preferences (`provider`: only, ignore, min_reputation, allow_fallbacks) leave some
     blocks without an allowed server; the message names them. Nothing is billed unless tokens were delivered."""
@@ -28,9 +28,9 @@ class StreamErrorCode(StrEnum):
     INVALID_JOB = "invalid_job"
     """The job's payload did not validate; nothing to run or bill."""
     JOB_TIMEOUT = "job_timeout"
-    """The run passed FAR_MESH_JOB_TIMEOUT_S."""
+    """The run passed WORKER_JOB_TIMEOUT_S."""
     RETRIES_EXHAUSTED = "retries_exhausted"
-    """Its workers stopped FAR_MESH_JOB_MAX_TRIES times while running it."""
+    """Its workers stopped WORKER_JOB_MAX_TRIES times while running it."""
     JOB_EXPIRED = "job_expired"
     """The job waited in the queue until its payload expired."""
     WORKER_ERROR = "worker_error"

@@ -85,7 +85,7 @@ VERIFICATION_CONSUMER_GROUP: Final = "verifier"
 
 VERIFICATION_STREAM_BYTES: Final = "verify:checks:bytes"
 """Bytes of spot checks held in `VERIFICATION_STREAM`: added by the worker's XADD, subtracted by the verifier's
-XDEL, so the stream is bounded in bytes (FAR_MESH_VERIFY_MAX_BYTES), not in entries of any size."""
+XDEL, so the stream is bounded in bytes (WORKER_VERIFY_MAX_BYTES), not in entries of any size."""
 
 VERIFIED_NODES: Final = "verify:last-sampled"
 """Hash: node id -> unix seconds a published spot check last held a span of its work, so every node is checked

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from protocol.catalog import ModelCatalog, ModelSpec
 from protocol.log_format import JsonFormatter
 from protocol.money import FarAmount
+from protocol.settings_renames import renamed_in_use
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
@@ -88,7 +89,10 @@ class CommonSettings(BaseSettings):
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Self:
-        """Read and validate the environment, turning pydantic's report into one line per bad variable."""
+        """Read and validate the environment, turning pydantic's report into one line per bad variable; a
+        variable set under its old name stops the process too (protocol.settings_renames)."""
+        if stale := renamed_in_use():
+            raise SettingsError("; ".join(stale))
         try:
             return cls(**overrides)
         except ValidationError as exc:

@@ -104,7 +104,7 @@ CREATE VIEW far_buyer_balances AS
 
 -- Deposits on chain: each FarDeposit `Deposited` event credited, once per (chain, transaction, log index), with
 -- the journal entry that credited it. The chain is (chain id, genesis hash) as for payout batches (0015). A row is
--- written only once its log is FAR_MESH_DEPOSIT_CONFIRMATIONS deep, by far_credit_deposit.
+-- written only once its log is DEPOSIT_CONFIRMATIONS deep, by far_credit_deposit.
 CREATE TABLE far_chain_deposits (
     chain_id      BIGINT NOT NULL CHECK (chain_id > 0),
     chain_genesis TEXT NOT NULL CHECK (chain_genesis ~ '^0x[0-9a-f]{64}$'),

@@ -54,8 +54,8 @@ HOMES = {Path("workers/ending.py"): {end.value for end in RunEnd}}
 
 ALLOWED: dict[tuple[str, str], str] = {
     # The same letters, another vocabulary: none of these is a Redis stream's field, kind or key.
-    ("gateway/usage.py", "data"): "the JSON list of GET /v1/usage, OpenAI's shape",
-    ("gateway/usage.py", "usage"): 'OpenAI\'s object name, "object": "usage"',
+    ("gateway/usage_api.py", "data"): "the JSON list of GET /v1/usage, OpenAI's shape",
+    ("gateway/usage_api.py", "usage"): 'OpenAI\'s object name, "object": "usage"',
     ("gateway/openai_api.py", "data"): "the JSON list of GET /v1/models, OpenAI's shape",
     ("gateway/openai_api.py", "token"): "OpenAI's logprobs, and the token events' own JSON field, read raw: parsing "
     "each event through TokenEvent would cost the relay's CPU (the field is defined by protocol/events.py's model)",

@@ -34,7 +34,10 @@ from protocol.verification import (
 )
 from streams import ConsumerGroup, Entry
 from verifier import metrics
-from verifier.ledger import (
+from verifier.recompute import BlockRunner, SpanVerdict, verify_span
+from verifier.settings import VerifierSettings
+from verifier.unverifiable import RecordingUnusable
+from verifier.verdicts import (
     BanPolicy,
     Recorded,
     add_failed_steps,
@@ -44,9 +47,6 @@ from verifier.ledger import (
     record_unverified,
     record_verdicts,
 )
-from verifier.recompute import BlockRunner, SpanVerdict, verify_span
-from verifier.settings import VerifierSettings
-from verifier.unverifiable import RecordingUnusable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,12 +86,12 @@ class Verifier:
         self.redis = redis
         self.pool = pool
         self.policy = BanPolicy(
-            after=settings.far_mesh_verifier_ban_after,
-            window_s=settings.far_mesh_verifier_ban_window_s,
-            cooldown_s=settings.far_mesh_verifier_ban_s,
+            after=settings.verifier_ban_after,
+            window_s=settings.verifier_ban_window_s,
+            cooldown_s=settings.verifier_ban_s,
         )
         self._runners: dict[str, BlockRunner] = {}
-        self.heartbeat = Heartbeat(settings.far_mesh_verifier_liveness_s)
+        self.heartbeat = Heartbeat(settings.verifier_liveness_s)
 
     def runner_for(self, model_id: str) -> BlockRunner | None:
         if model_id not in self._runners:
@@ -286,7 +286,7 @@ class Verifier:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the entry in hand is finished first."""
-        consumer = self.settings.far_mesh_verifier_consumer_name
+        consumer = self.settings.verifier_consumer_name
         group = ConsumerGroup(self.redis, keys.VERIFICATION_STREAM, keys.VERIFICATION_CONSUMER_GROUP, consumer)
         backlog = await self._join(group, stop)
         if backlog is None:
@@ -301,7 +301,7 @@ class Verifier:
                     await self.refresh_from_ledger()
                     next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
                 if not backlog:
-                    backlog = await group.read(count=self.settings.far_mesh_verifier_batch, block_ms=1000)
+                    backlog = await group.read(count=self.settings.verifier_batch, block_ms=1000)
                 while backlog and not stop.is_set():
                     entry_id, fields = backlog[0]  # taken off only once handled: an outage retries it
                     if fields:  # an entry trimmed away while pending comes back without fields
@@ -333,7 +333,7 @@ _OUTAGE_MAX_DELAY_S = 5.0
 
 async def serve(settings: VerifierSettings, stop: asyncio.Event | None = None) -> None:
     """Run the verifier until `stop` (or forever); `far-mesh verifier`'s body."""
-    torch.set_num_threads(settings.far_mesh_verifier_threads)
+    torch.set_num_threads(settings.verifier_threads)
     stop = stop or asyncio.Event()
     redis = aioredis.Redis.from_url(str(settings.redis_url))
     # min_size 0: the pool connects on first use, inside the loop that waits out an outage; one connecting here
@@ -342,9 +342,9 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event | None = None) -
     verifier = Verifier(settings, redis, pool)
     server = (
         serve_health_and_metrics(
-            verifier.heartbeat.problems, settings.far_mesh_verifier_metrics_port, thread_name="verifier-health"
+            verifier.heartbeat.problems, settings.verifier_metrics_port, thread_name="verifier-health"
         )
-        if settings.far_mesh_verifier_metrics_port
+        if settings.verifier_metrics_port
         else None
     )
     try:

@@ -4,7 +4,7 @@ A check holds every recorded span's hidden states, so its size follows the model
 the number of spans: a cap by count bounds nothing, and Redis runs `noeviction`, so checks piling up behind a slow
 (or absent) verifier would end in refused writes of the token and usage streams that bill people. Each entry
 therefore carries the length of its JSON, and one script adds the entry and its length to
-`keys.VERIFICATION_STREAM_BYTES` only when the total stays within FAR_MESH_VERIFY_MAX_BYTES; otherwise the check is
+`keys.VERIFICATION_STREAM_BYTES` only when the total stays within WORKER_VERIFY_MAX_BYTES; otherwise the check is
 dropped unverified (the caller counts it, and sends a small notice outside the budget instead, `publish_notice`, so
 the session is recorded as not verified rather than held forever for a verdict). The same script stamps the nodes
 whose spans the check holds, so a node counts as checked only once a check of its work is actually waiting for the

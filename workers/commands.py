@@ -9,7 +9,7 @@ def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
         "worker",
         help="run a generate worker: consumes the served models' queues and streams tokens from the swarm",
         description="Environment: FAR_MESH_DHT_BOOTSTRAP (required), REDIS_URL, FAR_MESH_MODELS, "
-        "FAR_MESH_WORKER_MODELS, FAR_MESH_WORKER_MAX_JOBS, FAR_MESH_WORKER_METRICS_PORT; see workers/settings.py.",
+        "WORKER_MODELS, WORKER_MAX_JOBS, WORKER_METRICS_PORT; see workers/settings.py.",
     )
     parser.set_defaults(handler=run_worker)
 
@@ -20,7 +20,7 @@ def run_worker(args: argparse.Namespace) -> int:
     import os
 
     import telemetry
-    from workers.fleet import run_fleet
+    from workers.service import serve
     from workers.settings import WorkerSettings
 
     settings = WorkerSettings.from_env()
@@ -28,7 +28,7 @@ def run_worker(args: argparse.Namespace) -> int:
     telemetry.configure(settings.far_mesh_tracing, "far-mesh-worker")
     status = 0
     try:
-        asyncio.run(run_fleet(settings))
+        asyncio.run(serve(settings))
     except Exception:
         logging.getLogger(__name__).exception("worker failed")
         status = 1

@@ -26,7 +26,7 @@ from mesh.announce import wallet_from_public_name
 from protocol.events import ChoiceEnd, DoneEvent, ErrorBody, ErrorEvent, StreamEvent
 from protocol.jobs import GenerateJob
 from protocol.usage import UsageRecord
-from workers import budget
+from workers import budget_settlement
 from workers.attribution import Attribution
 from workers.stream import TokenStreamWriter, Written
 
@@ -184,7 +184,7 @@ async def end_abandoned(
             usage is not None,
         )
         if job is not None and usage is not None:
-            await budget.settle_reservation(redis, job, usage.total_cost_far)
+            await budget_settlement.settle_reservation(redis, job, usage.total_cost_far)
         else:
-            await budget.settle_owned_reservation(redis, request_id, Decimal(0))
+            await budget_settlement.settle_owned_reservation(redis, request_id, Decimal(0))
     return ended

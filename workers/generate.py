@@ -36,7 +36,7 @@ from protocol.jobs import GenerateJob
 from protocol.ownership import RequestOwner
 from protocol.served_steps import ServedStep
 from protocol.structured import SchemaRefused
-from workers import budget, metrics
+from workers import budget_settlement, metrics
 from workers.attribution import Attribution, served_step
 from workers.constraint import ConstraintError, GrammarConstraint, grammar_tokenizer, is_free_text, job_grammar
 from workers.detokenize import IncrementalDecoder
@@ -99,7 +99,7 @@ class WorkerContext:
             payload,
             error,
             worker_id=self.worker_id,
-            lease_ttl_s=self.settings.far_mesh_lease_ttl_s,
+            lease_ttl_s=self.settings.worker_lease_ttl_s,
             prompt_tokens=prompt_tokens,
         )
 
@@ -157,14 +157,14 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     served = worker.served.get(job.model_id)
     if served is None:  # the queue is per model, so only a misrouted job lands here
         logger.error("job rejected request_id=%s reason=model %s not served here", job.request_id, job.model_id)
-        message = f"{job.model_id} was queued to a worker that does not serve it; check FAR_MESH_WORKER_MODELS"
+        message = f"{job.model_id} was queued to a worker that does not serve it; check WORKER_MODELS"
         error = ErrorBody(code=StreamErrorCode.MODEL_NOT_SERVED, message=message)
         await worker.end_abandoned(request_id, payload, error)
         return RunEnd.INVALID.value
     run_id = f"{worker.worker_id}:{ctx.get('job_try', 1)}:{uuid.uuid4().hex[:8]}"
     owner = RequestOwner(job.api_key_id, job.model_id) if job.api_key_id else None
     writer = TokenStreamWriter(
-        worker.redis, job.request_id, run_id, lease_ttl_s=worker.settings.far_mesh_lease_ttl_s, owner=owner
+        worker.redis, job.request_id, run_id, lease_ttl_s=worker.settings.worker_lease_ttl_s, owner=owner
     )
     job_try = int(ctx.get("job_try", 1))
     if job_try == 1:  # a retry's wait since enqueue would include its earlier runs
@@ -195,7 +195,7 @@ async def run_request(
 ) -> RunEnd:
     """Run the request to its end; `so_far` is what `writer.acquire()` returned when the caller took the lease."""
     so_far = so_far if so_far is not None else await writer.acquire()
-    renewer = asyncio.create_task(_keep_lease(writer, settings.far_mesh_lease_ttl_s))
+    renewer = asyncio.create_task(_keep_lease(writer, settings.worker_lease_ttl_s))
     try:
         if so_far.final is not None:
             logger.info("job skipped request_id=%s reason=already finished", job.request_id)
@@ -272,9 +272,9 @@ def _note_broken_fence(run: _Run, renewer: "asyncio.Task[Written]") -> None:
 
 
 async def _retrying_outages(settings: WorkerSettings, write: Callable[[], Awaitable[Written]]) -> Written:
-    """`write()`, retried through a Redis outage of up to FAR_MESH_REDIS_OUTAGE_S: when Redis is back, the
+    """`write()`, retried through a Redis outage of up to WORKER_REDIS_OUTAGE_S: when Redis is back, the
     fenced write itself tells whether the stream survived (a write whose reply was lost is recognised)."""
-    backoff, give_up_at = Backoff(0.05, 1.0), time.monotonic() + settings.far_mesh_redis_outage_s
+    backoff, give_up_at = Backoff(0.05, 1.0), time.monotonic() + settings.worker_redis_outage_s
     while True:
         try:
             return await write()
@@ -355,7 +355,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
         decoder=decoder,
         stops=stops,
         max_tokens=max_tokens,
-        writes=PipelinedTokenWrites(str(settings.redis_url), run.writer, timeout_s=settings.far_mesh_lease_ttl_s),
+        writes=PipelinedTokenWrites(str(settings.redis_url), run.writer, timeout_s=settings.worker_lease_ttl_s),
         feed=run.prompt_ids + run.generated,  # what the next step feeds in: everything the session lacks
     )
     try:
@@ -403,7 +403,7 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
                 return Outcome.failed(unsatisfiable(job, failure.blocks, failure.why))
             now = time.monotonic()
             streaming.failing_since = streaming.failing_since or now
-            if now - streaming.failing_since >= settings.far_mesh_no_route_timeout_s:
+            if now - streaming.failing_since >= settings.worker_no_route_timeout_s:
                 return _no_route(run, settings, failure)
             run.failovers += 1
             metrics.FAILOVERS.labels(job.model_id).inc()
@@ -639,7 +639,7 @@ def _no_route(run: _Run, settings: WorkerSettings, exc: Exception) -> Outcome:
     run.served.note_no_route(every_block_announced=not missing)
     where = f"blocks {_ranges(missing)}" if missing else "a working route"
     message = (
-        f"no server holds {where} of {run.job.model_id} (gave up after {settings.far_mesh_no_route_timeout_s:g} s; "
+        f"no server holds {where} of {run.job.model_id} (gave up after {settings.worker_no_route_timeout_s:g} s; "
         f"last error: {type(exc).__name__}); retry when the swarm has recovered"
     )
     return Outcome.failed(ErrorBody(code=StreamErrorCode.NO_ROUTE, message=message))
@@ -694,7 +694,7 @@ async def _finish(
     if finished is Written.STATE_LOST:
         return await _finish(run, _state_lost(run), worker_id, settings, state_lost=True)
     _check(finished)
-    await budget.settle_reservation(run.writer.redis, run.job, usage.total_cost_far)
+    await budget_settlement.settle_reservation(run.writer.redis, run.job, usage.total_cost_far)
     return RunEnd(outcome.status)
 
 

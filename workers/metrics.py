@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics, served over HTTP on FAR_MESH_WORKER_METRICS_PORT."""
+"""The worker's Prometheus metrics, served over HTTP on WORKER_METRICS_PORT."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -50,7 +50,7 @@ QUEUE_WAIT = Histogram(
 SPOT_CHECKS_DROPPED = Counter(
     "far_mesh_worker_spot_checks_dropped",
     "Sampled sessions whose spot check never reached the verifier, by cause: store-full (not recorded: the checks "
-    "waiting in Redis were at FAR_MESH_VERIFY_MAX_BYTES), over-budget (recorded, but would have passed it), "
+    "waiting in Redis were at WORKER_VERIFY_MAX_BYTES), over-budget (recorded, but would have passed it), "
     "unpublished (Redis refused the write), nothing-recorded (sampled, but no span was recorded); all but store-full "
     "send a not-verified notice instead",
     ["model_id", "cause"],

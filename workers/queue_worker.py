@@ -62,15 +62,15 @@ class QueueWorker(Worker):
         function: Function = func(
             generate,
             name=GENERATE_FUNCTION,
-            max_tries=settings.far_mesh_job_max_tries,
-            timeout=settings.far_mesh_job_timeout_s,
+            max_tries=settings.worker_job_max_tries,
+            timeout=settings.worker_job_timeout_s,
         )
         super().__init__(
             functions=[function],
             queue_name=keys.queue_for(model_id),
             redis_settings=RedisSettings.from_dsn(str(settings.redis_url)),
-            poll_delay=settings.far_mesh_poll_delay_s,
-            max_jobs=settings.far_mesh_worker_max_jobs,
+            poll_delay=settings.worker_poll_delay_s,
+            max_jobs=settings.worker_max_jobs,
             keep_result=300,  # the ending hooks below read why a job failed from its result
             handle_signals=False,
             ctx={"worker": context},
@@ -78,7 +78,7 @@ class QueueWorker(Worker):
         )
         self.context = context
         self.model_id = model_id
-        self.in_progress_timeout_s = settings.far_mesh_lease_ttl_s
+        self.in_progress_timeout_s = settings.worker_lease_ttl_s
         self._polling = asyncio.Lock()
         self._woken = asyncio.Event()
         self._claim = context.redis.register_script(_CLAIM)
@@ -187,10 +187,10 @@ class QueueWorker(Worker):
         settings = self.context.settings
         reason = result.result if result is not None else None
         if isinstance(reason, TimeoutError):
-            message = f"the request ran longer than the job timeout ({settings.far_mesh_job_timeout_s:g} s)"
+            message = f"the request ran longer than the job timeout ({settings.worker_job_timeout_s:g} s)"
             return ErrorBody(code=StreamErrorCode.JOB_TIMEOUT, message=message + "; ask for fewer tokens or retry")
-        if result is not None and result.job_try > settings.far_mesh_job_max_tries:
-            message = f"the request's workers stopped {settings.far_mesh_job_max_tries} times while running it"
+        if result is not None and result.job_try > settings.worker_job_max_tries:
+            message = f"the request's workers stopped {settings.worker_job_max_tries} times while running it"
             return ErrorBody(code=StreamErrorCode.RETRIES_EXHAUSTED, message=message + "; retry it later")
         if result is not None and not result.args and isinstance(reason, JobExecutionFailed):
             # arq found no payload under the job's key: it expired before any worker took the job

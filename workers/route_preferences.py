@@ -5,7 +5,7 @@ its choices), built once from the job, the verifier's reputations (for `min_repu
 measurements (for `sort`). Each session then routes through its own `SessionRoutes` view of the model's shared
 sequence manager, so other requests of the model route as they did. Before a session opens, the rule is checked
 against the swarm view: a block no allowed server holds ends the request at once with `route_unsatisfiable`,
-instead of waiting out FAR_MESH_NO_ROUTE_TIMEOUT_S for a route that cannot exist (docs/routing.md).
+instead of waiting out WORKER_NO_ROUTE_TIMEOUT_S for a route that cannot exist (docs/routing.md).
 """
 
 from collections.abc import Mapping

@@ -1,8 +1,8 @@
 """Which sessions are verified, and handing what must be rechecked to the verifier.
 
-A session is sampled when an HMAC of its request id, keyed by FAR_MESH_VERIFY_SAMPLING_SECRET, falls below
-FAR_MESH_VERIFY_FRACTION, or when some server of the model has not been sampled for
-1/FAR_MESH_VERIFY_MIN_PER_NODE_HOUR of an hour: a node that serves little is still checked, however small the
+A session is sampled when an HMAC of its request id, keyed by WORKER_VERIFY_SAMPLING_SECRET, falls below
+WORKER_VERIFY_FRACTION, or when some server of the model has not been sampled for
+1/WORKER_VERIFY_MIN_PER_NODE_HOUR of an hour: a node that serves little is still checked, however small the
 fraction. Request ids are the client's choice, so a public hash of them would let a buyer who is also a provider
 pick ids that are never checked (or flood the verifier with ids that always are); keyed by a secret, every id is
 sampled with the configured probability whoever chose it, and the same in every run of the request. A sampled
@@ -49,17 +49,17 @@ _process_key: bytes | None = None
 
 
 def sampling_key(settings: WorkerSettings) -> bytes:
-    """FAR_MESH_VERIFY_SAMPLING_SECRET's bytes; unset, a random key drawn once per process (with a warning): no
+    """WORKER_VERIFY_SAMPLING_SECRET's bytes; unset, a random key drawn once per process (with a warning): no
     client can predict it either, but workers then disagree on which ids are sampled, so a recovering run on
     another worker may decide differently."""
     global _process_key
-    secret = settings.far_mesh_verify_sampling_secret
+    secret = settings.worker_verify_sampling_secret
     if secret is not None:
         return secret.get_secret_value().encode()
     if _process_key is None:
         _process_key = secrets.token_bytes(32)
         logger.warning(
-            "FAR_MESH_VERIFY_SAMPLING_SECRET is unset: this worker samples with a random key of its own; "
+            "WORKER_VERIFY_SAMPLING_SECRET is unset: this worker samples with a random key of its own; "
             "set the same secret on every worker so that they agree"
         )
     return _process_key
@@ -165,7 +165,7 @@ class RunTrust:
     recorder: SpanRecorder | None = None
     reason: Reason | None = None
     max_bytes: int = 0
-    """FAR_MESH_VERIFY_MAX_BYTES: the most the checks waiting for the verifier may hold."""
+    """WORKER_VERIFY_MAX_BYTES: the most the checks waiting for the verifier may hold."""
 
     async def publish(self, redis: aioredis.Redis, request_id: str, model_id: str) -> None:
         """Hand the recorded spans to the verifier (after the usage record is written) and mark their nodes
@@ -223,15 +223,15 @@ async def begin_trust(
     redis: aioredis.Redis, request_id: str, served: ServedModel, settings: WorkerSettings
 ) -> RunTrust:
     """Apply the route policy and decide whether this run's session is sampled; never fails the run."""
-    trust = RunTrust(max_bytes=settings.far_mesh_verify_max_bytes)
+    trust = RunTrust(max_bytes=settings.worker_verify_max_bytes)
     try:
         watch_failures(served)
         await flush_failures(redis)
         trust.route_policy = await apply_route_policy(redis, served)
         reason: Reason | None = None
-        if sampled_by_fraction(request_id, settings.far_mesh_verify_fraction, sampling_key(settings)):
+        if sampled_by_fraction(request_id, settings.worker_verify_fraction, sampling_key(settings)):
             reason = "fraction"
-        elif await nodes_due(redis, known_peers(served), settings.far_mesh_verify_min_per_node_hour, time.time()):
+        elif await nodes_due(redis, known_peers(served), settings.worker_verify_min_per_node_hour, time.time()):
             reason = "node-due"
         if reason is not None and await store_full(redis, trust.max_bytes):
             metrics.SPOT_CHECKS_DROPPED.labels(served.model_id, "store-full").inc()

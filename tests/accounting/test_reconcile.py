@@ -12,9 +12,9 @@ import pytest
 from eth_account import Account
 from prometheus_client import REGISTRY
 
+from accounting.batch_writer import write_batch
 from accounting.chain_settings import ReconcileSettings
 from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
-from accounting.ledger import write_batch
 from accounting.reconcile import reconcile, serve_reconciliation
 from chain.deploy import transfer
 from chain.deposits import make_deposit
@@ -79,8 +79,8 @@ async def test_a_consistent_ledger_reconciles_and_a_transfer_it_does_not_record_
     await record_paid_batch(books, d, Decimal("3.25"))
     await watcher.catch_up(books)  # the checkpoint reaches the payout's block
     for name, value in {
-        "FAR_MESH_CHAIN_RPC_URL": d.url,
-        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
+        "CHAIN_RPC_URL": d.url,
+        "DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
         "POSTGRES_URL": payouts_ledger_dsn,
     }.items():
         monkeypatch.setenv(name, value)
@@ -193,7 +193,7 @@ async def test_ledger_serve_exports_whether_the_books_reconcile_for_the_alert(
     books: asyncpg.Connection, payouts_ledger_dsn: str
 ) -> None:
     settings = ReconcileSettings.from_env(
-        postgres_url=payouts_ledger_dsn, far_mesh_reconcile_metrics_port=0, far_mesh_reconcile_interval_s=0.05
+        postgres_url=payouts_ledger_dsn, ledger_metrics_port=0, ledger_reconcile_interval_s=0.05
     )
     wallet = str(Account.create().address)
     stop = asyncio.Event()

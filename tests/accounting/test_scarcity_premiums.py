@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from mesh.session import ServedSpan
 from protocol.money import far_sum, session_cost
 from protocol.pricing import PricingPolicy, block_premium_bps

@@ -21,15 +21,15 @@ def test_an_rpc_url_is_shown_by_host_and_port_only() -> None:
 
 
 async def test_a_node_on_another_chain_is_refused(far_deployment: FarDeployment) -> None:
-    with pytest.raises(WrongChain, match="serves chain id 31337, FAR_MESH_CHAIN_ID is 1"):
+    with pytest.raises(WrongChain, match="serves chain id 31337, CHAIN_ID is 1"):
         await ChainClient(far_deployment.url).check(1, {})
 
 
 async def test_an_address_without_code_is_not_a_deployed_contract(far_deployment: FarDeployment) -> None:
     client = ChainClient(far_deployment.url)
-    await client.check(DEV_CHAIN_ID, {"FAR_MESH_TOKEN_ADDRESS": far_deployment.deployment.token})
-    with pytest.raises(ContractNotDeployed, match="FAR_MESH_BATCH_CONTRACT_ADDRESS: no contract at 0x"):
-        await client.check(DEV_CHAIN_ID, {"FAR_MESH_BATCH_CONTRACT_ADDRESS": far_deployment.treasury.address})
+    await client.check(DEV_CHAIN_ID, {"CHAIN_TOKEN_ADDRESS": far_deployment.deployment.token})
+    with pytest.raises(ContractNotDeployed, match="CHAIN_BATCH_CONTRACT_ADDRESS: no contract at 0x"):
+        await client.check(DEV_CHAIN_ID, {"CHAIN_BATCH_CONTRACT_ADDRESS": far_deployment.treasury.address})
 
 
 async def test_balances_and_nonces_come_from_the_chain(far_deployment: FarDeployment, local_chain: LocalChain) -> None:

@@ -22,30 +22,30 @@ from tests.fixtures.ledger import unique_id, wallet_for
 def test_a_configured_node_gets_the_contracts_once_and_the_payer_its_settings(
     local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAR_MESH_CHAIN_RPC_URL", local_chain.url)
+    monkeypatch.setenv("CHAIN_RPC_URL", local_chain.url)
     first = chain_node.resolve_chain(tmp_path)
     again = chain_node.resolve_chain(tmp_path)
 
     assert first.node.origin == "configured" and again.env == first.env | {
-        "FAR_MESH_PAYOUT_METRICS_PORT": again.env["FAR_MESH_PAYOUT_METRICS_PORT"]
+        "PAYOUT_METRICS_PORT": again.env["PAYOUT_METRICS_PORT"]
     }
     settings = PayoutSettings.from_env(
         postgres_url="postgresql://u@h/db", **{k.lower(): v for k, v in first.env.items()}
     )
     assert settings.treasury_key().get_secret_value() == "0x" + dev_account(1).key.hex()
-    key_file = Path(first.env["FAR_MESH_TREASURY_KEY_FILE"])
+    key_file = Path(first.env["PAYOUT_TREASURY_KEY_FILE"])
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     w3 = Web3(Web3.HTTPProvider(local_chain.url))
-    assert len(w3.eth.get_code(first.env["FAR_MESH_TOKEN_ADDRESS"])) > 0
-    assert len(w3.eth.get_code(first.env["FAR_MESH_DEPOSIT_CONTRACT_ADDRESS"])) > 0
-    assert json.loads((tmp_path / "chain.json").read_text())["token"] == first.env["FAR_MESH_TOKEN_ADDRESS"]
+    assert len(w3.eth.get_code(first.env["CHAIN_TOKEN_ADDRESS"])) > 0
+    assert len(w3.eth.get_code(first.env["DEPOSIT_CONTRACT_ADDRESS"])) > 0
+    assert json.loads((tmp_path / "chain.json").read_text())["token"] == first.env["CHAIN_TOKEN_ADDRESS"]
     assert first.provider_wallets == tuple(dev_account(i).address for i in chain_node.PROVIDER_ACCOUNTS)
 
 
 def test_without_a_node_one_is_started_under_the_state_directory_and_stopped_with_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("FAR_MESH_CHAIN_RPC_URL", raising=False)
+    monkeypatch.delenv("CHAIN_RPC_URL", raising=False)
     monkeypatch.setattr(chain_node, "LOCAL_NODE", f"http://127.0.0.1:{free_port()}")
     chain = chain_node.resolve_chain(tmp_path)
     try:
@@ -89,7 +89,7 @@ def test_the_node_it_starts_keeps_its_chain_across_restarts_so_the_ledgers_nonce
 ) -> None:
     """`make run`, stop, `make run`: the same chain (genesis, contracts, the treasury's nonce), not a fresh one
     whose nonces would start again under the batches the ledger already paid."""
-    monkeypatch.delenv("FAR_MESH_CHAIN_RPC_URL", raising=False)
+    monkeypatch.delenv("CHAIN_RPC_URL", raising=False)
     monkeypatch.setattr(chain_node, "LOCAL_NODE", f"http://127.0.0.1:{free_port()}")
     seen = []
     for _ in range(2):
@@ -98,7 +98,7 @@ def test_the_node_it_starts_keeps_its_chain_across_restarts_so_the_ledgers_nonce
             assert chain.node.origin == "embedded"
             w3 = Web3(Web3.HTTPProvider(chain.node.url))
             treasury = dev_account(1).address
-            seen.append((w3.eth.get_block(0)["hash"], chain.env["FAR_MESH_TOKEN_ADDRESS"], w3.eth.get_block_number()))
+            seen.append((w3.eth.get_block(0)["hash"], chain.env["CHAIN_TOKEN_ADDRESS"], w3.eth.get_block_number()))
             if len(seen) == 1:  # the treasury pays something: its nonce must survive the restart
                 sent = w3.eth.send_transaction({"from": treasury, "to": dev_account(2).address, "value": 1})
                 w3.eth.wait_for_transaction_receipt(sent, timeout=10)  # mined: a block comes every second
@@ -120,21 +120,19 @@ def test_the_development_buyer_deposits_through_the_deposit_contract(
     from chain.artifacts import load_artifact
     from chain.units import to_base_units
 
-    monkeypatch.setenv("FAR_MESH_CHAIN_RPC_URL", local_chain.url)
+    monkeypatch.setenv("CHAIN_RPC_URL", local_chain.url)
     chain = chain_node.resolve_chain(tmp_path)
     assert chain.buyer_wallet == dev_account(chain_node.BUYER_ACCOUNT).address
     assert chain.buyer_wallet not in chain.provider_wallets
     w3 = Web3(Web3.HTTPProvider(local_chain.url))
-    token = w3.eth.contract(address=chain.env["FAR_MESH_TOKEN_ADDRESS"], abi=load_artifact("FarToken").abi)
+    token = w3.eth.contract(address=chain.env["CHAIN_TOKEN_ADDRESS"], abi=load_artifact("FarToken").abi)
     treasury, buyer = dev_account(1).address, chain.buyer_wallet
     before = (token.functions.balanceOf(treasury).call(), token.functions.balanceOf(buyer).call())
 
     transaction = chain_node.fund_buyer(chain, Decimal("2.5"))
 
     receipt = w3.eth.get_transaction_receipt(transaction)
-    deposit = w3.eth.contract(
-        address=chain.env["FAR_MESH_DEPOSIT_CONTRACT_ADDRESS"], abi=load_artifact("FarDeposit").abi
-    )
+    deposit = w3.eth.contract(address=chain.env["DEPOSIT_CONTRACT_ADDRESS"], abi=load_artifact("FarDeposit").abi)
     [event] = deposit.events.Deposited().process_receipt(receipt, errors=DISCARD)  # the token's logs too
     assert event["args"]["amount"] == to_base_units(Decimal("2.5"))
     assert event["args"]["wallet"] == buyer

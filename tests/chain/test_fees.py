@@ -19,5 +19,5 @@ def test_a_replacement_raises_both_fees_by_at_least_the_bump() -> None:
 
 
 def test_a_replacement_above_the_cap_is_refused() -> None:
-    with pytest.raises(FeeCapReached, match="FAR_MESH_PAYOUT_MAX_FEE_GWEI"):
+    with pytest.raises(FeeCapReached, match="PAYOUT_MAX_FEE_GWEI"):
         replacement(Fees(100 * GWEI, GWEI), 10 * GWEI, bump_percent=25, cap=110 * GWEI)

@@ -42,7 +42,7 @@ PROCESSES = {
         "far-mesh-gateway", "gateway", "web", "gateway.settings:GatewaySettings", "light", "gateway_port"
     ),
     "worker": Process(
-        "far-mesh-worker", "worker", "worker", "workers.settings:WorkerSettings", "mesh", "far_mesh_worker_metrics_port"
+        "far-mesh-worker", "worker", "worker", "workers.settings:WorkerSettings", "mesh", "worker_metrics_port"
     ),
     "accounting": Process(
         "far-mesh-accounting",
@@ -59,7 +59,7 @@ PROCESSES = {
         "payouts",
         "payouts.settings:PayoutSettings",
         "light",
-        "far_mesh_payout_metrics_port",
+        "payout_metrics_port",
     ),
     "deposits": Process(
         "far-mesh-deposits",
@@ -67,7 +67,7 @@ PROCESSES = {
         "deposits",
         "accounting.chain_settings:DepositSettings",
         "light",
-        "far_mesh_deposit_metrics_port",
+        "deposit_metrics_port",
     ),
     "ledger": Process(
         "far-mesh-ledger-reconcile",
@@ -75,7 +75,7 @@ PROCESSES = {
         "ledger",
         "accounting.chain_settings:ReconcileSettings",
         "light",
-        "far_mesh_reconcile_metrics_port",
+        "ledger_metrics_port",
     ),
     # The Procfile's `far-mesh accounting --migrate` runs as two containers of the accounting pod (`manifest_command`).
     "migrate": Process(

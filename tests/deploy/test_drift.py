@@ -223,7 +223,7 @@ def test_grace_periods_cover_each_processes_shutdown(
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + 5
     worker, _ = settings_for(rendered, kustomization, "worker", secrets, monkeypatch)
     # Hand-back takes one lease TTL; the rest is room for Petals sessions to close.
-    lease = worker.far_mesh_lease_ttl_s  # type: ignore[attr-defined]
+    lease = worker.worker_lease_ttl_s  # type: ignore[attr-defined]
     assert pod_spec(one(docs, "Deployment", "far-mesh-worker"))["terminationGracePeriodSeconds"] >= 10 * lease + 60
     accounting, _ = settings_for(rendered, kustomization, "accounting", secrets, monkeypatch)
     retry = accounting.accounting_retry_max_s  # type: ignore[attr-defined]
@@ -285,8 +285,8 @@ def test_workers_scale_per_model_on_the_queue_depth_metric_the_workers_export(
         assert f'namespace="{one(docs, "Namespace", "far-mesh")["metadata"]["name"]}"' in query
         [model] = re.findall(r'model_id="([^"]+)"', query)
         by_model.setdefault(model, []).append(trigger)
-        # A worker runs FAR_MESH_WORKER_MAX_JOBS jobs of each model: that model's depth over it is its replicas.
-        assert int(trigger["metadata"]["threshold"]) == worker.far_mesh_worker_max_jobs  # type: ignore[attr-defined]
+        # A worker runs WORKER_MAX_JOBS jobs of each model: that model's depth over it is its replicas.
+        assert int(trigger["metadata"]["threshold"]) == worker.worker_max_jobs  # type: ignore[attr-defined]
     assert "model_id" in worker_metrics.QUEUE_DEPTH._labelnames
     served = [m.model_id for m in worker.served_models]  # type: ignore[attr-defined]
     assert sorted(by_model) == sorted(served) and all(len(t) == 1 for t in by_model.values())
@@ -318,7 +318,7 @@ def test_every_worker_samples_spot_checks_with_the_one_secret_of_the_fleet(
     rendered: Docs, kustomization: str, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker, env = settings_for(rendered, kustomization, "worker", configured(secret_template), monkeypatch)
-    shared = secret_template["far-mesh-verification"]["stringData"]["FAR_MESH_VERIFY_SAMPLING_SECRET"]
-    assert env["FAR_MESH_VERIFY_SAMPLING_SECRET"] == shared
-    secret = getattr(worker, "far_mesh_verify_sampling_secret", None)
+    shared = secret_template["far-mesh-verification"]["stringData"]["WORKER_VERIFY_SAMPLING_SECRET"]
+    assert env["WORKER_VERIFY_SAMPLING_SECRET"] == shared
+    secret = getattr(worker, "worker_verify_sampling_secret", None)
     assert secret is not None and secret.get_secret_value() == shared, "without it each replica samples alone"

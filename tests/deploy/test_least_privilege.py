@@ -34,7 +34,7 @@ SECRETS_READ = {
         ("far-mesh-redis", "REDIS_URL"),
         ("far-mesh-dht", "peer-id"),
         ("far-mesh-huggingface", "HUGGING_FACE_HUB_TOKEN"),
-        ("far-mesh-verification", "FAR_MESH_VERIFY_SAMPLING_SECRET"),
+        ("far-mesh-verification", "WORKER_VERIFY_SAMPLING_SECRET"),
     },
     ("far-mesh-accounting", "migrate"): {("far-mesh-ledger", "POSTGRES_URL")},
     ("far-mesh-accounting", "accounting"): {("far-mesh-redis", "REDIS_URL"), ("far-mesh-ledger", "POSTGRES_URL")},
@@ -51,15 +51,15 @@ SECRETS_READ = {
     },
     ("far-mesh-deposits", "deposits"): {
         ("far-mesh-ledger", "POSTGRES_URL"),
-        ("far-mesh-chain", "FAR_MESH_CHAIN_RPC_URL"),
+        ("far-mesh-chain", "CHAIN_RPC_URL"),
     },
     ("far-mesh-ledger-reconcile", "ledger"): {
         ("far-mesh-ledger", "POSTGRES_URL"),
-        ("far-mesh-chain", "FAR_MESH_CHAIN_RPC_URL"),
+        ("far-mesh-chain", "CHAIN_RPC_URL"),
     },
     ("far-mesh-payouts", "payouts"): {
         ("far-mesh-ledger", "POSTGRES_URL"),
-        ("far-mesh-chain", "FAR_MESH_CHAIN_RPC_URL"),
+        ("far-mesh-chain", "CHAIN_RPC_URL"),
         ("far-mesh-treasury", "treasury.key"),
     },
 }
@@ -172,8 +172,8 @@ def test_each_component_dials_only_the_stores_it_uses(
 
 
 def rpc_port(secret_template: Secrets) -> int:
-    """The port of the template's FAR_MESH_CHAIN_RPC_URL (443 or 80 when the URL names none)."""
-    url = urlsplit(secret_template["far-mesh-chain"]["stringData"]["FAR_MESH_CHAIN_RPC_URL"])
+    """The port of the template's CHAIN_RPC_URL (443 or 80 when the URL names none)."""
+    url = urlsplit(secret_template["far-mesh-chain"]["stringData"]["CHAIN_RPC_URL"])
     return url.port or {"https": 443, "http": 80}[url.scheme]
 
 
@@ -189,9 +189,9 @@ def test_only_the_payer_holds_the_treasury_key_and_only_as_a_read_only_file(rend
     assert holders == [("far-mesh-payouts", "payouts")]
     payer = one(docs, "Deployment", "far-mesh-payouts")
     [container] = all_containers(payer)
-    assert "FAR_MESH_TREASURY_KEY" not in {v["name"] for v in container.get("env", [])}, "never in the environment"
+    assert "PAYOUT_TREASURY_KEY" not in {v["name"] for v in container.get("env", [])}, "never in the environment"
     config = one(docs, "ConfigMap", next(c for c in _config_maps(payer) if "payouts" in c))["data"]
-    key_file = config["FAR_MESH_TREASURY_KEY_FILE"]
+    key_file = config["PAYOUT_TREASURY_KEY_FILE"]
     [volume] = [v for v in payer["spec"]["template"]["spec"]["volumes"] if "secret" in v]
     [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["readOnly"] is True and key_file.startswith(mount["mountPath"] + "/")

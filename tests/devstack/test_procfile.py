@@ -22,7 +22,7 @@ from devstack.procfile_env import render, swarm_models
 from mesh.dht_node import dht_host_port
 from payouts.payer import _connect_when_reachable
 from payouts.settings import PayoutSettings
-from workers.fleet import _wait_for_dht
+from workers.service import _wait_for_dht
 
 REPO_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
 
@@ -124,7 +124,7 @@ def test_payouts_without_a_chain_say_so_and_idle_until_sigterm(tmp_path: Path) -
     try:
         assert process.stderr is not None
         line = process.stderr.readline()
-        assert "payouts serve: no chain configured" in line and "FAR_MESH_TOKEN_ADDRESS" in line
+        assert "payouts serve: no chain configured" in line and "CHAIN_TOKEN_ADDRESS" in line
         time.sleep(0.5)
         assert process.poll() is None
         process.send_signal(signal.SIGTERM)
@@ -142,13 +142,13 @@ def test_a_payout_setting_given_alone_still_stops_the_payer_with_the_missing_nam
     env |= {
         "POSTGRES_URL": "postgresql://nobody@127.0.0.1:1/none",
         "PYTHONPATH": str(REPO_PROCFILE.parent),
-        "FAR_MESH_TOKEN_ADDRESS": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        "CHAIN_TOKEN_ADDRESS": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
     }
     done = subprocess.run(
         [sys.executable, "-m", "cli", "payouts", "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2
-    assert "FAR_MESH_BATCH_CONTRACT_ADDRESS" in done.stderr
+    assert "CHAIN_BATCH_CONTRACT_ADDRESS" in done.stderr
 
 
 async def test_the_accounting_line_waits_for_postgresql_before_migrating(postgres_admin_dsn: str) -> None:
@@ -168,11 +168,11 @@ async def test_the_accounting_line_waits_for_postgresql_before_migrating(postgre
 async def test_a_payer_started_before_its_chain_node_waits_for_it_and_stops_on_sigterm() -> None:
     settings = PayoutSettings(
         postgres_url="postgresql://nobody@127.0.0.1:1/none",
-        far_mesh_chain_rpc_url="http://127.0.0.1:1",  # nothing answers: the node is still starting
-        far_mesh_token_address="0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
-        far_mesh_batch_contract_address="0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
-        far_mesh_treasury_key=SecretStr("0x" + "11" * 32),
-        far_mesh_chain_rpc_timeout_s=1,
+        chain_rpc_url="http://127.0.0.1:1",  # nothing answers: the node is still starting
+        chain_token_address="0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        chain_batch_contract_address="0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+        payout_treasury_key=SecretStr("0x" + "11" * 32),
+        chain_rpc_timeout_s=1,
     )
     stop = asyncio.Event()
     waiting = asyncio.create_task(_connect_when_reachable(settings, stop))

@@ -128,7 +128,7 @@ def test_make_run_starts_the_verifier_with_settings_it_accepts(tmp_path: Path, m
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = VerifierSettings.from_env()
-    assert settings.far_mesh_verifier_metrics_port not in (0, 9104)  # a port of its own beside the other processes
+    assert settings.verifier_metrics_port not in (0, 9104)  # a port of its own beside the other processes
     assert [m.model_id for m in settings.catalog.models] == ["far-tiny-llama-4"]
 
 
@@ -150,29 +150,29 @@ def test_make_run_starts_the_deposit_watcher_and_the_reconciliation_with_setting
     }
     system = _prepared(tmp_path)
     chain_env = {
-        "FAR_MESH_CHAIN_RPC_URL": "http://127.0.0.1:8545",
-        "FAR_MESH_CHAIN_ID": "31337",
-        "FAR_MESH_TOKEN_ADDRESS": "0x" + "11" * 20,
-        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": "0x" + "22" * 20,
-        "FAR_MESH_DEPOSIT_CONFIRMATIONS": "2",
-        "FAR_MESH_TREASURY_KEY_FILE": str(tmp_path / "treasury.key"),
+        "CHAIN_RPC_URL": "http://127.0.0.1:8545",
+        "CHAIN_ID": "31337",
+        "CHAIN_TOKEN_ADDRESS": "0x" + "11" * 20,
+        "DEPOSIT_CONTRACT_ADDRESS": "0x" + "22" * 20,
+        "DEPOSIT_CONFIRMATIONS": "2",
+        "PAYOUT_TREASURY_KEY_FILE": str(tmp_path / "treasury.key"),
     }
     system.chain = DevChain(_Service("http://127.0.0.1:8545"), chain_env, (), "0x" + "33" * 20)  # type: ignore[arg-type]
     ports = set()
     for name, cls in (("deposits", DepositSettings), ("ledger", ReconcileSettings), ("web", GatewaySettings)):
         env = system._env_for(name)
-        assert "FAR_MESH_TREASURY_KEY_FILE" not in env, name
+        assert "PAYOUT_TREASURY_KEY_FILE" not in env, name
         for field in cls.model_fields:
             monkeypatch.delenv(field.upper(), raising=False)
         for variable, value in env.items():
             monkeypatch.setenv(variable, value)
         settings = cls.from_env()
         if isinstance(settings, ReconcileSettings):
-            ports.add(settings.far_mesh_reconcile_metrics_port)
-            assert settings.far_mesh_deposit_contract_address == chain_env["FAR_MESH_DEPOSIT_CONTRACT_ADDRESS"]
+            ports.add(settings.ledger_metrics_port)
+            assert settings.deposit_contract_address == chain_env["DEPOSIT_CONTRACT_ADDRESS"]
         elif isinstance(settings, DepositSettings):
-            ports.add(settings.far_mesh_deposit_metrics_port)
-            assert settings.far_mesh_deposit_confirmations == 2
+            ports.add(settings.deposit_metrics_port)
+            assert settings.deposit_confirmations == 2
         else:
             assert settings.gateway_require_prepaid_balance is True
     assert not ports & {0, 9105, 9106}  # ports of their own beside the other processes

@@ -185,10 +185,10 @@ def _ledger_reconcile(d: FarDeployment, dsn: str, opening: int, from_block: int)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAR_MESH_")} | {
         "PYTHONPATH": str(REPO),
         "POSTGRES_URL": dsn,
-        "FAR_MESH_CHAIN_RPC_URL": d.url,
-        "FAR_MESH_CHAIN_ID": str(DEV_CHAIN_ID),
-        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
-        "FAR_MESH_BATCH_CONTRACT_ADDRESS": d.deployment.batch_contract,
+        "CHAIN_RPC_URL": d.url,
+        "CHAIN_ID": str(DEV_CHAIN_ID),
+        "DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
+        "CHAIN_BATCH_CONTRACT_ADDRESS": d.deployment.batch_contract,
     }
     command = [sys.executable, "-m", "cli", "ledger", "reconcile", "--opening-far", format_far(opening)]
     command += ["--receipts-from-block", str(from_block), "--block", str(d.w3.eth.block_number)]

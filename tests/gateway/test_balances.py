@@ -1,7 +1,7 @@
 """Admission against a wallet's prepaid balance (GATEWAY_REQUIRE_PREPAID_BALANCE) on a real gateway started with
 the setting on, real Redis and real PostgreSQL; deposits are journal entries posted directly
 (`accounting.journal.post_entry`), and the synthetic worker settles each request as a worker does
-(`workers.budget.settle_reservation`, which settles the balance's hold too)."""
+(`workers.budget_settlement.settle_reservation`, which settles the balance's hold too)."""
 
 import asyncio
 import time
@@ -25,7 +25,7 @@ from protocol import balances, budgets, keys
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import MODEL_ID, PRICE, IssueKey, SseReader, SyntheticWorker, auth, read_events
 from tests.fixtures.ledger import unique_id
-from workers.budget import settle_balance, settle_owned_reservation
+from workers.budget_settlement import settle_balance, settle_owned_reservation
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import httpx
 import redis.asyncio as aioredis
 from arq.constants import result_key_prefix
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from gateway.api_keys import KeyLimits
 from protocol import keys
 from protocol.ownership import RequestOwner

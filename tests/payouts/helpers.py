@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from pydantic import SecretStr
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from devstack.harness.registrations import register_nodes
 from payouts.settings import PayoutSettings
 from tests.fixtures.chain import FarDeployment
@@ -28,14 +28,14 @@ def payer_env(d: FarDeployment, dsn: str, key_file: Path) -> dict[str, str]:
     env.update(
         PYTHONPATH=str(ROOT),
         POSTGRES_URL=dsn,
-        FAR_MESH_CHAIN_RPC_URL=d.url,
-        FAR_MESH_TOKEN_ADDRESS=d.deployment.token,
-        FAR_MESH_BATCH_CONTRACT_ADDRESS=d.deployment.batch_contract,
-        FAR_MESH_TREASURY_KEY_FILE=str(key_file),
-        FAR_MESH_PAYOUT_CONFIRMATIONS="1",
-        FAR_MESH_PAYOUT_POLL_S="0.05",
+        CHAIN_RPC_URL=d.url,
+        CHAIN_TOKEN_ADDRESS=d.deployment.token,
+        CHAIN_BATCH_CONTRACT_ADDRESS=d.deployment.batch_contract,
+        PAYOUT_TREASURY_KEY_FILE=str(key_file),
+        PAYOUT_CONFIRMATIONS="1",
+        PAYOUT_POLL_S="0.05",
         # small: a restart that took the killed attempt for a stuck one would replace it, and the nonce count fail
-        FAR_MESH_PAYOUT_REPLACE_AFTER_S="0.2",
+        PAYOUT_REPLACE_AFTER_S="0.2",
     )
     return env
 
@@ -49,13 +49,13 @@ def run_payer(point: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 def payout_settings(d: FarDeployment, dsn: str, **overrides: Any) -> PayoutSettings:
     values: dict[str, Any] = {
         "postgres_url": dsn,
-        "far_mesh_chain_rpc_url": d.url,
-        "far_mesh_token_address": d.deployment.token,
-        "far_mesh_batch_contract_address": d.deployment.batch_contract,
-        "far_mesh_treasury_key": SecretStr(d.treasury.key.to_0x_hex()),
-        "far_mesh_payout_confirmations": 1,
-        "far_mesh_payout_poll_s": 0.05,
-        "far_mesh_payout_metrics_port": 0,
+        "chain_rpc_url": d.url,
+        "chain_token_address": d.deployment.token,
+        "chain_batch_contract_address": d.deployment.batch_contract,
+        "payout_treasury_key": SecretStr(d.treasury.key.to_0x_hex()),
+        "payout_confirmations": 1,
+        "payout_poll_s": 0.05,
+        "payout_metrics_port": 0,
     }
     values.update(overrides)
     return PayoutSettings.from_env(**values)

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from web3 import Web3
 
+from accounting.batch_writer import write_batch
 from accounting.journal import TREASURY_CHAIN, account_balance, provider_account
-from accounting.ledger import write_batch
 from accounting.reconcile import reconcile
 from chain.artifacts import load_artifact
 from chain.deploy import send
@@ -27,7 +27,7 @@ from tests.fixtures.chain import FarDeployment
 from tests.fixtures.ledger import unique_id, usage_record
 from tests.payouts.helpers import payout_settings
 from tests.verifier.helpers import verdict
-from verifier.ledger import record_verdicts
+from verifier.verdicts import record_verdicts
 
 JOURNAL_TABLES = "far_chain_deposits, far_deposit_scans, far_journal_lines, far_journal_entries, far_journal_accounts"
 
@@ -100,9 +100,9 @@ async def test_a_paid_batch_posts_one_payout_per_wallet_and_reconciles_with_ever
     assert len(await entries(books, "payout")) == len(payments)  # another update of the batch posts nothing more
 
     for name, value in {
-        "FAR_MESH_CHAIN_RPC_URL": d.url,
-        "FAR_MESH_DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
-        "FAR_MESH_BATCH_CONTRACT_ADDRESS": d.deployment.batch_contract,
+        "CHAIN_RPC_URL": d.url,
+        "DEPOSIT_CONTRACT_ADDRESS": d.deployment.deposit_contract,
+        "CHAIN_BATCH_CONTRACT_ADDRESS": d.deployment.batch_contract,
         "POSTGRES_URL": payouts_ledger_dsn,
     }.items():
         monkeypatch.setenv(name, value)

@@ -9,8 +9,8 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from accounting.batch_writer import write_batch
 from accounting.journal import TREASURY_CHAIN, account_balance, provider_account
-from accounting.ledger import write_batch
 from accounting.reconcile import reconcile
 from chain.node import DEV_CHAIN_ID
 from devstack.harness.registrations import register_nodes
@@ -19,7 +19,7 @@ from devstack.services import with_database
 from schema.migrate import apply_migrations, bundled_migrations
 from tests.fixtures.ledger import unique_id, usage_record
 from tests.verifier.helpers import verdict
-from verifier.ledger import record_verdicts
+from verifier.verdicts import record_verdicts
 
 FIRST_NEW = "0023_payout_and_slash_entries.sql"
 COLUMNS_WRITTEN_TODAY = ("0026_scarcity_premiums.sql",)

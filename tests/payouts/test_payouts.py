@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from cli.main import build_parser, main
 from devstack.harness.registrations import register_nodes, transfer_node
 from payouts.batches import (
@@ -194,8 +194,8 @@ async def test_payouts_run_with_the_file_payer_pays_by_the_settings_policy_unles
     await write_batch(payouts_db, [usage_record(unique_id("req"), {peers[0]: 6, peers[1]: 4, peers[2]: 1})])
     owed = sorted(await payouts_db.fetchval("SELECT array_agg(unpaid_far) FROM node_earnings_summary"))
     monkeypatch.setenv("POSTGRES_URL", payouts_ledger_dsn)
-    monkeypatch.setenv("FAR_MESH_PAYOUT_MIN_FAR", str(owed[1]))  # above the least owed
-    monkeypatch.setenv("FAR_MESH_PAYOUT_MAX_WALLETS", "1")
+    monkeypatch.setenv("PAYOUT_MIN_FAR", str(owed[1]))  # above the least owed
+    monkeypatch.setenv("PAYOUT_MAX_WALLETS", "1")
 
     async def run(*flags: str) -> list[Decimal]:
         out_dir = tmp_path / unique_id("out")

@@ -57,9 +57,7 @@ async def test_rows_are_paid_only_after_the_configured_confirmations(
     payouts_db: asyncpg.Connection, payouts_ledger_dsn: str, far_deployment: FarDeployment
 ) -> None:
     await earn(payouts_db, 3)
-    payer = await ChainPayer.connect(
-        payout_settings(far_deployment, payouts_ledger_dsn, far_mesh_payout_confirmations=3)
-    )
+    payer = await ChainPayer.connect(payout_settings(far_deployment, payouts_ledger_dsn, payout_confirmations=3))
     run = asyncio.create_task(run_on_own_connection(payer, payouts_ledger_dsn))
 
     async def submitted() -> bool:
@@ -160,9 +158,7 @@ async def test_a_stuck_transaction_is_replaced_with_the_same_nonce_and_only_one_
         too_low = Decimal(base_fee // 3) / 10**9
         # a payer whose fee cap is below the base fee: its transaction waits in the mempool, never mined
         stingy = await ChainPayer.connect(
-            payout_settings(
-                d, payouts_ledger_dsn, far_mesh_payout_max_fee_gwei=too_low, far_mesh_payout_priority_fee_gwei=0
-            )
+            payout_settings(d, payouts_ledger_dsn, payout_max_fee_gwei=too_low, payout_priority_fee_gwei=0)
         )
         stuck_run = asyncio.create_task(run_on_own_connection(stingy, payouts_ledger_dsn))
         await wait_until(
@@ -176,7 +172,7 @@ async def test_a_stuck_transaction_is_replaced_with_the_same_nonce_and_only_one_
 
         # the operator raises the cap; the restarted payer replaces the stuck transaction
         payer = await ChainPayer.connect(
-            payout_settings(d, payouts_ledger_dsn, far_mesh_payout_replace_after_s=0.5, far_mesh_payout_confirmations=2)
+            payout_settings(d, payouts_ledger_dsn, payout_replace_after_s=0.5, payout_confirmations=2)
         )
         [settled] = await asyncio.wait_for(payer.run_once(payouts_db, min_far=Decimal(0)), 30)
 

@@ -10,7 +10,7 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from chain.deploy import approve, send, transfer
 from chain.transfers import Payment, pay_batch_data
 from cli.main import main
@@ -30,12 +30,12 @@ def chain_env(
     key_file = tmp_path / "treasury.key"
     key_file.write_text(far_deployment.treasury.key.to_0x_hex())
     monkeypatch.setenv("POSTGRES_URL", payouts_ledger_dsn)
-    monkeypatch.setenv("FAR_MESH_CHAIN_RPC_URL", far_deployment.url)
-    monkeypatch.setenv("FAR_MESH_TOKEN_ADDRESS", far_deployment.deployment.token)
-    monkeypatch.setenv("FAR_MESH_BATCH_CONTRACT_ADDRESS", far_deployment.deployment.batch_contract)
-    monkeypatch.setenv("FAR_MESH_TREASURY_KEY_FILE", str(key_file))
-    monkeypatch.setenv("FAR_MESH_PAYOUT_CONFIRMATIONS", "1")
-    monkeypatch.setenv("FAR_MESH_PAYOUT_POLL_S", "0.05")
+    monkeypatch.setenv("CHAIN_RPC_URL", far_deployment.url)
+    monkeypatch.setenv("CHAIN_TOKEN_ADDRESS", far_deployment.deployment.token)
+    monkeypatch.setenv("CHAIN_BATCH_CONTRACT_ADDRESS", far_deployment.deployment.batch_contract)
+    monkeypatch.setenv("PAYOUT_TREASURY_KEY_FILE", str(key_file))
+    monkeypatch.setenv("PAYOUT_CONFIRMATIONS", "1")
+    monkeypatch.setenv("PAYOUT_POLL_S", "0.05")
     return key_file
 
 
@@ -68,9 +68,9 @@ async def test_payouts_run_with_the_chain_payer_pays_and_never_shows_the_key(
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("FAR_MESH_CHAIN_RPC_URL", "http://127.0.0.1:{free}/key", "no JSON-RPC node answers at http://127.0.0.1:"),
-        ("FAR_MESH_CHAIN_ID", "1", "serves chain id 31337, FAR_MESH_CHAIN_ID is 1: refusing to sign"),
-        ("FAR_MESH_BATCH_CONTRACT_ADDRESS", "0x000000000000000000000000000000000000dEaD", "no contract at 0x0000"),
+        ("CHAIN_RPC_URL", "http://127.0.0.1:{free}/key", "no JSON-RPC node answers at http://127.0.0.1:"),
+        ("CHAIN_ID", "1", "serves chain id 31337, CHAIN_ID is 1: refusing to sign"),
+        ("CHAIN_BATCH_CONTRACT_ADDRESS", "0x000000000000000000000000000000000000dEaD", "no contract at 0x0000"),
     ],
     ids=["unreachable-node", "wrong-chain-id", "contract-not-deployed"],
 )
@@ -93,9 +93,9 @@ async def test_payouts_run_refuses_a_chain_it_cannot_pay_on_before_claiming_anyt
 async def test_payouts_run_without_a_treasury_key_is_a_configuration_error(
     chain_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("FAR_MESH_TREASURY_KEY_FILE")
+    monkeypatch.delenv("PAYOUT_TREASURY_KEY_FILE")
     assert await far_mesh("payouts", "run", "--payer", "chain") == 2
-    assert "FAR_MESH_TREASURY_KEY_FILE or FAR_MESH_TREASURY_KEY" in capsys.readouterr().err
+    assert "PAYOUT_TREASURY_KEY_FILE or PAYOUT_TREASURY_KEY" in capsys.readouterr().err
 
 
 async def export(db: asyncpg.Connection, dsn: str, out_dir: Path, peers: list[str] | None = None) -> PaymentBatch:
@@ -181,10 +181,10 @@ async def test_resolve_without_a_sender_or_a_treasury_key_refuses_naming_both(
 ) -> None:
     batch = await export(payouts_db, payouts_ledger_dsn, tmp_path)
     tx = operator_pays(far_deployment, payments_of(batch))
-    monkeypatch.delenv("FAR_MESH_TREASURY_KEY_FILE")
+    monkeypatch.delenv("PAYOUT_TREASURY_KEY_FILE")
     assert await far_mesh("payouts", "resolve", str(batch.id), "--tx", tx) == 2
     err = capsys.readouterr().err
-    assert "--sender" in err and "FAR_MESH_TREASURY_KEY_FILE" in err
+    assert "--sender" in err and "PAYOUT_TREASURY_KEY_FILE" in err
     assert await payouts_db.fetchval("SELECT status FROM far_payment_batches WHERE id = $1", batch.id) == "submitted"
     assert (
         await far_mesh("payouts", "resolve", str(batch.id), "--tx", tx, "--sender", far_deployment.treasury.address)

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from chain.units import to_base_units
 from devstack.harness.registrations import register_nodes
 from tests.fixtures.chain import FarDeployment, chain_rpc
@@ -51,7 +51,7 @@ async def test_a_payer_killed_at_any_step_pays_every_wallet_exactly_once_after_a
     key_file.write_text(far_deployment.treasury.key.to_0x_hex())
     env = payer_env(far_deployment, payouts_ledger_dsn, key_file)
     if point == "awaiting-confirmations":
-        env["FAR_MESH_PAYOUT_CONFIRMATIONS"] = "3"
+        env["PAYOUT_CONFIRMATIONS"] = "3"
     treasury_nonce = int(
         chain_rpc(far_deployment.url, "eth_getTransactionCount", far_deployment.treasury.address, "latest"), 16
     )

@@ -1,5 +1,5 @@
 """`payouts serve` never loops on an error that does not pass by itself: it halts once, says why, and raises
-`far_payout_halted` for the alert, instead of failing the same way every FAR_MESH_PAYOUT_INTERVAL_S forever."""
+`far_payout_halted` for the alert, instead of failing the same way every PAYOUT_INTERVAL_S forever."""
 
 import asyncio
 import logging
@@ -44,9 +44,9 @@ async def test_a_constraint_violation_halts_serve_once_with_a_clear_error_and_th
     settings = payout_settings(
         far_deployment,
         payouts_ledger_dsn,
-        far_mesh_payout_interval_s=0.1,
-        far_mesh_payout_min_far=Decimal("0.000001"),
-        far_mesh_payout_metrics_port=port,
+        payout_interval_s=0.1,
+        payout_min_far=Decimal("0.000001"),
+        payout_metrics_port=port,
     )
     await payouts_db.execute(REFUSE_EVERY_SIGNATURE)
     stop = asyncio.Event()

@@ -113,7 +113,7 @@ async def test_receipts_from_a_node_lagging_behind_the_nonce_never_release_the_m
     await earn(payouts_db, 3)
     rule = LaggingReceipts(far_deployment.url, lag=2)
     with rpc_proxy(far_deployment.url, rule) as proxy:
-        settings = payout_settings(proxied(far_deployment, proxy), payouts_ledger_dsn, far_mesh_payout_confirmations=3)
+        settings = payout_settings(proxied(far_deployment, proxy), payouts_ledger_dsn, payout_confirmations=3)
         payer = await ChainPayer.connect(settings)
         async with blocks_every(far_deployment.url, 0.3):
             statuses = await pay_rounds(payer, payouts_db, rounds=2)
@@ -127,9 +127,7 @@ async def test_a_reverted_transaction_fails_its_batch_only_once_the_revert_is_co
     payouts_db: asyncpg.Connection, payouts_ledger_dsn: str, far_deployment: FarDeployment
 ) -> None:
     await earn(payouts_db, 2)
-    payer = await ChainPayer.connect(
-        payout_settings(far_deployment, payouts_ledger_dsn, far_mesh_payout_confirmations=3)
-    )
+    payer = await ChainPayer.connect(payout_settings(far_deployment, payouts_ledger_dsn, payout_confirmations=3))
     batch = await claim_batch(payouts_db, "chain", Decimal(0))
     assert batch is not None
     await payer._sign_first(payouts_db, await batch_state(payouts_db, batch.id))

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from chain.units import to_base_units
 from devstack.harness.registrations import register_nodes, transfer_node
 from payouts.batches import claim_batch, load_batch

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from devstack.harness.registrations import register_nodes
 from mesh.ports import free_port
 from payouts.payer import serve_chain_payouts
@@ -21,9 +21,9 @@ async def test_serve_pays_what_is_owed_each_round_and_reports_it_in_its_metrics(
     settings = payout_settings(
         far_deployment,
         payouts_ledger_dsn,
-        far_mesh_payout_interval_s=0.2,
-        far_mesh_payout_min_far=Decimal("0.000001"),
-        far_mesh_payout_metrics_port=port,
+        payout_interval_s=0.2,
+        payout_min_far=Decimal("0.000001"),
+        payout_metrics_port=port,
     )
     stop = asyncio.Event()
     serving = asyncio.create_task(serve_chain_payouts(settings, stop))

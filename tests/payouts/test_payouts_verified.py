@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from devstack.harness.registrations import register_nodes
 from payouts.batches import claim_batch, mark_failed
 from payouts.payable import PayoutHold
@@ -21,9 +21,9 @@ from protocol.usage import UsageRecord
 from protocol.verification import RecordedSpan, RecordedStep, SpotCheck
 from tests.fixtures.ledger import unique_id, usage_record
 from tests.verifier.helpers import PEER_A, FakeServed, Replay, recorded_span, settings, verdict
-from verifier.ledger import record_unverified, record_verdicts
 from verifier.service import Verifier
 from verifier.settings import VerifierSettings
+from verifier.verdicts import record_unverified, record_verdicts
 from workers.spot_checks import begin_trust
 
 LAG = PayoutHold(max_lag_s=900, reserve_sessions=0, reserve_hold_s=86_400)
@@ -169,7 +169,7 @@ async def test_a_sampled_session_whose_check_was_dropped_over_the_byte_budget_is
     as not verified, and the session is then paid exactly as an unsampled one (it used to be held forever)."""
     node = unique_id("peer")
     await register_nodes(payouts_db, [node])
-    config = settings(far_mesh_verify_fraction=1.0, far_mesh_verify_min_per_node_hour=0, far_mesh_verify_max_bytes=100)
+    config = settings(worker_verify_fraction=1.0, worker_verify_min_per_node_hour=0, worker_verify_max_bytes=100)
     fresh = finished_ago(usage_record(unique_id("req"), {node: 1}), LAG.max_lag_s - 60, spot_checked=True)
     old = finished_ago(usage_record(unique_id("req"), {node: 1}), LAG.max_lag_s + 60, spot_checked=True)
     for record in (fresh, old):

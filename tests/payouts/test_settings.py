@@ -16,33 +16,33 @@ def test_the_key_file_wins_and_the_key_never_shows_in_the_settings(tmp_path: Pat
     key_file = tmp_path / "treasury.key"
     key_file.write_text(KEY + "\n")
     settings = PayoutSettings.from_env(
-        postgres_url=DSN, far_mesh_treasury_key_file=key_file, far_mesh_treasury_key=SecretStr("0x" + "11" * 32)
+        postgres_url=DSN, payout_treasury_key_file=key_file, payout_treasury_key=SecretStr("0x" + "11" * 32)
     )
     assert settings.treasury_key().get_secret_value() == KEY
     assert KEY[2:] not in repr(settings) + str(settings) + settings.model_dump_json()
 
 
 def test_a_missing_or_unreadable_key_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="FAR_MESH_TREASURY_KEY_FILE or FAR_MESH_TREASURY_KEY"):
+    with pytest.raises(ValueError, match="PAYOUT_TREASURY_KEY_FILE or PAYOUT_TREASURY_KEY"):
         PayoutSettings.from_env(postgres_url=DSN).treasury_key()
-    with pytest.raises(ValueError, match="FAR_MESH_TREASURY_KEY_FILE: cannot read it"):
-        PayoutSettings.from_env(postgres_url=DSN, far_mesh_treasury_key_file=tmp_path / "nope").treasury_key()
+    with pytest.raises(ValueError, match="PAYOUT_TREASURY_KEY_FILE: cannot read it"):
+        PayoutSettings.from_env(postgres_url=DSN, payout_treasury_key_file=tmp_path / "nope").treasury_key()
 
 
 def test_bad_values_stop_the_payer_at_start_with_their_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTGRES_URL", DSN)
-    monkeypatch.setenv("FAR_MESH_TOKEN_ADDRESS", "0x90f8bf6a479f320ead074411a4b0e7944ea8c9c1")  # not EIP-55
-    monkeypatch.setenv("FAR_MESH_PAYOUT_CONFIRMATIONS", "0")
+    monkeypatch.setenv("CHAIN_TOKEN_ADDRESS", "0x90f8bf6a479f320ead074411a4b0e7944ea8c9c1")  # not EIP-55
+    monkeypatch.setenv("PAYOUT_CONFIRMATIONS", "0")
     with pytest.raises(SettingsError) as caught:
         PayoutSettings.from_env()
-    assert "FAR_MESH_TOKEN_ADDRESS" in str(caught.value) and "FAR_MESH_PAYOUT_CONFIRMATIONS" in str(caught.value)
+    assert "CHAIN_TOKEN_ADDRESS" in str(caught.value) and "PAYOUT_CONFIRMATIONS" in str(caught.value)
 
 
 def test_a_tip_above_the_fee_cap_is_refused() -> None:
-    with pytest.raises(SettingsError, match="FAR_MESH_PAYOUT_PRIORITY_FEE_GWEI must not exceed"):
-        PayoutSettings.from_env(postgres_url=DSN, far_mesh_payout_max_fee_gwei=1, far_mesh_payout_priority_fee_gwei=2)
+    with pytest.raises(SettingsError, match="PAYOUT_PRIORITY_FEE_GWEI must not exceed"):
+        PayoutSettings.from_env(postgres_url=DSN, payout_max_fee_gwei=1, payout_priority_fee_gwei=2)
 
 
 def test_a_fee_bump_below_what_nodes_accept_is_refused() -> None:
-    with pytest.raises(SettingsError, match="FAR_MESH_PAYOUT_FEE_BUMP_PERCENT"):
-        PayoutSettings.from_env(postgres_url=DSN, far_mesh_payout_fee_bump_percent=5)
+    with pytest.raises(SettingsError, match="PAYOUT_FEE_BUMP_PERCENT"):
+        PayoutSettings.from_env(postgres_url=DSN, payout_fee_bump_percent=5)

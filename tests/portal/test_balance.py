@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from portal.settings import PortalSettings
 from protocol import keys
 from tests.fixtures.ledger import unique_id, usage_record
@@ -21,9 +21,7 @@ TOKEN = "0x" + "cD" * 20
 
 @pytest.fixture
 def portal_settings(portal_settings: PortalSettings) -> PortalSettings:
-    return portal_settings.model_copy(
-        update={"far_mesh_deposit_contract_address": CONTRACT, "far_mesh_token_address": TOKEN}
-    )
+    return portal_settings.model_copy(update={"deposit_contract_address": CONTRACT, "chain_token_address": TOKEN})
 
 
 async def test_a_buyer_sees_a_deposit_and_a_charge_on_the_balance_page_and_its_json(

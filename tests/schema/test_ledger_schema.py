@@ -9,7 +9,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from accounting.ledger import session_id_for, write_batch
+from accounting.batch_writer import session_id_for, write_batch
 from tests.fixtures.ledger import unique_id, usage_record, wallet_for
 
 NOW = datetime.now(UTC)

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from protocol.catalog import ModelSpec
 from protocol.events import TokenEvent
 from tests.fixtures.workers import enqueue, make_job, usage_records, wait_for_end

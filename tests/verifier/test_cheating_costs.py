@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from devstack.harness.registrations import register_nodes
 from devstack.harness.wallets import wallet_for
 from payouts.batches import claim_batch
@@ -21,7 +21,7 @@ from protocol.money import far_sum
 from protocol.usage import UsageRecord
 from tests.fixtures.ledger import unique_id, usage_record
 from tests.verifier.helpers import verdict
-from verifier.ledger import BanPolicy, current_bans, record_verdicts
+from verifier.verdicts import BanPolicy, current_bans, record_verdicts
 from workers.route_policy import PROBATION_BELOW
 
 
@@ -52,7 +52,7 @@ LEDGER = "postgresql://far_mesh@127.0.0.1:5432/unused"
 
 def test_a_cheats_expected_loss_exceeds_its_expected_gain_at_the_configured_sample_rate() -> None:
     settings = PayoutSettings.from_env(postgres_url=LEDGER)
-    p, reserve = settings.far_mesh_verify_fraction, settings.payout_reserve_sessions
+    p, reserve = settings.worker_verify_fraction, settings.reserve_sessions
 
     # one cheated session paying g: paid g when not sampled; when sampled, slashed g and forfeits the reserve
     assert expected_loss(p, reserve) > expected_gain(p)
@@ -66,11 +66,11 @@ def test_a_cheats_expected_loss_exceeds_its_expected_gain_at_the_configured_samp
 
 def test_a_reserve_too_small_for_the_sample_rate_is_refused() -> None:
     with pytest.raises(ValidationError, match="cheating would pay"):
-        PayoutSettings(postgres_url=LEDGER, far_mesh_verify_fraction=0.05, far_mesh_payout_reserve_sessions=18)
-    with pytest.raises(ValidationError, match="must exceed FAR_MESH_VERIFY_MAX_LAG_S"):
-        PayoutSettings(postgres_url=LEDGER, far_mesh_verify_max_lag_s=3600, far_mesh_payout_reserve_hold_s=3600)
-    assert PayoutSettings(postgres_url=LEDGER, far_mesh_verify_fraction=0.05).payout_reserve_sessions == 20
-    assert PayoutSettings(postgres_url=LEDGER, far_mesh_verify_fraction=0.2).payout_reserve_sessions == 5
+        PayoutSettings(postgres_url=LEDGER, worker_verify_fraction=0.05, payout_reserve_sessions=18)
+    with pytest.raises(ValidationError, match="must exceed PAYOUT_VERIFY_MAX_LAG_S"):
+        PayoutSettings(postgres_url=LEDGER, payout_verify_max_lag_s=3600, payout_reserve_hold_s=3600)
+    assert PayoutSettings(postgres_url=LEDGER, worker_verify_fraction=0.05).reserve_sessions == 20
+    assert PayoutSettings(postgres_url=LEDGER, worker_verify_fraction=0.2).reserve_sessions == 5
 
 
 async def test_a_mismatch_forfeits_every_unpaid_row_of_the_cheats_wallet_once_and_the_books_stay_balanced(

@@ -3,8 +3,8 @@ around, and the books balance to the last 10^-18 FAR throughout.
 
 The swarm starts with an honest server for blocks 0..2 and a cheat for 2..4 (the same model's blocks with
 weights perturbed by 5%), so every route runs through the cheat. The worker samples every session
-(FAR_MESH_VERIFY_FRACTION=1), the verifier recomputes them, and accounting's own `write_batch` stores the usage
-records. After FAR_MESH_VERIFIER_BAN_AFTER=2 sessions the cheat is banned; an honest 2..4 server joins, and
+(WORKER_VERIFY_FRACTION=1), the verifier recomputes them, and accounting's own `write_batch` stores the usage
+records. After VERIFIER_BAN_AFTER=2 sessions the cheat is banned; an honest 2..4 server joins, and
 the next request runs on honest servers only and streams the reference tokens.
 """
 
@@ -62,8 +62,8 @@ async def test_a_server_with_poisoned_weights_is_slashed_banned_and_routed_aroun
     swarm = local_swarm_factory([ServerPlan(model, 0, 2, label="honest"), ServerPlan(poisoned, 2, 4, label="cheat")])
     honest_id, cheat_id = (server.peer_id for server in swarm.servers)
     await redis.delete(keys.BANNED_NODES, keys.VERIFIED_NODES)
-    fleet_factory(swarm.initial_peers, [model], far_mesh_verify_fraction=1.0)
-    verifier_factory([model], far_mesh_verifier_ban_after=2, far_mesh_verifier_ban_s=600)
+    fleet_factory(swarm.initial_peers, [model], worker_verify_fraction=1.0)
+    verifier_factory([model], verifier_ban_after=2, verifier_ban_s=600)
     ledger = await asyncpg.connect(migrated_postgres_dsn)
     try:
         cheated = [await generate(redis_url, redis, model, migrated_postgres_dsn) for _ in range(2)]

@@ -1,5 +1,5 @@
 """workers.check_store and the verifier's side of it, on real Redis: the spot checks waiting for the verifier never
-hold more bytes than FAR_MESH_VERIFY_MAX_BYTES, whatever the flood of sampled requests; every check dropped is
+hold more bytes than WORKER_VERIFY_MAX_BYTES, whatever the flood of sampled requests; every check dropped is
 counted with its reason, and leaves a small notice outside the budget so that its session is recorded as not
 verified instead of held forever; a check the verifier finished is deleted and frees its room."""
 
@@ -52,9 +52,7 @@ async def test_the_checks_waiting_never_hold_more_than_the_byte_budget_under_a_f
     redis: aioredis.Redis,
 ) -> None:
     budget = 40_000
-    config = settings(
-        far_mesh_verify_fraction=1.0, far_mesh_verify_min_per_node_hour=0, far_mesh_verify_max_bytes=budget
-    )
+    config = settings(worker_verify_fraction=1.0, worker_verify_min_per_node_hour=0, worker_verify_max_bytes=budget)
     served = FakeServed([PEER_A])
     over_budget = dropped("over-budget")
     for i in range(60):  # each check about 4 kB: nine or so fit
@@ -76,9 +74,7 @@ async def test_a_run_records_nothing_while_the_store_is_full_and_counts_the_chec
     budget = len(check.model_dump_json())
     assert await publish_check(redis, check, budget, now=1.0)
     assert await bytes_held(redis) == budget
-    config = settings(
-        far_mesh_verify_fraction=1.0, far_mesh_verify_min_per_node_hour=0, far_mesh_verify_max_bytes=budget
-    )
+    config = settings(worker_verify_fraction=1.0, worker_verify_min_per_node_hour=0, worker_verify_max_bytes=budget)
     store_full = dropped("store-full")
     trust = await begin_trust(redis, "req-after-full", FakeServed([PEER_A]), config)  # type: ignore[arg-type]
     assert trust.recorder is None and trust.reason is None
@@ -120,7 +116,7 @@ async def test_a_check_dropped_over_the_budget_or_refused_by_redis_leaves_a_noti
 ) -> None:
     """The usage record already says the session was sampled: without a notice its providers would wait forever
     for a verdict. The notice is admitted whatever the budget holds, and counts no bytes."""
-    config = settings(far_mesh_verify_fraction=1.0, far_mesh_verify_min_per_node_hour=0, far_mesh_verify_max_bytes=500)
+    config = settings(worker_verify_fraction=1.0, worker_verify_min_per_node_hour=0, worker_verify_max_bytes=500)
     trust = await begin_trust(redis, "too-big", FakeServed([PEER_A]), config)  # type: ignore[arg-type]
     trust.recorder = Replay([recorded_span(PEER_A, payload_bytes=2000), recorded_span(PEER_A)])
     await trust.publish(redis, "too-big", MODEL)

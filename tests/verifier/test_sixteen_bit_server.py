@@ -46,7 +46,7 @@ async def test_a_session_through_a_bfloat16_server_ends_in_an_ok_verdict_for_eve
     }
     assert announced == {float32_id: "float32", bfloat16_id: "bfloat16"}
     await redis.delete(keys.BANNED_NODES, keys.VERIFIED_NODES)
-    fleet_factory(swarm.initial_peers, [model], far_mesh_verify_fraction=1.0)
+    fleet_factory(swarm.initial_peers, [model], worker_verify_fraction=1.0)
     verifier_factory([model])
     request_id, tokens = await generate(redis_url, redis, model, migrated_postgres_dsn)
     assert tokens

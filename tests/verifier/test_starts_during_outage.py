@@ -30,8 +30,8 @@ async def test_a_verifier_started_while_redis_and_postgresql_are_down_waits_and_
         postgres_url=NO_POSTGRES,
         far_mesh_models=json.dumps([tiny_models[0].model_dump(mode="json")]),
         default_model_id=tiny_models[0].model_id,
-        far_mesh_verifier_metrics_port=0,
-        far_mesh_verifier_threads=torch.get_num_threads(),  # serve() sets it for the whole process
+        verifier_metrics_port=0,
+        verifier_threads=torch.get_num_threads(),  # serve() sets it for the whole process
     )
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop))

@@ -86,7 +86,7 @@ async def test_a_run_bills_the_prompt_and_tokens_at_the_jobs_prices_and_fee_even
         [model],
         price_per_token_far=Decimal("0.9"),
         prompt_price_per_token_far=Decimal("0.5"),
-        far_mesh_verify_fraction=0.0,
+        worker_verify_fraction=0.0,
     )
     assert settings.catalog.price_of(model) != PRICE
     served: Any = {model.model_id: ScriptedModel(model)}
@@ -130,7 +130,7 @@ async def test_a_run_pays_its_providers_by_work_weighed_with_the_block_premiums_
         model, prompt="four words of prompt", max_tokens=3, block_premium_bps=(30_000, 10_000, 10_000, 10_000)
     )
     await enqueue(redis_url, job)
-    settings = settings_for(redis_url, UNREACHABLE_PEERS, [model], far_mesh_verify_fraction=0.0)
+    settings = settings_for(redis_url, UNREACHABLE_PEERS, [model], worker_verify_fraction=0.0)
     served: Any = {model.model_id: ScriptedModel(model)}
     ctx = WorkerContext(redis=redis, settings=settings, served=served, worker_id="test-worker")
     worker = QueueWorker(ctx, model.model_id, burst=True)

@@ -106,7 +106,7 @@ async def test_a_model_no_server_holds_ends_with_a_no_route_error_naming_the_blo
     started = time.monotonic()
     await enqueue(redis_url, job)
     (error,) = await wait_for_end(redis, job.request_id)
-    bound = two_server_fleet.settings.far_mesh_no_route_timeout_s
+    bound = two_server_fleet.settings.worker_no_route_timeout_s
     assert time.monotonic() - started < bound + 15
     assert isinstance(error, ErrorEvent) and error.error.code == "no_route"
     assert "blocks 0..5" in error.error.message and tiny_models[1].model_id in error.error.message
@@ -146,7 +146,7 @@ async def test_the_worker_publishes_a_snapshot_of_each_served_models_swarm(
 async def test_a_running_worker_whose_clients_hold_the_dht_reports_itself_healthy(
     two_server_fleet: RunningFleet,
 ) -> None:
-    port = two_server_fleet.settings.far_mesh_worker_metrics_port
+    port = two_server_fleet.settings.worker_metrics_port
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         health = await client.get("/healthz")
     assert health.status_code == 200 and health.json()["healthy"] is True
@@ -220,7 +220,7 @@ async def test_provider_preferences_exclude_the_ignored_peer_and_fail_fast_namin
     routed = make_job(model, max_tokens=6, provider=allowed)
     for job in (ignoring_first, only_first, routed):
         await enqueue(redis_url, job)
-    bound = two_server_fleet.settings.far_mesh_no_route_timeout_s
+    bound = two_server_fleet.settings.worker_no_route_timeout_s
     for job, blocks in ((ignoring_first, "blocks 0..1"), (only_first, "blocks 2..3")):
         (error,) = await wait_for_end(redis, job.request_id)
         assert isinstance(error, ErrorEvent) and error.error.code == "route_unsatisfiable", error

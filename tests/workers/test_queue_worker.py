@@ -95,7 +95,7 @@ async def test_a_job_out_of_tries_ends_its_stream_and_bills_the_tokens_already_d
     await enqueue(redis_url, job)
     await redis.set(retry_key_prefix + job.request_id, 3)  # three workers died running it
 
-    await run_until_queue_is_empty(context(redis, redis_url, tiny_models, far_mesh_job_max_tries=3), model)
+    await run_until_queue_is_empty(context(redis, redis_url, tiny_models, worker_job_max_tries=3), model)
 
     error = await the_error(redis, job.request_id, 2)
     assert error.error.code == "retries_exhausted"
@@ -118,7 +118,7 @@ async def test_a_job_whose_run_times_out_ends_its_stream_with_a_job_timeout_erro
     job = make_job(model)
     await enqueue(redis_url, job)
 
-    await run_until_queue_is_empty(context(redis, redis_url, tiny_models, far_mesh_job_timeout_s=0.5), model)
+    await run_until_queue_is_empty(context(redis, redis_url, tiny_models, worker_job_timeout_s=0.5), model)
 
     error = await the_error(redis, job.request_id, 2)
     assert error.error.code == "job_timeout" and "0.5 s" in error.error.message
@@ -184,7 +184,7 @@ async def test_a_taken_job_is_marked_in_progress_only_for_one_lease_until_its_ru
     model = tiny_models[0]
     job = make_job(model)
     await enqueue(redis_url, job)
-    worker = QueueWorker(context(redis, redis_url, tiny_models, far_mesh_lease_ttl_s=2), model.model_id)
+    worker = QueueWorker(context(redis, redis_url, tiny_models, worker_lease_ttl_s=2), model.model_id)
     worker._pool = await create_pool(RedisSettings.from_dsn(redis_url))
 
     async def dies_before_its_first_lease_write(job_id: str, score: int) -> None:
@@ -214,7 +214,7 @@ async def test_a_job_queued_behind_a_full_worker_starts_as_soon_as_a_slot_frees(
     redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
 ) -> None:
     model = tiny_models[0]
-    worker = QueueWorker(context(redis, redis_url, tiny_models, far_mesh_worker_max_jobs=1), model.model_id)
+    worker = QueueWorker(context(redis, redis_url, tiny_models, worker_max_jobs=1), model.model_id)
     first, second = await cancelled_job(redis, model), await cancelled_job(redis, model)
     first_may_run = asyncio.Event()
     run_job = worker.run_job

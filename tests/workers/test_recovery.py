@@ -69,7 +69,7 @@ async def test_a_server_killed_mid_stream_fails_over_to_its_replica_without_repe
 
     monkeypatch.setattr("workers.served_model.SwarmSession", RecordedSession)
     # A step cut off by the kill waits out the request timeout; the tiny model's steps take milliseconds.
-    fleet_factory(swarm.initial_peers, [model], far_mesh_petals_request_timeout_s=STEP_TIMEOUT_S)
+    fleet_factory(swarm.initial_peers, [model], worker_petals_request_timeout_s=STEP_TIMEOUT_S)
     job = make_job(model, prompt=PROMPT, max_tokens=MAX_TOKENS)
     await enqueue(redis_url, job)
     await wait_for_tokens(redis, job.request_id, 3)

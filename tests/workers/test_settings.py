@@ -17,18 +17,18 @@ def test_a_worker_serves_the_whole_catalog_by_default() -> None:
 
 def test_a_worker_may_serve_a_subset_of_the_catalog() -> None:
     settings = WorkerSettings.from_env(
-        far_mesh_dht_bootstrap=BOOTSTRAP, far_mesh_models=MODELS, default_model_id="m-a", far_mesh_worker_models="m-b"
+        far_mesh_dht_bootstrap=BOOTSTRAP, far_mesh_models=MODELS, default_model_id="m-a", worker_models="m-b"
     )
     assert [m.model_id for m in settings.served_models] == ["m-b"]
 
 
 def test_a_model_outside_the_catalog_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(SettingsError, match="FAR_MESH_WORKER_MODELS names \\['m-z'\\]"):
+    with pytest.raises(SettingsError, match="WORKER_MODELS names \\['m-z'\\]"):
         WorkerSettings.from_env(
             far_mesh_dht_bootstrap=BOOTSTRAP,
             far_mesh_models=MODELS,
             default_model_id="m-a",
-            far_mesh_worker_models="m-z",
+            worker_models="m-z",
         )
 
 

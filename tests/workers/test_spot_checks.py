@@ -84,7 +84,7 @@ async def test_ids_a_client_chose_by_their_crc32_are_sampled_at_the_configured_r
     redis: fakeredis.FakeAsyncRedis,
 ) -> None:
     config = settings(
-        far_mesh_verify_fraction=0.05, far_mesh_verify_min_per_node_hour=0, far_mesh_verify_sampling_secret=SECRET
+        worker_verify_fraction=0.05, worker_verify_min_per_node_hour=0, worker_verify_sampling_secret=SECRET
     )
     always = await sampled(redis, ids_whose_crc32(below=True, count=2000), config)
     never = await sampled(redis, ids_whose_crc32(below=False, count=2000), config)
@@ -95,9 +95,9 @@ async def test_ids_a_client_chose_by_their_crc32_are_sampled_at_the_configured_r
 
 async def test_a_different_secret_samples_different_requests(redis: fakeredis.FakeAsyncRedis) -> None:
     request_ids = [f"req-{i}" for i in range(400)]
-    config = {"far_mesh_verify_fraction": 0.5, "far_mesh_verify_min_per_node_hour": 0}
-    one = await sampled(redis, request_ids, settings(**config, far_mesh_verify_sampling_secret=SECRET))
-    other = await sampled(redis, request_ids, settings(**config, far_mesh_verify_sampling_secret=SECRET[::-1]))
+    config = {"worker_verify_fraction": 0.5, "worker_verify_min_per_node_hour": 0}
+    one = await sampled(redis, request_ids, settings(**config, worker_verify_sampling_secret=SECRET))
+    other = await sampled(redis, request_ids, settings(**config, worker_verify_sampling_secret=SECRET[::-1]))
     assert 140 < len(one) < 260 and 140 < len(other) < 260
     assert len(one & other) < 150  # independent halves share about 100 (Binomial(400, 0.25), sd 8.7)
 
@@ -109,10 +109,10 @@ def test_without_a_secret_a_worker_samples_with_a_random_key_of_its_own_and_says
     with caplog.at_level(logging.WARNING, logger="workers.spot_checks"):
         key = sampling_key(settings())
         assert sampling_key(settings()) == key and len(key) == 32
-    assert [r.message for r in caplog.records if "FAR_MESH_VERIFY_SAMPLING_SECRET" in r.message] != []
+    assert [r.message for r in caplog.records if "WORKER_VERIFY_SAMPLING_SECRET" in r.message] != []
     monkeypatch.setattr(spot_checks, "_process_key", None)
     assert sampling_key(settings()) != key  # another process: another key
-    assert sampling_key(settings(far_mesh_verify_sampling_secret=SECRET)) == SECRET.encode()
+    assert sampling_key(settings(worker_verify_sampling_secret=SECRET)) == SECRET.encode()
 
 
 async def test_a_due_node_is_claimed_by_one_run_at_a_time_and_is_due_again_when_its_claim_lapses_unchecked(
@@ -127,7 +127,7 @@ async def test_a_due_node_is_claimed_by_one_run_at_a_time_and_is_due_again_when_
 
 async def test_a_due_peer_not_on_the_route_stays_due_after_the_request(live_redis: aioredis.Redis) -> None:
     served = FakeServed([PEER_A, PEER_B])
-    config = settings(far_mesh_verify_fraction=0.0)
+    config = settings(worker_verify_fraction=0.0)
     started = time.time()
     trust = await begin_trust(live_redis, "req-route-a", served, config)  # type: ignore[arg-type]
     assert trust.reason == "node-due" and trust.recorder is not None
@@ -142,7 +142,7 @@ async def test_a_peer_whose_span_was_recorded_is_stamped_sampled_when_its_check_
 ) -> None:
     started = time.time()
     served = FakeServed([PEER_A])
-    trust = await begin_trust(live_redis, "req-route-a", served, settings(far_mesh_verify_fraction=0.0))  # type: ignore[arg-type]
+    trust = await begin_trust(live_redis, "req-route-a", served, settings(worker_verify_fraction=0.0))  # type: ignore[arg-type]
     assert trust.reason == "node-due"
     trust.recorder = Replay([recorded_span(PEER_A)])
     await trust.publish(live_redis, "req-route-a", MODEL)
@@ -152,7 +152,7 @@ async def test_a_peer_whose_span_was_recorded_is_stamped_sampled_when_its_check_
 
 
 async def test_a_check_dropped_over_the_byte_budget_stamps_no_one(live_redis: aioredis.Redis) -> None:
-    config = settings(far_mesh_verify_fraction=0.0, far_mesh_verify_max_bytes=1000)
+    config = settings(worker_verify_fraction=0.0, worker_verify_max_bytes=1000)
     trust = await begin_trust(live_redis, "req-too-big", FakeServed([PEER_A]), config)  # type: ignore[arg-type]
     trust.recorder = Replay([recorded_span(PEER_A, payload_bytes=2000)])
     await trust.publish(live_redis, "req-too-big", MODEL)
@@ -163,9 +163,9 @@ async def test_a_check_dropped_over_the_byte_budget_stamps_no_one(live_redis: ai
 
 async def test_a_session_is_sampled_when_a_node_is_due_even_at_fraction_zero(redis: fakeredis.FakeAsyncRedis) -> None:
     served = FakeServed([PEER_A])
-    first = await begin_trust(redis, "req-1", served, settings(far_mesh_verify_fraction=0.0))  # type: ignore[arg-type]
+    first = await begin_trust(redis, "req-1", served, settings(worker_verify_fraction=0.0))  # type: ignore[arg-type]
     assert first.reason == "node-due" and first.recorder is not None
-    second = await begin_trust(redis, "req-2", served, settings(far_mesh_verify_fraction=0.0))  # type: ignore[arg-type]
+    second = await begin_trust(redis, "req-2", served, settings(worker_verify_fraction=0.0))  # type: ignore[arg-type]
     assert second.reason is None and second.recorder is None and second.route_policy == DEFAULT_POLICY
 
 

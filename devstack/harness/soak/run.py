@@ -136,7 +136,7 @@ def _reconcile_settings(sut: SystemUnderTest) -> tuple[dict[str, str], Decimal]:
     from devstack.system import DEV_BUYER_DEPOSIT_FAR
 
     assert sut.system.chain is not None
-    chain_env = {k: v for k, v in sut.system.chain.env.items() if k != "FAR_MESH_TREASURY_KEY_FILE"}
+    chain_env = {k: v for k, v in sut.system.chain.env.items() if k != "PAYOUT_TREASURY_KEY_FILE"}
     env = os.environ | chain_env | {"POSTGRES_URL": sut.postgres_url, "REDIS_URL": sut.redis_url}
     return env, SUPPLY_FAR - DEV_BUYER_DEPOSIT_FAR
 

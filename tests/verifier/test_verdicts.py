@@ -1,4 +1,4 @@
-"""verifier.ledger against a real PostgreSQL: verdicts, slashes that payouts cannot claim, bans, balance."""
+"""verifier.verdicts against a real PostgreSQL: verdicts, slashes that payouts cannot claim, bans, balance."""
 
 import asyncio
 from decimal import Decimal
@@ -6,12 +6,12 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from payouts.batches import _CLAIMABLE as CLAIMABLE  # the payout claim's own condition, so a change shows here
 from payouts.payable import PayoutHold
 from tests.fixtures.ledger import unique_id, usage_record
 from tests.verifier.helpers import verdict
-from verifier.ledger import BanPolicy, add_failed_steps, pending_slashes, record_unverified, record_verdicts
+from verifier.verdicts import BanPolicy, add_failed_steps, pending_slashes, record_unverified, record_verdicts
 from workers.route_policy import PROBATION_BELOW
 
 

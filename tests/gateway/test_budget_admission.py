@@ -1,5 +1,5 @@
 """Per-key budgets and limits on a real gateway, real Redis and real PostgreSQL; the synthetic worker settles each
-request exactly as a worker does (`workers.budget.settle_reservation`)."""
+request exactly as a worker does (`workers.budget_settlement.settle_reservation`)."""
 
 import argparse
 import asyncio
@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from langchain_openai import ChatOpenAI
 
 import schema
-from accounting.ledger import write_batch
+from accounting.batch_writer import write_batch
 from gateway.api_keys import ApiKey, KeyLimits
-from gateway.budgets import BudgetExceeded, Budgets
+from gateway.budget_admission import BudgetExceeded, Budgets
 from gateway.commands import _far
 from protocol import budgets, keys
 from protocol.swarm import SwarmSnapshot

@@ -42,15 +42,15 @@ DHT_WAIT_LOG_EVERY_S = 10.0
 
 def client_limits(settings: WorkerSettings) -> ClientLimits:
     return ClientLimits(
-        max_retries=settings.far_mesh_petals_max_retries,
-        connect_timeout=settings.far_mesh_petals_connect_timeout_s,
-        request_timeout=settings.far_mesh_petals_request_timeout_s,
-        min_backoff=min(0.5, settings.far_mesh_petals_max_backoff_s),
-        max_backoff=settings.far_mesh_petals_max_backoff_s,
+        max_retries=settings.worker_petals_max_retries,
+        connect_timeout=settings.worker_petals_connect_timeout_s,
+        request_timeout=settings.worker_petals_request_timeout_s,
+        min_backoff=min(0.5, settings.worker_petals_max_backoff_s),
+        max_backoff=settings.worker_petals_max_backoff_s,
     )
 
 
-async def run_fleet(
+async def serve(
     settings: WorkerSettings,
     stop: asyncio.Event | None = None,
     *,
@@ -83,16 +83,16 @@ async def run_fleet(
                 spec,
                 settings.initial_peers,
                 limits=client_limits(settings),
-                max_jobs=settings.far_mesh_worker_max_jobs,
+                max_jobs=settings.worker_max_jobs,
             )
             logger.info("client connected model=%s blocks=%d", spec.model_id, served[spec.model_id].num_blocks)
         context = WorkerContext(redis=redis, settings=settings, served=served, worker_id=worker_id)
         health = FleetHealth(served)
-        if settings.far_mesh_worker_metrics_port:
+        if settings.worker_metrics_port:
             http_server = serve_health_and_metrics(
                 health.check,
-                settings.far_mesh_worker_metrics_port,
-                host=settings.far_mesh_worker_metrics_host,
+                settings.worker_metrics_port,
+                host=settings.worker_metrics_host,
                 registry=metrics.REGISTRY,
                 thread_name="worker-http",
             )
@@ -107,8 +107,8 @@ async def run_fleet(
             worker_id,
             ",".join(served),
             ",".join(keys.queue_for(m) for m in served),
-            settings.far_mesh_worker_max_jobs,
-            settings.far_mesh_worker_metrics_port,
+            settings.worker_max_jobs,
+            settings.worker_metrics_port,
         )
         if ready is not None:
             ready.set()
@@ -250,7 +250,7 @@ async def _publish_snapshots(settings: WorkerSettings, served: dict[str, ServedM
                 await write_measurements(redis, model.model_id, measured)
             except Exception as exc:
                 logger.warning("peer measurement failed model=%s error=%r", model.model_id, exc)
-        await asyncio.sleep(settings.far_mesh_snapshot_interval_s)
+        await asyncio.sleep(settings.worker_snapshot_interval_s)
 
 
 async def _sample_queues(served: dict[str, ServedModel], redis: aioredis.Redis) -> None:

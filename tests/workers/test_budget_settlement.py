@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.api_keys import ApiKey, KeyLimits
-from gateway.budgets import REBUILD, Budgets
+from gateway.budget_admission import REBUILD, Budgets
 from mesh.local_swarm import LocalSwarm
 from protocol import budgets, keys
 from protocol.catalog import ModelSpec
@@ -18,7 +18,7 @@ from protocol.events import DoneEvent, ErrorBody, TokenEvent, encode_event
 from protocol.money import cost_of
 from protocol.ownership import RequestOwner
 from tests.fixtures.workers import PRICE_FAR, WorkerProcess, job_mid_stream_on_two_workers, make_job, wait_for_end
-from workers.budget import settle_reservation
+from workers.budget_settlement import settle_reservation
 from workers.ending import end_abandoned
 
 BUDGET_FAR = Decimal("1")

@@ -4,7 +4,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from accounting.ledger import session_id_for, write_batch
+from accounting.batch_writer import session_id_for, write_batch
 from protocol.usage import UsageRecord
 from tests.fixtures.ledger import unique_id, usage_record
 

@@ -144,7 +144,7 @@ def _keys(api_key_id: str) -> list[str]:
 
 
 class Budgets:
-    """Reserves and releases against keys' budgets; the worker settles (`workers.budget`)."""
+    """Reserves and releases against keys' budgets; the worker settles (`workers.budget_settlement`)."""
 
     def __init__(
         self, redis: aioredis.Redis, pool: asyncpg.Pool, *, timeout_s: float, reservation_ttl_s: float
