@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from protocol.catalog import ModelCatalog, ModelSpec
 from protocol.log_format import JsonFormatter
 from protocol.money import FarAmount
+from protocol.redis_shards import RedisShards
 from protocol.settings_renames import renamed_in_use
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -71,10 +72,29 @@ class CommonSettings(BaseSettings):
         "/v1/models and the portal); unset means one model, DEFAULT_MODEL_ID",
     )
 
+    far_mesh_model_redis: Json[dict[str, RedisDsn]] | None = Field(
+        default=None,
+        description='JSON object {"model_id": "redis://..."}: each named model\'s queue, token streams and usage '
+        "records live on that Redis (its shard), read and written by every process by the same map; keys, wallets, "
+        "budgets and every other model stay on REDIS_URL. Unset: everything on REDIS_URL (docs/performance.md, "
+        "Past one Redis)",
+    )
+
     @model_validator(mode="after")
     def _catalog_is_consistent(self) -> Self:
         self.catalog  # noqa: B018 - builds and validates the catalog once, at start-up
+        unknown = sorted(set(self.far_mesh_model_redis or {}) - set(self.catalog.model_ids))
+        if unknown:
+            raise ValueError(
+                f"FAR_MESH_MODEL_REDIS names {unknown}, which are not in the catalog {self.catalog.model_ids}"
+            )
         return self
+
+    @property
+    def redis_shards(self) -> RedisShards:
+        """Which Redis holds each model's requests (`protocol.redis_shards`); REDIS_URL for every model by default."""
+        home = str(self.redis_url)
+        return RedisShards(home, {model: str(url) for model, url in (self.far_mesh_model_redis or {}).items()})
 
     @property
     def catalog(self) -> ModelCatalog:
