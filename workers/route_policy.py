@@ -21,6 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from mesh.client import reread_swarm
 from protocol import keys
 from workers.served_model import ServedModel
 
@@ -110,14 +111,16 @@ def _unreachable(manager: Any, view: Sequence[set[str]]) -> frozenset[str]:
 
 
 def apply_blocked(served: ServedModel, blocked: frozenset[str]) -> bool:
-    """Make `blocked` the model's blocked servers and re-read the swarm if that changed them (blocking)."""
+    """Make `blocked` the model's blocked servers and re-read the swarm if that changed them (blocking, at most the
+    client's request timeout: `mesh.client.reread_swarm`; a TimeoutError is a failed policy, which the run's callers
+    log and go on without)."""
     from hivemind.p2p import PeerID
 
     manager = served.model.transformer.h.sequence_manager
     if _blocked(manager) == blocked:
         return False
     manager.blocked_servers = {PeerID.from_base58(peer) for peer in blocked} or None
-    manager.update(wait=True)
+    reread_swarm(manager)
     return True
 
 

@@ -43,6 +43,9 @@ class FakeManager:
         self.lock_changes = threading.Lock()
         self.blocked_servers: Any = None
         self.updates = 0
+        self.ready = threading.Event()
+        self.ready.set()
+        self.config = SimpleNamespace(request_timeout=5.0)
 
     def update(self, *, wait: bool) -> None:
         self.updates += 1

@@ -184,6 +184,26 @@ async def test_banned_peers_leave_the_routes_until_their_ban_ends(redis: fakered
     assert served.manager.blocked_servers is None and served.manager.updates == 2
 
 
+async def test_a_ban_whose_swarm_re_read_never_answers_fails_the_policy_after_the_timeout_and_not_the_run(
+    redis: fakeredis.FakeAsyncRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Petals' own update(wait=True) would hold the run for ever here: its updater retries an unreachable DHT.
+    def never_re_read() -> FakeServed:
+        served = FakeServed([PEER_A, PEER_B])
+        served.manager.ready.clear()
+        served.manager.config.request_timeout = 0.2
+        return served
+
+    await redis.zadd(keys.BANNED_NODES, {PEER_B: time.time() + 60})
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="not re-read within 0.2 s"):
+        await apply_route_policy(redis, never_re_read())  # type: ignore[arg-type]
+    config = settings(worker_verify_fraction=0.0)
+    trust = await begin_trust(redis, "req-dht-gone", never_re_read(), config)  # type: ignore[arg-type]
+    assert trust.route_policy == DEFAULT_POLICY and "trust state unreadable" in caplog.text
+    assert time.monotonic() - started < 5
+
+
 async def test_a_sampled_run_publishes_every_span_it_recorded_in_one_entry(live_redis: aioredis.Redis) -> None:
     redis = live_redis
     recorder = SpanRecorder()
