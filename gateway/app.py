@@ -10,9 +10,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
-import redis.asyncio as aioredis
-from arq import create_pool
-from arq.connections import RedisSettings
 from prometheus_client import start_http_server
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,11 +31,11 @@ from gateway.inflight import Inflight
 from gateway.metrics import GatewayMetrics, RequestMetricsMiddleware
 from gateway.openapi import build_openapi
 from gateway.rate_limit import RateLimiter
-from gateway.relay import StreamRelay
 from gateway.request_history import RequestHistory
 from gateway.settings import GatewaySettings
+from gateway.shards import close_shard, open_shards
 from gateway.state import GatewayState
-from protocol.redis_durability import check_redis_durability
+from protocol.redis_shards import redacted
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +85,17 @@ def create_app(settings: GatewaySettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis_url = str(settings.redis_url)
-        redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
-        await check_redis_durability(redis.config_get, require=settings.far_mesh_redis_require_durable)
-        reader_redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2)
-        arq = await create_pool(RedisSettings.from_dsn(redis_url))
+        home, elsewhere = await open_shards(settings, metrics)
+        redis, relay, arq = home.redis, home.relay, home.arq
         # min_size=0: no connection at start, so a PostgreSQL outage means 503s on key lookups, not a crash loop
         pool = await asyncpg.create_pool(settings.postgres_url, min_size=0, max_size=4)
-        relay = StreamRelay(
-            reader_redis,
-            readers=settings.gateway_relay_readers,
-            keepalive_s=settings.gateway_heartbeat_interval_s,
-            observe_latencies_s=metrics.relay_latency.observe_many,
-        )
         lease_s = max(3 * settings.gateway_heartbeat_interval_s, 2 * settings.gateway_cancel_grace_s, 5.0)
-        inflight = Inflight(redis, lease_s=lease_s, cancel_grace_s=settings.gateway_cancel_grace_s)
+        inflight = Inflight(
+            redis,
+            lease_s=lease_s,
+            cancel_grace_s=settings.gateway_cancel_grace_s,
+            request_redis=lambda model_id: (elsewhere.get(model_id) or home).redis,
+        )
         app.state.gateway = GatewayState(
             settings=settings,
             metrics=metrics,
@@ -127,8 +120,11 @@ def create_app(settings: GatewaySettings) -> Starlette:
             )
             if settings.gateway_require_prepaid_balance
             else None,
+            shards=elsewhere,
         )
-        relay.start()
+        distinct = [home, *{id(shard): shard for shard in elsewhere.values()}.values()]
+        for shard in distinct:
+            shard.relay.start()
         renewer = asyncio.create_task(inflight.renew_forever(lease_s / 3))
         runner = BatchRunner(app.state.gateway)
         batch_runner = asyncio.create_task(runner.run_forever())
@@ -139,7 +135,10 @@ def create_app(settings: GatewaySettings) -> Starlette:
             else None
         )
         log.info(
-            "gateway started models=%s readers=%d", ",".join(settings.catalog.model_ids), settings.gateway_relay_readers
+            "gateway started models=%s readers=%d shards=%s",
+            ",".join(settings.catalog.model_ids),
+            settings.gateway_relay_readers,
+            ",".join(f"{m}@{redacted(u)}" for m, u in settings.redis_shards.by_model.items()) or "none",
         )
         try:
             yield
@@ -150,11 +149,9 @@ def create_app(settings: GatewaySettings) -> Starlette:
             renewer.cancel()
             await runner.stop(batch_runner)
             await inflight.drain_pending()
-            await relay.stop()
             await pool.close()
-            await arq.aclose()
-            await reader_redis.aclose()
-            await redis.aclose()
+            for shard in distinct:
+                await close_shard(shard)
             log.info("gateway stopped")
 
     async def openapi_json(request: Request) -> Response:

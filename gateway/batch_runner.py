@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -180,11 +181,14 @@ class BatchRunner:
         """Cancel a stopped batch's running lines, as a client's cancel does: each ends with what it delivered,
         billed, and its answer (cut short) is in the output file."""
         reason = "batch cancelled" if stored.cancel_at is not None else "batch expired"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for index in stored.pending:
-                request_id = (await self._line(batch_id, index)).job.request_id
-                pipe.set(keys.cancel_flag(request_id), reason, ex=keys.TOKEN_STREAM_TTL_S, nx=True)
-            await pipe.execute()
+        for index in stored.pending:
+            job = (await self._line(batch_id, index)).job
+            shard = self.state.shard(job.model_id).redis  # where the line's worker looks for its cancel flag
+            await shard.set(keys.cancel_flag(job.request_id), reason, ex=keys.TOKEN_STREAM_TTL_S, nx=True)
+
+    def _redis_of(self, line: Line) -> aioredis.Redis:
+        """The Redis holding `line`'s token stream and cancel flag: its model's (`protocol.redis_shards`)."""
+        return self.state.shard(line.job.model_id).redis
 
     async def _line(self, batch_id: str, index: int) -> Line:
         line = self._lines.get((batch_id, index))
@@ -201,7 +205,7 @@ class BatchRunner:
             line = await self._line(batch_id, index)
             result = await self._answer(line, dispatched_at)
             if result is None:
-                if time.time() - dispatched_at > REDISPATCH_AFTER_S and not await self.redis.exists(
+                if time.time() - dispatched_at > REDISPATCH_AFTER_S and not await self._redis_of(line).exists(
                     keys.token_stream(line.job.request_id)
                 ):
                     # Not started yet, or a runner died between recording the line and enqueueing it: enqueue
@@ -222,17 +226,18 @@ class BatchRunner:
         """The line's output (True) or error (False) line once its stream has ended; None while it runs."""
         request_id = line.job.request_id
         stream = keys.token_stream(request_id)
-        last = await self.redis.xrevrange(stream, count=1)
+        shard = self._redis_of(line)
+        last = await shard.xrevrange(stream, count=1)
         if not last or last[0][1].get(KIND_FIELD) not in FINAL_KINDS:
             if time.time() - dispatched_at > self.settings.gateway_stream_deadline_s:
-                await self.redis.set(keys.cancel_flag(request_id), "batch line deadline", ex=keys.TOKEN_STREAM_TTL_S)
+                await shard.set(keys.cancel_flag(request_id), "batch line deadline", ex=keys.TOKEN_STREAM_TTL_S)
                 message = f"the request did not finish within {self.settings.gateway_stream_deadline_s:g} s; cancelled"
                 return _error_line(line, 504, "timeout", message), False
             return None
         tokens: list[dict[str, Any]] = []
         final: dict[str, Any] = {}
         kind = ""
-        for _, fields in await self.redis.xrange(stream):
+        for _, fields in await shard.xrange(stream):
             kind = fields[KIND_FIELD]
             if kind == TokenEvent.kind:
                 tokens.append(json.loads(fields[DATA_FIELD]))
@@ -261,7 +266,7 @@ class BatchRunner:
             if model_id not in waiting:  # looked at every pass, so interactive requests are seen while lines run
                 busy = await self._interactive_recently(model_id)
                 waiting[model_id] = busy + int(
-                    await self.redis.eval(  # type: ignore[misc]
+                    await self.state.shard(model_id).redis.eval(  # type: ignore[misc]
                         _WAITING, 1, keys.queue_for(model_id), keys.ARQ_IN_PROGRESS_PREFIX, str(QUEUE_LOOK)
                     )
                 )
@@ -307,7 +312,9 @@ class BatchRunner:
         owner = RequestOwner(job.api_key_id or "", job.model_id).encode()
         took = await self.redis.set(keys.request_owner(job.request_id), owner, nx=True, ex=keys.REQUEST_OWNER_TTL_S)
         if took or not owner_taken:
-            await enqueue_generate(self.state.arq, job.model_copy(update={"enqueued_at": time.time()}))
+            await enqueue_generate(
+                self.state.shard(job.model_id).arq, job.model_copy(update={"enqueued_at": time.time()})
+            )
 
     async def _finish(self, batch_id: str, stored: StoredBatch, now: float) -> None:
         meta = shown(stored)

@@ -142,7 +142,7 @@ def follow_slot(
     """`follow` the request of `slot` as the gateway's routes do: its token stream, this gateway's deadline, and
     `slot_hooks` (a reader that writes to its client bounds what it leaves unread itself: `EventStreamResponse`)."""
     return follow(
-        state.relay,
+        state.shard(slot.followed.model_id).relay,
         keys.token_stream(slot.followed.request_id),
         slot_hooks(state, slot, trace),
         deadline_s=state.settings.gateway_stream_deadline_s,

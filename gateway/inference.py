@@ -2,6 +2,7 @@
 
 import re
 
+import redis.asyncio as aioredis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -33,7 +34,7 @@ def relay_response(
     settings = state.settings
     hooks = slot_hooks(state, slot, trace)
     return EventStreamResponse(
-        state.relay,
+        state.shard(slot.followed.model_id).relay,
         keys.token_stream(slot.followed.request_id),
         request_id=slot.followed.request_id,
         after_id=after_id,
@@ -83,15 +84,16 @@ async def resume(request: Request) -> Response:
         ) from None
     await take_rate_limit(state, key)
     followed = await owned_request(state, request_id, key)
-    if await _ended_at_or_before(state, request_id, after_id):
+    if await _ended_at_or_before(state.shard(followed.model_id).redis, request_id, after_id):
         # 204 is the one answer that stops an EventSource from reconnecting, again and again, to a stream it has read
         return Response(status_code=204, headers={"x-request-id": request_id})
     return relay_response(state, await admit(state, followed), after_id=after_id)
 
 
-async def _ended_at_or_before(state: GatewayState, request_id: str, after_id: str) -> bool:
-    """The stream's final event is at or before `after_id`: the client has everything there is."""
-    last = await state.redis.xrevrange(keys.token_stream(request_id), count=1)
+async def _ended_at_or_before(redis: aioredis.Redis, request_id: str, after_id: str) -> bool:
+    """The stream's final event is at or before `after_id`: the client has everything there is (`redis`: the
+    request's shard)."""
+    last = await redis.xrevrange(keys.token_stream(request_id), count=1)
     if not last:
         return False
     last_id, fields = last[0]
@@ -103,9 +105,10 @@ async def cancel(request: Request) -> Response:
     state = state_of(request)
     key = await authenticate(request)
     request_id = _request_id(request)
-    await owned_request(state, request_id, key)
-    last = await state.redis.xrevrange(keys.token_stream(request_id), count=1)
+    followed = await owned_request(state, request_id, key)
+    shard = state.shard(followed.model_id).redis  # the owner record's model, never one the client names
+    last = await shard.xrevrange(keys.token_stream(request_id), count=1)
     if last and last[0][1].get(KIND_FIELD) in FINAL_KINDS:
         return JSONResponse({"request_id": request_id, "status": "finished"})
-    await state.redis.set(keys.cancel_flag(request_id), "cancelled by client", ex=keys.TOKEN_STREAM_TTL_S)
+    await shard.set(keys.cancel_flag(request_id), "cancelled by client", ex=keys.TOKEN_STREAM_TTL_S)
     return JSONResponse({"request_id": request_id, "status": "cancelling"}, status_code=202)

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -67,8 +68,18 @@ def _now_ms() -> int:
 class Inflight:
     """This process's slots; `renew_forever` keeps them alive, `release` ends one."""
 
-    def __init__(self, redis: aioredis.Redis, *, lease_s: float, cancel_grace_s: float) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        lease_s: float,
+        cancel_grace_s: float,
+        request_redis: Callable[[str], aioredis.Redis] | None = None,
+    ) -> None:
+        """`redis` is the home Redis (slots and leases); `request_redis(model_id)` the one holding that model's
+        cancel flags (`protocol.redis_shards`), the home Redis unless given."""
         self._redis = redis
+        self._request_redis = request_redis or (lambda _model_id: redis)
         self._lease_ms = int(lease_s * 1000)
         self._grace_s = cancel_grace_s
         self._local: set[Slot] = set()
@@ -119,11 +130,16 @@ class Inflight:
 
     async def cancel(self, followed: FollowedRequest, reason: str) -> None:
         """Ask the request's worker to stop; it ends the stream with a cancelled event, billing what it delivered."""
-        streams_key, requests_key = followed.keys
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.cancel_flag(followed.request_id), reason, ex=keys.TOKEN_STREAM_TTL_S)
-            pipe.zrem(requests_key, followed.request_id)
-            await pipe.execute()
+        _, requests_key = followed.keys
+        shard = self._request_redis(followed.model_id)
+        if shard is self._redis:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(keys.cancel_flag(followed.request_id), reason, ex=keys.TOKEN_STREAM_TTL_S)
+                pipe.zrem(requests_key, followed.request_id)
+                await pipe.execute()
+        else:  # the flag where the request's worker looks for it, the lease where admission counts it
+            await shard.set(keys.cancel_flag(followed.request_id), reason, ex=keys.TOKEN_STREAM_TTL_S)
+            await self._redis.zrem(requests_key, followed.request_id)
         log.info("request cancelled request_id=%s reason=%s", followed.request_id, reason)
 
     async def _cancel_unless_reattached(self, followed: FollowedRequest) -> None:

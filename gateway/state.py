@@ -1,6 +1,6 @@
 """Everything one gateway process holds while it runs, built at start-up and reachable from each request."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -15,6 +15,7 @@ from gateway.rate_limit import RateLimiter
 from gateway.relay import StreamRelay
 from gateway.request_history import RequestHistory
 from gateway.settings import GatewaySettings
+from gateway.shards import Shard
 
 
 @dataclass
@@ -31,6 +32,13 @@ class GatewayState:
     budgets: Budgets
     balances: Balances | None = None
     """Set when GATEWAY_REQUIRE_PREPAID_BALANCE is on: requests are held against their wallet's balance."""
+    shards: dict[str, Shard] = field(default_factory=dict)
+    """model id -> the connections of the Redis its requests live on, for each model not on the home Redis
+    (`redis`, `arq` and `relay` above; FAR_MESH_MODEL_REDIS)."""
+
+    def shard(self, model_id: str) -> Shard:
+        """Where `model_id`'s queue, token streams and cancel flags are: its shard, else the home Redis."""
+        return self.shards.get(model_id) or Shard(redis=self.redis, relay=self.relay, arq=self.arq)
 
 
 def state_of(request: Request) -> GatewayState:

@@ -191,7 +191,7 @@ async def _submit(
             f"request_id {request_id!r} is already used by another API key; choose another", field="request_id"
         )
     spec = resolve_model(state, first.model_id)  # the first submission's model, whatever this body says
-    if not await redis.exists(*keys.job_traces(request_id)):
+    if not await state.shard(spec.model_id).redis.exists(*keys.job_traces(request_id)):
         # Its first submission lost Redis between the owner key and the job, and could not undo the key either:
         # nothing was queued, so following it would wait for nothing. Start it now, as that submission meant to.
         await _refuse_if_used(state, request_id)
@@ -317,7 +317,7 @@ async def admit(state: GatewayState, followed: FollowedRequest) -> Slot:
 
 
 async def _enqueue(state: GatewayState, job: GenerateJob) -> None:
-    queued = await enqueue_generate(state.arq, job)
+    queued = await enqueue_generate(state.shard(job.model_id).arq, job)
     log.info(
         "request accepted request_id=%s model_id=%s key_id=%s new_job=%s",
         job.request_id,
