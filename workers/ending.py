@@ -145,6 +145,7 @@ async def end_abandoned(
     worker_id: str,
     lease_ttl_s: float,
     prompt_tokens: int = 0,
+    home: aioredis.Redis | None = None,
 ) -> bool:
     """End the stream of a request no run will finish with `error`; False when it had already ended.
 
@@ -152,8 +153,13 @@ async def end_abandoned(
     nodes that served them credited from the steps the runs wrote beside the stream; a payload that is lost or
     invalid names nobody to bill, so then only the error is written. Either way the request's budget reservation
     is settled, at what was billed (nothing, for a job that never ran), so it never waits to lapse.
+
+    `redis` holds the request's stream (its model's shard); `home`, when another, its budget and balance.
     """
-    writer = TokenStreamWriter(redis, request_id, f"{worker_id}:ending:{uuid.uuid4().hex[:8]}", lease_ttl_s=lease_ttl_s)
+    home = home if home is not None else redis
+    writer = TokenStreamWriter(
+        redis, request_id, f"{worker_id}:ending:{uuid.uuid4().hex[:8]}", lease_ttl_s=lease_ttl_s, home=home
+    )
     so_far = await writer.acquire()
     if so_far.final is not None:
         return False
@@ -184,7 +190,7 @@ async def end_abandoned(
             usage is not None,
         )
         if job is not None and usage is not None:
-            await budget_settlement.settle_reservation(redis, job, usage.total_cost_far)
+            await budget_settlement.settle_reservation(home, job, usage.total_cost_far)
         else:
-            await budget_settlement.settle_owned_reservation(redis, request_id, Decimal(0))
+            await budget_settlement.settle_owned_reservation(home, request_id, Decimal(0))
     return ended

@@ -81,12 +81,25 @@ class WorkerContext:
     """What every job of one worker process shares: the clients, Redis, the settings, the worker's id."""
 
     redis: aioredis.Redis
+    """The home Redis (REDIS_URL): owners, budgets, balances, snapshots and trust."""
     settings: WorkerSettings
     served: dict[str, ServedModel]
     worker_id: str
+    shards: dict[str, aioredis.Redis] = field(default_factory=dict)
+    """model id -> the Redis holding its queue and streams, for each served model not on the home Redis."""
 
-    async def end_abandoned(self, request_id: str, payload: object, error: ErrorBody) -> bool:
-        """End a request no run will finish (see `workers.ending.end_abandoned`)."""
+    def redis_for(self, model_id: str) -> aioredis.Redis:
+        """Where `model_id`'s queue, token streams and usage records are (`protocol.redis_shards`)."""
+        return self.shards.get(model_id, self.redis)
+
+    async def end_abandoned(
+        self, request_id: str, payload: object, error: ErrorBody, model_id: str | None = None
+    ) -> bool:
+        """End a request no run will finish (see `workers.ending.end_abandoned`), on the Redis of `model_id`'s queue
+        (None: the model the payload names; a payload too broken to name one belongs to a queue of the home Redis
+        unless the queue is said)."""
+        if model_id is None:
+            model_id = str(payload.get("model_id")) if isinstance(payload, dict) else ""
         prompt_tokens = 0
         if isinstance(payload, dict) and (served := self.served.get(str(payload.get("model_id")))) is not None:
             try:  # the ids a run prefilled (a chat's template included), so the prompt is billed as runs bill it
@@ -94,13 +107,14 @@ class WorkerContext:
             except ValidationError:
                 prompt_tokens = len(served.encode(str(payload.get("prompt", ""))))
         return await end_abandoned(
-            self.redis,
+            self.redis_for(model_id),
             request_id,
             payload,
             error,
             worker_id=self.worker_id,
             lease_ttl_s=self.settings.worker_lease_ttl_s,
             prompt_tokens=prompt_tokens,
+            home=self.redis,
         )
 
 
@@ -152,19 +166,24 @@ async def generate(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
         logger.error("job rejected request_id=%s reason=invalid payload: %s", request_id, problems)
         message = f"the job payload is invalid ({exc.error_count()} errors)"
         error = ErrorBody(code=StreamErrorCode.INVALID_JOB, message=message)
-        await worker.end_abandoned(request_id, payload, error)
+        await worker.end_abandoned(request_id, payload, error, ctx.get("model_id"))
         return RunEnd.INVALID.value
     served = worker.served.get(job.model_id)
     if served is None:  # the queue is per model, so only a misrouted job lands here
         logger.error("job rejected request_id=%s reason=model %s not served here", job.request_id, job.model_id)
         message = f"{job.model_id} was queued to a worker that does not serve it; check WORKER_MODELS"
         error = ErrorBody(code=StreamErrorCode.MODEL_NOT_SERVED, message=message)
-        await worker.end_abandoned(request_id, payload, error)
+        await worker.end_abandoned(request_id, payload, error, ctx.get("model_id", job.model_id))
         return RunEnd.INVALID.value
     run_id = f"{worker.worker_id}:{ctx.get('job_try', 1)}:{uuid.uuid4().hex[:8]}"
     owner = RequestOwner(job.api_key_id, job.model_id) if job.api_key_id else None
     writer = TokenStreamWriter(
-        worker.redis, job.request_id, run_id, lease_ttl_s=worker.settings.worker_lease_ttl_s, owner=owner
+        worker.redis_for(job.model_id),
+        job.request_id,
+        run_id,
+        lease_ttl_s=worker.settings.worker_lease_ttl_s,
+        owner=owner,
+        home=worker.redis,
     )
     job_try = int(ctx.get("job_try", 1))
     if job_try == 1:  # a retry's wait since enqueue would include its earlier runs
@@ -213,7 +232,7 @@ async def run_request(
             earlier=earlier,
             trust=trust or RunTrust(),
             trace=trace,
-            routing=await plan_routing(writer.redis, job),
+            routing=await plan_routing(writer.home, job),
         )
         renewer.add_done_callback(lambda task: _note_broken_fence(run, task))
         metrics.JOBS_STARTED.labels(job.model_id).inc()
@@ -355,7 +374,9 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
         decoder=decoder,
         stops=stops,
         max_tokens=max_tokens,
-        writes=PipelinedTokenWrites(str(settings.redis_url), run.writer, timeout_s=settings.worker_lease_ttl_s),
+        writes=PipelinedTokenWrites(
+            settings.redis_shards.url_for(job.model_id), run.writer, timeout_s=settings.worker_lease_ttl_s
+        ),
         feed=run.prompt_ids + run.generated,  # what the next step feeds in: everything the session lacks
     )
     try:
@@ -694,7 +715,7 @@ async def _finish(
     if finished is Written.STATE_LOST:
         return await _finish(run, _state_lost(run), worker_id, settings, state_lost=True)
     _check(finished)
-    await budget_settlement.settle_reservation(run.writer.redis, run.job, usage.total_cost_far)
+    await budget_settlement.settle_reservation(run.writer.home, run.job, usage.total_cost_far)
     return RunEnd(outcome.status)
 
 
@@ -707,6 +728,6 @@ async def _ban_unreachable_servers(run: _Run, request_id: str) -> None:
         banned = await served.run_blocking(served.client.refresh_routes)
         if banned:
             logger.info("banned unreachable servers request_id=%s peers=%s", request_id, ",".join(banned))
-            run.trust.route_policy = await apply_route_policy(run.writer.redis, served)
+            run.trust.route_policy = await apply_route_policy(run.writer.home, served)
     except Exception as exc:  # the next step's failure will say more; a failed refresh must not end the job
         logger.warning("route refresh failed request_id=%s error=%r", request_id, exc)

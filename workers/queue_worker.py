@@ -68,12 +68,12 @@ class QueueWorker(Worker):
         super().__init__(
             functions=[function],
             queue_name=keys.queue_for(model_id),
-            redis_settings=RedisSettings.from_dsn(str(settings.redis_url)),
+            redis_settings=RedisSettings.from_dsn(settings.redis_shards.url_for(model_id)),
             poll_delay=settings.worker_poll_delay_s,
             max_jobs=settings.worker_max_jobs,
             keep_result=300,  # the ending hooks below read why a job failed from its result
             handle_signals=False,
-            ctx={"worker": context},
+            ctx={"worker": context, "model_id": model_id},
             **kwargs,
         )
         self.context = context
@@ -81,7 +81,9 @@ class QueueWorker(Worker):
         self.in_progress_timeout_s = settings.worker_lease_ttl_s
         self._polling = asyncio.Lock()
         self._woken = asyncio.Event()
-        self._claim = context.redis.register_script(_CLAIM)
+        self._redis = context.redis_for(model_id)
+        """The Redis of this model's queue (`protocol.redis_shards`): its claims and its wake-up channel."""
+        self._claim = self._redis.register_script(_CLAIM)
 
     async def main(self) -> None:
         helpers = [
@@ -141,7 +143,7 @@ class QueueWorker(Worker):
         """Each job announced on the model's channel wakes the poller; while the channel is lost, polling remains."""
         while True:
             try:
-                async with self.context.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(keys.queue_wake(self.model_id))
                     async for _ in pubsub.listen():
                         self._woken.set()
@@ -178,7 +180,7 @@ class QueueWorker(Worker):
             return
         payload = result.args[0] if result is not None and result.args else None
         try:
-            await self.context.end_abandoned(job_id, payload, self._error_for(result))
+            await self.context.end_abandoned(job_id, payload, self._error_for(result), self.model_id)
         except Exception as exc:  # arq must still retire the job; the gateway's own deadline then ends the stream
             logger.error("could not end request request_id=%s error=%r", job_id, exc)
 

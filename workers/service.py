@@ -69,6 +69,7 @@ async def serve(
     served: dict[str, ServedModel] = {}
     redis = aioredis.Redis.from_url(str(settings.redis_url))
     await check_redis_durability(redis.config_get, require=settings.far_mesh_redis_require_durable)
+    shards = await _open_shards(settings)
     tasks: list[asyncio.Task[None]] = []
     workers: dict[str, QueueWorker] = {}
     retiring: dict[QueueWorker, asyncio.Task[None]] = {}
@@ -86,7 +87,7 @@ async def serve(
                 max_jobs=settings.worker_max_jobs,
             )
             logger.info("client connected model=%s blocks=%d", spec.model_id, served[spec.model_id].num_blocks)
-        context = WorkerContext(redis=redis, settings=settings, served=served, worker_id=worker_id)
+        context = WorkerContext(redis=redis, settings=settings, served=served, worker_id=worker_id, shards=shards)
         health = FleetHealth(served)
         if settings.worker_metrics_port:
             http_server = serve_health_and_metrics(
@@ -99,7 +100,7 @@ async def serve(
         tasks = [asyncio.create_task(_consume(context, model_id, workers, retiring)) for model_id in served]
         tasks += [
             asyncio.create_task(_publish_snapshots(settings, served, redis)),
-            asyncio.create_task(_sample_queues(served, redis)),
+            asyncio.create_task(_sample_queues(context)),
             asyncio.create_task(_beat(health)),
         ]
         logger.info(
@@ -135,8 +136,27 @@ async def serve(
             http_server.server_close()
         for model in served.values():
             await asyncio.to_thread(model.close)
+        for shard in {id(s): s for s in shards.values()}.values():
+            await shard.aclose()
         await redis.aclose()
         logger.info("worker stopped id=%s", worker_id)
+
+
+async def _open_shards(settings: WorkerSettings) -> dict[str, aioredis.Redis]:
+    """One connection pool per Redis a served model lives on other than the home one (FAR_MESH_MODEL_REDIS),
+    shared by the models on it: model id -> its Redis."""
+    shards = settings.redis_shards
+    by_url: dict[str, aioredis.Redis] = {}
+    for spec in settings.served_models:
+        url = shards.url_for(spec.model_id)
+        if url != shards.home and url not in by_url:
+            by_url[url] = aioredis.Redis.from_url(url)
+            await check_redis_durability(by_url[url].config_get, require=settings.far_mesh_redis_require_durable)
+    return {
+        spec.model_id: by_url[shards.url_for(spec.model_id)]
+        for spec in settings.served_models
+        if not shards.is_home(spec.model_id)
+    }
 
 
 async def _close_queue(worker: QueueWorker) -> None:
@@ -253,10 +273,10 @@ async def _publish_snapshots(settings: WorkerSettings, served: dict[str, ServedM
         await asyncio.sleep(settings.worker_snapshot_interval_s)
 
 
-async def _sample_queues(served: dict[str, ServedModel], redis: aioredis.Redis) -> None:
+async def _sample_queues(context: WorkerContext) -> None:
     while True:
-        for model_id in served:
+        for model_id in context.served:
             with suppress(aioredis.RedisError):
-                depth = await redis.zcard(keys.queue_for(model_id))
+                depth = await context.redis_for(model_id).zcard(keys.queue_for(model_id))
                 metrics.QUEUE_DEPTH.labels(model_id).set(depth)
         await asyncio.sleep(QUEUE_SAMPLE_INTERVAL_S)

@@ -17,17 +17,21 @@ it if it was lost), so ownership outlives the stream it guards.
 """
 
 import json
+import logging
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import Enum
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from protocol import keys
 from protocol.events import DATA_FIELD, KIND_FIELD, StreamEvent, TokenEvent, decode_event, encode_event
 from protocol.ownership import RequestOwner
 from protocol.served_steps import ServedStep
 from protocol.usage import UsageRecord
+
+logger = logging.getLogger(__name__)
 
 _NO_LIMIT = 2**53
 """A stream length no request reaches: the bound used when a write need not match the stream's length."""
@@ -131,6 +135,12 @@ return 1
 
 _SCRIPTS = {"acquire": _ACQUIRE, "renew": _RENEW, "append_token": _APPEND_TOKEN, "finish": _FINISH}
 
+# KEYS[1]: the owner key. ARGV: its value, its TTL s. keep_owner() on its own, for an owner on another Redis.
+_KEEP_OWNER = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
 
 class Written(Enum):
     """What a fenced write (or lease renewal) found."""
@@ -198,8 +208,12 @@ class TokenStreamWriter:
         *,
         lease_ttl_s: float,
         owner: RequestOwner | None = None,
+        home: aioredis.Redis | None = None,
     ) -> None:
+        """`redis` holds the request's stream (its model's shard, `protocol.redis_shards`); `home` the request's
+        owner key, budgets and balances: `redis` unless the model lives on a shard of its own."""
         self.redis = redis
+        self.home = home if home is not None else redis
         self.request_id = request_id
         self.run_id = run_id
         self._lease_ms = max(1, int(lease_ttl_s * 1000))
@@ -215,6 +229,23 @@ class TokenStreamWriter:
         self._cancel_flag = keys.cancel_flag(request_id)
         self._served_steps = keys.served_steps(request_id)
         self._scripts = {name: redis.register_script(source) for name, source in _SCRIPTS.items()}
+        self._keep_owner_home = (
+            self.home.register_script(_KEEP_OWNER) if self.home is not redis and self._owner else None
+        )
+
+    async def keep_owner_at_home(self) -> None:
+        """On a shard, the scripts keep a copy of the owner key beside the stream, but the gateway reads the home
+        Redis's: it is refreshed there when a run takes the request and when it ends it, so ownership outlives
+        the stream there too (a run is shorter than the key's TTL: WORKER_JOB_TIMEOUT_S is far below it).
+        Best effort: a home Redis away for the moment leaves the TTL the gateway or an earlier run set."""
+        if self._keep_owner_home is None:
+            return
+        try:
+            await self._keep_owner_home(
+                keys=[keys.request_owner(self.request_id)], args=[self._owner, keys.REQUEST_OWNER_TTL_S]
+            )
+        except (OSError, RedisError) as exc:
+            logger.warning("owner key not refreshed request_id=%s error=%r", self.request_id, exc)
 
     async def _fenced(self, script: str, extra_keys: list[str], least: int, most: int, *args: str | int) -> Written:
         fence_args: list[str | int] = [self.run_id, self._lease_ms, least, most, self._owner, keys.REQUEST_OWNER_TTL_S]
@@ -232,6 +263,7 @@ class TokenStreamWriter:
         )
         entries = [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in raw_entries]
         self._written = len(entries)
+        await self.keep_owner_at_home()
         so_far = StreamSoFar.parse(entries, cancelled=bool(cancelled))
         return replace(so_far, served_steps=tuple(ServedStep.decode(raw) for raw in raw_steps))
 
@@ -289,7 +321,7 @@ class TokenStreamWriter:
         fields = encode_event(event)
         ((usage_field, usage_value),) = usage.to_stream_fields().items() if usage is not None else (("", ""),)
         least, most = (0, _NO_LIMIT) if state_lost else (self._written, self._written)
-        return await self._fenced(
+        finished = await self._fenced(
             "finish",
             [keys.USAGE_STREAM, keys.served_steps(self.request_id)],
             least,
@@ -300,3 +332,6 @@ class TokenStreamWriter:
             usage_field,
             usage_value,
         )
+        if finished is Written.WRITTEN:
+            await self.keep_owner_at_home()
+        return finished
