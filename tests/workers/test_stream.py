@@ -236,3 +236,27 @@ async def test_an_abandoned_request_credits_the_nodes_that_served_the_tokens_it_
     paid = sum(c.payment_far for c in usage.contributions)
     assert paid + usage.platform_fee_far + usage.platform_remainder_far == usage.total_cost_far
     assert usage.platform_remainder_far < Decimal("1e-17")  # before #29's fix: the whole cost, nobody credited
+
+
+async def test_a_run_on_a_shard_writes_the_stream_there_and_keeps_the_owner_and_settles_on_the_home_redis(
+    redis: aioredis.Redis, redis_url: str
+) -> None:
+    shard = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1")  # another database: another Redis to it
+    await shard.flushdb()
+    owner = RequestOwner("key-1", "m")
+    try:
+        writer = TokenStreamWriter(shard, "req-1", "run-1", lease_ttl_s=5, owner=owner, home=redis)
+        await writer.acquire()
+        assert await redis.ttl(keys.request_owner("req-1")) > keys.TOKEN_STREAM_TTL_S  # taken: owner kept home
+        assert await writer.append_token(token(0)) is Written.WRITTEN
+        done, usage = ending(1)
+        await redis.expire(keys.request_owner("req-1"), 5)  # as if the run outlived the gateway's first TTL
+        assert await writer.finish(done, usage) is Written.WRITTEN
+
+        assert await redis.ttl(keys.request_owner("req-1")) > keys.TOKEN_STREAM_TTL_S  # ended: it outlives the stream
+        assert RequestOwner.decode((await redis.get(keys.request_owner("req-1"))).decode()) == owner
+        assert await shard.xlen(keys.token_stream("req-1")) == 2 and await shard.xlen(keys.USAGE_STREAM) == 1
+        assert not await redis.exists(keys.token_stream("req-1"), keys.USAGE_STREAM, keys.job_lease("req-1"))
+    finally:
+        await shard.flushdb()
+        await shard.aclose()
