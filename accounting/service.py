@@ -1,4 +1,9 @@
-"""The accounting process: the usage consumer, the node registry refresher, the pricer, and /metrics + /healthz."""
+"""The accounting process: the usage consumer, the node registry refresher, the pricer, and /metrics + /healthz.
+
+One usage consumer per Redis the workers append usage records to: the home Redis (REDIS_URL) and each shard of
+FAR_MESH_MODEL_REDIS (`protocol.redis_shards`). They write one ledger, whose unique request ids keep every record
+stored once whichever consumer stores it; the registry refresher and the pricer use the home Redis.
+"""
 
 import asyncio
 import logging
@@ -26,18 +31,23 @@ async def serve(settings: AccountingSettings) -> None:
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(settings.postgres_url, timeout=10)
 
-    consumer = UsageConsumer(redis, connect, settings)
+    shards = [aioredis.Redis.from_url(url) for url in settings.redis_shards.urls[1:]]
+    for shard in shards:
+        await check_redis_durability(shard.config_get, require=settings.far_mesh_redis_require_durable)
+    consumers = [UsageConsumer(r, connect, settings) for r in (redis, *shards)]
     collector.tune_for_batches()
+
+    def problems() -> list[str]:
+        return [problem for c in consumers for problem in c.heartbeat.problems()]
+
     health = (
-        serve_health_and_metrics(
-            consumer.heartbeat.problems, settings.accounting_metrics_port, thread_name="accounting-health"
-        )
+        serve_health_and_metrics(problems, settings.accounting_metrics_port, thread_name="accounting-health")
         if settings.accounting_metrics_port
         else None
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, consumer.stop)
+        loop.add_signal_handler(signum, _stop_all, consumers)
     registry = asyncio.create_task(keep_registry_fresh(redis, connect, settings.accounting_snapshot_interval_s))
     loops = [registry]
     if settings.pricing_enabled:
@@ -53,22 +63,41 @@ async def serve(settings: AccountingSettings) -> None:
     else:
         await stop_pricing(redis)
     for loop_task in loops:
-        loop_task.add_done_callback(lambda task: _stop_if_failed(task, consumer))
+        loop_task.add_done_callback(lambda task: _stop_if_failed(task, consumers))
     try:
-        await consumer.run()
+        await _run_all(consumers)
     finally:
         for loop_task in loops:
             loop_task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        for shard in shards:
+            await shard.aclose()
         await redis.aclose()
         if health is not None:
             health.shutdown()
             health.server_close()
 
 
-def _stop_if_failed(loop_task: "asyncio.Task[None]", consumer: UsageConsumer) -> None:
+def _stop_all(consumers: list[UsageConsumer]) -> None:
+    for consumer in consumers:
+        consumer.stop()
+
+
+async def _run_all(consumers: list[UsageConsumer]) -> None:
+    """Run every consumer until each has stopped; one that fails stops the others, each finishing the batch in
+    hand, and the process then exits with its error (and is restarted), as a lone consumer's failure always did."""
+    tasks = [asyncio.create_task(c.run()) for c in consumers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    if any(task.done() and task.exception() is not None for task in tasks):
+        _stop_all(consumers)
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _stop_if_failed(loop_task: "asyncio.Task[None]", consumers: list[UsageConsumer]) -> None:
     """The registry refresher and the pricer never return; if one dies, the process stops (and is restarted)
     rather than run on half-alive behind a healthy /healthz."""
     if not loop_task.cancelled() and loop_task.exception() is not None:
         log.error("a background loop of accounting died: %r; stopping", loop_task.exception())
-        consumer.stop()
+        _stop_all(consumers)
