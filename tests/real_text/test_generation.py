@@ -1,12 +1,11 @@
 """What only a real model can show, through the shared `smollm2_swarm` (SmolLM2-135M-Instruct split 0:15 / 15:30
-over two servers) and one in-process worker: greedy tokens equal to the same weights run locally, the chat
-template of the GGUF file, stop sequences on words the model says, seeded sampling that repeats, and logprobs
-that are the model's own (#27 item 3).
+over two servers) and the package's worker fleet (`smollm2_fleet`, tests/real_text/conftest.py): greedy tokens
+equal to the same weights run locally, the chat template of the GGUF file, stop sequences on words the model says,
+seeded sampling that repeats, and logprobs that are the model's own (#27 item 3).
 
 Every generation is a few tokens: the swarm is the cost, and it is shared by every test here."""
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ import torch
 
 from mesh.gguf_checkpoint import SMOLLM2, gguf_path
 from mesh.gguf_file import read_gguf
-from mesh.local_swarm import LocalSwarm
 from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent, TokenEvent
 from protocol.jobs import ChatTurn
@@ -25,7 +23,6 @@ from tests.fixtures.workers import (
     local_model,
     make_job,
     reference_continuation,
-    settings_for,
     wait_for_end,
 )
 
@@ -33,13 +30,6 @@ pytestmark = pytest.mark.swarm
 
 PROMPT = "The capital of France is"
 """SmolLM2 continues it greedily with " Paris.\\n\\nThe answer is: ..." (a sentence, then a line of its own)."""
-
-
-@pytest.fixture(scope="module")
-def smollm2_fleet(redis_url: str, smollm2_swarm: LocalSwarm, smollm2: ModelSpec) -> Iterator[RunningFleet]:
-    fleet = RunningFleet(settings_for(redis_url, smollm2_swarm.initial_peers, [smollm2])).start()
-    yield fleet
-    fleet.stop()
 
 
 async def run(
