@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,6 @@ def sharded(e2e_system: SystemUnderTest, tmp_path_factory: pytest.TempPathFactor
     shard_map = {"FAR_MESH_MODEL_REDIS": json.dumps({shard_model: shard.url}), "FAR_MESH_TRACING": "off"}
     gateway = accounting = fleet = None
     try:
-        gateway, gateway_url = start_gateway(
-            system._env_for("web") | dict(system.plan.env) | shard_map | {"GATEWAY_METRICS_PORT": "0"},
-            work_dir / "gateway.log",
-        )
         with (work_dir / "accounting.log").open("wb") as log:
             accounting = subprocess.Popen(
                 [sys.executable, "-m", "cli", "accounting"],
@@ -84,24 +81,35 @@ def sharded(e2e_system: SystemUnderTest, tmp_path_factory: pytest.TempPathFactor
                 start_new_session=True,
                 cwd=REPO,
             )
-        fleet = RunningFleet(
-            settings_for(
-                e2e_system.redis_url,
-                system.swarm.initial_peers,
-                e2e_system.models,
-                far_mesh_model_redis=shard_map["FAR_MESH_MODEL_REDIS"],
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the gateway starts while the worker joins the swarm
+            starting = pool.submit(
+                start_gateway,
+                system._env_for("web") | dict(system.plan.env) | shard_map | {"GATEWAY_METRICS_PORT": "0"},
+                work_dir / "gateway.log",
             )
-        ).start()
+            try:
+                fleet = RunningFleet(
+                    settings_for(
+                        e2e_system.redis_url,
+                        system.swarm.initial_peers,
+                        e2e_system.models,
+                        far_mesh_model_redis=shard_map["FAR_MESH_MODEL_REDIS"],
+                    )
+                ).start()
+            finally:
+                gateway, gateway_url = starting.result()
         asyncio.run(_until_consumed(shard.url, accounting, work_dir / "accounting.log"))
         yield Sharded(shard.url, gateway_url, home_model, shard_model)
     finally:
+        for process in (accounting, gateway):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)  # both stop while the worker does
         if fleet is not None:
             fleet.stop()
-        if accounting is not None:
-            os.killpg(accounting.pid, signal.SIGTERM)
-            accounting.wait(20)
         if gateway is not None:
             stop_gateway(gateway)
+        if accounting is not None:
+            accounting.wait(20)
         shard.stop()
 
 
