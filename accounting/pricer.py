@@ -15,7 +15,7 @@ a tick that fails part-way leaves Redis as it was and the next tick recomputes f
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -53,15 +53,15 @@ async def reprice(
     catalog: ModelCatalog,
     policy: PricingPolicy,
     now: datetime | None = None,
+    *,
+    queues: Mapping[str, aioredis.Redis] | None = None,
 ) -> dict[str, LivePrice]:
-    """One recomputation of every catalogue model's price; returns the live prices written."""
+    """One recomputation of every catalogue model's price; returns the live prices written. `queues`: the Redis of
+    each model whose queue is not on `redis` (FAR_MESH_MODEL_REDIS); prices and snapshots are on `redis`."""
     now = now or datetime.now(UTC)
     snapshots = await read_swarm_snapshots(redis, fresh_only=True)
     live = await read_live_prices(redis)
-    async with redis.pipeline(transaction=False) as pipe:
-        for spec in catalog.models:
-            pipe.zcard(keys.queue_for(spec.model_id))
-        depths: list[int] = await pipe.execute()
+    depths = await _queue_depths(redis, catalog, queues or {})
     written: dict[str, LivePrice] = {}
     steps: list[LivePrice] = []
     for spec, depth in zip(catalog.models, depths, strict=True):
@@ -134,6 +134,23 @@ async def take_turn(redis: aioredis.Redis, owner: str, interval_s: float) -> boo
     return bool(await redis.set(keys.PRICER_LOCK, owner, nx=True, px=max(1, int(interval_s * 900))))
 
 
+async def _queue_depths(
+    redis: aioredis.Redis, catalog: ModelCatalog, queues: Mapping[str, aioredis.Redis]
+) -> list[int]:
+    """Each catalogue model's queue length, in catalogue order, read on its own Redis: one pipeline per Redis."""
+    by_redis: dict[int, tuple[aioredis.Redis, list[str]]] = {}
+    for spec in catalog.models:
+        queue_redis = queues.get(spec.model_id, redis)
+        by_redis.setdefault(id(queue_redis), (queue_redis, []))[1].append(spec.model_id)
+    depth: dict[str, int] = {}
+    for queue_redis, model_ids in by_redis.values():
+        async with queue_redis.pipeline(transaction=False) as pipe:
+            for model_id in model_ids:
+                pipe.zcard(keys.queue_for(model_id))
+            depth.update(zip(model_ids, await pipe.execute(), strict=True))
+    return [depth[spec.model_id] for spec in catalog.models]
+
+
 async def keep_prices_moving(
     redis: aioredis.Redis,
     connect: Callable[[], Awaitable[asyncpg.Connection]],
@@ -142,12 +159,13 @@ async def keep_prices_moving(
     *,
     interval_s: float,
     owner: str,
+    queues: Mapping[str, aioredis.Redis] | None = None,
 ) -> None:
     """Reprice every `interval_s` until cancelled, when this replica's turn; an outage only delays the next tick."""
 
     async def tick(connection: periodic.Connect) -> None:
         if await take_turn(redis, owner, interval_s):
-            await reprice(redis, await connection(), catalog, policy)
+            await reprice(redis, await connection(), catalog, policy, queues=queues)
 
     await periodic.repeat("prices not recomputed", tick, connect, interval_s)
 

@@ -2,7 +2,8 @@
 
 One usage consumer per Redis the workers append usage records to: the home Redis (REDIS_URL) and each shard of
 FAR_MESH_MODEL_REDIS (`protocol.redis_shards`). They write one ledger, whose unique request ids keep every record
-stored once whichever consumer stores it; the registry refresher and the pricer use the home Redis.
+stored once whichever consumer stores it; the registry refresher and the pricer use the home Redis, the pricer
+reading each model's queue depth on the model's own.
 """
 
 import asyncio
@@ -31,10 +32,13 @@ async def serve(settings: AccountingSettings) -> None:
     async def connect() -> asyncpg.Connection:
         return await asyncpg.connect(settings.postgres_url, timeout=10)
 
-    shards = [aioredis.Redis.from_url(url) for url in settings.redis_shards.urls[1:]]
+    placement = settings.redis_shards
+    by_url = {url: aioredis.Redis.from_url(url) for url in placement.urls[1:]}
+    shards = list(by_url.values())
     for shard in shards:
         await check_redis_durability(shard.config_get, require=settings.far_mesh_redis_require_durable)
     consumers = [UsageConsumer(r, connect, settings) for r in (redis, *shards)]
+    queues = {model: by_url[url] for model, url in placement.by_model.items() if url in by_url}
     collector.tune_for_batches()
 
     def problems() -> list[str]:
@@ -58,6 +62,7 @@ async def serve(settings: AccountingSettings) -> None:
             settings.pricing_policy,
             interval_s=settings.pricing_interval_s,
             owner=settings.accounting_consumer_name,
+            queues=queues,
         )
         loops.append(asyncio.create_task(pricing))
     else:

@@ -156,3 +156,23 @@ async def test_one_replica_reprices_per_interval(redis: aioredis.Redis) -> None:
     assert not await take_turn(redis, "replica-b", 10.0)
     await redis.delete(keys.PRICER_LOCK)  # the interval passed
     assert await take_turn(redis, "replica-b", 10.0)
+
+
+async def test_a_model_on_a_shard_is_priced_by_the_queue_on_its_own_redis(
+    redis: aioredis.Redis, redis_url: str, migrated_postgres_dsn: str
+) -> None:
+    model = unique_id("sharded/model")
+    shard = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/2")  # another database: another Redis to it
+    await publish(redis, swarm(model, (0, 4), (0, 4)))
+    await shard.zadd(keys.queue_for(model), {f"job-{n}": n for n in range(32)})
+    await redis.zadd(keys.queue_for(model), {"stray": 0})  # not its queue: never read
+    connection = await asyncpg.connect(migrated_postgres_dsn)
+    try:
+        written = await reprice(redis, connection, catalog_of(model), POLICY, queues={model: shard})
+        assert written[model].queue_depth == 32 and written[model].multiplier > 1
+        live = await read_live_price(redis, model)  # prices stay on the home Redis
+        assert live is not None and live.queue_depth == 32
+    finally:
+        await connection.close()
+        await shard.flushdb()
+        await shard.aclose()
