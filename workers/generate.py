@@ -272,9 +272,16 @@ async def _keep_lease(writer: TokenStreamWriter, ttl_s: float) -> Written:
 
     Only the renewal's answer ends the run: an error while renewing (Redis away, a surprise) is retried, since
     the next renewal takes a lapsed lease back as long as the stream is as this run left it.
+
+    Each token the run writes renews the lease in its own fenced script, so while tokens flow there is nothing to
+    send: the renewer looks every TTL/6 and renews only when no token has renewed the lease for TTL/6. After each
+    look the lease has more than 5/6 of its TTL left, so a look may come as late as with a renewal every TTL/3
+    (2/3 of the TTL) before the lease lapses; a stalled step, which writes nothing, is renewed as before.
     """
     while True:
-        await asyncio.sleep(ttl_s / 3)
+        await asyncio.sleep(ttl_s / 6)
+        if writer.lease_renewed_within(ttl_s / 6):
+            continue
         try:
             renewed = await writer.renew()
         except (RedisError, OSError) as exc:

@@ -13,6 +13,7 @@ then dropped, so an unread reply never reaches the next write.
 """
 
 import threading
+import time
 from typing import Any
 
 import redis
@@ -50,6 +51,8 @@ class PipelinedTokenWrites:
         self._connection: Any = None
         self._sent: tuple[list[str], list[str | int]] | None = None
         """The call whose reply is unread."""
+        self._sent_at = 0.0
+        """When (monotonic) that call was sent: its script renews the lease no earlier."""
 
     def send(self, event: TokenEvent, step: ServedStep | None) -> None:
         """Send `event`'s token script (and its step's route); its reply waits for `result`."""
@@ -58,6 +61,7 @@ class PipelinedTokenWrites:
         if self._connection is None:
             self._connection = self._pool.get_connection()
         self._sent = (script_keys, args)
+        self._sent_at = time.monotonic()
         try:
             self._connection.send_command("EVALSHA", self._sha, len(script_keys), *script_keys, *args)
         except BaseException:
@@ -80,7 +84,7 @@ class PipelinedTokenWrites:
         self._sent = None
         written = Written(int(reply))
         if written is Written.WRITTEN:
-            self._writer.token_written()
+            self._writer.token_written(self._sent_at)
         return written
 
     def close(self) -> None:

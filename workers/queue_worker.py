@@ -81,6 +81,8 @@ class QueueWorker(Worker):
         self.in_progress_timeout_s = settings.worker_lease_ttl_s
         self._polling = asyncio.Lock()
         self._woken = asyncio.Event()
+        self._room_wanted = False
+        """A look at the queue found this worker full: the next job to end wakes the poller."""
         self._redis = context.redis_for(model_id)
         """The Redis of this model's queue (`protocol.redis_shards`): its claims and its wake-up channel."""
         self._claim = self._redis.register_script(_CLAIM)
@@ -99,6 +101,8 @@ class QueueWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         async with self._polling:  # arq's poll loop and the wake-ups take turns
+            if self.job_counter >= self.max_jobs:  # arq looks at nothing then: a job may be left waiting
+                self._room_wanted = True
             await super()._poll_iteration()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -107,6 +111,7 @@ class QueueWorker(Worker):
         for raw_id in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
+                self._room_wanted = True
                 self.sem.release()
                 return
             self.job_counter += 1
@@ -129,7 +134,9 @@ class QueueWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._woken.set()  # a slot is free: a job waiting behind a full worker starts now, not at the next poll
+        if self._room_wanted:  # a slot is free: a job waiting behind a full worker starts now, not at the next poll
+            self._room_wanted = False  # (otherwise every job that ended cost a look at the queue: #32)
+            self._woken.set()
 
     async def _poll_when_woken(self) -> None:
         """One look at the queue per burst of wake-ups."""

@@ -18,6 +18,7 @@ it if it was lost), so ownership outlives the stream it guards.
 
 import json
 import logging
+import time
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import Enum
@@ -88,7 +89,9 @@ return fenced
 # KEYS[5]: cancel flag, KEYS[6]: served steps. ARGV[7], ARGV[8]: the entry's kind and data; ARGV[9]: the stream's
 # TTL; ARGV[10]: the served step that made the token ('' for none). A token already last on the stream while this
 # run still holds the lease was written by a call of this run whose reply was lost (a retry through a Redis
-# outage): it counts as written, and its step was pushed with it, so it is not pushed again.
+# outage): it counts as written, and its step was pushed with it, so it is not pushed again. A token written renews
+# the lease and arq's in-progress key as a renewal does (fenced the same way), so a run whose tokens flow needs no
+# renewal round trips of its own (`TokenStreamWriter.lease_renewed_within`).
 _APPEND_TOKEN = (
     _FENCE
     + f"""
@@ -96,6 +99,8 @@ local fenced = fence()
 if fenced == -1 and redis.call('GET', KEYS[1]) == ARGV[1] and ends_with_this_entry() then return 1 end
 if fenced ~= 1 then return fenced end
 if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 redis.call('XADD', KEYS[3], '*', {_KIND}, ARGV[7], {_DATA}, ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
 if ARGV[10] ~= '' then
@@ -220,6 +225,8 @@ class TokenStreamWriter:
         self._owner = owner.encode() if owner is not None else ""
         self._written = 0
         """Entries this run found on the stream or appended to it: what every fenced write expects to find."""
+        self._token_sent_at: float | None = None
+        """When (monotonic) the last token call answered WRITTEN was sent: its script renewed the lease no earlier."""
         self._keys = [
             keys.job_lease(request_id),
             keys.job_in_progress(request_id),
@@ -283,9 +290,10 @@ class TokenStreamWriter:
     async def append_token(self, event: TokenEvent, step: ServedStep | None = None) -> Written:
         """Append `event` and, in the same atomic call, `step` (the route that made it) to the served steps."""
         script_keys, args = self.token_call(event, step)
+        sent_at = time.monotonic()
         written = Written(int(await self._scripts["append_token"](keys=script_keys, args=args)))
         if written is Written.WRITTEN:
-            self.token_written()
+            self.token_written(sent_at)
         return written
 
     def token_call(self, event: TokenEvent, step: ServedStep | None = None) -> tuple[list[str], list[str | int]]:
@@ -308,9 +316,18 @@ class TokenStreamWriter:
         script = self._scripts["append_token"]
         return str(script.sha), str(script.script)
 
-    def token_written(self) -> None:
-        """A token call answered WRITTEN: the stream holds one more entry of this run's."""
+    def token_written(self, sent_at: float) -> None:
+        """A token call sent at `sent_at` (monotonic) answered WRITTEN: the stream holds one more entry of this run's,
+        and the lease was renewed when the call ran, no earlier than `sent_at`."""
         self._written += 1
+        self._token_sent_at = sent_at
+
+    def lease_renewed_within(self, seconds: float) -> bool:
+        """Whether a token this run wrote renewed the lease less than `seconds` ago (by the send's clock, which is
+        never later than the script's: the lease may have been renewed later, never earlier). Only answered writes
+        count, so a write still unanswered is as if not sent."""
+        sent_at = self._token_sent_at
+        return sent_at is not None and time.monotonic() - sent_at < seconds
 
     async def finish(self, event: StreamEvent, usage: UsageRecord | None, *, state_lost: bool = False) -> Written:
         """Append the ending and the usage record atomically; CANCELLED when the stream already has an ending.

@@ -16,8 +16,15 @@ class ScriptedWriter:
 
     def __init__(self, *answers: Written | Exception) -> None:
         self.answers = list(answers)
+        self.tokens_renew = False
+        """Whether the run's tokens renew the lease meanwhile (each look then finds it renewed)."""
+        self.renewals = 0
+
+    def lease_renewed_within(self, seconds: float) -> bool:
+        return self.tokens_renew
 
     async def renew(self) -> Written:
+        self.renewals += 1
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -38,3 +45,13 @@ async def test_errors_while_renewing_are_retried_and_only_a_superseded_answer_en
 async def test_a_lost_stream_ends_the_lease_with_its_reason() -> None:
     result = await asyncio.wait_for(_keep_lease(ScriptedWriter(Written.STATE_LOST), 0.03), 5)  # type: ignore[arg-type]
     assert result is Written.STATE_LOST
+
+
+async def test_while_the_runs_tokens_renew_the_lease_the_renewer_sends_nothing_and_renews_once_they_stop() -> None:
+    writer = ScriptedWriter(Written.SUPERSEDED)
+    writer.tokens_renew = True
+    renewer = asyncio.create_task(_keep_lease(writer, 0.03))  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)  # about 20 looks
+    assert writer.renewals == 0 and not renewer.done()
+    writer.tokens_renew = False  # a step stalls: nothing is written, so the renewer renews (and learns it lost)
+    assert await asyncio.wait_for(renewer, 5) is Written.SUPERSEDED

@@ -99,6 +99,27 @@ async def test_the_lease_shortens_arqs_in_progress_key_so_a_dead_workers_job_fre
     assert await writer.renew() is Written.WRITTEN
 
 
+async def test_a_token_written_renews_the_lease_and_arqs_in_progress_key_and_a_refused_one_renews_nothing(
+    redis: aioredis.Redis,
+) -> None:
+    """Tokens that flow keep the lease without renewal round trips (`_keep_lease` then sends none)."""
+    lease, in_progress = keys.job_lease("req-1"), in_progress_key_prefix + "req-1"
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await writer.acquire()
+    assert not writer.lease_renewed_within(5)
+    await redis.set(in_progress, b"1", px=100)
+    await redis.pexpire(lease, 100)  # about to lapse
+
+    assert await writer.append_token(token(0)) is Written.WRITTEN
+    assert 4000 < await redis.pttl(lease) <= 5000 and 4000 < await redis.pttl(in_progress) <= 5000
+    assert writer.lease_renewed_within(1)
+
+    await redis.set(keys.cancel_flag("req-1"), b"1")
+    await redis.pexpire(lease, 100)
+    assert await writer.append_token(token(1)) is Written.CANCELLED
+    assert await redis.pttl(lease) <= 100
+
+
 async def test_a_lapsed_lease_is_taken_back_with_arqs_in_progress_key_when_the_stream_is_as_the_run_left_it(
     redis: aioredis.Redis,
 ) -> None:
