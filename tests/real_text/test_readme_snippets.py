@@ -10,8 +10,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -41,16 +43,21 @@ def api_key(migrated_postgres_dsn: str) -> str:
     return issue_key_sync(migrated_postgres_dsn)
 
 
-def test_the_python_quick_start_prints_english(
-    gateway: str, api_key: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def run(argv: list[str], gateway: str, **kwargs: Any) -> str:
+    """A snippet in a process of its own, as a reader runs it (nothing it leaves open outlives it here)."""
+    env = os.environ | {"FARLABS_BASE_URL": gateway}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False, **kwargs)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return str(done.stdout)
+
+
+def test_the_python_quick_start_prints_english(gateway: str, api_key: str) -> None:
     snippet = readme_snippet("python", "from farlabs import FarMesh")
     assert 'FarMesh(api_key="...")' in snippet and 'mesh.chat("Explain quantum computing"' in snippet
-    monkeypatch.setenv("FARLABS_BASE_URL", gateway)
 
-    exec(snippet.replace('"..."', repr(api_key)), {})
+    printed = run([sys.executable, "-c", snippet.replace('"..."', repr(api_key))], gateway)
 
-    assert_english(capsys.readouterr().out, mentions="quantum", at_least_words=8)
+    assert_english(printed, mentions="quantum", at_least_words=8)
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is needed for the TypeScript SDK")
@@ -59,13 +66,10 @@ def test_the_typescript_quick_start_prints_english(gateway: str, api_key: str) -
     assert 'new FarMesh({ apiKey: "..." })' in snippet and 'mesh.chat("Explain quantum computing"' in snippet
     built()  # the snippet imports "@farlabs/sdk": from sdk/js, that resolves to the package's own build
     script = snippet.replace('"..."', json.dumps(api_key))
-    env = os.environ | {"FARLABS_BASE_URL": gateway}
-    done = subprocess.run(
-        ["node", "--input-type=module", "-e", script], cwd=SDK_JS, env=env, capture_output=True, text=True, timeout=60
-    )
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert_english(done.stdout, mentions="quantum", at_least_words=8)
+    printed = run(["node", "--input-type=module", "-e", script], gateway, cwd=SDK_JS)
+
+    assert_english(printed, mentions="quantum", at_least_words=8)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README's first request is a curl command")
@@ -84,13 +88,10 @@ def test_the_curl_streams_paris_token_by_token(gateway: str, api_key: str) -> No
     assert "".join(event["token"] for event in tokens).strip().startswith("Paris")
 
 
-def test_the_openai_client_snippet_prints_that_paris_is_the_capital(
-    gateway: str, api_key: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_openai_client_snippet_prints_that_paris_is_the_capital(gateway: str, api_key: str) -> None:
     snippet = readme_snippet("python", "from openai import OpenAI")
     code = snippet.replace('"http://localhost:8100/v1"', repr(f"{gateway}/v1")).replace('"..."', repr(api_key))
 
-    exec(code, {})
+    printed = run([sys.executable, "-c", code], gateway)
 
-    reply = capsys.readouterr().out
-    assert_english(reply, mentions="Paris", at_least_words=4)
+    assert_english(printed, mentions="Paris", at_least_words=4)
