@@ -80,12 +80,15 @@ def bootstrap_listens(multiaddrs: Sequence[str], timeout_s: float = 1.0) -> bool
 
 def peer_id_of(identity: Path) -> str:
     """The base58 peer id of the libp2p private key stored at `identity`."""
+    try:
+        key = identity.read_bytes()
+    except OSError as exc:
+        raise DhtRefused(f"cannot read --identity {identity}: {exc.strerror}") from exc
+    # hivemind imports torch (seconds): a missing file is refused before that, as soon as it is found missing.
     from hivemind.p2p import PeerID
 
     try:
-        return str(PeerID.from_identity(identity.read_bytes()).to_base58())
-    except OSError as exc:
-        raise DhtRefused(f"cannot read --identity {identity}: {exc.strerror}") from exc
+        return str(PeerID.from_identity(key).to_base58())
     except Exception as exc:  # a truncated or foreign file: protobuf and key parsing raise many types
         raise DhtRefused(f"--identity {identity} is not a libp2p private key ({type(exc).__name__})") from exc
 

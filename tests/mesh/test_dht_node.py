@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.dht_node import DhtConfig, dht_command, peer_id_of, refuse_placeholders
+from mesh.dht_node import DhtConfig, create_identity, dht_command, peer_id_of, refuse_placeholders
 from mesh.ports import free_port, port_is_taken
 from mesh.process_groups import signal_group
 from protocol.settings import SettingsError
@@ -22,6 +22,24 @@ START_TIMEOUT_S = 60.0
 
 def far_mesh(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli", *args]
+
+
+def run_together(*commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Each command's result, the commands run at the same time: each spends seconds importing hivemind and
+    torch, which a second core does alongside the first."""
+    processes = [
+        subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands
+    ]
+    results = []
+    for command, process in zip(commands, processes, strict=True):
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            raise
+        results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    return results
 
 
 @contextmanager
@@ -79,46 +97,23 @@ def test_a_new_identity_is_created_once_and_its_peer_id_printed(tmp_path: Path) 
 
 
 def test_a_missing_or_corrupt_identity_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    missing = subprocess.run(
-        far_mesh("dht", "--identity", str(tmp_path / "absent.key")),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert missing.returncode == 2 and "cannot read --identity" in missing.stderr
     corrupt = tmp_path / "corrupt.key"
     corrupt.write_bytes(b"not a key")
-    refused = subprocess.run(
-        far_mesh("dht", "--identity", str(corrupt)), cwd=REPO, capture_output=True, text=True, timeout=60
+    missing, refused = run_together(
+        far_mesh("dht", "--identity", str(tmp_path / "absent.key")), far_mesh("dht", "--identity", str(corrupt))
     )
+    assert missing.returncode == 2 and "cannot read --identity" in missing.stderr
     assert refused.returncode == 2 and "is not a libp2p private key" in refused.stderr
 
 
 def test_a_key_that_is_not_the_expected_peer_is_refused(tmp_path: Path) -> None:
     identity = tmp_path / "dht.key"
-    subprocess.run(
-        far_mesh("dht", "--identity", str(identity), "--new-identity", "--show-peer-id"),
-        cwd=REPO,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
-    expected = subprocess.run(
+    create_identity(identity)  # as `--new-identity` does (the test above runs that command)
+    expected, other = run_together(
         far_mesh("dht", "--identity", str(identity), "--expect-peer-id", peer_id_of(identity), "--show-peer-id"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        far_mesh("dht", "--identity", str(identity), "--expect-peer-id", "QmSomeoneElse"),
     )
     assert expected.returncode == 0 and expected.stdout.strip() == peer_id_of(identity)
-    other = subprocess.run(
-        far_mesh("dht", "--identity", str(identity), "--expect-peer-id", "QmSomeoneElse"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
     assert other.returncode == 2 and "not the expected 'QmSomeoneElse'" in other.stderr
 
 
@@ -175,13 +170,7 @@ def test_the_bootstrap_keeps_its_peer_id_across_restarts_and_clients_join_throug
     from hivemind.utils.timed_storage import get_dht_time
 
     identity = tmp_path / "dht.key"
-    subprocess.run(
-        far_mesh("dht", "--identity", str(identity), "--new-identity", "--show-peer-id"),
-        cwd=REPO,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
+    create_identity(identity)  # as `--new-identity` does (tested above)
     port = free_port()
     with running_dht(identity, port) as first_peer_id:
         pass
