@@ -47,7 +47,7 @@ from mesh.node import (
     looks_like_path,
     server_command,
 )
-from mesh.petals_cli import AWAIT_PORT_VARIABLE, command_line
+from mesh.petals_cli import AWAIT_PORT_VARIABLE, LOOPBACK_SERVER_VARIABLE, command_line
 from mesh.ports import free_port_to_keep, port_is_taken
 from mesh.process_groups import signal_group
 from mesh.process_lifetime import children_die_with_this_thread, supervised_environment
@@ -246,8 +246,8 @@ class LocalServer(SwarmProcess):
             server_command(config),
             work_dir / f"{name}.log",
             config.identity_path,
-            # Import while the DHT starts, join once it listens.
-            env={AWAIT_PORT_VARIABLE: dht_address},
+            # Import while the DHT starts, join once it listens, without probing the loopback swarm first.
+            env={AWAIT_PORT_VARIABLE: dht_address, LOOPBACK_SERVER_VARIABLE: "1"},
         )
 
 

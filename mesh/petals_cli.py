@@ -9,8 +9,15 @@ waits, up to AWAIT_PORT_TIMEOUT_S, until something listens there before petals r
 servers together with the DHT bootstrap they join, instead of one after the other. Started by a supervisor (the
 local swarm, `far-mesh node`), the process and everything it starts die with that supervisor
 (`mesh.process_lifetime`).
+
+With `FAR_MESH_LOOPBACK_SERVER=1` (the local swarm's servers, which listen and dial on loopback only), a server
+skips the two probes petals and hivemind run before it joins, each starting a p2pd daemon of its own (seconds on
+two busy cores): whether other peers can dial it (on loopback they can, the answer the probe always gives there)
+and whether another peer already uses its identity file (the swarm makes one file per server, and restarts a
+server only once its old process group is dead).
 """
 
+import functools
 import importlib
 import os
 import sys
@@ -19,6 +26,7 @@ import time
 COMMANDS = ("run_server", "run_dht")
 AWAIT_PORT_VARIABLE = "FAR_MESH_AWAIT_PORT"
 AWAIT_PORT_TIMEOUT_S = 120.0
+LOOPBACK_SERVER_VARIABLE = "FAR_MESH_LOOPBACK_SERVER"
 
 
 def command_line(name: str, args: list[str]) -> list[str]:
@@ -38,6 +46,10 @@ def main(argv: list[str]) -> None:
     if os.environ.get("HF_HUB_OFFLINE") == "1" and hasattr(command, "validate_version"):
         # Offline (the local swarm), asking PyPI for petals' latest version only logs a failed request.
         setattr(command, "validate_version", lambda: None)  # noqa: B010 - a module attribute mypy cannot see
+    if argv[0] == "run_server" and os.environ.get(LOOPBACK_SERVER_VARIABLE) == "1":
+        # Petals' Server passes unknown keywords on to hivemind's DHT, and it to P2P.create.
+        server = functools.partial(command.Server, reachable_via_relay=False, check_if_identity_free=False)
+        setattr(command, "Server", server)  # noqa: B010 - a module attribute mypy cannot see
     if awaited := os.environ.get(AWAIT_PORT_VARIABLE):
         host, _, port = awaited.rpartition(":")
         await_port(host, int(port))

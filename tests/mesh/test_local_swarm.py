@@ -98,6 +98,15 @@ def test_a_new_session_completes_after_a_replicated_server_is_killed(replicated_
 
 
 @pytest.mark.swarm
+def test_local_servers_join_without_probing_their_reachability_or_identity(replicated_swarm: LocalSwarm) -> None:
+    # Each probe starts a p2pd daemon of its own before the server joins: seconds of every swarm start.
+    for server in replicated_swarm.servers:
+        log = server.log_path.read_text()
+        assert "Running a server on" in log, server.log_tail()
+        assert "accessible" not in log and "is not used by other peers" not in log, server.log_tail()
+
+
+@pytest.mark.swarm
 def test_stopping_the_swarm_leaves_no_process_behind(replicated_swarm: LocalSwarm) -> None:
     processes = [*replicated_swarm.servers, replicated_swarm.dht_process]
     members = {pid for process in processes if process is not None for pid in process.group_members()}
