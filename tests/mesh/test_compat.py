@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -181,23 +181,40 @@ print("parent alive")
 """
 
 
+@pytest.fixture(scope="module")
+def forked_child_runs() -> Iterator[dict[str, "subprocess.Popen[str]"]]:
+    """Both strategies' runs of the script, started together: each spends seconds importing torch (and petals,
+    through mesh.compat), which a second core does alongside the first."""
+    runs = {
+        strategy: subprocess.Popen(
+            [sys.executable, "-c", FORKED_CHILD_DROPS_AN_INHERITED_TENSOR, strategy],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for strategy in ("file_system", "compat")
+    }
+    yield runs
+    for process in runs.values():
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
 @pytest.mark.parametrize(
     ("strategy", "survives"),
     [("file_system", False), ("compat", True)],
     ids=["hivemind's file_system strategy", "the strategy mesh.compat selects"],
 )
 def test_a_forked_child_dropping_an_inherited_shared_tensor_kills_its_parent_only_under_file_system(
-    strategy: str, survives: bool
+    forked_child_runs: dict[str, "subprocess.Popen[str]"], strategy: str, survives: bool
 ) -> None:
     """The crash that killed local swarm servers (`could not unlink the shared memory file`), reproduced with
     torch alone: the control shows the mechanism, the other that servers started through mesh.compat are immune."""
-    result = subprocess.run(
-        [sys.executable, "-c", FORKED_CHILD_DROPS_AN_INHERITED_TENSOR, strategy],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    process = forked_child_runs[strategy]
+    stdout, stderr = process.communicate(timeout=120)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     assert ("parent alive" in result.stdout) is survives, result.stderr[-2000:]
     if not survives:
