@@ -64,6 +64,8 @@ STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 30
 WATCH_INTERVAL_S = 0.5
 """How often a running swarm looks for processes that exited."""
+SERVED_POLL_S = 0.2
+"""How often a start asks the DHT for its servers (one small query to the local bootstrap): ready sooner."""
 RESTART_FIRST_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 RESTART_LIMIT = 5
@@ -412,7 +414,7 @@ class LocalSwarm:
             if time.monotonic() > deadline:
                 tails = "\n".join(s.log_tail() for s in pending)
                 raise SwarmError(f"not served after {timeout_s:.0f} s: {[s.name for s in pending]}\n{tails}")
-            time.sleep(0.5)
+            time.sleep(SERVED_POLL_S)
 
     # internals
 
