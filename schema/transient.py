@@ -6,6 +6,9 @@ import asyncpg
 TRANSIENT_LEDGER_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,  # the connection was lost or refused
     asyncpg.InterfaceError,  # ... and noticed by the driver
+    asyncpg.exceptions.InternalClientError,  # ... or left the driver's state mid-operation: PostgreSQL shut down
+    # under a transaction, and its COMMIT found "another operation in progress" (the chaos soak, seed 32: the
+    # deposit watcher exited twice and the payer halted twice); the next round opens a new connection
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, a statement cancelled
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock: run it again
