@@ -84,23 +84,37 @@ def peer_id_of(identity: Path) -> str:
         key = identity.read_bytes()
     except OSError as exc:
         raise DhtRefused(f"cannot read --identity {identity}: {exc.strerror}") from exc
-    # hivemind imports torch (seconds): a missing file is refused before that, as soon as it is found missing.
-    from hivemind.p2p import PeerID
+    # Derived here as libp2p does (`mesh.node_registration`), not by hivemind, whose import loads torch: seconds
+    # of every `far-mesh dht` and `far-mesh node` start. tests/mesh/test_dht_node.py checks it against hivemind's.
+    from mesh.node_registration import private_node_key
+    from protocol.peer_keys import parse_key_protobuf
 
     try:
-        return str(PeerID.from_identity(key).to_base58())
+        return private_node_key(*parse_key_protobuf(key)).peer_id
     except Exception as exc:  # a truncated or foreign file: protobuf and key parsing raise many types
         raise DhtRefused(f"--identity {identity} is not a libp2p private key ({type(exc).__name__})") from exc
 
 
 def create_identity(identity: Path) -> None:
-    """Write a new private key to `identity` (readable by its owner only); refuses to overwrite one."""
-    from hivemind.p2p import P2P
+    """Write a new private key to `identity` (readable by its owner only); refuses to overwrite one.
+
+    The key is the one hivemind's `P2P.generate_identity` writes (a 2048-bit RSA key, PKCS#1 DER, in a libp2p
+    `PrivateKey` protobuf), made without importing hivemind (torch)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from protocol.peer_keys import KeyType, key_protobuf
 
     if identity.exists():
         raise DhtRefused(f"--identity {identity} exists; a bootstrap keeps its key (delete it to change peer id)")
     identity.parent.mkdir(parents=True, exist_ok=True)
-    P2P.generate_identity(str(identity))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    descriptor = os.open(identity, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(key_protobuf(KeyType.RSA, der))
     identity.chmod(0o600)
 
 

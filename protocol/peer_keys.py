@@ -53,7 +53,7 @@ class PeerPublicKey:
     """RSA: PKIX (SubjectPublicKeyInfo) DER; Ed25519: 32 bytes; secp256k1: 33-byte compressed point."""
 
     def to_protobuf(self) -> bytes:
-        return _field_varint(1, int(self.key_type)) + _field_bytes(2, self.data)
+        return key_protobuf(self.key_type, self.data)
 
     @classmethod
     def from_protobuf(cls, encoded: bytes) -> "PeerPublicKey":
@@ -62,6 +62,11 @@ class PeerPublicKey:
 
     def peer_id(self) -> str:
         return peer_id_of(self.to_protobuf())
+
+
+def key_protobuf(key_type: KeyType, data: bytes) -> bytes:
+    """A libp2p `PublicKey` or `PrivateKey` protobuf (the same two fields; what `parse_key_protobuf` reads)."""
+    return _field_varint(1, int(key_type)) + _field_bytes(2, data)
 
 
 def b58encode(data: bytes) -> str:

@@ -94,6 +94,10 @@ def test_a_new_identity_is_created_once_and_its_peer_id_printed(tmp_path: Path) 
     )
     assert first.stdout.strip() == again.stdout.strip() == peer_id_of(identity)
     assert identity.stat().st_mode & 0o077 == 0, "the private key must be readable by its owner only"
+    # The key and its peer id are made without hivemind (torch): hivemind reads the same file as the same peer.
+    from hivemind.p2p import PeerID
+
+    assert str(PeerID.from_identity(identity.read_bytes()).to_base58()) == first.stdout.strip()
 
 
 def test_a_missing_or_corrupt_identity_is_refused_before_anything_starts(tmp_path: Path) -> None:
