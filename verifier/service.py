@@ -53,8 +53,6 @@ T = TypeVar("T")
 
 _UNKNOWN_MODEL = "unknown"
 """The model label of a malformed entry's metrics: its model id could not be read."""
-_PENDING_SLASH_INTERVAL_S = 5.0
-"""How often verdicts that arrived before their sessions are applied again."""
 _BEAT_WHILE_WORKING_S = 5.0
 _CLAIM_IDLE_MS = 120_000
 """A pending check idle this long belongs to a verifier that died; the next start takes it over."""
@@ -292,6 +290,8 @@ class Verifier:
         if backlog is None:
             return
         next_pending_slash = 0.0
+        # A read waits for new checks at most until the next refresh is due, so a short interval is kept.
+        read_block_ms = max(1, min(1000, int(self.settings.verifier_refresh_interval_s * 1000)))
         log.info("verifier started consumer=%s models=%d", consumer, len(self.settings.catalog.models))
         outage = Backoff(_OUTAGE_FIRST_DELAY_S, _OUTAGE_MAX_DELAY_S)
         while not stop.is_set():
@@ -299,9 +299,9 @@ class Verifier:
             try:
                 if time.monotonic() >= next_pending_slash:
                     await self.refresh_from_ledger()
-                    next_pending_slash = time.monotonic() + _PENDING_SLASH_INTERVAL_S
+                    next_pending_slash = time.monotonic() + self.settings.verifier_refresh_interval_s
                 if not backlog:
-                    backlog = await group.read(count=self.settings.verifier_batch, block_ms=1000)
+                    backlog = await group.read(count=self.settings.verifier_batch, block_ms=read_block_ms)
                 while backlog and not stop.is_set():
                     entry_id, fields = backlog[0]  # taken off only once handled: an outage retries it
                     if fields:  # an entry trimmed away while pending comes back without fields

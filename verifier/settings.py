@@ -29,6 +29,12 @@ class VerifierSettings(LedgerSettings):
     verifier_metrics_port: int = Field(
         default=9104, ge=0, le=65535, description="Port of the verifier's /metrics and /healthz; 0 disables both"
     )
+    verifier_refresh_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often verdicts that came before their sessions are slashed again and bans copied to Redis",
+    )
     verifier_liveness_s: float = Field(
         default=120.0, gt=0, description="/healthz fails once the verifier loop has not turned for this long"
     )

@@ -60,6 +60,8 @@ SYSTEM_ENV = {
     "ACCOUNTING_CLAIM_IDLE_MS": "1000",
     "ACCOUNTING_CLAIM_INTERVAL_S": "0.5",
     "ACCOUNTING_RETRY_MAX_S": "1",
+    # A verdict that came before its session is slashed within this, not the production 5 s.
+    "VERIFIER_REFRESH_INTERVAL_S": "0.5",
 }
 
 
