@@ -4,7 +4,6 @@
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -62,6 +61,15 @@ def start_wait(rendered: Docs, dsn: str) -> subprocess.Popen[str]:
     )
 
 
+def first_line(process: subprocess.Popen[str]) -> str:
+    """The first line the waiting loop prints: it has checked once and found something missing, and it prints
+    again only after its pause, so the process must still be running now (not a fixed sleep before looking)."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("waiting for migrations:"), line
+    return line
+
+
 def test_the_gateway_starts_at_once_when_every_migration_of_its_image_is_in(
     rendered: Docs, private_ledger: tuple[str, str]
 ) -> None:
@@ -78,7 +86,7 @@ def test_the_gateway_waits_for_a_missing_migration_and_starts_once_it_is_applied
     asyncio.run(execute(owner, "DELETE FROM schema_migrations WHERE name = $1", latest.name))
     process = start_wait(rendered, gateway)
     try:
-        time.sleep(3)
+        first = first_line(process)
         assert process.poll() is None, "it must not start the gateway before the migration is in"
         asyncio.run(
             execute(
@@ -87,8 +95,8 @@ def test_the_gateway_waits_for_a_missing_migration_and_starts_once_it_is_applied
         )
         assert process.wait(timeout=30) == 0
         assert process.stdout is not None
-        output = process.stdout.read()
-        assert f"waiting for migrations: {latest.name}" in output
+        output = first + process.stdout.read()
+        assert f"waiting for migrations: {latest.name}" in first
         assert gateway.split("@")[0] not in output, "the DSN (with its password) must never be printed"
     finally:
         if process.poll() is None:
@@ -101,12 +109,12 @@ def test_the_gateway_waits_for_a_missing_migration_and_starts_once_it_is_applied
 def test_the_gateway_waits_while_postgresql_does_not_answer(rendered: Docs) -> None:
     process = start_wait(rendered, "postgresql://far_mesh_gateway_login:secret@127.0.0.1:9/far_mesh")
     try:
-        time.sleep(3)
+        first = first_line(process)
         assert process.poll() is None
     finally:
         process.kill()
         process.wait()
         assert process.stdout is not None
-        output = process.stdout.read()
+        output = first + process.stdout.read()
         process.stdout.close()
     assert "waiting for migrations:" in output and "secret" not in output
