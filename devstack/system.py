@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Self
 from devstack.procfile import commands_for
 from devstack.services import Service, resolve_postgres, resolve_redis
 from devstack.supervisor import Child, Supervisor
-from mesh.ports import free_port
+from mesh.ports import free_port_to_keep
 
 if TYPE_CHECKING:  # mesh imports torch, which `far-mesh --help` must not load
     from devstack.chain_node import DevChain
@@ -84,7 +84,7 @@ class LocalSystem:
         self.dev_wallet = DEV_WALLET
         """The wallet the development key bills: with a chain, the local chain's buyer account (it has a key, so
         it can really deposit); without, the test vector DEV_WALLET."""
-        self.gateway_ports = (plan.gateway_port, *(free_port() for _ in range(plan.gateways - 1)))
+        self.gateway_ports = (plan.gateway_port, *(free_port_to_keep() for _ in range(plan.gateways - 1)))
         """Each gateway's port, in the order of `gateway_names`."""
         # One key per run, kept across restarts of the portal process so its sign-in sessions survive them.
         self.portal_secret_key = secrets.token_urlsafe(32)
@@ -197,11 +197,11 @@ class LocalSystem:
             "PYTHONUNBUFFERED": "1",
         }
         if name.startswith("worker."):  # several workers on one machine need a metrics port each
-            env["WORKER_METRICS_PORT"] = str(free_port())
+            env["WORKER_METRICS_PORT"] = str(free_port_to_keep())
         if name == "accounting":
-            env["ACCOUNTING_METRICS_PORT"] = str(free_port())
+            env["ACCOUNTING_METRICS_PORT"] = str(free_port_to_keep())
         if name == "verifier":
-            env["VERIFIER_METRICS_PORT"] = str(free_port())
+            env["VERIFIER_METRICS_PORT"] = str(free_port_to_keep())
         if self.chain:
             # Buyers pay on the local chain: admission holds each request against its wallet's prepaid balance.
             env["GATEWAY_REQUIRE_PREPAID_BALANCE"] = "true"
@@ -209,8 +209,8 @@ class LocalSystem:
             env |= self.chain.env
         if name in ("deposits", "ledger") and self.chain:  # the node and contracts; never the treasury's key
             env |= {k: v for k, v in self.chain.env.items() if k != "PAYOUT_TREASURY_KEY_FILE"}
-            env |= {"DEPOSIT_POLL_S": "1", "DEPOSIT_METRICS_PORT": str(free_port())}
-            env |= {"LEDGER_RECONCILE_INTERVAL_S": "30", "LEDGER_METRICS_PORT": str(free_port())}
+            env |= {"DEPOSIT_POLL_S": "1", "DEPOSIT_METRICS_PORT": str(free_port_to_keep())}
+            env |= {"LEDGER_RECONCILE_INTERVAL_S": "30", "LEDGER_METRICS_PORT": str(free_port_to_keep())}
         if name == "portal":
             env |= self._portal_env()
             if self.chain:  # the balance page names the deposit contract and the token

