@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.fixtures.system",
     "tests.fixtures.portal",
     "tests.fixtures.verifier",
+    "tests.fixtures.soak",
 ]
 
 
