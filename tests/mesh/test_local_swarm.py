@@ -16,7 +16,7 @@ from mesh.client import open_client
 from mesh.local_swarm import LocalSwarm, ServerPlan, SwarmError, split_plans
 from mesh.node import InvalidBlocks, ModelPathMissing, PortTaken
 from protocol.catalog import ModelSpec
-from tests.fixtures.swarm import StartSwarm
+from tests.fixtures.swarm import StartSwarm, shared_swarm
 from tests.mesh.greedy import greedy_locally, greedy_through_swarm, off_main_thread
 
 PROMPT = "Grüße aus Köln"
@@ -66,13 +66,9 @@ def test_split_plans_cover_every_block_once_per_replica(tiny_models: tuple[Model
 
 
 @pytest.fixture(scope="module")
-def replicated_swarm(
-    tiny_models: tuple[ModelSpec, ...], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalSwarm]:
-    model = tiny_models[0]
-    plans = [ServerPlan(model, 0, 2), ServerPlan(model, 2, 4), ServerPlan(model, 2, 4)]
-    with LocalSwarm(plans, work_dir=tmp_path_factory.mktemp("replicated-swarm")) as swarm:
-        yield swarm
+def replicated_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
+    """The tiny model's 0:2, and 2:4 twice (tests.fixtures.swarm starts it in advance)."""
+    yield from shared_swarm("replicated_swarm", tmp_path_factory)
 
 
 @pytest.mark.swarm
