@@ -12,9 +12,10 @@ Every OpenAI parameter is honoured or refused with a 400 naming it (`param`); no
 `response_format` (`text`, `json_object`, `json_schema` with `strict`) is enforced token by token by the worker
 (`protocol.structured`; a schema the engine cannot enforce is a 400 naming where); so are `tools` with
 `tool_choice` and `parallel_tool_calls` on chat (`protocol.tools`: the reply carries `tool_calls` and
-`finish_reason: "tool_calls"`; a streamed call arrives whole in one delta once the model has written it); `n`
-above 1 samples that many choices (at most GATEWAY_MAX_CHOICES), each with its own `index`, `finish_reason` and
-`logprobs`, each constrained alike, billed per generated token of every choice and the prompt once, as OpenAI
+`finish_reason: "tool_calls"`; a streamed call arrives whole in one delta once the model has written it, and a
+held reply that an error ends arrives before the error, its tokens being billed); `n` above 1 samples that
+many choices (at most GATEWAY_MAX_CHOICES), each with its own `index`, `finish_reason` and `logprobs`, each
+constrained alike, billed per generated token of every choice and the prompt once, as OpenAI
 bills it (streamed, the choices arrive one after another, every chunk naming its choice's `index`); `best_of`
 above 1, `echo`, `suffix`, the legacy `functions`, audio and predicted outputs are refused. Unknown fields are
 refused too, as OpenAI does.
@@ -547,12 +548,15 @@ class _Shape:
                 + sse_event(json.dumps(usage).encode(), entry.entry_id)
                 + DONE_SENTINEL
             )
+        # A reply held back as a possible call is sent as it stands before the error: its tokens were billed as
+        # they were relayed, and a stream that fails bills what its client received (docs/architecture.md)
+        held = b"".join(self._held_chunk(index)[0] for index in sorted(self._held))
         error = event["error"]
         body = {
             "error": {"message": error["message"], "type": error_type(502), "param": None, "code": error["code"]},
             "request_id": self.request_id,
         }
-        return sse_event(json.dumps(body).encode(), entry.entry_id)
+        return held + sse_event(json.dumps(body).encode(), entry.entry_id)
 
     def _holds(self, event: dict[str, Any]) -> bool:
         """Whether this token is held back: with callable tools, a reply whose first text opens a JSON object is

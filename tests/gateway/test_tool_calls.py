@@ -13,10 +13,13 @@ import redis.asyncio as aioredis
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
+from gateway.openai_api import ResponseShape
+from gateway.relay import Entry
 from protocol import keys
-from protocol.events import DoneEvent, TokenEvent, encode_event
+from protocol.error_codes import StreamErrorCode
+from protocol.events import DoneEvent, ErrorBody, ErrorEvent, TokenEvent, encode_event
 from protocol.swarm import SwarmSnapshot
-from protocol.tools import NamedToolChoice
+from protocol.tools import NamedToolChoice, Tool, ToolUse
 from tests.fixtures.gateway import MODEL_ID, IssueKey, SyntheticWorker
 from tests.gateway.helpers import CALL, WEATHER
 
@@ -198,3 +201,31 @@ async def test_langchain_bind_tools_reads_the_call_streamed_or_not(
         (tool_call,) = reply.tool_calls  # type: ignore[attr-defined]
         assert (tool_call["name"], tool_call["args"]) == ("GetWeather", {"city": "Oslo"})
         assert tool_call["id"] == f"call_{request_id}_0"
+
+
+def test_a_streamed_reply_held_as_a_possible_call_is_sent_before_the_error_that_ends_it() -> None:
+    """The worker bills a stream's tokens as they are relayed; a reply held back whole (it may be a call) must reach
+    the client before an error ends the stream, or the buyer pays for tokens it never got (as the native route and
+    a reply ending normally send them)."""
+    shape = ResponseShape(
+        chat=True, request_id="req_held", model=MODEL_ID, tool_use=ToolUse(tools=[Tool.model_validate(WEATHER)])
+    )
+    pieces = [CALL[:20], CALL[20:40]]
+    out = b""
+    for i, piece in enumerate(pieces):
+        token = TokenEvent(
+            token=piece, request_id="req_held", index=i, token_id=5 + i, tokens_generated=i + 1, cost_far=Decimal(i)
+        )
+        out += shape.chunk(Entry(f"1-{i}", TokenEvent.kind, token.model_dump_json(exclude_none=True).encode()))
+    assert out == b""  # held: the reply opened a JSON object
+    error = ErrorEvent(
+        error=ErrorBody(code=StreamErrorCode.NO_ROUTE, message="no server holds block 2"),
+        request_id="req_held",
+        tokens_generated=len(pieces),
+        total_cost_far=Decimal(len(pieces)),
+    )
+    out += shape.chunk(Entry("1-9", ErrorEvent.kind, error.model_dump_json(exclude_none=True).encode()))
+    chunks = [json.loads(line[6:]) for line in out.decode().splitlines() if line.startswith("data: ")]
+    *held, ended = chunks
+    assert "".join(c["choices"][0]["delta"]["content"] for c in held) == CALL[:40]  # cut short: text, not a call
+    assert ended["error"]["code"] == "no_route"
