@@ -36,6 +36,7 @@ from protocol import keys
 from protocol.backoff import Backoff
 from protocol.stream_ids import BEFORE_FIRST, EntryId, format_entry_id, parse_entry_id
 from protocol.usage import DEAD_LETTER_FIELDS, USAGE_FIELD, DeadLetterKind, UsageRecord
+from schema.transient import TRANSIENT_LEDGER_ERRORS
 from streams import ConsumerGroup
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 DEAD_LETTER_MAXLEN = 100_000
 """Dead letters kept (approximately); the ids of as many are remembered, so idempotence lasts as long."""
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_LEDGER_ERRORS: tuple[type[Exception], ...] = (TimeoutError, OSError, asyncpg.PostgresError, *TRANSIENT_LEDGER_ERRORS)
+"""What makes a batch wait and be written again on a new connection. The shared transient errors bring
+InternalClientError: a connection PostgreSQL left mid-operation refuses its next transaction ("another operation
+is in progress"), and the consumer exited on it (the chaos soak, seed 33). Any other PostgreSQL error is retried
+too: a batch that cannot be stored stays pending rather than lost."""
 
 # KEYS: usage stream, dead letters, dead-lettered ids. ARGV: group, maxlen, n, then n x (entry id, score, kind,
 # reason, consumer, record), then the ids to acknowledge. One script: dead letters and acks land together.
@@ -304,7 +310,7 @@ class UsageConsumer:
                 if self._connection is None or self._connection.is_closed():
                     self._connection = await self.connect()
                 return await write_batch(self._connection, records)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _LEDGER_ERRORS as exc:
                 metrics.LEDGER_RETRIES.inc()
                 log.warning(
                     "ledger unavailable (%s: %s); batch of %d kept in redis, retrying in %.1fs",

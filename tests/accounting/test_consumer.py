@@ -6,6 +6,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from accounting import consumer as consumer_module
+from accounting.batch_writer import BatchOutcome
 from accounting.consumer import PARSE_TURN, UsageConsumer, UsageEntry, parse_entries, parse_entries_in_turns
 from mesh.ports import free_port
 from protocol import keys
@@ -239,4 +241,38 @@ async def test_told_to_stop_while_postgres_is_down_it_leaves_the_batch_pending_f
     assert await redis.xlen(keys.USAGE_DEAD_LETTERS) == 0
     async with running_consumer(migrated_postgres_dsn, redis_url, redis, accounting_claim_idle_ms=100):
         await wait_until(lambda: settled(redis), what="the successor stored the stranded batch")
+    assert (await stored_sessions(migrated_postgres_dsn, [r.request_id for r in records]))[0] == len(records)
+
+
+async def test_a_connection_left_mid_operation_is_replaced_and_the_batch_stored_on_a_new_one(
+    migrated_postgres_dsn: str, redis_url: str, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL went away under a transaction: the connection's next one raised InternalClientError ("another
+    operation is in progress"), which the consumer did not retry, and accounting exited (the chaos soak, seed 33)."""
+    records = [usage_record(unique_id("req"), {unique_id("peer"): 1}) for _ in range(5)]
+    await produced_before_any_consumer(redis, records)
+    opened: list[asyncpg.Connection] = []
+
+    async def connect() -> asyncpg.Connection:
+        opened.append(await asyncpg.connect(migrated_postgres_dsn))
+        return opened[-1]
+
+    real_write = consumer_module.write_batch
+
+    async def left_mid_operation_once(connection: asyncpg.Connection, batch: list[UsageRecord]) -> BatchOutcome:
+        if len(opened) == 1:
+            raise asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation is in progress")
+        return await real_write(connection, batch)
+
+    monkeypatch.setattr(consumer_module, "write_batch", left_mid_operation_once)
+    settings = consumer_settings(migrated_postgres_dsn, redis_url, accounting_retry_max_s=0.2)
+    consumer = UsageConsumer(redis, connect, settings)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_until(lambda: settled(redis), what="the batch stored on a new connection")
+        assert not task.done()
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 10)
+    assert len(opened) == 2 and opened[0].is_closed()  # the first was terminated, not reused
     assert (await stored_sessions(migrated_postgres_dsn, [r.request_id for r in records]))[0] == len(records)
