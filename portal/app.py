@@ -1,5 +1,6 @@
 """The portal's Starlette app: lifespan (ledger pool, Redis), error pages and JSON errors, security headers."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,8 @@ from portal.nonces import TooManyPending
 from portal.settings import PortalSettings
 from portal.sign_out import SignedOutSessions
 from portal.state import TEMPLATES_DIR, PortalState
+from protocol.backoff import Backoff
+from schema.transient import TRANSIENT_LEDGER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,49 @@ class SecurityHeaders(BaseHTTPMiddleware):
         return response
 
 
-def create_app(settings: PortalSettings) -> Starlette:
+LEDGER_WAIT_FIRST_S = 0.2
+LEDGER_WAIT_CAP_S = 5.0
+_STOP_POLL_S = 0.1
+_UNREACHABLE: tuple[type[Exception], ...] = (OSError, TimeoutError, *TRANSIENT_LEDGER_ERRORS)
+"""What opening the pool raises while PostgreSQL is down, restarting or still starting: "unexpected
+connection_lost()" (a ConnectionError) from a server going away mid-handshake, a refusal, "the database system is
+starting up"."""
+
+
+def _never() -> bool:
+    return False
+
+
+async def open_pool_once_postgres_answers(
+    settings: PortalSettings, stopping: Callable[[], bool]
+) -> asyncpg.Pool | None:
+    """The ledger pool, once PostgreSQL accepts its first connection; None if told to stop first.
+
+    Started while PostgreSQL restarted, the portal's pool raised and uvicorn exited with status 3 ("Application
+    startup failed"; the chaos soak, seed 33), as a verifier once did: the portal waits for the ledger instead, with
+    capped backoff, and looks at `stopping` (uvicorn's should_exit) every 0.1 s so SIGTERM still stops it at once.
+    """
+    backoff = Backoff(LEDGER_WAIT_FIRST_S, LEDGER_WAIT_CAP_S)
+    loop = asyncio.get_running_loop()
+    while not stopping():
+        try:
+            return await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=8, timeout=5)
+        except _UNREACHABLE as exc:
+            log.warning(
+                "portal waiting for PostgreSQL at POSTGRES_URL (%s: %s); retrying in %.1fs",
+                type(exc).__name__,
+                exc,
+                backoff.delay_s,
+            )
+        until = loop.time() + backoff.take()
+        while not stopping() and loop.time() < until:
+            await asyncio.sleep(_STOP_POLL_S)
+    return None
+
+
+def create_app(settings: PortalSettings, stopping: Callable[[], bool] = _never) -> Starlette:
+    """The app; `stopping` says the server was told to stop (uvicorn's should_exit), which ends a start-up that
+    waits for PostgreSQL."""
     from portal.routes import ROUTES
 
     state = PortalState(
@@ -102,14 +147,18 @@ def create_app(settings: PortalSettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state.pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=8)
+        state.pool = pool = await open_pool_once_postgres_answers(settings, stopping)
+        if pool is None:  # stopped while waiting: uvicorn shuts down as soon as the start-up returns
+            log.info("portal stopped before PostgreSQL answered")
+            yield
+            return
         state.redis = aioredis.Redis.from_url(str(settings.redis_url), decode_responses=True)
         log.info("portal started domain=%s chain_id=%d", settings.portal_domain, settings.portal_chain_id)
         try:
             yield
         finally:
             await state.redis.aclose()
-            await state.pool.close()
+            await pool.close()
 
     app = Starlette(
         routes=ROUTES,
@@ -121,6 +170,7 @@ def create_app(settings: PortalSettings) -> Starlette:
             HTTPException: _http_error,
             asyncpg.PostgresConnectionError: _ledger_error,
             asyncpg.InterfaceError: _ledger_error,
+            asyncpg.exceptions.InternalClientError: _ledger_error,  # a pooled connection PostgreSQL left mid-operation
             ConnectionRefusedError: _ledger_error,
         },
     )

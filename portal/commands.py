@@ -19,12 +19,20 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = PortalSettings.from_env()
     settings.configure_logging()
-    uvicorn.run(
-        create_app(settings),
+    server: uvicorn.Server | None = None
+
+    def stopping() -> bool:
+        return server is not None and server.should_exit
+
+    config = uvicorn.Config(
+        create_app(settings, stopping),
         host=settings.portal_host,
         port=settings.portal_port,
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="on",
     )
-    return 0
+    # the Server itself (not uvicorn.run), so the start-up's wait for PostgreSQL sees a SIGTERM (should_exit)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3  # uvicorn.run's status for a start-up that failed
