@@ -12,9 +12,17 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import redis.asyncio as aioredis
 
+from schema.transient import TRANSIENT_LEDGER_ERRORS
+
 log = logging.getLogger(__name__)
 
-OUTAGES = (OSError, TimeoutError, aioredis.RedisError, asyncpg.PostgresError, asyncpg.InterfaceError)
+OUTAGES: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    aioredis.RedisError,
+    asyncpg.PostgresError,
+    *TRANSIENT_LEDGER_ERRORS,  # InternalClientError too: the loop's connection left mid-operation by a restart
+)
 """What an unreachable or restarting Redis or PostgreSQL raises."""
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from hexbytes import HexBytes
 
+from schema.transient import TRANSIENT_LEDGER_ERRORS
+
 if TYPE_CHECKING:
     from accounting.chain_settings import ReconcileSettings
     from chain.client import ChainClient
@@ -390,7 +392,7 @@ def run_serve(_args: argparse.Namespace) -> int:
 RECONCILE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.PostgresError,
-    asyncpg.InterfaceError,
+    *TRANSIENT_LEDGER_ERRORS,  # InternalClientError too: a connection PostgreSQL left mid-operation
 )
 """What makes one reconciliation not run to the end (the chain node's `ChainUnreachable` too): counted and logged,
 and the next one is tried at the next interval; the gauges keep the last outcome."""

@@ -1,5 +1,6 @@
-"""Which PostgreSQL errors pass by themselves: the ledger's long-running clients (the payer, the deposit watcher)
-retry a round that failed on one of these, and stop on any other."""
+"""Which PostgreSQL errors pass by themselves: the ledger's long-running clients (the payer, the deposit watcher,
+accounting's usage consumer, pricer, registry and reconciler, the verifier) retry a round that failed on one of
+these, the gateway and the portal answer 503 for them, and the portal waits them out at start."""
 
 import asyncpg
 

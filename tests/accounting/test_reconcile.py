@@ -6,6 +6,8 @@ written directly."""
 import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from types import SimpleNamespace
+from typing import cast
 
 import asyncpg
 import pytest
@@ -217,3 +219,21 @@ async def test_ledger_serve_exports_whether_the_books_reconcile_for_the_alert(
     await asyncio.wait_for(serving, timeout=10)
     assert REGISTRY.get_sample_value("far_ledger_reconciled") == 0
     assert REGISTRY.get_sample_value("far_ledger_reconcile_failed_checks") == 2  # the entry, and the sum
+
+
+async def test_a_reconciliation_cut_by_a_connection_left_mid_operation_is_counted_and_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """InternalClientError ("another operation is in progress"), a connection a PostgreSQL restart left
+    mid-operation, fails one reconciliation like an outage; it stopped `far-mesh ledger serve` (the same error
+    killed the usage consumer in the chaos soak, seed 33)."""
+    from accounting import reconcile as reconcile_module
+
+    async def left_mid_operation(*args: object) -> None:
+        raise asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation is in progress")
+
+    monkeypatch.setattr(reconcile_module, "reconcile_with", left_mid_operation)
+    settings = cast(ReconcileSettings, SimpleNamespace(ledger_opening_far=Decimal(0)))
+    before = REGISTRY.get_sample_value("far_ledger_reconcile_errors_total") or 0.0
+    assert await reconcile_module.reconcile_once(settings) is None
+    assert REGISTRY.get_sample_value("far_ledger_reconcile_errors_total") == before + 1
