@@ -32,6 +32,7 @@ from protocol.verification import (
     read_entry,
     readable_request_id,
 )
+from schema.transient import TRANSIENT_LEDGER_ERRORS
 from streams import ConsumerGroup, Entry
 from verifier import metrics
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
@@ -319,9 +320,7 @@ class Verifier:
 
 _OUTAGES: tuple[type[Exception], ...] = (
     OSError,  # refused or reset: PostgreSQL or Redis restarting
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # a connection lost under the driver
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down or starting up
+    *TRANSIENT_LEDGER_ERRORS,  # lost, shutting down or starting up, or a connection left mid-operation
     RedisConnectionError,
     RedisTimeoutError,
 )
