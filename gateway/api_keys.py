@@ -17,10 +17,21 @@ import asyncpg
 from protocol.api_keys import MAX_LABEL_CHARS, format_key, new_key, parse_key
 from protocol.wallet import validate_wallet
 from schema.api_keys import revoke, secret_hash
+from schema.transient import TRANSIENT_LEDGER_ERRORS
 
 
 class KeyStoreUnavailable(RuntimeError):
     """PostgreSQL did not answer, or the far_api_keys table is missing (run `far-mesh migrate`)."""
+
+
+LEDGER_UNREACHABLE: tuple[type[Exception], ...] = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresError,
+    *TRANSIENT_LEDGER_ERRORS,
+)
+"""What a ledger read raises that answers 503 (`KeyStoreUnavailable`), not 500: the shared transient errors bring
+InternalClientError, a pooled connection PostgreSQL left mid-operation (the chaos soak, seed 33)."""
 
 
 class UnknownKey(LookupError):
@@ -123,7 +134,7 @@ class KeyStore:
             )
         except asyncpg.UndefinedTableError as exc:
             raise KeyStoreUnavailable("far_api_keys does not exist; run `far-mesh migrate`") from exc
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except LEDGER_UNREACHABLE as exc:
             raise KeyStoreUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
 
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway.api_keys import KeyStoreUnavailable
+from gateway.api_keys import LEDGER_UNREACHABLE, KeyStoreUnavailable
 from gateway.budget_admission import REBUILD
 from gateway.errors import ApiError
 from protocol import balances, budgets, keys
@@ -78,7 +78,7 @@ async def ledger_balance(pool: asyncpg.Pool, wallet: str, timeout_s: float) -> t
     `KeyStoreUnavailable` (503) when PostgreSQL does not answer."""
     try:
         row = await pool.fetchrow(_LEDGER_BALANCE, buyer_account(wallet), timeout=timeout_s)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except LEDGER_UNREACHABLE as exc:
         raise KeyStoreUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
     return row["credited"], row["charged"], row["lines"]
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 import asyncpg
 import redis.asyncio as aioredis
 
-from gateway.api_keys import ApiKey, KeyStoreUnavailable
+from gateway.api_keys import LEDGER_UNREACHABLE, ApiKey, KeyStoreUnavailable
 from gateway.errors import ApiError, Forbidden, Unauthorized
 from protocol import budgets, keys
 
@@ -204,7 +204,7 @@ class Budgets:
             row = await self.pool.fetchrow(
                 _LEDGER_SPEND, api_key_id, starts["day"], starts["week"], starts["month"], timeout=self._timeout_s
             )
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except LEDGER_UNREACHABLE as exc:
             raise KeyStoreUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
         fields = budgets.period_fields(now)
         pairs: list[Any] = ["spent", budgets.to_nano(row["spent"])]

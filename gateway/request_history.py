@@ -7,7 +7,7 @@ the second run's usage record would be a duplicate of the first and go unbilled.
 
 import asyncpg
 
-from gateway.api_keys import KeyStoreUnavailable
+from gateway.api_keys import LEDGER_UNREACHABLE, KeyStoreUnavailable
 
 _USED = "SELECT EXISTS (SELECT 1 FROM far_mesh_sessions WHERE request_id = $1)"
 
@@ -22,5 +22,5 @@ class RequestHistory:
     async def used(self, request_id: str) -> bool:
         try:
             return bool(await self._pool.fetchval(_USED, request_id, timeout=self._timeout_s))
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except LEDGER_UNREACHABLE as exc:
             raise KeyStoreUnavailable(f"the ledger did not answer: {type(exc).__name__}") from exc

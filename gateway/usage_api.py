@@ -10,11 +10,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api_keys import ApiKey, KeyStoreUnavailable
+from gateway.api_keys import LEDGER_UNREACHABLE, ApiKey, KeyStoreUnavailable
 from gateway.auth import authenticate
 from gateway.balances import held_far, ledger_balance
 from gateway.errors import ApiError, InvalidRequest
@@ -90,7 +89,7 @@ async def _ledger_rows(state: GatewayState, key: ApiKey, start: date, end: date)
                 _BY_DAY_MODEL_KEY, key.wallet, since, until, timeout=state.settings.gateway_ledger_timeout_s
             )
         )
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except LEDGER_UNREACHABLE as exc:
         raise KeyStoreUnavailable(f"PostgreSQL did not answer: {type(exc).__name__}") from exc
 
 

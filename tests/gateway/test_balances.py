@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -19,8 +19,8 @@ from eth_account import Account
 
 from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
 from devstack.harness.gateway import start_gateway, stop_gateway
-from gateway.api_keys import KeyLimits
-from gateway.balances import Balances, InsufficientBalance
+from gateway.api_keys import KeyLimits, KeyStoreUnavailable
+from gateway.balances import Balances, InsufficientBalance, ledger_balance
 from protocol import balances, budgets, keys
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import MODEL_ID, PRICE, IssueKey, SseReader, SyntheticWorker, auth, read_events
@@ -255,3 +255,15 @@ async def test_the_402_insufficient_balance_bodies_are_the_ones_the_openapi_docu
 async def _post(http: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
     response = await http.post(path, json={**body, "max_tokens": 4}, headers=auth(key))
     return response.status_code, response.json()
+
+
+async def test_a_pooled_connection_left_mid_operation_answers_unavailable_not_an_internal_error() -> None:
+    """InternalClientError ("another operation is in progress"), from a connection a PostgreSQL restart left
+    mid-operation, is the ledger being away (503, retry), as a lost connection is, not the gateway failing (500)."""
+
+    class LeftMidOperation:
+        async def fetchrow(self, *args: object, **kwargs: object) -> None:
+            raise asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation is in progress")
+
+    with pytest.raises(KeyStoreUnavailable, match="InternalClientError"):
+        await ledger_balance(cast(asyncpg.Pool, LeftMidOperation()), "0x" + "ab" * 20, 1.0)
