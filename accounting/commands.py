@@ -75,29 +75,32 @@ def run_accounting(args: argparse.Namespace) -> int:
 
     settings = AccountingSettings.from_env()
     settings.configure_logging()
-    if args.migrate:
-        from schema.commands import migrate
-
-        asyncio.run(_wait_for_postgres(settings.postgres_url))
-        if (status := migrate(args)) != 0:
-            return status
+    if args.migrate and (status := asyncio.run(_migrate_once_postgres_answers(settings.postgres_url))) != 0:
+        return status
     telemetry.configure(settings.far_mesh_tracing, "far-mesh-accounting")
     asyncio.run(serve(settings))
     return 0
 
 
-async def _wait_for_postgres(dsn: str) -> None:
-    """Return once PostgreSQL accepts a connection: started with it (a Procfile, a compose file), the accounting
-    line waits to migrate rather than exit, which would stop every process honcho runs beside it."""
+async def _migrate_once_postgres_answers(dsn: str) -> int:
+    """Apply the ledger's migrations, waiting while PostgreSQL is away; 0, or 1 when they cannot be applied.
+
+    Started with PostgreSQL (a Procfile, a compose file) or restarted while it restarts (the chaos soak), the
+    accounting line waits rather than exit, which would stop every process honcho runs beside it: a refused
+    connection, a server starting up or shutting down, too many connections, a connection lost mid-statement are
+    waited out; a migration that fails, a missing database or a wrong password are not, and exit 1 saying so."""
     import asyncpg
 
     from protocol.backoff import Backoff
+    from schema.migrate import MigrationError, apply_migrations
+    from schema.transient import TRANSIENT_LEDGER_ERRORS
 
+    away: tuple[type[Exception], ...] = (OSError, TimeoutError, *TRANSIENT_LEDGER_ERRORS)
     backoff = Backoff(0.5, 5.0)
     while True:
         try:
-            connection = await asyncpg.connect(dsn, timeout=5)
-        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:  # refused, or still starting up
+            applied = await apply_migrations(dsn)
+        except away as exc:
             log.warning(
                 "accounting waiting for PostgreSQL at POSTGRES_URL (%s); retrying in %.1fs",
                 type(exc).__name__,
@@ -105,7 +108,8 @@ async def _wait_for_postgres(dsn: str) -> None:
             )
             await backoff.sleep()
             continue
-        except asyncpg.PostgresError:  # it answers, with a problem (no such database...) the migration reports
-            return
-        await connection.close()
-        return
+        except (MigrationError, asyncpg.PostgresError) as exc:
+            log.error("migrate failed: %s", exc)
+            return 1
+        log.info("migrate done applied=%d names=%s", len(applied), ",".join(applied) or "-")
+        return 0

@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import honcho.environ  # type: ignore[import-untyped]
 import pytest
 from pydantic import SecretStr
 
-from accounting.commands import _wait_for_postgres
+from accounting.commands import _migrate_once_postgres_answers
 from cli.main import build_parser
 from devstack.procfile import ProcfileError, commands_for, read_procfile
 from devstack.procfile_env import render, swarm_models
@@ -151,18 +152,67 @@ def test_a_payout_setting_given_alone_still_stops_the_payer_with_the_missing_nam
     assert "CHAIN_BATCH_CONTRACT_ADDRESS" in done.stderr
 
 
-async def test_the_accounting_line_waits_for_postgresql_before_migrating(postgres_admin_dsn: str) -> None:
+async def test_the_accounting_line_waits_for_postgresql_before_migrating(migrated_postgres_dsn: str) -> None:
     with socket.socket() as reserved:  # bound, not listening: connections are refused, as while PostgreSQL starts
         reserved.bind(("127.0.0.1", 0))
         waiting = asyncio.create_task(
-            _wait_for_postgres(f"postgresql://postgres@127.0.0.1:{reserved.getsockname()[1]}/postgres")
+            _migrate_once_postgres_answers(f"postgresql://postgres@127.0.0.1:{reserved.getsockname()[1]}/postgres")
         )
         await asyncio.sleep(1.0)
         assert not waiting.done()
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
-    await asyncio.wait_for(_wait_for_postgres(postgres_admin_dsn), timeout=10)  # answers: no wait
+    assert await asyncio.wait_for(_migrate_once_postgres_answers(migrated_postgres_dsn), timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    "passing",
+    [
+        asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"),
+        asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+    ],
+    ids=type,
+)
+async def test_the_accounting_line_waits_out_a_postgresql_that_answers_but_cannot_migrate_yet(
+    monkeypatch: pytest.MonkeyPatch, passing: Exception
+) -> None:
+    # The chaos soak restarted accounting while PostgreSQL restarted: "shutting down" counted as an answer, so the
+    # line migrated at once and exited 1, where a moment later it would have run.
+    tries: list[str] = []
+
+    async def migrations(dsn: str) -> list[str]:
+        tries.append(dsn)
+        if len(tries) == 1:
+            raise passing
+        return []
+
+    monkeypatch.setattr("schema.migrate.apply_migrations", migrations)
+    monkeypatch.setattr("protocol.backoff.Backoff.sleep", _no_wait)
+    assert await _migrate_once_postgres_answers("postgresql://ledger") == 0
+    assert tries == ["postgresql://ledger"] * 2
+
+
+async def test_the_accounting_line_exits_1_on_a_migration_that_fails_without_retrying_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from schema.migrate import MigrationError
+
+    tries: list[str] = []
+
+    async def migrations(dsn: str) -> list[str]:
+        tries.append(dsn)
+        raise MigrationError("0028_x.sql failed and was rolled back: syntax error")
+
+    monkeypatch.setattr("schema.migrate.apply_migrations", migrations)
+    assert await _migrate_once_postgres_answers("postgresql://ledger") == 1
+    assert len(tries) == 1
+    assert "0028_x.sql failed" in caplog.text
+
+
+async def _no_wait(_self: object) -> None:
+    return None
 
 
 async def test_a_payer_started_before_its_chain_node_waits_for_it_and_stops_on_sigterm() -> None:
