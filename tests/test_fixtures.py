@@ -14,3 +14,11 @@ async def test_postgres_fixture_is_a_database_of_this_test_session(postgres_dsn:
         assert (await connection.fetchval("SELECT current_database()")).startswith("far_mesh_test_")
     finally:
         await connection.close()
+
+
+def test_make_test_runs_the_soaks_fixed_schedule_unless_told_another_seed() -> None:
+    from tests.fixtures.soak import GATE_SEED, soak_seed
+
+    assert soak_seed("") == GATE_SEED
+    assert soak_seed("42") == 42
+    assert len({soak_seed("random") for _ in range(5)}) > 1

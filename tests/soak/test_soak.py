@@ -1,7 +1,8 @@
 """The short chaos soak (issue #29) in every `make test`: `bench/soak.py --duration 180 --chain`, started in the
 background once collection is done and run beside the rest of the suite (tests/fixtures/soak.py); this test runs
 last and only waits for it. About four to six minutes of the soak's own wall time, hidden behind the suite's;
-`FAR_MESH_SOAK=0` skips it, `FAR_MESH_SOAK_SEED` replays a run (without it each run draws a seed and prints it).
+`FAR_MESH_SOAK=0` skips it; it runs the schedule of seed `GATE_SEED` unless `FAR_MESH_SOAK_SEED` names another
+(a number replays a run, `random` draws one).
 """
 
 import pytest
