@@ -68,7 +68,8 @@ class _Portal:
             [str(FAR_MESH), "portal"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.lines: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
 
     def _collect(self) -> None:
         assert self.process.stdout is not None
@@ -86,6 +87,8 @@ class _Portal:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """Stop the portal if it runs, then close its output once read to the end (an open pipe left to the garbage
+        collector is a ResourceWarning, an error in this suite, in whichever later test collects it)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -93,6 +96,9 @@ class _Portal:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._collector.join(timeout=5)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
 
 
 @pytest.fixture
