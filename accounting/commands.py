@@ -93,14 +93,13 @@ async def _migrate_once_postgres_answers(dsn: str) -> int:
 
     from protocol.backoff import Backoff
     from schema.migrate import MigrationError, apply_migrations
-    from schema.transient import TRANSIENT_LEDGER_ERRORS
+    from schema.transient import LEDGER_AWAY
 
-    away: tuple[type[Exception], ...] = (OSError, TimeoutError, *TRANSIENT_LEDGER_ERRORS)
     backoff = Backoff(0.5, 5.0)
     while True:
         try:
             applied = await apply_migrations(dsn)
-        except away as exc:
+        except LEDGER_AWAY as exc:
             log.warning(
                 "accounting waiting for PostgreSQL at POSTGRES_URL (%s); retrying in %.1fs",
                 type(exc).__name__,

@@ -36,7 +36,7 @@ from protocol import keys
 from protocol.backoff import Backoff
 from protocol.stream_ids import BEFORE_FIRST, EntryId, format_entry_id, parse_entry_id
 from protocol.usage import DEAD_LETTER_FIELDS, USAGE_FIELD, DeadLetterKind, UsageRecord
-from schema.transient import TRANSIENT_LEDGER_ERRORS
+from schema.transient import LEDGER_AWAY
 from streams import ConsumerGroup
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 DEAD_LETTER_MAXLEN = 100_000
 """Dead letters kept (approximately); the ids of as many are remembered, so idempotence lasts as long."""
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-_LEDGER_ERRORS: tuple[type[Exception], ...] = (TimeoutError, OSError, asyncpg.PostgresError, *TRANSIENT_LEDGER_ERRORS)
+_LEDGER_ERRORS: tuple[type[Exception], ...] = (*LEDGER_AWAY, asyncpg.PostgresError)
 """What makes a batch wait and be written again on a new connection. The shared transient errors bring
 InternalClientError: a connection PostgreSQL left mid-operation refuses its next transaction ("another operation
 is in progress"), and the consumer exited on it (the chaos soak, seed 33). Any other PostgreSQL error is retried

@@ -17,19 +17,14 @@ import asyncpg
 from protocol.api_keys import MAX_LABEL_CHARS, format_key, new_key, parse_key
 from protocol.wallet import validate_wallet
 from schema.api_keys import revoke, secret_hash
-from schema.transient import TRANSIENT_LEDGER_ERRORS
+from schema.transient import LEDGER_AWAY
 
 
 class KeyStoreUnavailable(RuntimeError):
     """PostgreSQL did not answer, or the far_api_keys table is missing (run `far-mesh migrate`)."""
 
 
-LEDGER_UNREACHABLE: tuple[type[Exception], ...] = (
-    TimeoutError,
-    OSError,
-    asyncpg.PostgresError,
-    *TRANSIENT_LEDGER_ERRORS,
-)
+LEDGER_UNREACHABLE: tuple[type[Exception], ...] = (*LEDGER_AWAY, asyncpg.PostgresError)
 """What a ledger read raises that answers 503 (`KeyStoreUnavailable`), not 500: the shared transient errors bring
 InternalClientError, a pooled connection PostgreSQL left mid-operation (the chaos soak, seed 33)."""
 

@@ -23,7 +23,7 @@ from portal.settings import PortalSettings
 from portal.sign_out import SignedOutSessions
 from portal.state import TEMPLATES_DIR, PortalState
 from protocol.backoff import Backoff
-from schema.transient import TRANSIENT_LEDGER_ERRORS
+from schema.transient import LEDGER_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,6 @@ class SecurityHeaders(BaseHTTPMiddleware):
 LEDGER_WAIT_FIRST_S = 0.2
 LEDGER_WAIT_CAP_S = 5.0
 _STOP_POLL_S = 0.1
-_UNREACHABLE: tuple[type[Exception], ...] = (OSError, TimeoutError, *TRANSIENT_LEDGER_ERRORS)
-"""What opening the pool raises while PostgreSQL is down, restarting or still starting: "unexpected
-connection_lost()" (a ConnectionError) from a server going away mid-handshake, a refusal, "the database system is
-starting up"."""
 
 
 def _never() -> bool:
@@ -117,7 +113,7 @@ async def open_pool_once_postgres_answers(
     while not stopping():
         try:
             return await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=8, timeout=5)
-        except _UNREACHABLE as exc:
+        except LEDGER_AWAY as exc:
             log.warning(
                 "portal waiting for PostgreSQL at POSTGRES_URL (%s: %s); retrying in %.1fs",
                 type(exc).__name__,

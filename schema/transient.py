@@ -16,3 +16,8 @@ TRANSIENT_LEDGER_ERRORS: tuple[type[Exception], ...] = (
 )
 """Ledger errors that pass by themselves, so the next round is retried. Every other PostgreSQL error (a unique
 or check constraint, a missing column) fails the same way each time it is tried."""
+
+LEDGER_AWAY: tuple[type[Exception], ...] = (OSError, TimeoutError, *TRANSIENT_LEDGER_ERRORS)
+"""What a ledger call raises while PostgreSQL is away, restarting or starting: the network's errors (a refusal, a
+connection lost mid-handshake, a timeout) with the driver's transient ones. A process that waits for the ledger
+waits these out."""
