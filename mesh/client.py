@@ -9,6 +9,7 @@ what a spot check records as a span's inputs is what its server received (docs/v
 """
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,14 +94,25 @@ class MeshClient:
         manager.dht.shutdown()
 
 
+REREAD_NUDGE_S = 2.0
+"""How often `reread_swarm` asks Petals' updater again while waiting for it."""
+
+
 def reread_swarm(manager: Any) -> None:
     """Have `manager` (a Petals sequence manager) read the swarm again and wait for it. Petals' `update(wait=True)`
     waits for its updater thread with no bound: with the DHT unreachable the updater retries for ever, and so
     would the request that asked. Here the wait ends after `manager.config.request_timeout` with `TimeoutError`,
-    which the callers treat as any failed refresh."""
+    which the callers treat as any failed refresh.
+
+    The updater is asked again every `REREAD_NUDGE_S`: a read that fails (a DHT query that errs under load) leaves
+    Petals' updater asleep for its whole update period (15 s here) before the next try, so one failed read would
+    otherwise use up most of the wait. Asking again while a read runs only queues one more read after it."""
+    deadline = time.monotonic() + manager.config.request_timeout
     manager.update(wait=False)
-    if not manager.ready.wait(timeout=manager.config.request_timeout):
-        raise TimeoutError(f"the swarm's routes were not re-read within {manager.config.request_timeout} s")
+    while not manager.ready.wait(timeout=max(0.0, min(REREAD_NUDGE_S, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the swarm's routes were not re-read within {manager.config.request_timeout} s")
+        manager.update(wait=False)
 
 
 def open_client(

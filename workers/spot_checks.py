@@ -222,24 +222,36 @@ class RunTrust:
 async def begin_trust(
     redis: aioredis.Redis, request_id: str, served: ServedModel, settings: WorkerSettings
 ) -> RunTrust:
-    """Apply the route policy and decide whether this run's session is sampled; never fails the run."""
+    """Apply the route policy and decide whether this run's session is sampled; never fails the run. The two stand
+    apart: a route policy that cannot be applied (the swarm not re-read in time) must not leave the run unchecked."""
     trust = RunTrust(max_bytes=settings.worker_verify_max_bytes)
     try:
         watch_failures(served)
         await flush_failures(redis)
         trust.route_policy = await apply_route_policy(redis, served)
-        reason: Reason | None = None
-        if sampled_by_fraction(request_id, settings.worker_verify_fraction, sampling_key(settings)):
-            reason = "fraction"
-        elif await nodes_due(redis, known_peers(served), settings.worker_verify_min_per_node_hour, time.time()):
-            reason = "node-due"
-        if reason is not None and await store_full(redis, trust.max_bytes):
-            metrics.SPOT_CHECKS_DROPPED.labels(served.model_id, "store-full").inc()
-            logger.warning("spot check dropped request_id=%s reason=store-full", request_id)
-            reason = None
-    except Exception as exc:  # Redis away, or a client without the routing internals: the run goes on unchecked
+    except Exception as exc:  # Redis away, the swarm not re-read, or a client without the routing internals
+        logger.warning("route policy not applied request_id=%s error=%r", request_id, exc)
+    try:
+        reason = await _sampling_reason(redis, request_id, served, settings, trust.max_bytes)
+    except Exception as exc:  # Redis away: the run goes on unchecked
         logger.warning("trust state unreadable request_id=%s error=%r", request_id, exc)
         return trust
     if reason is not None:
         trust.recorder, trust.reason = SpanRecorder(), reason
     return trust
+
+
+async def _sampling_reason(
+    redis: aioredis.Redis, request_id: str, served: ServedModel, settings: WorkerSettings, max_bytes: int
+) -> Reason | None:
+    """Why this run's session is sampled, or None: not sampled, or the checks' store is full."""
+    reason: Reason | None = None
+    if sampled_by_fraction(request_id, settings.worker_verify_fraction, sampling_key(settings)):
+        reason = "fraction"
+    elif await nodes_due(redis, known_peers(served), settings.worker_verify_min_per_node_hour, time.time()):
+        reason = "node-due"
+    if reason is not None and await store_full(redis, max_bytes):
+        metrics.SPOT_CHECKS_DROPPED.labels(served.model_id, "store-full").inc()
+        logger.warning("spot check dropped request_id=%s reason=store-full", request_id)
+        return None
+    return reason

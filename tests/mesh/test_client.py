@@ -126,3 +126,26 @@ def test_re_reading_the_swarm_gives_up_after_the_request_timeout_when_the_update
     with pytest.raises(TimeoutError, match="not re-read within 0.2 s"):
         MeshClient(spec=None, model=model, tokenizer=None).refresh_routes()  # type: ignore[arg-type]
     assert time.monotonic() - started < 5
+
+
+def test_re_reading_the_swarm_asks_again_when_a_read_fails_rather_than_waiting_out_the_updaters_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Petals' updater sleeps a whole update period after a read that raised: only a second request reads again soon.
+    from mesh import client as client_module
+
+    monkeypatch.setattr(client_module, "REREAD_NUDGE_S", 0.05)
+    ready = threading.Event()
+    requests: list[bool] = []
+
+    def update(wait: bool) -> None:
+        ready.clear()
+        requests.append(wait)
+        if len(requests) == 3:  # the first two reads fail, the third answers
+            ready.set()
+
+    manager = SimpleNamespace(update=update, ready=ready, config=SimpleNamespace(request_timeout=5.0))
+    started = time.monotonic()
+    client_module.reread_swarm(manager)
+    assert requests == [False, False, False]
+    assert time.monotonic() - started < 2
