@@ -47,8 +47,11 @@ run: install
 	$(VENV)/bin/far-mesh dev
 
 # pytest's exit status 5 means no test was collected (e.g. a -k filter that matched nothing): not a failure.
+# The suite runs on TEST_WORKERS pytest-xdist workers, in units that keep each expensive fixture in one worker
+# (tests/fixtures/parallel.py); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) || test $$? -eq 5
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || test $$? -eq 5
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ room it serves, and a folder's shared helpers are in its helpers.py, never in a 
 import pytest
 
 pytest_plugins = [
+    "tests.fixtures.parallel",
     "tests.fixtures.services",
     "tests.fixtures.swarm",
     "tests.fixtures.ledger",
