@@ -51,7 +51,7 @@ run: install
 # (tests/fixtures/parallel.py); TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: install
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) || test $$? -eq 5
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS) || test $$? -eq 5
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
@@ -71,6 +71,8 @@ RESTART_MAX_DELAY_S = 30.0
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 300.0
 """A process that crashes RESTART_LIMIT times within RESTART_WINDOW_S is given up on."""
+PORT_MOVES = 3
+"""How often a server starting for the first time may find its port taken and start again on another."""
 
 SERVER_ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",
@@ -151,12 +153,16 @@ class SwarmProcess:
         """Kill what is left of the group, then start the same command again (same identity, port, blocks)."""
         signal_group(self.pid, signal.SIGKILL)
         self._reap(timeout=STOP_GRACE_S)
+        self._before_restart()
         self.restarts += 1
         self._restarted_at_byte = self.log_path.stat().st_size
         self._log = self.log_path.open("ab")
         self._log.write(f"--- restarted by the local swarm (restart {self.restarts}) ---\n".encode())
         self._log.flush()
         self._process = self._spawn()
+
+    def _before_restart(self) -> None:
+        """What must change before the same command runs again: nothing here (`LocalServer` may move its port)."""
 
     @property
     def pid(self) -> int:
@@ -231,7 +237,10 @@ class SwarmProcess:
 
 class LocalServer(SwarmProcess):
     """A Petals server of the local swarm, on a port of its own that it keeps across restarts: peers and clients
-    still dial the address the DHT gave them for its peer id."""
+    still dial the address the DHT gave them for its peer id. Unless another process took the port while the
+    server was down (or before it first listened): a port is free to anyone until it is bound, and a test run, a
+    soak or a `make run` beside this one restarts its own processes on ports it kept. The server then moves to a
+    new port; its peer id stays, and its next announcement gives the DHT the new address."""
 
     def loaded_since_restart(self) -> bool:
         """Whether this run of the server has loaded its last block. Until then the DHT may still show the dead
@@ -251,6 +260,18 @@ class LocalServer(SwarmProcess):
             # Import while the DHT starts, join once it listens, without probing the loopback swarm first.
             env={AWAIT_PORT_VARIABLE: dht_address, LOOPBACK_SERVER_VARIABLE: "1"},
         )
+
+    def lost_its_port(self) -> bool:
+        """Whether the server is down and something else listens on its port."""
+        return self.exit_status is not None and self.config.port is not None and port_is_taken(self.config.port)
+
+    def _before_restart(self) -> None:
+        if not self.lost_its_port():
+            return
+        taken = self.config.port
+        self.config = replace(self.config, port=free_port_to_keep())
+        self._command = server_command(self.config)
+        logger.warning("swarm server moves port name=%s taken=%s port=%s", self.name, taken, self.config.port)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -404,7 +425,9 @@ class LocalSwarm:
         deadline = time.monotonic() + timeout_s
         while pending:
             for process in [*pending, *([self.dht_process] if self.dht_process else [])]:
-                if process.exit_status is not None:
+                if isinstance(process, LocalServer) and process.lost_its_port() and process.restarts < PORT_MOVES:
+                    self.on_spawner(process.restart)
+                elif process.exit_status is not None:
                     raise SwarmError(f"{process.name} exited with status {process.exit_status}\n{process.log_tail()}")
             # The DHT client can only be created (and queried) once the bootstrap listens.
             online = self._online_peer_spans(pending) if self._dht_listens() else set()

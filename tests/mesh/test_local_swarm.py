@@ -3,6 +3,7 @@
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,6 +134,36 @@ def test_a_swarm_gives_up_on_a_server_that_keeps_crashing_and_says_so(
     os.kill(swarm.servers[0].pid, signal.SIGKILL)
     with pytest.raises(SwarmError, match="server0-.* exited with status -9 1 times"):
         _wait_for(lambda: _raises_once_given_up(swarm), timeout_s=10)
+
+
+@pytest.mark.swarm
+def test_a_server_whose_port_was_taken_while_it_was_down_serves_again_on_another_with_its_peer_id(
+    local_swarm_factory: StartSwarm, tiny_models: tuple[ModelSpec, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another run's process restarting on a port it kept, or drawing the same free port, while this server is down.
+    monkeypatch.setattr("mesh.local_swarm.RESTART_FIRST_DELAY_S", 3.0)
+    swarm = local_swarm_factory(split_plans(tiny_models[0], 1))
+    server = swarm.servers[0]
+    peer_id, port = server.peer_id, server.config.port
+    assert port is not None
+
+    os.killpg(server.pid, signal.SIGKILL)
+    _wait_for(lambda: server.group_members() == [], timeout_s=10)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        _wait_for(lambda: server.restarts == 1, timeout_s=20)
+        swarm.ensure_serving(60)
+
+        assert server.peer_id == peer_id and server.config.port != port
+        client = off_main_thread(open_client, swarm.models[0], swarm.initial_peers)
+        try:
+            input_ids = client.tokenizer(PROMPT, return_tensors="pt").input_ids
+            tokens, spans = off_main_thread(greedy_through_swarm, client, input_ids, 4)
+            assert tokens == greedy_locally(client, input_ids, 4) and {peer for peer, _, _ in spans} == {peer_id}
+        finally:
+            off_main_thread(client.close)
 
 
 def test_a_swarm_killed_outright_takes_every_process_it_started_with_it(tiny_models: tuple[ModelSpec, ...]) -> None:
