@@ -2,6 +2,8 @@
 the objects find each other once applied."""
 
 import copy
+import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,17 @@ KUBE_PROMETHEUS_STACK_RELEASE = "kube-prometheus-stack"
 
 def is_custom(doc: dict[str, Any]) -> bool:
     return bool(doc["apiVersion"].split("/")[0].endswith((".sh", ".com")))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _schemas_read_once() -> Iterator[None]:
+    """kubernetes-validate reads and parses its schema files, a definitions file of megabytes among them, for every
+    object it validates: here each file is read once for the module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            kubernetes_validate.utils, "schema_contents", functools.cache(kubernetes_validate.utils.schema_contents)
+        )
+        yield
 
 
 def validate(doc: dict[str, Any]) -> None:
