@@ -150,7 +150,8 @@ class SwarmProcess:
         )
 
     def restart(self) -> None:
-        """Kill what is left of the group, then start the same command again (same identity, port, blocks)."""
+        """Kill what is left of the group, then start the same command again: same identity, blocks and port (a server
+        whose port another process took moves, `LocalServer._before_restart`)."""
         signal_group(self.pid, signal.SIGKILL)
         self._reap(timeout=STOP_GRACE_S)
         self._before_restart()
