@@ -191,6 +191,12 @@ def main() -> None:
             pids={"baseline": [baseline_process.pid]},
         )
         asyncio.run(measure(ours, baseline, swarm_groups(sut)))
+    except BaseException:
+        if baseline_process is not None and baseline_process.poll() is None:
+            print("the run failed: the baseline's threads, where they wait (to stderr)", flush=True)
+            baseline_process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+        raise
     finally:
         if baseline_process is not None:
             signal_group(baseline_process.pid, signal.SIGTERM)

@@ -14,7 +14,9 @@ Run by the benchmark as `python bench/plain_petals_http.py --port P --model-json
 
 import argparse
 import asyncio
+import faulthandler
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-json", required=True)
     parser.add_argument("--peers", required=True, help="the swarm's initial peers, comma-separated")
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the driver asks for every thread's stack on a stall
     client = open_client(ModelSpec.model_validate_json(args.model_json), args.peers.split(","))
     config = uvicorn.Config(build_app(client), host="127.0.0.1", port=args.port, log_level="warning")
     server = uvicorn.Server(config)

@@ -27,6 +27,7 @@ hivemind or petals upgrade that needs another name is caught there, not in a run
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -97,7 +98,25 @@ from hivemind.proto import p2pd_pb2  # noqa: E402
 from petals import AutoDistributedModelForCausalLM, ClientConfig  # noqa: E402
 from petals.client.inference_session import _ServerInferenceSession  # noqa: E402
 
-_blocking_close = _ServerInferenceSession.close
+SESSION_CLOSE_TIMEOUT_S = 5.0
+"""How long closing a server's inference stream waits for the server's end-of-session reply (milliseconds when it
+answers). Petals waits with no bound: a stream a server never answers held the thread closing it for ever, seen in
+`bench/bench_http_baseline.py`, where the garbage collector closed a dropped session inside another session's step,
+and that step, and its request, never finished."""
+
+logger = logging.getLogger(__name__)
+
+
+async def _aclose_within_bound(session: Any) -> None:
+    """Close the session's stream, giving the server `SESSION_CLOSE_TIMEOUT_S` to answer; closed either way (the
+    server drops the session's caches once the stream is gone)."""
+    try:
+        await asyncio.wait_for(session._aclose_stream(), SESSION_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        logger.warning("a server did not end an inference session within %.0f s; dropped it", SESSION_CLOSE_TIMEOUT_S)
+    finally:
+        session._outputs_stream = session._inputs_queue = None
+        session.closed = True
 
 
 def _close_without_deadlock(session: Any) -> None:
@@ -105,21 +124,14 @@ def _close_without_deadlock(session: Any) -> None:
     collector runs `__del__` on that very thread, it waits for itself: the thread deadlocks and every later
     Petals call hangs (seen with 8 concurrent sessions). On that thread, schedule the close instead. And while
     the interpreter shuts down, that thread no longer runs: waiting for it would hang the exit forever, and
-    the servers drop the session's caches themselves once its connection is gone."""
-    if sys.is_finalizing():
+    the servers drop the session's caches themselves once its connection is gone. Elsewhere, wait for the close,
+    at most `SESSION_CLOSE_TIMEOUT_S`."""
+    if sys.is_finalizing() or session._outputs_stream is None:
         return
-    if threading.current_thread() is not RemoteExpertWorker._event_thread:
-        _blocking_close(session)
+    if threading.current_thread() is RemoteExpertWorker._event_thread:
+        asyncio.get_event_loop().create_task(_aclose_within_bound(session))
         return
-    if session._outputs_stream is None:
-        return
-
-    async def close_later() -> None:
-        await session._aclose_stream()
-        session._outputs_stream = session._inputs_queue = None
-        session.closed = True
-
-    asyncio.get_event_loop().create_task(close_later())
+    RemoteExpertWorker.run_coroutine(_aclose_within_bound(session))
 
 
 def _finalize_quietly(session: Any) -> None:

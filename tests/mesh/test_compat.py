@@ -226,3 +226,28 @@ def test_mesh_compat_selects_the_file_descriptor_sharing_strategy() -> None:
     import torch.multiprocessing
 
     assert torch.multiprocessing.get_sharing_strategy() == "file_descriptor"
+
+
+def test_closing_a_session_whose_server_never_ends_it_gives_up_after_the_bound_and_marks_it_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Petals' own close waits for the server's end-of-session reply with no bound: its thread would hang for ever.
+    import time
+
+    from mesh import compat
+
+    monkeypatch.setattr(compat, "SESSION_CLOSE_TIMEOUT_S", 0.2)
+
+    class Unanswered:
+        _outputs_stream: object = object()
+        _inputs_queue: object = object()
+        closed = False
+
+        async def _aclose_stream(self) -> None:
+            await asyncio.Event().wait()  # the server never answers
+
+    session = Unanswered()
+    started = time.monotonic()
+    _ServerInferenceSession.close(session)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 3
+    assert session.closed and session._outputs_stream is None and session._inputs_queue is None
