@@ -5,10 +5,11 @@ enqueued, so the client is billed what it was quoted, and the providers paid on 
 configuration changes while the job waits.
 """
 
-import logging
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol import keys
@@ -19,8 +20,6 @@ from protocol.provider_preferences import ProviderPreferences
 from protocol.requests import MAX_JOB_PROMPT_CHARS, MAX_NEW_TOKENS, RequestId, SamplingOptions
 from protocol.tools import ToolUse
 from protocol.wallet import Wallet
-
-log = logging.getLogger(__name__)
 
 GENERATE_FUNCTION: Final = "generate"
 """The arq function name of the generate job; its only argument is `GenerateJob.payload()`."""
@@ -137,20 +136,28 @@ class GenerateJob(SamplingOptions):
         return self.model_dump(mode="json", exclude=unset or None)
 
 
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[4])
+return 1
+"""
+"""arq's enqueue (refused while the job, or its result, exists) and the wake-up, as one atomic call. KEYS: the job,
+its result, the queue. ARGV: the serialized job, its expiry in ms, its score (the enqueue time in ms), its id, the
+wake-up channel."""
+
+
 async def enqueue_generate(pool: Any, job: GenerateJob) -> bool:
     """Queue `job` on its model's queue under its request id, and wake that model's idle workers.
 
-    `pool` is an `arq.connections.ArqRedis`. False when a job with this request id is already queued or
-    running (arq refuses the duplicate), so a repeated request never runs twice. Once the job is queued it will
-    run and bill, so a failed wake-up is only logged: answering the client with an error would be a lie.
+    `pool` is an `arq.connections.ArqRedis`. False when a job with this request id is already queued or has
+    run, so a repeated request never runs twice. One round trip: arq's own `enqueue_job` (a WATCH, an EXISTS,
+    then a transaction) and the wake-up took four, all on the way to the first token (#32). The job is the one
+    arq writes (`serialize_job`, arq's expiry), so arq's worker reads it as its own.
     """
-    queued = await pool.enqueue_job(
-        GENERATE_FUNCTION, job.payload(), _job_id=job.request_id, _queue_name=keys.queue_for(job.model_id)
-    )
-    if queued is None:
-        return False
-    try:
-        await pool.publish(keys.queue_wake(job.model_id), job.request_id)
-    except Exception as exc:  # redis-py raises several types; none may undo an enqueue that happened
-        log.warning("wake-up not published request_id=%s error=%s; workers' polling takes the job", job.request_id, exc)
-    return True
+    enqueued_ms = timestamp_ms()
+    payload = serialize_job(GENERATE_FUNCTION, (job.payload(),), {}, None, enqueued_ms, serializer=pool.job_serializer)
+    script_keys = [keys.arq_job(job.request_id), keys.arq_result(job.request_id), keys.queue_for(job.model_id)]
+    args = [payload, pool.expires_extra_ms, enqueued_ms, job.request_id, keys.queue_wake(job.model_id)]
+    return bool(await pool.register_script(_ENQUEUE)(keys=script_keys, args=args))

@@ -163,13 +163,18 @@ def arq_job(job_id: str) -> str:
     return ARQ_JOB_PREFIX + job_id
 
 
+def arq_result(job_id: str) -> str:
+    """arq's result of the job `job_id`, kept after it ran (the worker's `keep_result`)."""
+    return ARQ_RESULT_PREFIX + job_id
+
+
 def job_traces(request_id: str) -> list[str]:
     """Every key that exists once `request_id`'s job was queued, until long after it ran: arq's queued job, its
     in-progress mark and result, and the request's token stream (the job's id is its request id)."""
     return [
         arq_job(request_id),
         job_in_progress(request_id),
-        ARQ_RESULT_PREFIX + request_id,
+        arq_result(request_id),
         token_stream(request_id),
     ]
 

@@ -13,6 +13,7 @@ The record is compact JSON, since a request writes one per token: {"n": position
 block, end block, public name or null], ...]}.
 """
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -32,6 +33,14 @@ class StepSpan:
     public_name: str | None = None
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _route_json(spans: tuple[StepSpan, ...]) -> str:
+    return _COMPACT.encode([[s.peer_id, s.start_block, s.end_block, s.public_name] for s in spans])
+
+
 @dataclass(frozen=True)
 class ServedStep:
     """One step whose token was written: the route that served it and how many positions it fed."""
@@ -40,8 +49,8 @@ class ServedStep:
     spans: tuple[StepSpan, ...]
 
     def encode(self) -> str:
-        spans = [[s.peer_id, s.start_block, s.end_block, s.public_name] for s in self.spans]
-        return json.dumps({POSITIONS_FIELD: self.tokens, SPANS_FIELD: spans}, separators=(",", ":"))
+        """The record, written once per token: a session's steps share one route, whose JSON is made once."""
+        return f'{{"{POSITIONS_FIELD}":{int(self.tokens)},"{SPANS_FIELD}":{_route_json(self.spans)}}}'
 
     @classmethod
     def decode(cls, raw: str | bytes) -> "ServedStep":
@@ -55,6 +64,6 @@ class ServedStep:
             )
         except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"not a served step: {raw!r:.200}") from exc
-        if not isinstance(tokens, int) or tokens < 0 or any(s.end_block <= s.start_block for s in spans):
+        if type(tokens) is not int or tokens < 0 or any(s.end_block <= s.start_block for s in spans):
             raise ValueError(f"not a served step: {raw!r:.200}")
         return cls(tokens=tokens, spans=spans)

@@ -14,6 +14,7 @@ needed to judge redundancy, is read from the DHT at most every `_COVERAGE_TTL_S`
 on probation.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -154,8 +155,8 @@ def peer_ids_only(peers: Iterable[str]) -> set[str]:
 
 async def apply_route_policy(redis: aioredis.Redis, served: ServedModel) -> str:
     """Bring the model's routes in line with bans and reputations; returns the policy to record with the session."""
-    banned = frozenset(peer_ids_only(await banned_peers(redis)))
-    scored = await low_reputation_peers(redis)
+    banned_raw, scored = await asyncio.gather(banned_peers(redis), low_reputation_peers(redis))
+    banned = frozenset(peer_ids_only(banned_raw))
     low = {peer: scored[peer] for peer in peer_ids_only(scored)}
     manager = served.model.transformer.h.sequence_manager
     if low.keys() - banned:

@@ -14,6 +14,7 @@ A node counts as checked only when a published check holds a span of its work: a
 not use stays due (its claim lapses after `CLAIM_MAX_S` at most), so the next sample may catch it.
 """
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -223,22 +224,35 @@ async def begin_trust(
     redis: aioredis.Redis, request_id: str, served: ServedModel, settings: WorkerSettings
 ) -> RunTrust:
     """Apply the route policy and decide whether this run's session is sampled; never fails the run. The two stand
-    apart: a route policy that cannot be applied (the swarm not re-read in time) must not leave the run unchecked."""
+    apart: a route policy that cannot be applied (the swarm not re-read in time) must not leave the run unchecked.
+    Neither needs the other, so their round trips overlap (they are on the way to the first token: #32)."""
     trust = RunTrust(max_bytes=settings.worker_verify_max_bytes)
+    await asyncio.gather(
+        _apply_route_policy(redis, request_id, served, trust),
+        _decide_sampling(redis, request_id, served, settings, trust),
+    )
+    return trust
+
+
+async def _apply_route_policy(redis: aioredis.Redis, request_id: str, served: ServedModel, trust: RunTrust) -> None:
     try:
         watch_failures(served)
         await flush_failures(redis)
         trust.route_policy = await apply_route_policy(redis, served)
     except Exception as exc:  # Redis away, the swarm not re-read, or a client without the routing internals
         logger.warning("route policy not applied request_id=%s error=%r", request_id, exc)
+
+
+async def _decide_sampling(
+    redis: aioredis.Redis, request_id: str, served: ServedModel, settings: WorkerSettings, trust: RunTrust
+) -> None:
     try:
         reason = await _sampling_reason(redis, request_id, served, settings, trust.max_bytes)
     except Exception as exc:  # Redis away: the run goes on unchecked
         logger.warning("trust state unreadable request_id=%s error=%r", request_id, exc)
-        return trust
+        return
     if reason is not None:
         trust.recorder, trust.reason = SpanRecorder(), reason
-    return trust
 
 
 async def _sampling_reason(

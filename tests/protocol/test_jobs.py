@@ -1,15 +1,13 @@
-"""Enqueueing a generate job on a real Redis: once it is queued, the caller is told so, whatever else fails."""
-
-from typing import Any
+"""Enqueueing a generate job on a real Redis: arq's job, its queue and the wake-up, in one call, never twice."""
 
 import pytest
 import redis.asyncio as aioredis
 from arq import create_pool
 from arq.connections import RedisSettings
-from redis.exceptions import ConnectionError as RedisConnectionError
+from arq.jobs import Job
 
 from protocol import keys
-from protocol.jobs import GenerateJob, enqueue_generate
+from protocol.jobs import GENERATE_FUNCTION, GenerateJob, enqueue_generate
 from tests.fixtures.workers import PRICE_FAR
 
 
@@ -26,22 +24,48 @@ def job(request_id: str) -> GenerateJob:
     )
 
 
-async def test_a_failed_wake_up_after_the_enqueue_still_reports_the_job_queued(
-    redis: aioredis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+async def test_a_job_is_queued_as_arq_queues_it_and_its_workers_are_woken_in_the_same_call(
+    redis: aioredis.Redis, redis_url: str
 ) -> None:
-    """Answering 503 for a job that will run and bill would make the client retry into a second bill."""
+    """One atomic call: the job arq's worker reads as its own, on the model's queue, and the wake-up with it."""
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
-
-    async def publish_fails(*args: Any, **kwargs: Any) -> int:
-        raise RedisConnectionError("Connection reset by peer")
-
-    monkeypatch.setattr(pool, "publish", publish_fails)
+    wake_ups = redis.pubsub()
+    await wake_ups.subscribe(keys.queue_wake("test/model"))
+    await wake_ups.get_message(timeout=1)  # the subscription's confirmation
     try:
         assert await enqueue_generate(pool, job("req-queued")) is True
-        assert await enqueue_generate(pool, job("req-queued")) is False  # the duplicate, refused as before
+        woken = await wake_ups.get_message(timeout=5)
+        info = await Job("req-queued", pool, _queue_name=keys.queue_for("test/model")).info()
+    finally:
+        await wake_ups.aclose()
+        await pool.aclose()
+    assert woken is not None and woken["data"] == b"req-queued"
+    assert info is not None and info.function == GENERATE_FUNCTION and info.args == (job("req-queued").payload(),)
+    assert 0 < await redis.pttl(keys.arq_job("req-queued")) <= 86_400_000  # arq's expiry of a queued job
+    assert await redis.zscore(keys.queue_for("test/model"), "req-queued") == info.enqueue_time.timestamp() * 1000
+
+
+@pytest.mark.parametrize("trace", ["queued", "ran"])
+async def test_a_request_id_already_queued_or_run_is_refused_and_wakes_no_worker(
+    redis: aioredis.Redis, redis_url: str, trace: str
+) -> None:
+    """The duplicate is told False, so a repeated request never runs twice, and the queue is left as it was."""
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        if trace == "queued":
+            assert await enqueue_generate(pool, job("req-twice")) is True
+        else:
+            await redis.set(keys.arq_result("req-twice"), b"result")
+        before = await redis.zrange(keys.queue_for("test/model"), 0, -1, withscores=True)
+        wake_ups = redis.pubsub()
+        await wake_ups.subscribe(keys.queue_wake("test/model"))
+        await wake_ups.get_message(timeout=1)
+        assert await enqueue_generate(pool, job("req-twice")) is False
+        assert await wake_ups.get_message(timeout=0.5) is None
+        await wake_ups.aclose()
     finally:
         await pool.aclose()
-    assert await redis.zscore(keys.queue_for("test/model"), "req-queued") is not None
+    assert await redis.zrange(keys.queue_for("test/model"), 0, -1, withscores=True) == before
 
 
 def test_a_job_enqueued_before_the_sampling_controls_existed_still_parses_and_samples_as_before() -> None:

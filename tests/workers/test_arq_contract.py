@@ -53,7 +53,9 @@ def test_each_worker_method_the_queue_worker_relies_on_keeps_its_parameters(name
 
 
 @pytest.mark.parametrize("name", ATTRIBUTES)
-def test_each_worker_attribute_the_queue_worker_uses_still_exists(name: str) -> None:
+async def test_each_worker_attribute_the_queue_worker_uses_still_exists(name: str) -> None:
+    """Async: arq's Worker takes the running event loop, where outside one it would make a loop nothing closes."""
+
     async def job(ctx: dict[str, object]) -> None:
         return None
 
