@@ -5,7 +5,7 @@ import dataclasses
 import inspect
 
 import pytest
-from arq import constants, jobs, utils, worker
+from arq import connections, constants, jobs, utils, worker
 from arq.connections import RedisSettings
 
 OVERRIDDEN = {
@@ -71,3 +71,11 @@ def test_the_job_result_and_helpers_the_queue_worker_reads_are_unchanged() -> No
     assert constants.in_progress_key_prefix == "arq:in-progress:"
     assert callable(jobs.deserialize_result) and issubclass(jobs.SerializationError, Exception)
     assert issubclass(worker.JobExecutionFailed, Exception) and callable(utils.timestamp_ms)
+
+
+def test_the_job_writer_the_enqueue_script_uses_is_unchanged() -> None:
+    """`protocol.jobs.enqueue_generate` writes arq's job itself (one script instead of arq's three round trips)."""
+    parameters = list(inspect.signature(jobs.serialize_job).parameters)
+    assert parameters == ["function_name", "args", "kwargs", "job_try", "enqueue_time_ms", "serializer"], parameters
+    pool = inspect.signature(connections.ArqRedis.__init__).parameters
+    assert {"job_serializer", "expires_extra_ms"} <= pool.keys(), f"arq.connections.ArqRedis now takes {list(pool)}"
