@@ -552,9 +552,11 @@ class _Shape:
         # they were relayed, and a stream that fails bills what its client received (docs/architecture.md)
         held = b"".join(self._held_chunk(index)[0] for index in sorted(self._held))
         error = event["error"]
+        message = f"{error['message']}; {_billed(event)}"
         body = {
-            "error": {"message": error["message"], "type": error_type(502), "param": None, "code": error["code"]},
+            "error": {"message": message, "type": error_type(502), "param": None, "code": error["code"]},
             "request_id": self.request_id,
+            "cost_far": event["total_cost_far"],
         }
         return held + sse_event(json.dumps(body).encode(), entry.entry_id)
 
@@ -697,9 +699,7 @@ async def _collect(
             raise ContextLengthExceeded(error["message"], param=prompt_field)
         if error["code"] == StreamErrorCode.ROUTE_UNSATISFIABLE:  # the buyer's preferences, not the swarm, refused it
             raise PreferencesUnsatisfiable(error["message"], field="provider")
-        cost = Decimal(event["total_cost_far"])  # nothing for a request answered whole (a resumed stream's differ)
-        billed = f"{event['tokens_generated']} tokens billed ({cost} FAR)" if cost else "nothing billed"
-        raise BadGateway(f"generation failed ({error['code']}): {error['message']}; {billed}")
+        raise BadGateway(f"generation failed ({error['code']}): {error['message']}; {_billed(event)}")
     return tokens, event
 
 
@@ -776,6 +776,13 @@ async def _complete(request: Request, *, chat: bool) -> Response:
         return Response(status_code=499)  # nobody is listening any more
     events, done = collected
     return JSONResponse(shape.complete(events, done), headers={"x-request-id": accepted.request_id})
+
+
+def _billed(error_event: dict[str, Any]) -> str:
+    """What a failed request was billed, for its error's message: the tokens its client received (nothing for a
+    request answered whole, whose tokens never reached it)."""
+    cost = Decimal(error_event["total_cost_far"])
+    return f"{error_event['tokens_generated']} tokens billed ({cost} FAR)" if cost else "nothing billed"
 
 
 async def _openai_errors(handler: Awaitable[Response]) -> Response:

@@ -75,9 +75,11 @@ async def test_a_failed_generation_is_an_api_error_for_the_openai_package(
         assert failed.value.status_code == 502 and "no_route" in failed.value.message
         assert failed.value.message.endswith("; nothing billed")  # two tokens were generated, none delivered
         stream = await client.completions.create(model=MODEL_ID, prompt="fail again", max_tokens=5, stream=True)
-        with pytest.raises(openai.APIError, match="no server holds block 2"):
+        with pytest.raises(openai.APIError, match="no server holds block 2") as streamed:
             async for _ in stream:
                 pass
+    # the streamed tokens reached the client, so they are billed, and its error says so
+    assert streamed.value.message.endswith(f"; 2 tokens billed ({PRICE * 2} FAR)")
 
 
 async def test_openai_errors_have_the_openai_shape_and_validation_is_400(gateway_url: str, issue_key: IssueKey) -> None:
