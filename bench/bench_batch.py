@@ -24,6 +24,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import redis.asyncio as aioredis  # noqa: E402
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.ledger_view import ledger_rows  # noqa: E402
 from devstack.harness.sse import stream_events  # noqa: E402
 from devstack.harness.system import (  # noqa: E402
@@ -135,6 +136,7 @@ async def run(sut: SystemUnderTest, lines: int, tokens: int) -> None:
 
 
 def main() -> None:
+    interrupt_on_signals("bench_batch")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=16)

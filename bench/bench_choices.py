@@ -21,6 +21,7 @@ import openai
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.system import start_system, stop_system  # noqa: E402
 
 RUNS = 5
@@ -55,6 +56,7 @@ async def measure(url: str, key: str, model: str) -> None:
 
 
 def main() -> None:
+    interrupt_on_signals("bench_choices")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url")
     parser.add_argument("--key")

@@ -17,6 +17,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bench_worker import direct_generation  # noqa: E402
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.sse import stream_events  # noqa: E402
 from devstack.harness.system import SystemUnderTest, start_system, stop_system  # noqa: E402
 from mesh.client import open_client  # noqa: E402
@@ -43,6 +44,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
+    interrupt_on_signals("bench_e2e_latency")
     sut = start_system(Path(tempfile.mkdtemp(prefix="bench-e2e-latency-")))
     try:
         assert sut.system.swarm is not None

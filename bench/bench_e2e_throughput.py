@@ -25,6 +25,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bench_worker import CONCURRENT, TOKENS_EACH, direct_generation, direct_throughput  # noqa: E402
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.sse import collect, token_events  # noqa: E402
 from devstack.harness.system import SystemUnderTest, start_system, stop_system, wait_until_serving  # noqa: E402
 from mesh.client import open_client  # noqa: E402
@@ -102,6 +103,7 @@ async def over_http(sut: SystemUnderTest) -> tuple[int, float]:
 
 
 def main() -> None:
+    interrupt_on_signals("bench_e2e_throughput")
     sut = start_system(Path(tempfile.mkdtemp(prefix="bench-e2e-throughput-")))
     try:
         assert sut.system.swarm is not None

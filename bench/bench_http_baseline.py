@@ -38,6 +38,7 @@ from bench_worker import CONCURRENT, PROMPT, TOKENS_EACH  # noqa: E402
 from front_end_cpu import cpu_between, cpu_by_process  # noqa: E402
 
 from accounting.settings import AccountingSettings  # noqa: E402
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.sse import stream_events  # noqa: E402
 from devstack.harness.system import SystemUnderTest, start_system, stop_system  # noqa: E402
 from mesh.ports import free_port  # noqa: E402
@@ -184,6 +185,7 @@ def report(ours: FrontEnd, baseline: FrontEnd) -> None:
 
 
 def main() -> None:
+    interrupt_on_signals("bench_http_baseline")
     defaults = {name: str(settings.model_fields[name.lower()].default) for settings, name in TEST_TIMINGS}
     sut = start_system(Path(tempfile.mkdtemp(prefix="bench-http-baseline-")), workers=1, extra_env=defaults)
     baseline_process: subprocess.Popen[bytes] | None = None

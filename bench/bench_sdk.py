@@ -30,6 +30,7 @@ sys.path[:0] = [str(REPO), str(REPO / "sdk" / "python")]
 
 from farlabs import FarMesh  # noqa: E402
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.system import SystemUnderTest, start_system, stop_system  # noqa: E402
 
 PROMPT = "A request walks through the gateway"
@@ -115,6 +116,7 @@ def report(title: str, cpu: Cpu) -> None:
 
 
 def main() -> None:
+    interrupt_on_signals("bench_sdk")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=640)

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.ledger_view import ledger_rows  # noqa: E402
 from devstack.harness.sse import stream_events  # noqa: E402
 from devstack.harness.system import (  # noqa: E402
@@ -113,6 +114,7 @@ async def reconcile(sut: SystemUnderTest, results: Results) -> tuple[int, int, i
 
 
 def main() -> None:
+    interrupt_on_signals("load_test")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=90, help="how long clients keep sending (at most 120)")

@@ -8,7 +8,6 @@ Run: `.venv/bin/python bench/soak.py --duration 180` (the short soak), `--durati
 
 import argparse
 import random
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -16,27 +15,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.soak.run import run_soak  # noqa: E402
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    # Only the first signal interrupts: the stop it begins must not be cut short by the next one (a second Ctrl-C,
-    # or the parent-death SIGTERM a soak started by pytest gets again as each of a dying pytest's threads exits),
-    # which left the soak's process hung on its own threads once its system was stopped.
-    signal.signal(signal.SIGINT, _already_stopping)
-    signal.signal(signal.SIGTERM, _already_stopping)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _already_stopping(signum: int, _frame: object) -> None:
-    print(f"soak: {signal.Signals(signum).name} again: already stopping the system", file=sys.stderr, flush=True)
-
-
 def main() -> int:
-    # Ctrl-C, and SIGTERM (a CI job's timeout), stop the system it started: a background job of a
-    # non-interactive shell starts with SIGINT ignored, and SIGTERM's default would leave every process running.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_signals("soak")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of load and faults")
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: a fresh one, printed)")
