@@ -49,6 +49,7 @@ from accounting.batch_writer import (
 from accounting.consumer import ParsedBatch, UsageConsumer
 from accounting.journal import PLATFORM_FEES, PLATFORM_REMAINDER, UNATTRIBUTED, buyer_account, provider_account
 from accounting.settings import AccountingSettings
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.redis_server import RedisServer
 from devstack.services import with_database
@@ -433,6 +434,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals("bench_accounting")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--nodes", type=int, default=4, help="contributions per session")

@@ -40,6 +40,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack.harness.gateway import GATEWAY_ENV, MODEL_ID, issue_key_sync, snapshot, start_gateway, stop_gateway
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.postgres_server import EmbeddedPostgres, create_database_if_missing, drop_database, postgres_answers
 from devstack.redis_server import RedisServer
 from protocol import keys
@@ -378,6 +379,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals("bench_gateway_relay")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=5.0, help="tokens per second per stream")

@@ -30,6 +30,7 @@ from chain.deploy import deploy, send, transfer
 from chain.node import LocalChain, dev_account
 from chain.transfers import Payment, pay_batch_data
 from chain.units import to_base_units
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.services import with_database
 from mesh.ports import free_port
@@ -269,6 +270,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals("bench_payouts")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wallets", type=int, default=1000, help="wallets owed, paid end to end by the chain payer")
     parser.add_argument("--batch", type=int, default=200, help="wallets per batch transaction")

@@ -20,6 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from mesh.peer_speed import PeerSpeeds  # noqa: E402
 
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "far-mesh"
@@ -98,4 +99,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals("bench_peer_speed")
     main()

@@ -31,6 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from devstack.harness.portal import start_portal, stop_portal  # noqa: E402
 from devstack.postgres_server import create_database_if_missing, drop_database  # noqa: E402
 from devstack.redis_server import RedisServer  # noqa: E402
@@ -201,4 +202,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals("bench_portal")
     asyncio.run(main())

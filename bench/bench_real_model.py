@@ -29,6 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from mesh.client import open_client  # noqa: E402
 from mesh.gguf_checkpoint import SMOLLM2, ensure_checkpoint, spec_for  # noqa: E402
 from mesh.local_swarm import LocalSwarm, group_members, split_plans  # noqa: E402
@@ -172,4 +173,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals("bench_real_model")
     main()

@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from mesh.client import open_client  # noqa: E402
 from mesh.local_swarm import LocalSwarm, ServerPlan  # noqa: E402
 from mesh.route_choice import RouteRule, RouteUnsatisfiable  # noqa: E402
@@ -146,4 +147,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals("bench_route_preferences")
     main()

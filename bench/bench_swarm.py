@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
 from mesh.client import open_client  # noqa: E402
 from mesh.local_swarm import LocalSwarm, split_plans  # noqa: E402
 from mesh.tiny_models import ensure_tiny_models  # noqa: E402
@@ -95,4 +96,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals("bench_swarm")
     main()

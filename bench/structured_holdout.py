@@ -181,6 +181,9 @@ def main() -> int:
         if not args.key:
             parser.error("--url needs --key")
         return asyncio.run(run(args.url, args.key))
+    from devstack.harness.interrupts import interrupt_on_signals
+
+    interrupt_on_signals("structured_holdout")
     with own_system() as (url, key):
         return asyncio.run(run(url, key))
 
