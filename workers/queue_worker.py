@@ -7,7 +7,7 @@ job's code runs; here that mark starts as short as the lease the job then renews
 between taking a job and its first lease write delays the job by one lease TTL, not by the job timeout.
 
 A job is claimed in one round trip (a script doing what arq's WATCH/MULTI claim does in four), and polling
-is only the fallback: a worker takes a job as soon as its enqueuer publishes on the model's wake-up
+is only the fallback: a worker claims a job as soon as its enqueuer publishes its id on the model's wake-up
 channel (`protocol.jobs.enqueue_generate`), so the poll can be slow and cost neither CPU nor first-token time.
 """
 
@@ -83,6 +83,11 @@ class QueueWorker(Worker):
         self._woken = asyncio.Event()
         self._room_wanted = False
         """A look at the queue found this worker full: the next job to end wakes the poller."""
+        self._announced: list[bytes] = []
+        """The jobs announced on the wake-up channel since the poller last woke."""
+        self._backlog_possible = True
+        """Jobs may wait in the queue that this worker has not taken: it was full when one came, or it has not looked
+        yet. Then a wake-up looks at the queue, oldest first, rather than claiming only what was announced."""
         self._redis = context.redis_for(model_id)
         """The Redis of this model's queue (`protocol.redis_shards`): its claims and its wake-up channel."""
         self._claim = self._redis.register_script(_CLAIM)
@@ -104,6 +109,8 @@ class QueueWorker(Worker):
             if self.job_counter >= self.max_jobs:  # arq looks at nothing then: a job may be left waiting
                 self._room_wanted = True
             await super()._poll_iteration()
+            if self.job_counter < self.max_jobs:  # it took every job due and still has room: nothing waits
+                self._backlog_possible = False
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim and start each job this worker has room for (arq's own claim takes four round trips)."""
@@ -111,7 +118,7 @@ class QueueWorker(Worker):
         for raw_id in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
-                self._room_wanted = True
+                self._room_wanted = self._backlog_possible = True
                 self.sem.release()
                 return
             self.job_counter += 1
@@ -139,11 +146,19 @@ class QueueWorker(Worker):
             self._woken.set()
 
     async def _poll_when_woken(self) -> None:
-        """One look at the queue per burst of wake-ups."""
+        """Per burst of wake-ups, claim the jobs announced, one round trip each (a look at the queue would be one
+        more, on the way to every request's first token: #32); while jobs may wait behind them, or for a slot that
+        freed, look at the queue instead, so that the oldest job due starts first."""
         while True:
             await self._woken.wait()
             self._woken.clear()
-            if self._pool is not None:  # arq's own start-up has not finished yet otherwise
+            announced, self._announced = self._announced, []
+            if self._pool is None:  # arq's own start-up has not finished yet: its first poll looks at the queue
+                continue
+            if announced and not self._backlog_possible:
+                async with self._polling:
+                    await self.start_jobs(announced)
+            else:
                 await self._poll_iteration()
 
     async def _listen_for_wake_ups(self) -> None:
@@ -152,7 +167,9 @@ class QueueWorker(Worker):
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(keys.queue_wake(self.model_id))
-                    async for _ in pubsub.listen():
+                    async for message in pubsub.listen():
+                        data = message["data"]  # a claim only: the claim script takes ids that are queued and due
+                        self._announced.append(data if isinstance(data, bytes) else str(data).encode())
                         self._woken.set()
             except (RedisError, OSError) as exc:
                 logger.warning("wake-up channel lost queue=%s error=%r", self.queue_name, exc)

@@ -210,30 +210,74 @@ async def test_an_announced_job_is_taken_at_once_rather_than_at_the_next_poll(
         assert isinstance(done, DoneEvent) and done.status == "cancelled"
 
 
+async def test_an_announced_job_is_claimed_by_its_id_without_a_look_at_the_queue(
+    redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    """A look at the queue is a round trip on the way to the first token; the wake-up already names the job."""
+    model = tiny_models[0]
+    worker = QueueWorker(context(redis, redis_url, tiny_models), model.model_id)
+    async with polling_only_at_start(worker):
+        looks = 0
+        poll_iteration = worker._poll_iteration
+
+        async def counted() -> None:
+            nonlocal looks
+            looks += 1
+            await poll_iteration()
+
+        worker._poll_iteration = counted  # type: ignore[method-assign]
+        await redis.publish(keys.queue_wake(model.model_id), "req_not_queued")  # a stray id is claimed by nobody
+        job = await cancelled_job(redis, model)
+        await enqueue(redis_url, job)
+        (done,) = await wait_for_end(redis, job.request_id, timeout_s=30)
+    assert isinstance(done, DoneEvent) and done.status == "cancelled"
+    assert looks == 0
+
+
 async def test_a_job_queued_behind_a_full_worker_starts_as_soon_as_a_slot_frees(
     redis: aioredis.Redis, redis_url: str, tiny_models: tuple[ModelSpec, ...]
 ) -> None:
+    """...oldest first: a job announced while others waited does not take the slot before them."""
     model = tiny_models[0]
     worker = QueueWorker(context(redis, redis_url, tiny_models, worker_max_jobs=1), model.model_id)
-    first, second = await cancelled_job(redis, model), await cancelled_job(redis, model)
-    first_may_run = asyncio.Event()
+    jobs = [await cancelled_job(redis, model) for _ in range(4)]
+    first, waiting, held = jobs[0], jobs[1:3], jobs[3]
+    may_run = {job.request_id: asyncio.Event() for job in jobs}
+    started: list[str] = []
     run_job = worker.run_job
 
-    async def first_holds_the_only_slot(job_id: str, score: int) -> None:
-        if job_id == first.request_id:
-            await first_may_run.wait()
+    async def in_turn(job_id: str, score: int) -> None:
+        started.append(job_id)
+        await may_run[job_id].wait()
         await run_job(job_id, score)
 
-    worker.run_job = first_holds_the_only_slot  # type: ignore[method-assign]
+    worker.run_job = in_turn  # type: ignore[method-assign]
     async with polling_only_at_start(worker):
-        for job in (first, second):
-            await enqueue(redis_url, job)  # the second's wake-up finds the worker full
-        await wait_until(lambda: worker.job_counter == 1)
-        first_may_run.set()
+        for job in (first, *waiting):
+            await enqueue(redis_url, job)  # their wake-ups find the worker full
+        await wait_until(lambda: started == [first.request_id])
+        may_run[first.request_id].set()
+        await wait_until(lambda: len(started) == 2)
+        heard: list[bytes] = []
 
-        for job in (first, second):
+        class Heard(list[bytes]):
+            def append(self, job_id: bytes) -> None:
+                heard.append(job_id)
+                super().append(job_id)
+
+        async with worker._polling:  # the poller wakes for the announcement below but must wait for this
+            worker._announced = Heard()
+            await enqueue(redis_url, held)  # announced while the last of the waiting ones still waits
+            await wait_until(lambda: bool(heard) and not worker._announced)  # the poller holds it now
+            may_run[waiting[0].request_id].set()  # a slot frees while the poller holds the announcement
+            await wait_until(lambda: worker.job_counter == 0)
+        for job in (waiting[1], held):
+            may_run[job.request_id].set()
+
+        for job in jobs:
             (done,) = await wait_for_end(redis, job.request_id, timeout_s=30)
             assert isinstance(done, DoneEvent) and done.status == "cancelled"
+    assert started == [job.request_id for job in jobs]
 
 
 async def cancelled_job(redis: aioredis.Redis, model: ModelSpec) -> GenerateJob:
