@@ -72,6 +72,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("gateway/openai_errors.py", "error"): "OpenAI's HTTP error body",
     ("gateway/sse.py", "error"): "the deadline's error event, built by the gateway (it is on no Redis stream)",
     ("workers/ending.py", "error"): 'a failed run\'s usage-record finish_reason, "error"',
+    (
+        "workers/queue_worker.py",
+        "data",
+    ): "a pub/sub message's payload, as redis-py hands it over (the wake-up's job id)",
     ("payouts/payer.py", "data"): "an Ethereum transaction's data",
     ("payouts/payer.py", "done"): "a payout step's outcome",
     ("accounting/metrics.py", "reason"): "a Prometheus label name",
