@@ -3,7 +3,8 @@ asked for nonces, balances, fees and receipts, and handed signed transactions.
 
 web3.py's synchronous HTTP provider runs in a worker thread (`asyncio.to_thread`), one call at a time; a
 payout makes a handful of calls per block, so the simplest client is the right one. Every transport failure
-becomes `ChainUnreachable` naming the node by host only (an RPC URL may carry an API key).
+becomes `ChainUnreachable` naming the node by host only (an RPC URL may carry an API key), and a read the node
+answered with an error `ChainNodeFailed`, which callers wait out the same way.
 """
 
 import asyncio
@@ -22,7 +23,7 @@ from web3.exceptions import BlockNotFound, ContractLogicError, TransactionNotFou
 from web3.types import FilterParams, TxParams
 
 from chain.artifacts import load_artifact
-from chain.errors import ChainUnreachable, ContractNotDeployed, WrongChain
+from chain.errors import ChainNodeFailed, ChainUnreachable, ContractNotDeployed, WrongChain
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +54,14 @@ class EstimateReverted(RuntimeError):
     """The transaction would revert: the node's estimate says why."""
 
 
+def _node_message(error: Web3RPCError, limit: int = 200) -> str:
+    """The node's own message, cut short: its answer may carry a stack trace, and it is the node's claim only."""
+    answer = error.rpc_response or {}
+    body = answer.get("error") if isinstance(answer, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message if message is not None else error)[:limit]
+
+
 class ChainClient:
     def __init__(self, rpc_url: str, *, timeout_s: float = 10.0) -> None:
         self.node = redacted(rpc_url)
@@ -63,6 +72,8 @@ class ChainClient:
             return await asyncio.to_thread(call)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ChainUnreachable(f"no JSON-RPC node answers at {self.node} ({what}): {type(exc).__name__}") from None
+        except Web3RPCError as exc:  # what `call` did not handle itself: a failed read (sends raise their own)
+            raise ChainNodeFailed(f"the JSON-RPC node at {self.node} failed {what}: {_node_message(exc)}") from None
 
     async def check(self, chain_id: int, contracts: dict[str, str]) -> None:
         """Refuse a node on another chain, or one where a configured contract has no code."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from devstack.procfile import ProcfileError, read_procfile
 from mesh.dht_node import DEFAULT_PORT as DHT_PORT
-from mesh.ports import free_port
+from mesh.ports import free_port_to_keep
 
 if TYPE_CHECKING:
     from protocol.catalog import ModelSpec
@@ -110,7 +110,7 @@ def procfile_env(
     if not identity.exists():
         dht_node.create_identity(identity)
     peer_id = dht_node.peer_id_of(identity)
-    ports = {name: free_port() if free_ports else port for name, port in DEFAULT_PORTS.items()}
+    ports = free_ports_for(DEFAULT_PORTS) if free_ports else dict(DEFAULT_PORTS)
     bootstrap = f"/ip4/{LOOPBACK}/tcp/{ports['FAR_MESH_DHT_PORT']}/p2p/{peer_id}"
     return {
         "REDIS_URL": redis_url,
@@ -169,3 +169,16 @@ def render(env: Mapping[str, str], header: Sequence[str] = ()) -> str:
         *(f"{name}={shlex.quote(value)}" for name, value in env.items()),
     ]
     return "\n".join(lines) + "\n" + CHAIN_HINT
+
+
+def free_ports_for(names: Mapping[str, int]) -> dict[str, int]:
+    """A distinct free port for each name, below the kernel's ephemeral range: a .env's ports serve every restart,
+    and a port from that range can be taken by any outgoing connection before its process listens (a ledger that
+    then failed to start stopped `honcho start` on a busy machine)."""
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port_to_keep()
+        while port in ports.values():  # free, but already handed to another name
+            port = free_port_to_keep()
+        ports[name] = port
+    return ports

@@ -83,6 +83,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("chain/transfers.py", "data"): "an Ethereum transaction's or log's data",
     ("chain/deposits.py", "data"): "an Ethereum log's or transaction's data",
     ("chain/node.py", "error"): "a JSON-RPC error answer",
+    ("chain/client.py", "error"): "a JSON-RPC error answer",
     ("portal/errors.py", "error"): "the portal's HTTP error body",
     ("portal/errors.py", "conflict"): "the portal's HTTP 409 code",
     ("portal/errors.py", "invalid"): "the portal's HTTP 422 code",

@@ -1,9 +1,15 @@
 """The payer's view of the node: what it refuses before signing anything, and the errors that say why."""
 
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from chain.client import ChainClient, redacted
-from chain.errors import ChainUnreachable, ContractNotDeployed, WrongChain
+from chain.errors import ChainNodeFailed, ChainUnreachable, ContractNotDeployed, WrongChain
 from chain.node import DEV_CHAIN_ID, LocalChain
 from mesh.ports import free_port
 from tests.fixtures.chain import FarDeployment
@@ -39,3 +45,45 @@ async def test_balances_and_nonces_come_from_the_chain(far_deployment: FarDeploy
     assert await client.gas_balance(treasury) > 0
     assert await client.nonce(treasury) == 1  # its approval of the batch contract
     assert await client.receipt("0x" + "ab" * 32) is None
+
+
+@contextmanager
+def _node_answering_every_call_with(error: dict[str, object]) -> Iterator[str]:
+    """A JSON-RPC endpoint on loopback whose every answer is `error`: what a ganache shutting down says."""
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": error}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/secret-api-key"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_read_the_node_answers_with_an_error_is_waited_out_as_an_unreachable_node() -> None:
+    # The deposit watcher exited on this answer while the soak restarted ganache; the payer would have halted.
+    stack = "Error: Cannot process request, Ganache is disconnected.\n    at RequestCoordinator.queue " + "x" * 500
+    error = {"code": -32603, "message": "Cannot process request, Ganache is disconnected.", "data": {"stack": stack}}
+    with _node_answering_every_call_with(error) as url:
+        client = ChainClient(url, timeout_s=2)
+        with pytest.raises(ChainNodeFailed) as caught:
+            await client.logs("0x" + "11" * 20, "0x" + "22" * 32, 0, 10)
+    assert isinstance(caught.value, ChainUnreachable)
+    assert str(caught.value) == (
+        f"the JSON-RPC node at {url.removesuffix('/secret-api-key')} failed eth_getLogs: "
+        "Cannot process request, Ganache is disconnected."
+    )

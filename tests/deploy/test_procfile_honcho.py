@@ -59,6 +59,10 @@ def test_every_procfile_line_is_a_complete_command_line(name: str) -> None:
     assert callable(args.handler)
 
 
+_STOPPED = re.compile(r"\| (?P<name>\S+) stopped \(rc=(?P<status>-?\d+)\)")
+_STOPPED_BY_HONCHO = (-signal.SIGTERM, -signal.SIGKILL)
+
+
 class Honcho:
     """`honcho start` in a process group of its own, its output read line by line on a thread."""
 
@@ -88,12 +92,23 @@ class Honcho:
     def tail(self, lines: int = 40) -> str:
         return "".join(self.seen[-lines:])
 
+    def first_failure(self, lines: int = 30) -> str:
+        """The output of the first process that exited on its own (honcho then stopped the rest, whose shutdown
+        fills the tail), or nothing."""
+        for line in self.seen:
+            if (stopped := _STOPPED.search(line)) and int(stopped["status"]) not in _STOPPED_BY_HONCHO:
+                name = stopped["name"]
+                return "".join([seen for seen in self.seen if f" {name} " in seen][-lines:])
+        return ""
+
     def wait_for(self, text: str, deadline: float) -> None:
         """Read until a line contains `text`; fails if honcho stops (one process exited) or time runs out."""
         while not any(text in line for line in self.seen):
             assert time.monotonic() < deadline, f"no {text!r} in time\n{self.tail()}"
             self.drain(timeout_s=1)
-            assert self.process.poll() is None or not self._lines.empty(), f"honcho exited\n{self.tail()}"
+            assert self.process.poll() is None or not self._lines.empty(), (
+                f"honcho exited\n{self.first_failure()}\n...\n{self.tail()}"
+            )
 
     def drain(self, timeout_s: float = 0.0) -> None:
         try:

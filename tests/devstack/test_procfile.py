@@ -19,8 +19,9 @@ from pydantic import SecretStr
 from accounting.commands import _migrate_once_postgres_answers
 from cli.main import build_parser
 from devstack.procfile import ProcfileError, commands_for, read_procfile
-from devstack.procfile_env import render, swarm_models
+from devstack.procfile_env import DEFAULT_PORTS, free_ports_for, render, swarm_models
 from mesh.dht_node import dht_host_port
+from mesh.ports import LOWEST_KEPT_PORT
 from payouts.payer import _connect_when_reachable
 from payouts.settings import PayoutSettings
 from workers.service import _wait_for_dht
@@ -74,6 +75,15 @@ def test_env_values_survive_honchos_dotenv_parser() -> None:
         "PORTAL_SECRET_KEY": "a'b\"c$d",
     }
     assert honcho.environ.parse(render(values)) == values
+
+
+def test_free_ports_are_distinct_and_below_the_range_outgoing_connections_take_theirs() -> None:
+    # A port from the ephemeral range could be an outgoing connection's before its process listened on it.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports_for(DEFAULT_PORTS)
+    assert set(ports) == set(DEFAULT_PORTS)
+    assert len(set(ports.values())) == len(ports)
+    assert all(LOWEST_KEPT_PORT <= port < low for port in ports.values()), ports
 
 
 def test_the_dht_line_takes_its_identity_and_loopback_port_from_the_env(
