@@ -173,8 +173,8 @@ def render(env: Mapping[str, str], header: Sequence[str] = ()) -> str:
 
 def free_ports_for(names: Mapping[str, int]) -> dict[str, int]:
     """A distinct free port for each name, below the kernel's ephemeral range: a .env's ports serve every restart,
-    and a port from that range can be taken by any outgoing connection before its process listens (a ledger that
-    then failed to start stopped `honcho start` on a busy machine)."""
+    and a port from that range can be taken by any outgoing connection before its process listens, and a process
+    that cannot listen stops `honcho start` (likely why its ledger exited at start once, on a busy machine)."""
     ports: dict[str, int] = {}
     for name in names:
         port = free_port_to_keep()
