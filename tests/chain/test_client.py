@@ -1,10 +1,9 @@
 """The payer's view of the node: what it refuses before signing anything, and the errors that say why."""
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -13,6 +12,7 @@ from chain.errors import ChainNodeFailed, ChainUnreachable, ContractNotDeployed,
 from chain.node import DEV_CHAIN_ID, LocalChain
 from mesh.ports import free_port
 from tests.fixtures.chain import FarDeployment
+from tests.fixtures.loopback_http import loopback_http
 
 
 async def test_a_node_that_does_not_answer_is_unreachable_and_named_without_its_path() -> None:
@@ -64,14 +64,8 @@ def _node_answering_every_call_with(error: dict[str, object]) -> Iterator[str]:
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/secret-api-key"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http(Failing) as url:
+        yield f"{url}/secret-api-key"
 
 
 async def test_a_read_the_node_answers_with_an_error_is_waited_out_as_an_unreachable_node() -> None:

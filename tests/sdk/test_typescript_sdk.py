@@ -14,12 +14,13 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.fixtures.loopback_http import loopback_http
 from tests.fixtures.system import (
     PRICE_FAR,
     SystemUnderTest,
@@ -141,15 +142,10 @@ def _handler(control: Control) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def control_url(e2e_system: SystemUnderTest) -> Iterator[str]:
     control = Control(e2e_system)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(control))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        with loopback_http(_handler(control)) as url:
+            yield url
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
         control.restore()
 
 
