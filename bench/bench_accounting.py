@@ -49,7 +49,7 @@ from accounting.batch_writer import (
 from accounting.consumer import ParsedBatch, UsageConsumer
 from accounting.journal import PLATFORM_FEES, PLATFORM_REMAINDER, UNATTRIBUTED, buyer_account, provider_account
 from accounting.settings import AccountingSettings
-from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
+from devstack.harness.interrupts import interrupt_on_signals
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.redis_server import RedisServer
 from devstack.services import with_database

@@ -43,7 +43,7 @@ from bench_gateway_relay import bench_gateway, percentiles  # the relay bench's 
 
 from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
 from devstack.harness.gateway import GATEWAY_ENV, MODEL_ID, WALLET, snapshot, start_gateway, stop_gateway
-from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
+from devstack.harness.interrupts import interrupt_on_signals
 from devstack.harness.synthetic_worker import SyntheticWorker
 from gateway.api_keys import KeyLimits, create_key
 from protocol import keys

@@ -40,7 +40,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack.harness.gateway import GATEWAY_ENV, MODEL_ID, issue_key_sync, snapshot, start_gateway, stop_gateway
-from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
+from devstack.harness.interrupts import interrupt_on_signals
 from devstack.postgres_server import EmbeddedPostgres, create_database_if_missing, drop_database, postgres_answers
 from devstack.redis_server import RedisServer
 from protocol import keys

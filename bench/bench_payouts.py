@@ -30,7 +30,7 @@ from chain.deploy import deploy, send, transfer
 from chain.node import LocalChain, dev_account
 from chain.transfers import Payment, pay_batch_data
 from chain.units import to_base_units
-from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
+from devstack.harness.interrupts import interrupt_on_signals
 from devstack.postgres_server import create_database_if_missing, drop_database
 from devstack.services import with_database
 from mesh.ports import free_port

@@ -30,7 +30,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devstack.harness.interrupts import interrupt_on_signals  # noqa: E402
+from devstack.harness.interrupts import interrupt_on_signals
 from devstack.redis_server import RedisServer
 from gateway.relay import StreamRelay
 from protocol import keys
