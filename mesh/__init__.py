@@ -4,6 +4,7 @@
 - `tiny_models`: small Llama checkpoints generated locally, for development and tests.
 - `node`: the node launcher (`far-mesh node`), `announce`: the wallet a node announces in its public name.
 - `local_swarm`: a real swarm on loopback (`far-mesh swarm`, test fixtures), started with the node launcher.
+- `swarm_forks`: the local swarm's fork server, which forks its servers from one process that imported petals.
 - `client`: a bounded Petals client for a catalog model; `session`, `snapshot`: stepping a session and reading
   the swarm (the workers' side).
 

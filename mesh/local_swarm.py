@@ -1,9 +1,11 @@
-"""A real Petals swarm on loopback: one DHT bootstrap and N servers, each a subprocess in its own process group.
+"""A real Petals swarm on loopback: one DHT bootstrap and N servers, each a process in its own process group.
 
-Development (`far-mesh swarm`, `far-mesh dev`) and the tests run the swarm through this module. Servers are
-started with the node launcher's command line (`mesh.node.server_command`), so they are real nodes that
-happen to listen on 127.0.0.1. Several models may share one DHT, and each server is given one model and one
-block span, so spans can be split (A 0:2 / 2:4) and replicated (A 2:4 twice).
+Development (`far-mesh swarm`, `far-mesh dev`) and the tests run the swarm through this module. Servers run
+the node launcher's command line (`mesh.node.server_command`), so they are real nodes that happen to listen on
+127.0.0.1; the swarm's fork server (`mesh.swarm_forks`) forks each with that command line's arguments, from a
+process that has already imported torch and petals, so a server or a restart costs no imports. Several models may
+share one DHT, and each server is given one model and one block span, so spans can be split (A 0:2 / 2:4) and
+replicated (A 2:4 twice).
 
 Peer ids are known without parsing logs: each process is given an identity file path that does not exist
 yet, generates its key there as it starts, and the peer id is derived from that file.
@@ -15,8 +17,9 @@ A running swarm supervises its processes: one that exits without being asked to 
 what is left of its group killed and is started again with the same identity file, port and blocks, after a
 backoff and a warning that names its exit status and shows the tail of its log; `RESTART_LIMIT` crashes within
 `RESTART_WINDOW_S` and the swarm gives up on it, logging an error per block left unserved, and
-`ensure_serving()` says so. Every process is started from one long-lived thread of the swarm and dies with it
-(`mesh.process_lifetime`): a swarm whose own process is killed leaves nothing behind.
+`ensure_serving()` says so. The fork server is started from one long-lived thread of the swarm and dies with it,
+and every process it forked dies with the fork server (`mesh.process_lifetime`): a swarm whose own process is
+killed leaves nothing behind.
 """
 
 import json
@@ -34,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from mesh.announce import public_name_for
 from mesh.dht_node import dht_host_port
@@ -50,8 +53,9 @@ from mesh.node import (
 from mesh.petals_cli import AWAIT_PORT_VARIABLE, LOOPBACK_SERVER_VARIABLE, command_line
 from mesh.ports import free_port_to_keep, port_is_taken
 from mesh.process_groups import signal_group
-from mesh.process_lifetime import children_die_with_this_thread, supervised_environment
+from mesh.process_lifetime import children_die_with_this_thread
 from mesh.restarts import RestartPolicy
+from mesh.swarm_forks import ForkedProcess, ForkServer
 from protocol.catalog import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -121,33 +125,34 @@ def peer_id_from_identity(path: Path) -> str:
 
 
 class SwarmProcess:
-    """A subprocess in its own process group, its output in a log file; restartable with the same command."""
+    """A process forked by the swarm's fork server, in its own process group, its output in a log file; restartable
+    with the same command."""
 
     def __init__(
-        self, name: str, command: list[str], log_path: Path, identity_path: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        command: list[str],
+        log_path: Path,
+        identity_path: Path,
+        forks: ForkServer,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
         self.identity_path = identity_path
         self._command = command
+        self._forks = forks
         self._env = {**os.environ, **SERVER_ENVIRONMENT, **(env or {})}
         self._peer_id: str | None = None
         self.restarts = 0
         self.stopped_on_purpose = False
         """Set by kill() and stop(): the swarm does not restart a process it was asked to end."""
         self._restarted_at_byte = 0
-        self._log: IO[bytes] = log_path.open("wb")
+        log_path.write_bytes(b"")
         self._process = self._spawn()
 
-    def _spawn(self) -> "subprocess.Popen[bytes]":
-        return subprocess.Popen(
-            self._command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**self._env, **supervised_environment()},
-            start_new_session=True,
-        )
+    def _spawn(self) -> ForkedProcess:
+        return self._forks.spawn(self._command, self._env, self.log_path)
 
     def restart(self) -> None:
         """Kill what is left of the group, then start the same command again: same identity, blocks and port (a server
@@ -157,9 +162,8 @@ class SwarmProcess:
         self._before_restart()
         self.restarts += 1
         self._restarted_at_byte = self.log_path.stat().st_size
-        self._log = self.log_path.open("ab")
-        self._log.write(f"--- restarted by the local swarm (restart {self.restarts}) ---\n".encode())
-        self._log.flush()
+        with self.log_path.open("ab") as log:
+            log.write(f"--- restarted by the local swarm (restart {self.restarts}) ---\n".encode())
         self._process = self._spawn()
 
     def _before_restart(self) -> None:
@@ -233,7 +237,6 @@ class SwarmProcess:
         deadline = time.monotonic() + timeout
         while self.group_members() and time.monotonic() < deadline:
             time.sleep(0.05)
-        self._log.close()
 
 
 class LocalServer(SwarmProcess):
@@ -249,7 +252,9 @@ class LocalServer(SwarmProcess):
         last = self.plan.end_block - 1
         return re.search(rf"Loaded .* block {last}\b", self.log_since_restart()) is not None
 
-    def __init__(self, plan: ServerPlan, config: NodeConfig, name: str, work_dir: Path, dht_address: str) -> None:
+    def __init__(
+        self, plan: ServerPlan, config: NodeConfig, name: str, work_dir: Path, dht_address: str, forks: ForkServer
+    ) -> None:
         assert config.identity_path is not None
         self.plan = plan
         self.config = config
@@ -258,6 +263,7 @@ class LocalServer(SwarmProcess):
             server_command(config),
             work_dir / f"{name}.log",
             config.identity_path,
+            forks,
             # Import while the DHT starts, join once it listens, without probing the loopback swarm first.
             env={AWAIT_PORT_VARIABLE: dht_address, LOOPBACK_SERVER_VARIABLE: "1"},
         )
@@ -324,8 +330,10 @@ class LocalSwarm:
         self.servers: list[LocalServer] = []
         self._dht_client: Any = None
         self._dht_thread: ThreadPoolExecutor | None = None
-        # Every process is started on this one thread: their parent-death signal fires when it ends (in stop()).
+        # Every process is forked by one fork server, started on this one thread: its parent-death signal fires
+        # when the thread ends (in stop()), and the processes it forked die with it.
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-swarm-spawner")
+        self._forks = ForkServer(self.work_dir / "forks.log", {**os.environ, **SERVER_ENVIRONMENT})
         self._supervision = _Supervision(self)
 
     # lifecycle
@@ -366,6 +374,7 @@ class LocalSwarm:
         deadline = time.monotonic() + STOP_GRACE_S
         for process in processes:
             process.wait_stopped(deadline)
+        self._forks.close()
         self._spawner.shutdown()
         if self._owned_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -453,7 +462,9 @@ class LocalSwarm:
         command = command_line(
             "run_dht", ["--host_maddrs", f"/ip4/{LOOPBACK}/tcp/{self.dht_port}", "--identity_path", str(identity)]
         )
-        self.dht_process = self.on_spawner(lambda: SwarmProcess("dht", command, self.work_dir / "dht.log", identity))
+        self.dht_process = self.on_spawner(
+            lambda: SwarmProcess("dht", command, self.work_dir / "dht.log", identity, self._forks)
+        )
 
     def _launch(self, plan: ServerPlan) -> LocalServer:
         name = f"server{len(self.servers)}-{plan.model.model_id.replace('/', '_')}-{plan.start_block}-{plan.end_block}"
@@ -473,7 +484,7 @@ class LocalSwarm:
             loopback_only=True,
         )
         host, port = self._dht_address()
-        server = self.on_spawner(lambda: LocalServer(plan, config, name, self.work_dir, f"{host}:{port}"))
+        server = self.on_spawner(lambda: LocalServer(plan, config, name, self.work_dir, f"{host}:{port}", self._forks))
         self.servers.append(server)
         logger.info("swarm server started name=%s pid=%d", name, server.pid)
         return server

@@ -2,12 +2,13 @@
 
 Petals servers and DHT bootstraps run as separate processes. Started as `python -m petals.cli.run_server` they
 would import petals before hivemind's missing names are restored and fail; this entry point imports
-`mesh.compat` first, then hands the remaining arguments to petals' unmodified `main()`.
+`mesh.compat` first, then hands the remaining arguments to petals' unmodified `main()`. The local swarm's fork
+server (`mesh.swarm_forks`) runs the same `main` in each process it forks, its imports already done.
 
 With `FAR_MESH_AWAIT_PORT=host:port` set, the process imports everything (the slow part of its start) and then
 waits, up to AWAIT_PORT_TIMEOUT_S, until something listens there before petals runs: the local swarm starts its
 servers together with the DHT bootstrap they join, instead of one after the other. Started by a supervisor (the
-local swarm, `far-mesh node`), the process and everything it starts die with that supervisor
+local swarm's fork server, `far-mesh node`), the process and everything it starts die with that supervisor
 (`mesh.process_lifetime`).
 
 With `FAR_MESH_LOOPBACK_SERVER=1` (the local swarm's servers, which listen and dial on loopback only), a server

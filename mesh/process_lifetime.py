@@ -6,8 +6,9 @@ out-of-memory kill) runs none of its clean-up, so without help every one of thos
 server's peer identity and ports. Linux's parent-death signal (`prctl(PR_SET_PDEATHSIG)`) closes the gap: a
 process that asks for it is sent SIGKILL when the thread that started it ends. Each link of the chain asks:
 
-- the supervisor passes its pid in `PARENT_PID_VARIABLE`; the server (through `mesh.petals_cli`) asks for the
-  signal first thing, then checks that its parent is still that pid (the parent may have died before it asked);
+- the supervisor passes its pid in `PARENT_PID_VARIABLE`; the server (through `mesh.petals_cli`) or the local
+  swarm's fork server (`mesh.swarm_forks`) asks for the signal first thing, then checks that its parent is still
+  that pid (the parent may have died before it asked);
 - every process the server forks from Python asks in the child right after `fork()` (`os.register_at_fork`);
 - every `p2pd` hivemind spawns asks before it executes (asyncio's `create_subprocess_exec`, given a
   `preexec_fn`).
