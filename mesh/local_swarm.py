@@ -463,7 +463,9 @@ class LocalSwarm:
             "run_dht", ["--host_maddrs", f"/ip4/{LOOPBACK}/tcp/{self.dht_port}", "--identity_path", str(identity)]
         )
         self.dht_process = self.on_spawner(
-            lambda: SwarmProcess("dht", command, self.work_dir / "dht.log", identity, self._forks)
+            lambda: SwarmProcess(
+                "dht", command, self.work_dir / "dht.log", identity, self._forks, env={LOOPBACK_SERVER_VARIABLE: "1"}
+            )
         )
 
     def _launch(self, plan: ServerPlan) -> LocalServer:

@@ -11,11 +11,13 @@ servers together with the DHT bootstrap they join, instead of one after the othe
 local swarm's fork server, `far-mesh node`), the process and everything it starts die with that supervisor
 (`mesh.process_lifetime`).
 
-With `FAR_MESH_LOOPBACK_SERVER=1` (the local swarm's servers, which listen and dial on loopback only), a server
-skips the two probes petals and hivemind run before it joins, each starting a p2pd daemon of its own (seconds on
-two busy cores): whether other peers can dial it (on loopback they can, the answer the probe always gives there)
-and whether another peer already uses its identity file (the swarm makes one file per server, and restarts a
-server only once its old process group is dead).
+With `FAR_MESH_LOOPBACK_SERVER=1` (the local swarm's servers and DHT bootstrap, which listen and dial on loopback
+only), a server skips the two probes petals and hivemind run before it joins, each starting a p2pd daemon of its
+own (seconds on two busy cores): whether other peers can dial it (on loopback they can, the answer the probe
+always gives there) and whether another peer already uses its identity file (the swarm makes one file per server,
+and restarts a server only once its old process group is dead). Nor does a server or the bootstrap serve the first
+probe to other peers, which costs each a p2pd daemon of its own too: no peer of a loopback swarm asks for it (a
+`far-mesh node` that joins one and asks is told nothing, and runs as a full peer, as it would have anyway).
 """
 
 import functools
@@ -23,6 +25,7 @@ import importlib
 import os
 import sys
 import time
+from typing import Any
 
 COMMANDS = ("run_server", "run_dht")
 AWAIT_PORT_VARIABLE = "FAR_MESH_AWAIT_PORT"
@@ -47,15 +50,25 @@ def main(argv: list[str]) -> None:
     if os.environ.get("HF_HUB_OFFLINE") == "1" and hasattr(command, "validate_version"):
         # Offline (the local swarm), asking PyPI for petals' latest version only logs a failed request.
         setattr(command, "validate_version", lambda: None)  # noqa: B010 - a module attribute mypy cannot see
-    if argv[0] == "run_server" and os.environ.get(LOOPBACK_SERVER_VARIABLE) == "1":
-        # Petals' Server passes unknown keywords on to hivemind's DHT, and it to P2P.create.
-        server = functools.partial(command.Server, reachable_via_relay=False, check_if_identity_free=False)
-        setattr(command, "Server", server)  # noqa: B010 - a module attribute mypy cannot see
+    if os.environ.get(LOOPBACK_SERVER_VARIABLE) == "1":
+        skip_loopback_probes(command)
     if awaited := os.environ.get(AWAIT_PORT_VARIABLE):
         host, _, port = awaited.rpartition(":")
         await_port(host, int(port))
     sys.argv = [f"petals.cli.{argv[0]}", *argv[1:]]
     command.main()
+
+
+def skip_loopback_probes(command: Any) -> None:
+    """On loopback, neither run the probes nor serve them to other peers (see the module's docstring)."""
+    from mesh.compat import petals
+
+    # The service answers other peers' reachability probes, through a p2pd of its own; no loopback peer asks.
+    no_service = classmethod(lambda *_, **__: None)
+    setattr(petals.server.reachability.ReachabilityProtocol, "attach_to_dht", no_service)  # noqa: B010
+    if hasattr(command, "Server"):  # Petals' Server passes unknown keywords on to hivemind's DHT, then P2P.create
+        server = functools.partial(command.Server, reachable_via_relay=False, check_if_identity_free=False)
+        setattr(command, "Server", server)  # noqa: B010 - a module attribute mypy cannot see
 
 
 def await_port(host: str, port: int, timeout_s: float = AWAIT_PORT_TIMEOUT_S) -> None:
