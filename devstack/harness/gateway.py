@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-import httpx
 
+from devstack.harness.http_client import serves
 from gateway.api_keys import create_key
 from mesh.ports import free_port
 from protocol.swarm import ServerSnapshot, SwarmSnapshot
@@ -75,17 +74,10 @@ def start_gateway(env: dict[str, str], log_path: Path, timeout_s: float = 30.0) 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_gateway(process)
-            raise RuntimeError(f"gateway did not start; its log:\n{log_path.read_text()}")
-        time.sleep(0.1)
+    if serves(f"{url}/health", process, timeout_s):
+        return process, url
+    stop_gateway(process)
+    raise RuntimeError(f"gateway did not start; its log:\n{log_path.read_text()}")
 
 
 def stop_gateway(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:

@@ -4,12 +4,10 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from devstack.harness.http_client import serves
 from mesh.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,17 +41,10 @@ def start_portal(dsn: str, redis_url: str, extra_env: dict[str, str] | None = No
     )
     process = subprocess.Popen([sys.executable, "-m", "cli", "portal"], env=env, cwd=REPO_ROOT)
     url = f"http://{domain}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return PortalServer(url, domain, process)
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"the portal did not start (exit status {process.poll()})")
-        time.sleep(0.1)
+    if serves(f"{url}/health", process, timeout_s=30):
+        return PortalServer(url, domain, process)
+    process.kill()
+    raise RuntimeError(f"the portal did not start (exit status {process.poll()})")
 
 
 def stop_portal(server: PortalServer) -> None:

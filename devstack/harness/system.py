@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import redis.asyncio as aioredis
 
+from devstack.harness.http_client import serves, tls_context
 from devstack.harness.tcp_proxy import LoopbackProxy
 from devstack.postgres_server import EmbeddedPostgres
 from devstack.redis_server import RedisServer
@@ -96,7 +97,7 @@ class SystemUnderTest:
         return {"Authorization": f"Bearer {self.system.api_key}"}
 
     def client(self, timeout_s: float = 60) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout_s)
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout_s, verify=tls_context())
 
     def restart_process(self, name: str, timeout_s: float = 120) -> Child:
         """Start a Procfile process again (after a test killed it) and wait until it serves."""
@@ -277,18 +278,11 @@ def wait_until_serving(child: Child, timeout_s: float = 120) -> None:
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], name: str, timeout_s: float) -> None:
     """Until `url` answers 200; a `process` that exits first, or a deadline passed, raises naming `name`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with status {process.returncode} while starting")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} did not serve {url} within {timeout_s} s")
-        time.sleep(0.2)
+    if serves(url, process, timeout_s, interval_s=0.2):
+        return
+    if process.poll() is not None:
+        raise RuntimeError(f"{name} exited with status {process.returncode} while starting")
+    raise TimeoutError(f"{name} did not serve {url} within {timeout_s} s")
 
 
 async def _wait_for_healthy_swarms(redis_url: str, model_ids: Sequence[str], timeout_s: float) -> None:
