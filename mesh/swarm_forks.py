@@ -205,8 +205,8 @@ class _ForkLoop:
     def _read_and_fork(self) -> dict[str, Any] | None:
         """Fork a child for each whole request read; the request in the child, None in the fork server."""
         chunk = os.read(0, 65536)
-        if not chunk:
-            sys.exit(0)  # the swarm closed it (or died): the children die with this process
+        if not chunk:  # the swarm closed it (or died): the children die with this process
+            os._exit(0)  # at once: an interpreter that imported torch and petals takes seconds to finalise
         self._pending += chunk
         while b"\n" in self._pending:
             line, self._pending = self._pending.split(b"\n", 1)
