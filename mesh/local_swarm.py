@@ -264,7 +264,7 @@ class LocalServer(SwarmProcess):
             work_dir / f"{name}.log",
             config.identity_path,
             forks,
-            # Import while the DHT starts, join once it listens, without probing the loopback swarm first.
+            # Forked while the DHT starts, joins once it listens, without probing the loopback swarm first.
             env={AWAIT_PORT_VARIABLE: dht_address, LOOPBACK_SERVER_VARIABLE: "1"},
         )
 
