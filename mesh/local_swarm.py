@@ -142,7 +142,7 @@ class SwarmProcess:
         self.identity_path = identity_path
         self._command = command
         self._forks = forks
-        self._env = {**os.environ, **SERVER_ENVIRONMENT, **(env or {})}
+        self._env = {**forks.env, **(env or {})}
         self._peer_id: str | None = None
         self.restarts = 0
         self.stopped_on_purpose = False

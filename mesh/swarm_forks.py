@@ -10,6 +10,7 @@ line (`mesh.node.server_command`), so it is the same program, started as a proce
 - its output appended to its log, its input /dev/null, its environment exactly the one asked for;
 - with fresh random state: a forked child starts with its parent's, so every server would otherwise draw the same
   DHT node id (hivemind draws it from `random`);
+- with hivemind's process-wide locks of its own (`own_hivemind_locks`);
 - dying with the fork server, which dies with the thread of the swarm that started it (`mesh.process_lifetime`),
   so a swarm killed outright still leaves nothing behind.
 
@@ -21,6 +22,7 @@ its children with it. It never exec's anything and forks only from its one threa
 
 import importlib
 import json
+import multiprocessing
 import os
 import queue
 import random
@@ -72,7 +74,8 @@ class ForkServer:
 
     def __init__(self, log_path: Path, env: dict[str, str]) -> None:
         self._log_path = log_path
-        self._env = env
+        self.env = env
+        """The fork server's own environment, which each child's starts from."""
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self._pids: queue.Queue[int | None] = queue.Queue()
@@ -111,22 +114,14 @@ class ForkServer:
         """End the fork server (its input closed, then SIGKILL after a grace): any child still running dies too."""
         with self._lock:
             process, self._process = self._process, None
-        if process is None:
-            return
-        assert process.stdin is not None and self._reader is not None
-        try:
-            process.stdin.close()
-            process.wait(CLOSE_GRACE_S)
-        except (BrokenPipeError, subprocess.TimeoutExpired):
-            signal_group(process.pid, signal.SIGKILL)
-            process.wait()
-        self._reader.join()
+        if process is not None:
+            self._let_go(process, CLOSE_GRACE_S)
 
     def _running(self) -> "subprocess.Popen[str]":
         if self._process is not None:
             if self._process.poll() is None:
                 return self._process
-            self._forget_dead_server(self._process)
+            self._let_go(self._process, grace_s=0)
         self._pids = queue.Queue()
         with self._log_path.open("ab") as log:
             self._process = subprocess.Popen(
@@ -134,7 +129,7 @@ class ForkServer:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
-                env={**self._env, **supervised_environment()},
+                env={**self.env, **supervised_environment()},
                 start_new_session=True,
                 text=True,
             )
@@ -144,12 +139,16 @@ class ForkServer:
         self._reader.start()
         return self._process
 
-    def _forget_dead_server(self, process: "subprocess.Popen[str]") -> None:
+    def _let_go(self, process: "subprocess.Popen[str]", grace_s: float) -> None:
+        """Close its input, which ends it, and wait `grace_s` for that before killing its group; then wait for its
+        reader, which has marked every child dead once it returns. A dead fork server needs no grace."""
         assert process.stdin is not None and self._reader is not None
         try:
             process.stdin.close()
-        except BrokenPipeError:  # what it was last asked is lost with it
-            pass
+            process.wait(grace_s)
+        except (BrokenPipeError, subprocess.TimeoutExpired):  # a request it had not read is lost with it
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait()
         self._reader.join()
 
     def _read(self, answers: IO[str], pids: "queue.Queue[int | None]") -> None:
@@ -255,6 +254,21 @@ class _ForkLoop:
         os.environ.update(request["env"])
         random.seed()
         importlib.import_module("torch").seed()
+        own_hivemind_locks()
+
+
+def own_hivemind_locks() -> None:
+    """Replace the locks hivemind makes when imported with new ones, in a child of the fork server.
+
+    They are multiprocessing semaphores, meant to be shared by a process and the processes it forks itself (its DHT,
+    its connection handlers). The fork server imported hivemind, so its children would all share one set: a server
+    killed outright while it held one (the swarm's tests kill servers so, the soak too) left every server started
+    after it waiting for that lock for good, before it joined the swarm."""
+    from hivemind.utils import asyncio as hivemind_asyncio
+    from hivemind.utils.mpfuture import MPFuture
+
+    MPFuture.reset_backend()  # hivemind's own reset: its two locks and SharedBytes' lock
+    hivemind_asyncio._AsyncContextWrapper.EXECUTOR_LOCK = multiprocessing.Lock()
 
 
 def main() -> None:

@@ -1,9 +1,12 @@
 """The local swarm's fork server: each child is its own process group with the environment and log it was given,
 its exit is reported as `Popen` would report it, and nothing it forked outlives it."""
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,3 +110,47 @@ def test_a_fork_server_killed_outright_or_closed_takes_its_children_with_it_and_
 def _fork_server_pid(child: int) -> int:
     stat = Path(f"/proc/{child}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+SIBLING_KILLED_HOLDING_HIVEMIND_LOCKS = """
+import json, os, sys, time
+import mesh.compat
+from hivemind.utils import asyncio as hivemind_asyncio
+from hivemind.utils.mpfuture import MPFuture
+from mesh.swarm_forks import own_hivemind_locks
+
+def hivemind_locks():
+    return [MPFuture._initialization_lock, MPFuture._update_lock, hivemind_asyncio._AsyncContextWrapper.EXECUTOR_LOCK]
+
+for lock in hivemind_locks():  # taken and never released, as by a child killed outright while it held them
+    lock.acquire()
+outcomes = {}
+for owns in (False, True):
+    child = os.fork()
+    if child == 0:
+        if owns:
+            own_hivemind_locks()
+        MPFuture()  # the first future of a process takes the initialisation lock
+        os._exit(0 if all(lock.acquire(timeout=1) for lock in hivemind_locks()[1:]) else 1)
+    deadline = time.monotonic() + (30 if owns else 3)
+    while (status := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if status[0] == 0:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+    outcome = "stuck" if status[0] == 0 else os.waitstatus_to_exitcode(status[1])
+    outcomes["own locks" if owns else "shared locks"] = outcome
+print(json.dumps(outcomes))
+"""
+
+
+def test_a_child_takes_hivemind_locks_of_its_own_so_a_sibling_killed_holding_them_blocks_nothing() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SIBLING_KILLED_HOLDING_HIVEMIND_LOCKS],
+        env={**os.environ, **SERVER_ENVIRONMENT},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == {"shared locks": "stuck", "own locks": 0}

@@ -19,6 +19,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, BrowserContext, expect
 
+from devstack.harness.http_client import tls_context
 from mesh.local_swarm import ServerPlan
 from mesh.node_registration import prepare_registration, registration_link
 from tests.fixtures.ledger import unique_id
@@ -77,7 +78,9 @@ def test_a_provider_registers_a_swarm_node_and_sees_what_a_paid_generation_earne
     try:
         nodes_url = f"{portal.url}/api/w/{provider.address}/nodes"
         wait_for(
-            lambda: any(n["node_id"] == ours.peer_id for n in httpx.get(nodes_url).json()["nodes"]),
+            lambda: any(
+                n["node_id"] == ours.peer_id for n in httpx.get(nodes_url, verify=tls_context()).json()["nodes"]
+            ),
             "the new node in the ledger's registry",
         )
         inject_wallet(context, provider)

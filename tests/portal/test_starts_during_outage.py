@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from devstack.harness.http_client import tls_context
 from devstack.harness.tcp_proxy import LoopbackProxy
 from mesh.ports import free_port
 from tests.fixtures.portal import PORTAL_HOST
@@ -111,7 +112,7 @@ def outage() -> Iterator[tuple[int, _DroppingListener]]:
 
 def _serves(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=2, verify=tls_context()).status_code == 200
     except httpx.TransportError:
         return False
 

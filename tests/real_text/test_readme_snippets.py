@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from devstack.harness.gateway import issue_key_sync
+from devstack.harness.http_client import tls_context
 from tests.real_text.helpers import assert_english, readme_snippet
 from tests.sdk.node import SDK_JS, built
 
@@ -32,7 +33,7 @@ def gateway(smollm2_gateway: str) -> Iterator[str]:
     """The gateway once it sees SmolLM2's swarm (a worker's snapshot, which an earlier test's flush may have
     taken), so the first snippet is not refused for an unavailable model."""
     deadline = time.monotonic() + CONNECTED_TIMEOUT_S
-    while httpx.get(f"{smollm2_gateway}/mesh/status", timeout=5).json()["status"] != "connected":
+    while httpx.get(f"{smollm2_gateway}/mesh/status", timeout=5, verify=tls_context()).json()["status"] != "connected":
         assert time.monotonic() < deadline, "the gateway never saw SmolLM2's swarm connected"
         time.sleep(0.2)
     yield smollm2_gateway
