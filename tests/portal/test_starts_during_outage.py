@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
-from devstack.harness.http_client import tls_context
+from devstack.harness.http_client import serves
 from devstack.harness.tcp_proxy import LoopbackProxy
 from mesh.ports import free_port
 from tests.fixtures.portal import PORTAL_HOST
@@ -110,13 +109,6 @@ def outage() -> Iterator[tuple[int, _DroppingListener]]:
     listener.close()
 
 
-def _serves(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/", timeout=2, verify=tls_context()).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def test_a_portal_started_while_postgresql_is_down_waits_and_serves_once_it_answers(
     outage: tuple[int, _DroppingListener], migrated_postgres_dsn: str, redis_url: str
 ) -> None:
@@ -130,7 +122,8 @@ def test_a_portal_started_while_postgresql_is_down_waits_and_serves_once_it_answ
         portal.wait_for("a second try", lambda: portal.said(WAITING, times=2))
         listener.close()  # PostgreSQL is back, on the same address
         proxy = LoopbackProxy(real.port, ledger_port).start()
-        portal.wait_for("the portal serving", lambda: _serves(portal.port))
+        serving = serves(f"http://127.0.0.1:{portal.port}/", portal.process, timeout_s=20, interval_s=0.05)
+        assert serving, f"the portal did not serve within 20 s:\n{''.join(portal.lines)}"
     finally:
         portal.stop()
         if proxy is not None:
