@@ -89,7 +89,36 @@ async def test_entries_and_lines_are_never_changed_or_deleted_and_a_reference_po
         "UPDATE far_journal_lines SET amount_far = -30 WHERE entry_id = $1 AND amount_far < 0",
         "DELETE FROM far_journal_lines WHERE entry_id = $1",
         "DELETE FROM far_journal_entries WHERE id = $1",
+        "DELETE FROM far_journal_accounts WHERE name IN (SELECT account FROM far_journal_lines WHERE entry_id = $1)",
+        "UPDATE far_journal_accounts SET name = name || '_'"
+        " WHERE name IN (SELECT account FROM far_journal_lines WHERE entry_id = $1)",
     ):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await ledger.execute(statement, entry)
     assert await buyer_balance(ledger, wallet) == 3
+
+
+async def test_a_line_is_refused_unless_its_entry_and_its_account_are_in_the_journal(
+    ledger: asyncpg.Connection,
+) -> None:
+    wallet = a_buyer()
+    entry = await post_entry(
+        ledger,
+        "deposit",
+        unique_id("test"),
+        [Line(TREASURY_CHAIN, Decimal(1)), Line(buyer_account(wallet), Decimal(-1))],
+    )
+    missing_entry = -1  # identities start at 1
+    insert_pair = (
+        "INSERT INTO far_journal_lines (entry_id, account, amount_far) VALUES ($1, 'treasury:chain', 2), ($1, $2, -2)"
+    )
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match=f"refers to entry {missing_entry}"):
+        await ledger.execute(insert_pair, missing_entry, buyer_account(wallet))
+    with pytest.raises(asyncpg.ForeignKeyViolationError, match="names account buyer:0xnobody"):
+        async with ledger.transaction():
+            fresh = await ledger.fetchval(
+                "INSERT INTO far_journal_entries (kind, reference) VALUES ('deposit', $1) RETURNING id", unique_id("t")
+            )
+            await ledger.execute(insert_pair, fresh, "buyer:0xnobody")
+    assert await ledger.fetchval("SELECT count(*) FROM far_journal_lines WHERE entry_id = $1", entry) == 2
+    assert await buyer_balance(ledger, wallet) == 1
