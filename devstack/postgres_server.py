@@ -33,7 +33,7 @@ async def postgres_answers(dsn: str, timeout_s: float = 2.0) -> bool:
 
 async def create_database_if_missing(admin_dsn: str, name: str) -> None:
     """CREATE DATABASE `name` unless it exists, connecting through `admin_dsn` (any database on that server)."""
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"database name {name!r} must be a lower-case identifier")
     connection = await asyncpg.connect(admin_dsn)
     try:
@@ -45,7 +45,7 @@ async def create_database_if_missing(admin_dsn: str, name: str) -> None:
 
 
 async def drop_database(admin_dsn: str, name: str) -> None:
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"database name {name!r} must be a lower-case identifier")
     connection = await asyncpg.connect(admin_dsn)
     try:

@@ -51,6 +51,7 @@ from gateway.state import GatewayState, state_of
 from gateway.submission import apply_caps, build_job, check_max_price, max_cost_far
 from protocol.live_prices import Prices, prices_now
 from protocol.money import FAR_QUANTUM
+from protocol.numerals import whole_number
 
 MAX_LIST = 100
 MAX_FORM_FIELDS = 8
@@ -87,10 +88,10 @@ def _store(state: GatewayState) -> BatchStore:
 
 
 def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+    limit = whole_number(request.query_params.get("limit", "20"))
+    if limit is None or not 1 <= limit <= MAX_LIST:
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIST}", field="limit")
-    return int(raw)
+    return limit
 
 
 def _page(items: list[dict[str, Any]], limit: int) -> JSONResponse:
@@ -110,8 +111,8 @@ async def _upload(request: Request) -> Response:
     state = state_of(request)
     key = await authenticate(request)
     most = state.settings.gateway_batch_max_file_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > most + MULTIPART_OVERHEAD_BYTES:
+    declared = whole_number(request.headers.get("content-length", ""))
+    if declared is not None and declared > most + MULTIPART_OVERHEAD_BYTES:
         raise PayloadTooLarge(f"the upload is {declared} bytes; a file may be at most {most} bytes")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UnsupportedMediaType("upload a file as multipart/form-data with the fields file and purpose")

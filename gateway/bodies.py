@@ -7,14 +7,15 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from protocol.numerals import whole_number
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refusing (413) anything over `max_bytes` without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    declared = whole_number(request.headers.get("content-length", ""))
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}")
     body = bytearray()
     async for chunk in request.stream():

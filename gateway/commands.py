@@ -8,6 +8,8 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
+from protocol.numerals import whole_number
+
 if TYPE_CHECKING:
     from datetime import datetime
     from decimal import Decimal
@@ -123,9 +125,10 @@ def _models(text: str) -> tuple[str, ...]:
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    value = whole_number(text)
+    if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
+    return value
 
 
 def _fail(message: str) -> int:

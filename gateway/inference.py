@@ -59,7 +59,7 @@ async def generate(request: Request) -> Response:
 
 def _request_id(request: Request) -> str:
     request_id: str = request.path_params["request_id"]
-    if not re.match(REQUEST_ID_PATTERN, request_id):
+    if not re.fullmatch(REQUEST_ID_PATTERN, request_id):
         raise InvalidRequest(
             "request_id must be 1-64 characters: letters, digits, _ . : -",
             field="request_id",

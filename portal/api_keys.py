@@ -20,22 +20,27 @@ MAX_ACTIVE_KEYS = 50
 """A wallet's active keys, at most: creating keys is free, so the number is bounded."""
 
 
-async def create_key(connection: asyncpg.Connection | asyncpg.Pool, wallet: str, label: str) -> dict[str, Any]:
+async def create_key(pool: asyncpg.Pool, wallet: str, label: str) -> dict[str, Any]:
+    """A new key for `wallet`; the count and the insert hold the wallet's lock, so requests sent at once cannot
+    together pass MAX_ACTIVE_KEYS."""
     if len(label) > MAX_LABEL_CHARS:
         raise BadInput(f"label is {len(label)} characters; at most {MAX_LABEL_CHARS}", field="label")
-    active = await connection.fetchval(
-        "SELECT count(*) FROM far_api_keys WHERE wallet = $1 AND revoked_at IS NULL", wallet
-    )
-    if active >= MAX_ACTIVE_KEYS:
-        raise BadInput(f"{wallet} has {active} active keys; revoke one first", field="label")
     key_id, secret = new_key()
-    created_at = await connection.fetchval(
-        "INSERT INTO far_api_keys (key_id, secret_hash, wallet, label) VALUES ($1, $2, $3, $4) RETURNING created_at",
-        key_id,
-        secret_hash(secret),
-        wallet,
-        label,
-    )
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('far_api_keys:' || $1, 0))", wallet)
+        active = await connection.fetchval(
+            "SELECT count(*) FROM far_api_keys WHERE wallet = $1 AND revoked_at IS NULL", wallet
+        )
+        if active >= MAX_ACTIVE_KEYS:
+            raise BadInput(f"{wallet} has {active} active keys; revoke one first", field="label")
+        created_at = await connection.fetchval(
+            "INSERT INTO far_api_keys (key_id, secret_hash, wallet, label) VALUES ($1, $2, $3, $4)"
+            " RETURNING created_at",
+            key_id,
+            secret_hash(secret),
+            wallet,
+            label,
+        )
     return {
         "key_id": key_id,
         "label": label,

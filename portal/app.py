@@ -85,7 +85,8 @@ class SecurityHeaders(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
-        if request.url.path.startswith("/api/") or "set-cookie" in response.headers:
+        # Pages and answers are a signed-in wallet's own (a new key's secret, balances): no cache may keep one.
+        if not request.url.path.startswith("/static/"):
             response.headers["cache-control"] = "no-store"
         return response
 

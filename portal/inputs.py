@@ -3,14 +3,21 @@
 import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import parse_qsl
 
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from portal.errors import BadInput, PortalError
+from protocol.numerals import whole_number
 from protocol.wallet import InvalidWallet, to_checksum_address, validate_wallet
 
 MAX_BODY_BYTES = 32 * 1024
+MAX_FORM_FIELDS = 20
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_AMOUNT_FAR = Decimal(10**12)
+"""The most $FAR one deposit's instructions or one withdrawal may name: far beyond any balance, within every
+conversion the amount goes through."""
 
 
 class UnsupportedMedia(PortalError):
@@ -27,9 +34,7 @@ async def json_body(request: Request) -> dict[str, Any]:
     """A JSON object body. Only `application/json` is read: a cross-site HTML form cannot send it."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise UnsupportedMedia("send the body as application/json")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise TooLarge(f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
+    body = await _bounded_body(request)
     try:
         data = json.loads(body)
     except ValueError:
@@ -39,10 +44,34 @@ async def json_body(request: Request) -> dict[str, Any]:
     return data
 
 
+async def _bounded_body(request: Request) -> bytes:
+    """The body, read only as far as MAX_BODY_BYTES: a larger one is refused before it is held in memory."""
+    too_large = TooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    declared = whole_number(request.headers.get("content-length", ""))
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def form_body(request: Request) -> FormData:
-    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-        raise TooLarge(f"the form is larger than {MAX_BODY_BYTES} bytes")
-    return await request.form(max_files=0, max_fields=20)
+    """An HTML form's fields (url-encoded, as the portal's pages post them; at most MAX_FORM_FIELDS)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != FORM_TYPE:
+        raise UnsupportedMedia(f"send the form as {FORM_TYPE}")
+    body = await _bounded_body(request)
+    try:
+        fields: list[tuple[str, str | UploadFile]] = [
+            *parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+        ]
+    except ValueError:
+        raise BadInput(f"a form has at most {MAX_FORM_FIELDS} fields") from None
+    return FormData(fields)
 
 
 def text(data: Any, name: str, *, required: bool = True, max_chars: int = 4000) -> str | None:
@@ -89,9 +118,10 @@ def days(request: Request, default: int = 30) -> int:
     raw = request.query_params.get("days")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 366:
+    value = whole_number(raw)
+    if value is None or not 1 <= value <= 366:
         raise BadInput("days must be a whole number from 1 to 366", field="days")
-    return int(raw)
+    return value
 
 
 def before(request: Request) -> int | None:
@@ -99,9 +129,10 @@ def before(request: Request) -> int | None:
     raw = request.query_params.get("before")
     if raw is None:
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= 2**63 - 1:
+    value = whole_number(raw)
+    if value is None or not 1 <= value <= 2**63 - 1:
         raise BadInput("before must be a positive whole number (an entry id)", field="before")
-    return int(raw)
+    return value
 
 
 def deposit_amount(request: Request, default: Decimal = Decimal(10)) -> Decimal:
@@ -119,6 +150,6 @@ def far_amount(raw: str, field: str) -> Decimal:
         value = Decimal(raw) if len(raw) <= 40 else Decimal("NaN")
     except InvalidOperation:
         value = Decimal("NaN")
-    if not value.is_finite() or value <= 0 or value > 10**12 or -int(value.as_tuple().exponent) > 18:
+    if not value.is_finite() or value <= 0 or value > MAX_AMOUNT_FAR or -int(value.as_tuple().exponent) > 18:
         raise BadInput(f"{field} must be a positive amount of FAR with at most 18 decimals", field=field)
     return value

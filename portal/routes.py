@@ -130,7 +130,8 @@ async def onboarding_json(request: Request) -> Response:
 
 
 async def _count_message(request: Request, address: str) -> None:
-    """Each message to sign holds a nonce: one client may ask for only so many (`portal.message_limits`)."""
+    """Each message to sign holds a nonce (sign-in, statements, withdrawals): one client may ask for only so many
+    (`portal.message_limits`)."""
     state = _state(request)
     await state.message_limits.take(state.swarm, request.client.host if request.client else None, address)
 
@@ -337,6 +338,7 @@ async def withdrawal_message_json(request: Request) -> Response:
     check_csrf(session, request.headers.get(CSRF_HEADER))
     body = await inputs.json_body(request)
     amount = inputs.far_amount(inputs.required_text(body, "amount_far", max_chars=40), "amount_far")
+    await _count_message(request, session.wallet)
     state = _state(request)
     return JSONResponse(await withdrawals.message(state.db, state.binding, session.wallet, amount))
 
@@ -363,6 +365,7 @@ async def withdrawal_message_form(request: Request) -> Response:
     form = await inputs.form_body(request)
     check_csrf(session, form.get(CSRF_FIELD))  # type: ignore[arg-type]
     amount = inputs.far_amount(inputs.required_text(form, "amount_far", max_chars=40), "amount_far")
+    await _count_message(request, session.wallet)
     state = _state(request)
     statement = await withdrawals.message(state.db, state.binding, session.wallet, amount)
     document = await documents.buyer_balance(state, session, None, inputs.deposit_amount(request))

@@ -27,7 +27,7 @@ def personal_message_hash(message: bytes) -> bytes:
 
 def normalize_signature(signature: str) -> str:
     """Lower-case 0x + 130 hex digits with v in {27, 28}: one spelling per signature, as the ledger stores it."""
-    if not _SIGNATURE.match(signature):
+    if not _SIGNATURE.fullmatch(signature):
         raise InvalidSignature("a signature is 0x followed by 130 hexadecimal digits (r, s, v)")
     raw = bytes.fromhex(signature[2:])
     v = raw[64]

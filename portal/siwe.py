@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from protocol.numerals import whole_number
 from protocol.wallet import InvalidWallet, validate_wallet
 
 STATEMENT = "Sign in to the Far Mesh portal to manage your nodes and API keys."
@@ -113,9 +114,9 @@ def parse(text: str) -> SiweMessage:
             raise InvalidSiweMessage(f"the {required} field is missing")
     if fields["Version"] != "1":
         raise InvalidSiweMessage(f"Version must be 1, not {fields['Version']!r}")
-    if not fields["Chain ID"].isdigit():
+    if whole_number(fields["Chain ID"]) is None:
         raise InvalidSiweMessage(f"Chain ID must be a number, not {fields['Chain ID']!r}")
-    if not _NONCE.match(fields["Nonce"]):
+    if not _NONCE.fullmatch(fields["Nonce"]):
         raise InvalidSiweMessage("Nonce must be 8 to 64 letters and digits")
     return SiweMessage(
         domain=header.group("domain"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from protocol.numerals import whole_number
 from protocol.wallet import InvalidWallet, validate_wallet
 
 Kind = Literal["register", "transfer"]
@@ -74,7 +75,7 @@ def parse(text: str, kind: Kind) -> Statement:
                 raise InvalidStatement(f"{name}: {exc}") from None
     if not 1 <= len(values["Node"]) <= 128 or any(c.isspace() for c in values["Node"]):
         raise InvalidStatement("Node must be a peer id (1 to 128 characters, no spaces)")
-    if not values["Chain ID"].isdigit():
+    if whole_number(values["Chain ID"]) is None:
         raise InvalidStatement("Chain ID must be a number")
     try:
         issued_at = datetime.fromisoformat(values["Issued At"].replace("Z", "+00:00"))

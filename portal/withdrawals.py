@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from portal import nonces
 from portal.earnings import far_text
 from portal.errors import PortalError, SignatureRefused
+from portal.inputs import MAX_AMOUNT_FAR
 from portal.registrations import CLOCK_SKEW, Binding
 from portal.signing import InvalidSignature, normalize_signature, recover_signer
 from protocol import balances, budgets, keys
@@ -96,7 +97,12 @@ def parse(text: str) -> WithdrawalStatement:
         chain_id = int(values["Chain ID"])
     except (InvalidWallet, ArithmeticError, ValueError) as exc:
         raise SignatureRefused(f"not a withdrawal statement this portal writes: {exc}", field="message") from None
-    if not amount.is_finite() or amount <= 0 or -int(amount.as_tuple().exponent) > 18 or issued_at.tzinfo is None:
+    if (
+        not amount.is_finite()
+        or not 0 < amount <= MAX_AMOUNT_FAR
+        or -int(amount.as_tuple().exponent) > 18
+        or issued_at.tzinfo is None
+    ):
         raise SignatureRefused("the statement's amount or time is malformed", field="message")
     return WithdrawalStatement(wallet, amount, values["Domain"], chain_id, values["Nonce"], issued_at)
 

@@ -28,5 +28,5 @@ def format_key(key_id: str, secret: str) -> str:
 
 def parse_key(presented: str) -> tuple[str, str] | None:
     """(key_id, secret) of a well-formed key, else None."""
-    match = _KEY.match(presented)
+    match = _KEY.fullmatch(presented)
     return (match.group(1), match.group(2)) if match else None

@@ -147,4 +147,4 @@ class ModelCatalog(BaseModel):
 
 def is_model_id(text: str) -> bool:
     """True when `text` has the shape of a model id (it may still be unknown to the catalog)."""
-    return re.match(MODEL_ID_PATTERN, text) is not None
+    return re.fullmatch(MODEL_ID_PATTERN, text) is not None

@@ -11,7 +11,6 @@ This module is only the shape both sides agree on: field names, and the link enc
 """
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 
@@ -53,7 +52,7 @@ class NodeProof:
             raise InvalidNodeProof(f"a node proof is at most {MAX_ENCODED_CHARS} characters")
         try:
             fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-        except (binascii.Error, ValueError):
+        except ValueError:  # binascii.Error, JSON or text that is not ASCII
             raise InvalidNodeProof("the node proof is not base64url JSON (copy the whole link)") from None
         if not isinstance(fields, dict) or not all(
             isinstance(fields.get(name), str) for name in ("statement", "node_public_key", "node_signature")
@@ -66,7 +65,7 @@ def b64decode_field(value: str, name: str) -> bytes:
     """Standard base64 (padding optional) of a proof field, or InvalidNodeProof naming the field."""
     try:
         return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII at all
         raise InvalidNodeProof(f"{name} is not base64") from None
 
 

@@ -54,7 +54,7 @@ def _decimal_string(value: object) -> object:
     and so is any spelling the OpenAPI document does not state (an exponent, a sign)."""
     if isinstance(value, str | int | float) and str(value).strip().startswith("-"):
         raise ValueError("a price cannot be negative")
-    if not isinstance(value, str) or not re.match(PRICE_PATTERN, value):
+    if not isinstance(value, str) or not re.fullmatch(PRICE_PATTERN, value):
         raise ValueError('a price is a decimal string of $FAR such as "0.0001"')
     return value
 

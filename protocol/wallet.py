@@ -21,7 +21,7 @@ class InvalidWallet(ValueError):
 @lru_cache(maxsize=65_536)
 def to_checksum_address(address: str) -> str:
     """The EIP-55 spelling of a 0x-prefixed, 40-hex-digit address (any case)."""
-    if not _ADDRESS.match(address):
+    if not _ADDRESS.fullmatch(address):
         raise InvalidWallet("must be 0x followed by 40 hexadecimal digits")
     # Cached: the same few thousand node wallets recur in every usage record, and keccak costs ~20 us.
     digits = address[2:].lower()

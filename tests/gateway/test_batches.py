@@ -222,3 +222,12 @@ async def test_the_openai_package_runs_a_batch_unchanged(
     assert [b.id for b in (await client.batches.list()).data] == [batch.id]
     assert (await client.files.delete(uploaded.id)).deleted
     await client.close()
+
+
+async def test_a_list_limit_that_is_not_a_plain_number_is_a_400(gateway_url: str, issue_key: IssueKey) -> None:
+    key, _ = await issue_key()
+    async with httpx.AsyncClient(base_url=gateway_url) as client:
+        for limit in ("%C2%B2", "9" * 5000, "0", "x"):  # a superscript two, 5,000 digits, zero, a letter
+            response = await client.get(f"/v1/batches?limit={limit}", headers=auth(key))
+            assert response.status_code == 400, (limit, response.text)
+            assert "limit must be an integer" in response.json()["error"]["message"]

@@ -64,6 +64,15 @@ async def test_one_client_may_ask_for_only_a_few_messages_naming_one_wallet(clie
         await sign_in(alice_herself, ALICE)  # counted per client: nobody can use up another wallet's messages
 
 
+async def test_withdrawal_statements_draw_on_the_same_allowance(clients: Clients) -> None:
+    async with clients("203.0.113.9") as client:
+        token = await sign_in(client, MALLORY)  # one message of the client's three, one of the address's two
+        ask_withdrawal = {"json": {"amount_far": "1"}, "headers": {"x-csrf-token": token}}
+        assert (await client.post("/api/balance/withdrawal/message", **ask_withdrawal)).status_code == 200
+        refused = await client.post("/api/balance/withdrawal/message", **ask_withdrawal)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_requests"
+
+
 async def test_the_hosts_of_one_ipv6_64_count_as_one_client(clients: Clients) -> None:
     for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"):
         async with clients(host) as client:
