@@ -98,6 +98,12 @@ def session_id_for(request_id: str) -> uuid.UUID:
 _STORED_SESSIONS = f"""
 SELECT {", ".join(c for c in SESSION_COLUMNS if c != "id")} FROM far_mesh_sessions WHERE request_id = ANY($1::text[])
 """
+# The work each stored contribution records (not its wallet or payment, which registrations and verdicts change).
+_STORED_WORK = """
+SELECT s.request_id, c.node_id, c.blocks_served, c.tokens_contributed, c.work_units, c.paid_work_units
+  FROM far_session_contributions c JOIN far_mesh_sessions s ON s.id = c.session_id
+ WHERE s.request_id = ANY($1::text[])
+"""
 
 
 @dataclass
@@ -157,10 +163,24 @@ def contribution_rows(record: UsageRecord, session_id: uuid.UUID) -> list[tuple[
     ]
 
 
-def _difference(record: UsageRecord, stored: Sequence[object]) -> str | None:
-    """How `record` differs from a stored session row (its columns but `id`, in order); None when it does not."""
+Work = frozenset[tuple[object, ...]]
+"""A session's contributions as (node, blocks, tokens, work units, paid work units), in no order."""
+
+
+def _work(record: UsageRecord) -> Work:
+    return frozenset(
+        (c.node_id, c.blocks_served, c.tokens_contributed, c.work_units, c.paid_work_units)
+        for c in record.contributions
+    )
+
+
+def _difference(record: UsageRecord, stored: Sequence[object], stored_work: Work) -> str | None:
+    """How `record` differs from a stored session row (its columns but `id`, in order) and the work its
+    contributions record; None when it does not."""
     mine = session_row(record, uuid.UUID(int=0))[1:]
     changed = [name for name, a, b in zip(list(SESSION_COLUMNS)[1:], mine, stored, strict=True) if a != b]
+    if _work(record) != stored_work:
+        changed.append("contributions")
     if not changed:
         return None
     return f"request_id {record.request_id!r} is stored with other {', '.join(changed)}: the request ran twice"
@@ -168,13 +188,16 @@ def _difference(record: UsageRecord, stored: Sequence[object]) -> str | None:
 
 async def _conflicts(connection: asyncpg.Connection, records: Sequence[UsageRecord]) -> dict[str, str]:
     """Request id -> how the record differs from the session stored under it, for each record that differs."""
-    stored = {
-        row["request_id"]: tuple(row)
-        for row in await connection.fetch(_STORED_SESSIONS, [r.request_id for r in records])
-    }
+    request_ids = [r.request_id for r in records]
+    stored = {row["request_id"]: tuple(row) for row in await connection.fetch(_STORED_SESSIONS, request_ids)}
+    work: dict[str, set[tuple[object, ...]]] = {}
+    for row in await connection.fetch(_STORED_WORK, request_ids):
+        work.setdefault(row["request_id"], set()).add(tuple(row)[1:])
     found = {}
     for record in records:
-        difference = _difference(record, stored[record.request_id]) if record.request_id in stored else None
+        if record.request_id not in stored:
+            continue
+        difference = _difference(record, stored[record.request_id], frozenset(work.get(record.request_id, ())))
         if difference is not None:
             found[record.request_id] = difference
     return found

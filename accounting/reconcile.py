@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from hexbytes import HexBytes
 
+from chain.units import from_base_units, to_base_units
 from schema.transient import TRANSIENT_LEDGER_ERRORS
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from chain.client import ChainClient
 
 log = logging.getLogger(__name__)
-
-UNITS_PER_FAR = 10**18
 
 _UNBALANCED = """
 SELECT e.id, e.kind || ' ' || e.reference AS what, count(l.entry_id) AS lines, coalesce(sum(l.amount_far), 0) AS total
@@ -145,8 +144,8 @@ class Reconciliation:
 
 
 def far_text(units: int | Decimal) -> str:
-    value = Decimal(units) / UNITS_PER_FAR
-    return format(value.normalize(), "f") if value else "0"
+    text = format(from_base_units(int(units)), "f")  # not normalize(): it rounds to Decimal's default 28 digits
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 async def reconcile_journal(connection: asyncpg.Connection, into: Reconciliation) -> None:
@@ -224,22 +223,14 @@ async def read_chain(
     block: int | None = None,
 ) -> ChainFigures:
     """The treasury's $FAR at the block reconciled (the watcher's newest checkpoint unless `block` is given)."""
-    from chain.artifacts import load_artifact
-    from chain.client import checksum
-
     await client.check(chain_id, {"DEPOSIT_CONTRACT_ADDRESS": deposit_contract})
     genesis = await client.genesis_hash()
     if block is None:
         block = await connection.fetchval(_CHECKPOINT, chain_id, genesis, deposit_contract)
         if block is None:
             block = await client.block_number()
-    at: int = block
-    contract = client.w3.eth.contract(address=checksum(deposit_contract), abi=load_artifact("FarDeposit").abi)
-    treasury = str(await asyncio.to_thread(lambda: contract.functions.treasury().call(block_identifier=at)))
-    token = str(await asyncio.to_thread(lambda: contract.functions.token().call(block_identifier=at)))
-    erc20 = client.token(token)
-    balance = int(await asyncio.to_thread(lambda: erc20.functions.balanceOf(treasury).call(block_identifier=at)))
-    return ChainFigures(chain_id, genesis, deposit_contract, treasury, token, at, balance)
+    treasury, token, balance = await client.deposit_treasury(deposit_contract, block)
+    return ChainFigures(chain_id, genesis, deposit_contract, treasury, token, block, balance)
 
 
 async def journal_paid(connection: asyncpg.Connection, chain: ChainFigures) -> dict[str, int]:
@@ -250,7 +241,7 @@ async def journal_paid(connection: asyncpg.Connection, chain: ChainFigures) -> d
     paid: dict[str, int] = {}
     for row in rows:
         wallet = str(checksum(row["wallet"]))
-        paid[wallet] = paid.get(wallet, 0) + int(row["paid_far"] * UNITS_PER_FAR)
+        paid[wallet] = paid.get(wallet, 0) + to_base_units(row["paid_far"])
     return paid
 
 
@@ -346,8 +337,8 @@ def run_reconcile(args: argparse.Namespace) -> int:
     opening: Decimal | None = args.opening_far
     if opening is None:
         opening = settings.ledger_opening_far
-    if opening is not None and -int(opening.as_tuple().exponent) > 18:
-        raise SettingsError("--opening-far: an amount of FAR with at most 18 decimals")
+    if opening is not None and (not opening.is_finite() or opening < 0 or -int(opening.as_tuple().exponent) > 18):
+        raise SettingsError("--opening-far: an amount of FAR, not negative, with at most 18 decimals")
     contract = settings.deposit_contract_address
     if opening is not None and contract is None:
         raise SettingsError("DEPOSIT_CONTRACT_ADDRESS is not set: the treasury is the deposit contract's")
@@ -370,7 +361,7 @@ def reconcile_with(
         rpc_url=settings.chain_rpc_url,
         chain_id=settings.chain_id,
         deposit_contract=settings.deposit_contract_address,
-        opening_units=None if opening is None else int(opening * UNITS_PER_FAR),
+        opening_units=None if opening is None else to_base_units(opening),
         block=block,
         batch_contract=settings.chain_batch_contract_address,
         receipts_from_block=(

@@ -70,8 +70,10 @@ class ChainClient:
     async def _call(self, what: str, call: Callable[[], T]) -> T:
         try:
             return await asyncio.to_thread(call)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise ChainUnreachable(f"no JSON-RPC node answers at {self.node} ({what}): {type(exc).__name__}") from None
+        except requests.RequestException as exc:  # its text names the whole URL, API key and all: never shown
+            status = exc.response.status_code if exc.response is not None else None
+            answer = f"HTTP {status}" if status is not None else type(exc).__name__
+            raise ChainUnreachable(f"no JSON-RPC node answers at {self.node} ({what}): {answer}") from None
         except Web3RPCError as exc:  # what `call` did not handle itself: a failed read (sends raise their own)
             raise ChainNodeFailed(f"the JSON-RPC node at {self.node} failed {what}: {_node_message(exc)}") from None
 
@@ -162,6 +164,17 @@ class ChainClient:
         contract = self.token(token)
         o, s = Web3.to_checksum_address(owner), Web3.to_checksum_address(spender)
         return int(await self._call("allowance", lambda: contract.functions.allowance(o, s).call()))
+
+    async def deposit_treasury(self, deposit_contract: str, block: int) -> tuple[str, str, int]:
+        """The deposit contract's treasury and token, and the treasury's $FAR base units, at `block`."""
+        deposits = self.w3.eth.contract(address=checksum(deposit_contract), abi=load_artifact("FarDeposit").abi)
+        treasury = str(await self._call("treasury", lambda: deposits.functions.treasury().call(block_identifier=block)))
+        token = str(await self._call("token", lambda: deposits.functions.token().call(block_identifier=block)))
+        erc20 = self.token(token)
+        balance = await self._call(
+            "balanceOf", lambda: erc20.functions.balanceOf(treasury).call(block_identifier=block)
+        )
+        return treasury, token, int(balance)
 
     def token(self, address: str) -> Any:
         return self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_artifact("FarToken").abi)

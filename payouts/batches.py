@@ -390,6 +390,23 @@ class Mined:
     effective_gas_price: int
 
 
+async def record_paid_on(connection: asyncpg.Connection, batch_id: int, chain: ChainIdentity, sender: str) -> None:
+    """The chain, token and sender of a batch paid by hand: reconciliation counts a batch's payouts on the chain
+    the batch names, so a batch that names none would leave the treasury's check failing for good."""
+    recorded = await connection.fetchrow(
+        "UPDATE far_payment_batches SET chain_id = coalesce(chain_id, $2), "
+        "chain_genesis = coalesce(chain_genesis, $3), token = coalesce(token, $4), sender = coalesce(sender, $5) "
+        "WHERE id = $1 RETURNING chain_id, chain_genesis",
+        batch_id,
+        chain.chain_id,
+        chain.genesis_hash,
+        chain.token,
+        sender,
+    )
+    if recorded is None or (recorded["chain_id"], recorded["chain_genesis"]) != (chain.chain_id, chain.genesis_hash):
+        raise PaymentFailed(f"payment batch {batch_id} was signed for another chain than {chain}")
+
+
 async def mark_paid(connection: asyncpg.Connection, batch_id: int, reference: str, mined: Mined | None = None) -> None:
     """The money moved (a confirmed transaction, `reference` its hash): the batch and its rows are paid."""
     async with connection.transaction():

@@ -31,6 +31,7 @@ async def resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | No
     import asyncpg
 
     from chain.client import ChainClient
+    from chain.identity import ChainIdentity
     from payouts.batches import (
         BatchNotPending,
         PaymentFailed,
@@ -38,6 +39,7 @@ async def resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | No
         has_live_transactions,
         load_batch,
         mark_paid,
+        record_paid_on,
     )
     from payouts.payer import verify_transaction
     from payouts.settings import PayoutSettings
@@ -68,8 +70,11 @@ async def resolve_with_transaction(batch_id: int, tx_hash: str, sender: str | No
             sender=expected,
             confirmations=settings.payout_confirmations,
         )
+        chain = ChainIdentity(settings.chain_id, await client.genesis_hash(), str(settings.chain_token_address))
         try:
-            await mark_paid(connection, batch_id, mined.tx_hash, mined)
+            async with connection.transaction():
+                await record_paid_on(connection, batch_id, chain, expected)
+                await mark_paid(connection, batch_id, mined.tx_hash, mined)
         except asyncpg.UniqueViolationError:
             raise PaymentFailed(f"transaction {tx_hash} already settled another batch") from None
     finally:

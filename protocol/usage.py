@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from protocol.catalog import ModelId
 from protocol.jobs import TRACE_PARENT_MAX_CHARS
 from protocol.money import MAX_FEE_BPS, FarAmount, far_sum, platform_fee, session_cost
+from protocol.pricing import MAX_PROVIDER_PREMIUM, PREMIUM_BASE_BPS
 from protocol.requests import RequestId
 from protocol.wallet import Wallet
 
@@ -51,6 +52,12 @@ class DeadLetterKind(StrEnum):
     """The ledger holds a different session under the record's request id: the id ran twice."""
 
 
+MAX_COUNT = 2**40
+"""The most tokens, blocks or work units one record may claim: about a trillion, which no session approaches, and
+small enough that the ledger's daily sums of them (BIGINT) hold millions of records: a record claiming 2**63 would
+otherwise be stored and then make every later sum naming its node overflow, refusing that node's sessions all day."""
+
+
 class NodeContribution(BaseModel):
     """What one node (a Petals server, by DHT peer id) did for a session, and what it is owed."""
 
@@ -58,12 +65,17 @@ class NodeContribution(BaseModel):
 
     node_id: str = Field(min_length=1, max_length=128, description="The server's DHT peer id (base58)")
     wallet: Wallet | None = Field(default=None, description="Where the node asked to be paid, as it announced")
-    blocks_served: int = Field(ge=0, description="Distinct transformer blocks this node ran for the session")
-    tokens_contributed: int = Field(ge=0, description="Tokens that passed through this node (prefill included)")
-    work_units: int = Field(ge=0, description="Sum over steps of blocks served x tokens processed")
+    blocks_served: int = Field(
+        ge=0, le=MAX_COUNT, description="Distinct transformer blocks this node ran for the session"
+    )
+    tokens_contributed: int = Field(
+        ge=0, le=MAX_COUNT, description="Tokens that passed through this node (prefill included)"
+    )
+    work_units: int = Field(ge=0, le=MAX_COUNT, description="Sum over steps of blocks served x tokens processed")
     paid_work_units: int | None = Field(
         default=None,
         ge=0,
+        le=MAX_COUNT * PREMIUM_BASE_BPS * (1 + int(MAX_PROVIDER_PREMIUM)),  # every block at the largest premium
         description="The work its share was paid on: each block-token weighed by the block's premium in basis points, "
         "fixed at admission (docs/pricing.md); None: paid on work_units, every block at par. Left out when None",
     )
@@ -81,8 +93,8 @@ class UsageRecord(BaseModel):
     api_key_id: str | None = Field(default=None, max_length=64)
     status: Literal["completed", "cancelled", "failed"]
     finish_reason: str | None = Field(default=None, max_length=64)
-    prompt_tokens: int = Field(ge=0)
-    tokens_generated: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0, le=MAX_COUNT)
+    tokens_generated: int = Field(ge=0, le=MAX_COUNT)
     price_per_token_far: FarAmount = Field(description="The completion price fixed at admission, per generated token")
     prompt_price_per_token_far: FarAmount = Field(
         default=Decimal(0), description="The prompt price fixed at admission, per prompt token"

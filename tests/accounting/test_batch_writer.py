@@ -6,7 +6,7 @@ import pytest
 
 from accounting.batch_writer import session_id_for, write_batch
 from protocol.usage import UsageRecord
-from tests.fixtures.ledger import unique_id, usage_record
+from tests.fixtures.ledger import refused_by_the_ledger, unique_id, usage_record
 
 
 @pytest.fixture
@@ -65,8 +65,7 @@ async def test_a_record_the_ledger_refuses_is_rejected_alone_and_the_rest_of_its
 ) -> None:
     node = unique_id("peer")
     good = [usage_record(unique_id("req"), {node: 1}) for _ in range(3)]
-    # Valid for pydantic, too large for BIGINT: the ledger refuses it while encoding the COPY.
-    too_big = usage_record(unique_id("req"), {node: 1}, tokens_generated=2**63, price_far=Decimal(0))
+    too_big = refused_by_the_ledger(unique_id("req"), node)
     outcome = await write_batch(ledger, [good[0], too_big, good[1], good[2]])
     assert list(outcome.rejected) == [1]
     assert outcome.sessions_written == 3
@@ -128,6 +127,15 @@ async def test_a_record_that_differs_from_the_stored_session_is_a_conflict_never
     assert "ran twice" in outcome.conflicts[1] and "tokens_generated" in outcome.conflicts[1]
     stored = await ledger.fetchval("SELECT tokens_generated FROM far_mesh_sessions WHERE request_id = $1", request_id)
     assert stored == 1
+
+
+async def test_a_later_record_paying_other_nodes_for_a_stored_session_is_a_conflict(ledger: asyncpg.Connection) -> None:
+    request_id, node, other_node = unique_id("req"), unique_id("peer"), unique_id("peer")
+    assert (await write_batch(ledger, [usage_record(request_id, {node: 1})])).sessions_written == 1
+    outcome = await write_batch(ledger, [usage_record(request_id, {other_node: 1})])  # the same session columns
+    assert (outcome.duplicates, list(outcome.conflicts)) == (0, [0])
+    assert "other contributions" in outcome.conflicts[0]
+    assert (await write_batch(ledger, [usage_record(request_id, {node: 1})])).duplicates == 1  # a true redelivery
 
 
 async def test_two_different_records_for_one_request_id_in_one_batch_are_a_conflict(ledger: asyncpg.Connection) -> None:

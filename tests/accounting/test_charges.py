@@ -20,7 +20,7 @@ from accounting.journal import (
     post_entry,
     provider_account,
 )
-from tests.fixtures.ledger import unique_id, usage_record
+from tests.fixtures.ledger import refused_by_the_ledger, unique_id, usage_record
 
 
 @pytest.fixture
@@ -94,8 +94,7 @@ async def test_a_session_without_a_wallet_is_charged_to_the_unattributed_receiva
 
 async def test_a_batch_written_record_by_record_charges_only_the_sessions_it_stored(ledger: asyncpg.Connection) -> None:
     good = usage_record(unique_id("req"), {unique_id("node"): 1})
-    # Valid for pydantic, too large for BIGINT: the ledger refuses it while encoding the COPY.
-    bad = usage_record(unique_id("req"), {unique_id("node"): 1}, tokens_generated=2**63, price_far=Decimal(0))
+    bad = refused_by_the_ledger(unique_id("req"), unique_id("node"))
     outcome = await write_batch(ledger, [good, bad])
     assert list(outcome.rejected) == [1]
     assert sum((await charge_lines(ledger, good.request_id)).values()) == 0

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from accounting.batch_writer import write_batch
 from accounting.chain_settings import ReconcileSettings
 from accounting.journal import TREASURY_CHAIN, Line, buyer_account, post_entry
-from accounting.reconcile import reconcile, serve_reconciliation
+from accounting.reconcile import far_text, reconcile, serve_reconciliation
 from chain.deploy import transfer
 from chain.deposits import make_deposit
 from chain.node import DEV_CHAIN_ID
@@ -237,3 +237,9 @@ async def test_a_reconciliation_cut_by_a_connection_left_mid_operation_is_counte
     before = REGISTRY.get_sample_value("far_ledger_reconcile_errors_total") or 0.0
     assert await reconcile_module.reconcile_once(settings) is None
     assert REGISTRY.get_sample_value("far_ledger_reconcile_errors_total") == before + 1
+
+
+def test_amounts_past_28_digits_are_shown_exactly() -> None:
+    """Decimal's default context keeps 28 digits: ten billion FAR to the last base unit needs 29."""
+    assert far_text(12345678901123456789012345678) == "12345678901.123456789012345678"
+    assert far_text(-1) == "-0.000000000000000001"

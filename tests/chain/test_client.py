@@ -81,3 +81,28 @@ async def test_a_read_the_node_answers_with_an_error_is_waited_out_as_an_unreach
         f"the JSON-RPC node at {url.removesuffix('/secret-api-key')} failed eth_getLogs: "
         "Cannot process request, Ganache is disconnected."
     )
+
+
+class _RateLimited(BaseHTTPRequestHandler):
+    """A hosted node past its quota: HTTP 429 to every call."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(429)
+        self.send_header("Content-Length", "17")
+        self.end_headers()
+        self.wfile.write(b"Too Many Requests")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+async def test_an_http_error_from_the_node_is_unreachable_and_never_shows_the_url_with_its_key() -> None:
+    with loopback_http(_RateLimited) as url:
+        client = ChainClient(f"{url}/v3/secret-api-key", timeout_s=2)
+        with pytest.raises(ChainUnreachable) as caught:
+            await client.block_number()
+        with pytest.raises(ChainUnreachable) as reading_a_contract:
+            await client.deposit_treasury("0x" + "22" * 20, 1)
+    assert str(caught.value) == f"no JSON-RPC node answers at {url} (eth_blockNumber): HTTP 429"
+    assert "secret-api-key" not in str(reading_a_contract.value)

@@ -12,6 +12,7 @@ from eth_account.signers.local import LocalAccount
 
 from accounting.batch_writer import write_batch
 from chain.deploy import approve, send, transfer
+from chain.node import DEV_CHAIN_ID
 from chain.transfers import Payment, pay_batch_data
 from cli.main import main
 from devstack.harness.registrations import register_nodes
@@ -132,8 +133,13 @@ async def test_an_exported_batch_is_paid_only_once_resolve_finds_its_transaction
     treasury = far_deployment.treasury.address
     assert await far_mesh("payouts", "resolve", str(batch.id), "--tx", right_tx, "--sender", treasury) == 0
 
-    stored = await payouts_db.fetchrow("SELECT status, transaction_ref, gas_used FROM far_payment_batches")
+    stored = await payouts_db.fetchrow(
+        "SELECT status, transaction_ref, gas_used, chain_id, chain_genesis, sender FROM far_payment_batches"
+    )
     assert (stored["status"], stored["transaction_ref"]) == ("paid", right_tx) and stored["gas_used"] > 0
+    # the chain it was paid on, recorded, so reconciliation counts its payouts against that chain's treasury
+    genesis = far_deployment.w3.eth.get_block(0)["hash"].to_0x_hex().lower()
+    assert (stored["chain_id"], stored["chain_genesis"], stored["sender"]) == (DEV_CHAIN_ID, genesis, treasury)
     refs = await payouts_db.fetch("SELECT DISTINCT transaction_ref FROM far_session_contributions")
     assert [r["transaction_ref"] for r in refs] == [right_tx]
 

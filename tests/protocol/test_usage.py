@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from protocol.usage import NodeContribution, UsageRecord
+from protocol.usage import MAX_COUNT, NodeContribution, UsageRecord
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -53,6 +53,15 @@ def test_a_cost_that_is_not_tokens_times_price_is_refused() -> None:
 def test_payments_that_do_not_add_up_to_the_cost_are_refused() -> None:
     with pytest.raises(ValidationError, match="payments .* remainder"):
         record(platform_remainder_far=Decimal("0"))
+
+
+@pytest.mark.parametrize("field", ["tokens_contributed", "work_units", "blocks_served"])
+def test_a_contribution_claiming_more_than_any_session_does_is_refused(field: str) -> None:
+    """Stored, a claim of 2**63 - 1 tokens would overflow every later daily sum naming its node."""
+    honest = record().contributions[0]
+    with pytest.raises(ValidationError, match="less than or equal"):
+        NodeContribution(**(honest.model_dump() | {field: 2**63 - 1}))
+    assert NodeContribution(**(honest.model_dump() | {field: MAX_COUNT})).model_dump()[field] == MAX_COUNT
 
 
 def test_a_node_listed_twice_is_refused() -> None:
