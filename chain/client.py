@@ -168,8 +168,12 @@ class ChainClient:
     async def deposit_treasury(self, deposit_contract: str, block: int) -> tuple[str, str, int]:
         """The deposit contract's treasury and token, and the treasury's $FAR base units, at `block`."""
         deposits = self.w3.eth.contract(address=checksum(deposit_contract), abi=load_artifact("FarDeposit").abi)
-        treasury = str(await self._call("treasury", lambda: deposits.functions.treasury().call(block_identifier=block)))
-        token = str(await self._call("token", lambda: deposits.functions.token().call(block_identifier=block)))
+        treasury = str(
+            await self._call("FarDeposit.treasury", lambda: deposits.functions.treasury().call(block_identifier=block))
+        )
+        token = str(
+            await self._call("FarDeposit.token", lambda: deposits.functions.token().call(block_identifier=block))
+        )
         erc20 = self.token(token)
         balance = await self._call(
             "balanceOf", lambda: erc20.functions.balanceOf(treasury).call(block_identifier=block)

@@ -3,12 +3,14 @@
 from starlette.requests import Request
 
 from gateway.api_keys import ApiKey
+from gateway.budget_admission import check_not_expired
 from gateway.errors import Unauthorized
 from gateway.state import state_of
 
 
 async def authenticate(request: Request) -> ApiKey:
-    """The caller's active API key; 401 when the header is missing, malformed, unknown or revoked."""
+    """The caller's active API key; 401 when the header is missing, malformed, unknown, revoked or expired (an
+    expired key reads and uploads nothing either)."""
     header = request.headers.get("authorization")
     if not header:
         raise Unauthorized("missing Authorization header; send `Authorization: Bearer <api key>`")
@@ -18,4 +20,5 @@ async def authenticate(request: Request) -> ApiKey:
     key = await state_of(request).key_store.verify(presented.strip())
     if key is None:
         raise Unauthorized("invalid or revoked API key; create one with `far-mesh keys create --wallet 0x...`")
+    check_not_expired(key)
     return key

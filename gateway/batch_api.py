@@ -13,6 +13,7 @@ exactly like an interactive request. Everything is scoped to the API key: anothe
 404, never 403, so ids are not probed. Errors are OpenAI's shape.
 """
 
+import asyncio
 import json
 import time
 from decimal import ROUND_DOWN, Context, Decimal
@@ -23,6 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Message
 
 from gateway.api_keys import ApiKey
 from gateway.auth import authenticate
@@ -35,7 +37,7 @@ from gateway.batch_store import (
     line_request_id,
     new_batch_id,
 )
-from gateway.bodies import read_model
+from gateway.bodies import read_body, read_model
 from gateway.budget_admission import check_key_limits
 from gateway.errors import (
     ApiError,
@@ -44,11 +46,12 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    QuotaExceeded,
     UnsupportedMediaType,
 )
 from gateway.openai_api import _openai_errors
 from gateway.state import GatewayState, state_of
-from gateway.submission import apply_caps, build_job, check_max_price, max_cost_far
+from gateway.submission import apply_caps, build_job, check_max_price, max_cost_far, take_rate_limit
 from protocol.live_prices import Prices, prices_now
 from protocol.money import FAR_QUANTUM
 from protocol.numerals import whole_number
@@ -57,6 +60,8 @@ MAX_LIST = 100
 MAX_FORM_FIELDS = 8
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 """What a multipart upload may add to its file's bytes (boundaries, headers, the purpose field)."""
+ADMIT_YIELD_LINES = 256
+"""Lines admitted between two turns of the event loop."""
 
 
 class BatchCreate(BaseModel):
@@ -111,13 +116,21 @@ async def _upload(request: Request) -> Response:
     state = state_of(request)
     key = await authenticate(request)
     most = state.settings.gateway_batch_max_file_bytes
-    declared = whole_number(request.headers.get("content-length", ""))
-    if declared is not None and declared > most + MULTIPART_OVERHEAD_BYTES:
-        raise PayloadTooLarge(f"the upload is {declared} bytes; a file may be at most {most} bytes")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UnsupportedMediaType("upload a file as multipart/form-data with the fields file and purpose")
+    await take_rate_limit(state, key)
+    store = _store(state)
+    most_files = state.settings.gateway_batch_max_files
+    kept = len(await store.files(key.key_id, purpose=INPUT_PURPOSE, limit=most_files, after=None))
+    if kept >= most_files:
+        raise QuotaExceeded(
+            f"this API key keeps {kept} input files, the most it may (GATEWAY_BATCH_MAX_FILES); delete one first",
+            field="file",
+        )
+    # The whole body, read only up to its limit, then parsed: Starlette would spool a larger one to disk first.
+    body = await read_body(request, most + MULTIPART_OVERHEAD_BYTES)
     try:
-        async with request.form(max_files=1, max_fields=MAX_FORM_FIELDS) as form:
+        async with _replayed(request, body).form(max_files=1, max_fields=MAX_FORM_FIELDS) as form:
             unknown = sorted(set(form.keys()) - {"file", "purpose"})
             if unknown:
                 raise InvalidRequest(f"unknown form field {unknown[0]!r}; send file and purpose", field=unknown[0])
@@ -136,8 +149,17 @@ async def _upload(request: Request) -> Response:
     # OpenAI takes any file and checks it when a batch is created; so here: bytes that are not UTF-8 become U+FFFD
     # and fail that batch's validation, naming the line
     text = data.decode(errors="replace")
-    meta = await _store(state).put_file(key.key_id, filename[:256], INPUT_PURPOSE, text)
+    meta = await store.put_file(key.key_id, filename[:256], INPUT_PURPOSE, text)
     return JSONResponse(meta)
+
+
+def _replayed(request: Request, body: bytes) -> Request:
+    """`request` with `body`, already read, as what its receive channel gives."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
 
 
 async def upload_file(request: Request) -> Response:
@@ -192,6 +214,7 @@ async def _create_batch(request: Request) -> Response:
     state = state_of(request)
     key = await authenticate(request)
     body = await read_model(request, BatchCreate, state.settings.gateway_max_body_bytes)
+    await take_rate_limit(state, key)
     if key.limits.budgeted:
         raise Forbidden(
             "batches are not offered to API keys with a budget yet; use a key without max_budget_far or "
@@ -205,13 +228,17 @@ async def _create_batch(request: Request) -> Response:
         raise NotFound(f"no file {body.input_file_id!r}", field="input_file_id") from None
     if input_file["purpose"] != INPUT_PURPOSE:
         raise InvalidRequest(f"file {body.input_file_id!r} is not a batch input", field="input_file_id")
-    parsed = parse_input(await store.content(key.key_id, body.input_file_id), body.endpoint, state.settings)
+    # Checking 10,000 lines takes seconds of CPU: on a thread, so the streams this process relays keep flowing.
+    text = await store.content(key.key_id, body.input_file_id)
+    parsed = await asyncio.to_thread(parse_input, text, body.endpoint, state.settings)
     errors = list(parsed.errors)
     lines: list[str] = []
     batch_id = new_batch_id()
     prices: dict[str, Prices] = {}
     if not errors:
         for index, line in enumerate(parsed.lines):
+            if index % ADMIT_YIELD_LINES == ADMIT_YIELD_LINES - 1:
+                await asyncio.sleep(0)  # a turn for the streams between runs of lines
             stored = await _admit_line(state, key, batch_id, index, line, prices)
             if isinstance(stored, LineError):
                 errors.append(stored)

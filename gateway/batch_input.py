@@ -73,7 +73,9 @@ def parse_input(text: str, endpoint: str, settings: GatewaySettings) -> ParsedIn
     lines: list[ValidLine] = []
     errors: list[LineError] = []
     seen: set[str] = set()
-    raw_lines = [line for line in text.splitlines() if line.strip()]
+    # JSONL lines end at "\n" alone: `splitlines` would also cut at U+2028, U+2029 or U+0085, which JSON strings
+    # may hold raw.
+    raw_lines = [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
     if not raw_lines:
         return ParsedInput([], [LineError("empty_file", "the input file holds no request", 1)])
     if len(raw_lines) > settings.gateway_batch_max_lines:

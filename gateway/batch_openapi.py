@@ -149,6 +149,10 @@ def batch_paths(
                     **auth,
                     "413": openai_error(f"A file over {most} bytes (GATEWAY_BATCH_MAX_FILE_BYTES)"),
                     "415": openai_error("Not multipart/form-data"),
+                    "429": openai_error(
+                        "The key's rate limit (with Retry-After), or it keeps GATEWAY_BATCH_MAX_FILES input files "
+                        "already (quota_exceeded: delete one)"
+                    ),
                 },
             },
             "get": {
@@ -216,6 +220,7 @@ def batch_paths(
                     "404": openai_error("No such file among this API key's"),
                     "413": openai_error("Request body too large"),
                     "415": openai_error("Body is not JSON"),
+                    "429": openai_error("The key's rate limit, with Retry-After"),
                 },
             },
             "get": {

@@ -15,6 +15,7 @@ and one `r:<index>` field per finished line holding its output or error line. On
 """
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,6 +32,12 @@ OUTPUT_PURPOSE = "batch_output"
 COMPLETION_WINDOW_S = 24 * 3600
 """The one completion window offered ("24h", as OpenAI): a batch still running then expires."""
 ACTIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+
+
+_FILE_ID = re.compile(r"file-[0-9a-f]{32}")
+_BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
+"""The ids this store issues. An id from a URL is looked up only when it has that shape: appended to its key
+prefix as it came, it could name another of the store's keys (the runner's lock, a batch's lines, a file)."""
 
 
 def new_file_id() -> str:
@@ -103,6 +110,8 @@ class BatchStore:
 
     async def file(self, owner: str, file_id: str) -> dict[str, Any]:
         """The file's object; 404 when it does not exist or belongs to another key (never saying which)."""
+        if not _FILE_ID.fullmatch(file_id):
+            raise NotFound(f"no file {file_id!r}", field="file_id")
         meta, stored_owner = await self.redis.hmget(keys.batch_file(file_id), ["meta", "owner"])  # type: ignore[misc]
         if meta is None or stored_owner != owner:
             raise NotFound(f"no file {file_id!r}", field="file_id")
@@ -182,7 +191,7 @@ class BatchStore:
 
     async def batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         """The batch's object as its owner sees it; 404 for another key's."""
-        stored = await self.stored(batch_id)
+        stored = await self.stored(batch_id) if _BATCH_ID.fullmatch(batch_id) else None
         if stored is None or stored.owner != owner:
             raise NotFound(f"no batch {batch_id!r}", field="batch_id")
         return shown(stored)

@@ -124,11 +124,18 @@ class ModelNotAllowed(Forbidden):
     code = "model_not_allowed"
 
 
+def check_not_expired(key: ApiKey, now: datetime | None = None) -> None:
+    """Refuse (401) a key past its expiry."""
+    expires_at = key.limits.expires_at
+    if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
+        raise KeyExpired(f"this API key expired at {expires_at.isoformat()}; ask for a new one")
+
+
 def check_key_limits(key: ApiKey, model_id: str, now: datetime | None = None) -> None:
-    """Refuse a key past its expiry (401) or a model outside its allowed list (403)."""
+    """Refuse a key past its expiry (401: a batch's lines run after its key was checked) or a model outside its
+    allowed list (403)."""
+    check_not_expired(key, now)
     limits = key.limits
-    if limits.expires_at is not None and limits.expires_at <= (now or datetime.now(UTC)):
-        raise KeyExpired(f"this API key expired at {limits.expires_at.isoformat()}; ask for a new one")
     if limits.allowed_models is not None and model_id not in limits.allowed_models:
         raise ModelNotAllowed(
             f"this API key may use only {', '.join(limits.allowed_models)}, not {model_id}", field="model"

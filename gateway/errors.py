@@ -130,6 +130,13 @@ class TooManyRequests(ApiError):
         self.code = code
 
 
+class QuotaExceeded(ApiError):
+    """What the key keeps is at its most: it frees room itself (deletes something), so no Retry-After."""
+
+    status = 429
+    code = "quota_exceeded"
+
+
 class BadGateway(ApiError):
     """The request was valid but the worker that ran it failed."""
 

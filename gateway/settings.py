@@ -104,6 +104,13 @@ class GatewaySettings(CommonSettings):
         le=200 * 1024 * 1024,
         description="Largest file POST /v1/files accepts (413 above); files live in Redis until deleted or expired",
     )
+    gateway_batch_max_files: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Input files one API key may keep at once; POST /v1/files refuses more (429 quota_exceeded) "
+        "until one is deleted or expires, so a key cannot fill Redis with files",
+    )
     gateway_batch_max_lines: int = Field(
         default=10_000, ge=1, le=50_000, description="Most requests one batch input file may hold (400 above)"
     )

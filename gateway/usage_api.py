@@ -30,14 +30,20 @@ GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
 
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(9999, 12, 1)
+"""A range is clamped to these days: every session is within them, and a day a month from either end of what
+`date` holds would overflow as the range's default start or its exclusive end is worked out."""
+
+
 def _day(request: Request, name: str, default: date) -> date:
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise InvalidRequest(f"{name} must be a date such as 2026-12-01", field=name) from None
+    return min(max(day, FIRST_DAY), LAST_DAY)
 
 
 async def usage(request: Request) -> Response:

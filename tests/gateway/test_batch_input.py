@@ -48,6 +48,15 @@ def test_valid_lines_become_the_requests_their_endpoint_would_run(settings: Gate
     assert not completion.chat and completion.generate.prompt == "hi" and completion.generate.top_logprobs == 2
 
 
+def test_lines_end_at_newlines_alone_so_a_json_string_may_hold_unicode_line_separators(
+    settings: GatewaySettings,
+) -> None:
+    separated = line("a", messages=[{"role": "user", "content": "one\u2028two\u2029three\u0085four"}])
+    text = json.dumps(json.loads(separated), ensure_ascii=False) + "\r\n" + line("b") + "\n"
+    parsed = parse_input(text, CHAT, settings)
+    assert parsed.errors == [] and [valid.custom_id for valid in parsed.lines] == ["a", "b"]
+
+
 def test_every_bad_line_is_named_with_its_number_and_cause(settings: GatewaySettings) -> None:
     text = "\n".join(
         [

@@ -5,6 +5,7 @@ to completion at the discounted price, validation failures with their error file
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from devstack.harness.synthetic_worker import SyntheticWorker
+from gateway.api_keys import KeyLimits
 from gateway.batch_store import line_request_id
 from protocol import keys
 from protocol.ownership import RequestOwner
@@ -231,3 +233,44 @@ async def test_a_list_limit_that_is_not_a_plain_number_is_a_400(gateway_url: str
             response = await client.get(f"/v1/batches?limit={limit}", headers=auth(key))
             assert response.status_code == 400, (limit, response.text)
             assert "limit must be an integer" in response.json()["error"]["message"]
+
+
+async def test_ids_naming_other_keys_of_the_store_are_404(gateway_url: str, issue_key: IssueKey) -> None:
+    key, key_id = await issue_key()
+    async with httpx.AsyncClient(base_url=gateway_url) as client:
+        file_id = (await upload(client, key, chat_line("a", "hold on") + "\n"))["id"]
+        for batch_id in ("runner", f"of:{key_id}", f"file:{file_id}", "active"):
+            response = await client.get(f"/v1/batches/{batch_id}", headers=auth(key))
+            assert response.status_code == 404, (batch_id, response.text)
+        assert (await client.post("/v1/batches/runner/cancel", headers=auth(key))).status_code == 404
+        assert (await client.get("/v1/files/files-of:x", headers=auth(key))).status_code == 404
+
+
+async def test_uploads_are_bounded_in_size_without_a_length_in_number_and_in_rate(
+    gateway_url: str, issue_key: IssueKey
+) -> None:
+    key, _ = await issue_key(limits=KeyLimits(rate_limit_per_minute=5))
+    boundary = "b0undary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n'.encode()
+
+    async def unannounced() -> AsyncIterator[bytes]:  # chunked: no Content-Length for the gateway to refuse up front
+        yield head
+        for _ in range(160):  # 10 MiB, over GATEWAY_BATCH_MAX_FILE_BYTES (8 MiB)
+            yield b" " * 65536
+
+    content_type = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as client:
+        too_big = await client.post("/v1/files", headers=auth(key) | content_type, content=unannounced())
+        # refused while the body was read, not once a form parser had spooled all of it to disk
+        assert too_big.status_code == 413 and "exceeds the limit" in too_big.text, too_big.text
+        for _ in range(3):  # GATEWAY_BATCH_MAX_FILES of the test gateway
+            await upload(client, key, chat_line("a", "hi") + "\n")
+        fourth = await client.post(
+            "/v1/files", headers=auth(key), files={"file": ("in.jsonl", b"{}\n")}, data={"purpose": "batch"}
+        )
+        assert fourth.status_code == 429 and fourth.json()["error"]["code"] == "quota_exceeded"
+        assert "retry-after" not in fourth.headers and "GATEWAY_BATCH_MAX_FILES" in fourth.text
+        fifth = await client.post(  # the five uploads above used the key's five a minute
+            "/v1/files", headers=auth(key), files={"file": ("in.jsonl", b"{}\n")}, data={"purpose": "batch"}
+        )
+        assert fifth.status_code == 429

@@ -134,6 +134,9 @@ async def test_an_expired_key_is_401_and_a_model_outside_its_list_is_403(
     async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as http:
         status, body = await _generate(http, expiring, _body(max_tokens=1))
         assert status == 401 and body["error"]["code"] == "key_expired"
+        for path in ("/v1/usage", "/v1/files", "/v1/batches"):  # an expired key reads nothing either
+            response = await http.get(path, headers=auth(expiring))
+            assert response.status_code == 401 and "expired" in response.text, path
         status, body = await _generate(http, narrow, _body(max_tokens=1))
         assert status == 403 and body["error"]["code"] == "model_not_allowed"
 
@@ -158,7 +161,10 @@ async def test_usage_shows_spend_by_day_model_and_key_as_the_ledger_has_it(
         assert usage["budget"]["max_budget_far"] is None
         assert all(set(row) >= {"date", "model", "api_key_id", "cost_far"} for row in usage["data"])
         bad = await http.get("/v1/usage", params={"start": "yesterday"}, headers=auth(key))
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "start"
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "start"
+        for edge in ({"end": "9999-12-31"}, {"end": "0001-01-01"}, {"start": "0001-01-01", "end": "0001-01-02"}):
+            far = await http.get("/v1/usage", params=edge, headers=auth(key))  # a range worked out past `date`'s ends
+            assert far.status_code == 200 and far.json()["data"] == [], edge
 
 
 async def test_a_reservation_whose_request_never_settles_lapses_and_frees_the_budget(
