@@ -10,7 +10,8 @@ takes the lease, and the finishing script deletes it with the one usage record i
 credited by exactly one usage record. docs/architecture.md, "Exactly once", has the whole argument.
 
 The record is compact JSON, since a request writes one per token: {"n": positions fed, "s": [[peer id, first
-block, end block, public name or null], ...]}.
+block, end block, public name or null], ...]}. The public name, a stranger's free text, is cut to a bound before it
+gets here, keeping the wallet it announces (`mesh.session.kept_public_name`).
 """
 
 import functools

@@ -74,21 +74,25 @@ def _blocked(manager: Any) -> frozenset[str]:
 
 
 def _servers_by_block(manager: Any) -> list[set[str]]:
-    """Every online server of each block, as the DHT announces them (before any block list)."""
+    """Every online server of each block, as the DHT announces them (before any block list); blocking: one DHT read,
+    TimeoutError after the client's request timeout, as `mesh.session_routes.held_back_spans` reads it. Unbounded,
+    a read handed to a client whose DHT process died held its pool thread for ever."""
     from mesh.compat import petals
 
     cached = _coverage.get(id(manager))
     if cached is not None and time.monotonic() - cached[0] < _COVERAGE_TTL_S:
         return cached[1]
     online = petals.data_structures.ServerState.ONLINE
-    infos = petals.utils.dht.get_remote_module_infos(manager.dht, manager.block_uids, latest=True)
+    read = petals.utils.dht.get_remote_module_infos(manager.dht, manager.block_uids, latest=True, return_future=True)
+    infos = read.result(manager.config.request_timeout)
     view = [{peer.to_base58() for peer, info in block.servers.items() if info.state == online} for block in infos]
     _coverage[id(manager)] = (time.monotonic(), view)
     return view
 
 
 def choose_blocked(served: ServedModel, banned: frozenset[str], low: Mapping[str, float]) -> frozenset[str]:
-    """The peers to keep out of routes (blocking: reads the DHT when some peer is on probation).
+    """The peers to keep out of routes (blocking: reads the DHT when some peer is on probation, for at most the
+    client's request timeout, past which no peer on probation is kept out).
 
     A server this client could not reach (on Petals' temporary ban list, as `MeshClient.refresh_routes` puts a
     dead one) is in good standing with no one: the DHT announces a killed server online for minutes, and counting
@@ -98,7 +102,16 @@ def choose_blocked(served: ServedModel, banned: frozenset[str], low: Mapping[str
     if not candidates:
         return banned
     manager = served.model.transformer.h.sequence_manager
-    view = _servers_by_block(manager)
+    try:
+        view = _servers_by_block(manager)
+    except TimeoutError:
+        # No blocking, rather than failing the route choice: without the swarm's view no candidate can be shown to
+        # be redundant, and keeping one out that is not could cost a route, which probation never may. The bans
+        # need no view and still apply (failing here would drop a new ban along with the preference).
+        logger.warning(
+            "peers on probation not avoided model=%s: the swarm's view was not read in time", served.model_id
+        )
+        return banned
     return banned | redundant(view, candidates, banned | _unreachable(manager, view))
 
 

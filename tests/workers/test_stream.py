@@ -1,10 +1,13 @@
 """The fenced stream writer against a real Redis: one ending and one usage record per request, ever."""
 
 from decimal import Decimal
+from types import SimpleNamespace
 
 import redis.asyncio as aioredis
+import torch
 from arq.constants import in_progress_key_prefix
 
+from mesh.session import StepResult, served_spans
 from protocol import keys
 from protocol.catalog import ModelSpec
 from protocol.events import DoneEvent, ErrorBody, TokenEvent
@@ -13,6 +16,7 @@ from protocol.served_steps import ServedStep, StepSpan
 from protocol.usage import UsageRecord
 from tests.fixtures.ledger import usage_record
 from tests.fixtures.workers import make_job, usage_records
+from workers.attribution import served_step
 from workers.ending import end_abandoned
 from workers.stream import StreamSoFar, TokenStreamWriter, Written
 
@@ -257,6 +261,31 @@ async def test_an_abandoned_request_credits_the_nodes_that_served_the_tokens_it_
     paid = sum(c.payment_far for c in usage.contributions)
     assert paid + usage.platform_fee_far + usage.platform_remainder_far == usage.total_cost_far
     assert usage.platform_remainder_far < Decimal("1e-17")  # before #29's fix: the whole cost, nobody credited
+
+
+async def test_a_server_announcing_a_huge_public_name_costs_each_token_a_bounded_record_and_is_still_paid(
+    redis: aioredis.Redis, tiny_models: tuple[ModelSpec, ...]
+) -> None:
+    wallet = "0x52908400098527886E0F7030069857D2E4169EE7"
+    info = SimpleNamespace(public_name="x" * 200_000 + " far:" + wallet)
+    petals_session = SimpleNamespace(
+        _server_sessions=[SimpleNamespace(span=SimpleNamespace(peer_id="A", start=0, end=4, server_info=info))]
+    )
+    job = make_job(tiny_models[0], max_tokens=10)
+    dead = TokenStreamWriter(redis, job.request_id, "dead-run", lease_ttl_s=5)
+    await dead.acquire()
+    for index, fed in enumerate((7, 1, 1)):
+        result = StepResult(logits=torch.zeros(1), spans=served_spans(petals_session), tokens=fed)
+        assert await dead.append_token(token(index, job.request_id), served_step(result)) is Written.WRITTEN
+
+    kept = await redis.lrange(keys.served_steps(job.request_id), 0, -1)
+    assert len(kept) == 3 and max(len(record) for record in kept) < 1024  # was over 200 KB a token
+    await redis.delete(keys.job_lease(job.request_id))  # its worker died: the successor pays from the kept steps
+    error = ErrorBody(code="model_not_served", message="misrouted")
+    payload = job.model_dump(mode="json")
+    assert await end_abandoned(redis, job.request_id, payload, error, worker_id="w", lease_ttl_s=5, prompt_tokens=7)
+    (usage,) = await usage_records(redis, job.request_id)
+    assert [(c.node_id, c.wallet, c.work_units) for c in usage.contributions] == [("A", wallet, 4 * 9)]
 
 
 async def test_a_run_on_a_shard_writes_the_stream_there_and_keeps_the_owner_and_settles_on_the_home_redis(
