@@ -7,9 +7,9 @@ rows still unpaid. So the claim (`payouts.batches.LOCK_OWED_ROWS`) takes a row o
   recorded its verdicts, or it was not sampled and finished at least `max_lag_s` ago (the verifier's stated
   maximum lag: a mismatch of another session of the same wallet has had that long to forfeit it). A sampled
   session whose check could not be judged through no fault of its servers (dropped by the worker, an unknown
-  model, a malformed entry, recordings the worker got wrong: `far_unverified_sessions`) is paid exactly as an
-  unsampled one, so being dropped neither strands an honest provider nor shelters a cheat. A sampled session with
-  neither a verdict nor that record is held, however old;
+  model, a malformed entry, recordings the worker got wrong, a check that never reached the verifier:
+  `far_unverified_sessions`) is paid exactly as an unsampled one, so being dropped neither strands an honest
+  provider nor shelters a cheat. A sampled session with neither a verdict nor that record is held until it has one;
 - **not convicted**: no mismatch verdict names the row (applied or not: a verdict that waits for its slash still
   stops the claim);
 - **not the reserve**: it is not among the `reserve_sessions` most recent unpaid rows of its wallet, unless it

@@ -30,10 +30,10 @@ NoticeCause = Literal["over-budget", "unpublished", "nothing-recorded"]
 """Why a worker sends a notice instead of its sampled session's check: the check would pass the byte budget, Redis
 refused it, or no span was recorded."""
 
-UnverifiedCause = Literal[NoticeCause, "recording-unusable", "unknown-model", "malformed"]
+UnverifiedCause = Literal[NoticeCause, "recording-unusable", "unknown-model", "malformed", "never-published"]
 """Why a sampled session ends unverified through no fault of its servers: a worker's notice, or what the verifier
-found (every span the worker recorded unusable, a model not in its catalog, an entry that does not parse);
-`schema/0021_unverified_sessions.sql` lists the same words."""
+found (every span the worker recorded unusable, a model not in its catalog, an entry that does not parse, a check
+that never reached the stream); `schema/0029_never_published_checks.sql` lists the same words."""
 
 HiddenDtype = Literal["float32", "float16", "bfloat16"]
 """The dtypes hidden states may honestly travel in: the verifier decodes these and no others."""

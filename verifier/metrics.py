@@ -17,3 +17,7 @@ SPANS_UNUSABLE = Counter(
     "unpublished, nothing-recorded; unknown-model; malformed, counted once per entry)",
     ["model_id", "cause"],
 )
+SESSIONS_NEVER_PUBLISHED = Counter(
+    "far_verifier_sessions_never_published_total",
+    "Sampled sessions whose check never reached the stream, recorded unverified by the verifier's sweep",
+)

@@ -35,6 +35,7 @@ from protocol.verification import (
 from schema.transient import TRANSIENT_LEDGER_ERRORS
 from streams import ConsumerGroup, Entry
 from verifier import metrics
+from verifier.lost_checks import record_lost_checks
 from verifier.recompute import BlockRunner, SpanVerdict, verify_span
 from verifier.settings import VerifierSettings
 from verifier.unverifiable import RecordingUnusable
@@ -91,6 +92,7 @@ class Verifier:
         )
         self._runners: dict[str, BlockRunner] = {}
         self.heartbeat = Heartbeat(settings.verifier_liveness_s)
+        self._next_lost_sweep = 0.0
 
     def runner_for(self, model_id: str) -> BlockRunner | None:
         if model_id not in self._runners:
@@ -228,8 +230,9 @@ class Verifier:
         await self.redis.zremrangebyscore(keys.BANNED_NODES, "-inf", time.time())
 
     async def refresh_from_ledger(self) -> None:
-        """The loop's periodic work: fold the workers' failed steps in, apply pending slashes, and copy the ledger's
-        bans and new peers' probation scores to Redis. Bans follow wallets and new peer ids appear without any
+        """The loop's periodic work: fold the workers' failed steps in, apply pending slashes, copy the ledger's
+        bans and new peers' probation scores to Redis, and (each LOST_SWEEP_INTERVAL_S) record the sampled sessions
+        whose check can no longer come (`verifier.lost_checks`). Bans follow wallets and new peer ids appear without any
         verdict of their own, so only the ledger knows that a fresh peer id of a banned wallet is banned, or that
         a peer never checked is on probation; the workers read Redis."""
         await self._fold_failed_steps()
@@ -239,6 +242,10 @@ class Verifier:
                 log.info("pending slashes applied rows=%d", slashed)
             bans = await current_bans(connection)
             probation = await probation_scores(connection)
+            if time.monotonic() >= self._next_lost_sweep:
+                if lost := await record_lost_checks(connection, self.redis, self.settings.verifier_lost_check_after_s):
+                    metrics.SESSIONS_NEVER_PUBLISHED.inc(len(lost))
+                self._next_lost_sweep = time.monotonic() + LOST_SWEEP_INTERVAL_S
         if bans:
             await self.redis.zadd(keys.BANNED_NODES, {node: until.timestamp() for node, until in bans.items()})
         if probation:
@@ -326,6 +333,8 @@ _OUTAGES: tuple[type[Exception], ...] = (
 )
 """Errors that pass once PostgreSQL or Redis is back: the verifier waits them out (the entry in hand is kept and
 retried), as accounting does, instead of exiting."""
+LOST_SWEEP_INTERVAL_S = 60.0
+"""How often the sweep for sessions whose check can no longer come runs: it reads a week of sampled sessions."""
 _OUTAGE_FIRST_DELAY_S = 0.5
 _OUTAGE_MAX_DELAY_S = 5.0
 

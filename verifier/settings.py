@@ -35,6 +35,13 @@ class VerifierSettings(LedgerSettings):
         le=3600,
         description="How often verdicts that came before their sessions are slashed again and bans copied to Redis",
     )
+    verifier_lost_check_after_s: float = Field(
+        default=3600.0,
+        ge=60,
+        description="A sampled session with neither a verdict nor a notice that finished this long before the oldest "
+        "check still waiting (or before now) is recorded unverified (never-published) and paid as an unsampled one: "
+        "its worker died between its usage record and its check",
+    )
     verifier_liveness_s: float = Field(
         default=120.0, gt=0, description="/healthz fails once the verifier loop has not turned for this long"
     )
