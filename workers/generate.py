@@ -46,7 +46,7 @@ from workers.prompts import prompt_ids
 from workers.route_policy import apply_route_policy
 from workers.route_preferences import RunRouting, open_session, plan_routing, unsatisfiable, with_preferences
 from workers.run_trace import NO_TRACE, RunTrace, queue_wait_s
-from workers.sampling import Sampler, SamplingError
+from workers.sampling import NonFiniteLogits, Sampler, SamplingError
 from workers.served_model import ServedModel
 from workers.settings import WorkerSettings
 from workers.spot_checks import RunTrust, begin_trust
@@ -55,6 +55,9 @@ from workers.stream import StreamSoFar, TokenStreamWriter, Written
 
 logger = logging.getLogger(__name__)
 
+NON_FINITE_FAILOVERS = 1
+"""Fresh routes a choice may take after NaN or infinite logits: one sidesteps a bad server when the swarm has
+another; a model that overflows on every route fails the request after that, not at the no-route timeout."""
 _FAILOVER_PAUSE_S = 0.2
 """Breathing room between a failed step and the next fresh session, so a dead route is not hammered."""
 _REDIS_OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -418,8 +421,16 @@ async def _generate_tokens(run: _Run, settings: WorkerSettings) -> Outcome:
             failure = pause.failed
             if failure is None:
                 continue
-            if isinstance(failure, SamplingError):  # the request's own numbers: no retry, no server to blame
-                message = f"sampling failed ({failure}); use temperature 0 or a larger one"
+            if isinstance(failure, NonFiniteLogits) and streaming.non_finite_failovers >= NON_FINITE_FAILOVERS:
+                message = (
+                    f"sampling failed ({failure}) on {NON_FINITE_FAILOVERS + 1} routes through the swarm; "
+                    "the tokens delivered are billed, send the request again"
+                )
+                return Outcome.failed(ErrorBody(code=StreamErrorCode.SAMPLING_ERROR, message=message))
+            if isinstance(failure, NonFiniteLogits):  # the servers' numbers: another route may not have them
+                streaming.non_finite_failovers += 1
+            elif isinstance(failure, SamplingError):  # the request's own: no retry, no server to blame
+                message = f"sampling failed ({failure})"
                 return Outcome.failed(ErrorBody(code=StreamErrorCode.SAMPLING_ERROR, message=message))
             # Petals raises many types for a broken route; all mean "try a new one"
             run.trace.step_failed(failure)
@@ -470,6 +481,8 @@ class _Streaming:
     """The next token's step, already taken while the last token was written (or how it failed)."""
     failing_since: float | None = None
     """When steps began to fail without one going through since (the no-route timeout counts from it)."""
+    non_finite_failovers: int = 0
+    """Fresh routes taken because a step's logits were NaN or infinite (at most NON_FINITE_FAILOVERS)."""
     last_token_at: float | None = None
     stop_requested: bool = False
     """The run was cancelled (the worker stops): the pool thread returns before its next step."""

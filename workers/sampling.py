@@ -21,7 +21,12 @@ sampling from the resulting NaNs would fail every step (the request would run un
 
 
 class SamplingError(ValueError):
-    """The step's numbers cannot be sampled from (NaN or infinite logits): the request fails, the route is fine."""
+    """The step cannot be sampled from: the request fails (its response_format cannot be followed, say)."""
+
+
+class NonFiniteLogits(SamplingError):
+    """The logits hold NaN or +inf. Every setting of a request is bounded and finite, so only the hidden states the
+    servers returned can make them so (a hostile server, or a 16-bit one that overflowed): another route may not."""
 
 
 def choose_next_token(logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -32,13 +37,13 @@ def choose_next_token(logits: torch.Tensor, *, temperature: float, top_p: float,
         # of equal maxima. Greedy is the common case, and this runs once per token.
         best, index = torch.max(logits, dim=0)
         if not best.item() < math.inf:
-            raise SamplingError("the model returned NaN or infinite logits")
+            raise NonFiniteLogits("the model returned NaN or infinite logits")
         return int(index.item())
     if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf is a masked token, and fine
-        raise SamplingError("the model returned NaN or infinite logits")
+        raise NonFiniteLogits("the model returned NaN or infinite logits")
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if not bool(torch.isfinite(probs).all()):
-        raise SamplingError(f"temperature {temperature:g} makes the probabilities overflow")
+    if not bool(torch.isfinite(probs).all()):  # finite logits past 1e34 at once: no honest model's
+        raise NonFiniteLogits(f"the model's logits overflow at temperature {temperature:g}")
     if top_p < 1.0:
         sorted_probs, sorted_ids = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)

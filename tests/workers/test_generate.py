@@ -176,14 +176,15 @@ async def test_a_vanishing_temperature_generates_the_greedy_sequence_and_bills_i
     assert usage.tokens_generated == len(tokens) and usage.failovers == 0
 
 
-async def test_logits_that_cannot_be_sampled_end_the_request_at_once_billed_for_what_was_delivered(
+async def test_nan_logits_take_one_fresh_route_then_end_the_request_billed_for_what_was_delivered(
     two_server_fleet: RunningFleet,
     redis: aioredis.Redis,
     redis_url: str,
     tiny_models: tuple[ModelSpec, ...],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A sampling error is the request's, not the route's: no fresh route, no failover counted against a server."""
+    """NaN logits are the servers' numbers (every request setting is finite), so another route may not have them:
+    one is tried; a model that overflows on it too ends the request then, not at the no-route timeout."""
     steps = 0
 
     def nan_from_the_fourth_step(logits: Any, **kwargs: Any) -> int:
@@ -199,10 +200,36 @@ async def test_logits_that_cannot_be_sampled_end_the_request_at_once_billed_for_
     assert time.monotonic() - started < 10
     error = events[-1]
     assert isinstance(error, ErrorEvent) and error.error.code == "sampling_error"
+    assert "2 routes" in error.error.message
     assert error.tokens_generated == 3 == len(events) - 1
     (usage,) = await usage_records(redis, job.request_id)
-    assert (usage.status, usage.tokens_generated, usage.failovers) == ("failed", 3, 0)
+    assert (usage.status, usage.tokens_generated, usage.failovers) == ("failed", 3, 1)
     assert usage.total_cost_far == cost_of(3, PRICE_FAR)
+
+
+async def test_nan_logits_once_are_sidestepped_by_a_fresh_route_and_the_sequence_is_unchanged(
+    two_server_fleet: RunningFleet,
+    redis: aioredis.Redis,
+    redis_url: str,
+    tiny_models: tuple[ModelSpec, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps = 0
+
+    def nan_at_the_fourth_step(logits: Any, **kwargs: Any) -> int:
+        nonlocal steps
+        steps += 1
+        return choose_next_token(logits * float("nan") if steps == 4 else logits, **kwargs)
+
+    monkeypatch.setattr("workers.sampling.choose_next_token", nan_at_the_fourth_step)
+    model, job = tiny_models[0], make_job(tiny_models[0], max_tokens=8)
+    await enqueue(redis_url, job)
+    events = await wait_for_end(redis, job.request_id, timeout_s=30)
+    assert isinstance(events[-1], DoneEvent) and events[-1].status == "completed"
+    tokens = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    assert tokens == reference_continuation(model, job.prompt, job.max_tokens)
+    (usage,) = await usage_records(redis, job.request_id)
+    assert (usage.tokens_generated, usage.failovers) == (8, 1)
 
 
 async def test_provider_preferences_exclude_the_ignored_peer_and_fail_fast_naming_blocks_no_allowed_server_holds(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from protocol.requests import SamplingOptions
-from workers.sampling import Sampler, SamplingError, choose_next_token
+from workers.sampling import NonFiniteLogits, Sampler, choose_next_token
 
 
 def test_temperature_zero_is_greedy() -> None:
@@ -34,9 +34,9 @@ def test_a_vanishing_temperature_is_greedy_instead_of_overflowing_to_nan() -> No
 
 @pytest.mark.parametrize("temperature", [0.7, 0.0])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_logits_are_a_sampling_error_not_a_route_failure(bad: float, temperature: float) -> None:
+def test_non_finite_logits_are_the_servers_numbers_not_the_requests(bad: float, temperature: float) -> None:
     logits = torch.tensor([0.1, bad, 2.9])
-    with pytest.raises(SamplingError, match="NaN or infinite"):
+    with pytest.raises(NonFiniteLogits, match="NaN or infinite"):
         choose_next_token(logits, temperature=temperature, top_p=1.0, generator=torch.Generator().manual_seed(1))
 
 
