@@ -7,7 +7,9 @@ its own temporary ban list, which it ignores when every server of a block is on 
   fails with no_route rather than paying a cheat);
 - peers on probation (reputation below `PROBATION_BELOW` in `trust:reputation`; a new node starts below it):
   only when every block they hold is also held by a server in good standing, so preferring reputable servers
-  never costs a route, nor a replica to fail over to.
+  never costs a route, nor a replica to fail over to. In good standing means scored at `PROBATION_BELOW` or
+  more: a peer id with no score yet (one the ledger has not seen, which costs nothing to mint) stands in for no
+  one.
 
 The set is shared by every session of the model and re-applied only when it changes; the swarm's full view,
 needed to judge redundancy, is read from the DHT at most every `_COVERAGE_TTL_S` and only while some peer is
@@ -44,15 +46,10 @@ async def banned_peers(redis: aioredis.Redis) -> frozenset[str]:
     return frozenset(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
 
-async def low_reputation_peers(redis: aioredis.Redis) -> dict[str, float]:
-    """Peers the verifier scored below `PROBATION_BELOW`, with their scores."""
+async def reputations(redis: aioredis.Redis) -> dict[str, float]:
+    """Every peer the verifier scored, with its score."""
     scores: Mapping[Any, Any] = await redis.hgetall(keys.NODE_REPUTATION)  # type: ignore[misc]
-    low = {}
-    for node, score in scores.items():
-        value = float(score)
-        if value < PROBATION_BELOW:
-            low[node.decode() if isinstance(node, bytes) else str(node)] = value
-    return low
+    return {(node.decode() if isinstance(node, bytes) else str(node)): float(score) for node, score in scores.items()}
 
 
 def redundant(servers_by_block: Sequence[set[str]], candidates: Sequence[str], excluded: frozenset[str]) -> set[str]:
@@ -90,7 +87,7 @@ def _servers_by_block(manager: Any) -> list[set[str]]:
     return view
 
 
-def choose_blocked(served: ServedModel, banned: frozenset[str], low: Mapping[str, float]) -> frozenset[str]:
+def choose_blocked(served: ServedModel, banned: frozenset[str], scores: Mapping[str, float]) -> frozenset[str]:
     """The peers to keep out of routes (blocking: reads the DHT when some peer is on probation, for at most the
     client's request timeout, past which no peer on probation is kept out).
 
@@ -98,6 +95,7 @@ def choose_blocked(served: ServedModel, banned: frozenset[str], low: Mapping[str
     dead one) is in good standing with no one: the DHT announces a killed server online for minutes, and counting
     it would keep its replica on probation blocked, leaving Petals only the dead server to route through.
     """
+    low = {peer: score for peer, score in scores.items() if score < PROBATION_BELOW}
     candidates = sorted((peer for peer in low if peer not in banned), key=lambda peer: low[peer])
     if not candidates:
         return banned
@@ -112,7 +110,8 @@ def choose_blocked(served: ServedModel, banned: frozenset[str], low: Mapping[str
             "peers on probation not avoided model=%s: the swarm's view was not read in time", served.model_id
         )
         return banned
-    return banned | redundant(view, candidates, banned | _unreachable(manager, view))
+    unscored = frozenset(peer for servers in view for peer in servers if peer not in scores)
+    return banned | redundant(view, candidates, banned | unscored | _unreachable(manager, view))
 
 
 def _unreachable(manager: Any, view: Sequence[set[str]]) -> frozenset[str]:
@@ -138,8 +137,8 @@ def apply_blocked(served: ServedModel, blocked: frozenset[str]) -> bool:
     return True
 
 
-def _plan(served: ServedModel, banned: frozenset[str], low: Mapping[str, float]) -> frozenset[str]:
-    blocked = choose_blocked(served, banned, low)
+def _plan(served: ServedModel, banned: frozenset[str], scores: Mapping[str, float]) -> frozenset[str]:
+    blocked = choose_blocked(served, banned, scores)
     apply_blocked(served, blocked)
     return blocked
 
@@ -168,12 +167,12 @@ def peer_ids_only(peers: Iterable[str]) -> set[str]:
 
 async def apply_route_policy(redis: aioredis.Redis, served: ServedModel) -> str:
     """Bring the model's routes in line with bans and reputations; returns the policy to record with the session."""
-    banned_raw, scored = await asyncio.gather(banned_peers(redis), low_reputation_peers(redis))
+    banned_raw, scored = await asyncio.gather(banned_peers(redis), reputations(redis))
     banned = frozenset(peer_ids_only(banned_raw))
-    low = {peer: scored[peer] for peer in peer_ids_only(scored)}
+    scores = {peer: scored[peer] for peer in peer_ids_only(scored)}
     manager = served.model.transformer.h.sequence_manager
-    if low.keys() - banned:
-        blocked = await served.run_blocking(_plan, served, banned, low)
+    if any(score < PROBATION_BELOW for peer, score in scores.items() if peer not in banned):
+        blocked = await served.run_blocking(_plan, served, banned, scores)
     else:
         blocked = banned
         if _blocked(manager) != banned:

@@ -293,6 +293,19 @@ async def test_the_policy_prefers_reputable_servers_and_says_so(
     assert served.manager.blocked_servers is None
 
 
+async def test_a_peer_with_no_score_yet_stands_in_for_no_peer_on_probation(
+    redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer id the ledger has not seen costs nothing to mint: it is no better than a peer on probation."""
+    served = FakeServed([PEER_A, PEER_B])
+    monkeypatch.setattr("workers.route_policy._servers_by_block", lambda manager: [{PEER_A, PEER_B}])
+    await redis.hset(keys.NODE_REPUTATION, mapping={PEER_B: "0.083333"})  # A: no score at all
+    assert await apply_route_policy(redis, served) == DEFAULT_POLICY  # type: ignore[arg-type]
+    assert served.manager.blocked_servers is None
+    await redis.hset(keys.NODE_REPUTATION, mapping={PEER_A: "0.9"})  # A earned a score: now B is avoided
+    assert await apply_route_policy(redis, served) == "avoid-low-reputation:1"  # type: ignore[arg-type]
+
+
 async def test_a_replica_on_probation_is_routed_to_once_the_reputable_server_beside_it_is_unreachable(
     redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
