@@ -49,3 +49,23 @@ def wallet_from_public_name(public_name: str | None) -> str | None:
     if match is None or not is_checksum_address(match.group(1)):
         return None
     return match.group(1)
+
+
+PUBLIC_NAME_KEPT_CHARS = 256
+"""The most of a server's public name the coordinator keeps: the name is free text any stranger announces, and it
+travels with every token (a step's route, `protocol.served_steps`: a 200 KB name cost 200 KB a token), with every
+swarm snapshot and into the node registry. The longest name `public_name_for` makes (a 64-character label, the
+hardware word and the wallet) is under 170 characters, so an honest one is kept whole."""
+
+
+def kept_public_name(public_name: str | None) -> str | None:
+    """`public_name` cut to `PUBLIC_NAME_KEPT_CHARS`, announcing the wallet the whole name announces and no other.
+
+    The wallet is read from the whole name and put back after the cut, since only the wallet is paid from it. The
+    cut is marked by "...", which also keeps a wallet-like word that the cut happened to leave at the end from
+    being read as one the name never announced."""
+    if public_name is None or len(public_name) <= PUBLIC_NAME_KEPT_CHARS:
+        return public_name
+    wallet = wallet_from_public_name(public_name)
+    tail = "..." if wallet is None else f"... {WALLET_TAG}{wallet}"
+    return public_name[: PUBLIC_NAME_KEPT_CHARS - len(tail)] + tail

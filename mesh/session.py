@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mesh.announce import WALLET_TAG, wallet_from_public_name
+from mesh.announce import kept_public_name
 from mesh.peer_speed import PeerSpeeds
 from mesh.server_sessions import watch_server_sessions
 from protocol.verification import RecordedSpan, RecordedStep
@@ -206,26 +206,6 @@ def served_spans(session: Any) -> tuple[ServedSpan, ...]:
             )
         )
     return tuple(spans)
-
-
-PUBLIC_NAME_KEPT_CHARS = 256
-"""The most of a server's public name a step's route keeps. The route is written to Redis with every token
-(`protocol.served_steps`) and the name is free text any stranger announces: a 200 KB name cost 200 KB a token. The
-longest name the node launcher makes (a 64-character label, the hardware word and the wallet) is under 170
-characters, so an honest one is kept whole."""
-
-
-def kept_public_name(public_name: str | None) -> str | None:
-    """`public_name` cut to `PUBLIC_NAME_KEPT_CHARS`, announcing the wallet the whole name announces and no other.
-
-    The wallet is read from the whole name and put back after the cut, since only the wallet is paid from it. The
-    cut is marked by "...", which also keeps a wallet-like word that the cut happened to leave at the end from
-    being read as one the name never announced."""
-    if public_name is None or len(public_name) <= PUBLIC_NAME_KEPT_CHARS:
-        return public_name
-    wallet = wallet_from_public_name(public_name)
-    tail = "..." if wallet is None else f"... {WALLET_TAG}{wallet}"
-    return public_name[: PUBLIC_NAME_KEPT_CHARS - len(tail)] + tail
 
 
 def uncovered_blocks(model: Any) -> list[int]:

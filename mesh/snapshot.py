@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mesh.announce import wallet_from_public_name
+from mesh.announce import kept_public_name, wallet_from_public_name
 from protocol.swarm import ServerSnapshot, SwarmSnapshot
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def _server(peer_id: str, span: Any) -> ServerSnapshot:
     info = span.server_info
     return ServerSnapshot(
         peer_id=peer_id,
-        public_name=info.public_name,
+        public_name=kept_public_name(info.public_name),
         wallet=wallet_from_public_name(info.public_name),
         start_block=span.start,
         end_block=span.end,

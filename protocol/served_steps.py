@@ -11,7 +11,7 @@ credited by exactly one usage record. docs/architecture.md, "Exactly once", has 
 
 The record is compact JSON, since a request writes one per token: {"n": positions fed, "s": [[peer id, first
 block, end block, public name or null], ...]}. The public name, a stranger's free text, is cut to a bound before it
-gets here, keeping the wallet it announces (`mesh.session.kept_public_name`).
+gets here, keeping the wallet it announces (`mesh.announce.kept_public_name`).
 """
 
 import functools

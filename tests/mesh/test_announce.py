@@ -2,7 +2,13 @@
 
 import pytest
 
-from mesh.announce import InvalidLabel, public_name_for, wallet_from_public_name
+from mesh.announce import (
+    PUBLIC_NAME_KEPT_CHARS,
+    InvalidLabel,
+    kept_public_name,
+    public_name_for,
+    wallet_from_public_name,
+)
 from protocol.wallet import InvalidWallet
 
 WALLET = "0x52908400098527886E0F7030069857D2E4169EE7"
@@ -37,3 +43,21 @@ def test_names_announcing_no_valid_wallet_read_as_none(public_name: str | None) 
 
 def test_a_petals_server_without_our_launcher_announces_no_wallet() -> None:
     assert wallet_from_public_name("petals-server on a6000") is None
+
+
+def test_the_longest_name_the_node_launcher_makes_is_kept_whole() -> None:
+    name = public_name_for(WALLET, "a" * 64, "hw:" + "G" * 40 + "/1024/none")
+
+    assert kept_public_name(name) == name
+
+
+def test_a_cut_name_announces_the_wallet_the_whole_name_announces_and_no_other() -> None:
+    # the whole name announces none, its wallet-like word not being at its end; a plain cut would end right after it
+    word = " far:" + WALLET
+    no_wallet = "x" * (PUBLIC_NAME_KEPT_CHARS - len(word)) + word + " trailing words" * 100
+    mistyped = "x" * 1_000 + " far:" + WALLET.lower()
+
+    for name in (no_wallet, mistyped):
+        kept = kept_public_name(name)
+        assert kept is not None and len(kept) <= PUBLIC_NAME_KEPT_CHARS
+        assert wallet_from_public_name(name) is None and wallet_from_public_name(kept) is None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mesh.announce import public_name_for, wallet_from_public_name
-from mesh.session import PUBLIC_NAME_KEPT_CHARS, StepResult, kept_public_name, served_spans
+from mesh.session import StepResult, served_spans
 from protocol.served_steps import ServedStep
 from workers.attribution import Attribution, served_step
 
@@ -40,21 +40,3 @@ def test_a_huge_public_name_costs_a_bounded_number_of_bytes_per_token_and_its_wa
     attribution = Attribution.earlier([ServedStep.decode(record)])  # as the request's ending reads it back
     contributions, _, _ = attribution.settle(Decimal(1), 0, wallet_from_public_name)
     assert {c.node_id: c.wallet for c in contributions} == {"Qm0": WALLET, "Qm1": OTHER_WALLET}
-
-
-def test_the_longest_name_the_node_launcher_makes_is_kept_whole() -> None:
-    name = public_name_for(WALLET, "a" * 64, "hw:" + "G" * 40 + "/1024/none")
-
-    assert kept_public_name(name) == name
-
-
-def test_a_cut_name_announces_the_wallet_the_whole_name_announces_and_no_other() -> None:
-    # the whole name announces none, its wallet-like word not being at its end; a plain cut would end right after it
-    word = " far:" + WALLET
-    no_wallet = "x" * (PUBLIC_NAME_KEPT_CHARS - len(word)) + word + " trailing words" * 100
-    mistyped = "x" * 1_000 + " far:" + WALLET.lower()
-
-    for name in (no_wallet, mistyped):
-        kept = kept_public_name(name)
-        assert kept is not None and len(kept) <= PUBLIC_NAME_KEPT_CHARS
-        assert wallet_from_public_name(name) is None and wallet_from_public_name(kept) is None

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from mesh.announce import PUBLIC_NAME_KEPT_CHARS
 from mesh.snapshot import read_swarm_snapshot
 
 
@@ -99,3 +100,12 @@ def test_an_honest_stranger_is_in_the_snapshot_beside_the_others() -> None:
     snapshot = read_swarm_snapshot(swarm_with_a_stranger(record(3, 4)), "far-tiny", "tiny", 4, timeout_s=5)
 
     assert [(s.peer_id, s.start_block, s.end_block) for s in snapshot.servers] == [(HONEST, 0, 4), (STRANGER, 3, 4)]
+
+
+def test_a_huge_public_name_is_cut_in_the_snapshot_and_its_wallet_kept() -> None:
+    huge = record(3, 4, public_name="x" * 100_000 + f" far:{WALLET}")
+    snapshot = read_swarm_snapshot(swarm_with_a_stranger(huge), "far-tiny", "tiny", 4, timeout_s=5)
+
+    stranger = next(s for s in snapshot.servers if s.peer_id == STRANGER)
+    assert stranger.public_name is not None and len(stranger.public_name) <= PUBLIC_NAME_KEPT_CHARS
+    assert stranger.wallet == WALLET
