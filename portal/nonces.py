@@ -28,6 +28,8 @@ async def issue(pool: asyncpg.Pool, purpose: Purpose, ttl: timedelta) -> str:
     nonce = secrets.token_hex(16)
     max_pending = MAX_PENDING
     async with pool.acquire() as connection, connection.transaction():
+        # One issuer at a time: counted and inserted apart, requests sent at once would each find room
+        await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('far_portal_nonces', 0))")
         await connection.execute("DELETE FROM far_portal_nonces WHERE expires_at < now()")
         pending = await connection.fetchval(  # bounded: counts at most max_pending index entries
             "SELECT count(*) FROM (SELECT 1 FROM far_portal_nonces WHERE expires_at >= now() LIMIT $1) p", max_pending

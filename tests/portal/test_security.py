@@ -1,5 +1,6 @@
 """The portal refuses, with a clear 4xx, every request its security rests on refusing (plain HTTP, in-process)."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -178,8 +179,11 @@ async def test_messages_to_sign_are_bounded_in_number(
     from portal import nonces
 
     pending = await ledger.fetchval("SELECT count(*) FROM far_portal_nonces WHERE expires_at >= now()")
-    monkeypatch.setattr(nonces, "MAX_PENDING", pending + 1)
-    assert (await portal_client.post("/api/siwe/message", json={"address": ALICE.address})).status_code == 200
+    monkeypatch.setattr(nonces, "MAX_PENDING", pending + 3)
+    at_once = await asyncio.gather(
+        *(portal_client.post("/api/siwe/message", json={"address": w.address}) for w in (ALICE, BOB) * 3)
+    )
+    assert sorted(r.status_code for r in at_once) == [200, 200, 200, 429, 429, 429]  # asked at once: still the cap
     refused = await portal_client.post("/api/siwe/message", json={"address": ALICE.address})
     assert refused.status_code == 429 and refused.headers["retry-after"] == "60"
     assert refused.json()["error"]["code"] == "too_many_requests"
