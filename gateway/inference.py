@@ -18,7 +18,7 @@ from gateway.submission import admit, owned_request, submit, take_rate_limit
 from protocol import keys
 from protocol.events import FINAL_KINDS, KIND_FIELD
 from protocol.requests import REQUEST_ID_PATTERN, GenerateRequest
-from protocol.stream_ids import BEFORE_FIRST, parse_entry_id
+from protocol.stream_ids import BEFORE_FIRST, EntryId, parse_entry_id
 
 
 def relay_response(
@@ -75,29 +75,36 @@ async def resume(request: Request) -> Response:
     request_id = _request_id(request)
     after_id = request.headers.get("last-event-id", BEFORE_FIRST).strip() or BEFORE_FIRST
     try:
-        parse_entry_id(after_id)
+        after = parse_entry_id(after_id)
     except ValueError:
-        raise InvalidRequest(
-            "Last-Event-ID must be an event id this API sent, such as 1700000000000-0",
-            field="Last-Event-ID",
-            details=[{"loc": ["header", "Last-Event-ID"], "msg": "not a stream entry id", "type": "value_error"}],
-        ) from None
+        raise _not_sent("not a stream entry id") from None
     await take_rate_limit(state, key)
     followed = await owned_request(state, request_id, key)
-    if await _ended_at_or_before(state.shard(followed.model_id).redis, request_id, after_id):
+    if await _read_to_the_end(state.shard(followed.model_id).redis, request_id, after):
         # 204 is the one answer that stops an EventSource from reconnecting, again and again, to a stream it has read
         return Response(status_code=204, headers={"x-request-id": request_id})
     return relay_response(state, await admit(state, followed), after_id=after_id)
 
 
-async def _ended_at_or_before(redis: aioredis.Redis, request_id: str, after_id: str) -> bool:
-    """The stream's final event is at or before `after_id`: the client has everything there is (`redis`: the
-    request's shard)."""
+def _not_sent(why: str) -> InvalidRequest:
+    return InvalidRequest(
+        "Last-Event-ID must be an event id this API sent for this request, such as 1700000000000-0",
+        field="Last-Event-ID",
+        details=[{"loc": ["header", "Last-Event-ID"], "msg": why, "type": "value_error"}],
+    )
+
+
+async def _read_to_the_end(redis: aioredis.Redis, request_id: str, after: EntryId) -> bool:
+    """True when the stream's final event is at or before `after`: the client has everything there is (`redis`:
+    the request's shard). An id past the last entry of a stream still running was never sent for it (another
+    request's, or made up): 422, since following from it would skip what comes before it, or wait for ever."""
     last = await redis.xrevrange(keys.token_stream(request_id), count=1)
-    if not last:
-        return False
-    last_id, fields = last[0]
-    return fields.get(KIND_FIELD) in FINAL_KINDS and parse_entry_id(last_id) <= parse_entry_id(after_id)
+    last_id = parse_entry_id(last[0][0]) if last else parse_entry_id(BEFORE_FIRST)
+    if last and last[0][1].get(KIND_FIELD) in FINAL_KINDS:
+        return last_id <= after
+    if after > last_id:
+        raise _not_sent("after the last event of this request's stream")
+    return False
 
 
 async def cancel(request: Request) -> Response:

@@ -66,6 +66,7 @@ class Subscription:
     __slots__ = (
         "stream",
         "cursor",
+        "joined_read",
         "max_unsent_bytes",
         "on_abort",
         "writing",
@@ -81,6 +82,9 @@ class Subscription:
     def __init__(self, stream: str, after_id: str, *, max_unsent_bytes: int = 2**62) -> None:
         self.stream = stream
         self.cursor = parse_entry_id(after_id)
+        self.joined_read = 0
+        """The number of its reader's XREADs sent when it joined: the reply to one sent before cannot hold all of
+        what it is owed (that read may have started past its cursor), so it takes nothing from that reply."""
         self.max_unsent_bytes = max_unsent_bytes
         self.on_abort: Callable[[], None] = lambda: None
         """Called when the relay ends the subscription (deadline, overflow): the consumer may be stuck writing."""
@@ -187,6 +191,8 @@ class _Reader:
         """How many subscriptions this reader serves."""
         self.wake_id = BEFORE_FIRST
         self.wake_pending = False
+        self.reads = 0
+        """XREADs sent so far; the reply in hand answers the last one."""
         self.task: asyncio.Task[None] | None = None
         self._head = b"$5\r\nXREAD\r\n$5\r\nCOUNT\r\n$3\r\n512\r\n$5\r\nBLOCK\r\n" + _bulk(str(block_ms))
         self._head += b"$7\r\nSTREAMS\r\n"
@@ -196,6 +202,7 @@ class _Reader:
         """The streams in command order and their packed names, until a stream joins or leaves."""
 
     def add(self, sub: Subscription) -> None:
+        sub.joined_read = self.reads
         self.subscriptions.setdefault(sub.stream, set()).add(sub)
         self.load += 1
         if sub.stream not in self._key_bulks:
@@ -254,6 +261,7 @@ class _Reader:
         backoff = Backoff(0.1, 5.0)
         while True:
             self.wake_pending = False
+            self.reads += 1
             try:
                 await connection.send_packed_command(self._command(), check_health=False)
                 reply = await connection.read_response()
@@ -284,15 +292,18 @@ class _Reader:
                 continue
             entries = [_parse_entry(raw_id, flat) for raw_id, flat in raw_entries]
             delays_s.extend([max(0.0, now_ms - parsed[0]) / 1000.0 for parsed, _ in entries])
-            if len(followers) == 1:
-                # one follower (nearly always): it takes every entry, as the read started at its cursor
-                (only,) = followers
+            if len(followers) == 1 and (only := next(iter(followers))).joined_read < self.reads:
+                # one follower (nearly always), there when the read was sent: it takes every entry, as the read
+                # started at its cursor
                 only.deliver(entries)
                 last_id = raw_entries[-1][0]
                 self._id_bulks[stream] = b"$%d\r\n%s\r\n" % (len(last_id), last_id)
             else:
+                # A follower that joined while the read was out may be owed entries before those it brought (a
+                # client resuming from an earlier id): it waits for the next read, sent from its cursor.
                 for sub in tuple(followers):
-                    sub.deliver(entries)
+                    if sub.joined_read < self.reads:
+                        sub.deliver(entries)
                 self._track(stream)
         self.observe_latencies_s(delays_s)
 

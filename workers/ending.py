@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from mesh.announce import wallet_from_public_name
 from protocol.events import ChoiceEnd, DoneEvent, ErrorBody, ErrorEvent, StreamEvent
 from protocol.jobs import GenerateJob
+from protocol.ownership import RequestOwner
 from protocol.usage import UsageRecord
 from workers import budget_settlement
 from workers.attribution import Attribution
@@ -157,18 +158,27 @@ async def end_abandoned(
     `redis` holds the request's stream (its model's shard); `home`, when another, its budget and balance.
     """
     home = home if home is not None else redis
+    try:
+        job: GenerateJob | None = GenerateJob.model_validate(payload)
+    except ValidationError:
+        job = None
+    if job is not None and job.request_id != request_id:
+        job = None
+    # The owner key is refreshed with the ending, as a run's is: ownership outlives the stream it guards
+    owner = RequestOwner(job.api_key_id, job.model_id) if job is not None and job.api_key_id else None
     writer = TokenStreamWriter(
-        redis, request_id, f"{worker_id}:ending:{uuid.uuid4().hex[:8]}", lease_ttl_s=lease_ttl_s, home=home
+        redis,
+        request_id,
+        f"{worker_id}:ending:{uuid.uuid4().hex[:8]}",
+        lease_ttl_s=lease_ttl_s,
+        owner=owner,
+        home=home,
     )
     so_far = await writer.acquire()
     if so_far.final is not None:
         return False
-    try:
-        job = GenerateJob.model_validate(payload)
-    except ValidationError:
-        job = None
     usage: UsageRecord | None = None
-    if job is not None and job.request_id == request_id:
+    if job is not None:
         billing = Billing(
             prompt_tokens=prompt_tokens,
             tokens_generated=len(so_far.token_ids),

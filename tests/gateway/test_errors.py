@@ -127,6 +127,18 @@ async def test_a_bad_last_event_id_gets_422(client: httpx.AsyncClient, issue_key
     assert error_of(await client.get("/inference/req_x/stream", headers=headers), 422)["field"] == "Last-Event-ID"
 
 
+async def test_a_last_event_id_past_the_end_of_a_running_stream_gets_422_not_a_wait_for_ever(
+    client: httpx.AsyncClient, issue_key: IssueKey, redis: aioredis.Redis
+) -> None:
+    key, key_id = await issue_key()
+    await redis.set(keys.request_owner("req_running"), f"{key_id} {MODEL_ID}")
+    sent = (await redis.xadd(keys.token_stream("req_running"), {"kind": "token", "data": "{}"})).decode()
+    later = f"{int(sent.split('-')[0]) + 60_000}-0"  # another request's, a minute on, or made up
+    headers = {**auth(key), "Last-Event-ID": later}
+    error = error_of(await client.get("/inference/req_running/stream", headers=headers), 422)
+    assert error["field"] == "Last-Event-ID" and "for this request" in error["message"]
+
+
 async def test_another_keys_request_cannot_be_followed_or_cancelled(
     client: httpx.AsyncClient, issue_key: IssueKey, redis: aioredis.Redis
 ) -> None:

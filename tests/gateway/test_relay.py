@@ -54,6 +54,32 @@ async def test_clients_of_one_stream_at_different_positions_each_get_exactly_wha
     assert relay.subscriptions == 0
 
 
+async def test_a_client_joining_a_followed_stream_from_an_earlier_id_misses_nothing_the_reader_had_in_flight(
+    relay: StreamRelay, redis: aioredis.Redis, redis_url: str
+) -> None:
+    """A resume (or a repeated POST) while another connection follows the stream: the reply to the XREAD already
+    out started past the newcomer's position, so taking it would skip what lies between."""
+    import redis as blocking_redis
+
+    writer = blocking_redis.Redis.from_url(redis_url)  # writes without a turn of the event loop
+    live = await relay.subscribe("gen:join")
+    for i in range(3):
+        await redis.xadd("gen:join", {"kind": "token", "data": f'{{"i": {i}}}'})
+    seen = 0
+    while seen < 3:
+        seen += len(await asyncio.wait_for(live.next_batch(), timeout=5) or [])
+    await asyncio.sleep(0.1)  # the reader is blocked again, reading from after the third token
+    writer.xadd("gen:join", {"kind": "token", "data": '{"i": 3}'})  # answered at once; the reply waits unread
+    resumed = await relay.subscribe("gen:join", "0-0")
+    writer.xadd("gen:join", {"kind": "done", "data": "{}"})
+    writer.close()
+
+    kinds: list[str] = []
+    while not kinds or kinds[-1] != "done":
+        kinds.extend(entry.kind for entry in await asyncio.wait_for(resumed.next_batch(), timeout=5) or [])
+    assert kinds == ["token"] * 4 + ["done"]
+
+
 async def test_an_entry_is_relayed_with_its_kind_and_data_whatever_the_order_of_its_fields(
     relay: StreamRelay, redis: aioredis.Redis
 ) -> None:

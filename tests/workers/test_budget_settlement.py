@@ -96,6 +96,11 @@ async def test_a_job_ended_without_its_run_settles_at_what_it_billed_and_only_on
     payload = job.model_dump(mode="json")
     assert await end_abandoned(redis, job.request_id, payload, error, worker_id="w", lease_ttl_s=5)
     assert await account(redis, key) == (2 * PRICE_FAR, 0)
+    owner_ttl, stream_ttl = (
+        await redis.ttl(keys.request_owner(job.request_id)),
+        await redis.ttl(keys.token_stream(job.request_id)),
+    )
+    assert owner_ttl > stream_ttl > 0  # ownership outlives the ending's stream, as a run's ending leaves it
     assert not await end_abandoned(redis, job.request_id, payload, error, worker_id="w", lease_ttl_s=5)
     assert not await settle_reservation(redis, job, 2 * PRICE_FAR)  # its ending settled it: nothing counts twice
     assert await account(redis, key) == (2 * PRICE_FAR, 0)
