@@ -62,6 +62,17 @@ async def apply_migrations(dsn: str, migrations: list[Migration] | None = None) 
         await connection.close()
 
 
+async def missing_migrations(dsn: str) -> list[str]:
+    """The migrations this package carries that the ledger has not applied, in name order; reads
+    schema_migrations only, so any role granted SELECT on it (the gateway's) may ask."""
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        done = {row["name"] for row in await connection.fetch("SELECT name FROM schema_migrations")}
+    finally:
+        await connection.close()
+    return [m.name for m in bundled_migrations() if m.name not in done]
+
+
 async def _apply_locked(connection: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
     await connection.execute(_CREATE_LEDGER)
     applied = {r["name"]: r["checksum"] for r in await connection.fetch("SELECT name, checksum FROM schema_migrations")}

@@ -81,16 +81,24 @@ PROCESSES = {
     "migrate": Process(
         "far-mesh-accounting", "migrate", "accounting", "schema.settings:LedgerSettings", "light", None, init=True
     ),
-    # Not scraped yet (no PodMonitor, no EXPOSE in the mesh image): its metrics port serves /healthz probes.
     "verifier": Process(
-        "far-mesh-verifier", "verifier", "verifier", "verifier.settings:VerifierSettings", "mesh", None
+        "far-mesh-verifier",
+        "verifier",
+        "verifier",
+        "verifier.settings:VerifierSettings",
+        "mesh",
+        "verifier_metrics_port",
     ),
 }
 """Every far-mesh process the manifests run; a container missing here fails `test_every_container_is_known`."""
 
-HELPER_CONTAINERS = {("far-mesh-gateway", "wait-for-migrations"), ("far-mesh-dht", "dht")}
-"""Containers that run no Procfile line: the gateway's migration wait, and the DHT bootstrap (`far-mesh dht`,
-whose identity path only exists in the pod)."""
+HELPER_CONTAINERS = {
+    *((f"far-mesh-{name}", "wait-for-migrations") for name in ("gateway", "payouts", "deposits", "verifier")),
+    ("far-mesh-ledger-reconcile", "wait-for-migrations"),
+    ("far-mesh-dht", "dht"),
+}
+"""Containers that run no Procfile line: the migration waits (`far-mesh migrate --wait`), and the DHT bootstrap
+(`far-mesh dht`, whose identity path only exists in the pod)."""
 
 COMMAND_ROOMS = {
     "gateway": "gateway",

@@ -89,15 +89,21 @@ def test_every_container_is_a_known_process_running_its_procfile_command(rendere
         assert in_init == process.init, name
 
 
-def test_migrations_run_before_the_consumer_and_the_gateway_waits_for_them(rendered: Docs) -> None:
+WAITING_FOR_MIGRATIONS = ("gateway", "payouts", "deposits", "ledger-reconcile", "verifier")
+"""What reads the ledger and starts beside accounting on an upgrade: each waits for the migrations of its image
+(the payer once halted for good on a table a migration still to come creates)."""
+
+
+@pytest.mark.parametrize("name", WAITING_FOR_MIGRATIONS)
+def test_migrations_run_before_the_consumer_and_the_ledgers_readers_wait_for_them(rendered: Docs, name: str) -> None:
     docs = rendered["base"]
     assert not [w for w in workloads(docs) if w["kind"] == "Job"], "a Job's immutable template blocks upgrades"
     accounting = pod_spec(one(docs, "Deployment", "far-mesh-accounting"))
     assert [c["name"] for c in accounting["initContainers"]] == ["migrate"]
-    gateway = pod_spec(one(docs, "Deployment", "far-mesh-gateway"))
-    [wait] = gateway["initContainers"]
-    assert wait["name"] == "wait-for-migrations" and "schema_migrations" in wait["args"][0]
-    assert wait["image"] == gateway["containers"][0]["image"], "it must wait for the migrations of its own image"
+    reader = pod_spec(one(docs, "Deployment", f"far-mesh-{name}"))
+    [wait] = reader["initContainers"]
+    assert wait["name"] == "wait-for-migrations" and wait["command"] == ["far-mesh", "migrate", "--wait"]
+    assert wait["image"] == reader["containers"][0]["image"], "it must wait for the migrations of its own image"
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))

@@ -62,6 +62,10 @@ SECRETS_READ = {
         ("far-mesh-chain", "CHAIN_RPC_URL"),
         ("far-mesh-treasury", "treasury.key"),
     },
+    **{
+        (workload, "wait-for-migrations"): {("far-mesh-ledger", "POSTGRES_URL")}
+        for workload in ("far-mesh-payouts", "far-mesh-deposits", "far-mesh-ledger-reconcile", "far-mesh-verifier")
+    },
 }
 """Every (Secret, key) each container can read, by env, envFrom or volume; anything more fails."""
 GATEWAY_ROLE = "far_mesh_gateway"
@@ -164,11 +168,24 @@ def test_each_component_dials_only_the_stores_it_uses(
     # No Redis: the payer, the deposit watcher and the reconciliation read the ledger and the chain only.
     for name in ("far-mesh-payouts", "far-mesh-deposits", "far-mesh-ledger-reconcile"):
         expected[name] = {53, postgres, rpc_port(secret_template)}
+    expected["far-mesh-verifier"] = {53, redis, postgres, 443}  # 443: the models' weights from the Hub
     for name, ports in expected.items():
         policy = one(docs, "NetworkPolicy", name)
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(one(docs, "Deployment", name)).items()
         allowed = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
         assert allowed == ports and all("endPort" not in p for r in policy["spec"]["egress"] for p in r["ports"])
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_deployment_has_a_policy_of_its_own_beside_the_default_deny(rendered: Docs, kustomization: str) -> None:
+    """Under the namespace's default deny, a pod no policy of its own selects can dial nothing: the verifier once
+    reached neither Redis nor PostgreSQL."""
+    docs = rendered[kustomization]
+    policies = [p for p in objects(docs, "NetworkPolicy") if p["spec"]["podSelector"]]
+    for deployment in objects(docs, "Deployment"):
+        labels = pod_labels(deployment)
+        mine = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+        assert len(mine) == 1, deployment["metadata"]["name"]
 
 
 def rpc_port(secret_template: Secrets) -> int:
@@ -188,7 +205,7 @@ def test_only_the_payer_holds_the_treasury_key_and_only_as_a_read_only_file(rend
     ]
     assert holders == [("far-mesh-payouts", "payouts")]
     payer = one(docs, "Deployment", "far-mesh-payouts")
-    [container] = all_containers(payer)
+    [container] = [c for c in all_containers(payer) if c["name"] == "payouts"]
     assert "PAYOUT_TREASURY_KEY" not in {v["name"] for v in container.get("env", [])}, "never in the environment"
     config = one(docs, "ConfigMap", next(c for c in _config_maps(payer) if "payouts" in c))["data"]
     key_file = config["PAYOUT_TREASURY_KEY_FILE"]

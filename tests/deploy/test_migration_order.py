@@ -46,8 +46,8 @@ def private_ledger(postgres_admin_dsn: str) -> Iterator[tuple[str, str]]:
 
 def wait_command(rendered: Docs) -> list[str]:
     container = container_of(rendered["base"], "far-mesh-gateway", "wait-for-migrations")
-    assert container["command"] == ["python", "-c"]
-    return [sys.executable, "-c", *container["args"]]
+    assert container["command"][0] == "far-mesh"
+    return [sys.executable, "-m", "cli", *container["command"][1:]]
 
 
 def start_wait(rendered: Docs, dsn: str) -> subprocess.Popen[str]:
@@ -66,7 +66,7 @@ def first_line(process: subprocess.Popen[str]) -> str:
     again only after its pause, so the process must still be running now (not a fixed sleep before looking)."""
     assert process.stdout is not None
     line = process.stdout.readline()
-    assert line.startswith("waiting for migrations:"), line
+    assert "waiting for migrations:" in line, line
     return line
 
 
