@@ -7,15 +7,26 @@ secret injected into the environment of the payer only); it is read when the pay
 """
 
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr
 
 from protocol.settings import CommonSettings
 from protocol.wallet import Wallet
 
 
+def _validate_rpc_url(url: str) -> str:
+    """An http(s) URL with a host, or refused at start-up naming neither its path nor its query (a provider's URL
+    carries its API key there): a wrong scheme was otherwise retried for ever as a node that does not answer."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://host[:port][/path] (the JSON-RPC node's HTTP endpoint)")
+    return url
+
+
 class ChainSettings(CommonSettings):
-    chain_rpc_url: str = Field(
+    chain_rpc_url: Annotated[str, AfterValidator(_validate_rpc_url)] = Field(
         default="http://127.0.0.1:8545", description="JSON-RPC URL of the EVM node payouts are sent to"
     )
     chain_id: int = Field(

@@ -5,6 +5,7 @@ Heavy modules (uvicorn, asyncpg, the app) are imported inside the handlers so `f
 
 import argparse
 import asyncio
+import math
 import sys
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,8 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
         access_log=False,  # one line per request would drown the lifecycle lines; /metrics counts requests
-        timeout_graceful_shutdown=int(settings.gateway_shutdown_drain_s) or None,
+        # 0 cuts the streams at once (uvicorn waits for ever on None, which `int(0.5) or None` once gave it)
+        timeout_graceful_shutdown=math.ceil(settings.gateway_shutdown_drain_s),
         lifespan="on",
     )
     return 0

@@ -113,3 +113,21 @@ async def test_sigterm_lets_open_streams_finish_then_exits(
         stop_gateway(process)
     log = (tmp_path / "gateway.log").read_text()
     assert "gateway started" in log and "gateway stopped" in log and key not in log
+
+
+async def test_a_drain_under_a_second_cuts_the_open_streams_instead_of_waiting_for_them_for_ever(
+    gateway_env: dict[str, str], tmp_path: Path, healthy_swarm: SwarmSnapshot, issue_key: IssueKey
+) -> None:
+    process, url = start_gateway({**gateway_env, "GATEWAY_SHUTDOWN_DRAIN_S": "0.5"}, tmp_path / "gateway.log")
+    try:
+        key, _ = await issue_key()
+        body = {"prompt": "no worker takes this", "max_tokens": 10}  # queued for good: only the drain ends it
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            async with client.stream(
+                "POST", "/inference/generate", json=body, headers={"Authorization": f"Bearer {key}"}
+            ) as response:
+                assert response.status_code == 200
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(process.wait, 10) in (0, -signal.SIGTERM)
+    finally:
+        stop_gateway(process)

@@ -46,3 +46,23 @@ def test_a_tip_above_the_fee_cap_is_refused() -> None:
 def test_a_fee_bump_below_what_nodes_accept_is_refused() -> None:
     with pytest.raises(SettingsError, match="PAYOUT_FEE_BUMP_PERCENT"):
         PayoutSettings.from_env(postgres_url=DSN, payout_fee_bump_percent=5)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("POSTGRES_URL", "postgresql://far_mesh:Xy7Pq2/Zk9Lm4@127.0.0.1:5432/far_mesh"),  # a base64 password's /
+        ("POSTGRES_URL", "postgresql://far_mesh:Xy7?Zk9Lm4@127.0.0.1:5432/far_mesh"),
+        ("POSTGRES_URL", "postgresql://far_mesh:1234/Zk9Lm4@127.0.0.1:5432/far_mesh"),  # digits: a "port" parses
+        ("CHAIN_RPC_URL", "wss://mainnet.example.io/v3/Zk9Lm4"),
+        ("CHAIN_RPC_URL", "mainnet.example.io/v3/Zk9Lm4"),
+    ],
+)
+def test_a_url_the_driver_would_misread_stops_start_up_without_quoting_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("POSTGRES_URL", DSN)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        PayoutSettings.from_env()
+    assert name in str(caught.value) and "Zk9Lm4" not in str(caught.value)
