@@ -197,6 +197,9 @@ def container_env(
             assert ref["key"] in data or ref.get("optional"), f"{name}: Secret {ref['name']} has no key {ref['key']}"
             if ref["key"] in data:
                 env[name] = data[ref["key"]]
+        elif "configMapKeyRef" in variable["valueFrom"]:
+            ref = variable["valueFrom"]["configMapKeyRef"]
+            env[name] = one(docs, "ConfigMap", ref["name"])["data"][ref["key"]]
         else:
             env[name] = f"<{name} from the downward API>"
     return env

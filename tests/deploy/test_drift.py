@@ -328,3 +328,16 @@ def test_every_worker_samples_spot_checks_with_the_one_secret_of_the_fleet(
     assert env["WORKER_VERIFY_SAMPLING_SECRET"] == shared
     secret = getattr(worker, "worker_verify_sampling_secret", None)
     assert secret is not None and secret.get_secret_value() == shared, "without it each replica samples alone"
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_portal_shows_buyers_the_deposit_contract_and_chain_the_watcher_credits(
+    rendered: Docs, kustomization: str, secret_template: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = configured(secret_template)
+    portal, _ = settings_for(rendered, kustomization, "portal", secrets, monkeypatch)
+    watcher, _ = settings_for(rendered, kustomization, "deposits", secrets, monkeypatch)
+    payer, _ = settings_for(rendered, kustomization, "payouts", secrets, monkeypatch)
+    shown = (portal.chain_id, portal.deposit_contract_address, portal.chain_token_address)  # type: ignore[attr-defined]
+    credited = (watcher.chain_id, watcher.deposit_contract_address)  # type: ignore[attr-defined]
+    assert shown == (*credited, payer.chain_token_address)  # type: ignore[attr-defined]
