@@ -7,7 +7,7 @@ of replicas can run side by side, each able to serve any request's stream.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 from prometheus_client import start_http_server
@@ -33,7 +33,7 @@ from gateway.openapi import build_openapi
 from gateway.rate_limit import RateLimiter
 from gateway.request_history import RequestHistory
 from gateway.settings import GatewaySettings
-from gateway.shards import close_shard, open_shards
+from gateway.shards import close_shard, open_shards_once_redis_answers
 from gateway.state import GatewayState
 from protocol.redis_shards import redacted
 
@@ -76,8 +76,13 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "the gateway failed unexpectedly; the failure was logged")
 
 
-def create_app(settings: GatewaySettings) -> Starlette:
-    """The app; its lifespan opens Redis, the arq pool, PostgreSQL and the relay readers, and closes them."""
+def _never() -> bool:
+    return False
+
+
+def create_app(settings: GatewaySettings, stopping: Callable[[], bool] = _never) -> Starlette:
+    """The app; its lifespan opens Redis (waiting for it, until `stopping` says uvicorn was told to stop), the arq
+    pool, PostgreSQL and the relay readers, and closes them."""
     metrics = GatewayMetrics()
     openapi = build_openapi(settings)
     if settings.gateway_metrics_port:
@@ -85,7 +90,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        home, elsewhere = await open_shards(settings, metrics)
+        opened = await open_shards_once_redis_answers(settings, metrics, stopping)
+        if opened is None:  # stopped while waiting: uvicorn shuts down as soon as the start-up returns
+            log.info("gateway stopped before Redis answered")
+            yield
+            return
+        home, elsewhere = opened
         redis, relay, arq = home.redis, home.relay, home.arq
         # min_size=0: no connection at start, so a PostgreSQL outage means 503s on key lookups, not a crash loop
         pool = await asyncpg.create_pool(settings.postgres_url, min_size=0, max_size=4)

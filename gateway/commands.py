@@ -64,9 +64,14 @@ def serve(args: argparse.Namespace) -> int:
     settings = GatewaySettings.from_env()
     settings.configure_logging()
     telemetry.configure(settings.far_mesh_tracing, "far-mesh-gateway")
-    app = DirectSendMiddleware(create_app(settings))  # streamed bodies skip Starlette's error middleware too
+    server: uvicorn.Server | None = None
+
+    def stopping() -> bool:
+        return server is not None and server.should_exit
+
+    app = DirectSendMiddleware(create_app(settings, stopping))  # streamed bodies skip Starlette's error middleware
     collector.tune_for_streams()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.gateway_host,
         port=settings.gateway_port,
@@ -76,7 +81,10 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=math.ceil(settings.gateway_shutdown_drain_s),
         lifespan="on",
     )
-    return 0
+    # the Server itself (not uvicorn.run), so the start-up's wait for Redis sees a SIGTERM (should_exit)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3  # uvicorn.run's status for a start-up that failed
 
 
 def _postgres_url() -> str:

@@ -5,17 +5,31 @@ stream tails, job traces), an arq pool to enqueue on its queues, and a relay who
 streams. A request's model picks its shard; admission, keys and wallets stay on the home Redis.
 """
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from arq import create_pool
 from arq.connections import RedisSettings
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.metrics import GatewayMetrics
 from gateway.relay import StreamRelay
 from gateway.settings import GatewaySettings
+from protocol.backoff import Backoff
 from protocol.redis_durability import check_redis_durability
+
+log = logging.getLogger(__name__)
+
+REDIS_WAIT_FIRST_S = 0.2
+REDIS_WAIT_CAP_S = 5.0
+_STOP_POLL_S = 0.1
+REDIS_AWAY: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What opening a shard raises while its Redis is down or restarting (arq gives up with a ConnectionError)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +46,11 @@ class Shard:
 async def open_shard(url: str, settings: GatewaySettings, metrics: GatewayMetrics) -> Shard:
     """Connect to the Redis at `url` (its durability checked as the home Redis's is); the relay is not started."""
     redis = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5)
-    await check_redis_durability(redis.config_get, require=settings.far_mesh_redis_require_durable)
+    try:
+        await check_redis_durability(redis.config_get, require=settings.far_mesh_redis_require_durable)
+    except BaseException:
+        await redis.aclose()
+        raise
     reader_redis = aioredis.Redis.from_url(url, socket_connect_timeout=2)
     relay = StreamRelay(
         reader_redis,
@@ -55,9 +73,33 @@ async def close_shard(shard: Shard) -> None:
 
 async def open_shards(settings: GatewaySettings, metrics: GatewayMetrics) -> tuple[Shard, dict[str, Shard]]:
     """The home Redis's connections, and each model's that lives elsewhere (model id -> its shard; models sharing
-    one Redis share its connections)."""
+    one Redis share its connections); on a failure, those already opened are closed."""
     shards = settings.redis_shards
-    by_url = {shards.home: await open_shard(shards.home, settings, metrics)}
-    for url in shards.urls[1:]:
-        by_url[url] = await open_shard(url, settings, metrics)
+    by_url: dict[str, Shard] = {}
+    try:
+        for url in shards.urls:
+            by_url[url] = await open_shard(url, settings, metrics)
+    except BaseException:
+        for opened in by_url.values():
+            await close_shard(opened)
+        raise
     return by_url[shards.home], {model: by_url[url] for model, url in shards.by_model.items() if url != shards.home}
+
+
+async def open_shards_once_redis_answers(
+    settings: GatewaySettings, metrics: GatewayMetrics, stopping: Callable[[], bool]
+) -> tuple[Shard, dict[str, Shard]] | None:
+    """`open_shards`, waiting out a Redis that does not answer yet (capped backoff, logged); None once `stopping`
+    (uvicorn's should_exit, looked at every 0.1 s) says to stop first. Started while Redis restarted, the gateway
+    exited instead (status 3), and under a Procfile runner one exit stops every process."""
+    backoff = Backoff(REDIS_WAIT_FIRST_S, REDIS_WAIT_CAP_S)
+    loop = asyncio.get_running_loop()
+    while not stopping():
+        try:
+            return await open_shards(settings, metrics)
+        except REDIS_AWAY as exc:
+            log.warning("gateway waiting for Redis (%s); retrying in %.1fs", type(exc).__name__, backoff.delay_s)
+        until = loop.time() + backoff.take()
+        while not stopping() and loop.time() < until:
+            await asyncio.sleep(_STOP_POLL_S)
+    return None

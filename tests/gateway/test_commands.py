@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from devstack.redis_server import RedisServer
+from mesh.ports import free_port, free_port_to_keep
 from protocol.swarm import SwarmSnapshot
 from tests.fixtures.gateway import WALLET, IssueKey, SseReader, SyntheticWorker, start_gateway, stop_gateway
 
@@ -129,5 +131,55 @@ async def test_a_drain_under_a_second_cuts_the_open_streams_instead_of_waiting_f
                 assert response.status_code == 200
                 process.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(process.wait, 10) in (0, -signal.SIGTERM)
+    finally:
+        stop_gateway(process)
+
+
+def _start_without_waiting(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", "gateway"],
+            env={**os.environ, **env, "GATEWAY_PORT": str(free_port())},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def _logged(log_path: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while text not in log_path.read_text(errors="replace"):
+        assert process.poll() is None, log_path.read_text()
+        assert asyncio.get_running_loop().time() < deadline, log_path.read_text()
+        await asyncio.sleep(0.1)
+
+
+async def test_a_gateway_started_while_redis_is_down_waits_for_it_then_serves(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Started while Redis restarted, it exited (status 3), and a Procfile runner stops every process with it."""
+    port, log_path = free_port_to_keep(), tmp_path / "gateway.log"
+    env = {**gateway_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    process = _start_without_waiting(env, log_path)
+    redis_server = None
+    try:
+        await _logged(log_path, "gateway waiting for Redis", process)
+        redis_server = RedisServer(tmp_path / "redis", port).start()
+        await _logged(log_path, "gateway started", process)
+    finally:
+        stop_gateway(process)
+        if redis_server is not None:
+            redis_server.stop()
+
+
+async def test_a_gateway_waiting_for_redis_stops_at_once_on_sigterm(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    log_path = tmp_path / "gateway.log"
+    process = _start_without_waiting({**gateway_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, log_path)
+    try:
+        await _logged(log_path, "gateway waiting for Redis", process)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 5) in (0, 3, -signal.SIGTERM)
     finally:
         stop_gateway(process)
