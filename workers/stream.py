@@ -89,9 +89,11 @@ return fenced
 # KEYS[5]: cancel flag, KEYS[6]: served steps. ARGV[7], ARGV[8]: the entry's kind and data; ARGV[9]: the stream's
 # TTL; ARGV[10]: the served step that made the token ('' for none). A token already last on the stream while this
 # run still holds the lease was written by a call of this run whose reply was lost (a retry through a Redis
-# outage): it counts as written, and its step was pushed with it, so it is not pushed again. A token written renews
-# the lease and arq's in-progress key as a renewal does (fenced the same way), so a run whose tokens flow needs no
-# renewal round trips of its own (`TokenStreamWriter.lease_renewed_within`).
+# outage): it counts as written, and its step was pushed with it, so it is not pushed again. (Once the lease has
+# lapsed, nothing tells this run's entry from the same token written by a run that took over and died: the run
+# stops as superseded, and its job is claimed again.) A token written renews the lease and arq's in-progress key as
+# a renewal does (fenced the same way), so a run whose tokens flow needs no renewal round trips of its own
+# (`TokenStreamWriter.lease_renewed_within`).
 _APPEND_TOKEN = (
     _FENCE
     + f"""
@@ -114,12 +116,13 @@ return 1
 
 # KEYS[5]: usage stream, KEYS[6]: served steps (paid by this usage record, so deleted with it). ARGV[7..9] as
 # for a token; ARGV[10], ARGV[11]: the usage entry's field and value. The same ending already last on the stream,
-# its lease released, was written by a retried call of this run.
+# its lease released, was written by a retried call of this run: looked at before fence(), which would take the
+# released lease back when the stream's length is not bounded (a state-lost ending) and then find an ending last.
 _FINISH = (
     _FENCE
     + f"""
+if not redis.call('GET', KEYS[1]) and ends_with_this_entry() then return 1 end
 local fenced = fence()
-if fenced == -1 and not redis.call('GET', KEYS[1]) and ends_with_this_entry() then return 1 end
 if fenced ~= 1 then return fenced end
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 if #last > 0 then

@@ -190,6 +190,20 @@ async def test_a_write_whose_reply_was_lost_is_recognised_when_it_is_retried(red
     assert await redis.xlen(keys.USAGE_STREAM) == 1
 
 
+async def test_a_state_lost_ending_retried_after_its_reply_was_lost_counts_as_written_and_holds_no_lease(
+    redis: aioredis.Redis,
+) -> None:
+    writer = TokenStreamWriter(redis, "req-1", "run-1", lease_ttl_s=5)
+    await writer.acquire()
+    assert await writer.append_token(token(0)) is Written.WRITTEN
+    await redis.flushdb()  # a restart without persistence
+    done, usage = ending(1)
+    assert await writer.finish(done, usage, state_lost=True) is Written.WRITTEN
+    assert await writer.finish(done, usage, state_lost=True) is Written.WRITTEN  # its retry: settled, not cancelled
+    assert await redis.xlen(keys.USAGE_STREAM) == 1
+    assert not await redis.exists(keys.job_lease("req-1"))  # the retry did not take back the lease it released
+
+
 async def test_every_write_keeps_the_owner_key_alive_past_the_stream_and_restores_it_if_lost(
     redis: aioredis.Redis,
 ) -> None:
