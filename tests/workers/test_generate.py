@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Callable
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
@@ -176,6 +177,18 @@ async def test_a_vanishing_temperature_generates_the_greedy_sequence_and_bills_i
     assert usage.tokens_generated == len(tokens) and usage.failovers == 0
 
 
+def nan_logits_at(poisoned: Callable[[int], bool]) -> Callable[..., int]:
+    """`choose_next_token` handed NaN logits at the steps (counted from 1) `poisoned` names, as a bad server gives."""
+    steps = 0
+
+    def choose(logits: Any, **kwargs: Any) -> int:
+        nonlocal steps
+        steps += 1
+        return choose_next_token(logits * float("nan") if poisoned(steps) else logits, **kwargs)
+
+    return choose
+
+
 async def test_nan_logits_take_one_fresh_route_then_end_the_request_billed_for_what_was_delivered(
     two_server_fleet: RunningFleet,
     redis: aioredis.Redis,
@@ -185,14 +198,7 @@ async def test_nan_logits_take_one_fresh_route_then_end_the_request_billed_for_w
 ) -> None:
     """NaN logits are the servers' numbers (every request setting is finite), so another route may not have them:
     one is tried; a model that overflows on it too ends the request then, not at the no-route timeout."""
-    steps = 0
-
-    def nan_from_the_fourth_step(logits: Any, **kwargs: Any) -> int:
-        nonlocal steps
-        steps += 1
-        return choose_next_token(logits * float("nan") if steps >= 4 else logits, **kwargs)
-
-    monkeypatch.setattr("workers.sampling.choose_next_token", nan_from_the_fourth_step)
+    monkeypatch.setattr("workers.sampling.choose_next_token", nan_logits_at(lambda step: step >= 4))
     job = make_job(tiny_models[0], max_tokens=20)
     started = time.monotonic()
     await enqueue(redis_url, job)
@@ -214,14 +220,7 @@ async def test_nan_logits_once_are_sidestepped_by_a_fresh_route_and_the_sequence
     tiny_models: tuple[ModelSpec, ...],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    steps = 0
-
-    def nan_at_the_fourth_step(logits: Any, **kwargs: Any) -> int:
-        nonlocal steps
-        steps += 1
-        return choose_next_token(logits * float("nan") if steps == 4 else logits, **kwargs)
-
-    monkeypatch.setattr("workers.sampling.choose_next_token", nan_at_the_fourth_step)
+    monkeypatch.setattr("workers.sampling.choose_next_token", nan_logits_at(lambda step: step == 4))
     model, job = tiny_models[0], make_job(tiny_models[0], max_tokens=8)
     await enqueue(redis_url, job)
     events = await wait_for_end(redis, job.request_id, timeout_s=30)
