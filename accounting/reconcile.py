@@ -34,6 +34,7 @@ import asyncpg
 from hexbytes import HexBytes
 
 from chain.units import from_base_units, to_base_units
+from protocol.money import plain_text
 from schema.transient import TRANSIENT_LEDGER_ERRORS
 
 if TYPE_CHECKING:
@@ -144,8 +145,7 @@ class Reconciliation:
 
 
 def far_text(units: int | Decimal) -> str:
-    text = format(from_base_units(int(units)), "f")  # not normalize(): it rounds to Decimal's default 28 digits
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    return plain_text(from_base_units(int(units)))
 
 
 async def reconcile_journal(connection: asyncpg.Connection, into: Reconciliation) -> None:

@@ -8,6 +8,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from html import escape
 from typing import Any
 
+from protocol.money import plain_text
+
 WIDTH, HEIGHT, MARGIN = 640, 200, 30
 PARTS = (
     ("paid_far", "#2e7d32", "paid"),
@@ -31,7 +33,7 @@ def earnings_svg(by_day: list[dict[str, Any]]) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
         f'aria-label="earnings per day" class="chart">',
         f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" y2="{HEIGHT - MARGIN}" stroke="#555"/>',
-        f'<text x="{MARGIN}" y="{MARGIN - 10}" font-size="11">max {escape(str(top.normalize()))} FAR/day</text>',
+        f'<text x="{MARGIN}" y="{MARGIN - 10}" font-size="11">max {escape(plain_text(top))} FAR/day</text>',
     ]
     for index, day in enumerate(days):
         x = _px(MARGIN + slot * index + slot / 10)

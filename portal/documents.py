@@ -16,6 +16,7 @@ from portal.price_chart import price_svg
 from portal.state import PortalState
 from protocol.catalog import ModelCatalog, ModelSpec, is_model_id
 from protocol.live_prices import all_prices_now, prices_now
+from protocol.money import plain_text
 from protocol.pricing import PREMIUM_BASE_BPS
 from protocol.swarm import read_swarm_snapshots
 
@@ -147,7 +148,7 @@ async def _price_history(state: PortalState, model_id: str) -> list[dict[str, st
         {
             "priced_at": row["priced_at"].isoformat(),
             **{
-                name: format(row[column].normalize(), "f")  # as quoted: "0.0004578", not NUMERIC's 18 places
+                name: plain_text(row[column])  # as quoted: "0.0004578", not NUMERIC's 18 places
                 for name, column in (
                     ("price_multiplier", "multiplier"),
                     ("prompt_price_per_token_far", "prompt_price_per_token_far"),

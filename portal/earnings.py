@@ -12,6 +12,8 @@ from typing import Any
 
 import asyncpg
 
+from protocol.money import plain_text
+
 # One pass over the rollup rows of the wallet's nodes: totals, per day and per model of the registered ones,
 # and the held (unpaid) total of the announcing ones, as grouping sets of a single statement.
 _GROUPED = """
@@ -65,9 +67,7 @@ class WalletNodes:
 
 def far_text(value: Decimal | None) -> str:
     """A $FAR amount as plain decimal text without trailing zeros or exponent: 0.003, 0, 12.5."""
-    if value is None or value == 0:
-        return "0"
-    return format(value.normalize(), "f")
+    return "0" if value is None else plain_text(value)
 
 
 def _money(row: asyncpg.Record | dict[str, Any], *names: str) -> dict[str, Any]:

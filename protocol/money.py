@@ -40,6 +40,14 @@ FarAmount = Annotated[
 """A non-negative $FAR amount with at most 18 decimals, serialised to JSON as a plain decimal string."""
 
 
+def plain_text(amount: Decimal) -> str:
+    """`amount` as plain decimal text, every digit kept and no trailing zeros or exponent: 0.003, 0, 12.5. Not
+    `normalize()`, which rounds to Decimal's default 28 digits (a NUMERIC(38,18) amount of 10**10 or more)."""
+    text = format(amount, "f")
+    text = text.rstrip("0").rstrip(".") if "." in text else text
+    return "0" if text in ("", "-0") else text
+
+
 def far_sum(amounts: Iterable[Decimal]) -> Decimal:
     """Exact sum of amounts; the built-in sum() would round beyond 28 significant digits."""
     total = Decimal(0)

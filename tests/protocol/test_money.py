@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from protocol.money import FAR_QUANTUM, FarAmount, cost_of, far_sum, split_payment
+from protocol.money import FAR_QUANTUM, FarAmount, cost_of, far_sum, plain_text, split_payment
 
 
 class Priced(BaseModel):
@@ -63,3 +63,19 @@ def test_amounts_travel_as_strings_and_floats_are_refused() -> None:
         Priced(amount=Decimal("0.0000000000000000001"))
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
         Priced(amount=Decimal("-1"))
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        ("12345678901.999999999999999999", "12345678901.999999999999999999"),  # 29 digits: normalize() rounds up
+        ("0.003000000000000000", "0.003"),
+        ("12.500", "12.5"),
+        ("1E+2", "100"),
+        ("0E-18", "0"),
+        ("-0.000", "0"),
+        ("-1.50", "-1.5"),
+    ],
+)
+def test_an_amount_is_shown_with_every_digit_it_has_and_no_trailing_zeros(amount: str, text: str) -> None:
+    assert plain_text(Decimal(amount)) == text
