@@ -9,12 +9,16 @@ module stays free of torch.
 
 import json
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from protocol.catalog import ModelId
 from protocol.requests import RequestId
+
+MAX_POSITIONS = 131_072
+"""The most positions one recorded span (or one step) may hold: past any model's context here, and the verifier
+recomputes a span in one pass whose attention mask is positions x positions."""
 
 VERIFICATION_FIELD = "check"
 """The field of a verification-stream entry that holds the `SpotCheck` as JSON."""
@@ -50,8 +54,10 @@ class RecordedStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    step: int = Field(ge=0, description="The session's step (0 = prefill) this span served")
-    tokens: int = Field(ge=1, description="Positions sent in this step (the whole history on a span's first step)")
+    step: int = Field(ge=0, le=MAX_POSITIONS, description="The session's step (0 = prefill) this span served")
+    tokens: int = Field(
+        ge=1, le=MAX_POSITIONS, description="Positions sent in this step (the whole history on a span's first step)"
+    )
     inputs_dtype: DtypeName
     inputs_b64: str
     outputs_dtype: DtypeName
@@ -72,6 +78,12 @@ class RecordedSpan(BaseModel):
         "what the verifier's tolerance follows, never the dtype of its reply"
     )
     steps: tuple[RecordedStep, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if self.tokens > MAX_POSITIONS:
+            raise ValueError(f"a span holds at most {MAX_POSITIONS} positions, not {self.tokens}")
+        return self
 
     @property
     def tokens(self) -> int:
@@ -132,7 +144,8 @@ def readable_request_id(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> st
             try:
                 found = json.loads(value).get("request_id")
                 return _REQUEST_ID.validate_python(found)
-            except (ValueError, AttributeError, TypeError):  # pydantic's ValidationError is a ValueError
+            # pydantic's ValidationError is a ValueError; JSON nested deeper than the parser goes, a RecursionError
+            except (ValueError, AttributeError, TypeError, RecursionError):
                 return None
     return None
 

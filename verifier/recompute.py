@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from protocol.verification import RecordedSpan, RecordedStep
+from protocol.verification import MAX_POSITIONS, RecordedSpan, RecordedStep
 from verifier.tolerance import MACHINE_EPSILON, MAX_TOLERANCE, tolerance_for
 from verifier.unverifiable import Cause, RecordingUnusable
 
@@ -35,6 +35,7 @@ class BlockRunner:
         self._layers = model.model.layers
         self.num_blocks = len(self._layers)
         self.hidden_size = int(model.config.hidden_size)
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", MAX_POSITIONS))
 
     @classmethod
     def load(cls, weights_source: str | Path) -> "BlockRunner":
@@ -124,6 +125,8 @@ def verify_span(runner: BlockRunner, span: RecordedSpan) -> SpanVerdict:
         raise RecordingUnusable(
             "outside-model", f"blocks {span.start_block}..{span.end_block} of a {runner.num_blocks}-block model"
         )
+    if span.tokens > runner.max_positions:  # its one-pass mask alone would be positions x positions floats
+        raise RecordingUnusable("too-long", f"{span.tokens} positions; the model holds {runner.max_positions}")
     sent = [_inputs_of(step, span.hidden_size) for step in span.steps]
     blocks = span.end_block - span.start_block
     if span.announced_dtype not in MACHINE_EPSILON:
@@ -144,6 +147,8 @@ def verify_span(runner: BlockRunner, span: RecordedSpan) -> SpanVerdict:
     # does the recomputation, so the only difference left is the server's arithmetic.
     computes_in = _TORCH_DTYPES[span.announced_dtype]
     expected = runner.run(span.start_block, span.end_block, torch.cat([x.to(computes_in) for x in sent]))
+    if not bool(torch.isfinite(expected).all()):  # finite inputs an honest server's dtype cannot carry through
+        raise RecordingUnusable("recomputed-non-finite", f"blocks {span.start_block}..{span.end_block} overflow")
     max_error, first_bad_step, offset = 0.0, None, 0
     for step, outputs in zip(span.steps, returned, strict=True):
         want = expected[offset : offset + step.tokens]
@@ -177,6 +182,10 @@ def _inputs_of(step: RecordedStep, hidden_size: int) -> torch.Tensor:
         raise RecordingUnusable(
             "inputs-wrong-shape", f"step {step.step} holds {inputs.shape[0]} of {step.tokens} positions"
         )
+    # NaN or inf an upstream server returned: whatever this server makes of them, nothing can be expected of it,
+    # and the upstream server is judged on its own span (no server can frame the one after it)
+    if not bool(torch.isfinite(inputs).all()):
+        raise RecordingUnusable("inputs-non-finite", f"step {step.step}")
     return inputs
 
 

@@ -198,6 +198,22 @@ class Verifier:
             ),
         )
 
+    async def _handle_or_set_aside(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """`handle` the entry; one that fails for a reason other than an outage fails the same way each time (the
+        stream is anyone's to write): it is recorded as malformed and acknowledged, never left to stop the verifier
+        at every start, as a step number past int4 or JSON nested past the parser's depth once did."""
+        try:
+            await self.handle(entry_id, fields)
+        except _OUTAGES:
+            raise
+        except Exception:
+            log.exception("spot check dropped entry=%s reason=it cannot be handled", entry_id.decode())
+            request_id = readable_request_id(fields)
+            if request_id is not None:
+                metrics.SPANS_UNUSABLE.labels(_UNKNOWN_MODEL, "malformed").inc()
+                await self._record_unverified(request_id, None, "malformed", 0)
+            await self._finish(entry_id, fields)
+
     async def _record_unverified(
         self, request_id: str, model_id: str | None, cause: UnverifiedCause, spans: int
     ) -> None:
@@ -271,6 +287,7 @@ class Verifier:
             size = max(0, int(fields.get(VERIFICATION_BYTES_FIELD.encode(), b"0")))
         except ValueError:
             size = 0
+        size = min(size, sum(len(value) for value in fields.values()))  # a claim, bounded by what the entry holds
         finish = self.redis.register_script(_FINISH)
         names = [keys.VERIFICATION_STREAM, keys.VERIFICATION_STREAM_BYTES]
         await finish(keys=names, args=[keys.VERIFICATION_CONSUMER_GROUP, entry_id, size])
@@ -297,7 +314,7 @@ class Verifier:
         backlog = await self._join(group, stop)
         if backlog is None:
             return
-        next_pending_slash = 0.0
+        next_pending_slash = next_claim = 0.0
         # A read waits for new checks at most until the next refresh is due, so a short interval is kept.
         read_block_ms = max(1, min(1000, int(self.settings.verifier_refresh_interval_s * 1000)))
         log.info("verifier started consumer=%s models=%d", consumer, len(self.settings.catalog.models))
@@ -308,12 +325,17 @@ class Verifier:
                 if time.monotonic() >= next_pending_slash:
                     await self.refresh_from_ledger()
                     next_pending_slash = time.monotonic() + self.settings.verifier_refresh_interval_s
+                if not backlog and time.monotonic() >= next_claim:
+                    # what a verifier that died left pending (its consumer name is gone with it), not only at start:
+                    # stranded, those entries would also hold back the sweep for checks that never came
+                    _, backlog = await group.claim(_CLAIM_IDLE_MS, count=self.settings.verifier_batch)
+                    next_claim = time.monotonic() + _CLAIM_IDLE_MS / 2000
                 if not backlog:
                     backlog = await group.read(count=self.settings.verifier_batch, block_ms=read_block_ms)
                 while backlog and not stop.is_set():
                     entry_id, fields = backlog[0]  # taken off only once handled: an outage retries it
                     if fields:  # an entry trimmed away while pending comes back without fields
-                        await self.handle(entry_id, fields)
+                        await self._handle_or_set_aside(entry_id, fields)
                     else:
                         await self._finish(entry_id, fields)
                     backlog.pop(0)

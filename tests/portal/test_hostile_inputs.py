@@ -93,7 +93,7 @@ async def test_keys_created_at_once_stop_at_the_active_key_limit(
 
 
 async def test_a_new_keys_page_is_never_cached(portal_client: httpx.AsyncClient) -> None:
-    token = await sign_in(portal_client, ALICE)
+    token = await sign_in(portal_client, SigningWallet.named("cache-check"))  # its own keys: others count alice's
     created = await portal_client.post("/keys", data={"label": "shown once", "csrf_token": token})
     assert created.status_code == 201 and "fmk_" in created.text
     assert created.headers["cache-control"] == "no-store"

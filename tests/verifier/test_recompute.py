@@ -227,6 +227,20 @@ def test_a_recording_the_worker_got_wrong_convicts_nobody(
     assert raised.value.cause == cause
 
 
+def test_a_server_returning_nan_is_convicted_and_cannot_frame_the_honest_server_after_it(
+    local_model: Any, runner: BlockRunner
+) -> None:
+    chunks = random_chunks(torch.Generator().manual_seed(11), 64, prompt=4, steps=3, scale=embedding_scale(local_model))
+    poisoned = run_incrementally(local_model.model.layers[0:2], chunks)
+    poisoned[0] = poisoned[0].clone()
+    poisoned[0][0, 0] = float("nan")
+    assert not verify_span(runner, recorded("cheat", 0, 2, chunks, poisoned)).ok
+    downstream = run_incrementally(local_model.model.layers[2:4], poisoned)  # honest work on what it was sent
+    with pytest.raises(RecordingUnusable) as raised:
+        verify_span(runner, recorded("honest", 2, 4, poisoned, downstream))
+    assert raised.value.cause == "inputs-non-finite"
+
+
 def test_bfloat16_states_survive_the_round_trip_through_base64() -> None:
     from mesh.session import tensor_b64
 

@@ -3,10 +3,12 @@ forever, and their sessions recorded as not verified (so they are paid as unsamp
 the worker recorded wrong convicts nobody, while a reply that cannot be verified convicts its server with the
 cause."""
 
+import asyncio
 import contextlib
 import json
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 import torch
 from redis.exceptions import ResponseError
@@ -14,7 +16,7 @@ from redis.exceptions import ResponseError
 from mesh.session import tensor_b64
 from protocol import keys
 from protocol.catalog import ModelSpec
-from protocol.verification import RecordedSpan, RecordedStep, SpotCheck
+from protocol.verification import NotVerified, RecordedSpan, RecordedStep, SpotCheck
 from tests.fixtures.ledger import unique_id
 from verifier.service import Verifier
 from verifier.settings import VerifierSettings
@@ -155,5 +157,46 @@ async def test_a_reply_that_cannot_be_verified_convicts_its_server_and_a_bad_rec
         assert [tuple(v) for v in verdicts] == [(0, garbler, "mismatch", "undecodable", 0, float("inf"))]
         assert [tuple(s) for s in standing] == [(garbler, 0, 1)]
     finally:
+        await pool.close()
+        await redis.aclose()
+
+
+async def test_an_entry_that_cannot_be_handled_is_set_aside_and_the_verifier_goes_on_with_the_next(
+    redis_url: str, migrated_postgres_dsn: str, tiny_models: tuple[ModelSpec, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream is anyone's to write: an entry that fails the same way each time once stopped the verifier at
+    every start (a step past int4, JSON nested past the parser's depth), and the checks behind it waited for good."""
+    verifier, pool = await verifier_on(redis_url, migrated_postgres_dsn, tiny_models[0])
+    redis = verifier.redis
+
+    def breaks(check: SpotCheck) -> None:
+        raise RuntimeError("a recomputation that fails the same way every time")
+
+    monkeypatch.setattr(verifier, "recompute", breaks)
+    poison, after = unique_id("svc-poison"), unique_id("svc-after")
+    step = RecordedStep(
+        step=0, tokens=1, inputs_dtype="float32", inputs_b64="", outputs_dtype="float32", outputs_b64=""
+    )
+    span = RecordedSpan(
+        peer_id="QmX", start_block=0, end_block=2, hidden_size=8, announced_dtype="float32", steps=(step,)
+    )
+    check = SpotCheck(request_id=poison, model_id=tiny_models[0].model_id, reason="fraction", spans=(span,))
+    notice = NotVerified(request_id=after, model_id=tiny_models[0].model_id, cause="over-budget", spans=1)
+    stop = asyncio.Event()
+    try:
+        await redis.xadd(keys.VERIFICATION_STREAM, check.to_stream_fields())  # type: ignore[arg-type]
+        await redis.xadd(keys.VERIFICATION_STREAM, notice.to_stream_fields())  # type: ignore[arg-type]
+        running = asyncio.create_task(verifier.run(stop))
+        for _ in range(100):  # the pool's one connection is the verifier's between two looks
+            query = "SELECT request_id, cause FROM far_unverified_sessions WHERE request_id = ANY($1)"
+            causes = dict(await pool.fetch(query, [poison, after]))
+            if len(causes) == 2 or running.done():
+                break
+            await asyncio.sleep(0.1)
+        assert not running.done(), "the verifier stopped"
+        assert causes == {poison: "malformed", after: "over-budget"}
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
         await pool.close()
         await redis.aclose()
