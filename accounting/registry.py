@@ -70,13 +70,15 @@ def hardware_of(public_name: str | None) -> tuple[str | None, Decimal | None, st
     return gpu.replace("_", " "), (Decimal(vram) if Decimal(vram) > 0 else None), (None if quant == "auto" else quant)
 
 
-def _node_rows(snapshots: Iterable[SwarmSnapshot]) -> list[tuple[object, ...]]:
-    """One row per peer id; a peer listed under several models is online if any model shows it online."""
+def _node_rows(snapshots: Iterable[SwarmSnapshot], now: datetime | None = None) -> list[tuple[object, ...]]:
+    """One row per peer id; a peer listed under several models is online if any fresh snapshot shows it online (a
+    stale one's "online" is an old fact, and older snapshots never overwrite newer ones)."""
+    now = now or datetime.now(UTC)
     latest: dict[str, tuple[ServerSnapshot, SwarmSnapshot]] = {}
     online: set[str] = set()
     for snapshot in snapshots:
         for server in snapshot.servers:
-            if server.online:
+            if server.online and snapshot.is_fresh(now):
                 online.add(server.peer_id)
             seen = latest.get(server.peer_id)
             if seen is None or seen[1].taken_at < snapshot.taken_at:

@@ -111,3 +111,18 @@ async def test_the_refresher_outlives_a_redis_it_cannot_reach(migrated_postgres_
         refresher.cancel()
         await asyncio.gather(refresher, return_exceptions=True)
         await unreachable.aclose()
+
+
+async def test_an_hour_old_snapshot_showing_a_node_online_does_not_outvote_a_fresh_one_showing_it_offline(
+    migrated_postgres_dsn: str,
+) -> None:
+    peer, now = unique_id("peer"), datetime.now(UTC)
+    stale = snapshot(unique_id("model"), now - timedelta(hours=1), server(peer, 0, 2))
+    fresh = snapshot(unique_id("model"), now, server(peer, 0, 2, state="offline"))
+    connection = await asyncpg.connect(migrated_postgres_dsn)
+    try:
+        await sync_registry(connection, [stale, fresh])
+        assert await connection.fetchval("SELECT state FROM far_nodes WHERE node_id = $1", peer) == "offline"
+        assert not await connection.fetchval("SELECT count(*) FROM active_far_nodes WHERE node_id = $1", peer)
+    finally:
+        await connection.close()
