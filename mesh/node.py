@@ -32,6 +32,11 @@ class InvalidBlocks(NodeRefused):
     """A block span that cannot be served."""
 
 
+class QuantizationUnverifiable(NodeRefused):
+    """Quantized weights (int8, nf4): the verifier's tolerance follows the announced dtype alone, so an honest
+    quantized server's spans fall outside it and would be convicted, slashed and banned (docs/verification.md)."""
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """One Petals server. `blocks` is a half-open span `(start, end)`; without it Petals picks `num_blocks`."""
@@ -100,6 +105,11 @@ def check_node(config: NodeConfig) -> None:
         raise ModelPathMissing(f"model path {config.model_source} has no config.json; generate or download it first")
     if config.port and port_is_taken(config.port, "127.0.0.1" if config.host == "0.0.0.0" else config.host):
         raise PortTaken(f"port {config.port} is already in use; choose another --port or stop what holds it")
+    if config.quant_type not in (None, "none"):
+        raise QuantizationUnverifiable(
+            f"--quant-type {config.quant_type}: spot checks would convict a quantized server's honest work (the "
+            "verifier has no tolerance for quantized weights yet); serve with --quant-type none"
+        )
     config.public_name  # noqa: B018 - validates wallet and label now, not in the server
 
 

@@ -10,6 +10,7 @@ from mesh.node import (
     ModelPathMissing,
     NodeConfig,
     PortTaken,
+    QuantizationUnverifiable,
     check_node,
     parse_blocks,
     server_args,
@@ -56,6 +57,10 @@ def test_check_node_raises_specific_errors(tmp_path: Path, taken_port: int, tiny
         check_node(NodeConfig(model_source=str(tmp_path), initial_peers=()))
     with pytest.raises(PortTaken):
         check_node(NodeConfig(model_source=str(tiny_models[0].source), initial_peers=(), port=taken_port))
+    for quantized in ("int8", "nf4"):  # honest work the verifier would convict: refused before anything runs
+        with pytest.raises(QuantizationUnverifiable, match="--quant-type none"):
+            check_node(NodeConfig(model_source=str(tiny_models[0].source), initial_peers=(), quant_type=quantized))
+    check_node(NodeConfig(model_source=str(tiny_models[0].source), initial_peers=(), quant_type="none"))
 
 
 def test_the_server_command_announces_the_wallet_and_serves_the_span(tiny_models: tuple[ModelSpec, ...]) -> None:
