@@ -145,10 +145,15 @@ class BadGateway(ApiError):
 
 
 class GatewayTimeout(ApiError):
-    """The request ran past GATEWAY_STREAM_DEADLINE_S; it was cancelled and billed for what was generated."""
+    """The request ran past GATEWAY_STREAM_DEADLINE_S; it was cancelled and billed for what was generated. Says
+    `x-should-retry: false`: OpenAI's clients retry a 5xx twice by default, and each try ran to the deadline and
+    was billed again."""
 
     status = 504
     code = StreamErrorCode.STREAM_DEADLINE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"x-should-retry": "false"})
 
 
 class ServiceUnavailable(ApiError):

@@ -556,7 +556,7 @@ class _Shape:
         body = {
             "error": {"message": message, "type": error_type(502), "param": None, "code": error["code"]},
             "request_id": self.request_id,
-            "cost_far": event["total_cost_far"],
+            "cost_far": event.get("total_cost_far"),
         }
         return held + sse_event(json.dumps(body).encode(), entry.entry_id)
 
@@ -780,7 +780,10 @@ async def _complete(request: Request, *, chat: bool) -> Response:
 
 def _billed(error_event: dict[str, Any]) -> str:
     """What a failed request was billed, for its error's message: the tokens its client received (nothing for a
-    request answered whole, whose tokens never reached it)."""
+    request answered whole, whose tokens never reached it). The gateway's own deadline event knows no cost: the
+    worker bills what it generated when the cancel stops it."""
+    if "total_cost_far" not in error_event:
+        return "what was generated until it stopped is billed"
     cost = Decimal(error_event["total_cost_far"])
     return f"{error_event['tokens_generated']} tokens billed ({cost} FAR)" if cost else "nothing billed"
 

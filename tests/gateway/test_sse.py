@@ -100,6 +100,30 @@ async def test_a_non_streaming_openai_call_past_the_deadline_answers_504_and_is_
     async with httpx.AsyncClient(base_url=strict_gateway_url, timeout=10) as client:
         response = await client.post("/v1/completions", json=body, headers=auth(key))
     assert response.status_code == 504 and response.json()["error"]["code"] == "stream_deadline"
+    assert response.headers["x-should-retry"] == "false"  # OpenAI's clients ran (and billed) it twice more
+    await wait_for_final_kind(redis, body["request_id"], "done")
+
+
+async def test_a_streamed_openai_call_past_the_deadline_ends_with_an_error_chunk_not_a_cut_connection(
+    strict_gateway_url: str,
+    healthy_swarm: SwarmSnapshot,
+    synthetic_worker: SyntheticWorker,
+    issue_key: IssueKey,
+    redis: aioredis.Redis,
+) -> None:
+    key, _ = await issue_key()
+    body = {
+        "model": "test/tiny-llama",
+        "prompt": "hold this",
+        "max_tokens": 4,
+        "stream": True,
+        "request_id": unique_id("slow-stream"),
+    }
+    async with httpx.AsyncClient(base_url=strict_gateway_url, timeout=10) as client:
+        async with client.stream("POST", "/v1/completions", json=body, headers=auth(key)) as response:
+            lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    error = json.loads(lines[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "stream_deadline" and "billed" in error["message"]
     await wait_for_final_kind(redis, body["request_id"], "done")
 
 
