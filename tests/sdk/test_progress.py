@@ -57,6 +57,14 @@ def test_an_error_event_raises_generation_failed_with_what_was_billed() -> None:
     assert raised.value.total_cost_far == Decimal("0.0003") and progress.finish_reason == "error"
 
 
+def test_an_openai_error_chunk_says_what_was_billed_as_cost_far() -> None:
+    progress = Progress("r")
+    chunk = {"error": {"code": "no_route", "message": "no server"}, "request_id": "r", "cost_far": "0.0002"}
+    with pytest.raises(GenerationFailed) as raised:
+        progress.accept("", json.dumps(chunk))
+    assert raised.value.total_cost_far == Decimal("0.0002") and progress.cost_far == Decimal("0.0002")
+
+
 def test_openai_chunks_give_the_same_tokens_cost_and_usage() -> None:
     progress = Progress("r")
     chunk = {"choices": [{"index": 0, "delta": {"content": "Hi", "role": "assistant"}}], "cost_far": "0.0003"}

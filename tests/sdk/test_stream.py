@@ -15,6 +15,7 @@ from farlabs import (
     APIConnectionError,
     AsyncFarMesh,
     FarMesh,
+    FarMeshError,
     GenerationFailed,
     MaxPriceExceeded,
     ModelUnavailable,
@@ -235,6 +236,19 @@ def test_the_base_url_comes_from_farlabs_base_url_when_not_given(monkeypatch: py
     mesh = FarMesh()
     assert mesh.base_url == "http://mesh.example:9000" and mesh.options.api_key == "fmk_from_env"
     mesh.close()
+
+
+def test_an_api_key_read_with_its_newline_is_trimmed_and_one_a_header_cannot_carry_is_refused_unsent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx refuses such a header with an error that quotes it, key and all; the SDK retried it and said so."""
+    mesh = FarMesh(api_key="fmk_from_a_file\n")
+    assert mesh.options.api_key == "fmk_from_a_file"
+    mesh.close()
+    for bad in ("fmk_SECRET\nKEY", "fmk SECRET", "fmk_SECRÉT"):
+        with pytest.raises(FarMeshError) as raised:
+            FarMesh(api_key=bad)
+        assert "SECR" not in str(raised.value)
 
 
 async def test_the_async_stream_resumes_the_same_way() -> None:

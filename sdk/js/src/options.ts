@@ -67,8 +67,12 @@ function env(name: string): string | undefined {
 }
 
 export function resolveOptions(options: FarMeshOptions = {}): ResolvedOptions {
-  const apiKey = options.apiKey ?? env("FARLABS_API_KEY");
+  const apiKey = (options.apiKey ?? env("FARLABS_API_KEY") ?? "").trim(); // a file's trailing newline
   if (!apiKey) throw new FarMeshError("no API key: pass new FarMesh({ apiKey }) or set FARLABS_API_KEY");
+  // never sent: fetch's error for a header it cannot carry quotes the header, key and all
+  if (!/^[\x21-\x7e]+$/.test(apiKey)) {
+    throw new FarMeshError("the API key holds spaces or characters a header cannot carry; pass it as it was issued");
+  }
   const baseUrl = (options.baseUrl || env("FARLABS_BASE_URL") || DEFAULT_BASE_URL).replace(/\/+$/, "");
   if (!/^https?:\/\//.test(baseUrl)) throw new FarMeshError(`baseUrl must start with http:// or https://, got ${baseUrl}`);
   const retry = { ...DEFAULT_RETRY, ...options.retry };

@@ -84,13 +84,15 @@ export class Progress {
     this.finished = true;
     this.finishReason = "error";
     const error = typeof event.error === "object" && event.error !== null ? event.error : { message: String(event.error) };
-    if (typeof event.total_cost_far === "string") this.costFar = event.total_cost_far;
+    // native events say total_cost_far, the OpenAI-shaped error chunk cost_far
+    const total = typeof event.total_cost_far === "string" ? event.total_cost_far : event.cost_far;
+    if (typeof total === "string") this.costFar = total;
     const code = String(error.code ?? "generation_failed");
     throw new (generationError(code))(String(error.message ?? "generation failed"), {
       code,
       requestId: this.requestId,
       tokensGenerated: event.tokens_generated ?? this.tokensGenerated,
-      totalCostFar: event.total_cost_far ?? null,
+      totalCostFar: typeof total === "string" ? total : null,
     });
   }
 }

@@ -64,9 +64,12 @@ class ClientOptions:
         max_retries: int | None,
         retry: RetryPolicy | None = None,
     ) -> ClientOptions:
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV) or "").strip()  # a file's newline
         if not key:
             raise FarMeshError(f"no API key: pass FarMesh(api_key=...) or set {API_KEY_ENV}")
+        if not (key.isascii() and key.isprintable()) or " " in key:
+            # never sent: a header cannot carry it, and the error httpx raises would quote it
+            raise FarMeshError("the API key holds spaces or characters a header cannot carry; pass it as it was issued")
         url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise FarMeshError(f"base_url must start with http:// or https://, got {url!r}")

@@ -109,7 +109,7 @@ class Progress:
         self.finished = True
         self.finish_reason = "error"
         error = event["error"] if isinstance(event["error"], dict) else {"message": str(event["error"])}
-        total = event.get("total_cost_far")
+        total = event.get("total_cost_far", event.get("cost_far"))  # native events say total_, OpenAI's error chunk not
         if total is not None:
             self._cost = total
         code = str(error.get("code", "generation_failed"))
