@@ -134,6 +134,20 @@ def test_a_429_is_raised_at_once_as_rate_limited_with_retry_after() -> None:
     assert raised.value.retry_after == 42 and len(script.requests) == 1
 
 
+def lost_answer(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadError("the POST went out; its answer never came", request=request)
+
+
+def test_a_429_to_a_repost_whose_first_post_may_have_landed_is_waited_out_not_raised() -> None:
+    """The gateway takes the rate limit before it re-attaches a known request id: raising here abandoned a
+    generation that was running, and billing, under that id."""
+    script = Script(lost_answer, refuse(429, "rate_limited", {"retry-after": "0"}), stream(token(0), done(1)))
+    with mesh_for(script) as mesh:
+        assert list(mesh.chat("Hello", max_tokens=1)) == ["w0"]
+    assert [r.method for r in script.requests] == ["POST"] * 3
+    assert len({json.loads(r.content)["request_id"] for r in script.requests}) == 1
+
+
 def test_a_model_without_a_healthy_swarm_is_not_retried() -> None:
     script = Script(refuse(503, "no_healthy_swarm", {"retry-after": "5"}))
     with mesh_for(script) as mesh, pytest.raises(ModelUnavailable):

@@ -36,6 +36,8 @@ class EndedEarly extends Error {}
 export class TokenStream implements AsyncIterableIterator<string> {
   private readonly progress: Progress;
   private accepted: boolean;
+  /** A POST went out and no answer came back: the gateway may be running (and billing) the generation. */
+  private maybeAccepted = false;
   private failures = 0;
   private attempt: Attempt | null = null;
   private readonly tokens: AsyncGenerator<string, undefined, undefined>;
@@ -146,6 +148,7 @@ export class TokenStream implements AsyncIterableIterator<string> {
         attempt = await this.transport.send(method, path, { ...init, signal: this.signal });
       } catch (error) {
         this.rethrowIfFinal(error);
+        if (!this.accepted) this.maybeAccepted = true;
         await sleep(this.failed(error), this.signal);
         continue;
       }
@@ -158,8 +161,9 @@ export class TokenStream implements AsyncIterableIterator<string> {
       const text = await response.text().catch(() => "");
       attempt.unlink();
       const error = errorFromResponse(response.status, response.headers, text, this.requestId);
-      if (error instanceof RateLimited && this.accepted) {
-        // resuming a running, billed generation: wait as long as the gateway asks rather than abandon it
+      if (error instanceof RateLimited && (this.accepted || this.maybeAccepted)) {
+        // resuming a running, billed generation (or reposting one whose first POST may have landed: the gateway
+        // takes the rate limit before it re-attaches): wait as long as it asks rather than abandon it
         await sleep(Math.max(this.failed(error), (error.retryAfter ?? 0) * 1000), this.signal);
         continue;
       }

@@ -161,6 +161,13 @@ describe("TokenStream", () => {
     expect(ids[0]).toMatch(/^req_[0-9a-f]{32}$/);
   });
 
+  test("a 429 to a repost whose first POST may have landed is waited out, not thrown", async () => {
+    // the gateway takes the rate limit before it re-attaches a known request id: throwing abandoned a billed run
+    const mesh = await scripted([hangUp, refuse(429, "rate_limited", { "retry-after": "0" }), stream([token(0), done(1)])]);
+    expect(await all(await mesh.chat("Hello", { maxTokens: 1 }))).toEqual(["w0"]);
+    expect((script?.seen ?? []).map((s) => s.method)).toEqual(["POST", "POST", "POST"]);
+  });
+
   test("a 429 is thrown at once as RateLimited with retryAfter", async () => {
     const mesh = await scripted([refuse(429, "rate_limited", { "retry-after": "42" })]);
     const error = await mesh.chat("Hello").catch((e: unknown) => e);

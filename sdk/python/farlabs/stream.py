@@ -59,6 +59,8 @@ class _StreamBase:
         self._submission = submission
         self._progress = Progress(submission.request_id)
         self._accepted = submission.accepted
+        self._maybe_accepted = False
+        """A POST went out and no answer came back: the gateway may be running (and billing) the generation."""
         self._failures = 0
 
     @property
@@ -102,6 +104,8 @@ class _StreamBase:
 
     def _failed(self, error: BaseException, retry_after: float | None = None) -> float:
         """Count a failed attempt: the seconds to wait before the next one, or raise when none is left."""
+        if isinstance(error, httpx.TransportError) and not self._accepted:
+            self._maybe_accepted = True
         self._failures += 1
         if self._failures > self._options.retry.max_retries:
             if isinstance(error, APIError):
@@ -111,8 +115,9 @@ class _StreamBase:
 
     def _refused(self, response: httpx.Response, body: bytes) -> float:
         error = error_from_response(response.status_code, response.headers, body, request_id=self.request_id)
-        if isinstance(error, RateLimited) and self._accepted:
-            # resuming a running, billed generation: wait as long as the gateway asks rather than abandon it
+        if isinstance(error, RateLimited) and (self._accepted or self._maybe_accepted):
+            # resuming a running, billed generation (or reposting one whose first POST may have landed: the gateway
+            # takes the rate limit before it re-attaches): wait as long as it asks rather than abandon it
             return max(self._failed(error), error.retry_after or 0.0)
         if not retryable(error):
             raise error
