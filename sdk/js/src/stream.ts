@@ -158,7 +158,13 @@ export class TokenStream implements AsyncIterableIterator<string> {
         this.accepted = true;
         return attempt;
       }
-      const text = await response.text().catch(() => "");
+      // a refusal's body that never comes is cut by the read timeout (the connect timer ended with the headers)
+      const readTimeoutMs = this.transport.options.readTimeoutMs;
+      const timer = setTimeout(() => attempt.controller.abort(new Error("read timeout")), readTimeoutMs);
+      const text = await response
+        .text()
+        .catch(() => "")
+        .finally(() => clearTimeout(timer));
       attempt.unlink();
       const error = errorFromResponse(response.status, response.headers, text, this.requestId);
       if (error instanceof RateLimited && (this.accepted || this.maybeAccepted)) {

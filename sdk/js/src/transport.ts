@@ -55,8 +55,13 @@ export class Transport {
     for (;;) {
       let failure: unknown;
       try {
-        const { response, unlink } = await this.send(method, path, { signal });
-        const text = await response.text().finally(unlink);
+        const { response, controller, unlink } = await this.send(method, path, { signal });
+        // the connect timer ended with the headers: a body that never comes is cut by the read timeout
+        const timer = setTimeout(() => controller.abort(new Error("read timeout")), this.options.readTimeoutMs);
+        const text = await response.text().finally(() => {
+          clearTimeout(timer);
+          unlink();
+        });
         if (response.ok) return JSON.parse(text) as T;
         const error = errorFromResponse(response.status, response.headers, text);
         if (!retryable(error)) throw error;

@@ -289,3 +289,22 @@ describe("TokenStream", () => {
     expect(script?.seen.length).toBe(1);
   });
 });
+
+describe("JSON calls", () => {
+  test("a body that never comes is cut by the read timeout and retried, not awaited for ever", async () => {
+    const silent: Answer = (_req, res) => {
+      res.writeHead(200, { "content-type": "application/json", "content-length": "100" });
+      res.flushHeaders(); // the headers, and then no body
+    };
+    const answer: Answer = (_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ models: [] }));
+    };
+    script = await new Script([silent, answer]).start();
+    const mesh = new FarMesh({ apiKey: "fmk_test", baseUrl: script.url, retry: NO_WAIT, readTimeoutMs: 200 });
+    const started = Date.now();
+    expect(await mesh.models()).toEqual([]);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(script.seen.length).toBe(2);
+  });
+});
