@@ -66,6 +66,20 @@ def test_a_payment_off_by_one_unit_of_the_last_decimal_fails() -> None:
     assert not checks.earnings_exact({"a": [session("a", 7, {"n1": 2, "n2": 1}, pay=paid)]}).passed
 
 
+def test_payments_weighed_by_block_premiums_are_checked_on_the_work_they_were_paid_on() -> None:
+    """Paid on premium-weighted work (schema/0026), a session's shares are not its work units' at par."""
+    weighed = {"n1": 2 * 15_000, "n2": 1 * 10_000}  # n1's blocks at a 1.5x premium
+    payments, fee, remainder = split_with_fee(7 * PRICE, weighed, 0)
+    premium = session("a", 7, {"n1": 2, "n2": 1}, pay=payments)
+    premium.row["platform_remainder_far"] = remainder
+    for contribution in premium.contributions:
+        contribution["paid_work_units"] = weighed[contribution["node_id"]]
+    assert checks.earnings_exact({"a": [premium]}).passed
+    for contribution in premium.contributions:
+        contribution["paid_work_units"] = None  # the same payments, checked at par: they are not its shares
+    assert not checks.earnings_exact({"a": [premium]}).passed
+
+
 def test_a_hung_request_or_a_gap_in_a_stream_fails() -> None:
     hung = Request("h", "openai", 8, 0.0, ending="hung")
     assert not checks.every_request_ended([finished("a", 2), hung]).passed

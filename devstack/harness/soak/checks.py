@@ -154,8 +154,9 @@ def sessions_equal_requests_that_ran(requests: Sequence[Request], ledger: Mappin
 
 
 def earnings_exact(ledger: Mapping[str, list[Session]]) -> Check:
-    """Each session's cost is its tokens times its prices, and each node's payment its share by work units of
-    that cost less the fee, to the last of 18 decimals; every node's earnings are the sum of those."""
+    """Each session's cost is its tokens times its prices, and each node's payment its share of that cost less the
+    fee by the work it was paid on (its premium-weighted `paid_work_units`, or its work units at par), to the last of
+    18 decimals; every node's earnings are the sum of those."""
     wrong = []
     earnings: dict[str, Decimal] = {}
     work = 0
@@ -169,7 +170,8 @@ def earnings_exact(ledger: Mapping[str, list[Session]]) -> Check:
         if row["total_cost_far"] != expected_cost:
             wrong.append(f"{row['request_id']}: cost {row['total_cost_far']} != {expected_cost}")
         units = {c["node_id"]: int(c["work_units"]) for c in session.contributions}
-        payments, fee, remainder = split_with_fee(row["total_cost_far"], units, int(row["platform_fee_bps"]))
+        weighed = {c["node_id"]: int(c.get("paid_work_units") or c["work_units"]) for c in session.contributions}
+        payments, fee, remainder = split_with_fee(row["total_cost_far"], weighed, int(row["platform_fee_bps"]))
         paid = {c["node_id"]: c["payment_far"] for c in session.contributions}
         if paid != payments or fee != row["platform_fee_far"] or remainder != row["platform_remainder_far"]:
             wrong.append(f"{row['request_id']}: payments {paid} != {payments} (fee {fee}, remainder {remainder})")
