@@ -5,7 +5,6 @@ stream tails, job traces), an arq pool to enqueue on its queues, and a relay who
 streams. A request's model picks its shard; admission, keys and wallets stay on the home Redis.
 """
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,14 +19,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.metrics import GatewayMetrics
 from gateway.relay import StreamRelay
 from gateway.settings import GatewaySettings
-from protocol.backoff import Backoff
+from protocol.backoff import Backoff, until_it_answers
 from protocol.redis_durability import check_redis_durability
 
 log = logging.getLogger(__name__)
 
 REDIS_WAIT_FIRST_S = 0.2
 REDIS_WAIT_CAP_S = 5.0
-_STOP_POLL_S = 0.1
 REDIS_AWAY: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 """What opening a shard raises while its Redis is down or restarting (arq gives up with a ConnectionError)."""
 
@@ -89,17 +87,17 @@ async def open_shards(settings: GatewaySettings, metrics: GatewayMetrics) -> tup
 async def open_shards_once_redis_answers(
     settings: GatewaySettings, metrics: GatewayMetrics, stopping: Callable[[], bool]
 ) -> tuple[Shard, dict[str, Shard]] | None:
-    """`open_shards`, waiting out a Redis that does not answer yet (capped backoff, logged); None once `stopping`
-    (uvicorn's should_exit, looked at every 0.1 s) says to stop first. Started while Redis restarted, the gateway
+    """`open_shards`, waiting out a Redis that does not answer yet (`protocol.backoff.until_it_answers`); None once
+    `stopping` (uvicorn's should_exit) says to stop first. Started while Redis restarted, the gateway
     exited instead (status 3), and under a Procfile runner one exit stops every process."""
-    backoff = Backoff(REDIS_WAIT_FIRST_S, REDIS_WAIT_CAP_S)
-    loop = asyncio.get_running_loop()
-    while not stopping():
-        try:
-            return await open_shards(settings, metrics)
-        except REDIS_AWAY as exc:
-            log.warning("gateway waiting for Redis (%s); retrying in %.1fs", type(exc).__name__, backoff.delay_s)
-        until = loop.time() + backoff.take()
-        while not stopping() and loop.time() < until:
-            await asyncio.sleep(_STOP_POLL_S)
-    return None
+
+    def waiting(exc: Exception, delay_s: float) -> None:
+        log.warning("gateway waiting for Redis (%s); retrying in %.1fs", type(exc).__name__, delay_s)
+
+    return await until_it_answers(
+        lambda: open_shards(settings, metrics),
+        REDIS_AWAY,
+        Backoff(REDIS_WAIT_FIRST_S, REDIS_WAIT_CAP_S),
+        stopping,
+        waiting,
+    )

@@ -1,6 +1,5 @@
 """The portal's Starlette app: lifespan (ledger pool, Redis), error pages and JSON errors, security headers."""
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from portal.nonces import TooManyPending
 from portal.settings import PortalSettings
 from portal.sign_out import SignedOutSessions
 from portal.state import TEMPLATES_DIR, PortalState
-from protocol.backoff import Backoff
+from protocol.backoff import Backoff, until_it_answers
 from schema.transient import LEDGER_AWAY
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,6 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
 LEDGER_WAIT_FIRST_S = 0.2
 LEDGER_WAIT_CAP_S = 5.0
-_STOP_POLL_S = 0.1
 
 
 def _never() -> bool:
@@ -107,24 +105,25 @@ async def open_pool_once_postgres_answers(
 
     Started while PostgreSQL restarted, the portal's pool raised and uvicorn exited with status 3 ("Application
     startup failed"; the chaos soak, seed 33), as a verifier once did: the portal waits for the ledger instead, with
-    capped backoff, and looks at `stopping` (uvicorn's should_exit) every 0.1 s so SIGTERM still stops it at once.
+    capped backoff, and looks at `stopping` (uvicorn's should_exit) so SIGTERM still stops it at once
+    (`protocol.backoff.until_it_answers`).
     """
-    backoff = Backoff(LEDGER_WAIT_FIRST_S, LEDGER_WAIT_CAP_S)
-    loop = asyncio.get_running_loop()
-    while not stopping():
-        try:
-            return await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=8, timeout=5)
-        except LEDGER_AWAY as exc:
-            log.warning(
-                "portal waiting for PostgreSQL at POSTGRES_URL (%s: %s); retrying in %.1fs",
-                type(exc).__name__,
-                exc,
-                backoff.delay_s,
-            )
-        until = loop.time() + backoff.take()
-        while not stopping() and loop.time() < until:
-            await asyncio.sleep(_STOP_POLL_S)
-    return None
+
+    def waiting(exc: Exception, delay_s: float) -> None:
+        log.warning(
+            "portal waiting for PostgreSQL at POSTGRES_URL (%s: %s); retrying in %.1fs",
+            type(exc).__name__,
+            exc,
+            delay_s,
+        )
+
+    return await until_it_answers(
+        lambda: asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=8, timeout=5),
+        LEDGER_AWAY,
+        Backoff(LEDGER_WAIT_FIRST_S, LEDGER_WAIT_CAP_S),
+        stopping,
+        waiting,
+    )
 
 
 def create_app(settings: PortalSettings, stopping: Callable[[], bool] = _never) -> Starlette:

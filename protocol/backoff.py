@@ -6,6 +6,13 @@ doubles the wait up to a cap (an outage is not hammered), and a success starts o
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+STOP_POLL_S = 0.1
+"""How often a start-up waiting for a store looks whether it was told to stop."""
 
 
 class Backoff:
@@ -42,3 +49,26 @@ class Backoff:
     async def sleep(self) -> None:
         """Wait this failure's delay (`take()`)."""
         await asyncio.sleep(self.take())
+
+
+async def until_it_answers(
+    attempt: Callable[[], Awaitable[T]],
+    away: tuple[type[Exception], ...],
+    backoff: Backoff,
+    stopping: Callable[[], bool],
+    waiting: Callable[[Exception, float], None],
+) -> T | None:
+    """`attempt()`'s result once it stops raising `away`, each failure told to `waiting` (with the wait about to be
+    taken) and waited out with `backoff`; None once `stopping()` says to stop first. A process started while its
+    store restarts waits for it instead of exiting, and `stopping` is looked at every STOP_POLL_S, so a SIGTERM
+    still ends the wait at once."""
+    loop = asyncio.get_running_loop()
+    while not stopping():
+        try:
+            return await attempt()
+        except away as exc:
+            waiting(exc, backoff.delay_s)
+        until = loop.time() + backoff.take()
+        while not stopping() and loop.time() < until:
+            await asyncio.sleep(STOP_POLL_S)
+    return None

@@ -129,17 +129,13 @@ class Verifier:
         try:
             entry = read_entry(fields)
         except ValueError as exc:
-            request_id = readable_request_id(fields)
             log.error(
                 "spot check dropped entry=%s request_id=%s reason=malformed: %s",
                 entry_id.decode(),
-                request_id,
+                readable_request_id(fields),
                 str(exc)[:200],
             )
-            if request_id is not None:
-                metrics.SPANS_UNUSABLE.labels(_UNKNOWN_MODEL, "malformed").inc()
-                await self._record_unverified(request_id, None, "malformed", 0)
-            await self._finish(entry_id, fields)
+            await self._set_aside(entry_id, fields)
             return
         if isinstance(entry, NotVerified):  # the worker dropped the check: nothing to judge, nobody to blame
             metrics.SPANS_UNUSABLE.labels(entry.model_id, entry.cause).inc(entry.spans)
@@ -208,11 +204,16 @@ class Verifier:
             raise
         except Exception:
             log.exception("spot check dropped entry=%s reason=it cannot be handled", entry_id.decode())
-            request_id = readable_request_id(fields)
-            if request_id is not None:
-                metrics.SPANS_UNUSABLE.labels(_UNKNOWN_MODEL, "malformed").inc()
-                await self._record_unverified(request_id, None, "malformed", 0)
-            await self._finish(entry_id, fields)
+            await self._set_aside(entry_id, fields)
+
+    async def _set_aside(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Acknowledge an entry that cannot be judged, recording its session (when its request id can still be read)
+        as not verified for `malformed`, so that it is paid as an unsampled one rather than held forever."""
+        request_id = readable_request_id(fields)
+        if request_id is not None:
+            metrics.SPANS_UNUSABLE.labels(_UNKNOWN_MODEL, "malformed").inc()
+            await self._record_unverified(request_id, None, "malformed", 0)
+        await self._finish(entry_id, fields)
 
     async def _record_unverified(
         self, request_id: str, model_id: str | None, cause: UnverifiedCause, spans: int

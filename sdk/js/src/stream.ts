@@ -12,7 +12,7 @@ import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { APIError, errorFromResponse, FarMeshError, RateLimited } from "./errors.js";
 import { retryDelayMs } from "./options.js";
 import { Progress, type Usage } from "./progress.js";
-import { type Attempt, exhausted, retryable, sleep, type Transport } from "./transport.js";
+import { type Attempt, bodyText, exhausted, retryable, sleep, type Transport } from "./transport.js";
 
 /** The request that starts a generation: the native POST, or an OpenAI-compatible streaming one. */
 export interface Submission {
@@ -158,13 +158,7 @@ export class TokenStream implements AsyncIterableIterator<string> {
         this.accepted = true;
         return attempt;
       }
-      // a refusal's body that never comes is cut by the read timeout (the connect timer ended with the headers)
-      const readTimeoutMs = this.transport.options.readTimeoutMs;
-      const timer = setTimeout(() => attempt.controller.abort(new Error("read timeout")), readTimeoutMs);
-      const text = await response
-        .text()
-        .catch(() => "")
-        .finally(() => clearTimeout(timer));
+      const text = await bodyText(attempt, this.transport.options.readTimeoutMs).catch(() => "");
       attempt.unlink();
       const error = errorFromResponse(response.status, response.headers, text, this.requestId);
       if (error instanceof RateLimited && (this.accepted || this.maybeAccepted)) {

@@ -55,13 +55,9 @@ export class Transport {
     for (;;) {
       let failure: unknown;
       try {
-        const { response, controller, unlink } = await this.send(method, path, { signal });
-        // the connect timer ended with the headers: a body that never comes is cut by the read timeout
-        const timer = setTimeout(() => controller.abort(new Error("read timeout")), this.options.readTimeoutMs);
-        const text = await response.text().finally(() => {
-          clearTimeout(timer);
-          unlink();
-        });
+        const attempt = await this.send(method, path, { signal });
+        const { response } = attempt;
+        const text = await bodyText(attempt, this.options.readTimeoutMs).finally(attempt.unlink);
         if (response.ok) return JSON.parse(text) as T;
         const error = errorFromResponse(response.status, response.headers, text);
         if (!retryable(error)) throw error;
@@ -75,6 +71,17 @@ export class Transport {
       const retryAfter = failure instanceof APIError ? ((failure as { retryAfter?: number | null }).retryAfter ?? null) : null;
       await sleep(retryDelayMs(this.options.retry, failures, retryAfter), signal);
     }
+  }
+}
+
+/** The body of `attempt`'s response; the connect timer ended with the headers, so one that never comes is cut by
+ * `readTimeoutMs` (the attempt is aborted) instead of awaited for ever. */
+export async function bodyText(attempt: Attempt, readTimeoutMs: number): Promise<string> {
+  const timer = setTimeout(() => attempt.controller.abort(new Error("read timeout")), readTimeoutMs);
+  try {
+    return await attempt.response.text();
+  } finally {
+    clearTimeout(timer);
   }
 }
 
